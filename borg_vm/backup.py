@@ -1,0 +1,294 @@
+"""The backup action: one domain, one run, one archive.
+
+Order of events (commit last)::
+
+    lock domain, clean leftovers -> plan level -> begin pull backup (creates
+    checkpoint C) -> block status per disk -> stream tar into
+    `borg import-tar NAME.borgvm-partial` -> borg exits 0 -> rename to NAME
+    -> end job -> delete older borg-vm checkpoints
+
+Any failure before the rename: borg is stopped, the job aborted, checkpoint
+C deleted, the partial archive deleted; the parent checkpoint is untouched,
+so the next run is still incremental from the last good archive.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+
+from . import archive as fmt
+from . import domxml, extent, plan, prefetch, repository, runtime
+from .archive import ArchiveInfo, ArchiveName, DiskRecord, Manifest
+from .borg import Borg
+from .errors import (BorgError, CheckpointInconsistent, DomainNotRunning,
+                     LibvirtError, NoDisksToBackUp, UnknownDisk)
+from .nbd_client import BASE_ALLOCATION, dirty_bitmap_context, open_unix
+from .progress import Progress
+from .tarstream import TarWriter
+from .virt import Domain, Hypervisor
+
+log = logging.getLogger(__name__)
+
+READ_REQUEST = 4 * 1024 * 1024
+READS_IN_FLIGHT = 8
+PREFETCH_DEPTH = 4
+
+
+@dataclass(frozen=True)
+class BackupOptions:
+    level: str = plan.AUTO
+    exclude_disks: tuple[str, ...] = ()
+    scratch_dir: str | None = None
+    compression: str = "lz4"
+    progress: bool = True
+    block_size: int = fmt.BLOCK_SIZE
+    read_alignment: int = 0
+
+
+@dataclass
+class DiskResult:
+    virtual_size: int
+    read: int = 0
+    data: int = 0
+    zero: int = 0
+
+
+@dataclass
+class BackupResult:
+    archive: str
+    domain: str
+    snapshot: str
+    checkpoint: str
+    level: str
+    reason: str
+    duration: float = 0.0
+    disks: dict[str, DiskResult] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {"archive": self.archive, "domain": self.domain, "snapshot": self.snapshot,
+                "checkpoint": self.checkpoint, "level": self.level, "reason": self.reason,
+                "duration": round(self.duration, 3),
+                "disks": {t: vars(d) for t, d in sorted(self.disks.items())}}
+
+
+def select_disks(dom: Domain, live_xml: str, exclude: tuple[str, ...]) -> list[plan.Disk]:
+    """Return the domain's disks to back up; raise UnknownDisk/NoDisksToBackUp on bad input."""
+    specs = domxml.parse_disks(live_xml)
+    known = {s.target for s in specs}
+    for target in exclude:
+        if target not in known:
+            raise UnknownDisk(name=dom.name, target=target, known=", ".join(sorted(known)))
+    disks, skipped = [], []
+    for s in specs:
+        reason = "excluded" if s.target in exclude else s.skip_reason()
+        if reason:
+            skipped.append(f"{s.target}: {reason}")
+            log.info("%s: not backing up disk %s (%s)", dom.name, s.target, reason)
+            continue
+        d = plan.Disk(s.target, s.source, s.format or "raw", dom.disk_capacity(s.target))
+        if not d.incremental_capable:
+            log.warning("%s: disk %s is %s, not qcow2: it gets a full backup every run",
+                        dom.name, d.target, d.format)
+        disks.append(d)
+    if not disks:
+        raise NoDisksToBackUp(name=dom.name, detail="; ".join(skipped) or "it has none")
+    return disks
+
+
+def end_stale_job(dom: Domain) -> None:
+    """Abort a backup job a crashed borg-vm run left behind; refuse to touch anyone else's."""
+    job = dom.backup_job_xml()
+    if job is None:
+        return
+    sockets = domxml.backup_sockets(job)
+    if sockets and all(runtime.is_ours(s) for s in sockets):
+        log.warning("%s: aborting a backup job left by a crashed borg-vm run", dom.name)
+        dom.abort_job()
+        return
+    raise LibvirtError(action="start a backup", name=dom.name,
+                       detail="another backup job is running on this domain")
+
+
+def backup(hv: Hypervisor, borg: Borg, name: str, opts: BackupOptions) -> BackupResult:
+    """Back up one running domain into one new archive; return what was done.
+
+    Raise a BorgVmError subclass (nothing recorded, nothing lost) on failure.
+    """
+    started = time.monotonic()
+    dom = hv.domain(name)
+    if not dom.is_active():
+        raise DomainNotRunning(name=name)
+    with runtime.domain_lock(dom.uuid, name):
+        runtime.remove_stale(dom.uuid)
+        end_stale_job(dom)
+        result = _backup_locked(dom, borg, opts)
+    result.duration = time.monotonic() - started
+    return result
+
+
+def _backup_locked(dom: Domain, borg: Borg, opts: BackupOptions) -> BackupResult:
+    live_xml = dom.xml()
+    disks = select_disks(dom, live_xml, opts.exclude_disks)
+    archives, partial = repository.archives(borg, dom.name)
+    if partial:
+        log.warning("%s: deleting unfinished archives of a crashed run: %s",
+                    dom.name, ", ".join(partial))
+        borg.delete(partial)
+    own = {c for c in dom.checkpoints() if fmt.is_own_checkpoint(c)}
+    p = plan.plan(opts.level, dom.name, dom.uuid, disks, archives, own)
+    try:
+        return _run(dom, borg, opts, disks, archives, p, live_xml)
+    except CheckpointInconsistent as e:
+        if opts.level != plan.AUTO:
+            raise
+        log.warning("%s", e.message)
+        dom.delete_checkpoint(p.parent_checkpoint)
+        reason = f"checkpoint {p.parent_checkpoint} is inconsistent (QEMU stopped uncleanly?)"
+        full = plan.Plan(fmt.FULL, reason, None, {d.target: fmt.FULL for d in disks})
+        return _run(dom, borg, opts, disks, archives, full, live_xml)
+
+
+def _run(dom: Domain, borg: Borg, opts: BackupOptions, disks: list[plan.Disk],
+         archives: list[ArchiveInfo], p: plan.Plan, live_xml: str) -> BackupResult:
+    log.info("%s: %s backup: %s", dom.name, p.level, p.reason)
+    when = datetime.now(timezone.utc)
+    taken = set(dom.checkpoints()) | {a.name.checkpoint for a in archives}
+    snapshot, checkpoint = plan.names_for(p, dom.name, when, taken)
+    name = ArchiveName(dom.name, snapshot, checkpoint)
+    by_target = {d.target: d for d in disks}
+    with runtime.run_dir(dom.uuid, domxml.qemu_owner(live_xml)) as rundir:
+        socket = os.path.join(rundir, "nbd.sock")
+        scratch = opts.scratch_dir or rundir
+        export = {d.target: (os.path.join(scratch, f"{d.target}.{checkpoint}.scratch"),
+                             "incremental" if p.disk_levels[d.target] == fmt.INC else "full")
+                  for d in disks}
+        job = domxml.backup_xml(socket, {t: export.get(t) for t in _all_targets(live_xml)},
+                                p.parent_checkpoint if p.level == fmt.INC else None)
+        cp = domxml.checkpoint_xml(checkpoint, f"borg-vm backup of {dom.name}",
+                                   {t: t in by_target and by_target[t].incremental_capable
+                                    for t in _all_targets(live_xml)})
+        try:
+            with dom.pull_backup(job, cp, p.parent_checkpoint):
+                manifest = _stream(dom, borg, opts, p, name, when, socket, by_target)
+            _remove_scratch(export)
+        except BaseException:
+            _undo(dom, borg, checkpoint, name)
+            _remove_scratch(export)
+            raise
+    for old in sorted(c for c in dom.checkpoints()
+                      if fmt.is_own_checkpoint(c) and c != checkpoint):
+        dom.delete_checkpoint(old)
+    result = BackupResult(str(name), dom.name, snapshot, checkpoint, p.level, p.reason)
+    for t, d in manifest.disks.items():
+        result.disks[t] = DiskResult(d.virtual_size, read=d.data_bytes, data=d.data_bytes,
+                                     zero=d.zero_bytes)
+    return result
+
+
+def _all_targets(live_xml: str) -> list[str]:
+    return [s.target for s in domxml.parse_disks(live_xml)
+            if s.device == "disk" and s.target]
+
+
+def _remove_scratch(export: dict[str, tuple[str, str]]) -> None:
+    for path, _mode in export.values():
+        if os.path.exists(path):
+            os.unlink(path)
+
+
+def _undo(dom: Domain, borg: Borg, checkpoint: str, name: ArchiveName) -> None:
+    """After a failure: delete the new checkpoint and any partial archive. Best effort,
+    each step logged, so the original error is what the user sees."""
+    log.warning("%s: backup failed; removing checkpoint %s and partial archive",
+                dom.name, checkpoint)
+    try:
+        dom.abort_job()
+        dom.delete_checkpoint(checkpoint)
+    except LibvirtError as e:
+        log.error("%s: could not remove checkpoint %s: %s", dom.name, checkpoint, e.message)
+    try:
+        _complete, partial = repository.archives(borg, dom.name)
+        borg.delete(partial)
+    except BorgError as e:
+        log.error("%s: could not delete partial archive %s: %s", dom.name, name.partial,
+                  e.message)
+
+
+def _stream(dom: Domain, borg: Borg, opts: BackupOptions, p: plan.Plan, name: ArchiveName,
+            when: datetime, socket: str, disks: dict[str, plan.Disk]) -> Manifest:
+    """Read every disk's extents from the job's NBD exports into one archive; return its manifest."""
+    maps = {t: _extent_map(socket, t, p.disk_levels[t], opts) for t in sorted(disks)}
+    manifest = Manifest(
+        domain=dom.name, uuid=dom.uuid, snapshot=name.snapshot, checkpoint=name.checkpoint,
+        level=p.level, parent_checkpoint=p.parent_checkpoint,
+        parent_archive=p.parent.archive if p.parent else None,
+        time=when.strftime("%Y-%m-%dT%H:%M:%SZ"), block_size=opts.block_size,
+        disks={t: DiskRecord(p.disk_levels[t], disks[t].format, disks[t].source, size,
+                             tuple(ext)) for t, (size, ext) in maps.items()})
+    total = sum(d.data_bytes for d in manifest.disks.values())
+    progress = Progress.for_terminal(f"{dom.name}", total, opts.progress)
+    with borg.import_tar(name.partial, comment=manifest.summary().to_comment(),
+                         timestamp=when.strftime("%Y-%m-%dT%H:%M:%S"),
+                         compression=opts.compression,
+                         chunker_params=f"fixed,{opts.block_size}") as proc:
+        try:
+            tar = TarWriter(proc.stdin, int(when.timestamp()))
+            tar.add(fmt.DOMAIN_XML, dom.xml(inactive=True).encode())
+            tar.add(fmt.CHECKPOINT_XML, dom.checkpoint_xml(name.checkpoint).encode())
+            digests = {t: _stream_disk(tar, socket, t, manifest.disks[t], opts, progress)
+                       for t in sorted(disks)}
+            manifest = _with_digests(manifest, digests)
+            tar.add(fmt.MANIFEST, manifest.to_json())
+            tar.close()
+        except BrokenPipeError:
+            borg.finish("import-tar", proc)
+            raise BorgError(action="import-tar", detail="borg stopped reading the stream")
+        finally:
+            progress.close()
+        borg.finish("import-tar", proc)
+    borg.rename(name.partial, str(name))
+    log.info("%s: archive %s written", dom.name, name)
+    return manifest
+
+
+def _extent_map(socket: str, target: str, level: str,
+                opts: BackupOptions) -> tuple[int, list[extent.Extent]]:
+    """Return (virtual size, extents to record) of one exported disk."""
+    contexts = [BASE_ALLOCATION] + ([dirty_bitmap_context(target)] if level == fmt.INC else [])
+    with open_unix(socket, target, contexts) as exp:
+        runs = exp.block_status(contexts)
+        size = exp.size
+    if level == fmt.INC:
+        planned = extent.plan_incremental(runs[BASE_ALLOCATION], runs[contexts[1]])
+    else:
+        planned = extent.plan_full(runs[BASE_ALLOCATION])
+    return size, extent.widen_data(planned, opts.read_alignment, size)
+
+
+def _stream_disk(tar: TarWriter, socket: str, target: str, disk: DiskRecord,
+                 opts: BackupOptions, progress: Progress) -> str:
+    """Write the disk's data extents as tar members; return the sha256 of the data."""
+    digest = hashlib.sha256()
+    members = [m for e in disk.extents if e.kind == extent.DATA
+               for m in extent.split_at_blocks(e, opts.block_size)]
+    requests = [r for m in members for r in extent.requests(m, READ_REQUEST)]
+    starts = {m.start: m for m in members}
+    with open_unix(socket, target) as exp, \
+            prefetch.ahead(exp.read_pipelined(requests, READS_IN_FLIGHT),
+                           PREFETCH_DEPTH) as reads:
+        for offset, data in reads:
+            if offset in starts:
+                tar.begin(fmt.member_name(target, offset), starts[offset].length)
+            tar.write(data)
+            digest.update(data)
+            progress.advance(len(data))
+    return digest.hexdigest()
+
+
+def _with_digests(m: Manifest, digests: dict[str, str]) -> Manifest:
+    return replace(m, disks={t: replace(d, sha256=digests[t]) for t, d in m.disks.items()})

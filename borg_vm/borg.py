@@ -1,0 +1,174 @@
+"""The borg command line: the only module that runs borg.
+
+Borg is driven through its CLI (borg >= 1.2) with ``--log-json`` so its
+errors arrive as JSON lines with a ``msgid`` that maps to borg-vm errors.
+The repository, passphrase and ssh settings are borg's own: BORG_PASSPHRASE,
+BORG_PASSCOMMAND and BORG_RSH pass through the environment untouched;
+BORG_PASSPHRASE_FD can be read only once, so it is read here once and handed
+to each borg child through a fresh pipe.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import sys
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+from . import subproc
+from .errors import BorgError, BorgNotFound, PassphraseWrong, RepositoryNotFound
+
+log = logging.getLogger(__name__)
+
+_REPO_MISSING = {"Repository.DoesNotExist", "Repository.InvalidRepository",
+                 "Repository.ParentPathDoesNotExist", "ConnectionClosed",
+                 "ConnectionClosedWithHint", "RemoteRepository.RPCServerOutdated",
+                 "Repository.InsufficientFreeSpaceError"}
+_PASSPHRASE_WRONG = {"PassphraseWrong", "PasscommandFailure"}
+
+
+def find_borg() -> str:
+    """Return the borg executable: $BORG_VM_BORG, else next to this Python, else on PATH."""
+    explicit = os.environ.get("BORG_VM_BORG")
+    beside = os.path.join(os.path.dirname(sys.executable), "borg")
+    found = explicit or (beside if os.access(beside, os.X_OK) else shutil.which("borg"))
+    if not found:
+        raise BorgNotFound(detail="not on PATH")
+    return found
+
+
+@dataclass(frozen=True)
+class Listed:
+    name: str
+    comment: str
+    time: str
+
+
+class Borg:
+    """One Borg repository, reached through the borg CLI."""
+
+    def __init__(self, repo: str, *, executable: str | None = None):
+        self.repo = repo
+        self.executable = executable or find_borg()
+        self._passphrase = self._take_passphrase_fd()
+
+    @staticmethod
+    def _take_passphrase_fd() -> bytes | None:
+        fd = os.environ.get("BORG_PASSPHRASE_FD")
+        if fd is None:
+            return None
+        with open(int(fd), "rb", closefd=True) as f:
+            return f.read()
+
+    @contextlib.contextmanager
+    def _child_env(self) -> Iterator[tuple[dict[str, str], tuple[int, ...]]]:
+        env = dict(os.environ)
+        if self._passphrase is None:
+            yield env, ()
+            return
+        r, w = os.pipe()
+        try:
+            os.write(w, self._passphrase)
+            os.close(w)
+            env["BORG_PASSPHRASE_FD"] = str(r)
+            yield env, (r,)
+        finally:
+            os.close(r)
+
+    def _argv(self, command: str, *args: str) -> list[str]:
+        return [self.executable, "--log-json", command, *args]
+
+    def location(self, archive: str | None = None) -> str:
+        return f"{self.repo}::{archive}" if archive else self.repo
+
+    def _error(self, action: str, e: subproc.CommandFailed) -> BorgError:
+        """Turn a failed borg run into the borg-vm error its msgid means."""
+        msgids, messages = _parse_log_json(e.stderr)
+        if msgids & _PASSPHRASE_WRONG:
+            return PassphraseWrong(repo=self.repo)
+        if msgids & _REPO_MISSING:
+            return RepositoryNotFound(repo=self.repo, detail="; ".join(messages) or e.stderr)
+        detail = "; ".join(messages) or e.stderr.strip() or f"exit code {e.returncode}"
+        return BorgError(action=action, detail=detail)
+
+    def _run(self, action: str, argv: Sequence[str]) -> bytes:
+        with self._child_env() as (env, fds):
+            try:
+                return subproc.run(argv, env=env, pass_fds=fds).stdout
+            except subproc.CommandFailed as e:
+                raise self._error(action, e) from e
+
+    def list_archives(self) -> list[Listed]:
+        """Return every archive of the repository with its comment and time."""
+        out = self._run("list", self._argv("list", "--json", "--format", "{comment}",
+                                           self.location()))
+        doc = json.loads(out)
+        return [Listed(a["name"], a.get("comment", ""), a.get("time", ""))
+                for a in doc["archives"]]
+
+    def extract_file(self, archive: str, path: str) -> bytes:
+        """Return the contents of one file of an archive."""
+        return self._run("extract", self._argv("extract", "--stdout", self.location(archive),
+                                               path))
+
+    def rename(self, archive: str, new_name: str) -> None:
+        self._run("rename", self._argv("rename", self.location(archive), new_name))
+
+    def delete(self, archives: Sequence[str]) -> None:
+        """Delete archives (space is freed by a later 'borg compact')."""
+        if archives:
+            self._run("delete", self._argv("delete", self.location(archives[0]),
+                                           *archives[1:]))
+
+    @contextlib.contextmanager
+    def import_tar(self, archive: str, *, comment: str, timestamp: str,
+                   compression: str, chunker_params: str) -> Iterator[subproc.Stream]:
+        """Yield a running 'borg import-tar' reading a tar stream from its stdin.
+
+        The caller writes the stream, then calls ``finish(stream)``.
+        """
+        argv = self._argv("import-tar", "--comment", comment, "--timestamp", timestamp,
+                          "--compression", compression, "--chunker-params", chunker_params,
+                          self.location(archive), "-")
+        with self._child_env() as (env, fds), subproc.stream(argv, stdin=True, env=env,
+                                                            pass_fds=fds) as s:
+            yield s
+
+    @contextlib.contextmanager
+    def export_tar(self, archive: str, paths: Sequence[str]) -> Iterator[subproc.Stream]:
+        """Yield a running 'borg export-tar' writing the archive's paths to its stdout."""
+        argv = self._argv("export-tar", self.location(archive), "-",
+                          *paths)
+        with self._child_env() as (env, fds), subproc.stream(argv, stdout=True, env=env,
+                                                            pass_fds=fds) as s:
+            yield s
+
+    def finish(self, action: str, stream: subproc.Stream) -> None:
+        """Wait for a streaming borg command; raise the matching error if it failed."""
+        try:
+            stream.finish()
+        except subproc.CommandFailed as e:
+            raise self._error(action, e) from e
+
+
+def _parse_log_json(stderr: str) -> tuple[set[str], list[str]]:
+    """Return (msgids, error messages) from borg --log-json stderr lines."""
+    msgids, messages = set(), []
+    for line in stderr.splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            if line.strip():
+                messages.append(line.strip())
+            continue
+        if not isinstance(rec, dict):
+            continue
+        if rec.get("msgid"):
+            msgids.add(rec["msgid"])
+        if rec.get("levelname") in ("ERROR", "CRITICAL") and rec.get("message"):
+            messages.append(rec["message"].strip().splitlines()[0])
+    return msgids, messages

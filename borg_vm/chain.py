@@ -1,0 +1,69 @@
+"""Chains of archives: point-in-time selection and per-disk restore chains. Pure, no I/O.
+
+A chain is a full archive followed by incrementals, each naming its parent::
+
+    full(C1) <- inc(C2) <- inc(C3)        restore at C3 reads C1, C2, C3
+
+Chains are resolved per disk: a raw disk is backed up in full in every
+archive, so its chain is always that one archive.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from .archive import FULL, ArchiveInfo
+from .errors import ArchiveNotFound, BrokenChain, UnknownDisk
+
+
+def of_domain(archives: list[ArchiveInfo], domain: str) -> list[ArchiveInfo]:
+    """Return domain's archives, oldest first."""
+    own = [a for a in archives if a.name.domain == domain]
+    return sorted(own, key=lambda a: (a.time, a.name.checkpoint))
+
+
+def select(archives: list[ArchiveInfo], domain: str, checkpoint: str | None) -> ArchiveInfo:
+    """Return the archive of domain at checkpoint (None: the newest).
+
+    Raise ArchiveNotFound naming what exists if there is no such archive.
+    """
+    own = of_domain(archives, domain)
+    if not own:
+        raise ArchiveNotFound(detail=f"The repository holds no borg-vm archive of {domain!r}.")
+    if checkpoint is None:
+        return own[-1]
+    for a in own:
+        if a.name.checkpoint == checkpoint:
+            return a
+    known = ", ".join(a.name.checkpoint for a in own)
+    raise ArchiveNotFound(detail=f"No archive of {domain!r} at checkpoint {checkpoint!r} "
+                                 f"(checkpoints in the repository: {known}).")
+
+
+def disk_chain(archives: list[ArchiveInfo], top: ArchiveInfo, target: str) -> list[ArchiveInfo]:
+    """Return the archives that restore disk target as of top, full first.
+
+    Raise BrokenChain naming the first missing parent, UnknownDisk if top
+    has no such disk.
+    """
+    by_name = {a.archive: a for a in archives}
+    if target not in top.summary.disks:
+        raise UnknownDisk(name=top.name.domain, target=target,
+                          known=", ".join(sorted(top.summary.disks)))
+    chain = [top]
+    while chain[-1].summary.disks[target].level != FULL:
+        parent = chain[-1].summary.parent
+        if parent is None or parent not in by_name:
+            raise BrokenChain(archive=top.archive, missing=parent or "its parent")
+        if target not in by_name[parent].summary.disks:
+            raise BrokenChain(archive=top.archive, missing=f"disk {target} in {parent}")
+        chain.append(by_name[parent])
+    return chain[::-1]
+
+
+def group(archives: list[ArchiveInfo]) -> dict[str, dict[str, list[ArchiveInfo]]]:
+    """Return {domain: {snapshot: [archives oldest first]}}, domains and chains in time order."""
+    out: dict[str, dict[str, list[ArchiveInfo]]] = defaultdict(lambda: defaultdict(list))
+    for a in sorted(archives, key=lambda a: (a.name.domain, a.time, a.name.checkpoint)):
+        out[a.name.domain][a.name.snapshot].append(a)
+    return {d: dict(chains) for d, chains in out.items()}

@@ -1,0 +1,185 @@
+"""Command line: parse arguments into typed options, call an action, and turn
+errors into messages and exit codes (0 ok, 1 warning, 2 error, as borg)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+
+from . import __version__, listing, plan, virt
+from .backup import BackupOptions, backup
+from .borg import Borg
+from .errors import EXIT_ERROR, EXIT_OK, BorgVmError, Interrupted, NoRepository
+from .restore import RestoreOptions, restore
+
+log = logging.getLogger("borg_vm")
+
+EPILOG = """\
+The repository comes from --repo or BORG_REPO; its passphrase from borg's own
+BORG_PASSPHRASE, BORG_PASSCOMMAND or BORG_PASSPHRASE_FD; ssh:// repositories use
+BORG_RSH like borg. Exit codes: 0 ok, 1 warning, 2 error."""
+
+
+def _common(p: argparse.ArgumentParser, libvirt: bool = False) -> None:
+    p.add_argument("--repo", metavar="REPO", help="Borg repository (default: $BORG_REPO)")
+    if libvirt:
+        p.add_argument("-c", "--connect", metavar="URI", default=virt.DEFAULT_URI,
+                       help=f"libvirt URI, as for virsh -c (default: {virt.DEFAULT_URI})")
+    p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+
+
+def _logging_options(p: argparse.ArgumentParser, default) -> None:
+    p.add_argument("--debug", action="store_true", default=default,
+                   help="debug logging and tracebacks")
+    p.add_argument("-q", "--quiet", action="store_true", default=default,
+                   help="log warnings and errors only")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # Logging options work before or after the command; a subcommand's copy
+    # must not reset what was given before it, hence SUPPRESS there.
+    logging_opts = argparse.ArgumentParser(add_help=False)
+    _logging_options(logging_opts, argparse.SUPPRESS)
+    parser = argparse.ArgumentParser(
+        prog="borg-vm", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Incremental backups of libvirt/QEMU virtual machines into Borg.")
+    parser.add_argument("--version", action="version", version=f"borg-vm {__version__}")
+    _logging_options(parser, False)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    b = sub.add_parser("backup", parents=[logging_opts], help="back up running domains, one archive each",
+                       description="Back up running domains: a full backup the first "
+                       "time, then incrementals of what changed since the last checkpoint.")
+    b.add_argument("domains", nargs="+", metavar="DOMAIN")
+    _common(b, libvirt=True)
+    b.add_argument("--level", choices=plan.REQUESTS, default=plan.AUTO,
+                   help="auto: incremental when possible, else full (default); "
+                   "full; inc: incremental or fail")
+    b.add_argument("--exclude-disk", action="append", default=[], metavar="TARGET",
+                   help="leave this disk (e.g. vdb) out; repeatable")
+    b.add_argument("--scratch-dir", metavar="DIR",
+                   help="where the backup job keeps its scratch (fleecing) files "
+                   "(default: the private run directory under /run/borg-vm)")
+    b.add_argument("--compression", default="lz4", metavar="SPEC",
+                   help="borg compression spec (default: lz4)")
+    b.add_argument("--no-progress", action="store_true", help="no progress bar")
+    b.set_defaults(run=_cmd_backup)
+
+    ls = sub.add_parser("list", parents=[logging_opts], help="list archives by domain and chain",
+                        description="List borg-vm archives grouped by domain and chain, "
+                        "oldest first.")
+    ls.add_argument("domain", nargs="?", metavar="DOMAIN")
+    _common(ls)
+    ls.set_defaults(run=_cmd_list)
+
+    r = sub.add_parser("restore", parents=[logging_opts], help="rebuild a domain's disks as of a checkpoint",
+                       description="Rebuild the disks of DOMAIN as of a checkpoint: a base "
+                       "image and qcow2 overlays (or one flattened image), plus domain XML "
+                       "to 'virsh define'.")
+    r.add_argument("domain", metavar="DOMAIN")
+    r.add_argument("--to", required=True, metavar="DIR", help="directory for the images")
+    _common(r)
+    r.add_argument("--checkpoint", metavar="NAME", help="checkpoint to restore (default: newest)")
+    r.add_argument("--flatten", action="store_true", help="write one image per disk, no chain")
+    r.add_argument("--disk", action="append", default=[], metavar="TARGET",
+                   help="restore only this disk; repeatable")
+    r.add_argument("--format", choices=("qcow2", "raw"), default="qcow2",
+                   help="format of the base (or flattened) image (default: qcow2); "
+                   "overlays are always qcow2")
+    r.add_argument("--force", action="store_true", help="overwrite existing files")
+    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    r.set_defaults(run=_cmd_restore)
+    return parser
+
+
+def _borg(args: argparse.Namespace) -> Borg:
+    repo = args.repo or os.environ.get("BORG_REPO")
+    if not repo:
+        raise NoRepository()
+    return Borg(repo)
+
+
+def _emit(doc: dict) -> None:
+    print(json.dumps(doc, indent=None if "archives" not in doc else 1))
+
+
+def _cmd_backup(args: argparse.Namespace) -> int:
+    opts = BackupOptions(level=args.level, exclude_disks=tuple(args.exclude_disk),
+                         scratch_dir=args.scratch_dir, compression=args.compression,
+                         progress=not (args.no_progress or args.json))
+    borg = _borg(args)
+    worst = EXIT_OK
+    with virt.connect(args.connect) as hv:
+        for name in args.domains:
+            try:
+                result = backup(hv, borg, name, opts)
+            except Interrupted:
+                raise
+            except BorgVmError as e:
+                log.error("%s: %s", name, e.message)
+                log.debug("details", exc_info=True)
+                worst = max(worst, e.exit_code)
+                continue
+            if args.json:
+                _emit(result.to_json())
+            else:
+                log.info("%s: %s backup done in %.1f s: %s", name, result.level,
+                         result.duration, result.archive)
+    return worst
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    archives = listing.list_archives(_borg(args), args.domain)
+    if args.json:
+        _emit(listing.to_json(archives))
+    elif archives:
+        print(listing.to_text(archives))
+    return EXIT_OK
+
+
+def _cmd_restore(args: argparse.Namespace) -> int:
+    opts = RestoreOptions(to=args.to, checkpoint=args.checkpoint, flatten=args.flatten,
+                          disks=tuple(args.disk), format=args.format, force=args.force,
+                          progress=not (args.no_progress or args.json))
+    result = restore(_borg(args), args.domain, opts)
+    if args.json:
+        _emit(result.to_json())
+    else:
+        for target, d in result.disks.items():
+            print(f"{target}: {d['image']}")
+        print(f"domain XML: {result.domain_xml}")
+    return EXIT_OK
+
+
+def _raise_interrupted(signum, _frame):
+    raise Interrupted(signal=signal.Signals(signum).name)
+
+
+def _setup_logging(debug: bool, quiet: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("borg-vm: %(message)s"))
+    root = logging.getLogger("borg_vm")
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The one exit point: run the command, map errors to messages and exit codes."""
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.debug, args.quiet)
+    signal.signal(signal.SIGTERM, _raise_interrupted)
+    signal.signal(signal.SIGINT, _raise_interrupted)
+    try:
+        code = args.run(args)
+    except BorgVmError as e:
+        log.error("%s", e.message)
+        if args.debug:
+            log.exception("traceback")
+        code = e.exit_code
+    except BrokenPipeError:
+        code = EXIT_ERROR
+    sys.exit(code)

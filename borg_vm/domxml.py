@@ -1,0 +1,149 @@
+"""libvirt XML documents: read disks out of domain XML, write backup and
+checkpoint XML, and rewrite a domain for a restore. Pure, no I/O.
+
+Formats: https://libvirt.org/formatdomain.html, formatbackup.html,
+formatcheckpoint.html.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class DiskSpec:
+    """A <disk> of a domain."""
+
+    target: str
+    device: str          # disk, cdrom, floppy, lun
+    type: str            # file, block, network, volume
+    source: str | None
+    format: str | None   # driver type: qcow2, raw, ...
+    readonly: bool
+    shareable: bool
+
+    def skip_reason(self) -> str | None:
+        """Return why borg-vm does not back this disk up, or None if it does."""
+        if self.device != "disk":
+            return f"{self.device} device"
+        if self.readonly:
+            return "read-only"
+        if self.shareable:
+            return "shareable"
+        if self.type not in ("file", "block"):
+            return f"{self.type} disks are not supported"
+        if not self.source:
+            return "no source (empty drive)"
+        return None
+
+
+def parse_disks(domain_xml: str) -> list[DiskSpec]:
+    """Given domain XML, return its disks in document order."""
+    return [_disk_spec(d) for d in ET.fromstring(domain_xml).findall("./devices/disk")]
+
+
+def _disk_spec(d: ET.Element) -> DiskSpec:
+    target = d.find("target")
+    source = d.find("source")
+    driver = d.find("driver")
+    return DiskSpec(
+        target=target.get("dev") if target is not None else "",
+        device=d.get("device", "disk"),
+        type=d.get("type", "file"),
+        source=None if source is None else (source.get("file") or source.get("dev")),
+        format=None if driver is None else driver.get("type"),
+        readonly=d.find("readonly") is not None,
+        shareable=d.find("shareable") is not None)
+
+
+def domain_uuid(domain_xml: str) -> str:
+    return ET.fromstring(domain_xml).findtext("uuid", "")
+
+
+def qemu_owner(live_xml: str) -> tuple[int, int] | None:
+    """Return (uid, gid) the domain's QEMU runs as (its DAC label), or None if unknown."""
+    for label in ET.fromstring(live_xml).findall("./seclabel[@model='dac']/label"):
+        try:
+            uid, gid = (int(p.lstrip("+")) for p in label.text.split(":"))
+        except (AttributeError, ValueError):
+            continue
+        return uid, gid
+    return None
+
+
+def backup_xml(socket: str, disks: dict[str, tuple[str, str] | None],
+               incremental: str | None) -> str:
+    """Return pull-mode <domainbackup> XML exporting over a unix socket.
+
+    disks maps every disk target to (scratch file, "full"|"incremental") to
+    export it, or None to leave it out.
+    """
+    root = ET.Element("domainbackup", mode="pull")
+    if incremental:
+        ET.SubElement(root, "incremental").text = incremental
+    ET.SubElement(root, "server", transport="unix", socket=socket)
+    elems = ET.SubElement(root, "disks")
+    for target, spec in disks.items():
+        if spec is None:
+            ET.SubElement(elems, "disk", name=target, backup="no")
+            continue
+        scratch, mode = spec
+        disk = ET.SubElement(elems, "disk", name=target, backup="yes", type="file",
+                             backupmode=mode)
+        if mode == "incremental" and incremental:
+            disk.set("incremental", incremental)
+        ET.SubElement(disk, "scratch", file=scratch)
+    return ET.tostring(root, encoding="unicode")
+
+
+def backup_sockets(job_xml: str) -> list[str]:
+    """Return the unix socket paths a running backup job's XML names."""
+    return [s.get("socket", "") for s in ET.fromstring(job_xml).findall("server")]
+
+
+def checkpoint_xml(name: str, description: str, bitmaps: dict[str, bool]) -> str:
+    """Return <domaincheckpoint> XML; bitmaps maps each disk target to whether it gets a bitmap."""
+    root = ET.Element("domaincheckpoint")
+    ET.SubElement(root, "name").text = name
+    ET.SubElement(root, "description").text = description
+    elems = ET.SubElement(root, "disks")
+    for target, bitmap in bitmaps.items():
+        ET.SubElement(elems, "disk", name=target, checkpoint="bitmap" if bitmap else "no")
+    return ET.tostring(root, encoding="unicode")
+
+
+def restored_domain_xml(domain_xml: str, new_name: str,
+                        images: dict[str, tuple[str, str]]) -> str:
+    """Return domain XML that runs on restored images without clashing with the original.
+
+    The name becomes new_name, the UUID is dropped (libvirt makes a new one),
+    each restored disk (target -> (path, format)) points at its image, and
+    other writable disks are removed so the copy never writes to the
+    original's disks.
+    """
+    root = ET.fromstring(domain_xml)
+    root.find("name").text = new_name
+    for e in root.findall("uuid"):
+        root.remove(e)
+    devices = root.find("devices")
+    for d in list(devices.findall("disk")) if devices is not None else []:
+        spec = _disk_spec(d)
+        if spec.target in images:
+            _point_disk_at(d, *images[spec.target])
+        elif spec.device == "disk" and not spec.readonly:
+            devices.remove(d)
+    return ET.tostring(root, encoding="unicode")
+
+
+def _point_disk_at(disk: ET.Element, path: str, fmt: str) -> None:
+    disk.set("type", "file")
+    for e in disk.findall("source") + disk.findall("backingStore"):
+        disk.remove(e)
+    source = ET.Element("source", file=path)
+    disk.insert(1 if disk.find("driver") is not None else 0, source)
+    driver = disk.find("driver")
+    if driver is None:
+        driver = ET.Element("driver", name="qemu")
+        disk.insert(0, driver)
+    driver.set("type", fmt)

@@ -1,0 +1,137 @@
+"""Errors that own their user message and exit code.
+
+Every failure borg-vm reports to a person is one of these classes. The class
+docstring is the message template (``str.format`` over the constructor's
+keyword arguments); ``exit_code`` follows borg: 0 ok, 1 warning, 2 error.
+``cli.main`` is the one place that turns them into output and an exit code.
+"""
+
+EXIT_OK = 0
+EXIT_WARNING = 1
+EXIT_ERROR = 2
+EXIT_INTERRUPTED = 2
+
+
+class BorgVmError(Exception):
+    """{detail}"""
+
+    exit_code = EXIT_ERROR
+
+    def __init__(self, **kwargs):
+        self.kwargs = kwargs
+        super().__init__(self.message)
+
+    @property
+    def message(self) -> str:
+        template = " ".join((self.__doc__ or "").split())
+        return template.format(**self.kwargs)
+
+
+class UsageError(BorgVmError):
+    """{detail}"""
+
+
+class Interrupted(BorgVmError):
+    """Interrupted by {signal}; everything this run started was undone."""
+
+    exit_code = EXIT_INTERRUPTED
+
+
+# --- libvirt ---------------------------------------------------------------
+
+class LibvirtConnectError(BorgVmError):
+    """Cannot connect to libvirt at {uri}: {detail}. Is libvirtd running, and
+    may this user use it? (choose another URI with -c/--connect)"""
+
+
+class DomainNotFound(BorgVmError):
+    """Domain {name!r} not found at {uri} ('virsh -c {uri} list --all' lists
+    the domains)."""
+
+
+class DomainNotRunning(BorgVmError):
+    """Domain {name!r} is not running: libvirt makes pull-mode backups of
+    running (or paused) domains only. Start it, e.g. 'virsh start --paused
+    {name}'."""
+
+
+class NoDisksToBackUp(BorgVmError):
+    """Domain {name!r} has no disk borg-vm can back up ({detail})."""
+
+
+class UnknownDisk(BorgVmError):
+    """Domain {name!r} has no disk {target!r} (its disks: {known})."""
+
+
+class LibvirtError(BorgVmError):
+    """libvirt failed to {action} for domain {name!r}: {detail}"""
+
+
+class CheckpointInconsistent(LibvirtError):
+    """Checkpoint {checkpoint!r} of domain {name!r} is unusable: {detail}"""
+
+
+# --- NBD -------------------------------------------------------------------
+
+class NbdError(BorgVmError):
+    """NBD {action} failed on {where}: {detail}"""
+
+
+# --- qemu-img / qemu-nbd ---------------------------------------------------
+
+class QemuImgError(BorgVmError):
+    """qemu-img {action} failed: {detail}"""
+
+
+# --- Borg ------------------------------------------------------------------
+
+class BorgNotFound(BorgVmError):
+    """The borg command was not found ({detail}). Install BorgBackup >= 1.2,
+    or point BORG_VM_BORG at it."""
+
+
+class BorgError(BorgVmError):
+    """borg {action} failed: {detail}"""
+
+
+class RepositoryNotFound(BorgError):
+    """Borg repository {repo} does not exist or cannot be reached: {detail}"""
+
+
+class PassphraseWrong(BorgError):
+    """The passphrase for repository {repo} is wrong (borg-vm uses Borg's own
+    BORG_PASSPHRASE, BORG_PASSCOMMAND or BORG_PASSPHRASE_FD)."""
+
+
+class NoRepository(UsageError):
+    """No repository given: use --repo or set BORG_REPO."""
+
+
+# --- archives and chains ---------------------------------------------------
+
+class FormatError(BorgVmError):
+    """Archive {archive} is not a borg-vm archive this version can read:
+    {detail}"""
+
+
+class NoUsableParent(BorgVmError):
+    """An incremental backup of {domain!r} was asked for, but there is no
+    usable parent: {reason}. Run with --level auto or --level full."""
+
+
+class ArchiveNotFound(BorgVmError):
+    """{detail}"""
+
+
+class BrokenChain(BorgVmError):
+    """Cannot restore {archive}: the chain back to its full backup is broken,
+    {missing} is missing from the repository."""
+
+
+class RestoreTargetExists(BorgVmError):
+    """Refusing to overwrite {paths}: remove them or use --force."""
+
+
+class IntegrityError(BorgVmError):
+    """Data of disk {target} in archive {archive} does not match its manifest
+    ({detail}); the restore was abandoned."""

@@ -1,0 +1,231 @@
+"""Extent arithmetic: which byte ranges of a disk a backup reads and records.
+
+Pure functions over frozen dataclasses; no I/O.
+
+An NBD server describes a disk as runs of ``(length, flags)`` per metadata
+context. Two contexts matter:
+
+- ``base:allocation``: flags ``STATE_HOLE`` (1) and ``STATE_ZERO`` (2); a run
+  whose ZERO bit is set reads as zeros (discarded, write-zeroed or never
+  written), anything else is data.
+- ``qemu:dirty-bitmap:backup-<disk>``: flag 1 means written since the parent
+  checkpoint (at the bitmap's granularity, 64 KiB for qcow2).
+
+A backup records a list of ``Extent(start, length, kind)``; ``kind`` is
+``DATA`` (bytes stored in the archive) or ``ZERO`` (the range reads as zeros
+and restore must zero it). Ranges in neither were not changed.
+
+Full backup (no dirty map): allocation decides alone::
+
+    allocation  |data....|zero....|data|hole.......|
+    recorded    |DATA....|ZERO....|DATA|ZERO.......|
+
+Incremental: the dirty map selects, allocation says data or zero. A dirty
+range that now reads as zero is recorded as ZERO, never dropped, or restore
+would bring stale bytes back::
+
+    dirty       |---|dirty.........|------|dirty.|---|
+    allocation  |data....|zero....|data.........|hole|
+    recorded        |DATA|ZERO....|       |DATA.|
+
+Archive members start on block boundaries where they can, so a fixed-size
+chunker cuts the same chunks wherever the same block occurs (see
+``split_at_blocks``)::
+
+    block       |0       |1       |2       |3       |
+    extent         |DATA.........................|
+    members        |a..|b...........................|
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+DATA = "data"
+ZERO = "zero"
+KINDS = (DATA, ZERO)
+
+STATE_HOLE = 1
+STATE_ZERO = 2
+STATE_DIRTY = 1
+
+
+@dataclass(frozen=True, order=True)
+class Run:
+    """A run of one metadata context: bytes [start, start+length) carry flags."""
+
+    start: int
+    length: int
+    flags: int
+
+    @property
+    def end(self) -> int:
+        return self.start + self.length
+
+
+@dataclass(frozen=True, order=True)
+class Extent:
+    """A recorded range: [start, start+length) is DATA or ZERO."""
+
+    start: int
+    length: int
+    kind: str = DATA
+
+    def __post_init__(self):
+        if self.start < 0 or self.length <= 0 or self.kind not in KINDS:
+            raise ValueError(f"invalid extent {self.start}+{self.length} {self.kind!r}")
+
+    @property
+    def end(self) -> int:
+        return self.start + self.length
+
+
+def runs_from_entries(offset: int, entries: Sequence[int]) -> list[Run]:
+    """Given an NBD block-status reply (flat [length, flags, ...] from offset), return Runs."""
+    runs = []
+    for length, flags in zip(entries[0::2], entries[1::2]):
+        if length > 0:
+            runs.append(Run(offset, length, flags))
+            offset += length
+    return runs
+
+
+def clip_runs(runs: Iterable[Run], start: int, end: int) -> list[Run]:
+    """Return the parts of runs inside [start, end)."""
+    out = []
+    for r in runs:
+        lo, hi = max(r.start, start), min(r.end, end)
+        if lo < hi:
+            out.append(Run(lo, hi - lo, r.flags))
+    return out
+
+
+def merge(extents: Iterable[Extent]) -> list[Extent]:
+    """Return extents sorted, with touching extents of the same kind joined.
+
+    Raise ValueError if two extents overlap.
+    """
+    out: list[Extent] = []
+    for e in sorted(extents):
+        if out and e.start < out[-1].end:
+            raise ValueError(f"extents overlap at {e.start}")
+        if out and e.start == out[-1].end and e.kind == out[-1].kind:
+            out[-1] = Extent(out[-1].start, out[-1].length + e.length, e.kind)
+        else:
+            out.append(e)
+    return out
+
+
+def _allocation_kind(flags: int) -> str:
+    return ZERO if flags & STATE_ZERO else DATA
+
+
+def plan_full(allocation: Iterable[Run]) -> list[Extent]:
+    """Given the allocation runs of a whole disk, return what a full backup records."""
+    return merge(Extent(r.start, r.length, _allocation_kind(r.flags)) for r in allocation)
+
+
+def plan_incremental(allocation: Sequence[Run], dirty: Iterable[Run]) -> list[Extent]:
+    """Given allocation and dirty-bitmap runs, return what an incremental backup records.
+
+    Every dirty byte is recorded: DATA where allocation says data, ZERO where it
+    reads as zeros. Bytes not dirty are not recorded.
+    """
+    out = []
+    for d in dirty:
+        if d.flags & STATE_DIRTY:
+            out.extend(Extent(r.start, r.length, _allocation_kind(r.flags))
+                       for r in clip_runs(allocation, d.start, d.end))
+    return merge(out)
+
+
+def widen_data(extents: Sequence[Extent], alignment: int, size: int) -> list[Extent]:
+    """Return extents with every DATA extent widened to `alignment` boundaries (clipped to size).
+
+    Widened DATA wins over ZERO where they meet: reading a range that is
+    unchanged or zero is harmless, it only costs reads. This trades read
+    amplification for whole-block deduplication; alignment <= 1 returns the
+    extents unchanged.
+    """
+    if alignment <= 1:
+        return list(extents)
+    wide = merge_overlapping(
+        (e.start - e.start % alignment, min(size, -(-e.end // alignment) * alignment))
+        for e in extents if e.kind == DATA)
+    out = [Extent(lo, hi - lo, DATA) for lo, hi in wide]
+    for z in (e for e in extents if e.kind == ZERO):
+        out.extend(Extent(lo, hi - lo, ZERO) for lo, hi in subtract((z.start, z.end), wide))
+    return merge(out)
+
+
+def merge_overlapping(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Return the union of half-open (lo, hi) ranges as sorted disjoint ranges."""
+    out: list[tuple[int, int]] = []
+    for lo, hi in sorted(ranges):
+        if out and lo <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], hi))
+        else:
+            out.append((lo, hi))
+    return out
+
+
+def subtract(rng: tuple[int, int], holes: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Return the parts of half-open rng not covered by the sorted disjoint holes."""
+    lo, hi = rng
+    out = []
+    for hlo, hhi in holes:
+        if hhi <= lo or hlo >= hi:
+            continue
+        if hlo > lo:
+            out.append((lo, hlo))
+        lo = max(lo, hhi)
+    if lo < hi:
+        out.append((lo, hi))
+    return out
+
+
+def split_at_blocks(extent: Extent, block_size: int) -> list[Extent]:
+    """Split a DATA extent into archive members that start on block boundaries.
+
+    An unaligned start becomes its own short member up to the next boundary;
+    the rest is one member starting on a boundary, which a fixed chunker of
+    block_size cuts into whole blocks.
+    """
+    head = min(extent.end, -(-extent.start // block_size) * block_size)
+    if head in (extent.start, extent.end):
+        return [extent]
+    return [Extent(extent.start, head - extent.start, extent.kind),
+            Extent(head, extent.end - head, extent.kind)]
+
+
+def requests(extent: Extent, max_request: int) -> list[tuple[int, int]]:
+    """Split an extent into (offset, length) read requests of at most max_request bytes.
+
+    Requests after the first start on max_request boundaries, so reads line
+    up with blocks when max_request is the block size.
+    """
+    out = []
+    offset = extent.start
+    while offset < extent.end:
+        boundary = (offset // max_request + 1) * max_request
+        length = min(boundary, extent.end) - offset
+        out.append((offset, length))
+        offset += length
+    return out
+
+
+def total(extents: Iterable[Extent], kind: str) -> int:
+    """Return the number of bytes in extents of the given kind."""
+    return sum(e.length for e in extents if e.kind == kind)
+
+
+def check_map(extents: Sequence[Extent], size: int) -> None:
+    """Raise ValueError unless extents are sorted, disjoint and inside [0, size)."""
+    end = 0
+    for e in extents:
+        if e.start < end:
+            raise ValueError(f"extent at {e.start} is out of order or overlaps")
+        end = e.end
+    if end > size:
+        raise ValueError(f"extent ends at {end}, beyond the disk size {size}")

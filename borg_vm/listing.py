@@ -1,0 +1,40 @@
+"""The list action: borg-vm archives grouped by domain and chain."""
+
+from __future__ import annotations
+
+from . import chain, repository
+from .archive import ArchiveInfo
+from .borg import Borg
+from .progress import human
+
+
+def list_archives(borg: Borg, domain: str | None) -> list[ArchiveInfo]:
+    """Return the complete borg-vm archives (of domain, or all), oldest first per domain."""
+    archives, _partial = repository.archives(borg, domain)
+    return [a for chains in chain.group(archives).values()
+            for arcs in chains.values() for a in arcs]
+
+
+def to_json(archives: list[ArchiveInfo]) -> dict:
+    return {"archives": [
+        {"name": a.archive, "domain": a.name.domain, "snapshot": a.name.snapshot,
+         "checkpoint": a.name.checkpoint, "parent": a.summary.parent, "level": a.level,
+         "time": a.time,
+         "data": sum(d.data_bytes for d in a.summary.disks.values()),
+         "zero": sum(d.zero_bytes for d in a.summary.disks.values())}
+        for a in archives]}
+
+
+def to_text(archives: list[ArchiveInfo]) -> str:
+    """Return the archives as an indented table: domain, then chain, then archives."""
+    lines = []
+    for domain, chains in chain.group(archives).items():
+        lines.append(f"{domain}")
+        for snapshot, arcs in chains.items():
+            lines.append(f"  chain {snapshot}")
+            for a in arcs:
+                data = sum(d.data_bytes for d in a.summary.disks.values())
+                parent = a.summary.parent.rsplit(".", 1)[-1] if a.summary.parent else "-"
+                lines.append(f"    {a.name.checkpoint:<28} {a.level:<4} {a.time}  "
+                             f"data {human(data):>10}  parent {parent}")
+    return "\n".join(lines)

@@ -1,0 +1,180 @@
+"""libnbd: the only module that imports the nbd binding (Debian's python3-libnbd).
+
+Reading a backup export (block status of several metadata contexts,
+pipelined reads with several requests in flight) and writing images served
+by qemu-nbd for restore. NBD errors become NbdError with the export named.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+from typing import Iterable, Iterator, Sequence
+
+import nbd
+
+from .errors import NbdError
+from .extent import Run, clip_runs, runs_from_entries
+
+log = logging.getLogger(__name__)
+
+BASE_ALLOCATION = nbd.CONTEXT_BASE_ALLOCATION
+# A block-status request covers at most this much; servers may answer less.
+MAX_BLOCK_STATUS = 1024 * 1024 * 1024
+# NBD_CMD_WRITE_ZEROES takes a 32-bit length: zero big ranges in steps.
+MAX_ZERO_REQUEST = 1024 * 1024 * 1024
+
+
+def dirty_bitmap_context(target: str) -> str:
+    """Return the metadata context libvirt exports a disk's dirty bitmap under."""
+    return f"qemu:dirty-bitmap:backup-{target}"
+
+
+class Export:
+    """A connected NBD export (one disk)."""
+
+    def __init__(self, handle: "nbd.NBD", where: str):
+        self.h = handle
+        self.where = where
+
+    def _fail(self, action: str, e: "nbd.Error") -> NbdError:
+        return NbdError(action=action, where=self.where, detail=e.string)
+
+    @property
+    def size(self) -> int:
+        return self.h.get_size()
+
+    def can_meta_context(self, context: str) -> bool:
+        return bool(self.h.can_meta_context(context))
+
+    def block_status(self, contexts: Sequence[str]) -> dict[str, list[Run]]:
+        """Return the runs of each context covering the whole export.
+
+        Raise NbdError if the server does not report a requested context.
+        """
+        size, offset = self.size, 0
+        runs: dict[str, list[Run]] = {c: [] for c in contexts}
+        while offset < size:
+            reply: dict[str, list[Run]] = {}
+
+            def collect(context, start, entries, _err):
+                if context in runs:
+                    reply[context] = runs_from_entries(start, entries)
+                return 0
+
+            try:
+                self.h.block_status(min(size - offset, MAX_BLOCK_STATUS), offset, collect)
+            except nbd.Error as e:
+                raise self._fail("block status", e) from e
+            missing = set(contexts) - set(reply)
+            if missing:
+                raise NbdError(action="block status", where=self.where,
+                               detail=f"server did not report {', '.join(sorted(missing))}")
+            end = min(size, *(r[-1].end for r in reply.values() if r))
+            if end <= offset:
+                raise NbdError(action="block status", where=self.where,
+                               detail=f"no progress at offset {offset}")
+            for c in contexts:
+                runs[c].extend(clip_runs(reply[c], offset, end))
+            offset = end
+        return runs
+
+    def read_pipelined(self, requests: Iterable[tuple[int, int]],
+                       depth: int) -> Iterator[tuple[int, bytearray]]:
+        """Yield (offset, data) for each (offset, length) request, in order.
+
+        Up to depth requests are in flight at once.
+        """
+        pending: collections.deque = collections.deque()
+        todo = iter(requests)
+
+        def submit() -> None:
+            for offset, length in todo:
+                buf = nbd.Buffer(length)
+                pending.append((self.h.aio_pread(buf, offset), offset, buf))
+                if len(pending) >= depth:
+                    return
+
+        try:
+            submit()
+            while pending:
+                cookie, offset, buf = pending[0]
+                while not self.h.aio_command_completed(cookie):
+                    self.h.poll(-1)
+                pending.popleft()
+                submit()
+                yield offset, buf.to_buffer()
+        except nbd.Error as e:
+            raise self._fail("read", e) from e
+
+    def pwrite(self, data, offset: int) -> None:
+        try:
+            self.h.pwrite(data, offset)
+        except nbd.Error as e:
+            raise self._fail(f"write at {offset}", e) from e
+
+    def zero(self, offset: int, length: int) -> None:
+        """Make [offset, offset+length) read as zeros, unallocating where the image allows."""
+        end = offset + length
+        try:
+            while offset < end:
+                n = min(end - offset, MAX_ZERO_REQUEST)
+                self.h.zero(n, offset)
+                offset += n
+        except nbd.Error as e:
+            raise self._fail(f"write zeroes at {offset}", e) from e
+
+    def flush(self) -> None:
+        try:
+            self.h.flush()
+        except nbd.Error as e:
+            raise self._fail("flush", e) from e
+
+
+@contextlib.contextmanager
+def _handle(where: str, contexts: Sequence[str] = ()) -> Iterator["nbd.NBD"]:
+    h = nbd.NBD()
+    try:
+        for c in contexts:
+            h.add_meta_context(c)
+        yield h
+    except nbd.Error as e:
+        raise NbdError(action="connect", where=where, detail=e.string) from e
+    finally:
+        with contextlib.suppress(nbd.Error):
+            h.shutdown()
+        # libnbd 1.14's Python binding closes the handle (and ends a server it
+        # started) when the last reference goes.
+        del h
+
+
+@contextlib.contextmanager
+def open_unix(socket: str, export: str, contexts: Sequence[str] = ()) -> Iterator[Export]:
+    """Yield the named export of the NBD server on a unix socket, with metadata contexts."""
+    where = f"export {export!r} at {socket}"
+    with _handle(where, contexts) as h:
+        h.set_export_name(export)
+        h.connect_unix(socket)
+        yield Export(h, where)
+
+
+@contextlib.contextmanager
+def open_command(argv: Sequence[str], where: str,
+                 contexts: Sequence[str] = ()) -> Iterator[Export]:
+    """Yield the export of an NBD server libnbd starts with socket activation (e.g. qemu-nbd).
+
+    The server lives exactly as long as the connection.
+    """
+    with _handle(where, contexts) as h:
+        h.connect_systemd_socket_activation(list(argv))
+        yield Export(h, where)
+
+
+@contextlib.contextmanager
+def open_stdio_command(argv: Sequence[str], where: str,
+                       contexts: Sequence[str] = ()) -> Iterator[Export]:
+    """Yield the export of an NBD server speaking on its stdin/stdout (e.g. nbdkit -s)."""
+    with _handle(where, contexts) as h:
+        h.connect_command(list(argv))
+        yield Export(h, where)

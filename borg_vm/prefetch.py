@@ -1,0 +1,63 @@
+"""Run a producer iterator in a background thread, ahead of its consumer.
+
+Used so NBD reads overlap with Borg ingesting the previous data: the
+producer blocks once `depth` items wait, which bounds memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+from typing import Iterable, Iterator, TypeVar
+
+T = TypeVar("T")
+_DONE = object()
+_JOIN_POLL_SECONDS = 0.05
+
+
+class _Failure:
+    def __init__(self, exc: BaseException):
+        self.exc = exc
+
+
+@contextlib.contextmanager
+def ahead(items: Iterable[T], depth: int) -> Iterator[Iterator[T]]:
+    """Yield an iterator over items, produced by a thread at most depth items ahead.
+
+    An exception in the producer is raised in the consumer. Leaving the block
+    early stops the producer and waits for it, so nothing outlives the block.
+    """
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if stop.is_set():
+                    return
+                q.put(item)
+            q.put(_DONE)
+        except BaseException as e:  # handed to the consumer, which re-raises it
+            q.put(_Failure(e))
+
+    def consume() -> Iterator[T]:
+        while True:
+            item = q.get()
+            if item is _DONE:
+                return
+            if isinstance(item, _Failure):
+                raise item.exc
+            yield item
+
+    worker = threading.Thread(target=produce, name="prefetch", daemon=True)
+    worker.start()
+    try:
+        yield consume()
+    finally:
+        stop.set()
+        while worker.is_alive():
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    q.get_nowait()
+            worker.join(_JOIN_POLL_SECONDS)

@@ -1,0 +1,37 @@
+"""borg-vm's view of a Borg repository: which archives are complete borg-vm
+archives of a domain and which are leftovers of crashed runs."""
+
+from __future__ import annotations
+
+import logging
+
+from . import archive as fmt
+from .archive import ArchiveInfo, ArchiveName, Manifest, Summary
+from .borg import Borg
+from .errors import FormatError
+
+log = logging.getLogger(__name__)
+
+
+def archives(borg: Borg, domain: str | None = None) -> tuple[list[ArchiveInfo], list[str]]:
+    """Return (complete archives, unfinished archive names) of domain (None: every domain).
+
+    Archives whose comment is not a borg-vm summary are skipped with a warning.
+    """
+    complete, partial = [], []
+    for listed in borg.list_archives():
+        name = ArchiveName.parse(listed.name)
+        if name is not None and domain in (None, name.domain):
+            try:
+                complete.append(ArchiveInfo(name, Summary.from_comment(listed.comment,
+                                                                       listed.name)))
+            except FormatError as e:
+                log.warning("ignoring archive %s: %s", listed.name, e.message)
+        elif domain is not None and fmt.is_partial_of(listed.name, domain):
+            partial.append(listed.name)
+    return complete, partial
+
+
+def manifest(borg: Borg, archive: str) -> Manifest:
+    """Return the manifest of an archive; raise FormatError if it is not readable."""
+    return Manifest.from_json(borg.extract_file(archive, fmt.MANIFEST), archive)

@@ -1,0 +1,152 @@
+"""The one place where borg-vm starts other programs.
+
+argv lists only (never a shell); every command is logged at debug level;
+stderr is always captured, kept (its tail) and handed to the caller in
+``CommandFailed`` so adapters can turn it into a message for people.
+Secrets never reach argv: borg reads its passphrase from its environment
+or a file descriptor, which this module passes through untouched.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import os
+import shlex
+import signal
+import subprocess
+import threading
+from dataclasses import dataclass
+from typing import IO, Iterator, Sequence
+
+log = logging.getLogger(__name__)
+
+STDERR_TAIL_LINES = 200
+TERMINATE_GRACE_SECONDS = 10
+
+
+@dataclass
+class CommandFailed(Exception):
+    """A command exited non-zero (or could not be started)."""
+
+    argv: Sequence[str]
+    returncode: int
+    stderr: str
+
+    def __str__(self) -> str:
+        return f"{shlex.join(self.argv)} exited {self.returncode}: {self.stderr.strip()}"
+
+
+def _check_argv(argv: Sequence[str]) -> list[str]:
+    assert not isinstance(argv, (str, bytes)), "argv must be a list, never a shell string"
+    argv = [os.fspath(a) for a in argv]
+    log.debug("run: %s", shlex.join(argv))
+    return argv
+
+
+def run(argv: Sequence[str], *, input: bytes | None = None,
+        env: dict[str, str] | None = None, ok_codes: tuple[int, ...] = (0,),
+        pass_fds: tuple[int, ...] = ()) -> subprocess.CompletedProcess:
+    """Run argv to completion; return the CompletedProcess (stdout/stderr as bytes).
+
+    Raise CommandFailed if it exits with a code outside ok_codes or cannot start.
+    """
+    argv = _check_argv(argv)
+    try:
+        proc = subprocess.run(argv, input=input, capture_output=True, env=env,
+                              pass_fds=pass_fds, check=False)
+    except OSError as e:
+        raise CommandFailed(argv, 127, str(e)) from e
+    if proc.returncode not in ok_codes:
+        raise CommandFailed(argv, proc.returncode, proc.stderr.decode(errors="replace"))
+    return proc
+
+
+class Stream:
+    """A running command whose stdin or stdout is a pipe borg-vm streams through.
+
+    stderr is drained by a thread into a bounded tail so the child can never
+    block on a full stderr pipe.
+    """
+
+    def __init__(self, proc: subprocess.Popen, argv: list[str]):
+        self.proc = proc
+        self.argv = argv
+        self._stderr: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
+        self._drain = threading.Thread(target=self._drain_stderr, daemon=True)
+        self._drain.start()
+
+    @property
+    def stdin(self) -> IO[bytes]:
+        return self.proc.stdin
+
+    @property
+    def stdout(self) -> IO[bytes]:
+        return self.proc.stdout
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def _drain_stderr(self) -> None:
+        for line in self.proc.stderr:
+            self._stderr.append(line.decode(errors="replace"))
+
+    def stderr_lines(self) -> list[str]:
+        return list(self._stderr)
+
+    def wait(self) -> int:
+        """Close our pipe ends, wait for exit; return the exit code."""
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            if pipe is not None and not pipe.closed:
+                with contextlib.suppress(BrokenPipeError):
+                    pipe.close()
+        code = self.proc.wait()
+        self._drain.join()
+        return code
+
+    def finish(self, ok_codes: tuple[int, ...] = (0,)) -> int:
+        """Wait for a clean exit; raise CommandFailed if the exit code is not in ok_codes."""
+        code = self.wait()
+        if code not in ok_codes:
+            raise CommandFailed(self.argv, code, "".join(self._stderr))
+        return code
+
+    def terminate(self) -> None:
+        """Stop the command (SIGINT first, as a user's Ctrl-C, then SIGKILL); reap it."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(TERMINATE_GRACE_SECONDS)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.wait()
+
+
+@contextlib.contextmanager
+def stream(argv: Sequence[str], *, stdin: bool = False, stdout: bool = False,
+           env: dict[str, str] | None = None,
+           pass_fds: tuple[int, ...] = ()) -> Iterator[Stream]:
+    """Start argv with a pipe to its stdin and/or from its stdout; yield a Stream.
+
+    The caller must call ``finish()`` inside the block; leaving the block any
+    other way (an exception) terminates the command, so no child outlives us.
+    Raise CommandFailed if it cannot start.
+    """
+    argv = _check_argv(argv)
+    try:
+        proc = subprocess.Popen(argv, env=env, bufsize=0, pass_fds=pass_fds,
+                                stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+                                stdout=subprocess.PIPE if stdout else subprocess.DEVNULL,
+                                stderr=subprocess.PIPE,
+                                # Our own SIGINT handling decides when the child stops.
+                                start_new_session=True)
+    except OSError as e:
+        raise CommandFailed(argv, 127, str(e)) from e
+    s = Stream(proc, argv)
+    try:
+        yield s
+    finally:
+        if proc.returncode is None:
+            s.terminate()

@@ -1,0 +1,137 @@
+"""Streaming tar, the container of a borg-vm archive (written to borg import-tar,
+read back from borg export-tar).
+
+Only what the format needs: regular members with names and sizes known up
+front, written and read strictly in order through pipes, never seeking and
+never holding a member in memory.
+"""
+
+from __future__ import annotations
+
+import tarfile
+from typing import BinaryIO, Iterator
+
+BLOCK = tarfile.BLOCKSIZE
+READ_SIZE = 1024 * 1024
+MEMBER_MODE = 0o600
+
+
+class TarFormatError(Exception):
+    """The stream is not a tar stream of the kind borg-vm writes."""
+
+
+def write_all(out: BinaryIO, data) -> None:
+    """Write every byte of data to out (raw pipes may take less per call)."""
+    view = memoryview(data).cast("B")
+    while view:
+        n = out.write(view)
+        if n is None:
+            raise BlockingIOError("non-blocking output is not supported")
+        view = view[n:]
+
+
+def _padding(size: int) -> bytes:
+    return bytes(-size % BLOCK)
+
+
+class TarWriter:
+    """Write tar members to a binary output, in order."""
+
+    def __init__(self, out: BinaryIO, mtime: int):
+        self.out = out
+        self.mtime = mtime
+        self._remaining = 0
+        self._size = 0
+
+    def begin(self, name: str, size: int) -> None:
+        """Start a member of exactly size bytes; write them with ``write`` next."""
+        assert self._remaining == 0, "previous member not complete"
+        info = tarfile.TarInfo(name)
+        info.size, info.mode, info.mtime = size, MEMBER_MODE, self.mtime
+        write_all(self.out, info.tobuf(format=tarfile.GNU_FORMAT))
+        self._remaining = self._size = size
+        self._end_member_if_done()
+
+    def write(self, data) -> None:
+        n = len(data)
+        if n > self._remaining:
+            raise ValueError(f"member data overflows its size by {n - self._remaining}")
+        write_all(self.out, data)
+        self._remaining -= n
+        self._end_member_if_done()
+
+    def _end_member_if_done(self) -> None:
+        if self._remaining == 0:
+            write_all(self.out, _padding(self._size))
+
+    def add(self, name: str, data: bytes) -> None:
+        self.begin(name, len(data))
+        if data:
+            self.write(data)
+
+    def close(self) -> None:
+        """End the archive (two zero blocks)."""
+        assert self._remaining == 0, "last member not complete"
+        write_all(self.out, bytes(2 * BLOCK))
+
+
+def _read_exact(src: BinaryIO, n: int) -> bytes:
+    parts, got = [], 0
+    while got < n:
+        chunk = src.read(n - got)
+        if not chunk:
+            raise TarFormatError(f"stream ended {n - got} bytes early")
+        parts.append(chunk)
+        got += len(chunk)
+    return b"".join(parts)
+
+
+class Member:
+    """A member being read: name, size, and its data read in pieces."""
+
+    def __init__(self, src: BinaryIO, name: str, size: int):
+        self._src = src
+        self.name = name
+        self.size = size
+        self._left = size
+
+    def chunks(self, chunk_size: int = READ_SIZE) -> Iterator[bytes]:
+        """Yield the member's data in pieces of at most chunk_size bytes."""
+        while self._left:
+            piece = _read_exact(self._src, min(chunk_size, self._left))
+            self._left -= len(piece)
+            yield piece
+
+    def skip(self) -> None:
+        for _ in self.chunks():
+            pass
+
+    def read(self) -> bytes:
+        return b"".join(self.chunks())
+
+
+def read_members(src: BinaryIO) -> Iterator[Member]:
+    """Yield the regular-file members of a tar stream, in order.
+
+    The caller reads (or skips) each member before asking for the next one;
+    unread data is skipped. Raise TarFormatError on a damaged stream.
+    """
+    long_name = None
+    while True:
+        header = _read_exact(src, BLOCK)
+        if header == bytes(BLOCK):
+            return
+        try:
+            info = tarfile.TarInfo.frombuf(header, "utf-8", "surrogateescape")
+        except tarfile.TarError as e:
+            raise TarFormatError(f"bad tar header: {e}") from e
+        member = Member(src, long_name or info.name, info.size)
+        long_name = None
+        if info.type == tarfile.GNUTYPE_LONGNAME:
+            long_name = member.read().rstrip(b"\0").decode("utf-8", "surrogateescape")
+        elif info.type in (tarfile.REGTYPE, tarfile.AREGTYPE):
+            yield member
+            member.skip()
+        else:
+            member.skip()
+        _read_exact(src, len(_padding(info.size)))

@@ -1,0 +1,146 @@
+"""libvirt: the only module that imports the libvirt binding.
+
+Domains, their checkpoints and pull-mode backup jobs. libvirt errors become
+borg-vm errors here, with the domain and the action in the message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Iterator
+
+import libvirt
+
+from .errors import (CheckpointInconsistent, DomainNotFound, LibvirtConnectError,
+                     LibvirtError)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_URI = "qemu:///system"
+_INCONSISTENT_HINTS = ("inconsistent", "missing or broken bitmap")
+
+
+def _silence_default_handler() -> None:
+    # libvirt prints every error to stderr unless a handler is set; ours are
+    # raised as exceptions with their message, so printing them too is noise.
+    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+
+
+@contextlib.contextmanager
+def connect(uri: str = DEFAULT_URI) -> Iterator["Hypervisor"]:
+    """Yield a connection to libvirt at uri; raise LibvirtConnectError if it fails."""
+    _silence_default_handler()
+    try:
+        conn = libvirt.open(uri)
+    except libvirt.libvirtError as e:
+        raise LibvirtConnectError(uri=uri, detail=e.get_error_message()) from e
+    try:
+        yield Hypervisor(conn, uri)
+    finally:
+        with contextlib.suppress(libvirt.libvirtError):
+            conn.close()
+
+
+class Hypervisor:
+    def __init__(self, conn: "libvirt.virConnect", uri: str):
+        self.conn = conn
+        self.uri = uri
+
+    def domain(self, name: str) -> "Domain":
+        """Return the named domain; raise DomainNotFound if there is none."""
+        try:
+            return Domain(self.conn.lookupByName(name))
+        except libvirt.libvirtError as e:
+            if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                raise DomainNotFound(name=name, uri=self.uri) from e
+            raise LibvirtError(action="look up the domain", name=name,
+                               detail=e.get_error_message()) from e
+
+
+class Domain:
+    def __init__(self, dom: "libvirt.virDomain"):
+        self._dom = dom
+        self.name = dom.name()
+        self.uuid = dom.UUIDString()
+
+    def _fail(self, action: str, e: "libvirt.libvirtError") -> LibvirtError:
+        return LibvirtError(action=action, name=self.name, detail=e.get_error_message())
+
+    def is_active(self) -> bool:
+        return bool(self._dom.isActive())
+
+    def xml(self, inactive: bool = False) -> str:
+        """Return the live domain XML (or the persistent definition if inactive)."""
+        flags = libvirt.VIR_DOMAIN_XML_INACTIVE if inactive else 0
+        try:
+            return self._dom.XMLDesc(flags)
+        except libvirt.libvirtError as e:
+            raise self._fail("read the domain XML", e) from e
+
+    def disk_capacity(self, target: str) -> int:
+        """Return the virtual size in bytes of the disk at target."""
+        try:
+            return self._dom.blockInfo(target, 0)[0]
+        except libvirt.libvirtError as e:
+            raise self._fail(f"read the size of disk {target}", e) from e
+
+    def checkpoints(self) -> list[str]:
+        """Return the names of all checkpoints of the domain."""
+        try:
+            return [c.getName() for c in self._dom.listAllCheckpoints(0)]
+        except libvirt.libvirtError as e:
+            raise self._fail("list checkpoints", e) from e
+
+    def checkpoint_xml(self, name: str) -> str:
+        try:
+            return self._dom.checkpointLookupByName(name, 0).getXMLDesc(0)
+        except libvirt.libvirtError as e:
+            raise self._fail(f"read checkpoint {name}", e) from e
+
+    def delete_checkpoint(self, name: str) -> None:
+        """Delete one checkpoint (its bitmaps too); a checkpoint already gone is fine."""
+        try:
+            self._dom.checkpointLookupByName(name, 0).delete(0)
+        except libvirt.libvirtError as e:
+            if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN_CHECKPOINT:
+                return
+            raise self._fail(f"delete checkpoint {name}", e) from e
+        log.info("deleted checkpoint %s of %s", name, self.name)
+
+    def backup_job_xml(self) -> str | None:
+        """Return the XML of the domain's running backup job, or None if there is none."""
+        try:
+            return self._dom.backupGetXMLDesc(0)
+        except libvirt.libvirtError:
+            return None
+
+    def abort_job(self) -> None:
+        """End the domain's backup job (how a pull-mode backup is finished); idempotent."""
+        try:
+            self._dom.abortJob()
+        except libvirt.libvirtError as e:
+            if self.backup_job_xml() is not None:
+                raise self._fail("end the backup job", e) from e
+
+    @contextlib.contextmanager
+    def pull_backup(self, backup_xml: str, checkpoint_xml: str,
+                    parent: str | None) -> Iterator[None]:
+        """Start a pull-mode backup job creating a checkpoint; end the job on exit.
+
+        Raise CheckpointInconsistent if the parent checkpoint's bitmaps are
+        unusable (QEMU was killed), LibvirtError for other failures.
+        """
+        try:
+            self._dom.backupBegin(backup_xml, checkpoint_xml, 0)
+        except libvirt.libvirtError as e:
+            text = e.get_error_message() or ""
+            if parent and (e.get_error_code() == libvirt.VIR_ERR_CHECKPOINT_INCONSISTENT
+                           or any(h in text for h in _INCONSISTENT_HINTS)):
+                raise CheckpointInconsistent(checkpoint=parent, name=self.name,
+                                             detail=text) from e
+            raise self._fail("start the backup job", e) from e
+        try:
+            yield
+        finally:
+            self.abort_job()

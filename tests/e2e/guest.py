@@ -1,0 +1,537 @@
+"""Drive a real, throw-away libvirt/QEMU domain for the end-to-end tests.
+
+The domain never boots anything: it is started paused and "guest writes" are
+injected with QEMU's ``qemu-io`` HMP command on the virtio-blk device's own
+BlockBackend, i.e. they travel the same block-layer path as guest I/O (and so
+mark dirty bitmaps).  Facts about QEMU 7.2 that shape this module:
+
+* ``qemu-io`` prints its result (``wrote 4096/4096 bytes at offset 0`` or
+  ``write failed: Input/output error``) on QEMU's *stdout*, which libvirt sends
+  to ``/var/log/libvirt/qemu/<name>.log``; the HMP reply itself is empty unless
+  the device cannot be found.  So every command is checked twice: the HMP reply
+  must be empty and the expected result line must appear in the domain log.
+* The device must be named by its full QOM path
+  ``/machine/peripheral/<alias>/virtio-backend``; ``-d <alias>`` alone names
+  the virtio-blk-pci proxy, which has no block backend.
+* ``discard`` is silently ignored unless the disk has ``discard='unmap'``; on
+  qcow2 it then zeroes only whole clusters (partial clusters keep their data,
+  except a tail that reaches the end of the disk); on raw it punches the exact
+  byte range (needs a host filesystem with FALLOC_FL_PUNCH_HOLE).
+* qcow2 metadata is cached inside QEMU until a flush, so an image is only
+  readable from outside (``qemu-img -U``) after ``flush``, and a SIGKILL can
+  lose unflushed qcow2 writes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import signal
+import subprocess
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Callable
+from xml.sax.saxutils import escape
+
+import libvirt
+import libvirt_qemu
+
+PREFIX = "borgvm-test-"
+MIB = 1024 * 1024
+# Marks domains made by this suite; the element records the creating process.
+METADATA_URI = "https://borg-vm.invalid/tests/e2e"
+METADATA_KEY = "borgvmtest"
+QEMU_LOG_DIR = Path("/var/log/libvirt/qemu")
+QEMU_PID_DIR = Path("/run/libvirt/qemu")
+QEMU_IO_TIMEOUT = 10.0
+STATE_TIMEOUT = 30.0
+POLL_INTERVAL = 0.01
+FORMATS = ("qcow2", "raw")
+
+
+def poll(predicate: Callable[[], object], timeout: float, what: str) -> object:
+    """Given a predicate, return its first truthy result, calling it every
+    POLL_INTERVAL seconds; raise TimeoutError naming `what` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(POLL_INTERVAL)
+
+
+def first_difference(a: bytes, b: bytes, chunk: int = 65536) -> int | None:
+    """Given two byte strings, return the first offset where they differ
+    (the shorter length if one is a prefix of the other), or None if equal."""
+    if a == b:
+        return None
+    n = min(len(a), len(b))
+    for start in range(0, n, chunk):
+        stop = min(start + chunk, n)
+        if a[start:stop] != b[start:stop]:
+            return next(i for i in range(start, stop) if a[i] != b[i])
+    return n
+
+
+def kvm_usable(conn: libvirt.virConnect) -> bool:
+    """Given a connection, return True if /dev/kvm is read/writable and
+    libvirt's domain capabilities offer x86_64 KVM guests on this host."""
+    if os.uname().machine != "x86_64":
+        return False
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return False
+    try:
+        conn.getDomainCapabilities(None, "x86_64", None, "kvm", 0)
+    except libvirt.libvirtError:
+        return False
+    return True
+
+
+def owner_token(pid: int | None = None) -> str | None:
+    """Given a pid (default: ours), return "pid:starttime" identifying that
+    process across pid reuse, or None if the process does not exist."""
+    pid = os.getpid() if pid is None else pid
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # Field 22 is starttime; split after the ")" closing the command name.
+    return f"{pid}:{stat.rsplit(')', 1)[1].split()[19]}"
+
+
+def owner_alive(token: str) -> bool:
+    """Given an owner token from owner_token(), return True if that very
+    process still runs; a malformed token counts as alive (be conservative)."""
+    pid, _, _ = token.partition(":")
+    if not pid.isdigit():
+        return True
+    return owner_token(int(pid)) == token
+
+
+def create_image(path: Path, fmt: str, size: int) -> None:
+    """Given a path, a format (qcow2/raw) and a size, create the image with
+    qemu-img; raise CalledProcessError if qemu-img fails."""
+    subprocess.run(["qemu-img", "create", "-q", "-f", fmt, str(path), str(size)],
+                   check=True, capture_output=True, text=True)
+
+
+def image_info(path: Path, fmt: str) -> dict:
+    """Given an image path and format, return `qemu-img info` as a dict
+    (force-shared, so it works while QEMU holds the image)."""
+    out = subprocess.run(["qemu-img", "info", "-U", "-f", fmt, "--output=json", str(path)],
+                         check=True, capture_output=True, text=True).stdout
+    return json.loads(out)
+
+
+def domain_xml(name: str, virt_type: str, disks: list[tuple[str, Path, str]],
+               discard: str | None, owner: str) -> str:
+    """Given a name, 'kvm' or 'qemu', (target, path, format) disks, the
+    driver's discard mode (None: libvirt default) and an owner token, return
+    the XML of a 128 MiB, 1 vCPU guest without OS, network or graphics."""
+    discard_attr = f" discard='{discard}'" if discard else ""
+    disk_xml = "".join(
+        f"""
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='{fmt}'{discard_attr}/>
+      <source file='{escape(str(path), {"'": "&apos;"})}'/>
+      <target dev='{target}' bus='virtio'/>
+    </disk>"""
+        for target, path, fmt in disks)
+    return f"""<domain type='{virt_type}'>
+  <name>{name}</name>
+  <metadata>
+    <{METADATA_KEY}:owner xmlns:{METADATA_KEY}='{METADATA_URI}'>{owner}</{METADATA_KEY}:owner>
+  </metadata>
+  <memory unit='MiB'>128</memory>
+  <vcpu>1</vcpu>
+  <os><type arch='x86_64'>hvm</type></os>
+  <devices>{disk_xml}
+    <memballoon model='none'/>
+  </devices>
+</domain>
+"""
+
+
+def domain_owner(dom: libvirt.virDomain) -> str | None:
+    """Given a domain, return the owner token this suite stored in its
+    metadata, or None if it has none (i.e. it was not made by this suite)."""
+    try:
+        xml = dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, METADATA_URI, 0)
+    except libvirt.libvirtError:
+        return None
+    return (ET.fromstring(xml).text or "").strip() or None
+
+
+class QemuLog:
+    """Tail of /var/log/libvirt/qemu/<name>.log, where qemu-io output lands."""
+
+    def __init__(self, name: str):
+        self.path = QEMU_LOG_DIR / f"{name}.log"
+
+    def mark(self) -> tuple[int, int]:
+        """Return (inode, size) of the log now; raise AssertionError if the
+        log is missing (then qemu-io results cannot be checked)."""
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            raise AssertionError(f"QEMU log {self.path} does not exist; cannot check "
+                                 "qemu-io results (non-default libvirt log location?)") from None
+        return st.st_ino, st.st_size
+
+    def since(self, mark: tuple[int, int]) -> str:
+        """Given a mark(), return the text appended since, following one
+        rotation by virtlogd (the old file is then <name>.log.0)."""
+        ino, size = mark
+        now = self.path.stat()
+        if now.st_ino == ino and now.st_size >= size:
+            return self._read(self.path, size)
+        rotated = self.path.with_name(self.path.name + ".0")
+        old = self._read(rotated, size) if rotated.exists() and rotated.stat().st_ino == ino else ""
+        return old + self._read(self.path, 0)
+
+    @staticmethod
+    def _read(path: Path, offset: int) -> str:
+        """Given a path and an offset, return the file's text from there."""
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read().decode(errors="replace")
+
+
+class Domain:
+    """A running (or killed) test domain with its disks and a model of them.
+
+    `model[target]` is a bytearray of the guest-visible contents that the
+    helpers below have produced; it becomes None when a kill may have lost
+    unflushed qcow2 writes.
+    """
+
+    def __init__(self, dom: libvirt.virDomain, workdir: Path, disks: dict[str, Path],
+                 formats: dict[str, str], sizes: dict[str, int], discard: str | None):
+        self.dom = dom
+        self.name = dom.name()
+        self.workdir = workdir
+        self.disks = disks
+        self.formats = formats
+        self.sizes = sizes
+        self.discard_mode = discard
+        self.model: dict[str, bytearray | None] = {t: bytearray(s) for t, s in sizes.items()}
+        self.cluster_sizes = {t: image_info(p, formats[t]).get("cluster-size", 1)
+                              if formats[t] == "qcow2" else 1 for t, p in disks.items()}
+        self._unflushed: set[str] = set()
+        self._log = QemuLog(self.name)
+
+    # -- guest I/O -------------------------------------------------------
+    def write(self, target: str, offset: int, length: int, pattern: int) -> None:
+        """Given a disk, a range and a byte value, make the guest write that
+        byte over the range; raise AssertionError if QEMU reports an error."""
+        if not 0 <= pattern <= 255:
+            raise ValueError(f"pattern {pattern} is not a byte value")
+        self._check_range(target, offset, length)
+        self._qemu_io(target, f"write -P {pattern:#04x} {offset} {length}",
+                      f"wrote {length}/{length} bytes at offset {offset}")
+        self._model_fill(target, offset, length, pattern)
+
+    def write_zeroes(self, target: str, offset: int, length: int, unmap: bool = False) -> None:
+        """Given a disk and a range, make the guest write zeroes there
+        (`unmap`: allow deallocation, effective only with discard='unmap');
+        raise AssertionError if QEMU reports an error."""
+        self._check_range(target, offset, length)
+        flags = "-z -u" if unmap else "-z"
+        self._qemu_io(target, f"write {flags} {offset} {length}",
+                      f"wrote {length}/{length} bytes at offset {offset}")
+        self._model_fill(target, offset, length, 0)
+
+    def discard(self, target: str, offset: int, length: int) -> None:
+        """Given a disk and a range, make the guest discard it; the model
+        zeroes what QEMU really zeroes (see discarded_range); raise
+        AssertionError if QEMU reports an error."""
+        self._check_range(target, offset, length)
+        self._qemu_io(target, f"discard {offset} {length}",
+                      f"discard {length}/{length} bytes at offset {offset}")
+        lo, hi = self.discarded_range(target, offset, length)
+        if hi > lo:
+            self._model_fill(target, lo, hi - lo, 0)
+
+    def discarded_range(self, target: str, offset: int, length: int) -> tuple[int, int]:
+        """Given a discard request, return the [lo, hi) byte range that then
+        reads as zeros: nothing without discard='unmap', the exact range on
+        raw, the whole clusters inside it on qcow2 (a tail ending at the end
+        of the disk counts as whole); hi <= lo means nothing."""
+        if self.discard_mode != "unmap":
+            return (0, 0)
+        cs = self.cluster_sizes[target]
+        end = offset + length
+        lo = -(-offset // cs) * cs
+        hi = end if end == self.sizes[target] else end // cs * cs
+        return (lo, hi)
+
+    def flush(self, target: str) -> None:
+        """Given a disk, flush QEMU's caches for it to the image file (qcow2
+        metadata included); raise AssertionError if the HMP reply is an error.
+        qemu-io prints nothing on flush, so a failed flush goes unnoticed."""
+        self._hmp_qemu_io(target, "flush")
+        self._unflushed.discard(target)
+
+    def flush_all(self) -> None:
+        """Flush every disk of the domain."""
+        for target in self.disks:
+            self.flush(target)
+
+    # -- reading back -----------------------------------------------------
+    def read_disk(self, target: str) -> bytes:
+        """Given a disk, return its whole guest-visible contents now: flush
+        it if QEMU runs, then `qemu-img convert -U` the image to raw."""
+        if self.dom.isActive():
+            self.flush(target)
+        fd, out = tempfile.mkstemp(prefix=f"read-{target}-", suffix=".raw", dir=self.workdir)
+        os.close(fd)
+        try:
+            subprocess.run(["qemu-img", "convert", "-U", "-f", self.formats[target], "-O", "raw",
+                            str(self.disks[target]), out], check=True, capture_output=True, text=True)
+            data = Path(out).read_bytes()
+        finally:
+            os.unlink(out)
+        if len(data) != self.sizes[target]:
+            raise AssertionError(f"{target}: read {len(data)} bytes, disk has {self.sizes[target]}")
+        return data
+
+    def assert_matches_model(self, target: str) -> None:
+        """Given a disk, raise AssertionError naming the first differing
+        offset if read_disk(target) differs from the model."""
+        expected = self.model[target]
+        if expected is None:
+            raise AssertionError(f"{target}: model was invalidated by kill_qemu(flush_first=False)")
+        actual = self.read_disk(target)
+        at = first_difference(actual, bytes(expected))
+        if at is not None:
+            raise AssertionError(f"{self.name} {target}: disk differs from model at offset {at}: "
+                                 f"disk {actual[at:at + 16].hex()} model {expected[at:at + 16].hex()}")
+
+    # -- lifecycle -----------------------------------------------------------
+    def pid(self) -> int:
+        """Return the pid of this domain's QEMU, read from libvirt's pid file
+        and checked against /proc/<pid>/cmdline; raise AssertionError if the
+        file is missing or the process is not this domain's QEMU."""
+        pidfile = QEMU_PID_DIR / f"{self.name}.pid"
+        try:
+            pid = int(pidfile.read_text().strip())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError) as e:
+            raise AssertionError(f"cannot find QEMU of {self.name} via {pidfile}: {e}")
+        if f"guest={self.name},".encode() not in b",".join(cmdline) + b",":
+            raise AssertionError(f"pid {pid} from {pidfile} is not the QEMU of {self.name}")
+        return pid
+
+    def kill_qemu(self, flush_first: bool = True) -> None:
+        """SIGKILL this domain's QEMU and wait until libvirt reports it shut
+        off; raise TimeoutError if that takes over STATE_TIMEOUT.  With
+        flush_first=False, qcow2 writes since the last flush may be lost, so
+        the model of such disks becomes None."""
+        if flush_first:
+            self.flush_all()
+        else:
+            for target in self._unflushed:
+                if self.formats[target] == "qcow2":
+                    self.model[target] = None
+        self._unflushed.clear()
+        os.kill(self.pid(), signal.SIGKILL)
+        poll(lambda: self.dom.state()[0] == libvirt.VIR_DOMAIN_SHUTOFF, STATE_TIMEOUT,
+             f"{self.name} to be shut off after SIGKILL")
+
+    def start_paused(self) -> None:
+        """Start the (shut off) domain again, paused; raise libvirtError if
+        libvirt refuses."""
+        self.dom.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED)
+
+    def xml(self) -> ET.Element:
+        """Return the live domain XML, parsed."""
+        return ET.fromstring(self.dom.XMLDesc(0))
+
+    def alias(self, target: str) -> str:
+        """Given a disk target, return its device alias from the live XML
+        (e.g. virtio-disk0); raise AssertionError if the disk has none."""
+        for disk in self.xml().iterfind("devices/disk"):
+            t, a = disk.find("target"), disk.find("alias")
+            if t is not None and t.get("dev") == target and a is not None:
+                return a.get("name")
+        raise AssertionError(f"{self.name}: no alias for disk {target} (domain not running?)")
+
+    # -- internals ---------------------------------------------------------
+    def _check_range(self, target: str, offset: int, length: int) -> None:
+        """Given a disk and a range, raise ValueError unless it is a
+        non-empty range inside the disk."""
+        size = self.sizes[target]
+        if offset < 0 or length <= 0 or offset + length > size:
+            raise ValueError(f"range {offset}+{length} not inside {target} of size {size}")
+
+    def _model_fill(self, target: str, offset: int, length: int, value: int) -> None:
+        """Given a range and a byte, set it in the model (if still valid)."""
+        self._unflushed.add(target)
+        model = self.model[target]
+        if model is not None:
+            model[offset:offset + length] = bytes([value]) * length
+
+    def _hmp_qemu_io(self, target: str, command: str) -> None:
+        """Given a disk and a qemu-io command, run it through HMP on the
+        disk's device backend; raise AssertionError if HMP replies anything
+        (qemu-io itself prints only to QEMU's stdout)."""
+        device = f"/machine/peripheral/{self.alias(target)}/virtio-backend"
+        hmp = f'qemu-io -d {device} "{command}"'
+        reply = libvirt_qemu.qemuMonitorCommand(
+            self.dom, hmp, libvirt_qemu.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP)
+        if reply.strip():
+            raise AssertionError(f"{self.name}: HMP {hmp!r} replied {reply.strip()!r}")
+
+    def _qemu_io(self, target: str, command: str, success: str) -> None:
+        """Given a disk, a qemu-io command and the line qemu-io prints on
+        success, run it and wait for that line in the QEMU log; raise
+        AssertionError on an error line and TimeoutError if neither shows."""
+        mark = self._log.mark()
+        self._hmp_qemu_io(target, command)
+        ok = re.compile(rf"^{re.escape(success)}$", re.M)
+        bad = re.compile(r"^(?:\S+ failed: .*|command \".*\" not found|.* -- .*)$", re.M)
+
+        def outcome() -> str | None:
+            text = self._log.since(mark)
+            if ok.search(text):
+                return "ok"
+            m = bad.search(text)
+            if m:
+                raise AssertionError(f"{self.name} {target}: qemu-io {command!r}: {m.group(0)}")
+            return None
+
+        try:
+            poll(outcome, QEMU_IO_TIMEOUT, f"qemu-io {command!r} result in {self._log.path}")
+        except TimeoutError as e:
+            raise TimeoutError(f"{e}; log since command: {self._log.since(mark)[-2000:]!r}") from None
+
+
+def create_domain(conn: libvirt.virConnect, workdir: Path, virt_type: str,
+                  disks: list[tuple[str, int, str]], name_suffix: str | None = None,
+                  discard: str | None = "unmap") -> Domain:
+    """Given a connection, a private directory, 'kvm'/'qemu' and disks as
+    (target, virtual size, 'qcow2'|'raw'), create the images in `workdir`,
+    define a persistent domain borgvm-test-<8 hex>[-suffix] and start it
+    paused; return its Domain.  Raise ValueError on bad arguments; on a
+    libvirt error, undo what was done and re-raise."""
+    targets = [t for t, _, _ in disks]
+    if not disks or len(set(targets)) != len(targets):
+        raise ValueError(f"need distinct disk targets, got {targets}")
+    for target, size, fmt in disks:
+        if not re.fullmatch(r"vd[a-z]", target) or fmt not in FORMATS or size <= 0 or size % 512:
+            raise ValueError(f"bad disk spec {(target, size, fmt)}")
+    if name_suffix is not None and not re.fullmatch(r"[A-Za-z0-9_.-]{1,32}", name_suffix):
+        raise ValueError(f"bad name suffix {name_suffix!r}")
+    name = PREFIX + secrets.token_hex(4) + (f"-{name_suffix}" if name_suffix else "")
+    workdir.mkdir(parents=True, exist_ok=True)
+    paths = {t: workdir / f"{name}-{t}.{fmt}" for t, _, fmt in disks}
+    for target, size, fmt in disks:
+        create_image(paths[target], fmt, size)
+    xml = domain_xml(name, virt_type, [(t, paths[t], f) for t, _, f in disks], discard,
+                     owner_token())
+    try:
+        dom = conn.defineXML(xml)
+        try:
+            domain = Domain(dom, workdir, paths, {t: f for t, _, f in disks},
+                            {t: s for t, s, _ in disks}, discard)
+            dom.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED)
+        except BaseException:
+            remove_domain(dom)
+            raise
+    except BaseException:
+        for path in paths.values():
+            path.unlink(missing_ok=True)
+        raise
+    return domain
+
+
+def remove_domain(dom: libvirt.virDomain) -> None:
+    """Given a domain of this suite (name starts with PREFIX), destroy it if
+    active and undefine it with its checkpoint/snapshot/NVRAM metadata;
+    a domain that is already gone is fine.  Raise ValueError for a domain
+    outside PREFIX, libvirtError if libvirt refuses."""
+    name = dom.name()
+    if not name.startswith(PREFIX):
+        raise ValueError(f"refusing to remove domain {name!r}")
+    try:
+        if dom.isActive():
+            dom.destroy()
+    except libvirt.libvirtError as e:
+        if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+            return
+        if e.get_error_code() != libvirt.VIR_ERR_OPERATION_INVALID:  # died meanwhile
+            raise
+    flags = 0
+    for flag in ("VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA",
+                 "VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA",
+                 "VIR_DOMAIN_UNDEFINE_MANAGED_SAVE",
+                 "VIR_DOMAIN_UNDEFINE_NVRAM"):
+        flags |= getattr(libvirt, flag, 0)
+    try:
+        dom.undefineFlags(flags)
+    except libvirt.libvirtError as e:
+        if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+            return
+        if e.get_error_code() not in (libvirt.VIR_ERR_INVALID_ARG,
+                                      libvirt.VIR_ERR_NO_SUPPORT,
+                                      libvirt.VIR_ERR_CONFIG_UNSUPPORTED):
+            raise
+        dom.undefine()
+
+
+def destroy_test_domain(domain: Domain) -> None:
+    """Given a Domain made by create_domain, remove the libvirt domain and
+    then its images; raise the first error after trying both."""
+    error = None
+    try:
+        remove_domain(domain.dom)
+    except Exception as e:
+        error = e
+    for path in domain.disks.values():
+        path.unlink(missing_ok=True)
+    if error is not None:
+        raise error
+
+
+def stale_domains(conn: libvirt.virConnect) -> list[libvirt.virDomain]:
+    """Given a connection, return domains left by crashed runs of this suite:
+    name starts with PREFIX, our metadata names an owner process that no
+    longer exists, and every disk image lies under the temp directory."""
+    tmp = Path(tempfile.gettempdir()).resolve()
+    stale = []
+    for dom in conn.listAllDomains(0):
+        if not dom.name().startswith(PREFIX):
+            continue
+        owner = domain_owner(dom)
+        if owner is None or owner_alive(owner):
+            continue
+        try:
+            sources = [s.get("file") for s in
+                       ET.fromstring(dom.XMLDesc(0)).iterfind("devices/disk/source")]
+        except libvirt.libvirtError:
+            continue  # vanished meanwhile
+        if sources and all(s and Path(s).resolve().is_relative_to(tmp) for s in sources):
+            stale.append(dom)
+    return stale
+
+
+def allow_traverse(path: Path, top: Path) -> None:
+    """Given a directory and an ancestor `top`, add o+x (search only, no
+    listing) to it and every directory up to `top`, so a QEMU running as an
+    unprivileged user (libvirt-qemu) can reach images in pytest's 0700 temp
+    tree; raise ValueError if `top` is not an ancestor of `path`."""
+    path, top = path.resolve(), top.resolve()
+    if not path.is_relative_to(top):
+        raise ValueError(f"{top} is not an ancestor of {path}")
+    for d in [path, *path.parents]:
+        mode = d.stat().st_mode
+        if not mode & 0o001:
+            d.chmod(mode | 0o001)
+        if d == top:
+            break
