@@ -332,3 +332,8 @@ class ArchiveInfo:
     @property
     def time(self) -> str:
         return self.summary.time
+
+    @property
+    def order(self) -> tuple:
+        """Sort key, oldest first: backup time, then checkpoint (-9 before -10)."""
+        return (self.summary.time, len(self.name.checkpoint), self.name.checkpoint)

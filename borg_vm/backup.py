@@ -252,7 +252,6 @@ def _stream(dom: Domain, borg: Borg, opts: BackupOptions, p: plan.Plan, name: Ar
             progress.close()
         borg.finish("import-tar", proc)
     borg.rename(name.partial, str(name))
-    log.info("%s: archive %s written", dom.name, name)
     return manifest
 
 

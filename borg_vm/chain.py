@@ -19,7 +19,7 @@ from .errors import ArchiveNotFound, BrokenChain, UnknownDisk
 def of_domain(archives: list[ArchiveInfo], domain: str) -> list[ArchiveInfo]:
     """Return domain's archives, oldest first."""
     own = [a for a in archives if a.name.domain == domain]
-    return sorted(own, key=lambda a: (a.time, a.name.checkpoint))
+    return sorted(own, key=lambda a: a.order)
 
 
 def select(archives: list[ArchiveInfo], domain: str, checkpoint: str | None) -> ArchiveInfo:
@@ -64,6 +64,6 @@ def disk_chain(archives: list[ArchiveInfo], top: ArchiveInfo, target: str) -> li
 def group(archives: list[ArchiveInfo]) -> dict[str, dict[str, list[ArchiveInfo]]]:
     """Return {domain: {snapshot: [archives oldest first]}}, domains and chains in time order."""
     out: dict[str, dict[str, list[ArchiveInfo]]] = defaultdict(lambda: defaultdict(list))
-    for a in sorted(archives, key=lambda a: (a.name.domain, a.time, a.name.checkpoint)):
+    for a in sorted(archives, key=lambda a: (a.name.domain, a.order)):
         out[a.name.domain][a.name.snapshot].append(a)
     return {d: dict(chains) for d, chains in out.items()}

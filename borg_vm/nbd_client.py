@@ -144,9 +144,21 @@ def _handle(where: str, contexts: Sequence[str] = ()) -> Iterator["nbd.NBD"]:
     finally:
         with contextlib.suppress(nbd.Error):
             h.shutdown()
-        # libnbd 1.14's Python binding closes the handle (and ends a server it
-        # started) when the last reference goes.
-        del h
+        _close(h)
+
+
+def _close(h: "nbd.NBD") -> None:
+    """Close h now, whoever still holds a reference to it.
+
+    Closing (not just disconnecting) waits for a server libnbd started to
+    exit; until then qemu-nbd holds its image's lock, and the next qemu-nbd on
+    that image (a flatten restore's next layer) fails to lock it.
+    """
+    if hasattr(h, "close"):  # libnbd >= 1.16
+        h.close()
+    elif hasattr(h, "_o"):  # 1.14 closes only in __del__: do what close() does later
+        nbd.libnbdmod.close(h._o)
+        del h._o
 
 
 @contextlib.contextmanager

@@ -41,7 +41,7 @@ class Plan:
 def latest(archives: list[ArchiveInfo], domain: str) -> ArchiveInfo | None:
     """Return the newest archive of domain (by backup time), or None."""
     own = [a for a in archives if a.name.domain == domain]
-    return max(own, key=lambda a: (a.time, a.name.checkpoint)) if own else None
+    return max(own, key=lambda a: a.order) if own else None
 
 
 def why_not_incremental(domain: str, uuid: str, disks: list[Disk], parent: ArchiveInfo | None,

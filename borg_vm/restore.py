@@ -172,15 +172,9 @@ def _apply(borg: Borg, archive: str, target: str, record: DiskRecord, out: Expor
     data extents and hash to its digest.
     """
     digest = hashlib.sha256()
-    written = []
-    with borg.export_tar(archive, [fmt.disk_prefix(target)]) as proc:
-        try:
-            for member in read_members(proc.stdout):
-                written.extend(_write_member(member, target, out, digest, progress))
-        except TarFormatError as e:
-            borg.finish("export-tar", proc)
-            raise FormatError(archive=archive, detail=str(e)) from e
-        borg.finish("export-tar", proc)
+    # A layer with only zero extents has no data members to export (and borg
+    # warns when a path matches nothing).
+    written = _write_data(borg, archive, target, out, digest, progress) if record.data_bytes else []
     expected = [e for e in record.extents if e.kind == extent.DATA]
     try:
         same = extent.merge(written) == extent.merge(expected)
@@ -194,6 +188,21 @@ def _apply(borg: Borg, archive: str, target: str, record: DiskRecord, out: Expor
         for e in record.extents:
             if e.kind == extent.ZERO:
                 out.zero(e.start, e.length)
+
+
+def _write_data(borg: Borg, archive: str, target: str, out: Export, digest,
+                progress: Progress) -> list[extent.Extent]:
+    """Stream the disk's data members out of the archive into out; return what they covered."""
+    written = []
+    with borg.export_tar(archive, [fmt.disk_prefix(target)]) as proc:
+        try:
+            for member in read_members(proc.stdout):
+                written.extend(_write_member(member, target, out, digest, progress))
+        except TarFormatError as e:
+            borg.finish("export-tar", proc)
+            raise FormatError(archive=archive, detail=str(e)) from e
+        borg.finish("export-tar", proc)
+    return written
 
 
 def _write_member(member: Member, target: str, out: Export, digest, progress: Progress

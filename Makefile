@@ -1,0 +1,28 @@
+# The two commands README promises on a fresh Debian 12 machine (as root):
+#   make demo   back up a throwaway VM, change it, back up again, restore, verify
+#   make test   the whole test suite (unit, integration, e2e with a real VM)
+VENV   ?= .venv
+PYTEST ?= $(VENV)/bin/pytest
+
+.PHONY: setup demo test unit integration e2e bench
+
+setup:
+	bash contrib/setup-host.sh $(VENV)
+
+demo: setup
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash contrib/demo.sh
+
+test: setup
+	$(PYTEST) tests
+
+unit:
+	$(PYTEST) tests/unit
+
+integration:
+	$(PYTEST) tests/integration
+
+e2e:
+	$(PYTEST) tests/e2e
+
+bench: setup
+	$(VENV)/bin/python bench/bench.py

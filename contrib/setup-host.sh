@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# Make this Debian 12 machine able to run borg-vm, its demo and its tests.
+#
+#   contrib/setup-host.sh [VENV]        (as root; VENV defaults to ./.venv)
+#
+# Idempotent: a second run checks, changes nothing and takes a second or two.
+# 1. Debian packages: QEMU, libvirt (daemon, QEMU driver, clients, Python
+#    binding), libnbd (Python binding, tools), nbdkit, and what building
+#    borgbackup needs; installed only when missing.
+# 2. A venv from Debian's /usr/bin/python3 with --system-site-packages (so
+#    the distribution's `libvirt` and `nbd` modules import), holding
+#    borgbackup 1.4.x and borg-vm with its test extras.
+# 3. A libvirt daemon answering on qemu:///system. One that answers already
+#    is used as it is. Otherwise the minimum is configured (the libvirt-qemu
+#    user; user/group root and stdio_handler "file" in qemu.conf, for hosts
+#    without systemd or virtlogd) and libvirtd is started in the background;
+#    its PID is recorded in /run/borg-vm-setup-libvirtd.pid.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")/.." && pwd)
+venv=${1:-$here/.venv}
+uri=qemu:///system
+libvirtd_pidfile=/run/borg-vm-setup-libvirtd.pid
+borg_spec='borgbackup>=1.4,<1.5'
+
+packages=(qemu-system-x86 qemu-utils libvirt-daemon libvirt-daemon-driver-qemu
+          libvirt-clients python3-libvirt python3-libnbd libnbd-bin nbdkit
+          python3-venv python3-dev gcc pkg-config
+          libacl1-dev liblz4-dev libzstd-dev libxxhash-dev libssl-dev)
+
+say() { printf 'setup: %s\n' "$*"; }
+
+install_packages() {
+    local missing=()
+    for p in "${packages[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q '^install ok installed$' \
+            || missing+=("$p")
+    done
+    if ((${#missing[@]} == 0)); then
+        say "Debian packages: all present"
+        return
+    fi
+    [ "$(id -u)" = 0 ] || { say "need root to install: ${missing[*]}"; exit 2; }
+    say "installing Debian packages: ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        "${missing[@]}" >/dev/null
+}
+
+make_venv() {
+    if [ ! -x "$venv/bin/python" ]; then
+        say "creating venv $venv (Debian python, system site packages)"
+        /usr/bin/python3 -m venv --system-site-packages "$venv"
+    fi
+    if ! "$venv/bin/borg" --version 2>/dev/null | grep -q '^borg 1\.4\.'; then
+        say "installing $borg_spec into $venv"
+        "$venv/bin/pip" install -q "$borg_spec"
+    fi
+    # Reinstall borg-vm only when its packaging changed.
+    local stamp="$venv/.borg-vm-installed" want
+    want=$(sha256sum "$here/pyproject.toml" | cut -d' ' -f1)
+    if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+        say "installing borg-vm (editable, with test extras) into $venv"
+        "$venv/bin/pip" install -q -e "$here[test]"
+        echo "$want" > "$stamp"
+    fi
+    "$venv/bin/python" -c 'import libvirt, nbd' \
+        || { say "libvirt/nbd do not import in $venv"; exit 2; }
+    say "venv: $("$venv/bin/borg" --version), borg-vm $("$venv/bin/borg-vm" --version | cut -d' ' -f2)"
+}
+
+libvirt_answers() { timeout 10 virsh -c "$uri" version >/dev/null 2>&1; }
+
+set_qemu_conf() {  # set key = value in qemu.conf, replacing an existing setting
+    local conf=/etc/libvirt/qemu.conf key=$1 value=$2
+    touch "$conf"
+    if grep -qE "^\s*$key\s*=" "$conf"; then
+        sed -i -E "s|^\s*$key\s*=.*|$key = $value|" "$conf"
+    else
+        echo "$key = $value" >> "$conf"
+    fi
+}
+
+start_libvirt() {
+    if libvirt_answers; then
+        say "libvirt: a daemon answers on $uri; using it unchanged"
+        return
+    fi
+    [ "$(id -u)" = 0 ] || { say "need root to start libvirtd"; exit 2; }
+    getent passwd libvirt-qemu >/dev/null \
+        || useradd --system --no-create-home --shell /usr/sbin/nologin libvirt-qemu
+    set_qemu_conf user '"root"'
+    set_qemu_conf group '"root"'
+    set_qemu_conf stdio_handler '"file"'
+    mkdir -p /var/log/libvirt /run/libvirt
+    say "starting libvirtd"
+    /usr/sbin/libvirtd --daemon --pid-file "$libvirtd_pidfile"
+    for _ in $(seq 60); do
+        libvirt_answers && break
+        sleep 0.5
+    done
+    libvirt_answers || { say "libvirtd did not answer on $uri within 30 s"; exit 2; }
+    say "libvirt: libvirtd started, PID $(cat "$libvirtd_pidfile") (in $libvirtd_pidfile)"
+}
+
+report_kvm() {
+    if [ -r /dev/kvm ] && [ -w /dev/kvm ]; then
+        say "KVM: /dev/kvm usable"
+    else
+        say "KVM: not usable here; test and demo domains fall back to TCG (type='qemu')"
+    fi
+}
+
+install_packages
+make_venv
+start_libvirt
+report_kvm
