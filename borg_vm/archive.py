@@ -137,7 +137,7 @@ class ArchiveName:
     @classmethod
     def parse(cls, name: str) -> "ArchiveName | None":
         """Return the parsed final archive name, or None if it is not one of borg-vm's."""
-        m = _NAME_RE.match(name)
+        m = _NAME_RE.fullmatch(name)
         return cls(**m.groupdict()) if m else None
 
 
@@ -156,7 +156,7 @@ def member_name(target: str, offset: int) -> str:
 
 def parse_member(name: str) -> tuple[str, int] | None:
     """Return (target, offset) of a data member name, or None for other members."""
-    m = _MEMBER_RE.match(name)
+    m = _MEMBER_RE.fullmatch(name)
     return (m["target"], int(m["offset"], 16)) if m else None
 
 

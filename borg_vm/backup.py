@@ -147,7 +147,7 @@ def _backup_locked(dom: Domain, borg: Borg, opts: BackupOptions) -> BackupResult
         if opts.level != plan.AUTO:
             raise
         log.warning("%s", e.message)
-        dom.delete_checkpoint(p.parent_checkpoint)
+        dom.delete_checkpoint(p.parent_checkpoint, broken=True)
         reason = f"checkpoint {p.parent_checkpoint} is inconsistent (QEMU stopped uncleanly?)"
         full = plan.Plan(fmt.FULL, reason, None, {d.target: fmt.FULL for d in disks})
         return _run(dom, borg, opts, disks, archives, full, live_xml)
@@ -172,14 +172,17 @@ def _run(dom: Domain, borg: Borg, opts: BackupOptions, disks: list[plan.Disk],
         cp = domxml.checkpoint_xml(checkpoint, f"borg-vm backup of {dom.name}",
                                    {t: t in by_target and by_target[t].incremental_capable
                                     for t in _all_targets(live_xml)})
+        begun = False  # libvirt creates nothing when backupBegin fails
         try:
             with dom.pull_backup(job, cp, p.parent_checkpoint):
+                begun = True
                 manifest = _stream(dom, borg, opts, p, name, when, socket, by_target)
-            _remove_scratch(export)
         except BaseException:
-            _undo(dom, borg, checkpoint, name)
-            _remove_scratch(export)
+            if begun:
+                _undo(dom, borg, checkpoint, name)
             raise
+        finally:
+            _remove_scratch(export)
     for old in sorted(c for c in dom.checkpoints()
                       if fmt.is_own_checkpoint(c) and c != checkpoint):
         dom.delete_checkpoint(old)

@@ -156,8 +156,12 @@ class Borg:
 
 
 def _parse_log_json(stderr: str) -> tuple[set[str], list[str]]:
-    """Return (msgids, error messages) from borg --log-json stderr lines."""
-    msgids, messages = set(), []
+    """Return (msgids, messages) from borg --log-json stderr lines.
+
+    The messages are the errors, or the warnings if borg logged no error (a
+    run that exits 1 with a warning, e.g. a path that never matched).
+    """
+    msgids, messages, warnings = set(), [], []
     for line in stderr.splitlines():
         try:
             rec = json.loads(line)
@@ -171,4 +175,6 @@ def _parse_log_json(stderr: str) -> tuple[set[str], list[str]]:
             msgids.add(rec["msgid"])
         if rec.get("levelname") in ("ERROR", "CRITICAL") and rec.get("message"):
             messages.append(rec["message"].strip().splitlines()[0])
-    return msgids, messages
+        elif rec.get("levelname") == "WARNING" and rec.get("message"):
+            warnings.append(rec["message"].strip().splitlines()[0])
+    return msgids, messages or warnings

@@ -57,6 +57,10 @@ def disk_chain(archives: list[ArchiveInfo], top: ArchiveInfo, target: str) -> li
             raise BrokenChain(archive=top.archive, missing=parent or "its parent")
         if target not in by_name[parent].summary.disks:
             raise BrokenChain(archive=top.archive, missing=f"disk {target} in {parent}")
+        if any(a.archive == parent for a in chain):  # damaged comments: parents loop
+            raise BrokenChain(archive=top.archive,
+                              missing=f"the full backup of disk {target} (the chain loops "
+                                      f"back to {parent})")
         chain.append(by_name[parent])
     return chain[::-1]
 

@@ -54,6 +54,8 @@ class TarWriter:
 
     def write(self, data) -> None:
         n = len(data)
+        if n == 0:  # else a complete member would get its padding a second time
+            return
         if n > self._remaining:
             raise ValueError(f"member data overflows its size by {n - self._remaining}")
         write_all(self.out, data)

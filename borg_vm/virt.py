@@ -98,14 +98,27 @@ class Domain:
         except libvirt.libvirtError as e:
             raise self._fail(f"read checkpoint {name}", e) from e
 
-    def delete_checkpoint(self, name: str) -> None:
-        """Delete one checkpoint (its bitmaps too); a checkpoint already gone is fine."""
+    def delete_checkpoint(self, name: str, broken: bool = False) -> None:
+        """Delete one checkpoint and its bitmaps; a checkpoint already gone is fine.
+
+        With broken (its bitmaps are known to be missing or inconsistent), fall
+        back to deleting libvirt's metadata only when the bitmaps cannot be
+        removed, since there is nothing left worth keeping.
+        """
         try:
             self._dom.checkpointLookupByName(name, 0).delete(0)
         except libvirt.libvirtError as e:
             if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN_CHECKPOINT:
                 return
-            raise self._fail(f"delete checkpoint {name}", e) from e
+            if not broken:
+                raise self._fail(f"delete checkpoint {name}", e) from e
+            log.warning("%s: removing only the metadata of broken checkpoint %s (%s)",
+                        self.name, name, e.get_error_message())
+            try:
+                self._dom.checkpointLookupByName(name, 0).delete(
+                    libvirt.VIR_DOMAIN_CHECKPOINT_DELETE_METADATA_ONLY)
+            except libvirt.libvirtError as e2:
+                raise self._fail(f"delete checkpoint {name}", e2) from e2
         log.info("deleted checkpoint %s of %s", name, self.name)
 
     def backup_job_xml(self) -> str | None:
