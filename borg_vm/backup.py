@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 READ_REQUEST = 4 * 1024 * 1024
 READS_IN_FLIGHT = 8
 PREFETCH_DEPTH = 4
+# Views the consumer side may hold at once: the queue, the one being put
+# into it and the one being written.
+PREFETCH_HOLD = PREFETCH_DEPTH + 2
 
 
 @dataclass(frozen=True)
@@ -281,7 +284,7 @@ def _stream_disk(tar: TarWriter, socket: str, target: str, disk: DiskRecord,
     requests = [r for m in members for r in extent.requests(m, READ_REQUEST)]
     starts = {m.start: m for m in members}
     with open_unix(socket, target) as exp, \
-            prefetch.ahead(exp.read_pipelined(requests, READS_IN_FLIGHT),
+            prefetch.ahead(exp.read_pipelined(requests, READS_IN_FLIGHT, PREFETCH_HOLD),
                            PREFETCH_DEPTH) as reads:
         for offset, data in reads:
             if offset in starts:

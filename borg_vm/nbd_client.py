@@ -80,31 +80,38 @@ class Export:
             offset = end
         return runs
 
-    def read_pipelined(self, requests: Iterable[tuple[int, int]],
-                       depth: int) -> Iterator[tuple[int, bytearray]]:
+    def read_pipelined(self, requests: Iterable[tuple[int, int]], depth: int,
+                       hold: int) -> Iterator[tuple[int, memoryview]]:
         """Yield (offset, data) for each (offset, length) request, in order.
 
-        Up to depth requests are in flight at once.
+        Up to depth requests are in flight at once. Buffers are recycled: a
+        yielded view stays valid while the consumer holds at most `hold`
+        yielded views (the current one included), so reading gigabytes costs
+        a fixed set of buffers and no page faults after the first round.
         """
+        requests = list(requests)
+        size = max((length for _, length in requests), default=0)
+        ring = [bytearray(size) for _ in range(min(len(requests), depth + hold))]
         pending: collections.deque = collections.deque()
-        todo = iter(requests)
+        todo = iter(enumerate(requests))
 
         def submit() -> None:
-            for offset, length in todo:
-                buf = nbd.Buffer(length)
-                pending.append((self.h.aio_pread(buf, offset), offset, buf))
+            for i, (offset, length) in todo:
+                view = memoryview(ring[i % len(ring)])[:length]
+                cookie = self.h.aio_pread(nbd.Buffer.from_buffer(view), offset)
+                pending.append((cookie, offset, view))
                 if len(pending) >= depth:
                     return
 
         try:
             submit()
             while pending:
-                cookie, offset, buf = pending[0]
+                cookie, offset, view = pending[0]
                 while not self.h.aio_command_completed(cookie):
                     self.h.poll(-1)
                 pending.popleft()
                 submit()
-                yield offset, buf.to_buffer()
+                yield offset, view
         except nbd.Error as e:
             raise self._fail("read", e) from e
 
