@@ -94,6 +94,8 @@ DISK_DIR = "disk"
 _STAMP = r"\d{8}T\d{6}Z(?:-\d+)?"
 _NAME_RE = re.compile(rf"^(?P<domain>.+)\.(?P<snapshot>{_STAMP})\.(?P<checkpoint>{CHECKPOINT_PREFIX}{_STAMP})$")
 _BORG_CHECKPOINT_RE = re.compile(r"\.checkpoint(\.\d+)?$")
+# Disk targets become file and member names: libvirt's are like vda, sdb, hdc.
+_TARGET_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _MEMBER_RE = re.compile(rf"^{DISK_DIR}/(?P<target>[^/]+)/(?P<offset>[0-9a-f]{{16}})$")
 
 
@@ -216,7 +218,7 @@ class Manifest:
         try:
             doc = json.loads(raw)
             _check_version(doc, archive)
-            disks = {t: _disk_from_doc(d) for t, d in doc["disks"].items()}
+            disks = {check_target(t): _disk_from_doc(d) for t, d in doc["disks"].items()}
             m = cls(domain=doc["domain"], uuid=doc["uuid"], snapshot=doc["snapshot"],
                     checkpoint=doc["checkpoint"], level=_level(doc["level"]),
                     parent_checkpoint=doc["parent_checkpoint"],
@@ -252,6 +254,13 @@ def _disk_from_doc(doc: dict) -> DiskRecord:
                       virtual_size=size, extents=extents, sha256=doc["sha256"])
 
 
+def check_target(target: str) -> str:
+    """Return target if it is a plain disk target name; raise ValueError otherwise."""
+    if not _TARGET_RE.fullmatch(target):
+        raise ValueError(f"bad disk target {target!r}")
+    return target
+
+
 def _level(value: str) -> str:
     if value not in LEVELS:
         raise ValueError(f"unknown level {value!r}")
@@ -261,7 +270,7 @@ def _level(value: str) -> str:
 def _check_version(doc: dict, archive: str) -> None:
     if doc.get("format") != FORMAT_NAME:
         raise FormatError(archive=archive, detail="no borg-vm manifest")
-    if doc.get("version") != FORMAT_VERSION:
+    if type(doc.get("version")) is not int or doc["version"] != FORMAT_VERSION:
         raise FormatError(archive=archive,
                           detail=f"format version {doc.get('version')!r}, this borg-vm "
                                  f"reads version {FORMAT_VERSION}; upgrade borg-vm")
@@ -300,13 +309,13 @@ class Summary:
         """Parse an archive comment; raise FormatError if it is not a borg-vm summary."""
         try:
             doc = json.loads(comment)
-            if doc.get("borg-vm") != FORMAT_VERSION:
+            if type(doc.get("borg-vm")) is not int or doc["borg-vm"] != FORMAT_VERSION:
                 raise FormatError(archive=archive,
                                   detail=f"summary version {doc.get('borg-vm')!r}")
             return cls(level=_level(doc["level"]), parent=doc["parent"], time=doc["time"],
                        uuid=doc["uuid"],
-                       disks={t: DiskSummary(_level(v[0]), int(v[1]), v[2], v[3], int(v[4]),
-                                             int(v[5]))
+                       disks={check_target(t): DiskSummary(_level(v[0]), int(v[1]), v[2], v[3],
+                                                           int(v[4]), int(v[5]))
                               for t, v in doc["disks"].items()})
         except FormatError:
             raise

@@ -89,6 +89,7 @@ def backup_xml(socket: str, disks: dict[str, tuple[str, str] | None],
             ET.SubElement(elems, "disk", name=target, backup="no")
             continue
         scratch, mode = spec
+        assert mode == "full" or incremental, "an incremental export needs a checkpoint"
         disk = ET.SubElement(elems, "disk", name=target, backup="yes", type="file",
                              backupmode=mode)
         if mode == "incremental" and incremental:
@@ -117,7 +118,8 @@ def restored_domain_xml(domain_xml: str, new_name: str,
                         images: dict[str, tuple[str, str]]) -> str:
     """Return domain XML that runs on restored images without clashing with the original.
 
-    The name becomes new_name, the UUID is dropped (libvirt makes a new one),
+    The name becomes new_name; the UUID, MAC addresses and the NVRAM path are
+    dropped (libvirt makes new ones) so the copy can run beside the original;
     each restored disk (target -> (path, format)) points at its image, and
     other writable disks are removed so the copy never writes to the
     original's disks.
@@ -126,6 +128,9 @@ def restored_domain_xml(domain_xml: str, new_name: str,
     root.find("name").text = new_name
     for e in root.findall("uuid"):
         root.remove(e)
+    for parent in root.iter():
+        for e in parent.findall("nvram") + parent.findall("mac"):
+            parent.remove(e)
     devices = root.find("devices")
     for d in list(devices.findall("disk")) if devices is not None else []:
         spec = _disk_spec(d)

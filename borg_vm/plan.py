@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from . import chain
 from .archive import FULL, INC, ArchiveInfo, new_checkpoint_name, snapshot_of
-from .errors import NoUsableParent
+from .errors import BorgVmError, NoUsableParent
 
 AUTO = "auto"
 REQUESTS = (AUTO, FULL, INC)
@@ -45,7 +46,7 @@ def latest(archives: list[ArchiveInfo], domain: str) -> ArchiveInfo | None:
 
 
 def why_not_incremental(domain: str, uuid: str, disks: list[Disk], parent: ArchiveInfo | None,
-                        checkpoints: set[str]) -> str | None:
+                        checkpoints: set[str], archives: list[ArchiveInfo]) -> str | None:
     """Return why an incremental on top of parent is impossible, or None if it is possible."""
     if parent is None:
         return f"no earlier archive of {domain} in the repository"
@@ -66,6 +67,11 @@ def why_not_incremental(domain: str, uuid: str, disks: list[Disk], parent: Archi
                     "e.g. after an external snapshot")
     if not any(d.incremental_capable for d in disks):
         return "no disk supports incremental backups (they need qcow2)"
+    for t in sorted(now):
+        try:
+            chain.disk_chain(archives, parent, t)
+        except BorgVmError as e:
+            return f"the chain of {parent.archive} cannot be restored ({e.message})"
     return None
 
 
@@ -79,7 +85,9 @@ def plan(requested: str, domain: str, uuid: str, disks: list[Disk],
     requested but no incremental is possible.
     """
     parent = latest(archives, domain)
-    reason = why_not_incremental(domain, uuid, disks, parent, checkpoints)
+    if requested not in REQUESTS:
+        raise ValueError(f"unknown level {requested!r}")
+    reason = why_not_incremental(domain, uuid, disks, parent, checkpoints, archives)
     if requested == FULL:
         return Plan(FULL, "--level full was asked for", None, {d.target: FULL for d in disks})
     if reason is not None:

@@ -28,6 +28,8 @@ def ahead(items: Iterable[T], depth: int) -> Iterator[Iterator[T]]:
     An exception in the producer is raised in the consumer. Leaving the block
     early stops the producer and waits for it, so nothing outlives the block.
     """
+    if depth < 1:
+        raise ValueError("depth must be at least 1 (0 would be unbounded)")
     q: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
 

@@ -1,0 +1,184 @@
+"""Backup planning: when a run is incremental, and why it is not."""
+
+from datetime import datetime, timezone
+
+import pytest
+
+from borg_vm.archive import (FULL, INC, ArchiveInfo, ArchiveName, DiskSummary, Summary,
+                             is_own_checkpoint)
+from borg_vm.errors import EXIT_ERROR, NoUsableParent
+from borg_vm.plan import AUTO, Disk, Plan, latest, names_for, plan
+
+DOMAIN = "web01.example.com"
+UUID = "9b1c5a5e-3c1e-4c55-9d7e-2a1d0b9c1f00"
+VDA = Disk("vda", "/images/web01.qcow2", "qcow2", 10 << 30)
+VDB = Disk("vdb", "/images/web01-data.qcow2", "qcow2", 20 << 30)
+SDA = Disk("sda", "/dev/vg/web01-raw", "raw", 1 << 30)
+WHEN = datetime(2026, 11, 27, 2, 0, 0, tzinfo=timezone.utc)
+
+
+def info(checkpoint, disks, *, level=FULL, snapshot="20261125T020000Z", domain=DOMAIN,
+         uuid=UUID, time="2026-11-26T02:00:00Z", parent=None):
+    summary = Summary(level, parent, time, uuid,
+                      {d.target: DiskSummary(level if d.incremental_capable else FULL,
+                                             d.virtual_size, d.format, d.source, 1, 0)
+                       for d in disks})
+    return ArchiveInfo(ArchiveName(domain, snapshot, checkpoint), summary)
+
+
+PARENT = info("borgvm-20261126T020000Z", [VDA, VDB])
+CHECKPOINTS = {"borgvm-20261126T020000Z"}
+
+
+def test_incremental_when_everything_matches():
+    p = plan(AUTO, DOMAIN, UUID, [VDA, VDB], [PARENT], CHECKPOINTS)
+    assert p.level == INC
+    assert p.parent is PARENT
+    assert p.parent_checkpoint == "borgvm-20261126T020000Z"
+    assert p.disk_levels == {"vda": INC, "vdb": INC}
+    assert PARENT.archive in p.reason
+
+
+@pytest.mark.parametrize("requested", [AUTO, INC])
+def test_incremental_requested_or_auto(requested):
+    assert plan(requested, DOMAIN, UUID, [VDA, VDB], [PARENT], CHECKPOINTS).level == INC
+
+
+FULL_CASES = {
+    "no archive": (dict(archives=[]), "no earlier archive"),
+    "other domain only": (dict(archives=[info("borgvm-20261126T020000Z", [VDA, VDB],
+                                              domain="web01")]), "no earlier archive"),
+    "uuid changed": (dict(uuid="00000000-0000-0000-0000-000000000000"), "UUID changed"),
+    "checkpoint gone": (dict(checkpoints=set()), "is gone from libvirt"),
+    "checkpoint gone, others left": (dict(checkpoints={"borgvm-20261125T020000Z"}),
+                                     "borgvm-20261126T020000Z"),
+    "disk added": (dict(disks=[VDA, VDB, Disk("vdc", "/images/c.qcow2", "qcow2", 1)]),
+                   "disks changed"),
+    "disk removed": (dict(disks=[VDA]), "disks changed"),
+    "disk renamed": (dict(disks=[VDA, Disk("vdc", VDB.source, "qcow2", VDB.virtual_size)]),
+                     "disks changed"),
+    "resized": (dict(disks=[VDA, Disk("vdb", VDB.source, "qcow2", 21 << 30)]),
+                "disk vdb was resized"),
+    "new source": (dict(disks=[VDA, Disk("vdb", "/images/web01-data.snap1", "qcow2",
+                                         VDB.virtual_size)]), "disk vdb is a new layer"),
+    "new format": (dict(disks=[VDA, Disk("vdb", VDB.source, "raw", VDB.virtual_size)]),
+                   "disk vdb is a new layer"),
+}
+
+
+@pytest.mark.parametrize("case", FULL_CASES)
+def test_full_when_no_usable_parent(case):
+    over, why = FULL_CASES[case]
+    args = dict(disks=[VDA, VDB], archives=[PARENT], checkpoints=CHECKPOINTS, uuid=UUID)
+    args.update(over)
+    p = plan(AUTO, DOMAIN, args["uuid"], args["disks"], args["archives"], args["checkpoints"])
+    assert p.level == FULL
+    assert why in p.reason
+    assert p.parent is None and p.parent_checkpoint is None
+    assert p.disk_levels == {d.target: FULL for d in args["disks"]}
+
+    with pytest.raises(NoUsableParent) as e:
+        plan(INC, DOMAIN, args["uuid"], args["disks"], args["archives"], args["checkpoints"])
+    assert e.value.exit_code == EXIT_ERROR == 2
+    assert why in e.value.message
+    assert repr(DOMAIN) in e.value.message
+
+
+def test_full_when_all_disks_raw():
+    parent = info("borgvm-20261126T020000Z", [SDA])
+    p = plan(AUTO, DOMAIN, UUID, [SDA], [parent], CHECKPOINTS)
+    assert p.level == FULL
+    assert "qcow2" in p.reason
+    with pytest.raises(NoUsableParent):
+        plan(INC, DOMAIN, UUID, [SDA], [parent], CHECKPOINTS)
+
+
+def test_full_requested_overrides_usable_parent():
+    p = plan(FULL, DOMAIN, UUID, [VDA, VDB], [PARENT], CHECKPOINTS)
+    assert p == Plan(FULL, "--level full was asked for", None, {"vda": FULL, "vdb": FULL})
+
+
+def test_full_requested_without_parent():
+    assert plan(FULL, DOMAIN, UUID, [VDA], [], set()).level == FULL
+
+
+def test_raw_disk_in_incremental_is_full():
+    parent = info("borgvm-20261126T020000Z", [VDA, SDA])  # a full: its chain restores
+    p = plan(AUTO, DOMAIN, UUID, [VDA, SDA], [parent], CHECKPOINTS)
+    assert p.level == INC
+    assert p.disk_levels == {"vda": INC, "sda": FULL}
+
+
+def test_parent_is_newest_archive():
+    older = info("borgvm-20261125T020000Z", [VDA, VDB], time="2026-11-25T02:00:00Z")
+    p = plan(AUTO, DOMAIN, UUID, [VDA, VDB], [PARENT, older],
+             CHECKPOINTS | {"borgvm-20261125T020000Z"})
+    assert p.parent is PARENT
+
+
+def test_newest_archive_checkpoint_gone_does_not_fall_back_to_older():
+    # libvirt keeps only the newest borg-vm checkpoint; an older archive's
+    # checkpoint may still exist, but the data since then is not in a chain.
+    older = info("borgvm-20261125T020000Z", [VDA, VDB], time="2026-11-25T02:00:00Z")
+    p = plan(AUTO, DOMAIN, UUID, [VDA, VDB], [PARENT, older], {"borgvm-20261125T020000Z"})
+    assert p.level == FULL
+
+
+# --- latest ----------------------------------------------------------------------
+
+def test_latest_by_time_not_list_order_or_name():
+    a = info("borgvm-20261126T020000Z", [VDA], time="2026-11-26T02:00:00Z")
+    b = info("borgvm-20261127T020000Z", [VDA], time="2026-11-27T02:00:00Z")
+    c = info("borgvm-20261125T020000Z", [VDA], time="2026-11-25T02:00:00Z")
+    assert latest([a, b, c], DOMAIN) is b
+    assert latest([b, c, a], DOMAIN) is b
+    # time decides even when checkpoint names disagree (clock set back, say)
+    d = info("borgvm-20200101T000000Z", [VDA], time="2026-11-28T02:00:00Z")
+    assert latest([a, b, c, d], DOMAIN) is d
+
+
+def test_latest_same_second_uses_checkpoint():
+    a = info("borgvm-20261126T020000Z", [VDA])
+    b = info("borgvm-20261126T020000Z-1", [VDA])
+    assert latest([b, a], DOMAIN) is b
+
+
+def test_latest_other_domains_and_empty():
+    other = info("borgvm-20261129T020000Z", [VDA], domain="web01",
+                 time="2026-11-29T02:00:00Z")
+    assert latest([other, PARENT], DOMAIN) is PARENT
+    assert latest([other], DOMAIN) is None
+    assert latest([], DOMAIN) is None
+
+
+# --- names_for -------------------------------------------------------------------
+
+def test_names_for_incremental_keeps_parent_snapshot():
+    p = plan(AUTO, DOMAIN, UUID, [VDA, VDB], [PARENT], CHECKPOINTS)
+    snapshot, checkpoint = names_for(p, DOMAIN, WHEN, CHECKPOINTS)
+    assert snapshot == PARENT.name.snapshot
+    assert checkpoint == "borgvm-20261127T020000Z"
+
+
+def test_names_for_full_starts_new_snapshot():
+    p = plan(FULL, DOMAIN, UUID, [VDA, VDB], [PARENT], CHECKPOINTS)
+    snapshot, checkpoint = names_for(p, DOMAIN, WHEN, CHECKPOINTS)
+    assert (snapshot, checkpoint) == ("20261127T020000Z", "borgvm-20261127T020000Z")
+
+
+def test_names_for_avoids_taken_checkpoint():
+    p = plan(FULL, DOMAIN, UUID, [VDA], [], set())
+    snapshot, checkpoint = names_for(p, DOMAIN, WHEN, {"borgvm-20261127T020000Z"})
+    assert checkpoint == "borgvm-20261127T020000Z-1"
+    assert is_own_checkpoint(checkpoint)
+    assert snapshot == "20261127T020000Z-1"
+    assert ArchiveName.parse(str(ArchiveName(DOMAIN, snapshot, checkpoint))) is not None
+
+
+def test_full_when_parent_chain_is_broken():
+    # The full archive of the chain was deleted (borg delete/prune by hand); the
+    # newest archive and its checkpoint are fine, but nothing built on them restores.
+    full = info("borgvm-20261125T020000Z", [VDA, VDB], time="2026-11-25T02:00:00Z")
+    inc = info("borgvm-20261126T020000Z", [VDA, VDB], level=INC, parent=str(full.name))
+    p = plan(AUTO, DOMAIN, UUID, [VDA, VDB], [inc], CHECKPOINTS)
+    assert p.level == FULL

@@ -1,0 +1,120 @@
+"""Prefetch: order, errors handed to the consumer, and no thread outliving its block."""
+
+import threading
+
+import pytest
+
+from borg_vm.prefetch import ahead
+
+
+def prefetch_threads():
+    return [t for t in threading.enumerate() if t.name == "prefetch"]
+
+
+@pytest.fixture(autouse=True)
+def no_thread_left():
+    assert prefetch_threads() == []
+    yield
+    assert prefetch_threads() == [], "a prefetch thread outlived its block"
+
+
+@pytest.mark.parametrize("depth", [1, 2, 4, 100])
+def test_items_in_order(depth):
+    with ahead(iter(range(1000)), depth) as items:
+        assert list(items) == list(range(1000))
+
+
+def test_empty():
+    with ahead([], 4) as items:
+        assert list(items) == []
+
+
+def test_producer_stays_within_depth():
+    produced = []
+    idle = threading.Event()   # never set: a bounded wait between polls
+
+    def gen():
+        for i in range(100):
+            produced.append(i)
+            yield i
+
+    with ahead(gen(), 3) as items:
+        assert next(items) == 0
+        # 1 consumed + 3 queued + 1 held by the producer while it waits for room
+        for _ in range(200):
+            if len(produced) >= 5:
+                break
+            idle.wait(0.01)
+        idle.wait(0.05)
+        assert len(produced) == 5
+        assert list(items) == list(range(1, 100))
+
+
+def test_producer_exception_reaches_consumer():
+    def gen():
+        yield 1
+        yield 2
+        raise OSError("NBD read failed")
+
+    got = []
+    with pytest.raises(OSError, match="NBD read failed"):
+        with ahead(gen(), 2) as items:
+            for item in items:
+                got.append(item)
+    assert got == [1, 2]
+
+
+def test_producer_exception_before_first_item():
+    def gen():
+        raise ValueError("no")
+        yield  # pragma: no cover
+
+    with pytest.raises(ValueError):
+        with ahead(gen(), 2) as items:
+            next(items)
+
+
+def test_leaving_early_stops_producer():
+    produced = []
+
+    def endless():
+        i = 0
+        while True:
+            produced.append(i)
+            yield i
+            i += 1
+
+    with ahead(endless(), 2) as items:
+        assert [next(items) for _ in range(5)] == list(range(5))
+    # the thread is gone (checked by the fixture) and stopped soon after the consumer left
+    assert len(produced) <= 5 + 2 + 2
+
+
+def test_consumer_exception_stops_producer():
+    def endless():
+        i = 0
+        while True:
+            yield i
+            i += 1
+
+    with pytest.raises(RuntimeError, match="borg died"):
+        with ahead(endless(), 4) as items:
+            next(items)
+            raise RuntimeError("borg died")
+
+
+def test_leaving_without_consuming():
+    with ahead(iter(range(10**6)), 1):
+        pass
+
+
+def test_producer_runs_in_another_thread():
+    seen = []
+
+    def gen():
+        seen.append(threading.current_thread().name)
+        yield 1
+
+    with ahead(gen(), 1) as items:
+        assert list(items) == [1]
+    assert seen == ["prefetch"]
