@@ -10,10 +10,10 @@ import os
 import signal
 import sys
 
-from . import __version__, listing, plan, virt
+from . import __version__, archive, listing, plan, virt
 from .backup import BackupOptions, backup
 from .borg import Borg
-from .errors import EXIT_ERROR, EXIT_OK, BorgVmError, Interrupted, NoRepository
+from .errors import EXIT_ERROR, EXIT_OK, BorgVmError, Interrupted, NoRepository, UsageError
 from .restore import RestoreOptions, restore
 
 log = logging.getLogger("borg_vm")
@@ -66,6 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: the private run directory under /run/borg-vm)")
     b.add_argument("--compression", default="lz4", metavar="SPEC",
                    help="borg compression spec (default: lz4)")
+    b.add_argument("--chunk-size", type=_size, default=archive.BLOCK_SIZE, metavar="SIZE",
+                   help="Borg's fixed chunk size, which data members are aligned to "
+                   "(power of two, 64K..16M; default: 4M)")
+    b.add_argument("--read-alignment", type=_size, default=0, metavar="SIZE",
+                   help="widen dirty data extents to SIZE boundaries: more reads, more "
+                   "whole-chunk dedup (power of two >= 64K, or 0 for none: the default)")
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
     b.set_defaults(run=_cmd_backup)
 
@@ -96,6 +102,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+MIN_CHUNK = 64 * 1024
+MAX_CHUNK = 16 * 1024 * 1024
+
+
+def _size(text: str) -> int:
+    """Parse SIZE (bytes, or with a K/M/G suffix: powers of 1024)."""
+    number, unit = text.rstrip("KMGkmg"), text[len(text.rstrip("KMGkmg")):].upper()
+    if not number.isdigit() or unit not in _UNITS:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 4M, 65536)")
+    value = int(number) * _UNITS[unit]
+    if value and (value & (value - 1) or value < MIN_CHUNK):
+        raise argparse.ArgumentTypeError(f"{text} is not a power of two >= 64K")
+    return value
+
+
 def _borg(args: argparse.Namespace) -> Borg:
     repo = args.repo or os.environ.get("BORG_REPO")
     if not repo:
@@ -108,8 +130,11 @@ def _emit(doc: dict) -> None:
 
 
 def _cmd_backup(args: argparse.Namespace) -> int:
+    if not MIN_CHUNK <= args.chunk_size <= MAX_CHUNK:
+        raise UsageError(detail=f"--chunk-size must be between 64K and 16M, not {args.chunk_size}")
     opts = BackupOptions(level=args.level, exclude_disks=tuple(args.exclude_disk),
                          scratch_dir=args.scratch_dir, compression=args.compression,
+                         block_size=args.chunk_size, read_alignment=args.read_alignment,
                          progress=not (args.no_progress or args.json))
     borg = _borg(args)
     worst = EXIT_OK
