@@ -52,7 +52,7 @@ def borg(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([BORG, *args], capture_output=True, text=True, check=True, env=env)
 
 
-def init_repo(path: Path, encryption: str = "none", env: dict | None = None) -> str:
+def init_repo(path: Path | str, encryption: str = "none", env: dict | None = None) -> str:
     borg("init", "--encryption", encryption, str(path), env=env)
     return str(path)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import libvirt
 import pytest
 
-from borgvm import archive_names, init_repo, run, start, wrapper_env
+from borgvm import BORG, archive_names, init_repo, run, start, wrapper_env
 from guest import MIB, poll
 
 KIB = 1024
@@ -295,3 +295,59 @@ def test_bad_input_is_one_clear_line_and_exit_2(make_domain, repo, tmp_path, mon
     one_error_line(run("list", "--repo", str(tmp_path / "nope"), code=2), "does not exist")
     monkeypatch.delenv("BORG_REPO", raising=False)
     one_error_line(run("list", code=2), "BORG_REPO")
+
+
+def test_ssh_repository_through_borg_rsh(make_domain, tmp_path, monkeypatch):
+    """ssh:// repositories go through borg's own ssh: BORG_RSH reaches borg untouched.
+
+    The "ssh" here runs the remote command locally (no sshd on test machines):
+    everything borg-vm does is the same as against a real remote.
+    """
+    fake_ssh = tmp_path / "fake-ssh"
+    fake_ssh.write_text("#!/bin/sh\n# fake-ssh [opts] HOST borg serve ...: run it here\n"
+                        "while [ \"$1\" != borg ]; do shift; done\nshift\n"
+                        f"exec {BORG} \"$@\"\n")
+    fake_ssh.chmod(0o755)
+    monkeypatch.setenv("BORG_RSH", str(fake_ssh))
+    repo = init_repo(f"ssh://backuphost{tmp_path / 'remote-repo'}")
+    d = make_domain(disks=[("vda", 16 * MIB, "qcow2")])
+    d.write("vda", 0, 2 * MIB, 0x41)
+    backup(d.name, repo)
+    d.write("vda", 1 * MIB, 64 * KIB, 0x42)
+    second = backup(d.name, repo)
+    assert second["level"] == "inc"
+    restore_and_compare(d.name, repo, second["checkpoint"], {"vda": d.read_disk("vda")},
+                        tmp_path, "ssh")
+
+
+def test_foreign_checkpoints_are_left_alone(make_domain, repo, tmp_path):
+    d = make_domain(disks=[("vda", 16 * MIB, "qcow2")])
+    d.write("vda", 0, 1 * MIB, 0x51)
+    first = backup(d.name, repo)
+    d.dom.checkpointCreateXML("<domaincheckpoint><name>someone-else</name>"
+                              "</domaincheckpoint>", 0)
+    d.write("vda", 2 * MIB, 64 * KIB, 0x52)
+    second = backup(d.name, repo)
+    assert second["level"] == "inc"
+    names = sorted(c.getName() for c in d.dom.listAllCheckpoints())
+    assert names == sorted(["someone-else", second["checkpoint"]])
+    assert first["checkpoint"] not in names
+    restore_and_compare(d.name, repo, second["checkpoint"], {"vda": d.read_disk("vda")},
+                        tmp_path, "foreign")
+
+
+def test_several_domains_one_failing_and_one_disk_restored(make_domain, repo, tmp_path):
+    a = make_domain(disks=[("vda", 16 * MIB, "qcow2"), ("vdb", 8 * MIB, "qcow2")])
+    a.write("vda", 0, 1 * MIB, 0x61)
+    a.write("vdb", 0, 1 * MIB, 0x62)
+    result = run("backup", a.name, "borgvm-test-missing", "--repo", repo, "--json", code=2)
+    assert [doc["domain"] for doc in result.json_lines()] == [a.name]
+    assert "borgvm-test-missing" in result.stderr
+
+    doc = run("restore", a.name, "--repo", repo, "--to", str(tmp_path / "one"), "--disk", "vdb",
+              "--json").json()
+    assert list(doc["disks"]) == ["vdb"]
+    assert_same(read_image(doc["disks"]["vdb"]["image"], tmp_path), a.read_disk("vdb"), "vdb")
+    assert sorted(p.name for p in (tmp_path / "one").iterdir()) == sorted(
+        [Path(doc["disks"]["vdb"]["image"]).name, Path(doc["domain_xml"]).name])
+    assert "vda" not in Path(doc["domain_xml"]).read_text()
