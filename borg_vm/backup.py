@@ -166,15 +166,16 @@ def _run(dom: Domain, borg: Borg, opts: BackupOptions, disks: list[plan.Disk],
     by_target = {d.target: d for d in disks}
     with runtime.run_dir(dom.uuid, domxml.qemu_owner(live_xml)) as rundir:
         socket = os.path.join(rundir, "nbd.sock")
-        scratch = opts.scratch_dir or rundir
-        export = {d.target: (os.path.join(scratch, f"{d.target}.{checkpoint}.scratch"),
+        export = {d.target: (os.path.join(opts.scratch_dir or rundir,
+                                          f"{d.target}.{checkpoint}.scratch"),
                              "incremental" if p.disk_levels[d.target] == fmt.INC else "full")
                   for d in disks}
-        job = domxml.backup_xml(socket, {t: export.get(t) for t in _all_targets(live_xml)},
+        targets = _all_targets(live_xml)
+        job = domxml.backup_xml(socket, {t: export.get(t) for t in targets},
                                 p.parent_checkpoint if p.level == fmt.INC else None)
         cp = domxml.checkpoint_xml(checkpoint, f"borg-vm backup of {dom.name}",
                                    {t: t in by_target and by_target[t].incremental_capable
-                                    for t in _all_targets(live_xml)})
+                                    for t in targets})
         begun = False  # libvirt creates nothing when backupBegin fails
         try:
             with dom.pull_backup(job, cp, p.parent_checkpoint):

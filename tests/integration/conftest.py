@@ -1,0 +1,85 @@
+"""Fixtures for the integration tier: real qemu-img, qemu-io, qemu-nbd,
+nbdkit and borg, each working in the test's own tmp_path.
+
+NBD servers are started by libnbd (socket activation or stdio, so they end
+with the connection) or, for a unix socket, by the ``qemu_nbd_socket``
+fixture, which stops its server at teardown. The top-level conftest clears
+BORG_* and gives every test a private BORG_BASE_DIR.
+"""
+
+import shutil
+import socket
+import subprocess
+import time
+
+import pytest
+
+from borg_vm.borg import Borg, find_borg
+
+from realstack import run
+
+TOOLS = ("qemu-img", "qemu-io", "qemu-nbd", "nbdkit")
+SOCKET_WAIT_SECONDS = 10
+SOCKET_POLL_SECONDS = 0.02
+
+
+@pytest.fixture(autouse=True)
+def _tools_installed():
+    """Skip with the reason when a tool this tier drives is missing (under CI
+    the top-level conftest turns that skip into a failure)."""
+    missing = [t for t in TOOLS if shutil.which(t) is None]
+    if missing:
+        pytest.skip(f"not installed: {', '.join(missing)}")
+
+
+def listening(path: str) -> bool:
+    """Return True if something accepts connections on the unix socket path
+    (the file alone appears before the server listens)."""
+    with socket.socket(socket.AF_UNIX) as s:
+        try:
+            s.connect(path)
+        except (FileNotFoundError, ConnectionRefusedError):
+            return False
+    return True
+
+
+@pytest.fixture
+def qemu_nbd_socket(tmp_path):
+    """Return serve(image, *options) -> socket path: a qemu-nbd serving image
+    (export name 'vda') on a unix socket in tmp_path, stopped at teardown."""
+    servers = []
+
+    def serve(image, *options):
+        sock = str(tmp_path / f"nbd{len(servers)}.sock")
+        proc = subprocess.Popen(["qemu-nbd", "--persistent", "--socket", sock, "-x", "vda",
+                                 *options, image],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        servers.append(proc)
+        deadline = time.monotonic() + SOCKET_WAIT_SECONDS
+        while not listening(sock):
+            if proc.poll() is not None:
+                pytest.fail(f"qemu-nbd exited {proc.returncode}: {proc.stderr.read().decode()}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"qemu-nbd did not listen on {sock} in {SOCKET_WAIT_SECONDS} s")
+            time.sleep(SOCKET_POLL_SECONDS)
+        return sock
+
+    yield serve
+    for proc in servers:
+        proc.terminate()
+        proc.wait(SOCKET_WAIT_SECONDS)
+        proc.stderr.close()
+
+
+@pytest.fixture
+def make_repo(tmp_path):
+    """Return make_repo(encryption='none', name='repo') -> Borg: a new
+    repository in tmp_path, made with 'borg init'. For repokey modes set
+    BORG_PASSPHRASE first."""
+
+    def make(encryption="none", name="repo"):
+        path = str(tmp_path / name)
+        run(find_borg(), "init", "-e", encryption, path)
+        return Borg(path)
+
+    return make

@@ -1,0 +1,64 @@
+"""Helpers for the integration tier's own calls to the real tools (not the
+code under test): qemu-io and qemu-img to prepare and inspect images, and
+tar streams into and out of borg through borg_vm's Borg and tarstream.
+
+A module of its own, not conftest.py: 'from conftest import' is ambiguous
+when several test tiers each have a conftest.py.
+"""
+
+import json
+import subprocess
+
+from borg_vm.archive import BLOCK_SIZE
+from borg_vm.tarstream import TarWriter, read_members
+
+KiB = 1024
+MiB = 1024 * KiB
+BLOCK = BLOCK_SIZE  # the archive format's block, and Borg's fixed chunk size
+CHUNKER = f"fixed,{BLOCK}"
+TIMESTAMP = "2026-11-26T02:00:00"
+MTIME = 1795658400
+
+
+def run(*argv, **kwargs) -> subprocess.CompletedProcess:
+    """Run argv (a test's own tool call, not the code under test); fail with its stderr."""
+    proc = subprocess.run(argv, capture_output=True, text=True, **kwargs)
+    assert proc.returncode == 0, f"{argv} exited {proc.returncode}: {proc.stderr}"
+    return proc
+
+
+def qemu_io(image: str, fmt: str, *commands: str) -> None:
+    """Run qemu-io commands (e.g. 'write -P 0xab 1M 64k') against image."""
+    argv = ["qemu-io", "-f", fmt]
+    for c in commands:
+        argv += ["-c", c]
+    run(*argv, image)
+
+
+def qemu_map(image: str, fmt: str) -> list[dict]:
+    """Return `qemu-img map --output=json` of image."""
+    return json.loads(run("qemu-img", "map", "--output=json", "-f", fmt, image).stdout)
+
+
+def allocated_data(image: str, fmt: str) -> list[tuple[int, int]]:
+    """Return the (start, length) ranges the image stores as data."""
+    return [(m["start"], m["length"]) for m in qemu_map(image, fmt) if m["data"]]
+
+
+def import_members(borg, archive, members, comment="c"):
+    """Stream (name, data) members as a tar into 'borg import-tar'; wait for it."""
+    with borg.import_tar(archive, comment=comment, timestamp=TIMESTAMP, compression="lz4",
+                         chunker_params=CHUNKER) as proc:
+        tar = TarWriter(proc.stdin, MTIME)
+        for name, data in members:
+            tar.add(name, data)
+        tar.close()
+        borg.finish("import-tar", proc)
+
+
+def export_members(borg, archive, paths=()):
+    """Return [(name, data)] of the members 'borg export-tar' streams."""
+    with borg.export_tar(archive, list(paths)) as proc:
+        members = [(m.name, m.read()) for m in read_members(proc.stdout)]
+        borg.finish("export-tar", proc)
+    return members

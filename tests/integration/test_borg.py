@@ -1,0 +1,175 @@
+"""borg_vm.borg and borg_vm.tarstream against a real borg: tar streams in
+through 'borg import-tar', out through 'borg export-tar', archive
+management, passphrases and error mapping."""
+
+import json
+import os
+import signal
+
+import pytest
+
+from borg_vm import subproc
+from borg_vm.borg import Borg, Listed, find_borg
+from borg_vm.errors import EXIT_ERROR, BorgError, PassphraseWrong, RepositoryNotFound
+from borg_vm.tarstream import TarWriter, read_members
+
+from realstack import BLOCK, CHUNKER, MTIME, TIMESTAMP, MiB, export_members, import_members
+
+LISTED_TIME = "2026-11-26T02:00:00.000000"
+PASSPHRASE = "correct horse"
+BORG_ERROR_EXIT = 2
+COMMENT = '{"level": "full", "note": "spaces, quotes \\" and ünïcode"}'
+LONG_NAME = "disk/" + "x" * 150  # longer than a tar header's 100 bytes: a GNU long-name member
+
+
+def deduplicated_size(borg, archive):
+    out = subproc.run([find_borg(), "info", "--json", borg.location(archive)]).stdout
+    return json.loads(out)["archives"][0]["stats"]["deduplicated_size"]
+
+
+def names(borg):
+    return [a.name for a in borg.list_archives()]
+
+
+MEMBERS = [("domain.xml", b"<domain/>\n"),
+           (LONG_NAME, b"long name\n"),
+           ("empty", b""),
+           ("disk/vda/0000000000000000", os.urandom(BLOCK + 1000)),
+           ("manifest.json", b'{"format": "borg-vm"}')]
+
+
+@pytest.mark.parametrize("encryption", ["none", "repokey-blake2"])
+def test_archive_round_trip(make_repo, monkeypatch, encryption):
+    monkeypatch.setenv("BORG_PASSPHRASE", PASSPHRASE)
+    borg = make_repo(encryption)
+    import_members(borg, "vm.partial", MEMBERS, comment=COMMENT)
+    assert borg.list_archives() == [Listed("vm.partial", COMMENT, LISTED_TIME)]
+
+    borg.rename("vm.partial", "vm")
+    assert names(borg) == ["vm"]
+    assert borg.extract_file("vm", "manifest.json") == MEMBERS[-1][1]
+    assert export_members(borg, "vm") == MEMBERS
+    assert export_members(borg, "vm", ["disk/vda"]) == [MEMBERS[3]]
+
+    borg.delete(["vm"])
+    assert borg.list_archives() == []
+
+
+def test_delete_several_archives(make_repo):
+    borg = make_repo()
+    for name in ("a", "b", "c"):
+        import_members(borg, name, [("f", name.encode())])
+    borg.delete(["a", "c"])
+    assert names(borg) == ["b"]
+
+
+def test_missing_repository_raises_repository_not_found(tmp_path):
+    borg = Borg(str(tmp_path / "missing"))
+    with pytest.raises(RepositoryNotFound, match="does not exist") as e:
+        borg.list_archives()
+    assert (e.value.exit_code, e.value.__cause__.returncode) == (EXIT_ERROR, BORG_ERROR_EXIT)
+
+
+def test_directory_that_is_no_repository_raises_repository_not_found(tmp_path):
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(RepositoryNotFound, match="is not a valid repository"):
+        Borg(str(tmp_path / "plain")).list_archives()
+
+
+def test_wrong_passphrase_raises_passphrase_wrong(make_repo, monkeypatch):
+    monkeypatch.setenv("BORG_PASSPHRASE", PASSPHRASE)
+    borg = make_repo("repokey-blake2")
+    monkeypatch.setenv("BORG_PASSPHRASE", "wrong")
+    with pytest.raises(PassphraseWrong) as e:
+        borg.list_archives()
+    assert (e.value.exit_code, e.value.__cause__.returncode) == (EXIT_ERROR, BORG_ERROR_EXIT)
+
+
+def test_passphrase_fd_is_read_once_and_serves_every_borg_child(make_repo, monkeypatch):
+    monkeypatch.setenv("BORG_PASSPHRASE", PASSPHRASE)
+    repo = make_repo("repokey-blake2").repo
+    monkeypatch.delenv("BORG_PASSPHRASE")
+    r, w = os.pipe()
+    os.write(w, PASSPHRASE.encode())
+    os.close(w)
+    monkeypatch.setenv("BORG_PASSPHRASE_FD", str(r))
+    borg = Borg(repo)
+    with pytest.raises(OSError):
+        os.fstat(r)  # read and closed by Borg()
+    import_members(borg, "vm", [("f", b"data")])
+    assert names(borg) == ["vm"]
+    assert borg.extract_file("vm", "f") == b"data"
+
+
+def test_borg_errors_carry_borg_message(make_repo):
+    borg = make_repo()
+    import_members(borg, "a", [("f", b"1")])
+    import_members(borg, "b", [("f", b"2")])
+    with pytest.raises(BorgError, match="^borg rename failed: Archive b already exists$"):
+        borg.rename("a", "b")
+    with pytest.raises(BorgError, match="^borg extract failed: Archive c does not exist$"):
+        borg.extract_file("c", "f")
+    # exit code 1 (a warning) is a failure here too, reported by its warning
+    with pytest.raises(BorgError, match="^borg extract failed: Include pattern 'g' never matched"):
+        borg.extract_file("a", "g")
+
+
+def test_import_killed_midway_fails_and_leaves_no_archive(make_repo):
+    borg = make_repo()
+    with pytest.raises(BorgError, match="borg import-tar failed: exit code -9"):
+        with borg.import_tar("vm", comment="c", timestamp=TIMESTAMP, compression="lz4",
+                             chunker_params=CHUNKER) as proc:
+            tar = TarWriter(proc.stdin, MTIME)
+            tar.begin("disk/vda/0000000000000000", 1024 * MiB)
+            tar.write(os.urandom(2 * BLOCK))
+            os.kill(proc.pid, signal.SIGKILL)
+            with pytest.raises(BrokenPipeError):
+                while True:
+                    tar.write(bytes(MiB))
+            borg.finish("import-tar", proc)
+    assert borg.list_archives() == []  # borg also removed its killed run's stale lock
+
+
+def test_import_abandoned_midway_stops_borg_without_killing_it(make_repo):
+    borg = make_repo()
+    with pytest.raises(RuntimeError, match="NBD read failed"):
+        with borg.import_tar("vm", comment="c", timestamp=TIMESTAMP, compression="lz4",
+                             chunker_params=CHUNKER) as proc:
+            tar = TarWriter(proc.stdin, MTIME)
+            tar.begin("disk/vda/0000000000000000", 1024 * MiB)
+            tar.write(os.urandom(2 * BLOCK))
+            raise RuntimeError("NBD read failed")
+    # borg saw the stream end mid-member and failed by itself: no SIGKILL after
+    # the grace time, so no stale lock.
+    assert proc.proc.returncode == BORG_ERROR_EXIT
+    assert "vm" not in names(borg)
+
+
+def test_export_abandoned_midway_stops_borg_without_killing_it(make_repo):
+    borg = make_repo()
+    import_members(borg, "vm", [("disk/vda/0000000000000000", os.urandom(4 * BLOCK))])
+    with pytest.raises(RuntimeError, match="disk write failed"):
+        with borg.export_tar("vm", []) as proc:
+            next(read_members(proc.stdout)).chunks(MiB).__next__()
+            raise RuntimeError("disk write failed")
+    assert proc.proc.returncode not in (0, -signal.SIGKILL)
+
+
+def test_aligned_blocks_in_block_aligned_members_deduplicate(make_repo):
+    """The archive layout's premise: 'borg import-tar' restarts its fixed
+    chunker at every member, so the same 4 MiB block at a block-aligned
+    offset of any member is stored once, whatever precedes the member;
+    shifted by a few bytes inside a member, it is stored again."""
+    borg = make_repo()
+    a, b, c = (os.urandom(BLOCK) for _ in range(3))
+    # deduplicated_size counts the chunks only that archive holds: measure each
+    # archive before a later one shares its chunks.
+    import_members(borg, "first", [("domain.xml", b"x" * 1234),
+                                   ("disk/vda/0000000000000000", a + b + c)])
+    assert deduplicated_size(borg, "first") >= 3 * BLOCK
+    import_members(borg, "second", [("other.xml", b"y" * 777),
+                                    ("disk/vda/0000000000400000", b + c),
+                                    ("disk/vdb/0000000000000000", a)])
+    assert deduplicated_size(borg, "second") < 4096
+    import_members(borg, "shifted", [("disk/vda/0000000000000000", b"z" * 1000 + a + b)])
+    assert deduplicated_size(borg, "shifted") >= 2 * BLOCK

@@ -1,0 +1,103 @@
+"""borg_vm.subproc with real child processes."""
+
+import os
+import signal
+
+import pytest
+
+from borg_vm import subproc
+
+STDERR_FLOOD_LINES = 20_000  # ~200 KB, several times a pipe's buffer
+
+
+def gone(pid: int) -> bool:
+    """Return True if no process (not even a zombie) has this pid."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def test_run_returns_output():
+    assert subproc.run(["printf", "a b"]).stdout == b"a b"
+
+
+def test_run_failure_carries_exit_code_and_stderr():
+    with pytest.raises(subproc.CommandFailed) as e:
+        subproc.run(["sh", "-c", "echo out; echo 'it broke' >&2; exit 3"])
+    assert (e.value.returncode, e.value.stderr) == (3, "it broke\n")
+    assert str(e.value).startswith("sh -c ")
+    assert str(e.value).endswith(" exited 3: it broke")
+
+
+def test_run_accepts_listed_exit_codes():
+    assert subproc.run(["sh", "-c", "exit 1"], ok_codes=(0, 1)).returncode == 1
+
+
+def test_run_of_missing_program_fails_with_127(tmp_path):
+    with pytest.raises(subproc.CommandFailed) as e:
+        subproc.run([str(tmp_path / "no-such-program")])
+    assert e.value.returncode == 127
+    assert "No such file or directory" in e.value.stderr
+
+
+@pytest.mark.parametrize("call", [lambda: subproc.run("ls -l"),
+                                  lambda: subproc.run(b"ls"),
+                                  lambda: subproc.stream("ls -l").__enter__()])
+def test_argv_as_a_string_is_rejected(call):
+    with pytest.raises(AssertionError, match="argv must be a list"):
+        call()
+
+
+def test_stream_pipes_stdin_to_stdout():
+    with subproc.stream(["cat"], stdin=True, stdout=True) as s:
+        s.stdin.write(b"hello")
+        s.stdin.close()
+        assert s.stdout.read() == b"hello"
+        assert s.finish() == 0
+
+
+def test_stream_finish_raises_with_stderr_tail():
+    with subproc.stream(["sh", "-c", "echo first >&2; echo last >&2; exit 4"]) as s:
+        with pytest.raises(subproc.CommandFailed) as e:
+            s.finish()
+    assert (e.value.returncode, e.value.stderr) == (4, "first\nlast\n")
+
+
+def test_stream_drains_a_stderr_flood_without_blocking():
+    script = f"i=0; while [ $i -lt {STDERR_FLOOD_LINES} ]; do echo line $i; i=$((i+1)); done >&2"
+    with subproc.stream(["sh", "-c", script]) as s:
+        assert s.finish() == 0
+    lines = s.stderr_lines()
+    assert len(lines) == subproc.STDERR_TAIL_LINES
+    assert lines[-1] == f"line {STDERR_FLOOD_LINES - 1}\n"
+
+
+def test_stream_stops_the_child_when_the_block_raises():
+    with pytest.raises(RuntimeError, match="caller failed"):
+        with subproc.stream(["sleep", "60"], stdin=True) as s:
+            pid = s.pid
+            raise RuntimeError("caller failed")
+    assert s.proc.returncode == -signal.SIGINT
+    assert gone(pid)
+
+
+def test_stream_kills_a_child_that_ignores_sigint(monkeypatch):
+    monkeypatch.setattr(subproc, "TERMINATE_GRACE_SECONDS", 0.2)
+    # An ignored signal stays ignored across exec, so sleep itself ignores SIGINT.
+    with pytest.raises(RuntimeError):
+        with subproc.stream(["sh", "-c", "trap '' INT; echo ready; exec sleep 60"],
+                            stdout=True) as s:
+            pid = s.pid
+            assert s.stdout.readline() == b"ready\n"  # SIGINT is ignored from here on
+            raise RuntimeError("caller failed")
+    assert s.proc.returncode == -signal.SIGKILL
+    assert gone(pid)
+
+
+def test_stream_of_missing_program_fails_with_127(tmp_path):
+    with pytest.raises(subproc.CommandFailed) as e:
+        with subproc.stream([str(tmp_path / "no-such-program")]):
+            pass
+    assert e.value.returncode == 127
