@@ -252,6 +252,11 @@ def test_raw_disk_is_backed_up_in_full_every_run(make_domain, repo, tmp_path):
     restored = restore_and_compare(d.name, repo, doc["checkpoint"], views, tmp_path, "raw")
     assert len(restored["disks"]["vda"]["chain"]) == 2
     assert len(restored["disks"]["vdb"]["chain"]) == 1
+    # A raw base under qcow2 overlays.
+    rawbase = restore_and_compare(d.name, repo, doc["checkpoint"], views, tmp_path, "rawbase",
+                                  "--format", "raw")
+    base, top = rawbase["disks"]["vda"]["chain"]
+    assert base.endswith(".img") and top.endswith(".qcow2")
 
 
 def test_bad_input_is_one_clear_line_and_exit_2(make_domain, repo, tmp_path, monkeypatch):
