@@ -180,6 +180,7 @@ def _run(dom: Domain, borg: Borg, opts: BackupOptions, disks: list[plan.Disk],
         try:
             with dom.pull_backup(job, cp, p.parent_checkpoint):
                 begun = True
+                log.debug("%s: backup job started, checkpoint %s", dom.name, checkpoint)
                 manifest = _stream(dom, borg, opts, p, name, when, socket, by_target)
         except BaseException:
             if begun:
@@ -230,6 +231,8 @@ def _stream(dom: Domain, borg: Borg, opts: BackupOptions, p: plan.Plan, name: Ar
             when: datetime, socket: str, disks: dict[str, plan.Disk]) -> Manifest:
     """Read every disk's extents from the job's NBD exports into one archive; return its manifest."""
     maps = {t: _extent_map(socket, t, p.disk_levels[t], opts) for t in sorted(disks)}
+    log.debug("%s: block status read: %s", dom.name,
+              ", ".join(f"{t} {len(e)} extents" for t, (_s, e) in maps.items()))
     manifest = Manifest(
         domain=dom.name, uuid=dom.uuid, snapshot=name.snapshot, checkpoint=name.checkpoint,
         level=p.level, parent_checkpoint=p.parent_checkpoint,
@@ -258,7 +261,9 @@ def _stream(dom: Domain, borg: Borg, opts: BackupOptions, p: plan.Plan, name: Ar
         finally:
             progress.close()
         borg.finish("import-tar", proc)
+    log.debug("%s: borg import-tar finished", dom.name)
     borg.rename(name.partial, str(name))
+    log.debug("%s: renamed to %s", dom.name, name)
     return manifest
 
 

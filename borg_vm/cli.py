@@ -186,7 +186,9 @@ def _raise_interrupted(signum, _frame):
 
 def _setup_logging(debug: bool, quiet: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("borg-vm: %(message)s"))
+    handler.setFormatter(logging.Formatter(
+        "borg-vm: %(relativeCreated)6.0f ms %(name)s: %(message)s" if debug
+        else "borg-vm: %(message)s"))
     root = logging.getLogger("borg_vm")
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO)
