@@ -10,7 +10,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import nbd
 
@@ -120,6 +120,34 @@ class Export:
             self.h.pwrite(data, offset)
         except nbd.Error as e:
             raise self._fail(f"write at {offset}", e) from e
+
+    @contextlib.contextmanager
+    def pipelined_writes(self, depth: int) -> Iterator["Callable[[bytes, int], None]"]:
+        """Yield write(data, offset) that keeps up to depth writes in flight.
+
+        data must not change after it was passed. Leaving the block waits for
+        every write; raise NbdError if one failed.
+        """
+        pending: collections.deque = collections.deque()
+
+        def retire() -> None:
+            cookie, _keep = pending[0]
+            while not self.h.aio_command_completed(cookie):
+                self.h.poll(-1)
+            pending.popleft()
+
+        def write(data, offset: int) -> None:
+            buf = nbd.Buffer.from_buffer(data)
+            pending.append((self.h.aio_pwrite(buf, offset), buf))
+            while len(pending) >= depth:
+                retire()
+
+        try:
+            yield write
+            while pending:
+                retire()
+        except nbd.Error as e:
+            raise self._fail("write", e) from e
 
     def zero(self, offset: int, length: int) -> None:
         """Make [offset, offset+length) read as zeros, unallocating where the image allows."""

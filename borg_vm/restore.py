@@ -21,17 +21,23 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass
+from typing import Iterator
 
 from . import archive as fmt
-from . import chain, domxml, extent, qemu_img, repository
+from . import chain, domxml, extent, prefetch, qemu_img, repository
 from .archive import ArchiveInfo, DiskRecord, Manifest
 from .borg import Borg
 from .errors import FormatError, IntegrityError, RestoreTargetExists
 from .nbd_client import Export, open_command
 from .progress import Progress
-from .tarstream import Member, TarFormatError, read_members
+from .tarstream import TarFormatError, read_members
 
 log = logging.getLogger(__name__)
+
+# Pieces of data members handed from the borg reader thread to the writer.
+RESTORE_PIECE = 4 * 1024 * 1024
+RESTORE_PREFETCH = 4
+WRITES_IN_FLIGHT = 4
 
 
 @dataclass(frozen=True)
@@ -110,32 +116,35 @@ def restore(borg: Borg, domain: str, opts: RestoreOptions) -> RestoreResult:
     if existing and not opts.force:
         raise RestoreTargetExists(paths=", ".join(existing))
     os.makedirs(opts.to, exist_ok=True)
-    with _staging(opts.to) as stage:
-        manifests = {name: repository.manifest(borg, name)
-                     for name in {a.archive for d in plans for a in d.archives}}
-        total = sum(manifests[a.archive].disks[d.target].data_bytes
-                    for d in plans for a in d.archives)
+    to = os.path.abspath(opts.to)
+    with _staging(to) as stage:
+        total = sum(a.summary.disks[d.target].data_bytes for d in plans for a in d.archives)
         progress = Progress.for_terminal(f"restore {domain}", total, opts.progress)
         try:
-            for d in plans:
-                _restore_disk(borg, d, manifests, stage, progress)
+            # One pass per archive, oldest first, writing every disk it holds.
+            for arc in sorted({a.archive: a for d in plans for a in d.archives}.values(),
+                              key=lambda a: a.order):
+                layers = {d.target: _prepare_layer(d, d.archives.index(arc), stage)
+                          for d in plans if arc in d.archives}
+                extra = (fmt.DOMAIN_XML,) if arc is top else ()
+                manifest, files = apply_archive(borg, arc, layers, progress, extra)
+                if arc is top:
+                    top_manifest, domain_xml = manifest, files[fmt.DOMAIN_XML].decode()
         finally:
             progress.close()
-        top_manifest = manifests[top.archive]
         xml = domxml.restored_domain_xml(
-            borg.extract_file(top.archive, fmt.DOMAIN_XML).decode(), f"{domain}-restored",
-            {d.target: (os.path.join(os.path.abspath(opts.to), d.top), d.formats[-1])
-             for d in plans})
+            domain_xml, f"{domain}-restored",
+            {d.target: (os.path.join(to, d.top), d.formats[-1]) for d in plans})
         with open(os.path.join(stage, xml_name), "w") as f:
             f.write(xml)
         for p in outputs:
-            os.replace(os.path.join(stage, p), os.path.join(opts.to, p))
-    full = lambda p: os.path.join(os.path.abspath(opts.to), p)  # noqa: E731
+            os.replace(os.path.join(stage, p), os.path.join(to, p))
     return RestoreResult(
         domain, top_manifest.checkpoint,
-        {d.target: {"image": full(d.top), "chain": [full(p) for p in dict.fromkeys(d.images)]}
+        {d.target: {"image": os.path.join(to, d.top),
+                    "chain": [os.path.join(to, p) for p in dict.fromkeys(d.images)]}
          for d in plans},
-        full(xml_name))
+        os.path.join(to, xml_name))
 
 
 @contextlib.contextmanager
@@ -147,34 +156,108 @@ def _staging(directory: str):
         shutil.rmtree(stage, ignore_errors=True)
 
 
-def _restore_disk(borg: Borg, d: DiskPlan, manifests: dict[str, Manifest], stage: str,
-                  progress: Progress) -> None:
-    """Write every layer of one disk's chain into stage."""
-    for i, (arc, image, fmt_) in enumerate(zip(d.archives, d.images, d.formats)):
-        record = manifests[arc.archive].disks[d.target]
-        path = os.path.join(stage, image)
-        if i == 0:
-            qemu_img.create(path, fmt_, record.virtual_size)
-        elif image != d.images[i - 1]:
-            qemu_img.create(path, fmt_, record.virtual_size,
-                            backing=os.path.join(stage, d.images[i - 1]))
-        log.info("restoring %s of %s into %s", d.target, arc.archive, image)
-        with open_command(qemu_img.nbd_server_argv(path, fmt_), where=image) as out:
-            _apply(borg, arc.archive, d.target, record, out, progress, zeros=i > 0)
-            out.flush()
+@dataclass(frozen=True)
+class Layer:
+    """One image to write one archive's data of one disk into."""
+
+    path: str
+    format: str
+    zeros: bool   # write the zero extents too (the image lies over older data)
 
 
-def _apply(borg: Borg, archive: str, target: str, record: DiskRecord, out: Export,
-           progress: Progress, zeros: bool) -> None:
-    """Write one archive's data (and, on top of older layers, its zero extents) of a disk.
+def _prepare_layer(d: DiskPlan, i: int, stage: str) -> Layer:
+    """Create the image for layer i of a disk's chain (unless flatten reuses it)."""
+    path = os.path.join(stage, d.images[i])
+    size = d.archives[i].summary.disks[d.target].virtual_size
+    if i == 0:
+        qemu_img.create(path, d.formats[i], size)
+    elif d.images[i] != d.images[i - 1]:
+        qemu_img.create(path, d.formats[i], size,
+                        backing=os.path.join(stage, d.images[i - 1]))
+    log.info("restoring %s of %s into %s", d.target, d.archives[i].archive, d.images[i])
+    return Layer(path, d.formats[i], zeros=i > 0)
 
-    Raise IntegrityError unless the data members cover exactly the manifest's
-    data extents and hash to its digest.
+
+def apply_archive(borg: Borg, arc: ArchiveInfo, layers: dict[str, Layer], progress: Progress,
+                  extra: tuple[str, ...] = ()) -> tuple[Manifest, dict[str, bytes]]:
+    """Write the data (and, over older layers, the zero extents) of the given disks of
+    one archive into their layers, in one pass over the archive.
+
+    Return the archive's manifest and the contents of the extra files asked for.
+    Raise IntegrityError unless each disk's data covers exactly its manifest's
+    data extents and hashes to its digest; FormatError for a damaged archive.
     """
-    digest = hashlib.sha256()
-    # A layer with only zero extents has no data members to export (and borg
-    # warns when a path matches nothing).
-    written = _write_data(borg, archive, target, out, digest, progress) if record.data_bytes else []
+    with contextlib.ExitStack() as stack:
+        outs = {t: stack.enter_context(open_command(qemu_img.nbd_server_argv(l.path, l.format),
+                                                    where=os.path.basename(l.path)))
+                for t, l in layers.items()}
+        # A disk with only zero extents in this archive has no data members (and
+        # borg warns about a path that matches nothing).
+        paths = [fmt.disk_prefix(t) for t in outs if arc.summary.disks[t].data_bytes]
+        files, written, digests = _stream_members(borg, arc.archive, paths + [fmt.MANIFEST, *extra],
+                                                  outs, progress)
+        manifest = Manifest.from_json(files.pop(fmt.MANIFEST), arc.archive)
+        for t, out in outs.items():
+            record = manifest.disks.get(t)
+            if record is None:
+                raise FormatError(archive=arc.archive, detail=f"manifest has no disk {t}")
+            _verify(arc.archive, t, record, written[t], digests[t].hexdigest())
+            if layers[t].zeros:
+                for e in record.extents:
+                    if e.kind == extent.ZERO:
+                        out.zero(e.start, e.length)
+            out.flush()
+    return manifest, files
+
+
+def _stream_members(borg: Borg, archive: str, paths: list[str], outs: dict[str, Export],
+                    progress: Progress):
+    """Stream the archive's paths: data members go to outs at their offsets, other
+    files are returned whole. Return (files, written extents, digests) per disk."""
+    files: dict[str, bytes] = {}
+    written: dict[str, list[extent.Extent]] = {t: [] for t in outs}
+    digests = {t: hashlib.sha256() for t in outs}
+    with contextlib.ExitStack() as stack:
+        writers = {t: stack.enter_context(out.pipelined_writes(WRITES_IN_FLIGHT))
+                   for t, out in outs.items()}
+        proc = stack.enter_context(borg.export_tar(archive, paths))
+        try:
+            # Reading borg's output runs ahead in a thread while this one writes.
+            with prefetch.ahead(_pieces(proc.stdout), RESTORE_PREFETCH) as pieces:
+                for name, target, offset, piece in pieces:
+                    if target is None:
+                        files[name] = piece
+                    elif target in outs:
+                        writers[target](piece, offset)
+                        digests[target].update(piece)
+                        written[target].append(extent.Extent(offset, len(piece)))
+                        progress.advance(len(piece))
+        except TarFormatError as e:
+            borg.finish("export-tar", proc)
+            raise FormatError(archive=archive, detail=str(e)) from e
+        borg.finish("export-tar", proc)
+    if fmt.MANIFEST not in files:
+        raise FormatError(archive=archive, detail="no manifest.json")
+    return files, written, digests
+
+
+def _pieces(src) -> Iterator[tuple[str, str | None, int, bytes]]:
+    """Yield (member name, disk target or None, offset, bytes) from a tar stream:
+    data members in pieces at their disk offsets, other members whole."""
+    for member in read_members(src):
+        parsed = fmt.parse_member(member.name)
+        if parsed is None:
+            yield member.name, None, 0, member.read()
+            continue
+        target, offset = parsed
+        for piece in member.chunks(RESTORE_PIECE):
+            yield member.name, target, offset, piece
+            offset += len(piece)
+
+
+def _verify(archive: str, target: str, record: DiskRecord, written: list[extent.Extent],
+            digest: str) -> None:
+    """Raise IntegrityError unless written covers the record's data extents and digest matches."""
     expected = [e for e in record.extents if e.kind == extent.DATA]
     try:
         same = extent.merge(written) == extent.merge(expected)
@@ -182,39 +265,5 @@ def _apply(borg: Borg, archive: str, target: str, record: DiskRecord, out: Expor
         raise IntegrityError(target=target, archive=archive, detail=str(e)) from e
     if not same:
         raise IntegrityError(target=target, archive=archive, detail="data extents differ")
-    if digest.hexdigest() != record.sha256:
+    if digest != record.sha256:
         raise IntegrityError(target=target, archive=archive, detail="sha256 differs")
-    if zeros:
-        for e in record.extents:
-            if e.kind == extent.ZERO:
-                out.zero(e.start, e.length)
-
-
-def _write_data(borg: Borg, archive: str, target: str, out: Export, digest,
-                progress: Progress) -> list[extent.Extent]:
-    """Stream the disk's data members out of the archive into out; return what they covered."""
-    written = []
-    with borg.export_tar(archive, [fmt.disk_prefix(target)]) as proc:
-        try:
-            for member in read_members(proc.stdout):
-                written.extend(_write_member(member, target, out, digest, progress))
-        except TarFormatError as e:
-            borg.finish("export-tar", proc)
-            raise FormatError(archive=archive, detail=str(e)) from e
-        borg.finish("export-tar", proc)
-    return written
-
-
-def _write_member(member: Member, target: str, out: Export, digest, progress: Progress
-                  ) -> list[extent.Extent]:
-    """Write one data member of target to out at its offset; return the extent it covered."""
-    parsed = fmt.parse_member(member.name)
-    if parsed is None or parsed[0] != target or member.size == 0:
-        return []
-    offset = parsed[1]
-    for piece in member.chunks():
-        out.pwrite(piece, offset)
-        digest.update(piece)
-        offset += len(piece)
-        progress.advance(len(piece))
-    return [extent.Extent(parsed[1], member.size, extent.DATA)]

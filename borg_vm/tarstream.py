@@ -77,15 +77,17 @@ class TarWriter:
         write_all(self.out, bytes(2 * BLOCK))
 
 
-def _read_exact(src: BinaryIO, n: int) -> bytes:
-    parts, got = [], 0
+def _read_exact(src: BinaryIO, n: int) -> bytearray:
+    """Return exactly n bytes from src, read into one buffer (no joining copies)."""
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
     while got < n:
-        chunk = src.read(n - got)
-        if not chunk:
+        k = src.readinto(view[got:])
+        if not k:
             raise TarFormatError(f"stream ended {n - got} bytes early")
-        parts.append(chunk)
-        got += len(chunk)
-    return b"".join(parts)
+        got += k
+    return buf
 
 
 class Member:
@@ -110,6 +112,7 @@ class Member:
 
     def read(self) -> bytes:
         return b"".join(self.chunks())
+
 
 
 def read_members(src: BinaryIO) -> Iterator[Member]:

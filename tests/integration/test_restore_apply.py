@@ -9,7 +9,6 @@ import pytest
 from borg_vm import archive, qemu_img, restore
 from borg_vm.errors import BorgError, IntegrityError
 from borg_vm.extent import DATA, ZERO, Extent
-from borg_vm.nbd_client import open_command
 from borg_vm.progress import Progress
 
 from realstack import MiB, import_members, qemu_io, run
@@ -20,38 +19,55 @@ EXTENTS = (Extent(1 * MiB, 64 * 1024, DATA), Extent(2 * MiB, 1 * MiB, ZERO),
            Extent(4 * MiB, 4 * MiB + 100, DATA))
 
 
-def record(data, sha256=None):
-    """Return the DiskRecord of an incremental with EXTENTS holding data."""
+def record(data, sha256=None, extents=EXTENTS):
+    """Return the DiskRecord of an incremental with extents holding data."""
     digest = sha256 or hashlib.sha256(b"".join(data)).hexdigest()
-    return archive.DiskRecord("inc", "qcow2", "/vms/disk.qcow2", SIZE, EXTENTS, digest)
+    return archive.DiskRecord("inc", "qcow2", "/vms/disk.qcow2", SIZE, extents, digest)
+
+
+def manifest(vda):
+    """Return a manifest naming vda's record (and vdb's, which the test leaves alone)."""
+    vdb = archive.DiskRecord("inc", "qcow2", "/vms/b.qcow2", SIZE, (Extent(0, 10, DATA),),
+                             hashlib.sha256(b"other disk").hexdigest())
+    return archive.Manifest(domain="dom", uuid="u", snapshot="S", checkpoint="borgvm-C",
+                            level="inc", parent_checkpoint="borgvm-B", parent_archive="x",
+                            time="2026-11-25T00:00:00Z", disks={"vda": vda, "vdb": vdb})
 
 
 @pytest.fixture
 def layer(tmp_path, make_repo):
-    """Return (borg, data, overlay): an archive 'inc' holding vda's data members
-    for EXTENTS (and a vdb member), and an empty overlay on a base full of OLD."""
+    """Return (make_archive, data, overlay): make_archive(vda_record) writes an archive
+    holding vda's data members for EXTENTS, a vdb member and a manifest with
+    that record; overlay is an empty overlay on a base full of OLD."""
     borg = make_repo()
     data = [os.urandom(e.length) for e in EXTENTS if e.kind == DATA]
     members = [(archive.member_name("vda", e.start), d)
                for e, d in zip([e for e in EXTENTS if e.kind == DATA], data)]
-    import_members(borg, "inc", members + [(archive.member_name("vdb", 0), b"other disk")])
+
+    def make_archive(vda):
+        m = manifest(vda)
+        import_members(borg, str(m.name),
+                       members + [(archive.member_name("vdb", 0), b"other disk"),
+                                  (archive.MANIFEST, m.to_json())],
+                       comment=m.summary().to_comment())
+        return borg, archive.ArchiveInfo(m.name, m.summary())
+
     base, overlay = str(tmp_path / "base.qcow2"), str(tmp_path / "top.qcow2")
     qemu_img.create(base, "qcow2", SIZE)
     qemu_io(base, "qcow2", f"write -P {OLD} 0 {SIZE}")
     qemu_img.create(overlay, "qcow2", SIZE, backing=base)
-    return borg, data, overlay
+    return make_archive, data, overlay
 
 
-def apply(borg, overlay, disk_record):
-    with open_command(qemu_img.nbd_server_argv(overlay, "qcow2"), where=overlay) as out:
-        restore._apply(borg, "inc", "vda", disk_record, out,
-                       Progress("restore", disk_record.data_bytes, False), zeros=True)
-        out.flush()
+def apply(make_archive, overlay, disk_record):
+    borg, info = make_archive(disk_record)
+    restore.apply_archive(borg, info, {"vda": restore.Layer(overlay, "qcow2", zeros=True)},
+                          Progress("restore", disk_record.data_bytes, False))
 
 
 def test_apply_writes_data_and_zeros_over_older_layer(tmp_path, layer):
-    borg, data, overlay = layer
-    apply(borg, overlay, record(data))
+    make_archive, data, overlay = layer
+    apply(make_archive, overlay, record(data))
     expected = bytearray([OLD]) * SIZE
     expected[1 * MiB:1 * MiB + len(data[0])] = data[0]
     expected[2 * MiB:3 * MiB] = bytes(1 * MiB)
@@ -62,22 +78,24 @@ def test_apply_writes_data_and_zeros_over_older_layer(tmp_path, layer):
 
 
 def test_apply_with_wrong_digest_raises_integrity_error(layer):
-    borg, data, overlay = layer
+    make_archive, data, overlay = layer
     with pytest.raises(IntegrityError, match="sha256 differs"):
-        apply(borg, overlay, record(data, sha256="0" * 64))
+        apply(make_archive, overlay, record(data, sha256="0" * 64))
 
 
 def test_apply_with_extents_the_members_do_not_cover_raises(layer):
-    borg, data, overlay = layer
+    make_archive, data, overlay = layer
     more = EXTENTS + (Extent(12 * MiB, 4096, DATA),)
     with pytest.raises(IntegrityError, match="data extents differ"):
-        apply(borg, overlay, archive.DiskRecord("inc", "qcow2", "/vms/disk.qcow2", SIZE, more,
-                                                record(data).sha256))
+        apply(make_archive, overlay, record(data, record(data).sha256, more))
 
 
 def test_apply_of_missing_archive_raises_borg_error(layer):
-    borg, data, overlay = layer
-    with open_command(qemu_img.nbd_server_argv(overlay, "qcow2"), where=overlay) as out:
-        with pytest.raises(BorgError, match="^borg export-tar failed: Archive gone does not exist$"):
-            restore._apply(borg, "gone", "vda", record(data), out,
-                           Progress("restore", 0, False), zeros=True)
+    make_archive, data, overlay = layer
+    borg, info = make_archive(record(data))
+    gone = archive.ArchiveInfo(archive.ArchiveName("gone", "S", "borgvm-C"), info.summary)
+    with pytest.raises(BorgError,
+                       match="^borg export-tar failed: Archive gone.S.borgvm-C does not exist$"):
+        restore.apply_archive(borg, gone,
+                              {"vda": restore.Layer(overlay, "qcow2", zeros=True)},
+                              Progress("restore", 0, False))
