@@ -48,7 +48,7 @@ manifest.json
      "snapshot": S, "checkpoint": C, "level": "full"|"inc",
      "parent_checkpoint": C0|null, "parent_archive": A0|null,
      "time": "2026-11-26T02:00:00Z",          # when the backup job started
-     "block_size": 4194304, "borg_vm_version": "0.1.0",
+     "block_size": 262144, "borg_vm_version": "0.1.0",
      "disks": {TARGET: {
          "level": "full"|"inc",               # raw disks are always full
          "format": "qcow2"|"raw", "source": PATH, "virtual_size": BYTES,
@@ -79,7 +79,11 @@ from .extent import Extent, check_map, total, DATA, ZERO
 
 FORMAT_NAME = "borg-vm"
 FORMAT_VERSION = 1
-BLOCK_SIZE = 4 * 1024 * 1024
+# Default chunk size, from bench/RESULTS.md: against 4 MiB, 256 KiB chunks made
+# the full backup no slower and cut what a 5%-different clone adds from 96% to
+# 18% (scattered changes); 64 KiB would reach 5% but costs Borg ~1.3 GiB of
+# index memory per TiB of unique data (256 KiB: ~340 MiB, 4 MiB: ~21 MiB).
+BLOCK_SIZE = 256 * 1024
 CHECKPOINT_PREFIX = "borgvm-"
 PARTIAL_SUFFIX = ".borgvm-partial"
 FULL = "full"

@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="borg compression spec (default: lz4)")
     b.add_argument("--chunk-size", type=_size, default=archive.BLOCK_SIZE, metavar="SIZE",
                    help="Borg's fixed chunk size, which data members are aligned to "
-                   "(power of two, 64K..16M; default: 4M)")
+                   "(power of two, 64K..16M; default: 256K)")
     b.add_argument("--read-alignment", type=_size, default=0, metavar="SIZE",
                    help="widen dirty data extents to SIZE boundaries: more reads, more "
                    "whole-chunk dedup (power of two >= 64K, or 0 for none: the default)")
