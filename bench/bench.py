@@ -1,0 +1,428 @@
+"""The borg-vm benchmark (issue 4), run by `make bench`: one run on this machine,
+every figure side by side with its ceiling or baseline, written to
+bench/RESULTS.md. Not a test: nothing here asserts a timing.
+
+Scenario: a paused libvirt domain (no OS) with a 4 GiB qcow2 disk holding
+2 GiB of incompressible data at offset 0, 512 MiB written as zeros at
+2560 MiB and the rest unallocated; "guest writes" are HMP qemu-io commands on
+the virtio-blk backend, so QEMU's dirty bitmaps see them. Each measured run
+gets a fresh repository where a repeat would dedup; inputs are read once
+before they are timed (warm page cache), nothing is dropped from it.
+
+Order matters: a domain has one borg-vm checkpoint at a time (each backup
+deletes the older ones), so the full backups into fresh repositories come
+first and the incremental chain is started by the last full.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import lab  # noqa: E402
+import report  # noqa: E402
+from lab import GIB, KIB, MIB, WORK, Borg, say  # noqa: E402
+
+RUNS = int(os.environ.get("BENCH_RUNS", "3"))  # fewer only for a quick try-out
+# The headline comparison (borg-vm full vs import-tar, no encryption) gets two
+# more rounds: its ceiling varies by +-1 s from run to run on this machine.
+HEADLINE_RUNS = RUNS + 2
+DISK_SIZE = 4 * GIB
+DATA_SIZE = 2 * GIB
+ZERO_AT, ZERO_SIZE = 2560 * MIB, 512 * MIB
+BIG_DISK = 8 * GIB
+GRAIN = lab.BITMAP_GRANULARITY
+SCATTER_WRITES = round(0.02 * DISK_SIZE / GRAIN)     # 2% of the disk: 1311 x 64 KiB
+SEQ_WRITE = 80 * MIB
+CLONE_WRITES = round(0.05 * DATA_SIZE / GRAIN)       # 5% of its allocated bytes
+CLONE_RUNS = 8
+CHUNKS = (4 * MIB, 1 * MIB, 256 * KIB, 64 * KIB)
+ALIGNMENTS = (0, 1 * MIB, 4 * MIB)
+PREDICTED_ALIGNMENTS = (0, 64 * KIB, 256 * KIB, 1 * MIB, 4 * MIB)
+ENCRYPTIONS = ("none", "repokey-blake2")
+DEFAULT_CHUNK = 4 * MIB
+# BENCH_REV=HEAD (any git revision) benchmarks that revision's borg_vm instead of
+# the work tree, e.g. while uncommitted work is in progress.
+REV = os.environ.get("BENCH_REV")
+SOURCE = WORK / "src"
+
+
+def rotated(items: tuple, i: int) -> tuple:
+    """items starting at position i (mod len): round i's running order."""
+    k = i % len(items)
+    return items[k:] + items[:k]
+
+
+def size_name(n: int) -> str:
+    return f"{n // MIB}M" if n >= MIB else f"{n // KIB}K" if n else "0"
+
+
+class Bench:
+    def __init__(self):
+        self.env = lab.borg_env(WORK / "borg-base", SOURCE if REV else None)
+        self.borg = Borg(self.env)
+        self.lab = lab.Lab()
+        self.r: dict = {"runs": RUNS, "phases": []}
+        self._phase: tuple[str, lab.CpuSnapshot] | None = None
+        self.repos = WORK / "repos"
+
+    # -- helpers ------------------------------------------------------------
+    def repo(self, name: str, encryption: str = "none") -> Path:
+        return self.borg.init(self.repos / name, encryption)
+
+    def load(self, where: str) -> None:
+        """End the current phase (recording how busy the machine was with work not
+        ours during it) and start the next one."""
+        pids = [p for g in self.lab.guests if (p := lab.qemu_pid(g.name))]
+        now = lab.cpu_snapshot(pids)
+        if self._phase is not None:
+            name, start = self._phase
+            foreign, steal = lab.foreign_cores(start, now)
+            self.r["phases"].append({"phase": name, "seconds": round(now.when - start.when, 1),
+                                     "foreign_cores": round(foreign, 2),
+                                     "steal_cores": round(steal, 2),
+                                     "loadavg": round(os.getloadavg()[0], 2)})
+        self._phase = (where, now)
+
+    def full(self, guest: lab.Guest, repo: Path, chunk: int | None = None) -> tuple:
+        t, j = lab.borg_vm_backup(self.env, guest.name, repo, chunk=chunk, poll_rss=True)
+        if j["level"] != "full":
+            raise RuntimeError(f"expected a full backup, got {j['level']}: {j['reason']}")
+        return t, j
+
+    def inc(self, guest: lab.Guest, repo: Path, align: int = 0) -> tuple:
+        t, j = lab.borg_vm_backup(self.env, guest.name, repo, align=align)
+        if j["level"] != "inc":
+            raise RuntimeError(f"expected an incremental, got {j['level']}: {j['reason']}")
+        return t, j
+
+    # -- setup ----------------------------------------------------------------
+    def setup(self) -> None:
+        shutil.rmtree(WORK, ignore_errors=True)
+        WORK.mkdir(parents=True)
+        self.repos.mkdir()
+        if REV:
+            self.checkout(REV)
+        say("setup: 2 GiB of incompressible data")
+        data, hole = WORK / "data.bin", lab.make_hole(WORK / "hole.raw", 2 * GIB)
+        lab.make_data(data, DATA_SIZE)
+        # data + hole concatenated = the data at offset 0 of a sparse 4 GiB raw disk
+        say("setup: 4 GiB qcow2 (2 GiB data, 512 MiB zero-written, 1.5 GiB unallocated)")
+        self.disk = WORK / "a.qcow2"
+        lab.qcow2_from_pieces(self.disk, [data, hole])
+        lab.qemu_io(self.disk, f"write -z {ZERO_AT} {ZERO_SIZE}")
+        self.r["allocated"] = lab.allocated_data(self.disk)
+        say("setup: clone images and the 8 GiB disk (4 GiB data)")
+        self.clone_disks = {v: WORK / f"clone-{v}.qcow2" for v in ("scattered", "runs")}
+        for path in self.clone_disks.values():
+            lab.run(["cp", "--reflink=auto", self.disk, path])
+        self.big_disk = WORK / "big.qcow2"
+        lab.qcow2_from_pieces(self.big_disk, [data, hole, data, hole])
+        say("setup: ceiling tar (the members borg-vm writes, same data bytes)")
+        self.tar = WORK / "ceiling.tar"
+        placeholder = b"<domain/>\n".ljust(4096, b" ")
+        self.r["tar_size"] = lab.build_tar(self.tar, [
+            ("domain.xml", placeholder), ("checkpoint.xml", placeholder),
+            ("disk/vda/0000000000000000", data), ("manifest.json", placeholder)])
+        data.unlink()
+        hole.unlink()
+        say("setup: domains")
+        self.a = self.lab.guest([self.disk])
+        self.clones = {v: self.lab.guest([p]) for v, p in self.clone_disks.items()}
+        self.big = self.lab.guest([self.big_disk])
+        say(f"setup: {self.a.name} (vda {DISK_SIZE // GIB} GiB), clones "
+            f"{', '.join(g.name for g in self.clones.values())}, {self.big.name} (8 GiB)")
+        self.modify_clones()
+
+    def checkout(self, rev: str) -> None:
+        """Extract borg_vm as of git revision rev into SOURCE (borg-vm runs from there)."""
+        sha = lab.run(["git", "-C", lab.TOP, "rev-parse", "--short", rev]).stdout.decode().strip()
+        SOURCE.mkdir()
+        archive = lab.run(["git", "-C", lab.TOP, "archive", sha, "borg_vm"]).stdout
+        subprocess.run(["tar", "-x", "-C", str(SOURCE)], input=archive, check=True)
+        found = subprocess.run([str(lab.VENV_BIN / "python"), "-c",
+                                "import borg_vm; print(borg_vm.__file__)"], cwd="/",
+                               env=self.env, capture_output=True, text=True).stdout.strip()
+        if not found.startswith(str(SOURCE)):
+            raise RuntimeError(f"borg-vm would not run from {SOURCE} but from {found!r}")
+        self.r["source"] = f"{sha} (BENCH_REV={rev}; the work tree was not used)"
+        say(f"setup: borg-vm from revision {rev} = {sha}")
+
+    def modify_clones(self) -> None:
+        rng = random.Random(5)
+        scattered = lab.scattered(rng, DATA_SIZE, CLONE_WRITES)
+        length = CLONE_WRITES // CLONE_RUNS * GRAIN
+        contiguous = lab.runs(rng, DATA_SIZE, CLONE_RUNS, length)
+        self.r["clone_changes"] = {"scattered": [len(scattered), GRAIN],
+                                   "runs": [CLONE_RUNS, length]}
+        say(f"clones: {len(scattered)} scattered 64 KiB writes; {CLONE_RUNS} runs of "
+            f"{lab.mib(length)}")
+        self.clones["scattered"].write_many(scattered, rng, WORK / "src")
+        self.clones["runs"].write_many(contiguous, rng, WORK / "src")
+        self.r["clone_changed_bytes"] = {"scattered": len(scattered) * GRAIN,
+                                         "runs": CLONE_RUNS * length}
+        self.r["clone_blocks_touched"] = {
+            v: {size_name(c): lab.blocks_touched(w, c) for c in CHUNKS}
+            for v, w in (("scattered", scattered), ("runs", contiguous))}
+
+    # -- 1 and 6: full backups against the import-tar ceiling ------------------
+    def fulls_vs_ceiling(self, encryption: str, rounds: int, keep_last: bool) -> Path | None:
+        """Rounds of: import-tar of the tar file, the same through a pipe, borg-vm
+        full, in an order rotated every round (what runs just before a job
+        affects it). With keep_last, return the last borg-vm repository."""
+        self.load(f"fulls {encryption}")
+        lab.warm(self.tar, self.disk)
+        res = self.r.setdefault("full", {}).setdefault(encryption, {
+            "file": [], "pipe": [], "borg_vm": [], "read": [], "rss": [], "duration": []})
+        kept = None
+        for i in range(rounds):
+            for job in rotated(("file", "pipe", "borg-vm"), i):
+                if job != "borg-vm":
+                    repo = self.repo(f"ceiling-{job}", encryption)
+                    t = self.borg.import_tar(repo, "x", self.tar, pipe=(job == "pipe"))
+                    res[job].append(t.seconds)
+                    shutil.rmtree(repo)
+                    say(f"full {encryption} round {i + 1}: import-tar {job}: {t.seconds:.2f} s")
+                    continue
+                repo = self.repo(f"full-{encryption}", encryption)
+                t, j = self.full(self.a, repo)
+                res["borg_vm"].append(t.seconds)
+                res["duration"].append(j["duration"])
+                res["read"].append(j["disks"]["vda"]["read"])
+                res["rss"].append(t.peak_rss)
+                say(f"full {encryption} round {i + 1}: borg-vm {t.seconds:.2f} s, read "
+                    f"{lab.mib(j['disks']['vda']['read'])}, peak RSS {lab.mib(t.peak_rss)}")
+                if keep_last and i == rounds - 1:
+                    kept = repo
+                else:
+                    shutil.rmtree(repo)
+        return kept
+
+    # -- 4: chunk sizes and clone dedup --------------------------------------
+    def chunk_sizes(self) -> None:
+        """Rounds of borg-vm full backups with each chunk size (order rotated every
+        round); the first round's repositories then receive the clones."""
+        self.load("chunk sizes")
+        lab.warm(self.disk)
+        res = self.r.setdefault("chunk_full", {})
+        first: dict[int, tuple[Path, dict]] = {}
+        for i in range(RUNS):
+            for chunk in rotated(CHUNKS, i):
+                repo = self.repo(f"chunk-{size_name(chunk)}")
+                t, j = self.full(self.a, repo, chunk)
+                res.setdefault(size_name(chunk), []).append(t.seconds)
+                say(f"full, chunk {size_name(chunk)}, round {i + 1}: {t.seconds:.2f} s")
+                if i == 0:
+                    kept = repo.with_name(f"{repo.name}-first")
+                    repo.rename(kept)
+                    first[chunk] = (kept, j)
+                else:
+                    shutil.rmtree(repo)
+        for chunk, (repo, j) in first.items():
+            self.clone_dedup(repo, chunk, j)
+            shutil.rmtree(repo)
+
+    def clone_dedup(self, repo: Path, chunk: int, base: dict) -> None:
+        """Full backups of both clones into the repository holding the first domain's
+        full; record what each adds (borg's deduplicated size)."""
+        res = self.r.setdefault("clone", {}).setdefault(size_name(chunk), {})
+        base_stats = self.borg.info(repo, base["archive"])
+        res["base_deduplicated"] = base_stats["deduplicated_size"]
+        for variant, guest in self.clones.items():
+            t, j = lab.borg_vm_backup(self.env, guest.name, repo, chunk=chunk)
+            stats = self.borg.info(repo, j["archive"])
+            res[variant] = {"allocated": j["disks"]["vda"]["data"],
+                            "added": stats["deduplicated_size"],
+                            "original": stats["original_size"], "seconds": t.seconds}
+            say(f"clone {variant}, chunk {size_name(chunk)}: adds "
+                f"{lab.mib(stats['deduplicated_size'])} of {lab.mib(j['disks']['vda']['data'])}"
+                f" ({t.seconds:.2f} s)")
+        to = WORK / "restore-chunk"
+        shutil.rmtree(to, ignore_errors=True)
+        t, _ = lab.borg_vm_restore(self.env, self.a.name, repo, to, base["checkpoint"],
+                                   flatten=True)
+        shutil.rmtree(to)
+        res["restore_full"] = t.seconds
+        say(f"restore of the full backup, chunk {size_name(chunk)}: {t.seconds:.2f} s")
+
+    # -- 2, 3, 5: the incremental chain --------------------------------------
+    def scatter(self, rng: random.Random) -> list:
+        writes = lab.scattered(rng, DATA_SIZE, SCATTER_WRITES)
+        self.a.write_many(writes, rng, WORK / "src")
+        return writes
+
+    def inc_round(self, key: str, repo: Path, rng: random.Random, align: int = 0,
+                  nightly: Path | None = None, night: int = 0) -> dict:
+        writes = self.scatter(rng)
+        t, j = self.inc(self.a, repo, align)
+        d = j["disks"]["vda"]
+        row = {"seconds": t.seconds, "read": d["read"], "dirty": len(writes) * GRAIN,
+               "archive": j["archive"], "checkpoint": j["checkpoint"],
+               "predicted": {size_name(a): (lab.blocks_touched(writes, a) * a if a
+                                            else len(writes) * GRAIN)
+                             for a in PREDICTED_ALIGNMENTS}}
+        row["stored"] = self.borg.info(repo, j["archive"])["deduplicated_size"]
+        self.r.setdefault("inc", {}).setdefault(key, []).append(row)
+        say(f"inc {key}: {t.seconds:.2f} s, read {lab.mib(d['read'])} for "
+            f"{lab.mib(row['dirty'])} dirty, stored {lab.mib(row['stored'])}")
+        if nightly is not None:
+            self.a.flush()
+            n = self.borg.create_file(nightly, f"night-{night}", self.disk)
+            stats = json.loads(n.stdout)["archive"]["stats"]
+            self.r.setdefault("nightly", []).append(
+                {"seconds": n.seconds, "read": stats["original_size"],
+                 "stored": stats["deduplicated_size"]})
+            say(f"nightly borg create of the image: {n.seconds:.2f} s, read "
+                f"{lab.mib(stats['original_size'])}, stored {lab.mib(stats['deduplicated_size'])}")
+        return row
+
+    def repokey_incs(self, repo: Path) -> None:
+        self.load("repokey incrementals")
+        rng = random.Random(7)
+        for _ in range(RUNS):
+            self.inc_round("scattered repokey-blake2", repo, rng)
+        shutil.rmtree(repo)
+
+    def chain(self) -> None:
+        self.load("chain")
+        main = self.repo("main")
+        t, j = self.full(self.a, main)
+        self.r["chain_full"] = {"seconds": t.seconds, "archive": j["archive"]}
+        say(f"chain: full {t.seconds:.2f} s")
+        nightly = self.repo("nightly")
+        self.a.flush()
+        n = self.borg.create_file(nightly, "night-0", self.disk)
+        self.r["nightly_first"] = n.seconds
+        say(f"nightly: first night (stores everything) {n.seconds:.2f} s")
+        rng = random.Random(4)
+        rows = [self.inc_round("scattered", main, rng, nightly=nightly, night=i + 1)
+                for i in range(5)]
+        shutil.rmtree(nightly)
+        self.restore(main, rows[-1]["checkpoint"],
+                     [self.r["chain_full"]["archive"]] + [x["archive"] for x in rows])
+        for i in range(RUNS):
+            offset = rng.randrange((DATA_SIZE - SEQ_WRITE) // GRAIN) * GRAIN
+            self.a.write_many([(offset, SEQ_WRITE)], rng, WORK / "src")
+            t, j = self.inc(self.a, main)
+            d = j["disks"]["vda"]
+            self.r["inc"].setdefault("sequential", []).append(
+                {"seconds": t.seconds, "read": d["read"], "dirty": SEQ_WRITE, "offset": offset})
+            say(f"inc sequential 80 MiB at {offset}: {t.seconds:.2f} s, read {lab.mib(d['read'])}")
+        for align in ALIGNMENTS[1:]:
+            for _ in range(RUNS):
+                self.inc_round(f"scattered align {size_name(align)}", main, rng, align)
+        shutil.rmtree(main)
+
+    def restore(self, repo: Path, checkpoint: str, archives: list[str]) -> None:
+        """Restore the 5th incremental (chain and flattened) vs qemu-img convert of the
+        disk as it was at that backup."""
+        self.load("restore")
+        self.a.flush()
+        src, dst = WORK / "src.qcow2", WORK / "dst.qcow2"
+        lab.convert_copy(self.disk, src)
+        lab.warm(src)
+        res = self.r["restore"] = {"convert": [], "convert_flushed": [], "chain": [],
+                                   "flatten": [], "export": []}
+        for i in range(RUNS):
+            res["convert"].append(lab.convert_copy(src, dst))
+            res["convert_flushed"].append(lab.convert_copy(src, dst, cache="writeback"))
+            say(f"restore run {i + 1}: qemu-img convert {res['convert'][-1]:.2f} s, "
+                f"with -t writeback {res['convert_flushed'][-1]:.2f} s")
+            res["export"].append(sum(self.borg.export_tar(repo, a).seconds for a in archives))
+            say(f"restore run {i + 1}: borg export-tar of the {len(archives)} archives to "
+                f"/dev/null {res['export'][-1]:.2f} s")
+            for mode in ("chain", "flatten"):
+                to = WORK / f"restore-{mode}"
+                shutil.rmtree(to, ignore_errors=True)
+                t, j = lab.borg_vm_restore(self.env, self.a.name, repo, to, checkpoint,
+                                           flatten=(mode == "flatten"))
+                res[mode].append(t.seconds)
+                say(f"restore run {i + 1}: borg-vm restore {mode}: {t.seconds:.2f} s")
+                if i == 0:
+                    top = Path(j["disks"]["vda"]["image"])
+                    res[f"{mode}_identical"] = lab.images_equal(src, top)
+                    res[f"{mode}_layers"] = len(j["disks"]["vda"]["chain"])
+                    say(f"restore {mode}: {len(j['disks']['vda']['chain'])} image(s), "
+                        f"identical to the source: {res[f'{mode}_identical']}")
+                shutil.rmtree(to)
+        res["source_data"] = lab.allocated_data(src)
+        src.unlink()
+        dst.unlink()
+
+    # -- 6: memory with a disk twice as large ------------------------------
+    def big_fulls(self) -> None:
+        self.load("8 GiB fulls")
+        lab.warm(self.big_disk)
+        res = self.r["big"] = {"rss": [], "seconds": [], "read": []}
+        for i in range(RUNS):
+            repo = self.repo("big")
+            t, j = self.full(self.big, repo)
+            res["rss"].append(t.peak_rss)
+            res["seconds"].append(t.seconds)
+            res["read"].append(j["disks"]["vda"]["read"])
+            say(f"8 GiB disk full run {i + 1}: {t.seconds:.2f} s, read "
+                f"{lab.mib(j['disks']['vda']['read'])}, peak RSS {lab.mib(t.peak_rss)}")
+            shutil.rmtree(repo)
+
+    # -- the whole run --------------------------------------------------------
+    def run(self) -> None:
+        self.setup()
+        self.fulls_vs_ceiling("none", HEADLINE_RUNS, keep_last=False)
+        self.chunk_sizes()
+        key_repo = self.fulls_vs_ceiling("repokey-blake2", RUNS, keep_last=True)
+        self.repokey_incs(key_repo)
+        self.chain()
+        self.big_fulls()
+        self.load("end")
+
+    def close(self) -> None:
+        self.lab.close()
+        for p in WORK.iterdir():
+            if p.name != "results.json":
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+
+
+def _interrupt(signum, _frame):
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def main() -> int:
+    signal.signal(signal.SIGTERM, _interrupt)
+    started = datetime.now(timezone.utc)
+    say(f"borg-vm benchmark; work files in {WORK}")
+    bench = Bench()
+    try:
+        bench.run()
+    except KeyboardInterrupt:
+        bench.close()
+        say("interrupted: the benchmark's domains and work files are removed")
+        return 130
+    except BaseException:
+        bench.close()
+        raise
+    bench.close()
+    bench.r["started"] = started.strftime("%Y-%m-%d %H:%M UTC")
+    bench.r["total_seconds"] = lab.elapsed()
+    bench.r["machine"] = report.machine(bench.env)
+    if "source" in bench.r:
+        bench.r["machine"]["commit"] = bench.r["source"]
+    (WORK / "results.json").write_text(json.dumps(bench.r, indent=1))
+    out = Path(__file__).resolve().parent / "RESULTS.md"
+    out.write_text(report.render(bench.r))
+    print(report.summary(bench.r))
+    say(f"done in {lab.elapsed() / 60:.1f} min: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,544 @@
+"""The benchmark's bench: throw-away domains, disk images, and timed runs of
+borg-vm, borg and qemu-img, each measured from the outside (wall time around
+the process, peak RSS polled from /proc).
+
+Only domains named ``borgvm-test-bench-<8 hex>`` that carry this benchmark's
+owner metadata are ever touched; ``Lab`` removes its own in ``close()``, and
+``remove_stale`` removes those of an earlier run whose process is gone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import resource
+import secrets
+import shutil
+import signal
+import subprocess
+import tarfile
+import threading
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+
+import libvirt
+import libvirt_qemu
+
+KIB = 1024
+MIB = 1024 * KIB
+GIB = 1024 * MIB
+
+BENCH = Path(__file__).resolve().parent
+TOP = BENCH.parent
+WORK = BENCH / "work"
+VENV_BIN = TOP / ".venv" / "bin"
+BORG_VM = VENV_BIN / "borg-vm"
+BORG = VENV_BIN / "borg"
+
+URI = "qemu:///system"
+PREFIX = "borgvm-test-bench-"
+METADATA_URI = "https://borg-vm.invalid/bench"
+METADATA_KEY = "borgvmbench"
+QEMU_LOG_DIR = Path("/var/log/libvirt/qemu")
+BORG_VM_RUNTIME_DIR = Path("/run/borg-vm")
+PASSPHRASE = "bench-passphrase"
+RSS_POLL_SECONDS = 0.05
+STOP_GRACE_SECONDS = 30
+# qemu-io writes through the virtio-blk device's own BlockBackend, the path
+# guest I/O takes, so dirty bitmaps see them.
+QEMU_IO_DEVICE = "/machine/peripheral/virtio-disk{index}/virtio-backend"
+BITMAP_GRANULARITY = 64 * KIB
+
+_T0 = time.monotonic()
+
+
+def say(msg: str) -> None:
+    """Print one progress line, stamped with the seconds since the start."""
+    print(f"[{time.monotonic() - _T0:6.1f}s] {msg}", flush=True)
+
+
+def elapsed() -> float:
+    return time.monotonic() - _T0
+
+
+def mib(n: float) -> str:
+    return f"{n / MIB:,.1f} MiB"
+
+
+# -- processes ------------------------------------------------------------
+
+def borg_env(base_dir: Path, source: Path | None = None) -> dict[str, str]:
+    """Return our environment without BORG_* variables, with a private
+    BORG_BASE_DIR and answers for borg's questions (unencrypted repos, the
+    benchmark's passphrase); with source, borg-vm is imported from there."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BORG")}
+    if source is not None:
+        env["PYTHONPATH"] = str(source)
+    env.update(BORG_BASE_DIR=str(base_dir), BORG_PASSPHRASE=PASSPHRASE,
+               BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK="yes",
+               BORG_RELOCATED_REPO_ACCESS_IS_OK="yes")
+    return env
+
+
+def run(argv: list, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run argv to completion; return it, or raise RuntimeError with its stderr."""
+    argv = [str(a) for a in argv]
+    proc = subprocess.run(argv, env=env, capture_output=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} exited {proc.returncode}:\n"
+                           f"{proc.stderr.decode(errors='replace')[-3000:]}")
+    return proc
+
+
+@dataclass
+class Timed:
+    seconds: float
+    stdout: bytes
+    peak_rss: int = 0   # bytes, VmHWM of the process itself (0 if not polled)
+
+
+def timed(argv: list, env: dict | None = None, poll_rss: bool = False,
+          stdin_from: Path | None = None, discard_stdout: bool = False) -> Timed:
+    """Run argv; return its wall time, stdout and (poll_rss) peak RSS.
+
+    With stdin_from, the file is fed through a pipe by a `cat` child, as a
+    shell's `cat FILE | cmd` would, and the time covers both; with
+    discard_stdout, stdout goes to /dev/null. Raise RuntimeError if a
+    process fails.
+    """
+    argv = [str(a) for a in argv]
+    start = time.monotonic()
+    feeder = None
+    if stdin_from is not None:
+        feeder = subprocess.Popen(["cat", str(stdin_from)], stdout=subprocess.PIPE)
+    proc = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL if discard_stdout else subprocess.PIPE,
+                            stdin=feeder.stdout if feeder else subprocess.DEVNULL)
+    if feeder:
+        feeder.stdout.close()  # the child holds it now
+    peak = [0]
+    poller = None
+    if poll_rss:
+        poller = threading.Thread(target=_poll_hwm, args=(proc, peak), daemon=True)
+        poller.start()
+    try:
+        out, err = proc.communicate()
+    except BaseException:  # Ctrl-C or SIGTERM: stop the child as a terminal would
+        _stop(proc)
+        if feeder:
+            _stop(feeder)
+        raise
+    seconds = time.monotonic() - start
+    if feeder:
+        feeder.wait()
+        seconds = time.monotonic() - start
+    if poller:
+        poller.join()
+    if proc.returncode != 0 or (feeder and feeder.returncode != 0):
+        raise RuntimeError(f"{' '.join(argv)} exited {proc.returncode}:\n"
+                           f"{err.decode(errors='replace')[-3000:]}")
+    return Timed(seconds, out, peak[0])
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """SIGINT (borg and borg-vm clean up on it), then SIGKILL after a grace time."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(STOP_GRACE_SECONDS)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _poll_hwm(proc: subprocess.Popen, peak: list) -> None:
+    status = Path(f"/proc/{proc.pid}/status")
+    while proc.poll() is None:
+        try:
+            for line in status.read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peak[0] = max(peak[0], int(line.split()[1]) * KIB)
+        except OSError:
+            return
+        time.sleep(RSS_POLL_SECONDS)
+
+
+def warm(*paths: Path) -> None:
+    """Read files once so the timed runs find them in the page cache."""
+    for p in paths:
+        with open(p, "rb") as f:
+            while f.read(8 * MIB):
+                pass
+
+
+# -- other load on the machine -------------------------------------------------
+
+def _proc_cpu(pid: int) -> float:
+    """CPU seconds (user + system, all threads) a live process has used."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def qemu_pid(name: str) -> int | None:
+    try:
+        return int(Path(f"/run/libvirt/qemu/{name}.pid").read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+@dataclass
+class CpuSnapshot:
+    when: float
+    busy: float    # CPU seconds the whole machine was busy (all cores, kernel included)
+    steal: float   # CPU seconds the hypervisor gave to someone else
+    ours: float    # CPU seconds of this process, its waited-for children and our QEMUs
+
+
+def cpu_snapshot(qemu_pids: list[int]) -> CpuSnapshot:
+    hz = os.sysconf("SC_CLK_TCK")
+    with open("/proc/stat") as f:
+        user, nice, system, _idle, _iowait, irq, softirq, steal = \
+            (int(x) for x in f.readline().split()[1:9])
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    ours = own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+    return CpuSnapshot(time.monotonic(), (user + nice + system + irq + softirq) / hz,
+                       steal / hz, ours + sum(_proc_cpu(p) for p in qemu_pids))
+
+
+def foreign_cores(a: CpuSnapshot, b: CpuSnapshot) -> tuple[float, float]:
+    """Between two snapshots: average cores busy with work that is not ours
+    (other processes, and kernel threads such as page-cache writeback), and
+    average cores stolen by the hypervisor."""
+    span = max(b.when - a.when, 1e-9)
+    return (max(0.0, (b.busy - a.busy) - (b.ours - a.ours)) / span,
+            (b.steal - a.steal) / span)
+
+
+# -- borg -----------------------------------------------------------------
+
+class Borg:
+    """Plain borg commands against repositories under the work directory."""
+
+    def __init__(self, env: dict):
+        self.env = env
+
+    def init(self, repo: Path, encryption: str) -> Path:
+        if repo.exists():
+            shutil.rmtree(repo)
+        run([BORG, "init", "--encryption", encryption, repo], env=self.env)
+        return repo
+
+    def info(self, repo: Path, archive: str) -> dict:
+        out = run([BORG, "info", "--json", f"{repo}::{archive}"], env=self.env).stdout
+        return json.loads(out)["archives"][0]["stats"]
+
+    def import_tar(self, repo: Path, archive: str, tar: Path, pipe: bool,
+                   chunk: int = 4 * MIB) -> Timed:
+        argv = [BORG, "import-tar", "--chunker-params", f"fixed,{chunk}", "-C", "lz4",
+                f"{repo}::{archive}", "-" if pipe else tar]
+        return timed(argv, self.env, stdin_from=tar if pipe else None)
+
+    def export_tar(self, repo: Path, archive: str) -> Timed:
+        """borg's own extraction speed: an archive as tar into /dev/null."""
+        return timed([BORG, "export-tar", f"{repo}::{archive}", "-"], self.env,
+                     discard_stdout=True)
+
+    def create_file(self, repo: Path, archive: str, path: Path) -> Timed:
+        """The usual nightly script: the whole image file, fixed 4 MiB chunks."""
+        argv = [BORG, "create", "--json", "--read-special", "--chunker-params",
+                "fixed,4194304", "-C", "lz4", f"{repo}::{archive}", path]
+        return timed(argv, self.env)
+
+
+# Sections 1-3 and 5 are measured with 4 MiB chunks, the reference the chunk
+# size comparison (section 4) is expressed against; borg-vm's own default is
+# what section 4 picks.
+REFERENCE_CHUNK = 4 * MIB
+
+
+def borg_vm_backup(env: dict, domain: str, repo: Path, chunk: int | None = None,
+                   align: int | None = None, poll_rss: bool = False) -> tuple[Timed, dict]:
+    """Run `borg-vm backup --json`; return (timing, its JSON result)."""
+    argv = [BORG_VM, "backup", domain, "--repo", repo, "--json", "--no-progress",
+            "--chunk-size", str(chunk or REFERENCE_CHUNK)]
+    if align is not None:
+        argv += ["--read-alignment", str(align)]
+    t = timed(argv, env, poll_rss=poll_rss)
+    return t, json.loads(t.stdout.decode().strip().splitlines()[-1])
+
+
+def borg_vm_restore(env: dict, domain: str, repo: Path, to: Path, checkpoint: str,
+                    flatten: bool) -> tuple[Timed, dict]:
+    argv = [BORG_VM, "restore", domain, "--repo", repo, "--to", to, "--checkpoint",
+            checkpoint, "--json", "--no-progress"] + (["--flatten"] if flatten else [])
+    t = timed(argv, env)
+    return t, json.loads(t.stdout)
+
+
+# -- images ---------------------------------------------------------------
+
+def make_data(path: Path, size: int) -> None:
+    """Write size bytes of incompressible data (AES-CTR keystream, fixed key)."""
+    with open(path, "wb") as out, open("/dev/zero", "rb") as zero:
+        ossl = subprocess.Popen(["openssl", "enc", "-aes-128-ctr", "-pass", "pass:bench",
+                                 "-nosalt", "-pbkdf2"], stdin=zero,
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        left = size
+        while left:
+            block = ossl.stdout.read(min(left, 8 * MIB))
+            if not block:
+                raise RuntimeError("openssl stopped early")
+            out.write(block)
+            left -= len(block)
+        ossl.kill()
+        ossl.wait()
+
+
+def make_hole(path: Path, size: int) -> Path:
+    """A sparse raw file of size bytes: reads as zeros, nothing allocated."""
+    with open(path, "wb") as f:
+        f.truncate(size)
+    return path
+
+
+def qcow2_from_pieces(out: Path, pieces: list[Path]) -> None:
+    """Concatenate raw pieces into one qcow2 (holes stay unallocated)."""
+    run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", *pieces, out])
+
+
+def build_tar(out: Path, members: list[tuple[str, Path | bytes]]) -> int:
+    """Write a GNU tar of (name, file or bytes) members, file data copied in the
+    kernel; return its size."""
+    with open(out, "wb") as f:
+        for name, content in members:
+            size = content.stat().st_size if isinstance(content, Path) else len(content)
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = size, 0o600
+            f.write(info.tobuf(format=tarfile.GNU_FORMAT))
+            if isinstance(content, Path):
+                f.flush()
+                with open(content, "rb") as src:
+                    left = size
+                    while left:
+                        left -= os.copy_file_range(src.fileno(), f.fileno(), left)
+                f.seek(0, os.SEEK_END)
+            else:
+                f.write(content)
+            f.write(bytes(-size % tarfile.BLOCKSIZE))
+        f.write(bytes(2 * tarfile.BLOCKSIZE))
+        return f.tell()
+
+
+def qemu_io(image: Path, command: str) -> None:
+    run(["qemu-io", "-f", "qcow2", "-c", command, image])
+
+
+def allocated_data(image: Path) -> int:
+    """Bytes of the image's guest view that hold data (not zero, not holes)."""
+    out = run(["qemu-img", "map", "-U", "--output=json", image]).stdout
+    return sum(e["length"] for e in json.loads(out) if e.get("data") and not e.get("zero"))
+
+
+def convert_copy(src: Path, dst: Path, cache: str | None = None) -> float:
+    """qemu-img convert -U src to a fresh qcow2 dst (no bitmaps); return seconds.
+
+    qemu-img's default cache mode for the output is "unsafe" (never flushed);
+    cache="writeback" flushes at the end, as a borg-vm restore does.
+    """
+    if dst.exists():
+        dst.unlink()
+    start = time.monotonic()
+    run(["qemu-img", "convert", "-U", "-f", "qcow2", "-O", "qcow2",
+         *(["-t", cache] if cache else []), src, dst])
+    return time.monotonic() - start
+
+
+def images_equal(a: Path, b: Path) -> bool:
+    proc = subprocess.run(["qemu-img", "compare", "-U", str(a), str(b)], capture_output=True)
+    if proc.returncode not in (0, 1):
+        raise RuntimeError(f"qemu-img compare failed: {proc.stderr.decode(errors='replace')}")
+    return proc.returncode == 0
+
+
+# -- domains --------------------------------------------------------------
+
+def owner_token(pid: int | None = None) -> str | None:
+    """Return "pid:starttime" of a process (default: ours), None if it is gone."""
+    pid = os.getpid() if pid is None else pid
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return f"{pid}:{stat.rsplit(')', 1)[1].split()[19]}"
+
+
+def _owner_alive(token: str) -> bool:
+    pid, _, _ = token.partition(":")
+    return not pid.isdigit() or owner_token(int(pid)) == token
+
+
+def kvm_usable() -> bool:
+    return os.access("/dev/kvm", os.R_OK | os.W_OK)
+
+
+def domain_xml(name: str, disks: list[Path]) -> str:
+    virt = "kvm" if kvm_usable() else "qemu"
+    devices = "".join(f"""
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2' discard='unmap'/>
+      <source file='{path}'/>
+      <target dev='vd{chr(ord("a") + i)}' bus='virtio'/>
+    </disk>""" for i, path in enumerate(disks))
+    return f"""<domain type='{virt}'>
+  <name>{name}</name>
+  <metadata>
+    <{METADATA_KEY}:owner xmlns:{METADATA_KEY}='{METADATA_URI}'>{owner_token()}</{METADATA_KEY}:owner>
+  </metadata>
+  <memory unit='MiB'>128</memory>
+  <vcpu>1</vcpu>
+  <os><type arch='x86_64'>hvm</type></os>
+  <devices>{devices}
+    <memballoon model='none'/>
+  </devices>
+</domain>
+"""
+
+
+def _owner_of(dom: "libvirt.virDomain") -> str | None:
+    try:
+        xml = dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, METADATA_URI, 0)
+    except libvirt.libvirtError:
+        return None
+    return (ET.fromstring(xml).text or "").strip() or None
+
+
+def _remove(dom: "libvirt.virDomain") -> None:
+    if not dom.name().startswith(PREFIX):
+        raise ValueError(f"refusing to remove domain {dom.name()!r}")
+    try:
+        if dom.isActive():
+            dom.destroy()
+        dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA)
+    except libvirt.libvirtError as e:
+        if e.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+            raise
+
+
+def remove_stale(conn: "libvirt.virConnect") -> None:
+    """Remove benchmark domains whose creating process is gone (a killed run)."""
+    for dom in conn.listAllDomains(0):
+        owner = _owner_of(dom) if dom.name().startswith(PREFIX) else None
+        if owner and not _owner_alive(owner):
+            say(f"removing {dom.name()}, left by an earlier benchmark run")
+            _remove(dom)
+
+
+class Guest:
+    """A running (paused) domain without OS whose 'guest writes' are HMP qemu-io."""
+
+    def __init__(self, dom: "libvirt.virDomain", disks: list[Path]):
+        self.dom = dom
+        self.name = dom.name()
+        self.disks = disks
+        self.log = QEMU_LOG_DIR / f"{self.name}.log"
+
+    def hmp(self, command: str) -> str:
+        return libvirt_qemu.qemuMonitorCommand(
+            self.dom, command, libvirt_qemu.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP)
+
+    def qemu_io(self, command: str, disk: int = 0) -> None:
+        reply = self.hmp(f'qemu-io -d {QEMU_IO_DEVICE.format(index=disk)} "{command}"')
+        if reply.strip():
+            raise RuntimeError(f"{self.name}: qemu-io {command!r}: {reply.strip()}")
+
+    def write_many(self, writes: list[tuple[int, int]], rng: random.Random,
+                   scratch: Path, disk: int = 0) -> None:
+        """Make the guest write fresh incompressible bytes (from rng) over each
+        (offset, length) range, then check that QEMU's log (where qemu-io
+        reports) shows each one written."""
+        scratch.mkdir(parents=True, exist_ok=True)
+        mark = self.log.stat().st_size
+        try:
+            for i, (offset, length) in enumerate(writes):
+                src = scratch / f"w{i}"
+                src.write_bytes(rng.randbytes(length))
+                self.qemu_io(f"write -s {src} {offset} {length}", disk)
+                src.unlink()
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        with open(self.log, "rb") as f:
+            f.seek(mark)
+            text = f.read().decode(errors="replace")
+        done = text.count("wrote ")
+        if done != len(writes) or "failed" in text:
+            raise RuntimeError(f"{self.name}: {done} of {len(writes)} writes reported done")
+
+    def flush(self, disk: int = 0) -> None:
+        self.qemu_io("flush", disk)
+
+
+class Lab:
+    """Creates guests and removes every one of them in close()."""
+
+    def __init__(self):
+        self.conn = libvirt.open(URI)
+        remove_stale(self.conn)
+        self.guests: list[Guest] = []
+
+    def guest(self, disks: list[Path]) -> Guest:
+        name = PREFIX + secrets.token_hex(4)
+        dom = self.conn.defineXML(domain_xml(name, disks))
+        g = Guest(dom, disks)
+        self.guests.append(g)
+        dom.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED)
+        return g
+
+    def close(self) -> None:
+        for g in self.guests:
+            try:
+                uuid = g.dom.UUIDString()
+                _remove(g.dom)
+            except libvirt.libvirtError as e:
+                say(f"could not remove {g.name}: {e}")
+                continue
+            # borg-vm's per-domain lock file; the domain is gone, so is its use.
+            (BORG_VM_RUNTIME_DIR / f"{uuid}.lock").unlink(missing_ok=True)
+        self.guests.clear()
+        self.conn.close()
+
+
+# -- write patterns -----------------------------------------------------------
+
+def scattered(rng: random.Random, region: int, count: int, size: int = BITMAP_GRANULARITY,
+              start: int = 0) -> list[tuple[int, int]]:
+    """count (offset, size) writes at distinct random size-aligned offsets inside
+    [start, start+region); sorted."""
+    slots = rng.sample(range(region // size), count)
+    return sorted((start + s * size, size) for s in slots)
+
+
+def runs(rng: random.Random, region: int, count: int, run_length: int
+         ) -> list[tuple[int, int]]:
+    """count contiguous (offset, run_length) runs at random 64 KiB-aligned places
+    inside [0, region), one per equal slice of it, so they never touch; sorted."""
+    slot = region // count // BITMAP_GRANULARITY * BITMAP_GRANULARITY
+    if run_length > slot - BITMAP_GRANULARITY:
+        raise ValueError("runs do not fit")
+    room = (slot - run_length) // BITMAP_GRANULARITY
+    return [(i * slot + rng.randrange(room) * BITMAP_GRANULARITY, run_length)
+            for i in range(count)]
+
+
+def blocks_touched(writes: list[tuple[int, int]], block: int) -> int:
+    """Number of distinct block-aligned blocks the writes touch."""
+    touched = set()
+    for offset, length in writes:
+        touched.update(range(offset // block, (offset + length - 1) // block + 1))
+    return len(touched)
