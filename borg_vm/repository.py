@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 
 from . import archive as fmt
-from .archive import ArchiveInfo, ArchiveName, Manifest, Summary
+from .archive import ArchiveInfo, ArchiveName, Summary
 from .borg import Borg
 from .errors import FormatError
 
@@ -31,7 +31,3 @@ def archives(borg: Borg, domain: str | None = None) -> tuple[list[ArchiveInfo], 
             partial.append(listed.name)
     return complete, partial
 
-
-def manifest(borg: Borg, archive: str) -> Manifest:
-    """Return the manifest of an archive; raise FormatError if it is not readable."""
-    return Manifest.from_json(borg.extract_file(archive, fmt.MANIFEST), archive)
