@@ -21,7 +21,6 @@ import sys
 import tarfile
 import threading
 import time
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -373,7 +372,8 @@ def images_equal(a: Path, b: Path) -> bool:
 # Which process made a domain, across pid reuse: the e2e tier's helpers own
 # this logic; the benchmark tags its domains the same way.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "e2e"))
-from guest import owner_alive as _owner_alive, owner_token  # noqa: E402
+from guest import domain_owner, owner_alive as _owner_alive, owner_token  # noqa: E402
+from guest import domain_xml as _guest_domain_xml  # noqa: E402
 
 
 def kvm_usable() -> bool:
@@ -381,34 +381,12 @@ def kvm_usable() -> bool:
 
 
 def domain_xml(name: str, disks: list[Path]) -> str:
-    virt = "kvm" if kvm_usable() else "qemu"
-    devices = "".join(f"""
-    <disk type='file' device='disk'>
-      <driver name='qemu' type='qcow2' discard='unmap'/>
-      <source file='{path}'/>
-      <target dev='vd{chr(ord("a") + i)}' bus='virtio'/>
-    </disk>""" for i, path in enumerate(disks))
-    return f"""<domain type='{virt}'>
-  <name>{name}</name>
-  <metadata>
-    <{METADATA_KEY}:owner xmlns:{METADATA_KEY}='{METADATA_URI}'>{owner_token()}</{METADATA_KEY}:owner>
-  </metadata>
-  <memory unit='MiB'>128</memory>
-  <vcpu>1</vcpu>
-  <os><type arch='x86_64'>hvm</type></os>
-  <devices>{devices}
-    <memballoon model='none'/>
-  </devices>
-</domain>
-"""
-
-
-def _owner_of(dom: "libvirt.virDomain") -> str | None:
-    try:
-        xml = dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, METADATA_URI, 0)
-    except libvirt.libvirtError:
-        return None
-    return (ET.fromstring(xml).text or "").strip() or None
+    """Return the XML of a benchmark domain: the e2e tier's guest, qcow2 disks
+    vda, vdb, ... with discard, tagged with the benchmark's own namespace."""
+    return _guest_domain_xml(
+        name, "kvm" if kvm_usable() else "qemu",
+        [(f"vd{chr(ord('a') + i)}", path, "qcow2") for i, path in enumerate(disks)],
+        "unmap", owner_token(), metadata=(METADATA_KEY, METADATA_URI))
 
 
 def _remove(dom: "libvirt.virDomain") -> None:
@@ -426,7 +404,7 @@ def _remove(dom: "libvirt.virDomain") -> None:
 def remove_stale(conn: "libvirt.virConnect") -> None:
     """Remove benchmark domains whose creating process is gone (a killed run)."""
     for dom in conn.listAllDomains(0):
-        owner = _owner_of(dom) if dom.name().startswith(PREFIX) else None
+        owner = domain_owner(dom, METADATA_URI) if dom.name().startswith(PREFIX) else None
         if owner and not _owner_alive(owner):
             say(f"removing {dom.name()}, left by an earlier benchmark run")
             _remove(dom)

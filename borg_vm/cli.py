@@ -10,11 +10,14 @@ import os
 import signal
 import sys
 
-from . import __version__, archive, listing, plan, virt
-from .backup import BackupOptions, backup
-from .borg import Borg
+from . import __version__
+from .actions import listing
+from .actions.backup import BackupOptions, backup
+from .adapters import libvirt as virt
+from .adapters.borg import Borg
+from .core import archive, plan
 from .errors import EXIT_ERROR, EXIT_OK, BorgVmError, Interrupted, NoRepository, UsageError
-from .restore import RestoreOptions, restore
+from .actions.restore import RestoreOptions, restore
 
 log = logging.getLogger("borg_vm")
 

@@ -130,10 +130,14 @@ def image_info(path: Path, fmt: str) -> dict:
 
 
 def domain_xml(name: str, virt_type: str, disks: list[tuple[str, Path, str]],
-               discard: str | None, owner: str) -> str:
+               discard: str | None, owner: str,
+               metadata: tuple[str, str] = (METADATA_KEY, METADATA_URI)) -> str:
     """Given a name, 'kvm' or 'qemu', (target, path, format) disks, the
-    driver's discard mode (None: libvirt default) and an owner token, return
-    the XML of a 128 MiB, 1 vCPU guest without OS, network or graphics."""
+    driver's discard mode (None: libvirt default), an owner token and the
+    (key, namespace URI) to tag it with, return the XML of a 128 MiB, 1 vCPU
+    guest without OS, network or graphics. bench/lab.py builds its domains
+    with this too, under its own namespace."""
+    key, uri = metadata
     discard_attr = f" discard='{discard}'" if discard else ""
     disk_xml = "".join(
         f"""
@@ -146,7 +150,7 @@ def domain_xml(name: str, virt_type: str, disks: list[tuple[str, Path, str]],
     return f"""<domain type='{virt_type}'>
   <name>{name}</name>
   <metadata>
-    <{METADATA_KEY}:owner xmlns:{METADATA_KEY}='{METADATA_URI}'>{owner}</{METADATA_KEY}:owner>
+    <{key}:owner xmlns:{key}='{uri}'>{owner}</{key}:owner>
   </metadata>
   <memory unit='MiB'>128</memory>
   <vcpu>1</vcpu>
@@ -158,11 +162,12 @@ def domain_xml(name: str, virt_type: str, disks: list[tuple[str, Path, str]],
 """
 
 
-def domain_owner(dom: libvirt.virDomain) -> str | None:
-    """Given a domain, return the owner token this suite stored in its
-    metadata, or None if it has none (i.e. it was not made by this suite)."""
+def domain_owner(dom: libvirt.virDomain, uri: str = METADATA_URI) -> str | None:
+    """Given a domain (and the namespace URI its tag was made under), return the
+    owner token stored in its metadata, or None if it has none (i.e. it was
+    not made by this suite)."""
     try:
-        xml = dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, METADATA_URI, 0)
+        xml = dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, uri, 0)
     except libvirt.libvirtError:
         return None
     return (ET.fromstring(xml).text or "").strip() or None

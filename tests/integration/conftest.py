@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from borg_vm.borg import Borg, find_borg
+from borg_vm.adapters.borg import Borg, find_borg
 
 from realstack import run
 

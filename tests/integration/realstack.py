@@ -9,8 +9,8 @@ when several test tiers each have a conftest.py.
 import json
 import subprocess
 
-from borg_vm.archive import BLOCK_SIZE
-from borg_vm.tarstream import TarWriter, read_members
+from borg_vm.core.archive import BLOCK_SIZE
+from borg_vm.core.tarstream import TarWriter, read_members
 
 KiB = 1024
 MiB = 1024 * KiB

@@ -1,4 +1,4 @@
-"""borg_vm.borg and borg_vm.tarstream against a real borg: tar streams in
+"""borg_vm.adapters.borg and borg_vm.core.tarstream against a real borg: tar streams in
 through 'borg import-tar', out through 'borg export-tar', archive
 management, passphrases and error mapping."""
 
@@ -8,10 +8,10 @@ import signal
 
 import pytest
 
-from borg_vm import subproc
-from borg_vm.borg import Borg, Listed, find_borg
+from borg_vm.adapters import subproc
+from borg_vm.adapters.borg import Borg, Listed, find_borg
 from borg_vm.errors import EXIT_ERROR, BorgError, PassphraseWrong, RepositoryNotFound
-from borg_vm.tarstream import TarWriter, read_members
+from borg_vm.core.tarstream import TarWriter, read_members
 
 from realstack import BLOCK, CHUNKER, MTIME, TIMESTAMP, MiB, export_members, import_members
 

@@ -6,9 +6,11 @@ import os
 
 import pytest
 
-from borg_vm import archive, qemu_img, restore
+from borg_vm.actions import restore
+from borg_vm.adapters import qemu
+from borg_vm.core import archive
 from borg_vm.errors import BorgError, IntegrityError
-from borg_vm.extent import DATA, ZERO, Extent
+from borg_vm.core.extent import DATA, ZERO, Extent
 from borg_vm.progress import Progress
 
 from realstack import MiB, import_members, qemu_io, run
@@ -53,9 +55,9 @@ def layer(tmp_path, make_repo):
         return borg, archive.ArchiveInfo(m.name, m.summary())
 
     base, overlay = str(tmp_path / "base.qcow2"), str(tmp_path / "top.qcow2")
-    qemu_img.create(base, "qcow2", SIZE)
+    qemu.create(base, "qcow2", SIZE)
     qemu_io(base, "qcow2", f"write -P {OLD} 0 {SIZE}")
-    qemu_img.create(overlay, "qcow2", SIZE, backing=base)
+    qemu.create(overlay, "qcow2", SIZE, backing=base)
     return make_archive, data, overlay
 
 

@@ -1,11 +1,11 @@
-"""borg_vm.subproc with real child processes."""
+"""borg_vm.adapters.subproc with real child processes."""
 
 import os
 import signal
 
 import pytest
 
-from borg_vm import subproc
+from borg_vm.adapters import subproc
 
 STDERR_FLOOD_LINES = 20_000  # ~200 KB, several times a pipe's buffer
 

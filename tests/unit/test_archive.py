@@ -7,13 +7,13 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from borg_vm import __version__
-from borg_vm.archive import (BLOCK_SIZE, FORMAT_VERSION, FULL, INC, PARTIAL_SUFFIX,
+from borg_vm.core.archive import (BLOCK_SIZE, FORMAT_VERSION, FULL, INC, PARTIAL_SUFFIX,
                              ArchiveInfo, ArchiveName, DiskRecord, DiskSummary, Manifest,
                              Summary, disk_prefix, is_own_checkpoint, is_partial_of,
                              member_name, new_checkpoint_name, parse_member, snapshot_of,
                              stamp)
 from borg_vm.errors import FormatError
-from borg_vm.extent import DATA, ZERO, Extent
+from borg_vm.core.extent import DATA, ZERO, Extent
 
 WHEN = datetime(2026, 11, 26, 2, 0, 0, tzinfo=timezone.utc)
 SNAP = "20261125T221800Z"

@@ -2,8 +2,8 @@
 
 import pytest
 
-from borg_vm.archive import FULL, INC, ArchiveInfo, ArchiveName, DiskSummary, Summary
-from borg_vm.chain import disk_chain, group, of_domain, select
+from borg_vm.core.archive import FULL, INC, ArchiveInfo, ArchiveName, DiskSummary, Summary
+from borg_vm.core.chain import disk_chain, group, of_domain, select
 from borg_vm.errors import ArchiveNotFound, BrokenChain, UnknownDisk
 
 DOMAIN = "web01.example.com"

@@ -4,7 +4,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from borg_vm.domxml import (DiskSpec, backup_sockets, backup_xml, checkpoint_xml, domain_uuid,
+from borg_vm.core.domxml import (DiskSpec, backup_sockets, backup_xml, checkpoint_xml, domain_uuid,
                             parse_disks, qemu_owner, restored_domain_xml)
 
 # Shaped like `virsh dumpxml` of a running domain (trimmed).

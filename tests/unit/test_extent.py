@@ -9,7 +9,7 @@ import random
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from borg_vm.extent import (DATA, STATE_DIRTY, STATE_HOLE, STATE_ZERO, ZERO, Extent, Run,
+from borg_vm.core.extent import (DATA, STATE_DIRTY, STATE_HOLE, STATE_ZERO, ZERO, Extent, Run,
                             check_map, clip_runs, merge, merge_overlapping, plan_full,
                             plan_incremental, requests, runs_from_entries, split_at_blocks,
                             subtract, total, widen_data)

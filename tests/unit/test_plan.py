@@ -4,10 +4,10 @@ from datetime import datetime, timezone
 
 import pytest
 
-from borg_vm.archive import (FULL, INC, ArchiveInfo, ArchiveName, DiskSummary, Summary,
+from borg_vm.core.archive import (FULL, INC, ArchiveInfo, ArchiveName, DiskSummary, Summary,
                              is_own_checkpoint)
 from borg_vm.errors import EXIT_ERROR, NoUsableParent
-from borg_vm.plan import AUTO, Disk, Plan, latest, names_for, plan
+from borg_vm.core.plan import AUTO, Disk, Plan, latest, names_for, plan
 
 DOMAIN = "web01.example.com"
 UUID = "9b1c5a5e-3c1e-4c55-9d7e-2a1d0b9c1f00"

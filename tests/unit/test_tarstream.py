@@ -5,7 +5,7 @@ import tarfile
 
 import pytest
 
-from borg_vm.tarstream import (BLOCK, MEMBER_MODE, TarFormatError, TarWriter, read_members,
+from borg_vm.core.tarstream import (BLOCK, MEMBER_MODE, TarFormatError, TarWriter, read_members,
                                write_all)
 
 MTIME = 1795658400

@@ -1,10 +1,10 @@
-"""borg_vm.qemu_img against the real qemu-img: images, overlays, errors."""
+"""borg_vm.adapters.qemu against the real qemu-img: images, overlays, errors."""
 
 import os
 
 import pytest
 
-from borg_vm import qemu_img
+from borg_vm.adapters import qemu
 from borg_vm.errors import QemuImgError
 
 from realstack import MiB, qemu_io
@@ -13,8 +13,8 @@ from realstack import MiB, qemu_io
 @pytest.mark.parametrize("fmt", ["raw", "qcow2"])
 def test_create_makes_empty_image_of_size(tmp_path, fmt):
     img = str(tmp_path / f"disk.{fmt}")
-    qemu_img.create(img, fmt, 3 * MiB)
-    info = qemu_img.info(img)
+    qemu.create(img, fmt, 3 * MiB)
+    info = qemu.info(img)
     assert (info["format"], info["virtual-size"]) == (fmt, 3 * MiB)
     assert "backing-filename" not in info
 
@@ -24,41 +24,41 @@ def test_overlay_beside_its_backing_survives_moving_the_directory(tmp_path, base
     old, new = tmp_path / "old", tmp_path / "new"
     old.mkdir()
     base, top = str(old / f"base.{base_fmt}"), str(old / "top.qcow2")
-    qemu_img.create(base, base_fmt, 4 * MiB)
+    qemu.create(base, base_fmt, 4 * MiB)
     qemu_io(base, base_fmt, "write -P 0xab 0 1M")
-    qemu_img.create(top, "qcow2", 4 * MiB, backing=base)
+    qemu.create(top, "qcow2", 4 * MiB, backing=base)
     qemu_io(top, "qcow2", "write -P 0xcd 1M 1M")
-    info = qemu_img.info(top)
+    info = qemu.info(top)
     assert info["backing-filename"] == f"base.{base_fmt}"
     assert info["backing-filename-format"] == base_fmt
 
     os.rename(old, new)
     moved = str(new / "top.qcow2")
-    assert qemu_img.info(moved)["full-backing-filename"] == str(new / f"base.{base_fmt}")
+    assert qemu.info(moved)["full-backing-filename"] == str(new / f"base.{base_fmt}")
     qemu_io(moved, "qcow2", "read -P 0xab 0 1M", "read -P 0xcd 1M 1M", "read -P 0 2M 2M")
 
 
 def test_overlay_given_relative_paths_records_backing_relative_to_itself(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     os.mkdir("images")
-    qemu_img.create("images/base.qcow2", "qcow2", 1 * MiB)
-    qemu_img.create("images/top.qcow2", "qcow2", 1 * MiB, backing="images/base.qcow2")
-    assert qemu_img.info("images/top.qcow2")["backing-filename"] == "base.qcow2"
+    qemu.create("images/base.qcow2", "qcow2", 1 * MiB)
+    qemu.create("images/top.qcow2", "qcow2", 1 * MiB, backing="images/base.qcow2")
+    assert qemu.info("images/top.qcow2")["backing-filename"] == "base.qcow2"
 
 
 def test_overlay_in_another_directory_records_absolute_backing(tmp_path):
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     base, top = str(tmp_path / "a" / "base.qcow2"), str(tmp_path / "b" / "top.qcow2")
-    qemu_img.create(base, "qcow2", 1 * MiB)
-    qemu_img.create(top, "qcow2", 1 * MiB, backing=base)
-    assert qemu_img.info(top)["backing-filename"] == base
+    qemu.create(base, "qcow2", 1 * MiB)
+    qemu.create(top, "qcow2", 1 * MiB, backing=base)
+    assert qemu.info(top)["backing-filename"] == base
 
 
 def test_info_of_missing_image_raises_with_qemu_img_message(tmp_path):
     missing = str(tmp_path / "missing.qcow2")
     with pytest.raises(QemuImgError) as e:
-        qemu_img.info(missing)
+        qemu.info(missing)
     assert e.value.message.startswith("qemu-img info failed: qemu-img: Could not open")
     assert "No such file or directory" in e.value.message
     assert e.value.exit_code == 2
@@ -68,4 +68,4 @@ def test_create_in_missing_directory_raises_with_qemu_img_message(tmp_path):
     path = str(tmp_path / "no" / "disk.qcow2")
     with pytest.raises(QemuImgError,
                        match=f"qemu-img create failed: .*Could not create '{path}'"):
-        qemu_img.create(path, "qcow2", 1 * MiB)
+        qemu.create(path, "qcow2", 1 * MiB)

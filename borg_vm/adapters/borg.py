@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 from . import subproc
-from .errors import BorgError, BorgNotFound, PassphraseWrong, RepositoryNotFound
+from ..errors import BorgError, BorgNotFound, PassphraseWrong, RepositoryNotFound
 
 log = logging.getLogger(__name__)
 

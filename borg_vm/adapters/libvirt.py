@@ -12,7 +12,7 @@ from typing import Iterator
 
 import libvirt
 
-from .errors import (CheckpointInconsistent, DomainNotFound, LibvirtConnectError,
+from ..errors import (CheckpointInconsistent, DomainNotFound, LibvirtConnectError,
                      LibvirtError)
 
 log = logging.getLogger(__name__)

@@ -23,14 +23,17 @@ import tempfile
 from dataclasses import dataclass
 from typing import Iterator
 
-from . import archive as fmt
-from . import chain, domxml, extent, prefetch, qemu_img, repository
-from .archive import ArchiveInfo, DiskRecord, Manifest
-from .borg import Borg
-from .errors import FormatError, IntegrityError, RestoreTargetExists
-from .nbd_client import Export, open_command
-from .progress import Progress
-from .tarstream import TarFormatError, read_members
+from .. import prefetch
+from ..adapters import qemu
+from ..adapters.borg import Borg
+from ..adapters.libnbd import Export, open_command
+from ..core import archive as fmt
+from ..core import chain, domxml, extent
+from ..core.archive import ArchiveInfo, DiskRecord, Manifest
+from ..core.tarstream import TarFormatError, read_members
+from ..errors import FormatError, IntegrityError, RestoreTargetExists
+from ..progress import Progress
+from . import repository
 
 log = logging.getLogger(__name__)
 
@@ -170,9 +173,9 @@ def _prepare_layer(d: DiskPlan, i: int, stage: str) -> Layer:
     path = os.path.join(stage, d.images[i])
     size = d.archives[i].summary.disks[d.target].virtual_size
     if i == 0:
-        qemu_img.create(path, d.formats[i], size)
+        qemu.create(path, d.formats[i], size)
     elif d.images[i] != d.images[i - 1]:
-        qemu_img.create(path, d.formats[i], size,
+        qemu.create(path, d.formats[i], size,
                         backing=os.path.join(stage, d.images[i - 1]))
     log.info("restoring %s of %s into %s", d.target, d.archives[i].archive, d.images[i])
     return Layer(path, d.formats[i], zeros=i > 0)
@@ -188,7 +191,7 @@ def apply_archive(borg: Borg, arc: ArchiveInfo, layers: dict[str, Layer], progre
     data extents and hashes to its digest; FormatError for a damaged archive.
     """
     with contextlib.ExitStack() as stack:
-        outs = {t: stack.enter_context(open_command(qemu_img.nbd_server_argv(l.path, l.format),
+        outs = {t: stack.enter_context(open_command(qemu.nbd_server_argv(l.path, l.format),
                                                     where=os.path.basename(l.path)))
                 for t, l in layers.items()}
         # A disk with only zero extents in this archive has no data members (and

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from . import chain, repository
-from .archive import ArchiveInfo
-from .borg import Borg
-from .progress import human
+from ..adapters.borg import Borg
+from ..core import chain
+from ..core.archive import ArchiveInfo
+from ..progress import human
+from . import repository
 
 
 def list_archives(borg: Borg, domain: str | None) -> list[ArchiveInfo]:

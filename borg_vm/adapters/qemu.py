@@ -6,7 +6,7 @@ import json
 import os
 
 from . import subproc
-from .errors import QemuImgError
+from ..errors import QemuImgError
 
 QEMU_IMG = "qemu-img"
 QEMU_NBD = "qemu-nbd"

@@ -1,4 +1,4 @@
-"""borg_vm.nbd_client against real NBD servers: qemu-nbd over qcow2 and raw
+"""borg_vm.adapters.libnbd against real NBD servers: qemu-nbd over qcow2 and raw
 images (one with a persistent dirty bitmap, as libvirt exports it) and
 nbdkit's sh plugin answering block status and reads with scripted replies.
 """
@@ -8,11 +8,11 @@ import os
 
 import pytest
 
-from borg_vm import qemu_img
+from borg_vm.adapters import qemu
 from borg_vm.errors import NbdError
-from borg_vm.extent import (DATA, STATE_DIRTY, STATE_HOLE, STATE_ZERO, ZERO, Extent, Run,
+from borg_vm.core.extent import (DATA, STATE_DIRTY, STATE_HOLE, STATE_ZERO, ZERO, Extent, Run,
                             plan_full, plan_incremental)
-from borg_vm.nbd_client import (BASE_ALLOCATION, MAX_BLOCK_STATUS, dirty_bitmap_context,
+from borg_vm.adapters.libnbd import (BASE_ALLOCATION, MAX_BLOCK_STATUS, dirty_bitmap_context,
                                 open_command, open_stdio_command, open_unix)
 
 from realstack import KiB, MiB, allocated_data, qemu_io, run
@@ -60,7 +60,7 @@ ZERO_READS = '  pread) head -c "$3" /dev/zero ;;'
 
 def test_qcow2_allocation_covers_disk_with_data_where_written(tmp_path):
     img = tmp_path / "disk.qcow2"
-    qemu_img.create(str(img), "qcow2", 16 * MiB)
+    qemu.create(str(img), "qcow2", 16 * MiB)
     qemu_io(img, "qcow2", "write -P 0xab 1M 64k", "write -P 0xcd 5M 192k",
             "write -P 0xef 8M 1M", "write -z 8M 1M")
     with open_command(qemu_nbd_argv(img, "qcow2"), where="disk",
@@ -77,7 +77,7 @@ def test_qcow2_allocation_covers_disk_with_data_where_written(tmp_path):
 
 def test_dirty_bitmap_records_dirty_data_and_dirty_zeros(tmp_path, qemu_nbd_socket):
     img = tmp_path / "disk.qcow2"
-    qemu_img.create(str(img), "qcow2", 16 * MiB)
+    qemu.create(str(img), "qcow2", 16 * MiB)
     qemu_io(img, "qcow2", "write -P 0x11 0 4M")  # before the bitmap: not dirty
     run("qemu-img", "bitmap", "--add", str(img), BITMAP)
     # A persistent enabled bitmap records writes made by any qemu program.
@@ -102,7 +102,7 @@ def test_dirty_bitmap_records_dirty_data_and_dirty_zeros(tmp_path, qemu_nbd_sock
 
 def test_open_unix_with_unknown_export_name_raises(tmp_path, qemu_nbd_socket):
     img = tmp_path / "disk.raw"
-    qemu_img.create(str(img), "raw", 1 * MiB)
+    qemu.create(str(img), "raw", 1 * MiB)
     sock = qemu_nbd_socket(str(img), "-r", "-f", "raw")
     with pytest.raises(NbdError, match="connect failed on export 'vdb'"):
         with open_unix(sock, "vdb"):
@@ -227,11 +227,11 @@ def test_read_error_raises_after_the_good_reads(tmp_path, depth):
 @pytest.mark.parametrize("fmt", ["raw", "qcow2"])
 def test_pwrite_zero_flush_into_image(tmp_path, fmt):
     img = str(tmp_path / f"disk.{fmt}")
-    qemu_img.create(img, fmt, 16 * MiB)
+    qemu.create(img, fmt, 16 * MiB)
     expected = bytearray(16 * MiB)
     writes = [(1 * MiB, b"\xab" * (2 * MiB)), (5 * MiB + 512, os.urandom(100_000)),
               (12 * MiB, b"\xcd" * (1 * MiB))]
-    with open_command(qemu_img.nbd_server_argv(img, fmt), where=img) as exp:
+    with open_command(qemu.nbd_server_argv(img, fmt), where=img) as exp:
         for offset, data in writes:
             exp.pwrite(data, offset)
             expected[offset:offset + len(data)] = data
@@ -251,8 +251,8 @@ def test_pwrite_zero_flush_into_image(tmp_path, fmt):
 def test_zero_beyond_one_request_unmaps_everything(tmp_path):
     img = str(tmp_path / "disk.raw")
     size = 5 * 1024 * MiB  # NBD write-zeroes lengths are 32-bit: several requests
-    qemu_img.create(img, "raw", size)
-    with open_command(qemu_img.nbd_server_argv(img, "raw"), where=img) as exp:
+    qemu.create(img, "raw", size)
+    with open_command(qemu.nbd_server_argv(img, "raw"), where=img) as exp:
         exp.pwrite(b"\xab" * 4096, 0)
         exp.pwrite(b"\xab" * 4096, size - 4096)
         exp.zero(0, size)
@@ -262,12 +262,12 @@ def test_zero_beyond_one_request_unmaps_everything(tmp_path):
 
 def test_server_has_released_the_image_when_the_block_ends(tmp_path):
     img = str(tmp_path / "disk.qcow2")
-    qemu_img.create(img, "qcow2", 64 * MiB)
+    qemu.create(img, "qcow2", 64 * MiB)
     # A flatten restore opens the same image again for each layer, and a chain
     # restore reads it next: qemu-nbd (which writes back its cache as it
     # exits) must be gone, and its image lock with it, when the block ends.
     for i in range(1, 6):
-        with open_command(qemu_img.nbd_server_argv(img, "qcow2"), where=img) as exp:
+        with open_command(qemu.nbd_server_argv(img, "qcow2"), where=img) as exp:
             for mib in range(16):
                 exp.pwrite(bytes([i]) * MiB, mib * MiB)
         qemu_io(img, "qcow2", f"read -P {i} 0 16M")

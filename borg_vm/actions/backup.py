@@ -21,21 +21,22 @@ import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 
-from . import archive as fmt
-from . import domxml, extent, plan, prefetch, repository, runtime
-from .archive import ArchiveInfo, ArchiveName, DiskRecord, Manifest
-from .borg import Borg
-from .errors import (BorgError, CheckpointInconsistent, DomainNotRunning,
-                     LibvirtError, NoDisksToBackUp, UnknownDisk)
-from .nbd_client import BASE_ALLOCATION, dirty_bitmap_context, open_unix
-from .progress import Progress
-from .tarstream import TarWriter
-from .virt import Domain, Hypervisor
+from .. import prefetch, runtime
+from ..adapters.borg import Borg
+from ..adapters.libvirt import Domain, Hypervisor
+from ..adapters.sources import PullBackupSource
+from ..core import archive as fmt
+from ..core import domxml, extent, plan
+from ..core.archive import ArchiveInfo, ArchiveName, DiskRecord, Manifest
+from ..core.source import DiskSource
+from ..core.tarstream import TarWriter
+from ..errors import (BorgError, CheckpointInconsistent, DomainNotRunning,
+                      LibvirtError, NoDisksToBackUp, UnknownDisk)
+from ..progress import Progress
+from . import repository
 
 log = logging.getLogger(__name__)
 
-READ_REQUEST = 4 * 1024 * 1024
-READS_IN_FLIGHT = 8
 PREFETCH_DEPTH = 4
 # Views the consumer side may hold at once: the queue, the one being put
 # into it and the one being written.
@@ -181,7 +182,8 @@ def _run(dom: Domain, borg: Borg, opts: BackupOptions, disks: list[plan.Disk],
             with dom.pull_backup(job, cp, p.parent_checkpoint):
                 begun = True
                 log.debug("%s: backup job started, checkpoint %s", dom.name, checkpoint)
-                manifest = _stream(dom, borg, opts, p, name, when, socket, by_target)
+                manifest = _stream(dom, borg, opts, p, name, when, PullBackupSource(socket),
+                                   by_target)
         except BaseException:
             if begun:
                 _undo(dom, borg, checkpoint, name)
@@ -228,9 +230,9 @@ def _undo(dom: Domain, borg: Borg, checkpoint: str, name: ArchiveName) -> None:
 
 
 def _stream(dom: Domain, borg: Borg, opts: BackupOptions, p: plan.Plan, name: ArchiveName,
-            when: datetime, socket: str, disks: dict[str, plan.Disk]) -> Manifest:
-    """Read every disk's extents from the job's NBD exports into one archive; return its manifest."""
-    maps = {t: _extent_map(socket, t, p.disk_levels[t], opts) for t in sorted(disks)}
+            when: datetime, source: DiskSource, disks: dict[str, plan.Disk]) -> Manifest:
+    """Read every disk's extents from source into one archive; return its manifest."""
+    maps = {t: _extent_map(source, t, p.disk_levels[t], opts) for t in sorted(disks)}
     log.debug("%s: block status read: %s", dom.name,
               ", ".join(f"{t} {len(e)} extents" for t, (_s, e) in maps.items()))
     manifest = Manifest(
@@ -250,7 +252,7 @@ def _stream(dom: Domain, borg: Borg, opts: BackupOptions, p: plan.Plan, name: Ar
             tar = TarWriter(proc.stdin, int(when.timestamp()))
             tar.add(fmt.DOMAIN_XML, dom.xml(inactive=True).encode())
             tar.add(fmt.CHECKPOINT_XML, dom.checkpoint_xml(name.checkpoint).encode())
-            digests = {t: _stream_disk(tar, socket, t, manifest.disks[t], opts, progress)
+            digests = {t: _stream_disk(tar, source, t, manifest.disks[t], opts, progress)
                        for t in sorted(disks)}
             manifest = _with_digests(manifest, digests)
             tar.add(fmt.MANIFEST, manifest.to_json())
@@ -267,31 +269,27 @@ def _stream(dom: Domain, borg: Borg, opts: BackupOptions, p: plan.Plan, name: Ar
     return manifest
 
 
-def _extent_map(socket: str, target: str, level: str,
+def _extent_map(source: DiskSource, target: str, level: str,
                 opts: BackupOptions) -> tuple[int, list[extent.Extent]]:
-    """Return (virtual size, extents to record) of one exported disk."""
-    contexts = [BASE_ALLOCATION] + ([dirty_bitmap_context(target)] if level == fmt.INC else [])
-    with open_unix(socket, target, contexts) as exp:
-        runs = exp.block_status(contexts)
-        size = exp.size
-    if level == fmt.INC:
-        planned = extent.plan_incremental(runs[BASE_ALLOCATION], runs[contexts[1]])
+    """Return (virtual size, extents to record) of one disk of the source."""
+    m = source.extent_map(target, incremental=level == fmt.INC)
+    if m.dirty is not None:
+        planned = extent.plan_incremental(m.allocation, m.dirty)
     else:
-        planned = extent.plan_full(runs[BASE_ALLOCATION])
-    return size, extent.widen_data(planned, opts.read_alignment, size)
+        planned = extent.plan_full(m.allocation)
+    return m.size, extent.widen_data(planned, opts.read_alignment, m.size)
 
 
-def _stream_disk(tar: TarWriter, socket: str, target: str, disk: DiskRecord,
+def _stream_disk(tar: TarWriter, source: DiskSource, target: str, disk: DiskRecord,
                  opts: BackupOptions, progress: Progress) -> str:
     """Write the disk's data extents as tar members; return the sha256 of the data."""
     digest = hashlib.sha256()
     members = [m for e in disk.extents if e.kind == extent.DATA
                for m in extent.split_at_blocks(e, opts.block_size)]
-    requests = [r for m in members for r in extent.requests(m, READ_REQUEST)]
+    requests = [r for m in members for r in extent.requests(m, source.read_request)]
     starts = {m.start: m for m in members}
-    with open_unix(socket, target) as exp, \
-            prefetch.ahead(_hashed(exp.read_pipelined(requests, READS_IN_FLIGHT, PREFETCH_HOLD),
-                                   digest), PREFETCH_DEPTH) as reads:
+    with source.reads(target, requests, PREFETCH_HOLD) as raw, \
+            prefetch.ahead(_hashed(raw, digest), PREFETCH_DEPTH) as reads:
         for offset, data in reads:
             if offset in starts:
                 tar.begin(fmt.member_name(target, offset), starts[offset].length)

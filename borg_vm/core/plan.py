@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from . import chain
 from .archive import FULL, INC, ArchiveInfo, new_checkpoint_name, snapshot_of
-from .errors import BorgVmError, NoUsableParent
+from ..errors import BorgVmError, NoUsableParent
 
 AUTO = "auto"
 REQUESTS = (AUTO, FULL, INC)

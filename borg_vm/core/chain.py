@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from .archive import FULL, ArchiveInfo
-from .errors import ArchiveNotFound, BrokenChain, UnknownDisk
+from ..errors import ArchiveNotFound, BrokenChain, UnknownDisk
 
 
 def of_domain(archives: list[ArchiveInfo], domain: str) -> list[ArchiveInfo]:

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import logging
 
-from . import archive as fmt
-from .archive import ArchiveInfo, ArchiveName, Summary
-from .borg import Borg
-from .errors import FormatError
+from ..adapters.borg import Borg
+from ..core import archive as fmt
+from ..core.archive import ArchiveInfo, ArchiveName, Summary
+from ..errors import FormatError
 
 log = logging.getLogger(__name__)
 

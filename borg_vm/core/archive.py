@@ -73,8 +73,8 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from . import __version__
-from .errors import FormatError
+from .. import __version__
+from ..errors import FormatError
 from .extent import Extent, check_map, total, DATA, ZERO
 
 FORMAT_NAME = "borg-vm"

@@ -1,0 +1,46 @@
+"""Where a backup reads a disk's data: the DiskSource interface. Pure, no I/O.
+
+The stream into Borg is written once (actions/backup.py) and asks a source
+two things per disk, in this order::
+
+    extent_map(target, incremental) -> DiskMap      what the disk holds now and,
+                                                    for an incremental, what changed
+    reads(target, requests)         -> (offset, data) for each (offset, length)
+                                                    request, in request order
+
+Implementations live in adapters/sources.py: today a libvirt pull-mode backup
+job's NBD exports (a running domain, frozen at the job's start). The offline
+source (qemu-nbd over an image's persistent bitmaps, for a shut-off domain)
+and the old-layer source (a read-only backing image with its bitmaps) are
+siblings behind the same interface.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ContextManager, Iterator, Protocol, Sequence
+
+from .extent import Run
+
+
+@dataclass(frozen=True)
+class DiskMap:
+    """One disk as a source sees it: virtual size, ``base:allocation`` runs and,
+    for an incremental, the dirty-bitmap runs since the parent checkpoint."""
+
+    size: int
+    allocation: tuple[Run, ...]
+    dirty: tuple[Run, ...] | None = None
+
+
+class DiskSource(Protocol):
+    read_request: int   # the largest read to ask for at once, in bytes
+
+    def extent_map(self, target: str, incremental: bool) -> DiskMap:
+        """Return the disk's map; with incremental, the dirty runs too."""
+
+    def reads(self, target: str, requests: Sequence[tuple[int, int]], hold: int
+              ) -> ContextManager[Iterator[tuple[int, memoryview]]]:
+        """Yield an iterator of (offset, data) for the requests, in order; each view
+        stays valid while the consumer holds at most `hold` of them."""
+

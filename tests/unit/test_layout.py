@@ -1,0 +1,127 @@
+"""The architecture as a rule: which part of borg_vm may import which.
+
+    cli       -> anything
+    actions   -> core, adapters, top-level helpers (errors, runtime, progress, prefetch)
+    adapters  -> core, errors, other adapters          (never an action or cli)
+    core      -> core, errors, the package's __version__ (no I/O modules at all)
+    helpers   -> core, errors
+
+Only adapters/libvirt.py imports the libvirt binding, only adapters/libnbd.py
+imports nbd, only adapters/subproc.py starts programs (subprocess), and only
+adapters/borg.py names the borg program.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[2] / "borg_vm"
+HELPERS = {"runtime", "progress", "prefetch"}
+# Modules that touch the world; the core must not import them.
+IO_MODULES = {"os", "subprocess", "socket", "shutil", "threading", "fcntl", "tempfile",
+              "glob", "io", "pathlib", "signal", "libvirt", "libvirt_qemu", "nbd"}
+ONLY_IN = {"libvirt": "adapters.libvirt", "libvirt_qemu": "adapters.libvirt",
+           "nbd": "adapters.libnbd", "subprocess": "adapters.subproc"}
+
+
+def _modules() -> dict[str, Path]:
+    """Return {dotted name below borg_vm: path} of every module of the package."""
+    return {".".join(p.relative_to(PACKAGE).with_suffix("").parts): p
+            for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def _imports(name: str, path: Path) -> list[str]:
+    """Return the absolute names a module imports (borg_vm's own without the prefix)."""
+    package = name.split(".")[:-1]
+    out = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            out += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level == 0:
+                base = node.module or ""
+            else:
+                up = package[: len(package) - (node.level - 1)] if node.level > 1 else package
+                base = "borg_vm." + ".".join(up + ([node.module] if node.module else []))
+                base = base.rstrip(".")
+            out.append(base)
+            # `from . import x` imports module x of that package
+            out += [f"{base}.{a.name}" for a in node.names if (base + "." + a.name)
+                    .removeprefix("borg_vm.") in _modules()]
+    return [i.removeprefix("borg_vm.") if i.startswith("borg_vm.") else
+            ("" if i == "borg_vm" else i) for i in out]
+
+
+def _layer(name: str) -> str:
+    """Return the layer of a module named below borg_vm ("" is the package itself)."""
+    top = name.split(".")[0]
+    if top in ("core", "adapters", "actions", "errors"):
+        return top
+    if top in ("cli", "__main__"):
+        return "cli"
+    if top in ("", "__init__"):
+        return "package"          # borg_vm itself: __version__
+    return "helpers" if top in HELPERS else "outside"
+
+
+ALLOWED = {
+    "core": {"package", "core", "errors"},
+    "adapters": {"package", "core", "errors", "adapters"},
+    "actions": {"package", "core", "errors", "adapters", "actions", "helpers"},
+    "helpers": {"package", "core", "errors", "helpers"},
+    "errors": {"package"},
+    "package": set(),
+    "cli": {"package", "core", "errors", "adapters", "actions", "helpers", "cli"},
+}
+
+
+@pytest.mark.parametrize("name", sorted(_modules()))
+def test_imports_follow_the_layers(name):
+    layer = _layer(name)
+    own = [i for i in _imports(name, _modules()[name]) if _layer(i) != "outside"]
+    bad = [i for i in own if _layer(i) not in ALLOWED[layer]]
+    assert not bad, f"{name} ({layer}) imports {bad}"
+
+
+@pytest.mark.parametrize("name", sorted(n for n in _modules() if _layer(n) == "core"))
+def test_core_does_no_io(name):
+    bad = [i for i in _imports(name, _modules()[name]) if i.split(".")[0] in IO_MODULES]
+    assert not bad, f"core module {name} imports {bad}"
+
+
+@pytest.mark.parametrize("name", sorted(_modules()))
+def test_outside_systems_have_one_module_each(name):
+    for i in _imports(name, _modules()[name]):
+        owner = ONLY_IN.get(i.split(".")[0])
+        assert owner is None or owner == name, f"{name} imports {i}: only {owner} may"
+
+
+@pytest.mark.parametrize("name", sorted(_modules()))
+def test_only_the_borg_adapter_names_borg(name):
+    """Running borg means naming its executable: only adapters/borg.py does."""
+    if name == "adapters.borg":
+        return
+    tree = ast.parse(_modules()[name].read_text())
+    named = [n.value for n in ast.walk(tree)
+             if isinstance(n, ast.Constant) and n.value in ("borg", "BORG_VM_BORG")]
+    assert not named, f"{name} names the borg program: only adapters/borg.py may run borg"
+
+
+def test_the_rules_see_every_layer():
+    """Guard against the rule tests passing vacuously after a move."""
+    layers = {_layer(n) for n in _modules()}
+    assert layers == {"core", "adapters", "actions", "helpers", "errors", "cli", "package"}
+    assert "core.extent" in _modules() and "adapters.libvirt" in _modules()
+    assert "adapters.libnbd" in _imports("adapters.sources", _modules()["adapters.sources"])
+
+
+def test_a_violation_is_caught(tmp_path):
+    bad = tmp_path / "x.py"
+    bad.write_text("from ..adapters import borg\nfrom .. import runtime\nimport os\n")
+    imports = _imports("core.x", bad)
+    assert "adapters.borg" in imports and "os" in imports
+    assert _layer("adapters.borg") not in ALLOWED["core"]
+    assert _layer("runtime") not in ALLOWED["core"]
