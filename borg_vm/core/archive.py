@@ -63,7 +63,12 @@ unlisted ranges are as in the parent.
 The archive comment carries a summary (``Summary``) so ``borg list --json``
 alone can group and chain archives without extracting manifests.
 
-Readers reject a ``version`` they do not know.
+Readers reject a ``version`` they do not know, and any field of the manifest
+or the comment whose type or value is not as above (a string where a string
+is written, an int -- never a bool -- where a byte count is, ``time`` as
+shown, ``sha256`` as 64 lower-case hex digits, ``virtual_size`` in
+(0, MAX_VIRTUAL_SIZE], a power-of-two ``block_size``): a repository may hold
+archives a compromised client crafted, so nothing is trusted by shape.
 """
 
 from __future__ import annotations
@@ -95,7 +100,15 @@ CHECKPOINT_XML = "checkpoint.xml"
 MANIFEST = "manifest.json"
 DISK_DIR = "disk"
 
+# The largest virtual disk size an archive may record: far beyond any disk a
+# libvirt guest runs on (qcow2 with 64 KiB clusters tops out at 256 TiB, ext4
+# files at 16 TiB); a larger size is damage or an attack, and would make a
+# restore create an absurd image.
+MAX_VIRTUAL_SIZE = 64 << 40
+
 _STAMP = r"\d{8}T\d{6}Z(?:-\d+)?"
+_TIME_RE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
+_SHA256_RE = re.compile(r"[0-9a-f]{64}")
 _NAME_RE = re.compile(rf"^(?P<domain>.+)\.(?P<snapshot>{_STAMP})\.(?P<checkpoint>{CHECKPOINT_PREFIX}{_STAMP})$")
 _BORG_CHECKPOINT_RE = re.compile(r"\.checkpoint(\.\d+)?$")
 # Disk targets become file and member names: libvirt's are like vda, sdb, hdc.
@@ -222,18 +235,21 @@ class Manifest:
         try:
             doc = json.loads(raw)
             _check_version(doc, archive)
-            disks = {check_target(t): _disk_from_doc(d) for t, d in doc["disks"].items()}
-            m = cls(domain=doc["domain"], uuid=doc["uuid"], snapshot=doc["snapshot"],
-                    checkpoint=doc["checkpoint"], level=_level(doc["level"]),
-                    parent_checkpoint=doc["parent_checkpoint"],
-                    parent_archive=doc["parent_archive"], time=doc["time"],
-                    disks=disks, block_size=int(doc["block_size"]),
-                    borg_vm_version=doc.get("borg_vm_version", "?"))
+            disks = {check_target(t): _disk_from_doc(d)
+                     for t, d in _get(doc, "disks", dict).items()}
+            return cls(domain=_get(doc, "domain", str), uuid=_get(doc, "uuid", str),
+                       snapshot=_get(doc, "snapshot", str),
+                       checkpoint=_get(doc, "checkpoint", str),
+                       level=_level(_get(doc, "level", str)),
+                       parent_checkpoint=_get(doc, "parent_checkpoint", (str, type(None))),
+                       parent_archive=_get(doc, "parent_archive", (str, type(None))),
+                       time=_time(doc), disks=disks, block_size=_block_size(doc),
+                       borg_vm_version=_typed(doc.get("borg_vm_version", "?"), str,
+                                              "borg_vm_version"))
         except FormatError:
             raise
-        except (ValueError, KeyError, TypeError, AttributeError) as e:
-            raise FormatError(archive=archive, detail=f"bad manifest: {e!r}") from e
-        return m
+        except (ValueError, RecursionError) as e:  # json.JSONDecodeError is a ValueError
+            raise FormatError(archive=archive, detail=f"bad manifest: {e}") from e
 
     def summary(self) -> "Summary":
         return Summary(level=self.level, parent=self.parent_archive, time=self.time,
@@ -251,28 +267,86 @@ def _disk_to_doc(d: DiskRecord) -> dict:
 
 
 def _disk_from_doc(doc: dict) -> DiskRecord:
-    extents = tuple(Extent(int(s), int(n), k) for s, n, k in doc["extents"])
-    size = int(doc["virtual_size"])
+    _typed(doc, dict, "a disk")
+    extents = tuple(_extent(e) for e in _get(doc, "extents", list))
+    size = _virtual_size(_get(doc, "virtual_size", int))
     check_map(extents, size)
-    return DiskRecord(level=_level(doc["level"]), format=doc["format"], source=doc["source"],
-                      virtual_size=size, extents=extents, sha256=doc["sha256"])
+    sha256 = _get(doc, "sha256", str)
+    if not _SHA256_RE.fullmatch(sha256):
+        raise ValueError(f"sha256 {sha256!r} is not 64 hex digits")
+    return DiskRecord(level=_level(_get(doc, "level", str)), format=_get(doc, "format", str),
+                      source=_get(doc, "source", str), virtual_size=size, extents=extents,
+                      sha256=sha256)
+
+
+def _extent(value) -> Extent:
+    """Return the Extent a manifest's [start, length, kind] list describes."""
+    if type(value) is not list or len(value) != 3:
+        raise ValueError(f"extent {value!r} is not [start, length, kind]")
+    start, length, kind = value
+    return Extent(_typed(start, int, "extent start"), _typed(length, int, "extent length"),
+                  _typed(kind, str, "extent kind"))
 
 
 def check_target(target: str) -> str:
     """Return target if it is a plain disk target name; raise ValueError otherwise."""
-    if not _TARGET_RE.fullmatch(target):
+    if not isinstance(target, str) or not _TARGET_RE.fullmatch(target):
         raise ValueError(f"bad disk target {target!r}")
     return target
 
 
-def _level(value: str) -> str:
-    if value not in LEVELS:
+def _typed(value, kinds, what: str):
+    """Return value if it is an instance of kinds (a bool is never an int);
+    raise ValueError naming what otherwise."""
+    kinds = kinds if isinstance(kinds, tuple) else (kinds,)
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        names = " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
+        raise ValueError(f"{what} must be {names}, not {type(value).__name__}")
+    return value
+
+
+def _get(doc, key: str, kinds):
+    """Return doc[key] checked by _typed; raise ValueError if doc is no object or lacks key."""
+    _typed(doc, dict, "the document")
+    if key not in doc:
+        raise ValueError(f"{key!r} is missing")
+    return _typed(doc[key], kinds, repr(key))
+
+
+def _level(value) -> str:
+    if _typed(value, str, "level") not in LEVELS:
         raise ValueError(f"unknown level {value!r}")
     return value
 
 
+def _time(doc) -> str:
+    value = _get(doc, "time", str)
+    if not _TIME_RE.fullmatch(value):
+        raise ValueError(f"time {value!r} is not like 2026-11-26T02:00:00Z")
+    return value
+
+
+def _block_size(doc) -> int:
+    value = _get(doc, "block_size", int)
+    if value <= 0 or value & (value - 1):
+        raise ValueError(f"block_size {value} is not a power of two")
+    return value
+
+
+def _virtual_size(value: int) -> int:
+    if not 0 < value <= MAX_VIRTUAL_SIZE:
+        raise ValueError(f"virtual size {value} is not in 1..{MAX_VIRTUAL_SIZE} bytes")
+    return value
+
+
+def _byte_count(value, what: str, size: int) -> int:
+    if not 0 <= _typed(value, int, what) <= size:
+        raise ValueError(f"{what} {value} is not in 0..{size} (the disk size)")
+    return value
+
+
 def _check_version(doc: dict, archive: str) -> None:
-    if doc.get("format") != FORMAT_NAME:
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT_NAME:
         raise FormatError(archive=archive, detail="no borg-vm manifest")
     if type(doc.get("version")) is not int or doc["version"] != FORMAT_VERSION:
         raise FormatError(archive=archive,
@@ -313,18 +387,30 @@ class Summary:
         """Parse an archive comment; raise FormatError if it is not a borg-vm summary."""
         try:
             doc = json.loads(comment)
-            if type(doc.get("borg-vm")) is not int or doc["borg-vm"] != FORMAT_VERSION:
-                raise FormatError(archive=archive,
-                                  detail=f"summary version {doc.get('borg-vm')!r}")
-            return cls(level=_level(doc["level"]), parent=doc["parent"], time=doc["time"],
-                       uuid=doc["uuid"],
-                       disks={check_target(t): DiskSummary(_level(v[0]), int(v[1]), v[2], v[3],
-                                                           int(v[4]), int(v[5]))
-                              for t, v in doc["disks"].items()})
+            version = _get(doc, "borg-vm", int)
+            if version != FORMAT_VERSION:
+                raise FormatError(archive=archive, detail=f"summary version {version!r}")
+            return cls(level=_level(_get(doc, "level", str)),
+                       parent=_get(doc, "parent", (str, type(None))), time=_time(doc),
+                       uuid=_get(doc, "uuid", str),
+                       disks={check_target(t): _disk_summary(v)
+                              for t, v in _get(doc, "disks", dict).items()})
         except FormatError:
             raise
-        except (ValueError, KeyError, TypeError, AttributeError, IndexError) as e:
-            raise FormatError(archive=archive, detail=f"bad archive comment: {e!r}") from e
+        except (ValueError, RecursionError) as e:
+            raise FormatError(archive=archive, detail=f"bad archive comment: {e}") from e
+
+
+def _disk_summary(value) -> DiskSummary:
+    """Return the DiskSummary a comment's [level, size, format, source, data, zero] describes."""
+    if type(value) is not list or len(value) != 6:
+        raise ValueError(f"disk summary {value!r} is not [level, size, format, source, "
+                         "data bytes, zero bytes]")
+    level, size, fmt_, source, data, zero = value
+    size = _virtual_size(_typed(size, int, "virtual size"))
+    return DiskSummary(_level(level), size, _typed(fmt_, str, "format"),
+                       _typed(source, str, "source"), _byte_count(data, "data bytes", size),
+                       _byte_count(zero, "zero bytes", size))
 
 
 @dataclass(frozen=True)

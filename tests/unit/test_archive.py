@@ -352,3 +352,130 @@ def test_archive_info_properties():
     info = ArchiveInfo(ArchiveName("web01", SNAP, CKPT), s)
     assert info.archive == f"web01.{SNAP}.{CKPT}"
     assert (info.level, info.time) == (INC, "2026-11-26T02:00:00Z")
+
+
+# --- hostile documents: every field typed (issue #13 B1, R5) -------------------------
+
+def _comment(**over):
+    doc = json.loads(manifest().summary().to_comment())
+    doc.update(over)
+    return json.dumps(doc)
+
+
+@pytest.mark.parametrize("over", [
+    {"time": 5}, {"time": None}, {"time": "yesterday"}, {"time": "2026-11-26T02:00:00Z\x1b[2J"},
+    {"parent": 123}, {"parent": [1]}, {"parent": {"a": 1}}, {"level": 1}, {"level": None},
+    {"uuid": 7}, {"uuid": None}, {"borg-vm": True}, {"borg-vm": "1"}, {"disks": None},
+    {"disks": {"vda": ["full", True, "raw", "/x", 0, 0]}},
+    {"disks": {"vda": ["full", 10.0, "raw", "/x", 0, 0]}},
+    {"disks": {"vda": ["full", -1, "raw", "/x", 0, 0]}},
+    {"disks": {"vda": ["full", 0, "raw", "/x", 0, 0]}},
+    {"disks": {"vda": ["full", 1 << 50, "qcow2", "/x", 0, 0]}},          # 1 PiB
+    {"disks": {"vda": ["full", 10, 5, "/x", 0, 0]}},
+    {"disks": {"vda": ["full", 10, "raw", None, 0, 0]}},
+    {"disks": {"vda": ["full", 10, "raw", "/x", -1, 0]}},
+    {"disks": {"vda": ["full", 10, "raw", "/x", 0, 11]}},
+    {"disks": {"vda": "full"}}, {"disks": {"../x": ["full", 10, "raw", "/x", 0, 0]}},
+])
+def test_summary_rejects_badly_typed_fields(over):
+    with pytest.raises(FormatError, match="bad archive comment") as e:
+        Summary.from_comment(_comment(**over), "web01.x.y")
+    assert "web01.x.y" in e.value.message
+
+
+@pytest.mark.parametrize("path, value", [
+    (("time",), 5), (("time",), "noon"), (("domain",), 1), (("uuid",), None),
+    (("snapshot",), []), (("checkpoint",), 3), (("parent_archive",), 123),
+    (("parent_archive",), [1]), (("parent_checkpoint",), {}), (("level",), True),
+    (("block_size",), True), (("block_size",), 65536.0), (("block_size",), 3000),
+    (("block_size",), 0), (("block_size",), -65536), (("borg_vm_version",), 1),
+    (("disks", "vda", "virtual_size"), -1), (("disks", "vda", "virtual_size"), 1 << 50),
+    (("disks", "vda", "virtual_size"), True), (("disks", "vda", "virtual_size"), "1073741824"),
+    (("disks", "vda", "format"), 2), (("disks", "vda", "source"), None),
+    (("disks", "vda", "sha256"), "xyz"), (("disks", "vda", "sha256"), None),
+    (("disks", "vda", "sha256"), "AB" * 32), (("disks", "vda"), []),
+    (("disks", "vda", "extents"), [[0, True, "data"]]),
+    (("disks", "vda", "extents"), [[0.0, 10, "data"]]),
+    (("disks", "vda", "extents"), [[0, 10, 1]]),
+])
+def test_manifest_rejects_badly_typed_fields(path, value):
+    doc = _doc()
+    node = doc
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    _reject(doc)
+
+
+def test_largest_virtual_size_is_accepted():
+    from borg_vm.core.archive import MAX_VIRTUAL_SIZE
+    assert Summary.from_comment(_comment(disks={"vda": ["full", MAX_VIRTUAL_SIZE, "qcow2",
+                                                        "/x", 0, 0]}), "a")
+    with pytest.raises(FormatError):
+        Summary.from_comment(_comment(disks={"vda": ["full", MAX_VIRTUAL_SIZE + 1, "qcow2",
+                                                     "/x", 0, 0]}), "a")
+
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False)
+                    | st.text(max_size=20),
+                    lambda inner: st.lists(inner, max_size=6)
+                    | st.dictionaries(st.text(max_size=10), inner, max_size=6), max_leaves=30)
+
+
+def _mutations(doc):
+    """Strategy: doc with one value somewhere replaced by arbitrary JSON."""
+    paths = []
+
+    def walk(node, path):
+        paths.append(path)
+        items = node.items() if isinstance(node, dict) else enumerate(node) \
+            if isinstance(node, list) else ()
+        for k, v in items:
+            walk(v, path + (k,))
+    walk(doc, ())
+
+    def mutate(args):
+        path, value = args
+        if not path:
+            return value
+        copy = json.loads(json.dumps(doc))
+        node = copy
+        for k in path[:-1]:
+            node = node[k]
+        node[path[-1]] = value
+        return copy
+    return st.tuples(st.sampled_from(paths), JSON).map(mutate)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_mutations(json.loads(manifest().summary().to_comment())))
+def test_fuzzed_comment_parses_or_raises_format_error(doc):
+    try:
+        s = Summary.from_comment(json.dumps(doc), "a")
+    except FormatError:
+        return
+    # What parses is well typed: sorting archives by it cannot fail.
+    assert isinstance(s.time, str) and (s.parent is None or isinstance(s.parent, str))
+    assert all(type(d.virtual_size) is int for d in s.disks.values())
+
+
+@settings(max_examples=400, deadline=None)
+@given(_mutations(json.loads(manifest().to_json())))
+def test_fuzzed_manifest_parses_or_raises_format_error(doc):
+    try:
+        m = Manifest.from_json(json.dumps(doc).encode(), "a")
+    except FormatError:
+        return
+    assert isinstance(m.time, str) and type(m.block_size) is int
+    assert all(type(e.start) is int for d in m.disks.values() for e in d.extents)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=200) | JSON.map(lambda d: json.dumps(d).encode()))
+def test_arbitrary_bytes_never_crash_the_parsers(raw):
+    for parse in (lambda: Manifest.from_json(raw, "a"),
+                  lambda: Summary.from_comment(raw.decode("utf-8", "replace"), "a")):
+        try:
+            parse()
+        except FormatError:
+            pass
