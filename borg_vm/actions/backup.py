@@ -56,6 +56,7 @@ class BackupOptions:
 
 @dataclass
 class DiskResult:
+    level: str
     virtual_size: int
     read: int = 0
     data: int = 0
@@ -195,8 +196,8 @@ def _run(dom: Domain, borg: Borg, opts: BackupOptions, disks: list[plan.Disk],
         dom.delete_checkpoint(old)
     result = BackupResult(str(name), dom.name, snapshot, checkpoint, p.level, p.reason)
     for t, d in manifest.disks.items():
-        result.disks[t] = DiskResult(d.virtual_size, read=d.data_bytes, data=d.data_bytes,
-                                     zero=d.zero_bytes)
+        result.disks[t] = DiskResult(d.level, d.virtual_size, read=d.data_bytes,
+                                     data=d.data_bytes, zero=d.zero_bytes)
     return result
 
 

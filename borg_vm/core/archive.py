@@ -12,10 +12,11 @@ One Borg archive per domain per backup run, named::
   borg-vm creates and deletes only checkpoints with the ``borgvm-`` prefix.
 - ``snapshot`` names the chain: a full backup starts a chain whose snapshot is
   the time part of its own checkpoint; every incremental on top of it keeps it.
-  A new full backup (first run, ``--level full``, a disk added, removed,
-  resized or moved to a new layer such as an external snapshot, a lost or
-  broken checkpoint) starts a new snapshot, so archives of one chain sort
-  together and a chain is restorable on its own.
+  A new full backup (first run, ``--level full``, a lost or broken
+  checkpoint) starts a new snapshot, so archives of one chain sort together
+  and a chain is restorable on its own. Levels are per disk: an incremental
+  archive may hold a full of a disk added or resized since its parent; that
+  disk's chain starts there (``level`` in the manifest and comment).
 - Neither part contains a dot, so ``name.rsplit('.', 2)`` parses back even
   when the domain name has dots.
 - While a run writes, the archive is called ``{final}.borgvm-partial``; it is
