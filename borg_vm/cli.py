@@ -55,8 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     _logging_options(parser, False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    b = sub.add_parser("backup", parents=[logging_opts], help="back up running domains, one archive each",
-                       description="Back up running domains: a full backup the first "
+    b = sub.add_parser("backup", parents=[logging_opts],
+                       help="back up domains (running or shut off), one archive each",
+                       description="Back up domains, running or shut off: a full backup the first "
                        "time, then incrementals of what changed since the last checkpoint.")
     b.add_argument("domains", nargs="+", metavar="DOMAIN")
     _common(b, libvirt=True)

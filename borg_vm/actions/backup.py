@@ -10,14 +10,21 @@ Order of events (commit last)::
 Any failure before the rename: borg is stopped, the job aborted, checkpoint
 C deleted, the partial archive deleted; the parent checkpoint is untouched,
 so the next run is still incremental from the last good archive.
+
+A run reaches the disks through a session (core/source.py ``Session``): the
+libvirt pull-backup job above for a running domain (``running_session``), or
+for a shut-off one the images and their persistent bitmaps
+(``offline.session``); the stream into Borg is the same for both.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import time
+from typing import Iterator
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 
@@ -28,12 +35,12 @@ from ..adapters.sources import PullBackupSource
 from ..core import archive as fmt
 from ..core import domxml, extent, plan
 from ..core.archive import ArchiveInfo, ArchiveName, DiskRecord, Manifest
-from ..core.source import DiskSource
+from ..core.source import DiskSource, Session
 from ..core.tarstream import TarWriter
-from ..errors import (BorgError, CheckpointInconsistent, DomainNotRunning,
+from ..errors import (BorgError, CheckpointInconsistent,
                       LibvirtError, NoDisksToBackUp, UnknownDisk)
 from ..progress import Progress
-from . import repository
+from . import offline, repository
 
 log = logging.getLogger(__name__)
 
@@ -120,14 +127,12 @@ def end_stale_job(dom: Domain) -> None:
 
 
 def backup(hv: Hypervisor, borg: Borg, name: str, opts: BackupOptions) -> BackupResult:
-    """Back up one running domain into one new archive; return what was done.
+    """Back up one domain (running or shut off) into one new archive; return what was done.
 
     Raise a BorgVmError subclass (nothing recorded, nothing lost) on failure.
     """
     started = time.monotonic()
     dom = hv.domain(name)
-    if not dom.is_active():
-        raise DomainNotRunning(name=name)
     with runtime.domain_lock(dom.uuid, name):
         runtime.remove_stale(dom.uuid)
         end_stale_job(dom)
@@ -137,8 +142,8 @@ def backup(hv: Hypervisor, borg: Borg, name: str, opts: BackupOptions) -> Backup
 
 
 def _backup_locked(dom: Domain, borg: Borg, opts: BackupOptions) -> BackupResult:
-    live_xml = dom.xml()
-    disks = select_disks(dom, live_xml, opts.exclude_disks)
+    xml = dom.xml()  # the live XML of a running domain, the definition of a shut-off one
+    disks = select_disks(dom, xml, opts.exclude_disks)
     archives, partial = repository.archives(borg, dom.name)
     if partial:
         log.warning("%s: deleting unfinished archives of a crashed run: %s",
@@ -147,7 +152,7 @@ def _backup_locked(dom: Domain, borg: Borg, opts: BackupOptions) -> BackupResult
     own = {c for c in dom.checkpoints() if fmt.is_own_checkpoint(c)}
     p = plan.plan(opts.level, dom.name, dom.uuid, disks, archives, own)
     try:
-        return _run(dom, borg, opts, disks, archives, p, live_xml)
+        return _run(dom, borg, opts, disks, archives, p, xml)
     except CheckpointInconsistent as e:
         if opts.level != plan.AUTO:
             raise
@@ -155,16 +160,43 @@ def _backup_locked(dom: Domain, borg: Borg, opts: BackupOptions) -> BackupResult
         dom.delete_checkpoint(p.parent_checkpoint, broken=True)
         reason = f"checkpoint {p.parent_checkpoint} is inconsistent (QEMU stopped uncleanly?)"
         full = plan.Plan(fmt.FULL, reason, None, {d.target: fmt.FULL for d in disks})
-        return _run(dom, borg, opts, disks, archives, full, live_xml)
+        return _run(dom, borg, opts, disks, archives, full, xml)
 
 
 def _run(dom: Domain, borg: Borg, opts: BackupOptions, disks: list[plan.Disk],
-         archives: list[ArchiveInfo], p: plan.Plan, live_xml: str) -> BackupResult:
+         archives: list[ArchiveInfo], p: plan.Plan, xml: str) -> BackupResult:
     log.info("%s: %s backup: %s", dom.name, p.level, p.reason)
     when = datetime.now(timezone.utc)
     taken = set(dom.checkpoints()) | {a.name.checkpoint for a in archives}
     snapshot, checkpoint = plan.names_for(p, dom.name, when, taken)
     name = ArchiveName(dom.name, snapshot, checkpoint)
+    by_target = {d.target: d for d in disks}
+    begin = running_session if dom.is_active() else offline.session
+    streaming = False
+    try:
+        with begin(dom, p, checkpoint, disks, xml, opts, when) as session:
+            streaming = True
+            manifest = _stream(dom, borg, opts, p, name, when, session, by_target)
+    except BaseException:
+        if streaming:
+            _delete_partial(dom, borg, name)
+        raise
+    result = BackupResult(str(name), dom.name, snapshot, checkpoint, p.level, p.reason)
+    for t, d in manifest.disks.items():
+        result.disks[t] = DiskResult(d.level, d.virtual_size, read=d.data_bytes,
+                                     data=d.data_bytes, zero=d.zero_bytes)
+    return result
+
+
+@contextlib.contextmanager
+def running_session(dom: Domain, p: plan.Plan, checkpoint: str, disks: list[plan.Disk],
+                    live_xml: str, opts: BackupOptions, when: datetime) -> Iterator[Session]:
+    """Begin a libvirt pull-mode backup job that creates `checkpoint`; yield its Session.
+
+    On normal exit (the archive has its final name) end the job and delete the
+    domain's older borg-vm checkpoints; on an exception abort the job and
+    delete the new checkpoint.
+    """
     by_target = {d.target: d for d in disks}
     with runtime.run_dir(dom.uuid, domxml.qemu_owner(live_xml)) as rundir:
         socket = os.path.join(rundir, "nbd.sock")
@@ -183,22 +215,16 @@ def _run(dom: Domain, borg: Borg, opts: BackupOptions, disks: list[plan.Disk],
             with dom.pull_backup(job, cp, p.parent_checkpoint):
                 begun = True
                 log.debug("%s: backup job started, checkpoint %s", dom.name, checkpoint)
-                manifest = _stream(dom, borg, opts, p, name, when, PullBackupSource(socket),
-                                   by_target)
+                yield Session(PullBackupSource(socket), lambda: dom.checkpoint_xml(checkpoint))
         except BaseException:
             if begun:
-                _undo(dom, borg, checkpoint, name)
+                _undo_checkpoint(dom, checkpoint)
             raise
         finally:
             _remove_scratch(export)
     for old in sorted(c for c in dom.checkpoints()
                       if fmt.is_own_checkpoint(c) and c != checkpoint):
         dom.delete_checkpoint(old)
-    result = BackupResult(str(name), dom.name, snapshot, checkpoint, p.level, p.reason)
-    for t, d in manifest.disks.items():
-        result.disks[t] = DiskResult(d.level, d.virtual_size, read=d.data_bytes,
-                                     data=d.data_bytes, zero=d.zero_bytes)
-    return result
 
 
 def _all_targets(live_xml: str) -> list[str]:
@@ -212,16 +238,19 @@ def _remove_scratch(export: dict[str, tuple[str, str]]) -> None:
             os.unlink(path)
 
 
-def _undo(dom: Domain, borg: Borg, checkpoint: str, name: ArchiveName) -> None:
-    """After a failure: delete the new checkpoint and any partial archive. Best effort,
-    each step logged, so the original error is what the user sees."""
-    log.warning("%s: backup failed; removing checkpoint %s and partial archive",
-                dom.name, checkpoint)
+def _undo_checkpoint(dom: Domain, checkpoint: str) -> None:
+    """After a failure: end the job and delete the new checkpoint. Best effort,
+    logged, so the original error is what the user sees."""
+    log.warning("%s: backup failed; removing checkpoint %s", dom.name, checkpoint)
     try:
         dom.abort_job()
         dom.delete_checkpoint(checkpoint)
     except LibvirtError as e:
         log.error("%s: could not remove checkpoint %s: %s", dom.name, checkpoint, e.message)
+
+
+def _delete_partial(dom: Domain, borg: Borg, name: ArchiveName) -> None:
+    """After a failure: delete the partial archive, if borg got to make one. Best effort."""
     try:
         _complete, partial = repository.archives(borg, dom.name)
         borg.delete(partial)
@@ -231,8 +260,10 @@ def _undo(dom: Domain, borg: Borg, checkpoint: str, name: ArchiveName) -> None:
 
 
 def _stream(dom: Domain, borg: Borg, opts: BackupOptions, p: plan.Plan, name: ArchiveName,
-            when: datetime, source: DiskSource, disks: dict[str, plan.Disk]) -> Manifest:
-    """Read every disk's extents from source into one archive; return its manifest."""
+            when: datetime, session: Session, disks: dict[str, plan.Disk]) -> Manifest:
+    """Read every disk's extents from the session's source into one archive under
+    its final name; return its manifest."""
+    source = session.source
     maps = {t: _extent_map(source, t, p.disk_levels[t], opts) for t in sorted(disks)}
     log.debug("%s: block status read: %s", dom.name,
               ", ".join(f"{t} {len(e)} extents" for t, (_s, e) in maps.items()))
@@ -252,7 +283,7 @@ def _stream(dom: Domain, borg: Borg, opts: BackupOptions, p: plan.Plan, name: Ar
         try:
             tar = TarWriter(proc.stdin, int(when.timestamp()))
             tar.add(fmt.DOMAIN_XML, dom.xml(inactive=True).encode())
-            tar.add(fmt.CHECKPOINT_XML, dom.checkpoint_xml(name.checkpoint).encode())
+            tar.add(fmt.CHECKPOINT_XML, session.checkpoint_xml().encode())
             digests = {t: _stream_disk(tar, source, t, manifest.disks[t], opts, progress)
                        for t in sorted(disks)}
             manifest = _with_digests(manifest, digests)

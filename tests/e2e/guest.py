@@ -351,6 +351,26 @@ class Domain:
         poll(lambda: self.dom.state()[0] == libvirt.VIR_DOMAIN_SHUTOFF, STATE_TIMEOUT,
              f"{self.name} to be shut off after SIGKILL")
 
+    def shut_off(self) -> None:
+        """Stop QEMU cleanly (`virsh destroy`: SIGTERM, which stores the
+        persistent bitmaps) and wait until libvirt reports it shut off."""
+        self.flush_all()
+        self._unflushed.clear()
+        self.dom.destroy()
+        poll(lambda: self.dom.state()[0] == libvirt.VIR_DOMAIN_SHUTOFF, STATE_TIMEOUT,
+             f"{self.name} to be shut off")
+
+    def write_offline(self, target: str, offset: int, length: int, pattern: int) -> None:
+        """Given a disk of the shut-off domain, a range and a byte, write it into
+        the disk's top image with qemu-io (as a host tool would; enabled
+        persistent bitmaps record it)."""
+        self._check_range(target, offset, length)
+        subprocess.run(["qemu-io", "-f", self.formats[target], "-c",
+                        f"write -P {pattern} {offset} {length}", str(self.disks[target])],
+                       check=True, capture_output=True)
+        if self.model[target] is not None:
+            self.model[target][offset:offset + length] = bytes([pattern]) * length
+
     def start_paused(self) -> None:
         """Start the (shut off) domain again, paused; raise libvirtError if
         libvirt refuses."""
