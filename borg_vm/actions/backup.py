@@ -24,7 +24,7 @@ import hashlib
 import logging
 import os
 import time
-from typing import Iterator
+from typing import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 
@@ -34,13 +34,13 @@ from ..adapters.libvirt import Domain, Hypervisor
 from ..adapters.sources import PullBackupSource
 from ..core import archive as fmt
 from ..core import domxml, extent, plan
-from ..core.archive import ArchiveInfo, ArchiveName, DiskRecord, Manifest
+from ..core.archive import ArchiveInfo, ArchiveName, DiskRecord, FrozenRecord, Manifest
 from ..core.source import DiskSource, Session
 from ..core.tarstream import TarWriter
 from ..errors import (BorgError, CheckpointInconsistent,
                       LibvirtError, NoDisksToBackUp, UnknownDisk)
 from ..progress import Progress
-from . import offline, repository
+from . import offline, repository, snapshots
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,7 @@ class DiskResult:
     read: int = 0
     data: int = 0
     zero: int = 0
+    frozen: int = 0   # data read from layers frozen since the parent (their final changes)
 
 
 @dataclass
@@ -168,29 +169,34 @@ def _run(dom: Domain, borg: Borg, opts: BackupOptions, disks: list[plan.Disk],
     log.info("%s: %s backup: %s", dom.name, p.level, p.reason)
     when = datetime.now(timezone.utc)
     taken = set(dom.checkpoints()) | {a.name.checkpoint for a in archives}
-    snapshot, checkpoint = plan.names_for(p, dom.name, when, taken)
-    name = ArchiveName(dom.name, snapshot, checkpoint)
+    layers = snapshots.of_disks(dom, disks, p)
+    name = plan.archive_name(dom.name, snapshots.top_layer(layers), when, taken)
+    checkpoint = name.checkpoint
     by_target = {d.target: d for d in disks}
     begin = running_session if dom.is_active() else offline.session
+    chains = {t: list(x.chain) for t, x in layers.items()}
     streaming = False
     try:
-        with begin(dom, p, checkpoint, disks, xml, opts, when) as session:
+        with begin(dom, p, checkpoint, disks, xml, opts, when, chains) as session:
             streaming = True
-            manifest = _stream(dom, borg, opts, p, name, when, session, by_target)
+            manifest = _stream(dom, borg, opts, p, name, when, session, by_target, layers)
     except BaseException:
         if streaming:
             _delete_partial(dom, borg, name)
         raise
-    result = BackupResult(str(name), dom.name, snapshot, checkpoint, p.level, p.reason)
+    result = BackupResult(str(name), dom.name, name.snapshot_name, checkpoint, p.level,
+                          p.reason)
     for t, d in manifest.disks.items():
-        result.disks[t] = DiskResult(d.level, d.virtual_size, read=d.data_bytes,
-                                     data=d.data_bytes, zero=d.zero_bytes)
+        frozen = sum(f.data_bytes for f in d.frozen)
+        result.disks[t] = DiskResult(d.level, d.virtual_size, read=d.data_bytes + frozen,
+                                     data=d.data_bytes, zero=d.zero_bytes, frozen=frozen)
     return result
 
 
 @contextlib.contextmanager
 def running_session(dom: Domain, p: plan.Plan, checkpoint: str, disks: list[plan.Disk],
-                    live_xml: str, opts: BackupOptions, when: datetime) -> Iterator[Session]:
+                    live_xml: str, opts: BackupOptions, when: datetime,
+                    _chains: dict) -> Iterator[Session]:
     """Begin a libvirt pull-mode backup job that creates `checkpoint`; yield its Session.
 
     On normal exit (the archive has its final name) end the job and delete the
@@ -260,21 +266,39 @@ def _delete_partial(dom: Domain, borg: Borg, name: ArchiveName) -> None:
 
 
 def _stream(dom: Domain, borg: Borg, opts: BackupOptions, p: plan.Plan, name: ArchiveName,
-            when: datetime, session: Session, disks: dict[str, plan.Disk]) -> Manifest:
-    """Read every disk's extents from the session's source into one archive under
-    its final name; return its manifest."""
+            when: datetime, session: Session, disks: dict[str, plan.Disk],
+            layers: dict[str, snapshots.DiskLayers]) -> Manifest:
+    """Read every disk's extents from the session's source, and the final changes
+    of its layers frozen since the parent, into one archive under its final
+    name; return its manifest."""
+    with snapshots.frozen_source(layers) as old:
+        source = session.source
+        maps = {t: _extent_map(source, t, p.disk_levels[t] == fmt.INC, opts)
+                for t in sorted(disks)}
+        frozen = {t: tuple(FrozenRecord(i, fmt.INC if bitmap else fmt.FULL, tuple(
+            _extent_map(old, snapshots.key(t, i), bool(bitmap), opts)[1]))
+            for i, bitmap in layers[t].frozen) for t in sorted(disks)}
+        log.debug("%s: block status read: %s", dom.name,
+                  ", ".join(f"{t} {len(e)} extents" for t, (_s, e) in maps.items()))
+        manifest = Manifest(
+            domain=dom.name, uuid=dom.uuid, snapshot=name.snapshot,
+            checkpoint=name.checkpoint, level=p.level, parent_checkpoint=p.parent_checkpoint,
+            parent_archive=p.parent.archive if p.parent else None,
+            time=when.strftime("%Y-%m-%dT%H:%M:%SZ"), block_size=opts.block_size,
+            disks={t: DiskRecord(p.disk_levels[t], disks[t].format, disks[t].source, size,
+                                 tuple(ext), layers=layers[t].records(), frozen=frozen[t])
+                   for t, (size, ext) in maps.items()})
+        return _write_archive(dom, borg, opts, name, when, session, old, manifest)
+
+
+def _write_archive(dom: Domain, borg: Borg, opts: BackupOptions, name: ArchiveName,
+                   when: datetime, session: Session, old: DiskSource,
+                   manifest: Manifest) -> Manifest:
+    """Stream the members the manifest lists into borg import-tar, then give the
+    archive its final name; return the manifest with its digests."""
     source = session.source
-    maps = {t: _extent_map(source, t, p.disk_levels[t], opts) for t in sorted(disks)}
-    log.debug("%s: block status read: %s", dom.name,
-              ", ".join(f"{t} {len(e)} extents" for t, (_s, e) in maps.items()))
-    manifest = Manifest(
-        domain=dom.name, uuid=dom.uuid, snapshot=name.snapshot, checkpoint=name.checkpoint,
-        level=p.level, parent_checkpoint=p.parent_checkpoint,
-        parent_archive=p.parent.archive if p.parent else None,
-        time=when.strftime("%Y-%m-%dT%H:%M:%SZ"), block_size=opts.block_size,
-        disks={t: DiskRecord(p.disk_levels[t], disks[t].format, disks[t].source, size,
-                             tuple(ext)) for t, (size, ext) in maps.items()})
-    total = sum(d.data_bytes for d in manifest.disks.values())
+    total = sum(d.data_bytes + sum(f.data_bytes for f in d.frozen)
+                for d in manifest.disks.values())
     progress = Progress.for_terminal(f"{dom.name}", total, opts.progress)
     with borg.import_tar(name.partial, comment=manifest.summary().to_comment(),
                          timestamp=when.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -284,9 +308,16 @@ def _stream(dom: Domain, borg: Borg, opts: BackupOptions, p: plan.Plan, name: Ar
             tar = TarWriter(proc.stdin, int(when.timestamp()))
             tar.add(fmt.DOMAIN_XML, dom.xml(inactive=True).encode())
             tar.add(fmt.CHECKPOINT_XML, session.checkpoint_xml().encode())
-            digests = {t: _stream_disk(tar, source, t, manifest.disks[t], opts, progress)
-                       for t in sorted(disks)}
-            manifest = _with_digests(manifest, digests)
+            disks = {}
+            for t, d in sorted(manifest.disks.items()):
+                top = _stream_extents(tar, source, t, d.extents, opts, progress,
+                                      lambda offset: fmt.member_name(t, offset))
+                frozen = tuple(replace(f, sha256=_stream_extents(
+                    tar, old, snapshots.key(t, f.layer), f.extents, opts, progress,
+                    lambda offset: fmt.frozen_member_name(t, f.layer, offset)))
+                    for f in d.frozen)
+                disks[t] = replace(d, sha256=top, frozen=frozen)
+            manifest = replace(manifest, disks=disks)
             tar.add(fmt.MANIFEST, manifest.to_json())
             tar.close()
         except BrokenPipeError:
@@ -301,10 +332,10 @@ def _stream(dom: Domain, borg: Borg, opts: BackupOptions, p: plan.Plan, name: Ar
     return manifest
 
 
-def _extent_map(source: DiskSource, target: str, level: str,
+def _extent_map(source: DiskSource, target: str, incremental: bool,
                 opts: BackupOptions) -> tuple[int, list[extent.Extent]]:
     """Return (virtual size, extents to record) of one disk of the source."""
-    m = source.extent_map(target, incremental=level == fmt.INC)
+    m = source.extent_map(target, incremental=incremental)
     if m.dirty is not None:
         planned = extent.plan_incremental(m.allocation, m.dirty)
     else:
@@ -312,11 +343,13 @@ def _extent_map(source: DiskSource, target: str, level: str,
     return m.size, extent.widen_data(planned, opts.read_alignment, m.size)
 
 
-def _stream_disk(tar: TarWriter, source: DiskSource, target: str, disk: DiskRecord,
-                 opts: BackupOptions, progress: Progress) -> str:
-    """Write the disk's data extents as tar members; return the sha256 of the data."""
+def _stream_extents(tar: TarWriter, source: DiskSource, target: str,
+                    extents: tuple[extent.Extent, ...], opts: BackupOptions,
+                    progress: Progress, member: Callable[[int], str]) -> str:
+    """Write the data extents of the source's disk `target` as tar members named
+    member(offset); return the sha256 of the data."""
     digest = hashlib.sha256()
-    members = [m for e in disk.extents if e.kind == extent.DATA
+    members = [m for e in extents if e.kind == extent.DATA
                for m in extent.split_at_blocks(e, opts.block_size)]
     requests = [r for m in members for r in extent.requests(m, source.read_request)]
     starts = {m.start: m for m in members}
@@ -324,7 +357,7 @@ def _stream_disk(tar: TarWriter, source: DiskSource, target: str, disk: DiskReco
             prefetch.ahead(_hashed(raw, digest), PREFETCH_DEPTH) as reads:
         for offset, data in reads:
             if offset in starts:
-                tar.begin(fmt.member_name(target, offset), starts[offset].length)
+                tar.begin(member(offset), starts[offset].length)
             tar.write(data)
             progress.advance(len(data))
     return digest.hexdigest()
@@ -337,6 +370,3 @@ def _hashed(reads, digest):
         digest.update(data)
         yield offset, data
 
-
-def _with_digests(m: Manifest, digests: dict[str, str]) -> Manifest:
-    return replace(m, disks={t: replace(d, sha256=digests[t]) for t, d in m.disks.items()})

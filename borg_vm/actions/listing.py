@@ -24,7 +24,7 @@ def list_archives(borg: Borg, domain: str | None) -> list[ArchiveInfo]:
 
 def to_json(archives: list[ArchiveInfo]) -> dict:
     return {"archives": [
-        {"name": a.archive, "domain": a.name.domain, "snapshot": a.name.snapshot,
+        {"name": a.archive, "domain": a.name.domain, "snapshot": a.name.snapshot_name,
          "checkpoint": a.name.checkpoint, "parent": a.summary.parent, "level": a.level,
          "time": a.time,
          "data": sum(d.data_bytes for d in a.summary.disks.values()),
@@ -41,8 +41,8 @@ def to_text(archives: list[ArchiveInfo]) -> str:
     lines = []
     for domain, chains in chain.group(archives).items():
         lines.append(printable(domain))
-        for snapshot, arcs in chains.items():
-            lines.append(printable(f"  chain {snapshot}"))
+        for arcs in chains.values():
+            lines.append(printable(f"  snapshot {arcs[0].name.snapshot_name}"))
             for a in arcs:
                 data = sum(d.data_bytes for d in a.summary.disks.values())
                 parent = a.summary.parent.rsplit(".", 1)[-1] if a.summary.parent else "-"

@@ -43,12 +43,12 @@ TEMPORARY_PREFIX = "borgvm-merged-"
 
 @contextlib.contextmanager
 def session(dom: Domain, p: plan.Plan, checkpoint: str, disks: list[plan.Disk], xml: str,
-            opts, when: datetime) -> Iterator[Session]:
+            opts, when: datetime, chains: dict[str, list[qemu.Layer]]) -> Iterator[Session]:
     """Read the shut-off domain's disks as of now and record checkpoint C; yield
     the Session. On normal exit record C in libvirt and drop older checkpoints;
     on an exception remove what this run added. Raise CheckpointInconsistent if
-    the parent checkpoint's bitmaps cannot serve an incremental."""
-    chains = {d.target: qemu.backing_chain(d.source, d.format) for d in disks}
+    the parent checkpoint's bitmaps cannot serve an incremental. chains holds each
+    disk's images, top first (qemu.backing_chain)."""
     known = set(dom.checkpoints())
     for d in disks:
         if d.incremental_capable:

@@ -121,6 +121,13 @@ class Domain:
                 raise self._fail(f"delete checkpoint {name}", e2) from e2
         log.info("deleted checkpoint %s of %s", name, self.name)
 
+    def snapshot_xmls(self) -> list[str]:
+        """Return the XML of every snapshot libvirt has metadata for."""
+        try:
+            return [snap.getXMLDesc(0) for snap in self._dom.listAllSnapshots(0)]
+        except libvirt.libvirtError as e:
+            raise self._fail("list snapshots", e) from e
+
     def redefine_checkpoint(self, xml: str) -> None:
         """Record a checkpoint whose bitmaps the images already hold (libvirt's
         metadata only: how a shut-off domain gets one)."""

@@ -161,3 +161,17 @@ def _point_disk_at(disk: ET.Element, path: str, fmt: str) -> None:
         driver = ET.Element("driver", name="qemu")
         disk.insert(0, driver)
     driver.set("type", fmt)
+
+
+def snapshot_images(snapshot_xmls: list[str]) -> dict[str, str]:
+    """Given libvirt snapshots' XML, return {image path: snapshot name} for the
+    overlays their external disk snapshots created."""
+    images = {}
+    for xml in snapshot_xmls:
+        root = ET.fromstring(xml)
+        for disk in root.findall("./disks/disk[@snapshot='external']"):
+            source = disk.find("source")
+            path = None if source is None else source.get("file") or source.get("dev")
+            if path:
+                images[path] = root.findtext("name", "")
+    return images

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from . import chain
-from .archive import FULL, INC, ArchiveInfo, new_checkpoint_name, snapshot_of
+from .archive import FULL, INC, ArchiveInfo, ArchiveName, new_checkpoint_name
 from ..errors import BorgVmError, NoUsableParent
 
 AUTO = "auto"
@@ -116,8 +116,7 @@ def plan(requested: str, domain: str, uuid: str, disks: list[Disk],
                 {d.target: FULL if d.target in full_disks else INC for d in disks})
 
 
-def names_for(plan_: Plan, domain: str, when, taken_checkpoints: set[str]):
-    """Return (snapshot, checkpoint) names for a run that starts at `when`."""
-    checkpoint = new_checkpoint_name(when, taken_checkpoints)
-    snapshot = plan_.parent.name.snapshot if plan_.parent else snapshot_of(checkpoint)
-    return snapshot, checkpoint
+def archive_name(domain: str, layer: str, when, taken_checkpoints: set[str]) -> ArchiveName:
+    """Return the name of the archive of a run that starts at `when` on `layer`
+    (the top layer's name, core/layers.py), with a checkpoint name not taken yet."""
+    return ArchiveName.for_layer(domain, layer, new_checkpoint_name(when, taken_checkpoints))

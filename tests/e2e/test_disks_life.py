@@ -71,7 +71,13 @@ def test_snapshots_and_commits_keep_backups_incremental(make_domain, repo, tmp_p
     views.append(views_of(d))
 
     assert [r["level"] for r in results] == ["full"] + ["inc"] * 5
-    assert len({r["snapshot"] for r in results}) == 1
+    # Each archive is named after the layer the disks were on.
+    names = [r["snapshot"] for r in results]
+    assert names[:2] == ["base", "S2"] and names[3:] == ["base", "S4", "base"]
+    assert names[2].startswith("layer-")                       # S3 had no metadata
+    # The first backup on a new layer also read the final changes of the frozen one.
+    assert results[1]["disks"]["vda"]["frozen"] == 0           # nothing written to base after B1
+    assert results[4]["disks"]["vdb"]["frozen"] == 0
     for r in results[1:]:
         assert r["reason"] == f"incremental on top of {results[results.index(r) - 1]['archive']}"
         # incrementals hold the changes, not the disks again

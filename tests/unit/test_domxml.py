@@ -306,3 +306,16 @@ def test_restored_keeps_other_devices():
     root = restored()
     assert root.find("devices/interface/source").get("network") == "default"
     assert root.findtext("devices/emulator") == "/usr/bin/qemu-system-x86_64"
+
+
+def test_snapshot_images_maps_overlays_to_snapshot_names():
+    from borg_vm.core.domxml import snapshot_images
+    xml = """<domainsnapshot><name>pre-upgrade.1</name><state>disk-snapshot</state>
+      <disks><disk name='vda' snapshot='external' type='file'>
+               <driver type='qcow2'/><source file='/i/vm.pre.qcow2'/></disk>
+             <disk name='vdb' snapshot='no'/>
+             <disk name='vdc' snapshot='internal'/></disks>
+      <domain><name>web01</name></domain></domainsnapshot>"""
+    internal = "<domainsnapshot><name>s0</name><disks><disk name='vda' snapshot='internal'/>" \
+               "</disks></domainsnapshot>"
+    assert snapshot_images([xml, internal]) == {"/i/vm.pre.qcow2": "pre-upgrade.1"}

@@ -7,7 +7,7 @@ import pytest
 from borg_vm.core.archive import (FULL, INC, ArchiveInfo, ArchiveName, DiskSummary, Summary,
                              is_own_checkpoint)
 from borg_vm.errors import EXIT_ERROR, NoUsableParent
-from borg_vm.core.plan import AUTO, Disk, Plan, latest, names_for, plan
+from borg_vm.core.plan import AUTO, Disk, Plan, archive_name, latest, plan
 
 DOMAIN = "web01.example.com"
 UUID = "9b1c5a5e-3c1e-4c55-9d7e-2a1d0b9c1f00"
@@ -198,28 +198,19 @@ def test_latest_other_domains_and_empty():
     assert latest([], DOMAIN) is None
 
 
-# --- names_for -------------------------------------------------------------------
+# --- archive_name ------------------------------------------------------------------
 
-def test_names_for_incremental_keeps_parent_snapshot():
-    p = plan(AUTO, DOMAIN, UUID, [VDA, VDB], [PARENT], CHECKPOINTS)
-    snapshot, checkpoint = names_for(p, DOMAIN, WHEN, CHECKPOINTS)
-    assert snapshot == PARENT.name.snapshot
-    assert checkpoint == "borgvm-20261127T020000Z"
-
-
-def test_names_for_full_starts_new_snapshot():
-    p = plan(FULL, DOMAIN, UUID, [VDA, VDB], [PARENT], CHECKPOINTS)
-    snapshot, checkpoint = names_for(p, DOMAIN, WHEN, CHECKPOINTS)
-    assert (snapshot, checkpoint) == ("20261127T020000Z", "borgvm-20261127T020000Z")
+def test_archive_name_is_the_layer_and_a_new_checkpoint():
+    name = archive_name(DOMAIN, "pre-upgrade.1", WHEN, CHECKPOINTS)
+    assert name == ArchiveName(DOMAIN, "pre-upgrade%2E1", "borgvm-20261127T020000Z")
+    assert ArchiveName.parse(str(name)) == name
 
 
-def test_names_for_avoids_taken_checkpoint():
-    p = plan(FULL, DOMAIN, UUID, [VDA], [], set())
-    snapshot, checkpoint = names_for(p, DOMAIN, WHEN, {"borgvm-20261127T020000Z"})
-    assert checkpoint == "borgvm-20261127T020000Z-1"
-    assert is_own_checkpoint(checkpoint)
-    assert snapshot == "20261127T020000Z-1"
-    assert ArchiveName.parse(str(ArchiveName(DOMAIN, snapshot, checkpoint))) is not None
+def test_archive_name_avoids_taken_checkpoint():
+    name = archive_name(DOMAIN, "base", WHEN, {"borgvm-20261127T020000Z"})
+    assert name.checkpoint == "borgvm-20261127T020000Z-1"
+    assert is_own_checkpoint(name.checkpoint)
+    assert ArchiveName.parse(str(name)) == name
 
 
 def test_full_when_parent_chain_is_broken():
