@@ -86,3 +86,22 @@ def home(chain_now: Sequence[str], chain_then: Sequence[str]) -> int:
         if path in chain_now:
             return list(chain_now).index(path)
     return len(chain_now) - 1
+
+
+def restore_steps(chain_now: Sequence[str], archives: Sequence[tuple[Sequence[str],
+                                                                    Sequence[int]]]
+                  ) -> list[tuple[int, int, int]]:
+    """Plan a restore by layers of one disk.
+
+    Given the disk's image paths at the restore point (top first) and, for each
+    archive of its chain (full first), its image paths then (top first) and the
+    indexes of the layers it holds frozen data of, return the writes in order as
+    (archive index, layer of that archive: 0 for its top data, else the frozen
+    layer, image index counted from the bottom). An archive's frozen layers are
+    written deepest first (they froze in that order), then its top data."""
+    steps = []
+    bottom = len(chain_now) - 1
+    for a, (chain_then, frozen) in enumerate(archives):
+        for layer in sorted(frozen, reverse=True) + [0]:
+            steps.append((a, layer, bottom - home(chain_now, chain_then[layer:])))
+    return steps

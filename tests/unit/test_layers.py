@@ -61,3 +61,46 @@ def test_home_is_an_index_of_the_chain(now, then):
     assert 0 <= i < len(now)
     if set(now) & set(then):
         assert now[i] == next(p for p in then if p in now)
+
+
+# --- restore by layers --------------------------------------------------------------
+
+from borg_vm.core.layers import restore_steps  # noqa: E402
+
+B, S2, S3 = "/i/vm.qcow2", "/i/vm.S2.qcow2", "/i/vm.S3.qcow2"
+
+
+def test_restore_steps_t1_to_t5():
+    # T1 full on base; T3 on S2 with base's final changes; T4 on S2.
+    archives = [([B], []), ([S2, B], [1]), ([S2, B], [])]
+    assert restore_steps([S2, B], archives) == [
+        (0, 0, 0),            # the full into base
+        (1, 1, 0),            # base's final changes into base
+        (1, 0, 1),            # T3's data into S2
+        (2, 0, 1)]            # T4's data into S2
+    # As of T1 (before the snapshot) there is one image.
+    assert restore_steps([B], archives[:1]) == [(0, 0, 0)]
+
+
+def test_restore_steps_after_a_commit_put_everything_into_the_base():
+    archives = [([B], []), ([S2, B], [1]), ([S3, S2, B], [1]), ([B], [])]
+    assert restore_steps([B], archives) == [
+        (0, 0, 0), (1, 1, 0), (1, 0, 0), (2, 1, 0), (2, 0, 0), (3, 0, 0)]
+
+
+def test_restore_steps_two_snapshots_between_backups():
+    archives = [([B], []), ([S3, S2, B], [1, 2])]
+    assert restore_steps([S3, S2, B], archives) == [
+        (0, 0, 0), (1, 2, 0), (1, 1, 1), (1, 0, 2)]
+
+
+@given(st.lists(st.tuples(st.lists(st.sampled_from([B, S2, S3]), min_size=1, max_size=3,
+                                   unique=True), st.integers(0, 3)), min_size=1, max_size=5),
+       st.lists(st.sampled_from([B, S2, S3]), min_size=1, max_size=3, unique=True))
+def test_restore_steps_cover_every_record_once_in_order(raw, now):
+    archives = [(chain, list(range(1, min(n, len(chain) - 1) + 1))) for chain, n in raw]
+    steps = restore_steps(now, archives)
+    assert [(a, layer) for a, layer, _ in steps] == [
+        (a, layer) for a, (_, frozen) in enumerate(archives)
+        for layer in sorted(frozen, reverse=True) + [0]]
+    assert all(0 <= image < len(now) for _, _, image in steps)
