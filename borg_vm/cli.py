@@ -16,6 +16,7 @@ from .actions.backup import BackupOptions, backup
 from .adapters import libvirt as virt
 from .adapters.borg import Borg
 from .core import archive, plan
+from .core.compression import parse_compression
 from .errors import EXIT_ERROR, EXIT_OK, BorgVmError, Interrupted, NoRepository, UsageError
 from .actions.restore import RestoreOptions, restore
 
@@ -68,7 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where the backup job keeps its scratch (fleecing) files "
                    "(default: the private run directory under /run/borg-vm)")
     b.add_argument("--compression", default="lz4", metavar="SPEC",
-                   help="borg compression spec (default: lz4)")
+                   help="borg compression spec: none, lz4, zstd[,1-22], zlib[,0-9], "
+                   "lzma[,0-9], auto,SPEC or obfuscate,N,SPEC (default: lz4; "
+                   "see 'borg help compression')")
     b.add_argument("--chunk-size", type=_size, default=archive.BLOCK_SIZE, metavar="SIZE",
                    help="Borg's fixed chunk size, which data members are aligned to "
                    "(power of two, 64K..16M; default: 256K)")
@@ -136,7 +139,8 @@ def _cmd_backup(args: argparse.Namespace) -> int:
     if not MIN_CHUNK <= args.chunk_size <= MAX_CHUNK:
         raise UsageError(detail=f"--chunk-size must be between 64K and 16M, not {args.chunk_size}")
     opts = BackupOptions(level=args.level, exclude_disks=tuple(args.exclude_disk),
-                         scratch_dir=args.scratch_dir, compression=args.compression,
+                         scratch_dir=args.scratch_dir,
+                         compression=str(parse_compression(args.compression)),
                          block_size=args.chunk_size, read_alignment=args.read_alignment,
                          progress=not (args.no_progress or args.json))
     borg = _borg(args)

@@ -107,6 +107,12 @@ class NoRepository(UsageError):
     """No repository given: use --repo or set BORG_REPO."""
 
 
+class BadCompression(UsageError):
+    """Invalid --compression {spec!r}: {detail}. Use none, lz4, zstd[,1-22],
+    zlib[,0-9], lzma[,0-9], auto,SPEC or obfuscate,N,SPEC (see 'borg help
+    compression')."""
+
+
 # --- archives and chains ---------------------------------------------------
 
 class FormatError(BorgVmError):

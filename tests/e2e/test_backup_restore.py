@@ -355,3 +355,17 @@ def test_several_domains_one_failing_and_one_disk_restored(make_domain, repo, tm
     assert sorted(p.name for p in (tmp_path / "one").iterdir()) == sorted(
         [Path(doc["disks"]["vdb"]["image"]).name, Path(doc["domain_xml"]).name])
     assert "vda" not in Path(doc["domain_xml"]).read_text()
+
+
+def test_bad_compression_is_refused_before_anything_happens(make_domain, repo):
+    d = make_domain(disks=[("vda", 16 * MIB, "qcow2")])
+    result = run("backup", d.name, "--repo", repo, "--compression", "bogus", code=2)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("borg-vm: ") and "'bogus'" in lines[0], lines[0]
+    assert "borg help compression" in lines[0]
+    assert d.dom.listAllCheckpoints() == [] and archive_names(repo) == []
+    # checked before libvirt or the repository is even asked
+    result = run("backup", "borgvm-test-no-such-domain", "--repo", str(Path(repo) / "nope"),
+                 "--compression", "zstd,23", code=2)
+    assert "zstd level must be 1-22, not 23" in result.stderr

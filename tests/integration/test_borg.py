@@ -7,10 +7,13 @@ import os
 import signal
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from borg_vm.adapters import subproc
 from borg_vm.adapters.borg import Borg, Listed, find_borg
-from borg_vm.errors import EXIT_ERROR, BorgError, PassphraseWrong, RepositoryNotFound
+from borg_vm.core.compression import ALGORITHMS, OBFUSCATE_LEVELS, parse_compression
+from borg_vm.errors import (EXIT_ERROR, BadCompression, BorgError, PassphraseWrong,
+                            RepositoryNotFound)
 from borg_vm.core.tarstream import TarWriter, read_members
 
 from realstack import BLOCK, CHUNKER, MTIME, TIMESTAMP, MiB, export_members, import_members
@@ -176,3 +179,25 @@ def test_aligned_blocks_in_block_aligned_members_deduplicate(make_repo):
     assert deduplicated_size(borg, "second") < 4096
     import_members(borg, "shifted", [("disk/vda/0000000000000000", b"z" * 1000 + a + b)])
     assert deduplicated_size(borg, "shifted") >= 2 * BLOCK
+
+
+@pytest.fixture(scope="module")
+def borg_compression_spec():
+    """borg's own parser of --compression (borg 1.4's borg.compress.CompressionSpec)."""
+    return pytest.importorskip("borg.compress").CompressionSpec
+
+
+SPEC_WORDS = st.sampled_from([*ALGORITHMS, "auto", "obfuscate", *map(str, OBFUSCATE_LEVELS),
+                              "0", "9", "22", "23"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(SPEC_WORDS, min_size=1, max_size=6).map(",".join))
+def test_every_compression_spec_borg_vm_accepts_borg_accepts_too(borg_compression_spec, text):
+    """The grammar checked before a backup starts is no wider than borg's own
+    parser, and the canonical spec borg-vm hands to borg import-tar is borg's too."""
+    try:
+        spec = parse_compression(text)
+    except BadCompression:
+        return
+    borg_compression_spec(str(spec))   # raises if borg refuses it
