@@ -14,7 +14,7 @@ from . import __version__
 from .actions import listing
 from .actions.backup import BackupOptions, backup
 from .adapters import libvirt as virt
-from .adapters.borg import Borg
+from .adapters.borg import DEFAULT_LOCK_WAIT, Borg
 from .core import archive, plan
 from .core.compression import parse_compression
 from .errors import EXIT_ERROR, EXIT_OK, BorgVmError, Interrupted, NoRepository, UsageError
@@ -30,6 +30,10 @@ BORG_RSH like borg. Exit codes: 0 ok, 1 warning, 2 error."""
 
 def _common(p: argparse.ArgumentParser, libvirt: bool = False) -> None:
     p.add_argument("--repo", metavar="REPO", help="Borg repository (default: $BORG_REPO)")
+    p.add_argument("--lock-wait", type=_seconds, metavar="SECONDS",
+                   help="wait this long for another borg or borg-vm run to release "
+                   f"the repository lock (default: ${LOCK_WAIT_ENV}, else "
+                   f"{DEFAULT_LOCK_WAIT} = {DEFAULT_LOCK_WAIT // 3600} h)")
     if libvirt:
         p.add_argument("-c", "--connect", metavar="URI", default=virt.DEFAULT_URI,
                        help=f"libvirt URI, as for virsh -c (default: {virt.DEFAULT_URI})")
@@ -108,6 +112,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+LOCK_WAIT_ENV = "BORG_VM_LOCK_WAIT"
+
+
+def _seconds(text: str) -> int:
+    """Parse a whole number of seconds (0 or more)."""
+    if not (text.isascii() and text.isdigit()):
+        raise argparse.ArgumentTypeError(f"not a whole number of seconds: {text!r}")
+    return int(text)
+
+
+def _lock_wait(args: argparse.Namespace) -> int:
+    """Return --lock-wait, else $BORG_VM_LOCK_WAIT, else the default; raise UsageError
+    for a bad $BORG_VM_LOCK_WAIT."""
+    if args.lock_wait is not None:
+        return args.lock_wait
+    text = os.environ.get(LOCK_WAIT_ENV)
+    if text is None:
+        return DEFAULT_LOCK_WAIT
+    try:
+        return _seconds(text)
+    except argparse.ArgumentTypeError as e:
+        raise UsageError(detail=f"{LOCK_WAIT_ENV}: {e}") from e
+
+
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 MIN_CHUNK = 64 * 1024
 MAX_CHUNK = 16 * 1024 * 1024
@@ -128,7 +156,7 @@ def _borg(args: argparse.Namespace) -> Borg:
     repo = args.repo or os.environ.get("BORG_REPO")
     if not repo:
         raise NoRepository()
-    return Borg(repo)
+    return Borg(repo, lock_wait=_lock_wait(args))
 
 
 def _emit(doc: dict) -> None:

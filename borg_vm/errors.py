@@ -103,6 +103,13 @@ class PassphraseWrong(BorgError):
     BORG_PASSPHRASE, BORG_PASSCOMMAND or BORG_PASSPHRASE_FD)."""
 
 
+class RepositoryLocked(BorgError):
+    """Repository {repo} is locked by another borg or borg-vm run; gave up after
+    waiting {wait} s: {detail}. Wait longer with --lock-wait SECONDS or
+    BORG_VM_LOCK_WAIT; if nothing uses the repository, 'borg break-lock {repo}'
+    removes a stale lock."""
+
+
 class NoRepository(UsageError):
     """No repository given: use --repo or set BORG_REPO."""
 

@@ -6,6 +6,10 @@ The repository, passphrase and ssh settings are borg's own: BORG_PASSPHRASE,
 BORG_PASSCOMMAND and BORG_RSH pass through the environment untouched;
 BORG_PASSPHRASE_FD can be read only once, so it is read here once and handed
 to each borg child through a fresh pipe.
+
+Every call waits up to ``lock_wait`` seconds (``borg --lock-wait``) for a
+lock another borg holds on the repository or its cache, so runs into one
+repository queue instead of failing.
 """
 
 from __future__ import annotations
@@ -20,15 +24,26 @@ from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 from . import subproc
-from ..errors import BorgError, BorgNotFound, PassphraseWrong, RepositoryNotFound
+from ..errors import (BorgError, BorgNotFound, PassphraseWrong, RepositoryLocked,
+                      RepositoryNotFound)
 
 log = logging.getLogger(__name__)
+
+# How long each borg call waits for a lock another borg holds on the
+# repository or its cache. Borg's own default is 1 s, so two domains backed
+# up into one repository at once (borg-vm@.timer starts every domain at 02:00)
+# failed. Another domain's backup holds the lock for its whole import-tar: at
+# the ~100 MiB/s borg ingests encrypted data (FACTS.md) 6 h is a full backup
+# of about 2 TiB of allocated disk data, and a run stuck behind a forgotten
+# lock still gives up before the next night's runs start.
+DEFAULT_LOCK_WAIT = 6 * 60 * 60
 
 _REPO_MISSING = {"Repository.DoesNotExist", "Repository.InvalidRepository",
                  "Repository.ParentPathDoesNotExist", "ConnectionClosed",
                  "ConnectionClosedWithHint", "RemoteRepository.RPCServerOutdated",
                  "Repository.InsufficientFreeSpaceError"}
 _PASSPHRASE_WRONG = {"PassphraseWrong", "PasscommandFailure"}
+_LOCK_TIMEOUT = "LockTimeout"
 
 
 def find_borg() -> str:
@@ -51,9 +66,11 @@ class Listed:
 class Borg:
     """One Borg repository, reached through the borg CLI."""
 
-    def __init__(self, repo: str, *, executable: str | None = None):
+    def __init__(self, repo: str, *, executable: str | None = None,
+                 lock_wait: int = DEFAULT_LOCK_WAIT):
         self.repo = repo
         self.executable = executable or find_borg()
+        self.lock_wait = lock_wait
         self._passphrase = self._take_passphrase_fd()
 
     @staticmethod
@@ -80,7 +97,8 @@ class Borg:
             os.close(r)
 
     def _argv(self, command: str, *args: str) -> list[str]:
-        return [self.executable, "--log-json", command, *args]
+        return [self.executable, "--log-json", "--lock-wait", str(self.lock_wait), command,
+                *args]
 
     def location(self, archive: str | None = None) -> str:
         return f"{self.repo}::{archive}" if archive else self.repo
@@ -90,6 +108,9 @@ class Borg:
         msgids, messages = _parse_log_json(e.stderr)
         if msgids & _PASSPHRASE_WRONG:
             return PassphraseWrong(repo=self.repo)
+        if _LOCK_TIMEOUT in msgids:
+            return RepositoryLocked(repo=self.repo, wait=self.lock_wait,
+                                    detail="; ".join(messages).rstrip("."))
         if msgids & _REPO_MISSING:
             return RepositoryNotFound(repo=self.repo, detail="; ".join(messages) or e.stderr)
         detail = "; ".join(messages) or e.stderr.strip() or f"exit code {e.returncode}"

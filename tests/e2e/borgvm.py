@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -62,12 +63,36 @@ def archive_names(repo: str) -> list[str]:
     return [a["name"] for a in json.loads(out)["archives"]]
 
 
+# Borg 1.x locks a repository by renaming a fresh temporary directory to
+# REPO/lock.exclusive; the holder's file in it is named HOST.PID-THREAD. A borg
+# waiting for the lock keeps its REPO/lock.exclusive.*.tmp directory meanwhile.
+LOCK_DIR = "lock.exclusive"
+_LOCK_OWNER = re.compile(r"\.(\d+)-[0-9a-f]+$")
+
+
+def repo_lock_holders(repo: str) -> set[int]:
+    """Given a local repository path, return the pids holding its lock."""
+    try:
+        names = os.listdir(os.path.join(repo, LOCK_DIR))
+    except FileNotFoundError:
+        return set()
+    return {int(m.group(1)) for m in map(_LOCK_OWNER.search, names) if m}
+
+
+def repo_lock_waiters(repo: str) -> list[str]:
+    """Given a local repository path, return the temporary lock directories of
+    the borg processes waiting for its lock."""
+    return sorted(n for n in os.listdir(repo)
+                  if n.startswith(LOCK_DIR + ".") and n.endswith(".tmp"))
+
+
 def wrapper_env(workdir: Path, mode: str, **settings: str) -> dict:
     """Return an environment where borg-vm's borg import-tar goes through borg_wrapper.py.
 
     mode "pause": the wrapper creates workdir/started and waits for workdir/go
-    before running borg. mode "kill": it feeds borg KILL_AFTER bytes and then
-    SIGKILLs it.
+    before running borg. mode "hold": it runs borg, creates workdir/started once
+    borg holds the repository lock and feeds borg its stream only after
+    workdir/go. mode "kill": it feeds borg KILL_AFTER bytes and then SIGKILLs it.
     """
     script = workdir / "borg"
     script.write_text(f"#!/bin/sh\nexec {sys.executable} {WRAPPER} \"$@\"\n")

@@ -5,15 +5,17 @@ management, passphrases and error mapping."""
 import json
 import os
 import signal
+import subprocess
+import time
 
 import pytest
 from hypothesis import given, settings, strategies as st
 
 from borg_vm.adapters import subproc
-from borg_vm.adapters.borg import Borg, Listed, find_borg
+from borg_vm.adapters.borg import DEFAULT_LOCK_WAIT, Borg, Listed, find_borg
 from borg_vm.core.compression import ALGORITHMS, OBFUSCATE_LEVELS, parse_compression
 from borg_vm.errors import (EXIT_ERROR, BadCompression, BorgError, PassphraseWrong,
-                            RepositoryNotFound)
+                            RepositoryLocked, RepositoryNotFound)
 from borg_vm.core.tarstream import TarWriter, read_members
 
 from realstack import BLOCK, CHUNKER, MTIME, TIMESTAMP, MiB, export_members, import_members
@@ -201,3 +203,49 @@ def test_every_compression_spec_borg_vm_accepts_borg_accepts_too(borg_compressio
     except BadCompression:
         return
     borg_compression_spec(str(spec))   # raises if borg refuses it
+
+
+LOCK_WAIT = 7
+LOCK_TAKEN_SECONDS = 30   # borg with-lock starts in ~0.5 s
+
+
+def test_every_borg_call_waits_for_the_repository_lock(make_repo, tmp_path):
+    repo = make_repo().repo
+    calls = tmp_path / "calls"
+    recorder = tmp_path / "borg"
+    recorder.write_text(f'#!/bin/sh\necho "$@" >> {calls}\nexec {find_borg()} "$@"\n')
+    recorder.chmod(0o755)
+    borg = Borg(repo, executable=str(recorder), lock_wait=LOCK_WAIT)
+    import_members(borg, "vm", [("f", b"data")])
+    borg.list_archives()
+    borg.extract_file("vm", "f")
+    export_members(borg, "vm")
+    borg.rename("vm", "vm2")
+    borg.delete(["vm2"])
+    commands = calls.read_text().splitlines()
+    assert [c.split()[3] for c in commands] == ["import-tar", "list", "extract", "export-tar",
+                                                "rename", "delete"]
+    assert all(c.startswith(f"--log-json --lock-wait {LOCK_WAIT} ") for c in commands)
+    Borg(repo, executable=str(recorder)).list_archives()
+    assert calls.read_text().splitlines()[-1].startswith(
+        f"--log-json --lock-wait {DEFAULT_LOCK_WAIT} list ")
+    assert DEFAULT_LOCK_WAIT >= 4 * 60 * 60   # a full backup of another domain, not borg's 1 s
+
+
+def test_locked_repository_raises_repository_locked(make_repo):
+    borg = make_repo()
+    holder = subprocess.Popen([find_borg(), "with-lock", borg.repo, "cat"],
+                              stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + LOCK_TAKEN_SECONDS
+        while not os.path.isdir(os.path.join(borg.repo, "lock.exclusive")):
+            assert holder.poll() is None and time.monotonic() < deadline, "no lock taken"
+            time.sleep(0.01)
+        with pytest.raises(RepositoryLocked) as e:
+            Borg(borg.repo, lock_wait=0).list_archives()
+    finally:
+        holder.communicate(timeout=30)   # cat sees EOF: borg releases the lock
+    assert holder.returncode == 0
+    assert e.value.message.startswith(f"Repository {borg.repo} is locked")
+    assert "waiting 0 s" in e.value.message and "{" not in e.value.message
+    assert borg.list_archives() == []
