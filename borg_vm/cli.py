@@ -4,6 +4,7 @@ errors into messages and exit codes (0 ok, 1 warning, 2 error, as borg)."""
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import logging
 import os
@@ -24,8 +25,9 @@ log = logging.getLogger("borg_vm")
 
 EPILOG = """\
 The repository comes from --repo or BORG_REPO; its passphrase from borg's own
-BORG_PASSPHRASE, BORG_PASSCOMMAND or BORG_PASSPHRASE_FD; ssh:// repositories use
-BORG_RSH like borg. Exit codes: 0 ok, 1 warning, 2 error."""
+BORG_PASSPHRASE, BORG_PASSCOMMAND or BORG_PASSPHRASE_FD, else it is asked for
+on a terminal; ssh:// repositories use BORG_RSH like borg. Exit codes: 0 ok,
+1 warning, 2 error."""
 
 
 def _common(p: argparse.ArgumentParser, libvirt: bool = False) -> None:
@@ -156,7 +158,10 @@ def _borg(args: argparse.Namespace) -> Borg:
     repo = args.repo or os.environ.get("BORG_REPO")
     if not repo:
         raise NoRepository()
-    return Borg(repo, lock_wait=_lock_wait(args))
+    # On a terminal, a passphrase nobody gave is asked for (once, by borg-vm:
+    # borg itself never sees the terminal).
+    ask = getpass.getpass if sys.stdin.isatty() else None
+    return Borg(repo, lock_wait=_lock_wait(args), ask_passphrase=ask)
 
 
 def _emit(doc: dict) -> None:

@@ -103,6 +103,17 @@ class PassphraseWrong(BorgError):
     BORG_PASSPHRASE, BORG_PASSCOMMAND or BORG_PASSPHRASE_FD)."""
 
 
+class PassphraseMissing(BorgError):
+    """Repository {repo} needs a passphrase and none was given: set
+    BORG_PASSPHRASE or BORG_PASSCOMMAND (or BORG_PASSPHRASE_FD), or run borg-vm
+    on a terminal to be asked for it."""
+
+
+class PasscommandFailed(BorgError):
+    """BORG_PASSCOMMAND failed to give the passphrase for repository {repo}
+    ({detail}); it must print the passphrase and exit 0."""
+
+
 class RepositoryLocked(BorgError):
     """Repository {repo} is locked by another borg or borg-vm run; gave up after
     waiting {wait} s: {detail}. Wait longer with --lock-wait SECONDS or

@@ -7,6 +7,15 @@ BORG_PASSCOMMAND and BORG_RSH pass through the environment untouched;
 BORG_PASSPHRASE_FD can be read only once, so it is read here once and handed
 to each borg child through a fresh pipe.
 
+A borg child never asks for a passphrase itself: it has no terminal, and
+its stdin is empty or, for import-tar, the tar stream. When no passphrase
+is given it gets an empty one (what borg tries first anyway), so a
+repository that needs one fails at once, at the first call, with
+PassphraseMissing; given someone to ask (borg-vm on a terminal), that
+first call asks once and hands the answer to every later child through the
+same pipe as BORG_PASSPHRASE_FD. The first call is a listing: a backup or
+restore finds a missing or wrong passphrase before it starts anything.
+
 Every call waits up to ``lock_wait`` seconds (``borg --lock-wait``) for a
 lock another borg holds on the repository or its cache, so runs into one
 repository queue instead of failing.
@@ -21,11 +30,11 @@ import os
 import shutil
 import sys
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 from . import subproc
-from ..errors import (BorgError, BorgNotFound, PassphraseWrong, RepositoryLocked,
-                      RepositoryNotFound)
+from ..errors import (BorgError, BorgNotFound, PasscommandFailed, PassphraseMissing,
+                      PassphraseWrong, RepositoryLocked, RepositoryNotFound)
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +51,11 @@ _REPO_MISSING = {"Repository.DoesNotExist", "Repository.InvalidRepository",
                  "Repository.ParentPathDoesNotExist", "ConnectionClosed",
                  "ConnectionClosedWithHint", "RemoteRepository.RPCServerOutdated",
                  "Repository.InsufficientFreeSpaceError"}
-_PASSPHRASE_WRONG = {"PassphraseWrong", "PasscommandFailure"}
+_PASSPHRASE_REFUSED = {"PassphraseWrong", "PasswordRetriesExceeded", "NoPassphraseFailure"}
+_PASSCOMMAND_FAILED = "PasscommandFailure"
 _LOCK_TIMEOUT = "LockTimeout"
+PASSPHRASE_VARIABLES = ("BORG_PASSPHRASE", "BORG_PASSCOMMAND")
+PASSPHRASE_TRIES = 3   # as many as borg itself asks for
 
 
 def find_borg() -> str:
@@ -67,10 +79,15 @@ class Borg:
     """One Borg repository, reached through the borg CLI."""
 
     def __init__(self, repo: str, *, executable: str | None = None,
-                 lock_wait: int = DEFAULT_LOCK_WAIT):
+                 lock_wait: int = DEFAULT_LOCK_WAIT,
+                 ask_passphrase: Callable[[str], str] | None = None):
+        """ask_passphrase(prompt) -> passphrase is called when the repository
+        needs a passphrase and none was given (None: fail instead)."""
         self.repo = repo
         self.executable = executable or find_borg()
         self.lock_wait = lock_wait
+        self._ask = ask_passphrase
+        self._asked = 0
         self._passphrase = self._take_passphrase_fd()
 
     @staticmethod
@@ -81,15 +98,20 @@ class Borg:
         with open(int(fd), "rb", closefd=True) as f:
             return f.read()
 
+    def _passphrase_given(self) -> bool:
+        return self._passphrase is not None or any(v in os.environ
+                                                   for v in PASSPHRASE_VARIABLES)
+
     @contextlib.contextmanager
     def _child_env(self) -> Iterator[tuple[dict[str, str], tuple[int, ...]]]:
         env = dict(os.environ)
-        if self._passphrase is None:
+        secret = b"" if not self._passphrase_given() else self._passphrase
+        if secret is None:
             yield env, ()
             return
         r, w = os.pipe()
         try:
-            os.write(w, self._passphrase)
+            os.write(w, secret)
             os.close(w)
             env["BORG_PASSPHRASE_FD"] = str(r)
             yield env, (r,)
@@ -106,8 +128,14 @@ class Borg:
     def _error(self, action: str, e: subproc.CommandFailed) -> BorgError:
         """Turn a failed borg run into the borg-vm error its msgid means."""
         msgids, messages = _parse_log_json(e.stderr)
-        if msgids & _PASSPHRASE_WRONG:
-            return PassphraseWrong(repo=self.repo)
+        if _PASSCOMMAND_FAILED in msgids:
+            # borg: "Passcommand supplied in BORG_PASSCOMMAND failed: <why>."
+            why = "; ".join(m.partition(": ")[2] or m for m in messages).rstrip(".")
+            return PasscommandFailed(repo=self.repo, detail=why)
+        if msgids & _PASSPHRASE_REFUSED:
+            if self._passphrase_given():
+                return PassphraseWrong(repo=self.repo)
+            return PassphraseMissing(repo=self.repo)
         if _LOCK_TIMEOUT in msgids:
             return RepositoryLocked(repo=self.repo, wait=self.lock_wait,
                                     detail="; ".join(messages).rstrip("."))
@@ -117,11 +145,22 @@ class Borg:
         return BorgError(action=action, detail=detail)
 
     def _run(self, action: str, argv: Sequence[str]) -> bytes:
-        with self._child_env() as (env, fds):
+        """Run a borg command to completion; return its stdout. If the repository
+        wants a passphrase that was not given (or was asked for and is wrong), ask
+        for it and run again, up to PASSPHRASE_TRIES answers."""
+        while True:
             try:
-                return subproc.run(argv, env=env, pass_fds=fds).stdout
-            except subproc.CommandFailed as e:
-                raise self._error(action, e) from e
+                with self._child_env() as (env, fds):
+                    try:
+                        return subproc.run(argv, env=env, pass_fds=fds).stdout
+                    except subproc.CommandFailed as e:
+                        raise self._error(action, e) from e
+            except (PassphraseMissing, PassphraseWrong) as e:
+                may_ask = isinstance(e, PassphraseMissing) or self._asked
+                if not (self._ask and may_ask and self._asked < PASSPHRASE_TRIES):
+                    raise
+                self._asked += 1
+                self._passphrase = self._ask(f"Enter passphrase for {self.repo}: ").encode()
 
     def list_archives(self) -> list[Listed]:
         """Return every archive of the repository with its comment and time."""
@@ -179,18 +218,16 @@ class Borg:
 def _parse_log_json(stderr: str) -> tuple[set[str], list[str]]:
     """Return (msgids, messages) from borg --log-json stderr lines.
 
-    The messages are the errors, or the warnings if borg logged no error (a
-    run that exits 1 with a warning, e.g. a path that never matched).
+    The messages are the errors and any text that is not a JSON record (ssh's,
+    Python's), or the warnings if there is neither (a run that exits 1 with a
+    warning, e.g. a path that never matched).
     """
     msgids, messages, warnings = set(), [], []
     for line in stderr.splitlines():
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            if line.strip():
-                messages.append(line.strip())
-            continue
-        if not isinstance(rec, dict):
+        text, rec = _split_record(line)
+        if text:
+            messages.append(text)
+        if rec is None:
             continue
         if rec.get("msgid"):
             msgids.add(rec["msgid"])
@@ -199,3 +236,19 @@ def _parse_log_json(stderr: str) -> tuple[set[str], list[str]]:
         elif rec.get("levelname") == "WARNING" and rec.get("message"):
             warnings.append(rec["message"].strip().splitlines()[0])
     return msgids, messages or warnings
+
+
+def _split_record(line: str) -> tuple[str, dict | None]:
+    """Return (the text, the JSON log record or None) of one line of borg's stderr.
+
+    A prompt borg printed without a newline may precede a record on its line.
+    """
+    start = line.find('{"')
+    if start >= 0:
+        try:
+            rec = json.loads(line[start:])
+        except ValueError:
+            rec = None
+        if isinstance(rec, dict):
+            return line[:start].strip(), rec
+    return line.strip(), None

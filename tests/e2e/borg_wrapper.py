@@ -1,11 +1,11 @@
 """A stand-in for the borg command that runs the real borg, except that for
 `import-tar` it can pause before borg starts (mode "pause"), pause while borg
 holds the repository lock (mode "hold"), or kill borg with SIGKILL after
-feeding it some bytes (mode "kill"). Used by e2e tests to make things happen
+feeding it some bytes (mode "kill"); mode "log" records every borg call. Used by e2e tests to make things happen
 in the middle of a backup stream, deterministically.
 
 Environment: BORGVM_TEST_REAL_BORG (the real borg), BORGVM_TEST_MODE,
-BORGVM_TEST_DIR (where `started`, `go` and `killed` files live),
+BORGVM_TEST_DIR (where `started`, `go`, `killed` and `calls` files live),
 BORGVM_TEST_KILL_AFTER (bytes, mode kill).
 """
 
@@ -57,10 +57,14 @@ def hold(argv: list[str], workdir: str) -> int:
 def main() -> int:
     real = os.environ["BORGVM_TEST_REAL_BORG"]
     argv = [real, *sys.argv[1:]]
-    if "import-tar" not in argv:
-        os.execv(real, argv)
     mode = os.environ["BORGVM_TEST_MODE"]
     workdir = os.environ["BORGVM_TEST_DIR"]
+    if mode == "log":
+        with open(os.path.join(workdir, "calls"), "a") as f:
+            f.write(" ".join(sys.argv[1:]) + "\n")
+        os.execv(real, argv)
+    if "import-tar" not in argv:
+        os.execv(real, argv)
     if mode == "pause":
         open(os.path.join(workdir, "started"), "w").close()
         if not go_given(workdir):

@@ -12,8 +12,8 @@ from pathlib import Path
 import libvirt
 import pytest
 
-from borgvm import (BORG, archive_names, init_repo, repo_lock_holders, repo_lock_waiters, run,
-                    start, wrapper_env)
+from borgvm import (BORG, archive_names, borg_commands, init_repo, repo_lock_holders,
+                    repo_lock_waiters, run, run_on_terminal, start, wrapper_env)
 from guest import MIB, poll
 
 KIB = 1024
@@ -70,11 +70,11 @@ def backup(name: str, repo: str, *extra: str, env=None, code=0):
     return result.json_lines()[0] if code == 0 else result
 
 
-def restore_and_compare(name, repo, checkpoint, views, tmp_path, tag, *extra):
+def restore_and_compare(name, repo, checkpoint, views, tmp_path, tag, *extra, env=None):
     """Restore checkpoint into a fresh directory and compare every disk with views."""
     to = tmp_path / f"restore-{tag}"
     doc = run("restore", name, "--repo", repo, "--checkpoint", checkpoint, "--to", str(to),
-              "--json", *extra).json()
+              "--json", *extra, env=env).json()
     assert doc["checkpoint"] == checkpoint
     assert set(doc["disks"]) == set(views)
     for target, expected in views.items():
@@ -82,6 +82,15 @@ def restore_and_compare(name, repo, checkpoint, views, tmp_path, tag, *extra):
                     f"{tag} {target} at {checkpoint}")
     assert Path(doc["domain_xml"]).exists()
     return doc
+
+
+def one_error_line(result, *words):
+    """Assert borg-vm said exactly one line on stderr, its own, with all the words."""
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("borg-vm: "), lines
+    for w in words:
+        assert w in lines[0], lines[0]
 
 
 def test_two_disks_full_then_incrementals_restore_bit_for_bit(make_domain, repo, tmp_path):
@@ -267,13 +276,6 @@ def test_bad_input_is_one_clear_line_and_exit_2(make_domain, repo, tmp_path, mon
     d = make_domain(disks=[("vda", 16 * MIB, "qcow2")])
     d.write("vda", 0, 1 * MIB, 0x31)
 
-    def one_error_line(result, *words):
-        lines = [line for line in result.stderr.splitlines() if line.strip()]
-        assert len(lines) == 1, result.stderr
-        assert lines[0].startswith("borg-vm: "), lines
-        for w in words:
-            assert w in lines[0], lines[0]
-
     one_error_line(run("backup", "borgvm-test-no-such-domain", "--repo", repo, code=2),
                    "not found")
     one_error_line(run("backup", d.name, "--repo", str(tmp_path / "nope"), code=2),
@@ -364,24 +366,13 @@ def test_several_domains_one_failing_and_one_disk_restored(make_domain, repo, tm
 
 def test_bad_compression_is_refused_before_anything_happens(make_domain, repo):
     d = make_domain(disks=[("vda", 16 * MIB, "qcow2")])
-    result = run("backup", d.name, "--repo", repo, "--compression", "bogus", code=2)
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("borg-vm: ") and "'bogus'" in lines[0], lines[0]
-    assert "borg help compression" in lines[0]
+    one_error_line(run("backup", d.name, "--repo", repo, "--compression", "bogus", code=2),
+                   "'bogus'", "borg help compression")
     assert d.dom.listAllCheckpoints() == [] and archive_names(repo) == []
     # checked before libvirt or the repository is even asked
     result = run("backup", "borgvm-test-no-such-domain", "--repo", str(Path(repo) / "nope"),
                  "--compression", "zstd,23", code=2)
     assert "zstd level must be 1-22, not 23" in result.stderr
-
-
-def one_error_line(result, *words):
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("borg-vm: "), lines
-    for w in words:
-        assert w in lines[0], lines[0]
 
 
 def test_two_domains_backed_up_into_one_repository_at_once(make_domain, repo, tmp_path):
@@ -457,3 +448,55 @@ def test_bad_lock_wait_is_a_usage_error(repo, value):
                        env=dict(os.environ, BORG_VM_LOCK_WAIT=value)), "BORG_VM_LOCK_WAIT")
     result = run("list", "--repo", repo, "--lock-wait", value, code=2)
     assert "--lock-wait" in result.stderr
+
+
+SECRET = "right horse"
+
+
+@pytest.fixture
+def secret_repo(tmp_path):
+    """A repokey repository whose passphrase is SECRET (not in borg-vm's environment)."""
+    return init_repo(tmp_path / "secret", "repokey-blake2",
+                     env=dict(os.environ, BORG_PASSPHRASE=SECRET))
+
+
+def test_passphrase_problems_stop_a_backup_before_its_job(make_domain, secret_repo, tmp_path):
+    d = make_domain(disks=[("vda", 16 * MIB, "qcow2")])
+    d.write("vda", 0, 1 * MIB, 0xA3)
+    cases = [({"BORG_PASSPHRASE": "wrong"}, ["wrong"]),
+             ({}, ["BORG_PASSPHRASE", "BORG_PASSCOMMAND"]),
+             ({"BORG_PASSCOMMAND": "false"}, ["BORG_PASSCOMMAND", "failed"])]
+    for i, (settings, words) in enumerate(cases):
+        logged = tmp_path / f"log{i}"
+        logged.mkdir()
+        env = dict(wrapper_env(logged, "log"), **settings)
+        result = run("backup", d.name, "--repo", secret_repo, env=env, code=2)
+        one_error_line(result, *words)
+        assert "{" not in result.stderr
+        if "wrong" not in words:
+            assert "wrong" not in result.stderr
+        assert borg_commands(logged) == ["list"], settings   # checked before the job
+        assert d.dom.listAllCheckpoints() == [], settings
+    to = tmp_path / "restored"
+    one_error_line(run("restore", d.name, "--repo", secret_repo, "--to", str(to), code=2),
+                   "BORG_PASSPHRASE", "BORG_PASSCOMMAND")
+    assert not to.exists()
+    assert archive_names(secret_repo, env=dict(os.environ, BORG_PASSPHRASE=SECRET)) == []
+
+
+def test_passphrase_asked_on_the_terminal_serves_the_whole_backup(make_domain, secret_repo,
+                                                                  tmp_path):
+    d = make_domain(disks=[("vda", 16 * MIB, "qcow2")])
+    d.write("vda", 0, 1 * MIB, 0xA4)
+    result, asked = run_on_terminal("backup", d.name, "--repo", secret_repo, "--json",
+                                    "--no-progress", answer=SECRET)
+    assert (result.code, asked) == (0, 1), result.stdout
+    assert SECRET not in result.stdout
+    done = json.loads(next(line for line in result.stdout.splitlines()
+                           if line.startswith("{")))
+    result, asked = run_on_terminal("list", "--repo", secret_repo, answer=SECRET)
+    assert (result.code, asked) == (0, 1) and done["checkpoint"] in result.stdout
+    result, asked = run_on_terminal("list", "--repo", secret_repo, answer="wrong")
+    assert (result.code, asked) == (2, 3) and "wrong" in result.stdout
+    restore_and_compare(d.name, secret_repo, done["checkpoint"], {"vda": d.read_disk("vda")},
+                        tmp_path, "asked", env=dict(os.environ, BORG_PASSPHRASE=SECRET))

@@ -12,10 +12,12 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from borg_vm.adapters import subproc
-from borg_vm.adapters.borg import DEFAULT_LOCK_WAIT, Borg, Listed, find_borg
+from borg_vm.adapters.borg import (DEFAULT_LOCK_WAIT, PASSPHRASE_TRIES, Borg, Listed,
+                                   _parse_log_json, find_borg)
 from borg_vm.core.compression import ALGORITHMS, OBFUSCATE_LEVELS, parse_compression
-from borg_vm.errors import (EXIT_ERROR, BadCompression, BorgError, PassphraseWrong,
-                            RepositoryLocked, RepositoryNotFound)
+from borg_vm.errors import (EXIT_ERROR, BadCompression, BorgError, PasscommandFailed,
+                            PassphraseMissing, PassphraseWrong, RepositoryLocked,
+                            RepositoryNotFound)
 from borg_vm.core.tarstream import TarWriter, read_members
 
 from realstack import BLOCK, CHUNKER, MTIME, TIMESTAMP, MiB, export_members, import_members
@@ -88,6 +90,92 @@ def test_wrong_passphrase_raises_passphrase_wrong(make_repo, monkeypatch):
     with pytest.raises(PassphraseWrong) as e:
         borg.list_archives()
     assert (e.value.exit_code, e.value.__cause__.returncode) == (EXIT_ERROR, BORG_ERROR_EXIT)
+
+
+def test_failing_passcommand_is_reported_as_such(make_repo, monkeypatch):
+    monkeypatch.setenv("BORG_PASSPHRASE", PASSPHRASE)
+    borg = make_repo("repokey-blake2")
+    monkeypatch.delenv("BORG_PASSPHRASE")
+    monkeypatch.setenv("BORG_PASSCOMMAND", "false")
+    with pytest.raises(PasscommandFailed) as e:
+        borg.list_archives()
+    assert "BORG_PASSCOMMAND" in e.value.message and "wrong" not in e.value.message
+    assert "exit status 1" in e.value.message and "{" not in e.value.message
+    assert e.value.exit_code == EXIT_ERROR
+
+
+@pytest.mark.parametrize("encryption", ["repokey-blake2", "keyfile-blake2"])
+def test_missing_passphrase_with_no_one_to_ask_says_what_to_set(make_repo, monkeypatch,
+                                                                encryption):
+    monkeypatch.setenv("BORG_PASSPHRASE", PASSPHRASE)
+    borg = make_repo(encryption)
+    monkeypatch.delenv("BORG_PASSPHRASE")
+    with pytest.raises(PassphraseMissing) as e:
+        borg.list_archives()
+    message = e.value.message
+    assert "BORG_PASSPHRASE" in message and "BORG_PASSCOMMAND" in message
+    assert "{" not in message and e.value.exit_code == EXIT_ERROR
+
+
+def test_missing_passphrase_fails_a_stream_without_reading_it(make_repo, monkeypatch):
+    """borg falls back to reading a passphrase from its stdin, which for
+    import-tar is the tar stream: it must never get that far."""
+    monkeypatch.setenv("BORG_PASSPHRASE", PASSPHRASE)
+    borg = make_repo("repokey-blake2")
+    monkeypatch.delenv("BORG_PASSPHRASE")
+    with pytest.raises(PassphraseMissing):
+        import_members(borg, "vm", [("f", (PASSPHRASE + "\n").encode() * 3)])
+
+
+def test_asked_passphrase_is_asked_once_and_piped_to_every_borg_child(make_repo, monkeypatch):
+    monkeypatch.setenv("BORG_PASSPHRASE", PASSPHRASE)
+    repo = make_repo("repokey-blake2").repo
+    monkeypatch.delenv("BORG_PASSPHRASE")
+    prompts = []
+    borg = Borg(repo, ask_passphrase=lambda prompt: prompts.append(prompt) or PASSPHRASE)
+    assert borg.list_archives() == []
+    import_members(borg, "vm", [("f", b"data")])
+    assert borg.extract_file("vm", "f") == b"data"
+    assert export_members(borg, "vm") == [("f", b"data")]
+    assert prompts == [f"Enter passphrase for {repo}: "]
+    assert "BORG_PASSPHRASE" not in os.environ and "BORG_PASSPHRASE_FD" not in os.environ
+
+
+def test_wrong_asked_passphrase_is_asked_again_then_wrong(make_repo, monkeypatch):
+    monkeypatch.setenv("BORG_PASSPHRASE", PASSPHRASE)
+    repo = make_repo("repokey-blake2").repo
+    monkeypatch.delenv("BORG_PASSPHRASE")
+    answers = iter(["wrong", "", PASSPHRASE])
+    assert Borg(repo, ask_passphrase=lambda _p: next(answers)).list_archives() == []
+    answers = iter(["wrong"] * PASSPHRASE_TRIES)
+    with pytest.raises(PassphraseWrong):
+        Borg(repo, ask_passphrase=lambda _p: next(answers)).list_archives()
+    assert next(answers, None) is None
+
+
+def test_passphrase_is_not_asked_when_given_or_not_needed(make_repo, monkeypatch):
+    def never(_prompt):
+        raise AssertionError("asked")
+
+    assert Borg(make_repo().repo, ask_passphrase=never).list_archives() == []
+    monkeypatch.setenv("BORG_PASSPHRASE", PASSPHRASE)
+    borg = make_repo("repokey-blake2", name="secret")
+    monkeypatch.setenv("BORG_PASSPHRASE", "wrong")
+    with pytest.raises(PassphraseWrong):
+        Borg(borg.repo, ask_passphrase=never).list_archives()
+
+
+def test_borg_log_json_after_a_prompt_on_the_same_line_is_parsed():
+    record = {"type": "log_message", "levelname": "ERROR", "msgid": "NoPassphraseFailure",
+              "message": "Cannot acquire a passphrase: BORG_PASSPHRASE is not set."}
+    stderr = ("Warning: Password input may be echoed.\n"
+              f"Enter passphrase for key /r: {json.dumps(record)}\n")
+    msgids, messages = _parse_log_json(stderr)
+    assert msgids == {"NoPassphraseFailure"}
+    assert messages == ["Warning: Password input may be echoed.",
+                        "Enter passphrase for key /r:", record["message"]]
+    plain = "Remote: ssh: connect to host h port 22: Connection refused\n"
+    assert _parse_log_json(plain) == (set(), [plain.strip()])
 
 
 def test_passphrase_fd_is_read_once_and_serves_every_borg_child(make_repo, monkeypatch):
