@@ -114,6 +114,11 @@ class PasscommandFailed(BorgError):
     ({detail}); it must print the passphrase and exit 0."""
 
 
+class BorgQuestion(BorgError):
+    """borg {action} stopped at a question it cannot be asked: {question} If
+    the answer is yes, set {variable}=yes for this run."""
+
+
 class RepositoryLocked(BorgError):
     """Repository {repo} is locked by another borg or borg-vm run; gave up after
     waiting {wait} s: {detail}. Wait longer with --lock-wait SECONDS or

@@ -33,8 +33,8 @@ from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
 from . import subproc
-from ..errors import (BorgError, BorgNotFound, PasscommandFailed, PassphraseMissing,
-                      PassphraseWrong, RepositoryLocked, RepositoryNotFound)
+from ..errors import (BorgError, BorgNotFound, BorgQuestion, PasscommandFailed,
+                      PassphraseMissing, PassphraseWrong, RepositoryLocked, RepositoryNotFound)
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +128,10 @@ class Borg:
     def _error(self, action: str, e: subproc.CommandFailed) -> BorgError:
         """Turn a failed borg run into the borg-vm error its msgid means."""
         msgids, messages = _parse_log_json(e.stderr)
+        question = _question(e.stderr)
+        if question:
+            return BorgQuestion(action=action, question=question["message"].splitlines()[0],
+                                variable=question["msgid"])
         if _PASSCOMMAND_FAILED in msgids:
             # borg: "Passcommand supplied in BORG_PASSCOMMAND failed: <why>."
             why = "; ".join(m.partition(": ")[2] or m for m in messages).rstrip(".")
@@ -223,8 +227,7 @@ def _parse_log_json(stderr: str) -> tuple[set[str], list[str]]:
     warning, e.g. a path that never matched).
     """
     msgids, messages, warnings = set(), [], []
-    for line in stderr.splitlines():
-        text, rec = _split_record(line)
+    for text, rec in _records(stderr):
         if text:
             messages.append(text)
         if rec is None:
@@ -238,17 +241,28 @@ def _parse_log_json(stderr: str) -> tuple[set[str], list[str]]:
     return msgids, messages or warnings
 
 
-def _split_record(line: str) -> tuple[str, dict | None]:
-    """Return (the text, the JSON log record or None) of one line of borg's stderr.
+def _question(stderr: str) -> dict | None:
+    """Return the question record borg asked and answered 'no' itself (its stdin
+    is empty: no one can answer), or None. Its msgid is the variable that says yes."""
+    asked = [rec for _text, rec in _records(stderr)
+             if rec and rec.get("type") == "question_prompt" and rec.get("msgid")]
+    return asked[-1] if asked else None
+
+
+def _records(stderr: str) -> Iterator[tuple[str, dict | None]]:
+    """Yield (the text, the JSON record or None) of each line of borg's stderr.
 
     A prompt borg printed without a newline may precede a record on its line.
     """
-    start = line.find('{"')
-    if start >= 0:
-        try:
-            rec = json.loads(line[start:])
-        except ValueError:
-            rec = None
+    for line in stderr.splitlines():
+        start = line.find('{"')
+        rec = None
+        if start >= 0:
+            try:
+                rec = json.loads(line[start:])
+            except ValueError:
+                pass
         if isinstance(rec, dict):
-            return line[:start].strip(), rec
-    return line.strip(), None
+            yield line[:start].strip(), rec
+        else:
+            yield line.strip(), None

@@ -1,8 +1,9 @@
 """A stand-in for the borg command that runs the real borg, except that for
 `import-tar` it can pause before borg starts (mode "pause"), pause while borg
 holds the repository lock (mode "hold"), or kill borg with SIGKILL after
-feeding it some bytes (mode "kill"); mode "log" records every borg call. Used by e2e tests to make things happen
-in the middle of a backup stream, deterministically.
+feeding it some bytes (mode "kill"); mode "log" records every borg call.
+Used by e2e tests to make things happen in the middle of a backup stream,
+deterministically.
 
 Environment: BORGVM_TEST_REAL_BORG (the real borg), BORGVM_TEST_MODE,
 BORGVM_TEST_DIR (where `started`, `go`, `killed` and `calls` files live),

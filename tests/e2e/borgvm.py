@@ -144,13 +144,14 @@ def borg_commands(workdir: Path) -> list[str]:
 
 
 def wrapper_env(workdir: Path, mode: str, **settings: str) -> dict:
-    """Return an environment where borg-vm's borg import-tar goes through borg_wrapper.py.
+    """Return an environment where borg-vm's borg goes through borg_wrapper.py.
 
-    mode "log": every borg call appends its arguments to workdir/calls, one line
-    each (see borg_commands). mode "pause": the wrapper creates workdir/started and waits for workdir/go
-    before running borg. mode "hold": it runs borg, creates workdir/started once
-    borg holds the repository lock and feeds borg its stream only after
-    workdir/go. mode "kill": it feeds borg KILL_AFTER bytes and then SIGKILLs it.
+    mode "log": every borg call appends its arguments to workdir/calls, one
+    line each (see borg_commands). mode "pause": the wrapper creates
+    workdir/started and waits for workdir/go before running borg. mode "hold":
+    it runs borg, creates workdir/started once borg holds the repository lock
+    and feeds borg its stream only after workdir/go. mode "kill": it feeds borg
+    KILL_AFTER bytes and then SIGKILLs it.
     """
     script = workdir / "borg"
     script.write_text(f"#!/bin/sh\nexec {sys.executable} {WRAPPER} \"$@\"\n")

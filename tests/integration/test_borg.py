@@ -15,9 +15,9 @@ from borg_vm.adapters import subproc
 from borg_vm.adapters.borg import (DEFAULT_LOCK_WAIT, PASSPHRASE_TRIES, Borg, Listed,
                                    _parse_log_json, find_borg)
 from borg_vm.core.compression import ALGORITHMS, OBFUSCATE_LEVELS, parse_compression
-from borg_vm.errors import (EXIT_ERROR, BadCompression, BorgError, PasscommandFailed,
-                            PassphraseMissing, PassphraseWrong, RepositoryLocked,
-                            RepositoryNotFound)
+from borg_vm.errors import (EXIT_ERROR, BadCompression, BorgError, BorgQuestion,
+                            PasscommandFailed, PassphraseMissing, PassphraseWrong,
+                            RepositoryLocked, RepositoryNotFound)
 from borg_vm.core.tarstream import TarWriter, read_members
 
 from realstack import BLOCK, CHUNKER, MTIME, TIMESTAMP, MiB, export_members, import_members
@@ -163,6 +163,21 @@ def test_passphrase_is_not_asked_when_given_or_not_needed(make_repo, monkeypatch
     monkeypatch.setenv("BORG_PASSPHRASE", "wrong")
     with pytest.raises(PassphraseWrong):
         Borg(borg.repo, ask_passphrase=never).list_archives()
+
+
+def test_a_question_borg_asks_says_which_variable_answers_it(make_repo, monkeypatch, tmp_path):
+    """borg asks (on its stdin, which is empty) before using an unencrypted
+    repository it has not seen: say how to answer instead of 'aborted'."""
+    borg = make_repo()
+    monkeypatch.setenv("BORG_BASE_DIR", str(tmp_path / "another-user"))
+    with pytest.raises(BorgQuestion) as e:
+        borg.list_archives()
+    assert e.value.message.startswith("borg list stopped at a question it cannot be asked: "
+                                      "Warning: Attempting to access a previously unknown "
+                                      "unencrypted repository!")
+    assert "set BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes" in e.value.message
+    monkeypatch.setenv("BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK", "yes")
+    assert borg.list_archives() == []
 
 
 def test_borg_log_json_after_a_prompt_on_the_same_line_is_parsed():
