@@ -136,6 +136,12 @@ class BadCompression(UsageError):
     compression')."""
 
 
+class RuntimeDirUnsafe(BorgVmError):
+    """borg-vm's runtime directory {path} {detail}: it must be a directory of
+    this user (uid {uid}) that no one else can write to. Remove it, or point
+    BORG_VM_RUNTIME_DIR elsewhere."""
+
+
 # --- archives and chains ---------------------------------------------------
 
 class FormatError(BorgVmError):

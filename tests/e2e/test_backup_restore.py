@@ -156,6 +156,7 @@ def test_two_disks_full_then_incrementals_restore_bit_for_bit(make_domain, repo,
                         "--flatten", "--format", "raw")
     # libvirt keeps exactly one borg-vm checkpoint: the newest.
     assert [c.getName() for c in d.dom.listAllCheckpoints()] == [third["checkpoint"]]
+    assert not list(Path("/run/borg-vm").glob(f"{d.dom.UUIDString()}.*"))
 
 
 def test_writes_during_backup_do_not_leak_into_it(make_domain, repo, tmp_path):
@@ -203,7 +204,8 @@ def test_borg_killed_mid_stream_leaves_nothing_and_next_run_is_incremental(
     assert [c.getName() for c in d.dom.listAllCheckpoints()] == [first["checkpoint"]]
     with pytest.raises(libvirt.libvirtError):
         d.dom.backupGetXMLDesc()                              # no job left running
-    assert not list(Path("/run/borg-vm").glob(f"{d.dom.UUIDString()}.*/"))
+    # no run directory, and no lock file: it exists only while a run holds it
+    assert not list(Path("/run/borg-vm").glob(f"{d.dom.UUIDString()}.*"))
 
     again = backup(d.name, repo)
     assert again["level"] == "inc", again["reason"]
