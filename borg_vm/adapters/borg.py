@@ -53,6 +53,7 @@ _REPO_MISSING = {"Repository.DoesNotExist", "Repository.InvalidRepository",
                  "Repository.InsufficientFreeSpaceError"}
 _PASSPHRASE_REFUSED = {"PassphraseWrong", "PasswordRetriesExceeded", "NoPassphraseFailure"}
 _PASSCOMMAND_FAILED = "PasscommandFailure"
+_PASSCOMMAND_PREFIX = "Passcommand supplied in BORG_PASSCOMMAND failed: "  # borg's, then why
 _LOCK_TIMEOUT = "LockTimeout"
 PASSPHRASE_VARIABLES = ("BORG_PASSPHRASE", "BORG_PASSCOMMAND")
 PASSPHRASE_TRIES = 3   # as many as borg itself asks for
@@ -133,8 +134,7 @@ class Borg:
             return BorgQuestion(action=action, question=question["message"].splitlines()[0],
                                 variable=question["msgid"])
         if _PASSCOMMAND_FAILED in msgids:
-            # borg: "Passcommand supplied in BORG_PASSCOMMAND failed: <why>."
-            why = "; ".join(m.partition(": ")[2] or m for m in messages).rstrip(".")
+            why = "; ".join(m.removeprefix(_PASSCOMMAND_PREFIX) for m in messages).rstrip(".")
             return PasscommandFailed(repo=self.repo, detail=why)
         if msgids & _PASSPHRASE_REFUSED:
             if self._passphrase_given():

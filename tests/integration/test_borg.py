@@ -102,6 +102,10 @@ def test_failing_passcommand_is_reported_as_such(make_repo, monkeypatch):
     assert "BORG_PASSCOMMAND" in e.value.message and "wrong" not in e.value.message
     assert "exit status 1" in e.value.message and "{" not in e.value.message
     assert e.value.exit_code == EXIT_ERROR
+    monkeypatch.setenv("BORG_PASSCOMMAND", "cat /nonexistent/passphrase")
+    with pytest.raises(PasscommandFailed) as e:
+        borg.list_archives()
+    assert "cat: /nonexistent/passphrase: No such file or directory; Command " in e.value.message
 
 
 @pytest.mark.parametrize("encryption", ["repokey-blake2", "keyfile-blake2"])
