@@ -4,6 +4,7 @@ errors into messages and exit codes (0 ok, 1 warning, 2 error, as borg)."""
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import logging
 import os
@@ -14,8 +15,9 @@ from . import __version__
 from .actions import listing
 from .actions.backup import BackupOptions, backup
 from .adapters import libvirt as virt
-from .adapters.borg import Borg
+from .adapters.borg import DEFAULT_LOCK_WAIT, Borg
 from .core import archive, plan
+from .core.compression import parse_compression
 from .core.text import printable
 from .errors import EXIT_ERROR, EXIT_OK, BorgVmError, Interrupted, NoRepository, UsageError
 from .actions.restore import RestoreOptions, restore
@@ -24,12 +26,17 @@ log = logging.getLogger("borg_vm")
 
 EPILOG = """\
 The repository comes from --repo or BORG_REPO; its passphrase from borg's own
-BORG_PASSPHRASE, BORG_PASSCOMMAND or BORG_PASSPHRASE_FD; ssh:// repositories use
-BORG_RSH like borg. Exit codes: 0 ok, 1 warning, 2 error."""
+BORG_PASSPHRASE, BORG_PASSCOMMAND or BORG_PASSPHRASE_FD, else it is asked for
+on a terminal; ssh:// repositories use BORG_RSH like borg. Exit codes: 0 ok,
+1 warning, 2 error."""
 
 
 def _common(p: argparse.ArgumentParser, libvirt: bool = False) -> None:
     p.add_argument("--repo", metavar="REPO", help="Borg repository (default: $BORG_REPO)")
+    p.add_argument("--lock-wait", type=_seconds, metavar="SECONDS",
+                   help="wait this long for another borg or borg-vm run to release "
+                   f"the repository lock (default: ${LOCK_WAIT_ENV}, else "
+                   f"{DEFAULT_LOCK_WAIT} = {DEFAULT_LOCK_WAIT // 3600} h)")
     if libvirt:
         p.add_argument("-c", "--connect", metavar="URI", default=virt.DEFAULT_URI,
                        help=f"libvirt URI, as for virsh -c (default: {virt.DEFAULT_URI})")
@@ -70,7 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where the backup job keeps its scratch (fleecing) files "
                    "(default: the private run directory under /run/borg-vm)")
     b.add_argument("--compression", default="lz4", metavar="SPEC",
-                   help="borg compression spec (default: lz4)")
+                   help="borg compression spec: none, lz4, zstd[,1-22], zlib[,0-9], "
+                   "lzma[,0-9], auto,SPEC or obfuscate,N,SPEC (default: lz4; "
+                   "see 'borg help compression')")
     b.add_argument("--chunk-size", type=_size, default=archive.BLOCK_SIZE, metavar="SIZE",
                    help="Borg's fixed chunk size, which data members are aligned to "
                    "(power of two, 64K..16M; default: 256K)")
@@ -107,6 +116,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+LOCK_WAIT_ENV = "BORG_VM_LOCK_WAIT"
+
+
+def _seconds(text: str) -> int:
+    """Parse a whole number of seconds (0 or more)."""
+    if not (text.isascii() and text.isdigit()):
+        raise argparse.ArgumentTypeError(f"not a whole number of seconds: {text!r}")
+    return int(text)
+
+
+def _lock_wait(args: argparse.Namespace) -> int:
+    """Return --lock-wait, else $BORG_VM_LOCK_WAIT, else the default; raise UsageError
+    for a bad $BORG_VM_LOCK_WAIT."""
+    if args.lock_wait is not None:
+        return args.lock_wait
+    text = os.environ.get(LOCK_WAIT_ENV)
+    if text is None:
+        return DEFAULT_LOCK_WAIT
+    try:
+        return _seconds(text)
+    except argparse.ArgumentTypeError as e:
+        raise UsageError(detail=f"{LOCK_WAIT_ENV}: {e}") from e
+
+
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 MIN_CHUNK = 64 * 1024
 MAX_CHUNK = 16 * 1024 * 1024
@@ -127,7 +160,10 @@ def _borg(args: argparse.Namespace) -> Borg:
     repo = args.repo or os.environ.get("BORG_REPO")
     if not repo:
         raise NoRepository()
-    return Borg(repo)
+    # On a terminal, a passphrase nobody gave is asked for (once, by borg-vm:
+    # borg itself never sees the terminal).
+    ask = getpass.getpass if sys.stdin.isatty() else None
+    return Borg(repo, lock_wait=_lock_wait(args), ask_passphrase=ask)
 
 
 def _emit(doc: dict) -> None:
@@ -138,7 +174,8 @@ def _cmd_backup(args: argparse.Namespace) -> int:
     if not MIN_CHUNK <= args.chunk_size <= MAX_CHUNK:
         raise UsageError(detail=f"--chunk-size must be between 64K and 16M, not {args.chunk_size}")
     opts = BackupOptions(level=args.level, exclude_disks=tuple(args.exclude_disk),
-                         scratch_dir=args.scratch_dir, compression=args.compression,
+                         scratch_dir=args.scratch_dir,
+                         compression=str(parse_compression(args.compression)),
                          block_size=args.chunk_size, read_alignment=args.read_alignment,
                          progress=not (args.no_progress or args.json))
     borg = _borg(args)

@@ -97,8 +97,43 @@ class PassphraseWrong(BorgError):
     BORG_PASSPHRASE, BORG_PASSCOMMAND or BORG_PASSPHRASE_FD)."""
 
 
+class PassphraseMissing(BorgError):
+    """Repository {repo} needs a passphrase and none was given: set
+    BORG_PASSPHRASE or BORG_PASSCOMMAND (or BORG_PASSPHRASE_FD), or run borg-vm
+    on a terminal to be asked for it."""
+
+
+class PasscommandFailed(BorgError):
+    """BORG_PASSCOMMAND failed to give the passphrase for repository {repo}
+    ({detail}); it must print the passphrase and exit 0."""
+
+
+class BorgQuestion(BorgError):
+    """borg {action} stopped at a question it cannot be asked: {question} If
+    the answer is yes, set {variable}=yes for this run."""
+
+
+class RepositoryLocked(BorgError):
+    """Repository {repo} is locked by another borg or borg-vm run; gave up after
+    waiting {wait} s: {detail}. Wait longer with --lock-wait SECONDS or
+    BORG_VM_LOCK_WAIT; if nothing uses the repository, 'borg break-lock {repo}'
+    removes a stale lock."""
+
+
 class NoRepository(UsageError):
     """No repository given: use --repo or set BORG_REPO."""
+
+
+class BadCompression(UsageError):
+    """Invalid --compression {spec!r}: {detail}. Use none, lz4, zstd[,1-22],
+    zlib[,0-9], lzma[,0-9], auto,SPEC or obfuscate,N,SPEC (see 'borg help
+    compression')."""
+
+
+class RuntimeDirUnsafe(BorgVmError):
+    """borg-vm's runtime directory {path} {detail}: it must be a directory of
+    this user (uid {uid}) that no one else can write to. Remove it, or point
+    BORG_VM_RUNTIME_DIR elsewhere."""
 
 
 # --- archives and chains ---------------------------------------------------

@@ -4,8 +4,10 @@ a crashed run, on the next entry.
 
 Layout::
 
-    /run/borg-vm/                       (BORG_VM_RUNTIME_DIR overrides)
-        <uuid>.lock                     flock held while a run of that domain works
+    /run/borg-vm/                       (BORG_VM_RUNTIME_DIR overrides); ours, and
+                                        writable by no one else, or we refuse it
+        <uuid>.lock                     flock held while a run of that domain works;
+                                        exists only then
         <uuid>.<random>/                0700, owned by root or by QEMU's user
             nbd.sock                    the backup job's NBD server
             <target>.scratch            fleecing files (unless --scratch-dir)
@@ -19,14 +21,18 @@ import glob
 import logging
 import os
 import shutil
+import stat
 import tempfile
 from typing import Iterator
 
-from .errors import UsageError
+from .errors import RuntimeDirUnsafe, UsageError
 
 log = logging.getLogger(__name__)
 
 DEFAULT_RUNTIME_DIR = "/run/borg-vm"
+# Each retry means another run removed or replaced the lock file in the moment
+# between our open and our flock; more than a few in a row is not a race.
+LOCK_ATTEMPTS = 5
 
 
 def base_dir() -> str:
@@ -35,19 +41,71 @@ def base_dir() -> str:
 
 @contextlib.contextmanager
 def domain_lock(uuid: str, name: str) -> Iterator[None]:
-    """Hold the exclusive lock of a domain; raise UsageError if another run holds it."""
-    base = base_dir()
-    os.makedirs(base, mode=0o755, exist_ok=True)
-    fd = os.open(os.path.join(base, f"{uuid}.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    """Hold the exclusive lock of a domain; raise UsageError if another run holds
+    it, RuntimeDirUnsafe if the runtime directory is not safely ours.
+
+    The lock file exists only while a run holds it: it is unlinked, still
+    locked, on the way out.
+    """
+    path = os.path.join(_safe_base_dir(), f"{uuid}.lock")
+    fd = _flock(path, name)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as e:
-            raise UsageError(detail=f"another borg-vm run is backing up {name!r} "
-                                    "right now; try again when it has finished") from e
         yield
     finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
         os.close(fd)
+
+
+def _flock(path: str, name: str) -> int:
+    """Return an fd holding the flock of the file at path, made if need be; raise
+    UsageError if another run holds it.
+
+    A run that finishes unlinks its lock file while holding it, so the file we
+    opened may be gone (or replaced) by the time we lock it: only a lock on the
+    file still at path counts.
+    """
+    for _attempt in range(LOCK_ATTEMPTS):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            break
+        if _is_at(fd, path):
+            return fd
+        os.close(fd)
+    raise UsageError(detail=f"another borg-vm run is backing up {name!r} right now; "
+                            "try again when it has finished")
+
+
+def _is_at(fd: int, path: str) -> bool:
+    """Return True if the open file fd is the file path names now."""
+    try:
+        there = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    ours = os.fstat(fd)
+    return (ours.st_dev, ours.st_ino) == (there.st_dev, there.st_ino)
+
+
+def _safe_base_dir() -> str:
+    """Return the runtime directory, made if missing; raise RuntimeDirUnsafe unless
+    it is a real directory of ours that no one else can write to (or anyone could
+    hold our locks, or swap our files)."""
+    base = base_dir()
+    with contextlib.suppress(FileExistsError):   # whatever it is, lstat judges it
+        os.makedirs(base, mode=0o755)
+    st = os.lstat(base)
+    uid = os.geteuid()
+    problem = ("is a symbolic link" if stat.S_ISLNK(st.st_mode)
+               else "is not a directory" if not stat.S_ISDIR(st.st_mode)
+               else f"is owned by uid {st.st_uid}" if st.st_uid != uid
+               else f"is writable by others (mode {stat.S_IMODE(st.st_mode):04o})"
+               if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) else None)
+    if problem:
+        raise RuntimeDirUnsafe(path=base, detail=problem, uid=uid)
+    return base
 
 
 def remove_stale(uuid: str) -> None:

@@ -6,6 +6,19 @@ The repository, passphrase and ssh settings are borg's own: BORG_PASSPHRASE,
 BORG_PASSCOMMAND and BORG_RSH pass through the environment untouched;
 BORG_PASSPHRASE_FD can be read only once, so it is read here once and handed
 to each borg child through a fresh pipe.
+
+A borg child never asks for a passphrase itself: it has no terminal, and
+its stdin is empty or, for import-tar, the tar stream. When no passphrase
+is given it gets an empty one (what borg tries first anyway), so a
+repository that needs one fails at once, at the first call, with
+PassphraseMissing; given someone to ask (borg-vm on a terminal), that
+first call asks once and hands the answer to every later child through the
+same pipe as BORG_PASSPHRASE_FD. The first call is a listing: a backup or
+restore finds a missing or wrong passphrase before it starts anything.
+
+Every call waits up to ``lock_wait`` seconds (``borg --lock-wait``) for a
+lock another borg holds on the repository or its cache, so runs into one
+repository queue instead of failing.
 """
 
 from __future__ import annotations
@@ -17,18 +30,33 @@ import os
 import shutil
 import sys
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 from . import subproc
-from ..errors import BorgError, BorgNotFound, PassphraseWrong, RepositoryNotFound
+from ..errors import (BorgError, BorgNotFound, BorgQuestion, PasscommandFailed,
+                      PassphraseMissing, PassphraseWrong, RepositoryLocked, RepositoryNotFound)
 
 log = logging.getLogger(__name__)
+
+# How long each borg call waits for a lock another borg holds on the
+# repository or its cache. Borg's own default is 1 s, so two domains backed
+# up into one repository at once (borg-vm@.timer starts every domain at 02:00)
+# failed. Another domain's backup holds the lock for its whole import-tar: at
+# the ~100 MiB/s borg ingests encrypted data (FACTS.md) 6 h is a full backup
+# of about 2 TiB of allocated disk data, and a run stuck behind a forgotten
+# lock still gives up before the next night's runs start.
+DEFAULT_LOCK_WAIT = 6 * 60 * 60
 
 _REPO_MISSING = {"Repository.DoesNotExist", "Repository.InvalidRepository",
                  "Repository.ParentPathDoesNotExist", "ConnectionClosed",
                  "ConnectionClosedWithHint", "RemoteRepository.RPCServerOutdated",
                  "Repository.InsufficientFreeSpaceError"}
-_PASSPHRASE_WRONG = {"PassphraseWrong", "PasscommandFailure"}
+_PASSPHRASE_REFUSED = {"PassphraseWrong", "PasswordRetriesExceeded", "NoPassphraseFailure"}
+_PASSCOMMAND_FAILED = "PasscommandFailure"
+_PASSCOMMAND_PREFIX = "Passcommand supplied in BORG_PASSCOMMAND failed: "  # borg's, then why
+_LOCK_TIMEOUT = "LockTimeout"
+PASSPHRASE_VARIABLES = ("BORG_PASSPHRASE", "BORG_PASSCOMMAND")
+PASSPHRASE_TRIES = 3   # as many as borg itself asks for
 
 
 def find_borg() -> str:
@@ -51,9 +79,16 @@ class Listed:
 class Borg:
     """One Borg repository, reached through the borg CLI."""
 
-    def __init__(self, repo: str, *, executable: str | None = None):
+    def __init__(self, repo: str, *, executable: str | None = None,
+                 lock_wait: int = DEFAULT_LOCK_WAIT,
+                 ask_passphrase: Callable[[str], str] | None = None):
+        """ask_passphrase(prompt) -> passphrase is called when the repository
+        needs a passphrase and none was given (None: fail instead)."""
         self.repo = repo
         self.executable = executable or find_borg()
+        self.lock_wait = lock_wait
+        self._ask = ask_passphrase
+        self._asked = 0
         self._passphrase = self._take_passphrase_fd()
 
     @staticmethod
@@ -64,15 +99,20 @@ class Borg:
         with open(int(fd), "rb", closefd=True) as f:
             return f.read()
 
+    def _passphrase_given(self) -> bool:
+        return self._passphrase is not None or any(v in os.environ
+                                                   for v in PASSPHRASE_VARIABLES)
+
     @contextlib.contextmanager
     def _child_env(self) -> Iterator[tuple[dict[str, str], tuple[int, ...]]]:
         env = dict(os.environ)
-        if self._passphrase is None:
+        secret = b"" if not self._passphrase_given() else self._passphrase
+        if secret is None:
             yield env, ()
             return
         r, w = os.pipe()
         try:
-            os.write(w, self._passphrase)
+            os.write(w, secret)
             os.close(w)
             env["BORG_PASSPHRASE_FD"] = str(r)
             yield env, (r,)
@@ -80,7 +120,8 @@ class Borg:
             os.close(r)
 
     def _argv(self, command: str, *args: str) -> list[str]:
-        return [self.executable, "--log-json", command, *args]
+        return [self.executable, "--log-json", "--lock-wait", str(self.lock_wait), command,
+                *args]
 
     def location(self, archive: str | None = None) -> str:
         return f"{self.repo}::{archive}" if archive else self.repo
@@ -88,19 +129,42 @@ class Borg:
     def _error(self, action: str, e: subproc.CommandFailed) -> BorgError:
         """Turn a failed borg run into the borg-vm error its msgid means."""
         msgids, messages = _parse_log_json(e.stderr)
-        if msgids & _PASSPHRASE_WRONG:
-            return PassphraseWrong(repo=self.repo)
+        question = _question(e.stderr)
+        if question:
+            return BorgQuestion(action=action, question=question["message"].splitlines()[0],
+                                variable=question["msgid"])
+        if _PASSCOMMAND_FAILED in msgids:
+            why = "; ".join(m.removeprefix(_PASSCOMMAND_PREFIX) for m in messages).rstrip(".")
+            return PasscommandFailed(repo=self.repo, detail=why)
+        if msgids & _PASSPHRASE_REFUSED:
+            if self._passphrase_given():
+                return PassphraseWrong(repo=self.repo)
+            return PassphraseMissing(repo=self.repo)
+        if _LOCK_TIMEOUT in msgids:
+            return RepositoryLocked(repo=self.repo, wait=self.lock_wait,
+                                    detail="; ".join(messages).rstrip("."))
         if msgids & _REPO_MISSING:
             return RepositoryNotFound(repo=self.repo, detail="; ".join(messages) or e.stderr)
         detail = "; ".join(messages) or e.stderr.strip() or f"exit code {e.returncode}"
         return BorgError(action=action, detail=detail)
 
     def _run(self, action: str, argv: Sequence[str]) -> bytes:
-        with self._child_env() as (env, fds):
+        """Run a borg command to completion; return its stdout. If the repository
+        wants a passphrase that was not given (or was asked for and is wrong), ask
+        for it and run again, up to PASSPHRASE_TRIES answers."""
+        while True:
             try:
-                return subproc.run(argv, env=env, pass_fds=fds).stdout
-            except subproc.CommandFailed as e:
-                raise self._error(action, e) from e
+                with self._child_env() as (env, fds):
+                    try:
+                        return subproc.run(argv, env=env, pass_fds=fds).stdout
+                    except subproc.CommandFailed as e:
+                        raise self._error(action, e) from e
+            except (PassphraseMissing, PassphraseWrong) as e:
+                may_ask = isinstance(e, PassphraseMissing) or self._asked
+                if not (self._ask and may_ask and self._asked < PASSPHRASE_TRIES):
+                    raise
+                self._asked += 1
+                self._passphrase = self._ask(f"Enter passphrase for {self.repo}: ").encode()
 
     def list_archives(self) -> list[Listed]:
         """Return every archive of the repository with its comment and time."""
@@ -158,18 +222,15 @@ class Borg:
 def _parse_log_json(stderr: str) -> tuple[set[str], list[str]]:
     """Return (msgids, messages) from borg --log-json stderr lines.
 
-    The messages are the errors, or the warnings if borg logged no error (a
-    run that exits 1 with a warning, e.g. a path that never matched).
+    The messages are the errors and any text that is not a JSON record (ssh's,
+    Python's), or the warnings if there is neither (a run that exits 1 with a
+    warning, e.g. a path that never matched).
     """
     msgids, messages, warnings = set(), [], []
-    for line in stderr.splitlines():
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            if line.strip():
-                messages.append(line.strip())
-            continue
-        if not isinstance(rec, dict):
+    for text, rec in _records(stderr):
+        if text:
+            messages.append(text)
+        if rec is None:
             continue
         if rec.get("msgid"):
             msgids.add(rec["msgid"])
@@ -178,3 +239,30 @@ def _parse_log_json(stderr: str) -> tuple[set[str], list[str]]:
         elif rec.get("levelname") == "WARNING" and rec.get("message"):
             warnings.append(rec["message"].strip().splitlines()[0])
     return msgids, messages or warnings
+
+
+def _question(stderr: str) -> dict | None:
+    """Return the question record borg asked and answered 'no' itself (its stdin
+    is empty: no one can answer), or None. Its msgid is the variable that says yes."""
+    asked = [rec for _text, rec in _records(stderr)
+             if rec and rec.get("type") == "question_prompt" and rec.get("msgid")]
+    return asked[-1] if asked else None
+
+
+def _records(stderr: str) -> Iterator[tuple[str, dict | None]]:
+    """Yield (the text, the JSON record or None) of each line of borg's stderr.
+
+    A prompt borg printed without a newline may precede a record on its line.
+    """
+    for line in stderr.splitlines():
+        start = line.find('{"')
+        rec = None
+        if start >= 0:
+            try:
+                rec = json.loads(line[start:])
+            except ValueError:
+                pass
+        if isinstance(rec, dict):
+            yield line[:start].strip(), rec
+        else:
+            yield line.strip(), None

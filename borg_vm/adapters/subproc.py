@@ -4,7 +4,8 @@ argv lists only (never a shell); every command is logged at debug level;
 stderr is always captured, kept (its tail) and handed to the caller in
 ``CommandFailed`` so adapters can turn it into a message for people.
 Secrets never reach argv: borg reads its passphrase from its environment
-or a file descriptor, which this module passes through untouched.
+or a file descriptor, which this module passes through untouched. No child
+has a controlling terminal (each starts a new session) or our stdin.
 """
 
 from __future__ import annotations
@@ -57,12 +58,16 @@ def run(argv: Sequence[str], *, input: bytes | None = None,
         pass_fds: tuple[int, ...] = ()) -> subprocess.CompletedProcess:
     """Run argv to completion; return the CompletedProcess (stdout/stderr as bytes).
 
-    Raise CommandFailed if it exits with a code outside ok_codes or cannot start.
+    The command gets `input` or an empty stdin, and no controlling terminal: it
+    can neither prompt on ours nor read keystrokes meant for us (borg would ask
+    for a passphrase there). Raise CommandFailed if it exits with a code
+    outside ok_codes or cannot start.
     """
     argv = _check_argv(argv)
     try:
         proc = subprocess.run(argv, input=input, capture_output=True, env=env,
-                              pass_fds=pass_fds, check=False)
+                              stdin=subprocess.DEVNULL if input is None else None,
+                              pass_fds=pass_fds, check=False, start_new_session=True)
     except OSError as e:
         raise CommandFailed(argv, 127, str(e)) from e
     if proc.returncode not in ok_codes:

@@ -1,39 +1,78 @@
 """A stand-in for the borg command that runs the real borg, except that for
-`import-tar` it can pause before borg starts (mode "pause") or kill borg with
-SIGKILL after feeding it some bytes (mode "kill"). Used by e2e tests to make
-things happen in the middle of a backup stream, deterministically.
+`import-tar` it can pause before borg starts (mode "pause"), pause while borg
+holds the repository lock (mode "hold"), or kill borg with SIGKILL after
+feeding it some bytes (mode "kill"); mode "log" records every borg call.
+Used by e2e tests to make things happen in the middle of a backup stream,
+deterministically.
 
 Environment: BORGVM_TEST_REAL_BORG (the real borg), BORGVM_TEST_MODE,
-BORGVM_TEST_DIR (where `started`, `go` and `killed` files live),
+BORGVM_TEST_DIR (where `started`, `go`, `killed` and `calls` files live),
 BORGVM_TEST_KILL_AFTER (bytes, mode kill).
 """
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 
+from borgvm import repo_lock_holders
+
 POLL_SECONDS = 0.05
 PAUSE_LIMIT_SECONDS = 120
+
+
+def wait_for(what: str, predicate) -> bool:
+    """Poll predicate until true (return True) or the limit passes (say so, return False)."""
+    deadline = time.monotonic() + PAUSE_LIMIT_SECONDS
+    while not predicate():
+        if time.monotonic() > deadline:
+            print(f"borg_wrapper: no {what} within the limit", file=sys.stderr)
+            return False
+        time.sleep(POLL_SECONDS)
+    return True
+
+
+def go_given(workdir: str) -> bool:
+    return wait_for("'go'", lambda: os.path.exists(os.path.join(workdir, "go")))
+
+
+def hold(argv: list[str], workdir: str) -> int:
+    """Run borg; once it holds the repository lock, say "started" and keep its
+    stream back until "go"; return borg's exit code."""
+    repo = next(a for a in argv if "::" in a).split("::")[0]
+    # close_fds=False: borg-vm may hand borg its passphrase on an inherited fd.
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, close_fds=False)
+    if not wait_for("repository lock",
+                    lambda: proc.pid in repo_lock_holders(repo) or proc.poll() is not None):
+        proc.kill()
+    if proc.poll() is None:
+        open(os.path.join(workdir, "started"), "w").close()
+        if go_given(workdir):
+            shutil.copyfileobj(sys.stdin.buffer, proc.stdin)
+        proc.stdin.close()
+    return proc.wait()
 
 
 def main() -> int:
     real = os.environ["BORGVM_TEST_REAL_BORG"]
     argv = [real, *sys.argv[1:]]
-    if "import-tar" not in argv:
-        os.execv(real, argv)
     mode = os.environ["BORGVM_TEST_MODE"]
     workdir = os.environ["BORGVM_TEST_DIR"]
+    if mode == "log":
+        with open(os.path.join(workdir, "calls"), "a") as f:
+            f.write(" ".join(sys.argv[1:]) + "\n")
+        os.execv(real, argv)
+    if "import-tar" not in argv:
+        os.execv(real, argv)
     if mode == "pause":
         open(os.path.join(workdir, "started"), "w").close()
-        deadline = time.monotonic() + PAUSE_LIMIT_SECONDS
-        while not os.path.exists(os.path.join(workdir, "go")):
-            if time.monotonic() > deadline:
-                print("borg_wrapper: no 'go' within the limit", file=sys.stderr)
-                return 2
-            time.sleep(POLL_SECONDS)
+        if not go_given(workdir):
+            return 2
         os.execv(real, argv)
+    if mode == "hold":
+        return hold(argv, workdir)
     if mode == "kill":
         limit = int(os.environ["BORGVM_TEST_KILL_AFTER"])
         proc = subprocess.Popen(argv, stdin=subprocess.PIPE)

@@ -5,13 +5,22 @@ from __future__ import annotations
 
 import json
 import os
+import pty
+import re
+import select
+import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 BORG = str(Path(sys.executable).with_name("borg"))
 WRAPPER = Path(__file__).with_name("borg_wrapper.py")
+RUN_TIMEOUT = 600
+# borg-vm runs without a terminal unless a test gives it one (run_on_terminal):
+# no test may prompt on, or read from, the terminal pytest runs on.
+DETACHED = {"stdin": subprocess.DEVNULL, "start_new_session": True}
 
 
 @dataclass
@@ -33,7 +42,7 @@ def run(*args: str, env: dict | None = None, code: int | None = 0) -> Result:
     Assert the exit code when `code` is not None (with the output in the message).
     """
     proc = subprocess.run([sys.executable, "-m", "borg_vm", *args], capture_output=True,
-                          text=True, env=env, timeout=600)
+                          text=True, env=env, timeout=RUN_TIMEOUT, **DETACHED)
     result = Result(proc.returncode, proc.stdout, proc.stderr)
     if code is not None:
         assert proc.returncode == code, (
@@ -45,7 +54,46 @@ def run(*args: str, env: dict | None = None, code: int | None = 0) -> Result:
 def start(*args: str, env: dict | None = None) -> subprocess.Popen:
     """Start borg-vm in the background; the caller waits for it."""
     return subprocess.Popen([sys.executable, "-m", "borg_vm", *args], env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **DETACHED)
+
+
+def run_on_terminal(*args: str, answer: str, env: dict | None = None,
+                    prompt: bytes = b"Enter passphrase for ") -> tuple[Result, int]:
+    """Run `python -m borg_vm ARGS` with a new pseudo-terminal as its controlling
+    terminal, stdin, stdout and stderr; type `answer` at every prompt.
+
+    Return (Result with all the terminal showed as stdout, prompts answered);
+    raise TimeoutError (killing it) if it runs longer than RUN_TIMEOUT.
+    """
+    argv = [sys.executable, "-m", "borg_vm", *args]
+    pid, fd = pty.fork()
+    if pid == 0:
+        try:
+            os.execve(argv[0], argv, os.environ if env is None else env)
+        finally:
+            os._exit(127)
+    out, answered, deadline = b"", 0, time.monotonic() + RUN_TIMEOUT
+    try:
+        while select.select([fd], [], [], max(0, deadline - time.monotonic()))[0]:
+            try:
+                data = os.read(fd, 4096)
+            except OSError:   # EIO: every process on the terminal is gone
+                break
+            if not data:
+                break
+            out += data
+            while out.count(prompt) > answered:
+                os.write(fd, answer.encode() + b"\n")
+                answered += 1
+    finally:
+        if time.monotonic() >= deadline:
+            os.kill(pid, signal.SIGKILL)
+        _, status = os.waitpid(pid, 0)
+        os.close(fd)
+    if time.monotonic() >= deadline:
+        raise TimeoutError(f"borg-vm {' '.join(args)} ran longer than {RUN_TIMEOUT} s")
+    text = out.decode(errors="replace").replace("\r\n", "\n")
+    return Result(os.waitstatus_to_exitcode(status), text, ""), answered
 
 
 def borg(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -57,17 +105,53 @@ def init_repo(path: Path | str, encryption: str = "none", env: dict | None = Non
     return str(path)
 
 
-def archive_names(repo: str) -> list[str]:
-    out = borg("list", "--json", repo).stdout
+def archive_names(repo: str, env: dict | None = None) -> list[str]:
+    out = borg("list", "--json", repo, env=env).stdout
     return [a["name"] for a in json.loads(out)["archives"]]
 
 
-def wrapper_env(workdir: Path, mode: str, **settings: str) -> dict:
-    """Return an environment where borg-vm's borg import-tar goes through borg_wrapper.py.
+# Borg 1.x locks a repository by renaming a fresh temporary directory to
+# REPO/lock.exclusive; the holder's file in it is named HOST.PID-THREAD. A borg
+# waiting for the lock keeps its REPO/lock.exclusive.*.tmp directory meanwhile.
+LOCK_DIR = "lock.exclusive"
+_LOCK_OWNER = re.compile(r"\.(\d+)-[0-9a-f]+$")
 
-    mode "pause": the wrapper creates workdir/started and waits for workdir/go
-    before running borg. mode "kill": it feeds borg KILL_AFTER bytes and then
-    SIGKILLs it.
+
+def repo_lock_holders(repo: str) -> set[int]:
+    """Given a local repository path, return the pids holding its lock."""
+    try:
+        names = os.listdir(os.path.join(repo, LOCK_DIR))
+    except FileNotFoundError:
+        return set()
+    return {int(m.group(1)) for m in map(_LOCK_OWNER.search, names) if m}
+
+
+def repo_lock_waiters(repo: str) -> list[str]:
+    """Given a local repository path, return the temporary lock directories of
+    the borg processes waiting for its lock."""
+    return sorted(n for n in os.listdir(repo)
+                  if n.startswith(LOCK_DIR + ".") and n.endswith(".tmp"))
+
+
+BORG_COMMANDS = {"list", "import-tar", "export-tar", "extract", "rename", "delete", "info"}
+
+
+def borg_commands(workdir: Path) -> list[str]:
+    """Return the borg commands a "log" mode wrapper saw, in order."""
+    calls = workdir / "calls"
+    lines = calls.read_text().splitlines() if calls.exists() else []
+    return [next(w for w in line.split() if w in BORG_COMMANDS) for line in lines]
+
+
+def wrapper_env(workdir: Path, mode: str, **settings: str) -> dict:
+    """Return an environment where borg-vm's borg goes through borg_wrapper.py.
+
+    mode "log": every borg call appends its arguments to workdir/calls, one
+    line each (see borg_commands). mode "pause": the wrapper creates
+    workdir/started and waits for workdir/go before running borg. mode "hold":
+    it runs borg, creates workdir/started once borg holds the repository lock
+    and feeds borg its stream only after workdir/go. mode "kill": it feeds borg
+    KILL_AFTER bytes and then SIGKILLs it.
     """
     script = workdir / "borg"
     script.write_text(f"#!/bin/sh\nexec {sys.executable} {WRAPPER} \"$@\"\n")
@@ -105,11 +189,11 @@ def backup(name: str, repo: str, *extra: str, env=None, code=0):
     return result.json_lines()[0] if code == 0 else result
 
 
-def restore_and_compare(name, repo, checkpoint, views, tmp_path, tag, *extra):
+def restore_and_compare(name, repo, checkpoint, views, tmp_path, tag, *extra, env=None):
     """Restore checkpoint into a fresh directory and compare every disk with views."""
     to = tmp_path / f"restore-{tag}"
     doc = run("restore", name, "--repo", repo, "--checkpoint", checkpoint, "--to", str(to),
-              "--json", *extra).json()
+              "--json", *extra, env=env).json()
     assert doc["checkpoint"] == checkpoint
     assert set(doc["disks"]) == set(views)
     for target, expected in views.items():

@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
+import time
 from pathlib import Path
 
 import libvirt
 import pytest
 
-from borgvm import (BORG, archive_names, assert_same, backup, init_repo, read_image,
-                    restore_and_compare, run, start, wrapper_env)
+from borgvm import (BORG, archive_names, assert_same, backup, borg_commands, init_repo,
+                    read_image, repo_lock_holders, repo_lock_waiters, restore_and_compare, run,
+                    run_on_terminal, start, wrapper_env)
 from guest import MIB, poll
 
 KIB = 1024
 GRANULARITY = 64 * KIB  # dirty bitmap granularity = qcow2 cluster size (FACTS.md)
+BORG_DEFAULT_LOCK_WAIT = 1  # seconds: what borg waits for a lock unless told otherwise
+WAITING_RUN_LOCK_WAIT = 20  # seconds: well above borg's default, and polled every 2 s
 
 
 class Dirty:
@@ -36,6 +42,15 @@ class Dirty:
                 covered += hi - lo
                 end = hi
         return covered
+
+
+def one_error_line(result, *words):
+    """Assert borg-vm said exactly one line on stderr, its own, with all the words."""
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("borg-vm: "), lines
+    for w in words:
+        assert w in lines[0], lines[0]
 
 
 def test_two_disks_full_then_incrementals_restore_bit_for_bit(make_domain, repo, tmp_path):
@@ -101,6 +116,7 @@ def test_two_disks_full_then_incrementals_restore_bit_for_bit(make_domain, repo,
                         "--flatten", "--format", "raw")
     # libvirt keeps exactly one borg-vm checkpoint: the newest.
     assert [c.getName() for c in d.dom.listAllCheckpoints()] == [third["checkpoint"]]
+    assert not list(Path("/run/borg-vm").glob(f"{d.dom.UUIDString()}.*"))
 
 
 def test_writes_during_backup_do_not_leak_into_it(make_domain, repo, tmp_path):
@@ -148,7 +164,8 @@ def test_borg_killed_mid_stream_leaves_nothing_and_next_run_is_incremental(
     assert [c.getName() for c in d.dom.listAllCheckpoints()] == [first["checkpoint"]]
     with pytest.raises(libvirt.libvirtError):
         d.dom.backupGetXMLDesc()                              # no job left running
-    assert not list(Path("/run/borg-vm").glob(f"{d.dom.UUIDString()}.*/"))
+    # no run directory, and no lock file: it exists only while a run holds it
+    assert not list(Path("/run/borg-vm").glob(f"{d.dom.UUIDString()}.*"))
 
     again = backup(d.name, repo)
     assert again["level"] == "inc", again["reason"]
@@ -220,13 +237,6 @@ def test_raw_disk_is_backed_up_in_full_every_run(make_domain, repo, tmp_path):
 def test_bad_input_is_one_clear_line_and_exit_2(make_domain, repo, tmp_path, monkeypatch):
     d = make_domain(disks=[("vda", 16 * MIB, "qcow2")])
     d.write("vda", 0, 1 * MIB, 0x31)
-
-    def one_error_line(result, *words):
-        lines = [line for line in result.stderr.splitlines() if line.strip()]
-        assert len(lines) == 1, result.stderr
-        assert lines[0].startswith("borg-vm: "), lines
-        for w in words:
-            assert w in lines[0], lines[0]
 
     one_error_line(run("backup", "borgvm-test-no-such-domain", "--repo", repo, code=2),
                    "not found")
@@ -314,3 +324,141 @@ def test_several_domains_one_failing_and_one_disk_restored(make_domain, repo, tm
     assert sorted(p.name for p in (tmp_path / "one").iterdir()) == sorted(
         [Path(doc["disks"]["vdb"]["image"]).name, Path(doc["domain_xml"]).name])
     assert "vda" not in Path(doc["domain_xml"]).read_text()
+
+
+def test_bad_compression_is_refused_before_anything_happens(make_domain, repo):
+    d = make_domain(disks=[("vda", 16 * MIB, "qcow2")])
+    one_error_line(run("backup", d.name, "--repo", repo, "--compression", "bogus", code=2),
+                   "'bogus'", "borg help compression")
+    assert d.dom.listAllCheckpoints() == [] and archive_names(repo) == []
+    # checked before libvirt or the repository is even asked
+    result = run("backup", "borgvm-test-no-such-domain", "--repo", str(Path(repo) / "nope"),
+                 "--compression", "zstd,23", code=2)
+    assert "zstd level must be 1-22, not 23" in result.stderr
+
+
+def test_two_domains_backed_up_into_one_repository_at_once(make_domain, repo, tmp_path):
+    """What borg-vm@.timer does at 02:00: the second run waits for the first's
+    repository lock (longer than borg's own default wait) and both succeed."""
+    a = make_domain(disks=[("vda", 16 * MIB, "qcow2")], name_suffix="a")
+    b = make_domain(disks=[("vda", 16 * MIB, "qcow2")], name_suffix="b")
+    a.write("vda", 0, 2 * MIB, 0x81)
+    b.write("vda", 0, 2 * MIB, 0x82)
+    held = tmp_path / "held"
+    held.mkdir()
+    first = start("backup", a.name, "--repo", repo, "--json", env=wrapper_env(held, "hold"))
+    poll(lambda: (held / "started").exists() or first.poll() is not None, 60,
+         "the first run's borg import-tar to hold the repository lock")
+    assert first.poll() is None, first.communicate()
+
+    # Borg polls a lock every tenth of the wait (at most every minute): a
+    # shorter wait than the default keeps this test quick.
+    second = start("backup", b.name, "--repo", repo, "--json",
+                   env=dict(os.environ, BORG_VM_LOCK_WAIT=str(WAITING_RUN_LOCK_WAIT)))
+    waiting = poll(lambda: repo_lock_waiters(repo) or second.poll() is not None, 60,
+                   "the second run's borg to wait for the lock")
+    assert second.poll() is None, second.communicate()
+    # Borg gives up after its default wait; the second run must outlast that.
+    with pytest.raises(TimeoutError):
+        poll(lambda: second.poll() is not None, 3 * BORG_DEFAULT_LOCK_WAIT,
+             "the second run to end")
+    assert repo_lock_waiters(repo) == waiting   # the very same borg, still waiting
+
+    (held / "go").touch()
+    outs = [p.communicate(timeout=300) for p in (first, second)]
+    assert [p.returncode for p in (first, second)] == [0, 0], outs
+    listed = run("list", "--repo", repo, "--json").json()["archives"]
+    assert sorted((x["domain"], x["level"]) for x in listed) == sorted([(a.name, "full"),
+                                                                        (b.name, "full")])
+    waited = json.loads(outs[1][0])
+    restore_and_compare(b.name, repo, waited["checkpoint"], {"vda": b.read_disk("vda")},
+                        tmp_path, "waited")
+
+
+def test_locked_repository_is_one_clear_line_and_nothing_changes(make_domain, repo, tmp_path):
+    d = make_domain(disks=[("vda", 16 * MIB, "qcow2")])
+    d.write("vda", 0, 1 * MIB, 0x91)
+    first = backup(d.name, repo)
+    d.write("vda", 0, 64 * KIB, 0x92)
+    holder = subprocess.Popen([BORG, "with-lock", repo, "sleep", "60"],
+                              stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        poll(lambda: holder.pid in repo_lock_holders(repo) or holder.poll() is not None, 60,
+             "borg with-lock to lock the repository")
+        assert holder.poll() is None, holder.communicate()
+        started = time.monotonic()
+        one_error_line(run("backup", d.name, "--repo", repo, "--lock-wait", "1", code=2),
+                       "locked", "--lock-wait")
+        assert time.monotonic() - started < 60
+        one_error_line(run("list", "--repo", repo, code=2,
+                           env=dict(os.environ, BORG_VM_LOCK_WAIT="1")), "locked")
+        to = tmp_path / "restored"
+        one_error_line(run("restore", d.name, "--repo", repo, "--to", str(to),
+                           "--lock-wait", "0", code=2), "locked")
+        assert not to.exists()
+    finally:
+        holder.send_signal(signal.SIGTERM)   # borg releases its lock, ends its sleep
+        holder.communicate(timeout=30)
+    assert archive_names(repo) == [first["archive"]]
+    assert [c.getName() for c in d.dom.listAllCheckpoints()] == [first["checkpoint"]]
+    assert backup(d.name, repo)["level"] == "inc"
+
+
+@pytest.mark.parametrize("value", ["soon", "-1", "1.5"])
+def test_bad_lock_wait_is_a_usage_error(repo, value):
+    one_error_line(run("list", "--repo", repo, code=2,
+                       env=dict(os.environ, BORG_VM_LOCK_WAIT=value)), "BORG_VM_LOCK_WAIT")
+    result = run("list", "--repo", repo, "--lock-wait", value, code=2)
+    assert "--lock-wait" in result.stderr
+
+
+SECRET = "right horse"
+
+
+@pytest.fixture
+def secret_repo(tmp_path):
+    """A repokey repository whose passphrase is SECRET (not in borg-vm's environment)."""
+    return init_repo(tmp_path / "secret", "repokey-blake2",
+                     env=dict(os.environ, BORG_PASSPHRASE=SECRET))
+
+
+def test_passphrase_problems_stop_a_backup_before_its_job(make_domain, secret_repo, tmp_path):
+    d = make_domain(disks=[("vda", 16 * MIB, "qcow2")])
+    d.write("vda", 0, 1 * MIB, 0xA3)
+    cases = [({"BORG_PASSPHRASE": "wrong"}, ["wrong"]),
+             ({}, ["BORG_PASSPHRASE", "BORG_PASSCOMMAND"]),
+             ({"BORG_PASSCOMMAND": "false"}, ["BORG_PASSCOMMAND", "failed"])]
+    for i, (settings, words) in enumerate(cases):
+        logged = tmp_path / f"log{i}"
+        logged.mkdir()
+        env = dict(wrapper_env(logged, "log"), **settings)
+        result = run("backup", d.name, "--repo", secret_repo, env=env, code=2)
+        one_error_line(result, *words)
+        assert "{" not in result.stderr
+        if "wrong" not in words:
+            assert "wrong" not in result.stderr
+        assert borg_commands(logged) == ["list"], settings   # checked before the job
+        assert d.dom.listAllCheckpoints() == [], settings
+    to = tmp_path / "restored"
+    one_error_line(run("restore", d.name, "--repo", secret_repo, "--to", str(to), code=2),
+                   "BORG_PASSPHRASE", "BORG_PASSCOMMAND")
+    assert not to.exists()
+    assert archive_names(secret_repo, env=dict(os.environ, BORG_PASSPHRASE=SECRET)) == []
+
+
+def test_passphrase_asked_on_the_terminal_serves_the_whole_backup(make_domain, secret_repo,
+                                                                  tmp_path):
+    d = make_domain(disks=[("vda", 16 * MIB, "qcow2")])
+    d.write("vda", 0, 1 * MIB, 0xA4)
+    result, asked = run_on_terminal("backup", d.name, "--repo", secret_repo, "--json",
+                                    "--no-progress", answer=SECRET)
+    assert (result.code, asked) == (0, 1), result.stdout
+    assert SECRET not in result.stdout
+    done = json.loads(next(line for line in result.stdout.splitlines()
+                           if line.startswith("{")))
+    result, asked = run_on_terminal("list", "--repo", secret_repo, answer=SECRET)
+    assert (result.code, asked) == (0, 1) and done["checkpoint"] in result.stdout
+    result, asked = run_on_terminal("list", "--repo", secret_repo, answer="wrong")
+    assert (result.code, asked) == (2, 3) and "wrong" in result.stdout
+    restore_and_compare(d.name, secret_repo, done["checkpoint"], {"vda": d.read_disk("vda")},
+                        tmp_path, "asked", env=dict(os.environ, BORG_PASSPHRASE=SECRET))

@@ -5,12 +5,19 @@ management, passphrases and error mapping."""
 import json
 import os
 import signal
+import subprocess
+import time
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from borg_vm.adapters import subproc
-from borg_vm.adapters.borg import Borg, Listed, find_borg
-from borg_vm.errors import EXIT_ERROR, BorgError, PassphraseWrong, RepositoryNotFound
+from borg_vm.adapters.borg import (DEFAULT_LOCK_WAIT, PASSPHRASE_TRIES, Borg, Listed,
+                                   _parse_log_json, find_borg)
+from borg_vm.core.compression import ALGORITHMS, OBFUSCATE_LEVELS, parse_compression
+from borg_vm.errors import (EXIT_ERROR, BadCompression, BorgError, BorgQuestion,
+                            PasscommandFailed, PassphraseMissing, PassphraseWrong,
+                            RepositoryLocked, RepositoryNotFound)
 from borg_vm.core.tarstream import TarWriter, read_members
 
 from realstack import BLOCK, CHUNKER, MTIME, TIMESTAMP, MiB, export_members, import_members
@@ -83,6 +90,111 @@ def test_wrong_passphrase_raises_passphrase_wrong(make_repo, monkeypatch):
     with pytest.raises(PassphraseWrong) as e:
         borg.list_archives()
     assert (e.value.exit_code, e.value.__cause__.returncode) == (EXIT_ERROR, BORG_ERROR_EXIT)
+
+
+def test_failing_passcommand_is_reported_as_such(make_repo, monkeypatch):
+    monkeypatch.setenv("BORG_PASSPHRASE", PASSPHRASE)
+    borg = make_repo("repokey-blake2")
+    monkeypatch.delenv("BORG_PASSPHRASE")
+    monkeypatch.setenv("BORG_PASSCOMMAND", "false")
+    with pytest.raises(PasscommandFailed) as e:
+        borg.list_archives()
+    assert "BORG_PASSCOMMAND" in e.value.message and "wrong" not in e.value.message
+    assert "exit status 1" in e.value.message and "{" not in e.value.message
+    assert e.value.exit_code == EXIT_ERROR
+    monkeypatch.setenv("BORG_PASSCOMMAND", "cat /nonexistent/passphrase")
+    with pytest.raises(PasscommandFailed) as e:
+        borg.list_archives()
+    assert "cat: /nonexistent/passphrase: No such file or directory; Command " in e.value.message
+
+
+@pytest.mark.parametrize("encryption", ["repokey-blake2", "keyfile-blake2"])
+def test_missing_passphrase_with_no_one_to_ask_says_what_to_set(make_repo, monkeypatch,
+                                                                encryption):
+    monkeypatch.setenv("BORG_PASSPHRASE", PASSPHRASE)
+    borg = make_repo(encryption)
+    monkeypatch.delenv("BORG_PASSPHRASE")
+    with pytest.raises(PassphraseMissing) as e:
+        borg.list_archives()
+    message = e.value.message
+    assert "BORG_PASSPHRASE" in message and "BORG_PASSCOMMAND" in message
+    assert "{" not in message and e.value.exit_code == EXIT_ERROR
+
+
+def test_missing_passphrase_fails_a_stream_without_reading_it(make_repo, monkeypatch):
+    """borg falls back to reading a passphrase from its stdin, which for
+    import-tar is the tar stream: it must never get that far."""
+    monkeypatch.setenv("BORG_PASSPHRASE", PASSPHRASE)
+    borg = make_repo("repokey-blake2")
+    monkeypatch.delenv("BORG_PASSPHRASE")
+    with pytest.raises(PassphraseMissing):
+        import_members(borg, "vm", [("f", (PASSPHRASE + "\n").encode() * 3)])
+
+
+def test_asked_passphrase_is_asked_once_and_piped_to_every_borg_child(make_repo, monkeypatch):
+    monkeypatch.setenv("BORG_PASSPHRASE", PASSPHRASE)
+    repo = make_repo("repokey-blake2").repo
+    monkeypatch.delenv("BORG_PASSPHRASE")
+    prompts = []
+    borg = Borg(repo, ask_passphrase=lambda prompt: prompts.append(prompt) or PASSPHRASE)
+    assert borg.list_archives() == []
+    import_members(borg, "vm", [("f", b"data")])
+    assert borg.extract_file("vm", "f") == b"data"
+    assert export_members(borg, "vm") == [("f", b"data")]
+    assert prompts == [f"Enter passphrase for {repo}: "]
+    assert "BORG_PASSPHRASE" not in os.environ and "BORG_PASSPHRASE_FD" not in os.environ
+
+
+def test_wrong_asked_passphrase_is_asked_again_then_wrong(make_repo, monkeypatch):
+    monkeypatch.setenv("BORG_PASSPHRASE", PASSPHRASE)
+    repo = make_repo("repokey-blake2").repo
+    monkeypatch.delenv("BORG_PASSPHRASE")
+    answers = iter(["wrong", "", PASSPHRASE])
+    assert Borg(repo, ask_passphrase=lambda _p: next(answers)).list_archives() == []
+    answers = iter(["wrong"] * PASSPHRASE_TRIES)
+    with pytest.raises(PassphraseWrong):
+        Borg(repo, ask_passphrase=lambda _p: next(answers)).list_archives()
+    assert next(answers, None) is None
+
+
+def test_passphrase_is_not_asked_when_given_or_not_needed(make_repo, monkeypatch):
+    def never(_prompt):
+        raise AssertionError("asked")
+
+    assert Borg(make_repo().repo, ask_passphrase=never).list_archives() == []
+    monkeypatch.setenv("BORG_PASSPHRASE", PASSPHRASE)
+    borg = make_repo("repokey-blake2", name="secret")
+    monkeypatch.setenv("BORG_PASSPHRASE", "wrong")
+    with pytest.raises(PassphraseWrong):
+        Borg(borg.repo, ask_passphrase=never).list_archives()
+
+
+def test_a_question_borg_asks_says_which_variable_answers_it(make_repo, monkeypatch, tmp_path):
+    """borg asks (on its stdin, which is empty) before using an unencrypted
+    repository it has not seen: say how to answer instead of 'aborted'."""
+    borg = make_repo()
+    monkeypatch.setenv("BORG_BASE_DIR", str(tmp_path / "another-user"))
+    with pytest.raises(BorgQuestion) as e:
+        borg.list_archives()
+    assert e.value.message.startswith("borg list stopped at a question it cannot be asked: "
+                                      "Warning: Attempting to access a previously unknown "
+                                      "unencrypted repository!")
+    assert "set BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes" in e.value.message
+    monkeypatch.setenv("BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK", "yes")
+    assert borg.list_archives() == []
+
+
+def test_borg_log_json_after_a_prompt_on_the_same_line_is_parsed():
+    record = {"type": "log_message", "levelname": "ERROR", "msgid": "NoPassphraseFailure",
+              "message": "Cannot acquire a passphrase: BORG_PASSPHRASE is not set."}
+    stderr = ("Warning: Password input may be echoed.\n"
+              f"Enter passphrase for key /r: {json.dumps(record)}\n")
+    msgids, messages = _parse_log_json(stderr)
+    assert msgids == {"NoPassphraseFailure"}
+    assert messages == ["Warning: Password input may be echoed.",
+                        "Enter passphrase for key /r:", record["message"]]
+    plain = "Remote: ssh: connect to host h port 22: Connection refused\n"
+    assert _parse_log_json(plain) == (set(), [plain.strip()])
 
 
 def test_passphrase_fd_is_read_once_and_serves_every_borg_child(make_repo, monkeypatch):
@@ -176,3 +288,71 @@ def test_aligned_blocks_in_block_aligned_members_deduplicate(make_repo):
     assert deduplicated_size(borg, "second") < 4096
     import_members(borg, "shifted", [("disk/vda/0000000000000000", b"z" * 1000 + a + b)])
     assert deduplicated_size(borg, "shifted") >= 2 * BLOCK
+
+
+@pytest.fixture(scope="module")
+def borg_compression_spec():
+    """borg's own parser of --compression (borg 1.4's borg.compress.CompressionSpec)."""
+    return pytest.importorskip("borg.compress").CompressionSpec
+
+
+SPEC_WORDS = st.sampled_from([*ALGORITHMS, "auto", "obfuscate", *map(str, OBFUSCATE_LEVELS),
+                              "0", "9", "22", "23"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(SPEC_WORDS, min_size=1, max_size=6).map(",".join))
+def test_every_compression_spec_borg_vm_accepts_borg_accepts_too(borg_compression_spec, text):
+    """The grammar checked before a backup starts is no wider than borg's own
+    parser, and the canonical spec borg-vm hands to borg import-tar is borg's too."""
+    try:
+        spec = parse_compression(text)
+    except BadCompression:
+        return
+    borg_compression_spec(str(spec))   # raises if borg refuses it
+
+
+LOCK_WAIT = 7
+LOCK_TAKEN_SECONDS = 30   # borg with-lock starts in ~0.5 s
+
+
+def test_every_borg_call_waits_for_the_repository_lock(make_repo, tmp_path):
+    repo = make_repo().repo
+    calls = tmp_path / "calls"
+    recorder = tmp_path / "borg"
+    recorder.write_text(f'#!/bin/sh\necho "$@" >> {calls}\nexec {find_borg()} "$@"\n')
+    recorder.chmod(0o755)
+    borg = Borg(repo, executable=str(recorder), lock_wait=LOCK_WAIT)
+    import_members(borg, "vm", [("f", b"data")])
+    borg.list_archives()
+    borg.extract_file("vm", "f")
+    export_members(borg, "vm")
+    borg.rename("vm", "vm2")
+    borg.delete(["vm2"])
+    commands = calls.read_text().splitlines()
+    assert [c.split()[3] for c in commands] == ["import-tar", "list", "extract", "export-tar",
+                                                "rename", "delete"]
+    assert all(c.startswith(f"--log-json --lock-wait {LOCK_WAIT} ") for c in commands)
+    Borg(repo, executable=str(recorder)).list_archives()
+    assert calls.read_text().splitlines()[-1].startswith(
+        f"--log-json --lock-wait {DEFAULT_LOCK_WAIT} list ")
+    assert DEFAULT_LOCK_WAIT >= 4 * 60 * 60   # a full backup of another domain, not borg's 1 s
+
+
+def test_locked_repository_raises_repository_locked(make_repo):
+    borg = make_repo()
+    holder = subprocess.Popen([find_borg(), "with-lock", borg.repo, "cat"],
+                              stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + LOCK_TAKEN_SECONDS
+        while not os.path.isdir(os.path.join(borg.repo, "lock.exclusive")):
+            assert holder.poll() is None and time.monotonic() < deadline, "no lock taken"
+            time.sleep(0.01)
+        with pytest.raises(RepositoryLocked) as e:
+            Borg(borg.repo, lock_wait=0).list_archives()
+    finally:
+        holder.communicate(timeout=30)   # cat sees EOF: borg releases the lock
+    assert holder.returncode == 0
+    assert e.value.message.startswith(f"Repository {borg.repo} is locked")
+    assert "waiting 0 s" in e.value.message and "{" not in e.value.message
+    assert borg.list_archives() == []

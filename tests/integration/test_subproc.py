@@ -1,13 +1,18 @@
 """borg_vm.adapters.subproc with real child processes."""
 
 import os
+import pty
+import select
 import signal
+import time
 
 import pytest
 
 from borg_vm.adapters import subproc
 
 STDERR_FLOOD_LINES = 20_000  # ~200 KB, several times a pipe's buffer
+TERMINAL_TEST_SECONDS = 30
+HAS_TTY = "if (: </dev/tty) 2>/dev/null; then echo tty; else echo no-tty; fi"
 
 
 def gone(pid: int) -> bool:
@@ -110,3 +115,48 @@ def test_stream_of_missing_program_fails_with_127(tmp_path):
         with subproc.stream([str(tmp_path / "no-such-program")]):
             pass
     assert e.value.returncode == 127
+
+
+def on_terminal(code, typed: bytes) -> str:
+    """Run code() in a child process whose controlling terminal, stdin and
+    stdout are a new pseudo-terminal; type `typed` once it has written a line;
+    return everything that appeared on the terminal."""
+    pid, fd = pty.fork()
+    if pid == 0:
+        try:
+            code()
+        finally:
+            os._exit(0)
+    out, deadline = b"", time.monotonic() + TERMINAL_TEST_SECONDS
+    try:
+        while select.select([fd], [], [], max(0, deadline - time.monotonic()))[0]:
+            try:
+                data = os.read(fd, 4096)
+            except OSError:   # EIO: the child is gone
+                break
+            if not data:
+                break
+            if not out and data:
+                os.write(fd, typed)
+            out += data
+    finally:
+        if time.monotonic() >= deadline:
+            os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        os.close(fd)
+    return out.decode().replace("\r\n", "\n")
+
+
+def test_run_gives_children_no_terminal_and_an_empty_stdin():
+    """Even when borg-vm runs on a terminal, a child can neither prompt on it
+    nor read keystrokes: borg would ask there for a passphrase, or take its
+    stdin for one."""
+    def code():
+        os.close(os.open("/dev/tty", os.O_RDWR))   # raises unless we have a terminal
+        os.write(1, b"on a terminal\n")
+        os.write(1, b"child read [" + subproc.run(["sh", "-c", f"cat; {HAS_TTY}"]).stdout
+                 + b"]\n")
+
+    out = on_terminal(code, typed=b"keystrokes\n\x04")
+    assert out.startswith("on a terminal\n"), out
+    assert "child read [no-tty\n]" in out, out

@@ -18,7 +18,7 @@ from borg_vm.errors import DomainNotFound
 def fake_stack(monkeypatch):
     """Replace libvirt's connection and the repository with inert stand-ins."""
     monkeypatch.setattr(cli.virt, "connect", lambda uri: contextlib.nullcontext(object()))
-    monkeypatch.setattr(cli, "Borg", lambda repo: object())
+    monkeypatch.setattr(cli, "Borg", lambda repo, **options: object())
     monkeypatch.setenv("BORG_REPO", "/nonexistent/repo")
 
 

@@ -1,0 +1,146 @@
+"""borg_vm.runtime: the per-domain lock and the runtime directory it lives in,
+on a real file system (a temporary BORG_VM_RUNTIME_DIR)."""
+
+import fcntl
+import os
+
+import pytest
+
+from borg_vm import runtime
+from borg_vm.errors import RuntimeDirUnsafe, UsageError
+
+UUID = "6f1c1b3e-0000-4000-8000-000000000001"
+NOBODY = 65534
+
+
+@pytest.fixture
+def base(tmp_path, monkeypatch):
+    path = tmp_path / "run" / "borg-vm"
+    monkeypatch.setenv("BORG_VM_RUNTIME_DIR", str(path))
+    return path
+
+
+def lock_file(base):
+    return base / f"{UUID}.lock"
+
+
+def held_by_someone(path) -> bool:
+    """Return True if another open file description holds the flock of path."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def test_lock_file_exists_while_held_and_is_removed_after(base):
+    with runtime.domain_lock(UUID, "web01"):
+        assert held_by_someone(lock_file(base))
+        assert (base.stat().st_mode & 0o022, base.stat().st_uid) == (0, os.geteuid())
+    assert list(base.iterdir()) == []
+
+
+def test_lock_file_is_removed_when_the_run_fails(base):
+    with pytest.raises(RuntimeError):
+        with runtime.domain_lock(UUID, "web01"):
+            raise RuntimeError("backup failed")
+    assert list(base.iterdir()) == []
+
+
+def test_second_run_of_a_domain_is_refused_and_leaves_the_lock_alone(base):
+    with runtime.domain_lock(UUID, "web01"):
+        inode = lock_file(base).stat().st_ino
+        with pytest.raises(UsageError, match="another borg-vm run is backing up 'web01'"):
+            with runtime.domain_lock(UUID, "web01"):
+                pass
+        assert lock_file(base).stat().st_ino == inode and held_by_someone(lock_file(base))
+    assert list(base.iterdir()) == []
+
+
+def test_other_domains_lock_independently(base):
+    with runtime.domain_lock(UUID, "web01"), runtime.domain_lock(UUID[:-1] + "2", "db01"):
+        assert len(list(base.iterdir())) == 2
+    assert list(base.iterdir()) == []
+
+
+def race(monkeypatch, between):
+    """Make the next flock of runtime first run between(): what other runs do in
+    the moment after we opened the lock file and before we locked it."""
+    real = fcntl.flock
+    pending = [between]
+
+    def flock(fd, op):
+        if pending:
+            pending.pop()()
+        return real(fd, op)
+
+    monkeypatch.setattr(runtime.fcntl, "flock", flock)
+
+
+def test_a_lock_file_removed_before_we_locked_it_is_not_trusted(base, monkeypatch):
+    """The file we opened was unlinked by its finishing holder and a third run
+    made and locked a new one: locking our stale inode would let two runs in."""
+    base.mkdir(parents=True)
+    third = []
+
+    def finish_and_start_another():
+        lock_file(base).unlink()
+        fd = os.open(lock_file(base), os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        third.append(fd)
+
+    race(monkeypatch, finish_and_start_another)
+    try:
+        with pytest.raises(UsageError, match="another borg-vm run"):
+            with runtime.domain_lock(UUID, "web01"):
+                pass
+    finally:
+        os.close(third[0])
+
+
+def test_a_lock_file_removed_before_we_locked_it_is_made_again(base, monkeypatch):
+    base.mkdir(parents=True)
+    race(monkeypatch, lambda: lock_file(base).unlink())
+    with runtime.domain_lock(UUID, "web01"):
+        assert held_by_someone(lock_file(base))   # we hold the file that is there now
+    assert list(base.iterdir()) == []
+
+
+@pytest.mark.parametrize("mode", [0o775, 0o757, 0o777, 0o1777], ids=oct)
+def test_runtime_dir_writable_by_others_is_refused(base, mode):
+    base.mkdir(parents=True)
+    base.chmod(mode)
+    with pytest.raises(RuntimeDirUnsafe, match="writable by others") as e:
+        with runtime.domain_lock(UUID, "web01"):
+            pass
+    assert str(base) in e.value.message and "BORG_VM_RUNTIME_DIR" in e.value.message
+    assert list(base.iterdir()) == []
+
+
+def test_runtime_dir_of_another_user_is_refused(base):
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give a directory to another user")
+    base.mkdir(parents=True)
+    os.chown(base, NOBODY, NOBODY)
+    with pytest.raises(RuntimeDirUnsafe, match=f"owned by uid {NOBODY}"):
+        with runtime.domain_lock(UUID, "web01"):
+            pass
+    assert list(base.iterdir()) == []
+
+
+def test_runtime_dir_that_is_a_symlink_or_a_file_is_refused(base, tmp_path):
+    (tmp_path / "elsewhere").mkdir(mode=0o755)
+    base.parent.mkdir()
+    base.symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(RuntimeDirUnsafe, match="a symbolic link"):
+        with runtime.domain_lock(UUID, "web01"):
+            pass
+    base.unlink()
+    base.write_text("")
+    with pytest.raises(RuntimeDirUnsafe, match="not a directory"):
+        with runtime.domain_lock(UUID, "web01"):
+            pass
+    assert list((tmp_path / "elsewhere").iterdir()) == []
