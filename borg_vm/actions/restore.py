@@ -31,7 +31,7 @@ from ..core import archive as fmt
 from ..core import chain, domxml, extent
 from ..core.archive import ArchiveInfo, DiskRecord, Manifest
 from ..core.tarstream import TarFormatError, read_members
-from ..errors import FormatError, IntegrityError, RestoreTargetExists
+from ..errors import FormatError, IntegrityError, RestoreTargetExists, RestoreTargetUnusable
 from ..progress import Progress
 from . import repository
 
@@ -106,7 +106,7 @@ class RestoreResult:
 def restore(borg: Borg, domain: str, opts: RestoreOptions) -> RestoreResult:
     """Restore domain's disks (and a definable domain XML) into opts.to.
 
-    Raise ArchiveNotFound, BrokenChain, UnknownDisk, RestoreTargetExists,
+    Raise ArchiveNotFound, BrokenChain, UnknownDisk, RestoreTargetExists, RestoreTargetUnusable,
     IntegrityError or a Borg/qemu error; on any failure opts.to is unchanged.
     """
     archives, _partial = repository.archives(borg, domain)
@@ -118,8 +118,8 @@ def restore(borg: Borg, domain: str, opts: RestoreOptions) -> RestoreResult:
                 if os.path.lexists(os.path.join(opts.to, p))]
     if existing and not opts.force:
         raise RestoreTargetExists(paths=", ".join(existing))
-    os.makedirs(opts.to, exist_ok=True)
     to = os.path.abspath(opts.to)
+    _make_dirs(to)
     with _staging(to) as stage:
         total = sum(a.summary.disks[d.target].data_bytes for d in plans for a in d.archives)
         progress = Progress.for_terminal(f"restore {domain}", total, opts.progress)
@@ -150,9 +150,37 @@ def restore(borg: Borg, domain: str, opts: RestoreOptions) -> RestoreResult:
         os.path.join(to, xml_name))
 
 
+def _make_dirs(path: str) -> list[str]:
+    """Create directory path and its missing parents; return those created, outermost first.
+
+    Raise RestoreTargetUnusable if something in the way is not a directory or
+    the file system refuses (read-only, /proc, /sys).
+    """
+    missing = []
+    while not os.path.lexists(path):
+        missing.append(path)
+        path = os.path.dirname(path)
+    if not os.path.isdir(path):
+        raise RestoreTargetUnusable(path=(missing or [path])[0], detail=(
+            f"{path} is not a directory" if missing else "it is not a directory"))
+    created: list[str] = []
+    for d in reversed(missing):
+        try:
+            os.mkdir(d)
+        except OSError as e:
+            raise RestoreTargetUnusable(path=missing[0],
+                                        detail=f"cannot create {d} ({e.strerror})") from e
+        created.append(d)
+    return created
+
+
 @contextlib.contextmanager
 def _staging(directory: str):
-    stage = tempfile.mkdtemp(prefix=".borg-vm-restore-", dir=directory)
+    try:
+        stage = tempfile.mkdtemp(prefix=".borg-vm-restore-", dir=directory)
+    except OSError as e:
+        raise RestoreTargetUnusable(path=directory,
+                                    detail=f"cannot create files in it ({e.strerror})") from e
     try:
         yield stage
     finally:

@@ -1,0 +1,59 @@
+"""borg-vm restore through the CLI against hand-made archives in a real
+repository: where it may write, with which permissions, and what it leaves
+behind when it fails."""
+
+import os
+import stat
+
+import pytest
+
+from borg_vm.core import archive
+
+from handmade import DOMAIN, borg_vm, error_line, image_data, write_archive
+from realstack import MiB
+
+DATA = bytes(range(256)) * 4096          # 1 MiB at the start of vda
+UMASK = 0o022
+
+
+@pytest.fixture
+def repo(make_repo):
+    """Return the path of a repository holding one valid full archive of DOMAIN."""
+    borg = make_repo()
+    write_archive(borg, {"vda": DATA})
+    return borg.repo
+
+
+@pytest.fixture
+def damaged_repo(make_repo):
+    """Return the path of a repository whose one archive fails verification
+    after its image was written (the data does not hash to the manifest's digest)."""
+    borg = make_repo()
+    write_archive(borg, {"vda": DATA},
+                  data_members=[(archive.member_name("vda", 0), bytes(len(DATA)))])
+    return borg.repo
+
+
+def restore(repo, to, *extra, code=0):
+    return borg_vm("restore", DOMAIN, "--repo", repo, "--to", str(to), "--no-progress",
+                   *extra, code=code, umask=UMASK)
+
+
+def test_restore_of_a_hand_made_archive(repo, tmp_path):
+    restore(repo, tmp_path / "out")
+    images = list((tmp_path / "out").glob("*.qcow2"))
+    assert len(images) == 1
+    assert image_data(str(images[0]), tmp_path)[:len(DATA)] == DATA
+
+
+# --- B2: an unusable --to is one line and exit 2 -------------------------------------
+
+@pytest.mark.parametrize("to", ["file", "file/sub", "/proc/borgvm-test-restore",
+                                "/sys/borgvm-test-restore", "/proc"])
+def test_unusable_target_is_one_line_and_exit_2(repo, tmp_path, to):
+    (tmp_path / "file").write_bytes(b"keep")
+    path = to if to.startswith("/") else str(tmp_path / to)
+    line = error_line(restore(repo, path, code=2))
+    assert f"Cannot restore into {path}" in line
+    assert (tmp_path / "file").read_bytes() == b"keep"
+    assert not os.path.lexists("/proc/borgvm-test-restore")
