@@ -9,7 +9,7 @@ Flatten mode: one image, every archive of the chain applied in order.
 
 Images are written in a hidden directory inside --to and moved into place
 only when every disk was written and verified against its manifest, so a
-failed restore leaves --to as it was.
+failed restore leaves --to as it was (and removes it if it created it).
 """
 
 from __future__ import annotations
@@ -119,8 +119,7 @@ def restore(borg: Borg, domain: str, opts: RestoreOptions) -> RestoreResult:
     if existing and not opts.force:
         raise RestoreTargetExists(paths=", ".join(existing))
     to = os.path.abspath(opts.to)
-    _make_dirs(to)
-    with _staging(to) as stage:
+    with _target_dir(to), _staging(to) as stage:
         total = sum(a.summary.disks[d.target].data_bytes for d in plans for a in d.archives)
         progress = Progress.for_terminal(f"restore {domain}", total, opts.progress)
         try:
@@ -150,12 +149,27 @@ def restore(borg: Borg, domain: str, opts: RestoreOptions) -> RestoreResult:
         os.path.join(to, xml_name))
 
 
-def _make_dirs(path: str) -> list[str]:
-    """Create directory path and its missing parents; return those created, outermost first.
+@contextlib.contextmanager
+def _target_dir(path: str) -> Iterator[None]:
+    """Make directory path (and its missing parents) for the block; if the block
+    fails, remove the directories it made, so --to is left as it was.
 
     Raise RestoreTargetUnusable if something in the way is not a directory or
     the file system refuses (read-only, /proc, /sys).
     """
+    created: list[str] = []
+    try:
+        _make_dirs(path, created)
+        yield
+    except BaseException:
+        for d in reversed(created):
+            with contextlib.suppress(OSError):  # not empty: not only ours, so kept
+                os.rmdir(d)
+        raise
+
+
+def _make_dirs(path: str, created: list[str]) -> None:
+    """Create directory path and its missing parents, appending each to created."""
     missing = []
     while not os.path.lexists(path):
         missing.append(path)
@@ -163,7 +177,6 @@ def _make_dirs(path: str) -> list[str]:
     if not os.path.isdir(path):
         raise RestoreTargetUnusable(path=(missing or [path])[0], detail=(
             f"{path} is not a directory" if missing else "it is not a directory"))
-    created: list[str] = []
     for d in reversed(missing):
         try:
             os.mkdir(d)
@@ -171,7 +184,6 @@ def _make_dirs(path: str) -> list[str]:
             raise RestoreTargetUnusable(path=missing[0],
                                         detail=f"cannot create {d} ({e.strerror})") from e
         created.append(d)
-    return created
 
 
 @contextlib.contextmanager

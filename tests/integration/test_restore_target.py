@@ -57,3 +57,20 @@ def test_unusable_target_is_one_line_and_exit_2(repo, tmp_path, to):
     assert f"Cannot restore into {path}" in line
     assert (tmp_path / "file").read_bytes() == b"keep"
     assert not os.path.lexists("/proc/borgvm-test-restore")
+
+
+# --- R9: a failed restore leaves --to as it was ----------------------------------------
+
+def test_failed_restore_removes_the_directories_it_created(damaged_repo, tmp_path):
+    proc = restore(damaged_repo, tmp_path / "new" / "deeper", code=2)
+    assert "sha256 differs" in proc.stderr.splitlines()[-1]
+    assert not (tmp_path / "new").exists()
+
+
+def test_failed_restore_keeps_a_directory_it_did_not_create(damaged_repo, tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "keep").write_bytes(b"x")
+    restore(damaged_repo, tmp_path / "mine", code=2)
+    assert os.listdir(tmp_path / "mine") == ["keep"]
+    restore(damaged_repo, tmp_path / "mine" / "new", code=2)
+    assert os.listdir(tmp_path / "mine") == ["keep"]
