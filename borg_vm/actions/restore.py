@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 RESTORE_PIECE = 4 * 1024 * 1024
 RESTORE_PREFETCH = 4
 WRITES_IN_FLIGHT = 4
+# Restored images and XML hold decrypted guest data: readable by their owner only,
+# set before any data is written, whatever the umask.
+PRIVATE = 0o600
 
 
 @dataclass(frozen=True)
@@ -137,7 +140,8 @@ def restore(borg: Borg, domain: str, opts: RestoreOptions) -> RestoreResult:
         xml = domxml.restored_domain_xml(
             domain_xml, f"{domain}-restored",
             {d.target: (os.path.join(to, d.top), d.formats[-1]) for d in plans})
-        with open(os.path.join(stage, xml_name), "w") as f:
+        with open(os.open(os.path.join(stage, xml_name), os.O_WRONLY | os.O_CREAT | os.O_EXCL,
+                          PRIVATE), "w") as f:
             f.write(xml)
         for p in outputs:
             os.replace(os.path.join(stage, p), os.path.join(to, p))
@@ -212,11 +216,10 @@ def _prepare_layer(d: DiskPlan, i: int, stage: str) -> Layer:
     """Create the image for layer i of a disk's chain (unless flatten reuses it)."""
     path = os.path.join(stage, d.images[i])
     size = d.archives[i].summary.disks[d.target].virtual_size
-    if i == 0:
-        qemu.create(path, d.formats[i], size)
-    elif d.images[i] != d.images[i - 1]:
-        qemu.create(path, d.formats[i], size,
-                        backing=os.path.join(stage, d.images[i - 1]))
+    if i == 0 or d.images[i] != d.images[i - 1]:
+        backing = os.path.join(stage, d.images[i - 1]) if i else None
+        qemu.create(path, d.formats[i], size, backing=backing)
+        os.chmod(path, PRIVATE)
     log.info("restoring %s of %s into %s", d.target, d.archives[i].archive, d.images[i])
     return Layer(path, d.formats[i], zeros=i > 0)
 

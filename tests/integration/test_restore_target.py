@@ -7,6 +7,7 @@ import stat
 
 import pytest
 
+from borg_vm.actions import restore as restore_action
 from borg_vm.core import archive
 
 from handmade import DOMAIN, borg_vm, error_line, image_data, write_archive
@@ -57,6 +58,32 @@ def test_unusable_target_is_one_line_and_exit_2(repo, tmp_path, to):
     assert f"Cannot restore into {path}" in line
     assert (tmp_path / "file").read_bytes() == b"keep"
     assert not os.path.lexists("/proc/borgvm-test-restore")
+
+
+# --- B4: what restore writes is readable by root only ---------------------------------
+
+@pytest.mark.parametrize("extra", [(), ("--flatten", "--format", "raw")])
+def test_restored_files_are_private_under_umask_022(repo, tmp_path, extra):
+    out = tmp_path / "out"
+    restore(repo, out, *extra)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()}
+    assert len(modes) == 2                      # the image and the domain XML
+    assert set(modes.values()) == {0o600}, modes
+
+
+def test_overlay_images_are_private_under_umask_022(tmp_path):
+    """An incremental's overlay is created like the base: 0600 before any data."""
+    summary = archive.Summary("full", None, "t", "u",
+                              {"vda": archive.DiskSummary("full", MiB, "qcow2", "/v", 0, 0)})
+    arcs = tuple(archive.ArchiveInfo(archive.ArchiveName(DOMAIN, "S", c), summary)
+                 for c in ("borgvm-1", "borgvm-2"))
+    plan = restore_action.DiskPlan("vda", arcs, ("base.qcow2", "top.qcow2"), ("qcow2", "qcow2"))
+    old = os.umask(UMASK)
+    try:
+        layers = [restore_action._prepare_layer(plan, i, str(tmp_path)) for i in (0, 1)]
+    finally:
+        os.umask(old)
+    assert [stat.S_IMODE(os.stat(layer.path).st_mode) for layer in layers] == [0o600, 0o600]
 
 
 # --- R9: a failed restore leaves --to as it was ----------------------------------------
