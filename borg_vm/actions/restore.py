@@ -21,7 +21,7 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass
-from typing import Iterator
+from typing import BinaryIO, Iterator
 
 from .. import prefetch
 from ..adapters import qemu
@@ -122,6 +122,10 @@ def restore(borg: Borg, domain: str, opts: RestoreOptions) -> RestoreResult:
     if existing and not opts.force:
         raise RestoreTargetExists(paths=", ".join(existing))
     to = os.path.abspath(opts.to)
+    # The small members first: a damaged or hostile archive fails here, before
+    # anything is created or written.
+    xml = _restored_xml(borg, top, {d.target: (os.path.join(to, d.top), d.formats[-1])
+                                    for d in plans})
     with _target_dir(to), _staging(to) as stage:
         total = sum(a.summary.disks[d.target].data_bytes for d in plans for a in d.archives)
         progress = Progress.for_terminal(f"restore {domain}", total, opts.progress)
@@ -131,15 +135,11 @@ def restore(borg: Borg, domain: str, opts: RestoreOptions) -> RestoreResult:
                               key=lambda a: a.order):
                 layers = {d.target: _prepare_layer(d, d.archives.index(arc), stage)
                           for d in plans if arc in d.archives}
-                extra = (fmt.DOMAIN_XML,) if arc is top else ()
-                manifest, files = apply_archive(borg, arc, layers, progress, extra)
+                manifest = apply_archive(borg, arc, layers, progress)
                 if arc is top:
-                    top_manifest, domain_xml = manifest, files[fmt.DOMAIN_XML].decode()
+                    top_manifest = manifest
         finally:
             progress.close()
-        xml = domxml.restored_domain_xml(
-            domain_xml, f"{domain}-restored",
-            {d.target: (os.path.join(to, d.top), d.formats[-1]) for d in plans})
         with open(os.open(os.path.join(stage, xml_name), os.O_WRONLY | os.O_CREAT | os.O_EXCL,
                           PRIVATE), "w") as f:
             f.write(xml)
@@ -151,6 +151,21 @@ def restore(borg: Borg, domain: str, opts: RestoreOptions) -> RestoreResult:
                     "chain": [os.path.join(to, p) for p in dict.fromkeys(d.images)]}
          for d in plans},
         os.path.join(to, xml_name))
+
+
+def _restored_xml(borg: Borg, top: ArchiveInfo, images: dict[str, tuple[str, str]]) -> str:
+    """Return the domain XML to write beside the images (see domxml.restored_domain_xml),
+    from top's domain.xml, with top's manifest checked too.
+
+    Raise FormatError naming top if either is damaged.
+    """
+    files = read_small_members(borg, top.archive, (fmt.DOMAIN_XML, fmt.MANIFEST))
+    Manifest.from_json(files[fmt.MANIFEST], top.archive)
+    try:
+        text = domxml.read_domain_xml(files[fmt.DOMAIN_XML])
+    except ValueError as e:
+        raise FormatError(archive=top.archive, detail=f"{fmt.DOMAIN_XML} {e}") from e
+    return domxml.restored_domain_xml(text, f"{top.name.domain}-restored", images)
 
 
 @contextlib.contextmanager
@@ -224,12 +239,12 @@ def _prepare_layer(d: DiskPlan, i: int, stage: str) -> Layer:
     return Layer(path, d.formats[i], zeros=i > 0)
 
 
-def apply_archive(borg: Borg, arc: ArchiveInfo, layers: dict[str, Layer], progress: Progress,
-                  extra: tuple[str, ...] = ()) -> tuple[Manifest, dict[str, bytes]]:
+def apply_archive(borg: Borg, arc: ArchiveInfo, layers: dict[str, Layer],
+                  progress: Progress) -> Manifest:
     """Write the data (and, over older layers, the zero extents) of the given disks of
     one archive into their layers, in one pass over the archive.
 
-    Return the archive's manifest and the contents of the extra files asked for.
+    Return the archive's manifest.
     Raise IntegrityError unless each disk's data covers exactly its manifest's
     data extents and hashes to its digest; FormatError for a damaged archive.
     """
@@ -240,7 +255,7 @@ def apply_archive(borg: Borg, arc: ArchiveInfo, layers: dict[str, Layer], progre
         # A disk with only zero extents in this archive has no data members (and
         # borg warns about a path that matches nothing).
         paths = [fmt.disk_prefix(t) for t in outs if arc.summary.disks[t].data_bytes]
-        files, written, digests = _stream_members(borg, arc.archive, paths + [fmt.MANIFEST, *extra],
+        files, written, digests = _stream_members(borg, arc.archive, paths + [fmt.MANIFEST],
                                                   outs, progress)
         manifest = Manifest.from_json(files.pop(fmt.MANIFEST), arc.archive)
         for t, out in outs.items():
@@ -253,7 +268,7 @@ def apply_archive(borg: Borg, arc: ArchiveInfo, layers: dict[str, Layer], progre
                     if e.kind == extent.ZERO:
                         out.zero(e.start, e.length)
             out.flush()
-    return manifest, files
+    return manifest
 
 
 def _stream_members(borg: Borg, archive: str, paths: list[str], outs: dict[str, Export],
@@ -266,25 +281,54 @@ def _stream_members(borg: Borg, archive: str, paths: list[str], outs: dict[str, 
     with contextlib.ExitStack() as stack:
         writers = {t: stack.enter_context(out.pipelined_writes(WRITES_IN_FLIGHT))
                    for t, out in outs.items()}
-        proc = stack.enter_context(borg.export_tar(archive, paths))
+        stream = stack.enter_context(_exported(borg, archive, paths))
+        # Reading borg's output runs ahead in a thread while this one writes.
+        with prefetch.ahead(_pieces(stream), RESTORE_PREFETCH) as pieces:
+            for name, target, offset, piece in pieces:
+                if target is None:
+                    files[name] = piece
+                elif target in outs:
+                    writers[target](piece, offset)
+                    digests[target].update(piece)
+                    written[target].append(extent.Extent(offset, len(piece)))
+                    progress.advance(len(piece))
+    _check_present(archive, files, (fmt.MANIFEST,))
+    return files, written, digests
+
+
+def read_small_members(borg: Borg, archive: str, names: tuple[str, ...]) -> dict[str, bytes]:
+    """Return {name: contents} of the archive's named small members, in one export-tar.
+
+    Raise FormatError if one is missing or the stream is damaged.
+    """
+    files: dict[str, bytes] = {}
+    with _exported(borg, archive, names) as stream:
+        for member in read_members(stream):
+            if member.name in names:
+                files[member.name] = member.read()
+    _check_present(archive, files, names)
+    return files
+
+
+def _check_present(archive: str, files: dict[str, bytes], names: tuple[str, ...]) -> None:
+    missing = [n for n in names if n not in files]
+    if missing:
+        raise FormatError(archive=archive, detail=f"no {', '.join(missing)}")
+
+
+@contextlib.contextmanager
+def _exported(borg: Borg, archive: str, paths) -> Iterator[BinaryIO]:
+    """Yield the tar stream of 'borg export-tar' of archive's paths; wait for borg after.
+
+    A damaged stream raises FormatError, unless borg failed (then borg's error).
+    """
+    with borg.export_tar(archive, paths) as proc:
         try:
-            # Reading borg's output runs ahead in a thread while this one writes.
-            with prefetch.ahead(_pieces(proc.stdout), RESTORE_PREFETCH) as pieces:
-                for name, target, offset, piece in pieces:
-                    if target is None:
-                        files[name] = piece
-                    elif target in outs:
-                        writers[target](piece, offset)
-                        digests[target].update(piece)
-                        written[target].append(extent.Extent(offset, len(piece)))
-                        progress.advance(len(piece))
+            yield proc.stdout
         except TarFormatError as e:
             borg.finish("export-tar", proc)
             raise FormatError(archive=archive, detail=str(e)) from e
         borg.finish("export-tar", proc)
-    if fmt.MANIFEST not in files:
-        raise FormatError(archive=archive, detail="no manifest.json")
-    return files, written, digests
 
 
 def _pieces(src) -> Iterator[tuple[str, str | None, int, bytes]]:

@@ -1,6 +1,10 @@
 """libvirt XML documents: read disks out of domain XML, write backup and
 checkpoint XML, and rewrite a domain for a restore. Pure, no I/O.
 
+XML is parsed with defusedxml, DTDs refused: domain XML read back from an
+archive is only as trustworthy as the repository, and libvirt never writes
+a DTD, so no entity is ever expanded.
+
 Formats: https://libvirt.org/formatdomain.html, formatbackup.html,
 formatcheckpoint.html.
 """
@@ -9,6 +13,37 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
+
+import defusedxml.ElementTree
+
+
+def _parse(xml: str | bytes) -> ET.Element:
+    """Return the root of an XML document; raise ET.ParseError if it is not well-formed,
+    defusedxml's DTDForbidden (a ValueError) if it has a DTD."""
+    return defusedxml.ElementTree.fromstring(xml, forbid_dtd=True)
+
+
+def read_domain_xml(raw: bytes) -> str:
+    """Given domain XML as stored in an archive, return it as text.
+
+    Raise ValueError saying what is wrong, as a predicate ("has no <name>"), if
+    it is not UTF-8, not well-formed, has a DTD, or is not a <domain> with a <name>.
+    """
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"is not UTF-8 ({e.reason} at byte {e.start})") from e
+    try:
+        root = _parse(text)
+    except ET.ParseError as e:
+        raise ValueError(f"is not well-formed XML ({e})") from e
+    except defusedxml.DefusedXmlException as e:
+        raise ValueError(f"has a DTD, which libvirt never writes ({e!r})") from e
+    if root.tag != "domain":
+        raise ValueError(f"is a <{root.tag}>, not a <domain>")
+    if not (root.findtext("name") or "").strip():
+        raise ValueError("has no <name>")
+    return text
 
 
 @dataclass(frozen=True)
@@ -40,7 +75,7 @@ class DiskSpec:
 
 def parse_disks(domain_xml: str) -> list[DiskSpec]:
     """Given domain XML, return its disks in document order."""
-    return [_disk_spec(d) for d in ET.fromstring(domain_xml).findall("./devices/disk")]
+    return [_disk_spec(d) for d in _parse(domain_xml).findall("./devices/disk")]
 
 
 def _disk_spec(d: ET.Element) -> DiskSpec:
@@ -58,12 +93,12 @@ def _disk_spec(d: ET.Element) -> DiskSpec:
 
 
 def domain_uuid(domain_xml: str) -> str:
-    return ET.fromstring(domain_xml).findtext("uuid", "")
+    return _parse(domain_xml).findtext("uuid", "")
 
 
 def qemu_owner(live_xml: str) -> tuple[int, int] | None:
     """Return (uid, gid) the domain's QEMU runs as (its DAC label), or None if unknown."""
-    for label in ET.fromstring(live_xml).findall("./seclabel[@model='dac']/label"):
+    for label in _parse(live_xml).findall("./seclabel[@model='dac']/label"):
         try:
             uid, gid = (int(p.lstrip("+")) for p in label.text.split(":"))
         except (AttributeError, ValueError):
@@ -100,7 +135,7 @@ def backup_xml(socket: str, disks: dict[str, tuple[str, str] | None],
 
 def backup_sockets(job_xml: str) -> list[str]:
     """Return the unix socket paths a running backup job's XML names."""
-    return [s.get("socket", "") for s in ET.fromstring(job_xml).findall("server")]
+    return [s.get("socket", "") for s in _parse(job_xml).findall("server")]
 
 
 def checkpoint_xml(name: str, description: str, bitmaps: dict[str, bool]) -> str:
@@ -124,7 +159,7 @@ def restored_domain_xml(domain_xml: str, new_name: str,
     other writable disks are removed so the copy never writes to the
     original's disks.
     """
-    root = ET.fromstring(domain_xml)
+    root = _parse(domain_xml)
     root.find("name").text = new_name
     for e in root.findall("uuid"):
         root.remove(e)

@@ -5,7 +5,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from borg_vm.core.domxml import (DiskSpec, backup_sockets, backup_xml, checkpoint_xml, domain_uuid,
-                            parse_disks, qemu_owner, restored_domain_xml)
+                            parse_disks, qemu_owner, read_domain_xml, restored_domain_xml)
 
 # Shaped like `virsh dumpxml` of a running domain (trimmed).
 DOMAIN_XML = """\
@@ -306,3 +306,41 @@ def test_restored_keeps_other_devices():
     root = restored()
     assert root.find("devices/interface/source").get("network") == "default"
     assert root.findtext("devices/emulator") == "/usr/bin/qemu-system-x86_64"
+
+
+# --- read_domain_xml: domain XML from an archive -------------------------------------------
+
+LAUGHS = ("<!DOCTYPE domain [<!ENTITY a 'aaaaaaaaaa'>"
+          + "".join(f"<!ENTITY {c} '{('&' + chr(ord(c) - 1) + ';') * 10}'>" for c in "bcdefghij")
+          + "]><domain><name>&j;</name></domain>")
+
+
+def test_read_domain_xml_returns_the_text():
+    assert read_domain_xml(DOMAIN_XML.encode()) == DOMAIN_XML
+    assert read_domain_xml("<domain><name>café</name></domain>".encode()) \
+        == "<domain><name>café</name></domain>"
+
+
+@pytest.mark.parametrize("raw, why", [
+    (b"<domain><name>x</name>", "is not well-formed XML"),
+    (b"", "is not well-formed XML"),
+    (b"<domain><name>caf\xe9</name></domain>", "is not UTF-8"),
+    (b"<domain><name> </name></domain>", "has no <name>"),
+    (b"<domain type='kvm'/>", "has no <name>"),
+    (b"<domainsnapshot><name>x</name></domainsnapshot>", "is a <domainsnapshot>, not a <domain>"),
+    (LAUGHS.encode(), "has a DTD"),
+    (b"<!DOCTYPE d SYSTEM 'file:///etc/passwd'><domain><name>x</name></domain>", "has a DTD"),
+    (b"<!DOCTYPE d><domain><name>x</name></domain>", "has a DTD"),
+])
+def test_read_domain_xml_rejects(raw, why):
+    with pytest.raises(ValueError, match=f"^{why}"):
+        read_domain_xml(raw)
+
+
+def test_no_entity_is_expanded_anywhere():
+    """libvirt never writes a DTD: every parser of the module refuses one."""
+    for parse in (parse_disks, domain_uuid, qemu_owner, backup_sockets):
+        with pytest.raises(ValueError, match="DTD"):
+            parse(LAUGHS)
+    with pytest.raises(ValueError, match="DTD"):
+        restored_domain_xml(LAUGHS, "x", {})
