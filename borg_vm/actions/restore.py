@@ -30,7 +30,7 @@ from ..adapters.libnbd import Export, open_command
 from ..core import archive as fmt
 from ..core import chain, domxml, extent
 from ..core.archive import ArchiveInfo, DiskRecord, Manifest
-from ..core.tarstream import TarFormatError, read_members
+from ..core.tarstream import Member, TarFormatError, read_members
 from ..errors import FormatError, IntegrityError, RestoreTargetExists, RestoreTargetUnusable
 from ..progress import Progress
 from . import repository
@@ -283,7 +283,7 @@ def _stream_members(borg: Borg, archive: str, paths: list[str], outs: dict[str, 
                    for t, out in outs.items()}
         stream = stack.enter_context(_exported(borg, archive, paths))
         # Reading borg's output runs ahead in a thread while this one writes.
-        with prefetch.ahead(_pieces(stream), RESTORE_PREFETCH) as pieces:
+        with prefetch.ahead(_pieces(stream, archive), RESTORE_PREFETCH) as pieces:
             for name, target, offset, piece in pieces:
                 if target is None:
                     files[name] = piece
@@ -305,7 +305,7 @@ def read_small_members(borg: Borg, archive: str, names: tuple[str, ...]) -> dict
     with _exported(borg, archive, names) as stream:
         for member in read_members(stream):
             if member.name in names:
-                files[member.name] = member.read()
+                files[member.name] = _read_small(member, archive)
     _check_present(archive, files, names)
     return files
 
@@ -331,18 +331,35 @@ def _exported(borg: Borg, archive: str, paths) -> Iterator[BinaryIO]:
         borg.finish("export-tar", proc)
 
 
-def _pieces(src) -> Iterator[tuple[str, str | None, int, bytes]]:
+def _pieces(src, archive: str) -> Iterator[tuple[str, str | None, int, bytes]]:
     """Yield (member name, disk target or None, offset, bytes) from a tar stream:
-    data members in pieces at their disk offsets, other members whole."""
+    data members in pieces at their disk offsets, the format's small members
+    whole; skip members borg-vm does not know, unread.
+
+    Raise FormatError for another member under disk/ (a damaged archive).
+    """
     for member in read_members(src):
         parsed = fmt.parse_member(member.name)
-        if parsed is None:
-            yield member.name, None, 0, member.read()
-            continue
-        target, offset = parsed
-        for piece in member.chunks(RESTORE_PIECE):
-            yield member.name, target, offset, piece
-            offset += len(piece)
+        if parsed is not None:
+            target, offset = parsed
+            for piece in member.chunks(RESTORE_PIECE):
+                yield member.name, target, offset, piece
+                offset += len(piece)
+        elif fmt.in_disk_dir(member.name):
+            raise FormatError(archive=archive, detail=f"unexpected member {member.name!r} "
+                                                      f"({member.size} bytes): it is damaged")
+        elif member.name in fmt.SMALL_MEMBERS:
+            yield member.name, None, 0, _read_small(member, archive)
+
+
+def _read_small(member: Member, archive: str) -> bytes:
+    """Return a small member of the format whole; raise FormatError, unread, if it is
+    bigger than the format allows."""
+    limit = fmt.SMALL_MEMBERS[member.name]
+    if member.size > limit:
+        raise FormatError(archive=archive, detail=f"{member.name} is {member.size} bytes, "
+                                                  f"more than the {limit} borg-vm allows")
+    return member.read()
 
 
 def _verify(archive: str, target: str, record: DiskRecord, written: list[extent.Extent],

@@ -33,6 +33,11 @@ In this order::
     ...                             (ascending offset, disks in target order)
     manifest.json                   last, when digests and counts are known
 
+Readers hold only domain.xml, checkpoint.xml and manifest.json whole, and
+refuse them unread when bigger than ``MAX_XML_BYTES`` / ``MAX_MANIFEST_BYTES``;
+any other member under ``disk/`` means a damaged archive; members they do
+not know are skipped unread.
+
 Data members start on ``block_size`` boundaries where possible (see
 ``extent.split_at_blocks``) and Borg is run with a fixed chunker of
 ``block_size``, so identical disk blocks become identical chunks across runs
@@ -94,6 +99,13 @@ DOMAIN_XML = "domain.xml"
 CHECKPOINT_XML = "checkpoint.xml"
 MANIFEST = "manifest.json"
 DISK_DIR = "disk"
+# Readers hold these members whole, so they refuse bigger ones unread. A
+# manifest lists ~70 bytes per extent: 64 MiB is ~900,000 extents (a 1 TiB
+# disk in ~1 MiB pieces). libvirt's domain XML is a few KiB.
+MAX_MANIFEST_BYTES = 64 * 1024 * 1024
+MAX_XML_BYTES = 4 * 1024 * 1024
+SMALL_MEMBERS = {DOMAIN_XML: MAX_XML_BYTES, CHECKPOINT_XML: MAX_XML_BYTES,
+                 MANIFEST: MAX_MANIFEST_BYTES}
 
 _STAMP = r"\d{8}T\d{6}Z(?:-\d+)?"
 _NAME_RE = re.compile(rf"^(?P<domain>.+)\.(?P<snapshot>{_STAMP})\.(?P<checkpoint>{CHECKPOINT_PREFIX}{_STAMP})$")
@@ -170,6 +182,11 @@ def disk_prefix(target: str) -> str:
     return f"{DISK_DIR}/{target}"
 
 
+def in_disk_dir(name: str) -> bool:
+    """Return True if member name lies under disk/, where only data members belong."""
+    return name.startswith(DISK_DIR + "/")
+
+
 @dataclass(frozen=True)
 class DiskRecord:
     level: str
@@ -220,7 +237,7 @@ class Manifest:
     def from_json(cls, raw: bytes, archive: str) -> "Manifest":
         """Parse manifest.json; raise FormatError if it is not a valid version-1 manifest."""
         try:
-            doc = json.loads(raw)
+            doc = json.loads(raw.decode("utf-8"))
             _check_version(doc, archive)
             disks = {check_target(t): _disk_from_doc(d) for t, d in doc["disks"].items()}
             m = cls(domain=doc["domain"], uuid=doc["uuid"], snapshot=doc["snapshot"],
@@ -231,6 +248,9 @@ class Manifest:
                     borg_vm_version=doc.get("borg_vm_version", "?"))
         except FormatError:
             raise
+        except UnicodeDecodeError as e:  # its repr would hold the whole manifest
+            raise FormatError(archive=archive, detail=f"bad manifest: not UTF-8 ({e.reason} "
+                                                      f"at byte {e.start})") from e
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise FormatError(archive=archive, detail=f"bad manifest: {e!r}") from e
         return m

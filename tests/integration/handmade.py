@@ -103,6 +103,32 @@ def borg_vm(*args: str, code: int | None = 0, **kwargs) -> subprocess.CompletedP
     return proc
 
 
+# Runs borg-vm's main() in this process and writes its peak RSS (ru_maxrss, KiB)
+# to the file named by argv[1] on the way out.
+_RSS_PROBE = """\
+import resource, sys
+from borg_vm.cli import main
+try:
+    main(sys.argv[2:])
+finally:
+    with open(sys.argv[1], "w") as f:
+        f.write(str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))
+"""
+
+
+def borg_vm_peak_rss(workdir, *args: str, code: int | None = 0):
+    """Run the real CLI like borg_vm(); return (its CompletedProcess, the peak RSS in
+    bytes of borg-vm's own process: its threads, not borg or qemu-nbd)."""
+    out = os.path.join(workdir, "peak-rss")
+    proc = subprocess.run([sys.executable, "-c", _RSS_PROBE, out, *args], capture_output=True,
+                          text=True, timeout=600)
+    if code is not None:
+        assert proc.returncode == code, (f"borg-vm {' '.join(args)} exited {proc.returncode}, "
+                                         f"expected {code}\nstderr: {proc.stderr}")
+    with open(out) as f:
+        return proc, int(f.read()) * 1024
+
+
 def error_line(proc: subprocess.CompletedProcess) -> str:
     """Return the one line borg-vm wrote on stderr; fail if it wrote more (a traceback)."""
     lines = [line for line in proc.stderr.splitlines() if line.strip()]

@@ -5,9 +5,15 @@ before any image is written, with bounded memory."""
 
 import pytest
 
-from handmade import DOMAIN, borg_vm, error_line, write_archive
+from borg_vm.core import archive
+
+from handmade import DOMAIN, Zeros, borg_vm, borg_vm_peak_rss, error_line, write_archive
+from realstack import MiB
 
 DATA = b"\x5a" * 65536
+GiB = 1024 * MiB
+# borg-vm holds at most a few 4 MiB pieces in flight; a member read whole shows as GiBs.
+PEAK_RSS_LIMIT = 300 * MiB
 BILLION_LAUGHS = (b"<?xml version='1.0'?><!DOCTYPE domain ["
                   b"<!ENTITY a 'aaaaaaaaaa'>"
                   + b"".join(b"<!ENTITY %c '%s'>" % (c, (b"&%c;" % (c - 1)) * 10)
@@ -36,3 +42,36 @@ def test_malformed_domain_xml_fails_first_with_exit_2(make_repo, tmp_path, xml, 
     line = error_line(restore(borg.repo, tmp_path / "out", code=2))  # no "restoring vda" line
     assert f"Archive {name} " in line and "domain.xml" in line and why in line, line
     assert not (tmp_path / "out").exists()
+
+
+# --- B5: no member is held in memory unless it is small by definition ------------------
+
+def test_non_data_member_under_disk_is_rejected_with_bounded_memory(make_repo, tmp_path):
+    borg = make_repo()
+    name = write_archive(borg, {"vda": DATA}, extra=[("disk/vda/junk", Zeros(GiB))])
+    proc, rss = borg_vm_peak_rss(tmp_path, "restore", DOMAIN, "--repo", borg.repo, "--to",
+                                 str(tmp_path / "out"), "--no-progress", code=2)
+    line = proc.stderr.splitlines()[-1]
+    assert f"Archive {name} " in line and "'disk/vda/junk'" in line, proc.stderr
+    assert rss < PEAK_RSS_LIMIT
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_member_is_skipped_with_bounded_memory(make_repo, tmp_path):
+    """'manifest.json/x' is exported with manifest.json (a path prefix), then skipped."""
+    borg = make_repo()
+    write_archive(borg, {"vda": DATA}, extra=[("manifest.json/x", Zeros(GiB))])
+    proc, rss = borg_vm_peak_rss(tmp_path, "restore", DOMAIN, "--repo", borg.repo, "--to",
+                                 str(tmp_path / "out"), "--no-progress")
+    assert rss < PEAK_RSS_LIMIT
+    assert len(list((tmp_path / "out").glob("*.qcow2"))) == 1
+
+
+@pytest.mark.parametrize("member, limit", [(archive.MANIFEST, archive.MAX_MANIFEST_BYTES),
+                                           (archive.DOMAIN_XML, archive.MAX_XML_BYTES)])
+def test_oversized_small_member_is_refused_unread(make_repo, tmp_path, member, limit):
+    borg = make_repo()
+    big = {"manifest_json" if member == archive.MANIFEST else "xml": Zeros(limit + 1)}
+    name = write_archive(borg, {"vda": DATA}, **big)
+    line = error_line(restore(borg.repo, tmp_path / "out", code=2))
+    assert f"Archive {name} " in line and f"{member} is {limit + 1} bytes" in line, line
