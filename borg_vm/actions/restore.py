@@ -235,6 +235,10 @@ def _prepare_layer(d: DiskPlan, i: int, stage: str) -> Layer:
         backing = os.path.join(stage, d.images[i - 1]) if i else None
         qemu.create(path, d.formats[i], size, backing=backing)
         os.chmod(path, PRIVATE)
+    elif size != (base := d.archives[0].summary.disks[d.target].virtual_size):
+        raise FormatError(archive=d.archives[i].archive,
+                          detail=f"disk {d.target} is {size} bytes, {base} in "
+                                 f"{d.archives[0].archive} (a chain keeps a disk's size)")
     log.info("restoring %s of %s into %s", d.target, d.archives[i].archive, d.images[i])
     return Layer(path, d.formats[i], zeros=i > 0)
 
@@ -255,8 +259,9 @@ def apply_archive(borg: Borg, arc: ArchiveInfo, layers: dict[str, Layer],
         # A disk with only zero extents in this archive has no data members (and
         # borg warns about a path that matches nothing).
         paths = [fmt.disk_prefix(t) for t in outs if arc.summary.disks[t].data_bytes]
+        sizes = {t: arc.summary.disks[t].virtual_size for t in outs}
         files, written, digests = _stream_members(borg, arc.archive, paths + [fmt.MANIFEST],
-                                                  outs, progress)
+                                                  outs, sizes, progress)
         manifest = Manifest.from_json(files.pop(fmt.MANIFEST), arc.archive)
         for t, out in outs.items():
             record = manifest.disks.get(t)
@@ -272,9 +277,10 @@ def apply_archive(borg: Borg, arc: ArchiveInfo, layers: dict[str, Layer],
 
 
 def _stream_members(borg: Borg, archive: str, paths: list[str], outs: dict[str, Export],
-                    progress: Progress):
-    """Stream the archive's paths: data members go to outs at their offsets, other
-    files are returned whole. Return (files, written extents, digests) per disk."""
+                    sizes: dict[str, int], progress: Progress):
+    """Stream the archive's paths: data members go to outs at their offsets (each
+    checked against its disk's size first), small members are returned whole.
+    Return (files, written extents, digests) per disk."""
     files: dict[str, bytes] = {}
     written: dict[str, list[extent.Extent]] = {t: [] for t in outs}
     digests = {t: hashlib.sha256() for t in outs}
@@ -283,7 +289,7 @@ def _stream_members(borg: Borg, archive: str, paths: list[str], outs: dict[str, 
                    for t, out in outs.items()}
         stream = stack.enter_context(_exported(borg, archive, paths))
         # Reading borg's output runs ahead in a thread while this one writes.
-        with prefetch.ahead(_pieces(stream, archive), RESTORE_PREFETCH) as pieces:
+        with prefetch.ahead(_pieces(stream, archive, sizes), RESTORE_PREFETCH) as pieces:
             for name, target, offset, piece in pieces:
                 if target is None:
                     files[name] = piece
@@ -331,17 +337,23 @@ def _exported(borg: Borg, archive: str, paths) -> Iterator[BinaryIO]:
         borg.finish("export-tar", proc)
 
 
-def _pieces(src, archive: str) -> Iterator[tuple[str, str | None, int, bytes]]:
+def _pieces(src, archive: str, sizes: dict[str, int]
+            ) -> Iterator[tuple[str, str | None, int, bytes]]:
     """Yield (member name, disk target or None, offset, bytes) from a tar stream:
     data members in pieces at their disk offsets, the format's small members
     whole; skip members borg-vm does not know, unread.
 
-    Raise FormatError for another member under disk/ (a damaged archive).
+    Raise IntegrityError for a data member that ends beyond its disk's size,
+    FormatError for another member under disk/ (both: a damaged archive).
     """
     for member in read_members(src):
         parsed = fmt.parse_member(member.name)
         if parsed is not None:
             target, offset = parsed
+            if target in sizes and offset + member.size > sizes[target]:
+                raise IntegrityError(target=target, archive=archive, detail=(
+                    f"member {member.name} ends at byte {offset + member.size}, beyond the "
+                    f"disk's {sizes[target]} bytes: the archive is damaged"))
             for piece in member.chunks(RESTORE_PIECE):
                 yield member.name, target, offset, piece
                 offset += len(piece)

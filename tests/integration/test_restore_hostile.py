@@ -5,9 +5,11 @@ before any image is written, with bounded memory."""
 
 import pytest
 
+from borg_vm.actions import restore as restore_action
 from borg_vm.core import archive
+from borg_vm.errors import FormatError
 
-from handmade import DOMAIN, Zeros, borg_vm, borg_vm_peak_rss, error_line, write_archive
+from handmade import DOMAIN, SIZE, Zeros, borg_vm, borg_vm_peak_rss, error_line, write_archive
 from realstack import MiB
 
 DATA = b"\x5a" * 65536
@@ -75,3 +77,32 @@ def test_oversized_small_member_is_refused_unread(make_repo, tmp_path, member, l
     name = write_archive(borg, {"vda": DATA}, **big)
     line = error_line(restore(borg.repo, tmp_path / "out", code=2))
     assert f"Archive {name} " in line and f"{member} is {limit + 1} bytes" in line, line
+
+
+# --- R10: data beyond the end of its disk is a damaged archive, found before writing ---
+
+@pytest.mark.parametrize("offset, length", [(SIZE - 4096, 65536), (SIZE, 4096), (2 * SIZE, 1)])
+def test_data_member_beyond_the_disk_end_is_damage(make_repo, tmp_path, offset, length):
+    borg = make_repo()
+    name = write_archive(borg, {"vda": DATA}, extra=[
+        (archive.member_name("vda", offset), b"\x01" * length)])
+    proc = restore(borg.repo, tmp_path / "out", code=2)
+    line = proc.stderr.splitlines()[-1]
+    assert (f"Data of disk vda in archive {name} " in line
+            and f"ends at byte {offset + length}, beyond the disk's {SIZE} bytes" in line
+            and "damaged" in line), proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_flattened_chain_whose_sizes_differ_is_damage(tmp_path):
+    """Flatten writes every archive into the full's image: a later archive claiming a
+    bigger disk would write past its end."""
+    arcs = tuple(archive.ArchiveInfo(
+        archive.ArchiveName(DOMAIN, "S", checkpoint),
+        archive.Summary(level, None, "t", "u",
+                        {"vda": archive.DiskSummary(level, size, "qcow2", "/v", 0, 0)}))
+        for checkpoint, level, size in [("borgvm-1", "full", MiB), ("borgvm-2", "inc", 2 * MiB)])
+    plan = restore_action.DiskPlan("vda", arcs, ("flat.qcow2",) * 2, ("qcow2",) * 2)
+    restore_action._prepare_layer(plan, 0, str(tmp_path))
+    with pytest.raises(FormatError, match=f"disk vda is {2 * MiB} bytes, {MiB} in"):
+        restore_action._prepare_layer(plan, 1, str(tmp_path))
