@@ -7,6 +7,11 @@ Chain mode (default), one image per archive, each backed by the one before::
 
 Flatten mode: one image, every archive of the chain applied in order.
 
+The archive is only as trustworthy as the repository: the top archive's
+domain.xml and manifest are read and checked before anything is written, no
+member is held in memory unless the format caps its size, and the restored
+domain XML leaves out what it named of the host (core.domxml.strip_host_resources).
+
 Images are written in a hidden directory inside --to and moved into place
 only when every disk was written and verified against its manifest, so a
 failed restore leaves --to as it was (and removes it if it created it).
@@ -55,6 +60,7 @@ class RestoreOptions:
     format: str = "qcow2"
     force: bool = False
     progress: bool = True
+    keep_host_resources: bool = False
 
 
 @dataclass(frozen=True)
@@ -107,10 +113,12 @@ class RestoreResult:
 
 
 def restore(borg: Borg, domain: str, opts: RestoreOptions) -> RestoreResult:
-    """Restore domain's disks (and a definable domain XML) into opts.to.
+    """Restore domain's disks (and a definable domain XML) into opts.to, files 0600.
 
-    Raise ArchiveNotFound, BrokenChain, UnknownDisk, RestoreTargetExists, RestoreTargetUnusable,
-    IntegrityError or a Borg/qemu error; on any failure opts.to is unchanged.
+    The XML names no host resource unless opts.keep_host_resources (what was
+    removed is logged as one warning). Raise ArchiveNotFound, BrokenChain,
+    UnknownDisk, RestoreTargetExists, RestoreTargetUnusable, FormatError,
+    IntegrityError or a Borg/qemu error; on any failure opts.to is as it was.
     """
     archives, _partial = repository.archives(borg, domain)
     top = chain.select(archives, domain, opts.checkpoint)
@@ -124,8 +132,8 @@ def restore(borg: Borg, domain: str, opts: RestoreOptions) -> RestoreResult:
     to = os.path.abspath(opts.to)
     # The small members first: a damaged or hostile archive fails here, before
     # anything is created or written.
-    xml = _restored_xml(borg, top, {d.target: (os.path.join(to, d.top), d.formats[-1])
-                                    for d in plans})
+    xml, removed = _restored_xml(borg, top, {d.target: (os.path.join(to, d.top), d.formats[-1])
+                                             for d in plans}, opts.keep_host_resources)
     with _target_dir(to), _staging(to) as stage:
         total = sum(a.summary.disks[d.target].data_bytes for d in plans for a in d.archives)
         progress = Progress.for_terminal(f"restore {domain}", total, opts.progress)
@@ -145,6 +153,9 @@ def restore(borg: Borg, domain: str, opts: RestoreOptions) -> RestoreResult:
             f.write(xml)
         for p in outputs:
             os.replace(os.path.join(stage, p), os.path.join(to, p))
+    if removed:
+        log.warning("removed host resources from the restored domain XML "
+                    "(--keep-host-resources keeps them): %s", ", ".join(removed))
     return RestoreResult(
         domain, top_manifest.checkpoint,
         {d.target: {"image": os.path.join(to, d.top),
@@ -153,9 +164,11 @@ def restore(borg: Borg, domain: str, opts: RestoreOptions) -> RestoreResult:
         os.path.join(to, xml_name))
 
 
-def _restored_xml(borg: Borg, top: ArchiveInfo, images: dict[str, tuple[str, str]]) -> str:
+def _restored_xml(borg: Borg, top: ArchiveInfo, images: dict[str, tuple[str, str]],
+                  keep_host_resources: bool) -> tuple[str, list[str]]:
     """Return the domain XML to write beside the images (see domxml.restored_domain_xml),
-    from top's domain.xml, with top's manifest checked too.
+    from top's domain.xml, with top's manifest checked too, and what was removed from it
+    of the host (see domxml.strip_host_resources) unless keep_host_resources.
 
     Raise FormatError naming top if either is damaged.
     """
@@ -165,7 +178,10 @@ def _restored_xml(borg: Borg, top: ArchiveInfo, images: dict[str, tuple[str, str
         text = domxml.read_domain_xml(files[fmt.DOMAIN_XML])
     except ValueError as e:
         raise FormatError(archive=top.archive, detail=f"{fmt.DOMAIN_XML} {e}") from e
-    return domxml.restored_domain_xml(text, f"{top.name.domain}-restored", images)
+    xml = domxml.restored_domain_xml(text, f"{top.name.domain}-restored", images)
+    if keep_host_resources:
+        return xml, []
+    return domxml.strip_host_resources(xml, {path for path, _ in images.values()})
 
 
 @contextlib.contextmanager

@@ -3,6 +3,9 @@ access to the repository could make them ('borg import-tar' of a hand-made
 tar, named and commented like a borg-vm archive): one clear line and exit 2,
 before any image is written, with bounded memory."""
 
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
 import pytest
 
 from borg_vm.actions import restore as restore_action
@@ -106,3 +109,64 @@ def test_flattened_chain_whose_sizes_differ_is_damage(tmp_path):
     restore_action._prepare_layer(plan, 0, str(tmp_path))
     with pytest.raises(FormatError, match=f"disk vda is {2 * MiB} bytes, {MiB} in"):
         restore_action._prepare_layer(plan, 1, str(tmp_path))
+
+
+# --- R3: the restored domain XML names no host resource unless asked -------------------
+
+HOST_RESOURCES_XML = f"""\
+<domain type='kvm' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>
+  <name>{DOMAIN}</name><memory>131072</memory><os><type arch='x86_64'>hvm</type></os>
+  <devices>
+    <emulator>/usr/bin/qemu-system-x86_64</emulator>
+    <disk type='file' device='disk'><driver name='qemu' type='qcow2'/>
+      <source file='/vms/vda.qcow2'/><target dev='vda' bus='virtio'/></disk>
+    <disk type='block' device='lun'><driver name='qemu' type='raw'/>
+      <source dev='/dev/sda'/><target dev='sda' bus='scsi'/></disk>
+    <disk type='file' device='cdrom'><source file='/etc/shadow'/>
+      <target dev='sdb' bus='sata'/><readonly/></disk>
+    <filesystem type='mount' accessmode='passthrough'><source dir='/'/>
+      <target dir='hostroot'/></filesystem>
+    <hostdev mode='subsystem' type='pci' managed='yes'><source>
+      <address domain='0x0000' bus='0x03' slot='0x00' function='0x0'/></source></hostdev>
+  </devices>
+  <qemu:commandline><qemu:arg value='-fw_cfg'/><qemu:arg value='name=opt/x,file=/etc/shadow'/>
+  </qemu:commandline>
+</domain>
+""".encode()
+REMOVED = ("qemu:commandline, disk sda (/dev/sda), disk sdb (/etc/shadow), filesystem mount (/), "
+           "hostdev pci")
+
+
+def restored_xml(to: Path) -> ET.Element:
+    (path,) = to.glob("*.xml")
+    return ET.fromstring(path.read_text())
+
+
+def named_paths(root: ET.Element) -> set[str]:
+    return {v for e in root.iter() for v in (*e.attrib.values(), (e.text or "").strip())
+            if v.startswith("/")}
+
+
+def test_host_resources_are_removed_with_one_warning(make_repo, tmp_path):
+    borg = make_repo()
+    write_archive(borg, {"vda": DATA}, xml=HOST_RESOURCES_XML)
+    to = tmp_path / "out"
+    proc = restore(borg.repo, to)
+    warnings = [line for line in proc.stderr.splitlines() if "removed" in line]
+    assert warnings == ["borg-vm: removed host resources from the restored domain XML "
+                        f"(--keep-host-resources keeps them): {REMOVED}"], proc.stderr
+    root = restored_xml(to)
+    assert named_paths(root) == {str(p) for p in to.glob("*.qcow2")}
+    assert [d.find("target").get("dev") for d in root.iter("disk")] == ["vda"]
+
+
+def test_keep_host_resources_keeps_them(make_repo, tmp_path):
+    borg = make_repo()
+    write_archive(borg, {"vda": DATA}, xml=HOST_RESOURCES_XML)
+    to = tmp_path / "out"
+    proc = restore(borg.repo, to, "--keep-host-resources")
+    assert "removed" not in proc.stderr
+    root = restored_xml(to)
+    assert {"/dev/sda", "/etc/shadow", "/", "/usr/bin/qemu-system-x86_64"} <= named_paths(root)
+    assert root.find("devices/hostdev") is not None
+    assert "name=opt/x,file=/etc/shadow" in ET.tostring(root, encoding="unicode")
