@@ -103,16 +103,18 @@ def borg_vm(*args: str, code: int | None = 0, **kwargs) -> subprocess.CompletedP
     return proc
 
 
-# Runs borg-vm's main() in this process and writes its peak RSS (ru_maxrss, KiB)
-# to the file named by argv[1] on the way out.
+# Runs borg-vm's main() in this process and writes its peak RSS to the file named
+# by argv[1] on the way out: VmHWM, the high-water mark of this process's own
+# memory. Not getrusage's ru_maxrss: Linux carries that across execve, so a
+# child of a big pytest process would report pytest's peak.
 _RSS_PROBE = """\
-import resource, sys
+import sys
 from borg_vm.cli import main
 try:
     main(sys.argv[2:])
 finally:
-    with open(sys.argv[1], "w") as f:
-        f.write(str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))
+    with open("/proc/self/status") as status, open(sys.argv[1], "w") as out:
+        out.write(next(line.split()[1] for line in status if line.startswith("VmHWM:")))
 """
 
 
