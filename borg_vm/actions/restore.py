@@ -9,7 +9,7 @@ Flatten mode: one image, every archive of the chain applied in order.
 
 The archive is only as trustworthy as the repository: the top archive's
 domain.xml and manifest are read and checked before anything is written, no
-member is held in memory unless the format caps its size, and the restored
+member is held in memory unless the format caps its size (see members), and the restored
 domain XML leaves out what it named of the host (core.domxml.strip_host_resources).
 
 Images are written in a hidden directory inside --to and moved into place
@@ -26,7 +26,7 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass
-from typing import BinaryIO, Iterator
+from typing import Iterator
 
 from .. import prefetch
 from ..adapters import qemu
@@ -35,10 +35,9 @@ from ..adapters.libnbd import Export, open_command
 from ..core import archive as fmt
 from ..core import chain, domxml, extent
 from ..core.archive import ArchiveInfo, DiskRecord, Manifest
-from ..core.tarstream import Member, TarFormatError, read_members
 from ..errors import FormatError, IntegrityError, RestoreTargetExists, RestoreTargetUnusable
 from ..progress import Progress
-from . import repository
+from . import members, repository
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +171,7 @@ def _restored_xml(borg: Borg, top: ArchiveInfo, images: dict[str, tuple[str, str
 
     Raise FormatError naming top if either is damaged.
     """
-    files = read_small_members(borg, top.archive, (fmt.DOMAIN_XML, fmt.MANIFEST))
+    files = members.read_small(borg, top.archive, (fmt.DOMAIN_XML, fmt.MANIFEST))
     Manifest.from_json(files[fmt.MANIFEST], top.archive)
     try:
         text = domxml.read_domain_xml(files[fmt.DOMAIN_XML])
@@ -303,9 +302,10 @@ def _stream_members(borg: Borg, archive: str, paths: list[str], outs: dict[str, 
     with contextlib.ExitStack() as stack:
         writers = {t: stack.enter_context(out.pipelined_writes(WRITES_IN_FLIGHT))
                    for t, out in outs.items()}
-        stream = stack.enter_context(_exported(borg, archive, paths))
+        stream = stack.enter_context(members.exported(borg, archive, paths))
         # Reading borg's output runs ahead in a thread while this one writes.
-        with prefetch.ahead(_pieces(stream, archive, sizes), RESTORE_PREFETCH) as pieces:
+        with prefetch.ahead(members.pieces(stream, archive, sizes, RESTORE_PIECE),
+                            RESTORE_PREFETCH) as pieces:
             for name, target, offset, piece in pieces:
                 if target is None:
                     files[name] = piece
@@ -314,80 +314,8 @@ def _stream_members(borg: Borg, archive: str, paths: list[str], outs: dict[str, 
                     digests[target].update(piece)
                     written[target].append(extent.Extent(offset, len(piece)))
                     progress.advance(len(piece))
-    _check_present(archive, files, (fmt.MANIFEST,))
+    members.check_present(archive, files, (fmt.MANIFEST,))
     return files, written, digests
-
-
-def read_small_members(borg: Borg, archive: str, names: tuple[str, ...]) -> dict[str, bytes]:
-    """Return {name: contents} of the archive's named small members, in one export-tar.
-
-    Raise FormatError if one is missing or the stream is damaged.
-    """
-    files: dict[str, bytes] = {}
-    with _exported(borg, archive, names) as stream:
-        for member in read_members(stream):
-            if member.name in names:
-                files[member.name] = _read_small(member, archive)
-    _check_present(archive, files, names)
-    return files
-
-
-def _check_present(archive: str, files: dict[str, bytes], names: tuple[str, ...]) -> None:
-    missing = [n for n in names if n not in files]
-    if missing:
-        raise FormatError(archive=archive, detail=f"no {', '.join(missing)}")
-
-
-@contextlib.contextmanager
-def _exported(borg: Borg, archive: str, paths) -> Iterator[BinaryIO]:
-    """Yield the tar stream of 'borg export-tar' of archive's paths; wait for borg after.
-
-    A damaged stream raises FormatError, unless borg failed (then borg's error).
-    """
-    with borg.export_tar(archive, paths) as proc:
-        try:
-            yield proc.stdout
-        except TarFormatError as e:
-            borg.finish("export-tar", proc)
-            raise FormatError(archive=archive, detail=str(e)) from e
-        borg.finish("export-tar", proc)
-
-
-def _pieces(src, archive: str, sizes: dict[str, int]
-            ) -> Iterator[tuple[str, str | None, int, bytes]]:
-    """Yield (member name, disk target or None, offset, bytes) from a tar stream:
-    data members in pieces at their disk offsets, the format's small members
-    whole; skip members borg-vm does not know, unread.
-
-    Raise IntegrityError for a data member that ends beyond its disk's size,
-    FormatError for another member under disk/ (both: a damaged archive).
-    """
-    for member in read_members(src):
-        parsed = fmt.parse_member(member.name)
-        if parsed is not None:
-            target, offset = parsed
-            if target in sizes and offset + member.size > sizes[target]:
-                raise IntegrityError(target=target, archive=archive, detail=(
-                    f"member {member.name} ends at byte {offset + member.size}, beyond the "
-                    f"disk's {sizes[target]} bytes: the archive is damaged"))
-            for piece in member.chunks(RESTORE_PIECE):
-                yield member.name, target, offset, piece
-                offset += len(piece)
-        elif fmt.in_disk_dir(member.name):
-            raise FormatError(archive=archive, detail=f"unexpected member {member.name!r} "
-                                                      f"({member.size} bytes): it is damaged")
-        elif member.name in fmt.SMALL_MEMBERS:
-            yield member.name, None, 0, _read_small(member, archive)
-
-
-def _read_small(member: Member, archive: str) -> bytes:
-    """Return a small member of the format whole; raise FormatError, unread, if it is
-    bigger than the format allows."""
-    limit = fmt.SMALL_MEMBERS[member.name]
-    if member.size > limit:
-        raise FormatError(archive=archive, detail=f"{member.name} is {member.size} bytes, "
-                                                  f"more than the {limit} borg-vm allows")
-    return member.read()
 
 
 def _verify(archive: str, target: str, record: DiskRecord, written: list[extent.Extent],

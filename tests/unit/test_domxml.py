@@ -507,6 +507,7 @@ def test_strip_of_a_plain_restored_domain_removes_nothing_but_the_emulator():
     xml = restored_domain_xml(DOMAIN_XML, "web01-restored",
                               {"vda": ("/r/vda.qcow2", "qcow2"), "vdb": ("/r/vdb.img", "raw")})
     out, removed = strip_host_resources(xml, {"/r/vda.qcow2", "/r/vdb.img"})
-    assert removed == ["disk sda (/iso/debian-12.iso)", "disk vdc (/var/lib/libvirt/images/tools.qcow2)"]
+    assert removed == ["disk sda (/iso/debian-12.iso)",
+                       "disk vdc (/var/lib/libvirt/images/tools.qcow2)"]
     assert "emulator" not in out
     assert {d.target for d in parse_disks(out)} == {"vda", "vdb", "sdb"}
