@@ -16,6 +16,7 @@ from .actions.backup import BackupOptions, backup
 from .adapters import libvirt as virt
 from .adapters.borg import Borg
 from .core import archive, plan
+from .core.text import printable
 from .errors import EXIT_ERROR, EXIT_OK, BorgVmError, Interrupted, NoRepository, UsageError
 from .actions.restore import RestoreOptions, restore
 
@@ -54,8 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     _logging_options(parser, False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    b = sub.add_parser("backup", parents=[logging_opts], help="back up running domains, one archive each",
-                       description="Back up running domains: a full backup the first "
+    b = sub.add_parser("backup", parents=[logging_opts],
+                       help="back up domains (running or shut off), one archive each",
+                       description="Back up domains, running or shut off: a full backup the first "
                        "time, then incrementals of what changed since the last checkpoint.")
     b.add_argument("domains", nargs="+", metavar="DOMAIN")
     _common(b, libvirt=True)
@@ -143,28 +145,29 @@ def _cmd_backup(args: argparse.Namespace) -> int:
                          block_size=args.chunk_size, read_alignment=args.read_alignment,
                          progress=not (args.no_progress or args.json))
     borg = _borg(args)
-    worst = EXIT_OK
+    failed: dict[str, int] = {}
     with virt.connect(args.connect) as hv:
         for name in args.domains:
             try:
                 result = backup(hv, borg, name, opts)
             except Interrupted:
                 raise
-            except BorgVmError as e:
-                log.error("%s: %s", name, e.message)
-                log.debug("details", exc_info=True)
-                worst = max(worst, e.exit_code)
+            except Exception as e:  # one domain's failure, even a bug, never stops the next
+                failed[name] = _report(e, args.debug, prefix=f"{name}: ")
                 continue
             if args.json:
                 _emit(result.to_json())
             else:
                 log.info("%s: %s backup done in %.1f s: %s", name, result.level,
                          result.duration, result.archive)
-    return worst
+    if failed and len(args.domains) > 1:
+        log.error("%d of %d domains failed: %s", len(failed), len(args.domains),
+                  ", ".join(failed))
+    return max(failed.values(), default=EXIT_OK)
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    archives = listing.list_archives(_borg(args), args.domain)
+    archives = listing.list_archives(_borg(args), args.domain)  # raises if DOMAIN has none
     if args.json:
         _emit(listing.to_json(archives))
     elif archives:
@@ -182,8 +185,8 @@ def _cmd_restore(args: argparse.Namespace) -> int:
         _emit(result.to_json())
     else:
         for target, d in result.disks.items():
-            print(f"{target}: {d['image']}")
-        print(f"domain XML: {result.domain_xml}")
+            print(printable(f"{target}: {d['image']}"))
+        print(printable(f"domain XML: {result.domain_xml}"))
     return EXIT_OK
 
 
@@ -191,13 +194,39 @@ def _raise_interrupted(signum, _frame):
     raise Interrupted(signal=signal.Signals(signum).name)
 
 
+class _PrintableFormatter(logging.Formatter):
+    """Log messages carry names and text from archives and libvirt: show their
+    control characters as escapes (a traceback under --debug is left as is)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return printable(super().formatMessage(record))
+
+
+def _report(e: Exception, debug: bool, prefix: str = "") -> int:
+    """Log one line for an error (with the traceback under --debug); return its exit code.
+
+    borg-vm's own errors say what happened and what to do; anything else is a
+    bug, reported as such, never as a bare traceback.
+    """
+    if isinstance(e, BorgVmError):
+        log.error("%s%s", prefix, e.message)
+        code = e.exit_code
+    else:
+        log.error("%sunexpected error (a bug in borg-vm, please report it): %s: %s%s", prefix,
+                  type(e).__name__, e, "" if debug else "; --debug shows the traceback")
+        code = EXIT_ERROR
+    if debug:
+        log.error("traceback", exc_info=e)
+    return code
+
+
 def _setup_logging(debug: bool, quiet: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(
+    handler.setFormatter(_PrintableFormatter(
         "borg-vm: %(relativeCreated)6.0f ms %(name)s: %(message)s" if debug
         else "borg-vm: %(message)s"))
     root = logging.getLogger("borg_vm")
-    root.addHandler(handler)
+    root.handlers = [handler]  # a second main() in one process (tests) replaces, not adds
     root.setLevel(logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO)
 
 
@@ -209,11 +238,8 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGINT, _raise_interrupted)
     try:
         code = args.run(args)
-    except BorgVmError as e:
-        log.error("%s", e.message)
-        if args.debug:
-            log.exception("traceback")
-        code = e.exit_code
-    except BrokenPipeError:
+    except BrokenPipeError:  # stdout closed by a reader such as `head`
         code = EXIT_ERROR
+    except Exception as e:  # the one exit point: every error is one line and a code
+        code = _report(e, args.debug)
     sys.exit(code)

@@ -49,12 +49,6 @@ class DomainNotFound(BorgVmError):
     the domains)."""
 
 
-class DomainNotRunning(BorgVmError):
-    """Domain {name!r} is not running: libvirt makes pull-mode backups of
-    running (or paused) domains only. Start it, e.g. 'virsh start --paused
-    {name}'."""
-
-
 class NoDisksToBackUp(BorgVmError):
     """Domain {name!r} has no disk borg-vm can back up ({detail})."""
 

@@ -10,14 +10,21 @@ Order of events (commit last)::
 Any failure before the rename: borg is stopped, the job aborted, checkpoint
 C deleted, the partial archive deleted; the parent checkpoint is untouched,
 so the next run is still incremental from the last good archive.
+
+A run reaches the disks through a session (core/source.py ``Session``): the
+libvirt pull-backup job above for a running domain (``running_session``), or
+for a shut-off one the images and their persistent bitmaps
+(``offline.session``); the stream into Borg is the same for both.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import time
+from typing import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 
@@ -27,13 +34,13 @@ from ..adapters.libvirt import Domain, Hypervisor
 from ..adapters.sources import PullBackupSource
 from ..core import archive as fmt
 from ..core import domxml, extent, plan
-from ..core.archive import ArchiveInfo, ArchiveName, DiskRecord, Manifest
-from ..core.source import DiskSource
+from ..core.archive import ArchiveInfo, ArchiveName, DiskRecord, FrozenRecord, Manifest
+from ..core.source import DiskSource, Session
 from ..core.tarstream import TarWriter
-from ..errors import (BorgError, CheckpointInconsistent, DomainNotRunning,
+from ..errors import (BorgError, CheckpointInconsistent,
                       LibvirtError, NoDisksToBackUp, UnknownDisk)
 from ..progress import Progress
-from . import repository
+from . import offline, repository, snapshots
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +63,12 @@ class BackupOptions:
 
 @dataclass
 class DiskResult:
+    level: str
     virtual_size: int
     read: int = 0
     data: int = 0
     zero: int = 0
+    frozen: int = 0   # data read from layers frozen since the parent (their final changes)
 
 
 @dataclass
@@ -119,14 +128,12 @@ def end_stale_job(dom: Domain) -> None:
 
 
 def backup(hv: Hypervisor, borg: Borg, name: str, opts: BackupOptions) -> BackupResult:
-    """Back up one running domain into one new archive; return what was done.
+    """Back up one domain (running or shut off) into one new archive; return what was done.
 
     Raise a BorgVmError subclass (nothing recorded, nothing lost) on failure.
     """
     started = time.monotonic()
     dom = hv.domain(name)
-    if not dom.is_active():
-        raise DomainNotRunning(name=name)
     with runtime.domain_lock(dom.uuid, name):
         runtime.remove_stale(dom.uuid)
         end_stale_job(dom)
@@ -136,8 +143,8 @@ def backup(hv: Hypervisor, borg: Borg, name: str, opts: BackupOptions) -> Backup
 
 
 def _backup_locked(dom: Domain, borg: Borg, opts: BackupOptions) -> BackupResult:
-    live_xml = dom.xml()
-    disks = select_disks(dom, live_xml, opts.exclude_disks)
+    xml = dom.xml()  # the live XML of a running domain, the definition of a shut-off one
+    disks = select_disks(dom, xml, opts.exclude_disks)
     archives, partial = repository.archives(borg, dom.name)
     if partial:
         log.warning("%s: deleting unfinished archives of a crashed run: %s",
@@ -146,7 +153,7 @@ def _backup_locked(dom: Domain, borg: Borg, opts: BackupOptions) -> BackupResult
     own = {c for c in dom.checkpoints() if fmt.is_own_checkpoint(c)}
     p = plan.plan(opts.level, dom.name, dom.uuid, disks, archives, own)
     try:
-        return _run(dom, borg, opts, disks, archives, p, live_xml)
+        return _run(dom, borg, opts, disks, archives, p, xml)
     except CheckpointInconsistent as e:
         if opts.level != plan.AUTO:
             raise
@@ -154,16 +161,48 @@ def _backup_locked(dom: Domain, borg: Borg, opts: BackupOptions) -> BackupResult
         dom.delete_checkpoint(p.parent_checkpoint, broken=True)
         reason = f"checkpoint {p.parent_checkpoint} is inconsistent (QEMU stopped uncleanly?)"
         full = plan.Plan(fmt.FULL, reason, None, {d.target: fmt.FULL for d in disks})
-        return _run(dom, borg, opts, disks, archives, full, live_xml)
+        return _run(dom, borg, opts, disks, archives, full, xml)
 
 
 def _run(dom: Domain, borg: Borg, opts: BackupOptions, disks: list[plan.Disk],
-         archives: list[ArchiveInfo], p: plan.Plan, live_xml: str) -> BackupResult:
+         archives: list[ArchiveInfo], p: plan.Plan, xml: str) -> BackupResult:
     log.info("%s: %s backup: %s", dom.name, p.level, p.reason)
     when = datetime.now(timezone.utc)
     taken = set(dom.checkpoints()) | {a.name.checkpoint for a in archives}
-    snapshot, checkpoint = plan.names_for(p, dom.name, when, taken)
-    name = ArchiveName(dom.name, snapshot, checkpoint)
+    layers = snapshots.of_disks(dom, disks, p)
+    name = plan.archive_name(dom.name, snapshots.top_layer(layers), when, taken)
+    checkpoint = name.checkpoint
+    by_target = {d.target: d for d in disks}
+    begin = running_session if dom.is_active() else offline.session
+    chains = {t: list(x.chain) for t, x in layers.items()}
+    streaming = False
+    try:
+        with begin(dom, p, checkpoint, disks, xml, opts, when, chains) as session:
+            streaming = True
+            manifest = _stream(dom, borg, opts, p, name, when, session, by_target, layers)
+    except BaseException:
+        if streaming:
+            _delete_partial(dom, borg, name)
+        raise
+    result = BackupResult(str(name), dom.name, name.snapshot_name, checkpoint, p.level,
+                          p.reason)
+    for t, d in manifest.disks.items():
+        frozen = sum(f.data_bytes for f in d.frozen)
+        result.disks[t] = DiskResult(d.level, d.virtual_size, read=d.data_bytes + frozen,
+                                     data=d.data_bytes, zero=d.zero_bytes, frozen=frozen)
+    return result
+
+
+@contextlib.contextmanager
+def running_session(dom: Domain, p: plan.Plan, checkpoint: str, disks: list[plan.Disk],
+                    live_xml: str, opts: BackupOptions, when: datetime,
+                    _chains: dict) -> Iterator[Session]:
+    """Begin a libvirt pull-mode backup job that creates `checkpoint`; yield its Session.
+
+    On normal exit (the archive has its final name) end the job and delete the
+    domain's older borg-vm checkpoints; on an exception abort the job and
+    delete the new checkpoint.
+    """
     by_target = {d.target: d for d in disks}
     with runtime.run_dir(dom.uuid, domxml.qemu_owner(live_xml)) as rundir:
         socket = os.path.join(rundir, "nbd.sock")
@@ -182,22 +221,16 @@ def _run(dom: Domain, borg: Borg, opts: BackupOptions, disks: list[plan.Disk],
             with dom.pull_backup(job, cp, p.parent_checkpoint):
                 begun = True
                 log.debug("%s: backup job started, checkpoint %s", dom.name, checkpoint)
-                manifest = _stream(dom, borg, opts, p, name, when, PullBackupSource(socket),
-                                   by_target)
+                yield Session(PullBackupSource(socket), lambda: dom.checkpoint_xml(checkpoint))
         except BaseException:
             if begun:
-                _undo(dom, borg, checkpoint, name)
+                _undo_checkpoint(dom, checkpoint)
             raise
         finally:
             _remove_scratch(export)
     for old in sorted(c for c in dom.checkpoints()
                       if fmt.is_own_checkpoint(c) and c != checkpoint):
         dom.delete_checkpoint(old)
-    result = BackupResult(str(name), dom.name, snapshot, checkpoint, p.level, p.reason)
-    for t, d in manifest.disks.items():
-        result.disks[t] = DiskResult(d.virtual_size, read=d.data_bytes, data=d.data_bytes,
-                                     zero=d.zero_bytes)
-    return result
 
 
 def _all_targets(live_xml: str) -> list[str]:
@@ -211,16 +244,19 @@ def _remove_scratch(export: dict[str, tuple[str, str]]) -> None:
             os.unlink(path)
 
 
-def _undo(dom: Domain, borg: Borg, checkpoint: str, name: ArchiveName) -> None:
-    """After a failure: delete the new checkpoint and any partial archive. Best effort,
-    each step logged, so the original error is what the user sees."""
-    log.warning("%s: backup failed; removing checkpoint %s and partial archive",
-                dom.name, checkpoint)
+def _undo_checkpoint(dom: Domain, checkpoint: str) -> None:
+    """After a failure: end the job and delete the new checkpoint. Best effort,
+    logged, so the original error is what the user sees."""
+    log.warning("%s: backup failed; removing checkpoint %s", dom.name, checkpoint)
     try:
         dom.abort_job()
         dom.delete_checkpoint(checkpoint)
     except LibvirtError as e:
         log.error("%s: could not remove checkpoint %s: %s", dom.name, checkpoint, e.message)
+
+
+def _delete_partial(dom: Domain, borg: Borg, name: ArchiveName) -> None:
+    """After a failure: delete the partial archive, if borg got to make one. Best effort."""
     try:
         _complete, partial = repository.archives(borg, dom.name)
         borg.delete(partial)
@@ -230,19 +266,39 @@ def _undo(dom: Domain, borg: Borg, checkpoint: str, name: ArchiveName) -> None:
 
 
 def _stream(dom: Domain, borg: Borg, opts: BackupOptions, p: plan.Plan, name: ArchiveName,
-            when: datetime, source: DiskSource, disks: dict[str, plan.Disk]) -> Manifest:
-    """Read every disk's extents from source into one archive; return its manifest."""
-    maps = {t: _extent_map(source, t, p.disk_levels[t], opts) for t in sorted(disks)}
-    log.debug("%s: block status read: %s", dom.name,
-              ", ".join(f"{t} {len(e)} extents" for t, (_s, e) in maps.items()))
-    manifest = Manifest(
-        domain=dom.name, uuid=dom.uuid, snapshot=name.snapshot, checkpoint=name.checkpoint,
-        level=p.level, parent_checkpoint=p.parent_checkpoint,
-        parent_archive=p.parent.archive if p.parent else None,
-        time=when.strftime("%Y-%m-%dT%H:%M:%SZ"), block_size=opts.block_size,
-        disks={t: DiskRecord(p.disk_levels[t], disks[t].format, disks[t].source, size,
-                             tuple(ext)) for t, (size, ext) in maps.items()})
-    total = sum(d.data_bytes for d in manifest.disks.values())
+            when: datetime, session: Session, disks: dict[str, plan.Disk],
+            layers: dict[str, snapshots.DiskLayers]) -> Manifest:
+    """Read every disk's extents from the session's source, and the final changes
+    of its layers frozen since the parent, into one archive under its final
+    name; return its manifest."""
+    with snapshots.frozen_source(layers) as old:
+        source = session.source
+        maps = {t: _extent_map(source, t, p.disk_levels[t] == fmt.INC, opts)
+                for t in sorted(disks)}
+        frozen = {t: tuple(FrozenRecord(i, fmt.INC if bitmap else fmt.FULL, tuple(
+            _extent_map(old, snapshots.key(t, i), bool(bitmap), opts)[1]))
+            for i, bitmap in layers[t].frozen) for t in sorted(disks)}
+        log.debug("%s: block status read: %s", dom.name,
+                  ", ".join(f"{t} {len(e)} extents" for t, (_s, e) in maps.items()))
+        manifest = Manifest(
+            domain=dom.name, uuid=dom.uuid, snapshot=name.snapshot,
+            checkpoint=name.checkpoint, level=p.level, parent_checkpoint=p.parent_checkpoint,
+            parent_archive=p.parent.archive if p.parent else None,
+            time=when.strftime("%Y-%m-%dT%H:%M:%SZ"), block_size=opts.block_size,
+            disks={t: DiskRecord(p.disk_levels[t], disks[t].format, disks[t].source, size,
+                                 tuple(ext), layers=layers[t].records(), frozen=frozen[t])
+                   for t, (size, ext) in maps.items()})
+        return _write_archive(dom, borg, opts, name, when, session, old, manifest)
+
+
+def _write_archive(dom: Domain, borg: Borg, opts: BackupOptions, name: ArchiveName,
+                   when: datetime, session: Session, old: DiskSource,
+                   manifest: Manifest) -> Manifest:
+    """Stream the members the manifest lists into borg import-tar, then give the
+    archive its final name; return the manifest with its digests."""
+    source = session.source
+    total = sum(d.data_bytes + sum(f.data_bytes for f in d.frozen)
+                for d in manifest.disks.values())
     progress = Progress.for_terminal(f"{dom.name}", total, opts.progress)
     with borg.import_tar(name.partial, comment=manifest.summary().to_comment(),
                          timestamp=when.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -251,10 +307,17 @@ def _stream(dom: Domain, borg: Borg, opts: BackupOptions, p: plan.Plan, name: Ar
         try:
             tar = TarWriter(proc.stdin, int(when.timestamp()))
             tar.add(fmt.DOMAIN_XML, dom.xml(inactive=True).encode())
-            tar.add(fmt.CHECKPOINT_XML, dom.checkpoint_xml(name.checkpoint).encode())
-            digests = {t: _stream_disk(tar, source, t, manifest.disks[t], opts, progress)
-                       for t in sorted(disks)}
-            manifest = _with_digests(manifest, digests)
+            tar.add(fmt.CHECKPOINT_XML, session.checkpoint_xml().encode())
+            disks = {}
+            for t, d in sorted(manifest.disks.items()):
+                top = _stream_extents(tar, source, t, d.extents, opts, progress,
+                                      lambda offset: fmt.member_name(t, offset))
+                frozen = tuple(replace(f, sha256=_stream_extents(
+                    tar, old, snapshots.key(t, f.layer), f.extents, opts, progress,
+                    lambda offset: fmt.frozen_member_name(t, f.layer, offset)))
+                    for f in d.frozen)
+                disks[t] = replace(d, sha256=top, frozen=frozen)
+            manifest = replace(manifest, disks=disks)
             tar.add(fmt.MANIFEST, manifest.to_json())
             tar.close()
         except BrokenPipeError:
@@ -269,10 +332,10 @@ def _stream(dom: Domain, borg: Borg, opts: BackupOptions, p: plan.Plan, name: Ar
     return manifest
 
 
-def _extent_map(source: DiskSource, target: str, level: str,
+def _extent_map(source: DiskSource, target: str, incremental: bool,
                 opts: BackupOptions) -> tuple[int, list[extent.Extent]]:
     """Return (virtual size, extents to record) of one disk of the source."""
-    m = source.extent_map(target, incremental=level == fmt.INC)
+    m = source.extent_map(target, incremental=incremental)
     if m.dirty is not None:
         planned = extent.plan_incremental(m.allocation, m.dirty)
     else:
@@ -280,11 +343,13 @@ def _extent_map(source: DiskSource, target: str, level: str,
     return m.size, extent.widen_data(planned, opts.read_alignment, m.size)
 
 
-def _stream_disk(tar: TarWriter, source: DiskSource, target: str, disk: DiskRecord,
-                 opts: BackupOptions, progress: Progress) -> str:
-    """Write the disk's data extents as tar members; return the sha256 of the data."""
+def _stream_extents(tar: TarWriter, source: DiskSource, target: str,
+                    extents: tuple[extent.Extent, ...], opts: BackupOptions,
+                    progress: Progress, member: Callable[[int], str]) -> str:
+    """Write the data extents of the source's disk `target` as tar members named
+    member(offset); return the sha256 of the data."""
     digest = hashlib.sha256()
-    members = [m for e in disk.extents if e.kind == extent.DATA
+    members = [m for e in extents if e.kind == extent.DATA
                for m in extent.split_at_blocks(e, opts.block_size)]
     requests = [r for m in members for r in extent.requests(m, source.read_request)]
     starts = {m.start: m for m in members}
@@ -292,7 +357,7 @@ def _stream_disk(tar: TarWriter, source: DiskSource, target: str, disk: DiskReco
             prefetch.ahead(_hashed(raw, digest), PREFETCH_DEPTH) as reads:
         for offset, data in reads:
             if offset in starts:
-                tar.begin(fmt.member_name(target, offset), starts[offset].length)
+                tar.begin(member(offset), starts[offset].length)
             tar.write(data)
             progress.advance(len(data))
     return digest.hexdigest()
@@ -305,6 +370,3 @@ def _hashed(reads, digest):
         digest.update(data)
         yield offset, data
 
-
-def _with_digests(m: Manifest, digests: dict[str, str]) -> Manifest:
-    return replace(m, disks={t: replace(d, sha256=digests[t]) for t, d in m.disks.items()})

@@ -5,20 +5,26 @@ from __future__ import annotations
 from ..adapters.borg import Borg
 from ..core import chain
 from ..core.archive import ArchiveInfo
+from ..core.text import printable
 from ..progress import human
 from . import repository
 
 
 def list_archives(borg: Borg, domain: str | None) -> list[ArchiveInfo]:
-    """Return the complete borg-vm archives (of domain, or all), oldest first per domain."""
+    """Return the complete borg-vm archives (of domain, or all), oldest first per domain.
+
+    Raise ArchiveNotFound if a domain is given and the repository holds none of it.
+    """
     archives, _partial = repository.archives(borg, domain)
+    if domain is not None:
+        chain.of_known_domain(archives, domain)
     return [a for chains in chain.group(archives).values()
             for arcs in chains.values() for a in arcs]
 
 
 def to_json(archives: list[ArchiveInfo]) -> dict:
     return {"archives": [
-        {"name": a.archive, "domain": a.name.domain, "snapshot": a.name.snapshot,
+        {"name": a.archive, "domain": a.name.domain, "snapshot": a.name.snapshot_name,
          "checkpoint": a.name.checkpoint, "parent": a.summary.parent, "level": a.level,
          "time": a.time,
          "data": sum(d.data_bytes for d in a.summary.disks.values()),
@@ -27,15 +33,19 @@ def to_json(archives: list[ArchiveInfo]) -> dict:
 
 
 def to_text(archives: list[ArchiveInfo]) -> str:
-    """Return the archives as an indented table: domain, then chain, then archives."""
+    """Return the archives as an indented table: domain, then chain, then archives.
+
+    Names and times come from the repository: control characters in them are
+    shown escaped (one archive is one line, and a terminal obeys no escape).
+    """
     lines = []
     for domain, chains in chain.group(archives).items():
-        lines.append(f"{domain}")
-        for snapshot, arcs in chains.items():
-            lines.append(f"  chain {snapshot}")
+        lines.append(printable(domain))
+        for arcs in chains.values():
+            lines.append(printable(f"  snapshot {arcs[0].name.snapshot_name}"))
             for a in arcs:
                 data = sum(d.data_bytes for d in a.summary.disks.values())
                 parent = a.summary.parent.rsplit(".", 1)[-1] if a.summary.parent else "-"
-                lines.append(f"    {a.name.checkpoint:<28} {a.level:<4} {a.time}  "
-                             f"data {human(data):>10}  parent {parent}")
+                lines.append(printable(f"    {a.name.checkpoint:<28} {a.level:<4} {a.time}  "
+                                       f"data {human(data):>10}  parent {parent}"))
     return "\n".join(lines)

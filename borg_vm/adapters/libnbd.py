@@ -26,9 +26,14 @@ MAX_BLOCK_STATUS = 1024 * 1024 * 1024
 MAX_ZERO_REQUEST = 1024 * 1024 * 1024
 
 
+def bitmap_context(bitmap: str) -> str:
+    """Return the metadata context QEMU's NBD server exports a dirty bitmap under."""
+    return f"qemu:dirty-bitmap:{bitmap}"
+
+
 def dirty_bitmap_context(target: str) -> str:
-    """Return the metadata context libvirt exports a disk's dirty bitmap under."""
-    return f"qemu:dirty-bitmap:backup-{target}"
+    """Return the metadata context libvirt's backup job exports a disk's dirty bitmap under."""
+    return bitmap_context(f"backup-{target}")
 
 
 class Export:

@@ -121,6 +121,31 @@ class Domain:
                 raise self._fail(f"delete checkpoint {name}", e2) from e2
         log.info("deleted checkpoint %s of %s", name, self.name)
 
+    def snapshot_xmls(self) -> list[str]:
+        """Return the XML of every snapshot libvirt has metadata for."""
+        try:
+            return [snap.getXMLDesc(0) for snap in self._dom.listAllSnapshots(0)]
+        except libvirt.libvirtError as e:
+            raise self._fail("list snapshots", e) from e
+
+    def redefine_checkpoint(self, xml: str) -> None:
+        """Record a checkpoint whose bitmaps the images already hold (libvirt's
+        metadata only: how a shut-off domain gets one)."""
+        try:
+            self._dom.checkpointCreateXML(xml, libvirt.VIR_DOMAIN_CHECKPOINT_CREATE_REDEFINE)
+        except libvirt.libvirtError as e:
+            raise self._fail("record a checkpoint", e) from e
+
+    def forget_checkpoint(self, name: str) -> None:
+        """Delete libvirt's metadata of a checkpoint, leaving any bitmaps (libvirt
+        cannot delete bitmaps of a shut-off domain); a checkpoint already gone is fine."""
+        try:
+            self._dom.checkpointLookupByName(name, 0).delete(
+                libvirt.VIR_DOMAIN_CHECKPOINT_DELETE_METADATA_ONLY)
+        except libvirt.libvirtError as e:
+            if e.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN_CHECKPOINT:
+                raise self._fail(f"delete checkpoint {name}", e) from e
+
     def backup_job_xml(self) -> str | None:
         """Return the XML of the domain's running backup job, or None if there is none."""
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 
 from . import subproc
 from ..errors import QemuImgError
@@ -49,3 +50,59 @@ def nbd_server_argv(path: str, fmt: str) -> list[str]:
     """
     return [QEMU_NBD, "-f", fmt, "--cache=writeback", "--discard=unmap",
             "--detect-zeroes=unmap", path]
+
+
+# --- persistent dirty bitmaps of images (shut-off domains) ---------------------
+
+@dataclass(frozen=True)
+class Layer:
+    """One image of a disk's backing chain and its persistent bitmaps (name -> flags)."""
+
+    path: str
+    format: str
+    bitmaps: dict[str, tuple[str, ...]]
+
+
+def backing_chain(path: str, fmt: str) -> list[Layer]:
+    """Return the image's backing chain, top first, with each layer's bitmaps.
+
+    Read with -U (no lock): the caller holds the domain's lock and the image
+    is not in use, or only reads what a writer cannot make inconsistent.
+    """
+    doc = json.loads(_run("info", [QEMU_IMG, "info", "--output=json", "--backing-chain", "-U",
+                                   "-f", fmt, path]))
+    return [Layer(layer["filename"], layer["format"],
+                  {b["name"]: tuple(b.get("flags", ()))
+                   for b in layer.get("format-specific", {}).get("data", {}).get("bitmaps", [])})
+            for layer in doc]
+
+
+def bitmap_add(path: str, name: str, disabled: bool = False) -> None:
+    """Add a persistent bitmap to a qcow2 image (enabled: it records writes from now on)."""
+    _run("bitmap", [QEMU_IMG, "bitmap", "--add", *(["--disable"] if disabled else []),
+                    "-f", "qcow2", path, name])
+
+
+def bitmap_remove(path: str, name: str) -> None:
+    _run("bitmap", [QEMU_IMG, "bitmap", "--remove", "-f", "qcow2", path, name])
+
+
+def bitmap_merge(path: str, target: str, source: str, source_path: str,
+                 source_format: str) -> None:
+    """Merge bitmap `source` of image source_path (path itself or a backing layer)
+    into bitmap `target` of the qcow2 image at path."""
+    # Naming the image itself with -b would open it twice, and its own lock refuses that.
+    other = [] if os.path.abspath(source_path) == os.path.abspath(path) else [
+        "-b", source_path, "-F", source_format]
+    _run("bitmap", [QEMU_IMG, "bitmap", "--merge", source, *other, "-f", "qcow2", path, target])
+
+
+def nbd_reader_argv(path: str, fmt: str, bitmap: str | None = None) -> list[str]:
+    """Return qemu-nbd argv serving path read-only over a socket-activated connection,
+    exporting a persistent bitmap as the context qemu:dirty-bitmap:BITMAP.
+
+    Read-only without force-share, qemu-nbd takes the image's lock: while it
+    serves, QEMU cannot open the image for writing (a domain start fails
+    cleanly instead of changing what is being read).
+    """
+    return [QEMU_NBD, "-r", "-f", fmt, *(["-B", bitmap] if bitmap else []), path]

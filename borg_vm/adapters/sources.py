@@ -3,6 +3,10 @@
 - ``PullBackupSource``: the NBD exports of a libvirt pull-mode backup job on a
   unix socket; one export per disk, named by its target, with the job's dirty
   bitmap under ``qemu:dirty-bitmap:backup-<target>``.
+- ``ImageSource``: the images of a shut-off domain, each served read-only by
+  its own qemu-nbd for as long as the source is open (which holds the image
+  locks, so the domain cannot start and write meanwhile), with a persistent
+  bitmap under ``qemu:dirty-bitmap:<bitmap>``.
 
 Every source here is an NBD server read through libnbd, so they share the
 reading side (``_NbdSource``) and differ in how an export is reached and what
@@ -15,7 +19,9 @@ import contextlib
 from typing import Iterator, Sequence
 
 from ..core.source import DiskMap
-from .libnbd import BASE_ALLOCATION, Export, dirty_bitmap_context, open_unix
+from . import qemu
+from .libnbd import (BASE_ALLOCATION, Export, bitmap_context, dirty_bitmap_context,
+                     open_command, open_unix)
 
 # Measured (bench/RESULTS.md, FACTS.md): 4 MiB requests with 8 in flight read a
 # libvirt export at ~960 MiB/s, well above what Borg ingests.
@@ -64,3 +70,39 @@ class PullBackupSource(_NbdSource):
 
     def _dirty_context(self, target: str) -> str:
         return dirty_bitmap_context(target)
+
+
+class ImageSource(_NbdSource):
+    """Images served by qemu-nbd, one server per disk, all started on entry and
+    held until exit: block status and reads see one unchanging image.
+
+    images maps each target to (path, format, bitmap or None); a disk with a
+    bitmap exports it as its dirty context.
+    """
+
+    def __init__(self, images: dict[str, tuple[str, str, str | None]]):
+        self.images = images
+        self._exports: dict[str, Export] = {}
+        self._stack = contextlib.ExitStack()
+
+    def __enter__(self) -> "ImageSource":
+        with contextlib.ExitStack() as stack:
+            for target, (path, fmt, bitmap) in sorted(self.images.items()):
+                contexts = [BASE_ALLOCATION] + ([bitmap_context(bitmap)] if bitmap else [])
+                self._exports[target] = stack.enter_context(open_command(
+                    qemu.nbd_reader_argv(path, fmt, bitmap), where=f"{target} ({path})",
+                    contexts=contexts))
+            self._stack = stack.pop_all()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._exports.clear()
+        self._stack.close()
+
+    def _open(self, target: str, contexts: Sequence[str] = ()):
+        return contextlib.nullcontext(self._exports[target])
+
+    def _dirty_context(self, target: str) -> str:
+        bitmap = self.images[target][2]
+        assert bitmap, f"disk {target} was opened without a bitmap"
+        return bitmap_context(bitmap)

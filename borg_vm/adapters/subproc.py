@@ -30,6 +30,7 @@ STDERR_TAIL_LINES = 200
 PIPE_SIZE = 1024 * 1024
 TERMINATE_GRACE_SECONDS = 10
 EOF_GRACE_SECONDS = 2
+DRAIN_READ = 64 * 1024
 
 
 @dataclass
@@ -116,7 +117,15 @@ class Stream:
         return code
 
     def finish(self, ok_codes: tuple[int, ...] = (0,)) -> int:
-        """Wait for a clean exit; raise CommandFailed if the exit code is not in ok_codes."""
+        """Wait for a clean exit; raise CommandFailed if the exit code is not in ok_codes.
+
+        Output the caller did not read (e.g. the padding after a tar stream's end)
+        is read and dropped first: closing the pipe while the command still writes
+        would kill it with EPIPE, a failure the caller did not cause.
+        """
+        if self.proc.stdout is not None and not self.proc.stdout.closed:
+            while self.proc.stdout.read(DRAIN_READ):
+                pass
         code = self.wait()
         if code not in ok_codes:
             raise CommandFailed(self.argv, code, "".join(self._stderr))

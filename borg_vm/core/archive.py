@@ -1,27 +1,31 @@
-"""The borg-vm archive format, version 1: the one place that defines it.
+"""The borg-vm archive format, version 2 (reads 1 and 2): the one place that defines it.
 
 Archive names
 -------------
 One Borg archive per domain per backup run, named::
 
     {domain}.{snapshot}.{checkpoint}
-    e.g.  web01.20261125T221800Z.borgvm-20261126T020000Z
+    e.g.  web01.pre-upgrade.borgvm-20261126T020000Z
+          web01.base.borgvm-20261125T020000Z
 
 - ``checkpoint`` is the libvirt checkpoint the run created, always
   ``borgvm-<UTC time YYYYmmddTHHMMSSZ>`` (plus ``-N`` if that name was taken).
   borg-vm creates and deletes only checkpoints with the ``borgvm-`` prefix.
-- ``snapshot`` names the chain: a full backup starts a chain whose snapshot is
-  the time part of its own checkpoint; every incremental on top of it keeps it.
-  A new full backup (first run, ``--level full``, a disk added, removed,
-  resized or moved to a new layer such as an external snapshot, a lost or
-  broken checkpoint) starts a new snapshot, so archives of one chain sort
-  together and a chain is restorable on its own.
+- ``snapshot`` (version 2) names the layer the disks were on at that backup
+  (core/layers.py): the libvirt snapshot that made the top image, ``base`` for
+  a disk with no backing image, ``layer-<8 hex>`` for an overlay made without
+  libvirt metadata; escaped (``layers.escape``: every character but
+  ``A-Za-z0-9_+-`` as ``%XX``), so it holds no dot. Version 1 wrote the time of
+  the chain's full backup here (``20261125T221800Z``); that still parses.
 - Neither part contains a dot, so ``name.rsplit('.', 2)`` parses back even
   when the domain name has dots.
 - While a run writes, the archive is called ``{final}.borgvm-partial``; it is
   renamed to its final name only when every disk streamed completely and borg
   exited 0. Leftovers of crashed runs (with borg's own ``.checkpoint``
   suffixes) are deleted by the next run of that domain.
+
+Levels are per disk: an incremental archive may hold a full of a disk added
+or resized since its parent; that disk's chain starts there.
 
 Archive contents (a tar stream fed to ``borg import-tar``)
 ----------------------------------------------------------
@@ -30,7 +34,12 @@ In this order::
     domain.xml                      the domain XML at backup time (inactive + live paths)
     checkpoint.xml                  the libvirt checkpoint XML this run created
     disk/{target}/{offset:016x}     data: bytes [offset, offset+size) of disk {target}
-    ...                             (ascending offset, disks in target order)
+                                    as the guest saw it
+    frozen/{target}/{layer}/{offset:016x}
+                                    (version 2) data of layer {layer} (an index into
+                                    the disk's layers) as it was when a snapshot froze it
+    ...                             (ascending offset; per disk its top data, then its
+                                    frozen layers; disks in target order)
     manifest.json                   last, when digests and counts are known
 
 Readers hold only domain.xml, checkpoint.xml and manifest.json whole, and
@@ -48,7 +57,7 @@ manifest.json
 -------------
 ::
 
-    {"format": "borg-vm", "version": 1,
+    {"format": "borg-vm", "version": 2,
      "domain": NAME, "uuid": UUID,
      "snapshot": S, "checkpoint": C, "level": "full"|"inc",
      "parent_checkpoint": C0|null, "parent_archive": A0|null,
@@ -59,7 +68,24 @@ manifest.json
          "format": "qcow2"|"raw", "source": PATH, "virtual_size": BYTES,
          "extents": [[START, LENGTH, "data"|"zero"], ...],  # sorted, disjoint
          "data_bytes": N, "zero_bytes": N,
-         "sha256": HEX}}}                     # of the data bytes in offset order
+         "sha256": HEX,                       # of the data bytes in offset order
+         # version 2:
+         "layers": [{"name": NAME, "path": PATH, "format": FMT}, ...],
+                                              # the disk's images, top first;
+                                              # layers[0]["path"] == source
+         "frozen": [{"layer": I,              # 1 <= I < len(layers)
+                     "level": "full"|"inc",   # whole layer, or since the parent
+                     "extents": [...], "data_bytes": N, "zero_bytes": N,
+                     "sha256": HEX}, ...]}}}
+
+The top data (``extents``) is what the guest saw: after a snapshot, the writes
+since the parent checkpoint on both sides of it (libvirt merges the bitmaps
+down the chain), so over the frozen layer below it is a superset of the top
+image's own clusters that reads exactly as the guest did. ``frozen`` holds,
+for each layer frozen since the parent archive, its final changes (the writes
+to it from the parent checkpoint until the snapshot, from that layer's own
+copy of the checkpoint's bitmap; or the whole layer where that bitmap is
+missing): with it, ``restore --layers`` rebuilds every frozen layer complete.
 
 A disk at level ``full`` holds every byte of the disk (unlisted ranges are
 zero); at level ``inc`` it holds what changed since the parent archive, and
@@ -68,22 +94,29 @@ unlisted ranges are as in the parent.
 The archive comment carries a summary (``Summary``) so ``borg list --json``
 alone can group and chain archives without extracting manifests.
 
-Readers reject a ``version`` they do not know.
+Readers reject a ``version`` they do not know, and any field of the manifest
+or the comment whose type or value is not as above (a string where a string
+is written, an int -- never a bool -- where a byte count is, ``time`` as
+shown, ``sha256`` as 64 lower-case hex digits, ``virtual_size`` in
+(0, MAX_VIRTUAL_SIZE], a power-of-two ``block_size``): a repository may hold
+archives a compromised client crafted, so nothing is trusted by shape.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 
 from .. import __version__
 from ..errors import FormatError
+from . import layers as layers_
 from .extent import Extent, check_map, total, DATA, ZERO
 
 FORMAT_NAME = "borg-vm"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 # Default chunk size, from bench/RESULTS.md: against 4 MiB, 256 KiB chunks made
 # the full backup no slower and cut what a 5%-different clone adds from 96% to
 # 18% (scattered changes); 64 KiB would reach 5% but costs Borg ~1.3 GiB of
@@ -99,6 +132,7 @@ DOMAIN_XML = "domain.xml"
 CHECKPOINT_XML = "checkpoint.xml"
 MANIFEST = "manifest.json"
 DISK_DIR = "disk"
+FROZEN_DIR = "frozen"
 # Readers hold these members whole, so they refuse bigger ones unread. A
 # manifest lists ~70 bytes per extent: 64 MiB is ~900,000 extents (a 1 TiB
 # disk in ~1 MiB pieces). libvirt's domain XML is a few KiB.
@@ -107,12 +141,25 @@ MAX_XML_BYTES = 4 * 1024 * 1024
 SMALL_MEMBERS = {DOMAIN_XML: MAX_XML_BYTES, CHECKPOINT_XML: MAX_XML_BYTES,
                  MANIFEST: MAX_MANIFEST_BYTES}
 
+# The largest virtual disk size an archive may record: far beyond any disk a
+# libvirt guest runs on (qcow2 with 64 KiB clusters tops out at 256 TiB, ext4
+# files at 16 TiB); a larger size is damage or an attack, and would make a
+# restore create an absurd image.
+MAX_VIRTUAL_SIZE = 64 << 40
+
 _STAMP = r"\d{8}T\d{6}Z(?:-\d+)?"
-_NAME_RE = re.compile(rf"^(?P<domain>.+)\.(?P<snapshot>{_STAMP})\.(?P<checkpoint>{CHECKPOINT_PREFIX}{_STAMP})$")
+_TIME_RE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
+_SHA256_RE = re.compile(r"[0-9a-f]{64}")
+_ESCAPED = r"(?:[A-Za-z0-9_+-]|%[0-9A-F]{2})+"  # layers.escape(); version 1's stamps match too
+_NAME_RE = re.compile(rf"^(?P<domain>.+)\.(?P<snapshot>{_ESCAPED})"
+                      rf"\.(?P<checkpoint>{CHECKPOINT_PREFIX}{_STAMP})$")
 _BORG_CHECKPOINT_RE = re.compile(r"\.checkpoint(\.\d+)?$")
 # Disk targets become file and member names: libvirt's are like vda, sdb, hdc.
 _TARGET_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _MEMBER_RE = re.compile(rf"^{DISK_DIR}/(?P<target>[^/]+)/(?P<offset>[0-9a-f]{{16}})$")
+_FROZEN_RE = re.compile(rf"^{FROZEN_DIR}/(?P<target>[^/]+)/(?P<layer>[1-9][0-9]{{0,3}})/"
+                        rf"(?P<offset>[0-9a-f]{{16}})$")
+MAX_LAYERS = 1000  # deeper backing chains are damage (QEMU itself stops far earlier)
 
 
 def stamp(when: datetime) -> str:
@@ -134,11 +181,6 @@ def is_own_checkpoint(name: str) -> bool:
     return re.fullmatch(CHECKPOINT_PREFIX + _STAMP, name) is not None
 
 
-def snapshot_of(checkpoint: str) -> str:
-    """Return the snapshot (chain) name a full backup with this checkpoint starts."""
-    return checkpoint[len(CHECKPOINT_PREFIX):]
-
-
 @dataclass(frozen=True)
 class ArchiveName:
     domain: str
@@ -151,6 +193,16 @@ class ArchiveName:
     @property
     def partial(self) -> str:
         return str(self) + PARTIAL_SUFFIX
+
+    @property
+    def snapshot_name(self) -> str:
+        """The layer's name as people know it (the snapshot part unescaped)."""
+        return layers_.unescape(self.snapshot)
+
+    @classmethod
+    def for_layer(cls, domain: str, layer: str, checkpoint: str) -> "ArchiveName":
+        """Return the name of an archive of domain taken on layer (a raw name)."""
+        return cls(domain, layers_.escape(layer), checkpoint)
 
     @classmethod
     def parse(cls, name: str) -> "ArchiveName | None":
@@ -187,6 +239,47 @@ def in_disk_dir(name: str) -> bool:
     return name.startswith(DISK_DIR + "/")
 
 
+def frozen_member_name(target: str, layer: int, offset: int) -> str:
+    return f"{FROZEN_DIR}/{target}/{layer}/{offset:016x}"
+
+
+def parse_frozen_member(name: str) -> tuple[str, int, int] | None:
+    """Return (target, layer, offset) of a frozen-layer data member name, or None."""
+    m = _FROZEN_RE.fullmatch(name)
+    return (m["target"], int(m["layer"]), int(m["offset"], 16)) if m else None
+
+
+def frozen_prefix(target: str, layer: int) -> str:
+    return f"{FROZEN_DIR}/{target}/{layer}"
+
+
+@dataclass(frozen=True)
+class LayerRecord:
+    """One image of a disk's chain at backup time."""
+
+    name: str      # as core/layers.py names it (not escaped)
+    path: str
+    format: str
+
+
+@dataclass(frozen=True)
+class FrozenRecord:
+    """A layer frozen since the parent archive: its final changes (inc) or all of it (full)."""
+
+    layer: int     # index into DiskRecord.layers, >= 1
+    level: str
+    extents: tuple[Extent, ...]
+    sha256: str = ""
+
+    @property
+    def data_bytes(self) -> int:
+        return total(self.extents, DATA)
+
+    @property
+    def zero_bytes(self) -> int:
+        return total(self.extents, ZERO)
+
+
 @dataclass(frozen=True)
 class DiskRecord:
     level: str
@@ -195,6 +288,14 @@ class DiskRecord:
     virtual_size: int
     extents: tuple[Extent, ...]
     sha256: str = ""
+    # Version 2; a version-1 disk reads as one layer (its source) with nothing frozen.
+    layers: tuple[LayerRecord, ...] = ()
+    frozen: tuple[FrozenRecord, ...] = ()
+
+    @property
+    def chain(self) -> tuple[LayerRecord, ...]:
+        """The disk's images at backup time, top first."""
+        return self.layers or (LayerRecord(layers_.BASE, self.source, self.format),)
 
     @property
     def data_bytes(self) -> int:
@@ -218,6 +319,7 @@ class Manifest:
     disks: dict[str, DiskRecord]
     block_size: int = BLOCK_SIZE
     borg_vm_version: str = __version__
+    version: int = FORMAT_VERSION
 
     @property
     def name(self) -> ArchiveName:
@@ -235,25 +337,26 @@ class Manifest:
 
     @classmethod
     def from_json(cls, raw: bytes, archive: str) -> "Manifest":
-        """Parse manifest.json; raise FormatError if it is not a valid version-1 manifest."""
+        """Parse manifest.json; raise FormatError if it is not a valid manifest of a
+        version this borg-vm reads."""
         try:
-            doc = json.loads(raw.decode("utf-8"))
-            _check_version(doc, archive)
-            disks = {check_target(t): _disk_from_doc(d) for t, d in doc["disks"].items()}
-            m = cls(domain=doc["domain"], uuid=doc["uuid"], snapshot=doc["snapshot"],
-                    checkpoint=doc["checkpoint"], level=_level(doc["level"]),
-                    parent_checkpoint=doc["parent_checkpoint"],
-                    parent_archive=doc["parent_archive"], time=doc["time"],
-                    disks=disks, block_size=int(doc["block_size"]),
-                    borg_vm_version=doc.get("borg_vm_version", "?"))
+            doc = json.loads(raw)
+            version = _check_version(doc, archive)
+            disks = {check_target(t): _disk_from_doc(d, version)
+                     for t, d in _get(doc, "disks", dict).items()}
+            return cls(domain=_get(doc, "domain", str), uuid=_get(doc, "uuid", str),
+                       snapshot=_get(doc, "snapshot", str),
+                       checkpoint=_get(doc, "checkpoint", str),
+                       level=_level(_get(doc, "level", str)),
+                       parent_checkpoint=_get(doc, "parent_checkpoint", (str, type(None))),
+                       parent_archive=_get(doc, "parent_archive", (str, type(None))),
+                       time=_time(doc), disks=disks, block_size=_block_size(doc),
+                       borg_vm_version=_typed(doc.get("borg_vm_version", "?"), str,
+                                              "borg_vm_version"), version=version)
         except FormatError:
             raise
-        except UnicodeDecodeError as e:  # its repr would hold the whole manifest
-            raise FormatError(archive=archive, detail=f"bad manifest: not UTF-8 ({e.reason} "
-                                                      f"at byte {e.start})") from e
-        except (ValueError, KeyError, TypeError, AttributeError) as e:
-            raise FormatError(archive=archive, detail=f"bad manifest: {e!r}") from e
-        return m
+        except (ValueError, RecursionError) as e:  # json.JSONDecodeError is a ValueError
+            raise FormatError(archive=archive, detail=f"bad manifest: {e}") from e
 
     def summary(self) -> "Summary":
         return Summary(level=self.level, parent=self.parent_archive, time=self.time,
@@ -266,38 +369,135 @@ class Manifest:
 def _disk_to_doc(d: DiskRecord) -> dict:
     return {"level": d.level, "format": d.format, "source": d.source,
             "virtual_size": d.virtual_size,
-            "extents": [[e.start, e.length, e.kind] for e in d.extents],
-            "data_bytes": d.data_bytes, "zero_bytes": d.zero_bytes, "sha256": d.sha256}
+            "extents": _extents_to_doc(d.extents),
+            "data_bytes": d.data_bytes, "zero_bytes": d.zero_bytes, "sha256": d.sha256,
+            "layers": [{"name": x.name, "path": x.path, "format": x.format} for x in d.chain],
+            "frozen": [{"layer": f.layer, "level": f.level,
+                        "extents": _extents_to_doc(f.extents), "data_bytes": f.data_bytes,
+                        "zero_bytes": f.zero_bytes, "sha256": f.sha256} for f in d.frozen]}
 
 
-def _disk_from_doc(doc: dict) -> DiskRecord:
-    extents = tuple(Extent(int(s), int(n), k) for s, n, k in doc["extents"])
-    size = int(doc["virtual_size"])
+def _extents_to_doc(extents) -> list:
+    return [[e.start, e.length, e.kind] for e in extents]
+
+
+def _disk_from_doc(doc: dict, version: int) -> DiskRecord:
+    _typed(doc, dict, "a disk")
+    size = _virtual_size(_get(doc, "virtual_size", int))
+    d = DiskRecord(level=_level(_get(doc, "level", str)), format=_get(doc, "format", str),
+                   source=_get(doc, "source", str), virtual_size=size,
+                   extents=_extents(doc, size), sha256=_sha256(doc))
+    if version == 1:
+        return d
+    layers = tuple(_layer(x) for x in _get(doc, "layers", list))
+    if not 1 <= len(layers) <= MAX_LAYERS or layers[0].path != d.source:
+        raise ValueError(f"layers must list 1..{MAX_LAYERS} images, the disk's source first")
+    frozen = tuple(_frozen(x, size) for x in _get(doc, "frozen", list))
+    if sorted({f.layer for f in frozen}) != [f.layer for f in frozen] or any(
+            not 1 <= f.layer < len(layers) for f in frozen):
+        raise ValueError("frozen layers must be distinct, ascending indexes of layers below "
+                         "the top")
+    return replace(d, layers=layers, frozen=frozen)
+
+
+def _extents(doc: dict, size: int) -> tuple[Extent, ...]:
+    extents = tuple(_extent(e) for e in _get(doc, "extents", list))
     check_map(extents, size)
-    return DiskRecord(level=_level(doc["level"]), format=doc["format"], source=doc["source"],
-                      virtual_size=size, extents=extents, sha256=doc["sha256"])
+    return extents
+
+
+def _sha256(doc: dict) -> str:
+    sha256 = _get(doc, "sha256", str)
+    if not _SHA256_RE.fullmatch(sha256):
+        raise ValueError(f"sha256 {sha256!r} is not 64 hex digits")
+    return sha256
+
+
+def _layer(doc) -> LayerRecord:
+    return LayerRecord(_get(doc, "name", str), _get(doc, "path", str), _get(doc, "format", str))
+
+
+def _frozen(doc, size: int) -> FrozenRecord:
+    return FrozenRecord(_get(doc, "layer", int), _level(_get(doc, "level", str)),
+                        _extents(doc, size), _sha256(doc))
+
+
+def _extent(value) -> Extent:
+    """Return the Extent a manifest's [start, length, kind] list describes."""
+    if type(value) is not list or len(value) != 3:
+        raise ValueError(f"extent {value!r} is not [start, length, kind]")
+    start, length, kind = value
+    return Extent(_typed(start, int, "extent start"), _typed(length, int, "extent length"),
+                  _typed(kind, str, "extent kind"))
 
 
 def check_target(target: str) -> str:
     """Return target if it is a plain disk target name; raise ValueError otherwise."""
-    if not _TARGET_RE.fullmatch(target):
+    if not isinstance(target, str) or not _TARGET_RE.fullmatch(target):
         raise ValueError(f"bad disk target {target!r}")
     return target
 
 
-def _level(value: str) -> str:
-    if value not in LEVELS:
+def _typed(value, kinds, what: str):
+    """Return value if it is an instance of kinds (a bool is never an int);
+    raise ValueError naming what otherwise."""
+    kinds = kinds if isinstance(kinds, tuple) else (kinds,)
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        names = " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
+        raise ValueError(f"{what} must be {names}, not {type(value).__name__}")
+    return value
+
+
+def _get(doc, key: str, kinds):
+    """Return doc[key] checked by _typed; raise ValueError if doc is no object or lacks key."""
+    _typed(doc, dict, "the document")
+    if key not in doc:
+        raise ValueError(f"{key!r} is missing")
+    return _typed(doc[key], kinds, repr(key))
+
+
+def _level(value) -> str:
+    if _typed(value, str, "level") not in LEVELS:
         raise ValueError(f"unknown level {value!r}")
     return value
 
 
-def _check_version(doc: dict, archive: str) -> None:
-    if doc.get("format") != FORMAT_NAME:
+def _time(doc) -> str:
+    value = _get(doc, "time", str)
+    if not _TIME_RE.fullmatch(value):
+        raise ValueError(f"time {value!r} is not like 2026-11-26T02:00:00Z")
+    return value
+
+
+def _block_size(doc) -> int:
+    value = _get(doc, "block_size", int)
+    if value <= 0 or value & (value - 1):
+        raise ValueError(f"block_size {value} is not a power of two")
+    return value
+
+
+def _virtual_size(value: int) -> int:
+    if not 0 < value <= MAX_VIRTUAL_SIZE:
+        raise ValueError(f"virtual size {value} is not in 1..{MAX_VIRTUAL_SIZE} bytes")
+    return value
+
+
+def _byte_count(value, what: str, size: int) -> int:
+    if not 0 <= _typed(value, int, what) <= size:
+        raise ValueError(f"{what} {value} is not in 0..{size} (the disk size)")
+    return value
+
+
+def _check_version(doc: dict, archive: str) -> int:
+    """Return the manifest's format version; raise FormatError unless this borg-vm reads it."""
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT_NAME:
         raise FormatError(archive=archive, detail="no borg-vm manifest")
-    if type(doc.get("version")) is not int or doc["version"] != FORMAT_VERSION:
+    if type(doc.get("version")) is not int or doc["version"] not in READABLE_VERSIONS:
         raise FormatError(archive=archive,
                           detail=f"format version {doc.get('version')!r}, this borg-vm "
-                                 f"reads version {FORMAT_VERSION}; upgrade borg-vm")
+                                 f"reads versions {', '.join(map(str, READABLE_VERSIONS))}; "
+                                 "upgrade borg-vm")
+    return doc["version"]
 
 
 @dataclass(frozen=True)
@@ -333,18 +533,30 @@ class Summary:
         """Parse an archive comment; raise FormatError if it is not a borg-vm summary."""
         try:
             doc = json.loads(comment)
-            if type(doc.get("borg-vm")) is not int or doc["borg-vm"] != FORMAT_VERSION:
-                raise FormatError(archive=archive,
-                                  detail=f"summary version {doc.get('borg-vm')!r}")
-            return cls(level=_level(doc["level"]), parent=doc["parent"], time=doc["time"],
-                       uuid=doc["uuid"],
-                       disks={check_target(t): DiskSummary(_level(v[0]), int(v[1]), v[2], v[3],
-                                                           int(v[4]), int(v[5]))
-                              for t, v in doc["disks"].items()})
+            version = _get(doc, "borg-vm", int)
+            if version not in READABLE_VERSIONS:
+                raise FormatError(archive=archive, detail=f"summary version {version!r}")
+            return cls(level=_level(_get(doc, "level", str)),
+                       parent=_get(doc, "parent", (str, type(None))), time=_time(doc),
+                       uuid=_get(doc, "uuid", str),
+                       disks={check_target(t): _disk_summary(v)
+                              for t, v in _get(doc, "disks", dict).items()})
         except FormatError:
             raise
-        except (ValueError, KeyError, TypeError, AttributeError, IndexError) as e:
-            raise FormatError(archive=archive, detail=f"bad archive comment: {e!r}") from e
+        except (ValueError, RecursionError) as e:
+            raise FormatError(archive=archive, detail=f"bad archive comment: {e}") from e
+
+
+def _disk_summary(value) -> DiskSummary:
+    """Return the DiskSummary a comment's [level, size, format, source, data, zero] describes."""
+    if type(value) is not list or len(value) != 6:
+        raise ValueError(f"disk summary {value!r} is not [level, size, format, source, "
+                         "data bytes, zero bytes]")
+    level, size, fmt_, source, data, zero = value
+    size = _virtual_size(_typed(size, int, "virtual size"))
+    return DiskSummary(_level(level), size, _typed(fmt_, str, "format"),
+                       _typed(source, str, "source"), _byte_count(data, "data bytes", size),
+                       _byte_count(zero, "zero bytes", size))
 
 
 @dataclass(frozen=True)

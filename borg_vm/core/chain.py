@@ -22,14 +22,21 @@ def of_domain(archives: list[ArchiveInfo], domain: str) -> list[ArchiveInfo]:
     return sorted(own, key=lambda a: a.order)
 
 
+def of_known_domain(archives: list[ArchiveInfo], domain: str) -> list[ArchiveInfo]:
+    """Return domain's archives, oldest first; raise ArchiveNotFound if there are none."""
+    own = of_domain(archives, domain)
+    if not own:
+        raise ArchiveNotFound(detail=f"The repository holds no borg-vm archive of {domain!r} "
+                                     "('borg-vm list' shows the domains it holds).")
+    return own
+
+
 def select(archives: list[ArchiveInfo], domain: str, checkpoint: str | None) -> ArchiveInfo:
     """Return the archive of domain at checkpoint (None: the newest).
 
     Raise ArchiveNotFound naming what exists if there is no such archive.
     """
-    own = of_domain(archives, domain)
-    if not own:
-        raise ArchiveNotFound(detail=f"The repository holds no borg-vm archive of {domain!r}.")
+    own = of_known_domain(archives, domain)
     if checkpoint is None:
         return own[-1]
     for a in own:

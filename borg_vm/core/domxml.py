@@ -138,14 +138,23 @@ def backup_sockets(job_xml: str) -> list[str]:
     return [s.get("socket", "") for s in _parse(job_xml).findall("server")]
 
 
-def checkpoint_xml(name: str, description: str, bitmaps: dict[str, bool]) -> str:
-    """Return <domaincheckpoint> XML; bitmaps maps each disk target to whether it gets a bitmap."""
+def checkpoint_xml(name: str, description: str, bitmaps: dict[str, bool],
+                   created: int | None = None) -> str:
+    """Return <domaincheckpoint> XML; bitmaps maps each disk target to whether it gets a bitmap.
+
+    With created (seconds since the epoch) it is XML to redefine a checkpoint
+    whose bitmaps, named after it, already exist in the images.
+    """
     root = ET.Element("domaincheckpoint")
     ET.SubElement(root, "name").text = name
     ET.SubElement(root, "description").text = description
+    if created is not None:
+        ET.SubElement(root, "creationTime").text = str(created)
     elems = ET.SubElement(root, "disks")
     for target, bitmap in bitmaps.items():
-        ET.SubElement(elems, "disk", name=target, checkpoint="bitmap" if bitmap else "no")
+        disk = ET.SubElement(elems, "disk", name=target, checkpoint="bitmap" if bitmap else "no")
+        if bitmap and created is not None:
+            disk.set("bitmap", name)
     return ET.tostring(root, encoding="unicode")
 
 
@@ -187,6 +196,20 @@ def _point_disk_at(disk: ET.Element, path: str, fmt: str) -> None:
         driver = ET.Element("driver", name="qemu")
         disk.insert(0, driver)
     driver.set("type", fmt)
+
+
+def snapshot_images(snapshot_xmls: list[str]) -> dict[str, str]:
+    """Given libvirt snapshots' XML, return {image path: snapshot name} for the
+    overlays their external disk snapshots created."""
+    images = {}
+    for xml in snapshot_xmls:
+        root = _parse(xml)
+        for disk in root.findall("./disks/disk[@snapshot='external']"):
+            source = disk.find("source")
+            path = None if source is None else source.get("file") or source.get("dev")
+            if path:
+                images[path] = root.findtext("name", "")
+    return images
 
 
 # --- host resources: what a restored domain must not be handed by default ----------

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from . import chain
-from .archive import FULL, INC, ArchiveInfo, new_checkpoint_name, snapshot_of
+from .archive import FULL, INC, ArchiveInfo, ArchiveName, new_checkpoint_name
 from ..errors import BorgVmError, NoUsableParent
 
 AUTO = "auto"
@@ -46,60 +46,77 @@ def latest(archives: list[ArchiveInfo], domain: str) -> ArchiveInfo | None:
 
 
 def why_not_incremental(domain: str, uuid: str, disks: list[Disk], parent: ArchiveInfo | None,
-                        checkpoints: set[str], archives: list[ArchiveInfo]) -> str | None:
-    """Return why an incremental on top of parent is impossible, or None if it is possible."""
+                        checkpoints: set[str]) -> str | None:
+    """Return why no disk can be backed up incrementally on top of parent, or None
+    if the parent's checkpoint can serve the disks that still have a chain."""
     if parent is None:
         return f"no earlier archive of {domain} in the repository"
     if parent.summary.uuid != uuid:
         return f"the domain's UUID changed since {parent.archive}"
     if parent.name.checkpoint not in checkpoints:
         return f"checkpoint {parent.name.checkpoint} of {parent.archive} is gone from libvirt"
-    before = parent.summary.disks
-    now = {d.target: d for d in disks}
-    if set(before) != set(now):
-        return (f"the disks changed ({', '.join(sorted(before))} -> "
-                f"{', '.join(sorted(now))})")
-    for t, d in sorted(now.items()):
-        if before[t].virtual_size != d.virtual_size:
-            return f"disk {t} was resized ({before[t].virtual_size} -> {d.virtual_size} bytes)"
-        if before[t].source != d.source or before[t].format != d.format:
-            return (f"disk {t} is a new layer ({before[t].source} -> {d.source}), "
-                    "e.g. after an external snapshot")
     if not any(d.incremental_capable for d in disks):
         return "no disk supports incremental backups (they need qcow2)"
-    for t in sorted(now):
-        try:
-            chain.disk_chain(archives, parent, t)
-        except BorgVmError as e:
-            return f"the chain of {parent.archive} cannot be restored ({e.message})"
+    return None
+
+
+def why_disk_is_full(disk: Disk, parent: ArchiveInfo, archives: list[ArchiveInfo]
+                     ) -> str | None:
+    """Return why this disk needs a full backup although the domain's is incremental,
+    or None if it can be incremental on top of parent.
+
+    A new layer under the same target (an external snapshot, a blockcommit) is no
+    reason: libvirt carries the checkpoint's bitmaps into the new top image and
+    merges them down the backing chain, and if it cannot, starting the job fails
+    and the run falls back to a full with that reason.
+    """
+    before = parent.summary.disks.get(disk.target)
+    if not disk.incremental_capable:
+        return f"{disk.format}, not qcow2"
+    if before is None:
+        return f"new disk, not in {parent.archive}"
+    if before.virtual_size != disk.virtual_size:
+        return f"resized from {before.virtual_size} to {disk.virtual_size} bytes"
+    try:
+        chain.disk_chain(archives, parent, disk.target)
+    except BorgVmError as e:
+        return f"its chain cannot be restored ({e.message})"
     return None
 
 
 def plan(requested: str, domain: str, uuid: str, disks: list[Disk],
          archives: list[ArchiveInfo], checkpoints: set[str]) -> Plan:
-    """Decide the level of the next backup of domain.
+    """Decide the level of the next backup of domain, and of each of its disks.
 
     Given the requested level (auto/full/inc), the disks to back up, the
     domain's complete archives in the repository and the names of borg-vm's
-    checkpoints libvirt has, return the Plan; raise NoUsableParent if inc was
-    requested but no incremental is possible.
+    checkpoints libvirt has, return the Plan. An incremental plan may still
+    take a full of some disks (added, resized, raw, or whose chain is broken):
+    the reason names them. Raise NoUsableParent if inc was requested but no
+    disk can be incremental.
     """
-    parent = latest(archives, domain)
     if requested not in REQUESTS:
         raise ValueError(f"unknown level {requested!r}")
-    reason = why_not_incremental(domain, uuid, disks, parent, checkpoints, archives)
     if requested == FULL:
         return Plan(FULL, "--level full was asked for", None, {d.target: FULL for d in disks})
+    parent = latest(archives, domain)
+    reason = why_not_incremental(domain, uuid, disks, parent, checkpoints)
+    full_disks = {} if reason else {d.target: why for d in disks
+                                    if (why := why_disk_is_full(d, parent, archives))}
+    if reason is None and len(full_disks) == len(disks):
+        reason = "; ".join(f"{t}: {why}" for t, why in full_disks.items())
     if reason is not None:
         if requested == INC:
             raise NoUsableParent(domain=domain, reason=reason)
         return Plan(FULL, reason, None, {d.target: FULL for d in disks})
-    return Plan(INC, f"incremental on top of {parent.archive}", parent,
-                {d.target: INC if d.incremental_capable else FULL for d in disks})
+    why = f"incremental on top of {parent.archive}"
+    if full_disks:
+        why += "; full backup of " + "; ".join(f"{t} ({w})" for t, w in full_disks.items())
+    return Plan(INC, why, parent,
+                {d.target: FULL if d.target in full_disks else INC for d in disks})
 
 
-def names_for(plan_: Plan, domain: str, when, taken_checkpoints: set[str]):
-    """Return (snapshot, checkpoint) names for a run that starts at `when`."""
-    checkpoint = new_checkpoint_name(when, taken_checkpoints)
-    snapshot = plan_.parent.name.snapshot if plan_.parent else snapshot_of(checkpoint)
-    return snapshot, checkpoint
+def archive_name(domain: str, layer: str, when, taken_checkpoints: set[str]) -> ArchiveName:
+    """Return the name of the archive of a run that starts at `when` on `layer`
+    (the top layer's name, core/layers.py), with a checkpoint name not taken yet."""
+    return ArchiveName.for_layer(domain, layer, new_checkpoint_name(when, taken_checkpoints))

@@ -18,7 +18,7 @@ siblings behind the same interface.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ContextManager, Iterator, Protocol, Sequence
+from typing import Callable, ContextManager, Iterator, Protocol, Sequence
 
 from .extent import Run
 
@@ -44,3 +44,12 @@ class DiskSource(Protocol):
         """Yield an iterator of (offset, data) for the requests, in order; each view
         stays valid while the consumer holds at most `hold` of them."""
 
+
+
+@dataclass(frozen=True)
+class Session:
+    """One backup run's way to the disks: the source to read them from, and the
+    XML of the checkpoint the run records (asked for once the run has begun)."""
+
+    source: DiskSource
+    checkpoint_xml: Callable[[], str]

@@ -76,3 +76,44 @@ def wrapper_env(workdir: Path, mode: str, **settings: str) -> dict:
                BORGVM_TEST_MODE=mode, BORGVM_TEST_DIR=str(workdir))
     env.update({f"BORGVM_TEST_{k.upper()}": v for k, v in settings.items()})
     return env
+
+
+# -- backup and restore as the tests call them --------------------------------
+
+def read_image(path: str, workdir: Path) -> bytes:
+    """Return the guest-visible bytes of an image (following its backing chain)."""
+    out = workdir / "read.raw"
+    subprocess.run(["qemu-img", "convert", "-O", "raw", path, str(out)], check=True)
+    data = out.read_bytes()
+    out.unlink()
+    return data
+
+
+def assert_same(actual: bytes, expected: bytes, what: str) -> None:
+    assert len(actual) == len(expected), f"{what}: size {len(actual)} != {len(expected)}"
+    if actual != expected:
+        at = next(i for i in range(0, len(actual), 4096)
+                  if actual[i:i + 4096] != expected[i:i + 4096])
+        end = next((i for i in range(at, len(actual), 4096)
+                    if actual[i:i + 4096] == expected[i:i + 4096]), len(actual))
+        raise AssertionError(f"{what}: differs in [{at}, {end}): restored "
+                             f"{actual[at:at + 8].hex()}.. expected {expected[at:at + 8].hex()}..")
+
+
+def backup(name: str, repo: str, *extra: str, env=None, code=0):
+    result = run("backup", name, "--repo", repo, "--json", *extra, env=env, code=code)
+    return result.json_lines()[0] if code == 0 else result
+
+
+def restore_and_compare(name, repo, checkpoint, views, tmp_path, tag, *extra):
+    """Restore checkpoint into a fresh directory and compare every disk with views."""
+    to = tmp_path / f"restore-{tag}"
+    doc = run("restore", name, "--repo", repo, "--checkpoint", checkpoint, "--to", str(to),
+              "--json", *extra).json()
+    assert doc["checkpoint"] == checkpoint
+    assert set(doc["disks"]) == set(views)
+    for target, expected in views.items():
+        assert_same(read_image(doc["disks"][target]["image"], tmp_path), expected,
+                    f"{tag} {target} at {checkpoint}")
+    assert Path(doc["domain_xml"]).exists()
+    return doc

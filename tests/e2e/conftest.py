@@ -10,6 +10,7 @@ try:
     import libvirt
 
     import guest
+    from borgvm import init_repo
 except ImportError as e:  # reported by libvirt_conn, so every e2e test skips (fails under CI)
     _IMPORT_ERROR = e
 else:
@@ -76,3 +77,9 @@ def make_domain(libvirt_conn, virt_type, _remove_stale_domains, tmp_path, tmp_pa
             errors.append(f"{domain.name}: {e!r}")
     if errors:
         pytest.fail("teardown of test domains failed: " + "; ".join(errors))
+
+
+@pytest.fixture
+def repo(tmp_path):
+    """Return the path of a new unencrypted Borg repository in tmp_path."""
+    return init_repo(tmp_path / "repo")

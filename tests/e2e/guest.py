@@ -230,6 +230,8 @@ class Domain:
                               if formats[t] == "qcow2" else 1 for t, p in disks.items()}
         self._unflushed: set[str] = set()
         self._log = QemuLog(self.name)
+        # target -> its images, bottom first, once snapshot() gave it overlays
+        self.layers: dict[str, list[Path]] = {}
 
     # -- guest I/O -------------------------------------------------------
     def write(self, target: str, offset: int, length: int, pattern: int) -> None:
@@ -349,10 +351,94 @@ class Domain:
         poll(lambda: self.dom.state()[0] == libvirt.VIR_DOMAIN_SHUTOFF, STATE_TIMEOUT,
              f"{self.name} to be shut off after SIGKILL")
 
+    def shut_off(self) -> None:
+        """Stop QEMU cleanly (`virsh destroy`: SIGTERM, which stores the
+        persistent bitmaps) and wait until libvirt reports it shut off."""
+        self.flush_all()
+        self._unflushed.clear()
+        self.dom.destroy()
+        poll(lambda: self.dom.state()[0] == libvirt.VIR_DOMAIN_SHUTOFF, STATE_TIMEOUT,
+             f"{self.name} to be shut off")
+
+    def write_offline(self, target: str, offset: int, length: int, pattern: int) -> None:
+        """Given a disk of the shut-off domain, a range and a byte, write it into
+        the disk's top image with qemu-io (as a host tool would; enabled
+        persistent bitmaps record it)."""
+        self._check_range(target, offset, length)
+        subprocess.run(["qemu-io", "-f", self.formats[target], "-c",
+                        f"write -P {pattern} {offset} {length}", str(self.disks[target])],
+                       check=True, capture_output=True)
+        if self.model[target] is not None:
+            self.model[target][offset:offset + length] = bytes([pattern]) * length
+
     def start_paused(self) -> None:
         """Start the (shut off) domain again, paused; raise libvirtError if
         libvirt refuses."""
         self.dom.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED)
+
+    # -- the disks' life: snapshots, commits, new disks, resizes ---------------
+    def snapshot(self, name: str, metadata: bool = True) -> dict[str, Path]:
+        """Given a snapshot name, take an external disk-only snapshot of every
+        disk (new qcow2 overlays beside the images, atomically, as `virsh
+        snapshot-create-as DOM NAME --disk-only --atomic [--no-metadata]`);
+        make the overlays the disks' top images and return them."""
+        tops = {t: self.workdir / f"{self.name}-{t}.{name}.qcow2" for t in self.disks}
+        disks = "".join(f"<disk name='{t}' snapshot='external'><driver type='qcow2'/>"
+                        f"<source file='{escape(str(p))}'/></disk>" for t, p in tops.items())
+        flags = (libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_DISK_ONLY
+                 | libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_ATOMIC
+                 | (0 if metadata else libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_NO_METADATA))
+        self.dom.snapshotCreateXML(
+            f"<domainsnapshot><name>{escape(name)}</name><disks>{disks}</disks>"
+            "</domainsnapshot>", flags)
+        for t, path in tops.items():
+            self.layers.setdefault(t, [self.disks[t]]).append(path)
+            self.disks[t], self.formats[t] = path, "qcow2"
+        return tops
+
+    def blockcommit(self, target: str) -> None:
+        """Given a disk, commit every overlay down into the base image and pivot
+        to it (`virsh blockcommit DOM TARGET --active --pivot`: with no --base,
+        the base is the bottom of the chain); wait for it."""
+        self.dom.blockCommit(target, None, None, 0, libvirt.VIR_DOMAIN_BLOCK_COMMIT_ACTIVE)
+        poll(lambda: (lambda info: info and info["cur"] == info["end"])(
+            self.dom.blockJobInfo(target, 0)), STATE_TIMEOUT, f"blockcommit of {target} ready")
+        self.dom.blockJobAbort(target, libvirt.VIR_DOMAIN_BLOCK_JOB_ABORT_PIVOT)
+        poll(lambda: not self.dom.blockJobInfo(target, 0), STATE_TIMEOUT,
+             f"blockcommit of {target} ended")
+        del self.layers[target][1:]
+        self.disks[target] = self.layers[target][0]
+
+    def attach_disk(self, target: str, size: int, fmt: str = "qcow2") -> Path:
+        """Given a new target, a size and a format, create an image and add it to
+        the domain's definition, then restart the domain (shut down cleanly,
+        which persists the bitmaps, and started paused) so it has the disk; the
+        test guest has no ACPI, so no PCI hot-plug. Return the image's path."""
+        path = self.workdir / f"{self.name}-{target}.{fmt}"
+        create_image(path, fmt, size)
+        discard = f" discard='{self.discard_mode}'" if self.discard_mode else ""
+        self.dom.attachDeviceFlags(
+            f"<disk type='file' device='disk'><driver name='qemu' type='{fmt}'{discard}/>"
+            f"<source file='{escape(str(path))}'/><target dev='{target}' bus='virtio'/></disk>",
+            libvirt.VIR_DOMAIN_AFFECT_CONFIG)
+        self.flush_all()
+        self.dom.destroy()
+        self.start_paused()
+        self.disks[target], self.formats[target], self.sizes[target] = path, fmt, size
+        self.model[target] = bytearray(size)
+        self.cluster_sizes[target] = (image_info(path, fmt).get("cluster-size", 1)
+                                      if fmt == "qcow2" else 1)
+        return path
+
+    def resize(self, target: str, size: int) -> None:
+        """Given a disk and a bigger size, grow it while the domain runs
+        (`virsh blockresize`); the new bytes read as zeros."""
+        if size <= self.sizes[target]:
+            raise ValueError(f"{target}: only growing is supported, not {size} bytes")
+        self.dom.blockResize(target, size, libvirt.VIR_DOMAIN_BLOCK_RESIZE_BYTES)
+        if self.model[target] is not None:
+            self.model[target].extend(bytes(size - self.sizes[target]))
+        self.sizes[target] = size
 
     def xml(self) -> ET.Element:
         """Return the live domain XML, parsed."""
@@ -498,7 +584,7 @@ def destroy_test_domain(domain: Domain) -> None:
         remove_domain(domain.dom)
     except Exception as e:
         error = e
-    for path in domain.disks.values():
+    for path in {*domain.disks.values(), *(p for ps in domain.layers.values() for p in ps)}:
         path.unlink(missing_ok=True)
     if error is not None:
         raise error

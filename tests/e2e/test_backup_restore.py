@@ -4,34 +4,17 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 from pathlib import Path
 
 import libvirt
 import pytest
 
-from borgvm import BORG, archive_names, init_repo, run, start, wrapper_env
+from borgvm import (BORG, archive_names, assert_same, backup, init_repo, read_image,
+                    restore_and_compare, run, start, wrapper_env)
 from guest import MIB, poll
 
 KIB = 1024
 GRANULARITY = 64 * KIB  # dirty bitmap granularity = qcow2 cluster size (FACTS.md)
-
-
-def read_image(path: str, workdir: Path) -> bytes:
-    """Return the guest-visible bytes of an image (following its backing chain)."""
-    out = workdir / "read.raw"
-    subprocess.run(["qemu-img", "convert", "-O", "raw", path, str(out)], check=True)
-    data = out.read_bytes()
-    out.unlink()
-    return data
-
-
-def assert_same(actual: bytes, expected: bytes, what: str) -> None:
-    assert len(actual) == len(expected), f"{what}: size {len(actual)} != {len(expected)}"
-    if actual != expected:
-        at = next(i for i in range(0, len(actual), 4096)
-                  if actual[i:i + 4096] != expected[i:i + 4096])
-        raise AssertionError(f"{what}: differs in the 4 KiB block at offset {at}")
 
 
 class Dirty:
@@ -53,30 +36,6 @@ class Dirty:
                 covered += hi - lo
                 end = hi
         return covered
-
-
-@pytest.fixture
-def repo(tmp_path):
-    return init_repo(tmp_path / "repo")
-
-
-def backup(name: str, repo: str, *extra: str, env=None, code=0):
-    result = run("backup", name, "--repo", repo, "--json", *extra, env=env, code=code)
-    return result.json_lines()[0] if code == 0 else result
-
-
-def restore_and_compare(name, repo, checkpoint, views, tmp_path, tag, *extra):
-    """Restore checkpoint into a fresh directory and compare every disk with views."""
-    to = tmp_path / f"restore-{tag}"
-    doc = run("restore", name, "--repo", repo, "--checkpoint", checkpoint, "--to", str(to),
-              "--json", *extra).json()
-    assert doc["checkpoint"] == checkpoint
-    assert set(doc["disks"]) == set(views)
-    for target, expected in views.items():
-        assert_same(read_image(doc["disks"][target]["image"], tmp_path), expected,
-                    f"{tag} {target} at {checkpoint}")
-    assert Path(doc["domain_xml"]).exists()
-    return doc
 
 
 def test_two_disks_full_then_incrementals_restore_bit_for_bit(make_domain, repo, tmp_path):

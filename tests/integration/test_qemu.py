@@ -69,3 +69,42 @@ def test_create_in_missing_directory_raises_with_qemu_img_message(tmp_path):
     with pytest.raises(QemuImgError,
                        match=f"qemu-img create failed: .*Could not create '{path}'"):
         qemu.create(path, "qcow2", 1 * MiB)
+
+
+# --- persistent bitmaps (shut-off domains) -----------------------------------------
+
+def test_bitmaps_along_a_backing_chain(tmp_path):
+    base, top = tmp_path / "base.qcow2", tmp_path / "top.qcow2"
+    qemu.create(str(base), "qcow2", 4 * MiB)
+    qemu.bitmap_add(str(base), "cp1")
+    qemu.create(str(top), "qcow2", 4 * MiB, backing=str(base))
+    qemu.bitmap_add(str(top), "cp1")
+    qemu.bitmap_add(str(top), "off", disabled=True)
+    chain = qemu.backing_chain(str(top), "qcow2")
+    assert [layer.path for layer in chain] == [str(top), str(base)]
+    assert chain[0].bitmaps == {"cp1": ("auto",), "off": ()}
+    assert chain[1].bitmaps == {"cp1": ("auto",)}
+    qemu.bitmap_remove(str(top), "off")
+    assert qemu.backing_chain(str(top), "qcow2")[0].bitmaps == {"cp1": ("auto",)}
+
+
+def test_merge_from_the_image_itself_and_from_below(tmp_path):
+    base, top = tmp_path / "base.qcow2", tmp_path / "top.qcow2"
+    qemu.create(str(base), "qcow2", 4 * MiB)
+    qemu.bitmap_add(str(base), "cp1")
+    qemu_io(base, "qcow2", "write -P 1 0 64k")
+    qemu.create(str(top), "qcow2", 4 * MiB, backing=str(base))
+    qemu.bitmap_add(str(top), "cp1")
+    qemu_io(top, "qcow2", "write -P 2 1M 64k")
+    qemu.bitmap_add(str(top), "merged", disabled=True)
+    qemu.bitmap_merge(str(top), "merged", "cp1", str(top), "qcow2")
+    qemu.bitmap_merge(str(top), "merged", "cp1", str(base), "qcow2")
+    # The merged bitmap stays disabled; what it holds is read back in test_sources.py.
+    assert qemu.backing_chain(str(top), "qcow2")[0].bitmaps["merged"] == ()
+
+
+def test_bitmap_errors_say_what_failed(tmp_path):
+    img = tmp_path / "disk.qcow2"
+    qemu.create(str(img), "qcow2", 1 * MiB)
+    with pytest.raises(QemuImgError, match="qemu-img bitmap failed"):
+        qemu.bitmap_remove(str(img), "missing")

@@ -4,7 +4,9 @@ bitmap named backup-vda (so its context is the job's
 qemu:dirty-bitmap:backup-vda)."""
 
 from borg_vm.adapters import qemu
-from borg_vm.adapters.sources import PullBackupSource
+import subprocess
+
+from borg_vm.adapters.sources import ImageSource, PullBackupSource
 from borg_vm.core.extent import STATE_DIRTY, STATE_ZERO
 
 from realstack import KiB, MiB, qemu_io, run
@@ -46,3 +48,28 @@ def test_reads_yield_the_requests_in_order(tmp_path, qemu_nbd_socket):
     assert [o for o, _ in got] == [0, 4 * MiB, 512 * KiB]
     assert got[0][1] == b"\x11" * (512 * KiB) and got[1][1] == b"\x22" * (4 * KiB)
     assert got[2][1] == b"\x11" * (512 * KiB)
+
+
+def test_image_source_reads_merged_bitmaps_and_holds_the_lock(tmp_path):
+    base, top = tmp_path / "base.qcow2", tmp_path / "top.qcow2"
+    qemu.create(str(base), "qcow2", 8 * MiB)
+    qemu_io(base, "qcow2", "write -P 1 0 1M")
+    qemu.bitmap_add(str(base), "cp1")
+    qemu_io(base, "qcow2", "write -P 2 2M 64k")           # before the "snapshot"
+    qemu.create(str(top), "qcow2", 8 * MiB, backing=str(base))
+    qemu.bitmap_add(str(top), "cp1")
+    qemu_io(top, "qcow2", "write -P 3 4M 64k")            # after it
+    qemu.bitmap_add(str(top), "merged", disabled=True)
+    for layer in (top, base):
+        qemu.bitmap_merge(str(top), "merged", "cp1", str(layer), "qcow2")
+    with ImageSource({"vda": (str(top), "qcow2", "merged")}) as source:
+        m = source.extent_map("vda", incremental=True)
+        assert [(r.start, r.length) for r in m.dirty if r.flags & STATE_DIRTY] == [
+            (2 * MiB, GRANULARITY), (4 * MiB, GRANULARITY)]
+        # While the source is open, nothing can open the image for writing.
+        proc = subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write 0 512", str(top)],
+                              capture_output=True, text=True)
+        assert proc.returncode != 0 and "lock" in proc.stderr
+        with source.reads("vda", [(2 * MiB, 64 * KiB), (4 * MiB, 64 * KiB)], hold=1) as reads:
+            assert [bytes(data[:1]) for _, data in reads] == [b"\x02", b"\x03"]
+    qemu_io(top, "qcow2", "write 0 512")                  # and afterwards it can

@@ -9,9 +9,10 @@ from hypothesis import given, settings, strategies as st
 from borg_vm import __version__
 from borg_vm.core import archive
 from borg_vm.core.archive import (BLOCK_SIZE, FORMAT_VERSION, FULL, INC, PARTIAL_SUFFIX,
-                             ArchiveInfo, ArchiveName, DiskRecord, DiskSummary, Manifest,
+                             ArchiveInfo, ArchiveName, DiskRecord, DiskSummary, FrozenRecord,
+                             LayerRecord, Manifest,
                              Summary, disk_prefix, is_own_checkpoint, is_partial_of,
-                             member_name, new_checkpoint_name, parse_member, snapshot_of,
+                             member_name, new_checkpoint_name, parse_member,
                              stamp)
 from borg_vm.errors import FormatError
 from borg_vm.core.extent import DATA, ZERO, Extent
@@ -59,9 +60,13 @@ def test_is_own_checkpoint(name, own):
     assert is_own_checkpoint(name) is own
 
 
-def test_snapshot_of():
-    assert snapshot_of(CKPT) == "20261126T020000Z"
-    assert snapshot_of(CKPT + "-2") == "20261126T020000Z-2"
+def test_archive_name_for_a_layer_escapes_its_name():
+    name = ArchiveName.for_layer("web01.example.com", "pre-upgrade.1 (db)", CKPT)
+    assert str(name) == f"web01.example.com.pre-upgrade%2E1%20%28db%29.{CKPT}"
+    assert ArchiveName.parse(str(name)) == name
+    assert name.snapshot_name == "pre-upgrade.1 (db)"
+    # version 1 wrote the chain's start time there: still a name, read as is
+    assert ArchiveName.parse(f"web01.{SNAP}.{CKPT}").snapshot_name == SNAP
 
 
 # --- archive names ----------------------------------------------------------------
@@ -86,11 +91,12 @@ def test_archive_name_layout():
                min_size=1),
        st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2999, 1, 1),
                     timezones=st.just(timezone.utc)),
-       st.integers(0, 20))
-def test_archive_name_round_trip_any_domain(domain, when, n):
+       st.integers(0, 20), st.text(min_size=1))
+def test_archive_name_round_trip_any_domain(domain, when, n, layer):
     checkpoint = new_checkpoint_name(when, {new_checkpoint_name(when, set())} if n else set())
-    name = ArchiveName(domain, snapshot_of(checkpoint), checkpoint)
+    name = ArchiveName.for_layer(domain, layer, checkpoint)
     assert ArchiveName.parse(str(name)) == name
+    assert name.snapshot_name == layer
 
 
 @pytest.mark.parametrize("name", [
@@ -101,7 +107,9 @@ def test_archive_name_round_trip_any_domain(domain, when, n):
     f".{SNAP}.{CKPT}",                          # no domain
     f"web01.{SNAP}.borgvm-2026",                # bad checkpoint stamp
     f"web01.{SNAP}.other-20261126T020000Z",     # not our checkpoint prefix
-    f"web01.2026.{CKPT}",                       # bad snapshot
+    f"web01.a%zz.{CKPT}",                       # bad escape in the snapshot
+    f"web01.a b.{CKPT}",                        # a snapshot name not escaped
+    f"web01.%2e.{CKPT}",                        # lower-case escape: not what escape() writes
     f"web01.{SNAP}.{CKPT}{PARTIAL_SUFFIX}",     # unfinished
     f"web01.{SNAP}.{CKPT}.checkpoint",          # borg's own checkpoint
     f"web01.{SNAP}.{CKPT}x",
@@ -166,10 +174,18 @@ def manifest(**over) -> Manifest:
         parent_archive=f"web01.example.com.{SNAP}.borgvm-20261125T221800Z",
         time="2026-11-26T02:00:00Z",
         disks={
-            "vda": DiskRecord(INC, "qcow2", "/var/lib/libvirt/images/web01.qcow2", 1 << 30,
+            "vda": DiskRecord(INC, "qcow2", "/var/lib/libvirt/images/web01.S2.qcow2", 1 << 30,
                               (Extent(0, 4096, DATA), Extent(4096, 1 << 20, ZERO),
-                               Extent(8 << 20, 65536, DATA)), "ab" * 32),
-            "sdb": DiskRecord(FULL, "raw", "/dev/vg/web01-data", 10 << 20, (), "cd" * 32),
+                               Extent(8 << 20, 65536, DATA)), "ab" * 32,
+                              layers=(LayerRecord("S2", "/var/lib/libvirt/images/web01.S2.qcow2",
+                                                  "qcow2"),
+                                      LayerRecord("base", "/var/lib/libvirt/images/web01.qcow2",
+                                                  "qcow2")),
+                              frozen=(FrozenRecord(1, INC, (Extent(0, 65536, DATA),
+                                                            Extent(1 << 20, 65536, ZERO)),
+                                                   "ef" * 32),)),
+            "sdb": DiskRecord(FULL, "raw", "/dev/vg/web01-data", 10 << 20, (), "cd" * 32,
+                              layers=(LayerRecord("base", "/dev/vg/web01-data", "raw"),)),
         })
     fields.update(over)
     return Manifest(**fields)
@@ -190,7 +206,7 @@ def test_manifest_round_trip_full_without_parent():
 def test_manifest_document():
     doc = json.loads(manifest().to_json())
     assert doc["format"] == "borg-vm"
-    assert doc["version"] == FORMAT_VERSION == 1
+    assert doc["version"] == FORMAT_VERSION == 2
     assert doc["block_size"] == BLOCK_SIZE
     assert doc["borg_vm_version"] == __version__
     assert list(doc["disks"]) == ["sdb", "vda"]
@@ -205,7 +221,7 @@ def test_manifest_summary():
     assert s.level == INC
     assert s.parent == f"web01.example.com.{SNAP}.borgvm-20261125T221800Z"
     assert s.disks["vda"] == DiskSummary(INC, 1 << 30, "qcow2",
-                                         "/var/lib/libvirt/images/web01.qcow2",
+                                         "/var/lib/libvirt/images/web01.S2.qcow2",
                                          4096 + 65536, 1 << 20)
     assert s.disks["sdb"].level == FULL
 
@@ -223,7 +239,7 @@ def _reject(doc_or_raw, match=None):
     return e.value
 
 
-@pytest.mark.parametrize("version", [0, 2, "1", None])
+@pytest.mark.parametrize("version", [0, 3, "1", None, True])
 def test_manifest_rejects_unknown_version(version):
     doc = _doc()
     doc["version"] = version
@@ -252,7 +268,7 @@ def test_manifest_rejects_garbage(raw):
 
 def test_manifest_not_utf8_is_named_not_repeated():
     """The error names the problem; it does not carry the manifest (up to 64 MiB) along."""
-    err = _reject(b'{"format": "borg-vm"' + b"\xff" * 100_000, match="not UTF-8")
+    err = _reject(b'{"format": "borg-vm"' + b"\xff" * 100_000, match="can't decode byte 0xff")
     assert len(err.message) < 200
 
 
@@ -348,7 +364,7 @@ def test_summary_round_trip_unicode_source():
 
 @pytest.mark.parametrize("comment", [
     "", "a comment a person wrote", "null", "[]", "{}",
-    json.dumps({"borg-vm": 2, "level": "full", "parent": None, "time": "t", "uuid": "u",
+    json.dumps({"borg-vm": 3, "level": "full", "parent": None, "time": "t", "uuid": "u",
                 "disks": {}}),
     json.dumps({"borg-vm": 1, "level": "weekly", "parent": None, "time": "t", "uuid": "u",
                 "disks": {}}),
@@ -373,3 +389,185 @@ def test_archive_info_properties():
     info = ArchiveInfo(ArchiveName("web01", SNAP, CKPT), s)
     assert info.archive == f"web01.{SNAP}.{CKPT}"
     assert (info.level, info.time) == (INC, "2026-11-26T02:00:00Z")
+
+
+# --- hostile documents: every field typed (issue #13 B1, R5) -------------------------
+
+def _comment(**over):
+    doc = json.loads(manifest().summary().to_comment())
+    doc.update(over)
+    return json.dumps(doc)
+
+
+@pytest.mark.parametrize("over", [
+    {"time": 5}, {"time": None}, {"time": "yesterday"}, {"time": "2026-11-26T02:00:00Z\x1b[2J"},
+    {"parent": 123}, {"parent": [1]}, {"parent": {"a": 1}}, {"level": 1}, {"level": None},
+    {"uuid": 7}, {"uuid": None}, {"borg-vm": True}, {"borg-vm": "1"}, {"disks": None},
+    {"disks": {"vda": ["full", True, "raw", "/x", 0, 0]}},
+    {"disks": {"vda": ["full", 10.0, "raw", "/x", 0, 0]}},
+    {"disks": {"vda": ["full", -1, "raw", "/x", 0, 0]}},
+    {"disks": {"vda": ["full", 0, "raw", "/x", 0, 0]}},
+    {"disks": {"vda": ["full", 1 << 50, "qcow2", "/x", 0, 0]}},          # 1 PiB
+    {"disks": {"vda": ["full", 10, 5, "/x", 0, 0]}},
+    {"disks": {"vda": ["full", 10, "raw", None, 0, 0]}},
+    {"disks": {"vda": ["full", 10, "raw", "/x", -1, 0]}},
+    {"disks": {"vda": ["full", 10, "raw", "/x", 0, 11]}},
+    {"disks": {"vda": "full"}}, {"disks": {"../x": ["full", 10, "raw", "/x", 0, 0]}},
+])
+def test_summary_rejects_badly_typed_fields(over):
+    with pytest.raises(FormatError, match="bad archive comment") as e:
+        Summary.from_comment(_comment(**over), "web01.x.y")
+    assert "web01.x.y" in e.value.message
+
+
+@pytest.mark.parametrize("path, value", [
+    (("time",), 5), (("time",), "noon"), (("domain",), 1), (("uuid",), None),
+    (("snapshot",), []), (("checkpoint",), 3), (("parent_archive",), 123),
+    (("parent_archive",), [1]), (("parent_checkpoint",), {}), (("level",), True),
+    (("block_size",), True), (("block_size",), 65536.0), (("block_size",), 3000),
+    (("block_size",), 0), (("block_size",), -65536), (("borg_vm_version",), 1),
+    (("disks", "vda", "virtual_size"), -1), (("disks", "vda", "virtual_size"), 1 << 50),
+    (("disks", "vda", "virtual_size"), True), (("disks", "vda", "virtual_size"), "1073741824"),
+    (("disks", "vda", "format"), 2), (("disks", "vda", "source"), None),
+    (("disks", "vda", "sha256"), "xyz"), (("disks", "vda", "sha256"), None),
+    (("disks", "vda", "sha256"), "AB" * 32), (("disks", "vda"), []),
+    (("disks", "vda", "extents"), [[0, True, "data"]]),
+    (("disks", "vda", "extents"), [[0.0, 10, "data"]]),
+    (("disks", "vda", "extents"), [[0, 10, 1]]),
+])
+def test_manifest_rejects_badly_typed_fields(path, value):
+    doc = _doc()
+    node = doc
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    _reject(doc)
+
+
+def test_largest_virtual_size_is_accepted():
+    from borg_vm.core.archive import MAX_VIRTUAL_SIZE
+    assert Summary.from_comment(_comment(disks={"vda": ["full", MAX_VIRTUAL_SIZE, "qcow2",
+                                                        "/x", 0, 0]}), "a")
+    with pytest.raises(FormatError):
+        Summary.from_comment(_comment(disks={"vda": ["full", MAX_VIRTUAL_SIZE + 1, "qcow2",
+                                                     "/x", 0, 0]}), "a")
+
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False)
+                    | st.text(max_size=20),
+                    lambda inner: st.lists(inner, max_size=6)
+                    | st.dictionaries(st.text(max_size=10), inner, max_size=6), max_leaves=30)
+
+
+def _mutations(doc):
+    """Strategy: doc with one value somewhere replaced by arbitrary JSON."""
+    paths = []
+
+    def walk(node, path):
+        paths.append(path)
+        items = node.items() if isinstance(node, dict) else enumerate(node) \
+            if isinstance(node, list) else ()
+        for k, v in items:
+            walk(v, path + (k,))
+    walk(doc, ())
+
+    def mutate(args):
+        path, value = args
+        if not path:
+            return value
+        copy = json.loads(json.dumps(doc))
+        node = copy
+        for k in path[:-1]:
+            node = node[k]
+        node[path[-1]] = value
+        return copy
+    return st.tuples(st.sampled_from(paths), JSON).map(mutate)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_mutations(json.loads(manifest().summary().to_comment())))
+def test_fuzzed_comment_parses_or_raises_format_error(doc):
+    try:
+        s = Summary.from_comment(json.dumps(doc), "a")
+    except FormatError:
+        return
+    # What parses is well typed: sorting archives by it cannot fail.
+    assert isinstance(s.time, str) and (s.parent is None or isinstance(s.parent, str))
+    assert all(type(d.virtual_size) is int for d in s.disks.values())
+
+
+@settings(max_examples=400, deadline=None)
+@given(_mutations(json.loads(manifest().to_json())))
+def test_fuzzed_manifest_parses_or_raises_format_error(doc):
+    try:
+        m = Manifest.from_json(json.dumps(doc).encode(), "a")
+    except FormatError:
+        return
+    assert isinstance(m.time, str) and type(m.block_size) is int
+    assert all(type(e.start) is int for d in m.disks.values() for e in d.extents)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=200) | JSON.map(lambda d: json.dumps(d).encode()))
+def test_arbitrary_bytes_never_crash_the_parsers(raw):
+    for parse in (lambda: Manifest.from_json(raw, "a"),
+                  lambda: Summary.from_comment(raw.decode("utf-8", "replace"), "a")):
+        try:
+            parse()
+        except FormatError:
+            pass
+
+
+# --- version 2: layers and frozen data; version 1 still read ---------------------------
+
+def test_manifest_v2_records_layers_and_frozen_data():
+    vda = json.loads(manifest().to_json())["disks"]["vda"]
+    assert vda["layers"] == [
+        {"name": "S2", "path": "/var/lib/libvirt/images/web01.S2.qcow2", "format": "qcow2"},
+        {"name": "base", "path": "/var/lib/libvirt/images/web01.qcow2", "format": "qcow2"}]
+    assert vda["frozen"] == [{"layer": 1, "level": "inc",
+                              "extents": [[0, 65536, "data"], [1 << 20, 65536, "zero"]],
+                              "data_bytes": 65536, "zero_bytes": 65536, "sha256": "ef" * 32}]
+
+
+def test_version_1_manifest_reads_as_one_layer():
+    doc = _doc()
+    doc["version"] = 1
+    for d in doc["disks"].values():
+        del d["layers"], d["frozen"]
+    m = Manifest.from_json(json.dumps(doc).encode(), "a")
+    assert m.version == 1
+    vda = m.disks["vda"]
+    assert vda.frozen == () and vda.chain == (
+        LayerRecord("base", "/var/lib/libvirt/images/web01.S2.qcow2", "qcow2"),)
+
+
+@pytest.mark.parametrize("change", [
+    lambda d: d.pop("layers"), lambda d: d.pop("frozen"),
+    lambda d: d.__setitem__("layers", []),
+    lambda d: d["layers"].reverse(),                                # source not first
+    lambda d: d["layers"][0].__setitem__("path", None),
+    lambda d: d["frozen"][0].__setitem__("layer", 0),               # the top is not frozen
+    lambda d: d["frozen"][0].__setitem__("layer", 2),               # no such layer
+    lambda d: d["frozen"][0].__setitem__("layer", True),
+    lambda d: d["frozen"].append(dict(d["frozen"][0])),             # twice
+    lambda d: d["frozen"][0].__setitem__("extents", [[0, 2 << 30, "data"]]),
+    lambda d: d["frozen"][0].__setitem__("sha256", "x"),
+    lambda d: d["frozen"][0].__setitem__("level", "partial"),
+])
+def test_manifest_v2_rejects_bad_layers(change):
+    doc = _doc()
+    change(doc["disks"]["vda"])
+    _reject(doc)
+
+
+def test_frozen_member_names():
+    from borg_vm.core.archive import frozen_member_name, frozen_prefix, parse_frozen_member
+    name = frozen_member_name("vda", 2, 1 << 20)
+    assert name == "frozen/vda/2/0000000000100000"
+    assert name.startswith(frozen_prefix("vda", 2) + "/")
+    assert parse_frozen_member(name) == ("vda", 2, 1 << 20)
+    assert parse_member(name) is None                     # never taken for top data
+    for bad in ("frozen/vda/0/0000000000100000", "frozen/vda/x/0000000000100000",
+                "frozen/vda/2/100000", "frozen/../2/0000000000100000/x"):
+        assert parse_frozen_member(bad) is None

@@ -6,7 +6,7 @@ import pytest
 
 from borg_vm.core.domxml import (DiskSpec, backup_sockets, backup_xml, checkpoint_xml, domain_uuid,
                             parse_disks, qemu_owner, read_domain_xml, restored_domain_xml,
-                            strip_host_resources)
+                            snapshot_images, strip_host_resources)
 
 # Shaped like `virsh dumpxml` of a running domain (trimmed).
 DOMAIN_XML = """\
@@ -309,6 +309,19 @@ def test_restored_keeps_other_devices():
     assert root.findtext("devices/emulator") == "/usr/bin/qemu-system-x86_64"
 
 
+def test_snapshot_images_maps_overlays_to_snapshot_names():
+    from borg_vm.core.domxml import snapshot_images
+    xml = """<domainsnapshot><name>pre-upgrade.1</name><state>disk-snapshot</state>
+      <disks><disk name='vda' snapshot='external' type='file'>
+               <driver type='qcow2'/><source file='/i/vm.pre.qcow2'/></disk>
+             <disk name='vdb' snapshot='no'/>
+             <disk name='vdc' snapshot='internal'/></disks>
+      <domain><name>web01</name></domain></domainsnapshot>"""
+    internal = "<domainsnapshot><name>s0</name><disks><disk name='vda' snapshot='internal'/>" \
+               "</disks></domainsnapshot>"
+    assert snapshot_images([xml, internal]) == {"/i/vm.pre.qcow2": "pre-upgrade.1"}
+
+
 # --- read_domain_xml: domain XML from an archive -------------------------------------------
 
 LAUGHS = ("<!DOCTYPE domain [<!ENTITY a 'aaaaaaaaaa'>"
@@ -345,6 +358,8 @@ def test_no_entity_is_expanded_anywhere():
             parse(LAUGHS)
     with pytest.raises(ValueError, match="DTD"):
         restored_domain_xml(LAUGHS, "x", {})
+    with pytest.raises(ValueError, match="DTD"):
+        snapshot_images([LAUGHS])
 
 
 # --- strip_host_resources ------------------------------------------------------------------

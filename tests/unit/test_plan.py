@@ -7,7 +7,7 @@ import pytest
 from borg_vm.core.archive import (FULL, INC, ArchiveInfo, ArchiveName, DiskSummary, Summary,
                              is_own_checkpoint)
 from borg_vm.errors import EXIT_ERROR, NoUsableParent
-from borg_vm.core.plan import AUTO, Disk, Plan, latest, names_for, plan
+from borg_vm.core.plan import AUTO, Disk, Plan, archive_name, latest, plan
 
 DOMAIN = "web01.example.com"
 UUID = "9b1c5a5e-3c1e-4c55-9d7e-2a1d0b9c1f00"
@@ -52,17 +52,6 @@ FULL_CASES = {
     "checkpoint gone": (dict(checkpoints=set()), "is gone from libvirt"),
     "checkpoint gone, others left": (dict(checkpoints={"borgvm-20261125T020000Z"}),
                                      "borgvm-20261126T020000Z"),
-    "disk added": (dict(disks=[VDA, VDB, Disk("vdc", "/images/c.qcow2", "qcow2", 1)]),
-                   "disks changed"),
-    "disk removed": (dict(disks=[VDA]), "disks changed"),
-    "disk renamed": (dict(disks=[VDA, Disk("vdc", VDB.source, "qcow2", VDB.virtual_size)]),
-                     "disks changed"),
-    "resized": (dict(disks=[VDA, Disk("vdb", VDB.source, "qcow2", 21 << 30)]),
-                "disk vdb was resized"),
-    "new source": (dict(disks=[VDA, Disk("vdb", "/images/web01-data.snap1", "qcow2",
-                                         VDB.virtual_size)]), "disk vdb is a new layer"),
-    "new format": (dict(disks=[VDA, Disk("vdb", VDB.source, "raw", VDB.virtual_size)]),
-                   "disk vdb is a new layer"),
 }
 
 
@@ -82,6 +71,64 @@ def test_full_when_no_usable_parent(case):
     assert e.value.exit_code == EXIT_ERROR == 2
     assert why in e.value.message
     assert repr(DOMAIN) in e.value.message
+
+
+# A disk's own history decides its level (issue #8 item 7); the others stay
+# incremental. (disks, expected levels, what the reason names)
+VDC = Disk("vdc", "/images/c.qcow2", "qcow2", 1 << 30)
+PER_DISK_CASES = {
+    "disk added": ([VDA, VDB, VDC], {"vda": INC, "vdb": INC, "vdc": FULL},
+                   f"vdc (new disk, not in {PARENT.archive})"),
+    "disk removed": ([VDA], {"vda": INC}, None),
+    "disk renamed": ([VDA, Disk("vdc", VDB.source, "qcow2", VDB.virtual_size)],
+                     {"vda": INC, "vdc": FULL}, "vdc (new disk"),
+    "resized": ([VDA, Disk("vdb", VDB.source, "qcow2", 21 << 30)], {"vda": INC, "vdb": FULL},
+                f"vdb (resized from {20 << 30} to {21 << 30} bytes)"),
+    "new format": ([VDA, Disk("vdb", VDB.source, "raw", VDB.virtual_size)],
+                   {"vda": INC, "vdb": FULL}, "vdb (raw, not qcow2)"),
+    # An external snapshot puts a new top image under the same target: libvirt
+    # carries the checkpoint into it, so nothing here forces a full.
+    "new layer": ([VDA, Disk("vdb", "/images/web01-data.snap1", "qcow2", VDB.virtual_size)],
+                  {"vda": INC, "vdb": INC}, None),
+}
+
+
+@pytest.mark.parametrize("case", PER_DISK_CASES)
+def test_per_disk_levels(case):
+    disks, levels, names = PER_DISK_CASES[case]
+    for requested in (AUTO, INC):
+        p = plan(requested, DOMAIN, UUID, disks, [PARENT], CHECKPOINTS)
+        assert p.level == INC and p.parent is PARENT
+        assert p.disk_levels == levels
+        assert p.reason.startswith(f"incremental on top of {PARENT.archive}")
+        if names is None:
+            assert p.reason == f"incremental on top of {PARENT.archive}"
+        else:
+            assert f"; full backup of {names}" in p.reason
+
+
+def test_full_when_every_disk_needs_one():
+    disks = [Disk("vda", VDA.source, "qcow2", 11 << 30), VDC]
+    p = plan(AUTO, DOMAIN, UUID, disks, [PARENT], CHECKPOINTS)
+    assert p.level == FULL and p.parent is None
+    assert p.disk_levels == {"vda": FULL, "vdc": FULL}
+    assert "vda: resized" in p.reason and "vdc: new disk" in p.reason
+    with pytest.raises(NoUsableParent, match="vdc: new disk"):
+        plan(INC, DOMAIN, UUID, disks, [PARENT], CHECKPOINTS)
+
+
+def test_disk_whose_chain_is_broken_goes_full_alone():
+    # vdb's full is gone from the repository (deleted by hand), vda's chain is whole.
+    full_a = info("borgvm-20261124T020000Z", [VDA], time="2026-11-24T02:00:00Z")
+    inc = ArchiveInfo(ArchiveName(DOMAIN, "20261125T020000Z", "borgvm-20261126T020000Z"),
+                      Summary(INC, str(full_a.name), "2026-11-26T02:00:00Z", UUID,
+                              {"vda": DiskSummary(INC, VDA.virtual_size, "qcow2", VDA.source,
+                                                  1, 0),
+                               "vdb": DiskSummary(INC, VDB.virtual_size, "qcow2", VDB.source,
+                                                  1, 0)}))
+    p = plan(AUTO, DOMAIN, UUID, [VDA, VDB], [full_a, inc], CHECKPOINTS)
+    assert p.disk_levels == {"vda": INC, "vdb": FULL}
+    assert "vdb (its chain cannot be restored" in p.reason
 
 
 def test_full_when_all_disks_raw():
@@ -151,28 +198,19 @@ def test_latest_other_domains_and_empty():
     assert latest([], DOMAIN) is None
 
 
-# --- names_for -------------------------------------------------------------------
+# --- archive_name ------------------------------------------------------------------
 
-def test_names_for_incremental_keeps_parent_snapshot():
-    p = plan(AUTO, DOMAIN, UUID, [VDA, VDB], [PARENT], CHECKPOINTS)
-    snapshot, checkpoint = names_for(p, DOMAIN, WHEN, CHECKPOINTS)
-    assert snapshot == PARENT.name.snapshot
-    assert checkpoint == "borgvm-20261127T020000Z"
-
-
-def test_names_for_full_starts_new_snapshot():
-    p = plan(FULL, DOMAIN, UUID, [VDA, VDB], [PARENT], CHECKPOINTS)
-    snapshot, checkpoint = names_for(p, DOMAIN, WHEN, CHECKPOINTS)
-    assert (snapshot, checkpoint) == ("20261127T020000Z", "borgvm-20261127T020000Z")
+def test_archive_name_is_the_layer_and_a_new_checkpoint():
+    name = archive_name(DOMAIN, "pre-upgrade.1", WHEN, CHECKPOINTS)
+    assert name == ArchiveName(DOMAIN, "pre-upgrade%2E1", "borgvm-20261127T020000Z")
+    assert ArchiveName.parse(str(name)) == name
 
 
-def test_names_for_avoids_taken_checkpoint():
-    p = plan(FULL, DOMAIN, UUID, [VDA], [], set())
-    snapshot, checkpoint = names_for(p, DOMAIN, WHEN, {"borgvm-20261127T020000Z"})
-    assert checkpoint == "borgvm-20261127T020000Z-1"
-    assert is_own_checkpoint(checkpoint)
-    assert snapshot == "20261127T020000Z-1"
-    assert ArchiveName.parse(str(ArchiveName(DOMAIN, snapshot, checkpoint))) is not None
+def test_archive_name_avoids_taken_checkpoint():
+    name = archive_name(DOMAIN, "base", WHEN, {"borgvm-20261127T020000Z"})
+    assert name.checkpoint == "borgvm-20261127T020000Z-1"
+    assert is_own_checkpoint(name.checkpoint)
+    assert ArchiveName.parse(str(name)) == name
 
 
 def test_full_when_parent_chain_is_broken():

@@ -1,0 +1,68 @@
+"""Snapshot layers in a backup run: each disk's image chain, the layers' names,
+and which layers froze since the parent archive and how to read their final
+changes (core/layers.py explains the model; archive.py the records)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..adapters import qemu
+from ..adapters.libvirt import Domain
+from ..adapters.sources import ImageSource
+from ..core import archive as fmt
+from ..core import bitmaps, domxml, layers, plan
+
+
+@dataclass(frozen=True)
+class DiskLayers:
+    """One disk's images now (top first), their names, and the frozen layers to
+    read: (index into chain, bitmap holding their final changes, or None to read
+    the whole layer because the bitmap is missing or unusable)."""
+
+    chain: tuple[qemu.Layer, ...]
+    names: tuple[str, ...]
+    frozen: tuple[tuple[int, str | None], ...]
+
+    def records(self) -> tuple[fmt.LayerRecord, ...]:
+        return tuple(fmt.LayerRecord(n, x.path, x.format) for n, x in zip(self.names, self.chain))
+
+
+def of_disks(dom: Domain, disks: list[plan.Disk], p: plan.Plan) -> dict[str, DiskLayers]:
+    """Return each disk's layers, naming them after libvirt's snapshots."""
+    images = domxml.snapshot_images(dom.snapshot_xmls())
+    out = {}
+    for d in disks:
+        chain = tuple(qemu.backing_chain(d.source, d.format))
+        paths = [x.path for x in chain]
+        frozen = ()
+        if p.disk_levels[d.target] == fmt.INC:
+            parent_top = p.parent.summary.disks[d.target].source
+            frozen = tuple((i, _final_changes_bitmap(chain[i], p.parent_checkpoint))
+                           for i in layers.frozen_since(paths, parent_top))
+        out[d.target] = DiskLayers(chain, tuple(layers.layer_name(paths, i, images)
+                                                for i in range(len(chain))), frozen)
+    return out
+
+
+def _final_changes_bitmap(layer: qemu.Layer, checkpoint: str) -> str | None:
+    """Return the bitmap of a frozen layer that holds its writes since checkpoint,
+    or None if there is no usable one (then the whole layer is read)."""
+    flags = layer.bitmaps.get(checkpoint)
+    return checkpoint if flags is not None and bitmaps.IN_USE not in flags else None
+
+
+def top_layer(by_disk: dict[str, DiskLayers]) -> str:
+    """Return the name of the layer the domain is on: its first disk's top."""
+    return by_disk[min(by_disk)].names[0]
+
+
+def key(target: str, layer: int) -> str:
+    """Return the name a frozen layer has in frozen_source()."""
+    return f"{target}@{layer}"
+
+
+def frozen_source(by_disk: dict[str, DiskLayers]) -> ImageSource:
+    """Return a source serving every frozen layer to read (with its backing
+    chain, read-only: a running QEMU holds these images read-only too)."""
+    return ImageSource({key(t, i): (d.chain[i].path, d.chain[i].format, bitmap)
+                        for t, d in by_disk.items() for i, bitmap in d.frozen})

@@ -1,0 +1,80 @@
+"""The CLI over a real repository holding archives a compromised client planted
+(issue #13 B1, R4, R6): made with 'borg import-tar' of hand-made tars, as an
+attacker with write access to a shared repository would make them."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from borg_vm.core.archive import FULL, DiskSummary, Summary
+
+from realstack import import_members
+
+GOOD = "web01.20261126T020000Z.borgvm-20261126T020000Z"
+
+
+def comment(**over) -> str:
+    doc = json.loads(Summary(FULL, None, "2026-11-26T02:00:00Z", "u",
+                             {"vda": DiskSummary(FULL, 1 << 20, "qcow2", "/x", 0, 0)})
+                     .to_comment())
+    doc.update(over)
+    return json.dumps(doc)
+
+
+def borg_vm(*args, repo):
+    env = dict(os.environ, BORG_REPO=repo.repo)
+    return subprocess.run([sys.executable, "-m", "borg_vm", *args], capture_output=True,
+                          text=True, env=env, timeout=120)
+
+
+@pytest.fixture
+def repo(make_repo):
+    r = make_repo()
+    import_members(r, GOOD, [("manifest.json", b"{}")], comment=comment())
+    return r
+
+
+@pytest.mark.parametrize("bad", [{"time": 5}, {"parent": 123}, {"parent": [1]},
+                                 {"disks": {"vda": ["full", -5, "raw", "/x", 0, 0]}}])
+def test_a_badly_typed_comment_is_skipped_with_one_warning(repo, bad):
+    planted = "web01.20261126T030000Z.borgvm-20261126T030000Z"
+    import_members(repo, planted, [("manifest.json", b"{}")], comment=comment(**bad))
+    out = borg_vm("list", repo=repo)
+    assert out.returncode == 0, out.stderr
+    assert "borgvm-20261126T020000Z" in out.stdout and "030000Z" not in out.stdout
+    warnings = out.stderr.strip().splitlines()
+    assert len(warnings) == 1 and f"ignoring archive {planted}" in warnings[0]
+    assert "Traceback" not in out.stderr
+    listed = json.loads(borg_vm("list", "--json", repo=repo).stdout)["archives"]
+    assert [a["name"] for a in listed] == [GOOD]
+
+
+def test_escape_sequences_in_names_and_comments_are_shown_escaped(repo):
+    planted = "web\x1b[2J01.20261126T030000Z.borgvm-20261126T030000Z"
+    import_members(repo, planted, [("manifest.json", b"{}")],
+                   comment=comment(parent="evil.\x1b]0;owned\x07"))
+    out = borg_vm("list", repo=repo)
+    assert out.returncode == 0, out.stderr
+    assert "\x1b" not in out.stdout and "\x07" not in out.stdout
+    assert "web\\x1b[2J01" in out.stdout and "\\x1b]0;owned\\x07" in out.stdout
+    # --json escapes by itself (JSON strings cannot hold raw control characters)
+    assert "\x1b" not in borg_vm("list", "--json", repo=repo).stdout
+
+
+def test_log_lines_escape_what_the_repository_says(repo):
+    planted = "web01\x1b[31m.20261126T030000Z.borgvm-20261126T030000Z"
+    import_members(repo, planted, [("manifest.json", b"{}")], comment="\x1b[31mnot json")
+    out = borg_vm("list", repo=repo)
+    assert out.returncode == 0 and "\x1b" not in out.stderr
+    assert "ignoring archive web01\\x1b[31m." in out.stderr
+
+
+def test_list_of_a_domain_the_repository_does_not_hold(repo):
+    out = borg_vm("list", "web02", repo=repo)
+    assert out.returncode == 2
+    assert out.stderr.strip() == ("borg-vm: The repository holds no borg-vm archive of "
+                                  "'web02' ('borg-vm list' shows the domains it holds).")
+    assert out.stdout == ""

@@ -1,0 +1,71 @@
+"""The one exit point: every error is one line and an exit code (issue #13 B1).
+
+An unexpected exception is a bug, so no real part can be made to raise one
+on purpose: these tests stand in for the action (and for libvirt, which the
+backup command connects to first) with monkeypatched fakes, and run the
+real main() with its real argument parsing, logging and exit codes.
+"""
+
+import contextlib
+
+import pytest
+
+from borg_vm import cli
+from borg_vm.errors import DomainNotFound
+
+
+@pytest.fixture
+def fake_stack(monkeypatch):
+    """Replace libvirt's connection and the repository with inert stand-ins."""
+    monkeypatch.setattr(cli.virt, "connect", lambda uri: contextlib.nullcontext(object()))
+    monkeypatch.setattr(cli, "Borg", lambda repo: object())
+    monkeypatch.setenv("BORG_REPO", "/nonexistent/repo")
+
+
+def run_main(capsys, *argv):
+    with pytest.raises(SystemExit) as e:
+        cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return e.value.code, out, err
+
+
+def test_an_unexpected_error_in_one_domain_does_not_stop_the_others(fake_stack, monkeypatch,
+                                                                    capsys):
+    tried = []
+
+    def backup(hv, borg, name, opts):
+        tried.append(name)
+        if name == "a":
+            raise TypeError("'<' not supported between instances of 'int' and 'str'")
+        raise DomainNotFound(name=name, uri="qemu:///system")
+
+    monkeypatch.setattr(cli, "backup", backup)
+    code, out, err = run_main(capsys, "backup", "a", "b", "--no-progress")
+    assert tried == ["a", "b"]
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert lines[0] == ("borg-vm: a: unexpected error (a bug in borg-vm, please report it): "
+                        "TypeError: '<' not supported between instances of 'int' and 'str'; "
+                        "--debug shows the traceback")
+    assert lines[1].startswith("borg-vm: b: Domain 'b' not found")
+    assert lines[2] == "borg-vm: 2 of 2 domains failed: a, b"
+    assert "Traceback" not in err
+
+
+def test_an_unexpected_error_anywhere_exits_2_with_one_line(fake_stack, monkeypatch, capsys):
+    def boom(borg, domain):
+        raise KeyError("time")
+
+    monkeypatch.setattr(cli.listing, "list_archives", boom)
+    code, out, err = run_main(capsys, "list")
+    assert code == 2
+    assert err == ("borg-vm: unexpected error (a bug in borg-vm, please report it): "
+                   "KeyError: 'time'; --debug shows the traceback\n")
+
+
+def test_debug_adds_the_traceback(fake_stack, monkeypatch, capsys):
+    monkeypatch.setattr(cli.listing, "list_archives",
+                        lambda borg, domain: (_ for _ in ()).throw(ValueError("x")))
+    code, _out, err = run_main(capsys, "--debug", "list")
+    assert code == 2
+    assert "Traceback" in err and "ValueError: x" in err
