@@ -111,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="format of the base (or flattened) image (default: qcow2); "
                    "overlays are always qcow2")
     r.add_argument("--force", action="store_true", help="overwrite existing files")
+    r.add_argument("--keep-host-resources", action="store_true",
+                   help="keep the host devices, host files and QEMU arguments the domain XML "
+                   "names (default: remove them, with a warning)")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     r.set_defaults(run=_cmd_restore)
     return parser
@@ -212,7 +215,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
 def _cmd_restore(args: argparse.Namespace) -> int:
     opts = RestoreOptions(to=args.to, checkpoint=args.checkpoint, flatten=args.flatten,
                           disks=tuple(args.disk), format=args.format, force=args.force,
-                          progress=not (args.no_progress or args.json))
+                          progress=not (args.no_progress or args.json),
+                          keep_host_resources=args.keep_host_resources)
     result = restore(_borg(args), args.domain, opts)
     if args.json:
         _emit(result.to_json())

@@ -164,3 +164,7 @@ class RestoreTargetExists(BorgVmError):
 class IntegrityError(BorgVmError):
     """Data of disk {target} in archive {archive} does not match its manifest
     ({detail}); the restore was abandoned."""
+
+
+class RestoreTargetUnusable(BorgVmError):
+    """Cannot restore into {path}: {detail}. Choose another --to directory."""

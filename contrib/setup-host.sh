@@ -24,7 +24,7 @@ libvirtd_pidfile=/run/borg-vm-setup-libvirtd.pid
 borg_spec='borgbackup>=1.4,<1.5'
 
 packages=(qemu-system-x86 qemu-utils libvirt-daemon libvirt-daemon-driver-qemu
-          libvirt-clients python3-libvirt python3-libnbd libnbd-bin nbdkit
+          libvirt-clients python3-libvirt python3-libnbd python3-defusedxml libnbd-bin nbdkit
           python3-venv python3-dev gcc pkg-config
           libacl1-dev liblz4-dev libzstd-dev libxxhash-dev libssl-dev)
 

@@ -7,9 +7,14 @@ Chain mode (default), one image per archive, each backed by the one before::
 
 Flatten mode: one image, every archive of the chain applied in order.
 
+The archive is only as trustworthy as the repository: the top archive's
+domain.xml and manifest are read and checked before anything is written, no
+member is held in memory unless the format caps its size (see members), and the restored
+domain XML leaves out what it named of the host (core.domxml.strip_host_resources).
+
 Images are written in a hidden directory inside --to and moved into place
 only when every disk was written and verified against its manifest, so a
-failed restore leaves --to as it was.
+failed restore leaves --to as it was (and removes it if it created it).
 """
 
 from __future__ import annotations
@@ -30,10 +35,9 @@ from ..adapters.libnbd import Export, open_command
 from ..core import archive as fmt
 from ..core import chain, domxml, extent
 from ..core.archive import ArchiveInfo, DiskRecord, Manifest
-from ..core.tarstream import TarFormatError, read_members
-from ..errors import FormatError, IntegrityError, RestoreTargetExists
+from ..errors import FormatError, IntegrityError, RestoreTargetExists, RestoreTargetUnusable
 from ..progress import Progress
-from . import repository
+from . import members, repository
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +45,9 @@ log = logging.getLogger(__name__)
 RESTORE_PIECE = 4 * 1024 * 1024
 RESTORE_PREFETCH = 4
 WRITES_IN_FLIGHT = 4
+# Restored images and XML hold decrypted guest data: readable by their owner only,
+# set before any data is written, whatever the umask.
+PRIVATE = 0o600
 
 
 @dataclass(frozen=True)
@@ -52,6 +59,7 @@ class RestoreOptions:
     format: str = "qcow2"
     force: bool = False
     progress: bool = True
+    keep_host_resources: bool = False
 
 
 @dataclass(frozen=True)
@@ -104,10 +112,12 @@ class RestoreResult:
 
 
 def restore(borg: Borg, domain: str, opts: RestoreOptions) -> RestoreResult:
-    """Restore domain's disks (and a definable domain XML) into opts.to.
+    """Restore domain's disks (and a definable domain XML) into opts.to, files 0600.
 
-    Raise ArchiveNotFound, BrokenChain, UnknownDisk, RestoreTargetExists,
-    IntegrityError or a Borg/qemu error; on any failure opts.to is unchanged.
+    The XML names no host resource unless opts.keep_host_resources (what was
+    removed is logged as one warning). Raise ArchiveNotFound, BrokenChain,
+    UnknownDisk, RestoreTargetExists, RestoreTargetUnusable, FormatError,
+    IntegrityError or a Borg/qemu error; on any failure opts.to is as it was.
     """
     archives, _partial = repository.archives(borg, domain)
     top = chain.select(archives, domain, opts.checkpoint)
@@ -118,9 +128,12 @@ def restore(borg: Borg, domain: str, opts: RestoreOptions) -> RestoreResult:
                 if os.path.lexists(os.path.join(opts.to, p))]
     if existing and not opts.force:
         raise RestoreTargetExists(paths=", ".join(existing))
-    os.makedirs(opts.to, exist_ok=True)
     to = os.path.abspath(opts.to)
-    with _staging(to) as stage:
+    # The small members first: a damaged or hostile archive fails here, before
+    # anything is created or written.
+    xml, removed = _restored_xml(borg, top, {d.target: (os.path.join(to, d.top), d.formats[-1])
+                                             for d in plans}, opts.keep_host_resources)
+    with _target_dir(to), _staging(to) as stage:
         total = sum(a.summary.disks[d.target].data_bytes for d in plans for a in d.archives)
         progress = Progress.for_terminal(f"restore {domain}", total, opts.progress)
         try:
@@ -129,19 +142,19 @@ def restore(borg: Borg, domain: str, opts: RestoreOptions) -> RestoreResult:
                               key=lambda a: a.order):
                 layers = {d.target: _prepare_layer(d, d.archives.index(arc), stage)
                           for d in plans if arc in d.archives}
-                extra = (fmt.DOMAIN_XML,) if arc is top else ()
-                manifest, files = apply_archive(borg, arc, layers, progress, extra)
+                manifest = apply_archive(borg, arc, layers, progress)
                 if arc is top:
-                    top_manifest, domain_xml = manifest, files[fmt.DOMAIN_XML].decode()
+                    top_manifest = manifest
         finally:
             progress.close()
-        xml = domxml.restored_domain_xml(
-            domain_xml, f"{domain}-restored",
-            {d.target: (os.path.join(to, d.top), d.formats[-1]) for d in plans})
-        with open(os.path.join(stage, xml_name), "w") as f:
+        with open(os.open(os.path.join(stage, xml_name), os.O_WRONLY | os.O_CREAT | os.O_EXCL,
+                          PRIVATE), "w") as f:
             f.write(xml)
         for p in outputs:
             os.replace(os.path.join(stage, p), os.path.join(to, p))
+    if removed:
+        log.warning("removed host resources from the restored domain XML "
+                    "(--keep-host-resources keeps them): %s", ", ".join(removed))
     return RestoreResult(
         domain, top_manifest.checkpoint,
         {d.target: {"image": os.path.join(to, d.top),
@@ -150,9 +163,70 @@ def restore(borg: Borg, domain: str, opts: RestoreOptions) -> RestoreResult:
         os.path.join(to, xml_name))
 
 
+def _restored_xml(borg: Borg, top: ArchiveInfo, images: dict[str, tuple[str, str]],
+                  keep_host_resources: bool) -> tuple[str, list[str]]:
+    """Return the domain XML to write beside the images (see domxml.restored_domain_xml),
+    from top's domain.xml, with top's manifest checked too, and what was removed from it
+    of the host (see domxml.strip_host_resources) unless keep_host_resources.
+
+    Raise FormatError naming top if either is damaged.
+    """
+    files = members.read_small(borg, top.archive, (fmt.DOMAIN_XML, fmt.MANIFEST))
+    Manifest.from_json(files[fmt.MANIFEST], top.archive)
+    try:
+        text = domxml.read_domain_xml(files[fmt.DOMAIN_XML])
+    except ValueError as e:
+        raise FormatError(archive=top.archive, detail=f"{fmt.DOMAIN_XML} {e}") from e
+    xml = domxml.restored_domain_xml(text, f"{top.name.domain}-restored", images)
+    if keep_host_resources:
+        return xml, []
+    return domxml.strip_host_resources(xml, {path for path, _ in images.values()})
+
+
+@contextlib.contextmanager
+def _target_dir(path: str) -> Iterator[None]:
+    """Make directory path (and its missing parents) for the block; if the block
+    fails, remove the directories it made, so --to is left as it was.
+
+    Raise RestoreTargetUnusable if something in the way is not a directory or
+    the file system refuses (read-only, /proc, /sys).
+    """
+    created: list[str] = []
+    try:
+        _make_dirs(path, created)
+        yield
+    except BaseException:
+        for d in reversed(created):
+            with contextlib.suppress(OSError):  # not empty: not only ours, so kept
+                os.rmdir(d)
+        raise
+
+
+def _make_dirs(path: str, created: list[str]) -> None:
+    """Create directory path and its missing parents, appending each to created."""
+    missing = []
+    while not os.path.lexists(path):
+        missing.append(path)
+        path = os.path.dirname(path)
+    if not os.path.isdir(path):
+        raise RestoreTargetUnusable(path=(missing or [path])[0], detail=(
+            f"{path} is not a directory" if missing else "it is not a directory"))
+    for d in reversed(missing):
+        try:
+            os.mkdir(d)
+        except OSError as e:
+            raise RestoreTargetUnusable(path=missing[0],
+                                        detail=f"cannot create {d} ({e.strerror})") from e
+        created.append(d)
+
+
 @contextlib.contextmanager
 def _staging(directory: str):
-    stage = tempfile.mkdtemp(prefix=".borg-vm-restore-", dir=directory)
+    try:
+        stage = tempfile.mkdtemp(prefix=".borg-vm-restore-", dir=directory)
+    except OSError as e:
+        raise RestoreTargetUnusable(path=directory,
+                                    detail=f"cannot create files in it ({e.strerror})") from e
     try:
         yield stage
     finally:
@@ -172,21 +246,24 @@ def _prepare_layer(d: DiskPlan, i: int, stage: str) -> Layer:
     """Create the image for layer i of a disk's chain (unless flatten reuses it)."""
     path = os.path.join(stage, d.images[i])
     size = d.archives[i].summary.disks[d.target].virtual_size
-    if i == 0:
-        qemu.create(path, d.formats[i], size)
-    elif d.images[i] != d.images[i - 1]:
-        qemu.create(path, d.formats[i], size,
-                        backing=os.path.join(stage, d.images[i - 1]))
+    if i == 0 or d.images[i] != d.images[i - 1]:
+        backing = os.path.join(stage, d.images[i - 1]) if i else None
+        qemu.create(path, d.formats[i], size, backing=backing)
+        os.chmod(path, PRIVATE)
+    elif size != (base := d.archives[0].summary.disks[d.target].virtual_size):
+        raise FormatError(archive=d.archives[i].archive,
+                          detail=f"disk {d.target} is {size} bytes, {base} in "
+                                 f"{d.archives[0].archive} (a chain keeps a disk's size)")
     log.info("restoring %s of %s into %s", d.target, d.archives[i].archive, d.images[i])
     return Layer(path, d.formats[i], zeros=i > 0)
 
 
-def apply_archive(borg: Borg, arc: ArchiveInfo, layers: dict[str, Layer], progress: Progress,
-                  extra: tuple[str, ...] = ()) -> tuple[Manifest, dict[str, bytes]]:
+def apply_archive(borg: Borg, arc: ArchiveInfo, layers: dict[str, Layer],
+                  progress: Progress) -> Manifest:
     """Write the data (and, over older layers, the zero extents) of the given disks of
     one archive into their layers, in one pass over the archive.
 
-    Return the archive's manifest and the contents of the extra files asked for.
+    Return the archive's manifest.
     Raise IntegrityError unless each disk's data covers exactly its manifest's
     data extents and hashes to its digest; FormatError for a damaged archive.
     """
@@ -197,8 +274,9 @@ def apply_archive(borg: Borg, arc: ArchiveInfo, layers: dict[str, Layer], progre
         # A disk with only zero extents in this archive has no data members (and
         # borg warns about a path that matches nothing).
         paths = [fmt.disk_prefix(t) for t in outs if arc.summary.disks[t].data_bytes]
-        files, written, digests = _stream_members(borg, arc.archive, paths + [fmt.MANIFEST, *extra],
-                                                  outs, progress)
+        sizes = {t: arc.summary.disks[t].virtual_size for t in outs}
+        files, written, digests = _stream_members(borg, arc.archive, paths + [fmt.MANIFEST],
+                                                  outs, sizes, progress)
         manifest = Manifest.from_json(files.pop(fmt.MANIFEST), arc.archive)
         for t, out in outs.items():
             record = manifest.disks.get(t)
@@ -210,52 +288,34 @@ def apply_archive(borg: Borg, arc: ArchiveInfo, layers: dict[str, Layer], progre
                     if e.kind == extent.ZERO:
                         out.zero(e.start, e.length)
             out.flush()
-    return manifest, files
+    return manifest
 
 
 def _stream_members(borg: Borg, archive: str, paths: list[str], outs: dict[str, Export],
-                    progress: Progress):
-    """Stream the archive's paths: data members go to outs at their offsets, other
-    files are returned whole. Return (files, written extents, digests) per disk."""
+                    sizes: dict[str, int], progress: Progress):
+    """Stream the archive's paths: data members go to outs at their offsets (each
+    checked against its disk's size first), small members are returned whole.
+    Return (files, written extents, digests) per disk."""
     files: dict[str, bytes] = {}
     written: dict[str, list[extent.Extent]] = {t: [] for t in outs}
     digests = {t: hashlib.sha256() for t in outs}
     with contextlib.ExitStack() as stack:
         writers = {t: stack.enter_context(out.pipelined_writes(WRITES_IN_FLIGHT))
                    for t, out in outs.items()}
-        proc = stack.enter_context(borg.export_tar(archive, paths))
-        try:
-            # Reading borg's output runs ahead in a thread while this one writes.
-            with prefetch.ahead(_pieces(proc.stdout), RESTORE_PREFETCH) as pieces:
-                for name, target, offset, piece in pieces:
-                    if target is None:
-                        files[name] = piece
-                    elif target in outs:
-                        writers[target](piece, offset)
-                        digests[target].update(piece)
-                        written[target].append(extent.Extent(offset, len(piece)))
-                        progress.advance(len(piece))
-        except TarFormatError as e:
-            borg.finish("export-tar", proc)
-            raise FormatError(archive=archive, detail=str(e)) from e
-        borg.finish("export-tar", proc)
-    if fmt.MANIFEST not in files:
-        raise FormatError(archive=archive, detail="no manifest.json")
+        stream = stack.enter_context(members.exported(borg, archive, paths))
+        # Reading borg's output runs ahead in a thread while this one writes.
+        with prefetch.ahead(members.pieces(stream, archive, sizes, RESTORE_PIECE),
+                            RESTORE_PREFETCH) as pieces:
+            for name, target, offset, piece in pieces:
+                if target is None:
+                    files[name] = piece
+                elif target in outs:
+                    writers[target](piece, offset)
+                    digests[target].update(piece)
+                    written[target].append(extent.Extent(offset, len(piece)))
+                    progress.advance(len(piece))
+    members.check_present(archive, files, (fmt.MANIFEST,))
     return files, written, digests
-
-
-def _pieces(src) -> Iterator[tuple[str, str | None, int, bytes]]:
-    """Yield (member name, disk target or None, offset, bytes) from a tar stream:
-    data members in pieces at their disk offsets, other members whole."""
-    for member in read_members(src):
-        parsed = fmt.parse_member(member.name)
-        if parsed is None:
-            yield member.name, None, 0, member.read()
-            continue
-        target, offset = parsed
-        for piece in member.chunks(RESTORE_PIECE):
-            yield member.name, target, offset, piece
-            offset += len(piece)
 
 
 def _verify(archive: str, target: str, record: DiskRecord, written: list[extent.Extent],

@@ -42,6 +42,11 @@ In this order::
                                     frozen layers; disks in target order)
     manifest.json                   last, when digests and counts are known
 
+Readers hold only domain.xml, checkpoint.xml and manifest.json whole, and
+refuse them unread when bigger than ``MAX_XML_BYTES`` / ``MAX_MANIFEST_BYTES``;
+any other member under ``disk/`` means a damaged archive; members they do
+not know are skipped unread.
+
 Data members start on ``block_size`` boundaries where possible (see
 ``extent.split_at_blocks``) and Borg is run with a fixed chunker of
 ``block_size``, so identical disk blocks become identical chunks across runs
@@ -128,6 +133,13 @@ CHECKPOINT_XML = "checkpoint.xml"
 MANIFEST = "manifest.json"
 DISK_DIR = "disk"
 FROZEN_DIR = "frozen"
+# Readers hold these members whole, so they refuse bigger ones unread. A
+# manifest lists ~70 bytes per extent: 64 MiB is ~900,000 extents (a 1 TiB
+# disk in ~1 MiB pieces). libvirt's domain XML is a few KiB.
+MAX_MANIFEST_BYTES = 64 * 1024 * 1024
+MAX_XML_BYTES = 4 * 1024 * 1024
+SMALL_MEMBERS = {DOMAIN_XML: MAX_XML_BYTES, CHECKPOINT_XML: MAX_XML_BYTES,
+                 MANIFEST: MAX_MANIFEST_BYTES}
 
 # The largest virtual disk size an archive may record: far beyond any disk a
 # libvirt guest runs on (qcow2 with 64 KiB clusters tops out at 256 TiB, ext4
@@ -220,6 +232,11 @@ def parse_member(name: str) -> tuple[str, int] | None:
 
 def disk_prefix(target: str) -> str:
     return f"{DISK_DIR}/{target}"
+
+
+def in_disk_dir(name: str) -> bool:
+    """Return True if member name lies under disk/, where only data members belong."""
+    return name.startswith(DISK_DIR + "/")
 
 
 def frozen_member_name(target: str, layer: int, offset: int) -> str:

@@ -1,6 +1,10 @@
 """libvirt XML documents: read disks out of domain XML, write backup and
 checkpoint XML, and rewrite a domain for a restore. Pure, no I/O.
 
+XML is parsed with defusedxml, DTDs refused: domain XML read back from an
+archive is only as trustworthy as the repository, and libvirt never writes
+a DTD, so no entity is ever expanded.
+
 Formats: https://libvirt.org/formatdomain.html, formatbackup.html,
 formatcheckpoint.html.
 """
@@ -9,6 +13,37 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
+
+import defusedxml.ElementTree
+
+
+def _parse(xml: str | bytes) -> ET.Element:
+    """Return the root of an XML document; raise ET.ParseError if it is not well-formed,
+    defusedxml's DTDForbidden (a ValueError) if it has a DTD."""
+    return defusedxml.ElementTree.fromstring(xml, forbid_dtd=True)
+
+
+def read_domain_xml(raw: bytes) -> str:
+    """Given domain XML as stored in an archive, return it as text.
+
+    Raise ValueError saying what is wrong, as a predicate ("has no <name>"), if
+    it is not UTF-8, not well-formed, has a DTD, or is not a <domain> with a <name>.
+    """
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"is not UTF-8 ({e.reason} at byte {e.start})") from e
+    try:
+        root = _parse(text)
+    except ET.ParseError as e:
+        raise ValueError(f"is not well-formed XML ({e})") from e
+    except defusedxml.DefusedXmlException as e:
+        raise ValueError(f"has a DTD, which libvirt never writes ({e!r})") from e
+    if root.tag != "domain":
+        raise ValueError(f"is a <{root.tag}>, not a <domain>")
+    if not (root.findtext("name") or "").strip():
+        raise ValueError("has no <name>")
+    return text
 
 
 @dataclass(frozen=True)
@@ -40,7 +75,7 @@ class DiskSpec:
 
 def parse_disks(domain_xml: str) -> list[DiskSpec]:
     """Given domain XML, return its disks in document order."""
-    return [_disk_spec(d) for d in ET.fromstring(domain_xml).findall("./devices/disk")]
+    return [_disk_spec(d) for d in _parse(domain_xml).findall("./devices/disk")]
 
 
 def _disk_spec(d: ET.Element) -> DiskSpec:
@@ -58,12 +93,12 @@ def _disk_spec(d: ET.Element) -> DiskSpec:
 
 
 def domain_uuid(domain_xml: str) -> str:
-    return ET.fromstring(domain_xml).findtext("uuid", "")
+    return _parse(domain_xml).findtext("uuid", "")
 
 
 def qemu_owner(live_xml: str) -> tuple[int, int] | None:
     """Return (uid, gid) the domain's QEMU runs as (its DAC label), or None if unknown."""
-    for label in ET.fromstring(live_xml).findall("./seclabel[@model='dac']/label"):
+    for label in _parse(live_xml).findall("./seclabel[@model='dac']/label"):
         try:
             uid, gid = (int(p.lstrip("+")) for p in label.text.split(":"))
         except (AttributeError, ValueError):
@@ -100,7 +135,7 @@ def backup_xml(socket: str, disks: dict[str, tuple[str, str] | None],
 
 def backup_sockets(job_xml: str) -> list[str]:
     """Return the unix socket paths a running backup job's XML names."""
-    return [s.get("socket", "") for s in ET.fromstring(job_xml).findall("server")]
+    return [s.get("socket", "") for s in _parse(job_xml).findall("server")]
 
 
 def checkpoint_xml(name: str, description: str, bitmaps: dict[str, bool],
@@ -133,7 +168,7 @@ def restored_domain_xml(domain_xml: str, new_name: str,
     other writable disks are removed so the copy never writes to the
     original's disks.
     """
-    root = ET.fromstring(domain_xml)
+    root = _parse(domain_xml)
     root.find("name").text = new_name
     for e in root.findall("uuid"):
         root.remove(e)
@@ -168,10 +203,124 @@ def snapshot_images(snapshot_xmls: list[str]) -> dict[str, str]:
     overlays their external disk snapshots created."""
     images = {}
     for xml in snapshot_xmls:
-        root = ET.fromstring(xml)
+        root = _parse(xml)
         for disk in root.findall("./disks/disk[@snapshot='external']"):
             source = disk.find("source")
             path = None if source is None else source.get("file") or source.get("dev")
             if path:
                 images[path] = root.findtext("name", "")
     return images
+
+
+# --- host resources: what a restored domain must not be handed by default ----------
+
+QEMU_NS = "{http://libvirt.org/schemas/domain/qemu/1.0}"
+# Devices that give the guest a piece of the host whatever paths they name.
+PASSTHROUGH = ("hostdev", "filesystem")
+# libvirt's random number backend reads one of these: they reveal nothing of the host.
+ENTROPY_SOURCES = frozenset({"/dev/random", "/dev/urandom", "/dev/hwrng"})
+# Top-level elements whose absolute paths are no host files: cgroup partitions, free text.
+NOT_HOST_PATHS = ("resource", "metadata", "description", "title")
+
+
+def strip_host_resources(domain_xml: str, own: set[str]) -> tuple[str, list[str]]:
+    """Return (domain XML that hands the guest nothing of this host, what was removed).
+
+    own are the files the XML may name (the restored images). Removed, each
+    named in the list: disks that are not restored but have a source (a
+    cdrom's or read-only disk's image, a LUN, a network disk); <filesystem>
+    and <hostdev> passthrough, interfaces of type hostdev, host smartcards;
+    elements of the qemu namespace (qemu:commandline: any QEMU argument); and
+    any other device, <os> element (kernel, initrd, firmware loader) or
+    top-level element that names an absolute path but an own file or an
+    entropy source: files and sockets of serial ports, consoles, channels,
+    vhost-user, evdev input, a passed-through TPM, NVDIMM backing files.
+    Removed without mention: <emulator> (libvirt fills in this host's own).
+    A removed pflash <loader> leaves firmware='efi' so libvirt picks this
+    host's UEFI firmware.
+    """
+    root = _parse(domain_xml)
+    removed = []
+    for e in list(root):
+        if e.tag.startswith(QEMU_NS):
+            root.remove(e)
+            removed.append("qemu:" + e.tag[len(QEMU_NS):])
+    devices, os_ = root.find("devices"), root.find("os")
+    if devices is not None:
+        removed += _strip_devices(devices, own)
+    if os_ is not None:
+        removed += _strip_children(os_, own, on_removed=_loader_removed)
+    removed += _strip_children(root, own, skip=("devices", "os") + NOT_HOST_PATHS)
+    return ET.tostring(root, encoding="unicode"), removed
+
+
+def _strip_devices(devices: ET.Element, own: set[str]) -> list[str]:
+    removed = []
+    for dev in list(devices):
+        if dev.tag == "emulator":
+            devices.remove(dev)
+        elif dev.tag == "disk":
+            removed += _strip_disk(devices, dev, own)
+        elif (dev.tag in PASSTHROUGH or (dev.tag, dev.get("type")) == ("interface", "hostdev")
+              or (dev.tag, dev.get("mode")) == ("smartcard", "host")):
+            devices.remove(dev)
+            removed.append(_describe(dev, _host_paths(dev, own)))
+    return removed + _strip_children(devices, own)
+
+
+def _strip_disk(devices: ET.Element, disk: ET.Element, own: set[str]) -> list[str]:
+    """Remove a disk that is not restored but has a source; from a restored one,
+    remove what names a host path besides its image."""
+    source = disk.find("source")
+    if source is not None and source.get("file") in own:
+        return _strip_children(disk, own, label=f"disk {_target(disk)}")
+    paths = _host_paths(disk, own)
+    if paths or (source is not None and (source.attrib or len(source))):
+        devices.remove(disk)
+        return [_describe(disk, paths or [" ".join(
+            v for k, v in source.attrib.items() if k in ("protocol", "name", "pool", "volume"))])]
+    return []
+
+
+def _strip_children(parent: ET.Element, own: set[str], skip: tuple[str, ...] = (),
+                    label: str = "", on_removed=None) -> list[str]:
+    """Remove the children of parent (but those named in skip) that name a host path;
+    return their descriptions, each prefixed with label; call on_removed(parent, child)."""
+    removed = []
+    for e in list(parent):
+        if e.tag in skip or not (paths := _host_paths(e, own)):
+            continue
+        parent.remove(e)
+        removed.append((label + ": " if label else "") + _describe(e, paths))
+        if on_removed:
+            on_removed(parent, e)
+    return removed
+
+
+def _loader_removed(os_: ET.Element, loader: ET.Element) -> None:
+    """Let libvirt pick this host's UEFI firmware in place of a removed pflash loader."""
+    if loader.get("type") != "pflash" or os_.get("firmware"):
+        return
+    os_.set("firmware", "efi")
+    if loader.get("secure") == "yes" and os_.find("firmware") is None:
+        ET.SubElement(ET.SubElement(os_, "firmware"), "feature", enabled="yes",
+                      name="secure-boot")
+
+
+def _host_paths(e: ET.Element, own: set[str]) -> list[str]:
+    """Return the absolute paths e names in its attributes and texts, but own files
+    and entropy sources."""
+    values = [v for x in e.iter() for v in (*x.attrib.values(), (x.text or "").strip())]
+    return [v for v in values if v.startswith("/") and v not in own
+            and v not in ENTROPY_SOURCES]
+
+
+def _target(disk: ET.Element) -> str:
+    target = disk.find("target")
+    return "" if target is None else target.get("dev", "")
+
+
+def _describe(e: ET.Element, paths: list[str]) -> str:
+    """Return e.g. 'disk sda (/iso/debian.iso)', 'hostdev pci', 'serial file (/tmp/log)'."""
+    kind = _target(e) if e.tag == "disk" else e.get("type", "")
+    return " ".join(filter(None, (e.tag, kind))) + (f" ({paths[0]})" if paths else "")

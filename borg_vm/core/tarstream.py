@@ -14,6 +14,8 @@ from typing import BinaryIO, Iterator
 BLOCK = tarfile.BLOCKSIZE
 READ_SIZE = 1024 * 1024
 MEMBER_MODE = 0o600
+# A GNU long name is read whole; real ones are paths, far below this.
+MAX_NAME_BYTES = 64 * 1024
 
 
 class TarFormatError(Exception):
@@ -133,6 +135,8 @@ def read_members(src: BinaryIO) -> Iterator[Member]:
         member = Member(src, long_name or info.name, info.size)
         long_name = None
         if info.type == tarfile.GNUTYPE_LONGNAME:
+            if info.size > MAX_NAME_BYTES:
+                raise TarFormatError(f"long name of {info.size} bytes (at most {MAX_NAME_BYTES})")
             long_name = member.read().rstrip(b"\0").decode("utf-8", "surrogateescape")
         elif info.type in (tarfile.REGTYPE, tarfile.AREGTYPE):
             yield member

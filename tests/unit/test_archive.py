@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from borg_vm import __version__
+from borg_vm.core import archive
 from borg_vm.core.archive import (BLOCK_SIZE, FORMAT_VERSION, FULL, INC, PARTIAL_SUFFIX,
                              ArchiveInfo, ArchiveName, DiskRecord, DiskSummary, FrozenRecord,
                              LayerRecord, Manifest,
@@ -263,6 +264,26 @@ def test_manifest_rejects_other_formats(fmt):
                                  b'"borg-vm"'])
 def test_manifest_rejects_garbage(raw):
     _reject(raw)
+
+
+def test_manifest_not_utf8_is_named_not_repeated():
+    """The error names the problem; it does not carry the manifest (up to 64 MiB) along."""
+    err = _reject(b'{"format": "borg-vm"' + b"\xff" * 100_000, match="can't decode byte 0xff")
+    assert len(err.message) < 200
+
+
+@pytest.mark.parametrize("name, inside", [("disk/vda/0000000000000000", True),
+                                          ("disk/vda/junk", True), ("disk/", True),
+                                          ("disk", False), ("diskette/x", False),
+                                          ("manifest.json", False)])
+def test_in_disk_dir(name, inside):
+    assert archive.in_disk_dir(name) is inside
+
+
+def test_small_members_have_limits():
+    assert set(archive.SMALL_MEMBERS) == {archive.DOMAIN_XML, archive.CHECKPOINT_XML,
+                                          archive.MANIFEST}
+    assert archive.MAX_XML_BYTES < archive.MAX_MANIFEST_BYTES <= 64 * 1024 * 1024
 
 
 def _with_extents(extents, size=None):

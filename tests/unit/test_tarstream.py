@@ -5,8 +5,8 @@ import tarfile
 
 import pytest
 
-from borg_vm.core.tarstream import (BLOCK, MEMBER_MODE, TarFormatError, TarWriter, read_members,
-                               write_all)
+from borg_vm.core.tarstream import (BLOCK, MAX_NAME_BYTES, MEMBER_MODE, TarFormatError, TarWriter,
+                               read_members, write_all)
 
 MTIME = 1795658400
 LONG_NAME = "disk/" + "a-very-long-target-name-" * 6 + "/0000000000400000"
@@ -225,3 +225,13 @@ def test_large_size_header_round_trip():
     assert len(header) == BLOCK
     info = tarfile.TarInfo.frombuf(header, "utf-8", "surrogateescape")
     assert info.size == size
+
+
+def test_read_members_refuses_a_huge_long_name_unread():
+    """A GNU long name is read whole: one claiming a GiB fails at its header."""
+    info = tarfile.TarInfo("././@LongLink")
+    info.type, info.size = tarfile.GNUTYPE_LONGNAME, 1 << 30
+    raw = info.tobuf(format=tarfile.GNU_FORMAT) + bytes(BLOCK)   # the GiB never comes
+    with pytest.raises(TarFormatError, match=f"long name of {1 << 30} bytes"):
+        list(read_members(io.BytesIO(raw)))
+    assert MAX_NAME_BYTES >= 4096

@@ -1,0 +1,148 @@
+"""Hand-made borg-vm archives, written into a real repository with 'borg
+import-tar' as anyone with write access to the repository could: valid
+ones to restore, and damaged or hostile variants of them.
+
+And running the real borg-vm CLI against them (a module of its own for the
+same reason as realstack.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+
+from borg_vm.core import archive
+from borg_vm.core.extent import DATA, Extent
+from borg_vm.core.tarstream import TarWriter
+
+from realstack import CHUNKER, MTIME, TIMESTAMP, MiB
+
+DOMAIN = "borgvm-test-handmade"
+SNAPSHOT = "20261126T020000Z"
+CHECKPOINT = "borgvm-20261126T020000Z"
+SIZE = 4 * MiB
+ZERO_PIECE = MiB
+
+
+@dataclass(frozen=True)
+class Zeros:
+    """The data of a member too big to hold: size zero bytes, streamed."""
+
+    size: int
+
+
+def domain_xml(targets=("vda",), devices="") -> bytes:
+    """Return the XML of a domain with a file disk per target and more devices."""
+    disks = "".join(f"<disk type='file' device='disk'><driver name='qemu' type='qcow2'/>"
+                    f"<source file='/vms/{t}.qcow2'/><target dev='{t}' bus='virtio'/></disk>"
+                    for t in targets)
+    return (f"<domain type='kvm'><name>{DOMAIN}</name><memory>131072</memory>"
+            f"<os><type arch='x86_64'>hvm</type></os>"
+            f"<devices>{disks}{devices}</devices></domain>").encode()
+
+
+def manifest(disks: dict[str, bytes], size: int = SIZE) -> archive.Manifest:
+    """Return the manifest of a full backup whose disks hold their data at offset 0."""
+    records = {t: archive.DiskRecord("full", "qcow2", f"/vms/{t}.qcow2", size,
+                                     (Extent(0, len(d), DATA),) if d else (),
+                                     hashlib.sha256(d).hexdigest())
+               for t, d in disks.items()}
+    return archive.Manifest(domain=DOMAIN, uuid="0b5e0b5e-0000-4000-8000-000000000001",
+                            snapshot=SNAPSHOT, checkpoint=CHECKPOINT, level="full",
+                            parent_checkpoint=None, parent_archive=None,
+                            time="2026-11-26T02:00:00Z", disks=records)
+
+
+def write_archive(borg, disks: dict[str, bytes], *, size: int = SIZE, xml: bytes | None = None,
+                  data_members=None, extra=(), manifest_json: bytes | None = None) -> str:
+    """Write a full borg-vm archive of DOMAIN into borg's repository; return its name.
+
+    By default it is valid: domain.xml, checkpoint.xml, one data member per
+    disk at offset 0, manifest.json, and the summary as its comment. Replace
+    the domain XML, the data members or the manifest, or add extra members
+    (before the manifest), to damage it; member data may be Zeros(n).
+    """
+    m = manifest(disks, size)
+    if data_members is None:
+        data_members = [(archive.member_name(t, 0), d) for t, d in disks.items() if d]
+    members = [(archive.DOMAIN_XML, domain_xml(tuple(disks)) if xml is None else xml),
+               (archive.CHECKPOINT_XML, f"<domaincheckpoint><name>{CHECKPOINT}</name>"
+                                        f"</domaincheckpoint>".encode()),
+               *data_members, *extra,
+               (archive.MANIFEST, m.to_json() if manifest_json is None else manifest_json)]
+    with borg.import_tar(str(m.name), comment=m.summary().to_comment(), timestamp=TIMESTAMP,
+                         compression="lz4", chunker_params=CHUNKER) as proc:
+        tar = TarWriter(proc.stdin, MTIME)
+        for name, data in members:
+            _add(tar, name, data)
+        tar.close()
+        borg.finish("import-tar", proc)
+    return str(m.name)
+
+
+def _add(tar: TarWriter, name: str, data) -> None:
+    if not isinstance(data, Zeros):
+        tar.add(name, data)
+        return
+    tar.begin(name, data.size)
+    piece = bytes(ZERO_PIECE)
+    for start in range(0, data.size, ZERO_PIECE):
+        tar.write(piece[:min(ZERO_PIECE, data.size - start)])
+
+
+def borg_vm(*args: str, code: int | None = 0, **kwargs) -> subprocess.CompletedProcess:
+    """Run the real CLI, `python -m borg_vm ARGS`; assert its exit code unless code is None."""
+    proc = subprocess.run([sys.executable, "-m", "borg_vm", *args], capture_output=True,
+                          text=True, timeout=600, **kwargs)
+    if code is not None:
+        assert proc.returncode == code, (f"borg-vm {' '.join(args)} exited {proc.returncode}, "
+                                         f"expected {code}\nstderr: {proc.stderr}")
+    return proc
+
+
+# Runs borg-vm's main() in this process and writes its peak RSS to the file named
+# by argv[1] on the way out: VmHWM, the high-water mark of this process's own
+# memory. Not getrusage's ru_maxrss: Linux carries that across execve, so a
+# child of a big pytest process would report pytest's peak.
+_RSS_PROBE = """\
+import sys
+from borg_vm.cli import main
+try:
+    main(sys.argv[2:])
+finally:
+    with open("/proc/self/status") as status, open(sys.argv[1], "w") as out:
+        out.write(next(line.split()[1] for line in status if line.startswith("VmHWM:")))
+"""
+
+
+def borg_vm_peak_rss(workdir, *args: str, code: int | None = 0):
+    """Run the real CLI like borg_vm(); return (its CompletedProcess, the peak RSS in
+    bytes of borg-vm's own process: its threads, not borg or qemu-nbd)."""
+    out = os.path.join(workdir, "peak-rss")
+    proc = subprocess.run([sys.executable, "-c", _RSS_PROBE, out, *args], capture_output=True,
+                          text=True, timeout=600)
+    if code is not None:
+        assert proc.returncode == code, (f"borg-vm {' '.join(args)} exited {proc.returncode}, "
+                                         f"expected {code}\nstderr: {proc.stderr}")
+    with open(out) as f:
+        return proc, int(f.read()) * 1024
+
+
+def error_line(proc: subprocess.CompletedProcess) -> str:
+    """Return the one line borg-vm wrote on stderr; fail if it wrote more (a traceback)."""
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("borg-vm: "), proc.stderr
+    return lines[0]
+
+
+def image_data(path: str, workdir) -> bytes:
+    """Return the guest-visible bytes of an image (following its backing chain)."""
+    out = os.path.join(workdir, "read.raw")
+    subprocess.run(["qemu-img", "convert", "-O", "raw", path, out], check=True)
+    with open(out, "rb") as f:
+        data = f.read()
+    os.unlink(out)
+    return data

@@ -1,0 +1,172 @@
+"""borg-vm restore against damaged or hostile archives, as anyone with write
+access to the repository could make them ('borg import-tar' of a hand-made
+tar, named and commented like a borg-vm archive): one clear line and exit 2,
+before any image is written, with bounded memory."""
+
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from borg_vm.actions import restore as restore_action
+from borg_vm.core import archive
+from borg_vm.errors import FormatError
+
+from handmade import DOMAIN, SIZE, Zeros, borg_vm, borg_vm_peak_rss, error_line, write_archive
+from realstack import MiB
+
+DATA = b"\x5a" * 65536
+GiB = 1024 * MiB
+# borg-vm holds at most a few 4 MiB pieces in flight; a member read whole shows as GiBs.
+PEAK_RSS_LIMIT = 300 * MiB
+BILLION_LAUGHS = (b"<?xml version='1.0'?><!DOCTYPE domain ["
+                  b"<!ENTITY a 'aaaaaaaaaa'>"
+                  + b"".join(b"<!ENTITY %c '%s'>" % (c, (b"&%c;" % (c - 1)) * 10)
+                             for c in range(ord("b"), ord("k")))
+                  + b"]><domain><name>&j;</name></domain>")
+
+
+def restore(repo, to, *extra, code=0):
+    return borg_vm("restore", DOMAIN, "--repo", repo, "--to", str(to), "--no-progress",
+                   *extra, code=code)
+
+
+# --- B3: a malformed domain.xml is found before any data is written --------------------
+
+@pytest.mark.parametrize("xml, why", [
+    (b"<domain type='kvm'><name>x</name><devices>", "not well-formed"),
+    (b"<domain type='kvm'><devices/></domain>", "no <name>"),
+    (b"<domain><name>caf\xe9</name></domain>", "not UTF-8"),
+    (BILLION_LAUGHS, "DTD"),
+    (b"<!DOCTYPE domain SYSTEM 'file:///etc/passwd'><domain><name>x</name></domain>", "DTD"),
+    (b"<network><name>x</name></network>", "not a <domain>"),
+], ids=["invalid", "no-name", "not-utf8", "billion-laughs", "external-dtd", "not-domain"])
+def test_malformed_domain_xml_fails_first_with_exit_2(make_repo, tmp_path, xml, why):
+    borg = make_repo()
+    name = write_archive(borg, {"vda": DATA}, xml=xml)
+    line = error_line(restore(borg.repo, tmp_path / "out", code=2))  # no "restoring vda" line
+    assert f"Archive {name} " in line and "domain.xml" in line and why in line, line
+    assert not (tmp_path / "out").exists()
+
+
+# --- B5: no member is held in memory unless it is small by definition ------------------
+
+def test_non_data_member_under_disk_is_rejected_with_bounded_memory(make_repo, tmp_path):
+    borg = make_repo()
+    name = write_archive(borg, {"vda": DATA}, extra=[("disk/vda/junk", Zeros(GiB))])
+    proc, rss = borg_vm_peak_rss(tmp_path, "restore", DOMAIN, "--repo", borg.repo, "--to",
+                                 str(tmp_path / "out"), "--no-progress", code=2)
+    line = proc.stderr.splitlines()[-1]
+    assert f"Archive {name} " in line and "'disk/vda/junk'" in line, proc.stderr
+    assert rss < PEAK_RSS_LIMIT
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_member_is_skipped_with_bounded_memory(make_repo, tmp_path):
+    """'manifest.json/x' is exported with manifest.json (a path prefix), then skipped."""
+    borg = make_repo()
+    write_archive(borg, {"vda": DATA}, extra=[("manifest.json/x", Zeros(GiB))])
+    proc, rss = borg_vm_peak_rss(tmp_path, "restore", DOMAIN, "--repo", borg.repo, "--to",
+                                 str(tmp_path / "out"), "--no-progress")
+    assert rss < PEAK_RSS_LIMIT
+    assert len(list((tmp_path / "out").glob("*.qcow2"))) == 1
+
+
+@pytest.mark.parametrize("member, limit", [(archive.MANIFEST, archive.MAX_MANIFEST_BYTES),
+                                           (archive.DOMAIN_XML, archive.MAX_XML_BYTES)])
+def test_oversized_small_member_is_refused_unread(make_repo, tmp_path, member, limit):
+    borg = make_repo()
+    big = {"manifest_json" if member == archive.MANIFEST else "xml": Zeros(limit + 1)}
+    name = write_archive(borg, {"vda": DATA}, **big)
+    line = error_line(restore(borg.repo, tmp_path / "out", code=2))
+    assert f"Archive {name} " in line and f"{member} is {limit + 1} bytes" in line, line
+
+
+# --- R10: data beyond the end of its disk is a damaged archive, found before writing ---
+
+@pytest.mark.parametrize("offset, length", [(SIZE - 4096, 65536), (SIZE, 4096), (2 * SIZE, 1)])
+def test_data_member_beyond_the_disk_end_is_damage(make_repo, tmp_path, offset, length):
+    borg = make_repo()
+    name = write_archive(borg, {"vda": DATA}, extra=[
+        (archive.member_name("vda", offset), b"\x01" * length)])
+    proc = restore(borg.repo, tmp_path / "out", code=2)
+    line = proc.stderr.splitlines()[-1]
+    assert (f"Data of disk vda in archive {name} " in line
+            and f"ends at byte {offset + length}, beyond the disk's {SIZE} bytes" in line
+            and "damaged" in line), proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_flattened_chain_whose_sizes_differ_is_damage(tmp_path):
+    """Flatten writes every archive into the full's image: a later archive claiming a
+    bigger disk would write past its end."""
+    arcs = tuple(archive.ArchiveInfo(
+        archive.ArchiveName(DOMAIN, "S", checkpoint),
+        archive.Summary(level, None, "t", "u",
+                        {"vda": archive.DiskSummary(level, size, "qcow2", "/v", 0, 0)}))
+        for checkpoint, level, size in [("borgvm-1", "full", MiB), ("borgvm-2", "inc", 2 * MiB)])
+    plan = restore_action.DiskPlan("vda", arcs, ("flat.qcow2",) * 2, ("qcow2",) * 2)
+    restore_action._prepare_layer(plan, 0, str(tmp_path))
+    with pytest.raises(FormatError, match=f"disk vda is {2 * MiB} bytes, {MiB} in"):
+        restore_action._prepare_layer(plan, 1, str(tmp_path))
+
+
+# --- R3: the restored domain XML names no host resource unless asked -------------------
+
+HOST_RESOURCES_XML = f"""\
+<domain type='kvm' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>
+  <name>{DOMAIN}</name><memory>131072</memory><os><type arch='x86_64'>hvm</type></os>
+  <devices>
+    <emulator>/usr/bin/qemu-system-x86_64</emulator>
+    <disk type='file' device='disk'><driver name='qemu' type='qcow2'/>
+      <source file='/vms/vda.qcow2'/><target dev='vda' bus='virtio'/></disk>
+    <disk type='block' device='lun'><driver name='qemu' type='raw'/>
+      <source dev='/dev/sda'/><target dev='sda' bus='scsi'/></disk>
+    <disk type='file' device='cdrom'><source file='/etc/shadow'/>
+      <target dev='sdb' bus='sata'/><readonly/></disk>
+    <filesystem type='mount' accessmode='passthrough'><source dir='/'/>
+      <target dir='hostroot'/></filesystem>
+    <hostdev mode='subsystem' type='pci' managed='yes'><source>
+      <address domain='0x0000' bus='0x03' slot='0x00' function='0x0'/></source></hostdev>
+  </devices>
+  <qemu:commandline><qemu:arg value='-fw_cfg'/><qemu:arg value='name=opt/x,file=/etc/shadow'/>
+  </qemu:commandline>
+</domain>
+""".encode()
+REMOVED = ("qemu:commandline, disk sda (/dev/sda), disk sdb (/etc/shadow), filesystem mount (/), "
+           "hostdev pci")
+
+
+def restored_xml(to: Path) -> ET.Element:
+    (path,) = to.glob("*.xml")
+    return ET.fromstring(path.read_text())
+
+
+def named_paths(root: ET.Element) -> set[str]:
+    return {v for e in root.iter() for v in (*e.attrib.values(), (e.text or "").strip())
+            if v.startswith("/")}
+
+
+def test_host_resources_are_removed_with_one_warning(make_repo, tmp_path):
+    borg = make_repo()
+    write_archive(borg, {"vda": DATA}, xml=HOST_RESOURCES_XML)
+    to = tmp_path / "out"
+    proc = restore(borg.repo, to)
+    warnings = [line for line in proc.stderr.splitlines() if "removed" in line]
+    assert warnings == ["borg-vm: removed host resources from the restored domain XML "
+                        f"(--keep-host-resources keeps them): {REMOVED}"], proc.stderr
+    root = restored_xml(to)
+    assert named_paths(root) == {str(p) for p in to.glob("*.qcow2")}
+    assert [d.find("target").get("dev") for d in root.iter("disk")] == ["vda"]
+
+
+def test_keep_host_resources_keeps_them(make_repo, tmp_path):
+    borg = make_repo()
+    write_archive(borg, {"vda": DATA}, xml=HOST_RESOURCES_XML)
+    to = tmp_path / "out"
+    proc = restore(borg.repo, to, "--keep-host-resources")
+    assert "removed" not in proc.stderr
+    root = restored_xml(to)
+    assert {"/dev/sda", "/etc/shadow", "/", "/usr/bin/qemu-system-x86_64"} <= named_paths(root)
+    assert root.find("devices/hostdev") is not None
+    assert "name=opt/x,file=/etc/shadow" in ET.tostring(root, encoding="unicode")

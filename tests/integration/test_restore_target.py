@@ -1,0 +1,103 @@
+"""borg-vm restore through the CLI against hand-made archives in a real
+repository: where it may write, with which permissions, and what it leaves
+behind when it fails."""
+
+import os
+import stat
+
+import pytest
+
+from borg_vm.actions import restore as restore_action
+from borg_vm.core import archive
+
+from handmade import DOMAIN, borg_vm, error_line, image_data, write_archive
+from realstack import MiB
+
+DATA = bytes(range(256)) * 4096          # 1 MiB at the start of vda
+UMASK = 0o022
+
+
+@pytest.fixture
+def repo(make_repo):
+    """Return the path of a repository holding one valid full archive of DOMAIN."""
+    borg = make_repo()
+    write_archive(borg, {"vda": DATA})
+    return borg.repo
+
+
+@pytest.fixture
+def damaged_repo(make_repo):
+    """Return the path of a repository whose one archive fails verification
+    after its image was written (the data does not hash to the manifest's digest)."""
+    borg = make_repo()
+    write_archive(borg, {"vda": DATA},
+                  data_members=[(archive.member_name("vda", 0), bytes(len(DATA)))])
+    return borg.repo
+
+
+def restore(repo, to, *extra, code=0):
+    return borg_vm("restore", DOMAIN, "--repo", repo, "--to", str(to), "--no-progress",
+                   *extra, code=code, umask=UMASK)
+
+
+def test_restore_of_a_hand_made_archive(repo, tmp_path):
+    restore(repo, tmp_path / "out")
+    images = list((tmp_path / "out").glob("*.qcow2"))
+    assert len(images) == 1
+    assert image_data(str(images[0]), tmp_path)[:len(DATA)] == DATA
+
+
+# --- B2: an unusable --to is one line and exit 2 -------------------------------------
+
+@pytest.mark.parametrize("to", ["file", "file/sub", "/proc/borgvm-test-restore",
+                                "/sys/borgvm-test-restore", "/proc"])
+def test_unusable_target_is_one_line_and_exit_2(repo, tmp_path, to):
+    (tmp_path / "file").write_bytes(b"keep")
+    path = to if to.startswith("/") else str(tmp_path / to)
+    line = error_line(restore(repo, path, code=2))
+    assert f"Cannot restore into {path}" in line
+    assert (tmp_path / "file").read_bytes() == b"keep"
+    assert not os.path.lexists("/proc/borgvm-test-restore")
+
+
+# --- B4: what restore writes is readable by root only ---------------------------------
+
+@pytest.mark.parametrize("extra", [(), ("--flatten", "--format", "raw")])
+def test_restored_files_are_private_under_umask_022(repo, tmp_path, extra):
+    out = tmp_path / "out"
+    restore(repo, out, *extra)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()}
+    assert len(modes) == 2                      # the image and the domain XML
+    assert set(modes.values()) == {0o600}, modes
+
+
+def test_overlay_images_are_private_under_umask_022(tmp_path):
+    """An incremental's overlay is created like the base: 0600 before any data."""
+    summary = archive.Summary("full", None, "t", "u",
+                              {"vda": archive.DiskSummary("full", MiB, "qcow2", "/v", 0, 0)})
+    arcs = tuple(archive.ArchiveInfo(archive.ArchiveName(DOMAIN, "S", c), summary)
+                 for c in ("borgvm-1", "borgvm-2"))
+    plan = restore_action.DiskPlan("vda", arcs, ("base.qcow2", "top.qcow2"), ("qcow2", "qcow2"))
+    old = os.umask(UMASK)
+    try:
+        layers = [restore_action._prepare_layer(plan, i, str(tmp_path)) for i in (0, 1)]
+    finally:
+        os.umask(old)
+    assert [stat.S_IMODE(os.stat(layer.path).st_mode) for layer in layers] == [0o600, 0o600]
+
+
+# --- R9: a failed restore leaves --to as it was ----------------------------------------
+
+def test_failed_restore_removes_the_directories_it_created(damaged_repo, tmp_path):
+    proc = restore(damaged_repo, tmp_path / "new" / "deeper", code=2)
+    assert "sha256 differs" in proc.stderr.splitlines()[-1]
+    assert not (tmp_path / "new").exists()
+
+
+def test_failed_restore_keeps_a_directory_it_did_not_create(damaged_repo, tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "keep").write_bytes(b"x")
+    restore(damaged_repo, tmp_path / "mine", code=2)
+    assert os.listdir(tmp_path / "mine") == ["keep"]
+    restore(damaged_repo, tmp_path / "mine" / "new", code=2)
+    assert os.listdir(tmp_path / "mine") == ["keep"]
