@@ -56,31 +56,38 @@ def exported(borg: Borg, archive: str, paths: Sequence[str]) -> Iterator[BinaryI
 
 
 def pieces(src: BinaryIO, archive: str, sizes: dict[str, int], piece_size: int
-           ) -> Iterator[tuple[str, str | None, int, bytes]]:
-    """Yield (member name, disk target or None, offset, bytes) from a tar stream:
-    data members in pieces of at most piece_size at their disk offsets (sizes:
-    disk target -> virtual size), the format's small members whole; skip
-    members borg-vm does not know, unread.
+           ) -> Iterator[tuple[str, tuple[str, int] | None, int, bytes]]:
+    """Yield (member name, (disk target, layer) or None, offset, bytes) from a tar
+    stream: data members in pieces of at most piece_size at their disk offsets
+    (layer 0: the guest's view, i: frozen layer i; sizes: disk target ->
+    virtual size), the format's small members whole; skip members borg-vm does
+    not know, unread.
 
     Raise IntegrityError for a data member that ends beyond its disk's size,
-    FormatError for another member under disk/ (both: a damaged archive).
+    FormatError for another member under disk/ or frozen/ (a damaged archive).
     """
     for member in read_members(src):
-        parsed = fmt.parse_member(member.name)
+        parsed = _data_member(member.name)
         if parsed is not None:
-            target, offset = parsed
+            target, layer, offset = parsed
             if target in sizes and offset + member.size > sizes[target]:
                 raise IntegrityError(target=target, archive=archive, detail=(
                     f"member {member.name} ends at byte {offset + member.size}, beyond the "
                     f"disk's {sizes[target]} bytes: the archive is damaged"))
             for piece in member.chunks(piece_size):
-                yield member.name, target, offset, piece
+                yield member.name, (target, layer), offset, piece
                 offset += len(piece)
         elif fmt.in_disk_dir(member.name):
             raise FormatError(archive=archive, detail=f"unexpected member {member.name!r} "
                                                       f"({member.size} bytes): it is damaged")
         elif member.name in fmt.SMALL_MEMBERS:
             yield member.name, None, 0, _read_small(member, archive)
+
+
+def _data_member(name: str) -> tuple[str, int, int] | None:
+    """Return (target, layer, offset) of a data member's name, or None."""
+    top = fmt.parse_member(name)
+    return (top[0], 0, top[1]) if top else fmt.parse_frozen_member(name)
 
 
 def _read_small(member: Member, archive: str) -> bytes:

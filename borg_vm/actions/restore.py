@@ -20,7 +20,6 @@ failed restore leaves --to as it was (and removes it if it created it).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import shutil
@@ -28,26 +27,16 @@ import tempfile
 from dataclasses import dataclass
 from typing import Iterator
 
-from .. import prefetch
-from ..adapters import qemu
 from ..adapters.borg import Borg
-from ..adapters.libnbd import Export, open_command
 from ..core import archive as fmt
-from ..core import chain, domxml, extent
-from ..core.archive import ArchiveInfo, DiskRecord, Manifest
-from ..errors import FormatError, IntegrityError, RestoreTargetExists, RestoreTargetUnusable
+from ..core import chain, domxml
+from ..core.archive import ArchiveInfo, Manifest
+from ..errors import FormatError, RestoreTargetExists, RestoreTargetUnusable
 from ..progress import Progress
-from . import members, repository
+from . import apply, members, repository
 
 log = logging.getLogger(__name__)
 
-# Pieces of data members handed from the borg reader thread to the writer.
-RESTORE_PIECE = 4 * 1024 * 1024
-RESTORE_PREFETCH = 4
-WRITES_IN_FLIGHT = 4
-# Restored images and XML hold decrypted guest data: readable by their owner only,
-# set before any data is written, whatever the umask.
-PRIVATE = 0o600
 
 
 @dataclass(frozen=True)
@@ -140,15 +129,15 @@ def restore(borg: Borg, domain: str, opts: RestoreOptions) -> RestoreResult:
             # One pass per archive, oldest first, writing every disk it holds.
             for arc in sorted({a.archive: a for d in plans for a in d.archives}.values(),
                               key=lambda a: a.order):
-                layers = {d.target: _prepare_layer(d, d.archives.index(arc), stage)
+                layers = {(d.target, 0): _prepare_layer(d, d.archives.index(arc), stage)
                           for d in plans if arc in d.archives}
-                manifest = apply_archive(borg, arc, layers, progress)
+                manifest = apply.apply_archive(borg, arc, layers, progress)
                 if arc is top:
                     top_manifest = manifest
         finally:
             progress.close()
         with open(os.open(os.path.join(stage, xml_name), os.O_WRONLY | os.O_CREAT | os.O_EXCL,
-                          PRIVATE), "w") as f:
+                          apply.PRIVATE), "w") as f:
             f.write(xml)
         for p in outputs:
             os.replace(os.path.join(stage, p), os.path.join(to, p))
@@ -233,100 +222,16 @@ def _staging(directory: str):
         shutil.rmtree(stage, ignore_errors=True)
 
 
-@dataclass(frozen=True)
-class Layer:
-    """One image to write one archive's data of one disk into."""
-
-    path: str
-    format: str
-    zeros: bool   # write the zero extents too (the image lies over older data)
-
-
-def _prepare_layer(d: DiskPlan, i: int, stage: str) -> Layer:
+def _prepare_layer(d: DiskPlan, i: int, stage: str) -> apply.Layer:
     """Create the image for layer i of a disk's chain (unless flatten reuses it)."""
     path = os.path.join(stage, d.images[i])
     size = d.archives[i].summary.disks[d.target].virtual_size
     if i == 0 or d.images[i] != d.images[i - 1]:
         backing = os.path.join(stage, d.images[i - 1]) if i else None
-        qemu.create(path, d.formats[i], size, backing=backing)
-        os.chmod(path, PRIVATE)
+        apply.create_image(path, d.formats[i], size, backing)
     elif size != (base := d.archives[0].summary.disks[d.target].virtual_size):
         raise FormatError(archive=d.archives[i].archive,
                           detail=f"disk {d.target} is {size} bytes, {base} in "
                                  f"{d.archives[0].archive} (a chain keeps a disk's size)")
     log.info("restoring %s of %s into %s", d.target, d.archives[i].archive, d.images[i])
-    return Layer(path, d.formats[i], zeros=i > 0)
-
-
-def apply_archive(borg: Borg, arc: ArchiveInfo, layers: dict[str, Layer],
-                  progress: Progress) -> Manifest:
-    """Write the data (and, over older layers, the zero extents) of the given disks of
-    one archive into their layers, in one pass over the archive.
-
-    Return the archive's manifest.
-    Raise IntegrityError unless each disk's data covers exactly its manifest's
-    data extents and hashes to its digest; FormatError for a damaged archive.
-    """
-    with contextlib.ExitStack() as stack:
-        outs = {t: stack.enter_context(open_command(qemu.nbd_server_argv(l.path, l.format),
-                                                    where=os.path.basename(l.path)))
-                for t, l in layers.items()}
-        # A disk with only zero extents in this archive has no data members (and
-        # borg warns about a path that matches nothing).
-        paths = [fmt.disk_prefix(t) for t in outs if arc.summary.disks[t].data_bytes]
-        sizes = {t: arc.summary.disks[t].virtual_size for t in outs}
-        files, written, digests = _stream_members(borg, arc.archive, paths + [fmt.MANIFEST],
-                                                  outs, sizes, progress)
-        manifest = Manifest.from_json(files.pop(fmt.MANIFEST), arc.archive)
-        for t, out in outs.items():
-            record = manifest.disks.get(t)
-            if record is None:
-                raise FormatError(archive=arc.archive, detail=f"manifest has no disk {t}")
-            _verify(arc.archive, t, record, written[t], digests[t].hexdigest())
-            if layers[t].zeros:
-                for e in record.extents:
-                    if e.kind == extent.ZERO:
-                        out.zero(e.start, e.length)
-            out.flush()
-    return manifest
-
-
-def _stream_members(borg: Borg, archive: str, paths: list[str], outs: dict[str, Export],
-                    sizes: dict[str, int], progress: Progress):
-    """Stream the archive's paths: data members go to outs at their offsets (each
-    checked against its disk's size first), small members are returned whole.
-    Return (files, written extents, digests) per disk."""
-    files: dict[str, bytes] = {}
-    written: dict[str, list[extent.Extent]] = {t: [] for t in outs}
-    digests = {t: hashlib.sha256() for t in outs}
-    with contextlib.ExitStack() as stack:
-        writers = {t: stack.enter_context(out.pipelined_writes(WRITES_IN_FLIGHT))
-                   for t, out in outs.items()}
-        stream = stack.enter_context(members.exported(borg, archive, paths))
-        # Reading borg's output runs ahead in a thread while this one writes.
-        with prefetch.ahead(members.pieces(stream, archive, sizes, RESTORE_PIECE),
-                            RESTORE_PREFETCH) as pieces:
-            for name, target, offset, piece in pieces:
-                if target is None:
-                    files[name] = piece
-                elif target in outs:
-                    writers[target](piece, offset)
-                    digests[target].update(piece)
-                    written[target].append(extent.Extent(offset, len(piece)))
-                    progress.advance(len(piece))
-    members.check_present(archive, files, (fmt.MANIFEST,))
-    return files, written, digests
-
-
-def _verify(archive: str, target: str, record: DiskRecord, written: list[extent.Extent],
-            digest: str) -> None:
-    """Raise IntegrityError unless written covers the record's data extents and digest matches."""
-    expected = [e for e in record.extents if e.kind == extent.DATA]
-    try:
-        same = extent.merge(written) == extent.merge(expected)
-    except ValueError as e:
-        raise IntegrityError(target=target, archive=archive, detail=str(e)) from e
-    if not same:
-        raise IntegrityError(target=target, archive=archive, detail="data extents differ")
-    if digest != record.sha256:
-        raise IntegrityError(target=target, archive=archive, detail="sha256 differs")
+    return apply.Layer(path, d.formats[i], zeros=i > 0)

@@ -235,8 +235,9 @@ def disk_prefix(target: str) -> str:
 
 
 def in_disk_dir(name: str) -> bool:
-    """Return True if member name lies under disk/, where only data members belong."""
-    return name.startswith(DISK_DIR + "/")
+    """Return True if member name lies under disk/ or frozen/, where only data members
+    belong."""
+    return name.startswith((DISK_DIR + "/", FROZEN_DIR + "/"))
 
 
 def frozen_member_name(target: str, layer: int, offset: int) -> str:

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from borg_vm.actions import restore
+from borg_vm.actions import apply as apply_action
 from borg_vm.adapters import qemu
 from borg_vm.core import archive
 from borg_vm.errors import BorgError, IntegrityError
@@ -63,8 +63,8 @@ def layer(tmp_path, make_repo):
 
 def apply(make_archive, overlay, disk_record):
     borg, info = make_archive(disk_record)
-    restore.apply_archive(borg, info, {"vda": restore.Layer(overlay, "qcow2", zeros=True)},
-                          Progress("restore", disk_record.data_bytes, False))
+    apply_action.apply_archive(borg, info, {("vda", 0): apply_action.Layer(overlay, "qcow2", zeros=True)},
+                                 Progress("restore", disk_record.data_bytes, False))
 
 
 def test_apply_writes_data_and_zeros_over_older_layer(tmp_path, layer):
@@ -98,6 +98,6 @@ def test_apply_of_missing_archive_raises_borg_error(layer):
     gone = archive.ArchiveInfo(archive.ArchiveName("gone", "S", "borgvm-C"), info.summary)
     with pytest.raises(BorgError,
                        match="^borg export-tar failed: Archive gone.S.borgvm-C does not exist$"):
-        restore.apply_archive(borg, gone,
-                              {"vda": restore.Layer(overlay, "qcow2", zeros=True)},
+        apply_action.apply_archive(borg, gone,
+                              {("vda", 0): apply_action.Layer(overlay, "qcow2", zeros=True)},
                               Progress("restore", 0, False))

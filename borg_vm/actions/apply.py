@@ -1,0 +1,152 @@
+"""Writing one archive's data into restored images: the part of restore shared
+by its modes (chain, flatten, layers).
+
+Data is addressed by (disk target, layer): layer 0 is what the guest saw
+(``disk/{target}/...`` members, the disk's manifest record), layer i >= 1 the
+final changes of the archive's i-th image (``frozen/{target}/{i}/...``, its
+frozen record). Every piece is checked against the disk's size before it is
+written, and every written record against its extents and SHA-256 after.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from dataclasses import dataclass
+
+from .. import prefetch
+from ..adapters import qemu
+from ..adapters.borg import Borg
+from ..adapters.libnbd import Export, open_command
+from ..core import archive as fmt
+from ..core import extent
+from ..core.archive import ArchiveInfo, Manifest
+from ..errors import FormatError, IntegrityError
+from ..progress import Progress
+from . import members
+
+# Pieces of data members handed from the borg reader thread to the writer.
+RESTORE_PIECE = 4 * 1024 * 1024
+RESTORE_PREFETCH = 4
+WRITES_IN_FLIGHT = 4
+# Restored images and XML hold decrypted guest data: readable by their owner only,
+# set before any data is written, whatever the umask.
+PRIVATE = 0o600
+
+Key = tuple[str, int]   # (disk target, layer): 0 the guest's view, i >= 1 a frozen layer
+
+
+def create_image(path: str, fmt_: str, size: int, backing: str | None = None) -> None:
+    """Create an empty image (a qcow2 overlay on backing) readable by its owner only."""
+    qemu.create(path, fmt_, size, backing=backing)
+    os.chmod(path, PRIVATE)
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One image to write one archive's data of one disk into."""
+
+    path: str
+    format: str
+    zeros: bool   # write the zero extents too (the image lies over older data)
+
+
+def apply_archive(borg: Borg, arc: ArchiveInfo, layers: dict[Key, Layer],
+                  progress: Progress, known: Manifest | None = None) -> Manifest:
+    """Write the data (and, over older data, the zero extents) of the given
+    (disk, layer)s of one archive into their images, in one pass over the archive.
+    Two keys must not share an image (their order in the stream is the archive's).
+
+    Frozen layers (layer >= 1) can be asked for only with the archive's manifest
+    already read (known). Return the archive's manifest. Raise IntegrityError
+    unless each record's data covers exactly its extents and hashes to its
+    digest; FormatError for a damaged archive.
+    """
+    with contextlib.ExitStack() as stack:
+        outs = {k: stack.enter_context(open_command(qemu.nbd_server_argv(l.path, l.format),
+                                                    where=os.path.basename(l.path)))
+                for k, l in layers.items()}
+        # A record with only zero extents has no data members (and borg warns
+        # about a path that matches nothing).
+        paths = [path for k in outs if (path := _member_path(arc, known, k))]
+        sizes = {t: arc.summary.disks[t].virtual_size for t, _ in outs}
+        files, written, digests = _stream_members(borg, arc.archive, paths + [fmt.MANIFEST],
+                                                  outs, sizes, progress)
+        manifest = Manifest.from_json(files.pop(fmt.MANIFEST), arc.archive)
+        for k, out in outs.items():
+            record = _record(arc.archive, manifest, k)
+            _verify(arc.archive, k[0], record, written[k], digests[k].hexdigest())
+            if layers[k].zeros:
+                for e in record.extents:
+                    if e.kind == extent.ZERO:
+                        out.zero(e.start, e.length)
+            out.flush()
+    return manifest
+
+
+def _member_path(arc: ArchiveInfo, known: Manifest | None, key: Key) -> str | None:
+    """Return the path export-tar is asked for to get key's data, or None if it has none."""
+    target, layer = key
+    if layer == 0:
+        return fmt.disk_prefix(target) if arc.summary.disks[target].data_bytes else None
+    assert known is not None, "frozen layers need the manifest read first"
+    record = _record(arc.archive, known, key)
+    return fmt.frozen_prefix(target, layer) if record.data_bytes else None
+
+
+def _record(archive: str, manifest: Manifest, key: Key):
+    """Return the manifest's record (DiskRecord or FrozenRecord) of key; raise
+    FormatError if it has none."""
+    target, layer = key
+    disk = manifest.disks.get(target)
+    if disk is None:
+        raise FormatError(archive=archive, detail=f"manifest has no disk {target}")
+    if layer == 0:
+        return disk
+    for f in disk.frozen:
+        if f.layer == layer:
+            return f
+    raise FormatError(archive=archive, detail=f"manifest has no frozen layer {layer} of "
+                                              f"disk {target}")
+
+
+def _stream_members(borg: Borg, archive: str, paths: list[str], outs: dict[Key, Export],
+                    sizes: dict[str, int], progress: Progress):
+    """Stream the archive's paths: data members go to outs at their offsets (each
+    checked against its disk's size first), small members are returned whole.
+    Return (files, written extents, digests) per key."""
+    files: dict[str, bytes] = {}
+    written: dict[Key, list[extent.Extent]] = {k: [] for k in outs}
+    digests = {k: hashlib.sha256() for k in outs}
+    with contextlib.ExitStack() as stack:
+        writers = {k: stack.enter_context(out.pipelined_writes(WRITES_IN_FLIGHT))
+                   for k, out in outs.items()}
+        stream = stack.enter_context(members.exported(borg, archive, paths))
+        # Reading borg's output runs ahead in a thread while this one writes.
+        with prefetch.ahead(members.pieces(stream, archive, sizes, RESTORE_PIECE),
+                            RESTORE_PREFETCH) as pieces:
+            for name, key, offset, piece in pieces:
+                if key is None:
+                    files[name] = piece
+                elif key in outs:
+                    writers[key](piece, offset)
+                    digests[key].update(piece)
+                    written[key].append(extent.Extent(offset, len(piece)))
+                    progress.advance(len(piece))
+    members.check_present(archive, files, (fmt.MANIFEST,))
+    return files, written, digests
+
+
+def _verify(archive: str, target: str, record, written: list[extent.Extent],
+            digest: str) -> None:
+    """Raise IntegrityError unless written covers the record's data extents and digest matches."""
+    expected = [e for e in record.extents if e.kind == extent.DATA]
+    try:
+        same = extent.merge(written) == extent.merge(expected)
+    except ValueError as e:
+        raise IntegrityError(target=target, archive=archive, detail=str(e)) from e
+    if not same:
+        raise IntegrityError(target=target, archive=archive, detail="data extents differ")
+    if digest != record.sha256:
+        raise IntegrityError(target=target, archive=archive, detail="sha256 differs")
