@@ -104,7 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--to", required=True, metavar="DIR", help="directory for the images")
     _common(r)
     r.add_argument("--checkpoint", metavar="NAME", help="checkpoint to restore (default: newest)")
-    r.add_argument("--flatten", action="store_true", help="write one image per disk, no chain")
+    shape = r.add_mutually_exclusive_group()
+    shape.add_argument("--flatten", action="store_true", help="write one image per disk, no chain")
+    shape.add_argument("--layers", action="store_true",
+                       help="write one image per snapshot layer, as the disk's chain was "
+                       "(frozen layers complete, the top one partial)")
     r.add_argument("--disk", action="append", default=[], metavar="TARGET",
                    help="restore only this disk; repeatable")
     r.add_argument("--format", choices=("qcow2", "raw"), default="qcow2",
@@ -216,7 +220,7 @@ def _cmd_restore(args: argparse.Namespace) -> int:
     opts = RestoreOptions(to=args.to, checkpoint=args.checkpoint, flatten=args.flatten,
                           disks=tuple(args.disk), format=args.format, force=args.force,
                           progress=not (args.no_progress or args.json),
-                          keep_host_resources=args.keep_host_resources)
+                          keep_host_resources=args.keep_host_resources, layers=args.layers)
     result = restore(_borg(args), args.domain, opts)
     if args.json:
         _emit(result.to_json())

@@ -7,6 +7,9 @@ Chain mode (default), one image per archive, each backed by the one before::
 
 Flatten mode: one image, every archive of the chain applied in order.
 
+Layers mode (actions/layered.py): one image per snapshot layer, as libvirt's
+chain was at that checkpoint, the frozen layers complete.
+
 The archive is only as trustworthy as the repository: the top archive's
 domain.xml and manifest are read and checked before anything is written, no
 member is held in memory unless the format caps its size (see members), and the restored
@@ -33,7 +36,7 @@ from ..core import chain, domxml
 from ..core.archive import ArchiveInfo, Manifest
 from ..errors import FormatError, RestoreTargetExists, RestoreTargetUnusable
 from ..progress import Progress
-from . import apply, members, repository
+from . import apply, layered, members, repository
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +52,7 @@ class RestoreOptions:
     force: bool = False
     progress: bool = True
     keep_host_resources: bool = False
+    layers: bool = False
 
 
 @dataclass(frozen=True)
@@ -110,7 +114,11 @@ def restore(borg: Borg, domain: str, opts: RestoreOptions) -> RestoreResult:
     """
     archives, _partial = repository.archives(borg, domain)
     top = chain.select(archives, domain, opts.checkpoint)
-    plans = plan_disks(archives, top, opts)
+    if opts.layers:
+        targets = opts.disks or tuple(sorted(top.summary.disks))
+        plans, manifests = layered.plan(borg, archives, top, targets, opts.format)
+    else:
+        plans = plan_disks(archives, top, opts)
     xml_name = f"{domain}.{top.name.checkpoint}.xml"
     outputs = sorted({p for d in plans for p in d.images} | {xml_name})
     existing = [os.path.join(opts.to, p) for p in outputs
@@ -126,14 +134,10 @@ def restore(borg: Borg, domain: str, opts: RestoreOptions) -> RestoreResult:
         total = sum(a.summary.disks[d.target].data_bytes for d in plans for a in d.archives)
         progress = Progress.for_terminal(f"restore {domain}", total, opts.progress)
         try:
-            # One pass per archive, oldest first, writing every disk it holds.
-            for arc in sorted({a.archive: a for d in plans for a in d.archives}.values(),
-                              key=lambda a: a.order):
-                layers = {(d.target, 0): _prepare_layer(d, d.archives.index(arc), stage)
-                          for d in plans if arc in d.archives}
-                manifest = apply.apply_archive(borg, arc, layers, progress)
-                if arc is top:
-                    top_manifest = manifest
+            if opts.layers:
+                layered.write(borg, plans, manifests, stage, progress)
+            else:
+                _write_chain(borg, plans, stage, progress)
         finally:
             progress.close()
         with open(os.open(os.path.join(stage, xml_name), os.O_WRONLY | os.O_CREAT | os.O_EXCL,
@@ -145,11 +149,22 @@ def restore(borg: Borg, domain: str, opts: RestoreOptions) -> RestoreResult:
         log.warning("removed host resources from the restored domain XML "
                     "(--keep-host-resources keeps them): %s", ", ".join(removed))
     return RestoreResult(
-        domain, top_manifest.checkpoint,
+        domain, top.name.checkpoint,
         {d.target: {"image": os.path.join(to, d.top),
-                    "chain": [os.path.join(to, p) for p in dict.fromkeys(d.images)]}
+                    "chain": [os.path.join(to, p) for p in dict.fromkeys(d.images)],
+                    **({"layers": list(d.names)} if opts.layers else {})}
          for d in plans},
         os.path.join(to, xml_name))
+
+
+def _write_chain(borg: Borg, plans: list[DiskPlan], stage: str, progress: Progress) -> None:
+    """Write the chain (or flattened) images: one pass per archive, oldest first,
+    writing every disk it holds."""
+    for arc in sorted({a.archive: a for d in plans for a in d.archives}.values(),
+                      key=lambda a: a.order):
+        layers = {(d.target, 0): _prepare_layer(d, d.archives.index(arc), stage)
+                  for d in plans if arc in d.archives}
+        apply.apply_archive(borg, arc, layers, progress)
 
 
 def _restored_xml(borg: Borg, top: ArchiveInfo, images: dict[str, tuple[str, str]],

@@ -20,6 +20,8 @@ def restore_every_mode(d, repo, results, views, tmp_path):
         restore_and_compare(d.name, repo, result["checkpoint"], view, tmp_path, f"chain{i}")
         restore_and_compare(d.name, repo, result["checkpoint"], view, tmp_path, f"flat{i}",
                             "--flatten")
+        restore_and_compare(d.name, repo, result["checkpoint"], view, tmp_path, f"layers{i}",
+                            "--layers")
 
 
 def test_snapshots_and_commits_keep_backups_incremental(make_domain, repo, tmp_path):

@@ -24,6 +24,8 @@ def restore_all(d, repo, results, views, tmp_path):
         restore_and_compare(d.name, repo, result["checkpoint"], view, tmp_path, f"chain{i}")
         restore_and_compare(d.name, repo, result["checkpoint"], view, tmp_path, f"flat{i}",
                             "--flatten")
+        restore_and_compare(d.name, repo, result["checkpoint"], view, tmp_path, f"layers{i}",
+                            "--layers")
 
 
 def own_checkpoints(d) -> list[str]:

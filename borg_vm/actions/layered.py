@@ -1,0 +1,106 @@
+"""restore --layers: rebuild each disk's snapshot layers as of a checkpoint.
+
+One image per layer of the disk's chain at that checkpoint, named after the
+layer (core/layers.py), each a qcow2 overlay on the one below (relative
+backing path), the bottom one in --format::
+
+    web01.vda.base.qcow2  <-  web01.vda.S2.qcow2      (S2: the top, partial)
+    (complete: as frozen by the snapshot)
+
+Which archive's data goes into which image is core.layers.restore_steps; its
+frozen-layer records need every archive's manifest, which is read first (one
+small export-tar per archive of the chain).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from ..adapters.borg import Borg
+from ..core import archive as fmt
+from ..core import chain, layers
+from ..core.archive import ArchiveInfo, Manifest
+from ..progress import Progress
+from . import apply, members
+
+
+@dataclass(frozen=True)
+class LayeredDisk:
+    """Where one disk's layers go, and the writes that fill them."""
+
+    target: str
+    archives: tuple[ArchiveInfo, ...]     # the disk's chain, full first
+    names: tuple[str, ...]                # layer names, bottom first
+    images: tuple[str, ...]               # file names, bottom first
+    formats: tuple[str, ...]
+    steps: tuple[tuple[int, int, int], ...]  # (archive index, layer of it, image index)
+
+    @property
+    def top(self) -> str:
+        return self.images[-1]
+
+
+def plan(borg: Borg, archives: list[ArchiveInfo], top: ArchiveInfo, targets: tuple[str, ...],
+         base_format: str) -> tuple[list[LayeredDisk], dict[str, Manifest]]:
+    """Return each disk's layered plan and the manifests read for it (by archive name)."""
+    chains = {t: chain.disk_chain(archives, top, t) for t in targets}
+    manifests = {a.archive: _manifest(borg, a)
+                 for a in {a.archive: a for arcs in chains.values() for a in arcs}.values()}
+    out = []
+    for t, arcs in chains.items():
+        records = [manifests[a.archive].disks[t] for a in arcs]
+        now = records[-1].chain
+        names = tuple(x.name for x in reversed(now))
+        formats = (base_format,) + ("qcow2",) * (len(now) - 1)
+        stem = f"{top.name.domain}.{t}"
+        images = tuple(f"{stem}.{layers.escape(n)}.{'qcow2' if f == 'qcow2' else 'img'}"
+                       for n, f in zip(names, formats))
+        steps = layers.restore_steps([x.path for x in now],
+                                     [([x.path for x in r.chain], [f.layer for f in r.frozen])
+                                      for r in records])
+        out.append(LayeredDisk(t, tuple(arcs), names, images, formats, tuple(steps)))
+    return out, manifests
+
+
+def _manifest(borg: Borg, arc: ArchiveInfo) -> Manifest:
+    raw = members.read_small(borg, arc.archive, (fmt.MANIFEST,))[fmt.MANIFEST]
+    return Manifest.from_json(raw, arc.archive)
+
+
+def write(borg: Borg, plans: list[LayeredDisk], manifests: dict[str, Manifest], stage: str,
+          progress: Progress) -> None:
+    """Create every disk's layer images in stage and fill them, archive by archive."""
+    for d in plans:
+        size = manifests[d.archives[-1].archive].disks[d.target].virtual_size
+        for i, (image, f) in enumerate(zip(d.images, d.formats)):
+            apply.create_image(os.path.join(stage, image), f, size,
+                               os.path.join(stage, d.images[i - 1]) if i else None)
+    started: set[tuple[str, int]] = set()   # images written to already
+    for arc in sorted({a.archive: a for d in plans for a in d.archives}.values(),
+                      key=lambda a: a.order):
+        for keys in _passes(arc, plans, stage, started):
+            apply.apply_archive(borg, arc, keys, progress, known=manifests[arc.archive])
+
+
+def _passes(arc: ArchiveInfo, plans: list[LayeredDisk], stage: str,
+            started: set[tuple[str, int]]) -> list[dict[apply.Key, apply.Layer]]:
+    """Return the archive's writes grouped into passes over it, in step order, each
+    pass writing at most one image per disk: a qemu-nbd writing an overlay opens
+    the image below it, which another qemu-nbd of the same pass could not then
+    lock for writing (and, after a commit, a frozen layer and the top data may
+    land in one image, the older frozen data first)."""
+    passes: list[dict[apply.Key, apply.Layer]] = []
+    for d in plans:
+        if arc not in d.archives:
+            continue
+        index = d.archives.index(arc)
+        for n, (_a, layer, image) in enumerate(s for s in d.steps if s[0] == index):
+            if n == len(passes):
+                passes.append({})
+            # The bottom image starts empty: its first write needs no zeros.
+            zeros = image > 0 or (d.target, image) in started
+            started.add((d.target, image))
+            passes[n][(d.target, layer)] = apply.Layer(
+                os.path.join(stage, d.images[image]), d.formats[image], zeros)
+    return passes
