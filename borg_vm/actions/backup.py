@@ -40,7 +40,7 @@ from ..core.tarstream import TarWriter
 from ..errors import (BorgError, CheckpointInconsistent,
                       LibvirtError, NoDisksToBackUp, UnknownDisk)
 from ..progress import Progress
-from . import offline, repository, snapshots
+from . import offline, recover, repository, snapshots
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +151,10 @@ def _backup_locked(dom: Domain, borg: Borg, opts: BackupOptions) -> BackupResult
                     dom.name, ", ".join(partial))
         borg.delete(partial)
     own = {c for c in dom.checkpoints() if fmt.is_own_checkpoint(c)}
+    lost = _recover_checkpoint(dom, borg, opts, archives, own)
     p = plan.plan(opts.level, dom.name, dom.uuid, disks, archives, own)
+    if lost and p.level == fmt.FULL and p.parent is None:
+        p = replace(p, reason=f"{p.reason}, and could not be brought back: {lost}")
     try:
         return _run(dom, borg, opts, disks, archives, p, xml)
     except CheckpointInconsistent as e:
@@ -159,9 +162,23 @@ def _backup_locked(dom: Domain, borg: Borg, opts: BackupOptions) -> BackupResult
             raise
         log.warning("%s", e.message)
         dom.delete_checkpoint(p.parent_checkpoint, broken=True)
-        reason = f"checkpoint {p.parent_checkpoint} is inconsistent (QEMU stopped uncleanly?)"
+        reason = f"checkpoint {p.parent_checkpoint} is inconsistent: {e.kwargs['detail']}"
         full = plan.Plan(fmt.FULL, reason, None, {d.target: fmt.FULL for d in disks})
         return _run(dom, borg, opts, disks, archives, full, xml)
+
+
+def _recover_checkpoint(dom: Domain, borg: Borg, opts: BackupOptions,
+                        archives: list[ArchiveInfo], own: set[str]) -> str | None:
+    """If libvirt lost the newest archive's checkpoint, bring it back from the
+    archive (actions/recover.py) and add it to own; return why it could not be."""
+    parent = plan.latest(archives, dom.name)
+    if (opts.level == fmt.FULL or parent is None or parent.summary.uuid != dom.uuid
+            or parent.name.checkpoint in own):
+        return None
+    lost = recover.checkpoint(dom, borg, parent)
+    if lost is None:
+        own.add(parent.name.checkpoint)
+    return lost
 
 
 def _run(dom: Domain, borg: Borg, opts: BackupOptions, disks: list[plan.Disk],

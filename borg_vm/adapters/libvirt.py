@@ -128,11 +128,16 @@ class Domain:
         except libvirt.libvirtError as e:
             raise self._fail("list snapshots", e) from e
 
-    def redefine_checkpoint(self, xml: str) -> None:
+    def redefine_checkpoint(self, xml: str, validate: bool = False) -> None:
         """Record a checkpoint whose bitmaps the images already hold (libvirt's
-        metadata only: how a shut-off domain gets one)."""
+        metadata only: how a shut-off domain gets one). With validate (a running
+        domain only), libvirt first checks that QEMU has its bitmaps, enabled and
+        persistent; raise LibvirtError if not."""
+        flags = libvirt.VIR_DOMAIN_CHECKPOINT_CREATE_REDEFINE
+        if validate:
+            flags |= libvirt.VIR_DOMAIN_CHECKPOINT_CREATE_REDEFINE_VALIDATE
         try:
-            self._dom.checkpointCreateXML(xml, libvirt.VIR_DOMAIN_CHECKPOINT_CREATE_REDEFINE)
+            self._dom.checkpointCreateXML(xml, flags)
         except libvirt.libvirtError as e:
             raise self._fail("record a checkpoint", e) from e
 

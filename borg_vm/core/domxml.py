@@ -29,6 +29,31 @@ def read_domain_xml(raw: bytes) -> str:
     Raise ValueError saying what is wrong, as a predicate ("has no <name>"), if
     it is not UTF-8, not well-formed, has a DTD, or is not a <domain> with a <name>.
     """
+    text, root = _read_archived(raw, "domain")
+    if not (root.findtext("name") or "").strip():
+        raise ValueError("has no <name>")
+    return text
+
+
+def checkpoint_to_redefine(raw: bytes, name: str) -> str:
+    """Given checkpoint XML as stored in an archive and the checkpoint's name, return
+    XML that redefines it in libvirt on its own: without <parent>, since borg-vm
+    keeps one checkpoint per domain and the parent is long deleted.
+
+    Raise ValueError saying what is wrong (as read_domain_xml does), also if it
+    names another checkpoint.
+    """
+    _text, root = _read_archived(raw, "domaincheckpoint")
+    if root.findtext("name") != name:
+        raise ValueError(f"names checkpoint {root.findtext('name')!r}, not {name!r}")
+    for parent in root.findall("parent"):
+        root.remove(parent)
+    return ET.tostring(root, encoding="unicode")
+
+
+def _read_archived(raw: bytes, tag: str) -> tuple[str, ET.Element]:
+    """Return (text, root) of an XML document from an archive whose root must be tag;
+    raise ValueError saying what is wrong, as a predicate."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -39,11 +64,9 @@ def read_domain_xml(raw: bytes) -> str:
         raise ValueError(f"is not well-formed XML ({e})") from e
     except defusedxml.DefusedXmlException as e:
         raise ValueError(f"has a DTD, which libvirt never writes ({e!r})") from e
-    if root.tag != "domain":
-        raise ValueError(f"is a <{root.tag}>, not a <domain>")
-    if not (root.findtext("name") or "").strip():
-        raise ValueError("has no <name>")
-    return text
+    if root.tag != tag:
+        raise ValueError(f"is a <{root.tag}>, not a <{tag}>")
+    return text, root
 
 
 @dataclass(frozen=True)

@@ -526,3 +526,22 @@ def test_strip_of_a_plain_restored_domain_removes_nothing_but_the_emulator():
                        "disk vdc (/var/lib/libvirt/images/tools.qcow2)"]
     assert "emulator" not in out
     assert {d.target for d in parse_disks(out)} == {"vda", "vdb", "sdb"}
+
+
+def test_checkpoint_to_redefine_drops_the_parent_and_checks_the_name():
+    from borg_vm.core.domxml import checkpoint_to_redefine
+    raw = (b"<domaincheckpoint><name>borgvm-20261126T020000Z</name>"
+           b"<parent><name>borgvm-20261125T020000Z</name></parent>"
+           b"<creationTime>1795658400</creationTime><disks><disk name='vda' "
+           b"checkpoint='bitmap' bitmap='borgvm-20261126T020000Z'/></disks>"
+           b"<domain><name>web01</name></domain></domaincheckpoint>")
+    xml = checkpoint_to_redefine(raw, "borgvm-20261126T020000Z")
+    assert "<parent>" not in xml and "borgvm-20261125T020000Z" not in xml
+    assert "<creationTime>1795658400</creationTime>" in xml and "<domain>" in xml
+    with pytest.raises(ValueError, match="names checkpoint"):
+        checkpoint_to_redefine(raw, "borgvm-20261127T020000Z")
+    for bad, why in [(b"<domain><name>x</name></domain>", "not a <domaincheckpoint>"),
+                     (b"\xff", "not UTF-8"), (b"<domaincheckpoint>", "not well-formed"),
+                     (b'<!DOCTYPE x [<!ENTITY a "b">]><domaincheckpoint/>', "DTD")]:
+        with pytest.raises(ValueError, match=why):
+            checkpoint_to_redefine(bad, "borgvm-20261126T020000Z")

@@ -1,0 +1,46 @@
+"""Checkpoints come back from the repository.
+
+libvirt keeps a checkpoint's metadata apart from its bitmaps: the metadata
+is lost when a domain is undefined and defined again, when libvirt's state
+directory is lost, or when the domain and its images move to a new host,
+while the bitmaps stay in the images. Every archive holds the XML of the
+checkpoint its run created (checkpoint.xml), so before planning, a backup
+whose newest archive's checkpoint libvirt no longer knows redefines it from
+that XML. For a running domain libvirt validates it against QEMU's bitmaps
+(missing, disabled or in-use ones are refused); for a shut-off one the
+offline backup checks the bitmaps in the images. Whatever cannot be
+recovered means a full backup, with the reason.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from ..adapters.borg import Borg
+from ..adapters.libvirt import Domain
+from ..core import archive as fmt
+from ..core import domxml
+from ..core.archive import ArchiveInfo
+from ..errors import BorgVmError
+from . import members
+
+log = logging.getLogger(__name__)
+
+
+def checkpoint(dom: Domain, borg: Borg, parent: ArchiveInfo) -> str | None:
+    """Redefine parent's checkpoint in libvirt from the XML stored in parent.
+
+    Return None when it is back, else why it could not be brought back.
+    """
+    name = parent.name.checkpoint
+    try:
+        raw = members.read_small(borg, parent.archive, (fmt.CHECKPOINT_XML,))
+        xml = domxml.checkpoint_to_redefine(raw[fmt.CHECKPOINT_XML], name)
+        dom.redefine_checkpoint(xml, validate=dom.is_active())
+    except ValueError as e:
+        return f"its XML in {parent.archive} {e}"
+    except BorgVmError as e:
+        return e.message
+    log.warning("%s: checkpoint %s was gone from libvirt; recovered it from %s", dom.name,
+                name, parent.archive)
+    return None
