@@ -16,10 +16,11 @@ from .actions import listing
 from .actions.backup import BackupOptions, backup
 from .adapters import libvirt as virt
 from .adapters.borg import DEFAULT_LOCK_WAIT, Borg
-from .core import archive, plan
+from .core import archive, plan, retention
 from .core.compression import parse_compression
 from .core.text import printable
 from .errors import EXIT_ERROR, EXIT_OK, BorgVmError, Interrupted, NoRepository, UsageError
+from .actions.prune import PruneOptions, prune
 from .actions.restore import RestoreOptions, restore
 
 log = logging.getLogger("borg_vm")
@@ -89,12 +90,40 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
     b.set_defaults(run=_cmd_backup)
 
-    ls = sub.add_parser("list", parents=[logging_opts], help="list archives by domain and chain",
-                        description="List borg-vm archives grouped by domain and chain, "
-                        "oldest first.")
+    ls = sub.add_parser("list", parents=[logging_opts],
+                        help="list archives by domain and snapshot",
+                        description="List borg-vm archives grouped by domain and snapshot "
+                        "layer, oldest first.")
     ls.add_argument("domain", nargs="?", metavar="DOMAIN")
     _common(ls)
     ls.set_defaults(run=_cmd_list)
+
+    pr = sub.add_parser("prune", parents=[logging_opts],
+                        help="delete archives by borg's retention rules, keeping whole chains",
+                        description="Select restore points with borg prune's rules, keep "
+                        "every archive a kept point needs (its chain back to the full, per "
+                        "disk) and delete the other borg-vm archives of the domains, in one "
+                        "borg delete. Other archives in the repository are never touched.")
+    pr.add_argument("domains", nargs="*", metavar="DOMAIN",
+                    help="domains to prune (default: every domain in the repository)")
+    _common(pr)
+    pr.add_argument("--keep-within", type=_interval, default=0, metavar="INTERVAL",
+                    help="keep every restore point younger than INTERVAL (e.g. 7d; units "
+                    "H, d, w, m, y as borg)")
+    for rule, what in (("last", "the last N restore points"),
+                       ("hourly", "the last of each of N hours"),
+                       ("daily", "the last of each of N days"),
+                       ("weekly", "the last of each of N ISO weeks"),
+                       ("monthly", "the last of each of N months"),
+                       ("yearly", "the last of each of N years")):
+        pr.add_argument(f"--keep-{rule}", type=_count, default=0, metavar="N",
+                        help=f"keep {what}")
+    pr.add_argument("-n", "--dry-run", action="store_true", help="delete nothing")
+    pr.add_argument("--list", action="store_true",
+                    help="show for each archive: keep (why) or prune")
+    pr.add_argument("--compact", action="store_true",
+                    help="run borg compact afterwards, to free the space")
+    pr.set_defaults(run=_cmd_prune)
 
     r = sub.add_parser("restore", parents=[logging_opts], help="rebuild a domain's disks as of a checkpoint",
                        description="Rebuild the disks of DOMAIN as of a checkpoint: a base "
@@ -214,6 +243,41 @@ def _cmd_list(args: argparse.Namespace) -> int:
     elif archives:
         print(listing.to_text(archives))
     return EXIT_OK
+
+
+def _cmd_prune(args: argparse.Namespace) -> int:
+    rules = retention.Rules(within_hours=args.keep_within, last=args.keep_last,
+                            hourly=args.keep_hourly, daily=args.keep_daily,
+                            weekly=args.keep_weekly, monthly=args.keep_monthly,
+                            yearly=args.keep_yearly)
+    if not rules.any():
+        raise UsageError(detail="prune needs at least one rule: --keep-within, --keep-last, "
+                                "--keep-hourly, --keep-daily, --keep-weekly, --keep-monthly "
+                                "or --keep-yearly")
+    result = prune(_borg(args), PruneOptions(rules, tuple(args.domains), args.dry_run,
+                                             args.compact))
+    if args.json:
+        _emit(result.to_json())
+    elif args.list:
+        print(result.to_text())
+    if not args.json:
+        log.info("%s %d of %d archives", "would delete" if args.dry_run else "deleted",
+                 sum(v == retention.PRUNE for _n, _d, v, _w in result.decisions),
+                 len(result.decisions))
+    return EXIT_OK
+
+
+def _interval(text: str) -> int:
+    try:
+        return retention.interval_hours(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from e
+
+
+def _count(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"not a count: {text!r}")
+    return int(text)
 
 
 def _cmd_restore(args: argparse.Namespace) -> int:

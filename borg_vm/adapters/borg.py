@@ -183,10 +183,15 @@ class Borg:
         self._run("rename", self._argv("rename", self.location(archive), new_name))
 
     def delete(self, archives: Sequence[str]) -> None:
-        """Delete archives (space is freed by a later 'borg compact')."""
+        """Delete archives, in the order given, in one borg transaction (a borg killed
+        midway deletes none); space is freed by a later 'borg compact'."""
         if archives:
             self._run("delete", self._argv("delete", self.location(archives[0]),
                                            *archives[1:]))
+
+    def compact(self) -> None:
+        """Free the space deleted archives held ('borg compact')."""
+        self._run("compact", self._argv("compact", self.location()))
 
     @contextlib.contextmanager
     def import_tar(self, archive: str, *, comment: str, timestamp: str,

@@ -263,14 +263,10 @@ class LayerRecord:
     format: str
 
 
-@dataclass(frozen=True)
-class FrozenRecord:
-    """A layer frozen since the parent archive: its final changes (inc) or all of it (full)."""
+class _Extents:
+    """Byte counts of a record's extents (the record has an ``extents`` field)."""
 
-    layer: int     # index into DiskRecord.layers, >= 1
-    level: str
     extents: tuple[Extent, ...]
-    sha256: str = ""
 
     @property
     def data_bytes(self) -> int:
@@ -282,7 +278,17 @@ class FrozenRecord:
 
 
 @dataclass(frozen=True)
-class DiskRecord:
+class FrozenRecord(_Extents):
+    """A layer frozen since the parent archive: its final changes (inc) or all of it (full)."""
+
+    layer: int     # index into DiskRecord.layers, >= 1
+    level: str
+    extents: tuple[Extent, ...]
+    sha256: str = ""
+
+
+@dataclass(frozen=True)
+class DiskRecord(_Extents):
     level: str
     format: str
     source: str
@@ -297,14 +303,6 @@ class DiskRecord:
     def chain(self) -> tuple[LayerRecord, ...]:
         """The disk's images at backup time, top first."""
         return self.layers or (LayerRecord(layers_.BASE, self.source, self.format),)
-
-    @property
-    def data_bytes(self) -> int:
-        return total(self.extents, DATA)
-
-    @property
-    def zero_bytes(self) -> int:
-        return total(self.extents, ZERO)
 
 
 @dataclass(frozen=True)
