@@ -72,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--level", choices=plan.REQUESTS, default=plan.AUTO,
                    help="auto: incremental when possible, else full (default); "
                    "full; inc: incremental or fail")
+    b.add_argument("--full-every", type=_full_every, metavar="AGE|COUNT",
+                   help="with --level auto, start a new chain (a full backup) when the "
+                   "current one's full is older than AGE (e.g. 30d, 2w, 12h) or it has "
+                   "COUNT incrementals; so that prune can free old chains")
     b.add_argument("--exclude-disk", action="append", default=[], metavar="TARGET",
                    help="leave this disk (e.g. vdb) out; repeatable")
     b.add_argument("--scratch-dir", metavar="DIR",
@@ -213,6 +217,7 @@ def _cmd_backup(args: argparse.Namespace) -> int:
                          scratch_dir=args.scratch_dir,
                          compression=str(parse_compression(args.compression)),
                          block_size=args.chunk_size, read_alignment=args.read_alignment,
+                         full_every=args.full_every,
                          progress=not (args.no_progress or args.json))
     borg = _borg(args)
     failed: dict[str, int] = {}
@@ -265,6 +270,13 @@ def _cmd_prune(args: argparse.Namespace) -> int:
                  sum(v == retention.PRUNE for _n, _d, v, _w in result.decisions),
                  len(result.decisions))
     return EXIT_OK
+
+
+def _full_every(text: str) -> plan.FullEvery:
+    try:
+        return plan.FullEvery.parse(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from e
 
 
 def _interval(text: str) -> int:

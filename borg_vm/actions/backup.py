@@ -59,6 +59,7 @@ class BackupOptions:
     progress: bool = True
     block_size: int = fmt.BLOCK_SIZE
     read_alignment: int = 0
+    full_every: plan.FullEvery | None = None
 
 
 @dataclass
@@ -152,7 +153,8 @@ def _backup_locked(dom: Domain, borg: Borg, opts: BackupOptions) -> BackupResult
         borg.delete(partial)
     own = {c for c in dom.checkpoints() if fmt.is_own_checkpoint(c)}
     lost = _recover_checkpoint(dom, borg, opts, archives, own)
-    p = plan.plan(opts.level, dom.name, dom.uuid, disks, archives, own)
+    p = plan.plan(opts.level, dom.name, dom.uuid, disks, archives, own, opts.full_every,
+                  datetime.now(timezone.utc))
     if lost and p.level == fmt.FULL and p.parent is None:
         p = replace(p, reason=f"{p.reason}, and could not be brought back: {lost}")
     try:

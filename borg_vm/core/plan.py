@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime, timezone
 
 from . import chain
 from .archive import FULL, INC, ArchiveInfo, ArchiveName, new_checkpoint_name
@@ -84,16 +85,50 @@ def why_disk_is_full(disk: Disk, parent: ArchiveInfo, archives: list[ArchiveInfo
     return None
 
 
+@dataclass(frozen=True)
+class FullEvery:
+    """When auto starts a new chain: its full is older than `age` seconds, or it
+    has `count` incrementals (--full-every 30d or --full-every 14)."""
+
+    text: str
+    age: int | None = None
+    count: int | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> "FullEvery":
+        """Parse AGE (N with s, m, h, d or w) or COUNT (N); raise ValueError otherwise."""
+        units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+        if text.isdigit() and int(text) > 0:
+            return cls(text, count=int(text))
+        if text[:-1].isdigit() and text[-1:] in units and int(text[:-1]) > 0:
+            return cls(text, age=int(text[:-1]) * units[text[-1]])
+        raise ValueError(f"not an age or a count: {text!r} (e.g. 30d, 2w, 14)")
+
+    def due(self, chain_: list[ArchiveInfo], now: datetime) -> str | None:
+        """Given a disk's chain (full first), return why a new one is due, or None."""
+        incrementals = len(chain_) - 1
+        if self.count is not None and incrementals >= self.count:
+            return f"its chain has {incrementals} incrementals (--full-every {self.text})"
+        started = datetime.strptime(chain_[0].time, "%Y-%m-%dT%H:%M:%SZ").replace(
+            tzinfo=timezone.utc)
+        if self.age is not None and (now - started).total_seconds() >= self.age:
+            return (f"its full backup {chain_[0].archive} is from {chain_[0].time} "
+                    f"(--full-every {self.text})")
+        return None
+
+
 def plan(requested: str, domain: str, uuid: str, disks: list[Disk],
-         archives: list[ArchiveInfo], checkpoints: set[str]) -> Plan:
+         archives: list[ArchiveInfo], checkpoints: set[str],
+         full_every: FullEvery | None = None, now: datetime | None = None) -> Plan:
     """Decide the level of the next backup of domain, and of each of its disks.
 
     Given the requested level (auto/full/inc), the disks to back up, the
     domain's complete archives in the repository and the names of borg-vm's
     checkpoints libvirt has, return the Plan. An incremental plan may still
     take a full of some disks (added, resized, raw, or whose chain is broken):
-    the reason names them. Raise NoUsableParent if inc was requested but no
-    disk can be incremental.
+    the reason names them. With full_every, auto starts a new chain (a full of
+    every disk) when a disk's chain is due (as of now). Raise NoUsableParent if
+    inc was requested but no disk can be incremental.
     """
     if requested not in REQUESTS:
         raise ValueError(f"unknown level {requested!r}")
@@ -105,6 +140,10 @@ def plan(requested: str, domain: str, uuid: str, disks: list[Disk],
                                     if (why := why_disk_is_full(d, parent, archives))}
     if reason is None and len(full_disks) == len(disks):
         reason = "; ".join(f"{t}: {why}" for t, why in full_disks.items())
+    if reason is None and full_every is not None and requested == AUTO:
+        reason = next((f"a new chain: disk {d.target}: {why}" for d in disks
+                       if d.target not in full_disks and (why := full_every.due(
+                           chain.disk_chain(archives, parent, d.target), now))), None)
     if reason is not None:
         if requested == INC:
             raise NoUsableParent(domain=domain, reason=reason)

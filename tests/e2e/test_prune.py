@@ -47,6 +47,13 @@ def test_prune_keeps_whole_chains_and_nothing_else_is_touched(make_domain, repo,
     after = backup(d.name, repo)
     assert after["level"] == "inc" and after["reason"].endswith(results[4]["archive"])
 
+    # --full-every starts a new chain when due, and not before
+    renewed = backup(d.name, repo, "--full-every", "2")
+    assert renewed["level"] == "full"
+    assert renewed["reason"] == ("a new chain: disk vda: its chain has 2 incrementals "
+                                 "(--full-every 2)")
+    assert backup(d.name, repo, "--full-every", "2")["level"] == "inc"
+
     # with no DOMAIN every domain is pruned by the same rules; etc-backup stays
     run("prune", "--repo", repo, "--keep-last", "1")
     assert "etc-backup" in archive_names(repo)

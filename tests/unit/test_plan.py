@@ -220,3 +220,57 @@ def test_full_when_parent_chain_is_broken():
     inc = info("borgvm-20261126T020000Z", [VDA, VDB], level=INC, parent=str(full.name))
     p = plan(AUTO, DOMAIN, UUID, [VDA, VDB], [inc], CHECKPOINTS)
     assert p.level == FULL
+
+
+# --- new chains on a schedule: --full-every ---------------------------------------------
+
+from datetime import timedelta  # noqa: E402
+
+from borg_vm.core.plan import FullEvery  # noqa: E402
+
+
+def chain_of(n_incs, start="2026-11-01T02:00:00Z"):
+    t0 = datetime.strptime(start, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+    arcs, parent = [], None
+    for i in range(n_incs + 1):
+        when = t0 + timedelta(days=i)
+        a = info(f"borgvm-{when:%Y%m%dT%H%M%SZ}", [VDA, VDB], level=INC if i else FULL,
+                 time=f"{when:%Y-%m-%dT%H:%M:%SZ}", parent=parent)
+        arcs.append(a)
+        parent = a.archive
+    return arcs
+
+
+@pytest.mark.parametrize("text, age, count", [("30d", 30 * 86400, None), ("2w", 14 * 86400, None),
+                                              ("12h", 12 * 3600, None), ("14", None, 14)])
+def test_full_every_parses(text, age, count):
+    assert FullEvery.parse(text) == FullEvery(text, age, count)
+
+
+@pytest.mark.parametrize("text", ["", "0", "0d", "d", "-1", "3x", "1.5d", " 3"])
+def test_full_every_rejects(text):
+    with pytest.raises(ValueError):
+        FullEvery.parse(text)
+
+
+def test_full_every_count_starts_a_new_chain_when_due_and_not_before():
+    arcs = chain_of(3)                       # a full and 3 incrementals
+    cps = {arcs[-1].name.checkpoint}
+    now = datetime(2026, 11, 5, 2, 0, tzinfo=timezone.utc)
+    assert plan(AUTO, DOMAIN, UUID, [VDA, VDB], arcs, cps, FullEvery.parse("4"), now).level == INC
+    p = plan(AUTO, DOMAIN, UUID, [VDA, VDB], arcs, cps, FullEvery.parse("3"), now)
+    assert p.level == FULL and p.parent is None
+    assert p.reason == "a new chain: disk vda: its chain has 3 incrementals (--full-every 3)"
+    # --level inc is obeyed even when a new chain is due
+    assert plan(INC, DOMAIN, UUID, [VDA, VDB], arcs, cps, FullEvery.parse("3"), now).level == INC
+
+
+def test_full_every_age_starts_a_new_chain_when_due_and_not_before():
+    arcs = chain_of(2)                       # full on 2026-11-01
+    cps = {arcs[-1].name.checkpoint}
+    every = FullEvery.parse("7d")
+    early = datetime(2026, 11, 8, 1, 59, 59, tzinfo=timezone.utc)
+    assert plan(AUTO, DOMAIN, UUID, [VDA, VDB], arcs, cps, every, early).level == INC
+    due = datetime(2026, 11, 8, 2, 0, 0, tzinfo=timezone.utc)
+    p = plan(AUTO, DOMAIN, UUID, [VDA, VDB], arcs, cps, every, due)
+    assert p.level == FULL and "is from 2026-11-01T02:00:00Z (--full-every 7d)" in p.reason
