@@ -20,6 +20,7 @@ from .core import archive, plan, retention
 from .core.compression import parse_compression
 from .core.text import printable
 from .errors import EXIT_ERROR, EXIT_OK, BorgVmError, Interrupted, NoRepository, UsageError
+from .actions.delete import delete
 from .actions.prune import PruneOptions, prune
 from .actions.restore import RestoreOptions, restore
 
@@ -128,6 +129,21 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--compact", action="store_true",
                     help="run borg compact afterwards, to free the space")
     pr.set_defaults(run=_cmd_prune)
+
+    de = sub.add_parser("delete", parents=[logging_opts],
+                        help="delete one restore point, if nothing depends on it",
+                        description="Delete DOMAIN's archive at a checkpoint. Archives that "
+                        "need it to restore (later incrementals of its chain) are named and "
+                        "nothing is deleted, unless --with-dependents deletes them too.")
+    de.add_argument("domain", metavar="DOMAIN")
+    de.add_argument("--checkpoint", required=True, metavar="NAME",
+                    help="the checkpoint whose archive to delete")
+    _common(de)
+    de.add_argument("--with-dependents", action="store_true",
+                    help="delete the archives that need it too (newest first)")
+    de.add_argument("-n", "--dry-run", action="store_true",
+                    help="list what would be deleted, delete nothing")
+    de.set_defaults(run=_cmd_delete)
 
     r = sub.add_parser("restore", parents=[logging_opts], help="rebuild a domain's disks as of a checkpoint",
                        description="Rebuild the disks of DOMAIN as of a checkpoint: a base "
@@ -269,6 +285,17 @@ def _cmd_prune(args: argparse.Namespace) -> int:
         log.info("%s %d of %d archives", "would delete" if args.dry_run else "deleted",
                  sum(v == retention.PRUNE for _n, _d, v, _w in result.decisions),
                  len(result.decisions))
+    return EXIT_OK
+
+
+def _cmd_delete(args: argparse.Namespace) -> int:
+    result = delete(_borg(args), args.domain, args.checkpoint, args.with_dependents,
+                    args.dry_run)
+    if args.json:
+        _emit(result.to_json())
+    else:
+        for name in result.deleted:
+            print(printable(f"{'would delete' if args.dry_run else 'deleted'} {name}"))
     return EXIT_OK
 
 

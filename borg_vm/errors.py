@@ -152,6 +152,11 @@ class ArchiveNotFound(BorgVmError):
     """{detail}"""
 
 
+class HasDependents(BorgVmError):
+    """Archive {archive} is needed to restore {dependents}: delete those first, or
+    use --with-dependents to delete them too (--dry-run lists them)."""
+
+
 class BrokenChain(BorgVmError):
     """Cannot restore {archive}: the chain back to its full backup is broken,
     {missing} is missing from the repository."""

@@ -135,3 +135,11 @@ def _reachable(archives: list[ArchiveInfo], a: ArchiveInfo) -> list[ArchiveInfo]
         seen.add(a.archive)
         out.append(a)
     return out
+
+
+def dependents(archives: list[ArchiveInfo], target: ArchiveInfo) -> list[ArchiveInfo]:
+    """Return the archives that need target to restore (for any disk), newest first."""
+    own = chain.of_domain(archives, target.name.domain)
+    return sorted((a for a in own if a.archive != target.archive
+                   and target.archive in {n.archive for n in _needs(archives, a)}),
+                  key=lambda a: a.order, reverse=True)

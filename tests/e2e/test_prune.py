@@ -60,3 +60,31 @@ def test_prune_keeps_whole_chains_and_nothing_else_is_touched(make_domain, repo,
     assert kept_other["archive"] in archive_names(repo)
     unknown = run("prune", "nosuchdomain", "--repo", repo, "--keep-last", "1", code=2)
     assert "holds no borg-vm archive of 'nosuchdomain'" in unknown.stderr
+
+
+def test_delete_one_restore_point(make_domain, repo, tmp_path):
+    d = make_domain(disks=[("vda", 32 * MIB, "qcow2")])
+    results, views = [], []
+    for i in range(3):
+        d.write("vda", i * MIB, 1 * MIB, 0xA0 + i)
+        results.append(backup(d.name, repo))
+        views.append(d.read_disk("vda"))
+    refused = run("delete", d.name, "--repo", repo, "--checkpoint", results[1]["checkpoint"],
+                  code=2)
+    assert refused.stderr.strip() == (
+        f"borg-vm: Archive {results[1]['archive']} is needed to restore "
+        f"{results[2]['archive']}: delete those first, or use --with-dependents to delete "
+        "them too (--dry-run lists them).")
+    dry = run("delete", d.name, "--repo", repo, "--checkpoint", results[0]["checkpoint"],
+              "--with-dependents", "--dry-run")
+    assert dry.stdout.splitlines() == [f"would delete {r['archive']}"
+                                       for r in reversed(results)]
+    assert len(archive_names(repo)) == 3
+    run("delete", d.name, "--repo", repo, "--checkpoint", results[2]["checkpoint"])
+    for i in (0, 1):                                  # what is left restores
+        restore_and_compare(d.name, repo, results[i]["checkpoint"], {"vda": views[i]},
+                            tmp_path, f"left{i}")
+    doc = run("delete", d.name, "--repo", repo, "--checkpoint", results[0]["checkpoint"],
+              "--with-dependents", "--json").json()
+    assert doc["deleted"] == [results[1]["archive"], results[0]["archive"]]
+    assert archive_names(repo) == []

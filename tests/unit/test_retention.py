@@ -154,3 +154,13 @@ def test_without_chains_it_agrees_with_borg(gaps, rules):
     archives = history([(sum(gaps[:i + 1]), FULL, None) for i in range(len(gaps))])
     mine = set(kept_points(archives, rules, NOW, UTC))
     assert mine == _borg_prune(archives, rules)
+
+
+def test_dependents_of_an_archive():
+    from borg_vm.core.retention import dependents
+    archives = history([(0, FULL, None), (24, INC, None), (48, INC, None), (72, FULL, None)])
+    assert [a.archive for a in dependents(archives, archives[1])] == [archives[2].archive]
+    assert [a.archive for a in dependents(archives, archives[0])] == [
+        archives[2].archive, archives[1].archive]
+    assert dependents(archives, archives[3]) == []
+    assert dependents(archives, archives[2]) == []
