@@ -23,6 +23,7 @@ from .errors import EXIT_ERROR, EXIT_OK, BorgVmError, Interrupted, NoRepository,
 from .actions.delete import delete
 from .actions.prune import PruneOptions, prune
 from .actions.restore import RestoreOptions, restore
+from .actions.verify import verify
 
 log = logging.getLogger("borg_vm")
 
@@ -144,6 +145,21 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("-n", "--dry-run", action="store_true",
                     help="list what would be deleted, delete nothing")
     de.set_defaults(run=_cmd_delete)
+
+    ve = sub.add_parser("verify", parents=[logging_opts],
+                        help="read archives back and check them, writing nothing",
+                        description="Read archives back from Borg and check each: its data "
+                        "covers exactly its manifest's extents and matches their SHA-256, "
+                        "its manifest agrees with its name and comment, and its chain back "
+                        "to the full exists. Exit 0 if all are good, 2 if any is damaged.")
+    ve.add_argument("domain", nargs="?", metavar="DOMAIN",
+                    help="the domain (default: every domain, all archives)")
+    which = ve.add_mutually_exclusive_group()
+    which.add_argument("--checkpoint", metavar="NAME",
+                       help="this restore point and its chain (default: the newest)")
+    which.add_argument("--all", action="store_true", help="every archive of DOMAIN")
+    _common(ve)
+    ve.set_defaults(run=_cmd_verify)
 
     r = sub.add_parser("restore", parents=[logging_opts], help="rebuild a domain's disks as of a checkpoint",
                        description="Rebuild the disks of DOMAIN as of a checkpoint: a base "
@@ -297,6 +313,17 @@ def _cmd_delete(args: argparse.Namespace) -> int:
         for name in result.deleted:
             print(printable(f"{'would delete' if args.dry_run else 'deleted'} {name}"))
     return EXIT_OK
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    result = verify(_borg(args), args.domain, args.checkpoint, args.all)
+    if args.json:
+        _emit(result.to_json())
+    else:
+        for name, verdict in result.checked:
+            print(printable(f"{'ok' if verdict == 'ok' else 'DAMAGED':<8} {name}"
+                            + ("" if verdict == "ok" else f": {verdict}")))
+    return EXIT_OK if result.ok else EXIT_ERROR
 
 
 def _full_every(text: str) -> plan.FullEvery:

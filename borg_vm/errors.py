@@ -168,7 +168,7 @@ class RestoreTargetExists(BorgVmError):
 
 class IntegrityError(BorgVmError):
     """Data of disk {target} in archive {archive} does not match its manifest
-    ({detail}); the restore was abandoned."""
+    ({detail}): the archive is damaged (nothing was restored from it)."""
 
 
 class RestoreTargetUnusable(BorgVmError):

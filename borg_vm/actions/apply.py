@@ -76,7 +76,7 @@ def apply_archive(borg: Borg, arc: ArchiveInfo, layers: dict[Key, Layer],
         manifest = Manifest.from_json(files.pop(fmt.MANIFEST), arc.archive)
         for k, out in outs.items():
             record = _record(arc.archive, manifest, k)
-            _verify(arc.archive, k[0], record, written[k], digests[k].hexdigest())
+            verify_record(arc.archive, k[0], record, written[k], digests[k].hexdigest())
             if layers[k].zeros:
                 for e in record.extents:
                     if e.kind == extent.ZERO:
@@ -138,7 +138,7 @@ def _stream_members(borg: Borg, archive: str, paths: list[str], outs: dict[Key, 
     return files, written, digests
 
 
-def _verify(archive: str, target: str, record, written: list[extent.Extent],
+def verify_record(archive: str, target: str, record, written: list[extent.Extent],
             digest: str) -> None:
     """Raise IntegrityError unless written covers the record's data extents and digest matches."""
     expected = [e for e in record.extents if e.kind == extent.DATA]

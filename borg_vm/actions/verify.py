@@ -1,0 +1,106 @@
+"""The verify action: read archives back from Borg and check them, writing nothing.
+
+For each archive: its data members cover exactly the extents its manifest
+lists and hash to the manifest's SHA-256 (the guest's view and every frozen
+layer); the manifest agrees with the archive's name and comment; and every
+disk's chain back to its full exists, with the same disk size throughout.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from ..adapters.borg import Borg
+from ..core import archive as fmt
+from ..core import chain, extent
+from ..core.archive import ArchiveInfo, Manifest
+from ..errors import BorgVmError, FormatError
+from . import apply, members, repository
+
+PIECE = 4 * 1024 * 1024
+
+
+@dataclass
+class VerifyResult:
+    checked: list[tuple[str, str]]   # (archive, "ok" or what is wrong)
+
+    @property
+    def ok(self) -> bool:
+        return all(v == "ok" for _a, v in self.checked)
+
+    def to_json(self) -> dict:
+        return {"ok": self.ok, "archives": [{"name": a, "ok": v == "ok",
+                                             "problem": None if v == "ok" else v}
+                                            for a, v in self.checked]}
+
+
+def verify(borg: Borg, domain: str | None, checkpoint: str | None, every: bool
+           ) -> VerifyResult:
+    """Verify domain's archive at checkpoint (default: the newest) with its chain, or
+    with every, all archives (of domain, or of every domain)."""
+    archives, _partial = repository.archives(borg, domain)
+    if every or domain is None:
+        selected = archives if domain is None else chain.of_known_domain(archives, domain)
+    else:
+        top = chain.select(archives, domain, checkpoint)
+        selected = {a.archive: a for t in top.summary.disks
+                    for a in _chain_or_top(archives, top, t)}.values()
+    return VerifyResult([(a.archive, _check(borg, archives, a))
+                         for a in sorted(selected, key=lambda a: (a.name.domain, a.order))])
+
+
+def _chain_or_top(archives: list[ArchiveInfo], top: ArchiveInfo, target: str):
+    try:
+        return chain.disk_chain(archives, top, target)
+    except BorgVmError:
+        return [top]   # the broken link is reported by _check
+
+
+def _check(borg: Borg, archives: list[ArchiveInfo], a: ArchiveInfo) -> str:
+    """Return "ok" or what is wrong with one archive."""
+    try:
+        for t in a.summary.disks:
+            links = chain.disk_chain(archives, a, t)
+            sizes = {x.summary.disks[t].virtual_size for x in links}
+            if len(sizes) > 1:
+                return f"disk {t} changes size along its chain ({sorted(sizes)})"
+        manifest = _read_and_hash(borg, a)
+        if manifest.name != a.name:
+            return f"its manifest names archive {manifest.name}"
+        if manifest.summary() != a.summary:
+            return "its manifest disagrees with its comment"
+    except BorgVmError as e:
+        return e.message
+    return "ok"
+
+
+def _read_and_hash(borg: Borg, a: ArchiveInfo) -> Manifest:
+    """Stream the archive's data and manifest; return the manifest if every record's
+    data matches it; raise IntegrityError or FormatError otherwise."""
+    sizes = {t: d.virtual_size for t, d in a.summary.disks.items()}
+    written: dict[apply.Key, list[extent.Extent]] = {}
+    digests = {}
+    files: dict[str, bytes] = {}
+    # The whole archive (naming paths that match nothing would make borg warn).
+    with members.exported(borg, a.archive, []) as stream:
+        for name, key, offset, piece in members.pieces(stream, a.archive, sizes, PIECE):
+            if key is None:
+                files[name] = piece
+                continue
+            digests.setdefault(key, hashlib.sha256()).update(piece)
+            written.setdefault(key, []).append(extent.Extent(offset, len(piece)))
+    members.check_present(a.archive, files, (fmt.MANIFEST,))
+    manifest = Manifest.from_json(files[fmt.MANIFEST], a.archive)
+    records = {(t, 0): d for t, d in manifest.disks.items()}
+    records.update({(t, f.layer): f for t, d in manifest.disks.items() for f in d.frozen})
+    unknown = set(written) - set(records)
+    if unknown:
+        raise FormatError(archive=a.archive, detail=f"data of {sorted(unknown)} that its "
+                                                    "manifest does not list")
+    empty = hashlib.sha256()
+    for (t, layer), record in records.items():
+        apply.verify_record(a.archive, t if not layer else f"{t} layer {layer}", record,
+                            written.get((t, layer), []),
+                            digests.get((t, layer), empty).hexdigest())
+    return manifest
