@@ -26,6 +26,7 @@ from .actions.restore import RestoreOptions, restore
 from .actions.verify import verify
 
 log = logging.getLogger("borg_vm")
+FULL_EVERY_ENV = "BORG_VM_FULL_EVERY"
 
 EPILOG = """\
 The repository comes from --repo or BORG_REPO; its passphrase from borg's own
@@ -77,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--full-every", type=_full_every, metavar="AGE|COUNT",
                    help="with --level auto, start a new chain (a full backup) when the "
                    "current one's full is older than AGE (e.g. 30d, 2w, 12h) or it has "
-                   "COUNT incrementals; so that prune can free old chains")
+                   "COUNT incrementals; so that prune can free old chains "
+                   f"(default: ${FULL_EVERY_ENV}, else never)")
     b.add_argument("--exclude-disk", action="append", default=[], metavar="TARGET",
                    help="leave this disk (e.g. vdb) out; repeatable")
     b.add_argument("--scratch-dir", metavar="DIR",
@@ -249,7 +251,7 @@ def _cmd_backup(args: argparse.Namespace) -> int:
                          scratch_dir=args.scratch_dir,
                          compression=str(parse_compression(args.compression)),
                          block_size=args.chunk_size, read_alignment=args.read_alignment,
-                         full_every=args.full_every,
+                         full_every=args.full_every or _full_every_from_env(),
                          progress=not (args.no_progress or args.json))
     borg = _borg(args)
     failed: dict[str, int] = {}
@@ -324,6 +326,16 @@ def _cmd_verify(args: argparse.Namespace) -> int:
             print(printable(f"{'ok' if verdict == 'ok' else 'DAMAGED':<8} {name}"
                             + ("" if verdict == "ok" else f": {verdict}")))
     return EXIT_OK if result.ok else EXIT_ERROR
+
+
+def _full_every_from_env() -> plan.FullEvery | None:
+    text = os.environ.get(FULL_EVERY_ENV)
+    if not text:
+        return None
+    try:
+        return plan.FullEvery.parse(text)
+    except ValueError as e:
+        raise UsageError(detail=f"{FULL_EVERY_ENV}: {e}") from e
 
 
 def _full_every(text: str) -> plan.FullEvery:

@@ -69,3 +69,17 @@ def test_debug_adds_the_traceback(fake_stack, monkeypatch, capsys):
     code, _out, err = run_main(capsys, "--debug", "list")
     assert code == 2
     assert "Traceback" in err and "ValueError: x" in err
+
+
+def test_full_every_comes_from_the_environment(fake_stack, monkeypatch, capsys):
+    seen = []
+    monkeypatch.setattr(cli, "backup", lambda hv, borg, name, opts: seen.append(opts.full_every)
+                        or (_ for _ in ()).throw(KeyError("stop")))
+    monkeypatch.setenv("BORG_VM_FULL_EVERY", "30d")
+    run_main(capsys, "backup", "a")
+    assert seen[-1].text == "30d" and seen[-1].age == 30 * 86400
+    run_main(capsys, "backup", "a", "--full-every", "14")        # the option wins
+    assert seen[-1].count == 14
+    monkeypatch.setenv("BORG_VM_FULL_EVERY", "soon")
+    code, _out, err = run_main(capsys, "backup", "a")
+    assert code == 2 and "BORG_VM_FULL_EVERY: not an age or a count: 'soon'" in err
