@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The borg-vm demo (run by `make demo`): a throwaway VM with two qcow2 disks
 # and no OS, a full backup, guest writes (data, zeroes, discards), two
-# incrementals, then restores of every checkpoint as a qcow2 chain and as a
-# flattened image, each compared byte for byte with what the guest saw.
+# incrementals, an external snapshot (S2) and an incremental on it, then
+# restores of every checkpoint as a qcow2 chain and as a flattened image, and
+# of the last by snapshot layers, each compared byte for byte with what the
+# guest saw (and the restored base layer with the frozen base image).
 # The VM is removed at the end (also on failure); the Borg repository stays in
 # ./demo/repo for you to look at with `borg list demo/repo`.
 set -euo pipefail
@@ -22,7 +24,8 @@ run() { printf '$ %s\n' "$*"; "$@"; }
 cleanup() {
     if virsh -c "$uri" dominfo "$name" >/dev/null 2>&1; then
         virsh -c "$uri" destroy "$name" >/dev/null 2>&1 || true
-        virsh -c "$uri" undefine "$name" --checkpoints-metadata >/dev/null 2>&1 || true
+        virsh -c "$uri" undefine "$name" --checkpoints-metadata --snapshots-metadata \
+            >/dev/null 2>&1 || true
     fi
     rm -rf "$vmdir"
 }
@@ -35,10 +38,11 @@ hmp() {  # hmp DISK-INDEX "qemu-io command": a guest write without a guest OS
     if grep -qiE 'error|failed' <<<"$out"; then echo "$out" >&2; return 1; fi
 }
 
+declare -A top=()  # each disk's top image: the base, then the snapshot's overlay
 guest_view() {  # guest_view TARGET OUT: what the guest sees on a disk, as a raw file
     local i=${1#vd}; i=$(( $(printf '%d' "'$i") - 97 ))
     hmp "$i" "flush"
-    qemu-img convert -U -O raw "$vmdir/$1.qcow2" "$2"
+    qemu-img convert -U -O raw "${top[$1]}" "$2"
 }
 
 mkdir -p "$vmdir"
@@ -48,6 +52,7 @@ domtype=qemu
 step "A throwaway VM: $name ($domtype), disks vda 256 MiB and vdb 64 MiB, no OS"
 qemu-img create -q -f qcow2 "$vmdir/vda.qcow2" 256M
 qemu-img create -q -f qcow2 "$vmdir/vdb.qcow2" 64M
+top[vda]=$vmdir/vda.qcow2; top[vdb]=$vmdir/vdb.qcow2
 cat > "$vmdir/domain.xml" <<EOF
 <domain type='$domtype'>
   <name>$name</name>
@@ -98,7 +103,19 @@ hmp 1 "write -P 0xe5 60M 64k"
 run borg-vm backup "$name"
 guest_view vda "$vmdir/vda.3.raw"; guest_view vdb "$vmdir/vdb.3.raw"
 
-step "The archives, by chain"
+step "An external snapshot S2: vda.qcow2 and vdb.qcow2 freeze, the guest writes to overlays"
+hmp 0 "write -P 0xf6 30M 2M"          # before the snapshot: the base's final changes
+run virsh -c "$uri" snapshot-create-as "$name" S2 --disk-only --atomic \
+    --diskspec "vda,file=$vmdir/vda.S2.qcow2" --diskspec "vdb,file=$vmdir/vdb.S2.qcow2"
+top[vda]=$vmdir/vda.S2.qcow2; top[vdb]=$vmdir/vdb.S2.qcow2
+hmp 0 "write -P 0xf7 31M 4M"          # over the base's data
+hmp 1 "write -z 8M 1M"
+
+step "Incremental backup on the new layer: the guest's changes and the base's final ones"
+run borg-vm backup "$name" --json
+guest_view vda "$vmdir/vda.4.raw"; guest_view vdb "$vmdir/vdb.4.raw"
+
+step "The archives, by snapshot layer"
 run borg-vm list "$name"
 
 step "Restore every checkpoint, as a chain and flattened, and compare with the guest's view"
@@ -115,6 +132,16 @@ for i in "${!checkpoints[@]}"; do
     echo "checkpoint $cp: vda and vdb identical to the guest's view (chain and flattened)"
 done
 run qemu-img info --backing-chain "$vmdir/chain-3/$name.vda.${checkpoints[2]}.qcow2"
+
+step "Restore the last checkpoint by snapshot layers"
+last=${checkpoints[3]}
+run borg-vm restore "$name" --checkpoint "$last" --to "$vmdir/layers" --layers
+for t in vda vdb; do
+    qemu-img compare -q -U "$vmdir/layers/$name.$t.base.qcow2" "$vmdir/$t.qcow2"
+    qemu-img compare -q -F raw "$vmdir/layers/$name.$t.S2.qcow2" "$vmdir/$t.4.raw"
+done
+echo "base layers identical to the frozen base images; S2 on top identical to the guest's view"
+run qemu-img info --backing-chain "$vmdir/layers/$name.vda.S2.qcow2"
 
 step "Done. The VM is removed; the repository stays:"
 echo "  borg list $repo"
