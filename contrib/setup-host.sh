@@ -5,8 +5,10 @@
 #
 # Idempotent: a second run checks, changes nothing and takes a second or two.
 # 1. Debian packages: QEMU, libvirt (daemon, QEMU driver, clients, Python
-#    binding), libnbd (Python binding, tools), nbdkit, and what building
-#    borgbackup needs; installed only when missing.
+#    binding), libnbd (Python binding, tools), nbdkit, defusedxml, systemd
+#    (only for `systemd-analyze verify` of contrib/systemd in the tests: it is
+#    not started, let alone made PID 1), and what building borgbackup needs;
+#    installed only when missing.
 # 2. A venv from Debian's /usr/bin/python3 with --system-site-packages (so
 #    the distribution's `libvirt` and `nbd` modules import), holding
 #    borgbackup 1.4.x and borg-vm with its test extras.
@@ -26,6 +28,7 @@ borg_spec='borgbackup>=1.4,<1.5'
 packages=(qemu-system-x86 qemu-utils libvirt-daemon libvirt-daemon-driver-qemu
           libvirt-clients python3-libvirt python3-libnbd python3-defusedxml libnbd-bin nbdkit
           python3-venv python3-dev gcc pkg-config
+          systemd
           libacl1-dev liblz4-dev libzstd-dev libxxhash-dev libssl-dev)
 
 say() { printf 'setup: %s\n' "$*"; }
