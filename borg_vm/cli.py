@@ -4,6 +4,7 @@ errors into messages and exit codes (0 ok, 1 warning, 2 error, as borg)."""
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import getpass
 import json
 import logging
@@ -70,7 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="back up domains (running or shut off), one archive each",
                        description="Back up domains, running or shut off: a full backup the first "
                        "time, then incrementals of what changed since the last checkpoint.")
-    b.add_argument("domains", nargs="+", metavar="DOMAIN")
+    b.add_argument("domains", nargs="*", metavar="DOMAIN")
+    b.add_argument("--all", action="store_true",
+                   help="back up every domain libvirt knows, running or shut off "
+                   "(with --match: those whose name matches)")
+    b.add_argument("--match", metavar="GLOB",
+                   help="with --all, only domains whose name matches GLOB (fnmatch)")
     _common(b, libvirt=True)
     b.add_argument("--level", choices=plan.REQUESTS, default=plan.AUTO,
                    help="auto: incremental when possible, else full (default); "
@@ -253,10 +259,17 @@ def _cmd_backup(args: argparse.Namespace) -> int:
                          block_size=args.chunk_size, read_alignment=args.read_alignment,
                          full_every=args.full_every or _full_every_from_env(),
                          progress=not (args.no_progress or args.json))
+    if bool(args.all) == bool(args.domains) or (args.match and not args.all):
+        raise UsageError(detail="name the domains to back up, or use --all "
+                                "(optionally with --match GLOB)")
     borg = _borg(args)
     failed: dict[str, int] = {}
     with virt.connect(args.connect) as hv:
-        for name in args.domains:
+        names = args.domains or [n for n in hv.domain_names()
+                                 if fnmatch.fnmatchcase(n, args.match or "*")]
+        if not names:
+            raise UsageError(detail=f"no domain matches {args.match!r}")
+        for name in names:
             try:
                 result = backup(hv, borg, name, opts)
             except Interrupted:
@@ -269,9 +282,8 @@ def _cmd_backup(args: argparse.Namespace) -> int:
             else:
                 log.info("%s: %s backup done in %.1f s: %s", name, result.level,
                          result.duration, result.archive)
-    if failed and len(args.domains) > 1:
-        log.error("%d of %d domains failed: %s", len(failed), len(args.domains),
-                  ", ".join(failed))
+    if failed and len(names) > 1:
+        log.error("%d of %d domains failed: %s", len(failed), len(names), ", ".join(failed))
     return max(failed.values(), default=EXIT_OK)
 
 

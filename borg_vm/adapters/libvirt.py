@@ -47,6 +47,14 @@ class Hypervisor:
         self.conn = conn
         self.uri = uri
 
+    def domain_names(self) -> list[str]:
+        """Return the names of every domain libvirt knows, running or shut off."""
+        try:
+            return sorted(d.name() for d in self.conn.listAllDomains(0))
+        except libvirt.libvirtError as e:
+            raise LibvirtError(action="list domains", name="*",
+                               detail=e.get_error_message()) from e
+
     def domain(self, name: str) -> "Domain":
         """Return the named domain; raise DomainNotFound if there is none."""
         try:

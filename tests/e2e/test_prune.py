@@ -4,6 +4,7 @@ restores bit for bit."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 
 from borgvm import BORG, archive_names, backup, restore_and_compare, run
@@ -88,3 +89,22 @@ def test_delete_one_restore_point(make_domain, repo, tmp_path):
               "--with-dependents", "--json").json()
     assert doc["deleted"] == [results[1]["archive"], results[0]["archive"]]
     assert archive_names(repo) == []
+
+
+def test_backup_all_running_and_shut_off(make_domain, repo, tmp_path):
+    tag = "all" + os.urandom(3).hex()
+    running = make_domain(disks=[("vda", 16 * MIB, "qcow2")], name_suffix=tag)
+    off = make_domain(disks=[("vda", 16 * MIB, "qcow2")], name_suffix=tag)
+    running.write("vda", 0, 1 * MIB, 0xA1)
+    off.write("vda", 0, 1 * MIB, 0xB1)
+    off.shut_off()
+    first = run("backup", "--all", "--match", f"borgvm-test-*-{tag}", "--repo", repo,
+                "--json").json_lines()
+    assert sorted(r["domain"] for r in first) == sorted([running.name, off.name])
+    assert all(r["level"] == "full" for r in first)
+    assert not off.dom.isActive()
+    again = run("backup", "--all", "--match", f"borgvm-test-*-{tag}", "--repo", repo,
+                "--json").json_lines()
+    assert [r["level"] for r in again] == ["inc", "inc"]
+    none = run("backup", "--all", "--match", "borgvm-test-nothing-*", "--repo", repo, code=2)
+    assert "no domain matches" in none.stderr
