@@ -201,3 +201,12 @@ def restore_and_compare(name, repo, checkpoint, views, tmp_path, tag, *extra, en
                     f"{tag} {target} at {checkpoint}")
     assert Path(doc["domain_xml"]).exists()
     return doc
+
+
+def restore_every_mode(name, repo, results, views, tmp_path):
+    """Restore each backup result's checkpoint chained, flattened and by layers,
+    and compare every disk with the guest's view at that backup."""
+    for i, (result, view) in enumerate(zip(results, views)):
+        for mode, extra in (("chain", ()), ("flat", ("--flatten",)), ("layers", ("--layers",))):
+            restore_and_compare(name, repo, result["checkpoint"], view, tmp_path, f"{mode}{i}",
+                                *extra)

@@ -308,6 +308,10 @@ class Domain:
             raise AssertionError(f"{target}: read {len(data)} bytes, disk has {self.sizes[target]}")
         return data
 
+    def views(self) -> dict[str, bytes]:
+        """Return every disk's guest-visible contents now, by target."""
+        return {t: self.read_disk(t) for t in sorted(self.disks)}
+
     def assert_matches_model(self, target: str) -> None:
         """Given a disk, raise AssertionError naming the first differing
         offset if read_disk(target) differs from the model."""

@@ -15,10 +15,6 @@ from guest import MIB
 KIB = 1024
 
 
-def views_of(d) -> dict[str, bytes]:
-    return {t: d.read_disk(t) for t in sorted(d.disks)}
-
-
 def forget_domain(d) -> None:
     """`virsh undefine --checkpoints-metadata` + `virsh define` of the shut-off domain."""
     xml = d.dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
@@ -39,7 +35,7 @@ def test_metadata_deleted_on_a_running_domain(make_domain, repo, tmp_path):
     second = backup(d.name, repo)
     assert second["level"] == "inc", second["reason"]
     assert second["disks"]["vda"]["data"] <= 64 * KIB
-    restore_and_compare(d.name, repo, second["checkpoint"], views_of(d), tmp_path, "running")
+    restore_and_compare(d.name, repo, second["checkpoint"], d.views(), tmp_path, "running")
 
 
 def test_domain_undefined_and_defined_again_while_shut_off(make_domain, repo, tmp_path):
@@ -53,13 +49,13 @@ def test_domain_undefined_and_defined_again_while_shut_off(make_domain, repo, tm
     off = backup(d.name, repo)
     assert off["level"] == "inc", off["reason"]
     assert off["disks"]["vda"]["data"] <= 128 * KIB and off["disks"]["vdb"]["data"] == 0
-    restore_and_compare(d.name, repo, off["checkpoint"], views_of(d), tmp_path, "off")
+    restore_and_compare(d.name, repo, off["checkpoint"], d.views(), tmp_path, "off")
     # and libvirt uses it once the domain runs again
     d.start_paused()
     d.write("vdb", 4 * MIB, 64 * KIB, 0xB2)
     on = backup(d.name, repo)
     assert on["level"] == "inc", on["reason"]
-    restore_and_compare(d.name, repo, on["checkpoint"], views_of(d), tmp_path, "on")
+    restore_and_compare(d.name, repo, on["checkpoint"], d.views(), tmp_path, "on")
 
 
 def test_bitmap_gone_too_means_a_full_with_the_reason(make_domain, repo, tmp_path):
@@ -73,7 +69,7 @@ def test_bitmap_gone_too_means_a_full_with_the_reason(make_domain, repo, tmp_pat
     second = backup(d.name, repo)
     assert second["level"] == "full"
     assert first["checkpoint"] in second["reason"] and "has no bitmap" in second["reason"]
-    restore_and_compare(d.name, repo, second["checkpoint"], views_of(d), tmp_path, "full")
+    restore_and_compare(d.name, repo, second["checkpoint"], d.views(), tmp_path, "full")
     d.write_offline("vda", 4 * MIB, 64 * KIB, 0xA3)
     third = backup(d.name, repo)
     assert third["level"] == "inc", third["reason"]

@@ -5,23 +5,10 @@ bit (issue #8, items 1 and 7)."""
 
 from __future__ import annotations
 
-from borgvm import backup, restore_and_compare, run
+from borgvm import backup, restore_and_compare, restore_every_mode, run
 from guest import MIB
 
 KIB = 1024
-
-
-def views_of(d) -> dict[str, bytes]:
-    return {t: d.read_disk(t) for t in sorted(d.disks)}
-
-
-def restore_every_mode(d, repo, results, views, tmp_path):
-    for i, (result, view) in enumerate(zip(results, views)):
-        restore_and_compare(d.name, repo, result["checkpoint"], view, tmp_path, f"chain{i}")
-        restore_and_compare(d.name, repo, result["checkpoint"], view, tmp_path, f"flat{i}",
-                            "--flatten")
-        restore_and_compare(d.name, repo, result["checkpoint"], view, tmp_path, f"layers{i}",
-                            "--layers")
 
 
 def test_snapshots_and_commits_keep_backups_incremental(make_domain, repo, tmp_path):
@@ -29,7 +16,7 @@ def test_snapshots_and_commits_keep_backups_incremental(make_domain, repo, tmp_p
     d.write("vda", 0, 8 * MIB, 0xA1)
     d.write("vdb", 2 * MIB, 4 * MIB, 0xB1)
     results = [backup(d.name, repo)]
-    views = [views_of(d)]
+    views = [d.views()]
     assert results[0]["level"] == "full"
 
     # T2: a snapshot with libvirt metadata; writes on the new layer overlap the
@@ -40,21 +27,21 @@ def test_snapshots_and_commits_keep_backups_incremental(make_domain, repo, tmp_p
     d.discard("vdb", 2 * MIB, 1 * MIB)
     d.write("vdb", 30 * MIB, 2 * MIB, 0xB2)
     results.append(backup(d.name, repo))
-    views.append(views_of(d))
+    views.append(d.views())
 
     # A second snapshot in a row, without metadata.
     d.snapshot("S3", metadata=False)
     d.write("vda", 20 * MIB + 100, 10, 0xA3)
     d.write_zeroes("vdb", 30 * MIB, 64 * KIB, unmap=True)
     results.append(backup(d.name, repo))
-    views.append(views_of(d))
+    views.append(d.views())
 
     # Commit both overlays back into the base (virsh blockcommit --active --pivot).
     for t in ("vda", "vdb"):
         d.blockcommit(t)
     d.write("vda", 60 * MIB, 4 * MIB, 0xA4)
     results.append(backup(d.name, repo))
-    views.append(views_of(d))
+    views.append(d.views())
 
     # Another snapshot with metadata, then `virsh snapshot-delete` of it: libvirt
     # 9.0 merges the external snapshot's overlay into the image below. (S2 itself
@@ -63,14 +50,14 @@ def test_snapshots_and_commits_keep_backups_incremental(make_domain, repo, tmp_p
     d.snapshot("S4")
     d.write("vdb", 8 * MIB, 1 * MIB, 0xB4)
     results.append(backup(d.name, repo))
-    views.append(views_of(d))
+    views.append(d.views())
     d.dom.snapshotLookupByName("S4").delete(0)
     for t in ("vda", "vdb"):
         d.layers[t].pop()
         d.disks[t] = d.layers[t][-1]
     d.write("vdb", 0, 64 * KIB, 0xB5)
     results.append(backup(d.name, repo))
-    views.append(views_of(d))
+    views.append(d.views())
 
     assert [r["level"] for r in results] == ["full"] + ["inc"] * 5
     # Each archive is named after the layer the disks were on.
@@ -84,14 +71,14 @@ def test_snapshots_and_commits_keep_backups_incremental(make_domain, repo, tmp_p
         assert r["reason"] == f"incremental on top of {results[results.index(r) - 1]['archive']}"
         # incrementals hold the changes, not the disks again
         assert sum(x["data"] for x in r["disks"].values()) <= 16 * MIB
-    restore_every_mode(d, repo, results, views, tmp_path)
+    restore_every_mode(d.name, repo, results, views, tmp_path)
 
 
 def test_added_and_resized_disks_go_full_alone(make_domain, repo, tmp_path):
     d = make_domain(disks=[("vda", 32 * MIB, "qcow2")])
     d.write("vda", 0, 4 * MIB, 0xA1)
     results = [backup(d.name, repo)]
-    views = [views_of(d)]
+    views = [d.views()]
 
     d.attach_disk("vdb", 16 * MIB)
     d.write("vdb", 1 * MIB, 2 * MIB, 0xB1)
@@ -102,7 +89,7 @@ def test_added_and_resized_disks_go_full_alone(make_domain, repo, tmp_path):
     assert "full backup of vdb (new disk" in second["reason"]
     assert second["disks"]["vda"]["data"] <= 1 * MIB
     results.append(second)
-    views.append(views_of(d))
+    views.append(d.views())
 
     d.resize("vda", 48 * MIB)
     d.write("vda", 40 * MIB, 1 * MIB, 0xA3)
@@ -113,9 +100,9 @@ def test_added_and_resized_disks_go_full_alone(make_domain, repo, tmp_path):
     assert f"full backup of vda (resized from {32 * MIB} to {48 * MIB} bytes)" in third["reason"]
     assert third["disks"]["vdb"]["data"] <= 64 * KIB
     results.append(third)
-    views.append(views_of(d))
+    views.append(d.views())
 
-    restore_every_mode(d, repo, results, views, tmp_path)
+    restore_every_mode(d.name, repo, results, views, tmp_path)
     # The chain of each disk is its own: vda restarts at the third archive.
     doc = run("restore", d.name, "--repo", repo, "--to", str(tmp_path / "chains"),
               "--json").json()

@@ -22,10 +22,6 @@ KIB = 1024
 DISKS = ("vda", "vdb")
 
 
-def views_of(d) -> dict[str, bytes]:
-    return {t: d.read_disk(t) for t in DISKS}
-
-
 def same_image(a: str | Path, b: str | Path) -> bool:
     """qemu-img compare of two images, each with its own backing chain."""
     proc = subprocess.run(["qemu-img", "compare", "-U", str(a), str(b)], capture_output=True,
@@ -55,7 +51,7 @@ def test_t1_to_t5_restore_by_layers(make_domain, repo, tmp_path):
     d.write("vda", 4 * MIB + 100, 1 * MIB, 0xA2)        # overlapping, unaligned
     d.write("vdb", 2 * MIB, 4 * MIB, 0xB1)
     b1 = backup(d.name, repo)
-    v1 = views_of(d)
+    v1 = d.views()
     # base's final changes: after B1, before the snapshot
     d.write("vda", 20 * MIB, 2 * MIB, 0xA3)
     d.write_zeroes("vda", 1 * MIB, 256 * KIB)
@@ -69,11 +65,11 @@ def test_t1_to_t5_restore_by_layers(make_domain, repo, tmp_path):
     d.discard("vdb", 4 * MIB, 1 * MIB)
     d.write("vdb", 30 * MIB, 2 * MIB, 0xB3)
     b2 = backup(d.name, repo)
-    v2 = views_of(d)
+    v2 = d.views()
     d.write("vda", 40 * MIB, 1 * MIB, 0xA5)
     d.write_zeroes("vdb", 30 * MIB, 64 * KIB, unmap=True)
     b3 = backup(d.name, repo)
-    v3 = views_of(d)
+    v3 = d.views()
 
     assert [b["level"] for b in (b1, b2, b3)] == ["full", "inc", "inc"]
     assert [b["snapshot"] for b in (b1, b2, b3)] == ["base", "S2", "S2"]

@@ -9,23 +9,11 @@ import libvirt
 
 import json
 
-from borgvm import archive_names, backup, restore_and_compare, run, start, wrapper_env
+from borgvm import (archive_names, backup, restore_and_compare, restore_every_mode, run, start,
+                    wrapper_env)
 from guest import MIB, poll
 
 KIB = 1024
-
-
-def views_of(d) -> dict[str, bytes]:
-    return {t: d.read_disk(t) for t in sorted(d.disks)}
-
-
-def restore_all(d, repo, results, views, tmp_path):
-    for i, (result, view) in enumerate(zip(results, views)):
-        restore_and_compare(d.name, repo, result["checkpoint"], view, tmp_path, f"chain{i}")
-        restore_and_compare(d.name, repo, result["checkpoint"], view, tmp_path, f"flat{i}",
-                            "--flatten")
-        restore_and_compare(d.name, repo, result["checkpoint"], view, tmp_path, f"layers{i}",
-                            "--layers")
 
 
 def own_checkpoints(d) -> list[str]:
@@ -37,7 +25,7 @@ def test_full_running_then_incrementals_while_off_and_on(make_domain, repo, tmp_
     d.write("vda", 0, 4 * MIB, 0xA1)
     d.write("vdb", 1 * MIB, 2 * MIB, 0xB1)
     results = [backup(d.name, repo)]
-    views = [views_of(d)]
+    views = [d.views()]
 
     d.write("vda", 2 * MIB, 1 * MIB, 0xA2)
     d.write_zeroes("vdb", 1 * MIB, 512 * KIB)
@@ -50,12 +38,12 @@ def test_full_running_then_incrementals_while_off_and_on(make_domain, repo, tmp_
     assert not d.dom.isActive(), "the backup must not start the domain"
     assert own_checkpoints(d) == [off["checkpoint"]]
     results.append(off)
-    views.append(views_of(d))
+    views.append(d.views())
 
     # A second offline incremental on top of the first, still without starting.
     d.write_offline("vdb", 20 * MIB, 128 * KIB, 0xB2)
     results.append(backup(d.name, repo))
-    views.append(views_of(d))
+    views.append(d.views())
     assert results[-1]["level"] == "inc"
 
     # Started again, libvirt takes the offline checkpoint as its own.
@@ -65,9 +53,9 @@ def test_full_running_then_incrementals_while_off_and_on(make_domain, repo, tmp_
     assert on["level"] == "inc", on["reason"]
     assert on["disks"]["vda"]["data"] <= 1 * MIB and on["disks"]["vdb"]["data"] == 0
     results.append(on)
-    views.append(views_of(d))
+    views.append(d.views())
     assert own_checkpoints(d) == [on["checkpoint"]]
-    restore_all(d, repo, results, views, tmp_path)
+    restore_every_mode(d.name, repo, results, views, tmp_path)
 
 
 def test_offline_incremental_across_a_snapshot(make_domain, repo, tmp_path):
@@ -76,7 +64,7 @@ def test_offline_incremental_across_a_snapshot(make_domain, repo, tmp_path):
     d = make_domain(disks=[("vda", 32 * MIB, "qcow2")])
     d.write("vda", 0, 2 * MIB, 0xA1)
     results = [backup(d.name, repo)]
-    views = [views_of(d)]
+    views = [d.views()]
     d.write("vda", 4 * MIB, 1 * MIB, 0xA2)           # lands in the base
     d.snapshot("S2")
     d.write("vda", 8 * MIB, 1 * MIB, 0xA3)           # lands in the overlay
@@ -85,13 +73,13 @@ def test_offline_incremental_across_a_snapshot(make_domain, repo, tmp_path):
     assert off["level"] == "inc", off["reason"]
     assert 2 * MIB <= off["disks"]["vda"]["data"] <= 2 * MIB + 128 * KIB
     results.append(off)
-    views.append(views_of(d))
+    views.append(d.views())
     d.start_paused()
     d.write("vda", 12 * MIB, 64 * KIB, 0xA4)
     results.append(backup(d.name, repo))
-    views.append(views_of(d))
+    views.append(d.views())
     assert results[-1]["level"] == "inc"
-    restore_all(d, repo, results, views, tmp_path)
+    restore_every_mode(d.name, repo, results, views, tmp_path)
 
 
 def test_starting_the_domain_during_an_offline_backup_fails_cleanly(make_domain, repo,
@@ -101,7 +89,7 @@ def test_starting_the_domain_during_an_offline_backup_fails_cleanly(make_domain,
     backup(d.name, repo)
     d.write("vda", 1 * MIB, 1 * MIB, 0xA2)
     d.shut_off()
-    view = views_of(d)
+    view = d.views()
     work = tmp_path / "wrap"
     work.mkdir()
     proc = start("backup", d.name, "--repo", repo, "--json",
@@ -136,10 +124,10 @@ def test_crashed_domain_gets_a_full_with_the_reason(make_domain, repo, tmp_path)
     second = backup(d.name, repo)
     assert second["level"] == "full"
     assert f"checkpoint {first['checkpoint']} is inconsistent" in second["reason"]
-    restore_and_compare(d.name, repo, second["checkpoint"], views_of(d), tmp_path, "full")
+    restore_and_compare(d.name, repo, second["checkpoint"], d.views(), tmp_path, "full")
     d.write_offline("vda", 4 * MIB, 64 * KIB, 0xA3)
     third = backup(d.name, repo)                      # the chain goes on from the full
     assert third["level"] == "inc", third["reason"]
-    restore_and_compare(d.name, repo, third["checkpoint"], views_of(d), tmp_path, "inc")
+    restore_and_compare(d.name, repo, third["checkpoint"], d.views(), tmp_path, "inc")
     assert len(archive_names(repo)) == 3
     run("list", d.name, "--repo", repo)

@@ -12,6 +12,8 @@ import socket
 import subprocess
 import time
 
+from pathlib import Path
+
 import pytest
 
 from borg_vm.adapters.borg import Borg, find_borg
@@ -83,3 +85,17 @@ def make_repo(tmp_path):
         return Borg(path)
 
     return make
+
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+
+
+@pytest.fixture
+def v1_repo(tmp_path, monkeypatch):
+    """A copy of tests/fixtures/v1-repo (borg writes lock and index files into a
+    repository it reads), set as BORG_REPO: a repository borg-vm 0.1.0 wrote."""
+    repo = tmp_path / "v1-repo"
+    shutil.copytree(FIXTURES / "v1-repo", repo)
+    monkeypatch.setenv("BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK", "yes")
+    monkeypatch.setenv("BORG_REPO", str(repo))
+    return repo

@@ -9,7 +9,6 @@ it at each checkpoint. Every later format must still restore it bit for bit.
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,14 +19,6 @@ FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 EXPECTED = json.loads((FIXTURES / "v1-repo.json").read_text())
 
 
-@pytest.fixture
-def v1_repo(tmp_path, monkeypatch):
-    """A copy of the fixture repository (borg writes lock and index files)."""
-    repo = tmp_path / "v1-repo"
-    shutil.copytree(FIXTURES / "v1-repo", repo)
-    monkeypatch.setenv("BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK", "yes")
-    monkeypatch.setenv("BORG_REPO", str(repo))
-    return repo
 
 
 def borg_vm(*args):

@@ -4,10 +4,8 @@ parent. Nothing is written."""
 
 import json
 import os
-import shutil
 import subprocess
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
@@ -17,16 +15,6 @@ from borg_vm.core import archive
 import handmade
 from handmade import borg_vm
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
-
-
-@pytest.fixture
-def v1_repo(tmp_path, monkeypatch):
-    repo = tmp_path / "v1-repo"
-    shutil.copytree(FIXTURES / "v1-repo", repo)
-    monkeypatch.setenv("BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK", "yes")
-    monkeypatch.setenv("BORG_REPO", str(repo))
-    return repo
 
 
 def test_clean_archives_verify(v1_repo):
