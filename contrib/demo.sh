@@ -30,6 +30,9 @@ cleanup() {
     rm -rf "$vmdir"
 }
 trap cleanup EXIT
+# A SIGTERM to this script is taken after the command that runs (bash waits for it),
+# so cleanup never removes the VM under a borg-vm still at work.
+trap 'exit 143' TERM
 
 hmp() {  # hmp DISK-INDEX "qemu-io command": a guest write without a guest OS
     local out
@@ -38,11 +41,11 @@ hmp() {  # hmp DISK-INDEX "qemu-io command": a guest write without a guest OS
     if grep -qiE 'error|failed' <<<"$out"; then echo "$out" >&2; return 1; fi
 }
 
-declare -A top=()  # each disk's top image: the base, then the snapshot's overlay
+declare -A top_image=()  # each disk's top image: the base, then the snapshot's overlay
 guest_view() {  # guest_view TARGET OUT: what the guest sees on a disk, as a raw file
     local i=${1#vd}; i=$(( $(printf '%d' "'$i") - 97 ))
     hmp "$i" "flush"
-    qemu-img convert -U -O raw "${top[$1]}" "$2"
+    qemu-img convert -U -O raw "${top_image[$1]}" "$2"
 }
 
 mkdir -p "$vmdir"
@@ -52,7 +55,7 @@ domtype=qemu
 step "A throwaway VM: $name ($domtype), disks vda 256 MiB and vdb 64 MiB, no OS"
 qemu-img create -q -f qcow2 "$vmdir/vda.qcow2" 256M
 qemu-img create -q -f qcow2 "$vmdir/vdb.qcow2" 64M
-top[vda]=$vmdir/vda.qcow2; top[vdb]=$vmdir/vdb.qcow2
+top_image[vda]=$vmdir/vda.qcow2; top_image[vdb]=$vmdir/vdb.qcow2
 cat > "$vmdir/domain.xml" <<EOF
 <domain type='$domtype'>
   <name>$name</name>
@@ -107,7 +110,7 @@ step "An external snapshot S2: vda.qcow2 and vdb.qcow2 freeze, the guest writes 
 hmp 0 "write -P 0xf6 30M 2M"          # before the snapshot: the base's final changes
 run virsh -c "$uri" snapshot-create-as "$name" S2 --disk-only --atomic \
     --diskspec "vda,file=$vmdir/vda.S2.qcow2" --diskspec "vdb,file=$vmdir/vdb.S2.qcow2"
-top[vda]=$vmdir/vda.S2.qcow2; top[vdb]=$vmdir/vdb.S2.qcow2
+top_image[vda]=$vmdir/vda.S2.qcow2; top_image[vdb]=$vmdir/vdb.S2.qcow2
 hmp 0 "write -P 0xf7 31M 4M"          # over the base's data
 hmp 1 "write -z 8M 1M"
 
