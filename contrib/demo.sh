@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The borg-vm demo (run by `make demo`): a throwaway VM with two qcow2 disks
 # and no OS, a full backup, guest writes (data, zeroes, discards), two
-# incrementals, an external snapshot (S2) and an incremental on it, then
+# incrementals, an external snapshot (S2) and two incrementals on it, then
 # restores of every checkpoint as a qcow2 chain and as a flattened image, and
 # of the last by snapshot layers, each compared byte for byte with what the
-# guest saw (and the restored base layer with the frozen base image).
+# guest saw (and the restored base layer with the frozen base image), and
+# every archive read back and checked (verify).
 # The VM is removed at the end (also on failure); the Borg repository stays in
 # ./demo/repo for you to look at with `borg list demo/repo`.
 set -euo pipefail
@@ -46,6 +47,18 @@ guest_view() {  # guest_view TARGET OUT: what the guest sees on a disk, as a raw
     local i=${1#vd}; i=$(( $(printf '%d' "'$i") - 97 ))
     hmp "$i" "flush"
     qemu-img convert -U -O raw "${top_image[$1]}" "$2"
+}
+
+check_backup() {  # check_backup JSON-FILE LAYER VDA-FROZEN: stop unless the run in the file was
+                  # an incremental on LAYER that read VDA-FROZEN bytes of vda's frozen layers
+    python3 - "$@" <<'PY'
+import json, sys
+path, layer, frozen = sys.argv[1], sys.argv[2], int(sys.argv[3])
+r = json.loads(open(path).read().splitlines()[-1])
+got = (r["level"], r["snapshot"], r["disks"]["vda"]["frozen"])
+if got != ("inc", layer, frozen):
+    sys.exit(f"demo: expected an inc backup on {layer} with {frozen} frozen bytes of vda, got {got}")
+PY
 }
 
 mkdir -p "$vmdir"
@@ -115,8 +128,16 @@ hmp 0 "write -P 0xf7 31M 4M"          # over the base's data
 hmp 1 "write -z 8M 1M"
 
 step "Incremental backup on the new layer: the guest's changes and the base's final ones"
-run borg-vm backup "$name" --json
+run borg-vm backup "$name" --json | tee "$vmdir/backup-4.json"
+check_backup "$vmdir/backup-4.json" S2 $((2 << 20))   # the 2 MiB written just before S2
 guest_view vda "$vmdir/vda.4.raw"; guest_view vdb "$vmdir/vdb.4.raw"
+
+step "More writes on S2, another incremental: nothing froze since the last one"
+hmp 0 "write -P 0xf8 64M 1M"
+hmp 1 "write -P 0xe9 32M 1M"
+run borg-vm backup "$name" --json | tee "$vmdir/backup-5.json"
+check_backup "$vmdir/backup-5.json" S2 0
+guest_view vda "$vmdir/vda.5.raw"; guest_view vdb "$vmdir/vdb.5.raw"
 
 step "The archives, by snapshot layer"
 run borg-vm list "$name"
@@ -136,15 +157,19 @@ for i in "${!checkpoints[@]}"; do
 done
 run qemu-img info --backing-chain "$vmdir/chain-3/$name.vda.${checkpoints[2]}.qcow2"
 
-step "Restore the last checkpoint by snapshot layers"
-last=${checkpoints[3]}
+step "Restore the last checkpoint by snapshot layers: the base complete, S2 partial on top"
+last=${checkpoints[4]}
 run borg-vm restore "$name" --checkpoint "$last" --to "$vmdir/layers" --layers
 for t in vda vdb; do
     qemu-img compare -q -U "$vmdir/layers/$name.$t.base.qcow2" "$vmdir/$t.qcow2"
-    qemu-img compare -q -F raw "$vmdir/layers/$name.$t.S2.qcow2" "$vmdir/$t.4.raw"
+    qemu-img compare -q -F raw "$vmdir/layers/$name.$t.S2.qcow2" "$vmdir/$t.5.raw"
 done
 echo "base layers identical to the frozen base images; S2 on top identical to the guest's view"
 run qemu-img info --backing-chain "$vmdir/layers/$name.vda.S2.qcow2"
+
+step "Read every archive back and check it; what prune would keep"
+run borg-vm verify "$name" --all
+run borg-vm prune "$name" --keep-last 2 --dry-run --list
 
 step "Done. The VM is removed; the repository stays:"
 echo "  borg list $repo"
