@@ -7,8 +7,11 @@
 # 1. Debian packages: QEMU, libvirt (daemon, QEMU driver, clients, Python
 #    binding), libnbd (Python binding, tools), nbdkit, defusedxml, systemd
 #    (only for `systemd-analyze verify` of contrib/systemd in the tests: it is
-#    not started, let alone made PID 1), and what building borgbackup needs;
-#    installed only when missing.
+#    not started, let alone made PID 1), openssh-server (only for the tests'
+#    own sshd on 127.0.0.1: when this script installs it, it first creates
+#    /etc/ssh/sshd_not_to_be_run, Debian's switch that keeps the system sshd
+#    from being started, now or at boot; remove that file to run it), and what
+#    building borgbackup needs; installed only when missing.
 # 2. A venv from Debian's /usr/bin/python3 with --system-site-packages (so
 #    the distribution's `libvirt` and `nbd` modules import), holding
 #    borgbackup 1.4.x and borg-vm with its test extras.
@@ -28,7 +31,7 @@ borg_spec='borgbackup>=1.4,<1.5'
 packages=(qemu-system-x86 qemu-utils libvirt-daemon libvirt-daemon-driver-qemu
           libvirt-clients python3-libvirt python3-libnbd python3-defusedxml libnbd-bin nbdkit
           python3-venv python3-dev gcc pkg-config
-          systemd
+          systemd openssh-server
           libacl1-dev liblz4-dev libzstd-dev libxxhash-dev libssl-dev)
 
 say() { printf 'setup: %s\n' "$*"; }
@@ -45,6 +48,11 @@ install_packages() {
     fi
     [ "$(id -u)" = 0 ] || { say "need root to install: ${missing[*]}"; exit 2; }
     say "installing Debian packages: ${missing[*]}"
+    if [[ " ${missing[*]} " == *" openssh-server "* ]]; then
+        # The tests start their own sshd; the package would start the system one.
+        mkdir -p /etc/ssh
+        touch /etc/ssh/sshd_not_to_be_run
+    fi
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
         "${missing[@]}" >/dev/null
