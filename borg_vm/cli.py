@@ -81,11 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--level", choices=plan.REQUESTS, default=plan.AUTO,
                    help="auto: incremental when possible, else full (default); "
                    "full; inc: incremental or fail")
-    b.add_argument("--full-every", type=_full_every, metavar="AGE|COUNT",
+    b.add_argument("--full-every", type=_full_every, metavar="AGE|COUNT|never",
                    help="with --level auto, start a new chain (a full backup) when the "
                    "current one's full is older than AGE (e.g. 30d, 2w, 12h) or it has "
-                   "COUNT incrementals; so that prune can free old chains "
-                   f"(default: ${FULL_EVERY_ENV}, else never)")
+                   "COUNT incrementals, so that prune can free old chains and restores "
+                   "stay fast; never: one chain for ever "
+                   f"(default: ${FULL_EVERY_ENV}, else {plan.DEFAULT_FULL_EVERY})")
     b.add_argument("--exclude-disk", action="append", default=[], metavar="TARGET",
                    help="leave this disk (e.g. vdb) out; repeatable")
     b.add_argument("--scratch-dir", metavar="DIR",
@@ -340,10 +341,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return EXIT_OK if result.ok else EXIT_ERROR
 
 
-def _full_every_from_env() -> plan.FullEvery | None:
-    text = os.environ.get(FULL_EVERY_ENV)
-    if not text:
-        return None
+def _full_every_from_env() -> plan.FullEvery:
+    text = os.environ.get(FULL_EVERY_ENV) or plan.DEFAULT_FULL_EVERY
     try:
         return plan.FullEvery.parse(text)
     except ValueError as e:

@@ -7,7 +7,8 @@
 # 1. Debian packages: QEMU, libvirt (daemon, QEMU driver, clients, Python
 #    binding), libnbd (Python binding, tools), nbdkit, defusedxml, systemd
 #    (only for `systemd-analyze verify` of contrib/systemd in the tests: it is
-#    not started, let alone made PID 1), and what building borgbackup needs;
+#    not started, let alone made PID 1), faketime (the nights of `make
+#    bench-retention`), and what building borgbackup needs;
 #    installed only when missing.
 # 2. A venv from Debian's /usr/bin/python3 with --system-site-packages (so
 #    the distribution's `libvirt` and `nbd` modules import), holding
@@ -28,7 +29,7 @@ borg_spec='borgbackup>=1.4,<1.5'
 packages=(qemu-system-x86 qemu-utils libvirt-daemon libvirt-daemon-driver-qemu
           libvirt-clients python3-libvirt python3-libnbd python3-defusedxml libnbd-bin nbdkit
           python3-venv python3-dev gcc pkg-config
-          systemd
+          systemd faketime
           libacl1-dev liblz4-dev libzstd-dev libxxhash-dev libssl-dev)
 
 say() { printf 'setup: %s\n' "$*"; }

@@ -82,4 +82,9 @@ def test_full_every_comes_from_the_environment(fake_stack, monkeypatch, capsys):
     assert seen[-1].count == 14
     monkeypatch.setenv("BORG_VM_FULL_EVERY", "soon")
     code, _out, err = run_main(capsys, "backup", "a")
-    assert code == 2 and "BORG_VM_FULL_EVERY: not an age or a count: 'soon'" in err
+    assert code == 2 and "BORG_VM_FULL_EVERY: not an age, a count or never: 'soon'" in err
+    monkeypatch.delenv("BORG_VM_FULL_EVERY")                      # the default: a month
+    run_main(capsys, "backup", "a")
+    assert seen[-1].text == "30d" and seen[-1].age == 30 * 86400
+    run_main(capsys, "backup", "a", "--full-every", "never")
+    assert seen[-1].text == "never" and seen[-1].age is None and seen[-1].count is None
