@@ -24,7 +24,7 @@ import bisect
 from dataclasses import dataclass, field, replace
 from typing import Iterable, Iterator, Sequence
 
-from .extent import DATA, ZERO, Extent, merge, merge_overlapping
+from .extent import ZERO, Extent, covers_data, merge_overlapping
 
 
 @dataclass(frozen=True, order=True)
@@ -53,8 +53,7 @@ def layer_pieces(layer: int, extents: Sequence[Extent], members: Sequence[Extent
     start, size), return its pieces, sorted. Raise ValueError unless the members
     cover exactly the DATA extents (a member beyond them, a gap, an overlap)."""
     try:
-        same = merge(Extent(m.start, m.length) for m in members) == merge(
-            e for e in extents if e.kind == DATA)
+        same = covers_data(members, extents)
     except ValueError as e:
         raise ValueError(f"data members overlap: {e}") from e
     if not same:
