@@ -265,7 +265,7 @@ class Borg:
             log.warning("borg mount did not stop within %d s of SIGINT; killing it",
                         UNMOUNT_GRACE_SECONDS)
             proc.terminate()
-        if os.path.ismount(mountpoint) or _disconnected(mountpoint):
+        if mounted(mountpoint):
             self.umount(mountpoint)
 
     def umount(self, mountpoint: str) -> None:
@@ -285,13 +285,14 @@ def glob_literal(text: str) -> str:
     return "".join(f"[{c}]" if c in "*?[" else c for c in text)
 
 
-def _disconnected(path: str) -> bool:
-    """Return True if path is a FUSE mount whose server is gone."""
+def mounted(path: str) -> bool:
+    """Return True if path is a mount point, also of a FUSE file system whose server
+    is gone (it answers ENOTCONN)."""
     try:
         os.stat(path)
     except OSError as e:
         return e.errno == errno.ENOTCONN
-    return False
+    return os.path.ismount(path)
 
 
 def _parse_log_json(stderr: str) -> tuple[set[str], list[str]]:
