@@ -235,7 +235,7 @@ def _members(root: str, a: ArchiveInfo, target: str) -> list[Extent]:
 def _servers(run: str, sockets: dict[str, str],
              maps: dict[str, tuple[diskmap.DiskMap, list[str]]]
              ) -> Iterator[dict[str, subproc.Stream]]:
-    """Start one nbdkit per disk (socket readable and writable by its owner only);
+    """Start one nbdkit per disk (its socket readable and writable by its owner only);
     yield them; stop them all on the way out."""
     with contextlib.ExitStack() as stack:
         servers = {}
@@ -243,21 +243,12 @@ def _servers(run: str, sockets: dict[str, str],
             map_file = os.path.join(run, f"{t}.map.json")
             with open(os.open(map_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
                 json.dump({"target": t, "archives": dirs, "map": disk_map.to_doc()}, f)
-            with _private_files():
-                servers[t] = stack.enter_context(
-                    nbdkit.serve(sockets[t], map_file, os.path.join(run, f"{t}.pid")))
+            servers[t] = stack.enter_context(
+                nbdkit.serve(sockets[t], map_file, os.path.join(run, f"{t}.pid")))
+            # Whoever may connect reads the guest's data; connecting takes write
+            # permission, which nbdkit gives no one else (umask 022) already.
+            os.chmod(sockets[t], 0o600)
         yield servers
-
-
-@contextlib.contextmanager
-def _private_files() -> Iterator[None]:
-    """Make what is created in the block (nbdkit's socket: whoever may connect reads
-    the guest's data) accessible to its owner only."""
-    old = os.umask(0o077)
-    try:
-        yield
-    finally:
-        os.umask(old)
 
 
 def _serve(servers: dict[str, subproc.Stream], borg_proc: subproc.Stream) -> None:

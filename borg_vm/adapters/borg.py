@@ -227,11 +227,12 @@ class Borg:
             yield s
 
     @contextlib.contextmanager
-    def mount(self, mountpoint: str, archive_glob: str) -> Iterator[None]:
+    def mount(self, mountpoint: str, archive_glob: str) -> Iterator[subproc.Stream]:
         """Mount the repository's archives that match archive_glob (a borg archive
         glob, see glob_literal) read-only at mountpoint with 'borg mount', one
-        directory per archive, each read from the repository as it is used; unmount
-        when the block ends.
+        directory per archive, each read from the repository as it is used; yield
+        the running borg (its exit means the mount is gone); unmount when the block
+        ends.
 
         borg runs in the foreground as our child and unmounts when it gets SIGINT,
         which the kernel also sends it if borg-vm dies. It holds the repository's
@@ -244,7 +245,7 @@ class Borg:
                 argv, env=env, pass_fds=fds, parent_death_signal=signal.SIGINT) as proc:
             self._wait_mounted(proc, mountpoint)
             try:
-                yield
+                yield proc
             finally:
                 self._unmount(proc, mountpoint)
 
