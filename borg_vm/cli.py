@@ -199,8 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="serve a domain's disks as of a checkpoint over NBD, read-only, "
                        "straight from the repository",
                        description="Serve the disks of DOMAIN as of a checkpoint as read-only "
-                       "NBD exports (one unix socket each) for qemu-img, nbdinfo, nbdcopy, "
-                       "guestfish or QEMU, reading from the repository only the data that is "
+                       "NBD exports (one unix socket each) for qemu-img, nbdinfo, nbdcopy or "
+                       "QEMU, reading from the repository only the data that is "
                        "read (borg mount and nbdkit). Runs until Ctrl-C or SIGTERM.")
     m.add_argument("domain", metavar="DOMAIN")
     m.add_argument("--socket", required=True, metavar="PATH",
