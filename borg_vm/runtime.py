@@ -135,17 +135,18 @@ MOUNT_LOCK = "lock"
 @contextlib.contextmanager
 def mount_dir() -> Iterator[str]:
     """Yield a fresh 0700 directory for one borg-vm mount, marked as in use (a flock
-    on its lock file) for the block. The caller removes what it put in it;
-    the directory itself is removed afterwards if that left it empty."""
+    on its lock file) for the block. The caller removes what it put in it; the
+    directory is removed afterwards if that left it empty, else kept with its
+    lock file, unlocked, for the next run to clean (stale_mount_dirs)."""
     path = tempfile.mkdtemp(prefix=MOUNT_PREFIX, dir=_safe_base_dir())
     fd = os.open(os.path.join(path, MOUNT_LOCK), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield path
     finally:
-        os.unlink(os.path.join(path, MOUNT_LOCK))
         os.close(fd)
-        with contextlib.suppress(OSError):   # not empty: something is still mounted there
+        if os.listdir(path) == [MOUNT_LOCK]:
+            os.unlink(os.path.join(path, MOUNT_LOCK))
             os.rmdir(path)
 
 

@@ -161,3 +161,26 @@ def test_a_chain_failing_the_manifest_checks_is_refused(make_repo, tmp_path, cas
     assert name in line and why in line, line
     assert not (tmp_path / "vda.sock").exists()
     assert not mounts_under(tmp_path / "run") and os.listdir(tmp_path / "run") == []
+
+
+def test_borg_mount_dying_while_serving_stops_everything_with_exit_2(make_repo, tmp_path):
+    borg = make_repo()
+    write_archive(borg, {"vda": DATA})
+    m = start_mount(DOMAIN, borg.repo, str(tmp_path / "vda.sock"))
+    children = subprocess.run(["pgrep", "-P", str(m.proc.pid)], capture_output=True,
+                              text=True).stdout.split()
+    borg_pid = next(int(p) for p in children
+                    if b"mount" in open(f"/proc/{p}/cmdline", "rb").read().split(b"\0"))
+    os.kill(borg_pid, signal.SIGKILL)   # its FUSE mount is left behind, disconnected
+    _out, err = m.proc.communicate(timeout=60)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert m.proc.returncode == 2 and "borg mount failed: borg mount exited" in lines[-1], err
+    assert not (tmp_path / "vda.sock").exists()
+    assert not mounts_under(tmp_path / "run") and os.listdir(tmp_path / "run") == []
+
+
+def test_an_unknown_disk_is_refused(make_repo, tmp_path):
+    borg = make_repo()
+    write_archive(borg, {"vda": DATA})
+    line = one_error_line(failed_mount(DOMAIN, borg.repo, str(tmp_path / "s"), "--disk", "vdz"))
+    assert "no disk 'vdz'" in line and "vda" in line, line
