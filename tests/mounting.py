@@ -25,6 +25,12 @@ class Mount:
     def uri(self, target: str) -> str:
         return self.served["disks"][target]["uri"]
 
+    def children(self) -> list[int]:
+        """Return the pids of the processes borg-vm mount started (borg, nbdkit)."""
+        out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True,
+                             text=True).stdout
+        return [int(p) for p in out.split()]
+
     def stop(self, sig: int = signal.SIGTERM) -> tuple[int, str]:
         """Send sig, wait for the exit; return (exit code, stderr)."""
         self.proc.send_signal(sig)

@@ -67,11 +67,10 @@ def test_a_killed_mount_is_cleaned_up_by_the_next(make_repo, tmp_path):
     borg = make_repo()
     write_archive(borg, {"vda": DATA})
     first = start_mount(DOMAIN, borg.repo, str(tmp_path / "a.sock"))
-    children = subprocess.run(["pgrep", "-P", str(first.proc.pid)], capture_output=True,
-                              text=True).stdout.split()
+    children = first.children()
     first.stop(signal.SIGKILL)
     for pid in children:   # nbdkit exits with its parent, borg mount unmounts on SIGINT
-        wait_gone(int(pid), 60)
+        wait_gone(pid, 60)
     second = start_mount(DOMAIN, borg.repo, str(tmp_path / "a.sock"))   # a stale socket
     assert compare(second.uri("vda"), DATA + bytes(SIZE - len(DATA)), tmp_path).returncode == 0
     assert len(os.listdir(tmp_path / "run")) == 1
@@ -167,9 +166,7 @@ def test_borg_mount_dying_while_serving_stops_everything_with_exit_2(make_repo, 
     borg = make_repo()
     write_archive(borg, {"vda": DATA})
     m = start_mount(DOMAIN, borg.repo, str(tmp_path / "vda.sock"))
-    children = subprocess.run(["pgrep", "-P", str(m.proc.pid)], capture_output=True,
-                              text=True).stdout.split()
-    borg_pid = next(int(p) for p in children
+    borg_pid = next(p for p in m.children()
                     if b"mount" in open(f"/proc/{p}/cmdline", "rb").read().split(b"\0"))
     os.kill(borg_pid, signal.SIGKILL)   # its FUSE mount is left behind, disconnected
     _out, err = m.proc.communicate(timeout=60)
