@@ -23,6 +23,7 @@ from .core.text import printable
 from .errors import EXIT_ERROR, EXIT_OK, BorgVmError, Interrupted, NoRepository, UsageError
 from .actions.delete import delete
 from .actions.prune import PruneOptions, prune
+from .actions.mount import MountOptions, Served, mount
 from .actions.restore import RestoreOptions, restore
 from .actions.verify import verify
 
@@ -194,6 +195,23 @@ def build_parser() -> argparse.ArgumentParser:
                    "names (default: remove them, with a warning)")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     r.set_defaults(run=_cmd_restore)
+
+    m = sub.add_parser("mount", parents=[logging_opts],
+                       help="serve a domain's disks as of a checkpoint over NBD, read-only, "
+                       "straight from the repository",
+                       description="Serve the disks of DOMAIN as of a checkpoint as read-only "
+                       "NBD exports (one unix socket each) for qemu-img, nbdinfo, nbdcopy or "
+                       "QEMU, reading from the repository only the data that is "
+                       "read (borg mount and nbdkit). Runs until Ctrl-C or SIGTERM.")
+    m.add_argument("domain", metavar="DOMAIN")
+    m.add_argument("--socket", required=True, metavar="PATH",
+                   help="the unix socket to serve on; with several disks (or if PATH is a "
+                   "directory) the directory of sockets PATH/TARGET.sock")
+    m.add_argument("--checkpoint", metavar="NAME", help="checkpoint to serve (default: newest)")
+    m.add_argument("--disk", action="append", default=[], metavar="TARGET",
+                   help="serve only this disk; repeatable")
+    _common(m)
+    m.set_defaults(run=_cmd_mount)
     return parser
 
 
@@ -381,6 +399,22 @@ def _cmd_restore(args: argparse.Namespace) -> int:
         for target, d in result.disks.items():
             print(printable(f"{target}: {d['image']}"))
         print(printable(f"domain XML: {result.domain_xml}"))
+    return EXIT_OK
+
+
+def _cmd_mount(args: argparse.Namespace) -> int:
+    def ready(served: Served) -> None:
+        if args.json:
+            _emit(served.to_json())
+        else:
+            for target, d in served.disks.items():
+                print(printable(f"{target}: {d['uri']}"))
+        sys.stdout.flush()
+        log.info("serving %s as of %s; Ctrl-C or SIGTERM stops", served.domain,
+                 served.checkpoint)
+
+    mount(_borg(args), args.domain, MountOptions(args.socket, args.checkpoint,
+                                                 tuple(args.disk)), ready)
     return EXIT_OK
 
 

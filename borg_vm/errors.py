@@ -173,3 +173,13 @@ class IntegrityError(BorgVmError):
 
 class RestoreTargetUnusable(BorgVmError):
     """Cannot restore into {path}: {detail}. Choose another --to directory."""
+
+
+# --- mount -----------------------------------------------------------------
+
+class NbdkitError(BorgVmError):
+    """nbdkit failed to {action}: {detail}"""
+
+
+class SocketInUse(UsageError):
+    """{path} {detail}: choose another --socket, or remove it if nothing uses it."""

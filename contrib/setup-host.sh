@@ -5,7 +5,9 @@
 #
 # Idempotent: a second run checks, changes nothing and takes a second or two.
 # 1. Debian packages: QEMU, libvirt (daemon, QEMU driver, clients, Python
-#    binding), libnbd (Python binding, tools), nbdkit, defusedxml, systemd
+#    binding), libnbd (Python binding, tools), nbdkit and its python plugin and
+#    llfuse (for borg-vm mount: nbdkit serves what 'borg mount' reads through
+#    FUSE), defusedxml, systemd
 #    (only for `systemd-analyze verify` of contrib/systemd in the tests: it is
 #    not started, let alone made PID 1), faketime (the nights of `make
 #    bench-retention`), and what building borgbackup needs;
@@ -28,6 +30,7 @@ borg_spec='borgbackup>=1.4,<1.5'
 
 packages=(qemu-system-x86 qemu-utils libvirt-daemon libvirt-daemon-driver-qemu
           libvirt-clients python3-libvirt python3-libnbd python3-defusedxml libnbd-bin nbdkit
+          nbdkit-plugin-python python3-llfuse procps
           python3-venv python3-dev gcc pkg-config
           systemd faketime
           libacl1-dev liblz4-dev libzstd-dev libxxhash-dev libssl-dev)
@@ -68,8 +71,8 @@ make_venv() {
         "$venv/bin/pip" install -q -e "$here[test]"
         echo "$want" > "$stamp"
     fi
-    "$venv/bin/python" -c 'import libvirt, nbd' \
-        || { say "libvirt/nbd do not import in $venv"; exit 2; }
+    "$venv/bin/python" -c 'import libvirt, nbd, llfuse' \
+        || { say "libvirt/nbd/llfuse do not import in $venv"; exit 2; }
     say "venv: $("$venv/bin/borg" --version), borg-vm $("$venv/bin/borg-vm" --version | cut -d' ' -f2)"
 }
 
