@@ -75,13 +75,12 @@ class GuestAgentMissing(QuiesceError):
     """Domain {name!r} has no guest agent channel {channel}, so its filesystems
     cannot be frozen: add <channel type='unix'><target type='virtio'
     name='{channel}'/></channel> to the domain and run qemu-guest-agent in the
-    guest, or use --quiesce=try to back up without freezing."""
+    guest."""
 
 
 class QuiesceFailed(QuiesceError):
     """Cannot freeze the filesystems of domain {name!r} through its guest agent:
-    {detail}. Is qemu-guest-agent running in the guest? --quiesce=try backs up
-    without freezing."""
+    {detail}. Is qemu-guest-agent running in the guest?"""
 
 
 class FreezeExpired(QuiesceError):

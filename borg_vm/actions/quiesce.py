@@ -78,4 +78,4 @@ def _check_agent(dom: Domain, live_xml: str) -> None:
 def _fail_or_warn(mode: str, e: QuiesceError) -> None:
     if mode != TRY:
         raise e
-    log.warning("%s Going on without freezing (--quiesce=try).", e.message)
+    log.warning("%s Backing up without freezing (--quiesce=try).", e.message)

@@ -54,6 +54,10 @@ STATE_TIMEOUT = 30.0
 POLL_INTERVAL = 0.01
 FORMATS = ("qcow2", "raw")
 AGENT_CHANNEL = "org.qemu.guest_agent.0"
+AGENT_CHANNEL_XML = f"""
+    <channel type='unix'>
+      <target type='virtio' name='{AGENT_CHANNEL}'/>
+    </channel>"""
 
 
 @dataclass(frozen=True)
@@ -197,14 +201,16 @@ def boot_os_xml(boot: Boot) -> str:
 def boot_devices_xml(serial: Path) -> str:
     """Given a file for the serial console, return the <devices> children a
     real guest needs besides its disk: that serial port and the agent channel."""
+    return serial_xml(serial) + AGENT_CHANNEL_XML
+
+
+def serial_xml(path: Path) -> str:
+    """Given a file, return a serial port <devices> child that writes to it."""
     return f"""
     <serial type='file'>
-      <source path='{_attr(serial)}'/>
+      <source path='{_attr(path)}'/>
       <target port='0'/>
-    </serial>
-    <channel type='unix'>
-      <target type='virtio' name='{AGENT_CHANNEL}'/>
-    </channel>"""
+    </serial>"""
 
 
 def with_boot(xml: str, name: str, boot: Boot, serial: Path) -> str:
@@ -221,9 +227,9 @@ def with_boot(xml: str, name: str, boot: Boot, serial: Path) -> str:
     devices = root.find("devices")
     for e in devices.findall("serial") + devices.findall("console"):
         devices.remove(e)
-    has_agent = agent_channel(root) is not None
-    devices.extend(e for e in ET.fromstring(f"<d>{boot_devices_xml(serial)}</d>")
-                   if e.tag == "serial" or not has_agent)
+    devices.append(ET.fromstring(serial_xml(serial)))
+    if agent_channel(root) is None:
+        devices.append(ET.fromstring(AGENT_CHANNEL_XML))
     return ET.tostring(root, encoding="unicode")
 
 

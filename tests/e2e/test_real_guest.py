@@ -10,8 +10,12 @@ import select
 import signal
 import subprocess
 import time
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import libvirt
+
+import guest
 import realguest
 from borgvm import backup, run, start
 from guest import MIB, poll
@@ -100,7 +104,7 @@ def test_a_killed_or_stuck_run_never_leaves_the_guest_frozen(make_domain, real_g
     assert result["level"] == "full" and result["frozen_ms"] > 0
 
 
-def test_quiesce_without_an_agent_channel(make_domain, repo):
+def test_quiesce_without_an_agent(make_domain, libvirt_conn, repo):
     dom = make_domain(DISK)   # no OS, no agent channel
     result = run("backup", dom.name, "--repo", repo, "--quiesce", code=2)
     assert "has no guest agent channel org.qemu.guest_agent.0" in result.stderr
@@ -108,9 +112,21 @@ def test_quiesce_without_an_agent_channel(make_domain, repo):
 
     result = run("backup", dom.name, "--repo", repo, "--quiesce=try", "--json")
     assert "has no guest agent channel org.qemu.guest_agent.0" in result.stderr
-    assert "Going on without freezing (--quiesce=try)" in result.stderr
+    assert "Backing up without freezing (--quiesce=try)" in result.stderr
     doc = result.json_lines()[0]
     assert doc["level"] == "full" and doc["frozen_ms"] is None
+
+    # The channel, but no agent at the other end (no OS to run one).
+    xml = ET.fromstring(dom.dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+    xml.find("devices").append(ET.fromstring(guest.AGENT_CHANNEL_XML))
+    libvirt_conn.defineXML(ET.tostring(xml, encoding="unicode"))
+    dom.shut_off()
+    dom.start_paused()
+    result = run("backup", dom.name, "--repo", repo, "--quiesce", code=2)
+    assert (f"Cannot freeze the filesystems of domain {dom.name!r} through its guest agent: "
+            "its guest agent is not connected." in result.stderr)
+    doc = backup(dom.name, repo, "--quiesce=try")
+    assert doc["level"] == "inc" and doc["frozen_ms"] is None
 
 
 def stopped_frozen(proc: subprocess.Popen, dom) -> None:
