@@ -31,6 +31,7 @@ NEW_FILES = 3             # files the workload completes between two backups
 SYNC_TIMEOUT = 60
 THAW_TIMEOUT = 10
 KVM_BOOT_TARGET = 5.0     # seconds from start to workload, with KVM (README)
+STOP_ATTEMPTS = 3
 
 
 def test_quiesced_backups_restore_and_boot(make_domain, real_guest, real_virt_type, repo,
@@ -79,8 +80,7 @@ def test_a_killed_or_stuck_run_never_leaves_the_guest_frozen(make_domain, real_g
     console = realguest.Console(dom.serial)
 
     # Killed right after the freeze: its thaw guard thaws the guest at once.
-    proc = start("--debug", "backup", dom.name, "--repo", repo, "--quiesce")
-    stopped_frozen(proc, dom)
+    proc = stopped_frozen(dom, repo)
     proc.kill()
     proc.communicate()
     poll(lambda: realguest.fsfreeze_status(dom.dom) == "thawed", THAW_TIMEOUT,
@@ -89,15 +89,13 @@ def test_a_killed_or_stuck_run_never_leaves_the_guest_frozen(make_domain, real_g
 
     # Stuck while frozen: the guard thaws the guest after the freeze timeout,
     # and the run, going on, refuses to record a backup that is not consistent.
-    env = dict(os.environ, BORG_VM_FREEZE_TIMEOUT="2")
-    proc = start("--debug", "backup", dom.name, "--repo", repo, "--quiesce", env=env)
-    stopped_frozen(proc, dom)
+    proc = stopped_frozen(dom, repo, dict(os.environ, BORG_VM_FREEZE_TIMEOUT="3"))
     poll(lambda: realguest.fsfreeze_status(dom.dom) == "thawed", THAW_TIMEOUT,
          "the thaw guard to thaw the guest after the freeze timeout")
     proc.send_signal(signal.SIGCONT)
     _out, err = proc.communicate()
     assert proc.returncode == 2, err
-    assert f"The filesystems of domain {dom.name!r} were thawed after 2 s" in err
+    assert f"The filesystems of domain {dom.name!r} were thawed after 3 s" in err
 
     # The next run cleans up after both and backs up, frozen as asked.
     result = backup(dom.name, repo, "--quiesce")
@@ -129,15 +127,24 @@ def test_quiesce_without_an_agent(make_domain, libvirt_conn, repo):
     assert doc["level"] == "inc" and doc["frozen_ms"] is None
 
 
-def stopped_frozen(proc: subprocess.Popen, dom) -> None:
-    """Given borg-vm started with --debug --quiesce, wait for its log line saying
-    it froze the guest, SIGSTOP it there, and check the guest is frozen."""
-    deadline, fd, seen = time.monotonic() + SYNC_TIMEOUT, proc.stderr.fileno(), b""
-    while b": froze " not in seen:   # read unbuffered: the line may be the last one for long
-        assert select.select([fd], [], [], max(0, deadline - time.monotonic()))[0], \
-            f"borg-vm never logged the freeze: {seen.decode()}"
-        chunk = os.read(fd, 65536)
-        assert chunk, f"borg-vm ended before freezing the guest: {seen.decode()}"
-        seen += chunk
-    proc.send_signal(signal.SIGSTOP)
-    assert realguest.fsfreeze_status(dom.dom) == "frozen"
+def stopped_frozen(dom, repo: str, env: dict | None = None) -> subprocess.Popen:
+    """Given a real guest's Domain and a repository, start `borg-vm --debug backup
+    --quiesce`, SIGSTOP it once it logged that it froze the guest, and return
+    it, stopped, while the guest is frozen. Its frozen window is brief (the
+    job's start, 100-300 ms): if the signal landed after its thaw, kill it and
+    start over, STOP_ATTEMPTS times at most."""
+    for _attempt in range(STOP_ATTEMPTS):
+        proc = start("--debug", "backup", dom.name, "--repo", repo, "--quiesce", env=env)
+        deadline, fd, seen = time.monotonic() + SYNC_TIMEOUT, proc.stderr.fileno(), b""
+        while b": froze " not in seen:   # unbuffered: the line may stay the last for long
+            assert select.select([fd], [], [], max(0, deadline - time.monotonic()))[0], \
+                f"borg-vm never logged the freeze: {seen.decode()}"
+            chunk = os.read(fd, 65536)
+            assert chunk, f"borg-vm ended before freezing the guest: {seen.decode()}"
+            seen += chunk
+        proc.send_signal(signal.SIGSTOP)
+        if realguest.fsfreeze_status(dom.dom) == "frozen":
+            return proc
+        proc.kill()
+        proc.communicate()
+    raise AssertionError(f"borg-vm was past its thaw each of {STOP_ATTEMPTS} times")
