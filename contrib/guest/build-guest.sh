@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build the tiny Linux guest the tests and the demo boot, from Debian packages
+# Build the tiny Linux guest the tests boot, from Debian packages
 # only, and print the directory that holds it:
 #
 #   contrib/guest/build-guest.sh        -> /var/cache/borg-vm-guest/<key>
@@ -22,8 +22,8 @@
 #
 # Cached: the directory's name is a hash of every input (these scripts, the
 # packages' versions, the host libraries copied), so a second run only checks
-# and prints. BORG_VM_GUEST_CACHE moves the cache (default
-# /var/cache/borg-vm-guest). Needs apt-get, dpkg-deb, mke2fs (e2fsprogs),
+# and prints; builds from older inputs stay until the cache is removed.
+# BORG_VM_GUEST_CACHE moves the cache (default /var/cache/borg-vm-guest). Needs apt-get, dpkg-deb, mke2fs (e2fsprogs),
 # qemu-img, gzip, flock; the libraries qemu-ga links to (glib, libnuma,
 # liburing, libudev: qemu-system-x86 depends on them all).
 set -euo pipefail
@@ -61,7 +61,8 @@ if [ "$(wc -l <<<"$resolved")" != 3 ]; then
     apt-get update -qq
     resolved=$(resolve)
 fi
-[ "$(wc -l <<<"$resolved")" = 3 ] || die "apt has not all of $kernel_meta, busybox-static, qemu-guest-agent"
+[ "$(wc -l <<<"$resolved")" = 3 ] \
+    || die "apt lacks one of $kernel_meta, busybox-static, qemu-guest-agent"
 kpkg=$(awk '/^linux-image-/ { print $1 }' <<<"$resolved")
 
 fetch() {  # download package $1 (version $2) into the cache once; print its .deb
