@@ -4,7 +4,7 @@
 VENV   ?= .venv
 PYTEST ?= $(VENV)/bin/pytest
 
-.PHONY: setup demo test unit integration e2e bench
+.PHONY: setup demo test unit integration e2e bench bench-retention
 
 setup:
 	bash contrib/setup-host.sh $(VENV)
@@ -26,3 +26,8 @@ e2e:
 
 bench: setup
 	$(VENV)/bin/python bench/bench.py
+
+# 90 nightly backups + prune on a fake clock, restore time against chain length
+# (bench/RETENTION.md; about 15 minutes on a quiet 2-core machine).
+bench-retention: setup
+	$(VENV)/bin/python bench/retention.py

@@ -264,10 +264,11 @@ REFERENCE_CHUNK = 4 * MIB
 
 
 def borg_vm_backup(env: dict, domain: str, repo: Path, chunk: int | None = None,
-                   align: int | None = None, poll_rss: bool = False) -> tuple[Timed, dict]:
-    """Run `borg-vm backup --json`; return (timing, its JSON result)."""
+                   align: int | None = None, poll_rss: bool = False,
+                   options: tuple[str, ...] = ()) -> tuple[Timed, dict]:
+    """Run `borg-vm backup --json [options]`; return (timing, its JSON result)."""
     argv = [BORG_VM, "backup", domain, "--repo", repo, "--json", "--no-progress",
-            "--chunk-size", str(chunk or REFERENCE_CHUNK)]
+            "--chunk-size", str(chunk or REFERENCE_CHUNK), *options]
     if align is not None:
         argv += ["--read-alignment", str(align)]
     t = timed(argv, env, poll_rss=poll_rss)
