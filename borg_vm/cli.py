@@ -151,7 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--list", action="store_true",
                     help="show for each archive: keep (why) or prune")
     pr.add_argument("--compact", action="store_true",
-                    help="run borg compact afterwards, to free the space")
+                    help="run borg compact afterwards, to free the space (on an "
+                         "append-only repository it frees nothing)")
     pr.set_defaults(run=_cmd_prune)
 
     de = sub.add_parser("delete", parents=[logging_opts],
