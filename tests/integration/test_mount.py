@@ -13,7 +13,7 @@ import pytest
 from borg_vm.core import archive
 
 from handmade import DOMAIN, SIZE, manifest, write_archive
-from mounting import compare, failed_mount, start_mount, wait_gone
+from mounting import compare, failed_mount, mounts_under, start_mount, wait_gone
 from realstack import BLOCK, CHUNKER, MiB, TIMESTAMP
 
 DATA = bytes(range(256)) * (3 * MiB // 256)     # 3 MiB at offset 0, then zeros
@@ -30,11 +30,6 @@ def one_error_line(proc) -> str:
     assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("borg-vm: "), \
         proc.stderr
     return lines[0]
-
-
-def mounts_under(path) -> list[str]:
-    with open("/proc/self/mounts") as f:
-        return [line.split()[1] for line in f if line.split()[1].startswith(str(path))]
 
 
 def test_serves_the_disk_reads_zeros_and_stops_on_sigterm(make_repo, tmp_path):
