@@ -92,19 +92,18 @@ class Export:
         Up to depth requests are in flight at once. Buffers are recycled: a
         yielded view stays valid while the consumer holds at most `hold`
         yielded views (the current one included), so reading gigabytes costs
-        a fixed set of buffers and no page faults after the first round.
+        depth + hold buffers (each as big as the largest request it served)
+        and no page faults after the first round. requests may be a generator:
+        it is consumed as reads go out.
         """
-        requests = list(requests)
-        size = max((length for _, length in requests), default=0)
-        ring = [bytearray(size) for _ in range(min(len(requests), depth + hold))]
+        ring = [_Slot() for _ in range(depth + hold)]
         pending: collections.deque = collections.deque()
         todo = iter(enumerate(requests))
 
         def submit() -> None:
             for i, (offset, length) in todo:
-                view = memoryview(ring[i % len(ring)])[:length]
-                cookie = self.h.aio_pread(nbd.Buffer.from_buffer(view), offset)
-                pending.append((cookie, offset, view))
+                view, buf = ring[i % len(ring)].get(length)
+                pending.append((self.h.aio_pread(buf, offset), offset, view))
                 if len(pending) >= depth:
                     return
 
@@ -130,22 +129,29 @@ class Export:
     def pipelined_writes(self, depth: int) -> Iterator["Callable[[bytes, int], None]"]:
         """Yield write(data, offset) that keeps up to depth writes in flight.
 
-        data must not change after it was passed. Leaving the block waits for
-        every write; raise NbdError if one failed.
+        data is copied into one of depth recycled buffers (see _Slot: libnbd
+        would otherwise keep every buffer written from, a restore all it
+        wrote), so the caller may reuse it at once. Leaving the block waits
+        for every write; raise NbdError if one failed.
         """
+        ring = [_Slot() for _ in range(depth)]
         pending: collections.deque = collections.deque()
+        written = 0
 
         def retire() -> None:
-            cookie, _keep = pending[0]
+            cookie = pending[0]
             while not self.h.aio_command_completed(cookie):
                 self.h.poll(-1)
             pending.popleft()
 
         def write(data, offset: int) -> None:
-            buf = nbd.Buffer.from_buffer(data)
-            pending.append((self.h.aio_pwrite(buf, offset), buf))
-            while len(pending) >= depth:
+            nonlocal written
+            while len(pending) >= depth:  # the slot about to be used is free again
                 retire()
+            view, buf = ring[written % depth].get(len(data))
+            view[:] = data
+            pending.append(self.h.aio_pwrite(buf, offset))
+            written += 1
 
         try:
             yield write
@@ -170,6 +176,31 @@ class Export:
             self.h.flush()
         except nbd.Error as e:
             raise self._fail("flush", e) from e
+
+
+class _Slot:
+    """One recycled I/O buffer, with the nbd.Buffer of each length used so far.
+
+    libnbd 1.14's Python binding keeps every buffer object passed to
+    aio_pread/aio_pwrite alive for good: measured, ~300 bytes a read (60 MiB
+    for 200,000 reads), and a write's whole data (a restore held everything it
+    wrote, 6 GiB for a 6 GiB disk). The same objects used again cost nothing
+    more.
+    """
+
+    def __init__(self):
+        self.data = bytearray()
+        self.buffers: dict[int, tuple[memoryview, "nbd.Buffer"]] = {}
+
+    def get(self, length: int) -> tuple[memoryview, "nbd.Buffer"]:
+        """Return a view of the first length bytes and the nbd.Buffer over it."""
+        if len(self.data) < length:  # a held view keeps the old buffer alive
+            self.data = bytearray(length)
+            self.buffers = {}
+        if length not in self.buffers:
+            view = memoryview(self.data)[:length]
+            self.buffers[length] = (view, nbd.Buffer.from_buffer(view))
+        return self.buffers[length]
 
 
 @contextlib.contextmanager
