@@ -51,8 +51,8 @@ def _remove_stale_domains(libvirt_conn):
 @pytest.fixture
 def make_domain(libvirt_conn, virt_type, _remove_stale_domains, tmp_path, tmp_path_factory):
     """Return make_domain(disks=[("vda", 64 MiB, "qcow2"), ...],
-    name_suffix=None, discard="unmap") -> guest.Domain: a persistent domain
-    started paused, with images in tmp_path/vms.  Every domain made is
+    name_suffix=None, discard="unmap", fill=None) -> guest.Domain: a persistent
+    domain started paused, with images in tmp_path/vms (see guest.create_domain).  Every domain made is
     destroyed and undefined (with checkpoint/snapshot metadata) and its
     images removed at teardown, even when the test failed."""
     workdir = tmp_path / "vms"
@@ -62,9 +62,10 @@ def make_domain(libvirt_conn, virt_type, _remove_stale_domains, tmp_path, tmp_pa
     guest.allow_traverse(workdir, top)
     made = []
 
-    def factory(disks=(("vda", 64 * guest.MIB, "qcow2"),), name_suffix=None, discard="unmap"):
+    def factory(disks=(("vda", 64 * guest.MIB, "qcow2"),), name_suffix=None, discard="unmap",
+                fill=None):
         domain = guest.create_domain(libvirt_conn, workdir, virt_type, list(disks),
-                                     name_suffix=name_suffix, discard=discard)
+                                     name_suffix=name_suffix, discard=discard, fill=fill)
         made.append(domain)
         return domain
 

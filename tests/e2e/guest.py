@@ -213,11 +213,13 @@ class Domain:
 
     `model[target]` is a bytearray of the guest-visible contents that the
     helpers below have produced; it becomes None when a kill may have lost
-    unflushed qcow2 writes.
+    unflushed qcow2 writes, and is None from the start for disks filled
+    before the domain started (create_domain's fill).
     """
 
     def __init__(self, dom: libvirt.virDomain, workdir: Path, disks: dict[str, Path],
-                 formats: dict[str, str], sizes: dict[str, int], discard: str | None):
+                 formats: dict[str, str], sizes: dict[str, int], discard: str | None,
+                 model: bool = True):
         self.dom = dom
         self.name = dom.name()
         self.workdir = workdir
@@ -225,7 +227,8 @@ class Domain:
         self.formats = formats
         self.sizes = sizes
         self.discard_mode = discard
-        self.model: dict[str, bytearray | None] = {t: bytearray(s) for t, s in sizes.items()}
+        self.model: dict[str, bytearray | None] = {t: bytearray(s) if model else None
+                                                   for t, s in sizes.items()}
         self.cluster_sizes = {t: image_info(p, formats[t]).get("cluster-size", 1)
                               if formats[t] == "qcow2" else 1 for t, p in disks.items()}
         self._unflushed: set[str] = set()
@@ -509,12 +512,15 @@ class Domain:
 
 def create_domain(conn: libvirt.virConnect, workdir: Path, virt_type: str,
                   disks: list[tuple[str, int, str]], name_suffix: str | None = None,
-                  discard: str | None = "unmap") -> Domain:
+                  discard: str | None = "unmap",
+                  fill: Callable[[str, Path], None] | None = None) -> Domain:
     """Given a connection, a private directory, 'kvm'/'qemu' and disks as
     (target, virtual size, 'qcow2'|'raw'), create the images in `workdir`,
     define a persistent domain borgvm-test-<8 hex>[-suffix] and start it
-    paused; return its Domain.  Raise ValueError on bad arguments; on a
-    libvirt error, undo what was done and re-raise."""
+    paused; return its Domain.  With fill, call fill(target, image) for each
+    image before QEMU opens it, and keep no model of the disks (a big disk's
+    model would be as big). Raise ValueError on bad arguments; on a libvirt
+    error, undo what was done and re-raise."""
     targets = [t for t, _, _ in disks]
     if not disks or len(set(targets)) != len(targets):
         raise ValueError(f"need distinct disk targets, got {targets}")
@@ -528,13 +534,15 @@ def create_domain(conn: libvirt.virConnect, workdir: Path, virt_type: str,
     paths = {t: workdir / f"{name}-{t}.{fmt}" for t, _, fmt in disks}
     for target, size, fmt in disks:
         create_image(paths[target], fmt, size)
+        if fill is not None:
+            fill(target, paths[target])
     xml = domain_xml(name, virt_type, [(t, paths[t], f) for t, _, f in disks], discard,
                      owner_token())
     try:
         dom = conn.defineXML(xml)
         try:
             domain = Domain(dom, workdir, paths, {t: f for t, _, f in disks},
-                            {t: s for t, s, _ in disks}, discard)
+                            {t: s for t, s, _ in disks}, discard, model=fill is None)
             dom.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED)
         except BaseException:
             remove_domain(dom)
