@@ -140,8 +140,13 @@ def _data_member(name: str) -> tuple[str, int, int] | None:
 def _read_small(member: Member, archive: str) -> bytes:
     """Return a small member of the format whole; raise FormatError, unread, if it is
     bigger than the format allows."""
-    limit = fmt.SMALL_MEMBERS[member.name]
-    if member.size > limit:
-        raise FormatError(archive=archive, detail=f"{member.name} is {member.size} bytes, "
-                                                  f"more than the {limit} borg-vm allows")
+    check_small_size(archive, member.name, member.size)
     return member.read()
+
+
+def check_small_size(archive: str, name: str, size: int) -> None:
+    """Raise FormatError if the format's small member name is bigger than it allows."""
+    limit = fmt.SMALL_MEMBERS[name]
+    if size > limit:
+        raise FormatError(archive=archive, detail=f"{name} is {size} bytes, "
+                                                  f"more than the {limit} borg-vm allows")

@@ -392,6 +392,15 @@ class Manifest:
         except (ValueError, RecursionError) as e:  # json.JSONDecodeError is a ValueError
             raise FormatError(archive=archive, detail=f"bad manifest: {e}") from e
 
+    def disagreement(self, info: "ArchiveInfo") -> str | None:
+        """Return how this manifest disagrees with the archive's name and comment, or
+        None if it agrees."""
+        if self.name != info.name:
+            return f"its manifest names archive {self.name}"
+        if self.summary() != info.summary:
+            return "its manifest disagrees with its comment"
+        return None
+
     def summary(self) -> "Summary":
         return Summary(level=self.level, parent=self.parent_archive, time=self.time,
                        uuid=self.uuid,

@@ -274,6 +274,13 @@ def requests(extent: Extent, max_request: int) -> list[tuple[int, int]]:
     return out
 
 
+def covers_data(pieces: Iterable[Extent], extents: Iterable[Extent]) -> bool:
+    """Return True if pieces (as stored: data members, bytes written) cover exactly
+    the DATA extents of extents. Raise ValueError if two pieces overlap."""
+    return merge(Extent(p.start, p.length) for p in pieces) == merge(
+        e for e in extents if e.kind == DATA)
+
+
 def total(extents: Iterable[Extent], kind: str) -> int:
     """Return the number of bytes in extents of the given kind."""
     return sum(e.length for e in extents if e.kind == kind)
