@@ -77,12 +77,13 @@ def pieces(src: BinaryIO, archive: str, sizes: dict[str, int], piece_size: int
         packed = fmt.parse_map_member(member.name)
         parsed = _data_member(member.name)
         if packed is not None:
-            announced = (packed, _read_map(member, archive))
+            check_small_size(archive, member.name, member.size)
+            announced = (packed, read_map(archive, member.name, member.read()))
         elif parsed is not None:
             target, layer, offset = parsed
-            spans = announced[1] if announced else _one_span(offset, member.size)
+            spans = announced[1] if announced else one_piece(offset, member.size)
             announced = None
-            _check_spans(archive, member, spans, target, offset, sizes.get(target))
+            check_pieces(archive, member.name, member.size, spans, target, sizes.get(target))
             for span in spans:
                 at = span.start
                 for piece in member.take(span.length, piece_size):
@@ -98,37 +99,35 @@ def pieces(src: BinaryIO, archive: str, sizes: dict[str, int], piece_size: int
                                                   f"{announced[0]}: it is damaged")
 
 
-def _read_map(member: Member, archive: str) -> tuple[Extent, ...]:
-    """Return the pieces a map member lists for its data member (checked against it
-    when that arrives); raise FormatError, unread, if it is too big or malformed."""
-    if member.size > packing.MAX_MAP_BYTES:
-        raise FormatError(archive=archive, detail=f"{member.name} is {member.size} bytes, "
-                                                  f"more than the {packing.MAX_MAP_BYTES} "
-                                                  "borg-vm allows")
+def read_map(archive: str, name: str, raw: bytes) -> tuple[Extent, ...]:
+    """Return the pieces the map member `name` lists for its data member (to be
+    checked against it, check_pieces); raise FormatError if it is malformed."""
     try:
-        return packing.map_from_json(member.read())
+        return packing.map_from_json(raw)
     except (ValueError, RecursionError) as e:  # json.JSONDecodeError is a ValueError
-        raise FormatError(archive=archive, detail=f"{member.name}: {e}") from e
+        raise FormatError(archive=archive, detail=f"{name}: {e}") from e
 
 
-def _one_span(offset: int, size: int) -> tuple[Extent, ...]:
-    """The span of a member without a map: its bytes at offset (none if it is empty)."""
+def one_piece(offset: int, size: int) -> tuple[Extent, ...]:
+    """The pieces of a data member without a map: its bytes at offset (none if empty)."""
     return (Extent(offset, size),) if size else ()
 
 
-def _check_spans(archive: str, member: Member, spans: tuple[Extent, ...], target: str,
-                 offset: int, size: int | None) -> None:
-    """Raise FormatError unless spans start at offset and add up to the member's size,
-    IntegrityError if they end beyond the disk's size (when known)."""
-    if not spans:
+def check_pieces(archive: str, name: str, size: int, pieces: tuple[Extent, ...],
+                 target: str, disk_size: int | None) -> None:
+    """Raise FormatError unless the pieces of data member `name` (size bytes) start
+    at the offset it is named by and add up to its size, IntegrityError if they
+    end beyond the disk's size (when known)."""
+    if not pieces:
         return
-    if spans[0].start != offset or sum(s.length for s in spans) != member.size:
-        raise FormatError(archive=archive, detail=f"the map of {member.name} does not "
-                                                  f"describe its {member.size} bytes")
-    if size is not None and spans[-1].end > size:
+    offset = _data_member(name)[2]
+    if pieces[0].start != offset or sum(p.length for p in pieces) != size:
+        raise FormatError(archive=archive, detail=f"the map of {name} does not "
+                                                  f"describe its {size} bytes")
+    if disk_size is not None and pieces[-1].end > disk_size:
         raise IntegrityError(target=target, archive=archive, detail=(
-            f"member {member.name} ends at byte {spans[-1].end}, beyond the "
-            f"disk's {size} bytes: the archive is damaged"))
+            f"member {name} ends at byte {pieces[-1].end}, beyond the "
+            f"disk's {disk_size} bytes: the archive is damaged"))
 
 
 def _data_member(name: str) -> tuple[str, int, int] | None:
@@ -145,8 +144,9 @@ def _read_small(member: Member, archive: str) -> bytes:
 
 
 def check_small_size(archive: str, name: str, size: int) -> None:
-    """Raise FormatError if the format's small member name is bigger than it allows."""
-    limit = fmt.SMALL_MEMBERS[name]
+    """Raise FormatError if the format's small member name (or a pack's map) is
+    bigger than it allows."""
+    limit = packing.MAX_MAP_BYTES if fmt.parse_map_member(name) else fmt.SMALL_MEMBERS[name]
     if size > limit:
         raise FormatError(archive=archive, detail=f"{name} is {size} bytes, "
                                                   f"more than the {limit} borg-vm allows")

@@ -8,16 +8,14 @@ from pathlib import Path
 
 import pytest
 
-import dataclasses
-import hashlib
-
 from borg_vm.actions import restore as restore_action
 from borg_vm.core import archive, packing
 from borg_vm.core.extent import Extent
 from borg_vm.errors import FormatError
 
-from handmade import (DOMAIN, SIZE, Zeros, borg_vm, borg_vm_peak_rss, error_line, image_data,
-                      manifest, write_archive)
+from handmade import (DOMAIN, PACK, PACK_BYTES, PACK_MAP, PACK_NAME, SIZE, Zeros, borg_vm,
+                      borg_vm_peak_rss, error_line, image_data, packed_disk, write_archive,
+                      write_packed_archive)
 from realstack import KiB, MiB
 
 DATA = b"\x5a" * 65536
@@ -104,61 +102,39 @@ def test_data_member_beyond_the_disk_end_is_damage(make_repo, tmp_path, offset, 
 
 # --- format 3: a pack of pieces, announced by its map ------------------------------------
 
-PIECES = (Extent(64 * KiB, 4 * KiB), Extent(1 * MiB, 8 * KiB), Extent(3 * MiB + 512, 100))
-FILLS = (0xAA, 0xBB, 0xCC)
-
-
-def packed_archive(borg, members=None):
-    """Write a full of vda whose three pieces travel in one pack; return its name.
-    members replaces the map and data members (to damage them)."""
-    data = b"".join(bytes([f]) * p.length for p, f in zip(PIECES, FILLS))
-    m = manifest({"vda": data})
-    m = dataclasses.replace(m, disks={"vda": dataclasses.replace(
-        m.disks["vda"], extents=PIECES, sha256=hashlib.sha256(data).hexdigest())})
-    name = archive.member_name("vda", PIECES[0].start)
-    if members is None:
-        members = [(archive.map_member_name(name), packing.map_to_json(PIECES)), (name, data)]
-    return write_archive(borg, {"vda": data}, data_members=members, manifest_json=m.to_json())
-
-
 def test_a_pack_restores_its_pieces_at_their_offsets(make_repo, tmp_path):
     borg = make_repo()
-    packed_archive(borg)
+    write_packed_archive(borg)
     to = tmp_path / "out"
     restore(borg.repo, to)
-    expected = bytearray(SIZE)
-    for p, f in zip(PIECES, FILLS):
-        expected[p.start:p.end] = bytes([f]) * p.length
     (image,) = to.glob("*.qcow2")
-    assert image_data(str(image), tmp_path) == expected
+    assert image_data(str(image), tmp_path) == packed_disk()
     assert "ok " in borg_vm("verify", DOMAIN, "--repo", borg.repo).stdout
 
 
-MAP = archive.map_member_name(archive.member_name("vda", PIECES[0].start))
-DATA_NAME = archive.member_name("vda", PIECES[0].start)
-PACKED = sum(p.length for p in PIECES)
+MAP, DATA_NAME, PACKED = PACK_MAP, PACK_NAME, PACK_BYTES
 
 
 @pytest.mark.parametrize("members, error", [
-    ([(MAP, packing.map_to_json(PIECES)), (archive.member_name("vda", 0), b"x" * PACKED)],
+    ([(MAP, packing.map_to_json(PACK)), (archive.member_name("vda", 0), b"x" * PACKED)],
      f"map of {DATA_NAME} is followed by '{archive.member_name('vda', 0)}'"),
-    ([(MAP, packing.map_to_json(PIECES))], f"map of {DATA_NAME} is followed by 'manifest.json'"),
-    ([(MAP, packing.map_to_json(PIECES)), (DATA_NAME, b"x" * (PACKED - 1))],
+    ([(MAP, packing.map_to_json(PACK))], f"map of {DATA_NAME} is followed by 'manifest.json'"),
+    ([(MAP, packing.map_to_json(PACK)), (DATA_NAME, b"x" * (PACKED - 1))],
      f"the map of {DATA_NAME} does not describe its {PACKED - 1} bytes"),
-    ([(MAP, packing.map_to_json(PIECES[1:])), (DATA_NAME, b"x" * PACKED)],
+    ([(MAP, packing.map_to_json(PACK[1:])), (DATA_NAME, b"x" * PACKED)],
      f"the map of {DATA_NAME} does not describe"),
     ([(MAP, b"[[65536, 4096], [1048576"), (DATA_NAME, b"x" * PACKED)], f"{MAP}: "),
     ([(MAP, b"[[65536, 4096], [1048576, -3]]"), (DATA_NAME, b"x" * PACKED)], "out of order"),
     ([(MAP, Zeros(packing.MAX_MAP_BYTES + 1)), (DATA_NAME, b"x" * PACKED)],
      f"{MAP} is {packing.MAX_MAP_BYTES + 1} bytes, more than the {packing.MAX_MAP_BYTES}"),
-    ([(MAP, packing.map_to_json((PIECES[0], Extent(SIZE - 100, PACKED - 4 * KiB)))),
+    ([(MAP, packing.map_to_json((PACK[0], Extent(SIZE - 100, PACKED - 4 * KiB)))),
       (DATA_NAME, b"x" * PACKED)],
      f"ends at byte {SIZE - 100 + PACKED - 4 * KiB}, beyond the disk's {SIZE} bytes"),
 ], ids=["other-member", "at-the-end", "short-data", "short-map", "not-json", "bad-entry",
         "oversized", "beyond-the-disk"])
 def test_damaged_packs_are_refused(make_repo, tmp_path, members, error):
     borg = make_repo()
-    name = packed_archive(borg, members)
+    name = write_packed_archive(borg, members)
     proc = restore(borg.repo, tmp_path / "out", code=2)
     line = proc.stderr.splitlines()[-1]
     assert name in line and error in line, proc.stderr
