@@ -4,7 +4,7 @@
 VENV   ?= .venv
 PYTEST ?= $(VENV)/bin/pytest
 
-.PHONY: setup demo test unit integration e2e bench bench-retention
+.PHONY: setup demo test unit integration e2e bench bench-retention bench-scale
 
 setup:
 	bash contrib/setup-host.sh $(VENV)
@@ -31,3 +31,10 @@ bench: setup
 # (bench/RETENTION.md; about 15 minutes on a quiet 2-core machine).
 bench-retention: setup
 	$(VENV)/bin/python bench/retention.py
+
+# A 1 TiB qcow2 with 100,000 separate 64 KiB extents beside the same bytes in
+# one range (bench/SCALE.md, issue #11; roughly 15 minutes and 40 GB of
+# scratch space on a quiet 2-core machine, estimated from a reduced run).
+# SCALE_DISK_GIB, SCALE_EXTENTS and SCALE_RUNS shrink it for a try-out.
+bench-scale: setup
+	$(VENV)/bin/python bench/scale.py

@@ -34,7 +34,7 @@ from ..adapters.borg import Borg
 from ..adapters.libvirt import Domain, Hypervisor
 from ..adapters.sources import PullBackupSource
 from ..core import archive as fmt
-from ..core import domxml, extent, plan
+from ..core import domxml, extent, packing, plan
 from ..core.archive import ArchiveInfo, ArchiveName, DiskRecord, FrozenRecord, Manifest
 from ..core.source import DiskSource, Session
 from ..core.tarstream import TarWriter
@@ -376,17 +376,22 @@ def _stream_extents(tar: TarWriter, source: DiskSource, target: str,
                     extents: tuple[extent.Extent, ...], opts: BackupOptions,
                     progress: Progress, member: Callable[[int], str]) -> str:
     """Write the data extents of the source's disk `target` as tar members named
-    member(offset); return the sha256 of the data."""
+    member(offset of their first byte), small pieces packed (core/packing.py);
+    return the sha256 of the data."""
     digest = hashlib.sha256()
-    members = [m for e in extents if e.kind == extent.DATA
-               for m in extent.split_at_blocks(e, opts.block_size)]
-    requests = [r for m in members for r in extent.requests(m, source.read_request)]
-    starts = {m.start: m for m in members}
+    members = packing.pack(extents, packing.Packing.for_block_size(opts.block_size))
+    starts = {m[0].start: m for m in members}
+    requests = (r for m in members for piece in m
+                for r in extent.requests(piece, source.read_request))
     with source.reads(target, requests, PREFETCH_HOLD) as raw, \
             prefetch.ahead(_hashed(raw, digest), PREFETCH_DEPTH) as reads:
         for offset, data in reads:
-            if offset in starts:
-                tar.begin(member(offset), starts[offset].length)
+            pieces = starts.get(offset)
+            if pieces is not None:
+                name = member(offset)
+                if len(pieces) > 1:
+                    tar.add(fmt.map_member_name(name), packing.map_to_json(pieces))
+                tar.begin(name, sum(p.length for p in pieces))
             tar.write(data)
             progress.advance(len(data))
     return digest.hexdigest()

@@ -90,12 +90,18 @@ def make_repo(tmp_path):
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 
-@pytest.fixture
-def v1_repo(tmp_path, monkeypatch):
-    """A copy of tests/fixtures/v1-repo (borg writes lock and index files into a
-    repository it reads), set as BORG_REPO: a repository borg-vm 0.1.0 wrote."""
-    repo = tmp_path / "v1-repo"
-    shutil.copytree(FIXTURES / "v1-repo", repo)
+def copy_fixture_repo(name: str, tmp_path: Path, monkeypatch) -> Path:
+    """Copy tests/fixtures/NAME (borg writes lock and index files into a repository
+    it reads) into tmp_path and set it as BORG_REPO; return the copy."""
+    repo = tmp_path / name
+    shutil.copytree(FIXTURES / name, repo)
     monkeypatch.setenv("BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK", "yes")
     monkeypatch.setenv("BORG_REPO", str(repo))
     return repo
+
+
+@pytest.fixture
+def v1_repo(tmp_path, monkeypatch):
+    """A repository borg-vm 0.1.0 wrote in archive format 1 (tests/fixtures/v1-repo),
+    set as BORG_REPO."""
+    return copy_fixture_repo("v1-repo", tmp_path, monkeypatch)
