@@ -195,14 +195,17 @@ def _run(dom: Domain, borg: Borg, opts: BackupOptions, disks: list[plan.Disk],
     begin = running_session if dom.is_active() else offline.session
     chains = {t: list(x.chain) for t, x in layers.items()}
     streaming = False
+    runtime.phase(runtime.PLANNED, "%s: %s backup into %s", dom.name, p.level, name)
     try:
         with begin(dom, p, checkpoint, disks, xml, opts, when, chains) as session:
+            runtime.phase(runtime.JOB_STARTED, "%s: checkpoint %s", dom.name, checkpoint)
             streaming = True
             manifest = _stream(dom, borg, opts, p, name, when, session, by_target, layers)
     except BaseException:
         if streaming:
             _delete_partial(dom, borg, name)
         raise
+    runtime.phase(runtime.DONE, "%s: job ended, older checkpoints deleted", dom.name)
     result = BackupResult(str(name), dom.name, name.snapshot_name, checkpoint, p.level,
                           p.reason)
     for t, d in manifest.disks.items():
@@ -239,7 +242,6 @@ def running_session(dom: Domain, p: plan.Plan, checkpoint: str, disks: list[plan
         try:
             with dom.pull_backup(job, cp, p.parent_checkpoint):
                 begun = True
-                log.debug("%s: backup job started, checkpoint %s", dom.name, checkpoint)
                 yield Session(PullBackupSource(socket), lambda: dom.checkpoint_xml(checkpoint))
         except BaseException:
             if begun:
@@ -327,6 +329,8 @@ def _write_archive(dom: Domain, borg: Borg, opts: BackupOptions, name: ArchiveNa
             tar = TarWriter(proc.stdin, int(when.timestamp()))
             tar.add(fmt.DOMAIN_XML, dom.xml(inactive=True).encode())
             tar.add(fmt.CHECKPOINT_XML, session.checkpoint_xml().encode())
+            runtime.phase(runtime.STREAMING, "%s: into borg import-tar %s", dom.name,
+                          name.partial)
             disks = {}
             for t, d in sorted(manifest.disks.items()):
                 top = _stream_extents(tar, source, t, d.extents, opts, progress,
@@ -345,9 +349,9 @@ def _write_archive(dom: Domain, borg: Borg, opts: BackupOptions, name: ArchiveNa
         finally:
             progress.close()
         borg.finish("import-tar", proc)
-    log.debug("%s: borg import-tar finished", dom.name)
+    runtime.phase(runtime.BORG_FINISHED, "%s: %s complete", dom.name, name.partial)
     borg.rename(name.partial, str(name))
-    log.debug("%s: renamed to %s", dom.name, name)
+    runtime.phase(runtime.RENAMED, "%s: %s", dom.name, name)
     return manifest
 
 

@@ -30,6 +30,7 @@ import tempfile
 from dataclasses import dataclass
 from typing import Iterator
 
+from .. import runtime
 from ..adapters.borg import Borg
 from ..core import archive as fmt
 from ..core import chain, domxml
@@ -165,6 +166,7 @@ def _write_chain(borg: Borg, plans: list[DiskPlan], stage: str, progress: Progre
         layers = {(d.target, 0): _prepare_layer(d, d.archives.index(arc), stage)
                   for d in plans if arc in d.archives}
         apply.apply_archive(borg, arc, layers, progress)
+        runtime.phase(runtime.APPLIED, "%s written into %s", arc.archive, stage)
 
 
 def _restored_xml(borg: Borg, top: ArchiveInfo, images: dict[str, tuple[str, str]],
