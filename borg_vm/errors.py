@@ -61,6 +61,12 @@ class LibvirtError(BorgVmError):
     """libvirt failed to {action} for domain {name!r}: {detail}"""
 
 
+class DomainStopped(BorgVmError):
+    """Domain {name!r} stopped while it was being backed up ({detail}); nothing was
+    recorded. Start it and back it up again (a full backup, if QEMU was killed: its
+    checkpoints went with it)."""
+
+
 class CheckpointInconsistent(LibvirtError):
     """Checkpoint {checkpoint!r} of domain {name!r} is unusable: {detail}"""
 

@@ -37,8 +37,8 @@ from ..core import domxml, extent, plan
 from ..core.archive import ArchiveInfo, ArchiveName, DiskRecord, FrozenRecord, Manifest
 from ..core.source import DiskSource, Session
 from ..core.tarstream import TarWriter
-from ..errors import (BorgError, CheckpointInconsistent,
-                      LibvirtError, NoDisksToBackUp, UnknownDisk)
+from ..errors import (BorgError, CheckpointInconsistent, DomainStopped, LibvirtError,
+                      NbdError, NoDisksToBackUp, QemuImgError, UnknownDisk)
 from ..progress import Progress
 from . import offline, recover, repository, snapshots
 
@@ -243,15 +243,19 @@ def running_session(dom: Domain, p: plan.Plan, checkpoint: str, disks: list[plan
             with dom.pull_backup(job, cp, p.parent_checkpoint):
                 begun = True
                 yield Session(PullBackupSource(socket), lambda: dom.checkpoint_xml(checkpoint))
-        except BaseException:
+        except BaseException as e:
             if begun:
-                _undo_checkpoint(dom, checkpoint)
+                _undo_checkpoint(dom, checkpoint, disks)
+                if isinstance(e, NbdError) and _stopped(dom):
+                    raise DomainStopped(name=dom.name, detail=e.message) from e
             raise
         finally:
             _remove_scratch(export)
     for old in sorted(c for c in dom.checkpoints()
                       if fmt.is_own_checkpoint(c) and c != checkpoint):
-        dom.delete_checkpoint(old)
+        # Superseded: if its bitmaps are gone (QEMU was killed since a failed run
+        # made it), its metadata goes alone.
+        dom.delete_checkpoint(old, broken=True)
 
 
 def _all_targets(live_xml: str) -> list[str]:
@@ -265,15 +269,25 @@ def _remove_scratch(export: dict[str, tuple[str, str]]) -> None:
             os.unlink(path)
 
 
-def _undo_checkpoint(dom: Domain, checkpoint: str) -> None:
-    """After a failure: end the job and delete the new checkpoint. Best effort,
-    logged, so the original error is what the user sees."""
+def _undo_checkpoint(dom: Domain, checkpoint: str, disks: list[plan.Disk]) -> None:
+    """After a failure: end the job and delete the new checkpoint (through libvirt, or
+    if the domain stopped meanwhile, its metadata and any bitmap in the images). Best
+    effort, logged, so the original error is what the user sees."""
     log.warning("%s: backup failed; removing checkpoint %s", dom.name, checkpoint)
     try:
         dom.abort_job()
-        dom.delete_checkpoint(checkpoint)
-    except LibvirtError as e:
+        offline.drop_checkpoint(dom, checkpoint,
+                                [d.source for d in disks if d.incremental_capable])
+    except (LibvirtError, QemuImgError) as e:
         log.error("%s: could not remove checkpoint %s: %s", dom.name, checkpoint, e.message)
+
+
+def _stopped(dom: Domain) -> bool:
+    """Return True if the domain is known to have stopped (its QEMU went away)."""
+    try:
+        return not dom.is_active()
+    except LibvirtError:
+        return False
 
 
 def _delete_partial(dom: Domain, borg: Borg, name: ArchiveName) -> None:

@@ -76,7 +76,10 @@ class Domain:
         return LibvirtError(action=action, name=self.name, detail=e.get_error_message())
 
     def is_active(self) -> bool:
-        return bool(self._dom.isActive())
+        try:
+            return bool(self._dom.isActive())
+        except libvirt.libvirtError as e:
+            raise self._fail("read the domain's state", e) from e
 
     def xml(self, inactive: bool = False) -> str:
         """Return the live domain XML (or the persistent definition if inactive)."""
