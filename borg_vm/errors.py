@@ -98,6 +98,12 @@ class RepositoryNotFound(BorgError):
     """Borg repository {repo} does not exist or cannot be reached: {detail}"""
 
 
+class RepositoryFull(BorgError):
+    """The file system of Borg repository {repo} is full ({detail}); Borg rolled its
+    transaction back. Free space there (after deleting archives, 'borg compact'
+    frees theirs) and run again."""
+
+
 class PassphraseWrong(BorgError):
     """The passphrase for repository {repo} is wrong (borg-vm uses Borg's own
     BORG_PASSPHRASE, BORG_PASSCOMMAND or BORG_PASSPHRASE_FD)."""
