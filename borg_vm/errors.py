@@ -183,5 +183,10 @@ class IntegrityError(BorgVmError):
     ({detail}): the archive is damaged (nothing was restored from it)."""
 
 
+class RestoreTargetFull(BorgVmError):
+    """The file system of {path} filled up during the restore ({detail}); nothing
+    was moved into it. Free space there, or choose another --to directory."""
+
+
 class RestoreTargetUnusable(BorgVmError):
     """Cannot restore into {path}: {detail}. Choose another --to directory."""
