@@ -4,8 +4,9 @@ An archive is only as trustworthy as the repository. So only the format's
 small members (domain.xml, checkpoint.xml, manifest.json) are ever held
 whole, each refused unread above its cap (core.archive.SMALL_MEMBERS); data
 members stream in pieces and must end within their disk; any other member
-under disk/ means a damaged archive; members borg-vm does not know are
-skipped as they stream.
+under disk/, and anything but a regular file under a name of the format
+(a link, a device node...), means a damaged archive; members borg-vm does
+not know are skipped as they stream.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ def read_small(borg: Borg, archive: str, names: tuple[str, ...]) -> dict[str, by
     with exported(borg, archive, names) as stream:
         for member in read_members(stream):
             if member.name in names:
-                files[member.name] = _read_small(member, archive)
+                files[member.name] = _read_small(_regular(member, archive), archive)
     check_present(archive, files, names)
     return files
 
@@ -46,13 +47,14 @@ def exported(borg: Borg, archive: str, paths: Sequence[str]) -> Iterator[BinaryI
 
     A damaged stream raises FormatError, unless borg failed (then borg's error).
     """
+    action = f"export-tar of {archive}"
     with borg.export_tar(archive, paths) as proc:
         try:
             yield proc.stdout
         except TarFormatError as e:
-            borg.finish("export-tar", proc)
+            borg.finish(action, proc)
             raise FormatError(archive=archive, detail=str(e)) from e
-        borg.finish("export-tar", proc)
+        borg.finish(action, proc)
 
 
 def pieces(src: BinaryIO, archive: str, sizes: dict[str, int], piece_size: int
@@ -67,6 +69,10 @@ def pieces(src: BinaryIO, archive: str, sizes: dict[str, int], piece_size: int
     FormatError for another member under disk/ or frozen/ (a damaged archive).
     """
     for member in read_members(src):
+        if not member.regular:
+            if fmt.in_disk_dir(member.name) or member.name in fmt.SMALL_MEMBERS:
+                _regular(member, archive)
+            continue
         parsed = _data_member(member.name)
         if parsed is not None:
             target, layer, offset = parsed
@@ -82,6 +88,14 @@ def pieces(src: BinaryIO, archive: str, sizes: dict[str, int], piece_size: int
                                                       f"({member.size} bytes): it is damaged")
         elif member.name in fmt.SMALL_MEMBERS:
             yield member.name, None, 0, _read_small(member, archive)
+
+
+def _regular(member: Member, archive: str) -> Member:
+    """Return the member if it is a regular file; raise FormatError if it is not."""
+    if not member.regular:
+        raise FormatError(archive=archive, detail=f"{member.name!r} is not a regular file "
+                                                  "(a link or a device?): it is damaged")
+    return member
 
 
 def _data_member(name: str) -> tuple[str, int, int] | None:
