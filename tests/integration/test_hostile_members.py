@@ -1,7 +1,7 @@
 """Tar members an attacker with write access to the repository can plant in an
 otherwise valid borg-vm archive: paths with `..` or a leading /, symbolic and
 hard links, device nodes, FIFOs, data of a disk the manifest does not have.
-Restore, verify and list are each one clear line naming the archive (or a
+Restore and verify are each one clear line naming the archive (or a
 restore of exactly what the manifest says), and nothing is written outside --to."""
 
 import io
