@@ -2,12 +2,19 @@
 
 Domains, their checkpoints and pull-mode backup jobs. libvirt errors become
 borg-vm errors here, with the domain and the action in the message.
+
+The connection outlives a restart of the libvirt daemon (an upgrade, a
+crash): libvirt keeps a running backup job across it, and a run that could
+not reach the daemon again would leave the job running and its checkpoints
+behind. A call that finds the connection lost connects again (waiting up to
+RECONNECT_TIMEOUT for the daemon to answer) and is made once more.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from typing import Iterator
 
 import libvirt
@@ -18,6 +25,8 @@ from ..errors import (CheckpointInconsistent, DomainNotFound, LibvirtConnectErro
 log = logging.getLogger(__name__)
 
 DEFAULT_URI = "qemu:///system"
+RECONNECT_TIMEOUT = 60   # seconds a restarting daemon has to answer again
+RECONNECT_POLL = 0.5
 _INCONSISTENT_HINTS = ("inconsistent", "missing or broken bitmap")
 
 
@@ -35,17 +44,40 @@ def connect(uri: str = DEFAULT_URI) -> Iterator["Hypervisor"]:
         conn = libvirt.open(uri)
     except libvirt.libvirtError as e:
         raise LibvirtConnectError(uri=uri, detail=e.get_error_message()) from e
+    hv = Hypervisor(conn, uri)
     try:
-        yield Hypervisor(conn, uri)
+        yield hv
     finally:
         with contextlib.suppress(libvirt.libvirtError):
-            conn.close()
+            hv.conn.close()
 
 
 class Hypervisor:
     def __init__(self, conn: "libvirt.virConnect", uri: str):
         self.conn = conn
         self.uri = uri
+
+    def reconnected(self) -> bool:
+        """If the connection was lost, open a new one and return True (raise
+        LibvirtConnectError if the daemon does not answer within RECONNECT_TIMEOUT);
+        return False if the connection works."""
+        try:
+            self.conn.getLibVersion()   # isAlive() may not have noticed yet
+            return False
+        except libvirt.libvirtError:
+            pass
+        log.warning("lost the connection to libvirt at %s; connecting again", self.uri)
+        with contextlib.suppress(libvirt.libvirtError):
+            self.conn.close()
+        deadline = time.monotonic() + RECONNECT_TIMEOUT
+        while True:
+            try:
+                self.conn = libvirt.open(self.uri)
+                return True
+            except libvirt.libvirtError as e:
+                if time.monotonic() >= deadline:
+                    raise LibvirtConnectError(uri=self.uri, detail=e.get_error_message()) from e
+            time.sleep(RECONNECT_POLL)
 
     def domain_names(self) -> list[str]:
         """Return the names of every domain libvirt knows, running or shut off."""
@@ -58,7 +90,7 @@ class Hypervisor:
     def domain(self, name: str) -> "Domain":
         """Return the named domain; raise DomainNotFound if there is none."""
         try:
-            return Domain(self.conn.lookupByName(name))
+            return Domain(_Reconnecting(self, self.conn.lookupByName(name)))
         except libvirt.libvirtError as e:
             if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
                 raise DomainNotFound(name=name, uri=self.uri) from e
@@ -66,8 +98,29 @@ class Hypervisor:
                                detail=e.get_error_message()) from e
 
 
+class _Reconnecting:
+    """A virDomain whose calls survive a lost connection: the call connects again
+    (Hypervisor.reconnected), looks the domain up by its UUID and is made again."""
+
+    def __init__(self, hv: Hypervisor, dom: "libvirt.virDomain"):
+        self._hv = hv
+        self._dom = dom
+        self._uuid = dom.UUIDString()
+
+    def __getattr__(self, method: str):
+        def call(*args):
+            try:
+                return getattr(self._dom, method)(*args)
+            except libvirt.libvirtError:
+                if not self._hv.reconnected():
+                    raise
+            self._dom = self._hv.conn.lookupByUUIDString(self._uuid)
+            return getattr(self._dom, method)(*args)
+        return call
+
+
 class Domain:
-    def __init__(self, dom: "libvirt.virDomain"):
+    def __init__(self, dom: "libvirt.virDomain | _Reconnecting"):
         self._dom = dom
         self.name = dom.name()
         self.uuid = dom.UUIDString()
