@@ -268,7 +268,7 @@ class Target:
         archive, or (level "full") a full whose reason says reason."""
         poll(lambda: not self._processes(), EXIT_TIMEOUT, "the struck run's processes to end")
         self.adopt()
-        self.record["left"] = ", ".join(self._leftovers()) or "nothing"
+        self.record["left"] = ", ".join(self.leftovers()) or "nothing"
         last = self.good[-1]["archive"] if self.good else None
         self.write()
         result = self.backup()
@@ -286,7 +286,7 @@ class Target:
         """Return the qemu-nbd and borg processes working on this test's files."""
         return processes_naming(str(self.tmp), "qemu-nbd") + processes_naming(self.repo, "borg")
 
-    def _leftovers(self) -> list[str]:
+    def leftovers(self) -> list[str]:
         """Return what runs left behind, one kind each: job, checkpoints, run
         directory and lock, scratch files, partial archives, processes."""
         found = []
@@ -309,7 +309,7 @@ class Target:
         """Nothing left behind; every archive verifies, the repository checks, and every
         good restore point restores bit for bit (not every: only the newest, and the
         caller verifies and checks the repository)."""
-        assert self._leftovers() == []
+        assert self.leftovers() == []
         if every:
             run("verify", self.name, "--all", "--repo", self.repo)
             subprocess.run([BORG, "check", self.repo], check=True, capture_output=True)

@@ -62,7 +62,7 @@ def test_libvirtd_restarted_mid_stream(target, record, daemon):
     result = t.strike(runtime.STREAMING, lambda _proc: restart_libvirtd(daemon, t.d), code=0)
     assert "lost the connection to libvirt" in result.stderr, result.stderr
     t.succeeded(result)
-    assert t._leftovers() == []   # the job ended and the older checkpoint went, at once
+    assert t.leftovers() == []   # the job ended and the older checkpoint went, at once
     record["did"] += "; connected again, ended its job, deleted the older checkpoint"
     t.next_run()
     t.check()
