@@ -4,8 +4,10 @@ An archive is only as trustworthy as the repository. So only the format's
 small members (domain.xml, checkpoint.xml, manifest.json, the maps of packs)
 are ever held whole, each refused unread above its cap
 (core.archive.SMALL_MEMBERS, packing.MAX_MAP_BYTES); data members stream in
-pieces and must end within their disk; any other member under disk/ means a
-damaged archive; members borg-vm does not know are skipped as they stream.
+pieces and must end within their disk; any other member under disk/, and
+anything but a regular file under a name of the format (a link, a device
+node...), means a damaged archive; members borg-vm does not know are skipped
+as they stream.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ def read_small(borg: Borg, archive: str, names: tuple[str, ...]) -> dict[str, by
     with exported(borg, archive, names) as stream:
         for member in read_members(stream):
             if member.name in names:
-                files[member.name] = _read_small(member, archive)
+                files[member.name] = _read_small(_regular(member, archive), archive)
     check_present(archive, files, names)
     return files
 
@@ -48,13 +50,14 @@ def exported(borg: Borg, archive: str, paths: Sequence[str]) -> Iterator[BinaryI
 
     A damaged stream raises FormatError, unless borg failed (then borg's error).
     """
+    action = f"export-tar of {archive}"
     with borg.export_tar(archive, paths) as proc:
         try:
             yield proc.stdout
         except TarFormatError as e:
-            borg.finish("export-tar", proc)
+            borg.finish(action, proc)
             raise FormatError(archive=archive, detail=str(e)) from e
-        borg.finish("export-tar", proc)
+        borg.finish(action, proc)
 
 
 def pieces(src: BinaryIO, archive: str, sizes: dict[str, int], piece_size: int
@@ -71,6 +74,10 @@ def pieces(src: BinaryIO, archive: str, sizes: dict[str, int], piece_size: int
     """
     announced: tuple[str, tuple[Extent, ...]] | None = None
     for member in read_members(src):
+        if not member.regular:
+            if fmt.in_disk_dir(member.name) or member.name in fmt.SMALL_MEMBERS:
+                _regular(member, archive)
+            continue
         if announced is not None and member.name != announced[0]:
             raise FormatError(archive=archive, detail=f"map of {announced[0]} is followed by "
                                                       f"{member.name!r}: it is damaged")
@@ -128,6 +135,14 @@ def check_pieces(archive: str, name: str, size: int, pieces: tuple[Extent, ...],
         raise IntegrityError(target=target, archive=archive, detail=(
             f"member {name} ends at byte {pieces[-1].end}, beyond the "
             f"disk's {disk_size} bytes: the archive is damaged"))
+
+
+def _regular(member: Member, archive: str) -> Member:
+    """Return the member if it is a regular file; raise FormatError if it is not."""
+    if not member.regular:
+        raise FormatError(archive=archive, detail=f"{member.name!r} is not a regular file "
+                                                  "(a link or a device?): it is damaged")
+    return member
 
 
 def _data_member(name: str) -> tuple[str, int, int] | None:

@@ -47,7 +47,7 @@ class Export:
         self.where = where
 
     def _fail(self, action: str, e: "nbd.Error") -> NbdError:
-        return NbdError(action=action, where=self.where, detail=e.string)
+        return NbdError(action=action, where=self.where, detail=e.string, errno=e.errnum)
 
     @property
     def size(self) -> int:

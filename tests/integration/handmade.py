@@ -20,7 +20,7 @@ from borg_vm.core import archive, packing
 from borg_vm.core.extent import DATA, Extent
 from borg_vm.core.tarstream import TarWriter
 
-from realstack import CHUNKER, MTIME, TIMESTAMP, KiB, MiB
+from realstack import CHUNKER, MTIME, TIMESTAMP, KiB, MiB, log_run
 
 DOMAIN = "borgvm-test-handmade"
 SNAPSHOT = "20261126T020000Z"
@@ -128,6 +128,7 @@ def borg_vm(*args: str, code: int | None = 0, **kwargs) -> subprocess.CompletedP
     """Run the real CLI, `python -m borg_vm ARGS`; assert its exit code unless code is None."""
     proc = subprocess.run([sys.executable, "-m", "borg_vm", *args], capture_output=True,
                           text=True, timeout=600, **kwargs)
+    log_run(args, proc)
     if code is not None:
         assert proc.returncode == code, (f"borg-vm {' '.join(args)} exited {proc.returncode}, "
                                          f"expected {code}\nstderr: {proc.stderr}")
@@ -155,6 +156,7 @@ def borg_vm_peak_rss(workdir, *args: str, code: int | None = 0):
     out = os.path.join(workdir, "peak-rss")
     proc = subprocess.run([sys.executable, "-c", _RSS_PROBE, out, *args], capture_output=True,
                           text=True, timeout=600)
+    log_run(args, proc)
     if code is not None:
         assert proc.returncode == code, (f"borg-vm {' '.join(args)} exited {proc.returncode}, "
                                          f"expected {code}\nstderr: {proc.stderr}")

@@ -7,6 +7,7 @@ when several test tiers each have a conftest.py.
 """
 
 import json
+import logging
 import subprocess
 
 from borg_vm.core.archive import BLOCK_SIZE
@@ -25,6 +26,15 @@ def run(*argv, **kwargs) -> subprocess.CompletedProcess:
     proc = subprocess.run(argv, capture_output=True, text=True, **kwargs)
     assert proc.returncode == 0, f"{argv} exited {proc.returncode}: {proc.stderr}"
     return proc
+
+
+def log_run(args, proc: subprocess.CompletedProcess) -> None:
+    """Log a borg-vm run, its exit code and its last line on stderr, to "borgvm.runs"
+    (tests/faults/results.py puts what borg-vm said into its table)."""
+    last = (proc.stderr.strip().splitlines() or [""])[-1].removeprefix("borg-vm: ")
+    logging.getLogger("borgvm.runs").info("borg-vm %s: exit %d: %s", " ".join(args),
+                                          proc.returncode, last,
+                                          extra={"exit_code": proc.returncode, "last_line": last})
 
 
 def qemu_io(image: str, fmt: str, *commands: str) -> None:
@@ -59,6 +69,6 @@ def import_members(borg, archive, members, comment="c"):
 def export_members(borg, archive, paths=()):
     """Return [(name, data)] of the members 'borg export-tar' streams."""
     with borg.export_tar(archive, list(paths)) as proc:
-        members = [(m.name, m.read()) for m in read_members(proc.stdout)]
+        members = [(m.name, m.read()) for m in read_members(proc.stdout) if m.regular]
         borg.finish("export-tar", proc)
     return members
