@@ -12,13 +12,12 @@ import socket
 import subprocess
 import time
 
-from pathlib import Path
 
 import pytest
 
 from borg_vm.adapters.borg import Borg, find_borg
 
-from realstack import run
+from realstack import copy_fixture_repo, run
 
 TOOLS = ("qemu-img", "qemu-io", "qemu-nbd", "nbdkit")
 SOCKET_WAIT_SECONDS = 10
@@ -85,19 +84,6 @@ def make_repo(tmp_path):
         return Borg(path)
 
     return make
-
-
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
-
-
-def copy_fixture_repo(name: str, tmp_path: Path, monkeypatch) -> Path:
-    """Copy tests/fixtures/NAME (borg writes lock and index files into a repository
-    it reads) into tmp_path and set it as BORG_REPO; return the copy."""
-    repo = tmp_path / name
-    shutil.copytree(FIXTURES / name, repo)
-    monkeypatch.setenv("BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK", "yes")
-    monkeypatch.setenv("BORG_REPO", str(repo))
-    return repo
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FIXTURES, copy_fixture_repo
+from realstack import FIXTURES, copy_fixture_repo
 
 VERSIONS = ("v1", "v2")
 
