@@ -61,6 +61,12 @@ def virt_type(daemon):
 
 
 @pytest.fixture(scope="session")
+def real_virt_type(daemon):
+    """What make_domain boots the real guest with: 'kvm' where KVM can boot it, else 'qemu'."""
+    return "kvm" if _e2e.realguest.kvm_boots_stock_kernels(daemon.live()) else "qemu"
+
+
+@pytest.fixture(scope="session")
 def _remove_stale_domains(daemon):
     for dom in _e2e.guest.stale_domains(daemon.live()):
         _e2e.guest.remove_domain(dom)
