@@ -19,7 +19,7 @@ HOSTILE = tests/integration/test_restore_hostile.py \
           tests/unit/test_tarstream.py::test_a_damaged_stream_yields_members_or_raises_tar_format_error \
           tests/unit/test_chain.py::test_disk_chain_parent_cycle_is_broken_not_endless
 
-.PHONY: setup demo test unit integration e2e faults soak bench
+.PHONY: setup demo test unit integration e2e faults soak bench bench-retention bench-scale
 
 setup:
 	bash contrib/setup-host.sh $(VENV)
@@ -48,3 +48,15 @@ soak: setup
 
 bench: setup
 	$(VENV)/bin/python bench/bench.py
+
+# 90 nightly backups + prune on a fake clock, restore time against chain length
+# (bench/RETENTION.md; about 15 minutes on a quiet 2-core machine).
+bench-retention: setup
+	$(VENV)/bin/python bench/retention.py
+
+# A 1 TiB qcow2 with 100,000 separate 64 KiB extents beside the same bytes in
+# one range (bench/SCALE.md, issue #11; roughly 15 minutes and 40 GB of
+# scratch space on a quiet 2-core machine, estimated from a reduced run).
+# SCALE_DISK_GIB, SCALE_EXTENTS and SCALE_RUNS shrink it for a try-out.
+bench-scale: setup
+	$(VENV)/bin/python bench/scale.py

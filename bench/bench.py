@@ -331,7 +331,7 @@ class Bench:
         lab.convert_copy(self.disk, src)
         lab.warm(src)
         res = self.r["restore"] = {"convert": [], "convert_flushed": [], "chain": [],
-                                   "flatten": [], "export": []}
+                                   "flatten": [], "export": [], "verify": []}
         for i in range(RUNS):
             res["convert"].append(lab.convert_copy(src, dst))
             res["convert_flushed"].append(lab.convert_copy(src, dst, cache="writeback"))
@@ -340,6 +340,12 @@ class Bench:
             res["export"].append(sum(self.borg.export_tar(repo, a).seconds for a in archives))
             say(f"restore run {i + 1}: borg export-tar of the {len(archives)} archives to "
                 f"/dev/null {res['export'][-1]:.2f} s")
+            # verify reads the same archives (the checkpoint and its chain), writes nothing
+            res["verify"].append(lab.timed([lab.BORG_VM, "verify", self.a.name, "--repo", repo,
+                                            "--checkpoint", checkpoint, "--json"],
+                                           self.env).seconds)
+            say(f"restore run {i + 1}: borg-vm verify of the same archives "
+                f"{res['verify'][-1]:.2f} s")
             for mode in ("chain", "flatten"):
                 to = WORK / f"restore-{mode}"
                 shutil.rmtree(to, ignore_errors=True)

@@ -98,6 +98,7 @@ class Timed:
     seconds: float
     stdout: bytes
     peak_rss: int = 0   # bytes, VmHWM of the process itself (0 if not polled)
+    stderr: bytes = b""
 
 
 def timed(argv: list, env: dict | None = None, poll_rss: bool = False,
@@ -140,7 +141,7 @@ def timed(argv: list, env: dict | None = None, poll_rss: bool = False,
     if proc.returncode != 0 or (feeder and feeder.returncode != 0):
         raise RuntimeError(f"{' '.join(argv)} exited {proc.returncode}:\n"
                            f"{err.decode(errors='replace')[-3000:]}")
-    return Timed(seconds, out, peak[0])
+    return Timed(seconds, out, peak[0], err)
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -264,10 +265,11 @@ REFERENCE_CHUNK = 4 * MIB
 
 
 def borg_vm_backup(env: dict, domain: str, repo: Path, chunk: int | None = None,
-                   align: int | None = None, poll_rss: bool = False) -> tuple[Timed, dict]:
-    """Run `borg-vm backup --json`; return (timing, its JSON result)."""
+                   align: int | None = None, poll_rss: bool = False,
+                   options: tuple[str, ...] = ()) -> tuple[Timed, dict]:
+    """Run `borg-vm backup --json [options]`; return (timing, its JSON result)."""
     argv = [BORG_VM, "backup", domain, "--repo", repo, "--json", "--no-progress",
-            "--chunk-size", str(chunk or REFERENCE_CHUNK)]
+            "--chunk-size", str(chunk or REFERENCE_CHUNK), *options]
     if align is not None:
         argv += ["--read-alignment", str(align)]
     t = timed(argv, env, poll_rss=poll_rss)

@@ -111,7 +111,8 @@ def render(r: dict) -> str:
 
 
 def summary(r: dict) -> str:
-    """One row per target of issue 4: the measured ratio and the verdict."""
+    """One row per target (of issue 4, and verify's of issue 9): the measured ratio
+    and the verdict."""
     full = {e: med(f["borg_vm"]) for e, f in r["full"].items()}
     pipe = {e: med(f["pipe"]) for e, f in r["full"].items()}
     inc = {k: med([x["seconds"] for x in v]) for k, v in r["inc"].items()}
@@ -151,6 +152,9 @@ def summary(r: dict) -> str:
         ["5", "restore <= 1.5 x qemu-img convert",
          f"{med(rs['chain']) / conv:.1f} x chain, {med(rs['flatten']) / conv:.1f} x flattened",
          met(max(med(rs["chain"]), med(rs["flatten"])) <= 1.5 * conv)],
+        ["9", "verify <= 1.2 x borg export-tar of the same archives",
+         f"{med(rs['verify']) / med(rs['export']):.2f} x",
+         met(med(rs["verify"]) <= 1.2 * med(rs["export"]))],
         ["6", "peak RSS < 200 MiB, also with a disk twice as large",
          f"{mb(rss)} MiB at most (4 GiB and 8 GiB disks)", met(rss < 200 * MIB)],
     ]
@@ -440,7 +444,11 @@ def _restore(r: dict) -> str:
              secs(x["convert_flushed"]), ratio(med(x["convert_flushed"]), conv),
              ratio(med(x["convert_flushed"]), export), "", ""],
             ["`borg export-tar` of the 6 archives into /dev/null (Borg alone, no writing)",
-             secs(x["export"]), ratio(export, conv), "1.00", "", ""]]
+             secs(x["export"]), ratio(export, conv), "1.00", "", ""],
+            ["`borg-vm verify --checkpoint` of the same (reads and checks, writes nothing; "
+             "issue 9's target: <= 1.2 x export-tar)", secs(x["verify"]),
+             ratio(med(x["verify"]), conv), ratio(med(x["verify"]), export),
+             met(med(x["verify"]) <= 1.2 * export), ""]]
     for mode, what in (("chain", "chain of {} images"), ("flatten", "{} image")):
         label = what.format(x[f"{mode}_layers"] if mode == "chain" else "one")
         rows.append([f"`borg-vm restore{' --flatten' if mode == 'flatten' else ''}` ({label})",

@@ -13,7 +13,7 @@ import signal
 import sys
 
 from . import __version__
-from .actions import listing
+from .actions import listing, quiesce
 from .actions.backup import BackupOptions, backup
 from .adapters import libvirt as virt
 from .adapters.borg import DEFAULT_LOCK_WAIT, Borg
@@ -23,6 +23,7 @@ from .core.text import printable
 from .errors import EXIT_ERROR, EXIT_OK, BorgVmError, Interrupted, NoRepository, UsageError
 from .actions.delete import delete
 from .actions.prune import PruneOptions, prune
+from .actions.mount import MountOptions, Served, mount
 from .actions.restore import RestoreOptions, restore
 from .actions.verify import verify
 
@@ -81,11 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--level", choices=plan.REQUESTS, default=plan.AUTO,
                    help="auto: incremental when possible, else full (default); "
                    "full; inc: incremental or fail")
-    b.add_argument("--full-every", type=_full_every, metavar="AGE|COUNT",
+    b.add_argument("--full-every", type=_full_every, metavar="AGE|COUNT|never",
                    help="with --level auto, start a new chain (a full backup) when the "
                    "current one's full is older than AGE (e.g. 30d, 2w, 12h) or it has "
-                   "COUNT incrementals; so that prune can free old chains "
-                   f"(default: ${FULL_EVERY_ENV}, else never)")
+                   "COUNT incrementals, so that prune can free old chains and restores "
+                   "stay fast; never: one chain for ever "
+                   f"(default: ${FULL_EVERY_ENV}, else {plan.DEFAULT_FULL_EVERY})")
     b.add_argument("--exclude-disk", action="append", default=[], metavar="TARGET",
                    help="leave this disk (e.g. vdb) out; repeatable")
     b.add_argument("--scratch-dir", metavar="DIR",
@@ -101,6 +103,19 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--read-alignment", type=_size, default=0, metavar="SIZE",
                    help="widen dirty data extents to SIZE boundaries: more reads, more "
                    "whole-chunk dedup (power of two >= 64K, or 0 for none: the default)")
+    q = b.add_argument("--quiesce", action="store_const", const=quiesce.ON,
+                       help="freeze a running guest's filesystems through its "
+                       "QEMU guest agent (channel org.qemu.guest_agent.0) while the backup "
+                       "job starts, for a consistent backup; without an agent it is an "
+                       "error, with =try a warning and the backup goes on unfrozen. The "
+                       f"guest is thawed after at most ${quiesce.FREEZE_TIMEOUT_ENV} "
+                       f"seconds (default {quiesce.FREEZE_TIMEOUT:g}), also if borg-vm dies")
+    # GNU-style optional value: "--quiesce=try" is an option of its own, so a
+    # DOMAIN after a bare --quiesce is never taken for its value. Parsing goes
+    # by the registered strings; help and errors show the one spelling.
+    b.add_argument("--quiesce=try", dest="quiesce", action="store_const", const=quiesce.TRY,
+                   help=argparse.SUPPRESS)
+    q.option_strings = ["--quiesce[=try]"]
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
     b.set_defaults(run=_cmd_backup)
 
@@ -136,7 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--list", action="store_true",
                     help="show for each archive: keep (why) or prune")
     pr.add_argument("--compact", action="store_true",
-                    help="run borg compact afterwards, to free the space")
+                    help="run borg compact afterwards, to free the space (on an "
+                         "append-only repository it frees nothing)")
     pr.set_defaults(run=_cmd_prune)
 
     de = sub.add_parser("delete", parents=[logging_opts],
@@ -193,6 +209,23 @@ def build_parser() -> argparse.ArgumentParser:
                    "names (default: remove them, with a warning)")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     r.set_defaults(run=_cmd_restore)
+
+    m = sub.add_parser("mount", parents=[logging_opts],
+                       help="serve a domain's disks as of a checkpoint over NBD, read-only, "
+                       "straight from the repository",
+                       description="Serve the disks of DOMAIN as of a checkpoint as read-only "
+                       "NBD exports (one unix socket each) for qemu-img, nbdinfo, nbdcopy or "
+                       "QEMU, reading from the repository only the data that is "
+                       "read (borg mount and nbdkit). Runs until Ctrl-C or SIGTERM.")
+    m.add_argument("domain", metavar="DOMAIN")
+    m.add_argument("--socket", required=True, metavar="PATH",
+                   help="the unix socket to serve on; with several disks (or if PATH is a "
+                   "directory) the directory of sockets PATH/TARGET.sock")
+    m.add_argument("--checkpoint", metavar="NAME", help="checkpoint to serve (default: newest)")
+    m.add_argument("--disk", action="append", default=[], metavar="TARGET",
+                   help="serve only this disk; repeatable")
+    _common(m)
+    m.set_defaults(run=_cmd_mount)
     return parser
 
 
@@ -258,6 +291,7 @@ def _cmd_backup(args: argparse.Namespace) -> int:
                          compression=str(parse_compression(args.compression)),
                          block_size=args.chunk_size, read_alignment=args.read_alignment,
                          full_every=args.full_every or _full_every_from_env(),
+                         quiesce=args.quiesce, freeze_timeout=_freeze_timeout_from_env(),
                          progress=not (args.no_progress or args.json))
     if bool(args.all) == bool(args.domains) or (args.match and not args.all):
         raise UsageError(detail="name the domains to back up, or use --all "
@@ -340,14 +374,26 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return EXIT_OK if result.ok else EXIT_ERROR
 
 
-def _full_every_from_env() -> plan.FullEvery | None:
-    text = os.environ.get(FULL_EVERY_ENV)
-    if not text:
-        return None
+def _full_every_from_env() -> plan.FullEvery:
+    text = os.environ.get(FULL_EVERY_ENV) or plan.DEFAULT_FULL_EVERY
     try:
         return plan.FullEvery.parse(text)
     except ValueError as e:
         raise UsageError(detail=f"{FULL_EVERY_ENV}: {e}") from e
+
+
+def _freeze_timeout_from_env() -> float:
+    text = os.environ.get(quiesce.FREEZE_TIMEOUT_ENV)
+    if not text:
+        return quiesce.FREEZE_TIMEOUT
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1
+    if not 0 < seconds < float("inf"):
+        raise UsageError(detail=f"{quiesce.FREEZE_TIMEOUT_ENV}: not a positive number of "
+                                f"seconds: {text!r}")
+    return seconds
 
 
 def _full_every(text: str) -> plan.FullEvery:
@@ -382,6 +428,22 @@ def _cmd_restore(args: argparse.Namespace) -> int:
         for target, d in result.disks.items():
             print(printable(f"{target}: {d['image']}"))
         print(printable(f"domain XML: {result.domain_xml}"))
+    return EXIT_OK
+
+
+def _cmd_mount(args: argparse.Namespace) -> int:
+    def ready(served: Served) -> None:
+        if args.json:
+            _emit(served.to_json())
+        else:
+            for target, d in served.disks.items():
+                print(printable(f"{target}: {d['uri']}"))
+        sys.stdout.flush()
+        log.info("serving %s as of %s; Ctrl-C or SIGTERM stops", served.domain,
+                 served.checkpoint)
+
+    mount(_borg(args), args.domain, MountOptions(args.socket, args.checkpoint,
+                                                 tuple(args.disk)), ready)
     return EXIT_OK
 
 

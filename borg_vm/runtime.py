@@ -161,6 +161,59 @@ def run_dir(uuid: str, owner: tuple[int, int] | None) -> Iterator[str]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+MOUNT_PREFIX = "mount."
+MOUNT_LOCK = "lock"
+
+
+@contextlib.contextmanager
+def mount_dir() -> Iterator[str]:
+    """Yield a fresh 0700 directory for one borg-vm mount, marked as in use (a flock
+    on its lock file) for the block. The caller removes what it put in it; the
+    directory is removed afterwards if that left it empty, else kept with its
+    lock file, unlocked, for the next run to clean (stale_mount_dirs)."""
+    path = tempfile.mkdtemp(prefix=MOUNT_PREFIX, dir=_safe_base_dir())
+    fd = os.open(os.path.join(path, MOUNT_LOCK), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield path
+    finally:
+        os.close(fd)
+        if os.listdir(path) == [MOUNT_LOCK]:
+            os.unlink(os.path.join(path, MOUNT_LOCK))
+            os.rmdir(path)
+
+
+def stale_mount_dirs() -> list[str]:
+    """Return the mount directories whose borg-vm mount is gone (no one holds their lock)."""
+    stale = []
+    for path in glob.glob(os.path.join(base_dir(), MOUNT_PREFIX + "*")):
+        try:
+            fd = os.open(os.path.join(path, MOUNT_LOCK), os.O_RDONLY | os.O_NOFOLLOW)
+        except FileNotFoundError:   # being made right now (or not by us): left alone
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            stale.append(path)
+        except BlockingIOError:
+            pass
+        finally:
+            os.close(fd)
+    return stale
+
+
+def remove_mount_dir(path: str, mountpoints: tuple[str, ...]) -> None:
+    """Remove a stale mount directory, unless one of its mountpoints is still mounted
+    (then rmdir fails and it is kept: never delete through a mount)."""
+    for name in mountpoints:
+        with contextlib.suppress(FileNotFoundError):
+            os.rmdir(os.path.join(path, name))
+    for name in os.listdir(path):
+        entry = os.path.join(path, name)
+        if not os.path.isdir(entry) or os.path.islink(entry):
+            os.unlink(entry)
+    os.rmdir(path)
+
+
 def is_ours(path: str) -> bool:
     """Return True if path lies in borg-vm's runtime directory."""
     return os.path.abspath(path).startswith(os.path.abspath(base_dir()) + os.sep)

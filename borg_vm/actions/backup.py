@@ -3,7 +3,8 @@
 Order of events (commit last)::
 
     lock domain, clean leftovers -> plan level -> begin pull backup (creates
-    checkpoint C) -> block status per disk -> stream tar into
+    checkpoint C; --quiesce freezes the guest for this step only, see
+    quiesce.py) -> block status per disk -> stream tar into
     `borg import-tar NAME.borgvm-partial` -> borg exits 0 -> rename to NAME
     -> end job -> delete older borg-vm checkpoints
 
@@ -33,14 +34,15 @@ from ..adapters.borg import Borg
 from ..adapters.libvirt import Domain, Hypervisor
 from ..adapters.sources import PullBackupSource
 from ..core import archive as fmt
-from ..core import domxml, extent, plan
+from ..core import domxml, extent, packing, plan
 from ..core.archive import ArchiveInfo, ArchiveName, DiskRecord, FrozenRecord, Manifest
 from ..core.source import DiskSource, Session
 from ..core.tarstream import TarWriter
 from ..errors import (BorgError, CheckpointInconsistent, DomainStopped, LibvirtError,
                       NbdError, NoDisksToBackUp, QemuImgError, UnknownDisk)
 from ..progress import Progress
-from . import offline, recover, repository, snapshots
+from . import offline, quiesce, recover, repository, snapshots
+from .quiesce import FREEZE_TIMEOUT
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +62,8 @@ class BackupOptions:
     block_size: int = fmt.BLOCK_SIZE
     read_alignment: int = 0
     full_every: plan.FullEvery | None = None
+    quiesce: str | None = None            # quiesce.ON, quiesce.TRY or None
+    freeze_timeout: float = FREEZE_TIMEOUT
 
 
 @dataclass
@@ -82,11 +86,13 @@ class BackupResult:
     reason: str
     duration: float = 0.0
     disks: dict[str, DiskResult] = field(default_factory=dict)
+    frozen_ms: float | None = None   # how long --quiesce kept the guest frozen
 
     def to_json(self) -> dict:
         return {"archive": self.archive, "domain": self.domain, "snapshot": self.snapshot,
                 "checkpoint": self.checkpoint, "level": self.level, "reason": self.reason,
                 "duration": round(self.duration, 3),
+                "frozen_ms": None if self.frozen_ms is None else round(self.frozen_ms, 1),
                 "disks": {t: vars(d) for t, d in sorted(self.disks.items())}}
 
 
@@ -207,7 +213,7 @@ def _run(dom: Domain, borg: Borg, opts: BackupOptions, disks: list[plan.Disk],
         raise
     runtime.phase(runtime.DONE, "%s: job ended, older checkpoints deleted", dom.name)
     result = BackupResult(str(name), dom.name, name.snapshot_name, checkpoint, p.level,
-                          p.reason)
+                          p.reason, frozen_ms=session.frozen_ms)
     for t, d in manifest.disks.items():
         frozen = sum(f.data_bytes for f in d.frozen)
         result.disks[t] = DiskResult(d.level, d.virtual_size, read=d.data_bytes + frozen,
@@ -240,9 +246,13 @@ def running_session(dom: Domain, p: plan.Plan, checkpoint: str, disks: list[plan
                                     for t in targets})
         begun = False  # libvirt creates nothing when backupBegin fails
         try:
-            with dom.pull_backup(job, cp, p.parent_checkpoint):
-                begun = True
-                yield Session(PullBackupSource(socket), lambda: dom.checkpoint_xml(checkpoint))
+            with contextlib.ExitStack() as job_running:
+                # --quiesce: the guest is frozen while the job starts, no longer
+                with quiesce.frozen(dom, opts.quiesce, live_xml, opts.freeze_timeout) as q:
+                    job_running.enter_context(dom.pull_backup(job, cp, p.parent_checkpoint))
+                    begun = True
+                yield Session(PullBackupSource(socket), lambda: dom.checkpoint_xml(checkpoint),
+                              q.ms)
         except BaseException as e:
             if begun:
                 _undo_checkpoint(dom, checkpoint, disks)
@@ -384,17 +394,22 @@ def _stream_extents(tar: TarWriter, source: DiskSource, target: str,
                     extents: tuple[extent.Extent, ...], opts: BackupOptions,
                     progress: Progress, member: Callable[[int], str]) -> str:
     """Write the data extents of the source's disk `target` as tar members named
-    member(offset); return the sha256 of the data."""
+    member(offset of their first byte), small pieces packed (core/packing.py);
+    return the sha256 of the data."""
     digest = hashlib.sha256()
-    members = [m for e in extents if e.kind == extent.DATA
-               for m in extent.split_at_blocks(e, opts.block_size)]
-    requests = [r for m in members for r in extent.requests(m, source.read_request)]
-    starts = {m.start: m for m in members}
+    members = packing.pack(extents, packing.Packing.for_block_size(opts.block_size))
+    starts = {m[0].start: m for m in members}
+    requests = (r for m in members for piece in m
+                for r in extent.requests(piece, source.read_request))
     with source.reads(target, requests, PREFETCH_HOLD) as raw, \
             prefetch.ahead(_hashed(raw, digest), PREFETCH_DEPTH) as reads:
         for offset, data in reads:
-            if offset in starts:
-                tar.begin(member(offset), starts[offset].length)
+            pieces = starts.get(offset)
+            if pieces is not None:
+                name = member(offset)
+                if len(pieces) > 1:
+                    tar.add(fmt.map_member_name(name), packing.map_to_json(pieces))
+                tar.begin(name, sum(p.length for p in pieces))
             tar.write(data)
             progress.advance(len(data))
     return digest.hexdigest()

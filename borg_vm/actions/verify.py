@@ -61,18 +61,13 @@ def _check(borg: Borg, archives: list[ArchiveInfo], a: ArchiveInfo) -> str:
     """Return "ok" or what is wrong with one archive."""
     try:
         for t in a.summary.disks:
-            links = chain.disk_chain(archives, a, t)
-            sizes = {x.summary.disks[t].virtual_size for x in links}
-            if len(sizes) > 1:
-                return f"disk {t} changes size along its chain ({sorted(sizes)})"
-        manifest = _read_and_hash(borg, a)
-        if manifest.name != a.name:
-            return f"its manifest names archive {manifest.name}"
-        if manifest.summary() != a.summary:
-            return "its manifest disagrees with its comment"
+            problem = chain.size_problem(chain.disk_chain(archives, a, t), t)
+            if problem:
+                return problem
+        problem = _read_and_hash(borg, a).disagreement(a)
     except BorgVmError as e:
         return e.message
-    return "ok"
+    return problem or "ok"
 
 
 def _read_and_hash(borg: Borg, a: ArchiveInfo) -> Manifest:

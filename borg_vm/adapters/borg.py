@@ -24,12 +24,14 @@ repository queue instead of failing.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
 import shutil
 import signal
 import sys
+import time
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
@@ -48,6 +50,13 @@ log = logging.getLogger(__name__)
 # of about 2 TiB of allocated disk data, and a run stuck behind a forgotten
 # lock still gives up before the next night's runs start.
 DEFAULT_LOCK_WAIT = 6 * 60 * 60
+
+# borg mount: how long it may take to mount once it holds the repository lock
+# (it reads the manifest and lists the archives; ~1 s here), how often we look,
+# and how long it may take to unmount after SIGINT.
+MOUNT_START_SECONDS = 120
+MOUNT_POLL_SECONDS = 0.05
+UNMOUNT_GRACE_SECONDS = 30
 
 _REPO_MISSING = {"Repository.DoesNotExist", "Repository.InvalidRepository",
                  "Repository.ParentPathDoesNotExist", "ConnectionClosed",
@@ -225,12 +234,74 @@ class Borg:
                                                             pass_fds=fds) as s:
             yield s
 
+    @contextlib.contextmanager
+    def mount(self, mountpoint: str, archive_glob: str) -> Iterator[subproc.Stream]:
+        """Mount the repository's archives that match archive_glob (a borg archive
+        glob, see glob_literal) read-only at mountpoint with 'borg mount', one
+        directory per archive, each read from the repository as it is used; yield
+        the running borg (its exit means the mount is gone); unmount when the block
+        ends.
+
+        borg runs in the foreground as our child and unmounts when it gets SIGINT,
+        which the kernel also sends it if borg-vm dies. It holds the repository's
+        shared lock meanwhile: writers (borg create, delete) wait for it. Raise the
+        matching BorgError if borg fails to mount.
+        """
+        argv = self._argv("mount", "--foreground", "--glob-archives", archive_glob,
+                          self.location(), mountpoint)
+        with self._child_env() as (env, fds), subproc.stream(
+                argv, env=env, pass_fds=fds, parent_death_signal=signal.SIGINT) as proc:
+            self._wait_mounted(proc, mountpoint)
+            try:
+                yield proc
+            finally:
+                self._unmount(proc, mountpoint)
+
+    def _wait_mounted(self, proc: subproc.Stream, mountpoint: str) -> None:
+        """Return when mountpoint is mounted; raise borg's error if it exits first."""
+        deadline = time.monotonic() + self.lock_wait + MOUNT_START_SECONDS
+        while not os.path.ismount(mountpoint):
+            if proc.exited(MOUNT_POLL_SECONDS) or time.monotonic() > deadline:
+                proc.terminate()
+                code = proc.proc.returncode
+                raise self._error("mount", subproc.CommandFailed(
+                    proc.argv, code, "".join(proc.stderr_lines())
+                    or f"not mounted after {self.lock_wait + MOUNT_START_SECONDS} s"))
+
+    def _unmount(self, proc: subproc.Stream, mountpoint: str) -> None:
+        """Stop borg mount (SIGINT: it unmounts); if it does not, kill it and unmount."""
+        if not proc.stop(signal.SIGINT, UNMOUNT_GRACE_SECONDS):
+            log.warning("borg mount did not stop within %d s of SIGINT; killing it",
+                        UNMOUNT_GRACE_SECONDS)
+            proc.terminate()
+        if mounted(mountpoint):
+            self.umount(mountpoint)
+
+    def umount(self, mountpoint: str) -> None:
+        """Unmount a borg mount whose borg is gone ('borg umount')."""
+        self._run("umount", self._argv("umount", mountpoint))
+
     def finish(self, action: str, stream: subproc.Stream) -> None:
         """Wait for a streaming borg command; raise the matching error if it failed."""
         try:
             stream.finish()
         except subproc.CommandFailed as e:
             raise self._error(action, e) from e
+
+
+def glob_literal(text: str) -> str:
+    """Return a borg archive glob (--glob-archives) that matches text literally."""
+    return "".join(f"[{c}]" if c in "*?[" else c for c in text)
+
+
+def mounted(path: str) -> bool:
+    """Return True if path is a mount point, also of a FUSE file system whose server
+    is gone (it answers ENOTCONN)."""
+    try:
+        os.stat(path)
+    except OSError as e:
+        return e.errno == errno.ENOTCONN
+    return os.path.ismount(path)
 
 
 def _exit_status(returncode: int) -> str:

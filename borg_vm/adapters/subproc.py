@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import ctypes
 import fcntl
 import logging
 import os
@@ -32,6 +33,7 @@ PIPE_SIZE = 1024 * 1024
 TERMINATE_GRACE_SECONDS = 10
 EOF_GRACE_SECONDS = 2
 DRAIN_READ = 64 * 1024
+PR_SET_PDEATHSIG = 1   # <linux/prctl.h>
 
 
 @dataclass
@@ -136,6 +138,23 @@ class Stream:
             raise CommandFailed(self.argv, code, "".join(self._stderr))
         return code
 
+    def stop(self, sig: int, timeout: float) -> bool:
+        """Send sig (unless it exited already) and wait up to timeout seconds for the
+        command to exit; return True if it did (it is reaped), False if it still runs."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.exited(timeout)
+
+    def exited(self, timeout: float) -> bool:
+        """Wait up to timeout seconds for the command to exit; return True if it did
+        (it is reaped), False if it still runs."""
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return False
+        self.wait()
+        return True
+
     def terminate(self) -> None:
         """Stop the command (SIGINT first, as a user's Ctrl-C, then SIGKILL); reap it."""
         if self.proc.poll() is None:
@@ -156,6 +175,17 @@ class Stream:
         self.wait()
 
 
+def _death_signal(sig: int):
+    """Return a function that, run in a child before exec, makes the kernel send it
+    sig when its parent dies (Linux prctl PR_SET_PDEATHSIG)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def arm() -> None:
+        if libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    return arm
+
+
 def _enlarge(fd: int) -> None:
     try:
         fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
@@ -165,12 +195,14 @@ def _enlarge(fd: int) -> None:
 
 @contextlib.contextmanager
 def stream(argv: Sequence[str], *, stdin: bool = False, stdout: bool = False,
-           env: dict[str, str] | None = None,
-           pass_fds: tuple[int, ...] = ()) -> Iterator[Stream]:
+           env: dict[str, str] | None = None, pass_fds: tuple[int, ...] = (),
+           parent_death_signal: int | None = None) -> Iterator[Stream]:
     """Start argv with a pipe to its stdin and/or from its stdout; yield a Stream.
 
     The caller must call ``finish()`` inside the block; leaving the block any
     other way (an exception) terminates the command, so no child outlives us.
+    With parent_death_signal, the kernel sends the command that signal if we die
+    without that (SIGKILL), so a long-running server does not outlive us either.
     Raise CommandFailed if it cannot start.
     """
     argv = _check_argv(argv)
@@ -180,7 +212,9 @@ def stream(argv: Sequence[str], *, stdin: bool = False, stdout: bool = False,
                                 stdout=subprocess.PIPE if stdout else subprocess.DEVNULL,
                                 stderr=subprocess.PIPE,
                                 # Our own SIGINT handling decides when the child stops.
-                                start_new_session=True)
+                                start_new_session=True,
+                                preexec_fn=(_death_signal(parent_death_signal)
+                                            if parent_death_signal else None))
     except OSError as e:
         raise CommandFailed(argv, 127, str(e)) from e
     for pipe in (proc.stdin, proc.stdout):

@@ -72,6 +72,15 @@ def disk_chain(archives: list[ArchiveInfo], top: ArchiveInfo, target: str) -> li
     return chain[::-1]
 
 
+def size_problem(links: list[ArchiveInfo], target: str) -> str | None:
+    """Given a disk's chain, return how its size changes along it, or None if it
+    does not (a resized disk starts a new chain)."""
+    sizes = {a.summary.disks[target].virtual_size for a in links}
+    if len(sizes) > 1:
+        return f"disk {target} changes size along its chain ({sorted(sizes)})"
+    return None
+
+
 def group(archives: list[ArchiveInfo]) -> dict[str, dict[str, list[ArchiveInfo]]]:
     """Return {domain: {snapshot: [archives oldest first]}}, domains and chains in time order."""
     out: dict[str, dict[str, list[ArchiveInfo]]] = defaultdict(lambda: defaultdict(list))

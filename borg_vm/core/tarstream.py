@@ -104,10 +104,18 @@ class Member:
         self._left = size
 
     def chunks(self, chunk_size: int = READ_SIZE) -> Iterator[bytes]:
-        """Yield the member's data in pieces of at most chunk_size bytes."""
-        while self._left:
-            piece = _read_exact(self._src, min(chunk_size, self._left))
+        """Yield the rest of the member's data in pieces of at most chunk_size bytes."""
+        return self.take(self._left, chunk_size)
+
+    def take(self, n: int, chunk_size: int = READ_SIZE) -> Iterator[bytes]:
+        """Yield the member's next n bytes in pieces of at most chunk_size bytes;
+        raise TarFormatError if fewer than n are left."""
+        if n > self._left:
+            raise TarFormatError(f"{self.name}: {n} bytes asked for, {self._left} left")
+        while n:
+            piece = _read_exact(self._src, min(chunk_size, n))
             self._left -= len(piece)
+            n -= len(piece)
             yield piece
 
     def skip(self) -> None:

@@ -3,7 +3,6 @@ scratch (fleecing) space full while the guest writes, the repository's file
 system full. One clear line where borg-vm fails, nothing lost, and the next run
 (after space is freed) goes on."""
 
-import os
 import signal
 import subprocess
 import time

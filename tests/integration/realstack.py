@@ -8,7 +8,9 @@ when several test tiers each have a conftest.py.
 
 import json
 import logging
+import shutil
 import subprocess
+from pathlib import Path
 
 from borg_vm.core.archive import BLOCK_SIZE
 from borg_vm.core.tarstream import TarWriter, read_members
@@ -72,3 +74,16 @@ def export_members(borg, archive, paths=()):
         members = [(m.name, m.read()) for m in read_members(proc.stdout) if m.regular]
         borg.finish("export-tar", proc)
     return members
+
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+
+
+def copy_fixture_repo(name: str, tmp_path: Path, monkeypatch) -> Path:
+    """Copy tests/fixtures/NAME (borg writes lock and index files into a repository
+    it reads) into tmp_path and set it as BORG_REPO; return the copy."""
+    repo = tmp_path / name
+    shutil.copytree(FIXTURES / name, repo)
+    monkeypatch.setenv("BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK", "yes")
+    monkeypatch.setenv("BORG_REPO", str(repo))
+    return repo

@@ -242,12 +242,13 @@ def chain_of(n_incs, start="2026-11-01T02:00:00Z"):
 
 
 @pytest.mark.parametrize("text, age, count", [("30d", 30 * 86400, None), ("2w", 14 * 86400, None),
-                                              ("12h", 12 * 3600, None), ("14", None, 14)])
+                                              ("12h", 12 * 3600, None), ("14", None, 14),
+                                              ("never", None, None)])
 def test_full_every_parses(text, age, count):
     assert FullEvery.parse(text) == FullEvery(text, age, count)
 
 
-@pytest.mark.parametrize("text", ["", "0", "0d", "d", "-1", "3x", "1.5d", " 3"])
+@pytest.mark.parametrize("text", ["", "0", "0d", "d", "-1", "3x", "1.5d", " 3", "Never", "no"])
 def test_full_every_rejects(text):
     with pytest.raises(ValueError):
         FullEvery.parse(text)
@@ -274,3 +275,11 @@ def test_full_every_age_starts_a_new_chain_when_due_and_not_before():
     due = datetime(2026, 11, 8, 2, 0, 0, tzinfo=timezone.utc)
     p = plan(AUTO, DOMAIN, UUID, [VDA, VDB], arcs, cps, every, due)
     assert p.level == FULL and "is from 2026-11-01T02:00:00Z (--full-every 7d)" in p.reason
+
+
+def test_full_every_never_keeps_one_chain():
+    arcs = chain_of(400)                     # a full more than a year old, 400 incrementals
+    cps = {arcs[-1].name.checkpoint}
+    later = datetime(2028, 1, 1, tzinfo=timezone.utc)
+    assert plan(AUTO, DOMAIN, UUID, [VDA, VDB], arcs, cps, FullEvery.parse("never"),
+                later).level == INC

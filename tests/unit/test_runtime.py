@@ -3,6 +3,7 @@ on a real file system (a temporary BORG_VM_RUNTIME_DIR)."""
 
 import fcntl
 import os
+from pathlib import Path
 import signal
 import subprocess
 import sys
@@ -148,6 +149,20 @@ def test_runtime_dir_that_is_a_symlink_or_a_file_is_refused(base, tmp_path):
         with runtime.domain_lock(UUID, "web01"):
             pass
     assert list((tmp_path / "elsewhere").iterdir()) == []
+
+
+def test_a_mount_dir_is_stale_only_once_its_holder_is_gone(tmp_path, monkeypatch):
+    monkeypatch.setenv("BORG_VM_RUNTIME_DIR", str(tmp_path / "run"))
+    with runtime.mount_dir() as path:
+        assert oct(os.stat(path).st_mode & 0o777) == "0o700"
+        assert runtime.stale_mount_dirs() == []
+    assert os.listdir(tmp_path / "run") == []    # left empty: removed
+    with runtime.mount_dir() as path:
+        os.mkdir(os.path.join(path, "archives"))   # a mount point it could not remove
+        (Path(path) / "vda.map.json").write_text("{}")
+    assert runtime.stale_mount_dirs() == [path]
+    runtime.remove_mount_dir(path, ("archives",))
+    assert os.listdir(tmp_path / "run") == []
 
 
 PHASE_PROBE = ("import logging, sys; from borg_vm import runtime; "

@@ -1,0 +1,303 @@
+"""The mount action: serve a domain's disks as of a checkpoint as read-only NBD
+exports, reading data from the repository only as it is read.
+
+::
+
+    borg mount (FUSE)              nbdkit + nbdkit_plugin.py          clients
+    RUN/archives/A1/disk/vda/...   vda's map: byte -> (archive,  -->  qemu-img, nbdcopy,
+    RUN/archives/A2/disk/vda/...     member, offset) or zeros         QEMU, nbdinfo
+                                   (core/diskmap.py)
+
+One ``borg mount`` of the domain's archives (each archive is loaded by Borg
+when first touched, each chunk read and decrypted when read), one nbdkit per
+disk on its own unix socket. Before anything is served, every archive of each
+disk's chain is checked as restore checks it, short of hashing the data: its
+manifest parses and agrees with the archive's name and comment, the disk keeps
+its size along the chain, and its data members are regular files covering
+exactly the manifest's data extents (a pack's as its map lists them, the map
+checked as restore checks it). The SHA-256 of a disk's data cannot be
+checked without reading all of it (``borg-vm verify`` does); Borg checks every
+chunk it reads (its id hash, and its MAC when encrypted).
+
+Runs in the foreground until SIGINT or SIGTERM, then stops the servers and
+unmounts; a mount left by a borg-vm that was killed is unmounted by the next.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import stat
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+from .. import runtime
+from ..adapters import nbdkit, subproc
+from ..adapters.borg import Borg, glob_literal, mounted
+from ..core import archive as fmt
+from ..core import chain, diskmap
+from ..core.archive import ArchiveInfo, Manifest
+from ..core.extent import Extent
+from ..errors import (BorgError, FormatError, Interrupted, IntegrityError, SocketInUse,
+                      UsageError)
+from . import members, repository
+
+log = logging.getLogger(__name__)
+
+ARCHIVES = "archives"      # the borg mount, in the mount's run directory
+SOCKET_SUFFIX = ".sock"
+# A unix socket path is at most 107 bytes on Linux (sun_path is 108 with its NUL).
+MAX_SOCKET_PATH = 107
+# While serving, how long each wait on one server lasts before looking at the next.
+WATCH_SECONDS = 0.5
+
+
+@dataclass(frozen=True)
+class MountOptions:
+    socket: str
+    checkpoint: str | None = None
+    disks: tuple[str, ...] = ()
+
+
+@dataclass
+class Served:
+    domain: str
+    checkpoint: str
+    disks: dict[str, dict]   # target -> {"socket", "uri", "size"}
+
+    def to_json(self) -> dict:
+        return {"domain": self.domain, "checkpoint": self.checkpoint, "disks": self.disks}
+
+
+def uri(socket_path: str) -> str:
+    """Return the NBD URI of the export nbdkit serves on socket_path."""
+    return f"nbd+unix:///?socket={socket_path}"
+
+
+def mount(borg: Borg, domain: str, opts: MountOptions, ready: Callable[[Served], None]
+          ) -> Served:
+    """Serve domain's disks as of opts.checkpoint (default: the newest) until SIGINT
+    or SIGTERM; call ready(Served) once every export listens. Return what was served.
+
+    Raise ArchiveNotFound, BrokenChain, UnknownDisk, FormatError or IntegrityError
+    (a chain that fails the checks: nothing is served), SocketInUse, a Borg or
+    nbdkit error, or NbdkitError/BorgError if a server dies while serving.
+    """
+    archives, _partial = repository.archives(borg, domain)
+    top = chain.select(archives, domain, opts.checkpoint)
+    targets = opts.disks or tuple(sorted(top.summary.disks))
+    chains = {t: chain.disk_chain(archives, top, t) for t in targets}
+    for t, links in chains.items():
+        problem = chain.size_problem(links, t)
+        if problem:
+            raise FormatError(archive=top.archive, detail=problem)
+    sockets = _socket_paths(opts.socket, targets)
+    _clean_stale(borg)
+    with runtime.mount_dir() as run:
+        mnt = os.path.join(run, ARCHIVES)
+        os.mkdir(mnt, 0o700)
+        try:
+            with borg.mount(mnt, glob_literal(domain) + ".*") as borg_proc:
+                maps = {t: _disk_map(mnt, links, t) for t, links in chains.items()}
+                served = Served(domain, top.name.checkpoint, {
+                    t: {"socket": sockets[t], "uri": uri(sockets[t]), "size": m.size}
+                    for t, (m, _dirs) in maps.items()})
+                with _servers(run, sockets, maps) as servers:
+                    ready(served)
+                    _serve(servers, borg_proc)
+        finally:
+            _remove_files(run)
+            with contextlib.suppress(OSError):
+                os.rmdir(mnt)
+    return served
+
+
+def _socket_paths(path: str, targets: tuple[str, ...]) -> dict[str, str]:
+    """Return each disk's socket: path itself for one disk (unless path is a
+    directory), else path/TARGET.sock (the directory made 0700 if missing). Raise
+    SocketInUse if one exists and is not a stale socket (which is removed)."""
+    if len(targets) == 1 and not os.path.isdir(path):
+        sockets = {targets[0]: os.path.abspath(path)}
+    else:
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(path, 0o700)
+        sockets = {t: os.path.abspath(os.path.join(path, t + SOCKET_SUFFIX)) for t in targets}
+    for p in sockets.values():
+        if len(p.encode()) > MAX_SOCKET_PATH:
+            raise UsageError(detail=f"socket path {p} is longer than {MAX_SOCKET_PATH} "
+                                    "bytes, the most a unix socket may have")
+        _check_free(p)
+    return sockets
+
+
+def _check_free(path: str) -> None:
+    """Raise SocketInUse unless nothing is at path or it is a socket nobody listens on
+    (left by a killed server; removed)."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise SocketInUse(path=path, detail="exists and is not a socket")
+    with socket.socket(socket.AF_UNIX) as s:
+        try:
+            s.connect(path)
+        except ConnectionRefusedError:
+            os.unlink(path)
+            return
+    raise SocketInUse(path=path, detail="is a socket in use")
+
+
+def _clean_stale(borg: Borg) -> None:
+    """Unmount and remove what mounts of killed borg-vm runs left behind."""
+    for path in runtime.stale_mount_dirs():
+        mnt = os.path.join(path, ARCHIVES)
+        log.warning("removing %s, left by a borg-vm mount that was killed", path)
+        try:
+            if mounted(mnt):
+                borg.umount(mnt)
+            runtime.remove_mount_dir(path, (ARCHIVES,))
+        except (BorgError, OSError) as e:
+            log.warning("cannot remove %s: %s", path, e)
+
+
+def _disk_map(mnt: str, links: list[ArchiveInfo], target: str
+              ) -> tuple[diskmap.DiskMap, list[str]]:
+    """Return the map of disk target across its chain (full first) in the borg mount,
+    and each archive's directory there. Raise FormatError or IntegrityError if an
+    archive fails the checks."""
+    layers, dirs = [], []
+    for i, a in enumerate(links):
+        root = os.path.join(mnt, a.archive)
+        record = _record(_manifest(root, a), a, target)
+        try:
+            layers.append(diskmap.layer_pieces(i, record.extents, _members(root, a, target)))
+        except ValueError as e:
+            raise IntegrityError(target=target, archive=a.archive, detail=str(e)) from e
+        dirs.append(root)
+    size = links[-1].summary.disks[target].virtual_size
+    return diskmap.DiskMap(size, tuple(diskmap.resolve(layers, size))), dirs
+
+
+def _manifest(root: str, a: ArchiveInfo) -> Manifest:
+    """Return the archive's manifest, read from the mount, checked against its name
+    and comment; raise FormatError if it is missing, too big, bad or disagrees."""
+    path = os.path.join(root, fmt.MANIFEST)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        raise FormatError(archive=a.archive, detail=f"no {fmt.MANIFEST}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise FormatError(archive=a.archive, detail=f"{fmt.MANIFEST} is not a file")
+    members.check_small_size(a.archive, fmt.MANIFEST, st.st_size)
+    with open(path, "rb") as f:
+        manifest = Manifest.from_json(f.read(fmt.MAX_MANIFEST_BYTES + 1), a.archive)
+    problem = manifest.disagreement(a)
+    if problem:
+        raise FormatError(archive=a.archive, detail=problem)
+    return manifest
+
+
+def _record(manifest: Manifest, a: ArchiveInfo, target: str) -> fmt.DiskRecord:
+    record = manifest.disks.get(target)
+    if record is None:
+        raise FormatError(archive=a.archive, detail=f"manifest has no disk {target}")
+    return record
+
+
+def _members(root: str, a: ArchiveInfo, target: str) -> list[tuple[Extent, ...]]:
+    """Return the data members of disk target in the archive, each as the pieces of
+    the disk it holds (one, or a pack's as its map lists them). Raise FormatError
+    for anything else in its directory (a damaged or hostile archive: a symbolic
+    link, a directory, a name that is no offset, a map without its data member
+    or that does not describe it)."""
+    where = os.path.join(root, fmt.disk_prefix(target))
+    try:
+        entries = list(os.scandir(where))
+    except FileNotFoundError:
+        return []   # a disk with no data in this archive has no directory
+    data, maps = {}, {}
+    for entry in entries:
+        name = f"{fmt.disk_prefix(target)}/{entry.name}"
+        packed = fmt.parse_map_member(name)
+        if (packed is None and fmt.parse_member(name) is None) or not entry.is_file(
+                follow_symlinks=False):
+            raise FormatError(archive=a.archive, detail=f"unexpected member {name!r}: "
+                                                        "it is damaged")
+        size = entry.stat(follow_symlinks=False).st_size
+        if packed is not None:
+            maps[packed] = (entry.path, name, size)
+        else:
+            data[name] = size
+    lone = sorted(set(maps) - set(data))
+    if lone:
+        raise FormatError(archive=a.archive, detail=f"map of {lone[0]} without its data "
+                                                    "member: it is damaged")
+    return [pieces for name, size in data.items()
+            if (pieces := _pieces(a, target, name, size, maps.get(name)))]
+
+
+def _pieces(a: ArchiveInfo, target: str, name: str, size: int,
+            map_file: tuple[str, str, int] | None) -> tuple[Extent, ...]:
+    """Return the pieces of one data member: its map's (read from the mount, capped
+    and checked), or its bytes at its offset."""
+    if map_file is None:
+        return members.one_piece(fmt.parse_member(name)[1], size)
+    path, map_name, map_size = map_file
+    members.check_small_size(a.archive, map_name, map_size)
+    with open(path, "rb") as f:
+        pieces = members.read_map(a.archive, map_name, f.read(map_size + 1))
+    members.check_pieces(a.archive, name, size, pieces, target, None)
+    return pieces
+
+
+@contextlib.contextmanager
+def _servers(run: str, sockets: dict[str, str],
+             maps: dict[str, tuple[diskmap.DiskMap, list[str]]]
+             ) -> Iterator[dict[str, subproc.Stream]]:
+    """Start one nbdkit per disk (its socket readable and writable by its owner only);
+    yield them; stop them all on the way out."""
+    with contextlib.ExitStack() as stack:
+        servers = {}
+        for t, (disk_map, dirs) in maps.items():
+            map_file = os.path.join(run, f"{t}.map.json")
+            with open(os.open(map_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+                json.dump({"target": t, "archives": dirs, "map": disk_map.to_doc()}, f)
+            servers[t] = stack.enter_context(
+                nbdkit.serve(sockets[t], map_file, os.path.join(run, f"{t}.pid")))
+            # Whoever may connect reads the guest's data; connecting takes write
+            # permission, which nbdkit gives no one else (umask 022) already.
+            os.chmod(sockets[t], 0o600)
+        yield servers
+
+
+def _serve(servers: dict[str, subproc.Stream], borg_proc: subproc.Stream) -> None:
+    """Return on SIGINT or SIGTERM, shielded from a second one while the caller
+    stops everything; raise NbdkitError or BorgError if a server exits first."""
+    try:
+        while True:
+            for proc in [*servers.values(), borg_proc]:
+                if proc.exited(WATCH_SECONDS):
+                    if proc is borg_proc:
+                        raise BorgError(action="mount", detail="borg mount exited: " + (
+                            "; ".join(proc.stderr_lines()[-3:]).strip() or
+                            f"exit code {proc.proc.returncode}"))
+                    raise nbdkit.failure(proc)
+    except Interrupted as e:
+        log.info("stopping (%s)", e.kwargs["signal"])
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
+
+
+def _remove_files(run: str) -> None:
+    """Remove the map and pid files of the run directory (never through the mount)."""
+    for name in os.listdir(run):
+        path = os.path.join(run, name)
+        if name.endswith((".map.json", ".pid")):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+

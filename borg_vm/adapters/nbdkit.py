@@ -1,0 +1,67 @@
+"""nbdkit: the only module that builds its command line. borg-vm mount serves
+each disk with nbdkit's python plugin running nbdkit_plugin.py over a disk map
+(Debian: nbdkit, nbdkit-plugin-python)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from typing import Iterator
+
+from . import subproc
+from ..errors import NbdkitError
+
+NBDKIT = "nbdkit"
+PLUGIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "nbdkit_plugin.py")
+# How long nbdkit may take to load Python and the map and listen, how often we
+# look, and how long it may take to finish its requests and exit on SIGTERM.
+START_SECONDS = 60
+POLL_SECONDS = 0.05
+STOP_GRACE_SECONDS = 10
+
+
+def serve_argv(socket: str, map_file: str, pidfile: str) -> list[str]:
+    """Return nbdkit's argv serving the disk map_file describes, read-only, on a unix
+    socket; it writes pidfile once it listens, and exits if borg-vm dies."""
+    return [NBDKIT, "--foreground", "--exit-with-parent", "--readonly", "--unix", socket,
+            "--pidfile", pidfile, "python", PLUGIN, f"map={map_file}"]
+
+
+@contextlib.contextmanager
+def serve(socket: str, map_file: str, pidfile: str) -> Iterator[subproc.Stream]:
+    """Serve the disk map_file describes on socket for the block; yield the running
+    nbdkit (its exit means the export is gone). Raise NbdkitError if it does not
+    start; on the way out it is stopped (SIGTERM) and its socket removed."""
+    with subproc.stream(serve_argv(socket, map_file, pidfile)) as proc:
+        try:
+            _wait_listening(proc, pidfile)
+            yield proc
+        finally:
+            if not proc.stop(signal.SIGTERM, STOP_GRACE_SECONDS):
+                proc.terminate()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(socket)
+
+
+def _wait_listening(proc: subproc.Stream, pidfile: str) -> None:
+    """Return when nbdkit listens (it writes its pidfile then); raise NbdkitError if
+    it exits first or takes longer than START_SECONDS."""
+    deadline = time.monotonic() + START_SECONDS
+    while not os.path.exists(pidfile):
+        if proc.exited(POLL_SECONDS):
+            raise NbdkitError(action="start", detail=_why(proc))
+        if time.monotonic() > deadline:
+            raise NbdkitError(action="start", detail=f"not listening after {START_SECONDS} s")
+
+
+def _why(proc: subproc.Stream) -> str:
+    """Return what nbdkit said on stderr, else its exit code."""
+    lines = [line.strip() for line in proc.stderr_lines() if line.strip()]
+    return "; ".join(lines[-3:]) or f"exit code {proc.proc.returncode}"
+
+
+def failure(proc: subproc.Stream) -> NbdkitError:
+    """Return the error of an nbdkit that exited while it should have served."""
+    return NbdkitError(action="serve", detail=_why(proc))
