@@ -55,11 +55,11 @@ def test_sigterm_mid_stream(target, record):
     t.check()
 
 
-def test_libvirtd_restarted_mid_stream(target, record, daemon):
+def test_libvirtd_restarted_mid_stream(target, record, libvirt_conn):
     """libvirt keeps the job across its restart; borg-vm connects again to end it."""
     t = target()
     record["injected"] = "libvirtd restarted (SIGTERM, started again) mid-stream"
-    result = t.strike(runtime.STREAMING, lambda _proc: restart_libvirtd(daemon, t.d), code=0)
+    result = t.strike(runtime.STREAMING, lambda _proc: restart_libvirtd(libvirt_conn, t.d), code=0)
     assert "lost the connection to libvirt" in result.stderr, result.stderr
     t.succeeded(result)
     assert t.leftovers() == []   # the job ended and the older checkpoint went, at once
