@@ -22,14 +22,29 @@ else:
 URI = "qemu:///system"
 
 
+class Connection:
+    """A connection to URI that opens again when the daemon was restarted (a case of
+    tests/faults restarts it); otherwise a virConnect."""
+
+    def __init__(self):
+        self._conn = libvirt.open(URI)
+
+    def __getattr__(self, name: str):
+        try:
+            self._conn.getLibVersion()   # isAlive() may not have noticed yet
+        except libvirt.libvirtError:
+            self._conn = libvirt.open(URI)
+        return getattr(self._conn, name)
+
+
 @pytest.fixture(scope="session")
 def libvirt_conn():
-    """Return a connection to qemu:///system for the whole session; skip
+    """Return a Connection to qemu:///system for the whole session; skip
     with the reason if the bindings or the daemon are unavailable."""
     if _IMPORT_ERROR is not None:
         pytest.skip(f"libvirt/QEMU test helpers unavailable: {_IMPORT_ERROR}")
     try:
-        conn = libvirt.open(URI)
+        conn = Connection()
     except libvirt.libvirtError as e:
         pytest.skip(f"cannot connect to {URI}: {e}")
     yield conn

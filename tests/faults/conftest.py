@@ -1,7 +1,6 @@
 """Fixtures of the fault matrix: the e2e tier's real domains and repositories
-(tests/e2e/conftest.py's make_domain and repo, shared, not copied) over a
-libvirt connection that survives a libvirt daemon restart (one case restarts
-it), and a record per case for tests/faults/RESULTS.md (see results.py)."""
+(tests/e2e/conftest.py's fixtures, shared, not copied), a Target per case
+(harness.py) and its row of tests/faults/RESULTS.md (see results.py)."""
 
 import importlib.util
 import sys
@@ -18,58 +17,16 @@ _spec.loader.exec_module(_e2e)
 
 from harness import Target  # noqa: E402  (needs tests/e2e on the path)
 from results import RECORD  # noqa: E402
+
+# The e2e tier's fixtures, over a libvirt connection that survives the restart
+# of the daemon test_parts.py does.
+libvirt_conn = _e2e.libvirt_conn
+virt_type = _e2e.virt_type
+real_virt_type = _e2e.real_virt_type
+_remove_stale_domains = _e2e._remove_stale_domains
 make_domain = _e2e.make_domain
 repo = _e2e.repo
 MIB = 1024 * 1024
-
-
-class Daemon:
-    """The connection to libvirt, opened again when the daemon was restarted."""
-
-    def __init__(self):
-        self.conn = _e2e.libvirt.open(_e2e.URI)
-
-    def live(self):
-        try:
-            self.conn.getLibVersion()   # isAlive() may not have noticed yet
-        except _e2e.libvirt.libvirtError:
-            self.conn = _e2e.libvirt.open(_e2e.URI)
-        return self.conn
-
-
-@pytest.fixture(scope="session")
-def daemon():
-    """Return the session's Daemon; skip with the reason if libvirt is unavailable."""
-    if _e2e._IMPORT_ERROR is not None:
-        pytest.skip(f"libvirt/QEMU test helpers unavailable: {_e2e._IMPORT_ERROR}")
-    try:
-        d = Daemon()
-    except _e2e.libvirt.libvirtError as e:
-        pytest.skip(f"cannot connect to {_e2e.URI}: {e}")
-    yield d
-    d.live().close()
-
-
-@pytest.fixture
-def libvirt_conn(daemon):
-    return daemon.live()
-
-
-@pytest.fixture(scope="session")
-def virt_type(daemon):
-    return "kvm" if _e2e.guest.kvm_usable(daemon.live()) else "qemu"
-
-
-@pytest.fixture(scope="session")
-def real_virt_type(daemon):
-    """What make_domain boots the real guest with: 'kvm' where KVM can boot it, else 'qemu'."""
-    return "kvm" if _e2e.realguest.kvm_boots_stock_kernels(daemon.live()) else "qemu"
-
-
-@pytest.fixture(scope="session")
-def _remove_stale_domains(daemon):
-    for dom in _e2e.guest.stale_domains(daemon.live()):
-        _e2e.guest.remove_domain(dom)
 
 
 @pytest.fixture

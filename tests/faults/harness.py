@@ -119,7 +119,7 @@ def difference(actual: bytes, expected: bytes) -> tuple[int, int]:
     return wrong, at
 
 
-def restart_libvirtd(daemon, domain) -> None:
+def restart_libvirtd(conn, domain) -> None:
     """Restart the libvirt daemon contrib/setup-host.sh started (SIGTERM, then started
     the same way) and give the domain a handle on the new connection; skip (a
     failure under CI) if this machine's daemon is not that one."""
@@ -137,7 +137,7 @@ def restart_libvirtd(daemon, domain) -> None:
     poll(lambda: subprocess.run(["virsh", "-c", "qemu:///system", "version"],
                                 capture_output=True).returncode == 0,
          EXIT_TIMEOUT, "libvirtd to answer again")
-    domain.dom = daemon.live().lookupByUUIDString(uuid)
+    domain.dom = conn.lookupByUUIDString(uuid)
 
 
 class Target:
