@@ -60,6 +60,7 @@ class MountOptions:
     socket: str
     checkpoint: str | None = None
     disks: tuple[str, ...] = ()
+    owner: tuple[int, int] | None = None   # (uid, gid) the sockets are handed to
 
 
 @dataclass
@@ -105,7 +106,7 @@ def mount(borg: Borg, domain: str, opts: MountOptions, ready: Callable[[Served],
                 served = Served(domain, top.name.checkpoint, {
                     t: {"socket": sockets[t], "uri": uri(sockets[t]), "size": m.size}
                     for t, (m, _dirs) in maps.items()})
-                with _servers(run, sockets, maps) as servers:
+                with _servers(run, sockets, maps, opts.owner) as servers:
                     ready(served)
                     _serve(servers, borg_proc)
         finally:
@@ -129,11 +130,11 @@ def _socket_paths(path: str, targets: tuple[str, ...]) -> dict[str, str]:
         if len(p.encode()) > MAX_SOCKET_PATH:
             raise UsageError(detail=f"socket path {p} is longer than {MAX_SOCKET_PATH} "
                                     "bytes, the most a unix socket may have")
-        _check_free(p)
+        check_free(p)
     return sockets
 
 
-def _check_free(path: str) -> None:
+def check_free(path: str) -> None:
     """Raise SocketInUse unless nothing is at path or it is a socket nobody listens on
     (left by a killed server; removed)."""
     try:
@@ -233,10 +234,10 @@ def _members(root: str, a: ArchiveInfo, target: str) -> list[Extent]:
 
 @contextlib.contextmanager
 def _servers(run: str, sockets: dict[str, str],
-             maps: dict[str, tuple[diskmap.DiskMap, list[str]]]
-             ) -> Iterator[dict[str, subproc.Stream]]:
-    """Start one nbdkit per disk (its socket readable and writable by its owner only);
-    yield them; stop them all on the way out."""
+             maps: dict[str, tuple[diskmap.DiskMap, list[str]]],
+             owner: tuple[int, int] | None) -> Iterator[dict[str, subproc.Stream]]:
+    """Start one nbdkit per disk (its socket readable and writable by its owner only,
+    owner (uid, gid) if given); yield them; stop them all on the way out."""
     with contextlib.ExitStack() as stack:
         servers = {}
         for t, (disk_map, dirs) in maps.items():
@@ -248,6 +249,8 @@ def _servers(run: str, sockets: dict[str, str],
             # Whoever may connect reads the guest's data; connecting takes write
             # permission, which nbdkit gives no one else (umask 022) already.
             os.chmod(sockets[t], 0o600)
+            if owner is not None:
+                os.chown(sockets[t], *owner)
         yield servers
 
 

@@ -65,3 +65,18 @@ def _why(proc: subproc.Stream) -> str:
 def failure(proc: subproc.Stream) -> NbdkitError:
     """Return the error of an nbdkit that exited while it should have served."""
     return NbdkitError(action="serve", detail=_why(proc))
+
+
+PROC_NET_UNIX = "/proc/net/unix"
+SS_CONNECTED = "03"   # the St column of /proc/net/unix
+
+
+def connections(socket: str) -> int:
+    """Return how many clients are connected to the server listening on the unix
+    socket at path socket (whoever serves it). Linux lists each accepted connection
+    in /proc/net/unix under its listener's path, in state connected."""
+    with open(PROC_NET_UNIX, encoding="utf-8", errors="replace") as f:
+        next(f)   # the header
+        rows = [line.rstrip("\n").split(maxsplit=7) for line in f]
+    return sum(1 for row in rows if len(row) == 8 and row[5] == SS_CONNECTED
+               and row[7] == socket)
