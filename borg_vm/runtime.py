@@ -218,3 +218,38 @@ def boot_dir(path: str) -> str:
 def remove_boot_dir(path: str) -> None:
     """Remove a boot run directory and what is in it (sockets, lock, logs)."""
     shutil.rmtree(path, ignore_errors=True)
+
+
+BOOTING_LOCK = "booting.lock"
+
+
+@contextlib.contextmanager
+def booting(path: str) -> Iterator[None]:
+    """Mark the boot run directory at path as being set up (its domain may not be
+    defined yet) for the block: a flock on its booting.lock."""
+    fd = os.open(os.path.join(path, BOOTING_LOCK), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW,
+                 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def boot_dirs() -> list[tuple[str, str]]:
+    """Return (path, UUID of the booted domain) of every boot run directory that no
+    borg-vm boot is setting up right now."""
+    out = []
+    for path in glob.glob(os.path.join(base_dir(), BOOT_PREFIX + "*")):
+        try:
+            fd = os.open(os.path.join(path, BOOTING_LOCK), os.O_RDONLY | os.O_NOFOLLOW)
+        except FileNotFoundError:   # being made right now
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            continue
+        finally:
+            os.close(fd)
+        out.append((path, os.path.basename(path)[len(BOOT_PREFIX):]))
+    return out

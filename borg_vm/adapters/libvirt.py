@@ -79,6 +79,17 @@ class Hypervisor:
             return False
         return True
 
+    def has_uuid(self, uuid: str) -> bool:
+        """Return True if libvirt knows a domain with that UUID, running or not."""
+        try:
+            self.conn.lookupByUUIDString(uuid)
+        except libvirt.libvirtError as e:
+            if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return False
+            raise LibvirtError(action="look up the domain", name=uuid,
+                               detail=e.get_error_message()) from e
+        return True
+
     def define(self, xml: str, name: str) -> "Domain":
         """Define a persistent domain named name from xml; raise DomainExists if one of
         that name (or UUID) exists, LibvirtError if libvirt refuses the XML."""
