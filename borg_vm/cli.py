@@ -15,7 +15,7 @@ import signal
 import sys
 
 from . import __version__
-from .actions import listing
+from .actions import listing, quiesce
 from .actions.backup import BackupOptions, backup
 from .adapters import libvirt as virt
 from .adapters.borg import DEFAULT_LOCK_WAIT, Borg
@@ -107,6 +107,19 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--read-alignment", type=_size, default=0, metavar="SIZE",
                    help="widen dirty data extents to SIZE boundaries: more reads, more "
                    "whole-chunk dedup (power of two >= 64K, or 0 for none: the default)")
+    q = b.add_argument("--quiesce", action="store_const", const=quiesce.ON,
+                       help="freeze a running guest's filesystems through its "
+                       "QEMU guest agent (channel org.qemu.guest_agent.0) while the backup "
+                       "job starts, for a consistent backup; without an agent it is an "
+                       "error, with =try a warning and the backup goes on unfrozen. The "
+                       f"guest is thawed after at most ${quiesce.FREEZE_TIMEOUT_ENV} "
+                       f"seconds (default {quiesce.FREEZE_TIMEOUT:g}), also if borg-vm dies")
+    # GNU-style optional value: "--quiesce=try" is an option of its own, so a
+    # DOMAIN after a bare --quiesce is never taken for its value. Parsing goes
+    # by the registered strings; help and errors show the one spelling.
+    b.add_argument("--quiesce=try", dest="quiesce", action="store_const", const=quiesce.TRY,
+                   help=argparse.SUPPRESS)
+    q.option_strings = ["--quiesce[=try]"]
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
     b.set_defaults(run=_cmd_backup)
 
@@ -142,7 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--list", action="store_true",
                     help="show for each archive: keep (why) or prune")
     pr.add_argument("--compact", action="store_true",
-                    help="run borg compact afterwards, to free the space")
+                    help="run borg compact afterwards, to free the space (on an "
+                         "append-only repository it frees nothing)")
     pr.set_defaults(run=_cmd_prune)
 
     de = sub.add_parser("delete", parents=[logging_opts],
@@ -319,6 +333,7 @@ def _cmd_backup(args: argparse.Namespace) -> int:
                          compression=str(parse_compression(args.compression)),
                          block_size=args.chunk_size, read_alignment=args.read_alignment,
                          full_every=args.full_every or _full_every_from_env(),
+                         quiesce=args.quiesce, freeze_timeout=_freeze_timeout_from_env(),
                          progress=not (args.no_progress or args.json))
     if bool(args.all) == bool(args.domains) or (args.match and not args.all):
         raise UsageError(detail="name the domains to back up, or use --all "
@@ -407,6 +422,20 @@ def _full_every_from_env() -> plan.FullEvery:
         return plan.FullEvery.parse(text)
     except ValueError as e:
         raise UsageError(detail=f"{FULL_EVERY_ENV}: {e}") from e
+
+
+def _freeze_timeout_from_env() -> float:
+    text = os.environ.get(quiesce.FREEZE_TIMEOUT_ENV)
+    if not text:
+        return quiesce.FREEZE_TIMEOUT
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1
+    if not 0 < seconds < float("inf"):
+        raise UsageError(detail=f"{quiesce.FREEZE_TIMEOUT_ENV}: not a positive number of "
+                                f"seconds: {text!r}")
+    return seconds
 
 
 def _full_every(text: str) -> plan.FullEvery:

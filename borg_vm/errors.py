@@ -65,6 +65,30 @@ class CheckpointInconsistent(LibvirtError):
     """Checkpoint {checkpoint!r} of domain {name!r} is unusable: {detail}"""
 
 
+# --- the guest agent (--quiesce) ---------------------------------------------
+
+class QuiesceError(BorgVmError):
+    """{detail}"""
+
+
+class GuestAgentMissing(QuiesceError):
+    """Domain {name!r} has no guest agent channel {channel}, so its filesystems
+    cannot be frozen: add <channel type='unix'><target type='virtio'
+    name='{channel}'/></channel> to the domain and run qemu-guest-agent in the
+    guest."""
+
+
+class QuiesceFailed(QuiesceError):
+    """Cannot freeze the filesystems of domain {name!r} through its guest agent:
+    {detail}. Is qemu-guest-agent running in the guest?"""
+
+
+class FreezeExpired(QuiesceError):
+    """The filesystems of domain {name!r} were thawed after {timeout} s, before
+    the backup job began (borg-vm never keeps a guest frozen longer than
+    {variable} seconds), so this backup would not be consistent."""
+
+
 # --- NBD -------------------------------------------------------------------
 
 class NbdError(BorgVmError):

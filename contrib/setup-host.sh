@@ -10,8 +10,12 @@
 #    FUSE), defusedxml, systemd
 #    (only for `systemd-analyze verify` of contrib/systemd in the tests: it is
 #    not started, let alone made PID 1), faketime (the nights of `make
-#    bench-retention`), and what building borgbackup needs;
-#    installed only when missing.
+#    bench-retention`), e2fsprogs (the test guest's root filesystem, and
+#    e2fsck of restored ones), openssh-server (only for the tests' own sshd
+#    on 127.0.0.1: when this script installs it, it first creates
+#    /etc/ssh/sshd_not_to_be_run, Debian's switch that keeps the system sshd
+#    from being started, now or at boot; remove that file to run it), and what
+#    building borgbackup needs; installed only when missing.
 # 2. A venv from Debian's /usr/bin/python3 with --system-site-packages (so
 #    the distribution's `libvirt` and `nbd` modules import), holding
 #    borgbackup 1.4.x and borg-vm with its test extras.
@@ -20,6 +24,9 @@
 #    user; user/group root and stdio_handler "file" in qemu.conf, for hosts
 #    without systemd or virtlogd) and libvirtd is started in the background;
 #    its PID is recorded in /run/borg-vm-setup-libvirtd.pid.
+# 4. The tiny Linux guest the tests and the demo boot (contrib/guest/build-guest.sh:
+#    a kernel, busybox and qemu-guest-agent from Debian packages it downloads
+#    with apt-get download, never installs; cached in /var/cache/borg-vm-guest).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -33,6 +40,7 @@ packages=(qemu-system-x86 qemu-utils libvirt-daemon libvirt-daemon-driver-qemu
           nbdkit-plugin-python python3-llfuse procps
           python3-venv python3-dev gcc pkg-config
           systemd faketime
+          e2fsprogs openssh-server
           libacl1-dev liblz4-dev libzstd-dev libxxhash-dev libssl-dev)
 
 say() { printf 'setup: %s\n' "$*"; }
@@ -49,6 +57,11 @@ install_packages() {
     fi
     [ "$(id -u)" = 0 ] || { say "need root to install: ${missing[*]}"; exit 2; }
     say "installing Debian packages: ${missing[*]}"
+    if [[ " ${missing[*]} " == *" openssh-server "* ]]; then
+        # The tests start their own sshd; the package would start the system one.
+        mkdir -p /etc/ssh
+        touch /etc/ssh/sshd_not_to_be_run
+    fi
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
         "${missing[@]}" >/dev/null
@@ -111,14 +124,22 @@ start_libvirt() {
 }
 
 report_kvm() {
-    if [ -r /dev/kvm ] && [ -w /dev/kvm ]; then
+    if [ -d /sys/module/kvm_pvm ]; then
+        say "KVM: PVM (nested, no hardware virtualization): test domains use KVM, the" \
+            "real test guest's stock kernel needs TCG (type='qemu')"
+    elif [ -r /dev/kvm ] && [ -w /dev/kvm ]; then
         say "KVM: /dev/kvm usable"
     else
         say "KVM: not usable here; test and demo domains fall back to TCG (type='qemu')"
     fi
 }
 
+build_guest() {
+    say "test guest: $(bash "$here/contrib/guest/build-guest.sh")"
+}
+
 install_packages
 make_venv
 start_libvirt
 report_kvm
+build_guest

@@ -3,7 +3,8 @@
 Order of events (commit last)::
 
     lock domain, clean leftovers -> plan level -> begin pull backup (creates
-    checkpoint C) -> block status per disk -> stream tar into
+    checkpoint C; --quiesce freezes the guest for this step only, see
+    quiesce.py) -> block status per disk -> stream tar into
     `borg import-tar NAME.borgvm-partial` -> borg exits 0 -> rename to NAME
     -> end job -> delete older borg-vm checkpoints
 
@@ -40,7 +41,8 @@ from ..core.tarstream import TarWriter
 from ..errors import (BorgError, CheckpointInconsistent,
                       LibvirtError, NoDisksToBackUp, UnknownDisk)
 from ..progress import Progress
-from . import offline, recover, repository, snapshots
+from . import offline, quiesce, recover, repository, snapshots
+from .quiesce import FREEZE_TIMEOUT
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +62,8 @@ class BackupOptions:
     block_size: int = fmt.BLOCK_SIZE
     read_alignment: int = 0
     full_every: plan.FullEvery | None = None
+    quiesce: str | None = None            # quiesce.ON, quiesce.TRY or None
+    freeze_timeout: float = FREEZE_TIMEOUT
 
 
 @dataclass
@@ -82,11 +86,13 @@ class BackupResult:
     reason: str
     duration: float = 0.0
     disks: dict[str, DiskResult] = field(default_factory=dict)
+    frozen_ms: float | None = None   # how long --quiesce kept the guest frozen
 
     def to_json(self) -> dict:
         return {"archive": self.archive, "domain": self.domain, "snapshot": self.snapshot,
                 "checkpoint": self.checkpoint, "level": self.level, "reason": self.reason,
                 "duration": round(self.duration, 3),
+                "frozen_ms": None if self.frozen_ms is None else round(self.frozen_ms, 1),
                 "disks": {t: vars(d) for t, d in sorted(self.disks.items())}}
 
 
@@ -204,7 +210,7 @@ def _run(dom: Domain, borg: Borg, opts: BackupOptions, disks: list[plan.Disk],
             _delete_partial(dom, borg, name)
         raise
     result = BackupResult(str(name), dom.name, name.snapshot_name, checkpoint, p.level,
-                          p.reason)
+                          p.reason, frozen_ms=session.frozen_ms)
     for t, d in manifest.disks.items():
         frozen = sum(f.data_bytes for f in d.frozen)
         result.disks[t] = DiskResult(d.level, d.virtual_size, read=d.data_bytes + frozen,
@@ -237,10 +243,14 @@ def running_session(dom: Domain, p: plan.Plan, checkpoint: str, disks: list[plan
                                     for t in targets})
         begun = False  # libvirt creates nothing when backupBegin fails
         try:
-            with dom.pull_backup(job, cp, p.parent_checkpoint):
-                begun = True
+            with contextlib.ExitStack() as job_running:
+                # --quiesce: the guest is frozen while the job starts, no longer
+                with quiesce.frozen(dom, opts.quiesce, live_xml, opts.freeze_timeout) as q:
+                    job_running.enter_context(dom.pull_backup(job, cp, p.parent_checkpoint))
+                    begun = True
                 log.debug("%s: backup job started, checkpoint %s", dom.name, checkpoint)
-                yield Session(PullBackupSource(socket), lambda: dom.checkpoint_xml(checkpoint))
+                yield Session(PullBackupSource(socket), lambda: dom.checkpoint_xml(checkpoint),
+                              q.ms)
         except BaseException:
             if begun:
                 _undo_checkpoint(dom, checkpoint)

@@ -1,20 +1,43 @@
 """libvirt: the only module that imports the libvirt binding.
 
-Domains, their checkpoints and pull-mode backup jobs. libvirt errors become
-borg-vm errors here, with the domain and the action in the message.
+Domains, their checkpoints, pull-mode backup jobs and the guest agent's
+filesystem freeze. libvirt errors become borg-vm errors here, with the domain
+and the action in the message.
+
+A guest frozen by a borg-vm that dies before thawing it would stay frozen, its
+writes blocked, until someone thaws it by hand: so every freeze has a thaw
+guard, this module run as a process of its own (``python -m
+borg_vm.adapters.libvirt URI UUID TIMEOUT``, in its own session) that thaws
+the guest when borg-vm's pipe to it closes without a word (borg-vm was killed)
+or TIMEOUT seconds after the freeze began (borg-vm hangs)::
+
+    borg-vm                                 guard
+    start guard  ------------------------>  connect to libvirt
+                 <-------------- "ready"
+    "freezing"   ------------------------>  start the TIMEOUT clock
+    fsFreeze                                |
+    backupBegin                             |  EOF or TIMEOUT: fsThaw, exit
+    fsThaw                                  |
+    "thawed"     ------------------------>  exit, touching nothing
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Iterator
+import select
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterator
 
 import libvirt
 
+from . import subproc
 from ..core import bootxml
 from ..errors import (CheckpointInconsistent, DomainExists, DomainNotFound, LibvirtConnectError,
-                     LibvirtError)
+                     LibvirtError, QuiesceFailed)
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +135,13 @@ class Hypervisor:
             raise LibvirtError(action="read the host capabilities", name="*",
                                detail=e.get_error_message()) from e
         return bootxml.dac_base_label(caps, virt_type)
+
+
+@dataclass
+class Freeze:
+    frozen: int                 # filesystems the guest agent froze
+    thawed: int | None = None   # of them, those the thaw found still frozen
+    ms: float | None = None     # from the freeze call to the thaw's return
 
 
 class Domain:
@@ -301,6 +331,32 @@ class Domain:
                 raise self._fail("end the backup job", e) from e
 
     @contextlib.contextmanager
+    def frozen(self, timeout: float) -> Iterator["Freeze"]:
+        """Freeze the guest's filesystems through its agent for the body, with a
+        thaw guard that thaws them after `timeout` seconds or if this process
+        dies; yield a Freeze, which says after the body how many filesystems the
+        thaw found still frozen. Raise QuiesceFailed if the agent cannot freeze
+        (then nothing is left frozen) or thaw them."""
+        with _thaw_guard(self._dom.connect().getURI(), self.uuid, self.name, timeout):
+            started = time.monotonic()
+            freeze = Freeze(self._agent("freeze", self._dom.fsFreeze))
+            log.debug("%s: froze %d filesystem(s)", self.name, freeze.frozen)
+            try:
+                yield freeze
+            finally:
+                freeze.thawed = self._agent("thaw", self._dom.fsThaw)
+                freeze.ms = (time.monotonic() - started) * 1000
+                log.debug("%s: thawed %d filesystem(s)", self.name, freeze.thawed)
+
+    def _agent(self, what: str, call: Callable[[None, int], int]) -> int:
+        """Call fsFreeze or fsThaw (all filesystems); return its count."""
+        try:
+            return call(None, 0)
+        except libvirt.libvirtError as e:
+            raise QuiesceFailed(name=self.name,
+                                detail=f"{what} failed: {e.get_error_message()}") from e
+
+    @contextlib.contextmanager
     def pull_backup(self, backup_xml: str, checkpoint_xml: str,
                     parent: str | None) -> Iterator[None]:
         """Start a pull-mode backup job creating a checkpoint; end the job on exit.
@@ -321,3 +377,53 @@ class Domain:
             yield
         finally:
             self.abort_job()
+
+
+GUARD_READY = b"ready\n"
+GUARD_FREEZING = b"freezing\n"
+GUARD_DONE = b"thawed\n"
+
+
+@contextlib.contextmanager
+def _thaw_guard(uri: str, uuid: str, name: str, timeout: float) -> Iterator[None]:
+    """Run a thaw guard (see the module docstring) for the domain while the body
+    runs: its clock starts now; tell it all is thawed when the body returns
+    normally. Raise QuiesceFailed if the guard cannot start."""
+    argv = [sys.executable, "-m", __name__, uri, uuid, str(timeout)]
+    with subproc.stream(argv, stdin=True, stdout=True) as guard:
+        if guard.stdout.readline() != GUARD_READY:
+            guard.wait()
+            raise QuiesceFailed(name=name, detail="its thaw guard did not start: "
+                                + "".join(guard.stderr_lines()[-3:]).strip())
+        guard.stdin.write(GUARD_FREEZING)
+        yield
+        with contextlib.suppress(BrokenPipeError):  # it thawed at its timeout and left
+            guard.stdin.write(GUARD_DONE)
+        try:
+            guard.finish()
+        except subproc.CommandFailed as e:
+            raise QuiesceFailed(name=name, detail=f"its thaw guard failed: {e}") from e
+
+
+def _guard(uri: str, uuid: str, timeout: float) -> None:
+    """The thaw guard's life: connect, say ready, then thaw the domain's guest
+    unless told within `timeout` seconds of "freezing" that it is thawed.
+    SIGTERM and SIGHUP (a service stopped, a session closed) thaw it too."""
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.default_int_handler)
+    _silence_default_handler()
+    dom = libvirt.open(uri).lookupByUUIDString(uuid)
+    sys.stdout.buffer.write(GUARD_READY)
+    sys.stdout.flush()
+    # Unbuffered: a buffer could swallow "thawed" behind "freezing", unseen by select.
+    stdin, told = open(sys.stdin.fileno(), "rb", buffering=0, closefd=False), b""
+    try:
+        if stdin.readline() == GUARD_FREEZING and select.select([stdin], [], [], timeout)[0]:
+            told = stdin.readline()
+    finally:
+        if told != GUARD_DONE:
+            dom.fsThaw(None, 0)
+
+
+if __name__ == "__main__":
+    _guard(sys.argv[1], sys.argv[2], float(sys.argv[3]))

@@ -119,6 +119,19 @@ def domain_uuid(domain_xml: str) -> str:
     return parse_xml(domain_xml).findtext("uuid", "")
 
 
+AGENT_CHANNEL = "org.qemu.guest_agent.0"
+
+
+def agent_channel(live_xml: str) -> str | None:
+    """Given live domain XML, return the state of its QEMU guest agent channel
+    (virtio-serial port AGENT_CHANNEL): "connected", "disconnected", or "" when
+    libvirt does not say; None if the domain has no such channel."""
+    for target in parse_xml(live_xml).iterfind("./devices/channel/target"):
+        if target.get("type") == "virtio" and target.get("name") == AGENT_CHANNEL:
+            return target.get("state", "")
+    return None
+
+
 def qemu_owner(live_xml: str) -> tuple[int, int] | None:
     """Return (uid, gid) the domain's QEMU runs as (its DAC label), or None if unknown."""
     for label in parse_xml(live_xml).findall("./seclabel[@model='dac']/label"):

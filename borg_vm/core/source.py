@@ -48,8 +48,10 @@ class DiskSource(Protocol):
 
 @dataclass(frozen=True)
 class Session:
-    """One backup run's way to the disks: the source to read them from, and the
-    XML of the checkpoint the run records (asked for once the run has begun)."""
+    """One backup run's way to the disks: the source to read them from, the
+    XML of the checkpoint the run records (asked for once the run has begun),
+    and how long the guest was frozen while it began (None: it was not)."""
 
     source: DiskSource
     checkpoint_xml: Callable[[], str]
+    frozen_ms: float | None = None

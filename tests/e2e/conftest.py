@@ -4,12 +4,15 @@ Only domains named borgvm-test-* that carry this suite's metadata are ever
 touched; see guest.py for how guest I/O is injected and checked.
 """
 
+import subprocess
+
 import pytest
 
 try:
     import libvirt
 
     import guest
+    import realguest
     from borgvm import init_repo
 except ImportError as e:  # reported by libvirt_conn, so every e2e test skips (fails under CI)
     _IMPORT_ERROR = e
@@ -40,6 +43,22 @@ def virt_type(libvirt_conn):
 
 
 @pytest.fixture(scope="session")
+def real_virt_type(libvirt_conn):
+    """Return 'kvm' if KVM can boot the real guest here, else 'qemu' (TCG)."""
+    return "kvm" if realguest.kvm_boots_stock_kernels(libvirt_conn) else "qemu"
+
+
+@pytest.fixture(scope="session")
+def real_guest():
+    """Return the real test guest's files, built by contrib/guest/build-guest.sh
+    (cached: about a second once built); fail if it cannot be built."""
+    try:
+        return realguest.build()
+    except subprocess.CalledProcessError as e:
+        pytest.fail(f"building the test guest failed: {e.stderr}")
+
+
+@pytest.fixture(scope="session")
 def _remove_stale_domains(libvirt_conn):
     """At session start, remove borgvm-test-* domains left by crashed runs:
     only those with our metadata, a dead creating process and all images
@@ -49,12 +68,16 @@ def _remove_stale_domains(libvirt_conn):
 
 
 @pytest.fixture
-def make_domain(libvirt_conn, virt_type, _remove_stale_domains, tmp_path, tmp_path_factory):
+def make_domain(libvirt_conn, virt_type, real_virt_type, _remove_stale_domains, tmp_path,
+                tmp_path_factory):
     """Return make_domain(disks=[("vda", 64 MiB, "qcow2"), ...],
-    name_suffix=None, discard="unmap") -> guest.Domain: a persistent domain
-    started paused, with images in tmp_path/vms.  Every domain made is
-    destroyed and undefined (with checkpoint/snapshot metadata) and its
-    images removed at teardown, even when the test failed."""
+    name_suffix=None, discard="unmap", boot=None) -> guest.Domain: a persistent
+    domain started paused, or booting the real guest (`boot`, see
+    realguest.py), with images in tmp_path/vms; and make_domain.define(xml,
+    disks, serial) -> guest.Domain for a domain of this suite defined from XML
+    (guest.define_domain). Every domain made is destroyed and undefined (with
+    checkpoint/snapshot metadata) and its images removed at teardown, even
+    when the test failed."""
     workdir = tmp_path / "vms"
     workdir.mkdir()
     basetemp = tmp_path_factory.getbasetemp()
@@ -62,12 +85,22 @@ def make_domain(libvirt_conn, virt_type, _remove_stale_domains, tmp_path, tmp_pa
     guest.allow_traverse(workdir, top)
     made = []
 
-    def factory(disks=(("vda", 64 * guest.MIB, "qcow2"),), name_suffix=None, discard="unmap"):
-        domain = guest.create_domain(libvirt_conn, workdir, virt_type, list(disks),
-                                     name_suffix=name_suffix, discard=discard)
+    def factory(disks=(("vda", 64 * guest.MIB, "qcow2"),), name_suffix=None, discard="unmap",
+                boot=None):
+        domain = guest.create_domain(libvirt_conn, workdir,
+                                     virt_type if boot is None else real_virt_type, list(disks),
+                                     name_suffix=name_suffix, discard=discard, boot=boot)
         made.append(domain)
         return domain
 
+    def define(xml, disks, serial=None):
+        for path in [*(p for p, _fmt in disks.values()), *([serial] if serial else [])]:
+            guest.allow_traverse(path.parent, top)
+        domain = guest.define_domain(libvirt_conn, xml, workdir, disks, serial=serial)
+        made.append(domain)
+        return domain
+
+    factory.define = define
     yield factory
     errors = []
     for domain in reversed(made):

@@ -28,11 +28,13 @@ import json
 import os
 import re
 import secrets
+import shutil
 import signal
 import subprocess
 import tempfile
 import time
 import xml.etree.ElementTree as ET
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 from xml.sax.saxutils import escape
@@ -51,6 +53,22 @@ QEMU_IO_TIMEOUT = 10.0
 STATE_TIMEOUT = 30.0
 POLL_INTERVAL = 0.01
 FORMATS = ("qcow2", "raw")
+AGENT_CHANNEL = "org.qemu.guest_agent.0"
+AGENT_CHANNEL_XML = f"""
+    <channel type='unix'>
+      <target type='virtio' name='{AGENT_CHANNEL}'/>
+    </channel>"""
+
+
+@dataclass(frozen=True)
+class Boot:
+    """A real guest to boot by direct kernel boot (see realguest.py): its
+    kernel, initramfs and command line, and the image its disk vda starts as."""
+
+    kernel: Path
+    initrd: Path
+    cmdline: str
+    root: Path
 
 
 def poll(predicate: Callable[[], object], timeout: float, what: str) -> object:
@@ -131,22 +149,28 @@ def image_info(path: Path, fmt: str) -> dict:
 
 def domain_xml(name: str, virt_type: str, disks: list[tuple[str, Path, str]],
                discard: str | None, owner: str,
-               metadata: tuple[str, str] = (METADATA_KEY, METADATA_URI)) -> str:
+               metadata: tuple[str, str] = (METADATA_KEY, METADATA_URI),
+               boot: Boot | None = None, serial: Path | None = None) -> str:
     """Given a name, 'kvm' or 'qemu', (target, path, format) disks, the
     driver's discard mode (None: libvirt default), an owner token and the
     (key, namespace URI) to tag it with, return the XML of a 128 MiB, 1 vCPU
-    guest without OS, network or graphics. bench/lab.py builds its domains
-    with this too, under its own namespace."""
+    guest without network or graphics: without OS, or with `boot` the real
+    guest, its serial console written to the file `serial` and a guest agent
+    channel. bench/lab.py builds its domains with this too, under its own
+    namespace."""
     key, uri = metadata
     discard_attr = f" discard='{discard}'" if discard else ""
     disk_xml = "".join(
         f"""
     <disk type='file' device='disk'>
       <driver name='qemu' type='{fmt}'{discard_attr}/>
-      <source file='{escape(str(path), {"'": "&apos;"})}'/>
+      <source file='{_attr(path)}'/>
       <target dev='{target}' bus='virtio'/>
     </disk>"""
         for target, path, fmt in disks)
+    os_xml, devices_xml, on_reboot = ("", "", "") if boot is None else (
+        boot_os_xml(boot), boot_devices_xml(serial),
+        "\n  <on_reboot>destroy</on_reboot>")   # a panic (panic=-1) ends the domain
     return f"""<domain type='{virt_type}'>
   <name>{name}</name>
   <metadata>
@@ -154,12 +178,66 @@ def domain_xml(name: str, virt_type: str, disks: list[tuple[str, Path, str]],
   </metadata>
   <memory unit='MiB'>128</memory>
   <vcpu>1</vcpu>
-  <os><type arch='x86_64'>hvm</type></os>
-  <devices>{disk_xml}
+  <os><type arch='x86_64'>hvm</type>{os_xml}</os>{on_reboot}
+  <devices>{disk_xml}{devices_xml}
     <memballoon model='none'/>
   </devices>
 </domain>
 """
+
+
+def _attr(value: object) -> str:
+    """Given a value, return it escaped for a single-quoted XML attribute."""
+    return escape(str(value), {"'": "&apos;"})
+
+
+def boot_os_xml(boot: Boot) -> str:
+    """Given a Boot, return the <os> children of its direct kernel boot."""
+    return (f"<kernel>{escape(str(boot.kernel))}</kernel>"
+            f"<initrd>{escape(str(boot.initrd))}</initrd>"
+            f"<cmdline>{escape(boot.cmdline)}</cmdline>")
+
+
+def boot_devices_xml(serial: Path) -> str:
+    """Given a file for the serial console, return the <devices> children a
+    real guest needs besides its disk: that serial port and the agent channel."""
+    return serial_xml(serial) + AGENT_CHANNEL_XML
+
+
+def serial_xml(path: Path) -> str:
+    """Given a file, return a serial port <devices> child that writes to it."""
+    return f"""
+    <serial type='file'>
+      <source path='{_attr(path)}'/>
+      <target port='0'/>
+    </serial>"""
+
+
+def with_boot(xml: str, name: str, boot: Boot, serial: Path) -> str:
+    """Given domain XML (e.g. what borg-vm restore wrote, which drops the
+    kernel, initrd and serial file of the host), a new name, a Boot and a
+    serial console file, return it renamed and booting `boot`'s kernel with
+    that console. The metadata that marks the suite's domains is kept."""
+    root = ET.fromstring(xml)
+    root.find("name").text = name
+    os_ = root.find("os")
+    for e in [*os_.findall("kernel"), *os_.findall("initrd"), *os_.findall("cmdline")]:
+        os_.remove(e)
+    os_.extend(ET.fromstring(f"<os>{boot_os_xml(boot)}</os>"))
+    devices = root.find("devices")
+    for e in devices.findall("serial") + devices.findall("console"):
+        devices.remove(e)
+    devices.append(ET.fromstring(serial_xml(serial)))
+    if agent_channel(root) is None:
+        devices.append(ET.fromstring(AGENT_CHANNEL_XML))
+    return ET.tostring(root, encoding="unicode")
+
+
+def agent_channel(domain: ET.Element) -> ET.Element | None:
+    """Given a parsed domain XML, return the target of its guest agent
+    channel (its state attribute says if the agent is connected), or None."""
+    return next((t for t in domain.iterfind("devices/channel/target")
+                 if t.get("name") == AGENT_CHANNEL), None)
 
 
 def domain_owner(dom: libvirt.virDomain, uri: str = METADATA_URI) -> str | None:
@@ -232,6 +310,8 @@ class Domain:
         self._log = QemuLog(self.name)
         # target -> its images, bottom first, once snapshot() gave it overlays
         self.layers: dict[str, list[Path]] = {}
+        self.serial: Path | None = None   # a real guest's serial console (realguest.py)
+        self.started = 0.0                # time.monotonic() when it was last started
 
     # -- guest I/O -------------------------------------------------------
     def write(self, target: str, offset: int, length: int, pattern: int) -> None:
@@ -518,11 +598,13 @@ class Domain:
 
 def create_domain(conn: libvirt.virConnect, workdir: Path, virt_type: str,
                   disks: list[tuple[str, int, str]], name_suffix: str | None = None,
-                  discard: str | None = "unmap") -> Domain:
+                  discard: str | None = "unmap", boot: Boot | None = None) -> Domain:
     """Given a connection, a private directory, 'kvm'/'qemu' and disks as
     (target, virtual size, 'qcow2'|'raw'), create the images in `workdir`,
     define a persistent domain borgvm-test-<8 hex>[-suffix] and start it
-    paused; return its Domain.  Raise ValueError on bad arguments; on a
+    paused; return its Domain. With `boot`, vda is a copy of boot.root (of
+    that size, qcow2) and the domain boots the real guest, running, its serial
+    console in workdir/<name>.serial. Raise ValueError on bad arguments; on a
     libvirt error, undo what was done and re-raise."""
     targets = [t for t, _, _ in disks]
     if not disks or len(set(targets)) != len(targets):
@@ -532,25 +614,48 @@ def create_domain(conn: libvirt.virConnect, workdir: Path, virt_type: str,
             raise ValueError(f"bad disk spec {(target, size, fmt)}")
     if name_suffix is not None and not re.fullmatch(r"[A-Za-z0-9_.-]{1,32}", name_suffix):
         raise ValueError(f"bad name suffix {name_suffix!r}")
+    if boot is not None and ("vda", image_info(boot.root, "qcow2")["virtual-size"],
+                             "qcow2") not in disks:
+        raise ValueError(f"vda must be a qcow2 disk the size of {boot.root}")
     name = PREFIX + secrets.token_hex(4) + (f"-{name_suffix}" if name_suffix else "")
     workdir.mkdir(parents=True, exist_ok=True)
     paths = {t: workdir / f"{name}-{t}.{fmt}" for t, _, fmt in disks}
     for target, size, fmt in disks:
-        create_image(paths[target], fmt, size)
+        if boot is not None and target == "vda":
+            shutil.copyfile(boot.root, paths[target])
+        else:
+            create_image(paths[target], fmt, size)
+    serial = None if boot is None else workdir / f"{name}.serial"
     xml = domain_xml(name, virt_type, [(t, paths[t], f) for t, _, f in disks], discard,
-                     owner_token())
+                     owner_token(), boot=boot, serial=serial)
     try:
-        dom = conn.defineXML(xml)
-        try:
-            domain = Domain(dom, workdir, paths, {t: f for t, _, f in disks},
-                            {t: s for t, s, _ in disks}, discard)
-            dom.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED)
-        except BaseException:
-            remove_domain(dom)
-            raise
+        return define_domain(conn, xml, workdir, {t: (paths[t], f) for t, _, f in disks},
+                             discard, serial)
     except BaseException:
         for path in paths.values():
             path.unlink(missing_ok=True)
+        raise
+
+
+def define_domain(conn: libvirt.virConnect, xml: str, workdir: Path,
+                  disks: dict[str, tuple[Path, str]], discard: str | None = None,
+                  serial: Path | None = None) -> Domain:
+    """Given a connection, domain XML of this suite (named PREFIX..., with its
+    owner metadata), a private directory, its disks as target -> (image,
+    format), their discard mode and its serial console file (None: it has
+    none, it is started paused), define and start it; return its Domain. On a
+    libvirt error, undefine it again and re-raise."""
+    dom = conn.defineXML(xml)
+    try:
+        domain = Domain(dom, workdir, {t: p for t, (p, _) in disks.items()},
+                        {t: f for t, (_, f) in disks.items()},
+                        {t: image_info(p, f)["virtual-size"] for t, (p, f) in disks.items()},
+                        discard)
+        domain.serial = serial
+        dom.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED if serial is None else 0)
+        domain.started = time.monotonic()
+    except BaseException:
+        remove_domain(dom)
         raise
     return domain
 

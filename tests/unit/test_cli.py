@@ -90,6 +90,50 @@ def test_full_every_comes_from_the_environment(fake_stack, monkeypatch, capsys):
     assert seen[-1].text == "never" and seen[-1].age is None and seen[-1].count is None
 
 
+def backup_options(monkeypatch):
+    """Make backup record the options it gets (and stop there); return the list."""
+    seen = []
+    monkeypatch.setattr(cli, "backup", lambda hv, borg, name, opts: seen.append((name, opts))
+                        or (_ for _ in ()).throw(KeyError("stop")))
+    return seen
+
+
+@pytest.mark.parametrize("argv, domains, mode", [
+    (["a"], ["a"], None),
+    (["--quiesce", "a", "b"], ["a", "b"], "on"),       # a DOMAIN is never its value
+    (["a", "--quiesce"], ["a"], "on"),
+    (["--quiesce=try", "a"], ["a"], "try"),
+    (["a", "--quiesce=try"], ["a"], "try"),
+])
+def test_quiesce_takes_a_value_only_after_an_equals_sign(fake_stack, monkeypatch, capsys,
+                                                         argv, domains, mode):
+    seen = backup_options(monkeypatch)
+    run_main(capsys, "backup", *argv)
+    assert [name for name, _ in seen] == domains
+    assert {opts.quiesce for _, opts in seen} == {mode}
+
+
+def test_quiesce_has_no_other_value(fake_stack, monkeypatch, capsys):
+    seen = backup_options(monkeypatch)
+    code, _out, err = run_main(capsys, "backup", "a", "--quiesce=yes")
+    assert code == 2 and not seen
+    assert "argument --quiesce[=try]: ignored explicit argument 'yes'" in err
+
+
+def test_freeze_timeout_comes_from_the_environment(fake_stack, monkeypatch, capsys):
+    seen = backup_options(monkeypatch)
+    run_main(capsys, "backup", "a", "--quiesce")
+    assert seen[-1][1].freeze_timeout == 10
+    monkeypatch.setenv("BORG_VM_FREEZE_TIMEOUT", "2.5")
+    run_main(capsys, "backup", "a", "--quiesce")
+    assert seen[-1][1].freeze_timeout == 2.5
+    for bad in ("0", "-1", "soon", "inf", "nan"):
+        monkeypatch.setenv("BORG_VM_FREEZE_TIMEOUT", bad)
+        code, _out, err = run_main(capsys, "backup", "a", "--quiesce")
+        assert code == 2
+        assert f"BORG_VM_FREEZE_TIMEOUT: not a positive number of seconds: {bad!r}" in err
+
+
 @pytest.mark.parametrize("argv", [
     ("boot", "web01"),                                         # booting needs --to
     ("boot", "--finish", "web01-restored", "--to", "/srv"),    # finishing takes no --to

@@ -4,8 +4,8 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from borg_vm.core.domxml import (DiskSpec, backup_sockets, backup_xml, checkpoint_xml, domain_uuid,
-                            parse_disks, qemu_owner, read_domain_xml, restored_domain_xml,
+from borg_vm.core.domxml import (DiskSpec, agent_channel, backup_sockets, backup_xml,
+                            checkpoint_xml, domain_uuid, parse_disks, qemu_owner, read_domain_xml, restored_domain_xml,
                             snapshot_images, strip_host_resources)
 
 # Shaped like `virsh dumpxml` of a running domain (trimmed).
@@ -180,6 +180,28 @@ def test_qemu_owner_skips_bad_label_for_good_one():
     xml = ("<domain><seclabel model='dac'><label>qemu:kvm</label><label>+5:+6</label>"
            "</seclabel></domain>")
     assert qemu_owner(xml) == (5, 6)
+
+
+# --- agent_channel ----------------------------------------------------------------------
+
+def channel(target: str) -> str:
+    return (f"<domain><devices><channel type='unix'><source mode='bind'/>{target}"
+            "</channel></devices></domain>")
+
+
+@pytest.mark.parametrize("xml, state", [
+    (channel("<target type='virtio' name='org.qemu.guest_agent.0' state='connected'/>"),
+     "connected"),
+    (channel("<target type='virtio' name='org.qemu.guest_agent.0' state='disconnected'/>"),
+     "disconnected"),
+    (channel("<target type='virtio' name='org.qemu.guest_agent.0'/>"), ""),  # not running
+    (channel("<target type='virtio' name='org.qemu.spice.0'/>"), None),
+    (channel("<target type='guestfwd' name='org.qemu.guest_agent.0'/>"), None),
+    ("<domain><devices><serial type='pty'/></devices></domain>", None),
+    (DOMAIN_XML, None),
+])
+def test_agent_channel(xml, state):
+    assert agent_channel(xml) == state
 
 
 # --- backup_xml --------------------------------------------------------------------------
