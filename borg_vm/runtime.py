@@ -158,20 +158,25 @@ def mount_dir() -> Iterator[str]:
 
 def stale_mount_dirs() -> list[str]:
     """Return the mount directories whose borg-vm mount is gone (no one holds their lock)."""
-    stale = []
-    for path in glob.glob(os.path.join(base_dir(), MOUNT_PREFIX + "*")):
-        try:
-            fd = os.open(os.path.join(path, MOUNT_LOCK), os.O_RDONLY | os.O_NOFOLLOW)
-        except FileNotFoundError:   # being made right now (or not by us): left alone
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            stale.append(path)
-        except BlockingIOError:
-            pass
-        finally:
-            os.close(fd)
-    return stale
+    # A directory without its lock file is being made right now (or not by us).
+    return [path for path in glob.glob(os.path.join(base_dir(), MOUNT_PREFIX + "*"))
+            if lock_held(os.path.join(path, MOUNT_LOCK)) is False]
+
+
+def lock_held(path: str) -> bool | None:
+    """Return True if someone holds the flock of the file at path, False if no one
+    does, None if there is no such file."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
 
 
 def remove_mount_dir(path: str, mountpoints: tuple[str, ...]) -> None:
@@ -239,17 +244,7 @@ def booting(path: str) -> Iterator[None]:
 def boot_dirs() -> list[tuple[str, str]]:
     """Return (path, UUID of the booted domain) of every boot run directory that no
     borg-vm boot is setting up right now."""
-    out = []
-    for path in glob.glob(os.path.join(base_dir(), BOOT_PREFIX + "*")):
-        try:
-            fd = os.open(os.path.join(path, BOOTING_LOCK), os.O_RDONLY | os.O_NOFOLLOW)
-        except FileNotFoundError:   # being made right now
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            continue
-        finally:
-            os.close(fd)
-        out.append((path, os.path.basename(path)[len(BOOT_PREFIX):]))
-    return out
+    # A directory without its lock file is being made right now.
+    return [(path, os.path.basename(path)[len(BOOT_PREFIX):])
+            for path in glob.glob(os.path.join(base_dir(), BOOT_PREFIX + "*"))
+            if lock_held(os.path.join(path, BOOTING_LOCK)) is False]

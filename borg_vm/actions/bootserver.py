@@ -37,6 +37,7 @@ import sys
 import time
 from typing import Callable
 
+from .. import runtime
 from ..adapters import nbdkit, subproc
 from ..adapters.borg import Borg
 from ..errors import ServerFailed, SocketInUse
@@ -68,17 +69,7 @@ def path(run: str, name: str) -> str:
 
 def running(run: str) -> bool:
     """Return True if the server of the boot run directory run is running."""
-    try:
-        fd = os.open(path(run, LOCK), os.O_RDONLY | os.O_NOFOLLOW)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
+    return bool(runtime.lock_held(path(run, LOCK)))
 
 
 def start(run: str, borg: Borg, domain: str, checkpoint: str, sockets: dict[str, str],

@@ -9,36 +9,11 @@ from borg_vm.core.bootxml import (BOOT_NS, BootRecord, boot_domain_xml, boot_rec
                                   dac_base_label, domain_type, nbd_backings)
 from borg_vm.core.domxml import parse_disks, restored_domain_xml
 
-ARCHIVED = """\
-<domain type='kvm'>
-  <name>web01</name>
-  <uuid>9b1c5a5e-3c1e-4c55-9d7e-2a1d0b9c1f00</uuid>
-  <metadata>
-    <app:info xmlns:app="https://example.com/app">kept</app:info>
-  </metadata>
-  <memory unit='KiB'>1048576</memory>
-  <devices>
-    <disk type='file' device='disk'>
-      <driver name='qemu' type='qcow2' discard='unmap'/>
-      <source file='/var/lib/libvirt/images/web01.qcow2'/>
-      <target dev='vda' bus='virtio'/>
-    </disk>
-    <disk type='file' device='disk'>
-      <source file='/var/lib/libvirt/images/web01-data.raw'/>
-      <target dev='vdb' bus='virtio'/>
-    </disk>
-    <disk type='file' device='cdrom'>
-      <driver name='qemu' type='raw'/>
-      <target dev='sda' bus='sata'/>
-      <readonly/>
-    </disk>
-    <interface type='network'>
-      <mac address='52:54:00:12:34:56'/>
-      <source network='default'/>
-    </interface>
-  </devices>
-</domain>
-"""
+from test_domxml import DOMAIN_XML
+
+# The domain of test_domxml: vda (qcow2 on a backing file), vdb (a raw block
+# device), CD-ROMs, a read-only disk, disks restore leaves out, a MAC address.
+ARCHIVED = DOMAIN_XML
 RECORD = BootRecord("/srv/borg/repo", "web01", "borgvm-20261127T020000Z",
                     "/run/borg-vm/boot-0f0e")
 UUID = "0f0e0d0c-0b0a-4908-8706-050403020100"
@@ -62,8 +37,8 @@ def test_the_booted_domain_has_a_new_name_and_uuid_and_no_mac():
 
 def test_each_overlay_is_backed_by_its_export_and_pauses_on_errors():
     root = ET.fromstring(booted_xml())
-    for disk in root.iterfind("./devices/disk[@device='disk']"):
-        target = disk.find("target").get("dev")
+    for target in SOCKETS:
+        disk = root.find(f"./devices/disk/target[@dev='{target}']/..")
         assert [e.tag for e in disk][:3] == ["driver", "source", "backingStore"]
         driver = disk.find("driver")
         assert (driver.get("type"), driver.get("error_policy"), driver.get("rerror_policy")) \
@@ -76,6 +51,9 @@ def test_each_overlay_is_backed_by_its_export_and_pauses_on_errors():
                                                       "socket": SOCKETS[target]}
         assert backing.find("backingStore") is not None and len(backing.find("backingStore")) == 0
     assert root.find("./devices/disk/driver").get("discard") == "unmap"   # kept
+    # Disks that are not restored stay as restore leaves them: no NBD backing.
+    assert [d.find("target").get("dev") for d in root.iterfind("./devices/disk")
+            if d.find("backingStore") is not None] == ["vda", "vdb"]
 
 
 def test_nbd_backings_reads_back_the_sockets_and_ignores_other_disks():
@@ -90,11 +68,14 @@ def test_nbd_backings_reads_back_the_sockets_and_ignores_other_disks():
 
 
 def test_the_record_round_trips_beside_other_metadata():
-    xml = booted_xml()
-    assert boot_record(xml) == RECORD
-    root = ET.fromstring(xml)
+    assert boot_record(booted_xml()) == RECORD
+    with_metadata = ARCHIVED.replace("<memory", "<metadata><app:info xmlns:app="
+                                     "'https://example.com/app'>kept</app:info></metadata>"
+                                     "<memory")
+    restored = restored_domain_xml(with_metadata, "web01-restored", {})
+    root = ET.fromstring(boot_domain_xml(restored, UUID, {}, RECORD))
     assert root.find("./metadata/{https://example.com/app}info").text == "kept"
-    assert root.find(f"./metadata/{{{BOOT_NS}}}boot") is not None
+    assert boot_record(ET.tostring(root, encoding="unicode")) == RECORD
     assert boot_record(ARCHIVED) is None
 
 
