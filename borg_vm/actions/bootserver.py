@@ -21,8 +21,10 @@ while the server process lives and released by the kernel when it exits or is
 killed. So "is it running" needs no pid, and the pid in server.pid is signalled
 only through a pidfd opened while the lock still proves the process is ours.
 
-A killed server's own children stop with it (nbdkit --exit-with-parent; borg
-mount gets SIGINT and unmounts); a later start removes what they left.
+A killed server's borg mount gets SIGINT and unmounts; its nbdkit stops
+accepting but lingers while QEMU keeps its connection open (until QEMU's next
+request, which it answers with an error). The next start of the server (a
+borg-vm mount) kills it and removes what the killed server left.
 """
 
 from __future__ import annotations
@@ -40,8 +42,7 @@ from typing import Callable
 from .. import runtime
 from ..adapters import nbdkit, subproc
 from ..adapters.borg import Borg
-from ..errors import ServerFailed, SocketInUse
-from .mount import check_free
+from ..errors import ServerFailed
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +58,8 @@ POLL_SECONDS = 0.05
 # mount, then nbdkit: both have their own limits, well below this).
 START_SECONDS = 300
 # How long the server may take to stop after SIGTERM (nbdkit finishes its
-# requests, borg unmounts) before it is killed, and a killed server's nbdkit
-# to let go of its sockets.
+# requests, borg unmounts) before it is killed.
 STOP_SECONDS = 60
-SOCKET_FREE_SECONDS = 30
 
 
 def path(run: str, name: str) -> str:
@@ -76,12 +75,12 @@ def start(run: str, borg: Borg, domain: str, checkpoint: str, sockets: dict[str,
           owner: tuple[int, int] | None) -> dict:
     """Start the server of domain's disks as of checkpoint on sockets (in run), handed
     to owner (uid, gid); return what it serves (borg-vm mount's --json document) once
-    every export listens. Raise ServerFailed if it exits first, or is running already;
-    SocketInUse if something else holds a socket."""
+    every export listens. Raise ServerFailed if it exits first (something else holds a
+    socket, for one), or is running already."""
     argv = [sys.executable, "-m", "borg_vm", "mount", domain, "--repo", borg.repo,
             "--socket", run, "--checkpoint", checkpoint,
             "--lock-wait", str(borg.lock_wait), "--json",
-            *sum((["--disk", t] for t in sorted(sockets)), []),
+            *[arg for t in sorted(sockets) for arg in ("--disk", t)],
             *(["--socket-owner", f"{owner[0]}:{owner[1]}"] if owner else [])]
     with contextlib.ExitStack() as files:
         lock = _open(files, run, LOCK, os.O_RDWR)
@@ -90,7 +89,6 @@ def start(run: str, borg: Borg, domain: str, checkpoint: str, sockets: dict[str,
         except BlockingIOError:
             raise ServerFailed(name=domain, detail="is running already",
                                log=path(run, LOG)) from None
-        _wait_sockets_free(sockets.values())
         out = _open(files, run, SERVED, os.O_WRONLY | os.O_TRUNC)
         err = _open(files, run, LOG, os.O_WRONLY | os.O_APPEND)
         with borg.child_env() as (env, fds):
@@ -193,22 +191,6 @@ def wait_connected(sockets: list[str], timeout: float) -> bool:
     """Return True once every socket has a client connected (QEMU), False if one
     still has none after timeout seconds."""
     return _poll(lambda: all(nbdkit.connections(s) for s in sockets), timeout)
-
-
-def _wait_sockets_free(sockets) -> None:
-    """Return when no server listens on any of the sockets any more (the nbdkit of a
-    killed server exits a moment after it); raise SocketInUse after SOCKET_FREE_SECONDS."""
-    def free() -> bool:
-        try:
-            for s in sockets:
-                check_free(s)
-        except SocketInUse:
-            return False
-        return True
-
-    if not _poll(free, SOCKET_FREE_SECONDS):
-        for s in sockets:
-            check_free(s)
 
 
 def _poll(done: Callable[[], bool], timeout: float) -> bool:

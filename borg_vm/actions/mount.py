@@ -25,6 +25,7 @@ unmounts; a mount left by a borg-vm that was killed is unmounted by the next.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import logging
 import os
@@ -41,14 +42,15 @@ from ..core import archive as fmt
 from ..core import chain, diskmap
 from ..core.archive import ArchiveInfo, Manifest
 from ..core.extent import Extent
-from ..errors import (BorgError, FormatError, Interrupted, IntegrityError, SocketInUse,
-                      UsageError)
+from ..errors import (BorgError, FormatError, Interrupted, IntegrityError, NbdkitError,
+                      SocketInUse, UsageError)
 from . import members, repository
 
 log = logging.getLogger(__name__)
 
 ARCHIVES = "archives"      # the borg mount, in the mount's run directory
 SOCKET_SUFFIX = ".sock"
+PIDFILE_SUFFIX = ".pid"     # nbdkit's, in the mount's run directory
 # A unix socket path is at most 107 bytes on Linux (sun_path is 108 with its NUL).
 MAX_SOCKET_PATH = 107
 # While serving, how long each wait on one server lasts before looking at the next.
@@ -95,8 +97,8 @@ def mount(borg: Borg, domain: str, opts: MountOptions, ready: Callable[[Served],
         problem = chain.size_problem(links, t)
         if problem:
             raise FormatError(archive=top.archive, detail=problem)
+    _clean_stale(borg)   # first: a killed mount's nbdkit may still hold a socket
     sockets = _socket_paths(opts.socket, targets)
-    _clean_stale(borg)
     with runtime.mount_dir() as run:
         mnt = os.path.join(run, ARCHIVES)
         os.mkdir(mnt, 0o700)
@@ -130,11 +132,11 @@ def _socket_paths(path: str, targets: tuple[str, ...]) -> dict[str, str]:
         if len(p.encode()) > MAX_SOCKET_PATH:
             raise UsageError(detail=f"socket path {p} is longer than {MAX_SOCKET_PATH} "
                                     "bytes, the most a unix socket may have")
-        check_free(p)
+        _check_free(p)
     return sockets
 
 
-def check_free(path: str) -> None:
+def _check_free(path: str) -> None:
     """Raise SocketInUse unless nothing is at path or it is a socket nobody listens on
     (left by a killed server; removed)."""
     try:
@@ -158,10 +160,13 @@ def _clean_stale(borg: Borg) -> None:
         mnt = os.path.join(path, ARCHIVES)
         log.warning("removing %s, left by a borg-vm mount that was killed", path)
         try:
+            for pidfile in glob.glob(os.path.join(path, "*" + PIDFILE_SUFFIX)):
+                if nbdkit.kill_stale(pidfile):
+                    log.warning("killed its nbdkit %s", os.path.basename(pidfile))
             if mounted(mnt):
                 borg.umount(mnt)
             runtime.remove_mount_dir(path, (ARCHIVES,))
-        except (BorgError, OSError) as e:
+        except (BorgError, NbdkitError, OSError) as e:
             log.warning("cannot remove %s: %s", path, e)
 
 
@@ -245,7 +250,7 @@ def _servers(run: str, sockets: dict[str, str],
             with open(os.open(map_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
                 json.dump({"target": t, "archives": dirs, "map": disk_map.to_doc()}, f)
             servers[t] = stack.enter_context(
-                nbdkit.serve(sockets[t], map_file, os.path.join(run, f"{t}.pid")))
+                nbdkit.serve(sockets[t], map_file, os.path.join(run, t + PIDFILE_SUFFIX)))
             # Whoever may connect reads the guest's data; connecting takes write
             # permission, which nbdkit gives no one else (umask 022) already.
             os.chmod(sockets[t], 0o600)
@@ -276,7 +281,7 @@ def _remove_files(run: str) -> None:
     """Remove the map and pid files of the run directory (never through the mount)."""
     for name in os.listdir(run):
         path = os.path.join(run, name)
-        if name.endswith((".map.json", ".pid")):
+        if name.endswith((".map.json", PIDFILE_SUFFIX)):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
 

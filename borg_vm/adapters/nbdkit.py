@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 import time
 from typing import Iterator
@@ -80,3 +81,40 @@ def connections(socket: str) -> int:
         rows = [line.rstrip("\n").split(maxsplit=7) for line in f]
     return sum(1 for row in rows if len(row) == 8 and row[5] == SS_CONNECTED
                and row[7] == socket)
+
+
+# How long a killed nbdkit may take to be gone.
+KILL_SECONDS = 10
+
+
+def kill_stale(pidfile: str) -> bool:
+    """Kill the nbdkit that wrote pidfile if it still runs; return True if there was
+    one. An nbdkit whose parent died (a borg-vm mount killed) stops accepting but
+    waits for its clients to hang up, for ever if a client (QEMU) keeps an idle
+    connection, and holds its socket meanwhile."""
+    try:
+        with open(pidfile, encoding="ascii") as f:
+            pid = int(f.read().strip())
+        pidfd = os.pidfd_open(pid)
+    except (FileNotFoundError, ValueError, ProcessLookupError):
+        return False
+    try:
+        # Checked through the pidfd's process: it is nbdkit, with this pidfile.
+        if not _is_nbdkit_of(pid, pidfile):
+            return False
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        ready, _, _ = select.select([pidfd], [], [], KILL_SECONDS)
+        if not ready:
+            raise NbdkitError(action="stop", detail=f"pid {pid} still runs after SIGKILL")
+        return True
+    finally:
+        os.close(pidfd)
+
+
+def _is_nbdkit_of(pid: int, pidfile: str) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+    except FileNotFoundError:
+        return False
+    return os.path.basename(argv[0]) == NBDKIT.encode() and os.fsencode(pidfile) in argv
