@@ -221,14 +221,14 @@ class NotBooted(BorgVmError):
 
 
 class ServerNotRunning(BorgVmError):
-    """The server of {name!r}'s disks is not running ({detail}): the guest cannot read
-    what is still in the repository, and QEMU pauses it when it tries. 'borg-vm boot
-    --resume {name}' starts the server again and resumes the guest (server log:
-    {log})."""
+    """Domain {name!r} reads its disks from the repository through a server that is not
+    running ({detail}): QEMU pauses the guest when it reads what is still in the
+    repository. 'borg-vm boot --resume {name}' starts the server again and resumes
+    the guest (server log: {log})."""
 
 
 class ServerFailed(BorgVmError):
-    """The server of {name!r}'s disks (borg-vm mount) {detail} (server log: {log})"""
+    """The server of the disks of {name!r} (borg-vm mount) {detail} (server log: {log})"""
 
 
 class PullFailed(BorgVmError):

@@ -20,13 +20,15 @@ read from the repository on demand.
 If the server dies, the guest's next read of data still in the repository
 fails in QEMU, which pauses the guest (error policy 'stop'): nothing it wrote
 is lost, the overlays stay consistent. ``--resume`` starts the server again on
-the same sockets; QEMU's NBD client reconnects at its next request, so a
-domain paused by the failure is resumed once QEMU has reconnected.
+the same sockets (what is left of the dead one is killed first) and resumes a
+domain paused by the failure once QEMU has reconnected, which QEMU's NBD client
+does only when it has a request (see _resume_after_reconnect).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import time
@@ -36,6 +38,7 @@ from typing import Callable
 
 from .. import runtime
 from ..adapters import libvirt as virt
+from ..adapters import nbdkit
 from ..adapters.borg import Borg
 from ..core import bootxml, chain, domxml
 from ..core.bootxml import BootRecord
@@ -54,7 +57,7 @@ RECONNECT_SECONDS = 30
 # makes it reconnect) before --resume gives up and says the VM is still paused.
 RESUME_ATTEMPTS = 3
 # A pull fails when QEMU's connection to the server broke (a restarted server:
-# QEMU notices at its next request and reconnects); so many tries per disk.
+# QEMU's next request fails, the one after makes it reconnect); tries per disk.
 PULL_ATTEMPTS = 3
 PULL_POLL_SECONDS = 0.2
 
@@ -76,8 +79,7 @@ class Booted:
     server: dict             # {"pid", "log"}
 
     def to_json(self) -> dict:
-        return {"name": self.name, "domain": self.domain, "checkpoint": self.checkpoint,
-                "disks": self.disks, "server": self.server}
+        return dataclasses.asdict(self)
 
 
 def boot(hv: virt.Hypervisor, borg: Borg, domain: str, opts: BootOptions) -> Booted:
@@ -184,8 +186,7 @@ class Finished:
     duration: float
 
     def to_json(self) -> dict:
-        return {"name": self.name, "disks": self.disks, "pulled": self.pulled,
-                "duration": round(self.duration, 3)}
+        return {**dataclasses.asdict(self), "duration": round(self.duration, 3)}
 
 
 def finish(hv: virt.Hypervisor, name: str, progress: bool) -> Finished:
@@ -211,6 +212,9 @@ def finish(hv: virt.Hypervisor, name: str, progress: bool) -> Finished:
                 "disks are pulled while it runs"))
         _check_server(record.run, name)
         pulled = _pull_all(dom, name, backings, progress)
+        if dom.paused_by_io_error():   # a read from the repository failed earlier
+            log.info("%s: resuming it: what it failed to read is local now", name)
+            dom.resume()
     bootserver.stop(record.run)
     dom.remove_metadata(bootxml.BOOT_NS)
     runtime.remove_boot_dir(record.run)
@@ -233,8 +237,8 @@ def _images(dom: virt.Domain) -> dict[str, str]:
 def _check_server(run: str, name: str) -> None:
     if not bootserver.running(run):
         raise ServerNotRunning(name=name, log=bootserver.path(run, bootserver.LOG),
-                               detail="it exited or was killed; it last said: "
-                               + bootserver.log_tail(run))
+                               detail="it exited or was killed; its log ends: "
+                               + bootserver.log_tail(run, 1))
 
 
 def _pull_all(dom: virt.Domain, name: str, backings: dict[str, str], wanted: bool) -> int:
@@ -267,7 +271,10 @@ def _pull(dom: virt.Domain, name: str, target: str, socket: str, progress: Progr
             return
         log.info("%s: pulling %s stopped (attempt %d of %d): QEMU reconnects to the server",
                  name, target, attempt, PULL_ATTEMPTS)
-        bootserver.wait_connected([socket], RECONNECT_SECONDS)
+        # A connection QEMU kept to a server since restarted fails the first
+        # request, which marks it broken; the next starts a new one.
+        if attempt > 1:
+            bootserver.wait_connected([socket], RECONNECT_SECONDS)
     raise PullFailed(target=target, name=name,
                      detail=f"{PULL_ATTEMPTS} attempts failed; the server last said: "
                      + bootserver.log_tail(os.path.dirname(socket)))
@@ -284,8 +291,7 @@ class Resumed:
     state: str
 
     def to_json(self) -> dict:
-        return {"name": self.name, "server_started": self.server_started,
-                "server": self.server, "state": self.state}
+        return dataclasses.asdict(self)
 
 
 def resume(hv: virt.Hypervisor, borg_for: Callable[[str], Borg], name: str) -> Resumed:
@@ -312,6 +318,11 @@ def resume(hv: virt.Hypervisor, borg_for: Callable[[str], Borg], name: str) -> R
         dom.start()
     elif dom.paused_by_io_error():
         _resume_after_reconnect(dom, backings)
+    stale = [t for t, s in sorted(backings.items()) if not nbdkit.connections(s)]
+    if stale and dom.is_active():
+        log.warning("%s: QEMU has not reconnected to %s yet: its next read from the "
+                    "repository there fails and pauses the domain; then run 'borg-vm boot "
+                    "--resume %s' again", name, ", ".join(stale), name)
     return Resumed(name, started, _server(record.run), dom.state())
 
 
@@ -329,10 +340,13 @@ def _resume_after_reconnect(dom: virt.Domain, backings: dict[str, str]) -> None:
         failed = [backings[t] for t in dom.disk_errors() if t in backings] or \
             list(backings.values())
         connected = bootserver.wait_connected(failed, 0)
+        log.debug("resuming %s (QEMU %s connected to %s)", dom.name,
+                  "is" if connected else "is not", ", ".join(failed))
         dom.resume()
         if connected:
             return
-        bootserver.wait_connected(failed, RECONNECT_SECONDS)
+        if not bootserver.wait_connected(failed, RECONNECT_SECONDS):
+            log.debug("QEMU did not connect within %d s", RECONNECT_SECONDS)
     if dom.paused_by_io_error():
         log.warning("%s is still paused by an I/O error: QEMU did not reconnect "
                     "(see 'virsh domblkerror %s')", dom.name, dom.name)

@@ -6,8 +6,10 @@ brings it back."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import libvirt
@@ -15,6 +17,7 @@ import libvirt_qemu
 import pytest
 
 import guest
+import realguest
 from borgvm import assert_same, backup, run
 from guest import MIB
 from mounting import wait_gone
@@ -22,6 +25,8 @@ from mounting import wait_gone
 KIB = 1024
 STOP_TIMEOUT = 60
 PAUSE_TIMEOUT = 60
+NEW_FILES = 3      # files the real guest's workload completes between two steps
+SYNC_TIMEOUT = 60
 
 
 @pytest.fixture
@@ -99,6 +104,15 @@ def test_boot_write_finish_then_run_without_the_repository(make_domain, repo, tm
     new.write_zeroes("vda", 2 * MIB + 64 * KIB, 64 * KIB)
     new.write("vdb", 2 * MIB - 4 * KIB, 8 * KIB, 0xD1)
     new.flush_all()
+
+    # As after a reboot of the host: domain and server gone, /run emptied.
+    new.dom.destroy()
+    os.kill(doc["server"]["pid"], signal.SIGKILL)
+    wait_gone(doc["server"]["pid"], STOP_TIMEOUT)
+    shutil.rmtree(Path(doc["server"]["log"]).parent)
+    back = run("boot", "--resume", new.name, "--json").json()
+    assert back["server_started"] and back["state"] == "running", back
+    doc["server"]["pid"] = back["server"]["pid"]
 
     out = run("boot", "--finish", new.name, "--json").json()
     assert out["name"] == new.name
@@ -183,8 +197,16 @@ def test_a_killed_server_pauses_the_domain_and_resume_brings_it_back(make_domain
     again = run("boot", "--resume", new.name, "--json").json()
     assert not again["server_started"] and again["state"] == "running"
 
-    run("boot", "--finish", new.name)
+    # Killed again, and started again before the guest reads: QEMU still holds its
+    # connection to the dead server's nbdkit (which waits for it), so --resume
+    # kills that nbdkit and warns; --finish gets through the stale connection.
+    os.kill(resumed["server"]["pid"], signal.SIGKILL)
     wait_gone(resumed["server"]["pid"], STOP_TIMEOUT)
+    stale = run("boot", "--resume", new.name, "--json")
+    assert "QEMU has not reconnected to vda yet" in stale.stderr, stale.stderr
+    doc["server"]["pid"] = stale.json()["server"]["pid"]
+    run("boot", "--finish", new.name)
+    wait_gone(doc["server"]["pid"], STOP_TIMEOUT)
     new.assert_matches_model("vda")
 
 
@@ -200,3 +222,38 @@ def test_the_server_of_a_booted_domain_undefined_before_finish_is_stopped(make_d
         in gone.stderr, gone.stderr
     wait_gone(doc["server"]["pid"], STOP_TIMEOUT)
     assert not Path(doc["server"]["log"]).parent.exists()
+
+
+def test_the_real_guest_boots_from_the_repository_and_keeps_its_files(
+        make_domain, real_guest, repo, tmp_path, booted, libvirt_conn):
+    original = make_domain([("vda", 64 * MIB, "qcow2")], boot=real_guest.boot("files"))
+    realguest.wait_booted(original, "files")
+    console = realguest.Console(original.serial)
+    before = console.wait_synced(len(console.synced()) + NEW_FILES, SYNC_TIMEOUT)
+    backup(original.name, repo)
+    original.dom.destroy()   # the disaster; its console file is the booted copy's now
+
+    # The kernel, initramfs and console of the test guest are host files:
+    # --keep-host-resources keeps them (the root disk is the booted overlay).
+    started = time.monotonic()
+    new, doc = booted(original, repo, original.views(), "--keep-host-resources")
+    new.serial, new.started = original.serial, started
+    print(f"booted from the repository in {realguest.wait_booted(new, 'files'):.1f} s")
+    # The workload starts over at f0001: each file it reports replaces the old one.
+    after_boot = console.wait_synced(NEW_FILES, SYNC_TIMEOUT)
+
+    run("boot", "--finish", new.name)
+    Path(repo).rename(str(repo) + ".gone")
+    rewritten = console.wait_synced(len(after_boot) + NEW_FILES, SYNC_TIMEOUT)
+    new.dom.destroy()
+
+    # Booted again, on its images alone, to report what its disk holds.
+    libvirt_conn.defineXML(guest.with_boot(
+        new.dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE), new.name,
+        real_guest.boot("verify"), new.serial))
+    new.dom.create()
+    seen = realguest.verified(new)
+    expected = {**before, **rewritten}
+    wrong = {f: (sha, seen.files.get(f)) for f, sha in expected.items()
+             if seen.files.get(f) != sha}
+    assert not wrong, f"synced files missing or changed: {wrong}"
