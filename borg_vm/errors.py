@@ -61,6 +61,12 @@ class LibvirtError(BorgVmError):
     """libvirt failed to {action} for domain {name!r}: {detail}"""
 
 
+class DomainStopped(BorgVmError):
+    """Domain {name!r} stopped while it was being backed up ({detail}); nothing was
+    recorded. Start it and back it up again (a full backup, if QEMU was killed: its
+    checkpoints went with it)."""
+
+
 class CheckpointInconsistent(LibvirtError):
     """Checkpoint {checkpoint!r} of domain {name!r} is unusable: {detail}"""
 
@@ -114,6 +120,12 @@ class BorgError(BorgVmError):
 
 class RepositoryNotFound(BorgError):
     """Borg repository {repo} does not exist or cannot be reached: {detail}"""
+
+
+class RepositoryFull(BorgError):
+    """The file system of Borg repository {repo} is full ({detail}); Borg rolled its
+    transaction back. Free space there (after deleting archives, 'borg compact'
+    frees theirs) and run again."""
 
 
 class PassphraseWrong(BorgError):
@@ -193,6 +205,11 @@ class RestoreTargetExists(BorgVmError):
 class IntegrityError(BorgVmError):
     """Data of disk {target} in archive {archive} does not match its manifest
     ({detail}): the archive is damaged (nothing was restored from it)."""
+
+
+class RestoreTargetFull(BorgVmError):
+    """The file system of {path} filled up during the restore ({detail}); nothing
+    was moved into it. Free space there, or choose another --to directory."""
 
 
 class RestoreTargetUnusable(BorgVmError):

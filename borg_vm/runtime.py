@@ -11,6 +11,20 @@ Layout::
         <uuid>.<random>/                0700, owned by root or by QEMU's user
             nbd.sock                    the backup job's NBD server
             <target>.scratch            fleecing files (unless --scratch-dir)
+
+A run passes through phases, in order (actions/backup.py; restore has one,
+APPLIED): each is a debug line ``phase NAME: ...``, so ``--debug`` shows how
+far a run got, and a fault-injection test can stop the process at one
+(``BORG_VM_TEST_STOP_AT=NAME``: SIGSTOP right after the line) and strike
+exactly there::
+
+    planned        level and archive name chosen; nothing made yet
+    job-started    backup job (or offline session) begun: checkpoint C exists
+    streaming      borg import-tar runs and has the first members; disk data next
+    borg-finished  borg exited 0: NAME.borgvm-partial is complete, not yet renamed
+    renamed        the archive has its final name; job not yet ended, older
+                   checkpoints not yet deleted
+    done           job ended, older checkpoints deleted
 """
 
 from __future__ import annotations
@@ -21,6 +35,7 @@ import glob
 import logging
 import os
 import shutil
+import signal
 import stat
 import tempfile
 from typing import Iterator
@@ -33,6 +48,24 @@ DEFAULT_RUNTIME_DIR = "/run/borg-vm"
 # Each retry means another run removed or replaced the lock file in the moment
 # between our open and our flock; more than a few in a row is not a race.
 LOCK_ATTEMPTS = 5
+
+PLANNED = "planned"
+JOB_STARTED = "job-started"
+STREAMING = "streaming"
+BORG_FINISHED = "borg-finished"
+RENAMED = "renamed"
+DONE = "done"
+APPLIED = "applied"   # restore: one archive's data written into the staged images
+STOP_AT_ENV = "BORG_VM_TEST_STOP_AT"
+
+
+def phase(name: str, what: str, *args: object) -> None:
+    """Mark that a run reached phase `name` (what % args says where): a debug line,
+    and a SIGSTOP of this process if $BORG_VM_TEST_STOP_AT names the phase (tests
+    of faults at that very point; SIGCONT continues the run)."""
+    log.debug("phase %s: " + what, name, *args)
+    if os.environ.get(STOP_AT_ENV) == name:
+        os.kill(os.getpid(), signal.SIGSTOP)
 
 
 def base_dir() -> str:

@@ -14,7 +14,8 @@ disk on its own unix socket. Before anything is served, every archive of each
 disk's chain is checked as restore checks it, short of hashing the data: its
 manifest parses and agrees with the archive's name and comment, the disk keeps
 its size along the chain, and its data members are regular files covering
-exactly the manifest's data extents. The SHA-256 of a disk's data cannot be
+exactly the manifest's data extents (a pack's as its map lists them, the map
+checked as restore checks it). The SHA-256 of a disk's data cannot be
 checked without reading all of it (``borg-vm verify`` does); Borg checks every
 chunk it reads (its id hash, and its MAC when encrypted).
 
@@ -179,9 +180,8 @@ def _disk_map(mnt: str, links: list[ArchiveInfo], target: str
     for i, a in enumerate(links):
         root = os.path.join(mnt, a.archive)
         record = _record(_manifest(root, a), a, target)
-        member_extents = _members(root, a, target)
         try:
-            layers.append(diskmap.layer_pieces(i, record.extents, member_extents))
+            layers.append(diskmap.layer_pieces(i, record.extents, _members(root, a, target)))
         except ValueError as e:
             raise IntegrityError(target=target, archive=a.archive, detail=str(e)) from e
         dirs.append(root)
@@ -215,26 +215,50 @@ def _record(manifest: Manifest, a: ArchiveInfo, target: str) -> fmt.DiskRecord:
     return record
 
 
-def _members(root: str, a: ArchiveInfo, target: str) -> list[Extent]:
-    """Return the data members of disk target in the archive, as extents (start,
-    size). Raise FormatError for anything else in its directory (a damaged or
-    hostile archive: a symbolic link, a directory, a name that is no offset)."""
+def _members(root: str, a: ArchiveInfo, target: str) -> list[tuple[Extent, ...]]:
+    """Return the data members of disk target in the archive, each as the pieces of
+    the disk it holds (one, or a pack's as its map lists them). Raise FormatError
+    for anything else in its directory (a damaged or hostile archive: a symbolic
+    link, a directory, a name that is no offset, a map without its data member
+    or that does not describe it)."""
     where = os.path.join(root, fmt.disk_prefix(target))
-    out = []
     try:
         entries = list(os.scandir(where))
     except FileNotFoundError:
         return []   # a disk with no data in this archive has no directory
+    data, maps = {}, {}
     for entry in entries:
         name = f"{fmt.disk_prefix(target)}/{entry.name}"
-        parsed = fmt.parse_member(name)
-        if parsed is None or not entry.is_file(follow_symlinks=False):
+        packed = fmt.parse_map_member(name)
+        if (packed is None and fmt.parse_member(name) is None) or not entry.is_file(
+                follow_symlinks=False):
             raise FormatError(archive=a.archive, detail=f"unexpected member {name!r}: "
                                                         "it is damaged")
         size = entry.stat(follow_symlinks=False).st_size
-        if size:
-            out.append(Extent(parsed[1], size))
-    return out
+        if packed is not None:
+            maps[packed] = (entry.path, name, size)
+        else:
+            data[name] = size
+    lone = sorted(set(maps) - set(data))
+    if lone:
+        raise FormatError(archive=a.archive, detail=f"map of {lone[0]} without its data "
+                                                    "member: it is damaged")
+    return [pieces for name, size in data.items()
+            if (pieces := _pieces(a, target, name, size, maps.get(name)))]
+
+
+def _pieces(a: ArchiveInfo, target: str, name: str, size: int,
+            map_file: tuple[str, str, int] | None) -> tuple[Extent, ...]:
+    """Return the pieces of one data member: its map's (read from the mount, capped
+    and checked), or its bytes at its offset."""
+    if map_file is None:
+        return members.one_piece(fmt.parse_member(name)[1], size)
+    path, map_name, map_size = map_file
+    members.check_small_size(a.archive, map_name, map_size)
+    with open(path, "rb") as f:
+        pieces = members.read_map(a.archive, map_name, f.read(map_size + 1))
+    members.check_pieces(a.archive, name, size, pieces, target, None)
+    return pieces
 
 
 @contextlib.contextmanager

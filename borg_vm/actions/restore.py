@@ -23,6 +23,8 @@ failed restore leaves --to as it was (and removes it if it created it).
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import logging
 import os
 import shutil
@@ -30,11 +32,13 @@ import tempfile
 from dataclasses import dataclass
 from typing import Iterator
 
+from .. import runtime
 from ..adapters.borg import Borg
 from ..core import archive as fmt
 from ..core import chain, domxml
 from ..core.archive import ArchiveInfo, Manifest
-from ..errors import FormatError, RestoreTargetExists, RestoreTargetUnusable
+from ..errors import (FormatError, NbdError, RestoreTargetExists, RestoreTargetFull,
+                      RestoreTargetUnusable)
 from ..progress import Progress
 from . import apply, layered, members, repository
 
@@ -139,11 +143,19 @@ def restore(borg: Borg, domain: str, opts: RestoreOptions) -> RestoreResult:
                 layered.write(borg, plans, manifests, stage, progress)
             else:
                 _write_chain(borg, plans, stage, progress)
+            with open(os.open(os.path.join(stage, xml_name),
+                              os.O_WRONLY | os.O_CREAT | os.O_EXCL, apply.PRIVATE), "w") as f:
+                f.write(xml)
+        except NbdError as e:
+            if e.kwargs.get("errno") == errno.ENOSPC:
+                raise RestoreTargetFull(path=to, detail=e.message) from e
+            raise
+        except OSError as e:
+            if e.errno == errno.ENOSPC:
+                raise RestoreTargetFull(path=to, detail=e.strerror) from e
+            raise
         finally:
             progress.close()
-        with open(os.open(os.path.join(stage, xml_name), os.O_WRONLY | os.O_CREAT | os.O_EXCL,
-                          apply.PRIVATE), "w") as f:
-            f.write(xml)
         for p in outputs:
             os.replace(os.path.join(stage, p), os.path.join(to, p))
     warn_removed(removed)
@@ -164,6 +176,7 @@ def _write_chain(borg: Borg, plans: list[DiskPlan], stage: str, progress: Progre
         layers = {(d.target, 0): _prepare_layer(d, d.archives.index(arc), stage)
                   for d in plans if arc in d.archives}
         apply.apply_archive(borg, arc, layers, progress)
+        runtime.phase(runtime.APPLIED, "%s written into %s", arc.archive, stage)
 
 
 def restored_xml(borg: Borg, top: ArchiveInfo, images: dict[str, tuple[str, str]],
@@ -231,17 +244,48 @@ def _make_dirs(path: str, created: list[str]) -> None:
         created.append(d)
 
 
+STAGING_PREFIX = ".borg-vm-restore-"
+
+
 @contextlib.contextmanager
-def _staging(directory: str):
+def _staging(directory: str) -> Iterator[str]:
+    """Yield a new hidden directory inside directory to write the images in, removed
+    on the way out; a restore holds its flock meanwhile, so one left by a restore
+    that was killed (no one holds it) is removed first."""
+    _remove_stale_staging(directory)
     try:
-        stage = tempfile.mkdtemp(prefix=".borg-vm-restore-", dir=directory)
+        stage = tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=directory)
+        fd = os.open(stage, os.O_RDONLY | os.O_DIRECTORY)
     except OSError as e:
         raise RestoreTargetUnusable(path=directory,
                                     detail=f"cannot create files in it ({e.strerror})") from e
     try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
         yield stage
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+        os.close(fd)
+
+
+def _remove_stale_staging(directory: str) -> None:
+    """Remove staging directories of killed restores: those whose flock no one holds."""
+    for name in os.listdir(directory):
+        path = os.path.join(directory, name)
+        if not name.startswith(STAGING_PREFIX):
+            continue
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except OSError:
+            continue   # not a directory (or gone): not ours
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            continue   # a restore running now
+        else:
+            log.warning("removing %s, left by a restore that was killed", path)
+            shutil.rmtree(path, ignore_errors=True)
+        finally:
+            os.close(fd)
 
 
 def _prepare_layer(d: DiskPlan, i: int, stage: str) -> apply.Layer:

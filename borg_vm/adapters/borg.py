@@ -37,7 +37,8 @@ from typing import Callable, Iterator, Sequence
 
 from . import subproc
 from ..errors import (BorgError, BorgNotFound, BorgQuestion, PasscommandFailed,
-                      PassphraseMissing, PassphraseWrong, RepositoryLocked, RepositoryNotFound)
+                      PassphraseMissing, PassphraseWrong, RepositoryFull, RepositoryLocked,
+                      RepositoryNotFound)
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +60,13 @@ UNMOUNT_GRACE_SECONDS = 30
 
 _REPO_MISSING = {"Repository.DoesNotExist", "Repository.InvalidRepository",
                  "Repository.ParentPathDoesNotExist", "ConnectionClosed",
-                 "ConnectionClosedWithHint", "RemoteRepository.RPCServerOutdated",
-                 "Repository.InsufficientFreeSpaceError"}
+                 "ConnectionClosedWithHint", "RemoteRepository.RPCServerOutdated"}
+# Borg refuses a commit it has no room for with this msgid; a write that hits a full
+# file system first ends in a traceback of OSError ENOSPC.
+_NO_SPACE = "Repository.InsufficientFreeSpaceError"
+_ENOSPC = ("[Errno 28]", "No space left on device")
+# The first record of a borg that crashed on an exception: its traceback follows.
+_EXCEPTION = "Exception"
 _PASSPHRASE_REFUSED = {"PassphraseWrong", "PasswordRetriesExceeded", "NoPassphraseFailure"}
 _PASSCOMMAND_FAILED = "PasscommandFailure"
 _PASSCOMMAND_PREFIX = "Passcommand supplied in BORG_PASSCOMMAND failed: "  # borg's, then why
@@ -157,9 +163,11 @@ class Borg:
         if _LOCK_TIMEOUT in msgids:
             return RepositoryLocked(repo=self.repo, wait=self.lock_wait,
                                     detail="; ".join(messages).rstrip("."))
+        if _NO_SPACE in msgids or any(t in m for m in messages for t in _ENOSPC):
+            return RepositoryFull(repo=self.repo, detail="; ".join(messages).rstrip("."))
         if msgids & _REPO_MISSING:
             return RepositoryNotFound(repo=self.repo, detail="; ".join(messages) or e.stderr)
-        detail = "; ".join(messages) or e.stderr.strip() or f"exit code {e.returncode}"
+        detail = "; ".join(messages) or e.stderr.strip() or _exit_status(e.returncode)
         return BorgError(action=action, detail=detail)
 
     def _run(self, action: str, argv: Sequence[str]) -> bytes:
@@ -300,6 +308,16 @@ def mounted(path: str) -> bool:
     return os.path.ismount(path)
 
 
+def _exit_status(returncode: int) -> str:
+    """Say how a process that left no message ended: its exit code, or its signal."""
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exit code {returncode}"
+
+
 def _parse_log_json(stderr: str) -> tuple[set[str], list[str]]:
     """Return (msgids, messages) from borg --log-json stderr lines.
 
@@ -315,11 +333,24 @@ def _parse_log_json(stderr: str) -> tuple[set[str], list[str]]:
             continue
         if rec.get("msgid"):
             msgids.add(rec["msgid"])
+        if rec.get("msgid") == _EXCEPTION:
+            continue   # "Local Exception": the traceback record after it says which
         if rec.get("levelname") in ("ERROR", "CRITICAL") and rec.get("message"):
-            messages.append(rec["message"].strip().splitlines()[0])
+            messages.append(_one_line(rec["message"]))
         elif rec.get("levelname") == "WARNING" and rec.get("message"):
-            warnings.append(rec["message"].strip().splitlines()[0])
+            warnings.append(_one_line(rec["message"]))
     return msgids, messages or warnings
+
+
+def _one_line(message: str) -> str:
+    """Return a borg log message in one line: a traceback's exception, else the first line.
+
+    borg ends a traceback with the exception line, a blank line and its platform details.
+    """
+    text = message.strip()
+    if text.startswith("Traceback"):
+        return text.split("\n\n", 1)[0].splitlines()[-1].strip()
+    return text.splitlines()[0]
 
 
 def _question(stderr: str) -> dict | None:

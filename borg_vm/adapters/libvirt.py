@@ -19,6 +19,12 @@ or TIMEOUT seconds after the freeze began (borg-vm hangs)::
     backupBegin                             |  EOF or TIMEOUT: fsThaw, exit
     fsThaw                                  |
     "thawed"     ------------------------>  exit, touching nothing
+
+The connection outlives a restart of the libvirt daemon (an upgrade, a
+crash): libvirt keeps a running backup job across it, and a run that could
+not reach the daemon again would leave the job running and its checkpoints
+behind. A call that finds the connection lost connects again (waiting up to
+RECONNECT_TIMEOUT for the daemon to answer) and is made once more.
 """
 
 from __future__ import annotations
@@ -42,6 +48,8 @@ from ..errors import (CheckpointInconsistent, DomainExists, DomainNotFound, Libv
 log = logging.getLogger(__name__)
 
 DEFAULT_URI = "qemu:///system"
+RECONNECT_TIMEOUT = 60   # seconds a restarting daemon has to answer again
+RECONNECT_POLL = 0.5
 _INCONSISTENT_HINTS = ("inconsistent", "missing or broken bitmap")
 PAUSED_IO_ERROR = "paused (I/O error)"
 SHUT_OFF = "shut off"
@@ -64,17 +72,40 @@ def connect(uri: str = DEFAULT_URI) -> Iterator["Hypervisor"]:
         conn = libvirt.open(uri)
     except libvirt.libvirtError as e:
         raise LibvirtConnectError(uri=uri, detail=e.get_error_message()) from e
+    hv = Hypervisor(conn, uri)
     try:
-        yield Hypervisor(conn, uri)
+        yield hv
     finally:
         with contextlib.suppress(libvirt.libvirtError):
-            conn.close()
+            hv.conn.close()
 
 
 class Hypervisor:
     def __init__(self, conn: "libvirt.virConnect", uri: str):
         self.conn = conn
         self.uri = uri
+
+    def reconnected(self) -> bool:
+        """If the connection was lost, open a new one and return True (raise
+        LibvirtConnectError if the daemon does not answer within RECONNECT_TIMEOUT);
+        return False if the connection works."""
+        try:
+            self.conn.getLibVersion()   # isAlive() may not have noticed yet
+            return False
+        except libvirt.libvirtError:
+            pass
+        log.warning("lost the connection to libvirt at %s; connecting again", self.uri)
+        with contextlib.suppress(libvirt.libvirtError):
+            self.conn.close()
+        deadline = time.monotonic() + RECONNECT_TIMEOUT
+        while True:
+            try:
+                self.conn = libvirt.open(self.uri)
+                return True
+            except libvirt.libvirtError as e:
+                if time.monotonic() >= deadline:
+                    raise LibvirtConnectError(uri=self.uri, detail=e.get_error_message()) from e
+            time.sleep(RECONNECT_POLL)
 
     def domain_names(self) -> list[str]:
         """Return the names of every domain libvirt knows, running or shut off."""
@@ -87,7 +118,7 @@ class Hypervisor:
     def domain(self, name: str) -> "Domain":
         """Return the named domain; raise DomainNotFound if there is none."""
         try:
-            return Domain(self.conn.lookupByName(name))
+            return Domain(_Reconnecting(self, self.conn.lookupByName(name)))
         except libvirt.libvirtError as e:
             if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
                 raise DomainNotFound(name=name, uri=self.uri) from e
@@ -137,6 +168,27 @@ class Hypervisor:
         return bootxml.dac_base_label(caps, virt_type)
 
 
+class _Reconnecting:
+    """A virDomain whose calls survive a lost connection: the call connects again
+    (Hypervisor.reconnected), looks the domain up by its UUID and is made again."""
+
+    def __init__(self, hv: Hypervisor, dom: "libvirt.virDomain"):
+        self._hv = hv
+        self._dom = dom
+        self._uuid = dom.UUIDString()
+
+    def __getattr__(self, method: str):
+        def call(*args):
+            try:
+                return getattr(self._dom, method)(*args)
+            except libvirt.libvirtError:
+                if not self._hv.reconnected():
+                    raise
+            self._dom = self._hv.conn.lookupByUUIDString(self._uuid)
+            return getattr(self._dom, method)(*args)
+        return call
+
+
 @dataclass
 class Freeze:
     frozen: int                 # filesystems the guest agent froze
@@ -145,7 +197,7 @@ class Freeze:
 
 
 class Domain:
-    def __init__(self, dom: "libvirt.virDomain"):
+    def __init__(self, dom: "libvirt.virDomain | _Reconnecting"):
         self._dom = dom
         self.name = dom.name()
         self.uuid = dom.UUIDString()
@@ -154,7 +206,10 @@ class Domain:
         return LibvirtError(action=action, name=self.name, detail=e.get_error_message())
 
     def is_active(self) -> bool:
-        return bool(self._dom.isActive())
+        try:
+            return bool(self._dom.isActive())
+        except libvirt.libvirtError as e:
+            raise self._fail("read the domain's state", e) from e
 
     def start(self) -> None:
         try:

@@ -29,6 +29,9 @@ def create(path: str, fmt: str, size: int, backing: str | None = None,
     A backing file is recorded relative to the overlay's directory when it
     sits beside it, so a restored chain can be moved as a whole.
     """
+    if fmt == "raw" and backing is None:
+        _create_sparse(path, size)
+        return
     argv = [QEMU_IMG, "create", "-q", "-f", fmt]
     if backing is not None:
         assert fmt == "qcow2", "only qcow2 images have backing files"
@@ -41,6 +44,20 @@ def create(path: str, fmt: str, size: int, backing: str | None = None,
             rel = os.path.abspath(backing)
         argv += ["-b", rel, "-F", backing_format or info(backing)["format"]]
     _run("create", argv + [path, str(size)])
+
+
+def _create_sparse(path: str, size: int) -> None:
+    """Create (or empty) a raw image: a sparse file of size bytes.
+
+    Not qemu-img: it allocates a raw image's first 4 KiB (for O_DIRECT
+    alignment probing), so `qemu-img map` of a restored disk would show data
+    where the disk had none.
+    """
+    try:
+        with open(path, "wb") as f:
+            f.truncate(size)
+    except OSError as e:
+        raise QemuImgError(action="create", detail=f"{path}: {e.strerror}") from e
 
 
 def info(path: str) -> dict:

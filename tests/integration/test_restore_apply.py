@@ -97,7 +97,8 @@ def test_apply_of_missing_archive_raises_borg_error(layer):
     borg, info = make_archive(record(data))
     gone = archive.ArchiveInfo(archive.ArchiveName("gone", "S", "borgvm-C"), info.summary)
     with pytest.raises(BorgError,
-                       match="^borg export-tar failed: Archive gone.S.borgvm-C does not exist$"):
+                       match="^borg export-tar of gone.S.borgvm-C failed: "
+                             "Archive gone.S.borgvm-C does not exist$"):
         apply_action.apply_archive(borg, gone,
                               {("vda", 0): apply_action.Layer(overlay, "qcow2", zeros=True)},
                               Progress("restore", 0, False))

@@ -4,6 +4,10 @@ on a real file system (a temporary BORG_VM_RUNTIME_DIR)."""
 import fcntl
 import os
 from pathlib import Path
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -175,3 +179,34 @@ def test_boot_dirs_leave_out_one_being_set_up(base):
     assert runtime.boot_dirs() == [(made, UUID)]
     runtime.remove_boot_dir(made)
     assert not os.path.exists(made)
+
+
+PHASE_PROBE = ("import logging, sys; from borg_vm import runtime; "
+               "logging.basicConfig(level=logging.DEBUG, format='%(message)s'); "
+               "runtime.phase(runtime.STREAMING, 'into %s', 'x'); print('went on')")
+
+
+def _state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
+def test_a_phase_is_a_debug_line(monkeypatch):
+    monkeypatch.setenv(runtime.STOP_AT_ENV, runtime.DONE)   # another phase: no stop
+    out = subprocess.run([sys.executable, "-c", PHASE_PROBE], capture_output=True, text=True,
+                         timeout=30)
+    assert (out.returncode, out.stdout, out.stderr) == (0, "went on\n",
+                                                        "phase streaming: into x\n")
+
+
+def test_the_phase_named_stops_the_process_until_sigcont(monkeypatch):
+    monkeypatch.setenv(runtime.STOP_AT_ENV, runtime.STREAMING)
+    proc = subprocess.Popen([sys.executable, "-c", PHASE_PROBE], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while _state(proc.pid) != "T":
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGCONT)
+    out, err = proc.communicate(timeout=30)
+    assert (proc.returncode, out, err) == (0, "went on\n", "phase streaming: into x\n")
