@@ -224,3 +224,34 @@ class NbdkitError(BorgVmError):
 
 class SocketInUse(UsageError):
     """{path} {detail}: choose another --socket, or remove it if nothing uses it."""
+
+
+# --- boot ------------------------------------------------------------------
+
+class DomainExists(UsageError):
+    """A domain named {name!r} exists already at {uri}: choose another name with --name."""
+
+
+class NotBooted(BorgVmError):
+    """Domain {name!r} has no borg-vm boot record: it was not started by 'borg-vm boot',
+    or 'borg-vm boot --finish' completed already."""
+
+
+class ServerNotRunning(BorgVmError):
+    """Domain {name!r} reads its disks from the repository through a server that is not
+    running ({detail}): QEMU pauses the guest when it reads what is still in the
+    repository. 'borg-vm boot --resume {name}' starts the server again and resumes
+    the guest (server log: {log})."""
+
+
+class ServerFailed(BorgVmError):
+    """The server of the disks of {name!r} (borg-vm mount) {detail} (server log: {log})"""
+
+
+class PullFailed(BorgVmError):
+    """Pulling disk {target} of {name!r} out of the repository stopped before the end:
+    {detail}. Its image is intact; run 'borg-vm boot --finish {name}' again."""
+
+
+class NotRunning(BorgVmError):
+    """Domain {name!r} is {state}: {detail}"""

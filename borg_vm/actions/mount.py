@@ -26,6 +26,7 @@ unmounts; a mount left by a borg-vm that was killed is unmounted by the next.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import logging
 import os
@@ -42,14 +43,15 @@ from ..core import archive as fmt
 from ..core import chain, diskmap
 from ..core.archive import ArchiveInfo, Manifest
 from ..core.extent import Extent
-from ..errors import (BorgError, FormatError, Interrupted, IntegrityError, SocketInUse,
-                      UsageError)
+from ..errors import (BorgError, FormatError, Interrupted, IntegrityError, NbdkitError,
+                      SocketInUse, UsageError)
 from . import members, repository
 
 log = logging.getLogger(__name__)
 
 ARCHIVES = "archives"      # the borg mount, in the mount's run directory
 SOCKET_SUFFIX = ".sock"
+PIDFILE_SUFFIX = ".pid"     # nbdkit's, in the mount's run directory
 # A unix socket path is at most 107 bytes on Linux (sun_path is 108 with its NUL).
 MAX_SOCKET_PATH = 107
 # While serving, how long each wait on one server lasts before looking at the next.
@@ -61,6 +63,7 @@ class MountOptions:
     socket: str
     checkpoint: str | None = None
     disks: tuple[str, ...] = ()
+    owner: tuple[int, int] | None = None   # (uid, gid) the sockets are handed to
 
 
 @dataclass
@@ -95,8 +98,8 @@ def mount(borg: Borg, domain: str, opts: MountOptions, ready: Callable[[Served],
         problem = chain.size_problem(links, t)
         if problem:
             raise FormatError(archive=top.archive, detail=problem)
+    _clean_stale(borg)   # first: a killed mount's nbdkit may still hold a socket
     sockets = _socket_paths(opts.socket, targets)
-    _clean_stale(borg)
     with runtime.mount_dir() as run:
         mnt = os.path.join(run, ARCHIVES)
         os.mkdir(mnt, 0o700)
@@ -106,7 +109,7 @@ def mount(borg: Borg, domain: str, opts: MountOptions, ready: Callable[[Served],
                 served = Served(domain, top.name.checkpoint, {
                     t: {"socket": sockets[t], "uri": uri(sockets[t]), "size": m.size}
                     for t, (m, _dirs) in maps.items()})
-                with _servers(run, sockets, maps) as servers:
+                with _servers(run, sockets, maps, opts.owner) as servers:
                     ready(served)
                     _serve(servers, borg_proc)
         finally:
@@ -158,10 +161,13 @@ def _clean_stale(borg: Borg) -> None:
         mnt = os.path.join(path, ARCHIVES)
         log.warning("removing %s, left by a borg-vm mount that was killed", path)
         try:
+            for pidfile in glob.glob(os.path.join(path, "*" + PIDFILE_SUFFIX)):
+                if nbdkit.kill_stale(pidfile):
+                    log.warning("killed its nbdkit %s", os.path.basename(pidfile))
             if mounted(mnt):
                 borg.umount(mnt)
             runtime.remove_mount_dir(path, (ARCHIVES,))
-        except (BorgError, OSError) as e:
+        except (BorgError, NbdkitError, OSError) as e:
             log.warning("cannot remove %s: %s", path, e)
 
 
@@ -257,10 +263,10 @@ def _pieces(a: ArchiveInfo, target: str, name: str, size: int,
 
 @contextlib.contextmanager
 def _servers(run: str, sockets: dict[str, str],
-             maps: dict[str, tuple[diskmap.DiskMap, list[str]]]
-             ) -> Iterator[dict[str, subproc.Stream]]:
-    """Start one nbdkit per disk (its socket readable and writable by its owner only);
-    yield them; stop them all on the way out."""
+             maps: dict[str, tuple[diskmap.DiskMap, list[str]]],
+             owner: tuple[int, int] | None) -> Iterator[dict[str, subproc.Stream]]:
+    """Start one nbdkit per disk (its socket readable and writable by its owner only,
+    owner (uid, gid) if given); yield them; stop them all on the way out."""
     with contextlib.ExitStack() as stack:
         servers = {}
         for t, (disk_map, dirs) in maps.items():
@@ -268,10 +274,12 @@ def _servers(run: str, sockets: dict[str, str],
             with open(os.open(map_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
                 json.dump({"target": t, "archives": dirs, "map": disk_map.to_doc()}, f)
             servers[t] = stack.enter_context(
-                nbdkit.serve(sockets[t], map_file, os.path.join(run, f"{t}.pid")))
+                nbdkit.serve(sockets[t], map_file, os.path.join(run, t + PIDFILE_SUFFIX)))
             # Whoever may connect reads the guest's data; connecting takes write
             # permission, which nbdkit gives no one else (umask 022) already.
             os.chmod(sockets[t], 0o600)
+            if owner is not None:
+                os.chown(sockets[t], *owner)
         yield servers
 
 
@@ -297,7 +305,7 @@ def _remove_files(run: str) -> None:
     """Remove the map and pid files of the run directory (never through the mount)."""
     for name in os.listdir(run):
         path = os.path.join(run, name)
-        if name.endswith((".map.json", ".pid")):
+        if name.endswith((".map.json", PIDFILE_SUFFIX)):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
 

@@ -132,9 +132,10 @@ def restore(borg: Borg, domain: str, opts: RestoreOptions) -> RestoreResult:
     to = os.path.abspath(opts.to)
     # The small members first: a damaged or hostile archive fails here, before
     # anything is created or written.
-    xml, removed = _restored_xml(borg, top, {d.target: (os.path.join(to, d.top), d.formats[-1])
-                                             for d in plans}, opts.keep_host_resources)
-    with _target_dir(to), _staging(to) as stage:
+    xml, removed = restored_xml(borg, top, {d.target: (os.path.join(to, d.top), d.formats[-1])
+                                            for d in plans}, opts.keep_host_resources,
+                                f"{domain}-restored")
+    with target_dir(to), _staging(to) as stage:
         total = sum(a.summary.disks[d.target].data_bytes for d in plans for a in d.archives)
         progress = Progress.for_terminal(f"restore {domain}", total, opts.progress)
         try:
@@ -157,9 +158,7 @@ def restore(borg: Borg, domain: str, opts: RestoreOptions) -> RestoreResult:
             progress.close()
         for p in outputs:
             os.replace(os.path.join(stage, p), os.path.join(to, p))
-    if removed:
-        log.warning("removed host resources from the restored domain XML "
-                    "(--keep-host-resources keeps them): %s", ", ".join(removed))
+    warn_removed(removed)
     return RestoreResult(
         domain, top.name.checkpoint,
         {d.target: {"image": os.path.join(to, d.top),
@@ -180,11 +179,12 @@ def _write_chain(borg: Borg, plans: list[DiskPlan], stage: str, progress: Progre
         runtime.phase(runtime.APPLIED, "%s written into %s", arc.archive, stage)
 
 
-def _restored_xml(borg: Borg, top: ArchiveInfo, images: dict[str, tuple[str, str]],
-                  keep_host_resources: bool) -> tuple[str, list[str]]:
-    """Return the domain XML to write beside the images (see domxml.restored_domain_xml),
-    from top's domain.xml, with top's manifest checked too, and what was removed from it
-    of the host (see domxml.strip_host_resources) unless keep_host_resources.
+def restored_xml(borg: Borg, top: ArchiveInfo, images: dict[str, tuple[str, str]],
+                 keep_host_resources: bool, name: str) -> tuple[str, list[str]]:
+    """Return the XML of a domain called name on the restored images (see
+    domxml.restored_domain_xml), from top's domain.xml, with top's manifest checked
+    too, and what was removed from it of the host (see domxml.strip_host_resources)
+    unless keep_host_resources.
 
     Raise FormatError naming top if either is damaged.
     """
@@ -194,14 +194,21 @@ def _restored_xml(borg: Borg, top: ArchiveInfo, images: dict[str, tuple[str, str
         text = domxml.read_domain_xml(files[fmt.DOMAIN_XML])
     except ValueError as e:
         raise FormatError(archive=top.archive, detail=f"{fmt.DOMAIN_XML} {e}") from e
-    xml = domxml.restored_domain_xml(text, f"{top.name.domain}-restored", images)
+    xml = domxml.restored_domain_xml(text, name, images)
     if keep_host_resources:
         return xml, []
     return domxml.strip_host_resources(xml, {path for path, _ in images.values()})
 
 
+def warn_removed(removed: list[str]) -> None:
+    """Log one warning naming the host resources left out of a restored domain's XML."""
+    if removed:
+        log.warning("removed host resources from the restored domain XML "
+                    "(--keep-host-resources keeps them): %s", ", ".join(removed))
+
+
 @contextlib.contextmanager
-def _target_dir(path: str) -> Iterator[None]:
+def target_dir(path: str) -> Iterator[None]:
     """Make directory path (and its missing parents) for the block; if the block
     fails, remove the directories it made, so --to is left as it was.
 

@@ -120,7 +120,11 @@ class Borg:
                                                    for v in PASSPHRASE_VARIABLES)
 
     @contextlib.contextmanager
-    def _child_env(self) -> Iterator[tuple[dict[str, str], tuple[int, ...]]]:
+    def child_env(self) -> Iterator[tuple[dict[str, str], tuple[int, ...]]]:
+        """Yield (environment, file descriptors to pass) that give a child the
+        repository's passphrase as borg takes it: BORG_PASSPHRASE and BORG_PASSCOMMAND
+        pass through, a passphrase borg-vm holds goes through a fresh pipe as
+        BORG_PASSPHRASE_FD (a borg-vm child reads it once, as this one did)."""
         env = dict(os.environ)
         secret = b"" if not self._passphrase_given() else self._passphrase
         if secret is None:
@@ -172,7 +176,7 @@ class Borg:
         for it and run again, up to PASSPHRASE_TRIES answers."""
         while True:
             try:
-                with self._child_env() as (env, fds):
+                with self.child_env() as (env, fds):
                     try:
                         return subproc.run(argv, env=env, pass_fds=fds).stdout
                     except subproc.CommandFailed as e:
@@ -221,7 +225,7 @@ class Borg:
         argv = self._argv("import-tar", "--comment", comment, "--timestamp", timestamp,
                           "--compression", compression, "--chunker-params", chunker_params,
                           self.location(archive), "-")
-        with self._child_env() as (env, fds), subproc.stream(argv, stdin=True, env=env,
+        with self.child_env() as (env, fds), subproc.stream(argv, stdin=True, env=env,
                                                             pass_fds=fds) as s:
             yield s
 
@@ -230,7 +234,7 @@ class Borg:
         """Yield a running 'borg export-tar' writing the archive's paths to its stdout."""
         argv = self._argv("export-tar", self.location(archive), "-",
                           *paths)
-        with self._child_env() as (env, fds), subproc.stream(argv, stdout=True, env=env,
+        with self.child_env() as (env, fds), subproc.stream(argv, stdout=True, env=env,
                                                             pass_fds=fds) as s:
             yield s
 
@@ -249,7 +253,7 @@ class Borg:
         """
         argv = self._argv("mount", "--foreground", "--glob-archives", archive_glob,
                           self.location(), mountpoint)
-        with self._child_env() as (env, fds), subproc.stream(
+        with self.child_env() as (env, fds), subproc.stream(
                 argv, env=env, pass_fds=fds, parent_death_signal=signal.SIGINT) as proc:
             self._wait_mounted(proc, mountpoint)
             try:

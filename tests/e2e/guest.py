@@ -327,6 +327,14 @@ class Domain:
                       f"wrote {length}/{length} bytes at offset {offset}")
         self._model_fill(target, offset, length, pattern)
 
+    def read(self, target: str, offset: int, length: int, pattern: int) -> None:
+        """Given a disk, a range and a byte value, make the guest read the range
+        and check that it holds only that byte; raise AssertionError if QEMU
+        reports an error (a failed read) or other bytes."""
+        self._check_range(target, offset, length)
+        self._qemu_io(target, f"read -P {pattern:#04x} {offset} {length}",
+                      f"read {length}/{length} bytes at offset {offset}")
+
     def write_zeroes(self, target: str, offset: int, length: int, unmap: bool = False) -> None:
         """Given a disk and a range, make the guest write zeroes there
         (`unmap`: allow deallocation, effective only with discard='unmap');
@@ -573,7 +581,8 @@ class Domain:
         mark = self._log.mark()
         self._hmp_qemu_io(target, command)
         ok = re.compile(rf"^{re.escape(success)}$", re.M)
-        bad = re.compile(r"^(?:\S+ failed: .*|command \".*\" not found|.* -- .*)$", re.M)
+        bad = re.compile(r"^(?:\S+ failed: .*|Pattern verification failed .*|"
+                         r"command \".*\" not found|.* -- .*)$", re.M)
 
         def outcome() -> str | None:
             text = self._log.since(mark)
