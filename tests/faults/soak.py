@@ -147,6 +147,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=ROUNDS)
     parser.add_argument("--seed", type=int, default=int(time.time()))
     args = parser.parse_args()
+    # The leftovers probe expects libvirt errors; libvirt would print each one.
+    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
     for name in [n for n in os.environ if n.startswith("BORG_")]:
         del os.environ[name]
     workdir = Path(tempfile.mkdtemp(prefix="borg-vm-soak-"))
