@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import lab  # noqa: E402
 import fragments  # noqa: E402  (tests/e2e, on the path lab.py set)
+from borg_vm import runtime  # noqa: E402  (its phase marks)
 from borg_vm.core.archive import BLOCK_SIZE  # noqa: E402  (borg-vm's default chunk size)
 from lab import BORG, BORG_VM, GIB, KIB, MIB, WORK, say, timed  # noqa: E402
 
@@ -74,7 +75,7 @@ def debug_seconds(stderr: bytes, start: str, end: str) -> float:
 
 
 def mapping_seconds(t: lab.Timed) -> float:
-    return debug_seconds(t.stderr, "backup job started", "block status read")
+    return debug_seconds(t.stderr, f"phase {runtime.JOB_STARTED}:", "block status read")
 
 
 class Scale:
@@ -207,9 +208,10 @@ class Scale:
         finally:
             self.lab.close()
             self.data.close()
+            shutil.rmtree(DIR, ignore_errors=True)   # tens of GB of images and repositories
         self.r["started"] = started.strftime("%Y-%m-%d %H:%M UTC")
         self.r["minutes"] = round((datetime.now(timezone.utc) - started).seconds / 60, 1)
-        (DIR / "results.json").write_text(json.dumps(self.r, indent=1))
+        (WORK / "scale-results.json").write_text(json.dumps(self.r, indent=1))
         OUT.write_text(render(self.r))
         say(f"wrote {OUT}")
 
