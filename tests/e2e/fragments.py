@@ -67,8 +67,11 @@ def write_extents(image: Path, fmt: str, extents: list[tuple[int, int]],
 def data_ranges(image: Path) -> list[tuple[int, int]]:
     """Return the (offset, length) ranges of an image (and its backing chain) that
     hold data, joined where they touch: `qemu-img map`'s allocation."""
-    out = subprocess.run(["qemu-img", "map", "-U", "--output=json", str(image)],
-                         capture_output=True, text=True, check=True).stdout
+    done = subprocess.run(["qemu-img", "map", "-U", "--output=json", str(image)],
+                          capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"qemu-img map {image}: {done.stderr.strip()}")
+    out = done.stdout
     ranges: list[tuple[int, int]] = []
     for e in json.loads(out):
         if e["data"] and not e.get("zero"):
