@@ -71,8 +71,8 @@ class Bench:
         self.env = lab.borg_env(WORK / "borg-base", SOURCE if REV else None)
         self.borg = Borg(self.env)
         self.lab = lab.Lab()
-        self.r: dict = {"runs": RUNS, "phases": []}
-        self._phase: tuple[str, lab.CpuSnapshot] | None = None
+        self.phases = lab.Phases()
+        self.r: dict = {"runs": RUNS, "phases": self.phases.rows}
         self.repos = WORK / "repos"
 
     # -- helpers ------------------------------------------------------------
@@ -82,16 +82,7 @@ class Bench:
     def load(self, where: str) -> None:
         """End the current phase (recording how busy the machine was with work not
         ours during it) and start the next one."""
-        pids = [p for g in self.lab.guests if (p := lab.qemu_pid(g.name))]
-        now = lab.cpu_snapshot(pids)
-        if self._phase is not None:
-            name, start = self._phase
-            foreign, steal = lab.foreign_cores(start, now)
-            self.r["phases"].append({"phase": name, "seconds": round(now.when - start.when, 1),
-                                     "foreign_cores": round(foreign, 2),
-                                     "steal_cores": round(steal, 2),
-                                     "loadavg": round(os.getloadavg()[0], 2)})
-        self._phase = (where, now)
+        self.phases.next(where, [p for g in self.lab.guests if (p := lab.qemu_pid(g.name))])
 
     def full(self, guest: lab.Guest, repo: Path, chunk: int | None = None) -> tuple:
         t, j = lab.borg_vm_backup(self.env, guest.name, repo, chunk=chunk, poll_rss=True)

@@ -161,21 +161,9 @@ def summary(r: dict) -> str:
     return table(["issue item", "target", "measured (medians)", "verdict"], rows)
 
 
-def _header(r: dict) -> str:
-    m = r["machine"]
-    phases = table(["phase", "seconds", "other work (cores)", "stolen (cores)",
-                    "1-min load at its end"],
-                   [[p["phase"], p["seconds"], f"{p['foreign_cores']:.2f}",
-                     f"{p['steal_cores']:.2f}", p["loadavg"]] for p in r["phases"]])
-    return f"""# borg-vm benchmark (issue 4)
-
-Measured {r['started']} by `make bench` (`.venv/bin/python bench/bench.py`), which
-regenerates this file; the whole run took {r['total_seconds'] / 60:.1f} min. Times are
-seconds, shown as **min / median** of the runs counted in each table (at least
-{r['runs']}), all measured in this one run, side by side; verdicts compare
-medians. The benchmark is not a test: no timing is asserted anywhere.
-
-| machine | |
+def machine_table(m: dict) -> str:
+    """The machine and software versions (from machine()) as a Markdown table."""
+    return f"""| machine | |
 |---|---|
 | CPU | {m['cpu']}, {m['cores']} cores |
 | RAM | {m['ram_gib']} GiB |
@@ -184,15 +172,37 @@ medians. The benchmark is not a test: no timing is asserted anywhere.
 | libvirt / QEMU | {m['libvirt']} / {m['qemu']} |
 | borg / borg-vm | {m['borg']} / {m['borg_vm']} (source: commit {m.get('commit', '?')}) |
 | Python | {m['python']} |
+"""
 
-The machine has 2 cores, which borg-vm, Borg and QEMU share. Another job on it
+
+def phases_table(phases: list[dict]) -> str:
+    """lab.Phases rows, with how much CPU other work took, as a Markdown table
+    and the paragraph that explains it."""
+    rows = table(["phase", "seconds", "other work (cores)", "stolen (cores)",
+                  "1-min load at its end"],
+                 [[p["phase"], p["seconds"], f"{p['foreign_cores']:.2f}",
+                   f"{p['steal_cores']:.2f}", p["loadavg"]] for p in phases])
+    return f"""The machine has 2 cores, which borg-vm, Borg and QEMU share. Another job on it
 makes the figures noisier; how much CPU went to work that was not the
 benchmark's during each phase (all CPU time of the machine minus that of the
 benchmark, its children and its QEMU processes, averaged over the phase; kernel
 threads such as page-cache writeback count as "other"), and how much the
 hypervisor stole:
 
-{phases}
+{rows}"""
+
+
+def _header(r: dict) -> str:
+    return f"""# borg-vm benchmark (issue 4)
+
+Measured {r['started']} by `make bench` (`.venv/bin/python bench/bench.py`), which
+regenerates this file; the whole run took {r['total_seconds'] / 60:.1f} min. Times are
+seconds, shown as **min / median** of the runs counted in each table (at least
+{r['runs']}), all measured in this one run, side by side; verdicts compare
+medians. The benchmark is not a test: no timing is asserted anywhere.
+
+{machine_table(r['machine'])}
+{phases_table(r['phases'])}
 
 **Scenario.** A paused libvirt domain without OS, one virtio disk: a 4 GiB
 qcow2 with 2 GiB of incompressible data at offset 0 ({mb(r['allocated'])} MiB
