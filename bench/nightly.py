@@ -28,7 +28,6 @@ image and the rewritten ranges get their original bytes back.
 
 from __future__ import annotations
 
-import argparse
 import bisect
 import json
 import math
@@ -36,17 +35,16 @@ import os
 import random
 import re
 import shutil
-import signal
 import subprocess
 import sys
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import lab  # noqa: E402
 import report  # noqa: E402
+import runner  # noqa: E402
 import fragments  # noqa: E402  (tests/e2e, on the path lab.py set)
 from borg_vm.adapters import qemu  # noqa: E402
 from borg_vm.adapters.libnbd import open_command  # noqa: E402
@@ -494,44 +492,6 @@ borg-vm's incremental at least {TARGET_SPEEDUP} x faster than the nightly `borg 
 """
 
 
-# -- main -----------------------------------------------------------------------------
-
-def _interrupt(signum, _frame):
-    raise KeyboardInterrupt(signal.Signals(signum).name)
-
-
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true",
-                        help=f"a {QUICK.disk // GIB} GiB disk with {QUICK.data // MIB} MiB of "
-                             f"data, {QUICK.nights} night; report under {lab.QUICK}")
-    args = parser.parse_args()
-    signal.signal(signal.SIGTERM, _interrupt)
-    started = datetime.now(timezone.utc)
-    bench = Nightly(args.quick)
-    say(f"nightly comparison; work files in {bench.dir}")
-    try:
-        bench.run()
-    except KeyboardInterrupt:
-        bench.close()
-        say("interrupted: the benchmark's domains and work files are removed")
-        return 130
-    except BaseException:
-        bench.close()
-        raise
-    bench.close()
-    bench.r["started"] = started.strftime("%Y-%m-%d %H:%M UTC")
-    bench.r["total_seconds"] = lab.elapsed()
-    bench.r["machine"] = report.machine(bench.env)
-    out_dir = lab.QUICK if args.quick else lab.BENCH
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (lab.QUICK if args.quick else WORK).joinpath("nightly.json").write_text(
-        json.dumps(bench.r, indent=1))
-    out = out_dir / "NIGHTLY.md"
-    out.write_text(render(bench.r))
-    say(f"done in {lab.elapsed() / 60:.1f} min: {out}")
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(runner.main(__doc__, f"a {QUICK.disk // GIB} GiB disk with {QUICK.data // MIB} MiB "
+                                  f"of data, {QUICK.nights} night", Nightly, render, "NIGHTLY"))
