@@ -176,6 +176,10 @@ def machine_table(m: dict) -> str:
 """
 
 
+# Other work averaging this many cores over a phase makes a run "loaded".
+LOADED_CORES = 0.25
+
+
 def phases_table(phases: list[dict]) -> str:
     """lab.Phases rows, with how much CPU other work took, as a Markdown table
     and the paragraph that explains it."""
@@ -183,6 +187,10 @@ def phases_table(phases: list[dict]) -> str:
                   "1-min load at its end"],
                  [[p["phase"], p["seconds"], f"{p['foreign_cores']:.2f}",
                    f"{p['steal_cores']:.2f}", p["loadavg"]] for p in phases])
+    busiest = max((p["foreign_cores"] for p in phases), default=0.0)
+    if busiest >= LOADED_CORES:
+        rows += (f"\n**Measured on a loaded machine**: other work took up to {busiest:.2f} "
+                 f"of the 2 cores during a phase; figures from a quiet machine may differ.\n")
     return f"""The machine has 2 cores, which borg-vm, Borg and QEMU share. Another job on it
 makes the figures noisier; how much CPU went to work that was not the
 benchmark's during each phase (all CPU time of the machine minus that of the

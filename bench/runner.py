@@ -28,6 +28,12 @@ def _interrupt(signum, _frame):
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
+def _close(bench: Benchmark) -> None:
+    """Clean up with SIGTERM ignored: a second one must not leave half of it."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    bench.close()
+
+
 def main(doc: str, quick_help: str, make: Callable[[bool], Benchmark],
          render: Callable[[dict], str], name: str,
          summary: Callable[[dict], str] | None = None) -> int:
@@ -46,13 +52,13 @@ def main(doc: str, quick_help: str, make: Callable[[bool], Benchmark],
     try:
         bench.run()
     except KeyboardInterrupt:
-        bench.close()
+        _close(bench)
         say("interrupted: the benchmark's domains and work files are removed")
         return 130
     except BaseException:
-        bench.close()
+        _close(bench)
         raise
-    bench.close()
+    _close(bench)
     r = bench.r
     r["started"] = started.strftime("%Y-%m-%d %H:%M UTC")
     r["total_seconds"] = lab.elapsed()
