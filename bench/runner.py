@@ -38,7 +38,7 @@ def main(doc: str, quick_help: str, make: Callable[[bool], Benchmark],
          render: Callable[[dict], str], name: str,
          summary: Callable[[dict], str] | None = None) -> int:
     """Parse the command line (doc's first paragraph is the description), run
-    make(quick), write its measurements as NAME.json (in the work directory)
+    make(quick), write its measurements as name.json (lower case, in the work directory)
     and render(them) as NAME.md; print summary(them) if given. Return the
     exit code: 0, or 130 if interrupted (Ctrl-C or SIGTERM)."""
     parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
@@ -67,7 +67,7 @@ def main(doc: str, quick_help: str, make: Callable[[bool], Benchmark],
         r["machine"]["commit"] = r["source"]
     out_dir = lab.QUICK if args.quick else lab.BENCH
     out_dir.mkdir(parents=True, exist_ok=True)
-    (lab.QUICK if args.quick else WORK).joinpath(f"{name}.json").write_text(
+    (lab.QUICK if args.quick else WORK).joinpath(f"{name.lower()}.json").write_text(
         json.dumps(r, indent=1))
     out = out_dir / f"{name}.md"
     out.write_text(render(r))
