@@ -190,14 +190,32 @@ class Disk:
 @dataclass
 class Run:
     """What one backup took: wall and CPU seconds of the processes it ran, the
-    bytes of the disk they read, and its parts (name -> seconds)."""
+    bytes they read, and its parts (name -> seconds or bytes)."""
     seconds: float
     cpu: float
     read: int
     parts: dict
 
 
-class BorgVm:
+class Method:
+    """One way to back the disk up every night, into its own repository."""
+    key: str
+    label: str
+    repo: Path
+
+    def backup(self, guest: lab.Guest, night: int) -> Run:
+        """Night 0's backup (the first, all of the disk) or a later night's."""
+        raise NotImplementedError
+
+    def after(self, night: int) -> None:
+        """Housekeeping after a night's backup (not timed; not after the last)."""
+
+    def local_bytes(self) -> int:
+        """Bytes the method keeps on local storage besides its repository."""
+        return 0
+
+
+class BorgVm(Method):
     key = "borg-vm"
     label = "(a) borg-vm backup"
 
@@ -213,14 +231,8 @@ class BorgVm:
             raise RuntimeError(f"expected a {level} backup, got {j['level']}: {j.get('reason')}")
         return Run(t.seconds, t.cpu, j["disks"]["vda"]["read"], {})
 
-    def after(self, night: int) -> None:
-        pass
 
-    def local_bytes(self) -> int:
-        return 0
-
-
-class BorgCreate:
+class BorgCreate(Method):
     key = "borg create"
     label = "(b) borg create --read-special of the qcow2 file"
 
@@ -244,11 +256,8 @@ class BorgCreate:
         t = timed([BORG, "compact", self.repo], self.bench.env)
         self.bench.r.setdefault("compact_seconds", []).append(round(t.seconds, 1))
 
-    def local_bytes(self) -> int:
-        return 0
 
-
-class VirtNbdBackup:
+class VirtNbdBackup(Method):
     key = "virtnbdbackup"
     label = "(c) virtnbdbackup + borg create of its directory"
     _EXTENT_BYTES = re.compile(rb"(\d+) bytes of data extents to backup")
@@ -272,9 +281,6 @@ class VirtNbdBackup:
         return Run(v.seconds + b.seconds, v.cpu + b.cpu, nbd_read + borg_read,
                    {"virtnbdbackup": round(v.seconds, 2), "borg create": round(b.seconds, 2),
                     "read by virtnbdbackup": nbd_read, "read by borg": borg_read})
-
-    def after(self, night: int) -> None:
-        pass
 
     def local_bytes(self) -> int:
         return sum(p.stat().st_blocks * 512 for p in self.out.rglob("*") if p.is_file())
@@ -319,7 +325,7 @@ class Nightly:
             raise RuntimeError(f"{self.dir}: {free / GIB:.1f} GiB free, {what} need "
                                f"{need / GIB:.1f} GiB (with {SPACE_MARGIN // GIB} GiB left over)")
 
-    def method(self, cls) -> None:
+    def method(self, cls: type[Method]) -> None:
         """Night 0 (the first backup) and every night after, of one method, on
         the disk from its first state; then give the space back."""
         self.require_space(GROWTH[cls.key], cls.key)
@@ -346,7 +352,7 @@ class Nightly:
             if p is not None:
                 shutil.rmtree(p, ignore_errors=True)
 
-    def measure(self, m, guest: lab.Guest, night: int) -> dict:
+    def measure(self, m: Method, guest: lab.Guest, night: int) -> dict:
         """One backup with a cold page cache: wall and CPU time, QEMU's CPU time,
         bytes read (by the tools; from the device, machine-wide), bytes stored."""
         stored = self.borg.unique_csize(m.repo)
