@@ -391,7 +391,7 @@ class Bench:
 
     # -- 6: memory with a disk twice as large ------------------------------
     def big_fulls(self) -> None:
-        self.load("8 GiB fulls")
+        self.load(f"{self.s.big_disk // GIB} GiB fulls")
         lab.warm(self.big_disk)
         res = self.r["big"] = {"rss": [], "seconds": [], "read": []}
         for i in range(self.s.runs):
