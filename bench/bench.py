@@ -20,31 +20,57 @@ import json
 import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
-from datetime import datetime, timezone
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import lab  # noqa: E402
 import report  # noqa: E402
+import runner  # noqa: E402
 from lab import GIB, KIB, MIB, WORK, Borg, say  # noqa: E402
 
 RUNS = int(os.environ.get("BENCH_RUNS", "3"))  # fewer only for a quick try-out
+GRAIN = lab.BITMAP_GRANULARITY
+CLONE_RUNS = 8
+CHAIN_INCREMENTALS = 5
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How many runs of each figure, and the disk they are measured on: data at
+    offset 0, zeros written at zero_at, the rest unallocated; the big disk is
+    the same twice over."""
+    runs: int
+    headline_runs: int
+    disk: int
+    data: int
+    zero_at: int
+    zero_size: int
+    seq_write: int
+
+    @property
+    def big_disk(self) -> int:
+        return 2 * self.disk
+
+    @property
+    def scatter_writes(self) -> int:
+        return round(0.02 * self.disk / GRAIN)     # 2% of the disk: 1311 x 64 KiB of 4 GiB
+
+    @property
+    def clone_writes(self) -> int:
+        return round(0.05 * self.data / GRAIN)     # 5% of its allocated bytes
+
+
 # The headline comparison (borg-vm full vs import-tar, no encryption) gets two
 # more rounds: its ceiling varies by +-1 s from run to run on this machine.
-HEADLINE_RUNS = RUNS + 2
-DISK_SIZE = 4 * GIB
-DATA_SIZE = 2 * GIB
-ZERO_AT, ZERO_SIZE = 2560 * MIB, 512 * MIB
-BIG_DISK = 8 * GIB
-GRAIN = lab.BITMAP_GRANULARITY
-SCATTER_WRITES = round(0.02 * DISK_SIZE / GRAIN)     # 2% of the disk: 1311 x 64 KiB
-SEQ_WRITE = 80 * MIB
-CLONE_WRITES = round(0.05 * DATA_SIZE / GRAIN)       # 5% of its allocated bytes
-CLONE_RUNS = 8
+FULL = Sizes(runs=RUNS, headline_runs=RUNS + 2, disk=4 * GIB, data=2 * GIB,
+             zero_at=2560 * MIB, zero_size=512 * MIB, seq_write=80 * MIB)
+# `--quick`: every figure once, on a disk a quarter the size (fixed costs weigh more).
+QUICK = Sizes(runs=1, headline_runs=1, disk=1 * GIB, data=512 * MIB,
+              zero_at=640 * MIB, zero_size=128 * MIB, seq_write=20 * MIB)
 CHUNKS = (4 * MIB, 1 * MIB, 256 * KIB, 64 * KIB)
 ALIGNMENTS = (0, 1 * MIB, 4 * MIB)
 PREDICTED_ALIGNMENTS = (0, 64 * KIB, 256 * KIB, 1 * MIB, 4 * MIB)
@@ -67,12 +93,15 @@ def size_name(n: int) -> str:
 
 
 class Bench:
-    def __init__(self):
+    def __init__(self, sizes: Sizes):
+        self.s = sizes
         self.env = lab.borg_env(WORK / "borg-base", SOURCE if REV else None)
         self.borg = Borg(self.env)
         self.lab = lab.Lab()
-        self.r: dict = {"runs": RUNS, "phases": []}
-        self._phase: tuple[str, lab.CpuSnapshot] | None = None
+        self.phases = lab.Phases()
+        self.r: dict = {"runs": sizes.runs, "phases": self.phases.rows, "quick": sizes == QUICK,
+                        "sizes": {**asdict(sizes), "big_disk": sizes.big_disk,
+                                  "scatter_writes": sizes.scatter_writes}}
         self.repos = WORK / "repos"
 
     # -- helpers ------------------------------------------------------------
@@ -82,16 +111,7 @@ class Bench:
     def load(self, where: str) -> None:
         """End the current phase (recording how busy the machine was with work not
         ours during it) and start the next one."""
-        pids = [p for g in self.lab.guests if (p := lab.qemu_pid(g.name))]
-        now = lab.cpu_snapshot(pids)
-        if self._phase is not None:
-            name, start = self._phase
-            foreign, steal = lab.foreign_cores(start, now)
-            self.r["phases"].append({"phase": name, "seconds": round(now.when - start.when, 1),
-                                     "foreign_cores": round(foreign, 2),
-                                     "steal_cores": round(steal, 2),
-                                     "loadavg": round(os.getloadavg()[0], 2)})
-        self._phase = (where, now)
+        self.phases.next(where, [p for g in self.lab.guests if (p := lab.qemu_pid(g.name))])
 
     def full(self, guest: lab.Guest, repo: Path, chunk: int | None = None) -> tuple:
         t, j = lab.borg_vm_backup(self.env, guest.name, repo, chunk=chunk, poll_rss=True)
@@ -107,21 +127,24 @@ class Bench:
 
     # -- setup ----------------------------------------------------------------
     def setup(self) -> None:
-        shutil.rmtree(WORK, ignore_errors=True)
-        WORK.mkdir(parents=True)
+        lab.clear_work(WORK, keep=(lab.QUICK.name,))
+        WORK.mkdir(parents=True, exist_ok=True)
         self.repos.mkdir()
         if REV:
             self.checkout(REV)
-        say("setup: 2 GiB of incompressible data")
-        data, hole = WORK / "data.bin", lab.make_hole(WORK / "hole.raw", 2 * GIB)
-        lab.make_data(data, DATA_SIZE)
-        # data + hole concatenated = the data at offset 0 of a sparse 4 GiB raw disk
-        say("setup: 4 GiB qcow2 (2 GiB data, 512 MiB zero-written, 1.5 GiB unallocated)")
+        s = self.s
+        say(f"setup: {lab.mib(s.data)} of incompressible data")
+        data = WORK / "data.bin"
+        hole = lab.make_hole(WORK / "hole.raw", s.disk - s.data)
+        lab.make_data(data, s.data)
+        # data + hole concatenated = the data at offset 0 of a sparse raw disk
+        say(f"setup: {lab.mib(s.disk)} qcow2 ({lab.mib(s.data)} data, {lab.mib(s.zero_size)} "
+            f"zero-written, the rest unallocated)")
         self.disk = WORK / "a.qcow2"
         lab.qcow2_from_pieces(self.disk, [data, hole])
-        lab.qemu_io(self.disk, f"write -z {ZERO_AT} {ZERO_SIZE}")
+        lab.qemu_io(self.disk, f"write -z {s.zero_at} {s.zero_size}")
         self.r["allocated"] = lab.allocated_data(self.disk)
-        say("setup: clone images and the 8 GiB disk (4 GiB data)")
+        say(f"setup: clone images and the {lab.mib(s.big_disk)} disk ({lab.mib(2 * s.data)} data)")
         self.clone_disks = {v: WORK / f"clone-{v}.qcow2" for v in ("scattered", "runs")}
         for path in self.clone_disks.values():
             lab.run(["cp", "--reflink=auto", self.disk, path])
@@ -139,8 +162,9 @@ class Bench:
         self.a = self.lab.guest([self.disk])
         self.clones = {v: self.lab.guest([p]) for v, p in self.clone_disks.items()}
         self.big = self.lab.guest([self.big_disk])
-        say(f"setup: {self.a.name} (vda {DISK_SIZE // GIB} GiB), clones "
-            f"{', '.join(g.name for g in self.clones.values())}, {self.big.name} (8 GiB)")
+        say(f"setup: {self.a.name} (vda {lab.mib(s.disk)}), clones "
+            f"{', '.join(g.name for g in self.clones.values())}, {self.big.name} "
+            f"({lab.mib(s.big_disk)})")
         self.modify_clones()
 
     def checkout(self, rev: str) -> None:
@@ -159,9 +183,9 @@ class Bench:
 
     def modify_clones(self) -> None:
         rng = random.Random(5)
-        scattered = lab.scattered(rng, DATA_SIZE, CLONE_WRITES)
-        length = CLONE_WRITES // CLONE_RUNS * GRAIN
-        contiguous = lab.runs(rng, DATA_SIZE, CLONE_RUNS, length)
+        scattered = lab.scattered(rng, self.s.data, self.s.clone_writes)
+        length = self.s.clone_writes // CLONE_RUNS * GRAIN
+        contiguous = lab.runs(rng, self.s.data, CLONE_RUNS, length)
         self.r["clone_changes"] = {"scattered": [len(scattered), GRAIN],
                                    "runs": [CLONE_RUNS, length]}
         say(f"clones: {len(scattered)} scattered 64 KiB writes; {CLONE_RUNS} runs of "
@@ -215,7 +239,7 @@ class Bench:
         lab.warm(self.disk)
         res = self.r.setdefault("chunk_full", {})
         first: dict[int, tuple[Path, dict]] = {}
-        for i in range(RUNS):
+        for i in range(self.s.runs):
             for chunk in rotated(CHUNKS, i):
                 repo = self.repo(f"chunk-{size_name(chunk)}")
                 t, j = self.full(self.a, repo, chunk)
@@ -256,7 +280,7 @@ class Bench:
 
     # -- 2, 3, 5: the incremental chain --------------------------------------
     def scatter(self, rng: random.Random) -> list:
-        writes = lab.scattered(rng, DATA_SIZE, SCATTER_WRITES)
+        writes = lab.scattered(rng, self.s.data, self.s.scatter_writes)
         self.a.write_many(writes, rng, WORK / "src")
         return writes
 
@@ -288,7 +312,7 @@ class Bench:
     def repokey_incs(self, repo: Path) -> None:
         self.load("repokey incrementals")
         rng = random.Random(7)
-        for _ in range(RUNS):
+        for _ in range(self.s.runs):
             self.inc_round("scattered repokey-blake2", repo, rng)
         shutil.rmtree(repo)
 
@@ -305,20 +329,21 @@ class Bench:
         say(f"nightly: first night (stores everything) {n.seconds:.2f} s")
         rng = random.Random(4)
         rows = [self.inc_round("scattered", main, rng, nightly=nightly, night=i + 1)
-                for i in range(5)]
+                for i in range(CHAIN_INCREMENTALS)]
         shutil.rmtree(nightly)
         self.restore(main, rows[-1]["checkpoint"],
                      [self.r["chain_full"]["archive"]] + [x["archive"] for x in rows])
-        for i in range(RUNS):
-            offset = rng.randrange((DATA_SIZE - SEQ_WRITE) // GRAIN) * GRAIN
-            self.a.write_many([(offset, SEQ_WRITE)], rng, WORK / "src")
+        for i in range(self.s.runs):
+            offset = rng.randrange((self.s.data - self.s.seq_write) // GRAIN) * GRAIN
+            self.a.write_many([(offset, self.s.seq_write)], rng, WORK / "src")
             t, j = self.inc(self.a, main)
             d = j["disks"]["vda"]
             self.r["inc"].setdefault("sequential", []).append(
-                {"seconds": t.seconds, "read": d["read"], "dirty": SEQ_WRITE, "offset": offset})
-            say(f"inc sequential 80 MiB at {offset}: {t.seconds:.2f} s, read {lab.mib(d['read'])}")
+                {"seconds": t.seconds, "read": d["read"], "dirty": self.s.seq_write,
+                 "offset": offset})
+            say(f"inc sequential {lab.mib(self.s.seq_write)} at {offset}: {t.seconds:.2f} s, read {lab.mib(d['read'])}")
         for align in ALIGNMENTS[1:]:
-            for _ in range(RUNS):
+            for _ in range(self.s.runs):
                 self.inc_round(f"scattered align {size_name(align)}", main, rng, align)
         shutil.rmtree(main)
 
@@ -332,7 +357,7 @@ class Bench:
         lab.warm(src)
         res = self.r["restore"] = {"convert": [], "convert_flushed": [], "chain": [],
                                    "flatten": [], "export": [], "verify": []}
-        for i in range(RUNS):
+        for i in range(self.s.runs):
             res["convert"].append(lab.convert_copy(src, dst))
             res["convert_flushed"].append(lab.convert_copy(src, dst, cache="writeback"))
             say(f"restore run {i + 1}: qemu-img convert {res['convert'][-1]:.2f} s, "
@@ -366,10 +391,10 @@ class Bench:
 
     # -- 6: memory with a disk twice as large ------------------------------
     def big_fulls(self) -> None:
-        self.load("8 GiB fulls")
+        self.load(f"{self.s.big_disk // GIB} GiB fulls")
         lab.warm(self.big_disk)
         res = self.r["big"] = {"rss": [], "seconds": [], "read": []}
-        for i in range(RUNS):
+        for i in range(self.s.runs):
             repo = self.repo("big")
             t, j = self.full(self.big, repo)
             res["rss"].append(t.peak_rss)
@@ -382,9 +407,9 @@ class Bench:
     # -- the whole run --------------------------------------------------------
     def run(self) -> None:
         self.setup()
-        self.fulls_vs_ceiling("none", HEADLINE_RUNS, keep_last=False)
+        self.fulls_vs_ceiling("none", self.s.headline_runs, keep_last=False)
         self.chunk_sizes()
-        key_repo = self.fulls_vs_ceiling("repokey-blake2", RUNS, keep_last=True)
+        key_repo = self.fulls_vs_ceiling("repokey-blake2", self.s.runs, keep_last=True)
         self.repokey_incs(key_repo)
         self.chain()
         self.big_fulls()
@@ -392,42 +417,11 @@ class Bench:
 
     def close(self) -> None:
         self.lab.close()
-        for p in WORK.iterdir():
-            if p.name != "results.json":
-                shutil.rmtree(p) if p.is_dir() else p.unlink()
-
-
-def _interrupt(signum, _frame):
-    raise KeyboardInterrupt(signal.Signals(signum).name)
-
-
-def main() -> int:
-    signal.signal(signal.SIGTERM, _interrupt)
-    started = datetime.now(timezone.utc)
-    say(f"borg-vm benchmark; work files in {WORK}")
-    bench = Bench()
-    try:
-        bench.run()
-    except KeyboardInterrupt:
-        bench.close()
-        say("interrupted: the benchmark's domains and work files are removed")
-        return 130
-    except BaseException:
-        bench.close()
-        raise
-    bench.close()
-    bench.r["started"] = started.strftime("%Y-%m-%d %H:%M UTC")
-    bench.r["total_seconds"] = lab.elapsed()
-    bench.r["machine"] = report.machine(bench.env)
-    if "source" in bench.r:
-        bench.r["machine"]["commit"] = bench.r["source"]
-    (WORK / "results.json").write_text(json.dumps(bench.r, indent=1))
-    out = Path(__file__).resolve().parent / "RESULTS.md"
-    out.write_text(report.render(bench.r))
-    print(report.summary(bench.r))
-    say(f"done in {lab.elapsed() / 60:.1f} min: {out}")
-    return 0
+        lab.clear_work(WORK, keep=("results.json", lab.QUICK.name))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(runner.main(__doc__, f"every figure once, a {QUICK.disk // GIB} GiB disk with "
+                                  f"{QUICK.data // MIB} MiB of data",
+                         lambda quick: Bench(QUICK if quick else FULL), report.render,
+                         "RESULTS", report.summary))

@@ -9,6 +9,7 @@ owner metadata are ever touched; ``Lab`` removes its own in ``close()``, and
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -23,6 +24,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterator
 
 import libvirt
 import libvirt_qemu
@@ -34,6 +36,8 @@ GIB = 1024 * MIB
 BENCH = Path(__file__).resolve().parent
 TOP = BENCH.parent
 WORK = BENCH / "work"
+# `--quick` runs write their reports here instead of over the committed ones.
+QUICK = WORK / "quick"
 VENV_BIN = TOP / ".venv" / "bin"
 BORG_VM = VENV_BIN / "borg-vm"
 BORG = VENV_BIN / "borg"
@@ -99,11 +103,18 @@ class Timed:
     stdout: bytes
     peak_rss: int = 0   # bytes, VmHWM of the process itself (0 if not polled)
     stderr: bytes = b""
+    cpu: float = 0.0    # CPU seconds (user + system) of the process and its waited-for children
+
+
+def children_cpu() -> float:
+    """CPU seconds used so far by this process's children that have been waited for."""
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return kids.ru_utime + kids.ru_stime
 
 
 def timed(argv: list, env: dict | None = None, poll_rss: bool = False,
           stdin_from: Path | None = None, discard_stdout: bool = False) -> Timed:
-    """Run argv; return its wall time, stdout and (poll_rss) peak RSS.
+    """Run argv; return its wall time, CPU time, stdout and (poll_rss) peak RSS.
 
     With stdin_from, the file is fed through a pipe by a `cat` child, as a
     shell's `cat FILE | cmd` would, and the time covers both; with
@@ -111,7 +122,7 @@ def timed(argv: list, env: dict | None = None, poll_rss: bool = False,
     process fails.
     """
     argv = [str(a) for a in argv]
-    start = time.monotonic()
+    start, cpu = time.monotonic(), children_cpu()
     feeder = None
     if stdin_from is not None:
         feeder = subprocess.Popen(["cat", str(stdin_from)], stdout=subprocess.PIPE)
@@ -141,7 +152,7 @@ def timed(argv: list, env: dict | None = None, poll_rss: bool = False,
     if proc.returncode != 0 or (feeder and feeder.returncode != 0):
         raise RuntimeError(f"{' '.join(argv)} exited {proc.returncode}:\n"
                            f"{err.decode(errors='replace')[-3000:]}")
-    return Timed(seconds, out, peak[0], err)
+    return Timed(seconds, out, peak[0], err, children_cpu() - cpu)
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -167,6 +178,41 @@ def _poll_hwm(proc: subprocess.Popen, peak: list) -> None:
         time.sleep(RSS_POLL_SECONDS)
 
 
+DROP_CACHES = Path("/proc/sys/vm/drop_caches")
+
+
+def drop_caches() -> bool:
+    """Write dirty pages out and drop the page cache (and dentries, inodes), as
+    before a cold nightly run; return False where the machine does not allow it
+    (no root, or a container's read-only /proc/sys)."""
+    os.sync()
+    try:
+        DROP_CACHES.write_text("3\n")
+    except OSError:
+        return False
+    return True
+
+
+def device_read_bytes(path: Path) -> int:
+    """Bytes read so far from the block device holding path, by anyone on the
+    machine (/proc/diskstats); 0 if the device is not listed there."""
+    dev = os.stat(path).st_dev
+    for line in Path("/proc/diskstats").read_text().splitlines():
+        fields = line.split()
+        if (int(fields[0]), int(fields[1])) == (os.major(dev), os.minor(dev)):
+            return int(fields[5]) * 512   # sectors read, always 512 bytes here
+    return 0
+
+
+def clear_work(where: Path, keep: tuple[str, ...] = ()) -> None:
+    """Remove everything in the directory where except the names in keep."""
+    if not where.exists():
+        return
+    for p in where.iterdir():
+        if p.name not in keep:
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+
+
 def warm(*paths: Path) -> None:
     """Read files once so the timed runs find them in the page cache."""
     for p in paths:
@@ -177,7 +223,7 @@ def warm(*paths: Path) -> None:
 
 # -- other load on the machine -------------------------------------------------
 
-def _proc_cpu(pid: int) -> float:
+def proc_cpu(pid: int) -> float:
     """CPU seconds (user + system, all threads) a live process has used."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -210,7 +256,7 @@ def cpu_snapshot(qemu_pids: list[int]) -> CpuSnapshot:
     kids = resource.getrusage(resource.RUSAGE_CHILDREN)
     ours = own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
     return CpuSnapshot(time.monotonic(), (user + nice + system + irq + softirq) / hz,
-                       steal / hz, ours + sum(_proc_cpu(p) for p in qemu_pids))
+                       steal / hz, ours + sum(proc_cpu(p) for p in qemu_pids))
 
 
 def foreign_cores(a: CpuSnapshot, b: CpuSnapshot) -> tuple[float, float]:
@@ -220,6 +266,28 @@ def foreign_cores(a: CpuSnapshot, b: CpuSnapshot) -> tuple[float, float]:
     span = max(b.when - a.when, 1e-9)
     return (max(0.0, (b.busy - a.busy) - (b.ours - a.ours)) / span,
             (b.steal - a.steal) / span)
+
+
+class Phases:
+    """The phases of a run, each with how busy the machine was with work that
+    was not ours during it (rows for report.phases_table)."""
+
+    def __init__(self):
+        self.rows: list[dict] = []
+        self._current: tuple[str, CpuSnapshot] | None = None
+
+    def next(self, name: str, qemu_pids: list[int]) -> None:
+        """End the current phase (if any) and start the one called name; pass
+        the PIDs of our QEMU processes, whose CPU time is ours."""
+        now = cpu_snapshot(qemu_pids)
+        if self._current is not None:
+            was, start = self._current
+            foreign, steal = foreign_cores(start, now)
+            self.rows.append({"phase": was, "seconds": round(now.when - start.when, 1),
+                              "foreign_cores": round(foreign, 2),
+                              "steal_cores": round(steal, 2),
+                              "loadavg": round(os.getloadavg()[0], 2)})
+        self._current = (name, now)
 
 
 # -- borg -----------------------------------------------------------------
@@ -235,6 +303,12 @@ class Borg:
             shutil.rmtree(repo)
         run([BORG, "init", "--encryption", encryption, repo], env=self.env)
         return repo
+
+    def unique_csize(self, repo: Path) -> int:
+        """Bytes the repository holds after deduplication and compression
+        (`borg info` of the whole repository)."""
+        out = run([BORG, "info", "--json", repo], env=self.env).stdout
+        return json.loads(out)["cache"]["stats"]["unique_csize"]
 
     def info(self, repo: Path, archive: str) -> dict:
         out = run([BORG, "info", "--json", f"{repo}::{archive}"], env=self.env).stdout
@@ -286,21 +360,36 @@ def borg_vm_restore(env: dict, domain: str, repo: Path, to: Path, checkpoint: st
 
 # -- images ---------------------------------------------------------------
 
-def make_data(path: Path, size: int) -> None:
-    """Write size bytes of incompressible data (AES-CTR keystream, fixed key)."""
-    with open(path, "wb") as out, open("/dev/zero", "rb") as zero:
+@contextlib.contextmanager
+def keystream() -> Iterator[Callable[[int], bytes]]:
+    """Yield read(n): the next n bytes of an endless incompressible stream (an
+    AES-CTR keystream with a fixed key, the same on every run)."""
+    with open("/dev/zero", "rb") as zero:
         ossl = subprocess.Popen(["openssl", "enc", "-aes-128-ctr", "-pass", "pass:bench",
                                  "-nosalt", "-pbkdf2"], stdin=zero,
                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+
+        def read(n: int) -> bytes:
+            block = ossl.stdout.read(n)
+            if len(block) != n:
+                raise RuntimeError("openssl stopped early")
+            return block
+        try:
+            yield read
+        finally:
+            ossl.kill()
+            ossl.wait()
+            ossl.stdout.close()
+
+
+def make_data(path: Path, size: int) -> None:
+    """Write size bytes of incompressible data (the keystream's first bytes)."""
+    with open(path, "wb") as out, keystream() as read:
         left = size
         while left:
-            block = ossl.stdout.read(min(left, 8 * MIB))
-            if not block:
-                raise RuntimeError("openssl stopped early")
+            block = read(min(left, 8 * MIB))
             out.write(block)
             left -= len(block)
-        ossl.kill()
-        ossl.wait()
 
 
 def make_hole(path: Path, size: int) -> Path:

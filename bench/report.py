@@ -134,7 +134,7 @@ def summary(r: dict) -> str:
             + " (repokey-blake2)")],
         ["2", "incremental <= 0.10 x full",
          f"{inc['scattered'] / full['none']:.2f} x (2% scattered), "
-         f"{inc['sequential'] / full['none']:.2f} x (80 MiB), "
+         f"{inc['sequential'] / full['none']:.2f} x ({mb(r['sizes']['seq_write'])} MiB), "
          f"{inc['scattered repokey-blake2'] / full['repokey-blake2']:.2f} x (repokey-blake2)",
          met(max(inc["scattered"], inc["sequential"]) <= 0.1 * full["none"])],
         ["2", "sequential: read <= 1.5 x dirty", f"{seq_amp:.2f} x", met(seq_amp <= 1.5)],
@@ -156,26 +156,15 @@ def summary(r: dict) -> str:
          f"{med(rs['verify']) / med(rs['export']):.2f} x",
          met(med(rs["verify"]) <= 1.2 * med(rs["export"]))],
         ["6", "peak RSS < 200 MiB, also with a disk twice as large",
-         f"{mb(rss)} MiB at most (4 GiB and 8 GiB disks)", met(rss < 200 * MIB)],
+         f"{mb(rss)} MiB at most ({gib(r['sizes']['disk'])} and {gib(r['sizes']['big_disk'])} "
+         "disks)", met(rss < 200 * MIB)],
     ]
     return table(["issue item", "target", "measured (medians)", "verdict"], rows)
 
 
-def _header(r: dict) -> str:
-    m = r["machine"]
-    phases = table(["phase", "seconds", "other work (cores)", "stolen (cores)",
-                    "1-min load at its end"],
-                   [[p["phase"], p["seconds"], f"{p['foreign_cores']:.2f}",
-                     f"{p['steal_cores']:.2f}", p["loadavg"]] for p in r["phases"]])
-    return f"""# borg-vm benchmark (issue 4)
-
-Measured {r['started']} by `make bench` (`.venv/bin/python bench/bench.py`), which
-regenerates this file; the whole run took {r['total_seconds'] / 60:.1f} min. Times are
-seconds, shown as **min / median** of the runs counted in each table (at least
-{r['runs']}), all measured in this one run, side by side; verdicts compare
-medians. The benchmark is not a test: no timing is asserted anywhere.
-
-| machine | |
+def machine_table(m: dict) -> str:
+    """The machine and software versions (from machine()) as a Markdown table."""
+    return f"""| machine | |
 |---|---|
 | CPU | {m['cpu']}, {m['cores']} cores |
 | RAM | {m['ram_gib']} GiB |
@@ -184,19 +173,56 @@ medians. The benchmark is not a test: no timing is asserted anywhere.
 | libvirt / QEMU | {m['libvirt']} / {m['qemu']} |
 | borg / borg-vm | {m['borg']} / {m['borg_vm']} (source: commit {m.get('commit', '?')}) |
 | Python | {m['python']} |
+"""
 
-The machine has 2 cores, which borg-vm, Borg and QEMU share. Another job on it
+
+# Other work averaging this many cores over a phase makes a run "loaded".
+LOADED_CORES = 0.25
+
+
+def phases_table(phases: list[dict]) -> str:
+    """lab.Phases rows, with how much CPU other work took, as a Markdown table
+    and the paragraph that explains it."""
+    rows = table(["phase", "seconds", "other work (cores)", "stolen (cores)",
+                  "1-min load at its end"],
+                 [[p["phase"], p["seconds"], f"{p['foreign_cores']:.2f}",
+                   f"{p['steal_cores']:.2f}", p["loadavg"]] for p in phases])
+    busiest = max((p["foreign_cores"] for p in phases), default=0.0)
+    if busiest >= LOADED_CORES:
+        rows += (f"\n**Measured on a loaded machine**: other work took up to {busiest:.2f} "
+                 f"of the 2 cores during a phase; figures from a quiet machine may differ.\n")
+    return f"""The machine has 2 cores, which borg-vm, Borg and QEMU share. Another job on it
 makes the figures noisier; how much CPU went to work that was not the
 benchmark's during each phase (all CPU time of the machine minus that of the
 benchmark, its children and its QEMU processes, averaged over the phase; kernel
 threads such as page-cache writeback count as "other"), and how much the
 hypervisor stole:
 
-{phases}
+{rows}"""
 
-**Scenario.** A paused libvirt domain without OS, one virtio disk: a 4 GiB
-qcow2 with 2 GiB of incompressible data at offset 0 ({mb(r['allocated'])} MiB
-allocated as data), 512 MiB written as zeros at 2560 MiB and the rest
+
+def gib(n: float) -> str:
+    return f"{n / GIB:g} GiB"
+
+
+def _header(r: dict) -> str:
+    z = r["sizes"]
+    quick = ("**Quick run** (`--quick`: every figure once, a smaller disk; not committed). "
+             if r.get("quick") else "")
+    return f"""# borg-vm benchmark (issue 4)
+
+{quick}Measured {r['started']} by `make bench{'-quick' if quick else ''}` (`.venv/bin/python bench/bench.py{' --quick' if quick else ''}`), which
+regenerates this file; the whole run took {r['total_seconds'] / 60:.1f} min. Times are
+seconds, shown as **min / median** of the runs counted in each table (at least
+{r['runs']}), all measured in this one run, side by side; verdicts compare
+medians. The benchmark is not a test: no timing is asserted anywhere.
+
+{machine_table(r['machine'])}
+{phases_table(r['phases'])}
+
+**Scenario.** A paused libvirt domain without OS, one virtio disk: a {gib(z['disk'])}
+qcow2 with {gib(z['data'])} of incompressible data at offset 0 ({mb(r['allocated'])} MiB
+allocated as data), {mb(z['zero_size'])} MiB written as zeros at {mb(z['zero_at'])} MiB and the rest
 unallocated. Guest writes are HMP `qemu-io` commands on the virtio-blk backend,
 so QEMU's dirty bitmaps see them, each writing fresh incompressible bytes from a
 seeded RNG (`write -s FILE`: constant `-P` patterns would compress to nothing and
@@ -218,7 +244,7 @@ def _full(r: dict) -> str:
 
 Ceiling: `borg import-tar --chunker-params fixed,4194304 -C lz4` of a
 {mb(r['tar_size'])} MiB tar file laid out as borg-vm's stream (domain XML,
-checkpoint XML, the 2048 MiB disk member with the same data bytes, manifest),
+checkpoint XML, the {mb(r['sizes']['data'])} MiB disk member with the same data bytes, manifest),
 (a) given as a file, (b) fed through a pipe (`cat TAR | borg import-tar ... -`).
 borg-vm must feed Borg through a pipe, so (b) is the honest ceiling; target:
 borg-vm <= 1.10 x (b).
@@ -238,10 +264,11 @@ def _incs(r: dict, key: str) -> list[dict]:
 
 
 def _incremental(r: dict) -> str:
-    full_none = med(r["full"]["none"]["borg_vm"])
+    z = r["sizes"]
     rows = []
     for key, label, enc in (("scattered", "2% scattered 64 KiB writes", "none"),
-                            ("sequential", "one 80 MiB sequential write", "none"),
+                            ("sequential", f"one {mb(r['sizes']['seq_write'])} MiB sequential "
+                             "write", "none"),
                             ("scattered repokey-blake2", "2% scattered 64 KiB writes",
                              "repokey-blake2")):
         runs = _incs(r, key)
@@ -274,9 +301,10 @@ def _incremental(r: dict) -> str:
     return f"""## 2. Incremental backups
 
 Each incremental follows a full (chunk size 4M, read alignment 0: the defaults)
-in the same chain. "2% scattered" is 1311 writes of 64 KiB at distinct random
-64 KiB-aligned offsets in the 2 GiB data region (2% of the 4 GiB disk, 81.9 MiB);
-the 80 MiB write starts at a random 64 KiB-aligned offset. Targets: time <= 0.10 x
+in the same chain. "2% scattered" is {z['scatter_writes']} writes of 64 KiB at distinct random
+64 KiB-aligned offsets in the {gib(z['data'])} data region (2% of the {gib(z['disk'])} disk,
+{mb(z['scatter_writes'] * 64 * KIB)} MiB); the {mb(z['seq_write'])} MiB write starts at a random
+64 KiB-aligned offset. Targets: time <= 0.10 x
 the full backup's (median against median, same encryption), bytes read <= 1.5 x
 dirty bytes in the sequential case. The full backup time is the median of
 section 1.
@@ -368,7 +396,7 @@ last column is arithmetic, not a measurement: Borg's documented index cost of
 about {BORG_INDEX_BYTES_PER_CHUNK} bytes per chunk (repository index 40 + chunks cache 44, Borg
 internals docs) for 1 TiB of unique data; Borg holds it in memory on every run.
 The read alignment does not enter here: a full backup reads the allocated
-extents, which here are one contiguous 2 GiB range, and members start on chunk
+extents, which here are one contiguous {gib(r['sizes']['data'])} range, and members start on chunk
 boundaries whatever the alignment. It matters for incrementals (section 2): with
 alignment = chunk size every touched chunk is re-read and stored whole.
 
@@ -473,19 +501,21 @@ outside the timing.
 
 
 def _memory(r: dict) -> str:
+    z = r["sizes"]
     rows = []
     for label, rss, read in (
-            ("4 GiB, encryption none", r["full"]["none"]["rss"], r["full"]["none"]["read"]),
-            ("4 GiB, repokey-blake2", r["full"]["repokey-blake2"]["rss"],
+            (f"{gib(z['disk'])}, encryption none", r["full"]["none"]["rss"],
+             r["full"]["none"]["read"]),
+            (f"{gib(z['disk'])}, repokey-blake2", r["full"]["repokey-blake2"]["rss"],
              r["full"]["repokey-blake2"]["read"]),
-            ("8 GiB, encryption none", r["big"]["rss"], r["big"]["read"])):
+            (f"{gib(z['big_disk'])}, encryption none", r["big"]["rss"], r["big"]["read"])):
         rows.append([label, mb(med(read)), len(rss), f"{mb(min(rss))} / {mb(med(rss))}",
                      mb(max(rss)), met(max(rss) < 200 * MIB)])
     return f"""## 6. Peak memory of borg-vm during a full backup
 
 VmHWM of the borg-vm process itself (not borg's), polled every 50 ms from
-`/proc/PID/status` while the full backup runs. The 8 GiB disk holds the same
-2 GiB of data twice (at 0 and at 4 GiB: 4 GiB read); full backup of it:
+`/proc/PID/status` while the full backup runs. The {gib(z['big_disk'])} disk holds the same
+{gib(z['data'])} of data twice (at 0 and at {gib(z['disk'])}: {gib(2 * z['data'])} read); full backup of it:
 {secs(r['big']['seconds'])} s. Target: under 200 MiB whatever the disk size.
 
 {table(["disk", "read MiB", "runs", "peak RSS MiB (min / median)", "max", "target < 200 MiB"],

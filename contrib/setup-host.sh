@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
 # Make this Debian 12 machine able to run borg-vm, its demo and its tests.
 #
-#   contrib/setup-host.sh [VENV]        (as root; VENV defaults to ./.venv)
+#   contrib/setup-host.sh [VENV] [bench]   (as root; VENV defaults to ./.venv)
+#
+# With "bench" (make bench, make bench-quick) it also installs what only the
+# benchmarks use: virtnbdbackup, which bench/nightly.py compares borg-vm with
+# (Debian's package; `pip install virtnbdbackup` finds nothing: PyPI has no
+# such project).
 #
 # Idempotent: a second run checks, changes nothing and takes a second or two.
 # 1. Debian packages: QEMU, libvirt (daemon, QEMU driver, clients, Python
@@ -31,6 +36,7 @@ set -euo pipefail
 
 here=$(cd "$(dirname "$0")/.." && pwd)
 venv=${1:-$here/.venv}
+extras=${2:-}
 uri=qemu:///system
 libvirtd_pidfile=/run/borg-vm-setup-libvirtd.pid
 borg_spec='borgbackup>=1.4,<1.5'
@@ -42,6 +48,11 @@ packages=(qemu-system-x86 qemu-utils libvirt-daemon libvirt-daemon-driver-qemu
           systemd faketime
           e2fsprogs openssh-server
           libacl1-dev liblz4-dev libzstd-dev libxxhash-dev libssl-dev)
+case $extras in
+    "") ;;
+    bench) packages+=(virtnbdbackup) ;;
+    *) printf 'setup: unknown extra %s (known: bench)\n' "$extras"; exit 2 ;;
+esac
 
 say() { printf 'setup: %s\n' "$*"; }
 
