@@ -19,7 +19,8 @@ HOSTILE = tests/integration/test_restore_hostile.py \
           tests/unit/test_tarstream.py::test_a_damaged_stream_yields_members_or_raises_tar_format_error \
           tests/unit/test_chain.py::test_disk_chain_parent_cycle_is_broken_not_endless
 
-.PHONY: setup demo test unit integration e2e faults soak bench bench-retention bench-scale
+.PHONY: setup demo test unit integration e2e faults soak bench bench-retention bench-scale \
+        bench-boot
 
 setup:
 	bash contrib/setup-host.sh $(VENV)
@@ -60,3 +61,11 @@ bench-retention: setup
 # SCALE_DISK_GIB, SCALE_EXTENTS and SCALE_RUNS shrink it for a try-out.
 bench-scale: setup
 	$(VENV)/bin/python bench/scale.py
+
+# Booting from the repository (bench/BOOT.md, issue #12): borg-vm boot to the
+# real guest's workload for two disk sizes, a mounted disk's sequential read
+# against borg extract, boot --finish of 2 GiB against restore --flatten (about
+# 6 minutes on a 2-core machine; `.venv/bin/python bench/boot.py --quick` for a
+# one-run try-out into bench/work/quick/BOOT.md).
+bench-boot: setup
+	$(VENV)/bin/python bench/boot.py
