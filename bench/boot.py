@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -51,6 +52,7 @@ SYNCED_BEFORE_BACKUP = 3   # files the workload completes before the backup
 SERVER_STOP_TIMEOUT = 30
 
 TARGET_BOOT_SECONDS = 10.0
+TARGET_GROWTH = 1.1   # "must not grow with disk size": within noise, taken as 10%
 TARGET_READ_SHARE = 0.5
 TARGET_FINISH_RATIO = 1.5
 BUSY_CORES = 0.3   # more other work than this (cores, average): the report says so
@@ -63,6 +65,7 @@ class Bench:
         self.r: dict = {"runs": RUNS, "quick": QUICK, "big": BIG, "read_size": READ_SIZE,
                         "finish_size": FINISH_SIZE}
         self.lab: lab.Lab | None = None
+        self.servers: dict[str, int] = {}   # booted domain -> its server's pid, until stopped
 
     # -- 1. boot to the workload -------------------------------------------------
     def boots(self) -> None:
@@ -108,6 +111,7 @@ class Bench:
             t = timed([BORG_VM, "boot", g.name, "--repo", repo, "--to", DIR / "overlays",
                        "--name", name, "--keep-host-resources", "--json"], self.env)
             booted = self.lab.adopt(name)
+            self.servers[name] = json.loads(t.stdout)["server"]["pid"]
             console.wait_for("workload files started", realguest.BOOT_TIMEOUT)
             out["workload"].append(round(time.monotonic() - started, 2))
             out["boot"].append(round(t.seconds, 2))
@@ -126,8 +130,19 @@ class Bench:
         pid = doc["server"]["pid"]
         poll(lambda: not Path(f"/proc/{pid}").exists(), SERVER_STOP_TIMEOUT,
              f"the server of {booted.name} (pid {pid}) to stop")
+        del self.servers[booted.name]
         for d in doc["disks"].values():
             Path(d["image"]).unlink()
+
+    def stop_servers(self) -> None:
+        """After a failure, with our domains removed: stop the servers of the
+        boots not given up yet, as unboot does, or by pid if that fails."""
+        for name, pid in self.servers.items():
+            subprocess.run([str(BORG_VM), "boot", "--finish", name], env=self.env,
+                           capture_output=True)
+            if Path(f"/proc/{pid}").exists():
+                say(f"stopping the server of {name}, pid {pid}")
+                os.kill(pid, signal.SIGTERM)
 
     # -- 2. sequential read of a mounted disk -------------------------------------
     def reads(self) -> None:
@@ -177,7 +192,7 @@ class Bench:
     def finishes(self) -> None:
         repo, g, j = self.backed_up("finish", FINISH_SIZE)
         checkpoint = j["checkpoint"]
-        runs = {"finish": [], "flatten": [], "boot": []}
+        runs = {"finish": [], "flatten": [], "boot": [], "failed": []}
         for n in range(RUNS):
             for side in (("finish", "flatten") if n % 2 == 0 else ("flatten", "finish")):
                 say(f"{lab.mib(FINISH_SIZE)} disk, run {n + 1}/{RUNS}: {side}")
@@ -191,9 +206,18 @@ class Bench:
                     b = timed([BORG_VM, "boot", g.name, "--repo", repo, "--to",
                                DIR / "overlays", "--name", name, "--json"], self.env)
                     booted = self.lab.adopt(name)
-                    t = timed([BORG_VM, "boot", "--finish", name, "--no-progress"], self.env)
+                    self.servers[name] = json.loads(b.stdout)["server"]["pid"]
                     runs["boot"].append(round(b.seconds, 2))
+                    try:
+                        t = timed([BORG_VM, "boot", "--finish", name, "--no-progress"],
+                                  self.env)
+                    except RuntimeError as e:   # reported, not hidden: the run goes on
+                        say(f"--finish failed: {e}")
+                        runs["failed"].append(str(e).strip().splitlines()[-1])
+                        self.unboot(booted, json.loads(b.stdout))
+                        continue
                     runs["finish"].append(round(t.seconds, 2))
+                    del self.servers[name]   # --finish stopped it
                     self.lab.remove(booted)
                     for d in json.loads(b.stdout)["disks"].values():
                         Path(d["image"]).unlink()
@@ -214,6 +238,7 @@ class Bench:
             self.finishes()
         finally:
             self.lab.close()
+            self.stop_servers()
         self.r["foreign_cores"], self.r["steal_cores"] = \
             lab.foreign_cores(before, lab.cpu_snapshot([]))
         self.r["loadavg"] = os.getloadavg()[0]
@@ -246,7 +271,10 @@ def render(r: dict) -> str:
     share = med(rd["extract"]) / med(rd["mount"])   # rate ratio: same bytes both sides
     rate = lambda s: f"{r['read_size'] / MIB / med(s):,.0f} MiB/s"  # noqa: E731
     fin = r["finish"]
-    ratio = med(fin["finish"]) / med(fin["flatten"])
+    ratio = med(fin["finish"]) / med(fin["flatten"]) if fin["finish"] else float("nan")
+    failed = fin.get("failed", [])
+    failures = (f" ({len(failed)} of {len(failed) + len(fin['finish'])} runs failed)"
+                if failed else "")
     lines = [
         "# Booting from the repository (issue #12)",
         "",
@@ -279,14 +307,14 @@ def render(r: dict) -> str:
             [f"`borg-vm boot` to the real guest's workload < {TARGET_BOOT_SECONDS:.0f} s",
              ", ".join(f"{med(b['workload']):.1f} s ({label})" for label, b in r["boot"].items()),
              met(all(med(b["workload"]) < TARGET_BOOT_SECONDS for b in sizes))],
-            [f"... not growing with the disk ({r['big']} x larger)", f"{growth:.2f} x",
-             met(growth <= 1.1) + " (within 10%)"],
+            [f"... not growing with the disk: {r['big']} x larger within "
+             f"{TARGET_GROWTH} x", f"{growth:.2f} x", met(growth <= TARGET_GROWTH)],
             [f"sequential read of a mounted disk >= {TARGET_READ_SHARE:.0%} of "
              "`borg extract --stdout`", f"{share:.0%} ({rate(rd['mount'])} against "
              f"{rate(rd['extract'])})", met(share >= TARGET_READ_SHARE)],
             [f"`boot --finish` of a {r['finish_size'] // MIB} MiB disk <= "
              f"{TARGET_FINISH_RATIO} x `restore --flatten`", f"{ratio:.2f} x",
-             met(ratio <= TARGET_FINISH_RATIO)]]),
+             met(ratio <= TARGET_FINISH_RATIO) + failures]]),
         "## 1. `borg-vm boot` to the real guest's workload",
         "",
         "The real guest (contrib/guest) writing and syncing files, backed up in full with "
@@ -317,9 +345,12 @@ def render(r: dict) -> str:
         "checkpoint.",
         "",
         table(["", "time", "ratio (medians)", f"target <= {TARGET_FINISH_RATIO} x"],
-              [["`borg-vm boot --finish`", secs(fin["finish"]), f"{ratio:.2f}",
-                met(ratio <= TARGET_FINISH_RATIO)],
+              [["`borg-vm boot --finish`", secs(fin["finish"]) if fin["finish"] else "-",
+                f"{ratio:.2f}", met(ratio <= TARGET_FINISH_RATIO) + failures],
                ["`borg-vm restore --flatten`", secs(fin["flatten"]), "1.00", ""]]),
+        *([f"`borg-vm boot --finish` failed in {len(failed)} run(s); the booted domain "
+           "was then removed and its server stopped. What it said:", "",
+           *(f"- {e}" for e in failed), ""] if failed else []),
     ]
     return "\n".join(lines)
 
