@@ -1,5 +1,6 @@
 # The two commands README promises on a fresh Debian 12 machine (as root):
-#   make demo   back up a throwaway VM, change it, back up again, restore, verify
+#   make demo   a throwaway VM running a tiny Linux: backups while it writes,
+#               restores that boot with their files, a boot from the repository
 #   make test   the whole test suite (unit, integration, e2e with a real VM, faults)
 # and for reliability:
 #   make faults the fault matrix and the hostile-repository cases, tabulated in

@@ -110,6 +110,8 @@ def main(argv: list[str]) -> None:
         COMMANDS[argv[0]](*argv[1:])
     except TimeoutError as e:
         sys.exit(f"demo: {e}")
+    except KeyboardInterrupt:   # Ctrl-C: demo.sh cleans up, no traceback
+        sys.exit(130)
 
 
 if __name__ == "__main__":
