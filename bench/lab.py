@@ -139,9 +139,9 @@ def timed(argv: list, env: dict | None = None, poll_rss: bool = False,
     try:
         out, err = proc.communicate()
     except BaseException:  # Ctrl-C or SIGTERM: stop the child as a terminal would
-        _stop(proc)
+        stop(proc)
         if feeder:
-            _stop(feeder)
+            stop(feeder)
         raise
     seconds = time.monotonic() - start
     if feeder:
@@ -155,7 +155,7 @@ def timed(argv: list, env: dict | None = None, poll_rss: bool = False,
     return Timed(seconds, out, peak[0], err, children_cpu() - cpu)
 
 
-def _stop(proc: subprocess.Popen) -> None:
+def stop(proc: subprocess.Popen) -> None:
     """SIGINT (borg and borg-vm clean up on it), then SIGKILL after a grace time."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGINT)
@@ -464,20 +464,24 @@ def images_equal(a: Path, b: Path) -> bool:
 # this logic; the benchmark tags its domains the same way.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "e2e"))
 from guest import domain_owner, owner_alive as _owner_alive, owner_token  # noqa: E402
-from guest import domain_xml as _guest_domain_xml  # noqa: E402
+from guest import Boot, domain_xml as _guest_domain_xml  # noqa: E402
 
 
 def kvm_usable() -> bool:
     return os.access("/dev/kvm", os.R_OK | os.W_OK)
 
 
-def domain_xml(name: str, disks: list[Path]) -> str:
+def domain_xml(name: str, disks: list[Path], boot: "Boot | None" = None,
+               serial: Path | None = None, virt_type: str | None = None) -> str:
     """Return the XML of a benchmark domain: the e2e tier's guest, qcow2 disks
-    vda, vdb, ... with discard, tagged with the benchmark's own namespace."""
+    vda, vdb, ... with discard, tagged with the benchmark's own namespace; with
+    boot, the real guest (tests/e2e/realguest.py), its console in serial, run
+    as virt_type ('kvm' or 'qemu'; default: KVM if usable)."""
     return _guest_domain_xml(
-        name, "kvm" if kvm_usable() else "qemu",
+        name, virt_type or ("kvm" if kvm_usable() else "qemu"),
         [(f"vd{chr(ord('a') + i)}", path, "qcow2") for i, path in enumerate(disks)],
-        "unmap", owner_token(), metadata=(METADATA_KEY, METADATA_URI))
+        "unmap", owner_token(), metadata=(METADATA_KEY, METADATA_URI), boot=boot,
+        serial=serial)
 
 
 def _remove(dom: "libvirt.virDomain") -> None:
@@ -553,24 +557,38 @@ class Lab:
         remove_stale(self.conn)
         self.guests: list[Guest] = []
 
-    def guest(self, disks: list[Path]) -> Guest:
+    def guest(self, disks: list[Path], boot: Boot | None = None, serial: Path | None = None,
+              virt_type: str | None = None) -> Guest:
+        """Define and start a domain on disks: paused without OS, or running the
+        real guest with boot (see domain_xml)."""
         name = PREFIX + secrets.token_hex(4)
-        dom = self.conn.defineXML(domain_xml(name, disks))
+        dom = self.conn.defineXML(domain_xml(name, disks, boot, serial, virt_type))
         g = Guest(dom, disks)
         self.guests.append(g)
-        dom.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED)
+        dom.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED if boot is None else 0)
         return g
 
+    def adopt(self, name: str) -> Guest:
+        """Given the name of a domain made for the benchmark by someone else
+        (`borg-vm boot --name PREFIX...`), remove it in close() too."""
+        g = Guest(self.conn.lookupByName(name), [])
+        self.guests.append(g)
+        return g
+
+    def remove(self, g: Guest) -> None:
+        """Remove one of our domains now; raise libvirtError if libvirt refuses."""
+        uuid = g.dom.UUIDString()
+        _remove(g.dom)
+        self.guests.remove(g)
+        # borg-vm's per-domain lock file; the domain is gone, so is its use.
+        (BORG_VM_RUNTIME_DIR / f"{uuid}.lock").unlink(missing_ok=True)
+
     def close(self) -> None:
-        for g in self.guests:
+        for g in list(self.guests):
             try:
-                uuid = g.dom.UUIDString()
-                _remove(g.dom)
+                self.remove(g)
             except libvirt.libvirtError as e:
                 say(f"could not remove {g.name}: {e}")
-                continue
-            # borg-vm's per-domain lock file; the domain is gone, so is its use.
-            (BORG_VM_RUNTIME_DIR / f"{uuid}.lock").unlink(missing_ok=True)
         self.guests.clear()
         self.conn.close()
 

@@ -63,7 +63,11 @@ def build() -> GuestFiles:
     return its files. Raise CalledProcessError (with its output) if it fails."""
     out = subprocess.run(["bash", str(BUILD)], check=True, capture_output=True, text=True,
                          timeout=BUILD_TIMEOUT).stdout
-    d = Path(out.strip().splitlines()[-1])
+    return built(Path(out.strip().splitlines()[-1]))
+
+
+def built(d: Path) -> GuestFiles:
+    """Given the directory build-guest.sh printed, return the guest's files in it."""
     return GuestFiles(d / "vmlinuz", d / "initrd.img", d / "root.qcow2",
                       (d / "cmdline").read_text().strip())
 
@@ -148,11 +152,22 @@ class Verified:
     files: dict[str, str]   # /data/fNNNN name -> sha256, as the guest read them
     log: str                # "whole N lines" or "broken at line N"
 
+    def wrong(self, expected: dict[str, str]) -> dict[str, tuple[str, str | None]]:
+        """Given {name: sha256} of files that must be there, return {name:
+        (expected, found or None)} of those missing or changed."""
+        return {f: (sha, self.files.get(f)) for f, sha in expected.items()
+                if self.files.get(f) != sha}
+
 
 def verified(domain) -> Verified:
     """Given a Domain booting the real guest with the verify workload, wait for
     its report and return it; raise TimeoutError if it does not finish."""
-    console = Console(domain.serial)
+    return verified_on(Console(domain.serial))
+
+
+def verified_on(console: Console) -> Verified:
+    """Given the console of the real guest booting the verify workload, wait for
+    its report and return it; raise TimeoutError if it does not finish."""
     console.wait_for("verify done", BOOT_TIMEOUT + VERIFY_TIMEOUT)
     reports = console.reports()
     log = next((r[4:] for r in reports if r.startswith("log ")), "missing")

@@ -254,6 +254,5 @@ def test_the_real_guest_boots_from_the_repository_and_keeps_its_files(
     new.dom.create()
     seen = realguest.verified(new)
     expected = {**before, **rewritten}
-    wrong = {f: (sha, seen.files.get(f)) for f, sha in expected.items()
-             if seen.files.get(f) != sha}
+    wrong = seen.wrong(expected)
     assert not wrong, f"synced files missing or changed: {wrong}"

@@ -68,8 +68,7 @@ def test_quiesced_backups_restore_and_boot(make_domain, real_guest, real_virt_ty
     for mode, before, restored in booted:   # all three boot at once
         seen = realguest.verified(restored)
         restored.dom.destroy()
-        wrong = {f: (sha, seen.files.get(f)) for f, sha in before.items()
-                 if seen.files.get(f) != sha}
+        wrong = seen.wrong(before)
         assert not wrong, f"{mode}: synced files missing or changed: {wrong}"
         assert seen.log.startswith("whole "), f"{mode}: /data/log {seen.log}"
 
