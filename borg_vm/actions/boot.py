@@ -60,6 +60,9 @@ RESUME_ATTEMPTS = 3
 # QEMU's next request fails, the one after makes it reconnect); tries per disk.
 PULL_ATTEMPTS = 3
 PULL_POLL_SECONDS = 0.2
+# After a pull job is gone, how long libvirt may take to show the disk without
+# its backing before the pull counts as stopped.
+PIVOT_SECONDS = 10
 
 
 @dataclass(frozen=True)
@@ -266,7 +269,7 @@ def _pull(dom: virt.Domain, name: str, target: str, socket: str, progress: Progr
         except BaseException:
             dom.abort_block_job(target)
             raise
-        if target not in bootxml.nbd_backings(dom.xml()):
+        if _pivoted(dom, target):
             progress.advance(max(0, base + dom.disk_capacity(target) - progress.done))
             return
         log.info("%s: pulling %s stopped (attempt %d of %d): QEMU reconnects to the server",
@@ -278,6 +281,19 @@ def _pull(dom: virt.Domain, name: str, target: str, socket: str, progress: Progr
     raise PullFailed(target=target, name=name,
                      detail=f"{PULL_ATTEMPTS} attempts failed; the server last said: "
                      + bootserver.log_tail(os.path.dirname(socket)))
+
+
+def _pivoted(dom: virt.Domain, target: str) -> bool:
+    """Given a disk whose pull job is gone, return True once the live XML shows it
+    without its NBD backing; False if it still has it after PIVOT_SECONDS. libvirt
+    drops QEMU's finished job at once but updates the disk's chain when it has
+    handled QEMU's completion event, which can come later on a busy host."""
+    deadline = time.monotonic() + PIVOT_SECONDS
+    while target in bootxml.nbd_backings(dom.xml()):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(PULL_POLL_SECONDS)
+    return True
 
 
 # --- --resume -------------------------------------------------------------------
