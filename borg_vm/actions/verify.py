@@ -15,7 +15,9 @@ from ..adapters.borg import Borg
 from ..core import archive as fmt
 from ..core import chain, extent
 from ..core.archive import ArchiveInfo, Manifest
+from ..core.tarstream import read_members
 from ..errors import BorgVmError, FormatError
+from .. import prefetch
 from . import apply, members, repository
 
 PIECE = 4 * 1024 * 1024
@@ -79,7 +81,8 @@ def _read_and_hash(borg: Borg, a: ArchiveInfo) -> Manifest:
     files: dict[str, bytes] = {}
     # The whole archive (naming paths that match nothing would make borg warn).
     with members.exported(borg, a.archive, []) as stream:
-        for name, key, offset, piece in members.pieces(stream, a.archive, sizes, PIECE):
+        for name, key, offset, piece in members.pieces(read_members(stream), a.archive, sizes,
+                                                       prefetch.buffers(1, PIECE)):
             if key is None:
                 files[name] = piece
                 continue

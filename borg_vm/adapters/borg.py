@@ -86,6 +86,15 @@ class Listed:
     time: str
 
 
+@dataclass(frozen=True)
+class Item:
+    """One item of an archive as 'borg list' shows it (type "-": a regular file)."""
+
+    path: str
+    type: str
+    size: int
+
+
 class Borg:
     """One Borg repository, reached through the borg CLI."""
 
@@ -184,6 +193,18 @@ class Borg:
         return [Listed(a["name"], a.get("comment", ""), a.get("time", ""))
                 for a in doc["archives"]]
 
+    def list_items(self, archive: str, paths: Sequence[str]) -> list[Item]:
+        """Return the archive's items under paths (all if none), in archive order:
+        the order 'borg extract --stdout' of the same paths writes them in."""
+        out = self._run("list", self._argv("list", "--json-lines", "--format",
+                                           "{type}{size}{path}", self.location(archive),
+                                           *paths))
+        items = []
+        for line in out.splitlines():
+            doc = json.loads(line)
+            items.append(Item(doc["path"], doc["type"], doc.get("size", 0)))
+        return items
+
     def extract_file(self, archive: str, path: str) -> bytes:
         """Return the contents of one file of an archive."""
         return self._run("extract", self._argv("extract", "--stdout", self.location(archive),
@@ -222,6 +243,15 @@ class Borg:
         """Yield a running 'borg export-tar' writing the archive's paths to its stdout."""
         argv = self._argv("export-tar", self.location(archive), "-",
                           *paths)
+        with self._child_env() as (env, fds), subproc.stream(argv, stdout=True, env=env,
+                                                            pass_fds=fds) as s:
+            yield s
+
+    @contextlib.contextmanager
+    def extract_stdout(self, archive: str, paths: Sequence[str]) -> Iterator[subproc.Stream]:
+        """Yield a running 'borg extract --stdout' writing the contents of the
+        archive's regular files under paths, one after the other, to its stdout."""
+        argv = self._argv("extract", "--stdout", self.location(archive), *paths)
         with self._child_env() as (env, fds), subproc.stream(argv, stdout=True, env=env,
                                                             pass_fds=fds) as s:
             yield s
