@@ -14,14 +14,15 @@ import contextlib
 import hashlib
 import os
 from dataclasses import dataclass
+from typing import ContextManager, Iterable, Iterator
 
 from .. import prefetch
 from ..adapters import qemu, rawimage
-from ..adapters.borg import Borg
 from ..adapters.libnbd import open_command
 from ..core import archive as fmt
 from ..core import extent
 from ..core.archive import ArchiveInfo, Manifest
+from ..core.tarstream import Member
 from ..errors import FormatError, IntegrityError
 from ..progress import Progress
 from . import members
@@ -55,26 +56,36 @@ class Layer:
     zeros: bool   # write the zero extents too (the image lies over older data)
 
 
-def apply_archive(borg: Borg, arc: ArchiveInfo, layers: dict[Key, Layer],
-                  progress: Progress, known: Manifest | None = None) -> Manifest:
+def read_for(arc: ArchiveInfo, keys: Iterable[Key], known: Manifest | None = None
+             ) -> members.Read:
+    """Return what apply_archive reads of arc to write keys: their data and the manifest.
+
+    Frozen layers (layer >= 1) can be asked for only with the archive's manifest
+    already read (known).
+    """
+    # A record with only zero extents has no data members (and borg warns about
+    # a path that matches nothing).
+    wanted = [w for k in keys if (w := _wanted(arc, known, k))]
+    return members.Read(arc.archive, tuple(p for p, _ in wanted) + (fmt.MANIFEST,),
+                        sum(n for _, n in wanted))
+
+
+def apply_archive(found: ContextManager[Iterator[Member]], arc: ArchiveInfo,
+                  layers: dict[Key, Layer], progress: Progress,
+                  known: Manifest | None = None) -> Manifest:
     """Write the data (and, over older data, the zero extents) of the given
     (disk, layer)s of one archive into their images, in one pass over the archive.
     Two keys must not share an image (their order in the stream is the archive's).
 
-    Frozen layers (layer >= 1) can be asked for only with the archive's manifest
-    already read (known). Return the archive's manifest. Raise IntegrityError
-    unless each record's data covers exactly its extents and hashes to its
-    digest; FormatError for a damaged archive.
+    found yields the archive's members of read_for(arc, layers, known). Return
+    the archive's manifest. Raise IntegrityError unless each record's data
+    covers exactly its extents and hashes to its digest; FormatError for a
+    damaged archive.
     """
     with contextlib.ExitStack() as stack:
         outs = {k: stack.enter_context(_open_image(l)) for k, l in layers.items()}
-        # A record with only zero extents has no data members (and borg warns
-        # about a path that matches nothing).
-        wanted = [w for k in outs if (w := _wanted(arc, known, k))]
         sizes = {t: arc.summary.disks[t].virtual_size for t, _ in outs}
-        files, written, digests = _stream_members(
-            borg, arc.archive, [path for path, _ in wanted] + [fmt.MANIFEST],
-            sum(n for _, n in wanted), outs, sizes, progress)
+        files, written, digests = _stream_members(found, arc.archive, outs, sizes, progress)
         manifest = Manifest.from_json(files.pop(fmt.MANIFEST), arc.archive)
         for k, out in outs.items():
             record = _record(arc.archive, manifest, k)
@@ -89,10 +100,12 @@ def apply_archive(borg: Borg, arc: ArchiveInfo, layers: dict[Key, Layer],
 
 def _open_image(layer: Layer):
     """Return a context manager opening layer's image for writing: a raw image
-    directly, a qcow2 through a qemu-nbd libnbd starts."""
+    directly, a qcow2 through a qemu-nbd libnbd starts (both with O_DIRECT where
+    the file system allows)."""
     if layer.format == "raw":
         return rawimage.open_raw(layer.path)
-    return open_command(qemu.nbd_server_argv(layer.path, layer.format),
+    return open_command(qemu.nbd_server_argv(layer.path, layer.format,
+                                             direct=rawimage.supports_direct(layer.path)),
                         where=os.path.basename(layer.path))
 
 
@@ -124,19 +137,18 @@ def _record(archive: str, manifest: Manifest, key: Key):
                                               f"disk {target}")
 
 
-def _stream_members(borg: Borg, archive: str, paths: list[str], data_bytes: int, outs: dict,
+def _stream_members(found: ContextManager[Iterator[Member]], archive: str, outs: dict,
                     sizes: dict[str, int], progress: Progress):
-    """Stream the archive's paths (data_bytes of data): data members go to outs at
-    their offsets (each checked against its disk's size first), small members are
-    returned whole. Return (files, written extents, digests) per key."""
+    """Stream the archive's members: data members go to outs at their offsets (each
+    checked against its disk's size first), small members are returned whole.
+    Return (files, written extents, digests) per key."""
     files: dict[str, bytes] = {}
     written: dict[Key, list[extent.Extent]] = {k: [] for k in outs}
     digests = {k: hashlib.sha256() for k in outs}
     with contextlib.ExitStack() as stack:
         writers = {k: stack.enter_context(out.pipelined_writes(WRITES_IN_FLIGHT))
                    for k, out in outs.items()}
-        stream = stack.enter_context(members.streamed(borg, archive, paths, data_bytes))
-        pieces = members.pieces(stream, archive, sizes,
+        pieces = members.pieces(stack.enter_context(found), archive, sizes,
                                 prefetch.buffers(RESTORE_BUFFERS, RESTORE_PIECE))
         # Reading borg's output and hashing it run ahead in a thread while this
         # one writes.

@@ -1,13 +1,18 @@
-"""Reading a borg-vm archive back from Borg, trusting nothing in it.
+"""Reading borg-vm archives back from Borg, trusting nothing in them.
 
 Two ways, the same members in the same order:
 
 - 'borg export-tar': one tar stream, each member with its header;
-- 'borg list' of the paths, then the bare contents 'borg extract --stdout'
-  writes one after the other, cut by the listed sizes. Borg hands out data
-  ~25% cheaper this way (export-tar copies it through Python's tarfile in
-  16 KiB pieces), but the list costs a Borg start (~0.45 s here; run while
-  extract starts), so it pays for archives with much data (see EXTRACT_FROM).
+- 'borg list' of the paths beside 'borg extract --stdout' of them: extract
+  writes the bare contents one after the other, cut by the sizes list gives,
+  both read in step. Borg hands out data ~25% cheaper this way (export-tar
+  copies it through Python's tarfile in 16 KiB pieces), but the list costs a
+  Borg start (~0.45 s of CPU here), so it pays for archives with much data
+  (see EXTRACT_FROM).
+
+Every Borg command starts up for ~0.45 s before it hands anything out, so a
+restore reads its archives through ``read_ahead``: the next archive's borg
+starts while the one before is read and written.
 
 An archive is only as trustworthy as the repository. So only the format's
 small members (domain.xml, checkpoint.xml, manifest.json) are ever held
@@ -20,17 +25,32 @@ skipped as they stream.
 from __future__ import annotations
 
 import contextlib
-from typing import BinaryIO, Iterator, Sequence
+import io
+from dataclasses import dataclass
+from typing import BinaryIO, ContextManager, Iterator, Sequence
 
-from ..adapters.borg import Borg, Item
+from ..adapters import subproc
+from ..adapters.borg import Borg, Item, items
 from ..core import archive as fmt
 from ..core.tarstream import Member, TarFormatError, read_members
-from ..errors import FormatError, IntegrityError
+from ..errors import FormatError, IntegrityError, RepositoryLocked
 
 # Archives with at least this many data bytes to read are read with 'borg list'
 # + 'borg extract --stdout' (see above), smaller ones with 'borg export-tar'.
 EXTRACT_FROM = 256 * 1024 * 1024
 REGULAR = "-"   # borg list's item type of a regular file
+# Reading a borg's output through a buffer lets restore wait for its first byte
+# (see _Started); bigger reads bypass the buffer.
+PEEK_BUFFER = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Read:
+    """What to read of one archive: the paths (all if none) and the data bytes they hold."""
+
+    archive: str
+    paths: tuple[str, ...]
+    data_bytes: int = 0
 
 
 def read_small(borg: Borg, archive: str, names: tuple[str, ...]) -> dict[str, bytes]:
@@ -38,11 +58,17 @@ def read_small(borg: Borg, archive: str, names: tuple[str, ...]) -> dict[str, by
 
     Raise FormatError if one is missing or the stream is damaged.
     """
-    files: dict[str, bytes] = {}
-    with exported(borg, archive, names) as stream:
-        for member in read_members(stream):
-            if member.name in names:
-                files[member.name] = _read_small(member, archive)
+    with read_ahead(borg, [Read(archive, names)]) as reads, next(reads) as found:
+        return small_files(found, archive, names)
+
+
+def small_files(found: Iterator[Member], archive: str, names: tuple[str, ...]
+                ) -> dict[str, bytes]:
+    """Return {name: contents} of the named small members among found.
+
+    Raise FormatError if one is missing or bigger than the format allows.
+    """
+    files = {m.name: _read_small(m, archive) for m in found if m.name in names}
     check_present(archive, files, names)
     return files
 
@@ -55,44 +81,105 @@ def check_present(archive: str, files: dict[str, bytes], names: tuple[str, ...])
 
 
 @contextlib.contextmanager
-def exported(borg: Borg, archive: str, paths: Sequence[str]) -> Iterator[BinaryIO]:
-    """Yield the tar stream of 'borg export-tar' of archive's paths; wait for borg after.
+def read_ahead(borg: Borg, reads: Sequence[Read]
+               ) -> Iterator[Iterator[ContextManager[Iterator[Member]]]]:
+    """Yield an iterator of one context manager per read, in order; each yields the
+    members of its read in archive order and waits for borg after.
 
-    A damaged stream raises FormatError, unless borg failed (then borg's error).
+    The first read's borg starts at once, and each next one's when a read is
+    taken from the iterator, so Borg starts up while the archive before is being
+    read and written. Leaving the block stops every borg still running. A damaged
+    stream raises FormatError, unless borg failed (then borg's error).
     """
-    with borg.export_tar(archive, paths) as proc:
-        try:
-            yield proc.stdout
-        except TarFormatError as e:
-            borg.finish("export-tar", proc)
-            raise FormatError(archive=archive, detail=str(e)) from e
-        borg.finish("export-tar", proc)
+    with contextlib.ExitStack() as stack:
+        started = [stack.enter_context(_Started(borg, r)) for r in reads[:1]]
+
+        def each() -> Iterator[ContextManager[Iterator[Member]]]:
+            for i in range(len(reads)):
+                if i + 1 < len(reads):
+                    started.append(stack.enter_context(_Started(borg, reads[i + 1])))
+                yield started[i].members()
+
+        yield each()
 
 
-@contextlib.contextmanager
-def streamed(borg: Borg, archive: str, paths: Sequence[str], data_bytes: int
-             ) -> Iterator[Iterator[Member]]:
-    """Yield the members of the archive's paths in archive order, read the cheaper
-    way for data_bytes of data (see EXTRACT_FROM); wait for borg after.
+class _Started:
+    """The borg commands of one read, started (so they start up); members() reads them.
 
-    A damaged stream raises FormatError, unless borg failed (then borg's error).
+    They start beside other borgs of ours, so with the brief lock wait (see
+    adapters.borg.BRIEF_LOCK_WAIT); if the repository stays locked they are run
+    again with the full one. As a context manager: leaving it stops them if they
+    still run.
     """
-    if data_bytes < EXTRACT_FROM:
-        with exported(borg, archive, paths) as stream:
-            yield read_members(stream)
-        return
-    with borg.extract_stdout(archive, paths) as proc:
-        items = borg.list_items(archive, paths)   # while extract starts
+
+    def __init__(self, borg: Borg, read: Read):
+        self.borg = borg
+        self.read = read
+        self.extract = read.data_bytes >= EXTRACT_FROM
+        self.command = "extract" if self.extract else "export-tar"
+        self._stack = contextlib.ExitStack()
+
+    def __enter__(self) -> "_Started":
+        self._start(brief=True)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stack.close()
+
+    def _start(self, brief: bool) -> None:
+        r = self.read
+        with contextlib.ExitStack() as stack:
+            if self.extract:
+                self._data = stack.enter_context(
+                    self.borg.extract_stdout(r.archive, r.paths, brief=brief))
+                self._list = stack.enter_context(
+                    self.borg.list_items(r.archive, r.paths, brief=brief))
+            else:
+                self._data = stack.enter_context(
+                    self.borg.export_tar(r.archive, r.paths, brief=brief))
+                self._list = None
+            self._stack = stack.pop_all()
+
+    def _outputs(self) -> list[tuple[str, subproc.Stream]]:
+        return [(self.command, self._data)] + ([("list", self._list)] if self._list else [])
+
+    def _ready(self) -> dict[str, BinaryIO]:
+        """Wait until each command writes or ends; return their outputs by command.
+        Run them again with the full lock wait if one ended locked out."""
+        outputs = {}
+        for command, proc in self._outputs():
+            outputs[command] = io.BufferedReader(proc.stdout, PEEK_BUFFER)
+            if not outputs[command].peek(1):
+                try:
+                    self.borg.finish(command, proc)
+                except RepositoryLocked:
+                    self._stack.close()
+                    self._start(brief=False)
+                    return {c: p.stdout for c, p in self._outputs()}
+        return outputs
+
+    @contextlib.contextmanager
+    def members(self) -> Iterator[Iterator[Member]]:
+        """Yield the read's members; wait for its borg commands after."""
+        archive = self.read.archive
         try:
-            yield _listed(proc.stdout, items, archive)
-        except TarFormatError as e:
-            borg.finish("extract", proc)
-            raise FormatError(archive=archive, detail=str(e)) from e
-        borg.finish("extract", proc)
+            outputs = self._ready()
+            try:
+                if self.extract:
+                    yield _listed(outputs[self.command], items(outputs["list"]), archive)
+                else:
+                    yield read_members(outputs[self.command])
+            except TarFormatError as e:
+                self.borg.finish(self.command, self._data)
+                raise FormatError(archive=archive, detail=str(e)) from e
+            for command, proc in self._outputs():
+                self.borg.finish(command, proc)
+        finally:
+            self._stack.close()
 
 
-def _listed(src: BinaryIO, items: list[Item], archive: str) -> Iterator[Member]:
-    """Yield the regular files of items as members read from src, the concatenation
+def _listed(src: BinaryIO, listed: Iterator[Item], archive: str) -> Iterator[Member]:
+    """Yield the regular files listed as members read from src, the concatenation
     of their contents; unread data is skipped.
 
     Other items (directories, symbolic links) have no contents, as in a tar
@@ -100,7 +187,7 @@ def _listed(src: BinaryIO, items: list[Item], archive: str) -> Iterator[Member]:
     extract --stdout' writes those bytes is borg's business: FormatError, as for
     a stream longer or shorter than its members.
     """
-    for item in items:
+    for item in listed:
         if not isinstance(item.size, int) or item.size < 0 or (
                 item.type != REGULAR and item.size):
             raise FormatError(archive=archive, detail=(
