@@ -1,10 +1,25 @@
 # The two commands README promises on a fresh Debian 12 machine (as root):
 #   make demo   back up a throwaway VM, change it, back up again, restore, verify
-#   make test   the whole test suite (unit, integration, e2e with a real VM)
+#   make test   the whole test suite (unit, integration, e2e with a real VM, faults)
+# and for reliability:
+#   make faults the fault matrix and the hostile-repository cases, tabulated in
+#               tests/faults/RESULTS.md
+#   make soak   30 nightly rounds with random faults (under 10 minutes; not in CI)
 VENV   ?= .venv
 PYTEST ?= $(VENV)/bin/pytest
 
-.PHONY: setup demo test unit integration e2e bench bench-retention
+# The hostile-repository cases `make faults` tabulates with the fault matrix.
+HOSTILE = tests/integration/test_restore_hostile.py \
+          tests/integration/test_hostile_members.py \
+          tests/integration/test_planted_archives.py \
+          tests/integration/test_verify.py \
+          tests/unit/test_archive.py::test_fuzzed_comment_parses_or_raises_format_error \
+          tests/unit/test_archive.py::test_fuzzed_manifest_parses_or_raises_format_error \
+          tests/unit/test_archive.py::test_arbitrary_bytes_never_crash_the_parsers \
+          tests/unit/test_tarstream.py::test_a_damaged_stream_yields_members_or_raises_tar_format_error \
+          tests/unit/test_chain.py::test_disk_chain_parent_cycle_is_broken_not_endless
+
+.PHONY: setup demo test unit integration e2e faults soak bench bench-retention bench-scale
 
 setup:
 	bash contrib/setup-host.sh $(VENV)
@@ -24,6 +39,13 @@ integration:
 e2e:
 	$(PYTEST) tests/e2e
 
+faults: setup
+	PYTHONPATH=tests/faults $(PYTEST) -p results --results tests/faults/RESULTS.md \
+		tests/faults $(HOSTILE)
+
+soak: setup
+	$(VENV)/bin/python tests/faults/soak.py
+
 bench: setup
 	$(VENV)/bin/python bench/bench.py
 
@@ -31,3 +53,10 @@ bench: setup
 # (bench/RETENTION.md; about 15 minutes on a quiet 2-core machine).
 bench-retention: setup
 	$(VENV)/bin/python bench/retention.py
+
+# A 1 TiB qcow2 with 100,000 separate 64 KiB extents beside the same bytes in
+# one range (bench/SCALE.md, issue #11; roughly 15 minutes and 40 GB of
+# scratch space on a quiet 2-core machine, estimated from a reduced run).
+# SCALE_DISK_GIB, SCALE_EXTENTS and SCALE_RUNS shrink it for a try-out.
+bench-scale: setup
+	$(VENV)/bin/python bench/scale.py

@@ -98,6 +98,7 @@ class Timed:
     seconds: float
     stdout: bytes
     peak_rss: int = 0   # bytes, VmHWM of the process itself (0 if not polled)
+    stderr: bytes = b""
 
 
 def timed(argv: list, env: dict | None = None, poll_rss: bool = False,
@@ -140,7 +141,7 @@ def timed(argv: list, env: dict | None = None, poll_rss: bool = False,
     if proc.returncode != 0 or (feeder and feeder.returncode != 0):
         raise RuntimeError(f"{' '.join(argv)} exited {proc.returncode}:\n"
                            f"{err.decode(errors='replace')[-3000:]}")
-    return Timed(seconds, out, peak[0])
+    return Timed(seconds, out, peak[0], err)
 
 
 def _stop(proc: subprocess.Popen) -> None:

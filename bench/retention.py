@@ -77,15 +77,12 @@ def night_writes(rng: random.Random) -> list[tuple[int, int]]:
     return sorted(writes)
 
 
-def restore(env: dict, guest: str, repo: Path, checkpoint: str, flatten: bool) -> dict:
-    times, out = [], None
-    for _ in range(RESTORE_RUNS):
-        to = DIR / "restored"
-        shutil.rmtree(to, ignore_errors=True)
-        t, out = lab.borg_vm_restore(env, guest, repo, to, checkpoint, flatten)
-        times.append(t.seconds)
-    shutil.rmtree(DIR / "restored", ignore_errors=True)
-    return {"median": statistics.median(times), "min": min(times), "json": out}
+def restore_once(env: dict, guest: str, repo: Path, checkpoint: str, flatten: bool) -> float:
+    to = DIR / "restored"
+    shutil.rmtree(to, ignore_errors=True)
+    t, _ = lab.borg_vm_restore(env, guest, repo, to, checkpoint, flatten)
+    shutil.rmtree(to)
+    return t.seconds
 
 
 def main() -> int:
@@ -156,20 +153,28 @@ def nights(out: Path) -> None:
 
 
 def restores(r: dict, out: Path) -> None:
-    """Restore the first chain's points at CHAIN_POINTS from KEPT (flattened and
-    as a chain, RESTORE_RUNS times each); write the times to out."""
+    """Restore the first chain's points at CHAIN_POINTS from KEPT, flattened and as
+    a chain, RESTORE_RUNS rounds; each round visits every point in a rotated order,
+    so drift in the machine's load hits every chain length alike. Write the times
+    to out."""
     env = lab.borg_env(DIR / "borg-base-kept")   # KEPT has REPO's ID: a cache of its own
-    chain = []
-    for k in CHAIN_POINTS:
-        cp = r["nights"][k]["checkpoint"]
-        flat = restore(env, r["domain"], KEPT, cp, True)
-        layered = restore(env, r["domain"], KEPT, cp, False)
-        chain.append({"incrementals": k, "checkpoint": cp, "flatten": flat["median"],
-                      "flatten_min": flat["min"], "chain": layered["median"],
-                      "chain_min": layered["min"], "load": os.getloadavg()[0]})
-        say(f"restore after {k} incrementals: flatten {flat['median']:.1f} s,"
-            f" chain {layered['median']:.1f} s")
-    out.write_text(json.dumps({"chain": chain}, indent=1))
+    times = {(k, m): [] for k in CHAIN_POINTS for m in ("flatten", "chain")}
+    loads = []
+    for i in range(RESTORE_RUNS):
+        for k in CHAIN_POINTS[i % len(CHAIN_POINTS):] + CHAIN_POINTS[:i % len(CHAIN_POINTS)]:
+            for mode in ("flatten", "chain"):
+                times[k, mode].append(restore_once(env, r["domain"], KEPT,
+                                                   r["nights"][k]["checkpoint"],
+                                                   mode == "flatten"))
+            say(f"round {i + 1}: restore after {k} incrementals: flatten "
+                f"{times[k, 'flatten'][-1]:.1f} s, chain {times[k, 'chain'][-1]:.1f} s")
+            loads.append(os.getloadavg()[0])
+    chain = [{"incrementals": k, "checkpoint": r["nights"][k]["checkpoint"],
+              **{m: statistics.median(times[k, m]) for m in ("flatten", "chain")},
+              **{f"{m}_min": min(times[k, m]) for m in ("flatten", "chain")}}
+             for k in CHAIN_POINTS]
+    out.write_text(json.dumps({"chain": chain, "restore_load": [min(loads), max(loads)]},
+                              indent=1))
 
 
 def fit(chain: list[dict], key: str) -> tuple[float, float]:
@@ -263,17 +268,19 @@ def report(r: dict) -> str:
         "",
         "## Restore time against chain length",
         "",
-        f"Restores (median of {RESTORE_RUNS}) of the restore points of the first chain "
+        f"Restores ({RESTORE_RUNS} rounds, min / median) of the restore points of the first chain "
         "(a copy of the repository taken on its last night), each a full plus k "
         "incrementals:",
         "",
-        "| incrementals | restore --flatten (min / median s) | chain restore (min / median s) "
-        "| 1-min load after |",
-        "|---|---|---|---|",
+        "| incrementals | restore --flatten (min / median s) | chain restore (min / median s) |",
+        "|---|---|---|",
     ]
     for c in chain:
         out.append(f"| {c['incrementals']} | {c['flatten_min']:.1f} / {c['flatten']:.1f} | "
-                   f"{c['chain_min']:.1f} / {c['chain']:.1f} | {c['load']:.1f} |")
+                   f"{c['chain_min']:.1f} / {c['chain']:.1f} |")
+    lo, hi = r["restore_load"]
+    out += ["", f"The 1-minute load average during these restores was {lo:.1f} to {hi:.1f} "
+            "(2 cores); every round visits every chain length, in a rotated order."]
     if len(chain) >= 2:
         out += ["", "Fitted (least squares over the medians) as time = archives x a fixed "
                 "cost + bytes / rate, and extrapolated with that fit to the 100 GiB disk "
@@ -283,6 +290,10 @@ def report(r: dict) -> str:
                 "|---|---|---|---|---|---|---|---|"]
         for key, label in (("flatten", "--flatten"), ("chain", "chain")):
             c, rate, b = model(chain, key)
+            if c < 0 or rate <= 0:
+                out.append(f"| {label} | the medians do not fit the model (too noisy) "
+                           "| | | | | | |")
+                continue
             t = lambda k: (1 + k) * c + (DISK + k * NIGHTLY) * SCALE / rate  # noqa: E731
             out.append(f"| {label} | {c:.2f} | {lab.mib(rate)}/s | {b:.2f} | "
                        f"{t(0) / 60:.0f} min | {t(29) / 60:.0f} min ({t(29) / t(0):.2f} x) | "

@@ -6,9 +6,11 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import getpass
+import grp
 import json
 import logging
 import os
+import pwd
 import signal
 import sys
 
@@ -20,9 +22,11 @@ from .adapters.borg import DEFAULT_LOCK_WAIT, Borg
 from .core import archive, plan, retention
 from .core.compression import parse_compression
 from .core.text import printable
+from .progress import human
 from .errors import EXIT_ERROR, EXIT_OK, BorgVmError, Interrupted, NoRepository, UsageError
 from .actions.delete import delete
 from .actions.prune import PruneOptions, prune
+from .actions.boot import BootOptions, boot, finish, resume
 from .actions.mount import MountOptions, Served, mount
 from .actions.restore import RestoreOptions, restore
 from .actions.verify import verify
@@ -151,7 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--list", action="store_true",
                     help="show for each archive: keep (why) or prune")
     pr.add_argument("--compact", action="store_true",
-                    help="run borg compact afterwards, to free the space")
+                    help="run borg compact afterwards, to free the space (on an "
+                         "append-only repository it frees nothing)")
     pr.set_defaults(run=_cmd_prune)
 
     de = sub.add_parser("delete", parents=[logging_opts],
@@ -223,8 +228,45 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--checkpoint", metavar="NAME", help="checkpoint to serve (default: newest)")
     m.add_argument("--disk", action="append", default=[], metavar="TARGET",
                    help="serve only this disk; repeatable")
+    m.add_argument("--socket-owner", type=_owner, metavar="USER[:GROUP]",
+                   help="hand the sockets to this user (and group), e.g. the one QEMU runs "
+                   "as, so that it may connect (default: the user borg-vm runs as)")
     _common(m)
     m.set_defaults(run=_cmd_mount)
+
+    bo = sub.add_parser(
+        "boot", parents=[logging_opts],
+        help="run a domain straight from the repository; --finish makes it independent of it",
+        usage="%(prog)s DOMAIN --to DIR [--checkpoint NAME] [--name NEW] [options]\n"
+              "       %(prog)s --finish NEW [options]\n"
+              "       %(prog)s --resume NEW [options]",
+        description="Define and start a copy of DOMAIN as of a checkpoint (named "
+        "DOMAIN-restored, new UUID and MAC addresses) whose disks are qcow2 overlays in DIR "
+        "backed by borg-vm mount's exports: it runs at once, reading from the repository "
+        "what it has not written, while a server started in the background serves them. "
+        "--finish NEW pulls the rest into the overlays and stops the server; --resume NEW "
+        "starts a server that died again and resumes the domain.")
+    bo.add_argument("domain", metavar="DOMAIN|NEW",
+                    help="the backed-up domain to boot; with --finish or --resume, the "
+                    "booted domain")
+    step = bo.add_mutually_exclusive_group()
+    step.add_argument("--finish", action="store_true",
+                      help="pull what NEW still reads from the repository into its images "
+                      "(virsh blockpull, NEW running), then stop its server")
+    step.add_argument("--resume", action="store_true",
+                      help="start NEW's server again if it is not running, and resume NEW "
+                      "if QEMU paused it on a failed read (or start it if it is shut off)")
+    bo.add_argument("--to", metavar="DIR",
+                    help="directory for the disks' overlays (NEW.TARGET.qcow2); required to boot")
+    bo.add_argument("--name", metavar="NEW", help="name of the new domain "
+                    "(default: DOMAIN-restored)")
+    bo.add_argument("--checkpoint", metavar="NAME", help="checkpoint to boot (default: newest)")
+    bo.add_argument("--keep-host-resources", action="store_true",
+                    help="keep the host devices, host files and QEMU arguments the domain XML "
+                    "names (default: remove them, with a warning)")
+    _common(bo, libvirt=True)
+    bo.add_argument("--no-progress", action="store_true", help="no progress bar (--finish)")
+    bo.set_defaults(run=_cmd_boot)
     return parser
 
 
@@ -268,8 +310,9 @@ def _size(text: str) -> int:
     return value
 
 
-def _borg(args: argparse.Namespace) -> Borg:
-    repo = args.repo or os.environ.get("BORG_REPO")
+def _borg(args: argparse.Namespace, default_repo: str | None = None) -> Borg:
+    """Return the repository of --repo, else default_repo, else $BORG_REPO."""
+    repo = args.repo or default_repo or os.environ.get("BORG_REPO")
     if not repo:
         raise NoRepository()
     # On a terminal, a passphrase nobody gave is asked for (once, by borg-vm:
@@ -442,7 +485,58 @@ def _cmd_mount(args: argparse.Namespace) -> int:
                  served.checkpoint)
 
     mount(_borg(args), args.domain, MountOptions(args.socket, args.checkpoint,
-                                                 tuple(args.disk)), ready)
+                                                 tuple(args.disk), args.socket_owner), ready)
+    return EXIT_OK
+
+
+def _owner(text: str) -> tuple[int, int]:
+    """Parse USER[:GROUP] (names or numbers) into (uid, gid); GROUP defaults to the
+    user's own."""
+    user, _, group = text.partition(":")
+    try:
+        entry = pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
+        gid = entry.pw_gid if not group else (
+            int(group) if group.isdigit() else grp.getgrnam(group).gr_gid)
+    except KeyError as e:
+        raise argparse.ArgumentTypeError(f"no such user or group in {text!r}") from e
+    return entry.pw_uid, gid
+
+
+def _cmd_boot(args: argparse.Namespace) -> int:
+    booting = not (args.finish or args.resume)
+    if booting != bool(args.to) or (not booting and (
+            args.name or args.checkpoint or args.keep_host_resources)):
+        raise UsageError(detail="boot DOMAIN needs --to DIR; --finish NEW and --resume NEW "
+                                "take none of --to, --name, --checkpoint, --keep-host-resources")
+    with virt.connect(args.connect) as hv:
+        if args.finish:
+            result = finish(hv, args.domain, progress=not (args.no_progress or args.json))
+        elif args.resume:
+            result = resume(hv, lambda recorded: _borg(args, default_repo=recorded),
+                            args.domain)
+        else:
+            result = boot(hv, _borg(args), args.domain, BootOptions(
+                args.to, args.name, args.checkpoint, args.keep_host_resources))
+    if args.json:
+        _emit(result.to_json())
+        return EXIT_OK
+    if args.finish:
+        for target, d in result.disks.items():
+            print(printable(f"{target}: {d['image']}"))
+        log.info("%s: pulled %s in %.1f s; it no longer needs the repository", result.name,
+                 human(result.pulled), result.duration)
+    elif args.resume:
+        log.info("%s: %s; the domain is %s", result.name,
+                 f"server started again, pid {result.server['pid']}" if result.server_started
+                 else "its server was running", result.state)
+    else:
+        for target, d in result.disks.items():
+            print(printable(f"{target}: {d['image']} (backed by {d['uri']})"))
+        log.info("%s runs %s as of %s, its disks read from the repository by a server: "
+                 "pid %s, log %s", result.name, result.domain, result.checkpoint,
+                 result.server["pid"], result.server["log"])
+        log.info("'borg-vm boot --finish %s' makes it independent of the repository",
+                 result.name)
     return EXIT_OK
 
 

@@ -61,6 +61,12 @@ class LibvirtError(BorgVmError):
     """libvirt failed to {action} for domain {name!r}: {detail}"""
 
 
+class DomainStopped(BorgVmError):
+    """Domain {name!r} stopped while it was being backed up ({detail}); nothing was
+    recorded. Start it and back it up again (a full backup, if QEMU was killed: its
+    checkpoints went with it)."""
+
+
 class CheckpointInconsistent(LibvirtError):
     """Checkpoint {checkpoint!r} of domain {name!r} is unusable: {detail}"""
 
@@ -114,6 +120,12 @@ class BorgError(BorgVmError):
 
 class RepositoryNotFound(BorgError):
     """Borg repository {repo} does not exist or cannot be reached: {detail}"""
+
+
+class RepositoryFull(BorgError):
+    """The file system of Borg repository {repo} is full ({detail}); Borg rolled its
+    transaction back. Free space there (after deleting archives, 'borg compact'
+    frees theirs) and run again."""
 
 
 class PassphraseWrong(BorgError):
@@ -195,6 +207,11 @@ class IntegrityError(BorgVmError):
     ({detail}): the archive is damaged (nothing was restored from it)."""
 
 
+class RestoreTargetFull(BorgVmError):
+    """The file system of {path} filled up during the restore ({detail}); nothing
+    was moved into it. Free space there, or choose another --to directory."""
+
+
 class RestoreTargetUnusable(BorgVmError):
     """Cannot restore into {path}: {detail}. Choose another --to directory."""
 
@@ -211,3 +228,34 @@ class NbdkitError(BorgVmError):
 
 class SocketInUse(UsageError):
     """{path} {detail}: choose another --socket, or remove it if nothing uses it."""
+
+
+# --- boot ------------------------------------------------------------------
+
+class DomainExists(UsageError):
+    """A domain named {name!r} exists already at {uri}: choose another name with --name."""
+
+
+class NotBooted(BorgVmError):
+    """Domain {name!r} has no borg-vm boot record: it was not started by 'borg-vm boot',
+    or 'borg-vm boot --finish' completed already."""
+
+
+class ServerNotRunning(BorgVmError):
+    """Domain {name!r} reads its disks from the repository through a server that is not
+    running ({detail}): QEMU pauses the guest when it reads what is still in the
+    repository. 'borg-vm boot --resume {name}' starts the server again and resumes
+    the guest (server log: {log})."""
+
+
+class ServerFailed(BorgVmError):
+    """The server of the disks of {name!r} (borg-vm mount) {detail} (server log: {log})"""
+
+
+class PullFailed(BorgVmError):
+    """Pulling disk {target} of {name!r} out of the repository stopped before the end:
+    {detail}. Its image is intact; run 'borg-vm boot --finish {name}' again."""
+
+
+class NotRunning(BorgVmError):
+    """Domain {name!r} is {state}: {detail}"""

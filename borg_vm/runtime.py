@@ -11,6 +11,20 @@ Layout::
         <uuid>.<random>/                0700, owned by root or by QEMU's user
             nbd.sock                    the backup job's NBD server
             <target>.scratch            fleecing files (unless --scratch-dir)
+
+A run passes through phases, in order (actions/backup.py; restore has one,
+APPLIED): each is a debug line ``phase NAME: ...``, so ``--debug`` shows how
+far a run got, and a fault-injection test can stop the process at one
+(``BORG_VM_TEST_STOP_AT=NAME``: SIGSTOP right after the line) and strike
+exactly there::
+
+    planned        level and archive name chosen; nothing made yet
+    job-started    backup job (or offline session) begun: checkpoint C exists
+    streaming      borg import-tar runs and has the first members; disk data next
+    borg-finished  borg exited 0: NAME.borgvm-partial is complete, not yet renamed
+    renamed        the archive has its final name; job not yet ended, older
+                   checkpoints not yet deleted
+    done           job ended, older checkpoints deleted
 """
 
 from __future__ import annotations
@@ -21,6 +35,7 @@ import glob
 import logging
 import os
 import shutil
+import signal
 import stat
 import tempfile
 from typing import Iterator
@@ -33,6 +48,24 @@ DEFAULT_RUNTIME_DIR = "/run/borg-vm"
 # Each retry means another run removed or replaced the lock file in the moment
 # between our open and our flock; more than a few in a row is not a race.
 LOCK_ATTEMPTS = 5
+
+PLANNED = "planned"
+JOB_STARTED = "job-started"
+STREAMING = "streaming"
+BORG_FINISHED = "borg-finished"
+RENAMED = "renamed"
+DONE = "done"
+APPLIED = "applied"   # restore: one archive's data written into the staged images
+STOP_AT_ENV = "BORG_VM_TEST_STOP_AT"
+
+
+def phase(name: str, what: str, *args: object) -> None:
+    """Mark that a run reached phase `name` (what % args says where): a debug line,
+    and a SIGSTOP of this process if $BORG_VM_TEST_STOP_AT names the phase (tests
+    of faults at that very point; SIGCONT continues the run)."""
+    log.debug("phase %s: " + what, name, *args)
+    if os.environ.get(STOP_AT_ENV) == name:
+        os.kill(os.getpid(), signal.SIGSTOP)
 
 
 def base_dir() -> str:
@@ -96,7 +129,14 @@ def _safe_base_dir() -> str:
     base = base_dir()
     with contextlib.suppress(FileExistsError):   # whatever it is, lstat judges it
         os.makedirs(base, mode=0o755)
-    st = os.lstat(base)
+    _check_ours(base)
+    return base
+
+
+def _check_ours(path: str) -> None:
+    """Raise RuntimeDirUnsafe unless path is a real directory of ours that no one else
+    can write to."""
+    st = os.lstat(path)
     uid = os.geteuid()
     problem = ("is a symbolic link" if stat.S_ISLNK(st.st_mode)
                else "is not a directory" if not stat.S_ISDIR(st.st_mode)
@@ -104,8 +144,7 @@ def _safe_base_dir() -> str:
                else f"is writable by others (mode {stat.S_IMODE(st.st_mode):04o})"
                if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) else None)
     if problem:
-        raise RuntimeDirUnsafe(path=base, detail=problem, uid=uid)
-    return base
+        raise RuntimeDirUnsafe(path=path, detail=problem, uid=uid)
 
 
 def remove_stale(uuid: str) -> None:
@@ -152,20 +191,25 @@ def mount_dir() -> Iterator[str]:
 
 def stale_mount_dirs() -> list[str]:
     """Return the mount directories whose borg-vm mount is gone (no one holds their lock)."""
-    stale = []
-    for path in glob.glob(os.path.join(base_dir(), MOUNT_PREFIX + "*")):
-        try:
-            fd = os.open(os.path.join(path, MOUNT_LOCK), os.O_RDONLY | os.O_NOFOLLOW)
-        except FileNotFoundError:   # being made right now (or not by us): left alone
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            stale.append(path)
-        except BlockingIOError:
-            pass
-        finally:
-            os.close(fd)
-    return stale
+    # A directory without its lock file is being made right now (or not by us).
+    return [path for path in glob.glob(os.path.join(base_dir(), MOUNT_PREFIX + "*"))
+            if lock_held(os.path.join(path, MOUNT_LOCK)) is False]
+
+
+def lock_held(path: str) -> bool | None:
+    """Return True if someone holds the flock of the file at path, False if no one
+    does, None if there is no such file."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
 
 
 def remove_mount_dir(path: str, mountpoints: tuple[str, ...]) -> None:
@@ -184,3 +228,56 @@ def remove_mount_dir(path: str, mountpoints: tuple[str, ...]) -> None:
 def is_ours(path: str) -> bool:
     """Return True if path lies in borg-vm's runtime directory."""
     return os.path.abspath(path).startswith(os.path.abspath(base_dir()) + os.sep)
+
+
+BOOT_PREFIX = "boot-"
+# QEMU, whichever user it runs as, reaches the sockets in a boot directory; no
+# one but its owner lists it or creates anything in it.
+BOOT_DIR_MODE = 0o711
+
+
+def boot_dir_path(uuid: str) -> str:
+    """Return where the run directory of a domain booted from the repository goes
+    (uuid: the booted domain's)."""
+    return os.path.join(_safe_base_dir(), BOOT_PREFIX + uuid)
+
+
+def boot_dir(path: str) -> str:
+    """Make the boot run directory at path (mode 0711) unless it exists; return path.
+    Raise RuntimeDirUnsafe unless it is a directory of ours that no one else can
+    write to."""
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(path, BOOT_DIR_MODE)
+        os.chmod(path, BOOT_DIR_MODE)   # whatever the umask
+    _check_ours(path)
+    return path
+
+
+def remove_boot_dir(path: str) -> None:
+    """Remove a boot run directory and what is in it (sockets, lock, logs)."""
+    shutil.rmtree(path, ignore_errors=True)
+
+
+BOOTING_LOCK = "booting.lock"
+
+
+@contextlib.contextmanager
+def booting(path: str) -> Iterator[None]:
+    """Mark the boot run directory at path as being set up (its domain may not be
+    defined yet) for the block: a flock on its booting.lock."""
+    fd = os.open(os.path.join(path, BOOTING_LOCK), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW,
+                 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def boot_dirs() -> list[tuple[str, str]]:
+    """Return (path, UUID of the booted domain) of every boot run directory that no
+    borg-vm boot is setting up right now."""
+    # A directory without its lock file is being made right now.
+    return [(path, os.path.basename(path)[len(BOOT_PREFIX):])
+            for path in glob.glob(os.path.join(base_dir(), BOOT_PREFIX + "*"))
+            if lock_held(os.path.join(path, BOOTING_LOCK)) is False]

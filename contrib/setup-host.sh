@@ -11,8 +11,11 @@
 #    (only for `systemd-analyze verify` of contrib/systemd in the tests: it is
 #    not started, let alone made PID 1), faketime (the nights of `make
 #    bench-retention`), e2fsprogs (the test guest's root filesystem, and
-#    e2fsck of restored ones), and what building borgbackup needs;
-#    installed only when missing.
+#    e2fsck of restored ones), openssh-server (only for the tests' own sshd
+#    on 127.0.0.1: when this script installs it, it first creates
+#    /etc/ssh/sshd_not_to_be_run, Debian's switch that keeps the system sshd
+#    from being started, now or at boot; remove that file to run it), and what
+#    building borgbackup needs; installed only when missing.
 # 2. A venv from Debian's /usr/bin/python3 with --system-site-packages (so
 #    the distribution's `libvirt` and `nbd` modules import), holding
 #    borgbackup 1.4.x and borg-vm with its test extras.
@@ -37,7 +40,7 @@ packages=(qemu-system-x86 qemu-utils libvirt-daemon libvirt-daemon-driver-qemu
           nbdkit-plugin-python python3-llfuse procps
           python3-venv python3-dev gcc pkg-config
           systemd faketime
-          e2fsprogs
+          e2fsprogs openssh-server
           libacl1-dev liblz4-dev libzstd-dev libxxhash-dev libssl-dev)
 
 say() { printf 'setup: %s\n' "$*"; }
@@ -54,6 +57,11 @@ install_packages() {
     fi
     [ "$(id -u)" = 0 ] || { say "need root to install: ${missing[*]}"; exit 2; }
     say "installing Debian packages: ${missing[*]}"
+    if [[ " ${missing[*]} " == *" openssh-server "* ]]; then
+        # The tests start their own sshd; the package would start the system one.
+        mkdir -p /etc/ssh
+        touch /etc/ssh/sshd_not_to_be_run
+    fi
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
         "${missing[@]}" >/dev/null

@@ -38,6 +38,12 @@ class Mount:
         return self.proc.returncode, err
 
 
+def mounts_under(path) -> list[str]:
+    """Return the mount points under path (a run directory of the test's own)."""
+    with open("/proc/self/mounts") as f:
+        return [line.split()[1] for line in f if line.split()[1].startswith(str(path))]
+
+
 def start_mount(domain: str, repo: str, socket: str, *extra: str,
                 env: dict | None = None) -> Mount:
     """Start `borg-vm mount DOMAIN --json` and return once it printed what it serves;

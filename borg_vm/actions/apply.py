@@ -41,9 +41,10 @@ PRIVATE = 0o600
 Key = tuple[str, int]   # (disk target, layer): 0 the guest's view, i >= 1 a frozen layer
 
 
-def create_image(path: str, fmt_: str, size: int, backing: str | None = None) -> None:
+def create_image(path: str, fmt_: str, size: int, backing: str | None = None,
+                 backing_format: str | None = None) -> None:
     """Create an empty image (a qcow2 overlay on backing) readable by its owner only."""
-    qemu.create(path, fmt_, size, backing=backing)
+    qemu.create(path, fmt_, size, backing=backing, backing_format=backing_format)
     os.chmod(path, PRIVATE)
 
 

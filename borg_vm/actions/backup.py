@@ -34,12 +34,12 @@ from ..adapters.borg import Borg
 from ..adapters.libvirt import Domain, Hypervisor
 from ..adapters.sources import PullBackupSource
 from ..core import archive as fmt
-from ..core import domxml, extent, plan
+from ..core import domxml, extent, packing, plan
 from ..core.archive import ArchiveInfo, ArchiveName, DiskRecord, FrozenRecord, Manifest
 from ..core.source import DiskSource, Session
 from ..core.tarstream import TarWriter
-from ..errors import (BorgError, CheckpointInconsistent,
-                      LibvirtError, NoDisksToBackUp, UnknownDisk)
+from ..errors import (BorgError, CheckpointInconsistent, DomainStopped, LibvirtError,
+                      NbdError, NoDisksToBackUp, QemuImgError, UnknownDisk)
 from ..progress import Progress
 from . import offline, quiesce, recover, repository, snapshots
 from .quiesce import FREEZE_TIMEOUT
@@ -201,14 +201,17 @@ def _run(dom: Domain, borg: Borg, opts: BackupOptions, disks: list[plan.Disk],
     begin = running_session if dom.is_active() else offline.session
     chains = {t: list(x.chain) for t, x in layers.items()}
     streaming = False
+    runtime.phase(runtime.PLANNED, "%s: %s backup into %s", dom.name, p.level, name)
     try:
         with begin(dom, p, checkpoint, disks, xml, opts, when, chains) as session:
+            runtime.phase(runtime.JOB_STARTED, "%s: checkpoint %s", dom.name, checkpoint)
             streaming = True
             manifest = _stream(dom, borg, opts, p, name, when, session, by_target, layers)
     except BaseException:
         if streaming:
             _delete_partial(dom, borg, name)
         raise
+    runtime.phase(runtime.DONE, "%s: job ended, older checkpoints deleted", dom.name)
     result = BackupResult(str(name), dom.name, name.snapshot_name, checkpoint, p.level,
                           p.reason, frozen_ms=session.frozen_ms)
     for t, d in manifest.disks.items():
@@ -248,18 +251,21 @@ def running_session(dom: Domain, p: plan.Plan, checkpoint: str, disks: list[plan
                 with quiesce.frozen(dom, opts.quiesce, live_xml, opts.freeze_timeout) as q:
                     job_running.enter_context(dom.pull_backup(job, cp, p.parent_checkpoint))
                     begun = True
-                log.debug("%s: backup job started, checkpoint %s", dom.name, checkpoint)
                 yield Session(PullBackupSource(socket), lambda: dom.checkpoint_xml(checkpoint),
                               q.ms)
-        except BaseException:
+        except BaseException as e:
             if begun:
-                _undo_checkpoint(dom, checkpoint)
+                _undo_checkpoint(dom, checkpoint, disks)
+                if isinstance(e, NbdError) and _stopped(dom):
+                    raise DomainStopped(name=dom.name, detail=e.message) from e
             raise
         finally:
             _remove_scratch(export)
     for old in sorted(c for c in dom.checkpoints()
                       if fmt.is_own_checkpoint(c) and c != checkpoint):
-        dom.delete_checkpoint(old)
+        # Superseded: if its bitmaps are gone (QEMU was killed since a failed run
+        # made it), its metadata goes alone.
+        dom.delete_checkpoint(old, broken=True)
 
 
 def _all_targets(live_xml: str) -> list[str]:
@@ -273,15 +279,25 @@ def _remove_scratch(export: dict[str, tuple[str, str]]) -> None:
             os.unlink(path)
 
 
-def _undo_checkpoint(dom: Domain, checkpoint: str) -> None:
-    """After a failure: end the job and delete the new checkpoint. Best effort,
-    logged, so the original error is what the user sees."""
+def _undo_checkpoint(dom: Domain, checkpoint: str, disks: list[plan.Disk]) -> None:
+    """After a failure: end the job and delete the new checkpoint (through libvirt, or
+    if the domain stopped meanwhile, its metadata and any bitmap in the images). Best
+    effort, logged, so the original error is what the user sees."""
     log.warning("%s: backup failed; removing checkpoint %s", dom.name, checkpoint)
     try:
         dom.abort_job()
-        dom.delete_checkpoint(checkpoint)
-    except LibvirtError as e:
+        offline.drop_checkpoint(dom, checkpoint,
+                                [d.source for d in disks if d.incremental_capable])
+    except (LibvirtError, QemuImgError) as e:
         log.error("%s: could not remove checkpoint %s: %s", dom.name, checkpoint, e.message)
+
+
+def _stopped(dom: Domain) -> bool:
+    """Return True if the domain is known to have stopped (its QEMU went away)."""
+    try:
+        return not dom.is_active()
+    except LibvirtError:
+        return False
 
 
 def _delete_partial(dom: Domain, borg: Borg, name: ArchiveName) -> None:
@@ -337,6 +353,8 @@ def _write_archive(dom: Domain, borg: Borg, opts: BackupOptions, name: ArchiveNa
             tar = TarWriter(proc.stdin, int(when.timestamp()))
             tar.add(fmt.DOMAIN_XML, dom.xml(inactive=True).encode())
             tar.add(fmt.CHECKPOINT_XML, session.checkpoint_xml().encode())
+            runtime.phase(runtime.STREAMING, "%s: into borg import-tar %s", dom.name,
+                          name.partial)
             disks = {}
             for t, d in sorted(manifest.disks.items()):
                 top = _stream_extents(tar, source, t, d.extents, opts, progress,
@@ -355,9 +373,9 @@ def _write_archive(dom: Domain, borg: Borg, opts: BackupOptions, name: ArchiveNa
         finally:
             progress.close()
         borg.finish("import-tar", proc)
-    log.debug("%s: borg import-tar finished", dom.name)
+    runtime.phase(runtime.BORG_FINISHED, "%s: %s complete", dom.name, name.partial)
     borg.rename(name.partial, str(name))
-    log.debug("%s: renamed to %s", dom.name, name)
+    runtime.phase(runtime.RENAMED, "%s: %s", dom.name, name)
     return manifest
 
 
@@ -376,17 +394,22 @@ def _stream_extents(tar: TarWriter, source: DiskSource, target: str,
                     extents: tuple[extent.Extent, ...], opts: BackupOptions,
                     progress: Progress, member: Callable[[int], str]) -> str:
     """Write the data extents of the source's disk `target` as tar members named
-    member(offset); return the sha256 of the data."""
+    member(offset of their first byte), small pieces packed (core/packing.py);
+    return the sha256 of the data."""
     digest = hashlib.sha256()
-    members = [m for e in extents if e.kind == extent.DATA
-               for m in extent.split_at_blocks(e, opts.block_size)]
-    requests = [r for m in members for r in extent.requests(m, source.read_request)]
-    starts = {m.start: m for m in members}
+    members = packing.pack(extents, packing.Packing.for_block_size(opts.block_size))
+    starts = {m[0].start: m for m in members}
+    requests = (r for m in members for piece in m
+                for r in extent.requests(piece, source.read_request))
     with source.reads(target, requests, PREFETCH_HOLD) as raw, \
             prefetch.ahead(_hashed(raw, digest), PREFETCH_DEPTH) as reads:
         for offset, data in reads:
-            if offset in starts:
-                tar.begin(member(offset), starts[offset].length)
+            pieces = starts.get(offset)
+            if pieces is not None:
+                name = member(offset)
+                if len(pieces) > 1:
+                    tar.add(fmt.map_member_name(name), packing.map_to_json(pieces))
+                tar.begin(name, sum(p.length for p in pieces))
             tar.write(data)
             progress.advance(len(data))
     return digest.hexdigest()

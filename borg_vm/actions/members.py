@@ -15,11 +15,13 @@ restore reads its archives through ``read_ahead``: the next archive's borg
 starts while the one before is read and written.
 
 An archive is only as trustworthy as the repository. So only the format's
-small members (domain.xml, checkpoint.xml, manifest.json) are ever held
-whole, each refused unread above its cap (core.archive.SMALL_MEMBERS); data
-members stream in pieces and must end within their disk; any other member
-under disk/ means a damaged archive; members borg-vm does not know are
-skipped as they stream.
+small members (domain.xml, checkpoint.xml, manifest.json, the maps of packs)
+are ever held whole, each refused unread above its cap
+(core.archive.SMALL_MEMBERS, packing.MAX_MAP_BYTES); data members stream in
+pieces and must end within their disk; any other member under disk/, and
+anything but a regular file under a name of the format (a link, a device
+node...), means a damaged archive; members borg-vm does not know are skipped
+as they stream.
 """
 
 from __future__ import annotations
@@ -32,13 +34,16 @@ from typing import BinaryIO, ContextManager, Iterator, Sequence
 from ..adapters import subproc
 from ..adapters.borg import Borg, Item, items
 from ..core import archive as fmt
+from ..core import packing
+from ..core.extent import Extent
 from ..core.tarstream import Member, TarFormatError, read_members
 from ..errors import FormatError, IntegrityError, RepositoryLocked
 
 # Archives with at least this many data bytes to read are read with 'borg list'
 # + 'borg extract --stdout' (see above), smaller ones with 'borg export-tar'.
 EXTRACT_FROM = 256 * 1024 * 1024
-REGULAR = "-"   # borg list's item type of a regular file
+REGULAR = "-"   # borg list's item types: a regular file, a hard link
+HARDLINK = "h"
 # Reading a borg's output through a buffer lets restore wait for its first byte
 # (see _Started); bigger reads bypass the buffer.
 PEEK_BUFFER = 64 * 1024
@@ -66,9 +71,11 @@ def small_files(found: Iterator[Member], archive: str, names: tuple[str, ...]
                 ) -> dict[str, bytes]:
     """Return {name: contents} of the named small members among found.
 
-    Raise FormatError if one is missing or bigger than the format allows.
+    Raise FormatError if one is missing, not a regular file or bigger than the
+    format allows.
     """
-    files = {m.name: _read_small(m, archive) for m in found if m.name in names}
+    files = {m.name: _read_small(_regular(m, archive), archive)
+             for m in found if m.name in names}
     check_present(archive, files, names)
     return files
 
@@ -151,7 +158,7 @@ class _Started:
             outputs[command] = io.BufferedReader(proc.stdout, PEEK_BUFFER)
             if not outputs[command].peek(1):
                 try:
-                    self.borg.finish(command, proc)
+                    self.borg.finish(f"{command} of {self.read.archive}", proc)
                 except RepositoryLocked:
                     self._stack.close()
                     self._start(brief=False)
@@ -170,33 +177,35 @@ class _Started:
                 else:
                     yield read_members(outputs[self.command])
             except TarFormatError as e:
-                self.borg.finish(self.command, self._data)
+                self.borg.finish(f"{self.command} of {archive}", self._data)
                 raise FormatError(archive=archive, detail=str(e)) from e
             for command, proc in self._outputs():
-                self.borg.finish(command, proc)
+                self.borg.finish(f"{command} of {self.read.archive}", proc)
         finally:
             self._stack.close()
 
 
 def _listed(src: BinaryIO, listed: Iterator[Item], archive: str) -> Iterator[Member]:
-    """Yield the regular files listed as members read from src, the concatenation
-    of their contents; unread data is skipped.
+    """Yield the items listed as members, the regular files' read from src, the
+    concatenation of their contents; unread data is skipped.
 
-    Other items (directories, symbolic links) have no contents, as in a tar
-    stream; one that claims some anyway was made by hand, and whether 'borg
-    extract --stdout' writes those bytes is borg's business: FormatError, as for
-    a stream longer or shorter than its members.
+    Other items (directories, links, devices) come out with .regular False, as
+    from a tar stream, and have no contents (list shows a symbolic link's target
+    length as its size; extract writes nothing of it). A hard link that claims
+    some was made by hand, and whether 'borg extract --stdout' writes those bytes
+    is borg's business: FormatError, as for a stream longer or shorter than its
+    members.
     """
     for item in listed:
         if not isinstance(item.size, int) or item.size < 0 or (
-                item.type != REGULAR and item.size):
+                item.type == HARDLINK and item.size):
             raise FormatError(archive=archive, detail=(
                 f"unexpected member {item.path!r} of type {item.type!r} and size "
                 f"{item.size!r}: it is damaged"))
-        if item.type == REGULAR:
-            member = Member(src, item.path, item.size)
-            yield member
-            member.skip()
+        regular = item.type == REGULAR
+        member = Member(src, item.path, item.size if regular else 0, regular=regular)
+        yield member
+        member.skip()
     if src.read(1):
         raise FormatError(archive=archive, detail="borg extract wrote more than its members")
 
@@ -205,38 +214,107 @@ def pieces(members: Iterator[Member], archive: str, sizes: dict[str, int],
            buffers: Sequence[memoryview]
            ) -> Iterator[tuple[str, tuple[str, int] | None, int, memoryview | bytes]]:
     """Yield (member name, (disk target, layer) or None, offset, data) from members:
-    data members in pieces at their disk offsets (layer 0: the guest's view, i:
-    frozen layer i; sizes: disk target -> virtual size), the format's small
-    members whole (bytes); skip members borg-vm does not know, unread.
+    data members in pieces at their disk offsets (following the map member of a
+    pack; layer 0: the guest's view, i: frozen layer i; sizes: disk target ->
+    virtual size), the format's small members whole (bytes); skip members
+    borg-vm does not know, unread.
 
     Data pieces are read into the buffers in turn, so a piece stays valid until
     len(buffers) more have been yielded; they end on multiples of the buffers'
     size on the disk (aligned writes, whatever a member's offset).
 
-    Raise IntegrityError for a data member that ends beyond its disk's size,
-    FormatError for another member under disk/ or frozen/ (a damaged archive).
+    Raise IntegrityError for data that ends beyond its disk's size, FormatError
+    for another member under disk/ or frozen/ or a map not followed by its data
+    (a damaged archive).
     """
-    turn = 0
-    size = len(buffers[0])
+    buffers_in_turn = _in_turn(buffers)
+    announced: tuple[str, tuple[Extent, ...]] | None = None
     for member in members:
+        if not member.regular:
+            if fmt.in_disk_dir(member.name) or member.name in fmt.SMALL_MEMBERS:
+                _regular(member, archive)
+            continue
+        if announced is not None and member.name != announced[0]:
+            raise FormatError(archive=archive, detail=f"map of {announced[0]} is followed by "
+                                                      f"{member.name!r}: it is damaged")
+        packed = fmt.parse_map_member(member.name)
         parsed = _data_member(member.name)
-        if parsed is not None:
+        if packed is not None:
+            check_small_size(archive, member.name, member.size)
+            announced = (packed, read_map(archive, member.name, member.read()))
+        elif parsed is not None:
             target, layer, offset = parsed
-            if target in sizes and offset + member.size > sizes[target]:
-                raise IntegrityError(target=target, archive=archive, detail=(
-                    f"member {member.name} ends at byte {offset + member.size}, beyond the "
-                    f"disk's {sizes[target]} bytes: the archive is damaged"))
-            while member.left:
-                piece = buffers[turn % len(buffers)][:min(member.left, size - offset % size)]
-                turn += 1
-                member.read_into(piece)
-                yield member.name, (target, layer), offset, piece
-                offset += len(piece)
+            spans = announced[1] if announced else one_piece(offset, member.size)
+            announced = None
+            check_pieces(archive, member.name, member.size, spans, target, sizes.get(target))
+            for span in spans:
+                for at, piece in _aligned(span, buffers_in_turn):
+                    member.read_into(piece)
+                    yield member.name, (target, layer), at, piece
         elif fmt.in_disk_dir(member.name):
             raise FormatError(archive=archive, detail=f"unexpected member {member.name!r} "
                                                       f"({member.size} bytes): it is damaged")
         elif member.name in fmt.SMALL_MEMBERS:
             yield member.name, None, 0, _read_small(member, archive)
+    if announced is not None:
+        raise FormatError(archive=archive, detail=f"the archive ends after the map of "
+                                                  f"{announced[0]}: it is damaged")
+
+
+def _in_turn(buffers: Sequence[memoryview]) -> Iterator[memoryview]:
+    """Yield the buffers in turn, for ever."""
+    while True:
+        yield from buffers
+
+
+def _aligned(span: Extent, buffers: Iterator[memoryview]) -> Iterator[tuple[int, memoryview]]:
+    """Yield (disk offset, view of the next buffer) covering span, each piece ending
+    on a multiple of the buffers' size on the disk."""
+    at = span.start
+    while at < span.end:
+        buf = next(buffers)
+        piece = buf[:min(span.end - at, len(buf) - at % len(buf))]
+        yield at, piece
+        at += len(piece)
+
+
+def read_map(archive: str, name: str, raw: bytes) -> tuple[Extent, ...]:
+    """Return the pieces the map member `name` lists for its data member (to be
+    checked against it, check_pieces); raise FormatError if it is malformed."""
+    try:
+        return packing.map_from_json(raw)
+    except (ValueError, RecursionError) as e:  # json.JSONDecodeError is a ValueError
+        raise FormatError(archive=archive, detail=f"{name}: {e}") from e
+
+
+def one_piece(offset: int, size: int) -> tuple[Extent, ...]:
+    """The pieces of a data member without a map: its bytes at offset (none if empty)."""
+    return (Extent(offset, size),) if size else ()
+
+
+def check_pieces(archive: str, name: str, size: int, pieces: tuple[Extent, ...],
+                 target: str, disk_size: int | None) -> None:
+    """Raise FormatError unless the pieces of data member `name` (size bytes) start
+    at the offset it is named by and add up to its size, IntegrityError if they
+    end beyond the disk's size (when known)."""
+    if not pieces:
+        return
+    offset = _data_member(name)[2]
+    if pieces[0].start != offset or sum(p.length for p in pieces) != size:
+        raise FormatError(archive=archive, detail=f"the map of {name} does not "
+                                                  f"describe its {size} bytes")
+    if disk_size is not None and pieces[-1].end > disk_size:
+        raise IntegrityError(target=target, archive=archive, detail=(
+            f"member {name} ends at byte {pieces[-1].end}, beyond the "
+            f"disk's {disk_size} bytes: the archive is damaged"))
+
+
+def _regular(member: Member, archive: str) -> Member:
+    """Return the member if it is a regular file; raise FormatError if it is not."""
+    if not member.regular:
+        raise FormatError(archive=archive, detail=f"{member.name!r} is not a regular file "
+                                                  "(a link or a device?): it is damaged")
+    return member
 
 
 def _data_member(name: str) -> tuple[str, int, int] | None:
@@ -253,8 +331,9 @@ def _read_small(member: Member, archive: str) -> bytes:
 
 
 def check_small_size(archive: str, name: str, size: int) -> None:
-    """Raise FormatError if the format's small member name is bigger than it allows."""
-    limit = fmt.SMALL_MEMBERS[name]
+    """Raise FormatError if the format's small member name (or a pack's map) is
+    bigger than it allows."""
+    limit = packing.MAX_MAP_BYTES if fmt.parse_map_member(name) else fmt.SMALL_MEMBERS[name]
     if size > limit:
         raise FormatError(archive=archive, detail=f"{name} is {size} bytes, "
                                                   f"more than the {limit} borg-vm allows")

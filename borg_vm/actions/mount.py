@@ -14,7 +14,8 @@ disk on its own unix socket. Before anything is served, every archive of each
 disk's chain is checked as restore checks it, short of hashing the data: its
 manifest parses and agrees with the archive's name and comment, the disk keeps
 its size along the chain, and its data members are regular files covering
-exactly the manifest's data extents. The SHA-256 of a disk's data cannot be
+exactly the manifest's data extents (a pack's as its map lists them, the map
+checked as restore checks it). The SHA-256 of a disk's data cannot be
 checked without reading all of it (``borg-vm verify`` does); Borg checks every
 chunk it reads (its id hash, and its MAC when encrypted).
 
@@ -25,6 +26,7 @@ unmounts; a mount left by a borg-vm that was killed is unmounted by the next.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import logging
 import os
@@ -41,14 +43,15 @@ from ..core import archive as fmt
 from ..core import chain, diskmap
 from ..core.archive import ArchiveInfo, Manifest
 from ..core.extent import Extent
-from ..errors import (BorgError, FormatError, Interrupted, IntegrityError, SocketInUse,
-                      UsageError)
+from ..errors import (BorgError, FormatError, Interrupted, IntegrityError, NbdkitError,
+                      SocketInUse, UsageError)
 from . import members, repository
 
 log = logging.getLogger(__name__)
 
 ARCHIVES = "archives"      # the borg mount, in the mount's run directory
 SOCKET_SUFFIX = ".sock"
+PIDFILE_SUFFIX = ".pid"     # nbdkit's, in the mount's run directory
 # A unix socket path is at most 107 bytes on Linux (sun_path is 108 with its NUL).
 MAX_SOCKET_PATH = 107
 # While serving, how long each wait on one server lasts before looking at the next.
@@ -60,6 +63,7 @@ class MountOptions:
     socket: str
     checkpoint: str | None = None
     disks: tuple[str, ...] = ()
+    owner: tuple[int, int] | None = None   # (uid, gid) the sockets are handed to
 
 
 @dataclass
@@ -94,8 +98,8 @@ def mount(borg: Borg, domain: str, opts: MountOptions, ready: Callable[[Served],
         problem = chain.size_problem(links, t)
         if problem:
             raise FormatError(archive=top.archive, detail=problem)
+    _clean_stale(borg)   # first: a killed mount's nbdkit may still hold a socket
     sockets = _socket_paths(opts.socket, targets)
-    _clean_stale(borg)
     with runtime.mount_dir() as run:
         mnt = os.path.join(run, ARCHIVES)
         os.mkdir(mnt, 0o700)
@@ -105,7 +109,7 @@ def mount(borg: Borg, domain: str, opts: MountOptions, ready: Callable[[Served],
                 served = Served(domain, top.name.checkpoint, {
                     t: {"socket": sockets[t], "uri": uri(sockets[t]), "size": m.size}
                     for t, (m, _dirs) in maps.items()})
-                with _servers(run, sockets, maps) as servers:
+                with _servers(run, sockets, maps, opts.owner) as servers:
                     ready(served)
                     _serve(servers, borg_proc)
         finally:
@@ -157,10 +161,13 @@ def _clean_stale(borg: Borg) -> None:
         mnt = os.path.join(path, ARCHIVES)
         log.warning("removing %s, left by a borg-vm mount that was killed", path)
         try:
+            for pidfile in glob.glob(os.path.join(path, "*" + PIDFILE_SUFFIX)):
+                if nbdkit.kill_stale(pidfile):
+                    log.warning("killed its nbdkit %s", os.path.basename(pidfile))
             if mounted(mnt):
                 borg.umount(mnt)
             runtime.remove_mount_dir(path, (ARCHIVES,))
-        except (BorgError, OSError) as e:
+        except (BorgError, NbdkitError, OSError) as e:
             log.warning("cannot remove %s: %s", path, e)
 
 
@@ -173,9 +180,8 @@ def _disk_map(mnt: str, links: list[ArchiveInfo], target: str
     for i, a in enumerate(links):
         root = os.path.join(mnt, a.archive)
         record = _record(_manifest(root, a), a, target)
-        member_extents = _members(root, a, target)
         try:
-            layers.append(diskmap.layer_pieces(i, record.extents, member_extents))
+            layers.append(diskmap.layer_pieces(i, record.extents, _members(root, a, target)))
         except ValueError as e:
             raise IntegrityError(target=target, archive=a.archive, detail=str(e)) from e
         dirs.append(root)
@@ -209,34 +215,58 @@ def _record(manifest: Manifest, a: ArchiveInfo, target: str) -> fmt.DiskRecord:
     return record
 
 
-def _members(root: str, a: ArchiveInfo, target: str) -> list[Extent]:
-    """Return the data members of disk target in the archive, as extents (start,
-    size). Raise FormatError for anything else in its directory (a damaged or
-    hostile archive: a symbolic link, a directory, a name that is no offset)."""
+def _members(root: str, a: ArchiveInfo, target: str) -> list[tuple[Extent, ...]]:
+    """Return the data members of disk target in the archive, each as the pieces of
+    the disk it holds (one, or a pack's as its map lists them). Raise FormatError
+    for anything else in its directory (a damaged or hostile archive: a symbolic
+    link, a directory, a name that is no offset, a map without its data member
+    or that does not describe it)."""
     where = os.path.join(root, fmt.disk_prefix(target))
-    out = []
     try:
         entries = list(os.scandir(where))
     except FileNotFoundError:
         return []   # a disk with no data in this archive has no directory
+    data, maps = {}, {}
     for entry in entries:
         name = f"{fmt.disk_prefix(target)}/{entry.name}"
-        parsed = fmt.parse_member(name)
-        if parsed is None or not entry.is_file(follow_symlinks=False):
+        packed = fmt.parse_map_member(name)
+        if (packed is None and fmt.parse_member(name) is None) or not entry.is_file(
+                follow_symlinks=False):
             raise FormatError(archive=a.archive, detail=f"unexpected member {name!r}: "
                                                         "it is damaged")
         size = entry.stat(follow_symlinks=False).st_size
-        if size:
-            out.append(Extent(parsed[1], size))
-    return out
+        if packed is not None:
+            maps[packed] = (entry.path, name, size)
+        else:
+            data[name] = size
+    lone = sorted(set(maps) - set(data))
+    if lone:
+        raise FormatError(archive=a.archive, detail=f"map of {lone[0]} without its data "
+                                                    "member: it is damaged")
+    return [pieces for name, size in data.items()
+            if (pieces := _pieces(a, target, name, size, maps.get(name)))]
+
+
+def _pieces(a: ArchiveInfo, target: str, name: str, size: int,
+            map_file: tuple[str, str, int] | None) -> tuple[Extent, ...]:
+    """Return the pieces of one data member: its map's (read from the mount, capped
+    and checked), or its bytes at its offset."""
+    if map_file is None:
+        return members.one_piece(fmt.parse_member(name)[1], size)
+    path, map_name, map_size = map_file
+    members.check_small_size(a.archive, map_name, map_size)
+    with open(path, "rb") as f:
+        pieces = members.read_map(a.archive, map_name, f.read(map_size + 1))
+    members.check_pieces(a.archive, name, size, pieces, target, None)
+    return pieces
 
 
 @contextlib.contextmanager
 def _servers(run: str, sockets: dict[str, str],
-             maps: dict[str, tuple[diskmap.DiskMap, list[str]]]
-             ) -> Iterator[dict[str, subproc.Stream]]:
-    """Start one nbdkit per disk (its socket readable and writable by its owner only);
-    yield them; stop them all on the way out."""
+             maps: dict[str, tuple[diskmap.DiskMap, list[str]]],
+             owner: tuple[int, int] | None) -> Iterator[dict[str, subproc.Stream]]:
+    """Start one nbdkit per disk (its socket readable and writable by its owner only,
+    owner (uid, gid) if given); yield them; stop them all on the way out."""
     with contextlib.ExitStack() as stack:
         servers = {}
         for t, (disk_map, dirs) in maps.items():
@@ -244,10 +274,12 @@ def _servers(run: str, sockets: dict[str, str],
             with open(os.open(map_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
                 json.dump({"target": t, "archives": dirs, "map": disk_map.to_doc()}, f)
             servers[t] = stack.enter_context(
-                nbdkit.serve(sockets[t], map_file, os.path.join(run, f"{t}.pid")))
+                nbdkit.serve(sockets[t], map_file, os.path.join(run, t + PIDFILE_SUFFIX)))
             # Whoever may connect reads the guest's data; connecting takes write
             # permission, which nbdkit gives no one else (umask 022) already.
             os.chmod(sockets[t], 0o600)
+            if owner is not None:
+                os.chown(sockets[t], *owner)
         yield servers
 
 
@@ -273,7 +305,7 @@ def _remove_files(run: str) -> None:
     """Remove the map and pid files of the run directory (never through the mount)."""
     for name in os.listdir(run):
         path = os.path.join(run, name)
-        if name.endswith((".map.json", ".pid")):
+        if name.endswith((".map.json", PIDFILE_SUFFIX)):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
 

@@ -23,18 +23,22 @@ failed restore leaves --to as it was (and removes it if it created it).
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import logging
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass
-from typing import ContextManager, Iterator
+from typing import Iterator
 
+from .. import runtime
 from ..adapters.borg import Borg
 from ..core import archive as fmt
 from ..core import chain, domxml
 from ..core.archive import ArchiveInfo, Manifest
-from ..errors import FormatError, RestoreTargetExists, RestoreTargetUnusable
+from ..errors import (FormatError, NbdError, RestoreTargetExists, RestoreTargetFull,
+                      RestoreTargetUnusable)
 from ..progress import Progress
 from . import apply, layered, members, repository
 
@@ -135,10 +139,13 @@ def restore(borg: Borg, domain: str, opts: RestoreOptions) -> RestoreResult:
     # anything is created or written (while the first data archive's borg starts).
     small = members.Read(top.archive, (fmt.DOMAIN_XML, fmt.MANIFEST))
     with members.read_ahead(borg, [small, *reads]) as found:
-        xml, removed = _restored_xml(next(found), top, {
-            d.target: (os.path.join(to, d.top), d.formats[-1]) for d in plans},
-            opts.keep_host_resources)
-        with _target_dir(to), _staging(to) as stage:
+        with next(found) as top_members:
+            files = members.small_files(top_members, top.archive,
+                                        (fmt.DOMAIN_XML, fmt.MANIFEST))
+        xml, removed = xml_from(files, top, {d.target: (os.path.join(to, d.top), d.formats[-1])
+                                             for d in plans}, opts.keep_host_resources,
+                                f"{domain}-restored")
+        with target_dir(to), _staging(to) as stage:
             total = sum(a.summary.disks[d.target].data_bytes for d in plans for a in d.archives)
             progress = Progress.for_terminal(f"restore {domain}", total, opts.progress)
             try:
@@ -146,16 +153,22 @@ def restore(borg: Borg, domain: str, opts: RestoreOptions) -> RestoreResult:
                     layered.write(found, plans, passes, manifests, stage, progress)
                 else:
                     _write_chain(found, plans, order, stage, progress)
+                with open(os.open(os.path.join(stage, xml_name),
+                                  os.O_WRONLY | os.O_CREAT | os.O_EXCL, apply.PRIVATE), "w") as f:
+                    f.write(xml)
+            except NbdError as e:
+                if e.kwargs.get("errno") == errno.ENOSPC:
+                    raise RestoreTargetFull(path=to, detail=e.message) from e
+                raise
+            except OSError as e:
+                if e.errno == errno.ENOSPC:
+                    raise RestoreTargetFull(path=to, detail=e.strerror) from e
+                raise
             finally:
                 progress.close()
-            with open(os.open(os.path.join(stage, xml_name),
-                              os.O_WRONLY | os.O_CREAT | os.O_EXCL, apply.PRIVATE), "w") as f:
-                f.write(xml)
             for p in outputs:
                 os.replace(os.path.join(stage, p), os.path.join(to, p))
-    if removed:
-        log.warning("removed host resources from the restored domain XML "
-                    "(--keep-host-resources keeps them): %s", ", ".join(removed))
+    warn_removed(removed)
     return RestoreResult(
         domain, top.name.checkpoint,
         {d.target: {"image": os.path.join(to, d.top),
@@ -179,32 +192,49 @@ def _write_chain(found: Iterator, plans: list[DiskPlan], order: list[ArchiveInfo
         layers = {(d.target, 0): _prepare_layer(d, d.archives.index(arc), stage)
                   for d in plans if arc in d.archives}
         apply.apply_archive(next(found), arc, layers, progress)
+        runtime.phase(runtime.APPLIED, "%s written into %s", arc.archive, stage)
 
 
-def _restored_xml(found: ContextManager, top: ArchiveInfo, images: dict[str, tuple[str, str]],
-                  keep_host_resources: bool) -> tuple[str, list[str]]:
-    """Return the domain XML to write beside the images (see domxml.restored_domain_xml),
-    from top's domain.xml, with top's manifest checked too, and what was removed from it
-    of the host (see domxml.strip_host_resources) unless keep_host_resources; found
-    yields top's members.
+def restored_xml(borg: Borg, top: ArchiveInfo, images: dict[str, tuple[str, str]],
+                 keep_host_resources: bool, name: str) -> tuple[str, list[str]]:
+    """Return the XML of a domain called name on the restored images (see
+    xml_from), from top's domain.xml and manifest read from Borg.
 
     Raise FormatError naming top if either is damaged.
     """
-    with found as top_members:
-        files = members.small_files(top_members, top.archive, (fmt.DOMAIN_XML, fmt.MANIFEST))
+    files = members.read_small(borg, top.archive, (fmt.DOMAIN_XML, fmt.MANIFEST))
+    return xml_from(files, top, images, keep_host_resources, name)
+
+
+def xml_from(files: dict[str, bytes], top: ArchiveInfo, images: dict[str, tuple[str, str]],
+             keep_host_resources: bool, name: str) -> tuple[str, list[str]]:
+    """Return the XML of a domain called name on the restored images (see
+    domxml.restored_domain_xml), from top's domain.xml in files, with top's
+    manifest (also in files) checked too, and what was removed from it of the
+    host (see domxml.strip_host_resources) unless keep_host_resources.
+
+    Raise FormatError naming top if either is damaged.
+    """
     Manifest.from_json(files[fmt.MANIFEST], top.archive)
     try:
         text = domxml.read_domain_xml(files[fmt.DOMAIN_XML])
     except ValueError as e:
         raise FormatError(archive=top.archive, detail=f"{fmt.DOMAIN_XML} {e}") from e
-    xml = domxml.restored_domain_xml(text, f"{top.name.domain}-restored", images)
+    xml = domxml.restored_domain_xml(text, name, images)
     if keep_host_resources:
         return xml, []
     return domxml.strip_host_resources(xml, {path for path, _ in images.values()})
 
 
+def warn_removed(removed: list[str]) -> None:
+    """Log one warning naming the host resources left out of a restored domain's XML."""
+    if removed:
+        log.warning("removed host resources from the restored domain XML "
+                    "(--keep-host-resources keeps them): %s", ", ".join(removed))
+
+
 @contextlib.contextmanager
-def _target_dir(path: str) -> Iterator[None]:
+def target_dir(path: str) -> Iterator[None]:
     """Make directory path (and its missing parents) for the block; if the block
     fails, remove the directories it made, so --to is left as it was.
 
@@ -240,17 +270,48 @@ def _make_dirs(path: str, created: list[str]) -> None:
         created.append(d)
 
 
+STAGING_PREFIX = ".borg-vm-restore-"
+
+
 @contextlib.contextmanager
-def _staging(directory: str):
+def _staging(directory: str) -> Iterator[str]:
+    """Yield a new hidden directory inside directory to write the images in, removed
+    on the way out; a restore holds its flock meanwhile, so one left by a restore
+    that was killed (no one holds it) is removed first."""
+    _remove_stale_staging(directory)
     try:
-        stage = tempfile.mkdtemp(prefix=".borg-vm-restore-", dir=directory)
+        stage = tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=directory)
+        fd = os.open(stage, os.O_RDONLY | os.O_DIRECTORY)
     except OSError as e:
         raise RestoreTargetUnusable(path=directory,
                                     detail=f"cannot create files in it ({e.strerror})") from e
     try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
         yield stage
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+        os.close(fd)
+
+
+def _remove_stale_staging(directory: str) -> None:
+    """Remove staging directories of killed restores: those whose flock no one holds."""
+    for name in os.listdir(directory):
+        path = os.path.join(directory, name)
+        if not name.startswith(STAGING_PREFIX):
+            continue
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except OSError:
+            continue   # not a directory (or gone): not ours
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            continue   # a restore running now
+        else:
+            log.warning("removing %s, left by a restore that was killed", path)
+            shutil.rmtree(path, ignore_errors=True)
+        finally:
+            os.close(fd)
 
 
 def _prepare_layer(d: DiskPlan, i: int, stage: str) -> apply.Layer:

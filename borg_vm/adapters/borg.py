@@ -37,7 +37,8 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 from . import subproc
 from ..errors import (BorgError, BorgNotFound, BorgQuestion, PasscommandFailed,
-                      PassphraseMissing, PassphraseWrong, RepositoryLocked, RepositoryNotFound)
+                      PassphraseMissing, PassphraseWrong, RepositoryFull, RepositoryLocked,
+                      RepositoryNotFound)
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +69,13 @@ UNMOUNT_GRACE_SECONDS = 30
 
 _REPO_MISSING = {"Repository.DoesNotExist", "Repository.InvalidRepository",
                  "Repository.ParentPathDoesNotExist", "ConnectionClosed",
-                 "ConnectionClosedWithHint", "RemoteRepository.RPCServerOutdated",
-                 "Repository.InsufficientFreeSpaceError"}
+                 "ConnectionClosedWithHint", "RemoteRepository.RPCServerOutdated"}
+# Borg refuses a commit it has no room for with this msgid; a write that hits a full
+# file system first ends in a traceback of OSError ENOSPC.
+_NO_SPACE = "Repository.InsufficientFreeSpaceError"
+_ENOSPC = ("[Errno 28]", "No space left on device")
+# The first record of a borg that crashed on an exception: its traceback follows.
+_EXCEPTION = "Exception"
 _PASSPHRASE_REFUSED = {"PassphraseWrong", "PasswordRetriesExceeded", "NoPassphraseFailure"}
 _PASSCOMMAND_FAILED = "PasscommandFailure"
 _PASSCOMMAND_PREFIX = "Passcommand supplied in BORG_PASSCOMMAND failed: "  # borg's, then why
@@ -132,7 +138,11 @@ class Borg:
                                                    for v in PASSPHRASE_VARIABLES)
 
     @contextlib.contextmanager
-    def _child_env(self) -> Iterator[tuple[dict[str, str], tuple[int, ...]]]:
+    def child_env(self) -> Iterator[tuple[dict[str, str], tuple[int, ...]]]:
+        """Yield (environment, file descriptors to pass) that give a child the
+        repository's passphrase as borg takes it: BORG_PASSPHRASE and BORG_PASSCOMMAND
+        pass through, a passphrase borg-vm holds goes through a fresh pipe as
+        BORG_PASSPHRASE_FD (a borg-vm child reads it once, as this one did)."""
         env = dict(os.environ)
         secret = b"" if not self._passphrase_given() else self._passphrase
         if secret is None:
@@ -172,9 +182,11 @@ class Borg:
         if _LOCK_TIMEOUT in msgids:
             return RepositoryLocked(repo=self.repo, wait=self.lock_wait,
                                     detail="; ".join(messages).rstrip("."))
+        if _NO_SPACE in msgids or any(t in m for m in messages for t in _ENOSPC):
+            return RepositoryFull(repo=self.repo, detail="; ".join(messages).rstrip("."))
         if msgids & _REPO_MISSING:
             return RepositoryNotFound(repo=self.repo, detail="; ".join(messages) or e.stderr)
-        detail = "; ".join(messages) or e.stderr.strip() or f"exit code {e.returncode}"
+        detail = "; ".join(messages) or e.stderr.strip() or _exit_status(e.returncode)
         return BorgError(action=action, detail=detail)
 
     def _run(self, action: str, argv: Sequence[str]) -> bytes:
@@ -183,7 +195,7 @@ class Borg:
         for it and run again, up to PASSPHRASE_TRIES answers."""
         while True:
             try:
-                with self._child_env() as (env, fds):
+                with self.child_env() as (env, fds):
                     try:
                         return subproc.run(argv, env=env, pass_fds=fds).stdout
                     except subproc.CommandFailed as e:
@@ -212,7 +224,7 @@ class Borg:
         brief: wait BRIEF_LOCK_WAIT for the repository lock."""
         argv = self._argv("list", "--json-lines", "--format", "{type}{size}{path}",
                           self.location(archive), *paths, brief=brief)
-        with self._child_env() as (env, fds), subproc.stream(argv, stdout=True, env=env,
+        with self.child_env() as (env, fds), subproc.stream(argv, stdout=True, env=env,
                                                             pass_fds=fds) as s:
             yield s
 
@@ -245,7 +257,7 @@ class Borg:
         argv = self._argv("import-tar", "--comment", comment, "--timestamp", timestamp,
                           "--compression", compression, "--chunker-params", chunker_params,
                           self.location(archive), "-")
-        with self._child_env() as (env, fds), subproc.stream(argv, stdin=True, env=env,
+        with self.child_env() as (env, fds), subproc.stream(argv, stdin=True, env=env,
                                                             pass_fds=fds) as s:
             yield s
 
@@ -255,7 +267,7 @@ class Borg:
         """Yield a running 'borg export-tar' writing the archive's paths to its stdout.
         brief: wait BRIEF_LOCK_WAIT for the repository lock."""
         argv = self._argv("export-tar", self.location(archive), "-", *paths, brief=brief)
-        with self._child_env() as (env, fds), subproc.stream(argv, stdout=True, env=env,
+        with self.child_env() as (env, fds), subproc.stream(argv, stdout=True, env=env,
                                                             pass_fds=fds) as s:
             yield s
 
@@ -266,7 +278,7 @@ class Borg:
         archive's regular files under paths, one after the other, to its stdout.
         brief: wait BRIEF_LOCK_WAIT for the repository lock."""
         argv = self._argv("extract", "--stdout", self.location(archive), *paths, brief=brief)
-        with self._child_env() as (env, fds), subproc.stream(argv, stdout=True, env=env,
+        with self.child_env() as (env, fds), subproc.stream(argv, stdout=True, env=env,
                                                             pass_fds=fds) as s:
             yield s
 
@@ -285,7 +297,7 @@ class Borg:
         """
         argv = self._argv("mount", "--foreground", "--glob-archives", archive_glob,
                           self.location(), mountpoint)
-        with self._child_env() as (env, fds), subproc.stream(
+        with self.child_env() as (env, fds), subproc.stream(
                 argv, env=env, pass_fds=fds, parent_death_signal=signal.SIGINT) as proc:
             self._wait_mounted(proc, mountpoint)
             try:
@@ -347,6 +359,16 @@ def mounted(path: str) -> bool:
     return os.path.ismount(path)
 
 
+def _exit_status(returncode: int) -> str:
+    """Say how a process that left no message ended: its exit code, or its signal."""
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exit code {returncode}"
+
+
 def _parse_log_json(stderr: str) -> tuple[set[str], list[str]]:
     """Return (msgids, messages) from borg --log-json stderr lines.
 
@@ -362,11 +384,24 @@ def _parse_log_json(stderr: str) -> tuple[set[str], list[str]]:
             continue
         if rec.get("msgid"):
             msgids.add(rec["msgid"])
+        if rec.get("msgid") == _EXCEPTION:
+            continue   # "Local Exception": the traceback record after it says which
         if rec.get("levelname") in ("ERROR", "CRITICAL") and rec.get("message"):
-            messages.append(rec["message"].strip().splitlines()[0])
+            messages.append(_one_line(rec["message"]))
         elif rec.get("levelname") == "WARNING" and rec.get("message"):
-            warnings.append(rec["message"].strip().splitlines()[0])
+            warnings.append(_one_line(rec["message"]))
     return msgids, messages or warnings
+
+
+def _one_line(message: str) -> str:
+    """Return a borg log message in one line: a traceback's exception, else the first line.
+
+    borg ends a traceback with the exception line, a blank line and its platform details.
+    """
+    text = message.strip()
+    if text.startswith("Traceback"):
+        return text.split("\n\n", 1)[0].splitlines()[-1].strip()
+    return text.splitlines()[0]
 
 
 def _question(stderr: str) -> dict | None:

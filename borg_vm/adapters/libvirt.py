@@ -19,6 +19,12 @@ or TIMEOUT seconds after the freeze began (borg-vm hangs)::
     backupBegin                             |  EOF or TIMEOUT: fsThaw, exit
     fsThaw                                  |
     "thawed"     ------------------------>  exit, touching nothing
+
+The connection outlives a restart of the libvirt daemon (an upgrade, a
+crash): libvirt keeps a running backup job across it, and a run that could
+not reach the daemon again would leave the job running and its checkpoints
+behind. A call that finds the connection lost connects again (waiting up to
+RECONNECT_TIMEOUT for the daemon to answer) and is made once more.
 """
 
 from __future__ import annotations
@@ -35,13 +41,21 @@ from typing import Callable, Iterator
 import libvirt
 
 from . import subproc
-from ..errors import (CheckpointInconsistent, DomainNotFound, LibvirtConnectError,
+from ..core import bootxml
+from ..errors import (CheckpointInconsistent, DomainExists, DomainNotFound, LibvirtConnectError,
                      LibvirtError, QuiesceFailed)
 
 log = logging.getLogger(__name__)
 
 DEFAULT_URI = "qemu:///system"
+RECONNECT_TIMEOUT = 60   # seconds a restarting daemon has to answer again
+RECONNECT_POLL = 0.5
 _INCONSISTENT_HINTS = ("inconsistent", "missing or broken bitmap")
+PAUSED_IO_ERROR = "paused (I/O error)"
+SHUT_OFF = "shut off"
+_STATES = {libvirt.VIR_DOMAIN_RUNNING: "running", libvirt.VIR_DOMAIN_SHUTOFF: SHUT_OFF,
+           libvirt.VIR_DOMAIN_SHUTDOWN: "shutting down", libvirt.VIR_DOMAIN_CRASHED: "crashed",
+           libvirt.VIR_DOMAIN_BLOCKED: "running", libvirt.VIR_DOMAIN_PMSUSPENDED: "suspended"}
 
 
 def _silence_default_handler() -> None:
@@ -58,17 +72,40 @@ def connect(uri: str = DEFAULT_URI) -> Iterator["Hypervisor"]:
         conn = libvirt.open(uri)
     except libvirt.libvirtError as e:
         raise LibvirtConnectError(uri=uri, detail=e.get_error_message()) from e
+    hv = Hypervisor(conn, uri)
     try:
-        yield Hypervisor(conn, uri)
+        yield hv
     finally:
         with contextlib.suppress(libvirt.libvirtError):
-            conn.close()
+            hv.conn.close()
 
 
 class Hypervisor:
     def __init__(self, conn: "libvirt.virConnect", uri: str):
         self.conn = conn
         self.uri = uri
+
+    def reconnected(self) -> bool:
+        """If the connection was lost, open a new one and return True (raise
+        LibvirtConnectError if the daemon does not answer within RECONNECT_TIMEOUT);
+        return False if the connection works."""
+        try:
+            self.conn.getLibVersion()   # isAlive() may not have noticed yet
+            return False
+        except libvirt.libvirtError:
+            pass
+        log.warning("lost the connection to libvirt at %s; connecting again", self.uri)
+        with contextlib.suppress(libvirt.libvirtError):
+            self.conn.close()
+        deadline = time.monotonic() + RECONNECT_TIMEOUT
+        while True:
+            try:
+                self.conn = libvirt.open(self.uri)
+                return True
+            except libvirt.libvirtError as e:
+                if time.monotonic() >= deadline:
+                    raise LibvirtConnectError(uri=self.uri, detail=e.get_error_message()) from e
+            time.sleep(RECONNECT_POLL)
 
     def domain_names(self) -> list[str]:
         """Return the names of every domain libvirt knows, running or shut off."""
@@ -81,12 +118,75 @@ class Hypervisor:
     def domain(self, name: str) -> "Domain":
         """Return the named domain; raise DomainNotFound if there is none."""
         try:
-            return Domain(self.conn.lookupByName(name))
+            return Domain(_Reconnecting(self, self.conn.lookupByName(name)))
         except libvirt.libvirtError as e:
             if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
                 raise DomainNotFound(name=name, uri=self.uri) from e
             raise LibvirtError(action="look up the domain", name=name,
                                detail=e.get_error_message()) from e
+
+    def exists(self, name: str) -> bool:
+        """Return True if libvirt knows a domain of that name, running or not."""
+        try:
+            self.domain(name)
+        except DomainNotFound:
+            return False
+        return True
+
+    def has_uuid(self, uuid: str) -> bool:
+        """Return True if libvirt knows a domain with that UUID, running or not."""
+        try:
+            self.conn.lookupByUUIDString(uuid)
+        except libvirt.libvirtError as e:
+            if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return False
+            raise LibvirtError(action="look up the domain", name=uuid,
+                               detail=e.get_error_message()) from e
+        return True
+
+    def define(self, xml: str, name: str) -> "Domain":
+        """Define a persistent domain named name from xml; raise DomainExists if one of
+        that name (or UUID) exists, LibvirtError if libvirt refuses the XML."""
+        if self.exists(name):
+            raise DomainExists(name=name, uri=self.uri)
+        try:
+            return Domain(self.conn.defineXML(xml))
+        except libvirt.libvirtError as e:
+            if e.get_error_code() == libvirt.VIR_ERR_OPERATION_FAILED and self.exists(name):
+                raise DomainExists(name=name, uri=self.uri) from e
+            raise LibvirtError(action="define the domain", name=name,
+                               detail=e.get_error_message()) from e
+
+    def qemu_user(self, virt_type: str) -> tuple[int, int] | None:
+        """Return the (uid, gid) QEMU runs domains of virt_type (kvm, qemu) as, unless
+        their XML says otherwise; None if libvirt does not say."""
+        try:
+            caps = self.conn.getCapabilities()
+        except libvirt.libvirtError as e:
+            raise LibvirtError(action="read the host capabilities", name="*",
+                               detail=e.get_error_message()) from e
+        return bootxml.dac_base_label(caps, virt_type)
+
+
+class _Reconnecting:
+    """A virDomain whose calls survive a lost connection: the call connects again
+    (Hypervisor.reconnected), looks the domain up by its UUID and is made again."""
+
+    def __init__(self, hv: Hypervisor, dom: "libvirt.virDomain"):
+        self._hv = hv
+        self._dom = dom
+        self._uuid = dom.UUIDString()
+
+    def __getattr__(self, method: str):
+        def call(*args):
+            try:
+                return getattr(self._dom, method)(*args)
+            except libvirt.libvirtError:
+                if not self._hv.reconnected():
+                    raise
+            self._dom = self._hv.conn.lookupByUUIDString(self._uuid)
+            return getattr(self._dom, method)(*args)
+        return call
 
 
 @dataclass
@@ -97,7 +197,7 @@ class Freeze:
 
 
 class Domain:
-    def __init__(self, dom: "libvirt.virDomain"):
+    def __init__(self, dom: "libvirt.virDomain | _Reconnecting"):
         self._dom = dom
         self.name = dom.name()
         self.uuid = dom.UUIDString()
@@ -106,7 +206,88 @@ class Domain:
         return LibvirtError(action=action, name=self.name, detail=e.get_error_message())
 
     def is_active(self) -> bool:
-        return bool(self._dom.isActive())
+        try:
+            return bool(self._dom.isActive())
+        except libvirt.libvirtError as e:
+            raise self._fail("read the domain's state", e) from e
+
+    def start(self) -> None:
+        try:
+            self._dom.create()
+        except libvirt.libvirtError as e:
+            raise self._fail("start the domain", e) from e
+
+    def remove(self) -> None:
+        """Stop the domain (if it runs) and undefine it: the undo of a domain borg-vm
+        defined itself, never used on another."""
+        try:
+            if self._dom.isActive():
+                self._dom.destroy()
+            self._dom.undefine()
+        except libvirt.libvirtError as e:
+            raise self._fail("remove the domain", e) from e
+
+    def paused_by_io_error(self) -> bool:
+        """Return True if QEMU paused the domain because a disk request failed."""
+        return self.state() == PAUSED_IO_ERROR
+
+    def state(self) -> str:
+        """Return the domain's state in a word or two: running, paused (I/O error),
+        paused, shut off, ..."""
+        try:
+            state, reason = self._dom.state()
+        except libvirt.libvirtError as e:
+            raise self._fail("read the domain's state", e) from e
+        if state == libvirt.VIR_DOMAIN_PAUSED:
+            return PAUSED_IO_ERROR if reason == libvirt.VIR_DOMAIN_PAUSED_IOERROR else "paused"
+        return _STATES.get(state, "in an unknown state")
+
+    def disk_errors(self) -> list[str]:
+        """Return the targets of the disks whose last request failed (QEMU's I/O status)."""
+        try:
+            return sorted(self._dom.diskErrors())
+        except libvirt.libvirtError as e:
+            raise self._fail("read the disks' errors", e) from e
+
+    def resume(self) -> None:
+        try:
+            self._dom.resume()
+        except libvirt.libvirtError as e:
+            raise self._fail("resume the domain", e) from e
+
+    def block_pull(self, target: str) -> None:
+        """Start copying into the disk's image what its backing chain holds, then
+        drop the chain (virsh blockpull); block_job follows it."""
+        try:
+            self._dom.blockPull(target, 0, 0)
+        except libvirt.libvirtError as e:
+            raise self._fail(f"start pulling disk {target}", e) from e
+
+    def block_job(self, target: str) -> tuple[int, int] | None:
+        """Return (bytes done, bytes to do) of the disk's block job, None if it has none."""
+        try:
+            info = self._dom.blockJobInfo(target, 0)
+        except libvirt.libvirtError as e:
+            raise self._fail(f"follow the block job of disk {target}", e) from e
+        return (info["cur"], info["end"]) if info else None
+
+    def abort_block_job(self, target: str) -> None:
+        """Cancel the disk's block job (what it copied stays); a job already gone is fine."""
+        try:
+            self._dom.blockJobAbort(target, 0)
+        except libvirt.libvirtError as e:
+            if self.block_job(target) is not None:
+                raise self._fail(f"cancel the block job of disk {target}", e) from e
+
+    def remove_metadata(self, uri: str) -> None:
+        """Remove borg-vm's element of namespace uri from <metadata>, in the running
+        domain and its persistent definition."""
+        flags = libvirt.VIR_DOMAIN_AFFECT_CONFIG | (
+            libvirt.VIR_DOMAIN_AFFECT_LIVE if self._dom.isActive() else 0)
+        try:
+            self._dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, None, None, uri, flags)
+        except libvirt.libvirtError as e:
+            raise self._fail("remove borg-vm's metadata", e) from e
 
     def xml(self, inactive: bool = False) -> str:
         """Return the live domain XML (or the persistent definition if inactive)."""

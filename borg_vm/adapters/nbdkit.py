@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 import time
 from typing import Iterator
@@ -65,3 +66,55 @@ def _why(proc: subproc.Stream) -> str:
 def failure(proc: subproc.Stream) -> NbdkitError:
     """Return the error of an nbdkit that exited while it should have served."""
     return NbdkitError(action="serve", detail=_why(proc))
+
+
+PROC_NET_UNIX = "/proc/net/unix"
+SS_CONNECTED = "03"   # the St column of /proc/net/unix
+
+
+def connections(socket: str) -> int:
+    """Return how many clients are connected to the server listening on the unix
+    socket at path socket (whoever serves it). Linux lists each accepted connection
+    in /proc/net/unix under its listener's path, in state connected."""
+    with open(PROC_NET_UNIX, encoding="utf-8", errors="replace") as f:
+        next(f)   # the header
+        rows = [line.rstrip("\n").split(maxsplit=7) for line in f]
+    return sum(1 for row in rows if len(row) == 8 and row[5] == SS_CONNECTED
+               and row[7] == socket)
+
+
+# How long a killed nbdkit may take to be gone.
+KILL_SECONDS = 10
+
+
+def kill_stale(pidfile: str) -> bool:
+    """Kill the nbdkit that wrote pidfile if it still runs; return True if there was
+    one. An nbdkit whose parent died (a borg-vm mount killed) stops accepting but
+    waits for its clients to hang up, for ever if a client (QEMU) keeps an idle
+    connection, and holds its socket meanwhile."""
+    try:
+        with open(pidfile, encoding="ascii") as f:
+            pid = int(f.read().strip())
+        pidfd = os.pidfd_open(pid)
+    except (FileNotFoundError, ValueError, ProcessLookupError):
+        return False
+    try:
+        # Checked through the pidfd's process: it is nbdkit, with this pidfile.
+        if not _is_nbdkit_of(pid, pidfile):
+            return False
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        ready, _, _ = select.select([pidfd], [], [], KILL_SECONDS)
+        if not ready:
+            raise NbdkitError(action="stop", detail=f"pid {pid} still runs after SIGKILL")
+        return True
+    finally:
+        os.close(pidfd)
+
+
+def _is_nbdkit_of(pid: int, pidfile: str) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+    except FileNotFoundError:
+        return False
+    return os.path.basename(argv[0]) == NBDKIT.encode() and os.fsencode(pidfile) in argv

@@ -83,7 +83,7 @@ def pread(h, buf, offset, flags):
         if piece.zero:
             _zero(out)
         else:
-            _read(_member(piece), out, lo - piece.member)
+            _read(_member(piece), out, lo - piece.base)
 
 
 def extents(h, count, offset, flags):

@@ -21,20 +21,43 @@ def _run(action: str, argv: list[str]) -> bytes:
         raise QemuImgError(action=action, detail=e.stderr.strip() or str(e)) from e
 
 
-def create(path: str, fmt: str, size: int, backing: str | None = None) -> None:
-    """Create an empty image of fmt and size; with backing, a qcow2 overlay on it.
+def create(path: str, fmt: str, size: int, backing: str | None = None,
+           backing_format: str | None = None) -> None:
+    """Create an empty image of fmt and size; with backing (an image file, or an
+    nbd+unix:// URI with its backing_format), a qcow2 overlay on it.
 
-    The backing file is recorded relative to the overlay's directory when it
+    A backing file is recorded relative to the overlay's directory when it
     sits beside it, so a restored chain can be moved as a whole.
     """
+    if fmt == "raw" and backing is None:
+        _create_sparse(path, size)
+        return
     argv = [QEMU_IMG, "create", "-q", "-f", fmt]
     if backing is not None:
         assert fmt == "qcow2", "only qcow2 images have backing files"
-        rel = (os.path.basename(backing)
-               if os.path.dirname(os.path.abspath(backing)) == os.path.dirname(os.path.abspath(path))
-               else os.path.abspath(backing))
-        argv += ["-b", rel, "-F", info(backing)["format"]]
+        if "://" in backing:
+            assert backing_format, "a backing URI needs its format"
+            rel = backing
+        elif os.path.dirname(os.path.abspath(backing)) == os.path.dirname(os.path.abspath(path)):
+            rel = os.path.basename(backing)
+        else:
+            rel = os.path.abspath(backing)
+        argv += ["-b", rel, "-F", backing_format or info(backing)["format"]]
     _run("create", argv + [path, str(size)])
+
+
+def _create_sparse(path: str, size: int) -> None:
+    """Create (or empty) a raw image: a sparse file of size bytes.
+
+    Not qemu-img: it allocates a raw image's first 4 KiB (for O_DIRECT
+    alignment probing), so `qemu-img map` of a restored disk would show data
+    where the disk had none.
+    """
+    try:
+        with open(path, "wb") as f:
+            f.truncate(size)
+    except OSError as e:
+        raise QemuImgError(action="create", detail=f"{path}: {e.strerror}") from e
 
 
 def info(path: str) -> dict:

@@ -226,3 +226,30 @@ def stream(argv: Sequence[str], *, stdin: bool = False, stdout: bool = False,
     finally:
         if proc.returncode is None:
             s.terminate()
+
+
+class Detached:
+    """A command started to outlive borg-vm (see detach); while we run, we can see
+    whether it exited."""
+
+    def __init__(self, proc: subprocess.Popen):
+        self._proc = proc
+        self.pid = proc.pid
+
+    def exit_code(self) -> int | None:
+        """Return its exit code if it exited (reaping it), else None."""
+        return self._proc.poll()
+
+
+def detach(argv: Sequence[str], *, stdout: int, stderr: int, env: dict[str, str] | None = None,
+           pass_fds: tuple[int, ...] = ()) -> Detached:
+    """Start argv to run on after borg-vm exits: in a session of its own (no terminal,
+    no signal from ours), stdin /dev/null, stdout and stderr the given open files,
+    and no death signal. Return a Detached; raise CommandFailed if it cannot start."""
+    argv = _check_argv(argv)
+    try:
+        proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=stdout,
+                                stderr=stderr, pass_fds=pass_fds, start_new_session=True)
+    except OSError as e:
+        raise CommandFailed(argv, 127, str(e)) from e
+    return Detached(proc)

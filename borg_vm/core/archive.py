@@ -1,4 +1,4 @@
-"""The borg-vm archive format, version 2 (reads 1 and 2): the one place that defines it.
+"""The borg-vm archive format, version 3 (reads 1, 2 and 3): the one place that defines it.
 
 Archive names
 -------------
@@ -33,31 +33,45 @@ In this order::
 
     domain.xml                      the domain XML at backup time (inactive + live paths)
     checkpoint.xml                  the libvirt checkpoint XML this run created
-    disk/{target}/{offset:016x}     data: bytes [offset, offset+size) of disk {target}
-                                    as the guest saw it
-    frozen/{target}/{layer}/{offset:016x}
-                                    (version 2) data of layer {layer} (an index into
-                                    the disk's layers) as it was when a snapshot froze it
+    disk/{target}/{offset:016x}.map (version 3) the pieces of the data member that
+                                    follows: JSON [[start, length], ...]
+    disk/{target}/{offset:016x}     data: pieces of disk {target} as the guest saw
+                                    it, back to back; the first starts at byte
+                                    offset
+    frozen/{target}/{layer}/{offset:016x}[.map]
+                                    (version 2) the same for layer {layer} (an index
+                                    into the disk's layers) as it was when a snapshot
+                                    froze it
     ...                             (ascending offset; per disk its top data, then its
                                     frozen layers; disks in target order)
     manifest.json                   last, when digests and counts are known
 
-Readers hold only domain.xml, checkpoint.xml and manifest.json whole, and
-refuse them unread when bigger than ``MAX_XML_BYTES`` / ``MAX_MANIFEST_BYTES``;
-any other member under ``disk/`` means a damaged archive; members they do
-not know are skipped unread.
+A data member without a map holds one piece: bytes [offset, offset+size) of
+its disk (the only kind versions 1 and 2 write). A map member announces a
+*pack* (version 3): the data member right after it holds the listed pieces
+(ascending, disjoint, the first at offset, lengths adding up to its size)
+back to back. Borg pays per member, so the writer packs the pieces smaller
+than a block of a fragmented disk together and keeps larger pieces in
+members of their own (core/packing.py says where packs end); readers follow
+the maps, whatever packing made them.
 
-Data members start on ``block_size`` boundaries where possible (see
-``extent.split_at_blocks``) and Borg is run with a fixed chunker of
-``block_size``, so identical disk blocks become identical chunks across runs
-and across domains. Ranges that read as zeros are not stored: the manifest
-lists them as zero extents and restore zeroes them.
+Readers hold only domain.xml, checkpoint.xml, manifest.json and map members
+whole, and refuse them unread when bigger than ``MAX_XML_BYTES`` /
+``MAX_MANIFEST_BYTES`` / ``packing.MAX_MAP_BYTES``; any other member under
+``disk/`` or ``frozen/`` means a damaged archive; members they do not know
+are skipped unread.
+
+Whole pieces start on ``block_size`` boundaries (see ``extent.split_at_blocks``)
+and Borg is run with a fixed chunker of ``block_size``, so identical disk
+blocks become identical chunks across runs and across domains. Ranges that
+read as zeros are not stored: the manifest lists them as zero extents and
+restore zeroes them.
 
 manifest.json
 -------------
 ::
 
-    {"format": "borg-vm", "version": 2,
+    {"format": "borg-vm", "version": 3,
      "domain": NAME, "uuid": UUID,
      "snapshot": S, "checkpoint": C, "level": "full"|"inc",
      "parent_checkpoint": C0|null, "parent_archive": A0|null,
@@ -91,8 +105,13 @@ A disk at level ``full`` holds every byte of the disk (unlisted ranges are
 zero); at level ``inc`` it holds what changed since the parent archive, and
 unlisted ranges are as in the parent.
 
+Version 3 changed only the data members (packs); its manifest is version 2's.
+The manifest is written compact (no indentation): a fragmented 1 TiB disk
+lists ~200,000 extents, ~5.5 MiB.
+
 The archive comment carries a summary (``Summary``) so ``borg list --json``
-alone can group and chain archives without extracting manifests.
+alone can group and chain archives without extracting manifests; a reader
+skips archives whose summary has a version it does not know.
 
 Readers reject a ``version`` they do not know, and any field of the manifest
 or the comment whose type or value is not as above (a string where a string
@@ -115,8 +134,8 @@ from . import layers as layers_
 from .extent import Extent, check_map, total, DATA, ZERO
 
 FORMAT_NAME = "borg-vm"
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 # Default chunk size, from bench/RESULTS.md: against 4 MiB, 256 KiB chunks made
 # the full backup no slower and cut what a 5%-different clone adds from 96% to
 # 18% (scattered changes); 64 KiB would reach 5% but costs Borg ~1.3 GiB of
@@ -134,8 +153,9 @@ MANIFEST = "manifest.json"
 DISK_DIR = "disk"
 FROZEN_DIR = "frozen"
 # Readers hold these members whole, so they refuse bigger ones unread. A
-# manifest lists ~70 bytes per extent: 64 MiB is ~900,000 extents (a 1 TiB
-# disk in ~1 MiB pieces). libvirt's domain XML is a few KiB.
+# manifest lists ~28 bytes per extent (written compact; version 2 indented
+# them, ~57 bytes): 64 MiB is ~2,000,000 extents. libvirt's domain XML is a
+# few KiB.
 MAX_MANIFEST_BYTES = 64 * 1024 * 1024
 MAX_XML_BYTES = 4 * 1024 * 1024
 SMALL_MEMBERS = {DOMAIN_XML: MAX_XML_BYTES, CHECKPOINT_XML: MAX_XML_BYTES,
@@ -159,6 +179,7 @@ _TARGET_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _MEMBER_RE = re.compile(rf"^{DISK_DIR}/(?P<target>[^/]+)/(?P<offset>[0-9a-f]{{16}})$")
 _FROZEN_RE = re.compile(rf"^{FROZEN_DIR}/(?P<target>[^/]+)/(?P<layer>[1-9][0-9]{{0,3}})/"
                         rf"(?P<offset>[0-9a-f]{{16}})$")
+MAP_SUFFIX = ".map"
 MAX_LAYERS = 1000  # deeper backing chains are damage (QEMU itself stops far earlier)
 
 
@@ -228,6 +249,20 @@ def parse_member(name: str) -> tuple[str, int] | None:
     """Return (target, offset) of a data member name, or None for other members."""
     m = _MEMBER_RE.fullmatch(name)
     return (m["target"], int(m["offset"], 16)) if m else None
+
+
+def map_member_name(data_member: str) -> str:
+    """Return the name of the map member that announces a pack (version 3)."""
+    return data_member + MAP_SUFFIX
+
+
+def parse_map_member(name: str) -> str | None:
+    """Return the name of the data member a map member announces, or None if name
+    is not a map member's."""
+    if not name.endswith(MAP_SUFFIX):
+        return None
+    data = name[: -len(MAP_SUFFIX)]
+    return data if parse_member(data) or parse_frozen_member(data) else None
 
 
 def disk_prefix(target: str) -> str:
@@ -332,7 +367,7 @@ class Manifest:
                "parent_archive": self.parent_archive, "time": self.time,
                "block_size": self.block_size, "borg_vm_version": self.borg_vm_version,
                "disks": {t: _disk_to_doc(d) for t, d in sorted(self.disks.items())}}
-        return json.dumps(doc, indent=1).encode()
+        return json.dumps(doc, separators=(",", ":")).encode()
 
     @classmethod
     def from_json(cls, raw: bytes, archive: str) -> "Manifest":

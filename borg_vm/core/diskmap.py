@@ -3,8 +3,9 @@
 
 A disk's chain is a full archive and the incrementals on it (core/chain.py).
 Each archive records extents: DATA (bytes stored in data members, each member
-``disk/{target}/{start:016x}`` holding the disk's bytes from ``start``) and
-ZERO (the range reads as zeros). Read as a flatten restore writes them, newest
+``disk/{target}/{start:016x}`` holding the disk's bytes from ``start``, or,
+from format 3, the pieces its map lists back to back) and ZERO (the range
+reads as zeros). Read as a flatten restore writes them, newest
 layer wins, a ZERO extent hides what lies below it, and what no layer lists
 reads as zeros (the full's unlisted ranges are zero)::
 
@@ -14,8 +15,9 @@ reads as zeros (the full's unlisted ranges are zero)::
     map        |a.. |zero...|a.. |b..|c........|zeros|d..|zeros|
 
 Each piece of the map is zeros (``layer`` is None) or bytes of one member of
-one layer: disk offset ``x`` in the piece is byte ``x - member`` of that
-member's file.
+one layer: disk offset ``x`` in the piece is byte ``x - base`` of the file of
+the member named by offset ``member`` (``base == member`` unless the member
+is a pack).
 """
 
 from __future__ import annotations
@@ -30,13 +32,14 @@ from .extent import ZERO, Extent, covers_data, merge_overlapping
 @dataclass(frozen=True, order=True)
 class Piece:
     """Bytes [start, start+length) of the disk: zeros (layer None) or the data
-    member of archive `layer` (0: the chain's full) that starts at disk offset
-    `member`."""
+    member of archive `layer` (0: the chain's full) named by disk offset
+    `member`, whose byte x - base holds disk byte x."""
 
     start: int
     length: int
     layer: int | None = None
     member: int = 0
+    base: int = 0
 
     @property
     def end(self) -> int:
@@ -47,19 +50,28 @@ class Piece:
         return self.layer is None
 
 
-def layer_pieces(layer: int, extents: Sequence[Extent], members: Sequence[Extent]
+def layer_pieces(layer: int, extents: Sequence[Extent], members: Sequence[Sequence[Extent]]
                  ) -> list[Piece]:
-    """Given one archive's extents of a disk and its data members (as extents:
-    start, size), return its pieces, sorted. Raise ValueError unless the members
-    cover exactly the DATA extents (a member beyond them, a gap, an overlap)."""
+    """Given one archive's extents of a disk and its data members, each as the
+    pieces of the disk it holds back to back (one for a plain member, a pack's
+    map), return its pieces, sorted. Raise ValueError unless the members cover
+    exactly the DATA extents (a member beyond them, a gap, an overlap)."""
     try:
-        same = covers_data(members, extents)
+        same = covers_data((p for m in members for p in m), extents)
     except ValueError as e:
         raise ValueError(f"data members overlap: {e}") from e
     if not same:
         raise ValueError("data members do not cover exactly the manifest's data extents")
-    return sorted([Piece(m.start, m.length, layer, m.start) for m in members]
+    return sorted([piece for m in members for piece in _member_pieces(layer, m)]
                   + [Piece(e.start, e.length) for e in extents if e.kind == ZERO])
+
+
+def _member_pieces(layer: int, pieces: Sequence[Extent]) -> Iterator[Piece]:
+    """The map pieces of one member: each disk piece where its bytes lie in the file."""
+    at = 0   # where the piece starts in the member's file
+    for p in pieces:
+        yield Piece(p.start, p.length, layer, pieces[0].start, p.start - at)
+        at += p.length
 
 
 def resolve(layers: Sequence[Sequence[Piece]], size: int) -> list[Piece]:
@@ -148,7 +160,8 @@ class DiskMap:
 
     def to_doc(self) -> dict:
         return {"size": self.size,
-                "pieces": [[p.start, p.length, p.layer, p.member] for p in self.pieces]}
+                "pieces": [[p.start, p.length, p.layer, p.member, p.base]
+                           for p in self.pieces]}
 
     @classmethod
     def from_doc(cls, doc: dict) -> "DiskMap":

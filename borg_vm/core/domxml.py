@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import defusedxml.ElementTree
 
 
-def _parse(xml: str | bytes) -> ET.Element:
+def parse_xml(xml: str | bytes) -> ET.Element:
     """Return the root of an XML document; raise ET.ParseError if it is not well-formed,
     defusedxml's DTDForbidden (a ValueError) if it has a DTD."""
     return defusedxml.ElementTree.fromstring(xml, forbid_dtd=True)
@@ -59,7 +59,7 @@ def _read_archived(raw: bytes, tag: str) -> tuple[str, ET.Element]:
     except UnicodeDecodeError as e:
         raise ValueError(f"is not UTF-8 ({e.reason} at byte {e.start})") from e
     try:
-        root = _parse(text)
+        root = parse_xml(text)
     except ET.ParseError as e:
         raise ValueError(f"is not well-formed XML ({e})") from e
     except defusedxml.DefusedXmlException as e:
@@ -98,7 +98,7 @@ class DiskSpec:
 
 def parse_disks(domain_xml: str) -> list[DiskSpec]:
     """Given domain XML, return its disks in document order."""
-    return [_disk_spec(d) for d in _parse(domain_xml).findall("./devices/disk")]
+    return [_disk_spec(d) for d in parse_xml(domain_xml).findall("./devices/disk")]
 
 
 def _disk_spec(d: ET.Element) -> DiskSpec:
@@ -116,7 +116,7 @@ def _disk_spec(d: ET.Element) -> DiskSpec:
 
 
 def domain_uuid(domain_xml: str) -> str:
-    return _parse(domain_xml).findtext("uuid", "")
+    return parse_xml(domain_xml).findtext("uuid", "")
 
 
 AGENT_CHANNEL = "org.qemu.guest_agent.0"
@@ -126,7 +126,7 @@ def agent_channel(live_xml: str) -> str | None:
     """Given live domain XML, return the state of its QEMU guest agent channel
     (virtio-serial port AGENT_CHANNEL): "connected", "disconnected", or "" when
     libvirt does not say; None if the domain has no such channel."""
-    for target in _parse(live_xml).iterfind("./devices/channel/target"):
+    for target in parse_xml(live_xml).iterfind("./devices/channel/target"):
         if target.get("type") == "virtio" and target.get("name") == AGENT_CHANNEL:
             return target.get("state", "")
     return None
@@ -134,13 +134,20 @@ def agent_channel(live_xml: str) -> str | None:
 
 def qemu_owner(live_xml: str) -> tuple[int, int] | None:
     """Return (uid, gid) the domain's QEMU runs as (its DAC label), or None if unknown."""
-    for label in _parse(live_xml).findall("./seclabel[@model='dac']/label"):
-        try:
-            uid, gid = (int(p.lstrip("+")) for p in label.text.split(":"))
-        except (AttributeError, ValueError):
-            continue
-        return uid, gid
+    for label in parse_xml(live_xml).findall("./seclabel[@model='dac']/label"):
+        owner = dac_label(label.text or "")
+        if owner is not None:
+            return owner
     return None
+
+
+def dac_label(text: str) -> tuple[int, int] | None:
+    """Parse a DAC label '+UID:+GID' (or 'UID:GID'); None if it is not one."""
+    try:
+        uid, gid = (int(p.lstrip("+")) for p in text.split(":"))
+    except ValueError:
+        return None
+    return uid, gid
 
 
 def backup_xml(socket: str, disks: dict[str, tuple[str, str] | None],
@@ -171,7 +178,7 @@ def backup_xml(socket: str, disks: dict[str, tuple[str, str] | None],
 
 def backup_sockets(job_xml: str) -> list[str]:
     """Return the unix socket paths a running backup job's XML names."""
-    return [s.get("socket", "") for s in _parse(job_xml).findall("server")]
+    return [s.get("socket", "") for s in parse_xml(job_xml).findall("server")]
 
 
 def checkpoint_xml(name: str, description: str, bitmaps: dict[str, bool],
@@ -204,7 +211,7 @@ def restored_domain_xml(domain_xml: str, new_name: str,
     other writable disks are removed so the copy never writes to the
     original's disks.
     """
-    root = _parse(domain_xml)
+    root = parse_xml(domain_xml)
     root.find("name").text = new_name
     for e in root.findall("uuid"):
         root.remove(e)
@@ -239,7 +246,7 @@ def snapshot_images(snapshot_xmls: list[str]) -> dict[str, str]:
     overlays their external disk snapshots created."""
     images = {}
     for xml in snapshot_xmls:
-        root = _parse(xml)
+        root = parse_xml(xml)
         for disk in root.findall("./disks/disk[@snapshot='external']"):
             source = disk.find("source")
             path = None if source is None else source.get("file") or source.get("dev")
@@ -275,7 +282,7 @@ def strip_host_resources(domain_xml: str, own: set[str]) -> tuple[str, list[str]
     A removed pflash <loader> leaves firmware='efi' so libvirt picks this
     host's UEFI firmware.
     """
-    root = _parse(domain_xml)
+    root = parse_xml(domain_xml)
     removed = []
     for e in list(root):
         if e.tag.startswith(QEMU_NS):

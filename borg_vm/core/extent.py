@@ -40,7 +40,8 @@ chunker cuts the same chunks wherever the same block occurs (see
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from operator import attrgetter
+from typing import Iterable, Iterator, Sequence
 
 DATA = "data"
 ZERO = "zero"
@@ -51,7 +52,8 @@ STATE_ZERO = 2
 STATE_DIRTY = 1
 
 
-@dataclass(frozen=True, order=True)
+# Slots: a fragmented 1 TiB disk maps to hundreds of thousands of these.
+@dataclass(frozen=True, order=True, slots=True)
 class Run:
     """A run of one metadata context: bytes [start, start+length) carry flags."""
 
@@ -64,7 +66,7 @@ class Run:
         return self.start + self.length
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class Extent:
     """A recorded range: [start, start+length) is DATA or ZERO."""
 
@@ -101,13 +103,16 @@ def clip_runs(runs: Iterable[Run], start: int, end: int) -> list[Run]:
     return out
 
 
+_START = attrgetter("start")
+
+
 def merge(extents: Iterable[Extent]) -> list[Extent]:
     """Return extents sorted, with touching extents of the same kind joined.
 
     Raise ValueError if two extents overlap.
     """
     out: list[Extent] = []
-    for e in sorted(extents):
+    for e in sorted(extents, key=_START):  # already sorted input costs one pass
         if out and e.start < out[-1].end:
             raise ValueError(f"extents overlap at {e.start}")
         if out and e.start == out[-1].end and e.kind == out[-1].kind:
@@ -122,22 +127,67 @@ def _allocation_kind(flags: int) -> str:
 
 
 def plan_full(allocation: Iterable[Run]) -> list[Extent]:
-    """Given the allocation runs of a whole disk, return what a full backup records."""
-    return merge(Extent(r.start, r.length, _allocation_kind(r.flags)) for r in allocation)
+    """Given the sorted, disjoint allocation runs of a whole disk, return what a full
+    backup records (one pass, one Extent per recorded extent: a fragmented 1 TiB
+    disk has ~200,000). Raise ValueError if the runs are out of order or overlap."""
+    out: list[Extent] = []
+    start = end = 0
+    kind = None
+    for r in allocation:
+        if r.start < end:
+            raise ValueError(f"allocation runs out of order or overlapping at {r.start}")
+        k = _allocation_kind(r.flags)
+        if k != kind or r.start != end:
+            if kind is not None:
+                out.append(Extent(start, end - start, kind))
+            start, kind = r.start, k
+        end = r.end
+    if kind is not None:
+        out.append(Extent(start, end - start, kind))
+    return out
 
 
 def plan_incremental(allocation: Sequence[Run], dirty: Iterable[Run]) -> list[Extent]:
-    """Given allocation and dirty-bitmap runs, return what an incremental backup records.
+    """Given allocation and dirty-bitmap runs, each sorted and disjoint, return what an
+    incremental backup records.
 
     Every dirty byte is recorded: DATA where allocation says data, ZERO where it
-    reads as zeros. Bytes not dirty are not recorded.
+    reads as zeros. Bytes not dirty are not recorded. allocation need only
+    cover the dirty runs (see status_ranges); raise ValueError if it misses a
+    dirty byte. One pass over both lists, however many runs each has.
     """
     out = []
+    i = 0
+    for d in dirty:
+        if not d.flags & STATE_DIRTY:
+            continue
+        while i < len(allocation) and allocation[i].end <= d.start:
+            i += 1
+        j, covered = i, d.start
+        while j < len(allocation) and allocation[j].start < d.end:
+            a = allocation[j]
+            lo, hi = max(a.start, d.start), min(a.end, d.end)
+            if lo != covered:
+                break
+            out.append(Extent(lo, hi - lo, _allocation_kind(a.flags)))
+            covered, j = hi, j + 1
+        if covered != d.end:
+            raise ValueError(f"allocation does not cover dirty byte {covered}")
+    return merge(out)
+
+
+def status_ranges(dirty: Iterable[Run], gap: int) -> list[tuple[int, int]]:
+    """Given sorted dirty-bitmap runs, return the half-open (start, end) ranges whose
+    allocation an incremental needs: the dirty runs, joined where they are less
+    than gap bytes apart (fewer, longer block-status requests)."""
+    out: list[tuple[int, int]] = []
     for d in dirty:
         if d.flags & STATE_DIRTY:
-            out.extend(Extent(r.start, r.length, _allocation_kind(r.flags))
-                       for r in clip_runs(allocation, d.start, d.end))
-    return merge(out)
+            if out and d.start - out[-1][1] < gap:
+                out[-1] = (out[-1][0], d.end)
+            else:
+                out.append((d.start, d.end))
+    return out
 
 
 def widen_data(extents: Sequence[Extent], alignment: int, size: int) -> list[Extent]:
@@ -154,8 +204,8 @@ def widen_data(extents: Sequence[Extent], alignment: int, size: int) -> list[Ext
         (e.start - e.start % alignment, min(size, -(-e.end // alignment) * alignment))
         for e in extents if e.kind == DATA)
     out = [Extent(lo, hi - lo, DATA) for lo, hi in wide]
-    for z in (e for e in extents if e.kind == ZERO):
-        out.extend(Extent(lo, hi - lo, ZERO) for lo, hi in subtract((z.start, z.end), wide))
+    zeros = ((e.start, e.end) for e in extents if e.kind == ZERO)
+    out.extend(Extent(lo, hi - lo, ZERO) for lo, hi in subtract_all(zeros, wide))
     return merge(out)
 
 
@@ -172,17 +222,26 @@ def merge_overlapping(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]
 
 def subtract(rng: tuple[int, int], holes: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
     """Return the parts of half-open rng not covered by the sorted disjoint holes."""
-    lo, hi = rng
-    out = []
-    for hlo, hhi in holes:
-        if hhi <= lo or hlo >= hi:
-            continue
-        if hlo > lo:
-            out.append((lo, hlo))
-        lo = max(lo, hhi)
-    if lo < hi:
-        out.append((lo, hi))
-    return out
+    return list(subtract_all([rng], holes))
+
+
+def subtract_all(ranges: Iterable[tuple[int, int]], holes: Sequence[tuple[int, int]]
+                 ) -> Iterator[tuple[int, int]]:
+    """Yield the parts of the sorted disjoint half-open ranges not covered by the
+    sorted disjoint holes, in order; one pass over both."""
+    i = 0
+    for lo, hi in ranges:
+        while i < len(holes) and holes[i][1] <= lo:
+            i += 1
+        j = i
+        while j < len(holes) and holes[j][0] < hi:
+            hlo, hhi = holes[j]
+            if hlo > lo:
+                yield lo, hlo
+            lo = max(lo, hhi)
+            j += 1
+        if lo < hi:
+            yield lo, hi
 
 
 def split_at_blocks(extent: Extent, block_size: int) -> list[Extent]:

@@ -8,7 +8,9 @@ yearly) keeps the newest archive of each of its periods (local time) that no
 earlier rule kept, until it has kept its count, and keeps the oldest archive
 too if it ran out of periods before that. A borg-vm archive is a restore
 point only with its chain: so every archive a kept point needs (per disk,
-back to that disk's full backup) is kept as well, ``needed by`` it::
+back to that disk's full backup) is kept as well, ``needed by`` it, and so
+is each domain's newest archive, which the next incremental builds on (borg's
+--keep-within alone would delete it once it is older than the interval)::
 
     full(A1) <- inc(A2) <- inc(A3)   full(B1) <- inc(B2)
     keep-last 1:  B2 (last #1), B1 (needed by B2); A1..A3 pruned
@@ -30,6 +32,7 @@ PERIODS = (("last", "%Y-%m-%d %H:%M:%S"), ("hourly", "%Y-%m-%d %H"), ("daily", "
 INTERVAL_HOURS = {"H": 1, "d": 24, "w": 24 * 7, "m": 24 * 31, "y": 24 * 365}  # as borg's
 KEEP = "keep"
 PRUNE = "prune"
+NEWEST = "newest: the next backup builds on it"
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,10 @@ def decide(archives: list[ArchiveInfo], rules: Rules, now: datetime, tz: tzinfo
     for domain in sorted({a.name.domain for a in archives}):
         own = chain.of_domain(archives, domain)
         why = kept_points(own, rules, now, tz)
+        # Unlike borg's --keep-within alone, never the newest: the domain's
+        # checkpoint matches it, so the next backup (maybe running now) builds on it.
+        newest = max(own, key=lambda a: a.order)
+        why.setdefault(newest.archive, NEWEST)
         # Everything a kept archive needs, transitively: with per-disk levels an
         # archive needed for one disk may need older ones for another.
         todo = sorted((a for a in own if a.archive in why), key=lambda a: a.order,

@@ -18,7 +18,7 @@ siblings behind the same interface.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, ContextManager, Iterator, Protocol, Sequence
+from typing import Callable, ContextManager, Iterable, Iterator, Protocol
 
 from .extent import Run
 
@@ -26,7 +26,10 @@ from .extent import Run
 @dataclass(frozen=True)
 class DiskMap:
     """One disk as a source sees it: virtual size, ``base:allocation`` runs and,
-    for an incremental, the dirty-bitmap runs since the parent checkpoint."""
+    for an incremental, the dirty-bitmap runs since the parent checkpoint. The
+    allocation runs cover the whole disk for a full, and at least the dirty
+    runs for an incremental (extent.status_ranges: asking a big qcow2 for all
+    of its allocation costs QEMU seconds)."""
 
     size: int
     allocation: tuple[Run, ...]
@@ -39,10 +42,11 @@ class DiskSource(Protocol):
     def extent_map(self, target: str, incremental: bool) -> DiskMap:
         """Return the disk's map; with incremental, the dirty runs too."""
 
-    def reads(self, target: str, requests: Sequence[tuple[int, int]], hold: int
+    def reads(self, target: str, requests: Iterable[tuple[int, int]], hold: int
               ) -> ContextManager[Iterator[tuple[int, memoryview]]]:
-        """Yield an iterator of (offset, data) for the requests, in order; each view
-        stays valid while the consumer holds at most `hold` of them."""
+        """Yield an iterator of (offset, data) for the requests (consumed as reads go
+        out), in order; each view stays valid while the consumer holds at most
+        `hold` of them."""
 
 
 

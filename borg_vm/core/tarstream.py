@@ -97,19 +97,29 @@ def _fill(src: BinaryIO, view: memoryview) -> None:
 
 
 class Member:
-    """A member being read: name, size, and its data read in pieces."""
+    """A member being read: name, size, and its data read in pieces; `regular` is
+    False for anything else a tar holds (directory, link, device, FIFO...)."""
 
-    def __init__(self, src: BinaryIO, name: str, size: int):
+    def __init__(self, src: BinaryIO, name: str, size: int, regular: bool = True):
         self._src = src
         self.name = name
         self.size = size
+        self.regular = regular
         self._left = size
 
     def chunks(self, chunk_size: int = READ_SIZE) -> Iterator[bytes]:
-        """Yield the member's data in pieces of at most chunk_size bytes."""
-        while self._left:
-            piece = _read_exact(self._src, min(chunk_size, self._left))
+        """Yield the rest of the member's data in pieces of at most chunk_size bytes."""
+        return self.take(self._left, chunk_size)
+
+    def take(self, n: int, chunk_size: int = READ_SIZE) -> Iterator[bytes]:
+        """Yield the member's next n bytes in pieces of at most chunk_size bytes;
+        raise TarFormatError if fewer than n are left."""
+        if n > self._left:
+            raise TarFormatError(f"{self.name}: {n} bytes asked for, {self._left} left")
+        while n:
+            piece = _read_exact(self._src, min(chunk_size, n))
             self._left -= len(piece)
+            n -= len(piece)
             yield piece
 
     @property
@@ -134,7 +144,8 @@ class Member:
 
 
 def read_members(src: BinaryIO) -> Iterator[Member]:
-    """Yield the regular-file members of a tar stream, in order.
+    """Yield the members of a tar stream, in order (those not regular files too,
+    with .regular False: the reader decides whether they may be there at all).
 
     The caller reads (or skips) each member before asking for the next one;
     unread data is skipped. Raise TarFormatError on a damaged stream.
@@ -148,13 +159,14 @@ def read_members(src: BinaryIO) -> Iterator[Member]:
             info = tarfile.TarInfo.frombuf(header, "utf-8", "surrogateescape")
         except tarfile.TarError as e:
             raise TarFormatError(f"bad tar header: {e}") from e
-        member = Member(src, long_name or info.name, info.size)
+        member = Member(src, long_name or info.name, info.size,
+                        regular=info.type in (tarfile.REGTYPE, tarfile.AREGTYPE))
         long_name = None
         if info.type == tarfile.GNUTYPE_LONGNAME:
             if info.size > MAX_NAME_BYTES:
                 raise TarFormatError(f"long name of {info.size} bytes (at most {MAX_NAME_BYTES})")
             long_name = member.read().rstrip(b"\0").decode("utf-8", "surrogateescape")
-        elif info.type in (tarfile.REGTYPE, tarfile.AREGTYPE):
+        elif info.type != tarfile.GNUTYPE_LONGLINK:
             yield member
             member.skip()
         else:

@@ -1,13 +1,16 @@
 """A stand-in for the borg command that runs the real borg, except that for
 `import-tar` it can pause before borg starts (mode "pause"), pause while borg
-holds the repository lock (mode "hold"), or kill borg with SIGKILL after
-feeding it some bytes (mode "kill"); mode "log" records every borg call.
+holds the repository lock (mode "hold"), kill borg with SIGKILL after
+feeding it some bytes (mode "kill"), or run borg here and SIGKILL it in the
+middle of its commit, right after the commit tag is written and before the
+index is (mode "commit"); mode "log" records every borg call.
 Used by e2e tests to make things happen in the middle of a backup stream,
 deterministically.
 
 Environment: BORGVM_TEST_REAL_BORG (the real borg), BORGVM_TEST_MODE,
 BORGVM_TEST_DIR (where `started`, `go`, `killed` and `calls` files live),
-BORGVM_TEST_KILL_AFTER (bytes, mode kill).
+BORGVM_TEST_KILL_AFTER (bytes, mode kill), BORGVM_TEST_KILL_MATCH (modes kill
+and commit: only an archive whose name holds this text).
 """
 
 import os
@@ -55,6 +58,23 @@ def hold(argv: list[str], workdir: str) -> int:
     return proc.wait()
 
 
+def die_at_commit(argv: list[str]) -> int:
+    """Run borg in this process with its repository's commit cut short by SIGKILL
+    once the commit tag is on disk: the index is not written, the lock is left."""
+    from borg.archiver import main as borg_main
+    from borg.repository import LoggedIO
+
+    write_commit = LoggedIO.write_commit
+
+    def write_commit_and_die(self, *args, **kwargs):
+        write_commit(self, *args, **kwargs)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    LoggedIO.write_commit = write_commit_and_die
+    sys.argv = argv
+    return borg_main()
+
+
 def main() -> int:
     real = os.environ["BORGVM_TEST_REAL_BORG"]
     argv = [real, *sys.argv[1:]]
@@ -64,7 +84,8 @@ def main() -> int:
         with open(os.path.join(workdir, "calls"), "a") as f:
             f.write(" ".join(sys.argv[1:]) + "\n")
         os.execv(real, argv)
-    if "import-tar" not in argv:
+    match = os.environ.get("BORGVM_TEST_KILL_MATCH", "")
+    if "import-tar" not in argv or not any(match in a for a in argv if "::" in a):
         os.execv(real, argv)
     if mode == "pause":
         open(os.path.join(workdir, "started"), "w").close()
@@ -88,6 +109,8 @@ def main() -> int:
         with open(os.path.join(workdir, "killed"), "w") as f:
             f.write(str(fed))
         return 137
+    if mode == "commit":
+        return die_at_commit(argv)
     raise SystemExit(f"borg_wrapper: unknown mode {mode!r}")
 
 

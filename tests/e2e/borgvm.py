@@ -151,7 +151,9 @@ def wrapper_env(workdir: Path, mode: str, **settings: str) -> dict:
     workdir/started and waits for workdir/go before running borg. mode "hold":
     it runs borg, creates workdir/started once borg holds the repository lock
     and feeds borg its stream only after workdir/go. mode "kill": it feeds borg
-    KILL_AFTER bytes and then SIGKILLs it.
+    KILL_AFTER bytes and then SIGKILLs it. mode "commit": borg is SIGKILLed in
+    its commit, after the commit tag and before the index. "kill" and "commit"
+    strike only archives whose name holds KILL_MATCH (default: any).
     """
     script = workdir / "borg"
     script.write_text(f"#!/bin/sh\nexec {sys.executable} {WRAPPER} \"$@\"\n")

@@ -22,14 +22,29 @@ else:
 URI = "qemu:///system"
 
 
+class Connection:
+    """A connection to URI that opens again when the daemon was restarted (a case of
+    tests/faults restarts it); otherwise a virConnect."""
+
+    def __init__(self):
+        self._conn = libvirt.open(URI)
+
+    def __getattr__(self, name: str):
+        try:
+            self._conn.getLibVersion()   # isAlive() may not have noticed yet
+        except libvirt.libvirtError:
+            self._conn = libvirt.open(URI)
+        return getattr(self._conn, name)
+
+
 @pytest.fixture(scope="session")
 def libvirt_conn():
-    """Return a connection to qemu:///system for the whole session; skip
+    """Return a Connection to qemu:///system for the whole session; skip
     with the reason if the bindings or the daemon are unavailable."""
     if _IMPORT_ERROR is not None:
         pytest.skip(f"libvirt/QEMU test helpers unavailable: {_IMPORT_ERROR}")
     try:
-        conn = libvirt.open(URI)
+        conn = Connection()
     except libvirt.libvirtError as e:
         pytest.skip(f"cannot connect to {URI}: {e}")
     yield conn
@@ -71,13 +86,14 @@ def _remove_stale_domains(libvirt_conn):
 def make_domain(libvirt_conn, virt_type, real_virt_type, _remove_stale_domains, tmp_path,
                 tmp_path_factory):
     """Return make_domain(disks=[("vda", 64 MiB, "qcow2"), ...],
-    name_suffix=None, discard="unmap", boot=None) -> guest.Domain: a persistent
-    domain started paused, or booting the real guest (`boot`, see
-    realguest.py), with images in tmp_path/vms; and make_domain.define(xml,
-    disks, serial) -> guest.Domain for a domain of this suite defined from XML
-    (guest.define_domain). Every domain made is destroyed and undefined (with
-    checkpoint/snapshot metadata) and its images removed at teardown, even
-    when the test failed."""
+    name_suffix=None, discard="unmap", boot=None, fill=None) -> guest.Domain: a
+    persistent domain started paused, or booting the real guest (`boot`, see
+    realguest.py), its images filled before it starts by `fill` (see
+    guest.create_domain), with images in tmp_path/vms; and
+    make_domain.define(xml, disks, serial) -> guest.Domain for a domain of this
+    suite defined from XML (guest.define_domain). Every domain made is
+    destroyed and undefined (with checkpoint/snapshot metadata) and its images
+    removed at teardown, even when the test failed."""
     workdir = tmp_path / "vms"
     workdir.mkdir()
     basetemp = tmp_path_factory.getbasetemp()
@@ -86,10 +102,11 @@ def make_domain(libvirt_conn, virt_type, real_virt_type, _remove_stale_domains, 
     made = []
 
     def factory(disks=(("vda", 64 * guest.MIB, "qcow2"),), name_suffix=None, discard="unmap",
-                boot=None):
+                boot=None, fill=None):
         domain = guest.create_domain(libvirt_conn, workdir,
                                      virt_type if boot is None else real_virt_type, list(disks),
-                                     name_suffix=name_suffix, discard=discard, boot=boot)
+                                     name_suffix=name_suffix, discard=discard, boot=boot,
+                                     fill=fill)
         made.append(domain)
         return domain
 

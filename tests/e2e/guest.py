@@ -291,11 +291,13 @@ class Domain:
 
     `model[target]` is a bytearray of the guest-visible contents that the
     helpers below have produced; it becomes None when a kill may have lost
-    unflushed qcow2 writes.
+    unflushed qcow2 writes, and is None from the start for disks filled
+    before the domain started (create_domain's fill).
     """
 
     def __init__(self, dom: libvirt.virDomain, workdir: Path, disks: dict[str, Path],
-                 formats: dict[str, str], sizes: dict[str, int], discard: str | None):
+                 formats: dict[str, str], sizes: dict[str, int], discard: str | None,
+                 model: bool = True):
         self.dom = dom
         self.name = dom.name()
         self.workdir = workdir
@@ -303,7 +305,8 @@ class Domain:
         self.formats = formats
         self.sizes = sizes
         self.discard_mode = discard
-        self.model: dict[str, bytearray | None] = {t: bytearray(s) for t, s in sizes.items()}
+        self.model: dict[str, bytearray | None] = {t: bytearray(s) if model else None
+                                                   for t, s in sizes.items()}
         self.cluster_sizes = {t: image_info(p, formats[t]).get("cluster-size", 1)
                               if formats[t] == "qcow2" else 1 for t, p in disks.items()}
         self._unflushed: set[str] = set()
@@ -323,6 +326,14 @@ class Domain:
         self._qemu_io(target, f"write -P {pattern:#04x} {offset} {length}",
                       f"wrote {length}/{length} bytes at offset {offset}")
         self._model_fill(target, offset, length, pattern)
+
+    def read(self, target: str, offset: int, length: int, pattern: int) -> None:
+        """Given a disk, a range and a byte value, make the guest read the range
+        and check that it holds only that byte; raise AssertionError if QEMU
+        reports an error (a failed read) or other bytes."""
+        self._check_range(target, offset, length)
+        self._qemu_io(target, f"read -P {pattern:#04x} {offset} {length}",
+                      f"read {length}/{length} bytes at offset {offset}")
 
     def write_zeroes(self, target: str, offset: int, length: int, unmap: bool = False) -> None:
         """Given a disk and a range, make the guest write zeroes there
@@ -570,7 +581,8 @@ class Domain:
         mark = self._log.mark()
         self._hmp_qemu_io(target, command)
         ok = re.compile(rf"^{re.escape(success)}$", re.M)
-        bad = re.compile(r"^(?:\S+ failed: .*|command \".*\" not found|.* -- .*)$", re.M)
+        bad = re.compile(r"^(?:\S+ failed: .*|Pattern verification failed .*|"
+                         r"command \".*\" not found|.* -- .*)$", re.M)
 
         def outcome() -> str | None:
             text = self._log.since(mark)
@@ -589,13 +601,16 @@ class Domain:
 
 def create_domain(conn: libvirt.virConnect, workdir: Path, virt_type: str,
                   disks: list[tuple[str, int, str]], name_suffix: str | None = None,
-                  discard: str | None = "unmap", boot: Boot | None = None) -> Domain:
+                  discard: str | None = "unmap", boot: Boot | None = None,
+                  fill: Callable[[str, Path], None] | None = None) -> Domain:
     """Given a connection, a private directory, 'kvm'/'qemu' and disks as
     (target, virtual size, 'qcow2'|'raw'), create the images in `workdir`,
     define a persistent domain borgvm-test-<8 hex>[-suffix] and start it
     paused; return its Domain. With `boot`, vda is a copy of boot.root (of
     that size, qcow2) and the domain boots the real guest, running, its serial
-    console in workdir/<name>.serial. Raise ValueError on bad arguments; on a
+    console in workdir/<name>.serial. With fill, call fill(target, image) for
+    each image before QEMU opens it, and keep no model of the disks (a big
+    disk's model would be as big). Raise ValueError on bad arguments; on a
     libvirt error, undo what was done and re-raise."""
     targets = [t for t, _, _ in disks]
     if not disks or len(set(targets)) != len(targets):
@@ -616,12 +631,14 @@ def create_domain(conn: libvirt.virConnect, workdir: Path, virt_type: str,
             shutil.copyfile(boot.root, paths[target])
         else:
             create_image(paths[target], fmt, size)
+        if fill is not None:
+            fill(target, paths[target])
     serial = None if boot is None else workdir / f"{name}.serial"
     xml = domain_xml(name, virt_type, [(t, paths[t], f) for t, _, f in disks], discard,
                      owner_token(), boot=boot, serial=serial)
     try:
         return define_domain(conn, xml, workdir, {t: (paths[t], f) for t, _, f in disks},
-                             discard, serial)
+                             discard, serial, model=fill is None)
     except BaseException:
         for path in paths.values():
             path.unlink(missing_ok=True)
@@ -630,18 +647,19 @@ def create_domain(conn: libvirt.virConnect, workdir: Path, virt_type: str,
 
 def define_domain(conn: libvirt.virConnect, xml: str, workdir: Path,
                   disks: dict[str, tuple[Path, str]], discard: str | None = None,
-                  serial: Path | None = None) -> Domain:
+                  serial: Path | None = None, model: bool = True) -> Domain:
     """Given a connection, domain XML of this suite (named PREFIX..., with its
     owner metadata), a private directory, its disks as target -> (image,
     format), their discard mode and its serial console file (None: it has
-    none, it is started paused), define and start it; return its Domain. On a
-    libvirt error, undefine it again and re-raise."""
+    none, it is started paused), define and start it; return its Domain
+    (without a model of the disks unless model). On a libvirt error, undefine
+    it again and re-raise."""
     dom = conn.defineXML(xml)
     try:
         domain = Domain(dom, workdir, {t: p for t, (p, _) in disks.items()},
                         {t: f for t, (_, f) in disks.items()},
                         {t: image_info(p, f)["virtual-size"] for t, (p, f) in disks.items()},
-                        discard)
+                        discard, model=model)
         domain.serial = serial
         dom.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED if serial is None else 0)
         domain.started = time.monotonic()

@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import time
 from pathlib import Path
 
-import libvirt
 import pytest
 
 from borgvm import (BORG, archive_names, assert_same, backup, borg_commands, init_repo,
-                    read_image, repo_lock_holders, repo_lock_waiters, restore_and_compare, run,
-                    run_on_terminal, start, wrapper_env)
+                    read_image, repo_lock_waiters, restore_and_compare, run, run_on_terminal,
+                    start, wrapper_env)
 from guest import MIB, poll
 
 KIB = 1024
@@ -145,50 +141,6 @@ def test_writes_during_backup_do_not_leak_into_it(make_domain, repo, tmp_path):
     after = backup(d.name, repo)
     assert after["level"] == "inc"
     restore_and_compare(d.name, repo, after["checkpoint"], {"vda": during}, tmp_path, "next")
-
-
-def test_borg_killed_mid_stream_leaves_nothing_and_next_run_is_incremental(
-        make_domain, repo, tmp_path):
-    d = make_domain(disks=[("vda", 64 * MIB, "qcow2")])
-    d.write("vda", 0, 16 * MIB, 0x55)
-    first = backup(d.name, repo)
-    d.write("vda", 4 * MIB, 24 * MIB, 0x66)
-    expected = d.read_disk("vda")
-
-    result = backup(d.name, repo, env=wrapper_env(tmp_path, "kill", kill_after=str(2 * MIB)),
-                    code=2)
-    assert (tmp_path / "killed").exists()
-    assert result.stdout == ""
-    assert "borg-vm:" in result.stderr and "Traceback" not in result.stderr
-    assert archive_names(repo) == [first["archive"]]          # no partial, no final
-    assert [c.getName() for c in d.dom.listAllCheckpoints()] == [first["checkpoint"]]
-    with pytest.raises(libvirt.libvirtError):
-        d.dom.backupGetXMLDesc()                              # no job left running
-    # no run directory, and no lock file: it exists only while a run holds it
-    assert not list(Path("/run/borg-vm").glob(f"{d.dom.UUIDString()}.*"))
-
-    again = backup(d.name, repo)
-    assert again["level"] == "inc", again["reason"]
-    assert again["disks"]["vda"]["data"] <= 24 * MIB
-    restore_and_compare(d.name, repo, again["checkpoint"], {"vda": expected}, tmp_path, "after")
-
-
-def test_sigterm_during_backup_cleans_up(make_domain, repo, tmp_path):
-    d = make_domain(disks=[("vda", 32 * MIB, "qcow2")])
-    d.write("vda", 0, 4 * MIB, 0x77)
-    first = backup(d.name, repo)
-    d.write("vda", 0, 1 * MIB, 0x78)
-
-    proc = start("backup", d.name, "--repo", repo, env=wrapper_env(tmp_path, "pause"))
-    poll(lambda: (tmp_path / "started").exists() or proc.poll() is not None, 60,
-         "borg import-tar to start")
-    proc.send_signal(signal.SIGTERM)
-    _out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 2, err
-    assert "Interrupted by SIGTERM" in err
-    assert archive_names(repo) == [first["archive"]]
-    assert [c.getName() for c in d.dom.listAllCheckpoints()] == [first["checkpoint"]]
-    assert backup(d.name, repo)["level"] == "inc"
 
 
 def test_qemu_killed_falls_back_to_full_with_reason(make_domain, repo, tmp_path):
@@ -373,35 +325,6 @@ def test_two_domains_backed_up_into_one_repository_at_once(make_domain, repo, tm
     waited = json.loads(outs[1][0])
     restore_and_compare(b.name, repo, waited["checkpoint"], {"vda": b.read_disk("vda")},
                         tmp_path, "waited")
-
-
-def test_locked_repository_is_one_clear_line_and_nothing_changes(make_domain, repo, tmp_path):
-    d = make_domain(disks=[("vda", 16 * MIB, "qcow2")])
-    d.write("vda", 0, 1 * MIB, 0x91)
-    first = backup(d.name, repo)
-    d.write("vda", 0, 64 * KIB, 0x92)
-    holder = subprocess.Popen([BORG, "with-lock", repo, "sleep", "60"],
-                              stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        poll(lambda: holder.pid in repo_lock_holders(repo) or holder.poll() is not None, 60,
-             "borg with-lock to lock the repository")
-        assert holder.poll() is None, holder.communicate()
-        started = time.monotonic()
-        one_error_line(run("backup", d.name, "--repo", repo, "--lock-wait", "1", code=2),
-                       "locked", "--lock-wait")
-        assert time.monotonic() - started < 60
-        one_error_line(run("list", "--repo", repo, code=2,
-                           env=dict(os.environ, BORG_VM_LOCK_WAIT="1")), "locked")
-        to = tmp_path / "restored"
-        one_error_line(run("restore", d.name, "--repo", repo, "--to", str(to),
-                           "--lock-wait", "0", code=2), "locked")
-        assert not to.exists()
-    finally:
-        holder.send_signal(signal.SIGTERM)   # borg releases its lock, ends its sleep
-        holder.communicate(timeout=30)
-    assert archive_names(repo) == [first["archive"]]
-    assert [c.getName() for c in d.dom.listAllCheckpoints()] == [first["checkpoint"]]
-    assert backup(d.name, repo)["level"] == "inc"
 
 
 @pytest.mark.parametrize("value", ["soon", "-1", "1.5"])

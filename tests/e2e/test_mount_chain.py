@@ -9,14 +9,9 @@ import signal
 
 from borgvm import backup
 from guest import MIB
-from mounting import compare, start_mount
+from mounting import compare, mounts_under, start_mount
 
 KIB = 1024
-
-
-def own_mounts(prefix: str) -> list[str]:
-    with open("/proc/self/mounts") as f:
-        return [line.split()[1] for line in f if line.split()[1].startswith(prefix)]
 
 
 def test_every_checkpoint_of_a_chain_serves_the_guests_view(make_domain, repo, tmp_path):
@@ -42,9 +37,13 @@ def test_every_checkpoint_of_a_chain_serves_the_guests_view(make_domain, repo, t
     assert [r["level"] for r in results] == ["full", "inc", "inc"]
     assert results[1]["disks"]["vdb"]["zero"] >= 1 * MIB
 
+    # A run directory of the test's own: the mounts in it are this test's.
+    run_dir = tmp_path / "run"
+    env = dict(os.environ, BORG_VM_RUNTIME_DIR=str(run_dir))
     for i, (result, view) in enumerate(zip(results, views)):
         sockets = tmp_path / f"sockets-{i}"
-        m = start_mount(d.name, repo, str(sockets), "--checkpoint", result["checkpoint"])
+        m = start_mount(d.name, repo, str(sockets), "--checkpoint", result["checkpoint"],
+                        env=env)
         try:
             assert m.served["checkpoint"] == result["checkpoint"]
             assert sorted(m.served["disks"]) == ["vda", "vdb"]
@@ -58,7 +57,7 @@ def test_every_checkpoint_of_a_chain_serves_the_guests_view(make_domain, repo, t
         assert os.listdir(sockets) == []
 
     # One disk, on a socket of its own, as of the newest checkpoint (the default).
-    m = start_mount(d.name, repo, str(tmp_path / "vdb.sock"), "--disk", "vdb")
+    m = start_mount(d.name, repo, str(tmp_path / "vdb.sock"), "--disk", "vdb", env=env)
     try:
         assert m.served["checkpoint"] == results[-1]["checkpoint"]
         assert list(m.served["disks"]) == ["vdb"]
@@ -67,4 +66,4 @@ def test_every_checkpoint_of_a_chain_serves_the_guests_view(make_domain, repo, t
         code, err = m.stop(signal.SIGINT)
     assert code == 0, err
     assert not (tmp_path / "vdb.sock").exists()
-    assert not own_mounts("/run/borg-vm/mount.")
+    assert not mounts_under(run_dir) and os.listdir(run_dir) == []

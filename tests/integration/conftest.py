@@ -12,13 +12,12 @@ import socket
 import subprocess
 import time
 
-from pathlib import Path
 
 import pytest
 
 from borg_vm.adapters.borg import Borg, find_borg
 
-from realstack import run
+from realstack import copy_fixture_repo, run
 
 TOOLS = ("qemu-img", "qemu-io", "qemu-nbd", "nbdkit")
 SOCKET_WAIT_SECONDS = 10
@@ -87,15 +86,8 @@ def make_repo(tmp_path):
     return make
 
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
-
-
 @pytest.fixture
 def v1_repo(tmp_path, monkeypatch):
-    """A copy of tests/fixtures/v1-repo (borg writes lock and index files into a
-    repository it reads), set as BORG_REPO: a repository borg-vm 0.1.0 wrote."""
-    repo = tmp_path / "v1-repo"
-    shutil.copytree(FIXTURES / "v1-repo", repo)
-    monkeypatch.setenv("BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK", "yes")
-    monkeypatch.setenv("BORG_REPO", str(repo))
-    return repo
+    """A repository borg-vm 0.1.0 wrote in archive format 1 (tests/fixtures/v1-repo),
+    set as BORG_REPO."""
+    return copy_fixture_repo("v1-repo", tmp_path, monkeypatch)

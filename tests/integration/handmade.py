@@ -15,11 +15,13 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
-from borg_vm.core import archive
+from dataclasses import replace
+
+from borg_vm.core import archive, packing
 from borg_vm.core.extent import DATA, Extent
 from borg_vm.core.tarstream import TarWriter
 
-from realstack import CHUNKER, MTIME, TIMESTAMP, MiB
+from realstack import CHUNKER, MTIME, TIMESTAMP, KiB, MiB, log_run
 
 DOMAIN = "borgvm-test-handmade"
 SNAPSHOT = "20261126T020000Z"
@@ -91,6 +93,35 @@ def write_archive(borg, disks: dict[str, bytes], *, size: int = SIZE, xml: bytes
     return str(m.name)
 
 
+# A full of vda whose three pieces travel in one pack (format 3), each filled
+# with its own byte.
+PACK = (Extent(64 * KiB, 4 * KiB), Extent(1 * MiB, 8 * KiB), Extent(3 * MiB + 512, 100))
+PACK_FILLS = (0xAA, 0xBB, 0xCC)
+PACK_NAME = archive.member_name("vda", PACK[0].start)
+PACK_MAP = archive.map_member_name(PACK_NAME)
+PACK_BYTES = sum(p.length for p in PACK)
+
+
+def packed_disk() -> bytes:
+    """Return the disk a packed archive holds: its pieces, zeros elsewhere."""
+    disk = bytearray(SIZE)
+    for p, fill in zip(PACK, PACK_FILLS):
+        disk[p.start:p.end] = bytes([fill]) * p.length
+    return bytes(disk)
+
+
+def write_packed_archive(borg, members=None) -> str:
+    """Write a full of vda holding PACK in one pack (its map, then its data); return
+    its name. members replaces the map and data members (to damage them)."""
+    data = b"".join(bytes([f]) * p.length for p, f in zip(PACK, PACK_FILLS))
+    m = manifest({"vda": data})
+    m = replace(m, disks={"vda": replace(m.disks["vda"], extents=PACK,
+                                         sha256=hashlib.sha256(data).hexdigest())})
+    if members is None:
+        members = [(PACK_MAP, packing.map_to_json(PACK)), (PACK_NAME, data)]
+    return write_archive(borg, {"vda": data}, data_members=members, manifest_json=m.to_json())
+
+
 def _add(tar: TarWriter, name: str, data) -> None:
     if not isinstance(data, Zeros):
         tar.add(name, data)
@@ -105,6 +136,7 @@ def borg_vm(*args: str, code: int | None = 0, **kwargs) -> subprocess.CompletedP
     """Run the real CLI, `python -m borg_vm ARGS`; assert its exit code unless code is None."""
     proc = subprocess.run([sys.executable, "-m", "borg_vm", *args], capture_output=True,
                           text=True, timeout=600, **kwargs)
+    log_run(args, proc)
     if code is not None:
         assert proc.returncode == code, (f"borg-vm {' '.join(args)} exited {proc.returncode}, "
                                          f"expected {code}\nstderr: {proc.stderr}")
@@ -132,6 +164,7 @@ def borg_vm_peak_rss(workdir, *args: str, code: int | None = 0):
     out = os.path.join(workdir, "peak-rss")
     proc = subprocess.run([sys.executable, "-c", _RSS_PROBE, out, *args], capture_output=True,
                           text=True, timeout=600)
+    log_run(args, proc)
     if code is not None:
         assert proc.returncode == code, (f"borg-vm {' '.join(args)} exited {proc.returncode}, "
                                          f"expected {code}\nstderr: {proc.stderr}")

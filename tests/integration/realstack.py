@@ -7,7 +7,10 @@ when several test tiers each have a conftest.py.
 """
 
 import json
+import logging
+import shutil
 import subprocess
+from pathlib import Path
 
 from borg_vm.core.archive import BLOCK_SIZE
 from borg_vm.core.tarstream import TarWriter, read_members
@@ -25,6 +28,15 @@ def run(*argv, **kwargs) -> subprocess.CompletedProcess:
     proc = subprocess.run(argv, capture_output=True, text=True, **kwargs)
     assert proc.returncode == 0, f"{argv} exited {proc.returncode}: {proc.stderr}"
     return proc
+
+
+def log_run(args, proc: subprocess.CompletedProcess) -> None:
+    """Log a borg-vm run, its exit code and its last line on stderr, to "borgvm.runs"
+    (tests/faults/results.py puts what borg-vm said into its table)."""
+    last = (proc.stderr.strip().splitlines() or [""])[-1].removeprefix("borg-vm: ")
+    logging.getLogger("borgvm.runs").info("borg-vm %s: exit %d: %s", " ".join(args),
+                                          proc.returncode, last,
+                                          extra={"exit_code": proc.returncode, "last_line": last})
 
 
 def qemu_io(image: str, fmt: str, *commands: str) -> None:
@@ -59,6 +71,19 @@ def import_members(borg, archive, members, comment="c"):
 def export_members(borg, archive, paths=()):
     """Return [(name, data)] of the members 'borg export-tar' streams."""
     with borg.export_tar(archive, list(paths)) as proc:
-        members = [(m.name, m.read()) for m in read_members(proc.stdout)]
+        members = [(m.name, m.read()) for m in read_members(proc.stdout) if m.regular]
         borg.finish("export-tar", proc)
     return members
+
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+
+
+def copy_fixture_repo(name: str, tmp_path: Path, monkeypatch) -> Path:
+    """Copy tests/fixtures/NAME (borg writes lock and index files into a repository
+    it reads) into tmp_path and set it as BORG_REPO; return the copy."""
+    repo = tmp_path / name
+    shutil.copytree(FIXTURES / name, repo)
+    monkeypatch.setenv("BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK", "yes")
+    monkeypatch.setenv("BORG_REPO", str(repo))
+    return repo

@@ -197,6 +197,19 @@ def test_borg_log_json_after_a_prompt_on_the_same_line_is_parsed():
     assert _parse_log_json(plain) == (set(), [plain.strip()])
 
 
+def test_a_borg_that_crashed_is_reported_by_its_exception_line():
+    records = [{"levelname": "WARNING", "message": "No space left on device, cleaning up "
+                                                  "partial transaction to free space."},
+               {"levelname": "ERROR", "msgid": "Exception", "message": "Local Exception"},
+               {"levelname": "ERROR", "message": "Traceback (most recent call last):\n"
+                "  File \"borg/archiver.py\", line 5917, in main\n    exit_code = run()\n"
+                "OSError: [Errno 28] No space left on device\n\nPlatform: Linux vm 6.1\n"
+                "Borg: 1.4.5  Python: CPython 3.11.2\n"}]
+    msgids, messages = _parse_log_json("\n".join(json.dumps(r) for r in records))
+    assert msgids == {"Exception"}
+    assert messages == ["OSError: [Errno 28] No space left on device"]
+
+
 def test_passphrase_fd_is_read_once_and_serves_every_borg_child(make_repo, monkeypatch):
     monkeypatch.setenv("BORG_PASSPHRASE", PASSPHRASE)
     repo = make_repo("repokey-blake2").repo
@@ -228,7 +241,7 @@ def test_borg_errors_carry_borg_message(make_repo):
 
 def test_import_killed_midway_fails_and_leaves_no_archive(make_repo):
     borg = make_repo()
-    with pytest.raises(BorgError, match="borg import-tar failed: exit code -9"):
+    with pytest.raises(BorgError, match="^borg import-tar failed: killed by SIGKILL$"):
         with borg.import_tar("vm", comment="c", timestamp=TIMESTAMP, compression="lz4",
                              chunker_params=CHUNKER) as proc:
             tar = TarWriter(proc.stdin, MTIME)

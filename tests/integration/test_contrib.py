@@ -26,9 +26,15 @@ def units_in(tmp_path: Path, borg_vm: str) -> Path:
     return tmp_path
 
 
+# What `systemctl enable` would name: an instance of the per-domain template,
+# and the unit for every domain.
+UNITS = ("borg-vm@web01.service", "borg-vm@web01.timer",
+         "borg-vm-all.service", "borg-vm-all.timer")
+
+
 def verify(units: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(["systemd-analyze", "verify", str(units / "borg-vm@web01.service"),
-                           str(units / "borg-vm@web01.timer")], capture_output=True, text=True)
+    return subprocess.run(["systemd-analyze", "verify", *(str(units / u) for u in UNITS)],
+                          capture_output=True, text=True)
 
 
 @pytest.fixture(autouse=True)
@@ -59,3 +65,20 @@ def test_the_units_default_retention_is_a_valid_prune(make_repo):
                           capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr
     assert "would delete 0 of 0 archives" in proc.stderr
+
+
+def test_the_all_unit_backs_up_every_domain_then_prunes_like_the_domain_unit():
+    """borg-vm-all.service: backup --all (every domain unless BORG_VM_MATCH
+    narrows it), then prune every domain, by the per-domain unit's defaults."""
+    def settings(unit: str) -> tuple[list[str], list[str]]:
+        text = (CONTRIB / "systemd" / unit).read_text()
+        lines = text.splitlines()
+        return ([line for line in lines if line.startswith("Environment=")],
+                [line for line in lines if line.startswith("ExecStart=")])
+
+    one_env, _ = settings("borg-vm@.service")
+    all_env, all_exec = settings("borg-vm-all.service")
+    assert all_env == [*one_env, "Environment=BORG_VM_MATCH=*"]
+    assert all_exec == [
+        "ExecStart=/usr/local/bin/borg-vm backup --no-progress --all --match ${BORG_VM_MATCH}",
+        "ExecStart=/usr/local/bin/borg-vm prune $BORG_VM_KEEP"]

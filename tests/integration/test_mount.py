@@ -10,10 +10,11 @@ import tarfile
 
 import pytest
 
-from borg_vm.core import archive
+from borg_vm.core import archive, packing
 
-from handmade import DOMAIN, SIZE, manifest, write_archive
-from mounting import compare, failed_mount, start_mount, wait_gone
+from handmade import (DOMAIN, PACK, PACK_BYTES, PACK_MAP, PACK_NAME, SIZE, manifest,
+                      packed_disk, write_archive, write_packed_archive)
+from mounting import compare, failed_mount, mounts_under, start_mount, wait_gone
 from realstack import BLOCK, CHUNKER, MiB, TIMESTAMP
 
 DATA = bytes(range(256)) * (3 * MiB // 256)     # 3 MiB at offset 0, then zeros
@@ -30,11 +31,6 @@ def one_error_line(proc) -> str:
     assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("borg-vm: "), \
         proc.stderr
     return lines[0]
-
-
-def mounts_under(path) -> list[str]:
-    with open("/proc/self/mounts") as f:
-        return [line.split()[1] for line in f if line.split()[1].startswith(str(path))]
 
 
 def test_serves_the_disk_reads_zeros_and_stops_on_sigterm(make_repo, tmp_path):
@@ -61,6 +57,30 @@ def test_serves_the_disk_reads_zeros_and_stops_on_sigterm(make_repo, tmp_path):
     assert not sock.exists()
     assert not mounts_under(tmp_path / "run")
     assert os.listdir(tmp_path / "run") == []
+
+
+def test_serves_the_pieces_of_a_pack_where_its_map_says(make_repo, tmp_path):
+    borg = make_repo()
+    write_packed_archive(borg)
+    m = start_mount(DOMAIN, borg.repo, str(tmp_path / "vda.sock"))
+    assert compare(m.uri("vda"), packed_disk(), tmp_path).returncode == 0
+    assert m.stop(signal.SIGTERM)[0] == 0
+
+
+@pytest.mark.parametrize("members, why", [
+    ([(PACK_MAP, packing.map_to_json(PACK))], f"map of {PACK_NAME} without its data member"),
+    ([(PACK_MAP, packing.map_to_json(PACK)), (PACK_NAME, b"x" * (PACK_BYTES - 1))],
+     f"the map of {PACK_NAME} does not describe its {PACK_BYTES - 1} bytes"),
+    ([(PACK_MAP, b"[[65536, 4096], [1048576"), (PACK_NAME, b"x" * PACK_BYTES)], f"{PACK_MAP}: "),
+    ([(PACK_MAP, b"[" * (packing.MAX_MAP_BYTES + 1)), (PACK_NAME, b"x" * PACK_BYTES)],
+     f"{PACK_MAP} is {packing.MAX_MAP_BYTES + 1} bytes, more than"),
+], ids=["lone-map", "short-data", "not-json", "oversized"])
+def test_a_damaged_pack_is_refused(make_repo, tmp_path, members, why):
+    borg = make_repo()
+    name = write_packed_archive(borg, members)
+    line = one_error_line(failed_mount(DOMAIN, borg.repo, str(tmp_path / "vda.sock")))
+    assert name in line and why in line, line
+    assert not mounts_under(tmp_path / "run") and os.listdir(tmp_path / "run") == []
 
 
 def test_a_killed_mount_is_cleaned_up_by_the_next(make_repo, tmp_path):

@@ -4,13 +4,12 @@ attacker with write access to a shared repository would make them."""
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
 from borg_vm.core.archive import FULL, DiskSummary, Summary
 
+import handmade
 from realstack import import_members
 
 GOOD = "web01.20261126T020000Z.borgvm-20261126T020000Z"
@@ -25,9 +24,7 @@ def comment(**over) -> str:
 
 
 def borg_vm(*args, repo):
-    env = dict(os.environ, BORG_REPO=repo.repo)
-    return subprocess.run([sys.executable, "-m", "borg_vm", *args], capture_output=True,
-                          text=True, env=env, timeout=120)
+    return handmade.borg_vm(*args, code=None, env=dict(os.environ, BORG_REPO=repo.repo))
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import pytest
 from borg_vm.adapters import qemu
 from borg_vm.errors import QemuImgError
 
-from realstack import MiB, qemu_io
+from realstack import MiB, allocated_data, qemu_io
 
 
 @pytest.mark.parametrize("fmt", ["raw", "qcow2"])
@@ -17,6 +17,9 @@ def test_create_makes_empty_image_of_size(tmp_path, fmt):
     info = qemu.info(img)
     assert (info["format"], info["virtual-size"]) == (fmt, 3 * MiB)
     assert "backing-filename" not in info
+    # No data anywhere: a restored disk holds data only where the original did
+    # (qemu-img create would allocate a raw image's first 4 KiB).
+    assert allocated_data(img, fmt) == []
 
 
 @pytest.mark.parametrize("base_fmt", ["raw", "qcow2"])

@@ -9,11 +9,14 @@ from pathlib import Path
 import pytest
 
 from borg_vm.actions import restore as restore_action
-from borg_vm.core import archive
+from borg_vm.core import archive, packing
+from borg_vm.core.extent import Extent
 from borg_vm.errors import FormatError
 
-from handmade import DOMAIN, SIZE, Zeros, borg_vm, borg_vm_peak_rss, error_line, write_archive
-from realstack import MiB
+from handmade import (DOMAIN, PACK, PACK_BYTES, PACK_MAP, PACK_NAME, SIZE, Zeros, borg_vm,
+                      borg_vm_peak_rss, error_line, image_data, packed_disk, write_archive,
+                      write_packed_archive)
+from realstack import KiB, MiB
 
 DATA = b"\x5a" * 65536
 GiB = 1024 * MiB
@@ -111,6 +114,47 @@ def test_data_member_beyond_the_disk_end_is_damage(make_repo, tmp_path, end, len
     assert (f"Data of disk vda in archive {name} " in line
             and f"ends at byte {offset + length}, beyond the disk's {size} bytes" in line
             and "damaged" in line), proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+# --- format 3: a pack of pieces, announced by its map ------------------------------------
+
+def test_a_pack_restores_its_pieces_at_their_offsets(make_repo, tmp_path):
+    borg = make_repo()
+    write_packed_archive(borg)
+    to = tmp_path / "out"
+    restore(borg.repo, to)
+    (image,) = to.glob("*.qcow2")
+    assert image_data(str(image), tmp_path) == packed_disk()
+    assert "ok " in borg_vm("verify", DOMAIN, "--repo", borg.repo).stdout
+
+
+MAP, DATA_NAME, PACKED = PACK_MAP, PACK_NAME, PACK_BYTES
+
+
+@pytest.mark.parametrize("members, error", [
+    ([(MAP, packing.map_to_json(PACK)), (archive.member_name("vda", 0), b"x" * PACKED)],
+     f"map of {DATA_NAME} is followed by '{archive.member_name('vda', 0)}'"),
+    ([(MAP, packing.map_to_json(PACK))], f"map of {DATA_NAME} is followed by 'manifest.json'"),
+    ([(MAP, packing.map_to_json(PACK)), (DATA_NAME, b"x" * (PACKED - 1))],
+     f"the map of {DATA_NAME} does not describe its {PACKED - 1} bytes"),
+    ([(MAP, packing.map_to_json(PACK[1:])), (DATA_NAME, b"x" * PACKED)],
+     f"the map of {DATA_NAME} does not describe"),
+    ([(MAP, b"[[65536, 4096], [1048576"), (DATA_NAME, b"x" * PACKED)], f"{MAP}: "),
+    ([(MAP, b"[[65536, 4096], [1048576, -3]]"), (DATA_NAME, b"x" * PACKED)], "out of order"),
+    ([(MAP, Zeros(packing.MAX_MAP_BYTES + 1)), (DATA_NAME, b"x" * PACKED)],
+     f"{MAP} is {packing.MAX_MAP_BYTES + 1} bytes, more than the {packing.MAX_MAP_BYTES}"),
+    ([(MAP, packing.map_to_json((PACK[0], Extent(SIZE - 100, PACKED - 4 * KiB)))),
+      (DATA_NAME, b"x" * PACKED)],
+     f"ends at byte {SIZE - 100 + PACKED - 4 * KiB}, beyond the disk's {SIZE} bytes"),
+], ids=["other-member", "at-the-end", "short-data", "short-map", "not-json", "bad-entry",
+        "oversized", "beyond-the-disk"])
+def test_damaged_packs_are_refused(make_repo, tmp_path, members, error):
+    borg = make_repo()
+    name = write_packed_archive(borg, members)
+    proc = restore(borg.repo, tmp_path / "out", code=2)
+    line = proc.stderr.splitlines()[-1]
+    assert name in line and error in line, proc.stderr
     assert not (tmp_path / "out").exists()
 
 

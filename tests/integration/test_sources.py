@@ -38,6 +38,10 @@ def test_incremental_map_has_the_dirty_runs(tmp_path, qemu_nbd_socket):
     m = source.extent_map("vda", incremental=True)
     assert [(r.start, r.length) for r in m.dirty if r.flags & STATE_DIRTY] == [
         (4 * MiB, GRANULARITY)]
+    # Allocation is asked for only where it is needed: the dirty cluster (its
+    # 4 KiB written, the rest zero or data as the host file system says).
+    assert (m.allocation[0].start, m.allocation[-1].end) == (4 * MiB, 4 * MiB + GRANULARITY)
+    assert m.allocation[0].length >= 4 * KiB and not m.allocation[0].flags & STATE_ZERO
 
 
 def test_reads_yield_the_requests_in_order(tmp_path, qemu_nbd_socket):

@@ -206,7 +206,7 @@ def test_manifest_round_trip_full_without_parent():
 def test_manifest_document():
     doc = json.loads(manifest().to_json())
     assert doc["format"] == "borg-vm"
-    assert doc["version"] == FORMAT_VERSION == 2
+    assert doc["version"] == FORMAT_VERSION == 3
     assert doc["block_size"] == BLOCK_SIZE
     assert doc["borg_vm_version"] == __version__
     assert list(doc["disks"]) == ["sdb", "vda"]
@@ -239,7 +239,7 @@ def _reject(doc_or_raw, match=None):
     return e.value
 
 
-@pytest.mark.parametrize("version", [0, 3, "1", None, True])
+@pytest.mark.parametrize("version", [0, 4, "1", None, True])
 def test_manifest_rejects_unknown_version(version):
     doc = _doc()
     doc["version"] = version

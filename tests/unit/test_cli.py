@@ -132,3 +132,31 @@ def test_freeze_timeout_comes_from_the_environment(fake_stack, monkeypatch, caps
         code, _out, err = run_main(capsys, "backup", "a", "--quiesce")
         assert code == 2
         assert f"BORG_VM_FREEZE_TIMEOUT: not a positive number of seconds: {bad!r}" in err
+
+
+@pytest.mark.parametrize("argv", [
+    ("boot", "web01"),                                         # booting needs --to
+    ("boot", "--finish", "web01-restored", "--to", "/srv"),    # finishing takes no --to
+    ("boot", "--resume", "web01-restored", "--checkpoint", "borgvm-20261127T020000Z"),
+    ("boot", "--finish", "web01-restored", "--name", "other"),
+])
+def test_boot_refuses_options_that_do_not_go_together(fake_stack, capsys, argv):
+    code, _out, err = run_main(capsys, *argv)
+    assert code == 2
+    assert err.startswith("borg-vm: boot DOMAIN needs --to DIR; --finish NEW and --resume NEW "
+                          "take none of")
+
+
+def test_boot_finish_and_resume_are_one_or_the_other(capsys):
+    code, _out, err = run_main(capsys, "boot", "--finish", "--resume", "web01-restored")
+    assert code == 2 and "not allowed with argument" in err
+
+
+def test_socket_owner_takes_names_and_numbers():
+    assert cli._owner("0") == (0, 0)
+    assert cli._owner("root:0") == (0, 0)
+    assert cli._owner("0:root") == (0, 0)
+    with pytest.raises(cli.argparse.ArgumentTypeError, match="no such user or group"):
+        cli._owner("no-such-user-borgvm")
+    with pytest.raises(cli.argparse.ArgumentTypeError, match="no such user or group"):
+        cli._owner("root:no-such-group-borgvm")

@@ -14,20 +14,26 @@ PROPERTY = settings(max_examples=300, deadline=None)
 
 @st.composite
 def chains(draw):
-    """A disk size and a chain (full first) of (extents, data members) per archive."""
+    """A disk size and a chain (full first) of (extents, data members) per archive;
+    a member is the pieces it holds back to back: several for a pack (format 3)."""
     size = draw(st.integers(1, MAX_DISK))
     layers = []
     for _ in range(draw(st.integers(1, 5))):
         cuts = sorted(set(draw(st.lists(st.integers(0, size), max_size=12))) | {0, size})
-        extents, members = [], []
+        extents, pieces = [], []
         for lo, hi in zip(cuts, cuts[1:]):
             kind = draw(st.sampled_from((DATA, ZERO, None)))
             if kind is None:
                 continue
             extents.append(Extent(lo, hi - lo, kind))
-            if kind == DATA:   # members: the extent cut at a few more places
+            if kind == DATA:   # pieces: the extent cut at a few more places
                 inner = sorted(set(draw(st.lists(st.integers(lo + 1, hi), max_size=3))) | {hi})
-                members += [Extent(a, b - a) for a, b in zip([lo] + inner, inner) if b > a]
+                pieces += [Extent(a, b - a) for a, b in zip([lo] + inner, inner) if b > a]
+        members = []       # consecutive pieces grouped into members of 1-3
+        while pieces:
+            n = draw(st.integers(1, 3))
+            members.append(tuple(pieces[:n]))
+            pieces = pieces[n:]
         layers.append((extents, members))
     return size, layers
 
@@ -37,13 +43,15 @@ def restored(size, layers):
     or None for zero."""
     out = [None] * size
     for i, (extents, members) in enumerate(layers):
+        where = {}   # disk byte -> (member start, byte in member)
+        for m in members:
+            at = 0
+            for p in m:
+                where.update({x: (m[0].start, at + x - p.start) for x in range(p.start, p.end)})
+                at += p.length
         for e in extents:
             for x in range(e.start, e.end):
-                if e.kind == ZERO:
-                    out[x] = None
-                else:
-                    m = next(m for m in members if m.start <= x < m.end)
-                    out[x] = (i, m.start, x - m.start)
+                out[x] = None if e.kind == ZERO else (i, *where[x])
     return out
 
 
@@ -52,7 +60,7 @@ def served(disk_map: DiskMap, offset=0, length=None):
     length = disk_map.size - offset if length is None else length
     out = []
     for p, lo, hi in disk_map.spans(offset, length):
-        out += [None if p.zero else (p.layer, p.member, x - p.member) for x in range(lo, hi)]
+        out += [None if p.zero else (p.layer, p.member, x - p.base) for x in range(lo, hi)]
     return out
 
 
@@ -105,19 +113,28 @@ def test_the_map_survives_its_json_document(chain):
 
 
 def test_the_drawing_in_the_docstring():
-    full = layer_pieces(0, [Extent(0, 18), Extent(18, 12)], [Extent(0, 18), Extent(18, 12)])
-    inc1 = layer_pieces(1, [Extent(5, 8, ZERO), Extent(23, 10)], [Extent(23, 10)])
-    inc2 = layer_pieces(2, [Extent(40, 4)], [Extent(40, 4)])
+    full = layer_pieces(0, [Extent(0, 18), Extent(18, 12)], [(Extent(0, 18),), (Extent(18, 12),)])
+    inc1 = layer_pieces(1, [Extent(5, 8, ZERO), Extent(23, 10)], [(Extent(23, 10),)])
+    inc2 = layer_pieces(2, [Extent(40, 4)], [(Extent(40, 4),)])
     assert resolve([full, inc1, inc2], 50) == [
-        Piece(0, 5, 0, 0), Piece(5, 8), Piece(13, 5, 0, 0), Piece(18, 5, 0, 18),
-        Piece(23, 10, 1, 23), Piece(33, 7), Piece(40, 4, 2, 40), Piece(44, 6)]
+        Piece(0, 5, 0, 0, 0), Piece(5, 8), Piece(13, 5, 0, 0, 0), Piece(18, 5, 0, 18, 18),
+        Piece(23, 10, 1, 23, 23), Piece(33, 7), Piece(40, 4, 2, 40, 40), Piece(44, 6)]
+
+
+def test_a_pack_serves_each_piece_from_its_place_in_the_member():
+    # one member at 10 holding [10, 14) then [20, 26): disk byte 20 is its byte 4
+    pieces = layer_pieces(0, [Extent(10, 4), Extent(20, 6)], [(Extent(10, 4), Extent(20, 6))])
+    assert pieces == [Piece(10, 4, 0, 10, 10), Piece(20, 6, 0, 10, 16)]
+    disk_map = DiskMap(30, tuple(resolve([pieces], 30)))
+    assert served(disk_map, 20, 2) == [(0, 10, 4), (0, 10, 5)]
 
 
 @pytest.mark.parametrize("members, why", [
-    ([Extent(0, 8)], "cover exactly"),                    # short of the extent
-    ([Extent(0, 10), Extent(10, 2)], "cover exactly"),    # beyond it
-    ([Extent(0, 6), Extent(4, 6)], "overlap"),
-    ([Extent(0, 4), Extent(6, 4)], "cover exactly"),      # a gap
+    ([(Extent(0, 8),)], "cover exactly"),                      # short of the extent
+    ([(Extent(0, 10),), (Extent(10, 2),)], "cover exactly"),   # beyond it
+    ([(Extent(0, 6),), (Extent(4, 6),)], "overlap"),
+    ([(Extent(0, 4),), (Extent(6, 4),)], "cover exactly"),     # a gap
+    ([(Extent(0, 4), Extent(6, 4))], "cover exactly"),         # a gap inside a pack
 ])
 def test_members_must_cover_the_data_extents_exactly(members, why):
     with pytest.raises(ValueError, match=why):

@@ -12,7 +12,7 @@ from hypothesis import given, settings, strategies as st
 from borg_vm.core.extent import (DATA, STATE_DIRTY, STATE_HOLE, STATE_ZERO, ZERO, Extent, Run,
                             check_map, clip_runs, merge, merge_overlapping, plan_full,
                             plan_incremental, requests, runs_from_entries, split_at_blocks,
-                            subtract, total, widen_data)
+                            status_ranges, subtract, subtract_all, total, widen_data)
 
 MAX_DISK = 300
 ALLOC_FLAGS = (0, STATE_HOLE, STATE_ZERO, STATE_HOLE | STATE_ZERO)
@@ -204,6 +204,14 @@ def test_subtract_is_set_difference(rng, holes):
     assert all(a[1] < b[0] for a, b in zip(out, out[1:]))
 
 
+@PROPERTY
+@given(st.lists(ranges, max_size=8), st.lists(ranges, max_size=8))
+def test_subtract_all_is_subtract_of_each(rngs, holes):
+    rngs = [r for r in merge_overlapping(rngs) if r[0] < r[1]]
+    holes = [h for h in merge_overlapping(holes) if h[0] < h[1]]
+    assert list(subtract_all(rngs, holes)) == [p for r in rngs for p in subtract(r, holes)]
+
+
 def test_subtract_examples():
     assert subtract((0, 100), [(10, 20), (50, 60)]) == [(0, 10), (20, 50), (60, 100)]
     assert subtract((10, 20), [(0, 30)]) == []
@@ -268,6 +276,41 @@ def test_plan_incremental_records_exactly_dirty_bytes(m):
     dirt = flags_per_byte(dirty, size)
     assert kinds(out, size) == [expected_kind(f) if d & STATE_DIRTY else None
                                 for f, d in zip(flags, dirt)]
+
+
+@PROPERTY
+@given(disk_maps(), st.integers(0, 40))
+def test_plan_incremental_needs_allocation_only_near_dirty_runs(m, gap):
+    size, allocation, dirty = m
+    near = [r for lo, hi in status_ranges(dirty, gap) for r in clip_runs(allocation, lo, hi)]
+    assert plan_incremental(near, dirty) == plan_incremental(allocation, dirty)
+
+
+@PROPERTY
+@given(disk_maps(), st.integers(0, 40))
+def test_status_ranges_cover_the_dirty_runs_and_join_close_ones(m, gap):
+    size, _allocation, dirty = m
+    out = status_ranges(dirty, gap)
+    assert {i for r in dirty if r.flags & STATE_DIRTY for i in range(r.start, r.end)} \
+        <= covered(out)
+    assert all(b[0] - a[1] >= gap for a, b in zip(out, out[1:]))
+    for lo, hi in out:   # every range starts and ends with dirty bytes
+        assert any(r.flags & STATE_DIRTY and r.start == lo for r in dirty)
+        assert any(r.flags & STATE_DIRTY and r.end == hi for r in dirty)
+
+
+def test_plan_incremental_refuses_allocation_that_misses_a_dirty_byte():
+    with pytest.raises(ValueError, match="does not cover dirty byte 10"):
+        plan_incremental([Run(0, 10, 0), Run(12, 8, 0)], [Run(0, 20, STATE_DIRTY)])
+    with pytest.raises(ValueError, match="does not cover dirty byte 15"):
+        plan_incremental([Run(0, 15, 0)], [Run(5, 15, STATE_DIRTY)])
+
+
+def test_plan_full_refuses_unsorted_or_overlapping_runs():
+    with pytest.raises(ValueError):
+        plan_full([Run(10, 5, 0), Run(0, 5, 0)])
+    with pytest.raises(ValueError):
+        plan_full([Run(0, 10, 0), Run(5, 10, STATE_ZERO)])
 
 
 @PROPERTY

@@ -8,7 +8,7 @@ from hypothesis import given, settings, strategies as st
 
 from borg_vm.core.archive import FULL, INC, ArchiveInfo, ArchiveName, DiskSummary, Summary
 from borg_vm.core.chain import disk_chain
-from borg_vm.core.retention import KEEP, PRUNE, Rules, decide, interval_hours, kept_points
+from borg_vm.core.retention import KEEP, NEWEST, PRUNE, Rules, decide, interval_hours, kept_points
 
 UTC = timezone.utc
 NOW = datetime(2026, 11, 27, 3, 0, 0, tzinfo=UTC)
@@ -73,6 +73,17 @@ def test_per_disk_chains_keep_each_disks_full():
     assert all(got[k][0] == KEEP for k in "0123")
 
 
+def test_keep_within_alone_never_deletes_the_newest_chain():
+    # A week without backups (a failing host): borg's --keep-within 1d alone would
+    # delete everything, and the next incremental would have no parent.
+    archives = history([(0, FULL, None), (24, INC, None), (48, FULL, None), (72, INC, None)],
+                       start=NOW - timedelta(days=10))
+    got = verdicts(archives, Rules(within_hours=24))
+    assert got["3"] == (KEEP, NEWEST)
+    assert got["2"] == (KEEP, f"needed by {archives[3].archive}")
+    assert [got[k][0] for k in "01"] == [PRUNE] * 2
+
+
 def test_daily_weekly_keep_the_newest_of_each_period():
     archives = history([(h, FULL, None) for h in range(0, 24 * 20, 6)])   # 4 a day, 20 days
     got = verdicts(archives, Rules(daily=3))
@@ -116,6 +127,7 @@ def test_every_kept_archive_has_its_whole_chain(spec, rules):
                 except Exception:
                     continue
                 assert {x.archive for x in needed} <= kept
+    assert max(archives, key=lambda a: a.order).archive in kept
 
 
 def _borg_prune(archives, rules):

@@ -4,6 +4,10 @@ on a real file system (a temporary BORG_VM_RUNTIME_DIR)."""
 import fcntl
 import os
 from pathlib import Path
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -25,21 +29,9 @@ def lock_file(base):
     return base / f"{UUID}.lock"
 
 
-def held_by_someone(path) -> bool:
-    """Return True if another open file description holds the flock of path."""
-    fd = os.open(path, os.O_RDWR)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
-
-
 def test_lock_file_exists_while_held_and_is_removed_after(base):
     with runtime.domain_lock(UUID, "web01"):
-        assert held_by_someone(lock_file(base))
+        assert runtime.lock_held(lock_file(base))
         assert (base.stat().st_mode & 0o022, base.stat().st_uid) == (0, os.geteuid())
     assert list(base.iterdir()) == []
 
@@ -57,7 +49,7 @@ def test_second_run_of_a_domain_is_refused_and_leaves_the_lock_alone(base):
         with pytest.raises(UsageError, match="another borg-vm run is backing up 'web01'"):
             with runtime.domain_lock(UUID, "web01"):
                 pass
-        assert lock_file(base).stat().st_ino == inode and held_by_someone(lock_file(base))
+        assert lock_file(base).stat().st_ino == inode and runtime.lock_held(lock_file(base))
     assert list(base.iterdir()) == []
 
 
@@ -106,7 +98,7 @@ def test_a_lock_file_removed_before_we_locked_it_is_made_again(base, monkeypatch
     base.mkdir(parents=True)
     race(monkeypatch, lambda: lock_file(base).unlink())
     with runtime.domain_lock(UUID, "web01"):
-        assert held_by_someone(lock_file(base))   # we hold the file that is there now
+        assert runtime.lock_held(lock_file(base))   # we hold the file that is there now
     assert list(base.iterdir()) == []
 
 
@@ -159,3 +151,62 @@ def test_a_mount_dir_is_stale_only_once_its_holder_is_gone(tmp_path, monkeypatch
     assert runtime.stale_mount_dirs() == [path]
     runtime.remove_mount_dir(path, ("archives",))
     assert os.listdir(tmp_path / "run") == []
+
+
+def test_lock_held_says_whether_anyone_holds_the_flock(tmp_path):
+    path = tmp_path / "a.lock"
+    assert runtime.lock_held(str(path)) is None
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        assert runtime.lock_held(str(path)) is False
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        assert runtime.lock_held(str(path)) is True
+        child = os.dup(fd)          # the same open file: the lock goes with it
+        os.close(fd)
+        fd = child
+        assert runtime.lock_held(str(path)) is True
+    finally:
+        os.close(fd)
+    assert runtime.lock_held(str(path)) is False
+
+
+def test_boot_dirs_leave_out_one_being_set_up(base):
+    made = runtime.boot_dir(runtime.boot_dir_path(UUID))
+    assert oct(os.stat(made).st_mode & 0o777) == "0o711"
+    assert runtime.boot_dirs() == []                  # no booting.lock yet: being made
+    with runtime.booting(made):
+        assert runtime.boot_dirs() == []
+    assert runtime.boot_dirs() == [(made, UUID)]
+    runtime.remove_boot_dir(made)
+    assert not os.path.exists(made)
+
+
+PHASE_PROBE = ("import logging, sys; from borg_vm import runtime; "
+               "logging.basicConfig(level=logging.DEBUG, format='%(message)s'); "
+               "runtime.phase(runtime.STREAMING, 'into %s', 'x'); print('went on')")
+
+
+def _state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
+def test_a_phase_is_a_debug_line(monkeypatch):
+    monkeypatch.setenv(runtime.STOP_AT_ENV, runtime.DONE)   # another phase: no stop
+    out = subprocess.run([sys.executable, "-c", PHASE_PROBE], capture_output=True, text=True,
+                         timeout=30)
+    assert (out.returncode, out.stdout, out.stderr) == (0, "went on\n",
+                                                        "phase streaming: into x\n")
+
+
+def test_the_phase_named_stops_the_process_until_sigcont(monkeypatch):
+    monkeypatch.setenv(runtime.STOP_AT_ENV, runtime.STREAMING)
+    proc = subprocess.Popen([sys.executable, "-c", PHASE_PROBE], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while _state(proc.pid) != "T":
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGCONT)
+    out, err = proc.communicate(timeout=30)
+    assert (proc.returncode, out, err) == (0, "went on\n", "phase streaming: into x\n")

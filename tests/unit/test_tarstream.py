@@ -4,6 +4,8 @@ import io
 import tarfile
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from borg_vm.core.tarstream import (BLOCK, MAX_NAME_BYTES, MEMBER_MODE, TarFormatError, TarWriter,
                                read_members, write_all)
@@ -103,14 +105,14 @@ def test_read_members_reads_tarfile_gnu():
     assert read_all(gnu_tar(members)) == members
 
 
-def test_read_members_skips_directories_links_and_unread_data():
+def test_read_members_tells_directories_and_links_apart_and_skips_unread_data():
     d = tarfile.TarInfo("disk")
     d.type = tarfile.DIRTYPE
     s = tarfile.TarInfo("disk/link-" + "x" * 120)
     s.type, s.linkname = tarfile.SYMTYPE, "target-" + "y" * 120
     raw = gnu_tar([("a", b"A" * 1000), ("b", b"B" * 10)], extra=[d, s])
-    names = [m.name for m in read_members(io.BytesIO(raw))]   # data never read: skipped
-    assert names == ["a", "b"]
+    got = [(m.name, m.regular) for m in read_members(io.BytesIO(raw))]  # data never read
+    assert got == [("disk", False), (s.name, False), ("a", True), ("b", True)]
 
 
 def test_read_members_partial_read_then_next():
@@ -261,3 +263,24 @@ def test_read_into_a_stream_that_ends_early_raises():
     m = next(read_members(io.BytesIO(written(MEMBERS)[:BLOCK + 4])))
     with pytest.raises(TarFormatError, match="ended 6 bytes early"):
         m.read_into(memoryview(bytearray(10)))
+
+
+VALID = gnu_tar([("domain.xml", b"<x/>"), (LONG_NAME, b"long" * 300),
+                 ("disk/vda/0000000000000000", bytes(range(256)) * 8)])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_a_damaged_stream_yields_members_or_raises_tar_format_error(data):
+    """Bytes changed, cut or appended anywhere in a valid stream: members come out
+    (read whole, never more than the stream holds) or TarFormatError, nothing else."""
+    raw = bytearray(VALID)
+    for _ in range(data.draw(st.integers(1, 8))):
+        at = data.draw(st.integers(0, len(raw) - 1))
+        raw[at] = data.draw(st.integers(0, 255))
+    raw = raw[:data.draw(st.integers(0, len(raw)))] + data.draw(st.binary(max_size=64))
+    try:
+        for m in read_members(io.BytesIO(bytes(raw))):
+            assert len(m.read()) == m.size <= len(raw)
+    except TarFormatError:
+        pass

@@ -1,0 +1,31 @@
+"""borg-vm SIGKILLed at each phase of a backup, alone and with QEMU (a host that
+lost power): nothing to say, nothing lost; the next run removes what it left and
+goes on from the last good archive."""
+
+import pytest
+
+from borg_vm import runtime
+
+PHASES = [runtime.PLANNED, runtime.JOB_STARTED, runtime.STREAMING, runtime.BORG_FINISHED,
+          runtime.RENAMED, runtime.DONE]
+
+
+@pytest.mark.parametrize("phase", PHASES)
+def test_borg_vm_killed_at_phase(target, record, phase):
+    t = target()
+    record["injected"] = f"SIGKILL of borg-vm at phase {phase}"
+    t.kill(t.start(stop_at=phase))
+    t.next_run()
+    t.check()
+
+
+def test_host_crash_mid_stream(target, record):
+    """borg-vm and QEMU killed at once: the checkpoints went with QEMU, so a full."""
+    t = target()
+    proc = t.start(stop_at=runtime.STREAMING)
+    record["injected"] = "SIGKILL of borg-vm and of QEMU mid-stream (a host crash)"
+    t.d.kill_qemu()
+    t.kill(proc)
+    t.d.start_paused()
+    t.next_run("full", "inconsistent")
+    t.check()

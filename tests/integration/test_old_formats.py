@@ -1,0 +1,88 @@
+"""Repositories written by earlier archive formats keep listing, restoring and verifying.
+
+Each tests/fixtures/vN-repo is a real Borg repository the borg-vm of that
+format made of a small domain, frozen before the format changed;
+vN-repo.json holds the SHA-256 of each disk as the guest saw it at each
+checkpoint. Every later format must still restore them bit for bit.
+
+- v1-repo (format 1, commit 9a84b9c): a qcow2 and a raw disk; a full and an
+  incremental with a zeroed range.
+- v2-repo (format 2, commit 24523bd): two qcow2 disks; a full, an incremental
+  with zeroed and discarded ranges, and after an external snapshot S2 an
+  incremental holding the base layer's final changes (``frozen``), so
+  ``--layers`` rebuilds the base image (``layers.base`` holds its SHA-256).
+"""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from realstack import FIXTURES, copy_fixture_repo
+
+VERSIONS = ("v1", "v2")
+
+
+def borg_vm(*args):
+    proc = subprocess.run([sys.executable, "-m", "borg_vm", *args], capture_output=True,
+                          text=True, env=dict(os.environ), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def sha256_of_image(path: str, tmp_path: Path) -> str:
+    raw = tmp_path / "flat.raw"
+    subprocess.run(["qemu-img", "convert", "-O", "raw", path, str(raw)], check=True)
+    digest = hashlib.sha256(raw.read_bytes()).hexdigest()
+    raw.unlink()
+    return digest
+
+
+@pytest.fixture(params=VERSIONS)
+def old_repo(request, tmp_path, monkeypatch):
+    """(version, expected digests) of a fixture repository, copied and set as BORG_REPO."""
+    copy_fixture_repo(f"{request.param}-repo", tmp_path, monkeypatch)
+    return request.param, json.loads((FIXTURES / f"{request.param}-repo.json").read_text())
+
+
+def test_old_archives_are_listed(old_repo):
+    _version, expected = old_repo
+    listed = json.loads(borg_vm("list", "--json"))["archives"]
+    assert [a["checkpoint"] for a in listed] == sorted(expected["checkpoints"])
+    assert [a["level"] for a in listed] == ["full"] + ["inc"] * (len(listed) - 1)
+
+
+@pytest.mark.parametrize("mode", [(), ("--flatten",), ("--flatten", "--format", "raw")],
+                         ids=["chain", "flatten", "raw"])
+def test_old_archives_restore_bit_for_bit(old_repo, tmp_path, mode):
+    _version, expected = old_repo
+    for i, (checkpoint, disks) in enumerate(sorted(expected["checkpoints"].items())):
+        to = tmp_path / f"to{i}"
+        doc = json.loads(borg_vm("restore", expected["domain"], "--checkpoint", checkpoint,
+                                 "--to", str(to), "--json", *mode))
+        for target, digest in disks.items():
+            assert sha256_of_image(doc["disks"][target]["image"], tmp_path) == digest, \
+                (checkpoint, target, mode)
+
+
+def test_old_archives_verify(old_repo):
+    doc = json.loads(borg_vm("verify", "--all", "--json"))
+    assert doc["ok"] and len(doc["archives"]) == len(old_repo[1]["checkpoints"])
+
+
+def test_v2_layers_restore_the_frozen_base(tmp_path, monkeypatch):
+    copy_fixture_repo("v2-repo", tmp_path, monkeypatch)
+    expected = json.loads((FIXTURES / "v2-repo.json").read_text())
+    layers = expected["layers"]
+    doc = json.loads(borg_vm("restore", expected["domain"], "--checkpoint",
+                             layers["checkpoint"], "--to", str(tmp_path / "to"), "--layers",
+                             "--json"))
+    for target, digest in layers["base"].items():
+        base, top = doc["disks"][target]["chain"]
+        assert sha256_of_image(base, tmp_path) == digest, target
+        assert sha256_of_image(top, tmp_path) == \
+            expected["checkpoints"][layers["checkpoint"]][target], target
