@@ -33,16 +33,26 @@ import report  # noqa: E402
 from lab import GIB, KIB, MIB, WORK, Borg, say  # noqa: E402
 
 RUNS = int(os.environ.get("BENCH_RUNS", "3"))  # fewer only for a quick try-out
+# For trying out the benchmark's code, not for figures: BENCH_ONLY=restore runs
+# only the incremental chain's restore and fixed-cost sections (into
+# bench/work/RESULTS-restore.md, RESULTS.md is left alone), and BENCH_DATA_MIB
+# shrinks the scenario (the disk is twice the data, the zero range scales).
+ONLY = os.environ.get("BENCH_ONLY", "")
 # The headline comparison (borg-vm full vs import-tar, no encryption) gets two
 # more rounds: its ceiling varies by +-1 s from run to run on this machine.
 HEADLINE_RUNS = RUNS + 2
-DISK_SIZE = 4 * GIB
-DATA_SIZE = 2 * GIB
-ZERO_AT, ZERO_SIZE = 2560 * MIB, 512 * MIB
+DATA_SIZE = int(os.environ.get("BENCH_DATA_MIB", "2048")) * MIB
+DISK_SIZE = 2 * DATA_SIZE
+ZERO_AT, ZERO_SIZE = DATA_SIZE * 5 // 4, DATA_SIZE // 4   # 2560 MiB, 512 MiB
 BIG_DISK = 8 * GIB
 GRAIN = lab.BITMAP_GRANULARITY
 SCATTER_WRITES = round(0.02 * DISK_SIZE / GRAIN)     # 2% of the disk: 1311 x 64 KiB
 SEQ_WRITE = 80 * MIB
+# The incremental whose fixed cost is broken down: a few scattered writes.
+SMALL_INC_WRITES = 16
+# The ways borg-vm restores (borg-vm restore options), each against Borg alone.
+RESTORE_MODES = {"chain": (), "flatten": ("--flatten",),
+                 "flatten_raw": ("--flatten", "--format", "raw"), "layers": ("--layers",)}
 CLONE_WRITES = round(0.05 * DATA_SIZE / GRAIN)       # 5% of its allocated bytes
 CLONE_RUNS = 8
 CHUNKS = (4 * MIB, 1 * MIB, 256 * KIB, 64 * KIB)
@@ -112,15 +122,21 @@ class Bench:
         self.repos.mkdir()
         if REV:
             self.checkout(REV)
-        say("setup: 2 GiB of incompressible data")
-        data, hole = WORK / "data.bin", lab.make_hole(WORK / "hole.raw", 2 * GIB)
+        say(f"setup: {lab.mib(DATA_SIZE)} of incompressible data")
+        data, hole = WORK / "data.bin", lab.make_hole(WORK / "hole.raw", DISK_SIZE - DATA_SIZE)
         lab.make_data(data, DATA_SIZE)
         # data + hole concatenated = the data at offset 0 of a sparse 4 GiB raw disk
-        say("setup: 4 GiB qcow2 (2 GiB data, 512 MiB zero-written, 1.5 GiB unallocated)")
+        say(f"setup: {lab.mib(DISK_SIZE)} qcow2 ({lab.mib(DATA_SIZE)} data, "
+            f"{lab.mib(ZERO_SIZE)} zero-written, the rest unallocated)")
         self.disk = WORK / "a.qcow2"
         lab.qcow2_from_pieces(self.disk, [data, hole])
         lab.qemu_io(self.disk, f"write -z {ZERO_AT} {ZERO_SIZE}")
         self.r["allocated"] = lab.allocated_data(self.disk)
+        if ONLY == "restore":
+            data.unlink()
+            hole.unlink()
+            self.a = self.lab.guest([self.disk])
+            return
         say("setup: clone images and the 8 GiB disk (4 GiB data)")
         self.clone_disks = {v: WORK / f"clone-{v}.qcow2" for v in ("scattered", "runs")}
         for path in self.clone_disks.values():
@@ -298,17 +314,24 @@ class Bench:
         t, j = self.full(self.a, main)
         self.r["chain_full"] = {"seconds": t.seconds, "archive": j["archive"]}
         say(f"chain: full {t.seconds:.2f} s")
-        nightly = self.repo("nightly")
-        self.a.flush()
-        n = self.borg.create_file(nightly, "night-0", self.disk)
-        self.r["nightly_first"] = n.seconds
-        say(f"nightly: first night (stores everything) {n.seconds:.2f} s")
+        nightly = None
+        if not ONLY:
+            nightly = self.repo("nightly")
+            self.a.flush()
+            n = self.borg.create_file(nightly, "night-0", self.disk)
+            self.r["nightly_first"] = n.seconds
+            say(f"nightly: first night (stores everything) {n.seconds:.2f} s")
         rng = random.Random(4)
         rows = [self.inc_round("scattered", main, rng, nightly=nightly, night=i + 1)
                 for i in range(5)]
-        shutil.rmtree(nightly)
+        if nightly:
+            shutil.rmtree(nightly)
         self.restore(main, rows[-1]["checkpoint"],
                      [self.r["chain_full"]["archive"]] + [x["archive"] for x in rows])
+        self.fixed_cost(main, rng)
+        if ONLY:
+            shutil.rmtree(main)
+            return
         for i in range(RUNS):
             offset = rng.randrange((DATA_SIZE - SEQ_WRITE) // GRAIN) * GRAIN
             self.a.write_many([(offset, SEQ_WRITE)], rng, WORK / "src")
@@ -323,46 +346,79 @@ class Bench:
         shutil.rmtree(main)
 
     def restore(self, repo: Path, checkpoint: str, archives: list[str]) -> None:
-        """Restore the 5th incremental (chain and flattened) vs qemu-img convert of the
-        disk as it was at that backup."""
+        """Restore the 5th incremental in every mode (RESTORE_MODES) against Borg alone
+        handing out the same archives (export-tar and extract --stdout into
+        /dev/null), all in one round, the order rotated every round; and against
+        qemu-img convert of the disk as it was at that backup."""
         self.load("restore")
         self.a.flush()
         src, dst = WORK / "src.qcow2", WORK / "dst.qcow2"
         lab.convert_copy(self.disk, src)
         lab.warm(src)
-        res = self.r["restore"] = {"convert": [], "convert_flushed": [], "chain": [],
-                                   "flatten": [], "export": [], "verify": []}
+        res = self.r["restore"] = {"convert": [], "convert_flushed": [], "verify": [],
+                                   "archives": len(archives)}
         for i in range(RUNS):
             res["convert"].append(lab.convert_copy(src, dst))
             res["convert_flushed"].append(lab.convert_copy(src, dst, cache="writeback"))
             say(f"restore run {i + 1}: qemu-img convert {res['convert'][-1]:.2f} s, "
                 f"with -t writeback {res['convert_flushed'][-1]:.2f} s")
-            res["export"].append(sum(self.borg.export_tar(repo, a).seconds for a in archives))
-            say(f"restore run {i + 1}: borg export-tar of the {len(archives)} archives to "
-                f"/dev/null {res['export'][-1]:.2f} s")
             # verify reads the same archives (the checkpoint and its chain), writes nothing
             res["verify"].append(lab.timed([lab.BORG_VM, "verify", self.a.name, "--repo", repo,
                                             "--checkpoint", checkpoint, "--json"],
                                            self.env).seconds)
             say(f"restore run {i + 1}: borg-vm verify of the same archives "
                 f"{res['verify'][-1]:.2f} s")
-            for mode in ("chain", "flatten"):
-                to = WORK / f"restore-{mode}"
-                shutil.rmtree(to, ignore_errors=True)
-                t, j = lab.borg_vm_restore(self.env, self.a.name, repo, to, checkpoint,
-                                           flatten=(mode == "flatten"))
-                res[mode].append(t.seconds)
-                say(f"restore run {i + 1}: borg-vm restore {mode}: {t.seconds:.2f} s")
-                if i == 0:
-                    top = Path(j["disks"]["vda"]["image"])
-                    res[f"{mode}_identical"] = lab.images_equal(src, top)
-                    res[f"{mode}_layers"] = len(j["disks"]["vda"]["chain"])
-                    say(f"restore {mode}: {len(j['disks']['vda']['chain'])} image(s), "
-                        f"identical to the source: {res[f'{mode}_identical']}")
-                shutil.rmtree(to)
+            for job in rotated(("export", "extract", *RESTORE_MODES), i):
+                t = self.restore_job(job, repo, checkpoint, archives, src, first=(i == 0))
+                res.setdefault(job, []).append(t.seconds)
+                res.setdefault(f"{job}_cpu", []).append(t.cpu)
+                say(f"restore run {i + 1}: {job}: {t.seconds:.2f} s, CPU {t.cpu:.2f} s, "
+                    f"load {os.getloadavg()[0]:.2f}")
         res["source_data"] = lab.allocated_data(src)
         src.unlink()
         dst.unlink()
+
+    def restore_job(self, job: str, repo: Path, checkpoint: str, archives: list[str],
+                    src: Path, first: bool) -> lab.Timed:
+        """Run one job of a restore round: Borg alone over every archive ("export",
+        "extract"; their times and CPU summed) or borg-vm restore in a mode, whose
+        result is compared with src the first time (outside the timing)."""
+        if job in ("export", "extract"):
+            ts = [(self.borg.export_tar if job == "export" else self.borg.extract_stdout)(
+                repo, a) for a in archives]
+            return lab.Timed(sum(t.seconds for t in ts), b"", cpu=sum(t.cpu for t in ts))
+        to = WORK / f"restore-{job}"
+        shutil.rmtree(to, ignore_errors=True)
+        t, j = lab.borg_vm_restore(self.env, self.a.name, repo, to, checkpoint,
+                                   options=RESTORE_MODES[job])
+        if first:
+            res = self.r["restore"]
+            top = Path(j["disks"]["vda"]["image"])
+            res[f"{job}_identical"] = lab.images_equal(src, top)
+            res[f"{job}_images"] = len(j["disks"]["vda"]["chain"])
+            say(f"restore {job}: {res[f'{job}_images']} image(s), identical to the source: "
+                f"{res[f'{job}_identical']}")
+        shutil.rmtree(to)
+        return t
+
+    def fixed_cost(self, repo: Path, rng: random.Random) -> None:
+        """Incrementals of a few scattered 64 KiB writes with --debug: the time between
+        the phase marks (borg_vm/runtime.py) of each, and the wall time around them."""
+        self.load("incremental fixed cost")
+        runs = self.r["fixed_cost"] = []
+        for i in range(RUNS):
+            writes = lab.scattered(rng, DATA_SIZE, SMALL_INC_WRITES)
+            self.a.write_many(writes, rng, WORK / "src")
+            t, j = lab.borg_vm_backup(self.env, self.a.name, repo, options=("--debug",))
+            if j["level"] != "inc":
+                raise RuntimeError(f"expected an incremental, got {j['level']}: {j['reason']}")
+            marks = lab.phase_marks(t.stderr.decode(errors="replace"))
+            runs.append({"seconds": t.seconds, "cpu": t.cpu, "marks": marks,
+                         "read": j["disks"]["vda"]["read"],
+                         "loadavg": round(os.getloadavg()[0], 2)})
+            say(f"small incremental {i + 1}: {t.seconds:.2f} s (CPU {t.cpu:.2f} s), read "
+                f"{lab.mib(j['disks']['vda']['read'])}; phases at "
+                + ", ".join(f"{m} {ms / 1000:.2f}" for m, ms in marks))
 
     # -- 6: memory with a disk twice as large ------------------------------
     def big_fulls(self) -> None:
@@ -382,6 +438,10 @@ class Bench:
     # -- the whole run --------------------------------------------------------
     def run(self) -> None:
         self.setup()
+        if ONLY == "restore":
+            self.chain()
+            self.load("end")
+            return
         self.fulls_vs_ceiling("none", HEADLINE_RUNS, keep_last=False)
         self.chunk_sizes()
         key_repo = self.fulls_vs_ceiling("repokey-blake2", RUNS, keep_last=True)
@@ -422,9 +482,13 @@ def main() -> int:
     if "source" in bench.r:
         bench.r["machine"]["commit"] = bench.r["source"]
     (WORK / "results.json").write_text(json.dumps(bench.r, indent=1))
-    out = Path(__file__).resolve().parent / "RESULTS.md"
-    out.write_text(report.render(bench.r))
-    print(report.summary(bench.r))
+    if ONLY:
+        out = WORK / f"RESULTS-{ONLY}.md"
+        out.write_text(report.render_partial(bench.r))
+    else:
+        out = Path(__file__).resolve().parent / "RESULTS.md"
+        out.write_text(report.render(bench.r))
+        print(report.summary(bench.r))
     say(f"done in {lab.elapsed() / 60:.1f} min: {out}")
     return 0
 

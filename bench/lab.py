@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import resource
 import secrets
 import shutil
@@ -99,6 +100,9 @@ class Timed:
     stdout: bytes
     peak_rss: int = 0   # bytes, VmHWM of the process itself (0 if not polled)
     stderr: bytes = b""
+    # CPU seconds (user + system) of the process and the children it waited for:
+    # less dependent on other work on the machine than the wall time
+    cpu: float = 0.0
 
 
 def timed(argv: list, env: dict | None = None, poll_rss: bool = False,
@@ -111,6 +115,7 @@ def timed(argv: list, env: dict | None = None, poll_rss: bool = False,
     process fails.
     """
     argv = [str(a) for a in argv]
+    cpu_before = _children_cpu()
     start = time.monotonic()
     feeder = None
     if stdin_from is not None:
@@ -141,7 +146,13 @@ def timed(argv: list, env: dict | None = None, poll_rss: bool = False,
     if proc.returncode != 0 or (feeder and feeder.returncode != 0):
         raise RuntimeError(f"{' '.join(argv)} exited {proc.returncode}:\n"
                            f"{err.decode(errors='replace')[-3000:]}")
-    return Timed(seconds, out, peak[0], err)
+    return Timed(seconds, out, peak[0], err, _children_cpu() - cpu_before)
+
+
+def _children_cpu() -> float:
+    """CPU seconds of this process's children waited for so far (and theirs)."""
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return kids.ru_utime + kids.ru_stime
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -251,6 +262,12 @@ class Borg:
         return timed([BORG, "export-tar", f"{repo}::{archive}", "-"], self.env,
                      discard_stdout=True)
 
+    def extract_stdout(self, repo: Path, archive: str) -> Timed:
+        """The other way borg hands data out: the archive's file contents, one after
+        the other, into /dev/null."""
+        return timed([BORG, "extract", "--stdout", f"{repo}::{archive}"], self.env,
+                     discard_stdout=True)
+
     def create_file(self, repo: Path, archive: str, path: Path) -> Timed:
         """The usual nightly script: the whole image file, fixed 4 MiB chunks."""
         argv = [BORG, "create", "--json", "--read-special", "--chunker-params",
@@ -276,10 +293,22 @@ def borg_vm_backup(env: dict, domain: str, repo: Path, chunk: int | None = None,
     return t, json.loads(t.stdout.decode().strip().splitlines()[-1])
 
 
+PHASE_LINE = re.compile(r"^borg-vm:\s+(\d+) ms borg_vm\.runtime: phase ([a-z-]+): ")
+
+
+def phase_marks(debug_log: str) -> list[tuple[str, int]]:
+    """Return (phase name, ms since borg-vm started logging) of each phase mark in
+    the stderr of a `borg-vm --debug` run, in order."""
+    return [(m[2], int(m[1])) for line in debug_log.splitlines()
+            if (m := PHASE_LINE.match(line))]
+
+
 def borg_vm_restore(env: dict, domain: str, repo: Path, to: Path, checkpoint: str,
-                    flatten: bool) -> tuple[Timed, dict]:
+                    flatten: bool = False, options: tuple[str, ...] = ()
+                    ) -> tuple[Timed, dict]:
+    """Run `borg-vm restore --json [--flatten] [options]`; return (timing, its JSON result)."""
     argv = [BORG_VM, "restore", domain, "--repo", repo, "--to", to, "--checkpoint",
-            checkpoint, "--json", "--no-progress"] + (["--flatten"] if flatten else [])
+            checkpoint, "--json", "--no-progress", *options] + (["--flatten"] if flatten else [])
     t = timed(argv, env)
     return t, json.loads(t.stdout)
 
