@@ -33,7 +33,7 @@ import signal
 import sys
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, ContextManager, Iterable, Iterator, Sequence
 
 from . import subproc
 from ..errors import (BorgError, BorgNotFound, BorgQuestion, PasscommandFailed,
@@ -215,15 +215,19 @@ class Borg:
         return [Listed(a["name"], a.get("comment", ""), a.get("time", ""))
                 for a in doc["archives"]]
 
-    @contextlib.contextmanager
     def list_items(self, archive: str, paths: Sequence[str], *, brief: bool = False
-                   ) -> Iterator[subproc.Stream]:
-        """Yield a running 'borg list' printing the archive's items under paths (all if
+                   ) -> ContextManager[subproc.Stream]:
+        """Return a context manager yielding a running 'borg list' printing the archive's items under paths (all if
         none) to its stdout, one JSON line each (read them with ``items``), in archive
         order: the order 'borg extract --stdout' of the same paths writes them in.
         brief: wait BRIEF_LOCK_WAIT for the repository lock."""
         argv = self._argv("list", "--json-lines", "--format", "{type}{size}{path}",
                           self.location(archive), *paths, brief=brief)
+        return self._output(argv)
+
+    @contextlib.contextmanager
+    def _output(self, argv: list[str]) -> Iterator[subproc.Stream]:
+        """Yield borg running argv, its stdout a pipe for the caller to read."""
         with self.child_env() as (env, fds), subproc.stream(argv, stdout=True, env=env,
                                                             pass_fds=fds) as s:
             yield s
@@ -261,26 +265,20 @@ class Borg:
                                                             pass_fds=fds) as s:
             yield s
 
-    @contextlib.contextmanager
     def export_tar(self, archive: str, paths: Sequence[str], *, brief: bool = False
-                   ) -> Iterator[subproc.Stream]:
-        """Yield a running 'borg export-tar' writing the archive's paths to its stdout.
+                   ) -> ContextManager[subproc.Stream]:
+        """Return a context manager yielding a running 'borg export-tar' writing the archive's paths to its stdout.
         brief: wait BRIEF_LOCK_WAIT for the repository lock."""
         argv = self._argv("export-tar", self.location(archive), "-", *paths, brief=brief)
-        with self.child_env() as (env, fds), subproc.stream(argv, stdout=True, env=env,
-                                                            pass_fds=fds) as s:
-            yield s
+        return self._output(argv)
 
-    @contextlib.contextmanager
     def extract_stdout(self, archive: str, paths: Sequence[str], *, brief: bool = False
-                       ) -> Iterator[subproc.Stream]:
-        """Yield a running 'borg extract --stdout' writing the contents of the
+                       ) -> ContextManager[subproc.Stream]:
+        """Return a context manager yielding a running 'borg extract --stdout' writing the contents of the
         archive's regular files under paths, one after the other, to its stdout.
         brief: wait BRIEF_LOCK_WAIT for the repository lock."""
         argv = self._argv("extract", "--stdout", self.location(archive), *paths, brief=brief)
-        with self.child_env() as (env, fds), subproc.stream(argv, stdout=True, env=env,
-                                                            pass_fds=fds) as s:
-            yield s
+        return self._output(argv)
 
     @contextlib.contextmanager
     def mount(self, mountpoint: str, archive_glob: str) -> Iterator[subproc.Stream]:
