@@ -413,6 +413,8 @@ class Bench:
             if j["level"] != "inc":
                 raise RuntimeError(f"expected an incremental, got {j['level']}: {j['reason']}")
             marks = lab.phase_marks(t.stderr.decode(errors="replace"))
+            if i == 0:   # for reading the phases closer, in results.json
+                self.r["fixed_cost_log"] = t.stderr.decode(errors="replace")
             runs.append({"seconds": t.seconds, "cpu": t.cpu, "marks": marks,
                          "read": j["disks"]["vda"]["read"],
                          "loadavg": round(os.getloadavg()[0], 2)})
