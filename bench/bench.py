@@ -71,6 +71,11 @@ FULL = Sizes(runs=RUNS, headline_runs=RUNS + 2, disk=4 * GIB, data=2 * GIB,
 # `--quick`: every figure once, on a disk a quarter the size (fixed costs weigh more).
 QUICK = Sizes(runs=1, headline_runs=1, disk=1 * GIB, data=512 * MIB,
               zero_at=640 * MIB, zero_size=128 * MIB, seq_write=20 * MIB)
+# The incremental whose fixed cost is broken down: a few scattered writes.
+SMALL_INC_WRITES = 16
+# The ways borg-vm restores (borg-vm restore options), each against Borg alone.
+RESTORE_MODES = {"chain": (), "flatten": ("--flatten",),
+                 "flatten_raw": ("--flatten", "--format", "raw"), "layers": ("--layers",)}
 CHUNKS = (4 * MIB, 1 * MIB, 256 * KIB, 64 * KIB)
 ALIGNMENTS = (0, 1 * MIB, 4 * MIB)
 PREDICTED_ALIGNMENTS = (0, 64 * KIB, 256 * KIB, 1 * MIB, 4 * MIB)
@@ -333,6 +338,7 @@ class Bench:
         shutil.rmtree(nightly)
         self.restore(main, rows[-1]["checkpoint"],
                      [self.r["chain_full"]["archive"]] + [x["archive"] for x in rows])
+        self.fixed_cost(main, rng)
         for i in range(self.s.runs):
             offset = rng.randrange((self.s.data - self.s.seq_write) // GRAIN) * GRAIN
             self.a.write_many([(offset, self.s.seq_write)], rng, WORK / "src")
@@ -348,46 +354,81 @@ class Bench:
         shutil.rmtree(main)
 
     def restore(self, repo: Path, checkpoint: str, archives: list[str]) -> None:
-        """Restore the 5th incremental (chain and flattened) vs qemu-img convert of the
-        disk as it was at that backup."""
+        """Restore the 5th incremental in every mode (RESTORE_MODES) against Borg alone
+        handing out the same archives (export-tar and extract --stdout into
+        /dev/null), all in one round, the order rotated every round; and against
+        qemu-img convert of the disk as it was at that backup."""
         self.load("restore")
         self.a.flush()
         src, dst = WORK / "src.qcow2", WORK / "dst.qcow2"
         lab.convert_copy(self.disk, src)
         lab.warm(src)
-        res = self.r["restore"] = {"convert": [], "convert_flushed": [], "chain": [],
-                                   "flatten": [], "export": [], "verify": []}
+        res = self.r["restore"] = {"convert": [], "convert_flushed": [], "verify": [],
+                                   "archives": len(archives)}
         for i in range(self.s.runs):
             res["convert"].append(lab.convert_copy(src, dst))
             res["convert_flushed"].append(lab.convert_copy(src, dst, cache="writeback"))
             say(f"restore run {i + 1}: qemu-img convert {res['convert'][-1]:.2f} s, "
                 f"with -t writeback {res['convert_flushed'][-1]:.2f} s")
-            res["export"].append(sum(self.borg.export_tar(repo, a).seconds for a in archives))
-            say(f"restore run {i + 1}: borg export-tar of the {len(archives)} archives to "
-                f"/dev/null {res['export'][-1]:.2f} s")
             # verify reads the same archives (the checkpoint and its chain), writes nothing
             res["verify"].append(lab.timed([lab.BORG_VM, "verify", self.a.name, "--repo", repo,
                                             "--checkpoint", checkpoint, "--json"],
                                            self.env).seconds)
             say(f"restore run {i + 1}: borg-vm verify of the same archives "
                 f"{res['verify'][-1]:.2f} s")
-            for mode in ("chain", "flatten"):
-                to = WORK / f"restore-{mode}"
-                shutil.rmtree(to, ignore_errors=True)
-                t, j = lab.borg_vm_restore(self.env, self.a.name, repo, to, checkpoint,
-                                           flatten=(mode == "flatten"))
-                res[mode].append(t.seconds)
-                say(f"restore run {i + 1}: borg-vm restore {mode}: {t.seconds:.2f} s")
-                if i == 0:
-                    top = Path(j["disks"]["vda"]["image"])
-                    res[f"{mode}_identical"] = lab.images_equal(src, top)
-                    res[f"{mode}_layers"] = len(j["disks"]["vda"]["chain"])
-                    say(f"restore {mode}: {len(j['disks']['vda']['chain'])} image(s), "
-                        f"identical to the source: {res[f'{mode}_identical']}")
-                shutil.rmtree(to)
+            for job in rotated(("export", "extract", *RESTORE_MODES), i):
+                t = self.restore_job(job, repo, checkpoint, archives, src, first=(i == 0))
+                res.setdefault(job, []).append(t.seconds)
+                res.setdefault(f"{job}_cpu", []).append(t.cpu)
+                say(f"restore run {i + 1}: {job}: {t.seconds:.2f} s, CPU {t.cpu:.2f} s, "
+                    f"load {os.getloadavg()[0]:.2f}")
         res["source_data"] = lab.allocated_data(src)
         src.unlink()
         dst.unlink()
+
+    def restore_job(self, job: str, repo: Path, checkpoint: str, archives: list[str],
+                    src: Path, first: bool) -> lab.Timed:
+        """Run one job of a restore round: Borg alone over every archive ("export",
+        "extract"; their times and CPU summed) or borg-vm restore in a mode, whose
+        result is compared with src the first time (outside the timing)."""
+        if job in ("export", "extract"):
+            ts = [(self.borg.export_tar if job == "export" else self.borg.extract_stdout)(
+                repo, a) for a in archives]
+            return lab.Timed(sum(t.seconds for t in ts), b"", cpu=sum(t.cpu for t in ts))
+        to = WORK / f"restore-{job}"
+        shutil.rmtree(to, ignore_errors=True)
+        t, j = lab.borg_vm_restore(self.env, self.a.name, repo, to, checkpoint,
+                                   options=RESTORE_MODES[job])
+        if first:
+            res = self.r["restore"]
+            top = Path(j["disks"]["vda"]["image"])
+            res[f"{job}_identical"] = lab.images_equal(src, top)
+            res[f"{job}_images"] = len(j["disks"]["vda"]["chain"])
+            say(f"restore {job}: {res[f'{job}_images']} image(s), identical to the source: "
+                f"{res[f'{job}_identical']}")
+        shutil.rmtree(to)
+        return t
+
+    def fixed_cost(self, repo: Path, rng: random.Random) -> None:
+        """Incrementals of a few scattered 64 KiB writes with --debug: the time between
+        the phase marks (borg_vm/runtime.py) of each, and the wall time around them."""
+        self.load("incremental fixed cost")
+        runs = self.r["fixed_cost"] = []
+        for i in range(self.s.runs):
+            writes = lab.scattered(rng, self.s.data, SMALL_INC_WRITES)
+            self.a.write_many(writes, rng, WORK / "src")
+            t, j = lab.borg_vm_backup(self.env, self.a.name, repo, options=("--debug",))
+            if j["level"] != "inc":
+                raise RuntimeError(f"expected an incremental, got {j['level']}: {j['reason']}")
+            marks = lab.phase_marks(t.stderr.decode(errors="replace"))
+            if i == 0:   # for reading the phases closer, in results.json
+                self.r["fixed_cost_log"] = t.stderr.decode(errors="replace")
+            runs.append({"seconds": t.seconds, "cpu": t.cpu, "marks": marks,
+                         "read": j["disks"]["vda"]["read"],
+                         "loadavg": round(os.getloadavg()[0], 2)})
+            say(f"small incremental {i + 1}: {t.seconds:.2f} s (CPU {t.cpu:.2f} s), read "
+                f"{lab.mib(j['disks']['vda']['read'])}; phases at "
+                + ", ".join(f"{m} {ms / 1000:.2f}" for m, ms in marks))
 
     # -- 6: memory with a disk twice as large ------------------------------
     def big_fulls(self) -> None:

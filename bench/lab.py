@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import resource
 import secrets
 import shutil
@@ -325,6 +326,12 @@ class Borg:
         return timed([BORG, "export-tar", f"{repo}::{archive}", "-"], self.env,
                      discard_stdout=True)
 
+    def extract_stdout(self, repo: Path, archive: str) -> Timed:
+        """The other way borg hands data out: the archive's file contents, one after
+        the other, into /dev/null."""
+        return timed([BORG, "extract", "--stdout", f"{repo}::{archive}"], self.env,
+                     discard_stdout=True)
+
     def create_file(self, repo: Path, archive: str, path: Path) -> Timed:
         """The usual nightly script: the whole image file, fixed 4 MiB chunks."""
         argv = [BORG, "create", "--json", "--read-special", "--chunker-params",
@@ -350,10 +357,22 @@ def borg_vm_backup(env: dict, domain: str, repo: Path, chunk: int | None = None,
     return t, json.loads(t.stdout.decode().strip().splitlines()[-1])
 
 
+PHASE_LINE = re.compile(r"^borg-vm:\s+(\d+) ms borg_vm\.runtime: phase ([a-z-]+): ")
+
+
+def phase_marks(debug_log: str) -> list[tuple[str, int]]:
+    """Return (phase name, ms since borg-vm started logging) of each phase mark in
+    the stderr of a `borg-vm --debug` run, in order."""
+    return [(m[2], int(m[1])) for line in debug_log.splitlines()
+            if (m := PHASE_LINE.match(line))]
+
+
 def borg_vm_restore(env: dict, domain: str, repo: Path, to: Path, checkpoint: str,
-                    flatten: bool) -> tuple[Timed, dict]:
+                    flatten: bool = False, options: tuple[str, ...] = ()
+                    ) -> tuple[Timed, dict]:
+    """Run `borg-vm restore --json [--flatten] [options]`; return (timing, its JSON result)."""
     argv = [BORG_VM, "restore", domain, "--repo", repo, "--to", to, "--checkpoint",
-            checkpoint, "--json", "--no-progress"] + (["--flatten"] if flatten else [])
+            checkpoint, "--json", "--no-progress", *options] + (["--flatten"] if flatten else [])
     t = timed(argv, env)
     return t, json.loads(t.stdout)
 

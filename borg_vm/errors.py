@@ -216,6 +216,10 @@ class RestoreTargetUnusable(BorgVmError):
     """Cannot restore into {path}: {detail}. Choose another --to directory."""
 
 
+class ImageWriteError(BorgVmError):
+    """Cannot {action} the restored image {path}: {detail}"""
+
+
 # --- mount -----------------------------------------------------------------
 
 class NbdkitError(BorgVmError):

@@ -7,6 +7,7 @@ producer blocks once `depth` items wait, which bounds memory.
 from __future__ import annotations
 
 import contextlib
+import mmap
 import queue
 import threading
 from typing import Iterable, Iterator, TypeVar
@@ -63,3 +64,12 @@ def ahead(items: Iterable[T], depth: int) -> Iterator[Iterator[T]]:
                 while True:
                     q.get_nowait()
             worker.join(_JOIN_POLL_SECONDS)
+
+
+def buffers(count: int, size: int) -> list[memoryview]:
+    """Return count writable buffers of size bytes for a producer to fill in turn.
+
+    Each starts on a page boundary (what O_DIRECT writes need) and is reused, so
+    streaming gigabytes costs no page faults after the first round.
+    """
+    return [memoryview(mmap.mmap(-1, size)) for _ in range(count)]

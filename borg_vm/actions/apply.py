@@ -14,14 +14,15 @@ import contextlib
 import hashlib
 import os
 from dataclasses import dataclass
+from typing import ContextManager, Iterable, Iterator
 
 from .. import prefetch
-from ..adapters import qemu
-from ..adapters.borg import Borg
-from ..adapters.libnbd import Export, open_command
+from ..adapters import qemu, rawimage
+from ..adapters.libnbd import open_command
 from ..core import archive as fmt
 from ..core import extent
 from ..core.archive import ArchiveInfo, Manifest
+from ..core.tarstream import Member
 from ..errors import FormatError, IntegrityError
 from ..progress import Progress
 from . import members
@@ -30,6 +31,9 @@ from . import members
 RESTORE_PIECE = 4 * 1024 * 1024
 RESTORE_PREFETCH = 4
 WRITES_IN_FLIGHT = 4
+# Every piece read and not yet written has a buffer: those queued, the one the
+# reader fills, those in flight and the one being written.
+RESTORE_BUFFERS = RESTORE_PREFETCH + 1 + WRITES_IN_FLIGHT + 1
 # Restored images and XML hold decrypted guest data: readable by their owner only,
 # set before any data is written, whatever the umask.
 PRIVATE = 0o600
@@ -53,27 +57,36 @@ class Layer:
     zeros: bool   # write the zero extents too (the image lies over older data)
 
 
-def apply_archive(borg: Borg, arc: ArchiveInfo, layers: dict[Key, Layer],
-                  progress: Progress, known: Manifest | None = None) -> Manifest:
+def read_for(arc: ArchiveInfo, keys: Iterable[Key], known: Manifest | None = None
+             ) -> members.Read:
+    """Return what apply_archive reads of arc to write keys: their data and the manifest.
+
+    Frozen layers (layer >= 1) can be asked for only with the archive's manifest
+    already read (known).
+    """
+    # A record with only zero extents has no data members (and borg warns about
+    # a path that matches nothing).
+    wanted = [w for k in keys if (w := _wanted(arc, known, k))]
+    return members.Read(arc.archive, tuple(p for p, _ in wanted) + (fmt.MANIFEST,),
+                        sum(n for _, n in wanted))
+
+
+def apply_archive(found: ContextManager[Iterator[Member]], arc: ArchiveInfo,
+                  layers: dict[Key, Layer], progress: Progress,
+                  known: Manifest | None = None) -> Manifest:
     """Write the data (and, over older data, the zero extents) of the given
     (disk, layer)s of one archive into their images, in one pass over the archive.
     Two keys must not share an image (their order in the stream is the archive's).
 
-    Frozen layers (layer >= 1) can be asked for only with the archive's manifest
-    already read (known). Return the archive's manifest. Raise IntegrityError
-    unless each record's data covers exactly its extents and hashes to its
-    digest; FormatError for a damaged archive.
+    found yields the archive's members of read_for(arc, layers, known). Return
+    the archive's manifest. Raise IntegrityError unless each record's data
+    covers exactly its extents and hashes to its digest; FormatError for a
+    damaged archive.
     """
     with contextlib.ExitStack() as stack:
-        outs = {k: stack.enter_context(open_command(qemu.nbd_server_argv(l.path, l.format),
-                                                    where=os.path.basename(l.path)))
-                for k, l in layers.items()}
-        # A record with only zero extents has no data members (and borg warns
-        # about a path that matches nothing).
-        paths = [path for k in outs if (path := _member_path(arc, known, k))]
+        outs = {k: stack.enter_context(_open_image(l)) for k, l in layers.items()}
         sizes = {t: arc.summary.disks[t].virtual_size for t, _ in outs}
-        files, written, digests = _stream_members(borg, arc.archive, paths + [fmt.MANIFEST],
-                                                  outs, sizes, progress)
+        files, written, digests = _stream_members(found, arc.archive, outs, sizes, progress)
         manifest = Manifest.from_json(files.pop(fmt.MANIFEST), arc.archive)
         for k, out in outs.items():
             record = _record(arc.archive, manifest, k)
@@ -86,14 +99,27 @@ def apply_archive(borg: Borg, arc: ArchiveInfo, layers: dict[Key, Layer],
     return manifest
 
 
-def _member_path(arc: ArchiveInfo, known: Manifest | None, key: Key) -> str | None:
-    """Return the path export-tar is asked for to get key's data, or None if it has none."""
+def _open_image(layer: Layer):
+    """Return a context manager opening layer's image for writing: a raw image
+    directly, a qcow2 through a qemu-nbd libnbd starts (both with O_DIRECT where
+    the file system allows)."""
+    if layer.format == "raw":
+        return rawimage.open_raw(layer.path)
+    return open_command(qemu.nbd_server_argv(layer.path, layer.format,
+                                             direct=rawimage.supports_direct(layer.path)),
+                        where=os.path.basename(layer.path))
+
+
+def _wanted(arc: ArchiveInfo, known: Manifest | None, key: Key) -> tuple[str, int] | None:
+    """Return (the path borg is asked for to get key's data, its data bytes), or
+    None if it has none."""
     target, layer = key
     if layer == 0:
-        return fmt.disk_prefix(target) if arc.summary.disks[target].data_bytes else None
+        n = arc.summary.disks[target].data_bytes
+        return (fmt.disk_prefix(target), n) if n else None
     assert known is not None, "frozen layers need the manifest read first"
     record = _record(arc.archive, known, key)
-    return fmt.frozen_prefix(target, layer) if record.data_bytes else None
+    return (fmt.frozen_prefix(target, layer), record.data_bytes) if record.data_bytes else None
 
 
 def _record(archive: str, manifest: Manifest, key: Key):
@@ -112,9 +138,9 @@ def _record(archive: str, manifest: Manifest, key: Key):
                                               f"disk {target}")
 
 
-def _stream_members(borg: Borg, archive: str, paths: list[str], outs: dict[Key, Export],
+def _stream_members(found: ContextManager[Iterator[Member]], archive: str, outs: dict,
                     sizes: dict[str, int], progress: Progress):
-    """Stream the archive's paths: data members go to outs at their offsets (each
+    """Stream the archive's members: data members go to outs at their offsets (each
     checked against its disk's size first), small members are returned whole.
     Return (files, written extents, digests) per key."""
     files: dict[str, bytes] = {}
@@ -123,20 +149,28 @@ def _stream_members(borg: Borg, archive: str, paths: list[str], outs: dict[Key, 
     with contextlib.ExitStack() as stack:
         writers = {k: stack.enter_context(out.pipelined_writes(WRITES_IN_FLIGHT))
                    for k, out in outs.items()}
-        stream = stack.enter_context(members.exported(borg, archive, paths))
-        # Reading borg's output runs ahead in a thread while this one writes.
-        with prefetch.ahead(members.pieces(stream, archive, sizes, RESTORE_PIECE),
-                            RESTORE_PREFETCH) as pieces:
-            for name, key, offset, piece in pieces:
+        pieces = members.pieces(stack.enter_context(found), archive, sizes,
+                                prefetch.buffers(RESTORE_BUFFERS, RESTORE_PIECE))
+        # Reading borg's output and hashing it run ahead in a thread while this
+        # one writes.
+        with prefetch.ahead(_hashed(pieces, digests), RESTORE_PREFETCH) as ahead:
+            for name, key, offset, piece in ahead:
                 if key is None:
                     files[name] = piece
                 elif key in outs:
                     writers[key](piece, offset)
-                    digests[key].update(piece)
                     written[key].append(extent.Extent(offset, len(piece)))
                     progress.advance(len(piece))
     members.check_present(archive, files, (fmt.MANIFEST,))
     return files, written, digests
+
+
+def _hashed(pieces, digests: dict):
+    """Yield pieces, each data piece of a key in digests hashed into its digest first."""
+    for name, key, offset, piece in pieces:
+        if key in digests:
+            digests[key].update(piece)
+        yield name, key, offset, piece
 
 
 def verify_record(archive: str, target: str, record, written: list[extent.Extent],

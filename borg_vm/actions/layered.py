@@ -14,8 +14,10 @@ small export-tar per archive of the chain).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
+from typing import Iterator
 
 from ..adapters.borg import Borg
 from ..core import archive as fmt
@@ -45,8 +47,8 @@ def plan(borg: Borg, archives: list[ArchiveInfo], top: ArchiveInfo, targets: tup
          base_format: str) -> tuple[list[LayeredDisk], dict[str, Manifest]]:
     """Return each disk's layered plan and the manifests read for it (by archive name)."""
     chains = {t: chain.disk_chain(archives, top, t) for t in targets}
-    manifests = {a.archive: _manifest(borg, a)
-                 for a in {a.archive: a for arcs in chains.values() for a in arcs}.values()}
+    manifests = _manifests(borg, list({a.archive: a for arcs in chains.values()
+                                       for a in arcs}.values()))
     out = []
     for t, arcs in chains.items():
         records = [manifests[a.archive].disks[t] for a in arcs]
@@ -63,27 +65,47 @@ def plan(borg: Borg, archives: list[ArchiveInfo], top: ArchiveInfo, targets: tup
     return out, manifests
 
 
-def _manifest(borg: Borg, arc: ArchiveInfo) -> Manifest:
-    raw = members.read_small(borg, arc.archive, (fmt.MANIFEST,))[fmt.MANIFEST]
-    return Manifest.from_json(raw, arc.archive)
+def _manifests(borg: Borg, arcs: list[ArchiveInfo]) -> dict[str, Manifest]:
+    """Return the archives' manifests by archive name (each borg starting while the
+    manifest before is read)."""
+    out = {}
+    with members.read_ahead(borg, [members.Read(a.archive, (fmt.MANIFEST,))
+                                   for a in arcs]) as found:
+        for a, stream in zip(arcs, found):
+            with stream as ms:
+                raw = members.small_files(ms, a.archive, (fmt.MANIFEST,))[fmt.MANIFEST]
+            out[a.archive] = Manifest.from_json(raw, a.archive)
+    return out
 
 
-def write(borg: Borg, plans: list[LayeredDisk], manifests: dict[str, Manifest], stage: str,
-          progress: Progress) -> None:
-    """Create every disk's layer images in stage and fill them, archive by archive."""
+def passes(plans: list[LayeredDisk]) -> list[tuple[ArchiveInfo, dict[apply.Key, apply.Layer]]]:
+    """Return the passes over archives that fill every disk's layer images, in order:
+    (archive, its writes), image paths relative to the directory they are made in."""
+    started: set[tuple[str, int]] = set()   # images written to already
+    out = []
+    for arc in sorted({a.archive: a for d in plans for a in d.archives}.values(),
+                      key=lambda a: a.order):
+        out += [(arc, keys) for keys in _passes(arc, plans, started)]
+    return out
+
+
+def write(found: Iterator, plans: list[LayeredDisk],
+          steps: list[tuple[ArchiveInfo, dict[apply.Key, apply.Layer]]],
+          manifests: dict[str, Manifest], stage: str, progress: Progress) -> None:
+    """Create every disk's layer images in stage and fill them, one pass of steps
+    (see passes) from each next stream of found."""
     for d in plans:
         size = manifests[d.archives[-1].archive].disks[d.target].virtual_size
         for i, (image, f) in enumerate(zip(d.images, d.formats)):
             apply.create_image(os.path.join(stage, image), f, size,
                                os.path.join(stage, d.images[i - 1]) if i else None)
-    started: set[tuple[str, int]] = set()   # images written to already
-    for arc in sorted({a.archive: a for d in plans for a in d.archives}.values(),
-                      key=lambda a: a.order):
-        for keys in _passes(arc, plans, stage, started):
-            apply.apply_archive(borg, arc, keys, progress, known=manifests[arc.archive])
+    for arc, keys in steps:
+        apply.apply_archive(next(found), arc, {
+            k: dataclasses.replace(l, path=os.path.join(stage, l.path)) for k, l in keys.items()},
+            progress, known=manifests[arc.archive])
 
 
-def _passes(arc: ArchiveInfo, plans: list[LayeredDisk], stage: str,
+def _passes(arc: ArchiveInfo, plans: list[LayeredDisk],
             started: set[tuple[str, int]]) -> list[dict[apply.Key, apply.Layer]]:
     """Return the archive's writes grouped into passes over it, in step order, each
     pass writing at most one image per disk: a qemu-nbd writing an overlay opens
@@ -101,6 +123,5 @@ def _passes(arc: ArchiveInfo, plans: list[LayeredDisk], stage: str,
             # The bottom image starts empty: its first write needs no zeros.
             zeros = image > 0 or (d.target, image) in started
             started.add((d.target, image))
-            passes[n][(d.target, layer)] = apply.Layer(
-                os.path.join(stage, d.images[image]), d.formats[image], zeros)
+            passes[n][(d.target, layer)] = apply.Layer(d.images[image], d.formats[image], zeros)
     return passes

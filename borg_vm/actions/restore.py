@@ -121,8 +121,13 @@ def restore(borg: Borg, domain: str, opts: RestoreOptions) -> RestoreResult:
     if opts.layers:
         targets = opts.disks or tuple(sorted(top.summary.disks))
         plans, manifests = layered.plan(borg, archives, top, targets, opts.format)
+        passes = layered.passes(plans)
+        reads = [apply.read_for(arc, keys, manifests[arc.archive]) for arc, keys in passes]
     else:
         plans = plan_disks(archives, top, opts)
+        order = _chain_order(plans)
+        reads = [apply.read_for(arc, [(d.target, 0) for d in plans if arc in d.archives])
+                 for arc in order]
     xml_name = f"{domain}.{top.name.checkpoint}.xml"
     outputs = sorted({p for d in plans for p in d.images} | {xml_name})
     existing = [os.path.join(opts.to, p) for p in outputs
@@ -131,33 +136,38 @@ def restore(borg: Borg, domain: str, opts: RestoreOptions) -> RestoreResult:
         raise RestoreTargetExists(paths=", ".join(existing))
     to = os.path.abspath(opts.to)
     # The small members first: a damaged or hostile archive fails here, before
-    # anything is created or written.
-    xml, removed = restored_xml(borg, top, {d.target: (os.path.join(to, d.top), d.formats[-1])
-                                            for d in plans}, opts.keep_host_resources,
+    # anything is created or written (while the first data archive's borg starts).
+    small = members.Read(top.archive, (fmt.DOMAIN_XML, fmt.MANIFEST))
+    with members.read_ahead(borg, [small, *reads]) as found:
+        with next(found) as top_members:
+            files = members.small_files(top_members, top.archive,
+                                        (fmt.DOMAIN_XML, fmt.MANIFEST))
+        xml, removed = xml_from(files, top, {d.target: (os.path.join(to, d.top), d.formats[-1])
+                                             for d in plans}, opts.keep_host_resources,
                                 f"{domain}-restored")
-    with target_dir(to), _staging(to) as stage:
-        total = sum(a.summary.disks[d.target].data_bytes for d in plans for a in d.archives)
-        progress = Progress.for_terminal(f"restore {domain}", total, opts.progress)
-        try:
-            if opts.layers:
-                layered.write(borg, plans, manifests, stage, progress)
-            else:
-                _write_chain(borg, plans, stage, progress)
-            with open(os.open(os.path.join(stage, xml_name),
-                              os.O_WRONLY | os.O_CREAT | os.O_EXCL, apply.PRIVATE), "w") as f:
-                f.write(xml)
-        except NbdError as e:
-            if e.kwargs.get("errno") == errno.ENOSPC:
-                raise RestoreTargetFull(path=to, detail=e.message) from e
-            raise
-        except OSError as e:
-            if e.errno == errno.ENOSPC:
-                raise RestoreTargetFull(path=to, detail=e.strerror) from e
-            raise
-        finally:
-            progress.close()
-        for p in outputs:
-            os.replace(os.path.join(stage, p), os.path.join(to, p))
+        with target_dir(to), _staging(to) as stage:
+            total = sum(a.summary.disks[d.target].data_bytes for d in plans for a in d.archives)
+            progress = Progress.for_terminal(f"restore {domain}", total, opts.progress)
+            try:
+                if opts.layers:
+                    layered.write(found, plans, passes, manifests, stage, progress)
+                else:
+                    _write_chain(found, plans, order, stage, progress)
+                with open(os.open(os.path.join(stage, xml_name),
+                                  os.O_WRONLY | os.O_CREAT | os.O_EXCL, apply.PRIVATE), "w") as f:
+                    f.write(xml)
+            except NbdError as e:
+                if e.kwargs.get("errno") == errno.ENOSPC:
+                    raise RestoreTargetFull(path=to, detail=e.message) from e
+                raise
+            except OSError as e:
+                if e.errno == errno.ENOSPC:
+                    raise RestoreTargetFull(path=to, detail=e.strerror) from e
+                raise
+            finally:
+                progress.close()
+            for p in outputs:
+                os.replace(os.path.join(stage, p), os.path.join(to, p))
     warn_removed(removed)
     return RestoreResult(
         domain, top.name.checkpoint,
@@ -168,27 +178,43 @@ def restore(borg: Borg, domain: str, opts: RestoreOptions) -> RestoreResult:
         os.path.join(to, xml_name))
 
 
-def _write_chain(borg: Borg, plans: list[DiskPlan], stage: str, progress: Progress) -> None:
-    """Write the chain (or flattened) images: one pass per archive, oldest first,
-    writing every disk it holds."""
-    for arc in sorted({a.archive: a for d in plans for a in d.archives}.values(),
-                      key=lambda a: a.order):
+def _chain_order(plans: list[DiskPlan]) -> list[ArchiveInfo]:
+    """Return the archives the chain (or flattened) images are written from, oldest first."""
+    return sorted({a.archive: a for d in plans for a in d.archives}.values(),
+                  key=lambda a: a.order)
+
+
+def _write_chain(found: Iterator, plans: list[DiskPlan], order: list[ArchiveInfo], stage: str,
+                 progress: Progress) -> None:
+    """Write the chain (or flattened) images: one pass per archive of order, each
+    writing every disk it holds, from the next stream of found."""
+    for arc in order:
         layers = {(d.target, 0): _prepare_layer(d, d.archives.index(arc), stage)
                   for d in plans if arc in d.archives}
-        apply.apply_archive(borg, arc, layers, progress)
+        apply.apply_archive(next(found), arc, layers, progress)
         runtime.phase(runtime.APPLIED, "%s written into %s", arc.archive, stage)
 
 
 def restored_xml(borg: Borg, top: ArchiveInfo, images: dict[str, tuple[str, str]],
                  keep_host_resources: bool, name: str) -> tuple[str, list[str]]:
     """Return the XML of a domain called name on the restored images (see
-    domxml.restored_domain_xml), from top's domain.xml, with top's manifest checked
-    too, and what was removed from it of the host (see domxml.strip_host_resources)
-    unless keep_host_resources.
+    xml_from), from top's domain.xml and manifest read from Borg.
 
     Raise FormatError naming top if either is damaged.
     """
     files = members.read_small(borg, top.archive, (fmt.DOMAIN_XML, fmt.MANIFEST))
+    return xml_from(files, top, images, keep_host_resources, name)
+
+
+def xml_from(files: dict[str, bytes], top: ArchiveInfo, images: dict[str, tuple[str, str]],
+             keep_host_resources: bool, name: str) -> tuple[str, list[str]]:
+    """Return the XML of a domain called name on the restored images (see
+    domxml.restored_domain_xml), from top's domain.xml in files, with top's
+    manifest (also in files) checked too, and what was removed from it of the
+    host (see domxml.strip_host_resources) unless keep_host_resources.
+
+    Raise FormatError naming top if either is damaged.
+    """
     Manifest.from_json(files[fmt.MANIFEST], top.archive)
     try:
         text = domxml.read_domain_xml(files[fmt.DOMAIN_XML])

@@ -16,6 +16,7 @@ from ..core import archive as fmt
 from ..core import chain, extent
 from ..core.archive import ArchiveInfo, Manifest
 from ..errors import BorgVmError, FormatError
+from .. import prefetch
 from . import apply, members, repository
 
 PIECE = 4 * 1024 * 1024
@@ -78,8 +79,10 @@ def _read_and_hash(borg: Borg, a: ArchiveInfo) -> Manifest:
     digests = {}
     files: dict[str, bytes] = {}
     # The whole archive (naming paths that match nothing would make borg warn).
-    with members.exported(borg, a.archive, []) as stream:
-        for name, key, offset, piece in members.pieces(stream, a.archive, sizes, PIECE):
+    with members.read_ahead(borg, [members.Read(a.archive, ())]) as reads, \
+            next(reads) as found:
+        for name, key, offset, piece in members.pieces(found, a.archive, sizes,
+                                                       prefetch.buffers(1, PIECE)):
             if key is None:
                 files[name] = piece
                 continue

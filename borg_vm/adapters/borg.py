@@ -33,7 +33,7 @@ import signal
 import sys
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from typing import Callable, ContextManager, Iterable, Iterator, Sequence
 
 from . import subproc
 from ..errors import (BorgError, BorgNotFound, BorgQuestion, PasscommandFailed,
@@ -50,6 +50,15 @@ log = logging.getLogger(__name__)
 # of about 2 TiB of allocated disk data, and a run stuck behind a forgotten
 # lock still gives up before the next night's runs start.
 DEFAULT_LOCK_WAIT = 6 * 60 * 60
+
+# Borg polls a lock it waits for every tenth of --lock-wait, at most every
+# minute, and even a shared lock takes the repository's exclusive roster lock
+# for a moment: two borgs reading the repository that start (or end) within a
+# few milliseconds of each other made one of them sleep a whole minute (3 of 20
+# restores here ran list and extract side by side into it). Borgs that borg-vm
+# runs beside each other get this wait instead (polled every 0.1 s), and are run
+# again with the full wait if the repository stayed locked.
+BRIEF_LOCK_WAIT = 1
 
 # borg mount: how long it may take to mount once it holds the repository lock
 # (it reads the manifest and lists the archives; ~1 s here), how often we look,
@@ -90,6 +99,15 @@ class Listed:
     name: str
     comment: str
     time: str
+
+
+@dataclass(frozen=True)
+class Item:
+    """One item of an archive as 'borg list' shows it (type "-": a regular file)."""
+
+    path: str
+    type: str
+    size: int
 
 
 class Borg:
@@ -139,9 +157,10 @@ class Borg:
         finally:
             os.close(r)
 
-    def _argv(self, command: str, *args: str) -> list[str]:
-        return [self.executable, "--log-json", "--lock-wait", str(self.lock_wait), command,
-                *args]
+    def _argv(self, command: str, *args: str, brief: bool = False) -> list[str]:
+        """Return borg's argv; brief: with BRIEF_LOCK_WAIT instead of lock_wait."""
+        wait = BRIEF_LOCK_WAIT if brief else self.lock_wait
+        return [self.executable, "--log-json", "--lock-wait", str(wait), command, *args]
 
     def location(self, archive: str | None = None) -> str:
         return f"{self.repo}::{archive}" if archive else self.repo
@@ -196,6 +215,23 @@ class Borg:
         return [Listed(a["name"], a.get("comment", ""), a.get("time", ""))
                 for a in doc["archives"]]
 
+    def list_items(self, archive: str, paths: Sequence[str], *, brief: bool = False
+                   ) -> ContextManager[subproc.Stream]:
+        """Return a context manager yielding a running 'borg list' printing the archive's items under paths (all if
+        none) to its stdout, one JSON line each (read them with ``items``), in archive
+        order: the order 'borg extract --stdout' of the same paths writes them in.
+        brief: wait BRIEF_LOCK_WAIT for the repository lock."""
+        argv = self._argv("list", "--json-lines", "--format", "{type}{size}{path}",
+                          self.location(archive), *paths, brief=brief)
+        return self._output(argv)
+
+    @contextlib.contextmanager
+    def _output(self, argv: list[str]) -> Iterator[subproc.Stream]:
+        """Yield borg running argv, its stdout a pipe for the caller to read."""
+        with self.child_env() as (env, fds), subproc.stream(argv, stdout=True, env=env,
+                                                            pass_fds=fds) as s:
+            yield s
+
     def extract_file(self, archive: str, path: str) -> bytes:
         """Return the contents of one file of an archive."""
         return self._run("extract", self._argv("extract", "--stdout", self.location(archive),
@@ -229,14 +265,20 @@ class Borg:
                                                             pass_fds=fds) as s:
             yield s
 
-    @contextlib.contextmanager
-    def export_tar(self, archive: str, paths: Sequence[str]) -> Iterator[subproc.Stream]:
-        """Yield a running 'borg export-tar' writing the archive's paths to its stdout."""
-        argv = self._argv("export-tar", self.location(archive), "-",
-                          *paths)
-        with self.child_env() as (env, fds), subproc.stream(argv, stdout=True, env=env,
-                                                            pass_fds=fds) as s:
-            yield s
+    def export_tar(self, archive: str, paths: Sequence[str], *, brief: bool = False
+                   ) -> ContextManager[subproc.Stream]:
+        """Return a context manager yielding a running 'borg export-tar' writing the archive's paths to its stdout.
+        brief: wait BRIEF_LOCK_WAIT for the repository lock."""
+        argv = self._argv("export-tar", self.location(archive), "-", *paths, brief=brief)
+        return self._output(argv)
+
+    def extract_stdout(self, archive: str, paths: Sequence[str], *, brief: bool = False
+                       ) -> ContextManager[subproc.Stream]:
+        """Return a context manager yielding a running 'borg extract --stdout' writing the contents of the
+        archive's regular files under paths, one after the other, to its stdout.
+        brief: wait BRIEF_LOCK_WAIT for the repository lock."""
+        argv = self._argv("extract", "--stdout", self.location(archive), *paths, brief=brief)
+        return self._output(argv)
 
     @contextlib.contextmanager
     def mount(self, mountpoint: str, archive_glob: str) -> Iterator[subproc.Stream]:
@@ -291,6 +333,13 @@ class Borg:
             stream.finish()
         except subproc.CommandFailed as e:
             raise self._error(action, e) from e
+
+
+def items(lines: Iterable[bytes]) -> Iterator[Item]:
+    """Yield the items of 'borg list --json-lines' output (see Borg.list_items)."""
+    for line in lines:
+        doc = json.loads(line)
+        yield Item(doc["path"], doc["type"], doc.get("size", 0))
 
 
 def glob_literal(text: str) -> str:

@@ -65,14 +65,16 @@ def info(path: str) -> dict:
     return json.loads(_run("info", [QEMU_IMG, "info", "--output=json", "-U", path]))
 
 
-def nbd_server_argv(path: str, fmt: str) -> list[str]:
+def nbd_server_argv(path: str, fmt: str, direct: bool = False) -> list[str]:
     """Return qemu-nbd argv serving path writable over a socket-activated NBD connection.
 
-    Writes are cached (the restore flushes once at the end) and zero writes may
-    unmap, so zeros stay unallocated.
+    With direct, the image is written with O_DIRECT (--cache=none: a 2 GiB
+    restore cost qemu-nbd ~2.5 s of CPU instead of ~5.3 s through the page
+    cache here), else through the page cache; either way the restore flushes
+    once at the end. Zero writes may unmap, so zeros stay unallocated.
     """
-    return [QEMU_NBD, "-f", fmt, "--cache=writeback", "--discard=unmap",
-            "--detect-zeroes=unmap", path]
+    return [QEMU_NBD, "-f", fmt, "--cache=none" if direct else "--cache=writeback",
+            "--discard=unmap", "--detect-zeroes=unmap", path]
 
 
 # --- persistent dirty bitmaps of images (shut-off domains) ---------------------

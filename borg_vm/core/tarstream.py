@@ -82,14 +82,18 @@ class TarWriter:
 def _read_exact(src: BinaryIO, n: int) -> bytearray:
     """Return exactly n bytes from src, read into one buffer (no joining copies)."""
     buf = bytearray(n)
-    view = memoryview(buf)
-    got = 0
+    _fill(src, memoryview(buf))
+    return buf
+
+
+def _fill(src: BinaryIO, view: memoryview) -> None:
+    """Read exactly len(view) bytes from src into view."""
+    got, n = 0, len(view)
     while got < n:
         k = src.readinto(view[got:])
         if not k:
             raise TarFormatError(f"stream ended {n - got} bytes early")
         got += k
-    return buf
 
 
 class Member:
@@ -117,6 +121,18 @@ class Member:
             self._left -= len(piece)
             n -= len(piece)
             yield piece
+
+    @property
+    def left(self) -> int:
+        """Bytes of the member's data not read yet."""
+        return self._left
+
+    def read_into(self, view: memoryview) -> None:
+        """Fill view (at most ``left`` bytes long) with the member's next bytes."""
+        if len(view) > self._left:
+            raise ValueError(f"{len(view)} bytes asked, {self._left} left in {self.name}")
+        _fill(self._src, view)
+        self._left -= len(view)
 
     def skip(self) -> None:
         for _ in self.chunks():

@@ -8,6 +8,7 @@ same reason as realstack.py).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import subprocess
@@ -59,15 +60,22 @@ def manifest(disks: dict[str, bytes], size: int = SIZE) -> archive.Manifest:
 
 
 def write_archive(borg, disks: dict[str, bytes], *, size: int = SIZE, xml: bytes | None = None,
-                  data_members=None, extra=(), manifest_json: bytes | None = None) -> str:
+                  data_members=None, extra=(), manifest_json: bytes | None = None,
+                  claimed_data: int | None = None) -> str:
     """Write a full borg-vm archive of DOMAIN into borg's repository; return its name.
 
     By default it is valid: domain.xml, checkpoint.xml, one data member per
     disk at offset 0, manifest.json, and the summary as its comment. Replace
     the domain XML, the data members or the manifest, or add extra members
-    (before the manifest), to damage it; member data may be Zeros(n).
+    (before the manifest), to damage it; member data may be Zeros(n). With
+    claimed_data, the comment claims that many data bytes per disk (restore
+    reads an archive claiming much data with list + extract --stdout).
     """
     m = manifest(disks, size)
+    summary = m.summary()
+    if claimed_data is not None:
+        summary = dataclasses.replace(summary, disks={
+            t: dataclasses.replace(d, data_bytes=claimed_data) for t, d in summary.disks.items()})
     if data_members is None:
         data_members = [(archive.member_name(t, 0), d) for t, d in disks.items() if d]
     members = [(archive.DOMAIN_XML, domain_xml(tuple(disks)) if xml is None else xml),
@@ -75,7 +83,7 @@ def write_archive(borg, disks: dict[str, bytes], *, size: int = SIZE, xml: bytes
                                         f"</domaincheckpoint>".encode()),
                *data_members, *extra,
                (archive.MANIFEST, m.to_json() if manifest_json is None else manifest_json)]
-    with borg.import_tar(str(m.name), comment=m.summary().to_comment(), timestamp=TIMESTAMP,
+    with borg.import_tar(str(m.name), comment=summary.to_comment(), timestamp=TIMESTAMP,
                          compression="lz4", chunker_params=CHUNKER) as proc:
         tar = TarWriter(proc.stdin, MTIME)
         for name, data in members:

@@ -4,6 +4,7 @@ hard links, device nodes, FIFOs, data of a disk the manifest does not have.
 Restore and verify are each one clear line naming the archive (or a
 restore of exactly what the manifest says), and nothing is written outside --to."""
 
+import dataclasses
 import io
 import json
 import subprocess
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from borg_vm.actions.members import EXTRACT_FROM
 from borg_vm.adapters.borg import find_borg
 from borg_vm.core import archive
 
@@ -31,10 +33,16 @@ def member(name: str, kind: bytes = tarfile.REGTYPE, data: bytes = b"",
     return info, data
 
 
-def plant(repo: str, tmp_path: Path, hostile: list) -> str:
+def plant(repo: str, tmp_path: Path, hostile: list, claimed: int | None = None) -> str:
     """Import a valid full archive of DOMAIN with the hostile members before its
-    manifest, as 'borg import-tar' of a hand-made tar; return its name."""
-    m = manifest({"vda": DATA})
+    manifest, as 'borg import-tar' of a hand-made tar; return its name. With
+    claimed, its comment claims that many data bytes (of a disk that big):
+    restore reads it with list + extract --stdout."""
+    m = manifest({"vda": DATA}, claimed) if claimed else manifest({"vda": DATA})
+    summary = m.summary()
+    if claimed:
+        summary = dataclasses.replace(summary, disks={
+            t: dataclasses.replace(d, data_bytes=claimed) for t, d in summary.disks.items()})
     members = [member(archive.DOMAIN_XML, data=domain_xml()),
                member(archive.CHECKPOINT_XML, data=f"<domaincheckpoint><name>{CHECKPOINT}"
                                                    f"</name></domaincheckpoint>".encode()),
@@ -44,7 +52,7 @@ def plant(repo: str, tmp_path: Path, hostile: list) -> str:
     with tarfile.open(tar, "w", format=tarfile.GNU_FORMAT) as t:
         for info, data in members:
             t.addfile(info, io.BytesIO(data) if info.isreg() else None)
-    subprocess.run([find_borg(), "import-tar", "--comment", m.summary().to_comment(),
+    subprocess.run([find_borg(), "import-tar", "--comment", summary.to_comment(),
                     f"{repo}::{m.name}", str(tar)], check=True, capture_output=True)
     return str(m.name)
 
@@ -70,16 +78,25 @@ HOSTILE = {
                          DAMAGED, True),
     # borg itself fails to export a hard link whose target it is not asked for
     "hardlink": ([member("disk/vda/0000000000100000", tarfile.LNKTYPE,
-                         link=archive.MANIFEST)], "borg export-tar of", True),
+                         link=archive.MANIFEST)], "borg {command} of", True),
     "unknown-disk": ([member(archive.member_name("vdz", 0), data=DATA)], None, True),
 }
 
 
+# restore reads an archive with export-tar, or with list + extract --stdout if its
+# comment claims much data: both ways refuse the same members (verify reads with
+# export-tar, and calls a comment that disagrees with the manifest damage).
+WAYS = {"export-tar": None, "extract": EXTRACT_FROM}
+
+
+@pytest.mark.parametrize("way", WAYS)
 @pytest.mark.parametrize("kind", sorted(HOSTILE))
-def test_planted_member(make_repo, tmp_path, kind):
+def test_planted_member(make_repo, tmp_path, kind, way):
     members, says, damaged = HOSTILE[kind]
     borg = make_repo()
-    name = plant(borg.repo, tmp_path, members)
+    name = plant(borg.repo, tmp_path, members, WAYS[way])
+    says = says and says.format(command=way)
+    damaged = damaged or way == "extract"
     to = tmp_path / "out"
     restored = borg_vm("restore", DOMAIN, "--repo", borg.repo, "--to", str(to), "--json",
                        code=None if says else 0)

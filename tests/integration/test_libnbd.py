@@ -275,14 +275,16 @@ def test_pipelined_writes_keep_nothing_they_wrote(tmp_path):
     assert allocated_data(img, "qcow2") == [(0, 256 * MiB)]
 
 
+@pytest.mark.parametrize("direct", [False, True], ids=["page-cache", "o-direct"])
 @pytest.mark.parametrize("fmt", ["raw", "qcow2"])
-def test_pwrite_zero_flush_into_image(tmp_path, fmt):
+def test_pwrite_zero_flush_into_image(tmp_path, fmt, direct):
+    """Also unaligned writes with O_DIRECT (qemu-nbd reads, modifies, writes)."""
     img = str(tmp_path / f"disk.{fmt}")
     qemu.create(img, fmt, 16 * MiB)
     expected = bytearray(16 * MiB)
     writes = [(1 * MiB, b"\xab" * (2 * MiB)), (5 * MiB + 512, os.urandom(100_000)),
               (12 * MiB, b"\xcd" * (1 * MiB))]
-    with open_command(qemu.nbd_server_argv(img, fmt), where=img) as exp:
+    with open_command(qemu.nbd_server_argv(img, fmt, direct), where=img) as exp:
         for offset, data in writes:
             exp.pwrite(data, offset)
             expected[offset:offset + len(data)] = data

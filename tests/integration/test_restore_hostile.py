@@ -29,6 +29,12 @@ BILLION_LAUGHS = (b"<?xml version='1.0'?><!DOCTYPE domain ["
                   + b"]><domain><name>&j;</name></domain>")
 
 
+# An archive is read back with export-tar, or with list + extract --stdout when its
+# comment claims much data (members.EXTRACT_FROM; at most the disk's size): hostile
+# members are refused both ways. way -> (disk size, data bytes claimed).
+WAYS = {"export-tar": (SIZE, None), "extract": (GiB, GiB)}
+
+
 def restore(repo, to, *extra, code=0):
     return borg_vm("restore", DOMAIN, "--repo", repo, "--to", str(to), "--no-progress",
                    *extra, code=code)
@@ -54,9 +60,12 @@ def test_malformed_domain_xml_fails_first_with_exit_2(make_repo, tmp_path, xml, 
 
 # --- B5: no member is held in memory unless it is small by definition ------------------
 
-def test_non_data_member_under_disk_is_rejected_with_bounded_memory(make_repo, tmp_path):
+@pytest.mark.parametrize("way", WAYS)
+def test_non_data_member_under_disk_is_rejected_with_bounded_memory(make_repo, tmp_path, way):
     borg = make_repo()
-    name = write_archive(borg, {"vda": DATA}, extra=[("disk/vda/junk", Zeros(GiB))])
+    size, claimed = WAYS[way]
+    name = write_archive(borg, {"vda": DATA}, extra=[("disk/vda/junk", Zeros(GiB))],
+                         size=size, claimed_data=claimed)
     proc, rss = borg_vm_peak_rss(tmp_path, "restore", DOMAIN, "--repo", borg.repo, "--to",
                                  str(tmp_path / "out"), "--no-progress", code=2)
     line = proc.stderr.splitlines()[-1]
@@ -65,10 +74,13 @@ def test_non_data_member_under_disk_is_rejected_with_bounded_memory(make_repo, t
     assert not (tmp_path / "out").exists()
 
 
-def test_unknown_member_is_skipped_with_bounded_memory(make_repo, tmp_path):
+@pytest.mark.parametrize("way", WAYS)
+def test_unknown_member_is_skipped_with_bounded_memory(make_repo, tmp_path, way):
     """'manifest.json/x' is exported with manifest.json (a path prefix), then skipped."""
     borg = make_repo()
-    write_archive(borg, {"vda": DATA}, extra=[("manifest.json/x", Zeros(GiB))])
+    size, claimed = WAYS[way]
+    write_archive(borg, {"vda": DATA}, extra=[("manifest.json/x", Zeros(GiB))], size=size,
+                  claimed_data=claimed)
     proc, rss = borg_vm_peak_rss(tmp_path, "restore", DOMAIN, "--repo", borg.repo, "--to",
                                  str(tmp_path / "out"), "--no-progress")
     assert rss < PEAK_RSS_LIMIT
@@ -87,15 +99,20 @@ def test_oversized_small_member_is_refused_unread(make_repo, tmp_path, member, l
 
 # --- R10: data beyond the end of its disk is a damaged archive, found before writing ---
 
-@pytest.mark.parametrize("offset, length", [(SIZE - 4096, 65536), (SIZE, 4096), (2 * SIZE, 1)])
-def test_data_member_beyond_the_disk_end_is_damage(make_repo, tmp_path, offset, length):
+@pytest.mark.parametrize("way", WAYS)
+@pytest.mark.parametrize("end, length", [(-4096, 65536), (0, 4096), (None, 1)])
+def test_data_member_beyond_the_disk_end_is_damage(make_repo, tmp_path, end, length, way):
+    """A member starting just before the disk's end, at it, or at twice the size."""
     borg = make_repo()
+    size, claimed = WAYS[way]
+    offset = 2 * size if end is None else size + end
     name = write_archive(borg, {"vda": DATA}, extra=[
-        (archive.member_name("vda", offset), b"\x01" * length)])
+        (archive.member_name("vda", offset), b"\x01" * length)], size=size,
+        claimed_data=claimed)
     proc = restore(borg.repo, tmp_path / "out", code=2)
     line = proc.stderr.splitlines()[-1]
     assert (f"Data of disk vda in archive {name} " in line
-            and f"ends at byte {offset + length}, beyond the disk's {SIZE} bytes" in line
+            and f"ends at byte {offset + length}, beyond the disk's {size} bytes" in line
             and "damaged" in line), proc.stderr
     assert not (tmp_path / "out").exists()
 

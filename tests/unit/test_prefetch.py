@@ -4,7 +4,9 @@ import threading
 
 import pytest
 
-from borg_vm.prefetch import ahead
+import ctypes
+
+from borg_vm.prefetch import ahead, buffers
 
 
 def prefetch_threads():
@@ -118,3 +120,12 @@ def test_producer_runs_in_another_thread():
     with ahead(gen(), 1) as items:
         assert list(items) == [1]
     assert seen == ["prefetch"]
+
+
+def test_buffers_are_separate_writable_and_page_aligned():
+    bufs = buffers(3, 8192)
+    for i, b in enumerate(bufs):
+        assert len(b) == 8192 and not b.readonly
+        b[:] = bytes([i]) * 8192
+        assert ctypes.addressof(ctypes.c_char.from_buffer(b)) % 4096 == 0
+    assert [bytes(b[:1]) for b in bufs] == [b"\x00", b"\x01", b"\x02"]

@@ -239,6 +239,32 @@ def test_read_members_refuses_a_huge_long_name_unread():
     assert MAX_NAME_BYTES >= 4096
 
 
+def test_read_into_fills_views_through_a_trickling_pipe():
+    raw = written(MEMBERS)
+    got = []
+    for m in read_members(Trickle(raw, step=3)):
+        buf = bytearray(m.size)
+        view = memoryview(buf)
+        while m.left:
+            n = min(m.left, 1000)
+            m.read_into(view[:n])
+            view = view[n:]
+        got.append((m.name, bytes(buf)))
+    assert got == MEMBERS
+
+
+def test_read_into_refuses_more_than_is_left():
+    m = next(read_members(io.BytesIO(written(MEMBERS))))
+    with pytest.raises(ValueError, match="11 bytes asked, 10 left in domain.xml"):
+        m.read_into(memoryview(bytearray(11)))
+
+
+def test_read_into_a_stream_that_ends_early_raises():
+    m = next(read_members(io.BytesIO(written(MEMBERS)[:BLOCK + 4])))
+    with pytest.raises(TarFormatError, match="ended 6 bytes early"):
+        m.read_into(memoryview(bytearray(10)))
+
+
 VALID = gnu_tar([("domain.xml", b"<x/>"), (LONG_NAME, b"long" * 300),
                  ("disk/vda/0000000000000000", bytes(range(256)) * 8)])
 
