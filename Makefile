@@ -49,8 +49,8 @@ soak: setup
 	$(VENV)/bin/python tests/faults/soak.py
 
 # The benchmarks of issues 4 and 11, each regenerating its committed report:
-# bench/bench.py (RESULTS.md, about 13 minutes on a quiet 2-core machine),
-# bench/nightly.py (NIGHTLY.md, about 10), bench/boot.py (BOOT.md, about 6): at most
+# bench/bench.py (RESULTS.md, 15 minutes on a quiet 2-core machine),
+# bench/nightly.py (NIGHTLY.md, 8), bench/boot.py (BOOT.md, 3): at most
 # 35 minutes in all. bench-quick runs each with --quick (one run, smaller
 # disks; reports under bench/work/quick/, nothing committed changes), under
 # 10 minutes in all. bench-setup is setup plus what only the benchmarks use
@@ -81,7 +81,7 @@ bench-scale: setup
 # Booting from the repository (bench/BOOT.md, issue #12): borg-vm boot to the
 # real guest's workload for two disk sizes, a mounted disk's sequential read
 # against borg extract, boot --finish of 2 GiB against restore --flatten (about
-# 6 minutes on a 2-core machine; `.venv/bin/python bench/boot.py --quick` for a
+# 3 minutes on an idle 2-core machine; `.venv/bin/python bench/boot.py --quick` for a
 # one-run try-out into bench/work/quick/BOOT.md).
 bench-boot: setup
 	$(VENV)/bin/python bench/boot.py
