@@ -80,7 +80,6 @@ CHUNKS = (4 * MIB, 1 * MIB, 256 * KIB, 64 * KIB)
 ALIGNMENTS = (0, 1 * MIB, 4 * MIB)
 PREDICTED_ALIGNMENTS = (0, 64 * KIB, 256 * KIB, 1 * MIB, 4 * MIB)
 ENCRYPTIONS = ("none", "repokey-blake2")
-DEFAULT_CHUNK = 4 * MIB
 # BENCH_REV=HEAD (any git revision) benchmarks that revision's borg_vm instead of
 # the work tree, e.g. while uncommitted work is in progress.
 REV = os.environ.get("BENCH_REV")

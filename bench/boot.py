@@ -326,7 +326,7 @@ def render(r: dict) -> str:
         "",
         table(["disk", "size", "`borg-vm boot` returns", "to the workload running",
                f"target < {TARGET_BOOT_SECONDS:.0f} s"], boot_rows),
-        f"## 2. Sequential read of a mounted disk",
+        "## 2. Sequential read of a mounted disk",
         "",
         f"A {r['read_size'] // MIB} MiB disk of incompressible data, backed up in full "
         "(encryption none, lz4, chunks of 4 MiB). `borg-vm mount --socket` (a fresh mount "
@@ -336,7 +336,7 @@ def render(r: dict) -> str:
         table(["", "time", "rate (median)"],
               [["`nbdcopy` of the mounted disk", secs(rd["mount"]), rate(rd["mount"])],
                ["`borg extract --stdout`", secs(rd["extract"]), rate(rd["extract"])]]),
-        f"## 3. `borg-vm boot --finish` against `restore --flatten`",
+        "## 3. `borg-vm boot --finish` against `restore --flatten`",
         "",
         f"A {r['finish_size'] // MIB} MiB disk, all of it incompressible data, backed up in "
         "full; a domain without OS booted from it (`borg-vm boot`, not timed: "

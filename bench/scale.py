@@ -31,7 +31,6 @@ import random
 import re
 import shutil
 import statistics
-import subprocess
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
