@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import ContextManager, Iterator
 
 from ..adapters.borg import Borg
 from ..core import archive as fmt
 from ..core import chain, extent
 from ..core.archive import ArchiveInfo, Manifest
+from ..core.tarstream import Member
 from ..errors import BorgVmError, FormatError
 from .. import prefetch
 from . import apply, members, repository
@@ -47,40 +49,57 @@ def verify(borg: Borg, domain: str | None, checkpoint: str | None, every: bool
         top = chain.select(archives, domain, checkpoint)
         selected = {a.archive: a for t in top.summary.disks
                     for a in _chain_or_top(archives, top, t)}.values()
-    return VerifyResult([(a.archive, _check(borg, archives, a))
-                         for a in sorted(selected, key=lambda a: (a.name.domain, a.order))])
+    ordered = sorted(selected, key=lambda a: (a.name.domain, a.order))
+    problems = {a.archive: _chain_problem(archives, a) for a in ordered}
+    readable = [a for a in ordered if problems[a.archive] is None]
+    # One read_ahead for all: the next archive's borg starts up while this one is
+    # hashed; big archives come through borg list + extract --stdout (members.py).
+    reads = [members.Read(a.archive, (), sum(d.data_bytes for d in a.summary.disks.values()))
+             for a in readable]
+    with members.read_ahead(borg, reads) as found:
+        for a, stream in zip(readable, found):
+            problems[a.archive] = _check_data(a, stream)
+    return VerifyResult([(a.archive, problems[a.archive]) for a in ordered])
 
 
 def _chain_or_top(archives: list[ArchiveInfo], top: ArchiveInfo, target: str):
     try:
         return chain.disk_chain(archives, top, target)
     except BorgVmError:
-        return [top]   # the broken link is reported by _check
+        return [top]   # the broken link is reported by _chain_problem
 
 
-def _check(borg: Borg, archives: list[ArchiveInfo], a: ArchiveInfo) -> str:
-    """Return "ok" or what is wrong with one archive."""
+def _chain_problem(archives: list[ArchiveInfo], a: ArchiveInfo) -> str | None:
+    """Return what is wrong with one archive's chains (each disk's back to its full,
+    one disk size throughout), or None."""
     try:
         for t in a.summary.disks:
             problem = chain.size_problem(chain.disk_chain(archives, a, t), t)
             if problem:
                 return problem
-        problem = _read_and_hash(borg, a).disagreement(a)
+    except BorgVmError as e:
+        return e.message
+    return None
+
+
+def _check_data(a: ArchiveInfo, stream: ContextManager[Iterator[Member]]) -> str:
+    """Return "ok" or what is wrong with one archive's data and manifest."""
+    try:
+        problem = _read_and_hash(a, stream).disagreement(a)
     except BorgVmError as e:
         return e.message
     return problem or "ok"
 
 
-def _read_and_hash(borg: Borg, a: ArchiveInfo) -> Manifest:
-    """Stream the archive's data and manifest; return the manifest if every record's
-    data matches it; raise IntegrityError or FormatError otherwise."""
+def _read_and_hash(a: ArchiveInfo, stream: ContextManager[Iterator[Member]]) -> Manifest:
+    """Stream the archive's data and manifest (the whole archive: naming paths that
+    match nothing would make borg warn); return the manifest if every record's data
+    matches it; raise IntegrityError or FormatError otherwise."""
     sizes = {t: d.virtual_size for t, d in a.summary.disks.items()}
     written: dict[apply.Key, list[extent.Extent]] = {}
     digests = {}
     files: dict[str, bytes] = {}
-    # The whole archive (naming paths that match nothing would make borg warn).
-    with members.read_ahead(borg, [members.Read(a.archive, ())]) as reads, \
-            next(reads) as found:
+    with stream as found:
         for name, key, offset, piece in members.pieces(found, a.archive, sizes,
                                                        prefetch.buffers(1, PIECE)):
             if key is None:
