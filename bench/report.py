@@ -538,13 +538,13 @@ outside the timing.
 
 # Each phase of a run (borg_vm/runtime.py) and what happens before its mark.
 FIXED_COST_PHASES = [
-    ("planned", "borg list of the repository's archives, libvirt: domain, checkpoints, "
-                "XML; the plan"),
+    ("planned", "borg list of the repository's archives, beside libvirt: domain, "
+                "checkpoints, XML; the plan"),
     ("job-started", "libvirt backup job begun, new checkpoint created"),
     ("streaming", "borg import-tar started; domain and checkpoint XML written to it"),
-    ("borg-finished", "block status, dirty data read and streamed; borg commits the "
-                      "archive under its .borgvm-partial name"),
-    ("renamed", "borg rename to the final name (commit-last)"),
+    ("ending", "block status, dirty data read and streamed, the manifest written"),
+    ("borg-finished", "end of the stream written; borg commits the archive under its "
+                      "final name (commit-last) and exits"),
     ("done", "backup job ended, older checkpoints deleted"),
 ]
 

@@ -2,15 +2,19 @@
 
 Order of events (commit last)::
 
-    lock domain, clean leftovers -> plan level -> begin pull backup (creates
-    checkpoint C; --quiesce freezes the guest for this step only, see
-    quiesce.py) -> block status per disk -> stream tar into
-    `borg import-tar NAME.borgvm-partial` -> borg exits 0 -> rename to NAME
-    -> end job -> delete older borg-vm checkpoints
+    lock domain (list the repository meanwhile), end a crashed run's job ->
+    plan level -> begin pull backup (creates checkpoint C; --quiesce freezes
+    the guest for this step only, see quiesce.py) -> block status per disk ->
+    stream tar into `borg import-tar NAME` -> manifest -> end of the tar
+    stream -> borg commits, exits 0 -> end job -> delete older borg-vm
+    checkpoints -> delete what crashed runs left in the repository
 
-Any failure before the rename: borg is stopped, the job aborted, checkpoint
-C deleted, the partial archive deleted; the parent checkpoint is untouched,
-so the next run is still incremental from the last good archive.
+borg commits NAME only when it reads the end of the stream, which is written
+last (adapters/borg.py import_tar: borg holds its stdin open, so a run cut
+short, even by SIGKILL, is never an end of file it could take for the end).
+Any failure before that: borg is stopped and rolls back, the job aborted,
+checkpoint C deleted; the parent checkpoint is untouched, so the next run is
+still incremental from the last good archive.
 
 A run reaches the disks through a session (core/source.py ``Session``): the
 libvirt pull-backup job above for a running domain (``running_session``), or
@@ -20,6 +24,7 @@ for a shut-off one the images and their persistent bitmaps
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import hashlib
 import logging
@@ -141,23 +146,40 @@ def backup(hv: Hypervisor, borg: Borg, name: str, opts: BackupOptions) -> Backup
     """
     started = time.monotonic()
     dom = hv.domain(name)
-    with runtime.domain_lock(dom.uuid, name):
+    with runtime.domain_lock(dom.uuid, name), \
+            concurrent.futures.ThreadPoolExecutor(1, "borg-list") as pool:
+        # The repository's list takes a borg process (~0.3 s): it runs while
+        # libvirt answers the questions below.
+        listed = pool.submit(repository.archives, borg, dom.name)
         runtime.remove_stale(dom.uuid)
         end_stale_job(dom)
-        result = _backup_locked(dom, borg, opts)
+        xml = dom.xml()  # the live XML of a running domain, the definition of a shut-off one
+        disks = select_disks(dom, xml, opts.exclude_disks)
+        own = {c for c in dom.checkpoints() if fmt.is_own_checkpoint(c)}
+        archives, partial = listed.result()
+        result = _backup_locked(dom, borg, opts, xml, disks, own, archives)
+        _delete_leftovers(dom, borg, partial)
     result.duration = time.monotonic() - started
     return result
 
 
-def _backup_locked(dom: Domain, borg: Borg, opts: BackupOptions) -> BackupResult:
-    xml = dom.xml()  # the live XML of a running domain, the definition of a shut-off one
-    disks = select_disks(dom, xml, opts.exclude_disks)
-    archives, partial = repository.archives(borg, dom.name)
-    if partial:
-        log.warning("%s: deleting unfinished archives of a crashed run: %s",
-                    dom.name, ", ".join(partial))
+def _delete_leftovers(dom: Domain, borg: Borg, partial: list[str]) -> None:
+    """Delete what crashed runs left in the repository (borg checkpoint archives,
+    older borg-vm's partial archives), now that the new archive reused their
+    chunks. Best effort: the backup is done; the next run tries again."""
+    if not partial:
+        return
+    log.warning("%s: deleting unfinished archives of crashed runs: %s", dom.name,
+                ", ".join(partial))
+    try:
         borg.delete(partial)
-    own = {c for c in dom.checkpoints() if fmt.is_own_checkpoint(c)}
+    except BorgError as e:
+        log.error("%s: could not delete %s: %s", dom.name, ", ".join(partial), e.message)
+
+
+def _backup_locked(dom: Domain, borg: Borg, opts: BackupOptions, xml: str,
+                   disks: list[plan.Disk], own: set[str],
+                   archives: list[ArchiveInfo]) -> BackupResult:
     lost = _recover_checkpoint(dom, borg, opts, archives, own)
     p = plan.plan(opts.level, dom.name, dom.uuid, disks, archives, own, opts.full_every,
                   datetime.now(timezone.utc))
@@ -200,17 +222,10 @@ def _run(dom: Domain, borg: Borg, opts: BackupOptions, disks: list[plan.Disk],
     by_target = {d.target: d for d in disks}
     begin = running_session if dom.is_active() else offline.session
     chains = {t: list(x.chain) for t, x in layers.items()}
-    streaming = False
     runtime.phase(runtime.PLANNED, "%s: %s backup into %s", dom.name, p.level, name)
-    try:
-        with begin(dom, p, checkpoint, disks, xml, opts, when, chains) as session:
-            runtime.phase(runtime.JOB_STARTED, "%s: checkpoint %s", dom.name, checkpoint)
-            streaming = True
-            manifest = _stream(dom, borg, opts, p, name, when, session, by_target, layers)
-    except BaseException:
-        if streaming:
-            _delete_partial(dom, borg, name)
-        raise
+    with begin(dom, p, checkpoint, disks, xml, opts, when, chains) as session:
+        runtime.phase(runtime.JOB_STARTED, "%s: checkpoint %s", dom.name, checkpoint)
+        manifest = _stream(dom, borg, opts, p, name, when, session, by_target, layers)
     runtime.phase(runtime.DONE, "%s: job ended, older checkpoints deleted", dom.name)
     result = BackupResult(str(name), dom.name, name.snapshot_name, checkpoint, p.level,
                           p.reason, frozen_ms=session.frozen_ms)
@@ -300,16 +315,6 @@ def _stopped(dom: Domain) -> bool:
         return False
 
 
-def _delete_partial(dom: Domain, borg: Borg, name: ArchiveName) -> None:
-    """After a failure: delete the partial archive, if borg got to make one. Best effort."""
-    try:
-        _complete, partial = repository.archives(borg, dom.name)
-        borg.delete(partial)
-    except BorgError as e:
-        log.error("%s: could not delete partial archive %s: %s", dom.name, name.partial,
-                  e.message)
-
-
 def _stream(dom: Domain, borg: Borg, opts: BackupOptions, p: plan.Plan, name: ArchiveName,
             when: datetime, session: Session, disks: dict[str, plan.Disk],
             layers: dict[str, snapshots.DiskLayers]) -> Manifest:
@@ -339,13 +344,14 @@ def _stream(dom: Domain, borg: Borg, opts: BackupOptions, p: plan.Plan, name: Ar
 def _write_archive(dom: Domain, borg: Borg, opts: BackupOptions, name: ArchiveName,
                    when: datetime, session: Session, old: DiskSource,
                    manifest: Manifest) -> Manifest:
-    """Stream the members the manifest lists into borg import-tar, then give the
-    archive its final name; return the manifest with its digests."""
+    """Stream the members the manifest lists into borg import-tar, the manifest last,
+    then end the stream: borg commits the archive; return the manifest with its
+    digests."""
     source = session.source
     total = sum(d.data_bytes + sum(f.data_bytes for f in d.frozen)
                 for d in manifest.disks.values())
     progress = Progress.for_terminal(f"{dom.name}", total, opts.progress)
-    with borg.import_tar(name.partial, comment=manifest.summary().to_comment(),
+    with borg.import_tar(str(name), comment=manifest.summary().to_comment(),
                          timestamp=when.strftime("%Y-%m-%dT%H:%M:%S"),
                          compression=opts.compression,
                          chunker_params=f"fixed,{opts.block_size}") as proc:
@@ -353,8 +359,7 @@ def _write_archive(dom: Domain, borg: Borg, opts: BackupOptions, name: ArchiveNa
             tar = TarWriter(proc.stdin, int(when.timestamp()))
             tar.add(fmt.DOMAIN_XML, dom.xml(inactive=True).encode())
             tar.add(fmt.CHECKPOINT_XML, session.checkpoint_xml().encode())
-            runtime.phase(runtime.STREAMING, "%s: into borg import-tar %s", dom.name,
-                          name.partial)
+            runtime.phase(runtime.STREAMING, "%s: into borg import-tar %s", dom.name, name)
             disks = {}
             for t, d in sorted(manifest.disks.items()):
                 top = _stream_extents(tar, source, t, d.extents, opts, progress,
@@ -366,6 +371,7 @@ def _write_archive(dom: Domain, borg: Borg, opts: BackupOptions, name: ArchiveNa
                 disks[t] = replace(d, sha256=top, frozen=frozen)
             manifest = replace(manifest, disks=disks)
             tar.add(fmt.MANIFEST, manifest.to_json())
+            runtime.phase(runtime.ENDING, "%s: all but the end of the stream written", dom.name)
             tar.close()
         except BrokenPipeError:
             borg.finish("import-tar", proc)
@@ -373,9 +379,7 @@ def _write_archive(dom: Domain, borg: Borg, opts: BackupOptions, name: ArchiveNa
         finally:
             progress.close()
         borg.finish("import-tar", proc)
-    runtime.phase(runtime.BORG_FINISHED, "%s: %s complete", dom.name, name.partial)
-    borg.rename(name.partial, str(name))
-    runtime.phase(runtime.RENAMED, "%s: %s", dom.name, name)
+    runtime.phase(runtime.BORG_FINISHED, "%s: %s committed", dom.name, name)
     return manifest
 
 

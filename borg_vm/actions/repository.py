@@ -14,12 +14,13 @@ log = logging.getLogger(__name__)
 
 
 def archives(borg: Borg, domain: str | None = None) -> tuple[list[ArchiveInfo], list[str]]:
-    """Return (complete archives, unfinished archive names) of domain (None: every domain).
+    """Return (complete archives, what unfinished runs left) of domain (None: every
+    domain, and nothing of the second kind).
 
     Archives whose comment is not a borg-vm summary are skipped with a warning.
     """
     complete, partial = [], []
-    for listed in borg.list_archives():
+    for listed in borg.list_archives(checkpoints=domain is not None):
         name = ArchiveName.parse(listed.name)
         if name is not None and domain in (None, name.domain):
             try:

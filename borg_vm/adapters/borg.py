@@ -207,10 +207,12 @@ class Borg:
                 self._asked += 1
                 self._passphrase = self._ask(f"Enter passphrase for {self.repo}: ").encode()
 
-    def list_archives(self) -> list[Listed]:
-        """Return every archive of the repository with its comment and time."""
+    def list_archives(self, *, checkpoints: bool = False) -> list[Listed]:
+        """Return every archive of the repository with its comment and time
+        (checkpoints: borg's checkpoint archives too)."""
         out = self._run("list", self._argv("list", "--json", "--format", "{comment}",
-                                           self.location()))
+                                           *(("--consider-checkpoints",) if checkpoints
+                                             else ()), self.location()))
         doc = json.loads(out)
         return [Listed(a["name"], a.get("comment", ""), a.get("time", ""))
                 for a in doc["archives"]]
@@ -237,9 +239,6 @@ class Borg:
         return self._run("extract", self._argv("extract", "--stdout", self.location(archive),
                                                path))
 
-    def rename(self, archive: str, new_name: str) -> None:
-        self._run("rename", self._argv("rename", self.location(archive), new_name))
-
     def delete(self, archives: Sequence[str]) -> None:
         """Delete archives, in the order given, in one borg transaction (a borg killed
         midway deletes none); space is freed by a later 'borg compact'."""
@@ -256,13 +255,23 @@ class Borg:
                    compression: str, chunker_params: str) -> Iterator[subproc.Stream]:
         """Yield a running 'borg import-tar' reading a tar stream from its stdin.
 
-        The caller writes the stream, then calls ``finish(stream)``.
+        The caller writes the stream, then calls ``finish(stream)``. borg commits
+        the archive when it reads the stream's end marker and at no other time:
+        it holds its stdin open itself (subproc hold_stdin), so no end of file,
+        not even our death by SIGKILL at a member boundary, passes for the end
+        of the archive. If we die, the kernel sends borg SIGTERM and borg rolls
+        its transaction back; leaving the block by an exception does the same.
+        What borg commits on the way, its own checkpoint archives
+        (``{archive}.checkpoint``, every --checkpoint-interval), it deletes
+        when it commits the archive; after a failure they stay (list them with
+        ``list_archives(checkpoints=True)``) and keep their chunks for the retry.
         """
         argv = self._argv("import-tar", "--comment", comment, "--timestamp", timestamp,
                           "--compression", compression, "--chunker-params", chunker_params,
                           self.location(archive), "-")
-        with self.child_env() as (env, fds), subproc.stream(argv, stdin=True, env=env,
-                                                            pass_fds=fds) as s:
+        with self.child_env() as (env, fds), subproc.stream(
+                argv, stdin=True, env=env, pass_fds=fds, hold_stdin=True,
+                parent_death_signal=signal.SIGTERM) as s:
             yield s
 
     def export_tar(self, archive: str, paths: Sequence[str], *, brief: bool = False

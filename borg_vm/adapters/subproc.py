@@ -84,9 +84,10 @@ class Stream:
     block on a full stderr pipe.
     """
 
-    def __init__(self, proc: subprocess.Popen, argv: list[str]):
+    def __init__(self, proc: subprocess.Popen, argv: list[str], *, eof_stops: bool = True):
         self.proc = proc
         self.argv = argv
+        self._eof_stops = eof_stops
         self._stderr: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
         self._drain = threading.Thread(target=self._drain_stderr, daemon=True)
         self._drain.start()
@@ -156,7 +157,14 @@ class Stream:
         return True
 
     def terminate(self) -> None:
-        """Stop the command (SIGINT first, as a user's Ctrl-C, then SIGKILL); reap it."""
+        """Stop the command (SIGINT first, as a user's Ctrl-C, then SIGKILL; a command
+        that holds its own stdin open gets SIGTERM instead); reap it."""
+        if self.proc.poll() is None and not self._eof_stops:
+            # It cannot see the end of its input: what it read so far is unfinished.
+            self._close_pipes()
+            for sig in (signal.SIGTERM, signal.SIGKILL):
+                if self.stop(sig, TERMINATE_GRACE_SECONDS):
+                    return
         if self.proc.poll() is None:
             # Our pipe ends close first: borg's first SIGINT only asks for a
             # checkpoint, and a borg blocked on its stdin or stdout would
@@ -177,12 +185,16 @@ class Stream:
 
 def _death_signal(sig: int):
     """Return a function that, run in a child before exec, makes the kernel send it
-    sig when its parent dies (Linux prctl PR_SET_PDEATHSIG)."""
+    sig when its parent dies (Linux prctl PR_SET_PDEATHSIG), and that ends the
+    child at once if the parent died before that took effect."""
     libc = ctypes.CDLL(None, use_errno=True)
+    parent = os.getpid()
 
     def arm() -> None:
         if libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0) != 0:
             raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+        if os.getppid() != parent:   # gone already: no signal will come
+            os._exit(1)
     return arm
 
 
@@ -196,19 +208,32 @@ def _enlarge(fd: int) -> None:
 @contextlib.contextmanager
 def stream(argv: Sequence[str], *, stdin: bool = False, stdout: bool = False,
            env: dict[str, str] | None = None, pass_fds: tuple[int, ...] = (),
-           parent_death_signal: int | None = None) -> Iterator[Stream]:
+           parent_death_signal: int | None = None,
+           hold_stdin: bool = False) -> Iterator[Stream]:
     """Start argv with a pipe to its stdin and/or from its stdout; yield a Stream.
 
     The caller must call ``finish()`` inside the block; leaving the block any
     other way (an exception) terminates the command, so no child outlives us.
     With parent_death_signal, the kernel sends the command that signal if we die
     without that (SIGKILL), so a long-running server does not outlive us either.
+
+    hold_stdin (with stdin and parent_death_signal): the command holds the write
+    end of its stdin pipe too, so it never reads an end of file, only the data,
+    and must stop at an end the data marks itself. Our death, even by SIGKILL,
+    then never looks like the end of what we were writing (a tar stream cut at a
+    member boundary reads as a complete archive); the death signal ends it
+    instead, and terminate() sends SIGTERM.
     Raise CommandFailed if it cannot start.
     """
     argv = _check_argv(argv)
+    assert not hold_stdin or (stdin and parent_death_signal), \
+        "a command holding its stdin open must die with us"
+    held = os.pipe() if hold_stdin else None
     try:
-        proc = subprocess.Popen(argv, env=env, bufsize=0, pass_fds=pass_fds,
-                                stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+        proc = subprocess.Popen(argv, env=env, bufsize=0,
+                                pass_fds=pass_fds + ((held[1],) if held else ()),
+                                stdin=(held[0] if held else subprocess.PIPE) if stdin
+                                else subprocess.DEVNULL,
                                 stdout=subprocess.PIPE if stdout else subprocess.DEVNULL,
                                 stderr=subprocess.PIPE,
                                 # Our own SIGINT handling decides when the child stops.
@@ -216,11 +241,17 @@ def stream(argv: Sequence[str], *, stdin: bool = False, stdout: bool = False,
                                 preexec_fn=(_death_signal(parent_death_signal)
                                             if parent_death_signal else None))
     except OSError as e:
+        if held:
+            os.close(held[0])
+            os.close(held[1])
         raise CommandFailed(argv, 127, str(e)) from e
+    if held:
+        os.close(held[0])
+        proc.stdin = open(held[1], "wb", buffering=0)
     for pipe in (proc.stdin, proc.stdout):
         if pipe is not None:
             _enlarge(pipe.fileno())
-    s = Stream(proc, argv)
+    s = Stream(proc, argv, eof_stops=not hold_stdin)
     try:
         yield s
     finally:

@@ -19,10 +19,15 @@ One Borg archive per domain per backup run, named::
   the chain's full backup here (``20261125T221800Z``); that still parses.
 - Neither part contains a dot, so ``name.rsplit('.', 2)`` parses back even
   when the domain name has dots.
-- While a run writes, the archive is called ``{final}.borgvm-partial``; it is
-  renamed to its final name only when every disk streamed completely and borg
-  exited 0. Leftovers of crashed runs (with borg's own ``.checkpoint``
-  suffixes) are deleted by the next run of that domain.
+- A run writes its archive under the final name: borg commits it only when
+  it reads the end of the tar stream, which borg-vm writes after the manifest,
+  once every disk streamed completely (adapters/borg.py ``import_tar``: borg
+  never reads an end of file, so a run cut short commits nothing). What a cut
+  run may leave are borg's own checkpoint archives, ``{final}.checkpoint`` and
+  ``{final}.checkpoint.N``. Earlier borg-vm wrote ``{final}.borgvm-partial``
+  and renamed it when borg exited 0 (one more borg process per run); a cut
+  run left that name and its checkpoints. The next run of the domain deletes all of these once its own
+  archive is committed (their chunks are reused first).
 
 Levels are per disk: an incremental archive may hold a full of a disk added
 or resized since its parent; that disk's chain starts there.
@@ -212,10 +217,6 @@ class ArchiveName:
         return f"{self.domain}.{self.snapshot}.{self.checkpoint}"
 
     @property
-    def partial(self) -> str:
-        return str(self) + PARTIAL_SUFFIX
-
-    @property
     def snapshot_name(self) -> str:
         """The layer's name as people know it (the snapshot part unescaped)."""
         return layers_.unescape(self.snapshot)
@@ -233,11 +234,13 @@ class ArchiveName:
 
 
 def is_partial_of(name: str, domain: str) -> bool:
-    """Return True if archive `name` is an unfinished borg-vm archive of `domain`."""
+    """Return True if archive `name` is what an unfinished run of `domain` left: a
+    borg checkpoint archive of one of its names, or an older borg-vm's partial name."""
     base = _BORG_CHECKPOINT_RE.sub("", name)
-    if not base.endswith(PARTIAL_SUFFIX):
+    old = base.endswith(PARTIAL_SUFFIX)
+    if base == name and not old:
         return False
-    parsed = ArchiveName.parse(base[: -len(PARTIAL_SUFFIX)])
+    parsed = ArchiveName.parse(base.removesuffix(PARTIAL_SUFFIX))
     return parsed is not None and parsed.domain == domain
 
 

@@ -12,6 +12,7 @@ import tarfile
 from typing import BinaryIO, Iterator
 
 BLOCK = tarfile.BLOCKSIZE
+RECORD = tarfile.RECORDSIZE
 READ_SIZE = 1024 * 1024
 MEMBER_MODE = 0o600
 # A GNU long name is read whole; real ones are paths, far below this.
@@ -44,13 +45,18 @@ class TarWriter:
         self.mtime = mtime
         self._remaining = 0
         self._size = 0
+        self.written = 0
+
+    def _put(self, data) -> None:
+        write_all(self.out, data)
+        self.written += len(data)
 
     def begin(self, name: str, size: int) -> None:
         """Start a member of exactly size bytes; write them with ``write`` next."""
         assert self._remaining == 0, "previous member not complete"
         info = tarfile.TarInfo(name)
         info.size, info.mode, info.mtime = size, MEMBER_MODE, self.mtime
-        write_all(self.out, info.tobuf(format=tarfile.GNU_FORMAT))
+        self._put(info.tobuf(format=tarfile.GNU_FORMAT))
         self._remaining = self._size = size
         self._end_member_if_done()
 
@@ -60,13 +66,13 @@ class TarWriter:
             return
         if n > self._remaining:
             raise ValueError(f"member data overflows its size by {n - self._remaining}")
-        write_all(self.out, data)
+        self._put(data)
         self._remaining -= n
         self._end_member_if_done()
 
     def _end_member_if_done(self) -> None:
         if self._remaining == 0:
-            write_all(self.out, _padding(self._size))
+            self._put(_padding(self._size))
 
     def add(self, name: str, data: bytes) -> None:
         self.begin(name, len(data))
@@ -74,9 +80,12 @@ class TarWriter:
             self.write(data)
 
     def close(self) -> None:
-        """End the archive (two zero blocks)."""
+        """End the archive: two zero blocks, then zeros up to a whole record, as tar
+        does. Python's tarfile (borg's reader) reads whole records, so a reader
+        that never sees an end of file still gets to the end marker."""
         assert self._remaining == 0, "last member not complete"
-        write_all(self.out, bytes(2 * BLOCK))
+        end = self.written + 2 * BLOCK
+        self._put(bytes(2 * BLOCK + -end % RECORD))
 
 
 def _read_exact(src: BinaryIO, n: int) -> bytearray:

@@ -106,7 +106,8 @@ def init_repo(path: Path | str, encryption: str = "none", env: dict | None = Non
 
 
 def archive_names(repo: str, env: dict | None = None) -> list[str]:
-    out = borg("list", "--json", repo, env=env).stdout
+    """Every archive's name, borg's checkpoint archives included."""
+    out = borg("list", "--json", "--consider-checkpoints", repo, env=env).stdout
     return [a["name"] for a in json.loads(out)["archives"]]
 
 

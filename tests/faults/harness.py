@@ -26,7 +26,7 @@ from typing import Iterator
 import pytest
 
 from borg_vm import runtime
-from borg_vm.core.archive import PARTIAL_SUFFIX
+from borg_vm.core.archive import is_partial_of
 
 import libvirt
 from borgvm import (BORG, Result, archive_names, backup, read_image, restore_and_compare, run,
@@ -302,7 +302,7 @@ class Target:
         if self.scratch:
             found += [f"scratch file {p.name}" for p in self.scratch.iterdir()]
         found += [f"partial archive {n}" for n in archive_names(self.repo)
-                  if n.endswith(PARTIAL_SUFFIX)]
+                  if is_partial_of(n, self.name)]
         return found + self._processes()
 
     def check(self, every: bool = True) -> None:

@@ -42,8 +42,8 @@ DISK = 64 * guest.MIB
 KIB = 1024
 # borg's stale lock costs a tenth of the lock wait after a kill (see test_parts.py)
 QUICK_LOCK_WAIT = {"BORG_VM_LOCK_WAIT": "10"}
-PHASES = [runtime.PLANNED, runtime.JOB_STARTED, runtime.STREAMING, runtime.BORG_FINISHED,
-          runtime.RENAMED, runtime.DONE]
+PHASES = [runtime.PLANNED, runtime.JOB_STARTED, runtime.STREAMING, runtime.ENDING,
+          runtime.BORG_FINISHED, runtime.DONE]
 
 
 def guest_writes(t: Target, rng: random.Random) -> None:

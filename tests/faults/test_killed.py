@@ -6,8 +6,8 @@ import pytest
 
 from borg_vm import runtime
 
-PHASES = [runtime.PLANNED, runtime.JOB_STARTED, runtime.STREAMING, runtime.BORG_FINISHED,
-          runtime.RENAMED, runtime.DONE]
+PHASES = [runtime.PLANNED, runtime.JOB_STARTED, runtime.STREAMING, runtime.ENDING,
+          runtime.BORG_FINISHED, runtime.DONE]
 
 
 @pytest.mark.parametrize("phase", PHASES)

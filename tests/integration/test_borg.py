@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -25,6 +26,8 @@ from realstack import BLOCK, CHUNKER, MTIME, TIMESTAMP, MiB, export_members, imp
 LISTED_TIME = "2026-11-26T02:00:00.000000"
 PASSPHRASE = "correct horse"
 BORG_ERROR_EXIT = 2
+BORG_SIGTERM_EXIT = 128 + signal.SIGTERM   # borg's own exit code for a SIGTERM it handled
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 COMMENT = '{"level": "full", "note": "spaces, quotes \\" and ünïcode"}'
 LONG_NAME = "disk/" + "x" * 150  # longer than a tar header's 100 bytes: a GNU long-name member
 
@@ -49,11 +52,8 @@ MEMBERS = [("domain.xml", b"<domain/>\n"),
 def test_archive_round_trip(make_repo, monkeypatch, encryption):
     monkeypatch.setenv("BORG_PASSPHRASE", PASSPHRASE)
     borg = make_repo(encryption)
-    import_members(borg, "vm.partial", MEMBERS, comment=COMMENT)
-    assert borg.list_archives() == [Listed("vm.partial", COMMENT, LISTED_TIME)]
-
-    borg.rename("vm.partial", "vm")
-    assert names(borg) == ["vm"]
+    import_members(borg, "vm", MEMBERS, comment=COMMENT)
+    assert borg.list_archives() == [Listed("vm", COMMENT, LISTED_TIME)]
     assert borg.extract_file("vm", "manifest.json") == MEMBERS[-1][1]
     assert export_members(borg, "vm") == MEMBERS
     assert export_members(borg, "vm", ["disk/vda"]) == [MEMBERS[3]]
@@ -230,8 +230,8 @@ def test_borg_errors_carry_borg_message(make_repo):
     borg = make_repo()
     import_members(borg, "a", [("f", b"1")])
     import_members(borg, "b", [("f", b"2")])
-    with pytest.raises(BorgError, match="^borg rename failed: Archive b already exists$"):
-        borg.rename("a", "b")
+    with pytest.raises(BorgError, match=r"^borg delete failed: Archive c not found \(1/1\)\.$"):
+        borg.delete(["c"])
     with pytest.raises(BorgError, match="^borg extract failed: Archive c does not exist$"):
         borg.extract_file("c", "f")
     # exit code 1 (a warning) is a failure here too, reported by its warning
@@ -255,19 +255,56 @@ def test_import_killed_midway_fails_and_leaves_no_archive(make_repo):
     assert borg.list_archives() == []  # borg also removed its killed run's stale lock
 
 
-def test_import_abandoned_midway_stops_borg_without_killing_it(make_repo):
+@pytest.mark.parametrize("boundary", [False, True])
+def test_import_abandoned_midway_stops_borg_without_killing_it(make_repo, boundary):
+    """Left mid-member or between members (where a tar stream's end of file reads
+    as the end of a complete archive), borg commits nothing: it gets SIGTERM,
+    rolls back and releases its lock (no SIGKILL, so no stale lock)."""
     borg = make_repo()
     with pytest.raises(RuntimeError, match="NBD read failed"):
         with borg.import_tar("vm", comment="c", timestamp=TIMESTAMP, compression="lz4",
                              chunker_params=CHUNKER) as proc:
             tar = TarWriter(proc.stdin, MTIME)
-            tar.begin("disk/vda/0000000000000000", 1024 * MiB)
-            tar.write(os.urandom(2 * BLOCK))
+            tar.add("domain.xml", b"<domain/>")
+            if not boundary:
+                tar.begin("disk/vda/0000000000000000", 1024 * MiB)
+                tar.write(os.urandom(2 * BLOCK))
             raise RuntimeError("NBD read failed")
-    # borg saw the stream end mid-member and failed by itself: no SIGKILL after
-    # the grace time, so no stale lock.
-    assert proc.proc.returncode == BORG_ERROR_EXIT
-    assert "vm" not in names(borg)
+    # borg's own exit for SIGTERM, or the signal itself if it came before borg
+    # set its handler (and took the lock) during start-up
+    assert proc.proc.returncode in (BORG_SIGTERM_EXIT, -signal.SIGTERM)
+    assert borg.list_archives(checkpoints=True) == []
+
+
+WRITER = """
+import os, signal, sys
+from borg_vm.adapters.borg import Borg
+from borg_vm.core.tarstream import TarWriter
+borg = Borg(sys.argv[1])
+with borg.import_tar("vm", comment="c", timestamp=sys.argv[2], compression="lz4",
+                     chunker_params=sys.argv[3]) as proc:
+    tar = TarWriter(proc.stdin, 0)
+    tar.add("domain.xml", b"<domain/>")
+    tar.add("disk/vda/0000000000000000", os.urandom(1 << 20))
+    print(proc.pid, flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_import_whose_writer_is_sigkilled_between_members_commits_nothing(make_repo):
+    """The writer dies at a member boundary and can do nothing about it: borg, which
+    holds its stdin open, sees no end of file, and the kernel sends it SIGTERM."""
+    borg = make_repo()
+    writer = subprocess.run([sys.executable, "-c", WRITER, borg.repo, TIMESTAMP, CHUNKER],
+                            capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "PYTHONPATH": ROOT})
+    assert writer.returncode == -signal.SIGKILL, writer.stderr
+    pid = int(writer.stdout)
+    deadline = time.monotonic() + 30
+    while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not os.path.exists(f"/proc/{pid}"), "borg outlived its writer"
+    assert borg.list_archives(checkpoints=True) == []
 
 
 def test_export_abandoned_midway_stops_borg_without_killing_it(make_repo):
@@ -340,11 +377,10 @@ def test_every_borg_call_waits_for_the_repository_lock(make_repo, tmp_path):
     borg.list_archives()
     borg.extract_file("vm", "f")
     export_members(borg, "vm")
-    borg.rename("vm", "vm2")
-    borg.delete(["vm2"])
+    borg.delete(["vm"])
     commands = calls.read_text().splitlines()
     assert [c.split()[3] for c in commands] == ["import-tar", "list", "extract", "export-tar",
-                                                "rename", "delete"]
+                                                "delete"]
     assert all(c.startswith(f"--log-json --lock-wait {LOCK_WAIT} ") for c in commands)
     Borg(repo, executable=str(recorder)).list_archives()
     assert calls.read_text().splitlines()[-1].startswith(

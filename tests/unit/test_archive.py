@@ -79,7 +79,6 @@ DOMAINS = ["web01", "web01.example.com", "my vm", "wébserver-ü", "日本語", 
 def test_archive_name_round_trip(domain):
     name = ArchiveName(domain, SNAP, CKPT)
     assert ArchiveName.parse(str(name)) == name
-    assert name.partial == str(name) + PARTIAL_SUFFIX
 
 
 def test_archive_name_layout():
@@ -123,9 +122,11 @@ def test_archive_name_parse_rejects_trailing_newline():
     assert ArchiveName.parse(f"web01.{SNAP}.{CKPT}\n") is None
 
 
-@pytest.mark.parametrize("suffix", ["", ".checkpoint", ".checkpoint.1", ".checkpoint.12"])
+@pytest.mark.parametrize("suffix", [PARTIAL_SUFFIX, ".checkpoint", ".checkpoint.1", ".checkpoint.12",
+                                    f"{PARTIAL_SUFFIX}.checkpoint", f"{PARTIAL_SUFFIX}.checkpoint.3"])
 def test_is_partial_of(suffix):
-    partial = ArchiveName("web.example", SNAP, CKPT).partial + suffix
+    """Borg's checkpoints of a run's name, and older borg-vm's partial names and theirs."""
+    partial = str(ArchiveName("web.example", SNAP, CKPT)) + suffix
     assert is_partial_of(partial, "web.example")
     assert not is_partial_of(partial, "web")
     assert not is_partial_of(partial, "example")
@@ -133,7 +134,8 @@ def test_is_partial_of(suffix):
 
 @pytest.mark.parametrize("name", [
     f"web.{SNAP}.{CKPT}",                           # final, not partial
-    f"web.{SNAP}.{CKPT}.checkpoint",                # borg checkpoint of a final name
+    f"web.{SNAP}.{CKPT}.checkpointx",
+    f"web.{SNAP}.{CKPT}.checkpoint.",
     f"web.{SNAP}.{CKPT}{PARTIAL_SUFFIX}.checkpointx",
     f"web.{SNAP}.{CKPT}{PARTIAL_SUFFIX}.checkpoint.",
     f"web{PARTIAL_SUFFIX}",                         # not a borg-vm name under the suffix

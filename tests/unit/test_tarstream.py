@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from borg_vm.core.tarstream import (BLOCK, MAX_NAME_BYTES, MEMBER_MODE, TarFormatError, TarWriter,
-                               read_members, write_all)
+from borg_vm.core.tarstream import (BLOCK, MAX_NAME_BYTES, MEMBER_MODE, RECORD, TarFormatError,
+                                    TarWriter, read_members, write_all)
 
 MTIME = 1795658400
 LONG_NAME = "disk/" + "a-very-long-target-name-" * 6 + "/0000000000400000"
@@ -71,6 +71,38 @@ def test_writer_output_readable_by_tarfile():
             assert (info.mode, info.mtime) == (MEMBER_MODE, MTIME)
             got.append((info.name, tf.extractfile(info).read()))
     assert got == MEMBERS
+
+
+class NoEnd(io.RawIOBase):
+    """A pipe whose writer holds it open: reads past the data block forever (here: fail)."""
+
+    def __init__(self, data):
+        self.src = io.BytesIO(data)
+
+    def readable(self):
+        return True
+
+    def readinto(self, b):
+        data = self.src.read(len(b))
+        assert data, "read past the end of the stream: a held pipe would block here"
+        b[:len(data)] = data
+        return len(data)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.text("abc/", min_size=1, max_size=120),
+                          st.integers(0, 3 * RECORD)), max_size=6))
+def test_tarfile_reaches_the_end_without_an_end_of_file(members):
+    """borg import-tar reads whole records with Python's tarfile and, its stdin held
+    open (adapters/subproc.py hold_stdin), never sees an end of file: the writer's
+    end marker and padding must let it finish on the data alone."""
+    members = [(name, bytes([i % 251]) * size) for i, (name, size) in enumerate(members)]
+    raw = written(members)
+    assert len(raw) % RECORD == 0
+    stream = io.BufferedReader(NoEnd(raw), buffer_size=8192)
+    with tarfile.open(fileobj=stream, mode="r|") as tf:
+        got = [(info.name, tf.extractfile(info).read()) for info in tf]
+    assert got == members
 
 
 def test_writer_output_readable_by_read_members():
@@ -154,16 +186,26 @@ def test_write_all_rejects_non_blocking_output():
         write_all(Full(), b"x")
 
 
-@pytest.mark.parametrize("cut", [1, BLOCK - 1, BLOCK, BLOCK + 10, 2 * BLOCK + 100, -BLOCK - 1,
-                                 -2 * BLOCK])
+def unterminated(members):
+    """The stream the writer makes for members, up to its end marker."""
+    out = io.BytesIO()
+    tar = TarWriter(out, MTIME)
+    for name, data in members:
+        tar.add(name, data)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("cut", [1, BLOCK - 1, BLOCK, BLOCK + 10, 2 * BLOCK + 100, -1, -BLOCK + 1])
 def test_truncated_stream_raises(cut):
-    raw = written([("a", b"A" * 1000), ("b", b"B" * 700)])
+    members = [("a", b"A" * 1000), ("b", b"B" * 700)]
+    raw, end = written(members), len(unterminated(members))
+    assert raw[end:] == bytes(len(raw) - end)
     with pytest.raises(TarFormatError):
-        read_all(raw[:cut])
+        read_all(raw[:cut if cut > 0 else end + cut])
 
 
 def test_stream_without_end_blocks_raises():
-    raw = written([("a", b"A")])[:-2 * BLOCK]
+    raw = unterminated([("a", b"A")])
     with pytest.raises(TarFormatError, match="ended"):
         read_all(raw)
 
