@@ -34,6 +34,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import lab  # noqa: E402
+import runner  # noqa: E402
 import realguest  # noqa: E402  (tests/e2e, on the path lab.py set)
 import report  # noqa: E402
 from guest import poll  # noqa: E402
@@ -356,4 +357,5 @@ def render(r: dict) -> str:
 
 
 if __name__ == "__main__":
+    runner.arguments(__doc__, "one run of each, smaller disks")
     Bench().run()

@@ -34,6 +34,16 @@ def _close(bench: Benchmark) -> None:
     bench.close()
 
 
+def arguments(doc: str, quick_help: str | None = None) -> argparse.Namespace:
+    """Parse the command line of a benchmark script: --help (doc's first paragraph
+    is the description) and, given quick_help, --quick."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    if quick_help:
+        parser.add_argument("--quick", action="store_true",
+                            help=f"{quick_help}; report under {lab.QUICK}, not committed")
+    return parser.parse_args()
+
+
 def main(doc: str, quick_help: str, make: Callable[[bool], Benchmark],
          render: Callable[[dict], str], name: str,
          summary: Callable[[dict], str] | None = None) -> int:
@@ -41,10 +51,7 @@ def main(doc: str, quick_help: str, make: Callable[[bool], Benchmark],
     make(quick), write its measurements as name.json (lower case, in the work directory)
     and render(them) as NAME.md; print summary(them) if given. Return the
     exit code: 0, or 130 if interrupted (Ctrl-C or SIGTERM)."""
-    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true",
-                        help=f"{quick_help}; report under {lab.QUICK}, not committed")
-    args = parser.parse_args()
+    args = arguments(doc, quick_help)
     signal.signal(signal.SIGTERM, _interrupt)
     started = datetime.now(timezone.utc)
     say(f"{name}: work files under {WORK}")

@@ -38,6 +38,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import lab  # noqa: E402
+import runner  # noqa: E402
 import fragments  # noqa: E402  (tests/e2e, on the path lab.py set)
 from borg_vm import runtime  # noqa: E402  (its phase marks)
 from borg_vm.core.archive import BLOCK_SIZE  # noqa: E402  (borg-vm's default chunk size)
@@ -296,4 +297,5 @@ def render(r: dict) -> str:
 
 
 if __name__ == "__main__":
+    runner.arguments(__doc__)   # --help, and no unknown option starts a long run
     Scale().run()
