@@ -13,11 +13,12 @@ BORGVM_TEST_KILL_AFTER (bytes, mode kill), BORGVM_TEST_KILL_MATCH (modes kill
 and commit: only an archive whose name holds this text).
 """
 
+import contextlib
 import os
-import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 from borgvm import repo_lock_holders
@@ -53,9 +54,21 @@ def hold(argv: list[str], workdir: str) -> int:
     if proc.poll() is None:
         open(os.path.join(workdir, "started"), "w").close()
         if go_given(workdir):
-            shutil.copyfileobj(sys.stdin.buffer, proc.stdin)
-        proc.stdin.close()
+            # Our stdin never ends (borg-vm has us hold its write end, as borg
+            # does): borg stops at the stream's end marker, and so do we, by
+            # returning when it exits.
+            threading.Thread(target=feed, args=(proc.stdin,), daemon=True).start()
+        else:
+            proc.stdin.close()
     return proc.wait()
+
+
+def feed(out) -> None:
+    """Copy our stdin to out as it comes, until out's reader is gone."""
+    with contextlib.suppress(BrokenPipeError):
+        while chunk := sys.stdin.buffer.read1(1 << 20):
+            out.write(chunk)
+            out.flush()
 
 
 def die_at_commit(argv: list[str]) -> int:
