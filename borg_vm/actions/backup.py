@@ -146,17 +146,17 @@ def backup(hv: Hypervisor, borg: Borg, name: str, opts: BackupOptions) -> Backup
     """
     started = time.monotonic()
     dom = hv.domain(name)
-    with runtime.domain_lock(dom.uuid, name), \
-            concurrent.futures.ThreadPoolExecutor(1, "borg-list") as pool:
+    with runtime.domain_lock(dom.uuid, name):
         # The repository's list takes a borg process (~0.3 s): it runs while
-        # libvirt answers the questions below.
-        listed = pool.submit(repository.archives, borg, dom.name)
-        runtime.remove_stale(dom.uuid)
-        end_stale_job(dom)
-        xml = dom.xml()  # the live XML of a running domain, the definition of a shut-off one
-        disks = select_disks(dom, xml, opts.exclude_disks)
-        own = {c for c in dom.checkpoints() if fmt.is_own_checkpoint(c)}
-        archives, partial = listed.result()
+        # libvirt answers the questions below; the thread ends with it.
+        with concurrent.futures.ThreadPoolExecutor(1, "borg-list") as pool:
+            listed = pool.submit(repository.archives, borg, dom.name)
+            runtime.remove_stale(dom.uuid)
+            end_stale_job(dom)
+            xml = dom.xml()  # the live XML of a running domain, the definition of a shut-off one
+            disks = select_disks(dom, xml, opts.exclude_disks)
+            own = {c for c in dom.checkpoints() if fmt.is_own_checkpoint(c)}
+            archives, partial = listed.result()
         result = _backup_locked(dom, borg, opts, xml, disks, own, archives)
         _delete_leftovers(dom, borg, partial)
     result.duration = time.monotonic() - started
