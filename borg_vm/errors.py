@@ -118,6 +118,11 @@ class BorgError(BorgVmError):
     """borg {action} failed: {detail}"""
 
 
+class CommittedThenFailed(BorgError):
+    """{detail}; but borg had committed archive {archive} before that: it is complete and
+    kept, the next run builds on it (`borg check` the repository)"""
+
+
 class RepositoryNotFound(BorgError):
     """Borg repository {repo} does not exist or cannot be reached: {detail}"""
 

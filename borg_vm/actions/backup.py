@@ -43,7 +43,7 @@ from ..core import domxml, extent, packing, plan
 from ..core.archive import ArchiveInfo, ArchiveName, DiskRecord, FrozenRecord, Manifest
 from ..core.source import DiskSource, Session
 from ..core.tarstream import TarWriter
-from ..errors import (BorgError, CheckpointInconsistent, DomainStopped, LibvirtError,
+from ..errors import (BorgError, CheckpointInconsistent, CommittedThenFailed, DomainStopped, LibvirtError,
                       NbdError, NoDisksToBackUp, QemuImgError, UnknownDisk)
 from ..progress import Progress
 from . import offline, quiesce, recover, repository, snapshots
@@ -225,7 +225,9 @@ def _run(dom: Domain, borg: Borg, opts: BackupOptions, disks: list[plan.Disk],
     runtime.phase(runtime.PLANNED, "%s: %s backup into %s", dom.name, p.level, name)
     with begin(dom, p, checkpoint, disks, xml, opts, when, chains) as session:
         runtime.phase(runtime.JOB_STARTED, "%s: checkpoint %s", dom.name, checkpoint)
-        manifest = _stream(dom, borg, opts, p, name, when, session, by_target, layers)
+        manifest, late = _stream(dom, borg, opts, p, name, when, session, by_target, layers)
+    if late is not None:   # the archive is good, so the run ended as one that made it
+        raise late
     runtime.phase(runtime.DONE, "%s: job ended, older checkpoints deleted", dom.name)
     result = BackupResult(str(name), dom.name, name.snapshot_name, checkpoint, p.level,
                           p.reason, frozen_ms=session.frozen_ms)
@@ -317,10 +319,12 @@ def _stopped(dom: Domain) -> bool:
 
 def _stream(dom: Domain, borg: Borg, opts: BackupOptions, p: plan.Plan, name: ArchiveName,
             when: datetime, session: Session, disks: dict[str, plan.Disk],
-            layers: dict[str, snapshots.DiskLayers]) -> Manifest:
+            layers: dict[str, snapshots.DiskLayers]
+            ) -> tuple[Manifest, CommittedThenFailed | None]:
     """Read every disk's extents from the session's source, and the final changes
     of its layers frozen since the parent, into one archive under its final
-    name; return its manifest."""
+    name; return its manifest, and (see _write_archive) borg's failure after
+    it committed the archive, if it failed so."""
     with snapshots.frozen_source(layers) as old:
         source = session.source
         maps = {t: _extent_map(source, t, p.disk_levels[t] == fmt.INC, opts)
@@ -343,10 +347,17 @@ def _stream(dom: Domain, borg: Borg, opts: BackupOptions, p: plan.Plan, name: Ar
 
 def _write_archive(dom: Domain, borg: Borg, opts: BackupOptions, name: ArchiveName,
                    when: datetime, session: Session, old: DiskSource,
-                   manifest: Manifest) -> Manifest:
+                   manifest: Manifest) -> tuple[Manifest, CommittedThenFailed | None]:
     """Stream the members the manifest lists into borg import-tar, the manifest last,
     then end the stream: borg commits the archive; return the manifest with its
-    digests."""
+    digests.
+
+    borg failing after the end of the stream (killed in its commit, a lost ssh
+    connection) may have committed the archive or not: the repository says
+    which. If it did, the archive is complete and the run goes on as one that
+    made it (its checkpoint kept), and borg's failure is returned, to be
+    reported once the job ended; if not, or the repository cannot say, it is
+    raised here."""
     source = session.source
     total = sum(d.data_bytes + sum(f.data_bytes for f in d.frozen)
                 for d in manifest.disks.values())
@@ -378,9 +389,25 @@ def _write_archive(dom: Domain, borg: Borg, opts: BackupOptions, name: ArchiveNa
             raise BorgError(action="import-tar", detail="borg stopped reading the stream")
         finally:
             progress.close()
-        borg.finish("import-tar", proc)
+        try:
+            borg.finish("import-tar", proc)
+        except BorgError as e:
+            if not _committed(borg, name):
+                raise
+            log.warning("%s: borg failed after it committed %s", dom.name, name)
+            return manifest, CommittedThenFailed(action="import-tar", detail=e.message,
+                                                 archive=str(name))
     runtime.phase(runtime.BORG_FINISHED, "%s: %s committed", dom.name, name)
-    return manifest
+    return manifest, None
+
+
+def _committed(borg: Borg, name: ArchiveName) -> bool:
+    """Return True if the repository holds archive name (False if it cannot say)."""
+    try:
+        return str(name) in {a.name for a in borg.list_archives()}
+    except BorgError as e:
+        log.error("cannot tell whether borg committed %s: %s", name, e.message)
+        return False
 
 
 def _extent_map(source: DiskSource, target: str, incremental: bool,

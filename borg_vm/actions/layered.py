@@ -44,11 +44,13 @@ class LayeredDisk:
 
 
 def plan(borg: Borg, archives: list[ArchiveInfo], top: ArchiveInfo, targets: tuple[str, ...],
-         base_format: str) -> tuple[list[LayeredDisk], dict[str, Manifest]]:
-    """Return each disk's layered plan and the manifests read for it (by archive name)."""
+         base_format: str, top_files: tuple[str, ...] = ()
+         ) -> tuple[list[LayeredDisk], dict[str, Manifest], dict[str, bytes]]:
+    """Return each disk's layered plan, the manifests read for it (by archive name)
+    and top's small members top_files, read with its manifest."""
     chains = {t: chain.disk_chain(archives, top, t) for t in targets}
-    manifests = _manifests(borg, list({a.archive: a for arcs in chains.values()
-                                       for a in arcs}.values()))
+    manifests, files = _manifests(borg, list({a.archive: a for arcs in chains.values()
+                                              for a in arcs}.values()), top, top_files)
     out = []
     for t, arcs in chains.items():
         records = [manifests[a.archive].disks[t] for a in arcs]
@@ -62,20 +64,25 @@ def plan(borg: Borg, archives: list[ArchiveInfo], top: ArchiveInfo, targets: tup
                                      [([x.path for x in r.chain], [f.layer for f in r.frozen])
                                       for r in records])
         out.append(LayeredDisk(t, tuple(arcs), names, images, formats, tuple(steps)))
-    return out, manifests
+    return out, manifests, files
 
 
-def _manifests(borg: Borg, arcs: list[ArchiveInfo]) -> dict[str, Manifest]:
+def _manifests(borg: Borg, arcs: list[ArchiveInfo], top: ArchiveInfo,
+               top_files: tuple[str, ...]) -> tuple[dict[str, Manifest], dict[str, bytes]]:
     """Return the archives' manifests by archive name (each borg starting while the
-    manifest before is read)."""
-    out = {}
-    with members.read_ahead(borg, [members.Read(a.archive, (fmt.MANIFEST,))
+    manifest before is read), and top's top_files (one of arcs) read with its own."""
+    out, files = {}, {}
+    wanted = {a.archive: (fmt.MANIFEST, *(top_files if a.archive == top.archive else ()))
+              for a in arcs}
+    with members.read_ahead(borg, [members.Read(a.archive, wanted[a.archive])
                                    for a in arcs]) as found:
         for a, stream in zip(arcs, found):
             with stream as ms:
-                raw = members.small_files(ms, a.archive, (fmt.MANIFEST,))[fmt.MANIFEST]
-            out[a.archive] = Manifest.from_json(raw, a.archive)
-    return out
+                small = members.small_files(ms, a.archive, wanted[a.archive])
+            out[a.archive] = Manifest.from_json(small[fmt.MANIFEST], a.archive)
+            if a.archive == top.archive:
+                files = small
+    return out, files
 
 
 def passes(plans: list[LayeredDisk]) -> list[tuple[ArchiveInfo, dict[apply.Key, apply.Layer]]]:

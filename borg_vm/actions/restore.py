@@ -108,6 +108,10 @@ class RestoreResult:
                 "domain_xml": self.domain_xml}
 
 
+# What a restore reads of its top archive before it writes anything.
+TOP_FILES = (fmt.DOMAIN_XML, fmt.MANIFEST)
+
+
 def restore(borg: Borg, domain: str, opts: RestoreOptions) -> RestoreResult:
     """Restore domain's disks (and a definable domain XML) into opts.to, files 0600.
 
@@ -120,7 +124,9 @@ def restore(borg: Borg, domain: str, opts: RestoreOptions) -> RestoreResult:
     top = chain.select(archives, domain, opts.checkpoint)
     if opts.layers:
         targets = opts.disks or tuple(sorted(top.summary.disks))
-        plans, manifests = layered.plan(borg, archives, top, targets, opts.format)
+        # The top's small members come with its manifest: one borg fewer.
+        plans, manifests, files = layered.plan(borg, archives, top, targets, opts.format,
+                                               TOP_FILES)
         passes = layered.passes(plans)
         reads = [apply.read_for(arc, keys, manifests[arc.archive]) for arc, keys in passes]
     else:
@@ -128,6 +134,7 @@ def restore(borg: Borg, domain: str, opts: RestoreOptions) -> RestoreResult:
         order = _chain_order(plans)
         reads = [apply.read_for(arc, [(d.target, 0) for d in plans if arc in d.archives])
                  for arc in order]
+        files = {}
     xml_name = f"{domain}.{top.name.checkpoint}.xml"
     outputs = sorted({p for d in plans for p in d.images} | {xml_name})
     existing = [os.path.join(opts.to, p) for p in outputs
@@ -137,11 +144,11 @@ def restore(borg: Borg, domain: str, opts: RestoreOptions) -> RestoreResult:
     to = os.path.abspath(opts.to)
     # The small members first: a damaged or hostile archive fails here, before
     # anything is created or written (while the first data archive's borg starts).
-    small = members.Read(top.archive, (fmt.DOMAIN_XML, fmt.MANIFEST))
-    with members.read_ahead(borg, [small, *reads]) as found:
-        with next(found) as top_members:
-            files = members.small_files(top_members, top.archive,
-                                        (fmt.DOMAIN_XML, fmt.MANIFEST))
+    small = [] if files else [members.Read(top.archive, TOP_FILES)]
+    with members.read_ahead(borg, small + reads) as found:
+        if small:
+            with next(found) as top_members:
+                files = members.small_files(top_members, top.archive, TOP_FILES)
         xml, removed = xml_from(files, top, {d.target: (os.path.join(to, d.top), d.formats[-1])
                                              for d in plans}, opts.keep_host_resources,
                                 f"{domain}-restored")

@@ -58,8 +58,12 @@ def hold(argv: list[str], workdir: str) -> int:
             # does): borg stops at the stream's end marker, and so do we, by
             # returning when it exits.
             threading.Thread(target=feed, args=(proc.stdin,), daemon=True).start()
-        else:
-            proc.stdin.close()
+            code = proc.wait()
+            # Not sys.exit: the interpreter's shutdown would wait on the feeding
+            # thread's blocked read of stdin, and abort.
+            sys.stderr.flush()
+            os._exit(code)
+        proc.stdin.close()
     return proc.wait()
 
 
