@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import os
 from dataclasses import dataclass
 from typing import ContextManager, Iterable, Iterator
@@ -31,9 +32,11 @@ from . import members
 RESTORE_PIECE = 4 * 1024 * 1024
 RESTORE_PREFETCH = 4
 WRITES_IN_FLIGHT = 4
-# Every piece read and not yet written has a buffer: those queued, the one the
-# reader fills, those in flight and the one being written.
-RESTORE_BUFFERS = RESTORE_PREFETCH + 1 + WRITES_IN_FLIGHT + 1
+# The reader hands over one buffer of pieces at a time (members.buffer_batches).
+# Every piece read and not yet written is in a buffer: those queued, the one the
+# reader hands over and the next it fills meanwhile, those of the writes in
+# flight and the one being written.
+RESTORE_BUFFERS = RESTORE_PREFETCH + 2 + WRITES_IN_FLIGHT + 1
 # Restored images and XML hold decrypted guest data: readable by their owner only,
 # set before any data is written, whatever the umask.
 PRIVATE = 0o600
@@ -153,8 +156,9 @@ def _stream_members(found: ContextManager[Iterator[Member]], archive: str, outs:
                                 prefetch.buffers(RESTORE_BUFFERS, RESTORE_PIECE))
         # Reading borg's output and hashing it run ahead in a thread while this
         # one writes.
-        with prefetch.ahead(_hashed(pieces, digests), RESTORE_PREFETCH) as ahead:
-            for name, key, offset, piece in ahead:
+        with prefetch.ahead(members.buffer_batches(_hashed(pieces, digests)),
+                            RESTORE_PREFETCH) as ahead:
+            for name, key, offset, piece in itertools.chain.from_iterable(ahead):
                 if key is None:
                     files[name] = piece
                 elif key in outs:

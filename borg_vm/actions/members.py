@@ -31,9 +31,10 @@ from __future__ import annotations
 import contextlib
 import io
 from dataclasses import dataclass
-from typing import BinaryIO, ContextManager, Iterator, Sequence
+from typing import BinaryIO, ContextManager, Iterable, Iterator, Sequence
 
 from ..adapters import subproc
+from ..adapters.rawimage import DIRECT_ALIGN
 from ..adapters.borg import Borg, Item, items
 from ..core import archive as fmt
 from ..core import packing
@@ -221,15 +222,18 @@ def pieces(members: Iterator[Member], archive: str, sizes: dict[str, int],
     virtual size), the format's small members whole (bytes); skip members
     borg-vm does not know, unread.
 
-    Data pieces are read into the buffers in turn, so a piece stays valid until
-    len(buffers) more have been yielded; they end on multiples of the buffers'
-    size on the disk (aligned writes, whatever a member's offset).
+    Data pieces are read into the buffers in turn, back to back in one buffer
+    while they fit (so the small pieces of a fragmented disk share a buffer and
+    can be handed on together, see buffer_batches); a piece stays valid until
+    len(buffers) - 1 more buffers were started. They end on multiples of the
+    buffers' size on the disk (aligned writes, whatever a member's offset) and
+    start on DIRECT_ALIGN boundaries of their buffer.
 
     Raise IntegrityError for data that ends beyond its disk's size, FormatError
     for another member under disk/ or frozen/ or a map not followed by its data
     (a damaged archive).
     """
-    buffers_in_turn = _in_turn(buffers)
+    room = _Room(buffers)
     announced: tuple[str, tuple[Extent, ...]] | None = None
     for member in members:
         if not member.regular:
@@ -250,7 +254,7 @@ def pieces(members: Iterator[Member], archive: str, sizes: dict[str, int],
             announced = None
             check_pieces(archive, member.name, member.size, spans, target, sizes.get(target))
             for span in spans:
-                for at, piece in _aligned(span, buffers_in_turn):
+                for at, piece in _aligned(span, room):
                     member.read_into(piece)
                     yield member.name, (target, layer), at, piece
         elif fmt.in_disk_dir(member.name):
@@ -263,21 +267,59 @@ def pieces(members: Iterator[Member], archive: str, sizes: dict[str, int],
                                                   f"{announced[0]}: it is damaged")
 
 
-def _in_turn(buffers: Sequence[memoryview]) -> Iterator[memoryview]:
-    """Yield the buffers in turn, for ever."""
-    while True:
-        yield from buffers
+class _Room:
+    """Room for pieces in buffers (all of one size), taken in turn: each piece at the
+    next DIRECT_ALIGN boundary of the current buffer if it fits there, else at the
+    start of the next buffer."""
+
+    def __init__(self, buffers: Sequence[memoryview]):
+        self.size = len(buffers[0])
+        self._buffers = buffers
+        self._next = 0
+        self._buf: memoryview | None = None
+        self._used = 0
+
+    def take(self, n: int) -> memoryview:
+        """Return a view of n bytes (n <= the buffers' size) for the next piece."""
+        if self._buf is None or self._used + n > self.size:
+            self._buf = self._buffers[self._next]
+            self._next = (self._next + 1) % len(self._buffers)
+            self._used = 0
+        view = self._buf[self._used:self._used + n]
+        self._used += -(-n // DIRECT_ALIGN) * DIRECT_ALIGN
+        return view
 
 
-def _aligned(span: Extent, buffers: Iterator[memoryview]) -> Iterator[tuple[int, memoryview]]:
-    """Yield (disk offset, view of the next buffer) covering span, each piece ending
-    on a multiple of the buffers' size on the disk."""
+def _aligned(span: Extent, room: _Room) -> Iterator[tuple[int, memoryview]]:
+    """Yield (disk offset, view for its data) covering span, each piece ending on a
+    multiple of the buffers' size on the disk."""
     at = span.start
     while at < span.end:
-        buf = next(buffers)
-        piece = buf[:min(span.end - at, len(buf) - at % len(buf))]
+        piece = room.take(min(span.end - at, room.size - at % room.size))
         yield at, piece
         at += len(piece)
+
+
+def buffer_batches(pieces: Iterable[tuple]) -> Iterator[list[tuple]]:
+    """Yield pieces' items (name, key, offset, data) in lists: the data pieces that
+    share a buffer together (a list is complete when the next buffer is started),
+    any other item alone. One hand-over between threads per buffer, not per
+    piece: a fragmented disk's 64 KiB pieces cost thousands of them a second."""
+    batch: list[tuple] = []
+    held = None
+    for item in pieces:
+        data = item[3]
+        buf = data.obj if item[1] is not None and isinstance(data, memoryview) else None
+        if batch and (buf is None or buf is not held):
+            yield batch
+            batch = []
+        batch.append(item)
+        held = buf
+        if buf is None:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def read_map(archive: str, name: str, raw: bytes) -> tuple[Extent, ...]:
