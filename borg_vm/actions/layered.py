@@ -72,8 +72,9 @@ def _manifests(borg: Borg, arcs: list[ArchiveInfo], top: ArchiveInfo,
     """Return the archives' manifests by archive name (each borg starting while the
     manifest before is read), and top's top_files (one of arcs) read with its own."""
     out, files = {}, {}
-    wanted = {a.archive: (fmt.MANIFEST, *(top_files if a.archive == top.archive else ()))
-              for a in arcs}
+    # (each path once: borg warns of a pattern that matched nothing, a repeated one too)
+    wanted = {a.archive: tuple(dict.fromkeys((fmt.MANIFEST,) + (
+        top_files if a.archive == top.archive else ()))) for a in arcs}
     with members.read_ahead(borg, [members.Read(a.archive, wanted[a.archive])
                                    for a in arcs]) as found:
         for a, stream in zip(arcs, found):
