@@ -43,8 +43,8 @@ from ..core import domxml, extent, packing, plan
 from ..core.archive import ArchiveInfo, ArchiveName, DiskRecord, FrozenRecord, Manifest
 from ..core.source import DiskSource, Session
 from ..core.tarstream import TarWriter
-from ..errors import (BorgError, CheckpointInconsistent, CommittedThenFailed, DomainStopped, LibvirtError,
-                      NbdError, NoDisksToBackUp, QemuImgError, UnknownDisk)
+from ..errors import (BorgError, CheckpointInconsistent, CommittedThenFailed, DomainStopped,
+                      LibvirtError, NbdError, NoDisksToBackUp, QemuImgError, UnknownDisk)
 from ..progress import Progress
 from . import offline, quiesce, recover, repository, snapshots
 from .quiesce import FREEZE_TIMEOUT

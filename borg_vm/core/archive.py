@@ -26,8 +26,10 @@ One Borg archive per domain per backup run, named::
   run may leave are borg's own checkpoint archives, ``{final}.checkpoint`` and
   ``{final}.checkpoint.N``. Earlier borg-vm wrote ``{final}.borgvm-partial``
   and renamed it when borg exited 0 (one more borg process per run); a cut
-  run left that name and its checkpoints. The next run of the domain deletes all of these once its own
-  archive is committed (their chunks are reused first).
+  run left that name and its checkpoints. The next run of the domain deletes
+  all of these once its own archive is committed (their chunks reused first).
+  A borg that fails after it committed leaves a complete archive: the run
+  finds it in the repository, keeps it, and says so (actions/backup.py).
 
 Levels are per disk: an incremental archive may hold a full of a disk added
 or resized since its parent; that disk's chain starts there.
