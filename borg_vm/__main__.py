@@ -1,5 +1,5 @@
 """python -m borg_vm: the same as the borg-vm command."""
 
-from .cli import main
+from borg_vm.cli import main
 
 main()

@@ -14,22 +14,22 @@ import pwd
 import signal
 import sys
 
-from . import __version__
-from .actions import listing, quiesce
-from .actions.backup import BackupOptions, backup
-from .adapters import libvirt as virt
-from .adapters.borg import DEFAULT_LOCK_WAIT, Borg
-from .core import archive, plan, retention
-from .core.compression import parse_compression
-from .core.text import printable
-from .progress import human
-from .errors import EXIT_ERROR, EXIT_OK, BorgVmError, Interrupted, NoRepository, UsageError
-from .actions.delete import delete
-from .actions.prune import PruneOptions, prune
-from .actions.boot import BootOptions, boot, finish, resume
-from .actions.mount import MountOptions, Served, mount
-from .actions.restore import RestoreOptions, restore
-from .actions.verify import verify
+from borg_vm import __version__
+from borg_vm.actions import listing, quiesce
+from borg_vm.actions.backup import BackupOptions, backup
+from borg_vm.adapters import libvirt as virt
+from borg_vm.adapters.borg import DEFAULT_LOCK_WAIT, Borg
+from borg_vm.core import archive, plan, retention
+from borg_vm.core.compression import parse_compression
+from borg_vm.core.text import printable
+from borg_vm.progress import human
+from borg_vm.errors import EXIT_ERROR, EXIT_OK, BorgVmError, Interrupted, NoRepository, UsageError
+from borg_vm.actions.delete import delete
+from borg_vm.actions.prune import PruneOptions, prune
+from borg_vm.actions.boot import BootOptions, boot, finish, resume
+from borg_vm.actions.mount import MountOptions, Served, mount
+from borg_vm.actions.restore import RestoreOptions, restore
+from borg_vm.actions.verify import verify
 
 log = logging.getLogger("borg_vm")
 FULL_EVERY_ENV = "BORG_VM_FULL_EVERY"

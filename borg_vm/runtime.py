@@ -40,7 +40,7 @@ import stat
 import tempfile
 from typing import Iterator
 
-from .errors import RuntimeDirUnsafe, UsageError
+from borg_vm.errors import RuntimeDirUnsafe, UsageError
 
 log = logging.getLogger(__name__)
 

@@ -17,16 +17,16 @@ import os
 from dataclasses import dataclass
 from typing import ContextManager, Iterable, Iterator
 
-from .. import prefetch
-from ..adapters import qemu, rawimage
-from ..adapters.libnbd import open_command
-from ..core import archive as fmt
-from ..core import extent
-from ..core.archive import ArchiveInfo, Manifest
-from ..core.tarstream import Member
-from ..errors import FormatError, IntegrityError
-from ..progress import Progress
-from . import members
+from borg_vm import prefetch
+from borg_vm.adapters import qemu, rawimage
+from borg_vm.adapters.libnbd import open_command
+from borg_vm.core import archive as fmt
+from borg_vm.core import extent
+from borg_vm.core.archive import ArchiveInfo, Manifest
+from borg_vm.core.tarstream import Member
+from borg_vm.errors import FormatError, IntegrityError
+from borg_vm.progress import Progress
+from borg_vm.actions import members
 
 # Pieces of data members handed from the borg reader thread to the writer.
 RESTORE_PIECE = 4 * 1024 * 1024

@@ -34,20 +34,20 @@ from typing import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 
-from .. import prefetch, runtime
-from ..adapters.borg import Borg
-from ..adapters.libvirt import Domain, Hypervisor
-from ..adapters.sources import PullBackupSource
-from ..core import archive as fmt
-from ..core import domxml, extent, packing, plan
-from ..core.archive import ArchiveInfo, ArchiveName, DiskRecord, FrozenRecord, Manifest
-from ..core.source import DiskSource, Session
-from ..core.tarstream import TarWriter
-from ..errors import (BorgError, CheckpointInconsistent, CommittedThenFailed, DomainStopped,
+from borg_vm import prefetch, runtime
+from borg_vm.adapters.borg import Borg
+from borg_vm.adapters.libvirt import Domain, Hypervisor
+from borg_vm.adapters.sources import PullBackupSource
+from borg_vm.core import archive as fmt
+from borg_vm.core import domxml, extent, packing, plan
+from borg_vm.core.archive import ArchiveInfo, ArchiveName, DiskRecord, FrozenRecord, Manifest
+from borg_vm.core.source import DiskSource, Session
+from borg_vm.core.tarstream import TarWriter
+from borg_vm.errors import (BorgError, CheckpointInconsistent, CommittedThenFailed, DomainStopped,
                       LibvirtError, NbdError, NoDisksToBackUp, QemuImgError, UnknownDisk)
-from ..progress import Progress
-from . import offline, quiesce, recover, repository, snapshots
-from .quiesce import FREEZE_TIMEOUT
+from borg_vm.progress import Progress
+from borg_vm.actions import offline, quiesce, recover, repository, snapshots
+from borg_vm.actions.quiesce import FREEZE_TIMEOUT
 
 log = logging.getLogger(__name__)
 

@@ -36,17 +36,17 @@ import uuid
 from dataclasses import dataclass
 from typing import Callable
 
-from .. import runtime
-from ..adapters import libvirt as virt
-from ..adapters import nbdkit
-from ..adapters.borg import Borg
-from ..core import bootxml, chain, domxml
-from ..core.bootxml import BootRecord
-from ..errors import (DomainExists, LibvirtError, NotBooted, NotRunning, PullFailed,
+from borg_vm import runtime
+from borg_vm.adapters import libvirt as virt
+from borg_vm.adapters import nbdkit
+from borg_vm.adapters.borg import Borg
+from borg_vm.core import bootxml, chain, domxml
+from borg_vm.core.bootxml import BootRecord
+from borg_vm.errors import (DomainExists, LibvirtError, NotBooted, NotRunning, PullFailed,
                       QemuImgError, RestoreTargetExists, ServerFailed, ServerNotRunning)
-from ..progress import Progress
-from . import apply, bootserver, repository, restore
-from .mount import uri
+from borg_vm.progress import Progress
+from borg_vm.actions import apply, bootserver, repository, restore
+from borg_vm.actions.mount import uri
 
 log = logging.getLogger(__name__)
 

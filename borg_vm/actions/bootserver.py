@@ -39,10 +39,10 @@ import sys
 import time
 from typing import Callable
 
-from .. import runtime
-from ..adapters import nbdkit, subproc
-from ..adapters.borg import Borg
-from ..errors import ServerFailed
+from borg_vm import runtime
+from borg_vm.adapters import nbdkit, subproc
+from borg_vm.adapters.borg import Borg
+from borg_vm.errors import ServerFailed
 
 log = logging.getLogger(__name__)
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from ..adapters.borg import Borg
-from ..core import chain, retention
-from ..errors import HasDependents
-from . import repository
+from borg_vm.adapters.borg import Borg
+from borg_vm.core import chain, retention
+from borg_vm.errors import HasDependents
+from borg_vm.actions import repository
 
 log = logging.getLogger(__name__)
 

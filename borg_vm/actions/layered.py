@@ -19,12 +19,12 @@ import os
 from dataclasses import dataclass
 from typing import Iterator
 
-from ..adapters.borg import Borg
-from ..core import archive as fmt
-from ..core import chain, layers
-from ..core.archive import ArchiveInfo, Manifest
-from ..progress import Progress
-from . import apply, members
+from borg_vm.adapters.borg import Borg
+from borg_vm.core import archive as fmt
+from borg_vm.core import chain, layers
+from borg_vm.core.archive import ArchiveInfo, Manifest
+from borg_vm.progress import Progress
+from borg_vm.actions import apply, members
 
 
 @dataclass(frozen=True)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from ..adapters.borg import Borg
-from ..core import chain
-from ..core.archive import ArchiveInfo
-from ..core.text import printable
-from ..progress import human
-from . import repository
+from borg_vm.adapters.borg import Borg
+from borg_vm.core import chain
+from borg_vm.core.archive import ArchiveInfo
+from borg_vm.core.text import printable
+from borg_vm.progress import human
+from borg_vm.actions import repository
 
 
 def list_archives(borg: Borg, domain: str | None) -> list[ArchiveInfo]:

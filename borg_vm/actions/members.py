@@ -33,14 +33,14 @@ import io
 from dataclasses import dataclass
 from typing import BinaryIO, ContextManager, Iterable, Iterator, Sequence
 
-from ..adapters import subproc
-from ..adapters.rawimage import DIRECT_ALIGN
-from ..adapters.borg import Borg, Item, items
-from ..core import archive as fmt
-from ..core import packing
-from ..core.extent import Extent
-from ..core.tarstream import Member, TarFormatError, read_members
-from ..errors import FormatError, IntegrityError, RepositoryLocked
+from borg_vm.adapters import subproc
+from borg_vm.adapters.rawimage import DIRECT_ALIGN
+from borg_vm.adapters.borg import Borg, Item, items
+from borg_vm.core import archive as fmt
+from borg_vm.core import packing
+from borg_vm.core.extent import Extent
+from borg_vm.core.tarstream import Member, TarFormatError, read_members
+from borg_vm.errors import FormatError, IntegrityError, RepositoryLocked
 
 # Archives with at least this many data bytes to read are read with 'borg list'
 # + 'borg extract --stdout' (see above), smaller ones with 'borg export-tar'.

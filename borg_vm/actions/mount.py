@@ -36,16 +36,16 @@ import stat
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
-from .. import runtime
-from ..adapters import nbdkit, subproc
-from ..adapters.borg import Borg, glob_literal, mounted
-from ..core import archive as fmt
-from ..core import chain, diskmap
-from ..core.archive import ArchiveInfo, Manifest
-from ..core.extent import Extent
-from ..errors import (BorgError, FormatError, Interrupted, IntegrityError, NbdkitError,
+from borg_vm import runtime
+from borg_vm.adapters import nbdkit, subproc
+from borg_vm.adapters.borg import Borg, glob_literal, mounted
+from borg_vm.core import archive as fmt
+from borg_vm.core import chain, diskmap
+from borg_vm.core.archive import ArchiveInfo, Manifest
+from borg_vm.core.extent import Extent
+from borg_vm.errors import (BorgError, FormatError, Interrupted, IntegrityError, NbdkitError,
                       SocketInUse, UsageError)
-from . import members, repository
+from borg_vm.actions import members, repository
 
 log = logging.getLogger(__name__)
 

@@ -27,13 +27,13 @@ import logging
 from datetime import datetime
 from typing import Iterator
 
-from ..adapters import qemu
-from ..adapters.libvirt import Domain
-from ..adapters.sources import ImageSource
-from ..core import archive as fmt
-from ..core import bitmaps, domxml, plan
-from ..core.source import Session
-from ..errors import CheckpointInconsistent, QemuImgError
+from borg_vm.adapters import qemu
+from borg_vm.adapters.libvirt import Domain
+from borg_vm.adapters.sources import ImageSource
+from borg_vm.core import archive as fmt
+from borg_vm.core import bitmaps, domxml, plan
+from borg_vm.core.source import Session
+from borg_vm.errors import CheckpointInconsistent, QemuImgError
 
 log = logging.getLogger(__name__)
 

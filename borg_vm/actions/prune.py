@@ -13,10 +13,10 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from ..adapters.borg import Borg
-from ..core import chain, retention
-from ..core.text import printable
-from . import repository
+from borg_vm.adapters.borg import Borg
+from borg_vm.core import chain, retention
+from borg_vm.core.text import printable
+from borg_vm.actions import repository
 
 log = logging.getLogger(__name__)
 

@@ -18,9 +18,9 @@ import logging
 from dataclasses import dataclass
 from typing import Iterator
 
-from ..adapters.libvirt import Domain
-from ..core import domxml
-from ..errors import FreezeExpired, GuestAgentMissing, QuiesceError, QuiesceFailed
+from borg_vm.adapters.libvirt import Domain
+from borg_vm.core import domxml
+from borg_vm.errors import FreezeExpired, GuestAgentMissing, QuiesceError, QuiesceFailed
 
 log = logging.getLogger(__name__)
 

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import logging
 
-from ..adapters.borg import Borg
-from ..adapters.libvirt import Domain
-from ..core import archive as fmt
-from ..core import domxml
-from ..core.archive import ArchiveInfo
-from ..errors import BorgVmError
-from . import members
+from borg_vm.adapters.borg import Borg
+from borg_vm.adapters.libvirt import Domain
+from borg_vm.core import archive as fmt
+from borg_vm.core import domxml
+from borg_vm.core.archive import ArchiveInfo
+from borg_vm.errors import BorgVmError
+from borg_vm.actions import members
 
 log = logging.getLogger(__name__)
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import logging
 
-from ..adapters.borg import Borg
-from ..core import archive as fmt
-from ..core.archive import ArchiveInfo, ArchiveName, Summary
-from ..errors import FormatError
+from borg_vm.adapters.borg import Borg
+from borg_vm.core import archive as fmt
+from borg_vm.core.archive import ArchiveInfo, ArchiveName, Summary
+from borg_vm.errors import FormatError
 
 log = logging.getLogger(__name__)
 

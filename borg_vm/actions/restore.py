@@ -32,15 +32,15 @@ import tempfile
 from dataclasses import dataclass
 from typing import Iterator
 
-from .. import runtime
-from ..adapters.borg import Borg
-from ..core import archive as fmt
-from ..core import chain, domxml
-from ..core.archive import ArchiveInfo, Manifest
-from ..errors import (FormatError, NbdError, RestoreTargetExists, RestoreTargetFull,
+from borg_vm import runtime
+from borg_vm.adapters.borg import Borg
+from borg_vm.core import archive as fmt
+from borg_vm.core import chain, domxml
+from borg_vm.core.archive import ArchiveInfo, Manifest
+from borg_vm.errors import (FormatError, NbdError, RestoreTargetExists, RestoreTargetFull,
                       RestoreTargetUnusable)
-from ..progress import Progress
-from . import apply, layered, members, repository
+from borg_vm.progress import Progress
+from borg_vm.actions import apply, layered, members, repository
 
 log = logging.getLogger(__name__)
 

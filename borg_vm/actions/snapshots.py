@@ -6,11 +6,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..adapters import qemu
-from ..adapters.libvirt import Domain
-from ..adapters.sources import ImageSource
-from ..core import archive as fmt
-from ..core import bitmaps, domxml, layers, plan
+from borg_vm.adapters import qemu
+from borg_vm.adapters.libvirt import Domain
+from borg_vm.adapters.sources import ImageSource
+from borg_vm.core import archive as fmt
+from borg_vm.core import bitmaps, domxml, layers, plan
 
 
 @dataclass(frozen=True)

@@ -12,14 +12,14 @@ import hashlib
 from dataclasses import dataclass
 from typing import ContextManager, Iterator
 
-from ..adapters.borg import Borg
-from ..core import archive as fmt
-from ..core import chain, extent
-from ..core.archive import ArchiveInfo, Manifest
-from ..core.tarstream import Member
-from ..errors import BorgVmError, FormatError
-from .. import prefetch
-from . import apply, members, repository
+from borg_vm.adapters.borg import Borg
+from borg_vm.core import archive as fmt
+from borg_vm.core import chain, extent
+from borg_vm.core.archive import ArchiveInfo, Manifest
+from borg_vm.core.tarstream import Member
+from borg_vm.errors import BorgVmError, FormatError
+from borg_vm import prefetch
+from borg_vm.actions import apply, members, repository
 
 PIECE = 4 * 1024 * 1024
 

@@ -35,8 +35,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable, ContextManager, Iterable, Iterator, Sequence
 
-from . import subproc
-from ..errors import (BorgError, BorgNotFound, BorgQuestion, PasscommandFailed,
+from borg_vm.adapters import subproc
+from borg_vm.errors import (BorgError, BorgNotFound, BorgQuestion, PasscommandFailed,
                       PassphraseMissing, PassphraseWrong, RepositoryFull, RepositoryLocked,
                       RepositoryNotFound)
 

@@ -14,8 +14,8 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import nbd
 
-from ..errors import NbdError
-from ..core.extent import Run, clip_runs, runs_from_entries
+from borg_vm.errors import NbdError
+from borg_vm.core.extent import Run, clip_runs, runs_from_entries
 
 log = logging.getLogger(__name__)
 

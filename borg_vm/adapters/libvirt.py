@@ -40,9 +40,9 @@ from typing import Callable, Iterator
 
 import libvirt
 
-from . import subproc
-from ..core import bootxml
-from ..errors import (CheckpointInconsistent, DomainExists, DomainNotFound, LibvirtConnectError,
+from borg_vm.adapters import subproc
+from borg_vm.core import bootxml
+from borg_vm.errors import (CheckpointInconsistent, DomainExists, DomainNotFound, LibvirtConnectError,
                      LibvirtError, QuiesceFailed)
 
 log = logging.getLogger(__name__)

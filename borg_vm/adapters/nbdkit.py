@@ -11,8 +11,8 @@ import signal
 import time
 from typing import Iterator
 
-from . import subproc
-from ..errors import NbdkitError
+from borg_vm.adapters import subproc
+from borg_vm.errors import NbdkitError
 
 NBDKIT = "nbdkit"
 PLUGIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "nbdkit_plugin.py")

@@ -6,8 +6,8 @@ import json
 import os
 from dataclasses import dataclass
 
-from . import subproc
-from ..errors import QemuImgError
+from borg_vm.adapters import subproc
+from borg_vm.errors import QemuImgError
 
 QEMU_IMG = "qemu-img"
 QEMU_NBD = "qemu-nbd"

@@ -27,7 +27,7 @@ import functools
 import os
 from typing import Callable, Iterator
 
-from ..errors import ImageWriteError
+from borg_vm.errors import ImageWriteError
 
 # O_DIRECT needs the memory, offset and length aligned to the device's logical
 # block size (512 or 4096); 4096 suits both.

@@ -18,10 +18,10 @@ from __future__ import annotations
 import contextlib
 from typing import Iterable, Iterator
 
-from ..core.extent import status_ranges
-from ..core.source import DiskMap
-from . import qemu
-from .libnbd import (BASE_ALLOCATION, Export, bitmap_context, dirty_bitmap_context,
+from borg_vm.core.extent import status_ranges
+from borg_vm.core.source import DiskMap
+from borg_vm.adapters import qemu
+from borg_vm.adapters.libnbd import (BASE_ALLOCATION, Export, bitmap_context, dirty_bitmap_context,
                      open_command, open_unix)
 
 # Measured (bench/RESULTS.md, FACTS.md): 4 MiB requests with 8 in flight read a

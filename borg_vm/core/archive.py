@@ -135,10 +135,10 @@ import re
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 
-from .. import __version__
-from ..errors import FormatError
-from . import layers as layers_
-from .extent import Extent, check_map, total, DATA, ZERO
+from borg_vm import __version__
+from borg_vm.errors import FormatError
+from borg_vm.core import layers as layers_
+from borg_vm.core.extent import Extent, check_map, total, DATA, ZERO
 
 FORMAT_NAME = "borg-vm"
 FORMAT_VERSION = 3

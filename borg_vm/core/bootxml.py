@@ -31,7 +31,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
-from .domxml import dac_label, parse_xml
+from borg_vm.core.domxml import dac_label, parse_xml
 
 # The namespace of borg-vm's element in <metadata>; the version is part of it.
 BOOT_NS = "urn:borg-vm:boot:1"

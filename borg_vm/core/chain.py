@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from .archive import FULL, ArchiveInfo
-from ..errors import ArchiveNotFound, BrokenChain, UnknownDisk
+from borg_vm.core.archive import FULL, ArchiveInfo
+from borg_vm.errors import ArchiveNotFound, BrokenChain, UnknownDisk
 
 
 def of_domain(archives: list[ArchiveInfo], domain: str) -> list[ArchiveInfo]:

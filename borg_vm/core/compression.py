@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import BadCompression
+from borg_vm.errors import BadCompression
 
 # Algorithm -> the levels it takes (empty: none).
 ALGORITHMS: dict[str, tuple[int, ...]] = {

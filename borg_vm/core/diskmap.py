@@ -26,7 +26,7 @@ import bisect
 from dataclasses import dataclass, field, replace
 from typing import Iterable, Iterator, Sequence
 
-from .extent import ZERO, Extent, covers_data, merge_overlapping
+from borg_vm.core.extent import ZERO, Extent, covers_data, merge_overlapping
 
 
 @dataclass(frozen=True, order=True)

@@ -40,7 +40,7 @@ import json
 from dataclasses import dataclass
 from typing import Sequence
 
-from .extent import DATA, Extent, split_at_blocks
+from borg_vm.core.extent import DATA, Extent, split_at_blocks
 
 KIB = 1024
 MIB = 1024 * KIB

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from . import chain
-from .archive import FULL, INC, ArchiveInfo, ArchiveName, new_checkpoint_name
-from ..errors import BorgVmError, NoUsableParent
+from borg_vm.core import chain
+from borg_vm.core.archive import FULL, INC, ArchiveInfo, ArchiveName, new_checkpoint_name
+from borg_vm.errors import BorgVmError, NoUsableParent
 
 AUTO = "auto"
 REQUESTS = (AUTO, FULL, INC)

@@ -22,9 +22,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone, tzinfo
 
-from ..errors import BorgVmError
-from . import chain
-from .archive import ArchiveInfo
+from borg_vm.errors import BorgVmError
+from borg_vm.core import chain
+from borg_vm.core.archive import ArchiveInfo
 
 # (rule, strftime pattern of its period), in the order borg applies them.
 PERIODS = (("last", "%Y-%m-%d %H:%M:%S"), ("hourly", "%Y-%m-%d %H"), ("daily", "%Y-%m-%d"),

@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, ContextManager, Iterable, Iterator, Protocol
 
-from .extent import Run
+from borg_vm.core.extent import Run
 
 
 @dataclass(frozen=True)
