@@ -48,7 +48,7 @@ import runner  # noqa: E402
 import fragments  # noqa: E402  (tests/e2e, on the path lab.py set)
 from borg_vm.adapters import qemu  # noqa: E402
 from borg_vm.adapters.libnbd import open_command  # noqa: E402
-from borg_vm.core.archive import BLOCK_SIZE  # noqa: E402  (borg-vm's default chunk size)
+from borg_vm.format.manifest import BLOCK_SIZE  # noqa: E402  (borg-vm's default chunk size)
 from lab import BORG, GIB, MIB, WORK, say, timed  # noqa: E402
 from report import mb, table  # noqa: E402
 

@@ -41,7 +41,7 @@ import lab  # noqa: E402
 import runner  # noqa: E402
 import fragments  # noqa: E402  (tests/e2e, on the path lab.py set)
 from borg_vm import runtime  # noqa: E402  (its phase marks)
-from borg_vm.core.archive import BLOCK_SIZE  # noqa: E402  (borg-vm's default chunk size)
+from borg_vm.format.manifest import BLOCK_SIZE  # noqa: E402  (borg-vm's default chunk size)
 from lab import BORG, BORG_VM, GIB, KIB, MIB, WORK, say, timed  # noqa: E402
 
 DISK = int(os.environ.get("SCALE_DISK_GIB", "1024")) * GIB

@@ -15,21 +15,23 @@ import signal
 import sys
 
 from borg_vm import __version__
-from borg_vm.actions import listing, quiesce
-from borg_vm.actions.backup import BackupOptions, backup
+from borg_vm.commands import list as listing
+from borg_vm.services.backup import quiesce
+from borg_vm.services.backup.run import BackupOptions, backup
 from borg_vm.adapters import libvirt as virt
 from borg_vm.adapters.borg import DEFAULT_LOCK_WAIT, Borg
-from borg_vm.core import archive, plan, retention
+from borg_vm.core import plan, retention
+from borg_vm.format import manifest as archive
 from borg_vm.core.compression import parse_compression
 from borg_vm.core.text import printable
 from borg_vm.progress import human
 from borg_vm.errors import EXIT_ERROR, EXIT_OK, BorgVmError, Interrupted, NoRepository, UsageError
-from borg_vm.actions.delete import delete
-from borg_vm.actions.prune import PruneOptions, prune
-from borg_vm.actions.boot import BootOptions, boot, finish, resume
-from borg_vm.actions.mount import MountOptions, Served, mount
-from borg_vm.actions.restore import RestoreOptions, restore
-from borg_vm.actions.verify import verify
+from borg_vm.commands.delete import delete
+from borg_vm.commands.prune import PruneOptions, prune
+from borg_vm.services.serving.boot import BootOptions, boot, finish, resume
+from borg_vm.services.serving.mount import MountOptions, Served, mount
+from borg_vm.services.restore.run import RestoreOptions, restore
+from borg_vm.commands.verify import verify
 
 log = logging.getLogger("borg_vm")
 FULL_EVERY_ENV = "BORG_VM_FULL_EVERY"

@@ -12,7 +12,7 @@ Layout::
             nbd.sock                    the backup job's NBD server
             <target>.scratch            fleecing files (unless --scratch-dir)
 
-A run passes through phases, in order (actions/backup.py; restore has one,
+A run passes through phases, in order (services/backup/run.py; restore has one,
 APPLIED): each is a debug line ``phase NAME: ...``, so ``--debug`` shows how
 far a run got, and a fault-injection test can stop the process at one
 (``BORG_VM_TEST_STOP_AT=NAME``: SIGSTOP right after the line) and strike

@@ -4,13 +4,13 @@ Not imported by borg-vm: nbdkit loads this file (``nbdkit python
 nbdkit_plugin.py map=FILE``, see adapters/nbdkit.py). FILE is the JSON
 document ``{"target": T, "archives": [DIR, ...], "map": DiskMap doc}``:
 DIR is archive i of the disk's chain (0: the full) in a ``borg mount``, the
-map (core/diskmap.py) says which member of which archive holds each byte.
+map (format/piecemap.py) says which member of which archive holds each byte.
 A read is answered from those member files (Borg reads and decrypts the
 chunks it touches, nothing else) or with zeros; block status reports the
 zero pieces as holes, so qemu-img and nbdcopy skip them.
 
 The plugin trusts the map: borg-vm checked every member it names (a regular
-file of the right size, see actions/mount.py) before starting nbdkit.
+file of the right size, see services/serving/mount.py) before starting nbdkit.
 """
 
 import builtins
@@ -24,8 +24,8 @@ import nbdkit
 
 # borg_vm lives two directories up; nbdkit's interpreter does not know the venv.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-from borg_vm.core import archive  # noqa: E402
-from borg_vm.core.diskmap import DiskMap  # noqa: E402
+from borg_vm.format import manifest as archive  # noqa: E402
+from borg_vm.format.piecemap import DiskMap  # noqa: E402
 
 API_VERSION = 2
 # Open member files kept (requests are serialized, so an evicted one is never

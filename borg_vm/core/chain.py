@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from borg_vm.core.archive import FULL, ArchiveInfo
+from borg_vm.format.manifest import FULL, ArchiveInfo
 from borg_vm.errors import ArchiveNotFound, BrokenChain, UnknownDisk
 
 

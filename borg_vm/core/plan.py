@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from borg_vm.core import chain
-from borg_vm.core.archive import FULL, INC, ArchiveInfo, ArchiveName, new_checkpoint_name
+from borg_vm.format.manifest import FULL, INC, ArchiveInfo, ArchiveName, new_checkpoint_name
 from borg_vm.errors import BorgVmError, NoUsableParent
 
 AUTO = "auto"

@@ -24,7 +24,7 @@ from datetime import datetime, timedelta, timezone, tzinfo
 
 from borg_vm.errors import BorgVmError
 from borg_vm.core import chain
-from borg_vm.core.archive import ArchiveInfo
+from borg_vm.format.manifest import ArchiveInfo
 
 # (rule, strftime pattern of its period), in the order borg applies them.
 PERIODS = (("last", "%Y-%m-%d %H:%M:%S"), ("hourly", "%Y-%m-%d %H"), ("daily", "%Y-%m-%d"),

@@ -26,7 +26,7 @@ SIZE = 64 * GIB
 EXTENTS = 20_000
 EXTENT = 16 * KIB          # a cluster, a dirty-bitmap granule
 REWRITES = EXTENTS // 100
-# Packs of small pieces end at 1 GiB windows of the disk (core/packing.py):
+# Packs of small pieces end at 1 GiB windows of the disk (format/packing.py):
 # about two members (map and pack) per GiB here, instead of one per extent.
 MAX_MEMBERS = 2 * SIZE // GIB + 10
 

@@ -26,7 +26,7 @@ from typing import Iterator
 import pytest
 
 from borg_vm import runtime
-from borg_vm.core.archive import is_partial_of
+from borg_vm.format.manifest import is_partial_of
 
 import libvirt
 from borgvm import (BORG, Result, archive_names, backup, read_image, restore_and_compare, run,

@@ -17,9 +17,11 @@ from dataclasses import dataclass
 
 from dataclasses import replace
 
-from borg_vm.core import archive, packing
+from borg_vm.format import packing
+
+from borg_vm.format import manifest as archive
 from borg_vm.core.extent import DATA, Extent
-from borg_vm.core.tarstream import TarWriter
+from borg_vm.format.tarstream import TarWriter
 
 from realstack import CHUNKER, MTIME, TIMESTAMP, KiB, MiB, log_run
 

@@ -12,8 +12,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from borg_vm.core.archive import BLOCK_SIZE
-from borg_vm.core.tarstream import TarWriter, read_members
+from borg_vm.format.manifest import BLOCK_SIZE
+from borg_vm.format.tarstream import TarWriter, read_members
 
 KiB = 1024
 MiB = 1024 * KiB

@@ -1,4 +1,4 @@
-"""The background server of a booted domain (actions/bootserver.py): the real
+"""The background server of a booted domain (services/serving/server.py): the real
 borg-vm mount started detached over a hand-made archive, seen running through
 its lock, stopped, killed and started again on the same sockets."""
 
@@ -12,7 +12,7 @@ import nbd
 import pytest
 
 from borg_vm import runtime
-from borg_vm.actions import bootserver
+from borg_vm.services.serving import server as bootserver
 from borg_vm.adapters import nbdkit
 from borg_vm.errors import ServerFailed
 

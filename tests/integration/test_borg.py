@@ -1,4 +1,4 @@
-"""borg_vm.adapters.borg and borg_vm.core.tarstream against a real borg: tar streams in
+"""borg_vm.adapters.borg and borg_vm.format.tarstream against a real borg: tar streams in
 through 'borg import-tar', out through 'borg export-tar', archive
 management, passphrases and error mapping."""
 
@@ -19,7 +19,7 @@ from borg_vm.core.compression import ALGORITHMS, OBFUSCATE_LEVELS, parse_compres
 from borg_vm.errors import (EXIT_ERROR, BadCompression, BorgError, BorgQuestion,
                             PasscommandFailed, PassphraseMissing, PassphraseWrong,
                             RepositoryLocked, RepositoryNotFound)
-from borg_vm.core.tarstream import TarWriter, read_members
+from borg_vm.format.tarstream import TarWriter, read_members
 
 from realstack import BLOCK, CHUNKER, MTIME, TIMESTAMP, MiB, export_members, import_members
 
@@ -279,7 +279,7 @@ def test_import_abandoned_midway_stops_borg_without_killing_it(make_repo, bounda
 WRITER = """
 import os, signal, sys
 from borg_vm.adapters.borg import Borg
-from borg_vm.core.tarstream import TarWriter
+from borg_vm.format.tarstream import TarWriter
 borg = Borg(sys.argv[1])
 with borg.import_tar("vm", comment="c", timestamp=sys.argv[2], compression="lz4",
                      chunker_params=sys.argv[3]) as proc:

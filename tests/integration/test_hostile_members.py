@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from borg_vm.actions.members import EXTRACT_FROM
+from borg_vm.format.reader import EXTRACT_FROM
 from borg_vm.adapters.borg import find_borg
-from borg_vm.core import archive
+from borg_vm.format import manifest as archive
 
 from handmade import CHECKPOINT, DOMAIN, borg_vm, domain_xml, image_data, manifest
 from realstack import MTIME

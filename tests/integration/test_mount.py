@@ -10,7 +10,9 @@ import tarfile
 
 import pytest
 
-from borg_vm.core import archive, packing
+from borg_vm.format import packing
+
+from borg_vm.format import manifest as archive
 
 from handmade import (DOMAIN, PACK, PACK_BYTES, PACK_MAP, PACK_NAME, SIZE, manifest,
                       packed_disk, write_archive, write_packed_archive)

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from borg_vm.core.archive import FULL, DiskSummary, Summary
+from borg_vm.format.manifest import FULL, DiskSummary, Summary
 
 import handmade
 from realstack import import_members

@@ -10,12 +10,12 @@ import time
 
 import pytest
 
-from borg_vm.actions import apply as apply_action
-from borg_vm.actions import members
+from borg_vm.services.restore import images as apply_action
+from borg_vm.format import reader as members
 from borg_vm.adapters import qemu
-from borg_vm.core import archive
+from borg_vm.format import manifest as archive
 from borg_vm.adapters.borg import BRIEF_LOCK_WAIT, Item
-from borg_vm.core.tarstream import TarFormatError
+from borg_vm.format.tarstream import TarFormatError
 from borg_vm.errors import BorgError, FormatError, IntegrityError
 from borg_vm.core.extent import DATA, ZERO, Extent
 from borg_vm.progress import Progress

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from borg_vm.actions import restore as restore_action
-from borg_vm.core import archive, packing
+from borg_vm.services.restore import run as restore_action
+from borg_vm.format import packing
+from borg_vm.format import manifest as archive
 from borg_vm.core.extent import Extent
 from borg_vm.errors import FormatError
 

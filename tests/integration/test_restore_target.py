@@ -7,8 +7,8 @@ import stat
 
 import pytest
 
-from borg_vm.actions import restore as restore_action
-from borg_vm.core import archive
+from borg_vm.services.restore import run as restore_action
+from borg_vm.format import manifest as archive
 
 from handmade import DOMAIN, borg_vm, error_line, image_data, write_archive
 from realstack import MiB

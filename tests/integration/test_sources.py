@@ -1,4 +1,4 @@
-"""borg_vm.adapters.sources against a real NBD server laid out like a libvirt
+"""borg_vm.adapters.disk_sources against a real NBD server laid out like a libvirt
 pull-backup job: qemu-nbd on a unix socket, export 'vda', a persistent
 bitmap named backup-vda (so its context is the job's
 qemu:dirty-bitmap:backup-vda)."""
@@ -6,7 +6,7 @@ qemu:dirty-bitmap:backup-vda)."""
 from borg_vm.adapters import qemu
 import subprocess
 
-from borg_vm.adapters.sources import ImageSource, PullBackupSource
+from borg_vm.adapters.disk_sources import ImageSource, PullBackupSource
 from borg_vm.core.extent import STATE_DIRTY, STATE_ZERO
 
 from realstack import KiB, MiB, qemu_io, run

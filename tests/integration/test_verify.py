@@ -10,7 +10,7 @@ from dataclasses import replace
 import pytest
 
 from borg_vm.adapters.borg import find_borg
-from borg_vm.core import archive
+from borg_vm.format import manifest as archive
 
 import handmade
 from handmade import borg_vm

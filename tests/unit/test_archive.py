@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from borg_vm import __version__
-from borg_vm.core import archive
-from borg_vm.core.archive import (BLOCK_SIZE, FORMAT_VERSION, FULL, INC, PARTIAL_SUFFIX,
+from borg_vm.format import manifest as archive
+from borg_vm.format.manifest import (BLOCK_SIZE, FORMAT_VERSION, FULL, INC, PARTIAL_SUFFIX,
                              ArchiveInfo, ArchiveName, DiskRecord, DiskSummary, FrozenRecord,
                              LayerRecord, Manifest,
                              Summary, disk_prefix, is_own_checkpoint, is_partial_of,
@@ -447,7 +447,7 @@ def test_manifest_rejects_badly_typed_fields(path, value):
 
 
 def test_largest_virtual_size_is_accepted():
-    from borg_vm.core.archive import MAX_VIRTUAL_SIZE
+    from borg_vm.format.manifest import MAX_VIRTUAL_SIZE
     assert Summary.from_comment(_comment(disks={"vda": ["full", MAX_VIRTUAL_SIZE, "qcow2",
                                                         "/x", 0, 0]}), "a")
     with pytest.raises(FormatError):
@@ -564,7 +564,7 @@ def test_manifest_v2_rejects_bad_layers(change):
 
 
 def test_frozen_member_names():
-    from borg_vm.core.archive import frozen_member_name, frozen_prefix, parse_frozen_member
+    from borg_vm.format.manifest import frozen_member_name, frozen_prefix, parse_frozen_member
     name = frozen_member_name("vda", 2, 1 << 20)
     assert name == "frozen/vda/2/0000000000100000"
     assert name.startswith(frozen_prefix("vda", 2) + "/")

@@ -5,7 +5,7 @@ restore: apply each archive's data and zero extents in order over zeros)."""
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from borg_vm.core.diskmap import DiskMap, Piece, layer_pieces, resolve
+from borg_vm.format.piecemap import DiskMap, Piece, layer_pieces, resolve
 from borg_vm.core.extent import DATA, ZERO, Extent
 
 MAX_DISK = 200

@@ -1,10 +1,15 @@
 """The architecture as a rule: which part of borg_vm may import which.
 
     cli       -> anything
-    actions   -> core, adapters, top-level helpers (errors, runtime, progress, prefetch)
-    adapters  -> core, errors, other adapters          (never an action or cli)
-    core      -> core, errors, the package's __version__ (no I/O modules at all)
-    helpers   -> core, errors
+    commands  -> services, format, core, adapters, helpers   (never another command)
+    services  -> services, format, core, adapters, helpers   (never a command)
+    format    -> format, core, adapters, helpers
+    adapters  -> core, format's pure modules, errors, other adapters
+    core      -> core, format's pure modules, errors, the package's __version__
+    helpers   -> core, errors                  (runtime, progress, prefetch)
+
+Core and the pure part of the format (everything in format/ but the reader and
+the writer, which run Borg) do no I/O at all.
 
 Only adapters/libvirt.py imports the libvirt binding, only adapters/libnbd.py
 imports nbd, only adapters/subproc.py starts programs (subprocess), and only
@@ -20,6 +25,8 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "borg_vm"
 HELPERS = {"runtime", "progress", "prefetch"}
+# The format's modules that read or write archives through Borg; the rest is pure.
+FORMAT_IO = {"format.reader", "format.writer"}
 # Modules that touch the world; the core must not import them.
 IO_MODULES = {"os", "subprocess", "socket", "shutil", "threading", "fcntl", "tempfile",
               "glob", "io", "pathlib", "signal", "libvirt", "libvirt_qemu", "nbd"}
@@ -58,7 +65,9 @@ def _imports(name: str, path: Path) -> list[str]:
 def _layer(name: str) -> str:
     """Return the layer of a module named below borg_vm ("" is the package itself)."""
     top = name.split(".")[0]
-    if top in ("core", "adapters", "actions", "errors"):
+    if top == "format":
+        return "format" if name in FORMAT_IO else "format-pure"
+    if top in ("core", "adapters", "commands", "services", "errors"):
         return top
     if top in ("cli", "__main__"):
         return "cli"
@@ -67,14 +76,18 @@ def _layer(name: str) -> str:
     return "helpers" if top in HELPERS else "outside"
 
 
+PURE = {"package", "core", "format-pure", "errors"}
 ALLOWED = {
-    "core": {"package", "core", "errors"},
-    "adapters": {"package", "core", "errors", "adapters"},
-    "actions": {"package", "core", "errors", "adapters", "actions", "helpers"},
+    "core": PURE,
+    "format-pure": PURE,
+    "format": PURE | {"format", "adapters", "helpers"},
+    "adapters": PURE | {"adapters"},
+    "services": PURE | {"format", "adapters", "helpers", "services"},
+    "commands": PURE | {"format", "adapters", "helpers", "services"},
     "helpers": {"package", "core", "errors", "helpers"},
     "errors": {"package"},
     "package": set(),
-    "cli": {"package", "core", "errors", "adapters", "actions", "helpers", "cli"},
+    "cli": PURE | {"format", "adapters", "helpers", "services", "commands", "cli"},
 }
 
 
@@ -86,10 +99,21 @@ def test_imports_follow_the_layers(name):
     assert not bad, f"{name} ({layer}) imports {bad}"
 
 
-@pytest.mark.parametrize("name", sorted(n for n in _modules() if _layer(n) == "core"))
+@pytest.mark.parametrize("name", sorted(_modules()))
+def test_commands_never_import_commands(name):
+    """A command owns its parser and handler; what two commands share is a service."""
+    if _layer(name) != "commands" or name == "commands":
+        return
+    other = [i for i in _imports(name, _modules()[name])
+             if _layer(i) == "commands" and i not in (name, "commands")]
+    assert not other, f"command {name} imports command {other}: move the shared part to services"
+
+
+@pytest.mark.parametrize("name", sorted(n for n in _modules()
+                                        if _layer(n) in ("core", "format-pure")))
 def test_core_does_no_io(name):
     bad = [i for i in _imports(name, _modules()[name]) if i.split(".")[0] in IO_MODULES]
-    assert not bad, f"core module {name} imports {bad}"
+    assert not bad, f"pure module {name} imports {bad}"
 
 
 @pytest.mark.parametrize("name", sorted(_modules()))
@@ -113,9 +137,11 @@ def test_only_the_borg_adapter_names_borg(name):
 def test_the_rules_see_every_layer():
     """Guard against the rule tests passing vacuously after a move."""
     layers = {_layer(n) for n in _modules()}
-    assert layers == {"core", "adapters", "actions", "helpers", "errors", "cli", "package"}
+    assert layers == {"core", "format-pure", "format", "adapters", "services", "commands",
+                      "helpers", "errors", "cli", "package"}
     assert "core.extent" in _modules() and "adapters.libvirt" in _modules()
-    assert "adapters.libnbd" in _imports("adapters.sources", _modules()["adapters.sources"])
+    assert "adapters.libnbd" in _imports("adapters.disk_sources",
+                                         _modules()["adapters.disk_sources"])
 
 
 def test_a_violation_is_caught(tmp_path):
@@ -125,3 +151,11 @@ def test_a_violation_is_caught(tmp_path):
     assert "adapters.borg" in imports and "os" in imports
     assert _layer("adapters.borg") not in ALLOWED["core"]
     assert _layer("runtime") not in ALLOWED["core"]
+
+
+def test_a_command_importing_a_command_is_caught(tmp_path):
+    bad = tmp_path / "x.py"
+    bad.write_text("from borg_vm.commands import verify\nfrom . import prune\n")
+    imports = _imports("commands.x", bad)
+    assert "commands.verify" in imports and "commands.prune" in imports
+    assert all(_layer(i) == "commands" for i in ("commands.verify", "commands.prune"))

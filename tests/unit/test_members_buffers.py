@@ -1,11 +1,11 @@
-"""How restore lays the pieces it reads into its buffers (actions/members.py): back to
+"""How restore lays the pieces it reads into its buffers (format/reader.py): back to
 back, aligned, never over a piece still in use, and handed on one buffer at a time."""
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from borg_vm import prefetch
-from borg_vm.actions.members import _aligned, _Room, buffer_batches
+from borg_vm.format.reader import _aligned, _Room, buffer_batches
 from borg_vm.adapters.rawimage import DIRECT_ALIGN
 from borg_vm.core.extent import Extent
 

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from borg_vm.core.extent import DATA, ZERO, Extent, split_at_blocks
-from borg_vm.core.packing import Packing, map_from_json, map_to_json, pack
+from borg_vm.format.packing import Packing, map_from_json, map_to_json, pack
 
 SMALL = Packing(block_size=4, window=64, step=16, dense=6, max_pieces=5)
 PROPERTY = settings(max_examples=300, deadline=None)

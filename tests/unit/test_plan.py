@@ -4,7 +4,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from borg_vm.core.archive import (FULL, INC, ArchiveInfo, ArchiveName, DiskSummary, Summary,
+from borg_vm.format.manifest import (FULL, INC, ArchiveInfo, ArchiveName, DiskSummary, Summary,
                              is_own_checkpoint)
 from borg_vm.errors import EXIT_ERROR, NoUsableParent
 from borg_vm.core.plan import AUTO, Disk, Plan, archive_name, latest, plan

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from borg_vm.core.archive import FULL, INC, ArchiveInfo, ArchiveName, DiskSummary, Summary
+from borg_vm.format.manifest import FULL, INC, ArchiveInfo, ArchiveName, DiskSummary, Summary
 from borg_vm.core.chain import disk_chain
 from borg_vm.core.retention import KEEP, NEWEST, PRUNE, Rules, decide, interval_hours, kept_points
 

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from borg_vm.core.tarstream import (BLOCK, MAX_NAME_BYTES, MEMBER_MODE, RECORD, TarFormatError,
+from borg_vm.format.tarstream import (BLOCK, MAX_NAME_BYTES, MEMBER_MODE, RECORD, TarFormatError,
                                     TarWriter, read_members, write_all)
 
 MTIME = 1795658400

@@ -16,7 +16,7 @@ Any failure before that: borg is stopped and rolls back, the job aborted,
 checkpoint C deleted; the parent checkpoint is untouched, so the next run is
 still incremental from the last good archive.
 
-A run reaches the disks through a session (core/source.py ``Session``): the
+A run reaches the disks through a session (core/disk_source.py ``Session``): the
 libvirt pull-backup job above for a running domain (``running_session``), or
 for a shut-off one the images and their persistent bitmaps
 (``offline.session``); the stream into Borg is the same for both.
@@ -37,17 +37,22 @@ from datetime import datetime, timezone
 from borg_vm import prefetch, runtime
 from borg_vm.adapters.borg import Borg
 from borg_vm.adapters.libvirt import Domain, Hypervisor
-from borg_vm.adapters.sources import PullBackupSource
-from borg_vm.core import archive as fmt
-from borg_vm.core import domxml, extent, packing, plan
-from borg_vm.core.archive import ArchiveInfo, ArchiveName, DiskRecord, FrozenRecord, Manifest
-from borg_vm.core.source import DiskSource, Session
-from borg_vm.core.tarstream import TarWriter
+from borg_vm.adapters.disk_sources import PullBackupSource
+from borg_vm.format import manifest as fmt
+from borg_vm.core import domxml, extent, plan
+from borg_vm.format import packing
+from borg_vm.format.manifest import ArchiveInfo, ArchiveName, DiskRecord, FrozenRecord, Manifest
+from borg_vm.core.disk_source import DiskSource, Session
+from borg_vm.format.tarstream import TarWriter
 from borg_vm.errors import (BorgError, CheckpointInconsistent, CommittedThenFailed, DomainStopped,
                       LibvirtError, NbdError, NoDisksToBackUp, QemuImgError, UnknownDisk)
 from borg_vm.progress import Progress
-from borg_vm.actions import offline, quiesce, recover, repository, snapshots
-from borg_vm.actions.quiesce import FREEZE_TIMEOUT
+from borg_vm.services import catalog as repository
+from borg_vm.services.backup import checkpoint_recovery as recover
+from borg_vm.services.backup import quiesce
+from borg_vm.services.backup import backing as snapshots
+from borg_vm.services.backup import offline
+from borg_vm.services.backup.quiesce import FREEZE_TIMEOUT
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +205,7 @@ def _backup_locked(dom: Domain, borg: Borg, opts: BackupOptions, xml: str,
 def _recover_checkpoint(dom: Domain, borg: Borg, opts: BackupOptions,
                         archives: list[ArchiveInfo], own: set[str]) -> str | None:
     """If libvirt lost the newest archive's checkpoint, bring it back from the
-    archive (actions/recover.py) and add it to own; return why it could not be."""
+    archive (services/backup/checkpoint_recovery.py) and add it to own; return why it could not be."""
     parent = plan.latest(archives, dom.name)
     if (opts.level == fmt.FULL or parent is None or parent.summary.uuid != dom.uuid
             or parent.name.checkpoint in own):
@@ -425,7 +430,7 @@ def _stream_extents(tar: TarWriter, source: DiskSource, target: str,
                     extents: tuple[extent.Extent, ...], opts: BackupOptions,
                     progress: Progress, member: Callable[[int], str]) -> str:
     """Write the data extents of the source's disk `target` as tar members named
-    member(offset of their first byte), small pieces packed (core/packing.py);
+    member(offset of their first byte), small pieces packed (format/packing.py);
     return the sha256 of the data."""
     digest = hashlib.sha256()
     members = packing.pack(extents, packing.Packing.for_block_size(opts.block_size))

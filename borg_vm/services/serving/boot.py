@@ -45,8 +45,11 @@ from borg_vm.core.bootxml import BootRecord
 from borg_vm.errors import (DomainExists, LibvirtError, NotBooted, NotRunning, PullFailed,
                       QemuImgError, RestoreTargetExists, ServerFailed, ServerNotRunning)
 from borg_vm.progress import Progress
-from borg_vm.actions import apply, bootserver, repository, restore
-from borg_vm.actions.mount import uri
+from borg_vm.services.serving import server as bootserver
+from borg_vm.services.restore import run as restore
+from borg_vm.services import catalog as repository
+from borg_vm.services.restore import images as apply
+from borg_vm.services.serving.mount import uri
 
 log = logging.getLogger(__name__)
 

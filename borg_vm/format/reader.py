@@ -36,10 +36,10 @@ from typing import BinaryIO, ContextManager, Iterable, Iterator, Sequence
 from borg_vm.adapters import subproc
 from borg_vm.adapters.rawimage import DIRECT_ALIGN
 from borg_vm.adapters.borg import Borg, Item, items
-from borg_vm.core import archive as fmt
-from borg_vm.core import packing
+from borg_vm.format import manifest as fmt
+from borg_vm.format import packing
 from borg_vm.core.extent import Extent
-from borg_vm.core.tarstream import Member, TarFormatError, read_members
+from borg_vm.format.tarstream import Member, TarFormatError, read_members
 from borg_vm.errors import FormatError, IntegrityError, RepositoryLocked
 
 # Archives with at least this many data bytes to read are read with 'borg list'

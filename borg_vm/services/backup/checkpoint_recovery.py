@@ -18,11 +18,11 @@ import logging
 
 from borg_vm.adapters.borg import Borg
 from borg_vm.adapters.libvirt import Domain
-from borg_vm.core import archive as fmt
+from borg_vm.format import manifest as fmt
 from borg_vm.core import domxml
-from borg_vm.core.archive import ArchiveInfo
+from borg_vm.format.manifest import ArchiveInfo
 from borg_vm.errors import BorgVmError
-from borg_vm.actions import members
+from borg_vm.format import reader as members
 
 log = logging.getLogger(__name__)
 

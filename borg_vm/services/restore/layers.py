@@ -20,11 +20,12 @@ from dataclasses import dataclass
 from typing import Iterator
 
 from borg_vm.adapters.borg import Borg
-from borg_vm.core import archive as fmt
+from borg_vm.format import manifest as fmt
 from borg_vm.core import chain, layers
-from borg_vm.core.archive import ArchiveInfo, Manifest
+from borg_vm.format.manifest import ArchiveInfo, Manifest
 from borg_vm.progress import Progress
-from borg_vm.actions import apply, members
+from borg_vm.services.restore import images as apply
+from borg_vm.format import reader as members
 
 
 @dataclass(frozen=True)

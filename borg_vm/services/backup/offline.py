@@ -12,7 +12,7 @@ recorded afterwards (``virsh checkpoint-create --redefine``). One run::
     top images: add bitmap C (enabled)       writes from here on are C's
     qemu-nbd -r per disk, held for the run   the image locks: a domain start
                                              fails cleanly, nothing changes
-    stream into Borg, rename                 (actions/backup.py)
+    stream into Borg, rename                 (services/backup/run.py)
     redefine checkpoint C in libvirt, drop the older ones (metadata + bitmaps)
 
 On failure: the bitmaps this run added are removed. If the domain is started
@@ -29,10 +29,10 @@ from typing import Iterator
 
 from borg_vm.adapters import qemu
 from borg_vm.adapters.libvirt import Domain
-from borg_vm.adapters.sources import ImageSource
-from borg_vm.core import archive as fmt
+from borg_vm.adapters.disk_sources import ImageSource
+from borg_vm.format import manifest as fmt
 from borg_vm.core import bitmaps, domxml, plan
-from borg_vm.core.source import Session
+from borg_vm.core.disk_source import Session
 from borg_vm.errors import CheckpointInconsistent, QemuImgError
 
 log = logging.getLogger(__name__)

@@ -6,7 +6,7 @@ exports, reading data from the repository only as it is read.
     borg mount (FUSE)              nbdkit + nbdkit_plugin.py          clients
     RUN/archives/A1/disk/vda/...   vda's map: byte -> (archive,  -->  qemu-img, nbdcopy,
     RUN/archives/A2/disk/vda/...     member, offset) or zeros         QEMU, nbdinfo
-                                   (core/diskmap.py)
+                                   (format/piecemap.py)
 
 One ``borg mount`` of the domain's archives (each archive is loaded by Borg
 when first touched, each chunk read and decrypted when read), one nbdkit per
@@ -39,13 +39,15 @@ from typing import Callable, Iterator
 from borg_vm import runtime
 from borg_vm.adapters import nbdkit, subproc
 from borg_vm.adapters.borg import Borg, glob_literal, mounted
-from borg_vm.core import archive as fmt
-from borg_vm.core import chain, diskmap
-from borg_vm.core.archive import ArchiveInfo, Manifest
+from borg_vm.format import manifest as fmt
+from borg_vm.core import chain
+from borg_vm.format import piecemap as diskmap
+from borg_vm.format.manifest import ArchiveInfo, Manifest
 from borg_vm.core.extent import Extent
 from borg_vm.errors import (BorgError, FormatError, Interrupted, IntegrityError, NbdkitError,
                       SocketInUse, UsageError)
-from borg_vm.actions import members, repository
+from borg_vm.services import catalog as repository
+from borg_vm.format import reader as members
 
 log = logging.getLogger(__name__)
 

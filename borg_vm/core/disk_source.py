@@ -1,6 +1,6 @@
 """Where a backup reads a disk's data: the DiskSource interface. Pure, no I/O.
 
-The stream into Borg is written once (actions/backup.py) and asks a source
+The stream into Borg is written once (services/backup/run.py) and asks a source
 two things per disk, in this order::
 
     extent_map(target, incremental) -> DiskMap      what the disk holds now and,
@@ -8,7 +8,7 @@ two things per disk, in this order::
     reads(target, requests)         -> (offset, data) for each (offset, length)
                                                     request, in request order
 
-Implementations live in adapters/sources.py: today a libvirt pull-mode backup
+Implementations live in adapters/disk_sources.py: today a libvirt pull-mode backup
 job's NBD exports (a running domain, frozen at the job's start). The offline
 source (qemu-nbd over an image's persistent bitmaps, for a shut-off domain)
 and the old-layer source (a read-only backing image with its bitmaps) are

@@ -13,13 +13,15 @@ from dataclasses import dataclass
 from typing import ContextManager, Iterator
 
 from borg_vm.adapters.borg import Borg
-from borg_vm.core import archive as fmt
+from borg_vm.format import manifest as fmt
 from borg_vm.core import chain, extent
-from borg_vm.core.archive import ArchiveInfo, Manifest
-from borg_vm.core.tarstream import Member
+from borg_vm.format.manifest import ArchiveInfo, Manifest
+from borg_vm.format.tarstream import Member
 from borg_vm.errors import BorgVmError, FormatError
 from borg_vm import prefetch
-from borg_vm.actions import apply, members, repository
+from borg_vm.services import catalog as repository
+from borg_vm.services.restore import images as apply
+from borg_vm.format import reader as members
 
 PIECE = 4 * 1024 * 1024
 

@@ -20,13 +20,13 @@ from typing import ContextManager, Iterable, Iterator
 from borg_vm import prefetch
 from borg_vm.adapters import qemu, rawimage
 from borg_vm.adapters.libnbd import open_command
-from borg_vm.core import archive as fmt
+from borg_vm.format import manifest as fmt
 from borg_vm.core import extent
-from borg_vm.core.archive import ArchiveInfo, Manifest
-from borg_vm.core.tarstream import Member
+from borg_vm.format.manifest import ArchiveInfo, Manifest
+from borg_vm.format.tarstream import Member
 from borg_vm.errors import FormatError, IntegrityError
 from borg_vm.progress import Progress
-from borg_vm.actions import members
+from borg_vm.format import reader as members
 
 # Pieces of data members handed from the borg reader thread to the writer.
 RESTORE_PIECE = 4 * 1024 * 1024

@@ -7,7 +7,7 @@ Chain mode (default), one image per archive, each backed by the one before::
 
 Flatten mode: one image, every archive of the chain applied in order.
 
-Layers mode (actions/layered.py): one image per snapshot layer, as libvirt's
+Layers mode (services/restore/layers.py): one image per snapshot layer, as libvirt's
 chain was at that checkpoint, the frozen layers complete.
 
 The archive is only as trustworthy as the repository: the top archive's
@@ -34,13 +34,16 @@ from typing import Iterator
 
 from borg_vm import runtime
 from borg_vm.adapters.borg import Borg
-from borg_vm.core import archive as fmt
+from borg_vm.format import manifest as fmt
 from borg_vm.core import chain, domxml
-from borg_vm.core.archive import ArchiveInfo, Manifest
+from borg_vm.format.manifest import ArchiveInfo, Manifest
 from borg_vm.errors import (FormatError, NbdError, RestoreTargetExists, RestoreTargetFull,
                       RestoreTargetUnusable)
 from borg_vm.progress import Progress
-from borg_vm.actions import apply, layered, members, repository
+from borg_vm.services.restore import layers as layered
+from borg_vm.services import catalog as repository
+from borg_vm.services.restore import images as apply
+from borg_vm.format import reader as members
 
 log = logging.getLogger(__name__)
 

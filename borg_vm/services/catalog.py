@@ -6,8 +6,8 @@ from __future__ import annotations
 import logging
 
 from borg_vm.adapters.borg import Borg
-from borg_vm.core import archive as fmt
-from borg_vm.core.archive import ArchiveInfo, ArchiveName, Summary
+from borg_vm.format import manifest as fmt
+from borg_vm.format.manifest import ArchiveInfo, ArchiveName, Summary
 from borg_vm.errors import FormatError
 
 log = logging.getLogger(__name__)

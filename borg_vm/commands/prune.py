@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from borg_vm.adapters.borg import Borg
 from borg_vm.core import chain, retention
 from borg_vm.core.text import printable
-from borg_vm.actions import repository
+from borg_vm.services import catalog as repository
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ One Borg archive per domain per backup run, named::
   run left that name and its checkpoints. The next run of the domain deletes
   all of these once its own archive is committed (their chunks reused first).
   A borg that fails after it committed leaves a complete archive: the run
-  finds it in the repository, keeps it, and says so (actions/backup.py).
+  finds it in the repository, keeps it, and says so (services/backup/run.py).
 
 Levels are per disk: an incremental archive may hold a full of a disk added
 or resized since its parent; that disk's chain starts there.
@@ -59,7 +59,7 @@ its disk (the only kind versions 1 and 2 write). A map member announces a
 (ascending, disjoint, the first at offset, lengths adding up to its size)
 back to back. Borg pays per member, so the writer packs the pieces smaller
 than a block of a fragmented disk together and keeps larger pieces in
-members of their own (core/packing.py says where packs end); readers follow
+members of their own (format/packing.py says where packs end); readers follow
 the maps, whatever packing made them.
 
 Readers hold only domain.xml, checkpoint.xml, manifest.json and map members

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from borg_vm.adapters.borg import Borg
 from borg_vm.core import chain, retention
 from borg_vm.errors import HasDependents
-from borg_vm.actions import repository
+from borg_vm.services import catalog as repository
 
 log = logging.getLogger(__name__)
 

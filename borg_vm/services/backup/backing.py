@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 from borg_vm.adapters import qemu
 from borg_vm.adapters.libvirt import Domain
-from borg_vm.adapters.sources import ImageSource
-from borg_vm.core import archive as fmt
+from borg_vm.adapters.disk_sources import ImageSource
+from borg_vm.format import manifest as fmt
 from borg_vm.core import bitmaps, domxml, layers, plan
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from borg_vm.adapters.borg import Borg
 from borg_vm.core import chain
-from borg_vm.core.archive import ArchiveInfo
+from borg_vm.format.manifest import ArchiveInfo
 from borg_vm.core.text import printable
 from borg_vm.progress import human
-from borg_vm.actions import repository
+from borg_vm.services import catalog as repository
 
 
 def list_archives(borg: Borg, domain: str | None) -> list[ArchiveInfo]:

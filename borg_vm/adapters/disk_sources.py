@@ -1,4 +1,4 @@
-"""DiskSource implementations (see core/source.py): where a backup reads disks.
+"""DiskSource implementations (see core/disk_source.py): where a backup reads disks.
 
 - ``PullBackupSource``: the NBD exports of a libvirt pull-mode backup job on a
   unix socket; one export per disk, named by its target, with the job's dirty
@@ -19,7 +19,7 @@ import contextlib
 from typing import Iterable, Iterator
 
 from borg_vm.core.extent import status_ranges
-from borg_vm.core.source import DiskMap
+from borg_vm.core.disk_source import DiskMap
 from borg_vm.adapters import qemu
 from borg_vm.adapters.libnbd import (BASE_ALLOCATION, Export, bitmap_context, dirty_bitmap_context,
                      open_command, open_unix)
