@@ -3,8 +3,13 @@
 Every failure borg-vm reports to a person is one of these classes. The class
 docstring is the message template (``str.format`` over the constructor's
 keyword arguments); ``exit_code`` follows borg: 0 ok, 1 warning, 2 error.
-``cli.main`` is the one place that turns them into output and an exit code.
+``report`` turns one into a log line and its exit code; ``cli.main`` is the
+one exit point.
 """
+
+import logging
+
+log = logging.getLogger("borg_vm")
 
 EXIT_OK = 0
 EXIT_WARNING = 1
@@ -112,6 +117,11 @@ class QemuImgError(BorgVmError):
 class BorgNotFound(BorgVmError):
     """The borg command was not found ({detail}). Install BorgBackup >= 1.2,
     or point BORG_VM_BORG at it."""
+
+
+class BorgUnsupported(BorgVmError):
+    """{executable} is borg {version}; this borg-vm works with borg {supported}.
+    Point BORG_VM_BORG at a borg it supports."""
 
 
 class BorgError(BorgVmError):
@@ -264,3 +274,21 @@ class PullFailed(BorgVmError):
 
 class NotRunning(BorgVmError):
     """Domain {name!r} is {state}: {detail}"""
+
+
+def report(e: BaseException, debug: bool, prefix: str = "") -> int:
+    """Log one line for an error (with the traceback under --debug); return its exit code.
+
+    borg-vm's own errors say what happened and what to do; anything else is a
+    bug, reported as such, never as a bare traceback.
+    """
+    if isinstance(e, BorgVmError):
+        log.error("%s%s", prefix, e.message)
+        code = e.exit_code
+    else:
+        log.error("%sunexpected error (a bug in borg-vm, please report it): %s: %s%s", prefix,
+                  type(e).__name__, e, "" if debug else "; --debug shows the traceback")
+        code = EXIT_ERROR
+    if debug:
+        log.error("traceback", exc_info=e)
+    return code

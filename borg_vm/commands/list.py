@@ -1,8 +1,12 @@
-"""The list action: borg-vm archives grouped by domain and chain."""
+"""borg-vm list: borg-vm archives grouped by domain and chain."""
 
 from __future__ import annotations
 
-from borg_vm.adapters.borg import Borg
+import argparse
+
+from borg_vm.commands import options
+from borg_vm.errors import EXIT_OK
+from borg_vm.adapters.borg import Repository
 from borg_vm.core import chain
 from borg_vm.format.manifest import ArchiveInfo
 from borg_vm.core.text import printable
@@ -10,7 +14,26 @@ from borg_vm.progress import human
 from borg_vm.services import catalog as repository
 
 
-def list_archives(borg: Borg, domain: str | None) -> list[ArchiveInfo]:
+def build_parser(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]
+                 ) -> None:
+    ls = sub.add_parser("list", parents=parents, help="list archives by domain and snapshot",
+                        description="List borg-vm archives grouped by domain and snapshot "
+                        "layer, oldest first.")
+    ls.add_argument("domain", nargs="?", metavar="DOMAIN")
+    options.add_repository_options(ls)
+    ls.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    archives = list_archives(options.repository(args), args.domain)  # raises if DOMAIN has none
+    if args.json:
+        options.emit(to_json(archives))
+    elif archives:
+        print(to_text(archives))
+    return EXIT_OK
+
+
+def list_archives(borg: Repository, domain: str | None) -> list[ArchiveInfo]:
     """Return the complete borg-vm archives (of domain, or all), oldest first per domain.
 
     Raise ArchiveNotFound if a domain is given and the repository holds none of it.

@@ -1,4 +1,4 @@
-"""The verify action: read archives back from Borg and check them, writing nothing.
+"""borg-vm verify: read archives back from Borg and check them, writing nothing.
 
 For each archive: its data members cover exactly the extents its manifest
 lists and hash to the manifest's SHA-256 (the guest's view and every frozen
@@ -8,22 +8,54 @@ disk's chain back to its full exists, with the same disk size throughout.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 from dataclasses import dataclass
 from typing import ContextManager, Iterator
 
-from borg_vm.adapters.borg import Borg
+from borg_vm.adapters.borg import Repository
 from borg_vm.format import manifest as fmt
 from borg_vm.core import chain, extent
 from borg_vm.format.manifest import ArchiveInfo, Manifest
 from borg_vm.format.tarstream import Member
-from borg_vm.errors import BorgVmError, FormatError
+from borg_vm.commands import options
+from borg_vm.core.text import printable
+from borg_vm.errors import EXIT_ERROR, EXIT_OK, BorgVmError, FormatError
 from borg_vm import prefetch
 from borg_vm.services import catalog as repository
 from borg_vm.services.restore import images as apply
 from borg_vm.format import reader as members
 
 PIECE = 4 * 1024 * 1024
+
+
+def build_parser(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]
+                 ) -> None:
+    ve = sub.add_parser("verify", parents=parents,
+                        help="read archives back and check them, writing nothing",
+                        description="Read archives back from Borg and check each: its data "
+                        "covers exactly its manifest's extents and matches their SHA-256, "
+                        "its manifest agrees with its name and comment, and its chain back "
+                        "to the full exists. Exit 0 if all are good, 2 if any is damaged.")
+    ve.add_argument("domain", nargs="?", metavar="DOMAIN",
+                    help="the domain (default: every domain, all archives)")
+    which = ve.add_mutually_exclusive_group()
+    which.add_argument("--checkpoint", metavar="NAME",
+                       help="this restore point and its chain (default: the newest)")
+    which.add_argument("--all", action="store_true", help="every archive of DOMAIN")
+    options.add_repository_options(ve)
+    ve.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    result = verify(options.repository(args), args.domain, args.checkpoint, args.all)
+    if args.json:
+        options.emit(result.to_json())
+    else:
+        for name, verdict in result.checked:
+            print(printable(f"{'ok' if verdict == 'ok' else 'DAMAGED':<8} {name}"
+                            + ("" if verdict == "ok" else f": {verdict}")))
+    return EXIT_OK if result.ok else EXIT_ERROR
 
 
 @dataclass
@@ -40,7 +72,7 @@ class VerifyResult:
                                             for a, v in self.checked]}
 
 
-def verify(borg: Borg, domain: str | None, checkpoint: str | None, every: bool
+def verify(borg: Repository, domain: str | None, checkpoint: str | None, every: bool
            ) -> VerifyResult:
     """Verify domain's archive at checkpoint (default: the newest) with its chain, or
     with every, all archives (of domain, or of every domain)."""

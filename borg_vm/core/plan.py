@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from borg_vm.core import chain
+from borg_vm.core import chain, durations
 from borg_vm.format.manifest import FULL, INC, ArchiveInfo, ArchiveName, new_checkpoint_name
 from borg_vm.errors import BorgVmError, NoUsableParent
 
@@ -106,16 +106,18 @@ class FullEvery:
 
     @classmethod
     def parse(cls, text: str) -> "FullEvery":
-        """Parse AGE (N with s, m, h, d or w), COUNT (N) or never; raise
-        ValueError otherwise."""
-        units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+        """Parse AGE (a duration as Borg spells it: core/durations.py), COUNT (N)
+        or never; raise ValueError otherwise."""
         if text == NEVER:
             return cls(text)
-        if text.isdigit() and int(text) > 0:
+        if text.isascii() and text.isdigit() and int(text) > 0:
             return cls(text, count=int(text))
-        if text[:-1].isdigit() and text[-1:] in units and int(text[:-1]) > 0:
-            return cls(text, age=int(text[:-1]) * units[text[-1]])
-        raise ValueError(f"not an age, a count or never: {text!r} (e.g. 30d, 2w, 14)")
+        try:
+            return cls(text, age=durations.parse_seconds(text))
+        except ValueError:
+            raise ValueError(f"not an age, a count or never: {text!r} (e.g. 30d, 2w, 1m = "
+                             f"a month, 14; units {', '.join(durations.HOURS)} as borg)"
+                             ) from None
 
     def due(self, chain_: list[ArchiveInfo], now: datetime) -> str | None:
         """Given a disk's chain (full first), return why a new one is due, or None."""

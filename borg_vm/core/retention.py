@@ -29,7 +29,6 @@ from borg_vm.format.manifest import ArchiveInfo
 # (rule, strftime pattern of its period), in the order borg applies them.
 PERIODS = (("last", "%Y-%m-%d %H:%M:%S"), ("hourly", "%Y-%m-%d %H"), ("daily", "%Y-%m-%d"),
            ("weekly", "%G-%V"), ("monthly", "%Y-%m"), ("yearly", "%Y"))
-INTERVAL_HOURS = {"H": 1, "d": 24, "w": 24 * 7, "m": 24 * 31, "y": 24 * 365}  # as borg's
 KEEP = "keep"
 PRUNE = "prune"
 NEWEST = "newest: the next backup builds on it"
@@ -47,16 +46,6 @@ class Rules:
 
     def any(self) -> bool:
         return any(getattr(self, f) for f in self.__dataclass_fields__)
-
-
-def interval_hours(text: str) -> int:
-    """Parse a --keep-within interval as borg does ('7d', '12H', '2w', '6m', '1y');
-    raise ValueError otherwise."""
-    number, unit = text[:-1], text[-1:]
-    if unit not in INTERVAL_HOURS or not number.isdigit() or int(number) <= 0:
-        raise ValueError(f"not an interval: {text!r} (a number > 0 and one of "
-                         f"{', '.join(INTERVAL_HOURS)}, e.g. 7d)")
-    return int(number) * INTERVAL_HOURS[unit]
 
 
 def time_of(a: ArchiveInfo) -> datetime:

@@ -35,7 +35,7 @@ from typing import BinaryIO, ContextManager, Iterable, Iterator, Sequence
 
 from borg_vm.adapters import subproc
 from borg_vm.adapters.rawimage import DIRECT_ALIGN
-from borg_vm.adapters.borg import Borg, Item, items
+from borg_vm.adapters.borg import Item, Repository, items
 from borg_vm.format import manifest as fmt
 from borg_vm.format import packing
 from borg_vm.core.extent import Extent
@@ -61,7 +61,7 @@ class Read:
     data_bytes: int = 0
 
 
-def read_small(borg: Borg, archive: str, names: tuple[str, ...]) -> dict[str, bytes]:
+def read_small(borg: Repository, archive: str, names: tuple[str, ...]) -> dict[str, bytes]:
     """Return {name: contents} of the archive's named small members, in one export-tar.
 
     Raise FormatError if one is missing or the stream is damaged.
@@ -91,7 +91,7 @@ def check_present(archive: str, files: dict[str, bytes], names: tuple[str, ...])
 
 
 @contextlib.contextmanager
-def read_ahead(borg: Borg, reads: Sequence[Read]
+def read_ahead(borg: Repository, reads: Sequence[Read]
                ) -> Iterator[Iterator[ContextManager[Iterator[Member]]]]:
     """Yield an iterator of one context manager per read, in order; each yields the
     members of its read in archive order and waits for borg after.
@@ -122,7 +122,7 @@ class _Started:
     still run.
     """
 
-    def __init__(self, borg: Borg, read: Read):
+    def __init__(self, borg: Repository, read: Read):
         self.borg = borg
         self.read = read
         self.extract = read.data_bytes >= EXTRACT_FROM

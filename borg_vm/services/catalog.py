@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 
-from borg_vm.adapters.borg import Borg
+from borg_vm.adapters.borg import Repository
 from borg_vm.format import manifest as fmt
 from borg_vm.format.manifest import ArchiveInfo, ArchiveName, Summary
 from borg_vm.errors import FormatError
@@ -13,7 +13,7 @@ from borg_vm.errors import FormatError
 log = logging.getLogger(__name__)
 
 
-def archives(borg: Borg, domain: str | None = None) -> tuple[list[ArchiveInfo], list[str]]:
+def archives(borg: Repository, domain: str | None = None) -> tuple[list[ArchiveInfo], list[str]]:
     """Return (complete archives, what unfinished runs left) of domain (None: every
     domain, and nothing of the second kind).
 

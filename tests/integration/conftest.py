@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from borg_vm.adapters.borg import Borg, find_borg
+from borg_vm.adapters.borg import Borg1Repository, find_borg
 
 from realstack import copy_fixture_repo, run
 
@@ -81,7 +81,7 @@ def make_repo(tmp_path):
     def make(encryption="none", name="repo"):
         path = str(tmp_path / name)
         run(find_borg(), "init", "-e", encryption, path)
-        return Borg(path)
+        return Borg1Repository(path)
 
     return make
 

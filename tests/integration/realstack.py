@@ -76,6 +76,14 @@ def export_members(borg, archive, paths=()):
     return members
 
 
+def extract_file(borg, archive, path):
+    """Return the contents of one file of an archive ('borg extract --stdout')."""
+    with borg.extract_stdout(archive, [path]) as proc:
+        data = proc.stdout.read()
+        borg.finish("extract", proc)
+    return data
+
+
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 

@@ -13,15 +13,16 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from borg_vm.adapters import subproc
-from borg_vm.adapters.borg import (DEFAULT_LOCK_WAIT, PASSPHRASE_TRIES, Borg, Listed,
-                                   _parse_log_json, find_borg)
+from borg_vm.adapters.borg import DEFAULT_LOCK_WAIT, Borg1Repository, Listed, find_borg
+from borg_vm.adapters.borg.borg1 import PASSPHRASE_TRIES, _parse_log_json
 from borg_vm.core.compression import ALGORITHMS, OBFUSCATE_LEVELS, parse_compression
 from borg_vm.errors import (EXIT_ERROR, BadCompression, BorgError, BorgQuestion,
                             PasscommandFailed, PassphraseMissing, PassphraseWrong,
                             RepositoryLocked, RepositoryNotFound)
 from borg_vm.format.tarstream import TarWriter, read_members
 
-from realstack import BLOCK, CHUNKER, MTIME, TIMESTAMP, MiB, export_members, import_members
+from realstack import (BLOCK, CHUNKER, MTIME, TIMESTAMP, MiB, export_members, extract_file,
+                       import_members)
 
 LISTED_TIME = "2026-11-26T02:00:00.000000"
 PASSPHRASE = "correct horse"
@@ -33,7 +34,7 @@ LONG_NAME = "disk/" + "x" * 150  # longer than a tar header's 100 bytes: a GNU l
 
 
 def deduplicated_size(borg, archive):
-    out = subproc.run([find_borg(), "info", "--json", borg.location(archive)]).stdout
+    out = subproc.run([find_borg(), "info", "--json", *borg.location(archive)]).stdout
     return json.loads(out)["archives"][0]["stats"]["deduplicated_size"]
 
 
@@ -54,7 +55,7 @@ def test_archive_round_trip(make_repo, monkeypatch, encryption):
     borg = make_repo(encryption)
     import_members(borg, "vm", MEMBERS, comment=COMMENT)
     assert borg.list_archives() == [Listed("vm", COMMENT, LISTED_TIME)]
-    assert borg.extract_file("vm", "manifest.json") == MEMBERS[-1][1]
+    assert extract_file(borg, "vm", "manifest.json") == MEMBERS[-1][1]
     assert export_members(borg, "vm") == MEMBERS
     assert export_members(borg, "vm", ["disk/vda"]) == [MEMBERS[3]]
 
@@ -71,7 +72,7 @@ def test_delete_several_archives(make_repo):
 
 
 def test_missing_repository_raises_repository_not_found(tmp_path):
-    borg = Borg(str(tmp_path / "missing"))
+    borg = Borg1Repository(str(tmp_path / "missing"))
     with pytest.raises(RepositoryNotFound, match="does not exist") as e:
         borg.list_archives()
     assert (e.value.exit_code, e.value.__cause__.returncode) == (EXIT_ERROR, BORG_ERROR_EXIT)
@@ -80,7 +81,7 @@ def test_missing_repository_raises_repository_not_found(tmp_path):
 def test_directory_that_is_no_repository_raises_repository_not_found(tmp_path):
     (tmp_path / "plain").mkdir()
     with pytest.raises(RepositoryNotFound, match="is not a valid repository"):
-        Borg(str(tmp_path / "plain")).list_archives()
+        Borg1Repository(str(tmp_path / "plain")).list_archives()
 
 
 def test_wrong_passphrase_raises_passphrase_wrong(make_repo, monkeypatch):
@@ -136,10 +137,10 @@ def test_asked_passphrase_is_asked_once_and_piped_to_every_borg_child(make_repo,
     repo = make_repo("repokey-blake2").repo
     monkeypatch.delenv("BORG_PASSPHRASE")
     prompts = []
-    borg = Borg(repo, ask_passphrase=lambda prompt: prompts.append(prompt) or PASSPHRASE)
+    borg = Borg1Repository(repo, ask_passphrase=lambda prompt: prompts.append(prompt) or PASSPHRASE)
     assert borg.list_archives() == []
     import_members(borg, "vm", [("f", b"data")])
-    assert borg.extract_file("vm", "f") == b"data"
+    assert extract_file(borg, "vm", "f") == b"data"
     assert export_members(borg, "vm") == [("f", b"data")]
     assert prompts == [f"Enter passphrase for {repo}: "]
     assert "BORG_PASSPHRASE" not in os.environ and "BORG_PASSPHRASE_FD" not in os.environ
@@ -150,10 +151,10 @@ def test_wrong_asked_passphrase_is_asked_again_then_wrong(make_repo, monkeypatch
     repo = make_repo("repokey-blake2").repo
     monkeypatch.delenv("BORG_PASSPHRASE")
     answers = iter(["wrong", "", PASSPHRASE])
-    assert Borg(repo, ask_passphrase=lambda _p: next(answers)).list_archives() == []
+    assert Borg1Repository(repo, ask_passphrase=lambda _p: next(answers)).list_archives() == []
     answers = iter(["wrong"] * PASSPHRASE_TRIES)
     with pytest.raises(PassphraseWrong):
-        Borg(repo, ask_passphrase=lambda _p: next(answers)).list_archives()
+        Borg1Repository(repo, ask_passphrase=lambda _p: next(answers)).list_archives()
     assert next(answers, None) is None
 
 
@@ -161,12 +162,12 @@ def test_passphrase_is_not_asked_when_given_or_not_needed(make_repo, monkeypatch
     def never(_prompt):
         raise AssertionError("asked")
 
-    assert Borg(make_repo().repo, ask_passphrase=never).list_archives() == []
+    assert Borg1Repository(make_repo().repo, ask_passphrase=never).list_archives() == []
     monkeypatch.setenv("BORG_PASSPHRASE", PASSPHRASE)
     borg = make_repo("repokey-blake2", name="secret")
     monkeypatch.setenv("BORG_PASSPHRASE", "wrong")
     with pytest.raises(PassphraseWrong):
-        Borg(borg.repo, ask_passphrase=never).list_archives()
+        Borg1Repository(borg.repo, ask_passphrase=never).list_archives()
 
 
 def test_a_question_borg_asks_says_which_variable_answers_it(make_repo, monkeypatch, tmp_path):
@@ -218,12 +219,12 @@ def test_passphrase_fd_is_read_once_and_serves_every_borg_child(make_repo, monke
     os.write(w, PASSPHRASE.encode())
     os.close(w)
     monkeypatch.setenv("BORG_PASSPHRASE_FD", str(r))
-    borg = Borg(repo)
+    borg = Borg1Repository(repo)
     with pytest.raises(OSError):
-        os.fstat(r)  # read and closed by Borg()
+        os.fstat(r)  # read and closed by Borg1Repository()
     import_members(borg, "vm", [("f", b"data")])
     assert names(borg) == ["vm"]
-    assert borg.extract_file("vm", "f") == b"data"
+    assert extract_file(borg, "vm", "f") == b"data"
 
 
 def test_borg_errors_carry_borg_message(make_repo):
@@ -233,10 +234,10 @@ def test_borg_errors_carry_borg_message(make_repo):
     with pytest.raises(BorgError, match=r"^borg delete failed: Archive c not found \(1/1\)\.$"):
         borg.delete(["c"])
     with pytest.raises(BorgError, match="^borg extract failed: Archive c does not exist$"):
-        borg.extract_file("c", "f")
+        extract_file(borg, "c", "f")
     # exit code 1 (a warning) is a failure here too, reported by its warning
     with pytest.raises(BorgError, match="^borg extract failed: Include pattern 'g' never matched"):
-        borg.extract_file("a", "g")
+        extract_file(borg, "a", "g")
 
 
 def test_import_killed_midway_fails_and_leaves_no_archive(make_repo):
@@ -278,9 +279,9 @@ def test_import_abandoned_midway_stops_borg_without_killing_it(make_repo, bounda
 
 WRITER = """
 import os, signal, sys
-from borg_vm.adapters.borg import Borg
+from borg_vm.adapters.borg import Borg1Repository
 from borg_vm.format.tarstream import TarWriter
-borg = Borg(sys.argv[1])
+borg = Borg1Repository(sys.argv[1])
 with borg.import_tar("vm", comment="c", timestamp=sys.argv[2], compression="lz4",
                      chunker_params=sys.argv[3]) as proc:
     tar = TarWriter(proc.stdin, 0)
@@ -372,17 +373,17 @@ def test_every_borg_call_waits_for_the_repository_lock(make_repo, tmp_path):
     recorder = tmp_path / "borg"
     recorder.write_text(f'#!/bin/sh\necho "$@" >> {calls}\nexec {find_borg()} "$@"\n')
     recorder.chmod(0o755)
-    borg = Borg(repo, executable=str(recorder), lock_wait=LOCK_WAIT)
+    borg = Borg1Repository(repo, executable=str(recorder), lock_wait=LOCK_WAIT)
     import_members(borg, "vm", [("f", b"data")])
     borg.list_archives()
-    borg.extract_file("vm", "f")
+    extract_file(borg, "vm", "f")
     export_members(borg, "vm")
     borg.delete(["vm"])
     commands = calls.read_text().splitlines()
     assert [c.split()[3] for c in commands] == ["import-tar", "list", "extract", "export-tar",
                                                 "delete"]
     assert all(c.startswith(f"--log-json --lock-wait {LOCK_WAIT} ") for c in commands)
-    Borg(repo, executable=str(recorder)).list_archives()
+    Borg1Repository(repo, executable=str(recorder)).list_archives()
     assert calls.read_text().splitlines()[-1].startswith(
         f"--log-json --lock-wait {DEFAULT_LOCK_WAIT} list ")
     assert DEFAULT_LOCK_WAIT >= 4 * 60 * 60   # a full backup of another domain, not borg's 1 s
@@ -398,7 +399,7 @@ def test_locked_repository_raises_repository_locked(make_repo):
             assert holder.poll() is None and time.monotonic() < deadline, "no lock taken"
             time.sleep(0.01)
         with pytest.raises(RepositoryLocked) as e:
-            Borg(borg.repo, lock_wait=0).list_archives()
+            Borg1Repository(borg.repo, lock_wait=0).list_archives()
     finally:
         holder.communicate(timeout=30)   # cat sees EOF: borg releases the lock
     assert holder.returncode == 0

@@ -11,14 +11,18 @@ import contextlib
 import pytest
 
 from borg_vm import cli
+from borg_vm.adapters import libvirt
+from borg_vm.commands import backup as backup_command
+from borg_vm.commands import list as list_command
+from borg_vm.commands import options
 from borg_vm.errors import DomainNotFound
 
 
 @pytest.fixture
 def fake_stack(monkeypatch):
     """Replace libvirt's connection and the repository with inert stand-ins."""
-    monkeypatch.setattr(cli.virt, "connect", lambda uri: contextlib.nullcontext(object()))
-    monkeypatch.setattr(cli, "Borg", lambda repo, **options: object())
+    monkeypatch.setattr(libvirt, "connect", lambda uri: contextlib.nullcontext(object()))
+    monkeypatch.setattr(options.borg_adapter, "open_repository", lambda repo, **kw: object())
     monkeypatch.setenv("BORG_REPO", "/nonexistent/repo")
 
 
@@ -39,7 +43,7 @@ def test_an_unexpected_error_in_one_domain_does_not_stop_the_others(fake_stack, 
             raise TypeError("'<' not supported between instances of 'int' and 'str'")
         raise DomainNotFound(name=name, uri="qemu:///system")
 
-    monkeypatch.setattr(cli, "backup", backup)
+    monkeypatch.setattr(backup_command, "backup", backup)
     code, out, err = run_main(capsys, "backup", "a", "b", "--no-progress")
     assert tried == ["a", "b"]
     assert code == 2
@@ -56,7 +60,7 @@ def test_an_unexpected_error_anywhere_exits_2_with_one_line(fake_stack, monkeypa
     def boom(borg, domain):
         raise KeyError("time")
 
-    monkeypatch.setattr(cli.listing, "list_archives", boom)
+    monkeypatch.setattr(list_command, "list_archives", boom)
     code, out, err = run_main(capsys, "list")
     assert code == 2
     assert err == ("borg-vm: unexpected error (a bug in borg-vm, please report it): "
@@ -64,7 +68,7 @@ def test_an_unexpected_error_anywhere_exits_2_with_one_line(fake_stack, monkeypa
 
 
 def test_debug_adds_the_traceback(fake_stack, monkeypatch, capsys):
-    monkeypatch.setattr(cli.listing, "list_archives",
+    monkeypatch.setattr(list_command, "list_archives",
                         lambda borg, domain: (_ for _ in ()).throw(ValueError("x")))
     code, _out, err = run_main(capsys, "--debug", "list")
     assert code == 2
@@ -73,7 +77,7 @@ def test_debug_adds_the_traceback(fake_stack, monkeypatch, capsys):
 
 def test_full_every_comes_from_the_environment(fake_stack, monkeypatch, capsys):
     seen = []
-    monkeypatch.setattr(cli, "backup", lambda hv, borg, name, opts: seen.append(opts.full_every)
+    monkeypatch.setattr(backup_command, "backup", lambda hv, borg, name, opts: seen.append(opts.full_every)
                         or (_ for _ in ()).throw(KeyError("stop")))
     monkeypatch.setenv("BORG_VM_FULL_EVERY", "30d")
     run_main(capsys, "backup", "a")
@@ -93,7 +97,7 @@ def test_full_every_comes_from_the_environment(fake_stack, monkeypatch, capsys):
 def backup_options(monkeypatch):
     """Make backup record the options it gets (and stop there); return the list."""
     seen = []
-    monkeypatch.setattr(cli, "backup", lambda hv, borg, name, opts: seen.append((name, opts))
+    monkeypatch.setattr(backup_command, "backup", lambda hv, borg, name, opts: seen.append((name, opts))
                         or (_ for _ in ()).throw(KeyError("stop")))
     return seen
 
@@ -117,7 +121,7 @@ def test_quiesce_has_no_other_value(fake_stack, monkeypatch, capsys):
     seen = backup_options(monkeypatch)
     code, _out, err = run_main(capsys, "backup", "a", "--quiesce=yes")
     assert code == 2 and not seen
-    assert "argument --quiesce[=try]: ignored explicit argument 'yes'" in err
+    assert "argument --quiesce: takes no value or =try, not 'yes'" in err
 
 
 def test_freeze_timeout_comes_from_the_environment(fake_stack, monkeypatch, capsys):
@@ -153,10 +157,16 @@ def test_boot_finish_and_resume_are_one_or_the_other(capsys):
 
 
 def test_socket_owner_takes_names_and_numbers():
-    assert cli._owner("0") == (0, 0)
-    assert cli._owner("root:0") == (0, 0)
-    assert cli._owner("0:root") == (0, 0)
-    with pytest.raises(cli.argparse.ArgumentTypeError, match="no such user or group"):
-        cli._owner("no-such-user-borgvm")
-    with pytest.raises(cli.argparse.ArgumentTypeError, match="no such user or group"):
-        cli._owner("root:no-such-group-borgvm")
+    assert options.owner("0") == (0, 0)
+    assert options.owner("root:0") == (0, 0)
+    assert options.owner("0:root") == (0, 0)
+    with pytest.raises(ValueError, match="no such user or group"):
+        options.owner("no-such-user-borgvm")
+    with pytest.raises(ValueError, match="no such user or group"):
+        options.owner("root:no-such-group-borgvm")
+
+
+def test_socket_owner_errors_are_usage_errors(capsys):
+    code, _out, err = run_main(capsys, "mount", "web01", "--socket", "/tmp/s",
+                               "--socket-owner", "no-such-user-borgvm")
+    assert code == 2 and "argument --socket-owner: no such user or group" in err

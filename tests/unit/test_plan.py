@@ -242,16 +242,24 @@ def chain_of(n_incs, start="2026-11-01T02:00:00Z"):
 
 
 @pytest.mark.parametrize("text, age, count", [("30d", 30 * 86400, None), ("2w", 14 * 86400, None),
-                                              ("12h", 12 * 3600, None), ("14", None, 14),
+                                              ("12H", 12 * 3600, None), ("14", None, 14),
+                                              ("1m", 31 * 86400, None), ("1y", 365 * 86400, None),
                                               ("never", None, None)])
 def test_full_every_parses(text, age, count):
     assert FullEvery.parse(text) == FullEvery(text, age, count)
 
 
-@pytest.mark.parametrize("text", ["", "0", "0d", "d", "-1", "3x", "1.5d", " 3", "Never", "no"])
+@pytest.mark.parametrize("text", ["", "0", "0d", "d", "-1", "3x", "1.5d", " 3", "Never", "no",
+                                  "12h", "30s", "90M"])
 def test_full_every_rejects(text):
     with pytest.raises(ValueError):
         FullEvery.parse(text)
+
+
+def test_full_every_and_keep_within_read_one_unit_alike():
+    """The bug of two parsers: --full-every 1m was a minute, --keep-within 1m a month."""
+    from borg_vm.core import durations
+    assert FullEvery.parse("1m").age == durations.parse_hours("1m") * 3600 == 31 * 86400
 
 
 def test_full_every_count_starts_a_new_chain_when_due_and_not_before():

@@ -8,7 +8,7 @@ from hypothesis import given, settings, strategies as st
 
 from borg_vm.format.manifest import FULL, INC, ArchiveInfo, ArchiveName, DiskSummary, Summary
 from borg_vm.core.chain import disk_chain
-from borg_vm.core.retention import KEEP, NEWEST, PRUNE, Rules, decide, interval_hours, kept_points
+from borg_vm.core.retention import KEEP, NEWEST, PRUNE, Rules, decide, kept_points
 
 UTC = timezone.utc
 NOW = datetime(2026, 11, 27, 3, 0, 0, tzinfo=UTC)
@@ -89,14 +89,6 @@ def test_daily_weekly_keep_the_newest_of_each_period():
     got = verdicts(archives, Rules(daily=3))
     kept = sorted((k for k, (v, _) in got.items() if v == KEEP), key=int)
     assert kept == ["71", "75", "79"]                                       # the last of 3 days
-
-
-def test_interval_hours():
-    assert [interval_hours(x) for x in ("12H", "7d", "2w", "6m", "1y")] == [
-        12, 168, 336, 24 * 31 * 6, 24 * 365]
-    for bad in ("", "7", "d", "0d", "-1d", "7x", "1.5d"):
-        with pytest.raises(ValueError):
-            interval_hours(bad)
 
 
 # --- properties ---------------------------------------------------------------------

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 
-from borg_vm.adapters.borg import Borg
+from borg_vm.adapters.borg import Repository
 from borg_vm.adapters.libvirt import Domain
 from borg_vm.format import manifest as fmt
 from borg_vm.core import domxml
@@ -27,7 +27,7 @@ from borg_vm.format import reader as members
 log = logging.getLogger(__name__)
 
 
-def checkpoint(dom: Domain, borg: Borg, parent: ArchiveInfo) -> str | None:
+def checkpoint(dom: Domain, borg: Repository, parent: ArchiveInfo) -> str | None:
     """Redefine parent's checkpoint in libvirt from the XML stored in parent.
 
     Return None when it is back, else why it could not be brought back.

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 
 from borg_vm import prefetch, runtime
-from borg_vm.adapters.borg import Borg
+from borg_vm.adapters.borg import Repository
 from borg_vm.adapters.libvirt import Domain, Hypervisor
 from borg_vm.adapters.disk_sources import PullBackupSource
 from borg_vm.format import manifest as fmt
@@ -144,7 +144,7 @@ def end_stale_job(dom: Domain) -> None:
                        detail="another backup job is running on this domain")
 
 
-def backup(hv: Hypervisor, borg: Borg, name: str, opts: BackupOptions) -> BackupResult:
+def backup(hv: Hypervisor, borg: Repository, name: str, opts: BackupOptions) -> BackupResult:
     """Back up one domain (running or shut off) into one new archive; return what was done.
 
     Raise a BorgVmError subclass (nothing recorded, nothing lost) on failure.
@@ -168,7 +168,7 @@ def backup(hv: Hypervisor, borg: Borg, name: str, opts: BackupOptions) -> Backup
     return result
 
 
-def _delete_leftovers(dom: Domain, borg: Borg, partial: list[str]) -> None:
+def _delete_leftovers(dom: Domain, borg: Repository, partial: list[str]) -> None:
     """Delete what crashed runs left in the repository (borg checkpoint archives,
     older borg-vm's partial archives), now that the new archive reused their
     chunks. Best effort: the backup is done; the next run tries again."""
@@ -182,7 +182,7 @@ def _delete_leftovers(dom: Domain, borg: Borg, partial: list[str]) -> None:
         log.error("%s: could not delete %s: %s", dom.name, ", ".join(partial), e.message)
 
 
-def _backup_locked(dom: Domain, borg: Borg, opts: BackupOptions, xml: str,
+def _backup_locked(dom: Domain, borg: Repository, opts: BackupOptions, xml: str,
                    disks: list[plan.Disk], own: set[str],
                    archives: list[ArchiveInfo]) -> BackupResult:
     lost = _recover_checkpoint(dom, borg, opts, archives, own)
@@ -202,7 +202,7 @@ def _backup_locked(dom: Domain, borg: Borg, opts: BackupOptions, xml: str,
         return _run(dom, borg, opts, disks, archives, full, xml)
 
 
-def _recover_checkpoint(dom: Domain, borg: Borg, opts: BackupOptions,
+def _recover_checkpoint(dom: Domain, borg: Repository, opts: BackupOptions,
                         archives: list[ArchiveInfo], own: set[str]) -> str | None:
     """If libvirt lost the newest archive's checkpoint, bring it back from the
     archive (services/backup/checkpoint_recovery.py) and add it to own; return why it could not be."""
@@ -216,7 +216,7 @@ def _recover_checkpoint(dom: Domain, borg: Borg, opts: BackupOptions,
     return lost
 
 
-def _run(dom: Domain, borg: Borg, opts: BackupOptions, disks: list[plan.Disk],
+def _run(dom: Domain, borg: Repository, opts: BackupOptions, disks: list[plan.Disk],
          archives: list[ArchiveInfo], p: plan.Plan, xml: str) -> BackupResult:
     log.info("%s: %s backup: %s", dom.name, p.level, p.reason)
     when = datetime.now(timezone.utc)
@@ -322,7 +322,7 @@ def _stopped(dom: Domain) -> bool:
         return False
 
 
-def _stream(dom: Domain, borg: Borg, opts: BackupOptions, p: plan.Plan, name: ArchiveName,
+def _stream(dom: Domain, borg: Repository, opts: BackupOptions, p: plan.Plan, name: ArchiveName,
             when: datetime, session: Session, disks: dict[str, plan.Disk],
             layers: dict[str, snapshots.DiskLayers]
             ) -> tuple[Manifest, CommittedThenFailed | None]:
@@ -350,7 +350,7 @@ def _stream(dom: Domain, borg: Borg, opts: BackupOptions, p: plan.Plan, name: Ar
         return _write_archive(dom, borg, opts, name, when, session, old, manifest)
 
 
-def _write_archive(dom: Domain, borg: Borg, opts: BackupOptions, name: ArchiveName,
+def _write_archive(dom: Domain, borg: Repository, opts: BackupOptions, name: ArchiveName,
                    when: datetime, session: Session, old: DiskSource,
                    manifest: Manifest) -> tuple[Manifest, CommittedThenFailed | None]:
     """Stream the members the manifest lists into borg import-tar, the manifest last,
@@ -406,7 +406,7 @@ def _write_archive(dom: Domain, borg: Borg, opts: BackupOptions, name: ArchiveNa
     return manifest, None
 
 
-def _committed(borg: Borg, name: ArchiveName) -> bool:
+def _committed(borg: Repository, name: ArchiveName) -> bool:
     """Return True if the repository holds archive name (False if it cannot say)."""
     try:
         return str(name) in {a.name for a in borg.list_archives()}

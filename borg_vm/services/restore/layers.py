@@ -19,7 +19,7 @@ import os
 from dataclasses import dataclass
 from typing import Iterator
 
-from borg_vm.adapters.borg import Borg
+from borg_vm.adapters.borg import Repository
 from borg_vm.format import manifest as fmt
 from borg_vm.core import chain, layers
 from borg_vm.format.manifest import ArchiveInfo, Manifest
@@ -44,7 +44,7 @@ class LayeredDisk:
         return self.images[-1]
 
 
-def plan(borg: Borg, archives: list[ArchiveInfo], top: ArchiveInfo, targets: tuple[str, ...],
+def plan(borg: Repository, archives: list[ArchiveInfo], top: ArchiveInfo, targets: tuple[str, ...],
          base_format: str, top_files: tuple[str, ...] = ()
          ) -> tuple[list[LayeredDisk], dict[str, Manifest], dict[str, bytes]]:
     """Return each disk's layered plan, the manifests read for it (by archive name)
@@ -68,7 +68,7 @@ def plan(borg: Borg, archives: list[ArchiveInfo], top: ArchiveInfo, targets: tup
     return out, manifests, files
 
 
-def _manifests(borg: Borg, arcs: list[ArchiveInfo], top: ArchiveInfo,
+def _manifests(borg: Repository, arcs: list[ArchiveInfo], top: ArchiveInfo,
                top_files: tuple[str, ...]) -> tuple[dict[str, Manifest], dict[str, bytes]]:
     """Return the archives' manifests by archive name (each borg starting while the
     manifest before is read), and top's top_files (one of arcs) read with its own."""

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Iterator
 
 from borg_vm import runtime
-from borg_vm.adapters.borg import Borg
+from borg_vm.adapters.borg import Repository
 from borg_vm.format import manifest as fmt
 from borg_vm.core import chain, domxml
 from borg_vm.format.manifest import ArchiveInfo, Manifest
@@ -115,7 +115,7 @@ class RestoreResult:
 TOP_FILES = (fmt.DOMAIN_XML, fmt.MANIFEST)
 
 
-def restore(borg: Borg, domain: str, opts: RestoreOptions) -> RestoreResult:
+def restore(borg: Repository, domain: str, opts: RestoreOptions) -> RestoreResult:
     """Restore domain's disks (and a definable domain XML) into opts.to, files 0600.
 
     The XML names no host resource unless opts.keep_host_resources (what was
@@ -205,7 +205,7 @@ def _write_chain(found: Iterator, plans: list[DiskPlan], order: list[ArchiveInfo
         runtime.phase(runtime.APPLIED, "%s written into %s", arc.archive, stage)
 
 
-def restored_xml(borg: Borg, top: ArchiveInfo, images: dict[str, tuple[str, str]],
+def restored_xml(borg: Repository, top: ArchiveInfo, images: dict[str, tuple[str, str]],
                  keep_host_resources: bool, name: str) -> tuple[str, list[str]]:
     """Return the XML of a domain called name on the restored images (see
     xml_from), from top's domain.xml and manifest read from Borg.

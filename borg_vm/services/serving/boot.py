@@ -39,7 +39,7 @@ from typing import Callable
 from borg_vm import runtime
 from borg_vm.adapters import libvirt as virt
 from borg_vm.adapters import nbdkit
-from borg_vm.adapters.borg import Borg
+from borg_vm.adapters.borg import Repository
 from borg_vm.core import bootxml, chain, domxml
 from borg_vm.core.bootxml import BootRecord
 from borg_vm.errors import (DomainExists, LibvirtError, NotBooted, NotRunning, PullFailed,
@@ -88,7 +88,7 @@ class Booted:
         return dataclasses.asdict(self)
 
 
-def boot(hv: virt.Hypervisor, borg: Borg, domain: str, opts: BootOptions) -> Booted:
+def boot(hv: virt.Hypervisor, borg: Repository, domain: str, opts: BootOptions) -> Booted:
     """Define and start a copy of domain as of opts.checkpoint (default: the newest)
     named opts.name (default: DOMAIN-restored), its disks qcow2 overlays in opts.to
     backed by a background server reading the repository. Return what was booted.
@@ -113,7 +113,7 @@ def boot(hv: virt.Hypervisor, borg: Borg, domain: str, opts: BootOptions) -> Boo
     new_uuid = str(uuid.uuid4())
     run = runtime.boot_dir_path(new_uuid)
     sockets = {t: os.path.join(run, f"{t}.sock") for t in images}
-    record = BootRecord(_absolute(borg.repo), domain, top.name.checkpoint, run)
+    record = BootRecord(borg.absolute_location(), domain, top.name.checkpoint, run)
     xml = bootxml.boot_domain_xml(xml, new_uuid, sockets, record)
     owner = domxml.qemu_owner(xml) or hv.qemu_user(bootxml.domain_type(xml))
     with restore.target_dir(to), _undo_on_failure() as undo, \
@@ -167,14 +167,6 @@ def _clean_stale(hv: virt.Hypervisor) -> None:
 def _unlink(p: str) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(p)
-
-
-def _absolute(repo: str) -> str:
-    """Return the repository location, a local path made absolute (the server and
-    --resume may run elsewhere); ssh:// and host:path locations as they are."""
-    if "://" in repo or ":" in repo.split("/", 1)[0]:
-        return repo
-    return os.path.abspath(repo)
 
 
 def _server(run: str) -> dict:
@@ -313,7 +305,7 @@ class Resumed:
         return dataclasses.asdict(self)
 
 
-def resume(hv: virt.Hypervisor, borg_for: Callable[[str], Borg], name: str) -> Resumed:
+def resume(hv: virt.Hypervisor, borg_for: Callable[[str], Repository], name: str) -> Resumed:
     """Start the server of the booted domain name again if it is not running (on the
     same sockets, with borg_for(the recorded repository)), then start the domain if it
     is shut off, or resume it if QEMU paused it on a failed read (once QEMU has

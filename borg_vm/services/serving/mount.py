@@ -38,7 +38,7 @@ from typing import Callable, Iterator
 
 from borg_vm import runtime
 from borg_vm.adapters import nbdkit, subproc
-from borg_vm.adapters.borg import Borg, glob_literal, mounted
+from borg_vm.adapters.borg import Repository, mounted
 from borg_vm.format import manifest as fmt
 from borg_vm.core import chain
 from borg_vm.format import piecemap as diskmap
@@ -83,7 +83,7 @@ def uri(socket_path: str) -> str:
     return f"nbd+unix:///?socket={socket_path}"
 
 
-def mount(borg: Borg, domain: str, opts: MountOptions, ready: Callable[[Served], None]
+def mount(borg: Repository, domain: str, opts: MountOptions, ready: Callable[[Served], None]
           ) -> Served:
     """Serve domain's disks as of opts.checkpoint (default: the newest) until SIGINT
     or SIGTERM; call ready(Served) once every export listens. Return what was served.
@@ -106,7 +106,7 @@ def mount(borg: Borg, domain: str, opts: MountOptions, ready: Callable[[Served],
         mnt = os.path.join(run, ARCHIVES)
         os.mkdir(mnt, 0o700)
         try:
-            with borg.mount(mnt, glob_literal(domain) + ".*") as borg_proc:
+            with borg.mount(mnt, borg.archive_glob(domain + ".")) as borg_proc:
                 maps = {t: _disk_map(mnt, links, t) for t, links in chains.items()}
                 served = Served(domain, top.name.checkpoint, {
                     t: {"socket": sockets[t], "uri": uri(sockets[t]), "size": m.size}
@@ -157,7 +157,7 @@ def _check_free(path: str) -> None:
     raise SocketInUse(path=path, detail="is a socket in use")
 
 
-def _clean_stale(borg: Borg) -> None:
+def _clean_stale(borg: Repository) -> None:
     """Unmount and remove what mounts of killed borg-vm runs left behind."""
     for path in runtime.stale_mount_dirs():
         mnt = os.path.join(path, ARCHIVES)

@@ -41,7 +41,7 @@ from typing import Callable
 
 from borg_vm import runtime
 from borg_vm.adapters import nbdkit, subproc
-from borg_vm.adapters.borg import Borg
+from borg_vm.adapters.borg import Repository
 from borg_vm.errors import ServerFailed
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ def running(run: str) -> bool:
     return bool(runtime.lock_held(path(run, LOCK)))
 
 
-def start(run: str, borg: Borg, domain: str, checkpoint: str, sockets: dict[str, str],
+def start(run: str, borg: Repository, domain: str, checkpoint: str, sockets: dict[str, str],
           owner: tuple[int, int] | None) -> dict:
     """Start the server of domain's disks as of checkpoint on sockets (in run), handed
     to owner (uid, gid); return what it serves (borg-vm mount's --json document) once

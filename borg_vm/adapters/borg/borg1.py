@@ -1,6 +1,7 @@
-"""The borg command line: the only module that runs borg.
+"""Borg 1.2 to 1.4 repositories through the borg command line (the Repository
+protocol's first implementation; spellings from features.Dialect).
 
-Borg is driven through its CLI (borg >= 1.2) with ``--log-json`` so its
+Borg is driven through its CLI with ``--log-json`` so its
 errors arrive as JSON lines with a ``msgid`` that maps to borg-vm errors.
 The repository, passphrase and ssh settings are borg's own: BORG_PASSPHRASE,
 BORG_PASSCOMMAND and BORG_RSH pass through the environment untouched;
@@ -32,10 +33,11 @@ import shutil
 import signal
 import sys
 import time
-from dataclasses import dataclass
 from typing import Callable, ContextManager, Iterable, Iterator, Sequence
 
 from borg_vm.adapters import subproc
+from borg_vm.adapters.borg.features import BorgVersion, Dialect, glob_literal
+from borg_vm.adapters.borg.protocol import Item, Listed
 from borg_vm.errors import (BorgError, BorgNotFound, BorgQuestion, PasscommandFailed,
                       PassphraseMissing, PassphraseWrong, RepositoryFull, RepositoryLocked,
                       RepositoryNotFound)
@@ -46,7 +48,7 @@ log = logging.getLogger(__name__)
 # repository or its cache. Borg's own default is 1 s, so two domains backed
 # up into one repository at once (borg-vm@.timer starts every domain at 02:00)
 # failed. Another domain's backup holds the lock for its whole import-tar: at
-# the ~100 MiB/s borg ingests encrypted data (FACTS.md) 6 h is a full backup
+# the ~100 MiB/s borg ingests encrypted data (bench/RESULTS.md) 6 h is a full backup
 # of about 2 TiB of allocated disk data, and a run stuck behind a forgotten
 # lock still gives up before the next night's runs start.
 DEFAULT_LOCK_WAIT = 6 * 60 * 60
@@ -94,33 +96,23 @@ def find_borg() -> str:
     return found
 
 
-@dataclass(frozen=True)
-class Listed:
-    name: str
-    comment: str
-    time: str
+# The version assumed when the caller does not say (tests that build one directly).
+BORG1 = BorgVersion(1, 4, 0)
 
 
-@dataclass(frozen=True)
-class Item:
-    """One item of an archive as 'borg list' shows it (type "-": a regular file)."""
-
-    path: str
-    type: str
-    size: int
-
-
-class Borg:
-    """One Borg repository, reached through the borg CLI."""
+class Borg1Repository:
+    """One Borg 1.x repository, reached through the borg CLI."""
 
     def __init__(self, repo: str, *, executable: str | None = None,
                  lock_wait: int = DEFAULT_LOCK_WAIT,
-                 ask_passphrase: Callable[[str], str] | None = None):
+                 ask_passphrase: Callable[[str], str] | None = None,
+                 version: BorgVersion = BORG1):
         """ask_passphrase(prompt) -> passphrase is called when the repository
         needs a passphrase and none was given (None: fail instead)."""
         self.repo = repo
         self.executable = executable or find_borg()
         self.lock_wait = lock_wait
+        self.dialect = Dialect(version)
         self._ask = ask_passphrase
         self._asked = 0
         self._passphrase = self._take_passphrase_fd()
@@ -162,8 +154,16 @@ class Borg:
         wait = BRIEF_LOCK_WAIT if brief else self.lock_wait
         return [self.executable, "--log-json", "--lock-wait", str(wait), command, *args]
 
-    def location(self, archive: str | None = None) -> str:
-        return f"{self.repo}::{archive}" if archive else self.repo
+    def location(self, archive: str | None = None) -> list[str]:
+        """The argv naming the repository, or one of its archives."""
+        return (self.dialect.archive_args(self.repo, archive) if archive
+                else self.dialect.repository_args(self.repo))
+
+    def absolute_location(self) -> str:
+        return self.dialect.absolute_location(self.repo)
+
+    def archive_glob(self, prefix: str) -> str:
+        return glob_literal(prefix) + "*"
 
     def _error(self, action: str, e: subproc.CommandFailed) -> BorgError:
         """Turn a failed borg run into the borg-vm error its msgid means."""
@@ -210,9 +210,10 @@ class Borg:
     def list_archives(self, *, checkpoints: bool = False) -> list[Listed]:
         """Return every archive of the repository with its comment and time
         (checkpoints: borg's checkpoint archives too)."""
-        out = self._run("list", self._argv("list", "--json", "--format", "{comment}",
-                                           *(("--consider-checkpoints",) if checkpoints
-                                             else ()), self.location()))
+        out = self._run("list", self._argv(self.dialect.list_archives_command(), "--json",
+                                           "--format", "{comment}",
+                                           *(self.dialect.checkpoint_args() if checkpoints
+                                             else ()), *self.location()))
         doc = json.loads(out)
         return [Listed(a["name"], a.get("comment", ""), a.get("time", ""))
                 for a in doc["archives"]]
@@ -224,7 +225,7 @@ class Borg:
         order: the order 'borg extract --stdout' of the same paths writes them in.
         brief: wait BRIEF_LOCK_WAIT for the repository lock."""
         argv = self._argv("list", "--json-lines", "--format", "{type}{size}{path}",
-                          self.location(archive), *paths, brief=brief)
+                          *self.location(archive), *paths, brief=brief)
         return self._output(argv)
 
     @contextlib.contextmanager
@@ -234,21 +235,16 @@ class Borg:
                                                             pass_fds=fds) as s:
             yield s
 
-    def extract_file(self, archive: str, path: str) -> bytes:
-        """Return the contents of one file of an archive."""
-        return self._run("extract", self._argv("extract", "--stdout", self.location(archive),
-                                               path))
-
     def delete(self, archives: Sequence[str]) -> None:
         """Delete archives, in the order given, in one borg transaction (a borg killed
         midway deletes none); space is freed by a later 'borg compact'."""
         if archives:
-            self._run("delete", self._argv("delete", self.location(archives[0]),
+            self._run("delete", self._argv("delete", *self.location(archives[0]),
                                            *archives[1:]))
 
     def compact(self) -> None:
         """Free the space deleted archives held ('borg compact')."""
-        self._run("compact", self._argv("compact", self.location()))
+        self._run("compact", self._argv("compact", *self.location()))
 
     @contextlib.contextmanager
     def import_tar(self, archive: str, *, comment: str, timestamp: str,
@@ -268,7 +264,7 @@ class Borg:
         """
         argv = self._argv("import-tar", "--comment", comment, "--timestamp", timestamp,
                           "--compression", compression, "--chunker-params", chunker_params,
-                          self.location(archive), "-")
+                          *self.location(archive), "-")
         with self.child_env() as (env, fds), subproc.stream(
                 argv, stdin=True, env=env, pass_fds=fds, hold_stdin=True,
                 parent_death_signal=signal.SIGTERM) as s:
@@ -278,7 +274,7 @@ class Borg:
                    ) -> ContextManager[subproc.Stream]:
         """Return a context manager yielding a running 'borg export-tar' writing the archive's paths to its stdout.
         brief: wait BRIEF_LOCK_WAIT for the repository lock."""
-        argv = self._argv("export-tar", self.location(archive), "-", *paths, brief=brief)
+        argv = self._argv("export-tar", *self.location(archive), "-", *paths, brief=brief)
         return self._output(argv)
 
     def extract_stdout(self, archive: str, paths: Sequence[str], *, brief: bool = False
@@ -286,13 +282,13 @@ class Borg:
         """Return a context manager yielding a running 'borg extract --stdout' writing the contents of the
         archive's regular files under paths, one after the other, to its stdout.
         brief: wait BRIEF_LOCK_WAIT for the repository lock."""
-        argv = self._argv("extract", "--stdout", self.location(archive), *paths, brief=brief)
+        argv = self._argv("extract", "--stdout", *self.location(archive), *paths, brief=brief)
         return self._output(argv)
 
     @contextlib.contextmanager
     def mount(self, mountpoint: str, archive_glob: str) -> Iterator[subproc.Stream]:
-        """Mount the repository's archives that match archive_glob (a borg archive
-        glob, see glob_literal) read-only at mountpoint with 'borg mount', one
+        """Mount the repository's archives that match archive_glob (see
+        archive_glob) read-only at mountpoint with 'borg mount', one
         directory per archive, each read from the repository as it is used; yield
         the running borg (its exit means the mount is gone); unmount when the block
         ends.
@@ -302,8 +298,8 @@ class Borg:
         shared lock meanwhile: writers (borg create, delete) wait for it. Raise the
         matching BorgError if borg fails to mount.
         """
-        argv = self._argv("mount", "--foreground", "--glob-archives", archive_glob,
-                          self.location(), mountpoint)
+        argv = self._argv("mount", "--foreground", *self.dialect.match_archives_args(archive_glob),
+                          *self.location(), mountpoint)
         with self.child_env() as (env, fds), subproc.stream(
                 argv, env=env, pass_fds=fds, parent_death_signal=signal.SIGINT) as proc:
             self._wait_mounted(proc, mountpoint)
@@ -349,11 +345,6 @@ def items(lines: Iterable[bytes]) -> Iterator[Item]:
     for line in lines:
         doc = json.loads(line)
         yield Item(doc["path"], doc["type"], doc.get("size", 0))
-
-
-def glob_literal(text: str) -> str:
-    """Return a borg archive glob (--glob-archives) that matches text literally."""
-    return "".join(f"[{c}]" if c in "*?[" else c for c in text)
 
 
 def mounted(path: str) -> bool:

@@ -1,0 +1,46 @@
+"""Borg behind one seam: the only package that runs borg.
+
+    protocol.py   Repository: what commands and services ask of a repository
+    features.py   the borg program's version, read once, and every spelling
+                  that depends on it (Dialect)
+    borg1.py      Borg 1.2-1.4 repositories (chains of archives)
+
+``open_repository`` reads the version of the borg it will run and returns the
+implementation for it. A second generation is one more module implementing
+Repository and one more branch here; no caller changes.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from borg_vm.adapters import subproc
+from borg_vm.adapters.borg import features
+from borg_vm.adapters.borg.borg1 import (BRIEF_LOCK_WAIT, DEFAULT_LOCK_WAIT, Borg1Repository,
+                                         find_borg, items, mounted)
+from borg_vm.adapters.borg.protocol import Item, Listed, Repository
+from borg_vm.errors import BorgNotFound
+
+__all__ = ["BRIEF_LOCK_WAIT", "DEFAULT_LOCK_WAIT", "Borg1Repository", "Item", "Listed",
+           "Repository", "find_borg", "items", "mounted", "open_repository"]
+
+
+def open_repository(location: str, *, lock_wait: int = DEFAULT_LOCK_WAIT,
+                    ask_passphrase: Callable[[str], str] | None = None,
+                    executable: str | None = None) -> Repository:
+    """Return the repository at location, reached through the borg program found
+    (find_borg) or given. Raise BorgNotFound if there is none, BorgUnsupported if
+    borg-vm has no implementation for its version."""
+    executable = executable or find_borg()
+    version = features.detect(executable, _version_output)
+    features.check_supported(version, executable)
+    return Borg1Repository(location, executable=executable, lock_wait=lock_wait,
+                           ask_passphrase=ask_passphrase, version=version)
+
+
+def _version_output(argv: list[str]) -> str:
+    try:
+        return subproc.run(argv).stdout.decode(errors="replace")
+    except subproc.CommandFailed as e:
+        raise BorgNotFound(detail=f"{' '.join(argv)}: {e.stderr.strip() or e.returncode}") \
+            from e

@@ -1,0 +1,167 @@
+"""Every difference between Borg versions, decided in one place.
+
+The generation of the borg program is read once (``borg --version``, cached by
+the executable's identity: a borg start costs ~0.4 s, a nightly run should not
+pay it twice) and turned into a ``Dialect``: how a repository and an archive
+are named on the command line, which command lists archives, how archives are
+matched by a pattern. Callers never spell a version-dependent flag.
+
+    generation  archive on argv       list archives      match archives
+    1 (1.2-1.4) REPO::ARCHIVE         list REPO          --glob-archives GLOB
+    2 (2.0 b)   -r REPO ARCHIVE       repo-list -r REPO  -a sh:GLOB
+
+Borg 1.2 to 1.4 are what borg-vm reads and writes today; a Borg 2 repository
+needs an implementation of its own (its archives are series plus IDs), which
+``open_repository`` refuses until there is one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from typing import Callable
+
+from borg_vm.errors import BorgNotFound, BorgUnsupported
+
+# What the 1.x implementation was written and tested against (borg import-tar
+# and --log-json msgids as of 1.2; 1.4 is what set-up installs).
+BORG1_OLDEST = (1, 2)
+CACHE_ENV = "BORG_VM_CACHE_DIR"
+CACHE_FILE = "borg-versions.json"
+_VERSION_RE = re.compile(r"^borg(?:\.exe)? (\d+)\.(\d+)\.(\d+)((?:a|b|rc|\.dev)\d+)?", re.M)
+
+
+@dataclass(frozen=True, order=True)
+class BorgVersion:
+    major: int
+    minor: int
+    patch: int
+    pre: str = ""   # "b23" for 2.0.0b23; "" for a release
+
+    @classmethod
+    def parse(cls, text: str) -> "BorgVersion":
+        """Parse what 'borg --version' prints ("borg 1.4.5", "borg 2.0.0b23");
+        raise ValueError otherwise."""
+        m = _VERSION_RE.search(text)
+        if not m:
+            raise ValueError(f"not a borg version: {text.strip()[:80]!r}")
+        return cls(int(m[1]), int(m[2]), int(m[3]), m[4] or "")
+
+    def __str__(self) -> str:
+        return f"{self.major}.{self.minor}.{self.patch}{self.pre}"
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """How one Borg generation spells what borg-vm asks of it."""
+
+    version: BorgVersion
+
+    @property
+    def generation(self) -> int:
+        return self.version.major
+
+    def repository_args(self, repo: str) -> list[str]:
+        """The argv naming the repository alone."""
+        return [repo] if self.generation == 1 else ["-r", repo]
+
+    def archive_args(self, repo: str, archive: str) -> list[str]:
+        """The argv naming one archive of the repository."""
+        return [f"{repo}::{archive}"] if self.generation == 1 else ["-r", repo, archive]
+
+    def list_archives_command(self) -> str:
+        return "list" if self.generation == 1 else "repo-list"
+
+    def checkpoint_args(self) -> list[str]:
+        """The flags that list what interrupted runs left (borg 1's checkpoint archives)."""
+        return ["--consider-checkpoints"] if self.generation == 1 else []
+
+    def match_archives_args(self, glob: str) -> list[str]:
+        """The flags selecting archives by a shell-style pattern."""
+        return ["--glob-archives", glob] if self.generation == 1 else ["-a", f"sh:{glob}"]
+
+    def absolute_location(self, repo: str) -> str:
+        """Return the location with a local path made absolute; remote ones
+        (ssh://, and borg 1's scp-style host:path) as they are."""
+        if "://" in repo or (self.generation == 1 and ":" in repo.split("/", 1)[0]):
+            return repo
+        return os.path.abspath(repo)
+
+
+def glob_literal(text: str) -> str:
+    """Return a shell-style archive pattern that matches text literally."""
+    return "".join(f"[{c}]" if c in "*?[" else c for c in text)
+
+
+def check_supported(version: BorgVersion, executable: str) -> None:
+    """Raise BorgUnsupported unless borg-vm has an implementation for version."""
+    if version.major == 1 and (version.major, version.minor) >= BORG1_OLDEST:
+        return
+    raise BorgUnsupported(executable=executable, version=str(version),
+                          supported=f"{BORG1_OLDEST[0]}.{BORG1_OLDEST[1]} to 1.4")
+
+
+def detect(executable: str, ask: Callable[[list[str]], str]) -> BorgVersion:
+    """Return the version of the borg at executable: from the cache if that file
+    is unchanged since, else by ask([executable, '--version']) (its stdout).
+
+    Raise BorgNotFound if the executable is missing or does not say a version.
+    """
+    try:
+        st = os.stat(executable)
+    except OSError as e:
+        raise BorgNotFound(detail=f"{executable}: {e.strerror}") from e
+    key = f"{os.path.realpath(executable)}:{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
+    cached = _load_cache()
+    if key in cached:
+        with contextlib.suppress(ValueError):
+            return BorgVersion.parse(cached[key])
+    out = ask([executable, "--version"])
+    try:
+        version = BorgVersion.parse(out)
+    except ValueError as e:
+        raise BorgNotFound(detail=f"{executable} --version: {e}") from e
+    cached[key] = out.strip()
+    _save_cache(cached)
+    return version
+
+
+def cache_dir() -> str:
+    """Return borg-vm's cache directory: $BORG_VM_CACHE_DIR, else beside borg's own
+    ($BORG_BASE_DIR/.cache, $XDG_CACHE_HOME, ~/.cache) in borg-vm/."""
+    explicit = os.environ.get(CACHE_ENV)
+    if explicit:
+        return explicit
+    base = os.environ.get("BORG_BASE_DIR")
+    root = (os.path.join(base, ".cache") if base
+            else os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"))
+    return os.path.join(root, "borg-vm")
+
+
+def _load_cache() -> dict[str, str]:
+    try:
+        with open(os.path.join(cache_dir(), CACHE_FILE), encoding="utf-8") as f:
+            doc = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return {k: v for k, v in doc.items() if isinstance(k, str) and isinstance(v, str)} \
+        if isinstance(doc, dict) else {}
+
+
+def _save_cache(doc: dict[str, str]) -> None:
+    """Write the cache atomically; a cache that cannot be written is only slower."""
+    directory = cache_dir()
+    with contextlib.suppress(OSError):
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".versions.")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(doc, f)
+            os.replace(tmp, os.path.join(directory, CACHE_FILE))
+        except OSError:
+            os.unlink(tmp)
+            raise

@@ -1,0 +1,98 @@
+"""The Repository protocol: all that borg-vm asks of a Borg repository.
+
+Commands and services are typed against ``Repository``; which Borg generation
+answers (and how its command line is spelled) is the business of this package
+alone (``open_repository`` picks the implementation, features.py the spellings).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ContextManager, Iterator, Protocol, Sequence
+
+from borg_vm.adapters import subproc
+
+
+@dataclass(frozen=True)
+class Listed:
+    """One archive as the repository lists it."""
+
+    name: str
+    comment: str
+    time: str
+
+
+@dataclass(frozen=True)
+class Item:
+    """One item of an archive as 'borg list' shows it (type "-": a regular file)."""
+
+    path: str
+    type: str
+    size: int
+
+
+class Repository(Protocol):
+    """One Borg repository. Every call raises a BorgError subclass on failure
+    (RepositoryNotFound, PassphraseMissing, RepositoryLocked, ...)."""
+
+    repo: str          # the location, as the user gave it
+    lock_wait: int     # seconds each call waits for another borg's lock
+
+    def absolute_location(self) -> str:
+        """The location valid from any working directory (a local path made absolute)."""
+        ...
+
+    def list_archives(self, *, checkpoints: bool = False) -> list[Listed]:
+        """Every archive (checkpoints: also what interrupted runs left)."""
+        ...
+
+    def list_items(self, archive: str, paths: Sequence[str], *, brief: bool = False
+                   ) -> ContextManager[subproc.Stream]:
+        """A running listing of the archive's items under paths, one JSON line each,
+        in the order extract_stdout writes them (read them with ``items``)."""
+        ...
+
+    def export_tar(self, archive: str, paths: Sequence[str], *, brief: bool = False
+                   ) -> ContextManager[subproc.Stream]:
+        """A running export of the archive's paths as a tar stream on stdout."""
+        ...
+
+    def extract_stdout(self, archive: str, paths: Sequence[str], *, brief: bool = False
+                       ) -> ContextManager[subproc.Stream]:
+        """A running extract writing the contents of the paths' regular files to stdout."""
+        ...
+
+    def import_tar(self, archive: str, *, comment: str, timestamp: str, compression: str,
+                   chunker_params: str) -> ContextManager[subproc.Stream]:
+        """A running import of a tar stream written to its stdin, committed only
+        when the stream's end marker arrives (then ``finish``)."""
+        ...
+
+    def delete(self, archives: Sequence[str]) -> None:
+        """Delete archives in one transaction."""
+        ...
+
+    def compact(self) -> None:
+        """Free the space deleted archives held."""
+        ...
+
+    def mount(self, mountpoint: str, archive_glob: str) -> ContextManager[subproc.Stream]:
+        """Mount the archives matching archive_glob read-only at mountpoint."""
+        ...
+
+    def umount(self, mountpoint: str) -> None:
+        """Unmount a mount whose borg is gone."""
+        ...
+
+    def finish(self, action: str, stream: subproc.Stream) -> None:
+        """Wait for a streaming command; raise the matching BorgError if it failed."""
+        ...
+
+    def child_env(self) -> ContextManager[tuple[dict[str, str], tuple[int, ...]]]:
+        """(environment, descriptors) giving a child process the passphrase as borg
+        takes it (for a borg-vm started in the background)."""
+        ...
+
+    def archive_glob(self, prefix: str) -> str:
+        """A pattern for mount that matches the archives whose names start with prefix."""
+        ...

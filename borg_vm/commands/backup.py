@@ -1,0 +1,117 @@
+"""borg-vm backup: back up domains, running or shut off, one archive each."""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import logging
+
+from borg_vm.adapters import libvirt as virt
+from borg_vm.commands import options
+from borg_vm.core import plan
+from borg_vm.core.compression import parse_compression
+from borg_vm.errors import EXIT_OK, Interrupted, UsageError, report
+from borg_vm.format import manifest as fmt
+from borg_vm.services.backup import quiesce
+from borg_vm.services.backup.run import BackupOptions, backup
+
+log = logging.getLogger(__name__)
+FULL_EVERY_ENV = "BORG_VM_FULL_EVERY"
+
+
+def build_parser(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]
+                 ) -> None:
+    b = sub.add_parser("backup", parents=parents,
+                       help="back up domains (running or shut off), one archive each",
+                       description="Back up domains, running or shut off: a full backup the first "
+                       "time, then incrementals of what changed since the last checkpoint.")
+    b.add_argument("domains", nargs="*", metavar="DOMAIN")
+    b.add_argument("--all", action="store_true",
+                   help="back up every domain libvirt knows, running or shut off "
+                   "(with --match: those whose name matches)")
+    b.add_argument("--match", metavar="GLOB",
+                   help="with --all, only domains whose name matches GLOB (fnmatch)")
+    options.add_repository_options(b, libvirt=True)
+    b.add_argument("--level", choices=plan.REQUESTS, default=plan.AUTO,
+                   help="auto: incremental when possible, else full (default); "
+                   "full; inc: incremental or fail")
+    b.add_argument("--full-every", type=options.type_of(plan.FullEvery.parse),
+                   metavar="AGE|COUNT|never",
+                   help="with --level auto, start a new chain (a full backup) when the "
+                   "current one's full is older than AGE (as borg: e.g. 30d, 2w, 12H, 1m = "
+                   "a month) or it has COUNT incrementals, so that prune can free old chains "
+                   "and restores stay fast; never: one chain for ever "
+                   f"(default: ${FULL_EVERY_ENV}, else {plan.DEFAULT_FULL_EVERY})")
+    b.add_argument("--exclude-disk", action="append", default=[], metavar="TARGET",
+                   help="leave this disk (e.g. vdb) out; repeatable")
+    b.add_argument("--scratch-dir", metavar="DIR",
+                   help="where the backup job keeps its scratch (fleecing) files "
+                   "(default: the private run directory under /run/borg-vm)")
+    b.add_argument("--compression", default="lz4", metavar="SPEC",
+                   help="borg compression spec: none, lz4, zstd[,1-22], zlib[,0-9], "
+                   "lzma[,0-9], auto,SPEC or obfuscate,N,SPEC (default: lz4; "
+                   "see 'borg help compression')")
+    b.add_argument("--chunk-size", type=options.type_of(options.power_of_two_size),
+                   default=fmt.BLOCK_SIZE, metavar="SIZE",
+                   help="Borg's fixed chunk size, which data members are aligned to "
+                   "(power of two, 64K..16M; default: 256K)")
+    b.add_argument("--read-alignment", type=options.type_of(options.power_of_two_size),
+                   default=0, metavar="SIZE",
+                   help="widen dirty data extents to SIZE boundaries: more reads, more "
+                   "whole-chunk dedup (power of two >= 64K, or 0 for none: the default)")
+    b.add_argument("--quiesce", action="store_const", const=quiesce.ON,
+                   help="freeze a running guest's filesystems through its "
+                   "QEMU guest agent (channel org.qemu.guest_agent.0) while the backup "
+                   "job starts, for a consistent backup; without an agent it is an "
+                   "error; with --quiesce=try a warning, and the backup goes on unfrozen. "
+                   f"The guest is thawed after at most ${quiesce.FREEZE_TIMEOUT_ENV} "
+                   f"seconds (default {quiesce.FREEZE_TIMEOUT:g}), also if borg-vm dies")
+    # GNU-style optional value: "--quiesce=try" is an option of its own, so a
+    # DOMAIN after a bare --quiesce is never taken for its value.
+    b.add_value_spelling("--quiesce", "try", dest="quiesce", action="store_const",
+                         const=quiesce.TRY)
+    options.add_progress_option(b)
+    b.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if not options.MIN_CHUNK <= args.chunk_size <= options.MAX_CHUNK:
+        raise UsageError(detail=f"--chunk-size must be between 64K and 16M, not {args.chunk_size}")
+    opts = BackupOptions(level=args.level, exclude_disks=tuple(args.exclude_disk),
+                         scratch_dir=args.scratch_dir,
+                         compression=str(parse_compression(args.compression)),
+                         block_size=args.chunk_size, read_alignment=args.read_alignment,
+                         full_every=args.full_every or options.from_env(
+                             FULL_EVERY_ENV, plan.FullEvery.parse,
+                             plan.FullEvery.parse(plan.DEFAULT_FULL_EVERY)),
+                         quiesce=args.quiesce,
+                         freeze_timeout=options.from_env(quiesce.FREEZE_TIMEOUT_ENV,
+                                                         options.positive_seconds,
+                                                         quiesce.FREEZE_TIMEOUT),
+                         progress=options.progress(args))
+    if bool(args.all) == bool(args.domains) or (args.match and not args.all):
+        raise UsageError(detail="name the domains to back up, or use --all "
+                                "(optionally with --match GLOB)")
+    borg = options.repository(args)
+    failed: dict[str, int] = {}
+    with virt.connect(args.connect) as hv:
+        names = args.domains or [n for n in hv.domain_names()
+                                 if fnmatch.fnmatchcase(n, args.match or "*")]
+        if not names:
+            raise UsageError(detail=f"no domain matches {args.match!r}")
+        for name in names:
+            try:
+                result = backup(hv, borg, name, opts)
+            except Interrupted:
+                raise
+            except Exception as e:  # one domain's failure, even a bug, never stops the next
+                failed[name] = report(e, args.debug, prefix=f"{name}: ")
+                continue
+            if args.json:
+                options.emit(result.to_json())
+            else:
+                log.info("%s: %s backup done in %.1f s: %s", name, result.level,
+                         result.duration, result.archive)
+    if failed and len(names) > 1:
+        log.error("%d of %d domains failed: %s", len(failed), len(names), ", ".join(failed))
+    return max(failed.values(), default=EXIT_OK)
