@@ -1,5 +1,9 @@
 #!/usr/bin/env bash
-# Make this Debian 12 machine able to run borg-vm, its demo and its tests.
+# Make this Debian 12 (bookworm) or Debian 13 (trixie) machine able to run
+# borg-vm, its demo and its tests. Both releases have every package below
+# under the same name, and both ship libvirtd, the monolithic daemon, in
+# libvirt-daemon (docs/platforms.md: what was tried on each). Other releases
+# get a warning and the same steps.
 #
 #   contrib/setup-host.sh [VENV] [bench]   (as root; VENV defaults to ./.venv)
 #
@@ -21,9 +25,10 @@
 #    /etc/ssh/sshd_not_to_be_run, Debian's switch that keeps the system sshd
 #    from being started, now or at boot; remove that file to run it), and what
 #    building borgbackup needs; installed only when missing.
-# 2. A venv from Debian's /usr/bin/python3 with --system-site-packages (so
-#    the distribution's `libvirt` and `nbd` modules import), holding
-#    borgbackup 1.4.x and borg-vm with its test extras.
+# 2. A venv from Debian's /usr/bin/python3 (3.11 on Debian 12, 3.13 on
+#    Debian 13) with --system-site-packages (so the distribution's `libvirt`,
+#    `nbd` and `llfuse` modules import), holding borgbackup 1.4.x (built from
+#    source by pip) and borg-vm with its test extras.
 # 3. A libvirt daemon answering on qemu:///system. One that answers already
 #    is used as it is. Otherwise the minimum is configured (the libvirt-qemu
 #    user; user/group root and stdio_handler "file" in qemu.conf, for hosts
@@ -55,6 +60,15 @@ case $extras in
 esac
 
 say() { printf 'setup: %s\n' "$*"; }
+
+check_release() {
+    local version
+    version=$(cat /etc/debian_version 2>/dev/null || echo unknown)
+    case $version in
+        12.*|13.*) say "Debian $version" ;;
+        *) say "Debian $version: only Debian 12 and 13 are known to work; trying anyway" ;;
+    esac
+}
 
 install_packages() {
     local missing=()
@@ -124,6 +138,8 @@ start_libvirt() {
     set_qemu_conf group '"root"'
     set_qemu_conf stdio_handler '"file"'
     mkdir -p /var/log/libvirt /run/libvirt
+    [ -x /usr/sbin/libvirtd ] \
+        || { say "no /usr/sbin/libvirtd (package libvirt-daemon) to start"; exit 2; }
     say "starting libvirtd"
     /usr/sbin/libvirtd --daemon --pid-file "$libvirtd_pidfile"
     for _ in $(seq 60); do
@@ -149,6 +165,7 @@ build_guest() {
     say "test guest: $(bash "$here/contrib/guest/build-guest.sh")"
 }
 
+check_release
 install_packages
 make_venv
 start_libvirt

@@ -9,12 +9,19 @@
 #                 installed on this host)
 #   initrd.img    busybox-static and the modules the root needs (virtio_pci,
 #                 virtio_blk, virtio_console and their dependencies, resolved
-#                 with the modules.dep busybox's depmod writes); its /init is
+#                 with the modules.dep busybox's depmod writes; modules the
+#                 kernel has built in are skipped, compressed ones (.ko.xz,
+#                 .ko.gz) are stored uncompressed); its /init is
 #                 contrib/guest/initramfs-init
 #   root.qcow2    an ext4 root (mke2fs -d) with busybox, qemu-ga and the shared
 #                 libraries ldd names, and contrib/guest/init as /sbin/init
 #   cmdline       the kernel command line to boot it with (add
 #                 borgvm.workload=files|verify|idle)
+#
+# Works with the packages of Debian 12 (bookworm: busybox in /bin, modules in
+# /lib/modules, all three virtio drivers modules) and Debian 13 (trixie:
+# busybox in /usr/bin, modules xz-compressed in /usr/lib/modules, virtio_pci
+# and virtio_console built into the kernel).
 #
 # Boot it with libvirt's direct kernel boot (<kernel>, <initrd>, <cmdline>),
 # a virtio disk vda, a serial port (the init reports there) and a virtio
@@ -85,7 +92,6 @@ while read -r p v; do debs+=("$(fetch "$p" "$v")"); done <<<"$resolved"
 work=$(mktemp -d "$cache/.build.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 dpkg-deb -x "$(printf '%s\n' "${debs[@]}" | grep /qemu-guest-agent_)" "$work/pkgs"  # for ldd
-busybox="$work/pkgs/bin/busybox"
 qga="$work/pkgs/usr/sbin/qemu-ga"
 
 # The libraries qemu-ga needs, as this host resolves them.
@@ -106,23 +112,41 @@ if [ -f "$out/root.qcow2" ]; then
 fi
 say "building the guest into $out"
 for deb in "${debs[@]}"; do dpkg-deb -x "$deb" "$work/pkgs"; done
+# Debian 12 ships busybox as /bin/busybox, Debian 13 as /usr/bin/busybox.
+busybox=
+for b in "$work/pkgs/bin/busybox" "$work/pkgs/usr/bin/busybox"; do
+    [ -x "$b" ] && { busybox=$b; break; }
+done
+[ -n "$busybox" ] || die "busybox-static has no bin/busybox or usr/bin/busybox"
 
 # --- the kernel and its modules ----------------------------------------------
 kver=${kpkg#linux-image-}
 cp "$work/pkgs/boot/vmlinuz-$kver" "$work/vmlinuz"
-"$busybox" depmod -b "$work/pkgs" "$kver"
-moddir="lib/modules/$kver"
+moddir="lib/modules/$kver"  # in the initramfs, where busybox modprobe looks
+# In the package: lib/modules (Debian 12) or usr/lib/modules (Debian 13).
+modbase=
+for b in "$work/pkgs" "$work/pkgs/usr"; do
+    [ -d "$b/$moddir" ] && { modbase=$b; break; }
+done
+[ -n "$modbase" ] || die "$kpkg has no lib/modules/$kver or usr/lib/modules/$kver"
+"$busybox" depmod -b "$modbase" "$kver"
 
 needed=()  # the modules' files, dependencies first
 add_module() {  # $1: a module name or a path relative to $moddir
     local rel line dep
     case $1 in
-        *.ko) rel=$1 ;;
-        *) rel=$(grep -E "(^|/)$1\.ko:" "$work/pkgs/$moddir/modules.dep" | cut -d: -f1) ;;
+        *.ko|*.ko.*) rel=$1 ;;
+        *) rel=$(grep -E "(^|/)$1\.ko(\.[a-z]+)?:" "$modbase/$moddir/modules.dep" \
+                     | cut -d: -f1) || true ;;  # no match: built in, or missing
     esac
-    [ -n "$rel" ] || die "module $1 is not in $kpkg"
+    if [ -z "$rel" ]; then
+        # Built into the kernel (Debian 13's virtio_pci, virtio_console): nothing to load.
+        grep -qE "(^|/)$1\.ko\$" "$modbase/$moddir/modules.builtin" 2>/dev/null \
+            && return
+        die "module $1 is not in $kpkg"
+    fi
     case " ${needed[*]} " in *" $rel "*) return ;; esac
-    line=$(grep "^$rel:" "$work/pkgs/$moddir/modules.dep")
+    line=$(grep "^$rel:" "$modbase/$moddir/modules.dep")
     for dep in ${line#*:}; do add_module "$dep"; done
     needed+=("$rel")
 }
@@ -135,9 +159,19 @@ cp "$busybox" "$ird/bin/busybox"
 for applet in sh mount umount modprobe sleep switch_root poweroff; do
     ln -s busybox "$ird/bin/$applet"
 done
-for rel in "${needed[@]}"; do
-    install -D -m 0644 "$work/pkgs/$moddir/$rel" "$ird/$moddir/$rel"
+for rel in "${needed[@]}"; do  # stored uncompressed: busybox need not unpack them
+    src="$modbase/$moddir/$rel" dst="$ird/$moddir/${rel%.ko*}.ko"
+    mkdir -p "$(dirname "$dst")"
+    case $rel in
+        *.ko) install -m 0644 "$src" "$dst" ;;
+        *.ko.xz) "$busybox" xzcat "$src" > "$dst" ;;
+        *.ko.gz) "$busybox" zcat "$src" > "$dst" ;;
+        *) die "module $rel: compression not supported" ;;
+    esac
 done
+# Lets modprobe of a built-in module succeed without a .ko file.
+[ ! -f "$modbase/$moddir/modules.builtin" ] \
+    || cp "$modbase/$moddir/modules.builtin" "$ird/$moddir/"
 "$busybox" depmod -b "$ird" "$kver"
 install -m 0755 "$here/initramfs-init" "$ird/init"
 (cd "$ird" && find . | LC_ALL=C sort | "$busybox" cpio -o -H newc 2>/dev/null) \
