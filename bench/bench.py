@@ -338,7 +338,7 @@ class Bench:
         self.restore(main, rows[-1]["checkpoint"],
                      [self.r["chain_full"]["archive"]] + [x["archive"] for x in rows])
         self.fixed_cost(main, rng)
-        for i in range(self.s.runs):
+        for _i in range(self.s.runs):
             offset = rng.randrange((self.s.data - self.s.seq_write) // GRAIN) * GRAIN
             self.a.write_many([(offset, self.s.seq_write)], rng, WORK / "src")
             t, j = self.inc(self.a, main)

@@ -28,15 +28,15 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import lab  # noqa: E402
-import runner  # noqa: E402
 import realguest  # noqa: E402  (tests/e2e, on the path lab.py set)
 import report  # noqa: E402
+import runner  # noqa: E402
 from guest import poll  # noqa: E402
 from lab import BORG, BORG_VM, GIB, MIB, WORK, say, timed  # noqa: E402
 from report import med, met, secs, table  # noqa: E402
@@ -227,7 +227,7 @@ class Bench:
 
     # -- the run ----------------------------------------------------------------
     def run(self) -> None:
-        started = datetime.now(timezone.utc)
+        started = datetime.now(UTC)
         shutil.rmtree(DIR, ignore_errors=True)
         DIR.mkdir(parents=True)
         self.r["machine"] = report.machine(self.env)
@@ -244,7 +244,7 @@ class Bench:
             lab.foreign_cores(before, lab.cpu_snapshot([]))
         self.r["loadavg"] = os.getloadavg()[0]
         self.r["started"] = started.strftime("%Y-%m-%d %H:%M UTC")
-        self.r["minutes"] = round((datetime.now(timezone.utc) - started).seconds / 60, 1)
+        self.r["minutes"] = round((datetime.now(UTC) - started).seconds / 60, 1)
         (DIR / "results.json").write_text(json.dumps(self.r, indent=1))
         OUT.parent.mkdir(parents=True, exist_ok=True)
         OUT.write_text(render(self.r))

@@ -23,9 +23,9 @@ import sys
 import tarfile
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import libvirt
 import libvirt_qemu
@@ -482,15 +482,16 @@ def images_equal(a: Path, b: Path) -> bool:
 # Which process made a domain, across pid reuse: the e2e tier's helpers own
 # this logic; the benchmark tags its domains the same way.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "e2e"))
-from guest import domain_owner, owner_alive as _owner_alive, owner_token  # noqa: E402
-from guest import Boot, domain_xml as _guest_domain_xml  # noqa: E402
+from guest import Boot, domain_owner, owner_token  # noqa: E402
+from guest import domain_xml as _guest_domain_xml  # noqa: E402
+from guest import owner_alive as _owner_alive  # noqa: E402
 
 
 def kvm_usable() -> bool:
     return os.access("/dev/kvm", os.R_OK | os.W_OK)
 
 
-def domain_xml(name: str, disks: list[Path], boot: "Boot | None" = None,
+def domain_xml(name: str, disks: list[Path], boot: Boot | None = None,
                serial: Path | None = None, virt_type: str | None = None) -> str:
     """Return the XML of a benchmark domain: the e2e tier's guest, qcow2 disks
     vda, vdb, ... with discard, tagged with the benchmark's own namespace; with
@@ -503,7 +504,7 @@ def domain_xml(name: str, disks: list[Path], boot: "Boot | None" = None,
         serial=serial)
 
 
-def _remove(dom: "libvirt.virDomain") -> None:
+def _remove(dom: libvirt.virDomain) -> None:
     if not dom.name().startswith(PREFIX):
         raise ValueError(f"refusing to remove domain {dom.name()!r}")
     try:
@@ -515,7 +516,7 @@ def _remove(dom: "libvirt.virDomain") -> None:
             raise
 
 
-def remove_stale(conn: "libvirt.virConnect") -> None:
+def remove_stale(conn: libvirt.virConnect) -> None:
     """Remove benchmark domains whose creating process is gone (a killed run)."""
     for dom in conn.listAllDomains(0):
         owner = domain_owner(dom, METADATA_URI) if dom.name().startswith(PREFIX) else None
@@ -527,7 +528,7 @@ def remove_stale(conn: "libvirt.virConnect") -> None:
 class Guest:
     """A running (paused) domain without OS whose 'guest writes' are HMP qemu-io."""
 
-    def __init__(self, dom: "libvirt.virDomain", disks: list[Path]):
+    def __init__(self, dom: libvirt.virDomain, disks: list[Path]):
         self.dom = dom
         self.name = dom.name()
         self.disks = disks

@@ -42,15 +42,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import fragments  # noqa: E402  (tests/e2e, on the path lab.py set)
 import lab  # noqa: E402
 import report  # noqa: E402
 import runner  # noqa: E402
-import fragments  # noqa: E402  (tests/e2e, on the path lab.py set)
+from lab import BORG, GIB, MIB, WORK, say, timed  # noqa: E402
+from report import mb, table  # noqa: E402
+
 from borg_vm.adapters import qemu  # noqa: E402
 from borg_vm.adapters.libnbd import open_command  # noqa: E402
 from borg_vm.format.manifest import BLOCK_SIZE  # noqa: E402  (borg-vm's default chunk size)
-from lab import BORG, GIB, MIB, WORK, say, timed  # noqa: E402
-from report import mb, table  # noqa: E402
 
 GRAIN = lab.BITMAP_GRANULARITY          # 64 KiB: a rewrite, and the qcow2 cluster
 REWRITE_SHARE = 0.02                    # of the data, every night
@@ -219,7 +220,7 @@ class BorgVm(Method):
     key = "borg-vm"
     label = "(a) borg-vm backup"
 
-    def __init__(self, bench: "Nightly"):
+    def __init__(self, bench: Nightly):
         self.env = bench.env
         self.repo = bench.borg.init(bench.dir / "repo-borg-vm", "none")
 
@@ -236,7 +237,7 @@ class BorgCreate(Method):
     key = "borg create"
     label = "(b) borg create --read-special of the qcow2 file"
 
-    def __init__(self, bench: "Nightly"):
+    def __init__(self, bench: Nightly):
         self.bench = bench
         self.repo = bench.borg.init(bench.dir / "repo-borg-create", "none")
         self.image = bench.disk.image
@@ -263,7 +264,7 @@ class VirtNbdBackup(Method):
     _EXTENT_BYTES = re.compile(rb"(\d+) bytes of data extents to backup")
     _LISTED = re.compile(r"^[AME] (.+)$")
 
-    def __init__(self, bench: "Nightly"):
+    def __init__(self, bench: Nightly):
         self.env = bench.env
         self.out = bench.dir / "virtnbdbackup"
         self.repo = bench.borg.init(bench.dir / "repo-virtnbdbackup", "none")
@@ -410,7 +411,7 @@ def _times(a: float, b: float) -> str:
 def render(r: dict) -> str:
     m = r["machine"]
     rows = []
-    for key, method in r["methods"].items():
+    for _key, method in r["methods"].items():
         for x in method["nights"]:
             parts = x.get("parts", {})
             split = (f" ({parts['virtnbdbackup']:.1f} + {parts['borg create']:.1f})"

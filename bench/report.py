@@ -10,14 +10,11 @@ import platform
 import statistics
 import subprocess
 import sys
-
 from pathlib import Path
 
-import libvirt
-
 import lab
+import libvirt
 from lab import GIB, KIB, MIB
-
 
 # The analysis: written by hand from profiles, appended to every RESULTS.md
 # (the tables are regenerated, this text is not).

@@ -32,14 +32,15 @@ import random
 import shutil
 import statistics
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import lab  # noqa: E402
-from borg_vm.format.manifest import BLOCK_SIZE  # noqa: E402  (borg-vm's default chunk size)
 from lab import BORG, BORG_VM, GIB, KIB, MIB, WORK, say, timed  # noqa: E402
+
+from borg_vm.format.manifest import BLOCK_SIZE  # noqa: E402  (borg-vm's default chunk size)
 
 SCALE = 100                        # 1 GiB here stands for the README's 100 GiB
 DISK = 1 * GIB
@@ -49,7 +50,7 @@ RUN = 1 * MIB
 NIGHTS = int(os.environ.get("RETENTION_NIGHTS", "90"))   # fewer only for a try-out
 FULL_EVERY = "30d"
 KEEP = ["--keep-daily", "7", "--keep-weekly", "4", "--keep-monthly", "6"]
-START = datetime(2026, 1, 1, 2, 0, tzinfo=timezone.utc)
+START = datetime(2026, 1, 1, 2, 0, tzinfo=UTC)
 FAKETIME_LIB = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1"
 CHAIN_POINTS = tuple(k for k in (0, 7, 14, 21, 29) if k < NIGHTS)   # incrementals on the full
 RESTORE_RUNS = 3
@@ -148,7 +149,7 @@ def nights(out: Path) -> None:
     finally:
         bench.close()
     out.write_text(json.dumps({"domain": g.name, "nights": done,
-                               "when": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+                               "when": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
                                "load": os.getloadavg()[0]}, indent=1))
 
 
@@ -294,7 +295,8 @@ def report(r: dict) -> str:
                 out.append(f"| {label} | the medians do not fit the model (too noisy) "
                            "| | | | | | |")
                 continue
-            t = lambda k: (1 + k) * c + (DISK + k * NIGHTLY) * SCALE / rate  # noqa: E731
+            def t(k, c=c, rate=rate):
+                return (1 + k) * c + (DISK + k * NIGHTLY) * SCALE / rate
             out.append(f"| {label} | {c:.2f} | {lab.mib(rate)}/s | {b:.2f} | "
                        f"{t(0) / 60:.0f} min | {t(29) / 60:.0f} min ({t(29) / t(0):.2f} x) | "
                        f"{t(89) / 60:.0f} min ({t(89) / t(0):.2f} x) | "

@@ -8,8 +8,9 @@ from __future__ import annotations
 import argparse
 import json
 import signal
-from datetime import datetime, timezone
-from typing import Callable, Protocol
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Protocol
 
 import lab
 import report
@@ -53,7 +54,7 @@ def main(doc: str, quick_help: str, make: Callable[[bool], Benchmark],
     exit code: 0, or 130 if interrupted (Ctrl-C or SIGTERM)."""
     args = arguments(doc, quick_help)
     signal.signal(signal.SIGTERM, _interrupt)
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     say(f"{name}: work files under {WORK}")
     bench = make(args.quick)
     try:

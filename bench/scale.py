@@ -32,17 +32,18 @@ import re
 import shutil
 import statistics
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import fragments  # noqa: E402  (tests/e2e, on the path lab.py set)
 import lab  # noqa: E402
 import runner  # noqa: E402
-import fragments  # noqa: E402  (tests/e2e, on the path lab.py set)
+from lab import BORG, BORG_VM, GIB, KIB, MIB, WORK, say, timed  # noqa: E402
+
 from borg_vm import runtime  # noqa: E402  (its phase marks)
 from borg_vm.format.manifest import BLOCK_SIZE  # noqa: E402  (borg-vm's default chunk size)
-from lab import BORG, BORG_VM, GIB, KIB, MIB, WORK, say, timed  # noqa: E402
 
 DISK = int(os.environ.get("SCALE_DISK_GIB", "1024")) * GIB
 EXTENTS = int(os.environ.get("SCALE_EXTENTS", "100000"))
@@ -202,7 +203,7 @@ class Scale:
 
     # -- the run ----------------------------------------------------------------
     def run(self) -> None:
-        started = datetime.now(timezone.utc)
+        started = datetime.now(UTC)
         self.setup()
         self.lab = lab.Lab()
         try:
@@ -215,7 +216,7 @@ class Scale:
             self.data.close()
             shutil.rmtree(DIR, ignore_errors=True)   # tens of GB of images and repositories
         self.r["started"] = started.strftime("%Y-%m-%d %H:%M UTC")
-        self.r["minutes"] = round((datetime.now(timezone.utc) - started).seconds / 60, 1)
+        self.r["minutes"] = round((datetime.now(UTC) - started).seconds / 60, 1)
         (WORK / "scale-results.json").write_text(json.dumps(self.r, indent=1))
         OUT.write_text(render(self.r))
         say(f"wrote {OUT}")

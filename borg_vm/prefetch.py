@@ -10,7 +10,8 @@ import contextlib
 import mmap
 import queue
 import threading
-from typing import Iterable, Iterator, TypeVar
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
 
 T = TypeVar("T")
 _DONE = object()

@@ -31,7 +31,7 @@ class Progress:
         self._shown = 0.0
 
     @classmethod
-    def for_terminal(cls, label: str, total: int, wanted: bool) -> "Progress":
+    def for_terminal(cls, label: str, total: int, wanted: bool) -> Progress:
         return cls(label, total, wanted and sys.stderr.isatty())
 
     def advance(self, n: int) -> None:

@@ -38,7 +38,7 @@ import shutil
 import signal
 import stat
 import tempfile
-from typing import Iterator
+from collections.abc import Iterator
 
 from borg_vm.errors import RuntimeDirUnsafe, UsageError
 

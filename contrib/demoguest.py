@@ -27,9 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "e2e"))
 
-import libvirt  # noqa: E402
-
 import guest  # noqa: E402
+import libvirt  # noqa: E402
 import realguest  # noqa: E402
 
 URI = "qemu:///system"

@@ -16,13 +16,19 @@ its dirty-bitmap context is called.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
-from borg_vm.core.extent import status_ranges
-from borg_vm.core.disk_source import DiskMap
 from borg_vm.adapters import qemu
-from borg_vm.adapters.libnbd import (BASE_ALLOCATION, Export, bitmap_context, dirty_bitmap_context,
-                     open_command, open_unix)
+from borg_vm.adapters.libnbd import (
+    BASE_ALLOCATION,
+    Export,
+    bitmap_context,
+    dirty_bitmap_context,
+    open_command,
+    open_unix,
+)
+from borg_vm.core.disk_source import DiskStatus
+from borg_vm.core.extent import status_ranges
 
 # Measured (bench/RESULTS.md, FACTS.md): 4 MiB requests with 8 in flight read a
 # libvirt export at ~960 MiB/s, well above what Borg ingests.
@@ -57,18 +63,18 @@ class _NbdSource:
     def _dirty_context(self, target: str) -> str:
         raise NotImplementedError
 
-    def extent_map(self, target: str, incremental: bool) -> DiskMap:
+    def extent_map(self, target: str, incremental: bool) -> DiskStatus:
         """Return the disk's size and allocation runs over the whole disk or, for an
         incremental, its dirty runs and the allocation runs around them."""
         if not incremental:
             with self._open(target) as exp:
-                return DiskMap(exp.size, tuple(exp.block_status(BASE_ALLOCATION)))
+                return DiskStatus(exp.size, tuple(exp.block_status(BASE_ALLOCATION)))
         with self._open_dirty(target) as exp:
             size = exp.size
             dirty = exp.block_status(self._dirty_context(target))
         with self._open(target) as exp:
             allocation = exp.block_status(BASE_ALLOCATION, status_ranges(dirty, STATUS_GAP))
-        return DiskMap(size, tuple(allocation), tuple(dirty))
+        return DiskStatus(size, tuple(allocation), tuple(dirty))
 
     @contextlib.contextmanager
     def reads(self, target: str, requests: Iterable[tuple[int, int]], hold: int
@@ -108,7 +114,7 @@ class ImageSource(_NbdSource):
         self._exports: dict[str, Export] = {}
         self._stack = contextlib.ExitStack()
 
-    def __enter__(self) -> "ImageSource":
+    def __enter__(self) -> ImageSource:
         with contextlib.ExitStack() as stack:
             for target, (path, fmt, _bitmap) in sorted(self.images.items()):
                 self._exports[target] = stack.enter_context(open_command(

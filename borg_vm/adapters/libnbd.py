@@ -10,12 +10,12 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
-from typing import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import nbd
 
-from borg_vm.errors import NbdError
 from borg_vm.core.extent import Run, clip_runs, runs_from_entries
+from borg_vm.errors import NbdError
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +42,11 @@ def dirty_bitmap_context(target: str) -> str:
 class Export:
     """A connected NBD export (one disk)."""
 
-    def __init__(self, handle: "nbd.NBD", where: str):
+    def __init__(self, handle: nbd.NBD, where: str):
         self.h = handle
         self.where = where
 
-    def _fail(self, action: str, e: "nbd.Error") -> NbdError:
+    def _fail(self, action: str, e: nbd.Error) -> NbdError:
         return NbdError(action=action, where=self.where, detail=e.string, errno=e.errnum)
 
     @property
@@ -154,7 +154,7 @@ class Export:
             raise self._fail(f"write at {offset}", e) from e
 
     @contextlib.contextmanager
-    def pipelined_writes(self, depth: int) -> Iterator["Callable[[bytes, int], None]"]:
+    def pipelined_writes(self, depth: int) -> Iterator[Callable[[bytes, int], None]]:
         """Yield write(data, offset) that keeps up to depth writes in flight.
 
         data is copied into one of depth recycled buffers (see _Slot: libnbd
@@ -218,9 +218,9 @@ class _Slot:
 
     def __init__(self):
         self.data = bytearray()
-        self.buffers: dict[int, tuple[memoryview, "nbd.Buffer"]] = {}
+        self.buffers: dict[int, tuple[memoryview, nbd.Buffer]] = {}
 
-    def get(self, length: int) -> tuple[memoryview, "nbd.Buffer"]:
+    def get(self, length: int) -> tuple[memoryview, nbd.Buffer]:
         """Return a view of the first length bytes and the nbd.Buffer over it."""
         if len(self.data) < length:  # a held view keeps the old buffer alive
             self.data = bytearray(length)
@@ -254,7 +254,7 @@ def _windows(ranges: Iterable[tuple[int, int]], most: int) -> Iterator[tuple[int
 
 
 @contextlib.contextmanager
-def _handle(where: str, contexts: Sequence[str] = ()) -> Iterator["nbd.NBD"]:
+def _handle(where: str, contexts: Sequence[str] = ()) -> Iterator[nbd.NBD]:
     h = nbd.NBD()
     try:
         for c in contexts:
@@ -268,7 +268,7 @@ def _handle(where: str, contexts: Sequence[str] = ()) -> Iterator["nbd.NBD"]:
         _close(h)
 
 
-def _close(h: "nbd.NBD") -> None:
+def _close(h: nbd.NBD) -> None:
     """Close h now, whoever still holds a reference to it.
 
     Closing (not just disconnecting) waits for a server libnbd started to

@@ -35,15 +35,21 @@ import select
 import signal
 import sys
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import libvirt
 
 from borg_vm.adapters import subproc
 from borg_vm.core import bootxml
-from borg_vm.errors import (CheckpointInconsistent, DomainExists, DomainNotFound, LibvirtConnectError,
-                     LibvirtError, QuiesceFailed)
+from borg_vm.errors import (
+    CheckpointInconsistent,
+    DomainExists,
+    DomainNotFound,
+    LibvirtConnectError,
+    LibvirtError,
+    QuiesceFailed,
+)
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +71,7 @@ def _silence_default_handler() -> None:
 
 
 @contextlib.contextmanager
-def connect(uri: str = DEFAULT_URI) -> Iterator["Hypervisor"]:
+def connect(uri: str = DEFAULT_URI) -> Iterator[Hypervisor]:
     """Yield a connection to libvirt at uri; raise LibvirtConnectError if it fails."""
     _silence_default_handler()
     try:
@@ -81,7 +87,7 @@ def connect(uri: str = DEFAULT_URI) -> Iterator["Hypervisor"]:
 
 
 class Hypervisor:
-    def __init__(self, conn: "libvirt.virConnect", uri: str):
+    def __init__(self, conn: libvirt.virConnect, uri: str):
         self.conn = conn
         self.uri = uri
 
@@ -115,7 +121,7 @@ class Hypervisor:
             raise LibvirtError(action="list domains", name="*",
                                detail=e.get_error_message()) from e
 
-    def domain(self, name: str) -> "Domain":
+    def domain(self, name: str) -> Domain:
         """Return the named domain; raise DomainNotFound if there is none."""
         try:
             return Domain(_Reconnecting(self, self.conn.lookupByName(name)))
@@ -144,7 +150,7 @@ class Hypervisor:
                                detail=e.get_error_message()) from e
         return True
 
-    def define(self, xml: str, name: str) -> "Domain":
+    def define(self, xml: str, name: str) -> Domain:
         """Define a persistent domain named name from xml; raise DomainExists if one of
         that name (or UUID) exists, LibvirtError if libvirt refuses the XML."""
         if self.exists(name):
@@ -172,7 +178,7 @@ class _Reconnecting:
     """A virDomain whose calls survive a lost connection: the call connects again
     (Hypervisor.reconnected), looks the domain up by its UUID and is made again."""
 
-    def __init__(self, hv: Hypervisor, dom: "libvirt.virDomain"):
+    def __init__(self, hv: Hypervisor, dom: libvirt.virDomain):
         self._hv = hv
         self._dom = dom
         self._uuid = dom.UUIDString()
@@ -197,12 +203,12 @@ class Freeze:
 
 
 class Domain:
-    def __init__(self, dom: "libvirt.virDomain | _Reconnecting"):
+    def __init__(self, dom: libvirt.virDomain | _Reconnecting):
         self._dom = dom
         self.name = dom.name()
         self.uuid = dom.UUIDString()
 
-    def _fail(self, action: str, e: "libvirt.libvirtError") -> LibvirtError:
+    def _fail(self, action: str, e: libvirt.libvirtError) -> LibvirtError:
         return LibvirtError(action=action, name=self.name, detail=e.get_error_message())
 
     def is_active(self) -> bool:
@@ -386,7 +392,7 @@ class Domain:
                 raise self._fail("end the backup job", e) from e
 
     @contextlib.contextmanager
-    def frozen(self, timeout: float) -> Iterator["Freeze"]:
+    def frozen(self, timeout: float) -> Iterator[Freeze]:
         """Freeze the guest's filesystems through its agent for the body, with a
         thaw guard that thaws them after `timeout` seconds or if this process
         dies; yield a Freeze, which says after the body how many filesystems the

@@ -9,7 +9,7 @@ import os
 import select
 import signal
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 from borg_vm.adapters import subproc
 from borg_vm.errors import NbdkitError

@@ -2,7 +2,7 @@
 
 Not imported by borg-vm: nbdkit loads this file (``nbdkit python
 nbdkit_plugin.py map=FILE``, see adapters/nbdkit.py). FILE is the JSON
-document ``{"target": T, "archives": [DIR, ...], "map": DiskMap doc}``:
+document ``{"target": T, "archives": [DIR, ...], "map": PieceMap doc}``:
 DIR is archive i of the disk's chain (0: the full) in a ``borg mount``, the
 map (format/piecemap.py) says which member of which archive holds each byte.
 A read is answered from those member files (Borg reads and decrypts the
@@ -25,7 +25,7 @@ import nbdkit
 # borg_vm lives two directories up; nbdkit's interpreter does not know the venv.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from borg_vm.format import manifest as archive  # noqa: E402
-from borg_vm.format.piecemap import DiskMap  # noqa: E402
+from borg_vm.format.piecemap import PieceMap  # noqa: E402
 
 API_VERSION = 2
 # Open member files kept (requests are serialized, so an evicted one is never
@@ -43,7 +43,7 @@ def config(key, value):
     with builtins.open(value, encoding="utf-8") as f:   # open() is nbdkit's below
         doc = json.load(f)
     _disk.update(target=doc["target"], archives=doc["archives"],
-                 map=DiskMap.from_doc(doc["map"]))
+                 map=PieceMap.from_doc(doc["map"]))
 
 
 def config_complete():

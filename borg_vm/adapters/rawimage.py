@@ -25,7 +25,7 @@ import ctypes
 import errno
 import functools
 import os
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 from borg_vm.errors import ImageWriteError
 

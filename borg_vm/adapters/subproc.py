@@ -20,8 +20,9 @@ import shlex
 import signal
 import subprocess
 import threading
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import IO, Iterator, Sequence
+from typing import IO
 
 log = logging.getLogger(__name__)
 

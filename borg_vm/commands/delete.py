@@ -7,11 +7,11 @@ import logging
 from dataclasses import dataclass
 
 from borg_vm.adapters.borg import Repository
-from borg_vm.core import chain, retention
 from borg_vm.commands import options
+from borg_vm.core import chain, retention
 from borg_vm.core.text import printable
 from borg_vm.errors import EXIT_OK, HasDependents
-from borg_vm.services import catalog as repository
+from borg_vm.services import catalog
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ def delete(borg: Repository, domain: str, checkpoint: str, with_dependents: bool
     Raise ArchiveNotFound if there is no such archive, HasDependents naming them if
     others need it and with_dependents is not set.
     """
-    archives, _partial = repository.archives(borg, domain)
+    archives, _partial = catalog.archives(borg, domain)
     target = chain.select(archives, domain, checkpoint)
     needing = retention.dependents(archives, target)
     if needing and not with_dependents:

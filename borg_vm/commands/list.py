@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from borg_vm.commands import options
-from borg_vm.errors import EXIT_OK
 from borg_vm.adapters.borg import Repository
+from borg_vm.commands import options
 from borg_vm.core import chain
-from borg_vm.format.manifest import ArchiveInfo
 from borg_vm.core.text import printable
+from borg_vm.errors import EXIT_OK
+from borg_vm.format.manifest import ArchiveInfo
 from borg_vm.progress import human
-from borg_vm.services import catalog as repository
+from borg_vm.services import catalog
 
 
 def build_parser(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]
@@ -38,7 +38,7 @@ def list_archives(borg: Repository, domain: str | None) -> list[ArchiveInfo]:
 
     Raise ArchiveNotFound if a domain is given and the repository holds none of it.
     """
-    archives, _partial = repository.archives(borg, domain)
+    archives, _partial = catalog.archives(borg, domain)
     if domain is not None:
         chain.of_known_domain(archives, domain)
     return [a for chains in chain.group(archives).values()

@@ -15,7 +15,8 @@ import json
 import os
 import pwd
 import sys
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from borg_vm.adapters import borg as borg_adapter
 from borg_vm.adapters import libvirt as virt

@@ -12,14 +12,14 @@ from __future__ import annotations
 import argparse
 import logging
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from borg_vm.adapters.borg import Repository
-from borg_vm.core import chain, retention
 from borg_vm.commands import options
+from borg_vm.core import chain, retention
 from borg_vm.core.text import printable
 from borg_vm.errors import EXIT_OK, UsageError
-from borg_vm.services import catalog as repository
+from borg_vm.services import catalog
 
 log = logging.getLogger(__name__)
 
@@ -106,11 +106,11 @@ def prune(borg: Repository, opts: PruneOptions, now: datetime | None = None) -> 
 
     Raise ArchiveNotFound if a named domain has no archive, a Borg error if borg fails.
     """
-    archives, _partial = repository.archives(borg)
+    archives, _partial = catalog.archives(borg)
     for domain in opts.domains:
         chain.of_known_domain(archives, domain)
     selected = [a for a in archives if not opts.domains or a.name.domain in opts.domains]
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     local = datetime.now().astimezone().tzinfo
     decided = retention.decide(selected, opts.rules, now, local)
     doomed = [a.archive for a, verdict, _ in sorted(decided, key=lambda d: d[0].order,

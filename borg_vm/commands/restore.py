@@ -9,6 +9,7 @@ from borg_vm.core.text import printable
 from borg_vm.errors import EXIT_OK
 from borg_vm.services.restore.run import RestoreOptions, restore
 
+
 def build_parser(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]
                  ) -> None:
     r = sub.add_parser("restore", parents=parents,

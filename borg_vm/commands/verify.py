@@ -9,22 +9,20 @@ disk's chain back to its full exists, with the same disk size throughout.
 from __future__ import annotations
 
 import argparse
-import hashlib
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import ContextManager, Iterator
 
+from borg_vm import prefetch
 from borg_vm.adapters.borg import Repository
-from borg_vm.format import manifest as fmt
-from borg_vm.core import chain, extent
+from borg_vm.commands import options
+from borg_vm.core import chain
+from borg_vm.core.text import printable
+from borg_vm.errors import EXIT_ERROR, EXIT_OK, BorgVmError
+from borg_vm.format import reader
 from borg_vm.format.manifest import ArchiveInfo, Manifest
 from borg_vm.format.tarstream import Member
-from borg_vm.commands import options
-from borg_vm.core.text import printable
-from borg_vm.errors import EXIT_ERROR, EXIT_OK, BorgVmError, FormatError
-from borg_vm import prefetch
-from borg_vm.services import catalog as repository
-from borg_vm.services.restore import images as apply
-from borg_vm.format import reader as members
+from borg_vm.services import catalog
 
 PIECE = 4 * 1024 * 1024
 
@@ -76,7 +74,7 @@ def verify(borg: Repository, domain: str | None, checkpoint: str | None, every: 
            ) -> VerifyResult:
     """Verify domain's archive at checkpoint (default: the newest) with its chain, or
     with every, all archives (of domain, or of every domain)."""
-    archives, _partial = repository.archives(borg, domain)
+    archives, _partial = catalog.archives(borg, domain)
     if every or domain is None:
         selected = archives if domain is None else chain.of_known_domain(archives, domain)
     else:
@@ -88,10 +86,10 @@ def verify(borg: Repository, domain: str | None, checkpoint: str | None, every: 
     readable = [a for a in ordered if problems[a.archive] is None]
     # One read_ahead for all: the next archive's borg starts up while this one is
     # hashed; big archives come through borg list + extract --stdout (members.py).
-    reads = [members.Read(a.archive, (), sum(d.data_bytes for d in a.summary.disks.values()))
+    reads = [reader.Read(a.archive, (), sum(d.data_bytes for d in a.summary.disks.values()))
              for a in readable]
-    with members.read_ahead(borg, reads) as found:
-        for a, stream in zip(readable, found):
+    with reader.read_ahead(borg, reads) as found:
+        for a, stream in zip(readable, found, strict=True):
             problems[a.archive] = _check_data(a, stream)
     return VerifyResult([(a.archive, problems[a.archive]) for a in ordered])
 
@@ -116,7 +114,7 @@ def _chain_problem(archives: list[ArchiveInfo], a: ArchiveInfo) -> str | None:
     return None
 
 
-def _check_data(a: ArchiveInfo, stream: ContextManager[Iterator[Member]]) -> str:
+def _check_data(a: ArchiveInfo, stream: AbstractContextManager[Iterator[Member]]) -> str:
     """Return "ok" or what is wrong with one archive's data and manifest."""
     try:
         problem = _read_and_hash(a, stream).disagreement(a)
@@ -125,33 +123,16 @@ def _check_data(a: ArchiveInfo, stream: ContextManager[Iterator[Member]]) -> str
     return problem or "ok"
 
 
-def _read_and_hash(a: ArchiveInfo, stream: ContextManager[Iterator[Member]]) -> Manifest:
+def _read_and_hash(a: ArchiveInfo, stream: AbstractContextManager[Iterator[Member]]) -> Manifest:
     """Stream the archive's data and manifest (the whole archive: naming paths that
     match nothing would make borg warn); return the manifest if every record's data
     matches it; raise IntegrityError or FormatError otherwise."""
     sizes = {t: d.virtual_size for t, d in a.summary.disks.items()}
-    written: dict[apply.Key, list[extent.Extent]] = {}
-    digests = {}
-    files: dict[str, bytes] = {}
+    tally = reader.Tally(a.archive)
     with stream as found:
-        for name, key, offset, piece in members.pieces(found, a.archive, sizes,
-                                                       prefetch.buffers(1, PIECE)):
-            if key is None:
-                files[name] = piece
-                continue
-            digests.setdefault(key, hashlib.sha256()).update(piece)
-            written.setdefault(key, []).append(extent.Extent(offset, len(piece)))
-    members.check_present(a.archive, files, (fmt.MANIFEST,))
-    manifest = Manifest.from_json(files[fmt.MANIFEST], a.archive)
-    records = {(t, 0): d for t, d in manifest.disks.items()}
-    records.update({(t, f.layer): f for t, d in manifest.disks.items() for f in d.frozen})
-    unknown = set(written) - set(records)
-    if unknown:
-        raise FormatError(archive=a.archive, detail=f"data of {sorted(unknown)} that its "
-                                                    "manifest does not list")
-    empty = hashlib.sha256()
-    for (t, layer), record in records.items():
-        apply.verify_record(a.archive, t if not layer else f"{t} layer {layer}", record,
-                            written.get((t, layer), []),
-                            digests.get((t, layer), empty).hexdigest())
+        for _piece in tally.count(reader.pieces(found, a.archive, sizes,
+                                                prefetch.buffers(1, PIECE))):
+            pass
+    manifest = tally.manifest()
+    tally.check(manifest)
     return manifest

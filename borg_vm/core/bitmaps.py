@@ -18,7 +18,7 @@ killed): then nothing can be trusted and a full backup is needed.
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 ENABLED = "auto"
 IN_USE = "in-use"

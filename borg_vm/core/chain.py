@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from borg_vm.format.manifest import FULL, ArchiveInfo
 from borg_vm.errors import ArchiveNotFound, BrokenChain, UnknownDisk
+from borg_vm.format.manifest import FULL, ArchiveInfo
 
 
 def of_domain(archives: list[ArchiveInfo], domain: str) -> list[ArchiveInfo]:

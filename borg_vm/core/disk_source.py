@@ -3,7 +3,7 @@
 The stream into Borg is written once (services/backup/run.py) and asks a source
 two things per disk, in this order::
 
-    extent_map(target, incremental) -> DiskMap      what the disk holds now and,
+    extent_map(target, incremental) -> DiskStatus      what the disk holds now and,
                                                     for an incremental, what changed
     reads(target, requests)         -> (offset, data) for each (offset, length)
                                                     request, in request order
@@ -17,14 +17,16 @@ siblings behind the same interface.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Callable, ContextManager, Iterable, Iterator, Protocol
+from typing import Protocol
 
 from borg_vm.core.extent import Run
 
 
 @dataclass(frozen=True)
-class DiskMap:
+class DiskStatus:
     """One disk as a source sees it: virtual size, ``base:allocation`` runs and,
     for an incremental, the dirty-bitmap runs since the parent checkpoint. The
     allocation runs cover the whole disk for a full, and at least the dirty
@@ -39,23 +41,11 @@ class DiskMap:
 class DiskSource(Protocol):
     read_request: int   # the largest read to ask for at once, in bytes
 
-    def extent_map(self, target: str, incremental: bool) -> DiskMap:
+    def extent_map(self, target: str, incremental: bool) -> DiskStatus:
         """Return the disk's map; with incremental, the dirty runs too."""
 
     def reads(self, target: str, requests: Iterable[tuple[int, int]], hold: int
-              ) -> ContextManager[Iterator[tuple[int, memoryview]]]:
+              ) -> AbstractContextManager[Iterator[tuple[int, memoryview]]]:
         """Yield an iterator of (offset, data) for the requests (consumed as reads go
         out), in order; each view stays valid while the consumer holds at most
         `hold` of them."""
-
-
-
-@dataclass(frozen=True)
-class Session:
-    """One backup run's way to the disks: the source to read them from, the
-    XML of the checkpoint the run records (asked for once the run has begun),
-    and how long the guest was frozen while it began (None: it was not)."""
-
-    source: DiskSource
-    checkpoint_xml: Callable[[], str]
-    frozen_ms: float | None = None

@@ -98,7 +98,32 @@ class DiskSpec:
 
 def parse_disks(domain_xml: str) -> list[DiskSpec]:
     """Given domain XML, return its disks in document order."""
-    return [_disk_spec(d) for d in parse_xml(domain_xml).findall("./devices/disk")]
+    return _disks(parse_xml(domain_xml))
+
+
+def _disks(root: ET.Element) -> list[DiskSpec]:
+    return [_disk_spec(d) for d in root.findall("./devices/disk")]
+
+
+@dataclass(frozen=True)
+class LiveDomain:
+    """What a backup run needs of a domain's live XML (or a shut-off domain's
+    definition), read from one parse of it."""
+
+    xml: str
+    disks: tuple[DiskSpec, ...]
+    agent_state: str | None              # see agent_channel
+    qemu_owner: tuple[int, int] | None   # see qemu_owner
+
+    @classmethod
+    def parse(cls, xml: str) -> LiveDomain:
+        root = parse_xml(xml)
+        return cls(xml, tuple(_disks(root)), _agent_channel(root), _qemu_owner(root))
+
+    @property
+    def disk_targets(self) -> list[str]:
+        """The targets of its disk devices (not CD-ROMs), in document order."""
+        return [s.target for s in self.disks if s.device == "disk" and s.target]
 
 
 def _disk_spec(d: ET.Element) -> DiskSpec:
@@ -126,7 +151,11 @@ def agent_channel(live_xml: str) -> str | None:
     """Given live domain XML, return the state of its QEMU guest agent channel
     (virtio-serial port AGENT_CHANNEL): "connected", "disconnected", or "" when
     libvirt does not say; None if the domain has no such channel."""
-    for target in parse_xml(live_xml).iterfind("./devices/channel/target"):
+    return _agent_channel(parse_xml(live_xml))
+
+
+def _agent_channel(root: ET.Element) -> str | None:
+    for target in root.iterfind("./devices/channel/target"):
         if target.get("type") == "virtio" and target.get("name") == AGENT_CHANNEL:
             return target.get("state", "")
     return None
@@ -134,7 +163,11 @@ def agent_channel(live_xml: str) -> str | None:
 
 def qemu_owner(live_xml: str) -> tuple[int, int] | None:
     """Return (uid, gid) the domain's QEMU runs as (its DAC label), or None if unknown."""
-    for label in parse_xml(live_xml).findall("./seclabel[@model='dac']/label"):
+    return _qemu_owner(parse_xml(live_xml))
+
+
+def _qemu_owner(root: ET.Element) -> tuple[int, int] | None:
+    for label in root.findall("./seclabel[@model='dac']/label"):
         owner = dac_label(label.text or "")
         if owner is not None:
             return owner

@@ -39,9 +39,9 @@ chunker cuts the same chunks wherever the same block occurs (see
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from operator import attrgetter
-from typing import Iterable, Iterator, Sequence
 
 DATA = "data"
 ZERO = "zero"
@@ -86,7 +86,7 @@ class Extent:
 def runs_from_entries(offset: int, entries: Sequence[int]) -> list[Run]:
     """Given an NBD block-status reply (flat [length, flags, ...] from offset), return Runs."""
     runs = []
-    for length, flags in zip(entries[0::2], entries[1::2]):
+    for length, flags in zip(entries[0::2], entries[1::2], strict=False):
         if length > 0:
             runs.append(Run(offset, length, flags))
             offset += length

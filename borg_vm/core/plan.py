@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from borg_vm.core import chain, durations
-from borg_vm.format.manifest import FULL, INC, ArchiveInfo, ArchiveName, new_checkpoint_name
 from borg_vm.errors import BorgVmError, NoUsableParent
+from borg_vm.format.manifest import FULL, INC, ArchiveInfo, ArchiveName, new_checkpoint_name
 
 AUTO = "auto"
 REQUESTS = (AUTO, FULL, INC)
@@ -105,7 +105,7 @@ class FullEvery:
     count: int | None = None
 
     @classmethod
-    def parse(cls, text: str) -> "FullEvery":
+    def parse(cls, text: str) -> FullEvery:
         """Parse AGE (a duration as Borg spells it: core/durations.py), COUNT (N)
         or never; raise ValueError otherwise."""
         if text == NEVER:
@@ -125,7 +125,7 @@ class FullEvery:
         if self.count is not None and incrementals >= self.count:
             return f"its chain has {incrementals} incrementals (--full-every {self.text})"
         started = datetime.strptime(chain_[0].time, "%Y-%m-%dT%H:%M:%SZ").replace(
-            tzinfo=timezone.utc)
+            tzinfo=UTC)
         if self.age is not None and (now - started).total_seconds() >= self.age:
             return (f"its full backup {chain_[0].archive} is from {chain_[0].time} "
                     f"(--full-every {self.text})")

@@ -20,10 +20,10 @@ is each domain's newest archive, which the next incremental builds on (borg's
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone, tzinfo
+from datetime import UTC, datetime, timedelta, tzinfo
 
-from borg_vm.errors import BorgVmError
 from borg_vm.core import chain
+from borg_vm.errors import BorgVmError
 from borg_vm.format.manifest import ArchiveInfo
 
 # (rule, strftime pattern of its period), in the order borg applies them.
@@ -49,7 +49,7 @@ class Rules:
 
 
 def time_of(a: ArchiveInfo) -> datetime:
-    return datetime.strptime(a.time, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+    return datetime.strptime(a.time, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
 
 
 def kept_points(points: list[ArchiveInfo], rules: Rules, now: datetime, tz: tzinfo

@@ -133,12 +133,12 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from borg_vm import __version__
-from borg_vm.errors import FormatError
 from borg_vm.core import layers as layers_
-from borg_vm.core.extent import Extent, check_map, total, DATA, ZERO
+from borg_vm.core.extent import DATA, ZERO, Extent, check_map, total
+from borg_vm.errors import FormatError
 
 FORMAT_NAME = "borg-vm"
 FORMAT_VERSION = 3
@@ -192,7 +192,7 @@ MAX_LAYERS = 1000  # deeper backing chains are damage (QEMU itself stops far ear
 
 def stamp(when: datetime) -> str:
     """Return the UTC time stamp used in checkpoint and snapshot names."""
-    return when.astimezone(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return when.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
 
 
 def new_checkpoint_name(when: datetime, taken: set[str]) -> str:
@@ -224,12 +224,12 @@ class ArchiveName:
         return layers_.unescape(self.snapshot)
 
     @classmethod
-    def for_layer(cls, domain: str, layer: str, checkpoint: str) -> "ArchiveName":
+    def for_layer(cls, domain: str, layer: str, checkpoint: str) -> ArchiveName:
         """Return the name of an archive of domain taken on layer (a raw name)."""
         return cls(domain, layers_.escape(layer), checkpoint)
 
     @classmethod
-    def parse(cls, name: str) -> "ArchiveName | None":
+    def parse(cls, name: str) -> ArchiveName | None:
         """Return the parsed final archive name, or None if it is not one of borg-vm's."""
         m = _NAME_RE.fullmatch(name)
         return cls(**m.groupdict()) if m else None
@@ -375,7 +375,7 @@ class Manifest:
         return json.dumps(doc, separators=(",", ":")).encode()
 
     @classmethod
-    def from_json(cls, raw: bytes, archive: str) -> "Manifest":
+    def from_json(cls, raw: bytes, archive: str) -> Manifest:
         """Parse manifest.json; raise FormatError if it is not a valid manifest of a
         version this borg-vm reads."""
         try:
@@ -397,7 +397,7 @@ class Manifest:
         except (ValueError, RecursionError) as e:  # json.JSONDecodeError is a ValueError
             raise FormatError(archive=archive, detail=f"bad manifest: {e}") from e
 
-    def disagreement(self, info: "ArchiveInfo") -> str | None:
+    def disagreement(self, info: ArchiveInfo) -> str | None:
         """Return how this manifest disagrees with the archive's name and comment, or
         None if it agrees."""
         if self.name != info.name:
@@ -406,7 +406,7 @@ class Manifest:
             return "its manifest disagrees with its comment"
         return None
 
-    def summary(self) -> "Summary":
+    def summary(self) -> Summary:
         return Summary(level=self.level, parent=self.parent_archive, time=self.time,
                        uuid=self.uuid,
                        disks={t: DiskSummary(d.level, d.virtual_size, d.format, d.source,
@@ -577,7 +577,7 @@ class Summary:
                           separators=(",", ":"))
 
     @classmethod
-    def from_comment(cls, comment: str, archive: str) -> "Summary":
+    def from_comment(cls, comment: str, archive: str) -> Summary:
         """Parse an archive comment; raise FormatError if it is not a borg-vm summary."""
         try:
             doc = json.loads(comment)

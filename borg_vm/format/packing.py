@@ -37,8 +37,8 @@ is an ordinary member.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from borg_vm.core.extent import DATA, Extent, split_at_blocks
 
@@ -72,7 +72,7 @@ class Packing:
             raise ValueError(f"{self}: step must be a multiple of block_size, window of step")
 
     @classmethod
-    def for_block_size(cls, block_size: int) -> "Packing":
+    def for_block_size(cls, block_size: int) -> Packing:
         """Return the default packing for a power-of-two chunk size (the step grows
         to the block size if that is bigger)."""
         step = max(STEP, block_size)

@@ -23,8 +23,8 @@ is a pack).
 from __future__ import annotations
 
 import bisect
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Iterable, Iterator, Sequence
 
 from borg_vm.core.extent import ZERO, Extent, covers_data, merge_overlapping
 
@@ -123,7 +123,7 @@ def _join_zeros(pieces: list[Piece]) -> list[Piece]:
 
 
 @dataclass(frozen=True)
-class DiskMap:
+class PieceMap:
     """A disk's map: pieces covering [0, size) in order."""
 
     size: int
@@ -164,5 +164,5 @@ class DiskMap:
                            for p in self.pieces]}
 
     @classmethod
-    def from_doc(cls, doc: dict) -> "DiskMap":
+    def from_doc(cls, doc: dict) -> PieceMap:
         return cls(doc["size"], tuple(Piece(*p) for p in doc["pieces"]))

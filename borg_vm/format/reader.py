@@ -29,18 +29,22 @@ as they stream.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import BinaryIO, ContextManager, Iterable, Iterator, Sequence
+from typing import BinaryIO
 
 from borg_vm.adapters import subproc
-from borg_vm.adapters.rawimage import DIRECT_ALIGN
 from borg_vm.adapters.borg import Item, Repository, items
+from borg_vm.adapters.rawimage import DIRECT_ALIGN
+from borg_vm.core.extent import Extent, covers_data
+from borg_vm.errors import FormatError, IntegrityError, RepositoryLocked
 from borg_vm.format import manifest as fmt
 from borg_vm.format import packing
-from borg_vm.core.extent import Extent
+from borg_vm.format.manifest import DiskRecord, FrozenRecord, Manifest
 from borg_vm.format.tarstream import Member, TarFormatError, read_members
-from borg_vm.errors import FormatError, IntegrityError, RepositoryLocked
 
 # Archives with at least this many data bytes to read are read with 'borg list'
 # + 'borg extract --stdout' (see above), smaller ones with 'borg export-tar'.
@@ -92,7 +96,7 @@ def check_present(archive: str, files: dict[str, bytes], names: tuple[str, ...])
 
 @contextlib.contextmanager
 def read_ahead(borg: Repository, reads: Sequence[Read]
-               ) -> Iterator[Iterator[ContextManager[Iterator[Member]]]]:
+               ) -> Iterator[Iterator[AbstractContextManager[Iterator[Member]]]]:
     """Yield an iterator of one context manager per read, in order; each yields the
     members of its read in archive order and waits for borg after.
 
@@ -104,7 +108,7 @@ def read_ahead(borg: Repository, reads: Sequence[Read]
     with contextlib.ExitStack() as stack:
         started = [stack.enter_context(_Started(borg, r)) for r in reads[:1]]
 
-        def each() -> Iterator[ContextManager[Iterator[Member]]]:
+        def each() -> Iterator[AbstractContextManager[Iterator[Member]]]:
             for i in range(len(reads)):
                 if i + 1 < len(reads):
                     started.append(stack.enter_context(_Started(borg, reads[i + 1])))
@@ -129,7 +133,7 @@ class _Started:
         self.command = "extract" if self.extract else "export-tar"
         self._stack = contextlib.ExitStack()
 
-    def __enter__(self) -> "_Started":
+    def __enter__(self) -> _Started:
         self._start(brief=True)
         return self
 
@@ -320,6 +324,96 @@ def buffer_batches(pieces: Iterable[tuple]) -> Iterator[list[tuple]]:
             batch = []
     if batch:
         yield batch
+
+
+Key = tuple[str, int]   # (disk target, layer): 0 the guest's view, i >= 1 a frozen layer
+Piece = tuple[str, "Key | None", int, "memoryview | bytes"]
+
+
+class Tally:
+    """The one read-and-verify loop: what a pass over an archive's members saw,
+    checked against its manifest afterwards (restore, verify).
+
+    ``count(pieces)`` passes pieces (see ``pieces``) through, hashing the data
+    of each (target, layer) in keys (every key if keys is None) and recording
+    the extents it covers, and keeping the format's small members whole.
+    After the pass, ``manifest()`` parses manifest.json and ``check(manifest)``
+    raises IntegrityError unless each record's data covers exactly its
+    extents and hashes to its digest.
+    """
+
+    def __init__(self, archive: str, keys: Iterable[Key] | None = None):
+        self.archive = archive
+        self.keys = None if keys is None else set(keys)
+        self.files: dict[str, bytes] = {}
+        self.written: dict[Key, list[Extent]] = {}
+        self._digests: dict[Key, hashlib._Hash] = {}
+
+    def count(self, pieces: Iterable[Piece]) -> Iterator[Piece]:
+        for name, key, offset, piece in pieces:
+            if key is None:
+                self.files[name] = bytes(piece)
+            elif self.keys is None or key in self.keys:
+                self._digests.setdefault(key, hashlib.sha256()).update(piece)
+                self.written.setdefault(key, []).append(Extent(offset, len(piece)))
+            yield name, key, offset, piece
+
+    def manifest(self) -> Manifest:
+        """Return the archive's manifest; raise FormatError if it is missing or bad."""
+        check_present(self.archive, self.files, (fmt.MANIFEST,))
+        return Manifest.from_json(self.files[fmt.MANIFEST], self.archive)
+
+    def check(self, manifest: Manifest, keys: Iterable[Key] | None = None) -> None:
+        """Raise IntegrityError unless the data of each key (all the manifest lists
+        when None; then also FormatError for data it does not list) matches its
+        record; FormatError if a key has no record."""
+        records = _records(self.archive, manifest)
+        if keys is None:
+            unknown = set(self.written) - set(records)
+            if unknown:
+                raise FormatError(archive=self.archive, detail=f"data of {sorted(unknown)} "
+                                                               "that its manifest does not list")
+            keys = records
+        for key in keys:
+            digest = self._digests.get(key) or hashlib.sha256()
+            verify_record(self.archive, key, _pick(self.archive, records, key),
+                          self.written.get(key, []), digest.hexdigest())
+
+
+def record_of(archive: str, manifest: Manifest, key: Key) -> DiskRecord | FrozenRecord:
+    """Return the manifest's record of key; raise FormatError if it has none."""
+    return _pick(archive, _records(archive, manifest), key)
+
+
+def _pick(archive: str, records: dict[Key, DiskRecord | FrozenRecord], key: Key
+          ) -> DiskRecord | FrozenRecord:
+    if key not in records:
+        target, layer = key
+        raise FormatError(archive=archive, detail=(
+            f"manifest has no disk {target}" if not layer
+            else f"manifest has no frozen layer {layer} of disk {target}"))
+    return records[key]
+
+
+def _records(archive: str, manifest: Manifest) -> dict[Key, DiskRecord | FrozenRecord]:
+    records: dict[Key, DiskRecord | FrozenRecord] = {(t, 0): d for t, d in manifest.disks.items()}
+    records.update({(t, f.layer): f for t, d in manifest.disks.items() for f in d.frozen})
+    return records
+
+
+def verify_record(archive: str, key: Key, record: DiskRecord | FrozenRecord,
+                  written: list[Extent], digest: str) -> None:
+    """Raise IntegrityError unless written covers the record's data extents and
+    digest matches."""
+    target = key[0] if not key[1] else f"{key[0]} layer {key[1]}"
+    try:
+        same = covers_data(written, record.extents)
+    except ValueError as e:
+        raise IntegrityError(target=target, archive=archive, detail=str(e)) from e
+    if not same:
+        raise IntegrityError(target=target, archive=archive, detail="data extents differ")
+    if digest != record.sha256:
+        raise IntegrityError(target=target, archive=archive, detail="sha256 differs")
 
 
 def read_map(archive: str, name: str, raw: bytes) -> tuple[Extent, ...]:

@@ -6,9 +6,9 @@ from __future__ import annotations
 import logging
 
 from borg_vm.adapters.borg import Repository
+from borg_vm.errors import FormatError
 from borg_vm.format import manifest as fmt
 from borg_vm.format.manifest import ArchiveInfo, ArchiveName, Summary
-from borg_vm.errors import FormatError
 
 log = logging.getLogger(__name__)
 

@@ -9,9 +9,8 @@ import subprocess
 import pytest
 
 try:
-    import libvirt
-
     import guest
+    import libvirt
     import realguest
     from borgvm import init_repo
 except ImportError as e:  # reported by libvirt_conn, so every e2e test skips (fails under CI)

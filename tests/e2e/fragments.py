@@ -15,8 +15,8 @@ import json
 import random
 import struct
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from borg_vm.adapters import qemu
 from borg_vm.adapters.libnbd import open_command

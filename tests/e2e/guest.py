@@ -34,9 +34,9 @@ import subprocess
 import tempfile
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 from xml.sax.saxutils import escape
 
 import libvirt
@@ -425,7 +425,7 @@ class Domain:
             pid = int(pidfile.read_text().strip())
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except (OSError, ValueError) as e:
-            raise AssertionError(f"cannot find QEMU of {self.name} via {pidfile}: {e}")
+            raise AssertionError(f"cannot find QEMU of {self.name} via {pidfile}: {e}") from e
         if f"guest={self.name},".encode() not in b",".join(cmdline) + b",":
             raise AssertionError(f"pid {pid} from {pidfile} is not the QEMU of {self.name}")
         return pid

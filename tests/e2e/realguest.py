@@ -25,10 +25,9 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
+import guest
 import libvirt
 import libvirt_qemu
-
-import guest
 from guest import Boot, poll
 
 BUILD = Path(__file__).resolve().parents[2] / "contrib" / "guest" / "build-guest.sh"

@@ -19,7 +19,6 @@ this module (OpenSSH 9.2, Debian 12):
 
 from __future__ import annotations
 
-import os
 import shlex
 import socket
 import subprocess

@@ -7,10 +7,21 @@ import os
 from pathlib import Path
 
 import pytest
-
-from borgvm import (BORG, archive_names, assert_same, backup, borg_commands, init_repo,
-                    read_image, repo_lock_waiters, restore_and_compare, run, run_on_terminal,
-                    start, wrapper_env)
+from borgvm import (
+    BORG,
+    archive_names,
+    assert_same,
+    backup,
+    borg_commands,
+    init_repo,
+    read_image,
+    repo_lock_waiters,
+    restore_and_compare,
+    run,
+    run_on_terminal,
+    start,
+    wrapper_env,
+)
 from guest import MIB, poll
 
 KIB = 1024

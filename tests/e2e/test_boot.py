@@ -12,11 +12,10 @@ import subprocess
 import time
 from pathlib import Path
 
+import guest
 import libvirt
 import libvirt_qemu
 import pytest
-
-import guest
 import realguest
 from borgvm import assert_same, backup, run
 from guest import MIB

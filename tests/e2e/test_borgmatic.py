@@ -11,10 +11,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ruamel.yaml import YAML
-
 from borgvm import BORG, RUN_TIMEOUT, archive_names, init_repo, restore_and_compare, run
 from guest import MIB
+from ruamel.yaml import YAML
 
 CONFIG = Path(__file__).resolve().parents[2] / "contrib" / "borgmatic" / "config.yaml"
 BORGMATIC = str(Path(sys.executable).with_name("borgmatic"))

@@ -8,7 +8,6 @@ from __future__ import annotations
 import subprocess
 
 import libvirt
-
 from borgvm import backup, restore_and_compare
 from guest import MIB
 

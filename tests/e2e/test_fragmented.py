@@ -17,8 +17,8 @@ from __future__ import annotations
 import json
 import random
 
-from borgvm import backup, borg, run
 import fragments
+from borgvm import backup, borg, run
 
 KIB = 1024
 GIB = 1024 ** 3

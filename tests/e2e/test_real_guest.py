@@ -13,9 +13,8 @@ import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-import libvirt
-
 import guest
+import libvirt
 import realguest
 from borgvm import backup, run, start
 from guest import MIB, poll

@@ -7,7 +7,6 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import libvirt
-
 from borgvm import init_repo, run
 from guest import MIB
 

@@ -5,12 +5,18 @@ read."""
 
 from __future__ import annotations
 
-import libvirt
-
 import json
 
-from borgvm import (archive_names, backup, restore_and_compare, restore_every_mode, run, start,
-                    wrapper_env)
+import libvirt
+from borgvm import (
+    archive_names,
+    backup,
+    restore_and_compare,
+    restore_every_mode,
+    run,
+    start,
+    wrapper_env,
+)
 from guest import MIB, poll
 
 KIB = 1024

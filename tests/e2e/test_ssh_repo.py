@@ -9,7 +9,6 @@ import os
 from pathlib import Path
 
 import pytest
-
 import sshd
 from borgvm import BORG, archive_names, backup, borg, init_repo, restore_and_compare, run
 from guest import MIB

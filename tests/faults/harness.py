@@ -20,18 +20,16 @@ import glob
 import os
 import signal
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
+import libvirt
 import pytest
+from borgvm import BORG, Result, archive_names, backup, read_image, restore_and_compare, run, start
+from guest import MIB, poll
 
 from borg_vm import runtime
 from borg_vm.format.manifest import is_partial_of
-
-import libvirt
-from borgvm import (BORG, Result, archive_names, backup, read_image, restore_and_compare, run,
-                    start)
-from guest import MIB, poll
 
 LIBVIRTD = "/usr/sbin/libvirtd"
 LIBVIRTD_PIDFILE = Path("/run/borg-vm-setup-libvirtd.pid")   # contrib/setup-host.sh's
@@ -173,8 +171,8 @@ class Target:
     def distinct(self, offset: int, length: int) -> None:
         """Make the guest write a different pattern into each chunk of the range, so
         that none of it deduplicates (nor, with --compression none, compresses)."""
-        for i, start in enumerate(range(offset, offset + length, CHUNK)):
-            self.d.write("vda", start, CHUNK, 1 + i % 255)
+        for i, at in enumerate(range(offset, offset + length, CHUNK)):
+            self.d.write("vda", at, CHUNK, 1 + i % 255)
 
     def backup(self, *extra: str, env: dict | None = None) -> dict:
         """Run a backup that must succeed; remember it and the view it holds."""

@@ -29,12 +29,12 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent / "e2e")]
 
-import libvirt  # noqa: E402
-
 import guest  # noqa: E402
-from borg_vm import runtime  # noqa: E402
+import libvirt  # noqa: E402
 from borgvm import init_repo, run, wrapper_env  # noqa: E402
 from harness import Target, children  # noqa: E402
+
+from borg_vm import runtime  # noqa: E402
 
 ROUNDS = 30
 FAULT_SHARE = 1 / 3

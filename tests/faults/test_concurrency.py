@@ -6,11 +6,11 @@ import os
 import secrets
 import signal
 
-from borg_vm import runtime
-
 from borgvm import repo_lock_waiters, run, start, wrapper_env
 from guest import MIB, poll
 from harness import STOP_TIMEOUT, Target
+
+from borg_vm import runtime
 
 DOMAINS = 10
 SMALL_DISK = (("vda", 16 * MIB, "qcow2"),)

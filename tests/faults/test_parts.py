@@ -8,13 +8,12 @@ import signal
 from pathlib import Path
 
 import pytest
-
-from borg_vm import runtime
-
 import sshd
 from borgvm import BORG, init_repo, wrapper_env
 from guest import poll
 from harness import STOP_TIMEOUT, children, kill_borg, processes_naming, restart_libvirtd
+
+from borg_vm import runtime
 
 # A borg killed leaves its repository lock; the next borg removes it as stale,
 # but only after the first of its lock waits, a tenth of --lock-wait (at most a

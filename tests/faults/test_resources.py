@@ -8,12 +8,11 @@ import subprocess
 import time
 
 import pytest
-
-from borg_vm import runtime
-
 from borgvm import BORG, repo_lock_holders, run
 from guest import MIB, poll
 from harness import fill, small_fs
+
+from borg_vm import runtime
 
 LOCK_HOLD_SECONDS = 60
 SCRATCH = 4 * MIB

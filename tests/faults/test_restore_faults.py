@@ -4,11 +4,11 @@ directory goes at the next restore), no qemu-nbd or borg is left running."""
 
 import os
 
-from borg_vm import runtime
-
 from borgvm import run, start
 from guest import MIB, poll
 from harness import EXIT_TIMEOUT, processes_naming, small_fs, wait_stopped
+
+from borg_vm import runtime
 
 SMALL = 4 * MIB
 

@@ -11,11 +11,10 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from borg_vm import runtime
-
 from borgvm import DETACHED, init_repo
 from harness import Target, children, wait_stopped
+
+from borg_vm import runtime
 
 SECRET = "correct horse battery staple"
 

@@ -12,12 +12,10 @@ import socket
 import subprocess
 import time
 
-
 import pytest
+from realstack import copy_fixture_repo, run
 
 from borg_vm.adapters.borg import Borg1Repository, find_borg
-
-from realstack import copy_fixture_repo, run
 
 TOOLS = ("qemu-img", "qemu-io", "qemu-nbd", "nbdkit")
 SOCKET_WAIT_SECONDS = 10

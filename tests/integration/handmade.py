@@ -13,17 +13,14 @@ import hashlib
 import os
 import subprocess
 import sys
-from dataclasses import dataclass
-
-from dataclasses import replace
-
-from borg_vm.format import packing
-
-from borg_vm.format import manifest as archive
-from borg_vm.core.extent import DATA, Extent
-from borg_vm.format.tarstream import TarWriter
+from dataclasses import dataclass, replace
 
 from realstack import CHUNKER, MTIME, TIMESTAMP, KiB, MiB, log_run
+
+from borg_vm.core.extent import DATA, Extent
+from borg_vm.format import manifest as archive
+from borg_vm.format import packing
+from borg_vm.format.tarstream import TarWriter
 
 DOMAIN = "borgvm-test-handmade"
 SNAPSHOT = "20261126T020000Z"

@@ -10,15 +10,14 @@ import time
 
 import nbd
 import pytest
-
-from borg_vm import runtime
-from borg_vm.services.serving import server as bootserver
-from borg_vm.adapters import nbdkit
-from borg_vm.errors import ServerFailed
-
 from handmade import CHECKPOINT, DOMAIN, SIZE, write_archive
 from mounting import compare, wait_gone
 from realstack import MiB
+
+from borg_vm import runtime
+from borg_vm.adapters import nbdkit
+from borg_vm.errors import ServerFailed
+from borg_vm.services.serving import server as bootserver
 
 DATA = bytes(range(256)) * (MiB // 256)
 STOP_TIMEOUT = 60

@@ -10,19 +10,35 @@ import sys
 import time
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from realstack import (
+    BLOCK,
+    CHUNKER,
+    MTIME,
+    TIMESTAMP,
+    MiB,
+    export_members,
+    extract_file,
+    import_members,
+)
 
 from borg_vm.adapters import subproc
 from borg_vm.adapters.borg import DEFAULT_LOCK_WAIT, Borg1Repository, Listed, find_borg
 from borg_vm.adapters.borg.borg1 import PASSPHRASE_TRIES, _parse_log_json
 from borg_vm.core.compression import ALGORITHMS, OBFUSCATE_LEVELS, parse_compression
-from borg_vm.errors import (EXIT_ERROR, BadCompression, BorgError, BorgQuestion,
-                            PasscommandFailed, PassphraseMissing, PassphraseWrong,
-                            RepositoryLocked, RepositoryNotFound)
+from borg_vm.errors import (
+    EXIT_ERROR,
+    BadCompression,
+    BorgError,
+    BorgQuestion,
+    PasscommandFailed,
+    PassphraseMissing,
+    PassphraseWrong,
+    RepositoryLocked,
+    RepositoryNotFound,
+)
 from borg_vm.format.tarstream import TarWriter, read_members
-
-from realstack import (BLOCK, CHUNKER, MTIME, TIMESTAMP, MiB, export_members, extract_file,
-                       import_members)
 
 LISTED_TIME = "2026-11-26T02:00:00.000000"
 PASSPHRASE = "correct horse"

@@ -12,13 +12,12 @@ import tarfile
 from pathlib import Path
 
 import pytest
-
-from borg_vm.format.reader import EXTRACT_FROM
-from borg_vm.adapters.borg import find_borg
-from borg_vm.format import manifest as archive
-
 from handmade import CHECKPOINT, DOMAIN, borg_vm, domain_xml, image_data, manifest
 from realstack import MTIME
+
+from borg_vm.adapters.borg import find_borg
+from borg_vm.format import manifest as archive
+from borg_vm.format.reader import EXTRACT_FROM
 
 DATA = b"\x5a" * 65536
 ESCAPE = "borgvm-escaped"   # the file a member tries to put outside --to

@@ -7,15 +7,29 @@ import collections
 import os
 
 import pytest
+from realstack import KiB, MiB, allocated_data, qemu_io, run
 
 from borg_vm.adapters import qemu
+from borg_vm.adapters.libnbd import (
+    BASE_ALLOCATION,
+    MAX_BLOCK_STATUS,
+    dirty_bitmap_context,
+    open_command,
+    open_stdio_command,
+    open_unix,
+)
+from borg_vm.core.extent import (
+    DATA,
+    STATE_DIRTY,
+    STATE_HOLE,
+    STATE_ZERO,
+    ZERO,
+    Extent,
+    Run,
+    plan_full,
+    plan_incremental,
+)
 from borg_vm.errors import NbdError
-from borg_vm.core.extent import (DATA, STATE_DIRTY, STATE_HOLE, STATE_ZERO, ZERO, Extent, Run,
-                            plan_full, plan_incremental)
-from borg_vm.adapters.libnbd import (BASE_ALLOCATION, MAX_BLOCK_STATUS, dirty_bitmap_context,
-                                open_command, open_stdio_command, open_unix)
-
-from realstack import KiB, MiB, allocated_data, qemu_io, run
 
 HOLE_ZERO = STATE_HOLE | STATE_ZERO
 # Bitmaps named like libvirt's, so dirty_bitmap_context names the context qemu-nbd exports.

@@ -9,15 +9,23 @@ import subprocess
 import tarfile
 
 import pytest
-
-from borg_vm.format import packing
+from handmade import (
+    DOMAIN,
+    PACK,
+    PACK_BYTES,
+    PACK_MAP,
+    PACK_NAME,
+    SIZE,
+    manifest,
+    packed_disk,
+    write_archive,
+    write_packed_archive,
+)
+from mounting import compare, failed_mount, mounts_under, start_mount, wait_gone
+from realstack import BLOCK, CHUNKER, TIMESTAMP, MiB
 
 from borg_vm.format import manifest as archive
-
-from handmade import (DOMAIN, PACK, PACK_BYTES, PACK_MAP, PACK_NAME, SIZE, manifest,
-                      packed_disk, write_archive, write_packed_archive)
-from mounting import compare, failed_mount, mounts_under, start_mount, wait_gone
-from realstack import BLOCK, CHUNKER, MiB, TIMESTAMP
+from borg_vm.format import packing
 
 DATA = bytes(range(256)) * (3 * MiB // 256)     # 3 MiB at offset 0, then zeros
 

@@ -1,16 +1,14 @@
 """adapters/nbdkit.py against the real nbdkit: an nbdkit whose parent died waits
 for its connected clients for ever, and kill_stale ends it."""
 
-import os
 import subprocess
 import sys
 import time
 
 import nbd
+from mounting import wait_gone
 
 from borg_vm.adapters import nbdkit
-
-from mounting import wait_gone
 
 START_TIMEOUT = 30
 # How long an nbdkit without clients takes to exit after its parent died is well

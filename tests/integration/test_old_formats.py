@@ -21,7 +21,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from realstack import FIXTURES, copy_fixture_repo
 
 VERSIONS = ("v1", "v2")

@@ -5,12 +5,11 @@ attacker with write access to a shared repository would make them."""
 import json
 import os
 
+import handmade
 import pytest
+from realstack import import_members
 
 from borg_vm.format.manifest import FULL, DiskSummary, Summary
-
-import handmade
-from realstack import import_members
 
 GOOD = "web01.20261126T020000Z.borgvm-20261126T020000Z"
 

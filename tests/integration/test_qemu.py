@@ -3,11 +3,10 @@
 import os
 
 import pytest
+from realstack import MiB, allocated_data, qemu_io
 
 from borg_vm.adapters import qemu
 from borg_vm.errors import QemuImgError
-
-from realstack import MiB, allocated_data, qemu_io
 
 
 @pytest.mark.parametrize("fmt", ["raw", "qcow2"])

@@ -9,18 +9,17 @@ import subprocess
 import time
 
 import pytest
-
-from borg_vm.services.restore import images as apply_action
-from borg_vm.format import reader as members
-from borg_vm.adapters import qemu
-from borg_vm.format import manifest as archive
-from borg_vm.adapters.borg import BRIEF_LOCK_WAIT, Item
-from borg_vm.format.tarstream import TarFormatError
-from borg_vm.errors import BorgError, FormatError, IntegrityError
-from borg_vm.core.extent import DATA, ZERO, Extent
-from borg_vm.progress import Progress
-
 from realstack import MiB, import_members, qemu_io, qemu_map, run
+
+from borg_vm.adapters import qemu
+from borg_vm.adapters.borg import BRIEF_LOCK_WAIT, Item
+from borg_vm.core.extent import DATA, ZERO, Extent
+from borg_vm.errors import BorgError, FormatError, IntegrityError
+from borg_vm.format import manifest as archive
+from borg_vm.format import reader as members
+from borg_vm.format.tarstream import TarFormatError
+from borg_vm.progress import Progress
+from borg_vm.services.restore import images as apply_action
 
 SIZE = 16 * MiB
 OLD = 0x11

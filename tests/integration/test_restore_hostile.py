@@ -7,17 +7,29 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+from handmade import (
+    DOMAIN,
+    PACK,
+    PACK_BYTES,
+    PACK_MAP,
+    PACK_NAME,
+    SIZE,
+    Zeros,
+    borg_vm,
+    borg_vm_peak_rss,
+    error_line,
+    image_data,
+    packed_disk,
+    write_archive,
+    write_packed_archive,
+)
+from realstack import KiB, MiB
 
-from borg_vm.services.restore import run as restore_action
-from borg_vm.format import packing
-from borg_vm.format import manifest as archive
 from borg_vm.core.extent import Extent
 from borg_vm.errors import FormatError
-
-from handmade import (DOMAIN, PACK, PACK_BYTES, PACK_MAP, PACK_NAME, SIZE, Zeros, borg_vm,
-                      borg_vm_peak_rss, error_line, image_data, packed_disk, write_archive,
-                      write_packed_archive)
-from realstack import KiB, MiB
+from borg_vm.format import manifest as archive
+from borg_vm.format import packing
+from borg_vm.services.restore import run as restore_action
 
 DATA = b"\x5a" * 65536
 GiB = 1024 * MiB

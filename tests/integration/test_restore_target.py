@@ -6,12 +6,11 @@ import os
 import stat
 
 import pytest
-
-from borg_vm.services.restore import run as restore_action
-from borg_vm.format import manifest as archive
-
 from handmade import DOMAIN, borg_vm, error_line, image_data, write_archive
 from realstack import MiB
+
+from borg_vm.format import manifest as archive
+from borg_vm.services.restore import run as restore_action
 
 DATA = bytes(range(256)) * 4096          # 1 MiB at the start of vda
 UMASK = 0o022

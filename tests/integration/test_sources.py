@@ -3,13 +3,13 @@ pull-backup job: qemu-nbd on a unix socket, export 'vda', a persistent
 bitmap named backup-vda (so its context is the job's
 qemu:dirty-bitmap:backup-vda)."""
 
-from borg_vm.adapters import qemu
 import subprocess
 
+from realstack import KiB, MiB, qemu_io, run
+
+from borg_vm.adapters import qemu
 from borg_vm.adapters.disk_sources import ImageSource, PullBackupSource
 from borg_vm.core.extent import STATE_DIRTY, STATE_ZERO
-
-from realstack import KiB, MiB, qemu_io, run
 
 GRANULARITY = 64 * KiB
 

@@ -7,14 +7,12 @@ import os
 import subprocess
 from dataclasses import replace
 
+import handmade
 import pytest
+from handmade import borg_vm
 
 from borg_vm.adapters.borg import find_borg
 from borg_vm.format import manifest as archive
-
-import handmade
-from handmade import borg_vm
-
 
 
 def test_clean_archives_verify(v1_repo):

@@ -1,23 +1,40 @@
 """The archive format: names, member names, manifest and summary round trips."""
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from borg_vm import __version__
-from borg_vm.format import manifest as archive
-from borg_vm.format.manifest import (BLOCK_SIZE, FORMAT_VERSION, FULL, INC, PARTIAL_SUFFIX,
-                             ArchiveInfo, ArchiveName, DiskRecord, DiskSummary, FrozenRecord,
-                             LayerRecord, Manifest,
-                             Summary, disk_prefix, is_own_checkpoint, is_partial_of,
-                             member_name, new_checkpoint_name, parse_member,
-                             stamp)
-from borg_vm.errors import FormatError
 from borg_vm.core.extent import DATA, ZERO, Extent
+from borg_vm.errors import FormatError
+from borg_vm.format import manifest as archive
+from borg_vm.format.manifest import (
+    BLOCK_SIZE,
+    FORMAT_VERSION,
+    FULL,
+    INC,
+    PARTIAL_SUFFIX,
+    ArchiveInfo,
+    ArchiveName,
+    DiskRecord,
+    DiskSummary,
+    FrozenRecord,
+    LayerRecord,
+    Manifest,
+    Summary,
+    disk_prefix,
+    is_own_checkpoint,
+    is_partial_of,
+    member_name,
+    new_checkpoint_name,
+    parse_member,
+    stamp,
+)
 
-WHEN = datetime(2026, 11, 26, 2, 0, 0, tzinfo=timezone.utc)
+WHEN = datetime(2026, 11, 26, 2, 0, 0, tzinfo=UTC)
 SNAP = "20261125T221800Z"
 CKPT = "borgvm-20261126T020000Z"
 
@@ -89,7 +106,7 @@ def test_archive_name_layout():
 @given(st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\n"),
                min_size=1),
        st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2999, 1, 1),
-                    timezones=st.just(timezone.utc)),
+                    timezones=st.just(UTC)),
        st.integers(0, 20), st.text(min_size=1))
 def test_archive_name_round_trip_any_domain(domain, when, n, layer):
     checkpoint = new_checkpoint_name(when, {new_checkpoint_name(when, set())} if n else set())

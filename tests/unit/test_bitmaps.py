@@ -1,6 +1,7 @@
 """Which layers' bitmaps hold the writes since a checkpoint (shut-off domains)."""
 
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from borg_vm.core.bitmaps import ENABLED, IN_USE, layers_since
 

@@ -4,12 +4,18 @@ exports, the boot record, and QEMU's user from the host capabilities."""
 import xml.etree.ElementTree as ET
 
 import pytest
-
-from borg_vm.core.bootxml import (BOOT_NS, BootRecord, boot_domain_xml, boot_record,
-                                  dac_base_label, domain_type, nbd_backings)
-from borg_vm.core.domxml import parse_disks, restored_domain_xml
-
 from test_domxml import DOMAIN_XML
+
+from borg_vm.core.bootxml import (
+    BOOT_NS,
+    BootRecord,
+    boot_domain_xml,
+    boot_record,
+    dac_base_label,
+    domain_type,
+    nbd_backings,
+)
+from borg_vm.core.domxml import parse_disks, restored_domain_xml
 
 # The domain of test_domxml: vda (qcow2 on a backing file), vdb (a raw block
 # device), CD-ROMs, a read-only disk, disks restore leaves out, a MAC address.

@@ -2,9 +2,9 @@
 
 import pytest
 
-from borg_vm.format.manifest import FULL, INC, ArchiveInfo, ArchiveName, DiskSummary, Summary
 from borg_vm.core.chain import disk_chain, group, of_domain, select
 from borg_vm.errors import ArchiveNotFound, BrokenChain, UnknownDisk
+from borg_vm.format.manifest import FULL, INC, ArchiveInfo, ArchiveName, DiskSummary, Summary
 
 DOMAIN = "web01.example.com"
 

@@ -4,10 +4,10 @@ range, and hypothesis for round trips and for arbitrary text."""
 import re
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from borg_vm.core.compression import (ALGORITHMS, OBFUSCATE_LEVELS, Compression,
-                                      parse_compression)
+from borg_vm.core.compression import ALGORITHMS, OBFUSCATE_LEVELS, Compression, parse_compression
 from borg_vm.errors import BadCompression, UsageError
 
 # Every example of `borg help compression` (borg 1.4).

@@ -4,9 +4,20 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from borg_vm.core.domxml import (DiskSpec, agent_channel, backup_sockets, backup_xml,
-                            checkpoint_xml, domain_uuid, parse_disks, qemu_owner, read_domain_xml, restored_domain_xml,
-                            snapshot_images, strip_host_resources)
+from borg_vm.core.domxml import (
+    DiskSpec,
+    agent_channel,
+    backup_sockets,
+    backup_xml,
+    checkpoint_xml,
+    domain_uuid,
+    parse_disks,
+    qemu_owner,
+    read_domain_xml,
+    restored_domain_xml,
+    snapshot_images,
+    strip_host_resources,
+)
 
 # Shaped like `virsh dumpxml` of a running domain (trimmed).
 DOMAIN_XML = """\

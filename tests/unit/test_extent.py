@@ -7,12 +7,32 @@ property can be checked byte by byte against a plain per-byte model.
 import random
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from borg_vm.core.extent import (DATA, STATE_DIRTY, STATE_HOLE, STATE_ZERO, ZERO, Extent, Run,
-                            check_map, clip_runs, merge, merge_overlapping, plan_full,
-                            plan_incremental, requests, runs_from_entries, split_at_blocks,
-                            status_ranges, subtract, subtract_all, total, widen_data)
+from borg_vm.core.extent import (
+    DATA,
+    STATE_DIRTY,
+    STATE_HOLE,
+    STATE_ZERO,
+    ZERO,
+    Extent,
+    Run,
+    check_map,
+    clip_runs,
+    merge,
+    merge_overlapping,
+    plan_full,
+    plan_incremental,
+    requests,
+    runs_from_entries,
+    split_at_blocks,
+    status_ranges,
+    subtract,
+    subtract_all,
+    total,
+    widen_data,
+)
 
 MAX_DISK = 300
 ALLOC_FLAGS = (0, STATE_HOLE, STATE_ZERO, STATE_HOLE | STATE_ZERO)

@@ -1,7 +1,8 @@
 """Snapshot layers: names, escaping, what froze, where data goes (issue #8)."""
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from borg_vm.core.layers import BASE, escape, frozen_since, home, layer_name, unescape
 

@@ -5,9 +5,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from borg_vm import prefetch
-from borg_vm.format.reader import _aligned, _Room, buffer_batches
 from borg_vm.adapters.rawimage import DIRECT_ALIGN
 from borg_vm.core.extent import Extent
+from borg_vm.format.reader import _aligned, _Room, buffer_batches
 
 SIZE = 64 * 1024
 

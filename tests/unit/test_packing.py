@@ -4,7 +4,8 @@ disks (blocks of 4 bytes, cells of 16, windows of 64) for the rest."""
 import json
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from borg_vm.core.extent import DATA, ZERO, Extent, split_at_blocks
 from borg_vm.format.packing import Packing, map_from_json, map_to_json, pack
@@ -114,7 +115,8 @@ def test_a_change_inside_one_window_leaves_the_other_windows_members_alone(
     cut = [e for e in extents if e.end <= lo or e.start >= hi]
     changed = sorted(cut + [Extent(e.start + lo, e.length, e.kind) for e in inside],
                      key=lambda e: e.start)
-    outside = lambda ms: [m for m in ms if m[0].end <= lo or m[0].start >= hi]
+    def outside(ms):
+        return [m for m in ms if m[0].end <= lo or m[0].start >= hi]
     assert outside(pack(cut, SMALL)) == outside(pack(changed, SMALL))
 
 

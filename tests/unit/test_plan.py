@@ -1,20 +1,27 @@
 """Backup planning: when a run is incremental, and why it is not."""
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
-from borg_vm.format.manifest import (FULL, INC, ArchiveInfo, ArchiveName, DiskSummary, Summary,
-                             is_own_checkpoint)
-from borg_vm.errors import EXIT_ERROR, NoUsableParent
 from borg_vm.core.plan import AUTO, Disk, Plan, archive_name, latest, plan
+from borg_vm.errors import EXIT_ERROR, NoUsableParent
+from borg_vm.format.manifest import (
+    FULL,
+    INC,
+    ArchiveInfo,
+    ArchiveName,
+    DiskSummary,
+    Summary,
+    is_own_checkpoint,
+)
 
 DOMAIN = "web01.example.com"
 UUID = "9b1c5a5e-3c1e-4c55-9d7e-2a1d0b9c1f00"
 VDA = Disk("vda", "/images/web01.qcow2", "qcow2", 10 << 30)
 VDB = Disk("vdb", "/images/web01-data.qcow2", "qcow2", 20 << 30)
 SDA = Disk("sda", "/dev/vg/web01-raw", "raw", 1 << 30)
-WHEN = datetime(2026, 11, 27, 2, 0, 0, tzinfo=timezone.utc)
+WHEN = datetime(2026, 11, 27, 2, 0, 0, tzinfo=UTC)
 
 
 def info(checkpoint, disks, *, level=FULL, snapshot="20261125T020000Z", domain=DOMAIN,
@@ -224,13 +231,13 @@ def test_full_when_parent_chain_is_broken():
 
 # --- new chains on a schedule: --full-every ---------------------------------------------
 
-from datetime import timedelta  # noqa: E402
+from datetime import UTC, timedelta  # noqa: E402
 
 from borg_vm.core.plan import FullEvery  # noqa: E402
 
 
 def chain_of(n_incs, start="2026-11-01T02:00:00Z"):
-    t0 = datetime.strptime(start, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+    t0 = datetime.strptime(start, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
     arcs, parent = [], None
     for i in range(n_incs + 1):
         when = t0 + timedelta(days=i)
@@ -265,7 +272,7 @@ def test_full_every_and_keep_within_read_one_unit_alike():
 def test_full_every_count_starts_a_new_chain_when_due_and_not_before():
     arcs = chain_of(3)                       # a full and 3 incrementals
     cps = {arcs[-1].name.checkpoint}
-    now = datetime(2026, 11, 5, 2, 0, tzinfo=timezone.utc)
+    now = datetime(2026, 11, 5, 2, 0, tzinfo=UTC)
     assert plan(AUTO, DOMAIN, UUID, [VDA, VDB], arcs, cps, FullEvery.parse("4"), now).level == INC
     p = plan(AUTO, DOMAIN, UUID, [VDA, VDB], arcs, cps, FullEvery.parse("3"), now)
     assert p.level == FULL and p.parent is None
@@ -278,9 +285,9 @@ def test_full_every_age_starts_a_new_chain_when_due_and_not_before():
     arcs = chain_of(2)                       # full on 2026-11-01
     cps = {arcs[-1].name.checkpoint}
     every = FullEvery.parse("7d")
-    early = datetime(2026, 11, 8, 1, 59, 59, tzinfo=timezone.utc)
+    early = datetime(2026, 11, 8, 1, 59, 59, tzinfo=UTC)
     assert plan(AUTO, DOMAIN, UUID, [VDA, VDB], arcs, cps, every, early).level == INC
-    due = datetime(2026, 11, 8, 2, 0, 0, tzinfo=timezone.utc)
+    due = datetime(2026, 11, 8, 2, 0, 0, tzinfo=UTC)
     p = plan(AUTO, DOMAIN, UUID, [VDA, VDB], arcs, cps, every, due)
     assert p.level == FULL and "is from 2026-11-01T02:00:00Z (--full-every 7d)" in p.reason
 
@@ -288,6 +295,6 @@ def test_full_every_age_starts_a_new_chain_when_due_and_not_before():
 def test_full_every_never_keeps_one_chain():
     arcs = chain_of(400)                     # a full more than a year old, 400 incrementals
     cps = {arcs[-1].name.checkpoint}
-    later = datetime(2028, 1, 1, tzinfo=timezone.utc)
+    later = datetime(2028, 1, 1, tzinfo=UTC)
     assert plan(AUTO, DOMAIN, UUID, [VDA, VDB], arcs, cps, FullEvery.parse("never"),
                 later).level == INC

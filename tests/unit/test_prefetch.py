@@ -1,10 +1,9 @@
 """Prefetch: order, errors handed to the consumer, and no thread outliving its block."""
 
+import ctypes
 import threading
 
 import pytest
-
-import ctypes
 
 from borg_vm.prefetch import ahead, buffers
 

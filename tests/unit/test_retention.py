@@ -1,16 +1,17 @@
 """Retention: borg's keep rules over restore points, then whole chains."""
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from borg_vm.format.manifest import FULL, INC, ArchiveInfo, ArchiveName, DiskSummary, Summary
 from borg_vm.core.chain import disk_chain
 from borg_vm.core.retention import KEEP, NEWEST, PRUNE, Rules, decide, kept_points
+from borg_vm.format.manifest import FULL, INC, ArchiveInfo, ArchiveName, DiskSummary, Summary
 
-UTC = timezone.utc
+UTC = UTC
 NOW = datetime(2026, 11, 27, 3, 0, 0, tzinfo=UTC)
 
 

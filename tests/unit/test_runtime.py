@@ -3,11 +3,11 @@ on a real file system (a temporary BORG_VM_RUNTIME_DIR)."""
 
 import fcntl
 import os
-from pathlib import Path
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 

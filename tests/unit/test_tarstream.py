@@ -7,8 +7,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from borg_vm.format.tarstream import (BLOCK, MAX_NAME_BYTES, MEMBER_MODE, RECORD, TarFormatError,
-                                    TarWriter, read_members, write_all)
+from borg_vm.format.tarstream import (
+    BLOCK,
+    MAX_NAME_BYTES,
+    MEMBER_MODE,
+    RECORD,
+    TarFormatError,
+    TarWriter,
+    read_members,
+    write_all,
+)
 
 MTIME = 1795658400
 LONG_NAME = "disk/" + "a-very-long-target-name-" * 6 + "/0000000000400000"

@@ -12,12 +12,18 @@ Repository and one more branch here; no caller changes.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from borg_vm.adapters import subproc
 from borg_vm.adapters.borg import features
-from borg_vm.adapters.borg.borg1 import (BRIEF_LOCK_WAIT, DEFAULT_LOCK_WAIT, Borg1Repository,
-                                         find_borg, items, mounted)
+from borg_vm.adapters.borg.borg1 import (
+    BRIEF_LOCK_WAIT,
+    DEFAULT_LOCK_WAIT,
+    Borg1Repository,
+    find_borg,
+    items,
+    mounted,
+)
 from borg_vm.adapters.borg.protocol import Item, Listed, Repository
 from borg_vm.errors import BorgNotFound
 

@@ -33,14 +33,23 @@ import shutil
 import signal
 import sys
 import time
-from typing import Callable, ContextManager, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
 
 from borg_vm.adapters import subproc
 from borg_vm.adapters.borg.features import BorgVersion, Dialect, glob_literal
 from borg_vm.adapters.borg.protocol import Item, Listed
-from borg_vm.errors import (BorgError, BorgNotFound, BorgQuestion, PasscommandFailed,
-                      PassphraseMissing, PassphraseWrong, RepositoryFull, RepositoryLocked,
-                      RepositoryNotFound)
+from borg_vm.errors import (
+    BorgError,
+    BorgNotFound,
+    BorgQuestion,
+    PasscommandFailed,
+    PassphraseMissing,
+    PassphraseWrong,
+    RepositoryFull,
+    RepositoryLocked,
+    RepositoryNotFound,
+)
 
 log = logging.getLogger(__name__)
 
@@ -219,10 +228,11 @@ class Borg1Repository:
                 for a in doc["archives"]]
 
     def list_items(self, archive: str, paths: Sequence[str], *, brief: bool = False
-                   ) -> ContextManager[subproc.Stream]:
-        """Return a context manager yielding a running 'borg list' printing the archive's items under paths (all if
-        none) to its stdout, one JSON line each (read them with ``items``), in archive
-        order: the order 'borg extract --stdout' of the same paths writes them in.
+                   ) -> AbstractContextManager[subproc.Stream]:
+        """Return a context manager yielding a running 'borg list' printing the
+        archive's items under paths (all if none) to its stdout, one JSON line each
+        (read them with ``items``), in archive order: the order 'borg extract
+        --stdout' of the same paths writes them in.
         brief: wait BRIEF_LOCK_WAIT for the repository lock."""
         argv = self._argv("list", "--json-lines", "--format", "{type}{size}{path}",
                           *self.location(archive), *paths, brief=brief)
@@ -271,16 +281,17 @@ class Borg1Repository:
             yield s
 
     def export_tar(self, archive: str, paths: Sequence[str], *, brief: bool = False
-                   ) -> ContextManager[subproc.Stream]:
-        """Return a context manager yielding a running 'borg export-tar' writing the archive's paths to its stdout.
+                   ) -> AbstractContextManager[subproc.Stream]:
+        """Return a context manager yielding a running 'borg export-tar' writing the
+        archive's paths to its stdout.
         brief: wait BRIEF_LOCK_WAIT for the repository lock."""
         argv = self._argv("export-tar", *self.location(archive), "-", *paths, brief=brief)
         return self._output(argv)
 
     def extract_stdout(self, archive: str, paths: Sequence[str], *, brief: bool = False
-                       ) -> ContextManager[subproc.Stream]:
-        """Return a context manager yielding a running 'borg extract --stdout' writing the contents of the
-        archive's regular files under paths, one after the other, to its stdout.
+                       ) -> AbstractContextManager[subproc.Stream]:
+        """Return a context manager yielding a running 'borg extract --stdout' writing
+        the contents of the archive's regular files under paths, one after the other, to its stdout.
         brief: wait BRIEF_LOCK_WAIT for the repository lock."""
         argv = self._argv("extract", "--stdout", *self.location(archive), *paths, brief=brief)
         return self._output(argv)

@@ -22,8 +22,8 @@ import json
 import os
 import re
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from borg_vm.errors import BorgNotFound, BorgUnsupported
 
@@ -43,7 +43,7 @@ class BorgVersion:
     pre: str = ""   # "b23" for 2.0.0b23; "" for a release
 
     @classmethod
-    def parse(cls, text: str) -> "BorgVersion":
+    def parse(cls, text: str) -> BorgVersion:
         """Parse what 'borg --version' prints ("borg 1.4.5", "borg 2.0.0b23");
         raise ValueError otherwise."""
         m = _VERSION_RE.search(text)

@@ -7,8 +7,10 @@ alone (``open_repository`` picks the implementation, features.py the spellings).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import ContextManager, Iterator, Protocol, Sequence
+from typing import Protocol
 
 from borg_vm.adapters import subproc
 
@@ -47,23 +49,23 @@ class Repository(Protocol):
         ...
 
     def list_items(self, archive: str, paths: Sequence[str], *, brief: bool = False
-                   ) -> ContextManager[subproc.Stream]:
+                   ) -> AbstractContextManager[subproc.Stream]:
         """A running listing of the archive's items under paths, one JSON line each,
         in the order extract_stdout writes them (read them with ``items``)."""
         ...
 
     def export_tar(self, archive: str, paths: Sequence[str], *, brief: bool = False
-                   ) -> ContextManager[subproc.Stream]:
+                   ) -> AbstractContextManager[subproc.Stream]:
         """A running export of the archive's paths as a tar stream on stdout."""
         ...
 
     def extract_stdout(self, archive: str, paths: Sequence[str], *, brief: bool = False
-                       ) -> ContextManager[subproc.Stream]:
+                       ) -> AbstractContextManager[subproc.Stream]:
         """A running extract writing the contents of the paths' regular files to stdout."""
         ...
 
     def import_tar(self, archive: str, *, comment: str, timestamp: str, compression: str,
-                   chunker_params: str) -> ContextManager[subproc.Stream]:
+                   chunker_params: str) -> AbstractContextManager[subproc.Stream]:
         """A running import of a tar stream written to its stdin, committed only
         when the stream's end marker arrives (then ``finish``)."""
         ...
@@ -76,7 +78,7 @@ class Repository(Protocol):
         """Free the space deleted archives held."""
         ...
 
-    def mount(self, mountpoint: str, archive_glob: str) -> ContextManager[subproc.Stream]:
+    def mount(self, mountpoint: str, archive_glob: str) -> AbstractContextManager[subproc.Stream]:
         """Mount the archives matching archive_glob read-only at mountpoint."""
         ...
 
@@ -88,7 +90,7 @@ class Repository(Protocol):
         """Wait for a streaming command; raise the matching BorgError if it failed."""
         ...
 
-    def child_env(self) -> ContextManager[tuple[dict[str, str], tuple[int, ...]]]:
+    def child_env(self) -> AbstractContextManager[tuple[dict[str, str], tuple[int, ...]]]:
         """(environment, descriptors) giving a child process the passphrase as borg
         takes it (for a borg-vm started in the background)."""
         ...

@@ -7,10 +7,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from borg_vm.adapters import qemu
-from borg_vm.adapters.libvirt import Domain
 from borg_vm.adapters.disk_sources import ImageSource
-from borg_vm.format import manifest as fmt
+from borg_vm.adapters.libvirt import Domain
 from borg_vm.core import bitmaps, domxml, layers, plan
+from borg_vm.format import manifest as fmt
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,8 @@ class DiskLayers:
     frozen: tuple[tuple[int, str | None], ...]
 
     def records(self) -> tuple[fmt.LayerRecord, ...]:
-        return tuple(fmt.LayerRecord(n, x.path, x.format) for n, x in zip(self.names, self.chain))
+        return tuple(fmt.LayerRecord(n, x.path, x.format)
+                     for n, x in zip(self.names, self.chain, strict=True))
 
 
 def of_disks(dom: Domain, disks: list[plan.Disk], p: plan.Plan) -> dict[str, DiskLayers]:

@@ -12,7 +12,7 @@ recorded afterwards (``virsh checkpoint-create --redefine``). One run::
     top images: add bitmap C (enabled)       writes from here on are C's
     qemu-nbd -r per disk, held for the run   the image locks: a domain start
                                              fails cleanly, nothing changes
-    stream into Borg, rename                 (services/backup/run.py)
+    stream into Borg                         (services/backup/run.py)
     redefine checkpoint C in libvirt, drop the older ones (metadata + bitmaps)
 
 On failure: the bitmaps this run added are removed. If the domain is started
@@ -24,16 +24,16 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Iterator
 from datetime import datetime
-from typing import Iterator
 
 from borg_vm.adapters import qemu
-from borg_vm.adapters.libvirt import Domain
 from borg_vm.adapters.disk_sources import ImageSource
-from borg_vm.format import manifest as fmt
+from borg_vm.adapters.libvirt import Domain
 from borg_vm.core import bitmaps, domxml, plan
-from borg_vm.core.disk_source import Session
 from borg_vm.errors import CheckpointInconsistent, QemuImgError
+from borg_vm.format import manifest as fmt
+from borg_vm.services.backup.context import BackupRun, Session
 
 log = logging.getLogger(__name__)
 
@@ -42,13 +42,14 @@ TEMPORARY_PREFIX = "borgvm-merged-"
 
 
 @contextlib.contextmanager
-def session(dom: Domain, p: plan.Plan, checkpoint: str, disks: list[plan.Disk], xml: str,
-            opts, when: datetime, chains: dict[str, list[qemu.Layer]]) -> Iterator[Session]:
-    """Read the shut-off domain's disks as of now and record checkpoint C; yield
-    the Session. On normal exit record C in libvirt and drop older checkpoints;
-    on an exception remove what this run added. Raise CheckpointInconsistent if
-    the parent checkpoint's bitmaps cannot serve an incremental. chains holds each
-    disk's images, top first (qemu.backing_chain)."""
+def session(run: BackupRun, p: plan.Plan, checkpoint: str, when: datetime,
+            chains: dict[str, tuple[qemu.Layer, ...]]) -> Iterator[Session]:
+    """Read the shut-off domain's disks as of now and record checkpoint C (created
+    at when); yield the Session. On normal exit record C in libvirt and drop older
+    checkpoints; on an exception remove what this run added. Raise
+    CheckpointInconsistent if the parent checkpoint's bitmaps cannot serve an
+    incremental. chains holds each disk's images, top first (qemu.backing_chain)."""
+    dom, disks = run.dom, run.disks
     known = set(dom.checkpoints())
     for d in disks:
         if d.incremental_capable:
@@ -80,7 +81,7 @@ def session(dom: Domain, p: plan.Plan, checkpoint: str, disks: list[plan.Disk], 
         drop_checkpoint(dom, old, [d.source for d in disks if d.incremental_capable])
 
 
-def _dirty_bitmap(dom: Domain, d: plan.Disk, chain: list[qemu.Layer], p: plan.Plan,
+def _dirty_bitmap(dom: Domain, d: plan.Disk, chain: tuple[qemu.Layer, ...], p: plan.Plan,
                   checkpoint: str, added: list[tuple[str, str]]) -> str:
     """Return the name of a bitmap of d's top image holding every write since the
     parent checkpoint (the parent's own, or a merge of its copies down the chain)."""

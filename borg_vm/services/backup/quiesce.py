@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 from borg_vm.adapters.libvirt import Domain
 from borg_vm.core import domxml
@@ -36,11 +36,12 @@ class Quiesce:
 
 
 @contextlib.contextmanager
-def frozen(dom: Domain, mode: str | None, live_xml: str,
+def frozen(dom: Domain, mode: str | None, agent_state: str | None,
            timeout: float = FREEZE_TIMEOUT) -> Iterator[Quiesce]:
     """With mode ON or TRY, freeze the running domain's filesystems for the body
     (thawed on every way out); yield a Quiesce that holds, after the body, how
-    long they were frozen. With mode None do nothing.
+    long they were frozen. With mode None do nothing. agent_state: the state of
+    the domain's guest agent channel (domxml.LiveDomain.agent_state).
 
     Raise a QuiesceError if they cannot be frozen, or were thawed before the
     body ended (by the guard, after `timeout` seconds); with TRY, log a warning
@@ -50,7 +51,7 @@ def frozen(dom: Domain, mode: str | None, live_xml: str,
     with contextlib.ExitStack() as stack:
         if mode is not None:
             try:
-                _check_agent(dom, live_xml)
+                _check_agent(dom, agent_state)
                 freeze = stack.enter_context(dom.frozen(timeout))
             except QuiesceError as e:
                 _fail_or_warn(mode, e)
@@ -65,10 +66,9 @@ def frozen(dom: Domain, mode: str | None, live_xml: str,
                                           variable=FREEZE_TIMEOUT_ENV))
 
 
-def _check_agent(dom: Domain, live_xml: str) -> None:
-    """Raise GuestAgentMissing if the domain has no agent channel, QuiesceFailed
-    if libvirt knows its agent is not connected."""
-    state = domxml.agent_channel(live_xml)
+def _check_agent(dom: Domain, state: str | None) -> None:
+    """Raise GuestAgentMissing if the domain has no agent channel (state None),
+    QuiesceFailed if libvirt knows its agent is not connected."""
     if state is None:
         raise GuestAgentMissing(name=dom.name, channel=domxml.AGENT_CHANNEL)
     if state == "disconnected":

@@ -11,22 +11,22 @@ written, and every written record against its extents and SHA-256 after.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import itertools
 import os
+from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import ContextManager, Iterable, Iterator
 
 from borg_vm import prefetch
 from borg_vm.adapters import qemu, rawimage
 from borg_vm.adapters.libnbd import open_command
-from borg_vm.format import manifest as fmt
 from borg_vm.core import extent
+from borg_vm.format import manifest as fmt
+from borg_vm.format import reader
 from borg_vm.format.manifest import ArchiveInfo, Manifest
+from borg_vm.format.reader import Key
 from borg_vm.format.tarstream import Member
-from borg_vm.errors import FormatError, IntegrityError
 from borg_vm.progress import Progress
-from borg_vm.format import reader as members
 
 # Pieces of data members handed from the borg reader thread to the writer.
 RESTORE_PIECE = 4 * 1024 * 1024
@@ -41,7 +41,6 @@ RESTORE_BUFFERS = RESTORE_PREFETCH + 2 + WRITES_IN_FLIGHT + 1
 # set before any data is written, whatever the umask.
 PRIVATE = 0o600
 
-Key = tuple[str, int]   # (disk target, layer): 0 the guest's view, i >= 1 a frozen layer
 
 
 def create_image(path: str, fmt_: str, size: int, backing: str | None = None,
@@ -61,7 +60,7 @@ class Layer:
 
 
 def read_for(arc: ArchiveInfo, keys: Iterable[Key], known: Manifest | None = None
-             ) -> members.Read:
+             ) -> reader.Read:
     """Return what apply_archive reads of arc to write keys: their data and the manifest.
 
     Frozen layers (layer >= 1) can be asked for only with the archive's manifest
@@ -70,11 +69,11 @@ def read_for(arc: ArchiveInfo, keys: Iterable[Key], known: Manifest | None = Non
     # A record with only zero extents has no data members (and borg warns about
     # a path that matches nothing).
     wanted = [w for k in keys if (w := _wanted(arc, known, k))]
-    return members.Read(arc.archive, tuple(p for p, _ in wanted) + (fmt.MANIFEST,),
+    return reader.Read(arc.archive, tuple(p for p, _ in wanted) + (fmt.MANIFEST,),
                         sum(n for _, n in wanted))
 
 
-def apply_archive(found: ContextManager[Iterator[Member]], arc: ArchiveInfo,
+def apply_archive(found: AbstractContextManager[Iterator[Member]], arc: ArchiveInfo,
                   layers: dict[Key, Layer], progress: Progress,
                   known: Manifest | None = None) -> Manifest:
     """Write the data (and, over older data, the zero extents) of the given
@@ -87,15 +86,15 @@ def apply_archive(found: ContextManager[Iterator[Member]], arc: ArchiveInfo,
     damaged archive.
     """
     with contextlib.ExitStack() as stack:
-        outs = {k: stack.enter_context(_open_image(l)) for k, l in layers.items()}
+        outs = {k: stack.enter_context(_open_image(image)) for k, image in layers.items()}
         sizes = {t: arc.summary.disks[t].virtual_size for t, _ in outs}
-        files, written, digests = _stream_members(found, arc.archive, outs, sizes, progress)
-        manifest = Manifest.from_json(files.pop(fmt.MANIFEST), arc.archive)
+        tally = reader.Tally(arc.archive, outs)
+        _write_members(found, tally, outs, sizes, progress)
+        manifest = tally.manifest()
+        tally.check(manifest, outs)
         for k, out in outs.items():
-            record = _record(arc.archive, manifest, k)
-            verify_record(arc.archive, k[0], record, written[k], digests[k].hexdigest())
             if layers[k].zeros:
-                for e in record.extents:
+                for e in reader.record_of(arc.archive, manifest, k).extents:
                     if e.kind == extent.ZERO:
                         out.zero(e.start, e.length)
             out.flush()
@@ -121,70 +120,24 @@ def _wanted(arc: ArchiveInfo, known: Manifest | None, key: Key) -> tuple[str, in
         n = arc.summary.disks[target].data_bytes
         return (fmt.disk_prefix(target), n) if n else None
     assert known is not None, "frozen layers need the manifest read first"
-    record = _record(arc.archive, known, key)
+    record = reader.record_of(arc.archive, known, key)
     return (fmt.frozen_prefix(target, layer), record.data_bytes) if record.data_bytes else None
 
 
-def _record(archive: str, manifest: Manifest, key: Key):
-    """Return the manifest's record (DiskRecord or FrozenRecord) of key; raise
-    FormatError if it has none."""
-    target, layer = key
-    disk = manifest.disks.get(target)
-    if disk is None:
-        raise FormatError(archive=archive, detail=f"manifest has no disk {target}")
-    if layer == 0:
-        return disk
-    for f in disk.frozen:
-        if f.layer == layer:
-            return f
-    raise FormatError(archive=archive, detail=f"manifest has no frozen layer {layer} of "
-                                              f"disk {target}")
-
-
-def _stream_members(found: ContextManager[Iterator[Member]], archive: str, outs: dict,
-                    sizes: dict[str, int], progress: Progress):
-    """Stream the archive's members: data members go to outs at their offsets (each
-    checked against its disk's size first), small members are returned whole.
-    Return (files, written extents, digests) per key."""
-    files: dict[str, bytes] = {}
-    written: dict[Key, list[extent.Extent]] = {k: [] for k in outs}
-    digests = {k: hashlib.sha256() for k in outs}
+def _write_members(found: AbstractContextManager[Iterator[Member]], tally: reader.Tally, outs: dict,
+                   sizes: dict[str, int], progress: Progress) -> None:
+    """Stream the archive's members through tally: data members go to outs at their
+    offsets (each checked against its disk's size first)."""
     with contextlib.ExitStack() as stack:
         writers = {k: stack.enter_context(out.pipelined_writes(WRITES_IN_FLIGHT))
                    for k, out in outs.items()}
-        pieces = members.pieces(stack.enter_context(found), archive, sizes,
-                                prefetch.buffers(RESTORE_BUFFERS, RESTORE_PIECE))
+        pieces = reader.pieces(stack.enter_context(found), tally.archive, sizes,
+                               prefetch.buffers(RESTORE_BUFFERS, RESTORE_PIECE))
         # Reading borg's output and hashing it run ahead in a thread while this
         # one writes.
-        with prefetch.ahead(members.buffer_batches(_hashed(pieces, digests)),
+        with prefetch.ahead(reader.buffer_batches(tally.count(pieces)),
                             RESTORE_PREFETCH) as ahead:
-            for name, key, offset, piece in itertools.chain.from_iterable(ahead):
-                if key is None:
-                    files[name] = piece
-                elif key in outs:
+            for _name, key, offset, piece in itertools.chain.from_iterable(ahead):
+                if key in outs:
                     writers[key](piece, offset)
-                    written[key].append(extent.Extent(offset, len(piece)))
                     progress.advance(len(piece))
-    members.check_present(archive, files, (fmt.MANIFEST,))
-    return files, written, digests
-
-
-def _hashed(pieces, digests: dict):
-    """Yield pieces, each data piece of a key in digests hashed into its digest first."""
-    for name, key, offset, piece in pieces:
-        if key in digests:
-            digests[key].update(piece)
-        yield name, key, offset, piece
-
-
-def verify_record(archive: str, target: str, record, written: list[extent.Extent],
-            digest: str) -> None:
-    """Raise IntegrityError unless written covers the record's data extents and digest matches."""
-    try:
-        same = extent.covers_data(written, record.extents)
-    except ValueError as e:
-        raise IntegrityError(target=target, archive=archive, detail=str(e)) from e
-    if not same:
-        raise IntegrityError(target=target, archive=archive, detail="data extents differ")
-    if digest != record.sha256:
-        raise IntegrityError(target=target, archive=archive, detail="sha256 differs")

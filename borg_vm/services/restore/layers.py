@@ -16,16 +16,16 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 from borg_vm.adapters.borg import Repository
-from borg_vm.format import manifest as fmt
 from borg_vm.core import chain, layers
+from borg_vm.format import manifest as fmt
+from borg_vm.format import reader
 from borg_vm.format.manifest import ArchiveInfo, Manifest
 from borg_vm.progress import Progress
-from borg_vm.services.restore import images as apply
-from borg_vm.format import reader as members
+from borg_vm.services.restore import images
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ def plan(borg: Repository, archives: list[ArchiveInfo], top: ArchiveInfo, target
         formats = (base_format,) + ("qcow2",) * (len(now) - 1)
         stem = f"{top.name.domain}.{t}"
         images = tuple(f"{stem}.{layers.escape(n)}.{'qcow2' if f == 'qcow2' else 'img'}"
-                       for n, f in zip(names, formats))
+                       for n, f in zip(names, formats, strict=True))
         steps = layers.restore_steps([x.path for x in now],
                                      [([x.path for x in r.chain], [f.layer for f in r.frozen])
                                       for r in records])
@@ -76,18 +76,18 @@ def _manifests(borg: Repository, arcs: list[ArchiveInfo], top: ArchiveInfo,
     # (each path once: borg warns of a pattern that matched nothing, a repeated one too)
     wanted = {a.archive: tuple(dict.fromkeys((fmt.MANIFEST,) + (
         top_files if a.archive == top.archive else ()))) for a in arcs}
-    with members.read_ahead(borg, [members.Read(a.archive, wanted[a.archive])
+    with reader.read_ahead(borg, [reader.Read(a.archive, wanted[a.archive])
                                    for a in arcs]) as found:
-        for a, stream in zip(arcs, found):
+        for a, stream in zip(arcs, found, strict=True):
             with stream as ms:
-                small = members.small_files(ms, a.archive, wanted[a.archive])
+                small = reader.small_files(ms, a.archive, wanted[a.archive])
             out[a.archive] = Manifest.from_json(small[fmt.MANIFEST], a.archive)
             if a.archive == top.archive:
                 files = small
     return out, files
 
 
-def passes(plans: list[LayeredDisk]) -> list[tuple[ArchiveInfo, dict[apply.Key, apply.Layer]]]:
+def passes(plans: list[LayeredDisk]) -> list[tuple[ArchiveInfo, dict[images.Key, images.Layer]]]:
     """Return the passes over archives that fill every disk's layer images, in order:
     (archive, its writes), image paths relative to the directory they are made in."""
     started: set[tuple[str, int]] = set()   # images written to already
@@ -99,29 +99,30 @@ def passes(plans: list[LayeredDisk]) -> list[tuple[ArchiveInfo, dict[apply.Key, 
 
 
 def write(found: Iterator, plans: list[LayeredDisk],
-          steps: list[tuple[ArchiveInfo, dict[apply.Key, apply.Layer]]],
+          steps: list[tuple[ArchiveInfo, dict[images.Key, images.Layer]]],
           manifests: dict[str, Manifest], stage: str, progress: Progress) -> None:
     """Create every disk's layer images in stage and fill them, one pass of steps
     (see passes) from each next stream of found."""
     for d in plans:
         size = manifests[d.archives[-1].archive].disks[d.target].virtual_size
-        for i, (image, f) in enumerate(zip(d.images, d.formats)):
-            apply.create_image(os.path.join(stage, image), f, size,
+        for i, (image, f) in enumerate(zip(d.images, d.formats, strict=True)):
+            images.create_image(os.path.join(stage, image), f, size,
                                os.path.join(stage, d.images[i - 1]) if i else None)
     for arc, keys in steps:
-        apply.apply_archive(next(found), arc, {
-            k: dataclasses.replace(l, path=os.path.join(stage, l.path)) for k, l in keys.items()},
+        images.apply_archive(next(found), arc, {
+            k: dataclasses.replace(image, path=os.path.join(stage, image.path))
+            for k, image in keys.items()},
             progress, known=manifests[arc.archive])
 
 
 def _passes(arc: ArchiveInfo, plans: list[LayeredDisk],
-            started: set[tuple[str, int]]) -> list[dict[apply.Key, apply.Layer]]:
+            started: set[tuple[str, int]]) -> list[dict[images.Key, images.Layer]]:
     """Return the archive's writes grouped into passes over it, in step order, each
     pass writing at most one image per disk: a qemu-nbd writing an overlay opens
     the image below it, which another qemu-nbd of the same pass could not then
     lock for writing (and, after a commit, a frozen layer and the top data may
     land in one image, the older frozen data first)."""
-    passes: list[dict[apply.Key, apply.Layer]] = []
+    passes: list[dict[images.Key, images.Layer]] = []
     for d in plans:
         if arc not in d.archives:
             continue
@@ -132,5 +133,5 @@ def _passes(arc: ArchiveInfo, plans: list[LayeredDisk],
             # The bottom image starts empty: its first write needs no zeros.
             zeros = image > 0 or (d.target, image) in started
             started.add((d.target, image))
-            passes[n][(d.target, layer)] = apply.Layer(d.images[image], d.formats[image], zeros)
+            passes[n][(d.target, layer)] = images.Layer(d.images[image], d.formats[image], zeros)
     return passes

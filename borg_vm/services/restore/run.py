@@ -29,21 +29,25 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 from borg_vm import runtime
 from borg_vm.adapters.borg import Repository
-from borg_vm.format import manifest as fmt
 from borg_vm.core import chain, domxml
+from borg_vm.errors import (
+    FormatError,
+    NbdError,
+    RestoreTargetExists,
+    RestoreTargetFull,
+    RestoreTargetUnusable,
+)
+from borg_vm.format import manifest as fmt
+from borg_vm.format import reader
 from borg_vm.format.manifest import ArchiveInfo, Manifest
-from borg_vm.errors import (FormatError, NbdError, RestoreTargetExists, RestoreTargetFull,
-                      RestoreTargetUnusable)
 from borg_vm.progress import Progress
-from borg_vm.services.restore import layers as layered
-from borg_vm.services import catalog as repository
-from borg_vm.services.restore import images as apply
-from borg_vm.format import reader as members
+from borg_vm.services import catalog
+from borg_vm.services.restore import images, layers
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +94,8 @@ def plan_disks(archives: list[ArchiveInfo], top: ArchiveInfo, opts: RestoreOptio
             images, formats = (path,) * len(arcs), (opts.format,) * len(arcs)
         else:
             formats = (opts.format,) + ("qcow2",) * (len(arcs) - 1)
-            images = tuple(f"{stem}.{a.name.checkpoint}.{_ext(f)}" for a, f in zip(arcs, formats))
+            images = tuple(f"{stem}.{a.name.checkpoint}.{_ext(f)}"
+                           for a, f in zip(arcs, formats, strict=True))
         plans.append(DiskPlan(t, arcs, images, formats))
     return plans
 
@@ -123,19 +128,19 @@ def restore(borg: Repository, domain: str, opts: RestoreOptions) -> RestoreResul
     UnknownDisk, RestoreTargetExists, RestoreTargetUnusable, FormatError,
     IntegrityError or a Borg/qemu error; on any failure opts.to is as it was.
     """
-    archives, _partial = repository.archives(borg, domain)
+    archives, _partial = catalog.archives(borg, domain)
     top = chain.select(archives, domain, opts.checkpoint)
     if opts.layers:
         targets = opts.disks or tuple(sorted(top.summary.disks))
         # The top's small members come with its manifest: one borg fewer.
-        plans, manifests, files = layered.plan(borg, archives, top, targets, opts.format,
+        plans, manifests, files = layers.plan(borg, archives, top, targets, opts.format,
                                                TOP_FILES)
-        passes = layered.passes(plans)
-        reads = [apply.read_for(arc, keys, manifests[arc.archive]) for arc, keys in passes]
+        passes = layers.passes(plans)
+        reads = [images.read_for(arc, keys, manifests[arc.archive]) for arc, keys in passes]
     else:
         plans = plan_disks(archives, top, opts)
         order = _chain_order(plans)
-        reads = [apply.read_for(arc, [(d.target, 0) for d in plans if arc in d.archives])
+        reads = [images.read_for(arc, [(d.target, 0) for d in plans if arc in d.archives])
                  for arc in order]
         files = {}
     xml_name = f"{domain}.{top.name.checkpoint}.xml"
@@ -147,11 +152,11 @@ def restore(borg: Repository, domain: str, opts: RestoreOptions) -> RestoreResul
     to = os.path.abspath(opts.to)
     # The small members first: a damaged or hostile archive fails here, before
     # anything is created or written (while the first data archive's borg starts).
-    small = [] if files else [members.Read(top.archive, TOP_FILES)]
-    with members.read_ahead(borg, small + reads) as found:
+    small = [] if files else [reader.Read(top.archive, TOP_FILES)]
+    with reader.read_ahead(borg, small + reads) as found:
         if small:
             with next(found) as top_members:
-                files = members.small_files(top_members, top.archive, TOP_FILES)
+                files = reader.small_files(top_members, top.archive, TOP_FILES)
         xml, removed = xml_from(files, top, {d.target: (os.path.join(to, d.top), d.formats[-1])
                                              for d in plans}, opts.keep_host_resources,
                                 f"{domain}-restored")
@@ -160,11 +165,11 @@ def restore(borg: Repository, domain: str, opts: RestoreOptions) -> RestoreResul
             progress = Progress.for_terminal(f"restore {domain}", total, opts.progress)
             try:
                 if opts.layers:
-                    layered.write(found, plans, passes, manifests, stage, progress)
+                    layers.write(found, plans, passes, manifests, stage, progress)
                 else:
                     _write_chain(found, plans, order, stage, progress)
                 with open(os.open(os.path.join(stage, xml_name),
-                                  os.O_WRONLY | os.O_CREAT | os.O_EXCL, apply.PRIVATE), "w") as f:
+                                  os.O_WRONLY | os.O_CREAT | os.O_EXCL, images.PRIVATE), "w") as f:
                     f.write(xml)
             except NbdError as e:
                 if e.kwargs.get("errno") == errno.ENOSPC:
@@ -201,7 +206,7 @@ def _write_chain(found: Iterator, plans: list[DiskPlan], order: list[ArchiveInfo
     for arc in order:
         layers = {(d.target, 0): _prepare_layer(d, d.archives.index(arc), stage)
                   for d in plans if arc in d.archives}
-        apply.apply_archive(next(found), arc, layers, progress)
+        images.apply_archive(next(found), arc, layers, progress)
         runtime.phase(runtime.APPLIED, "%s written into %s", arc.archive, stage)
 
 
@@ -212,7 +217,7 @@ def restored_xml(borg: Repository, top: ArchiveInfo, images: dict[str, tuple[str
 
     Raise FormatError naming top if either is damaged.
     """
-    files = members.read_small(borg, top.archive, (fmt.DOMAIN_XML, fmt.MANIFEST))
+    files = reader.read_small(borg, top.archive, (fmt.DOMAIN_XML, fmt.MANIFEST))
     return xml_from(files, top, images, keep_host_resources, name)
 
 
@@ -324,16 +329,16 @@ def _remove_stale_staging(directory: str) -> None:
             os.close(fd)
 
 
-def _prepare_layer(d: DiskPlan, i: int, stage: str) -> apply.Layer:
+def _prepare_layer(d: DiskPlan, i: int, stage: str) -> images.Layer:
     """Create the image for layer i of a disk's chain (unless flatten reuses it)."""
     path = os.path.join(stage, d.images[i])
     size = d.archives[i].summary.disks[d.target].virtual_size
     if i == 0 or d.images[i] != d.images[i - 1]:
         backing = os.path.join(stage, d.images[i - 1]) if i else None
-        apply.create_image(path, d.formats[i], size, backing)
+        images.create_image(path, d.formats[i], size, backing)
     elif size != (base := d.archives[0].summary.disks[d.target].virtual_size):
         raise FormatError(archive=d.archives[i].archive,
                           detail=f"disk {d.target} is {size} bytes, {base} in "
                                  f"{d.archives[0].archive} (a chain keeps a disk's size)")
     log.info("restoring %s of %s into %s", d.target, d.archives[i].archive, d.images[i])
-    return apply.Layer(path, d.formats[i], zeros=i > 0)
+    return images.Layer(path, d.formats[i], zeros=i > 0)

@@ -6,7 +6,7 @@ make it independent of the repository.
     borg-vm boot web01 --to DIR          borg-vm boot --finish web01-restored
     ---------------------------          ------------------------------------
     server: borg-vm mount web01          virsh blockpull of every disk: what the
-      (bootserver.py, detached)            overlay lacks is copied from the
+      (server.py, detached)            overlay lacks is copied from the
     DIR/web01-restored.vda.qcow2           repository, then the backing dropped
       backed by nbd+unix://.../vda.sock  the server stops: the repository is no
     define + start web01-restored          longer needed
@@ -33,8 +33,8 @@ import logging
 import os
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from borg_vm import runtime
 from borg_vm.adapters import libvirt as virt
@@ -42,13 +42,21 @@ from borg_vm.adapters import nbdkit
 from borg_vm.adapters.borg import Repository
 from borg_vm.core import bootxml, chain, domxml
 from borg_vm.core.bootxml import BootRecord
-from borg_vm.errors import (DomainExists, LibvirtError, NotBooted, NotRunning, PullFailed,
-                      QemuImgError, RestoreTargetExists, ServerFailed, ServerNotRunning)
+from borg_vm.errors import (
+    DomainExists,
+    LibvirtError,
+    NotBooted,
+    NotRunning,
+    PullFailed,
+    QemuImgError,
+    RestoreTargetExists,
+    ServerFailed,
+    ServerNotRunning,
+)
 from borg_vm.progress import Progress
-from borg_vm.services.serving import server as bootserver
+from borg_vm.services import catalog
 from borg_vm.services.restore import run as restore
-from borg_vm.services import catalog as repository
-from borg_vm.services.restore import images as apply
+from borg_vm.services.serving import server
 from borg_vm.services.serving.mount import uri
 
 log = logging.getLogger(__name__)
@@ -101,7 +109,7 @@ def boot(hv: virt.Hypervisor, borg: Repository, domain: str, opts: BootOptions) 
     _clean_stale(hv)
     if hv.exists(name):
         raise DomainExists(name=name, uri=hv.uri)
-    archives, _partial = repository.archives(borg, domain)
+    archives, _partial = catalog.archives(borg, domain)
     top = chain.select(archives, domain, opts.checkpoint)
     to = os.path.abspath(opts.to)
     images = {t: os.path.join(to, f"{name}.{t}.qcow2") for t in sorted(top.summary.disks)}
@@ -119,22 +127,22 @@ def boot(hv: virt.Hypervisor, borg: Repository, domain: str, opts: BootOptions) 
     with restore.target_dir(to), _undo_on_failure() as undo, \
             runtime.booting(runtime.boot_dir(run)):
         undo(runtime.remove_boot_dir, run)
-        bootserver.set_libvirt_uri(run, hv.uri)
-        undo(bootserver.stop, run)
-        bootserver.start(run, borg, domain, top.name.checkpoint, sockets, owner)
+        server.set_libvirt_uri(run, hv.uri)
+        undo(server.stop, run)
+        server.start(run, borg, domain, top.name.checkpoint, sockets, owner)
         try:
             for t, image in images.items():
                 undo(_unlink, image)
-                apply.create_image(image, "qcow2", top.summary.disks[t].virtual_size,
+                images.create_image(image, "qcow2", top.summary.disks[t].virtual_size,
                                    backing=uri(sockets[t]), backing_format="raw")
             dom = hv.define(xml, name)
             undo(dom.remove)
             dom.start()
         except (QemuImgError, LibvirtError) as e:
-            if not bootserver.running(run):   # the reason they failed
-                raise ServerFailed(name=domain, log=bootserver.path(run, bootserver.LOG),
+            if not server.running(run):   # the reason they failed
+                raise ServerFailed(name=domain, log=server.path(run, server.LOG),
                                    detail="exited while the domain was being started: "
-                                   + bootserver.log_tail(run)) from e
+                                   + server.log_tail(run)) from e
             raise
     restore.warn_removed(removed)
     return Booted(name, domain, top.name.checkpoint,
@@ -156,11 +164,11 @@ def _clean_stale(hv: virt.Hypervisor) -> None:
     gone: a boot killed before its domain was defined, or a booted domain undefined
     before --finish. Their servers would hold the repository's lock for ever."""
     for run, domain_uuid in runtime.boot_dirs():
-        if bootserver.libvirt_uri(run) != hv.uri or hv.has_uuid(domain_uuid):
+        if server.libvirt_uri(run) != hv.uri or hv.has_uuid(domain_uuid):
             continue   # another libvirt's (e.g. qemu:///session), or still there
         log.warning("stopping the server in %s: no domain has UUID %s any more", run,
                     domain_uuid)
-        bootserver.stop(run)
+        server.stop(run)
         runtime.remove_boot_dir(run)
 
 
@@ -170,7 +178,7 @@ def _unlink(p: str) -> None:
 
 
 def _server(run: str) -> dict:
-    return {"pid": bootserver.pid(run), "log": bootserver.path(run, bootserver.LOG)}
+    return {"pid": server.pid(run), "log": server.path(run, server.LOG)}
 
 
 # --- --finish -------------------------------------------------------------------
@@ -213,7 +221,7 @@ def finish(hv: virt.Hypervisor, name: str, progress: bool) -> Finished:
         if dom.paused_by_io_error():   # a read from the repository failed earlier
             log.info("%s: resuming it: what it failed to read is local now", name)
             dom.resume()
-    bootserver.stop(record.run)
+    server.stop(record.run)
     dom.remove_metadata(bootxml.BOOT_NS)
     runtime.remove_boot_dir(record.run)
     return Finished(name, {t: {"image": p} for t, p in images.items()}, pulled,
@@ -233,10 +241,10 @@ def _images(dom: virt.Domain) -> dict[str, str]:
 
 
 def _check_server(run: str, name: str) -> None:
-    if not bootserver.running(run):
-        raise ServerNotRunning(name=name, log=bootserver.path(run, bootserver.LOG),
+    if not server.running(run):
+        raise ServerNotRunning(name=name, log=server.path(run, server.LOG),
                                detail="it exited or was killed; its log ends: "
-                               + bootserver.log_tail(run, 1))
+                               + server.log_tail(run, 1))
 
 
 def _pull_all(dom: virt.Domain, name: str, backings: dict[str, str], wanted: bool) -> int:
@@ -272,10 +280,10 @@ def _pull(dom: virt.Domain, name: str, target: str, socket: str, progress: Progr
         # A connection QEMU kept to a server since restarted fails the first
         # request, which marks it broken; the next starts a new one.
         if attempt > 1:
-            bootserver.wait_connected([socket], RECONNECT_SECONDS)
+            server.wait_connected([socket], RECONNECT_SECONDS)
     raise PullFailed(target=target, name=name,
                      detail=f"{PULL_ATTEMPTS} attempts failed; the server last said: "
-                     + bootserver.log_tail(os.path.dirname(socket)))
+                     + server.log_tail(os.path.dirname(socket)))
 
 
 def _pivoted(dom: virt.Domain, target: str) -> bool:
@@ -318,11 +326,11 @@ def resume(hv: virt.Hypervisor, borg_for: Callable[[str], Repository], name: str
     record = _record(dom, name)
     backings = bootxml.nbd_backings(dom.xml())
     started = False
-    if backings and not bootserver.running(record.run):
+    if backings and not server.running(record.run):
         owner = domxml.qemu_owner(dom.xml()) or hv.qemu_user(bootxml.domain_type(dom.xml()))
         with runtime.booting(runtime.boot_dir(record.run)):   # gone after a reboot
-            bootserver.set_libvirt_uri(record.run, hv.uri)
-            bootserver.start(record.run, borg_for(record.repository), record.domain,
+            server.set_libvirt_uri(record.run, hv.uri)
+            server.start(record.run, borg_for(record.repository), record.domain,
                              record.checkpoint, backings, owner)
         started = True
     if not dom.is_active():
@@ -350,13 +358,13 @@ def _resume_after_reconnect(dom: virt.Domain, backings: dict[str, str]) -> None:
             return
         failed = [backings[t] for t in dom.disk_errors() if t in backings] or \
             list(backings.values())
-        connected = bootserver.wait_connected(failed, 0)
+        connected = server.wait_connected(failed, 0)
         log.debug("resuming %s (QEMU %s connected to %s)", dom.name,
                   "is" if connected else "is not", ", ".join(failed))
         dom.resume()
         if connected:
             return
-        if not bootserver.wait_connected(failed, RECONNECT_SECONDS):
+        if not server.wait_connected(failed, RECONNECT_SECONDS):
             log.debug("QEMU did not connect within %d s", RECONNECT_SECONDS)
     if dom.paused_by_io_error():
         log.warning("%s is still paused by an I/O error: QEMU did not reconnect "

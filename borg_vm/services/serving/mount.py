@@ -33,21 +33,27 @@ import os
 import signal
 import socket
 import stat
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 from borg_vm import runtime
 from borg_vm.adapters import nbdkit, subproc
 from borg_vm.adapters.borg import Repository, mounted
-from borg_vm.format import manifest as fmt
 from borg_vm.core import chain
-from borg_vm.format import piecemap as diskmap
-from borg_vm.format.manifest import ArchiveInfo, Manifest
 from borg_vm.core.extent import Extent
-from borg_vm.errors import (BorgError, FormatError, Interrupted, IntegrityError, NbdkitError,
-                      SocketInUse, UsageError)
-from borg_vm.services import catalog as repository
-from borg_vm.format import reader as members
+from borg_vm.errors import (
+    BorgError,
+    FormatError,
+    IntegrityError,
+    Interrupted,
+    NbdkitError,
+    SocketInUse,
+    UsageError,
+)
+from borg_vm.format import manifest as fmt
+from borg_vm.format import piecemap, reader
+from borg_vm.format.manifest import ArchiveInfo, Manifest
+from borg_vm.services import catalog
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +98,7 @@ def mount(borg: Repository, domain: str, opts: MountOptions, ready: Callable[[Se
     (a chain that fails the checks: nothing is served), SocketInUse, a Borg or
     nbdkit error, or NbdkitError/BorgError if a server dies while serving.
     """
-    archives, _partial = repository.archives(borg, domain)
+    archives, _partial = catalog.archives(borg, domain)
     top = chain.select(archives, domain, opts.checkpoint)
     targets = opts.disks or tuple(sorted(top.summary.disks))
     chains = {t: chain.disk_chain(archives, top, t) for t in targets}
@@ -174,7 +180,7 @@ def _clean_stale(borg: Repository) -> None:
 
 
 def _disk_map(mnt: str, links: list[ArchiveInfo], target: str
-              ) -> tuple[diskmap.DiskMap, list[str]]:
+              ) -> tuple[piecemap.PieceMap, list[str]]:
     """Return the map of disk target across its chain (full first) in the borg mount,
     and each archive's directory there. Raise FormatError or IntegrityError if an
     archive fails the checks."""
@@ -183,12 +189,12 @@ def _disk_map(mnt: str, links: list[ArchiveInfo], target: str
         root = os.path.join(mnt, a.archive)
         record = _record(_manifest(root, a), a, target)
         try:
-            layers.append(diskmap.layer_pieces(i, record.extents, _members(root, a, target)))
+            layers.append(piecemap.layer_pieces(i, record.extents, _members(root, a, target)))
         except ValueError as e:
             raise IntegrityError(target=target, archive=a.archive, detail=str(e)) from e
         dirs.append(root)
     size = links[-1].summary.disks[target].virtual_size
-    return diskmap.DiskMap(size, tuple(diskmap.resolve(layers, size))), dirs
+    return piecemap.PieceMap(size, tuple(piecemap.resolve(layers, size))), dirs
 
 
 def _manifest(root: str, a: ArchiveInfo) -> Manifest:
@@ -201,7 +207,7 @@ def _manifest(root: str, a: ArchiveInfo) -> Manifest:
         raise FormatError(archive=a.archive, detail=f"no {fmt.MANIFEST}") from None
     if not stat.S_ISREG(st.st_mode):
         raise FormatError(archive=a.archive, detail=f"{fmt.MANIFEST} is not a file")
-    members.check_small_size(a.archive, fmt.MANIFEST, st.st_size)
+    reader.check_small_size(a.archive, fmt.MANIFEST, st.st_size)
     with open(path, "rb") as f:
         manifest = Manifest.from_json(f.read(fmt.MAX_MANIFEST_BYTES + 1), a.archive)
     problem = manifest.disagreement(a)
@@ -254,18 +260,18 @@ def _pieces(a: ArchiveInfo, target: str, name: str, size: int,
     """Return the pieces of one data member: its map's (read from the mount, capped
     and checked), or its bytes at its offset."""
     if map_file is None:
-        return members.one_piece(fmt.parse_member(name)[1], size)
+        return reader.one_piece(fmt.parse_member(name)[1], size)
     path, map_name, map_size = map_file
-    members.check_small_size(a.archive, map_name, map_size)
+    reader.check_small_size(a.archive, map_name, map_size)
     with open(path, "rb") as f:
-        pieces = members.read_map(a.archive, map_name, f.read(map_size + 1))
-    members.check_pieces(a.archive, name, size, pieces, target, None)
+        pieces = reader.read_map(a.archive, map_name, f.read(map_size + 1))
+    reader.check_pieces(a.archive, name, size, pieces, target, None)
     return pieces
 
 
 @contextlib.contextmanager
 def _servers(run: str, sockets: dict[str, str],
-             maps: dict[str, tuple[diskmap.DiskMap, list[str]]],
+             maps: dict[str, tuple[piecemap.PieceMap, list[str]]],
              owner: tuple[int, int] | None) -> Iterator[dict[str, subproc.Stream]]:
     """Start one nbdkit per disk (its socket readable and writable by its owner only,
     owner (uid, gid) if given); yield them; stop them all on the way out."""

@@ -37,7 +37,7 @@ import os
 import signal
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from borg_vm import runtime
 from borg_vm.adapters import nbdkit, subproc

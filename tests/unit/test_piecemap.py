@@ -3,10 +3,11 @@ flatten restore writes (checked byte by byte against a per-byte model of
 restore: apply each archive's data and zero extents in order over zeros)."""
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from borg_vm.format.piecemap import DiskMap, Piece, layer_pieces, resolve
 from borg_vm.core.extent import DATA, ZERO, Extent
+from borg_vm.format.piecemap import Piece, PieceMap, layer_pieces, resolve
 
 MAX_DISK = 200
 PROPERTY = settings(max_examples=300, deadline=None)
@@ -55,7 +56,7 @@ def restored(size, layers):
     return out
 
 
-def served(disk_map: DiskMap, offset=0, length=None):
+def served(disk_map: PieceMap, offset=0, length=None):
     """What the map serves, per byte, in the same terms."""
     length = disk_map.size - offset if length is None else length
     out = []
@@ -64,8 +65,8 @@ def served(disk_map: DiskMap, offset=0, length=None):
     return out
 
 
-def build(size, layers) -> DiskMap:
-    return DiskMap(size, tuple(resolve([layer_pieces(i, e, m) for i, (e, m) in
+def build(size, layers) -> PieceMap:
+    return PieceMap(size, tuple(resolve([layer_pieces(i, e, m) for i, (e, m) in
                                         enumerate(layers)], size)))
 
 
@@ -109,7 +110,7 @@ def test_any_request_reads_its_part_of_the_disk(chain, data):
 def test_the_map_survives_its_json_document(chain):
     size, layers = chain
     disk_map = build(size, layers)
-    assert DiskMap.from_doc(disk_map.to_doc()) == disk_map
+    assert PieceMap.from_doc(disk_map.to_doc()) == disk_map
 
 
 def test_the_drawing_in_the_docstring():
@@ -125,7 +126,7 @@ def test_a_pack_serves_each_piece_from_its_place_in_the_member():
     # one member at 10 holding [10, 14) then [20, 26): disk byte 20 is its byte 4
     pieces = layer_pieces(0, [Extent(10, 4), Extent(20, 6)], [(Extent(10, 4), Extent(20, 6))])
     assert pieces == [Piece(10, 4, 0, 10, 10), Piece(20, 6, 0, 10, 16)]
-    disk_map = DiskMap(30, tuple(resolve([pieces], 30)))
+    disk_map = PieceMap(30, tuple(resolve([pieces], 30)))
     assert served(disk_map, 20, 2) == [(0, 10, 4), (0, 10, 5)]
 
 
@@ -142,6 +143,6 @@ def test_members_must_cover_the_data_extents_exactly(members, why):
 
 
 def test_a_request_beyond_the_disk_is_refused():
-    disk_map = DiskMap(10, (Piece(0, 10),))
+    disk_map = PieceMap(10, (Piece(0, 10),))
     with pytest.raises(ValueError, match="beyond"):
         list(disk_map.spans(5, 6))

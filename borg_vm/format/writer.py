@@ -1,0 +1,158 @@
+"""Writing one archive: the members the spec (format/manifest.py) lists, in its
+order, streamed into the repository's import, the manifest last, then the end
+of the stream, at which (and only at which) the repository commits.
+
+The reader's counterpart (format/reader.py). The disks' data comes from
+DiskSources (core/disk_source.py): a record's extents are read from its
+source in block-aligned requests, small pieces packed (format/packing.py),
+and hashed on the reading thread while the writing thread feeds Borg.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, replace
+from datetime import datetime
+
+from borg_vm import prefetch, runtime
+from borg_vm.adapters.borg import Repository
+from borg_vm.core import extent
+from borg_vm.core.disk_source import DiskSource
+from borg_vm.errors import BorgError, CommittedThenFailed
+from borg_vm.format import manifest as fmt
+from borg_vm.format import packing
+from borg_vm.format.manifest import ArchiveName, Manifest
+from borg_vm.format.tarstream import TarWriter
+from borg_vm.progress import Progress
+
+log = logging.getLogger(__name__)
+
+PREFETCH_DEPTH = 4
+# Views the consumer side may hold at once: the queue, the one being put
+# into it and the one being written.
+PREFETCH_HOLD = PREFETCH_DEPTH + 2
+
+
+@dataclass(frozen=True)
+class Where:
+    """Where a record's data is read: a source, and the disk's name in it."""
+
+    source: DiskSource
+    target: str
+
+
+@dataclass(frozen=True)
+class Parts:
+    """What goes into one archive besides the disks' data."""
+
+    domain_xml: str
+    checkpoint_xml: Callable[[], str]   # asked for once the run has begun
+    when: datetime                       # the backup time (member times, archive time)
+    compression: str
+    block_size: int
+
+
+def write_archive(borg: Repository, name: ArchiveName, manifest: Manifest, parts: Parts,
+                  where: Callable[[str, int], Where], progress: Progress
+                  ) -> tuple[Manifest, CommittedThenFailed | None]:
+    """Stream the members the manifest lists into the repository under name, the
+    manifest (with its digests filled in) last, then end the stream: the
+    repository commits the archive. where(target, layer) says where each record's
+    data is read (layer 0: the guest's view, i: frozen layer i). Return the
+    manifest with its digests. progress is closed when the stream has ended.
+
+    A borg failing after the end of the stream (killed in its commit, a lost ssh
+    connection) may have committed the archive or not: the repository says
+    which. If it did, the archive is complete: borg's failure is returned (to be
+    reported once the run has ended as one that made its archive); if not, or
+    the repository cannot say, it is raised here.
+    """
+    with borg.import_tar(str(name), comment=manifest.summary().to_comment(),
+                         timestamp=parts.when.strftime("%Y-%m-%dT%H:%M:%S"),
+                         compression=parts.compression,
+                         chunker_params=f"fixed,{parts.block_size}") as proc:
+        try:
+            tar = TarWriter(proc.stdin, int(parts.when.timestamp()))
+            tar.add(fmt.DOMAIN_XML, parts.domain_xml.encode())
+            tar.add(fmt.CHECKPOINT_XML, parts.checkpoint_xml().encode())
+            runtime.phase(runtime.STREAMING, "%s: into borg import-tar %s", manifest.domain, name)
+            manifest = _write_disks(tar, manifest, where, parts.block_size, progress)
+            tar.add(fmt.MANIFEST, manifest.to_json())
+            runtime.phase(runtime.ENDING, "%s: all but the end of the stream written",
+                          manifest.domain)
+            tar.close()
+        except BrokenPipeError as e:
+            borg.finish("import-tar", proc)
+            raise BorgError(action="import-tar", detail="borg stopped reading the stream") from e
+        finally:
+            progress.close()
+        try:
+            borg.finish("import-tar", proc)
+        except BorgError as e:
+            if not _committed(borg, name):
+                raise
+            log.warning("%s: borg failed after it committed %s", manifest.domain, name)
+            return manifest, CommittedThenFailed(action="import-tar", detail=e.message,
+                                                 archive=str(name))
+    runtime.phase(runtime.BORG_FINISHED, "%s: %s committed", manifest.domain, name)
+    return manifest, None
+
+
+def _write_disks(tar: TarWriter, manifest: Manifest, where: Callable[[str, int], Where],
+                 block_size: int, progress: Progress) -> Manifest:
+    """Write every disk's data members (its top data, then its frozen layers, disks
+    in target order); return the manifest with each record's digest."""
+    disks = {}
+    for t, d in sorted(manifest.disks.items()):
+        top = _write_extents(tar, where(t, 0), d.extents, block_size, progress,
+                             lambda offset, t=t: fmt.member_name(t, offset))
+        frozen = tuple(replace(f, sha256=_write_extents(
+            tar, where(t, f.layer), f.extents, block_size, progress,
+            lambda offset, t=t, layer=f.layer: fmt.frozen_member_name(t, layer, offset)))
+            for f in d.frozen)
+        disks[t] = replace(d, sha256=top, frozen=frozen)
+    return replace(manifest, disks=disks)
+
+
+def _committed(borg: Repository, name: ArchiveName) -> bool:
+    """Return True if the repository holds archive name (False if it cannot say)."""
+    try:
+        return str(name) in {a.name for a in borg.list_archives()}
+    except BorgError as e:
+        log.error("cannot tell whether borg committed %s: %s", name, e.message)
+        return False
+
+
+def _write_extents(tar: TarWriter, where: Where, extents: tuple[extent.Extent, ...],
+                   block_size: int, progress: Progress, member: Callable[[int], str]) -> str:
+    """Write the data extents of one disk of a source as tar members named
+    member(offset of their first byte), small pieces packed (format/packing.py);
+    return the sha256 of the data."""
+    digest = hashlib.sha256()
+    members = packing.pack(extents, packing.Packing.for_block_size(block_size))
+    starts = {m[0].start: m for m in members}
+    requests = (r for m in members for piece in m
+                for r in extent.requests(piece, where.source.read_request))
+    with where.source.reads(where.target, requests, PREFETCH_HOLD) as raw, \
+            prefetch.ahead(_hashed(raw, digest), PREFETCH_DEPTH) as reads:
+        for offset, data in reads:
+            pieces = starts.get(offset)
+            if pieces is not None:
+                name = member(offset)
+                if len(pieces) > 1:
+                    tar.add(fmt.map_member_name(name), packing.map_to_json(pieces))
+                tar.begin(name, sum(p.length for p in pieces))
+            tar.write(data)
+            progress.advance(len(data))
+    return digest.hexdigest()
+
+
+def _hashed(reads: Iterable[tuple[int, memoryview]], digest: hashlib._Hash
+            ) -> Iterator[tuple[int, memoryview]]:
+    """Pass reads through, hashing them in order (on the reading thread, so the
+    thread that feeds borg only feeds it)."""
+    for offset, data in reads:
+        digest.update(data)
+        yield offset, data

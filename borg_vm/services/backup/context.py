@@ -1,0 +1,66 @@
+"""One backup run's context, and the interface both kinds of session implement.
+
+``BackupRun`` is built once per domain and run: the domain, the options, its
+live XML parsed once, the disks to back up and the repository's archives of
+the domain. ``Plan``s, layers and sessions are derived from it.
+
+A session is the run's way to the disks (``Session``): for a running domain a
+libvirt pull-backup job (``running.session``), for a shut-off one its images
+and persistent bitmaps (``offline.session``). Each is a context manager that
+yields a Session and, on normal exit, keeps the run's checkpoint and drops the
+domain's older ones; on an exception it removes what the run made. What each
+needs beyond the run and the plan, it takes by name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from borg_vm.adapters.libvirt import Domain
+from borg_vm.core import plan
+from borg_vm.core.disk_source import DiskSource
+from borg_vm.core.domxml import LiveDomain
+from borg_vm.format import manifest as fmt
+from borg_vm.format.manifest import ArchiveInfo
+from borg_vm.services.backup.quiesce import FREEZE_TIMEOUT
+
+
+@dataclass(frozen=True)
+class BackupOptions:
+    level: str = plan.AUTO
+    exclude_disks: tuple[str, ...] = ()
+    scratch_dir: str | None = None
+    compression: str = "lz4"
+    progress: bool = True
+    block_size: int = fmt.BLOCK_SIZE
+    read_alignment: int = 0
+    full_every: plan.FullEvery | None = None
+    quiesce: str | None = None            # quiesce.ON, quiesce.TRY or None
+    freeze_timeout: float = FREEZE_TIMEOUT
+
+
+@dataclass(frozen=True)
+class BackupRun:
+    """What one backup run of one domain knows before it plans."""
+
+    dom: Domain
+    opts: BackupOptions
+    live: LiveDomain
+    disks: tuple[plan.Disk, ...]
+    archives: tuple[ArchiveInfo, ...]   # the domain's complete archives
+    by_target: dict[str, plan.Disk] = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "by_target", {d.target: d for d in self.disks})
+
+
+@dataclass(frozen=True)
+class Session:
+    """One backup run's way to the disks: the source to read them from, the
+    XML of the checkpoint the run records (asked for once the run has begun),
+    and how long the guest was frozen while it began (None: it was not)."""
+
+    source: DiskSource
+    checkpoint_xml: Callable[[], str]
+    frozen_ms: float | None = None

@@ -1,0 +1,112 @@
+"""Backing up a running domain: a libvirt pull-mode backup job that exports the
+disks as of its start over NBD and creates the run's checkpoint.
+
+    begin job (checkpoint C; --quiesce freezes the guest for this step only)
+    -> the run reads the job's NBD exports -> end the job -> drop older
+    borg-vm checkpoints; on failure: abort the job, delete C
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+
+from borg_vm import runtime
+from borg_vm.adapters.disk_sources import PullBackupSource
+from borg_vm.adapters.libvirt import Domain
+from borg_vm.core import domxml, plan
+from borg_vm.errors import DomainStopped, LibvirtError, NbdError, QemuImgError
+from borg_vm.format import manifest as fmt
+from borg_vm.services.backup import offline, quiesce
+from borg_vm.services.backup.context import BackupRun, Session
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def session(run: BackupRun, p: plan.Plan, checkpoint: str) -> Iterator[Session]:
+    """Begin a libvirt pull-mode backup job that creates `checkpoint`; yield its Session.
+
+    On normal exit (the archive is committed) end the job and delete the
+    domain's older borg-vm checkpoints; on an exception abort the job and
+    delete the new checkpoint.
+    """
+    dom, opts = run.dom, run.opts
+    with runtime.run_dir(dom.uuid, run.live.qemu_owner) as rundir:
+        socket = os.path.join(rundir, "nbd.sock")
+        export = {d.target: (os.path.join(opts.scratch_dir or rundir,
+                                          f"{d.target}.{checkpoint}.scratch"),
+                             "incremental" if p.disk_levels[d.target] == fmt.INC else "full")
+                  for d in run.disks}
+        targets = run.live.disk_targets
+        job = domxml.backup_xml(socket, {t: export.get(t) for t in targets},
+                                p.parent_checkpoint if p.level == fmt.INC else None)
+        cp = domxml.checkpoint_xml(checkpoint, f"borg-vm backup of {dom.name}",
+                                   {t: t in run.by_target and run.by_target[t].incremental_capable
+                                    for t in targets})
+        begun = False  # libvirt creates nothing when backupBegin fails
+        try:
+            with contextlib.ExitStack() as job_running:
+                # --quiesce: the guest is frozen while the job starts, no longer
+                with quiesce.frozen(dom, opts.quiesce, run.live.agent_state,
+                                    opts.freeze_timeout) as q:
+                    job_running.enter_context(dom.pull_backup(job, cp, p.parent_checkpoint))
+                    begun = True
+                yield Session(PullBackupSource(socket), lambda: dom.checkpoint_xml(checkpoint),
+                              q.ms)
+        except BaseException as e:
+            if begun:
+                _undo_checkpoint(dom, checkpoint, run.disks)
+                if isinstance(e, NbdError) and _stopped(dom):
+                    raise DomainStopped(name=dom.name, detail=e.message) from e
+            raise
+        finally:
+            _remove_scratch(export)
+    for old in sorted(c for c in dom.checkpoints()
+                      if fmt.is_own_checkpoint(c) and c != checkpoint):
+        # Superseded: if its bitmaps are gone (QEMU was killed since a failed run
+        # made it), its metadata goes alone.
+        dom.delete_checkpoint(old, broken=True)
+
+
+def end_stale_job(dom: Domain) -> None:
+    """Abort a backup job a crashed borg-vm run left behind; refuse to touch anyone else's."""
+    job = dom.backup_job_xml()
+    if job is None:
+        return
+    sockets = domxml.backup_sockets(job)
+    if sockets and all(runtime.is_ours(s) for s in sockets):
+        log.warning("%s: aborting a backup job left by a crashed borg-vm run", dom.name)
+        dom.abort_job()
+        return
+    raise LibvirtError(action="start a backup", name=dom.name,
+                       detail="another backup job is running on this domain")
+
+
+def _remove_scratch(export: dict[str, tuple[str, str]]) -> None:
+    for path, _mode in export.values():
+        if os.path.exists(path):
+            os.unlink(path)
+
+
+def _undo_checkpoint(dom: Domain, checkpoint: str, disks: tuple[plan.Disk, ...]) -> None:
+    """After a failure: end the job and delete the new checkpoint (through libvirt, or
+    if the domain stopped meanwhile, its metadata and any bitmap in the images). Best
+    effort, logged, so the original error is what the user sees."""
+    log.warning("%s: backup failed; removing checkpoint %s", dom.name, checkpoint)
+    try:
+        dom.abort_job()
+        offline.drop_checkpoint(dom, checkpoint,
+                                [d.source for d in disks if d.incremental_capable])
+    except (LibvirtError, QemuImgError) as e:
+        log.error("%s: could not remove checkpoint %s: %s", dom.name, checkpoint, e.message)
+
+
+def _stopped(dom: Domain) -> bool:
+    """Return True if the domain is known to have stopped (its QEMU went away)."""
+    try:
+        return not dom.is_active()
+    except LibvirtError:
+        return False
