@@ -30,7 +30,7 @@ from borg_vm.adapters.libnbd import (
 from borg_vm.core.disk_source import DiskStatus
 from borg_vm.core.extent import status_ranges
 
-# Measured (bench/RESULTS.md, FACTS.md): 4 MiB requests with 8 in flight read a
+# Measured (bench/RESULTS.md): 4 MiB requests with 8 in flight read a
 # libvirt export at ~960 MiB/s, well above what Borg ingests.
 READ_REQUEST = 4 * 1024 * 1024
 READS_IN_FLIGHT = 8
