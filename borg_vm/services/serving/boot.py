@@ -112,15 +112,15 @@ def boot(hv: virt.Hypervisor, borg: Repository, domain: str, opts: BootOptions) 
     archives, _partial = catalog.archives(borg, domain)
     top = chain.select(archives, domain, opts.checkpoint)
     to = os.path.abspath(opts.to)
-    images = {t: os.path.join(to, f"{name}.{t}.qcow2") for t in sorted(top.summary.disks)}
-    existing = [p for p in images.values() if os.path.lexists(p)]
+    overlays = {t: os.path.join(to, f"{name}.{t}.qcow2") for t in sorted(top.summary.disks)}
+    existing = [p for p in overlays.values() if os.path.lexists(p)]
     if existing:
         raise RestoreTargetExists(paths=", ".join(existing))
-    xml, removed = restore.restored_xml(borg, top, {t: (p, "qcow2") for t, p in images.items()},
+    xml, removed = restore.restored_xml(borg, top, {t: (p, "qcow2") for t, p in overlays.items()},
                                         opts.keep_host_resources, name)
     new_uuid = str(uuid.uuid4())
     run = runtime.boot_dir_path(new_uuid)
-    sockets = {t: os.path.join(run, f"{t}.sock") for t in images}
+    sockets = {t: os.path.join(run, f"{t}.sock") for t in overlays}
     record = BootRecord(borg.absolute_location(), domain, top.name.checkpoint, run)
     xml = bootxml.boot_domain_xml(xml, new_uuid, sockets, record)
     owner = domxml.qemu_owner(xml) or hv.qemu_user(bootxml.domain_type(xml))
@@ -131,7 +131,7 @@ def boot(hv: virt.Hypervisor, borg: Repository, domain: str, opts: BootOptions) 
         undo(server.stop, run)
         server.start(run, borg, domain, top.name.checkpoint, sockets, owner)
         try:
-            for t, image in images.items():
+            for t, image in overlays.items():
                 undo(_unlink, image)
                 images.create_image(image, "qcow2", top.summary.disks[t].virtual_size,
                                    backing=uri(sockets[t]), backing_format="raw")
@@ -146,7 +146,7 @@ def boot(hv: virt.Hypervisor, borg: Repository, domain: str, opts: BootOptions) 
             raise
     restore.warn_removed(removed)
     return Booted(name, domain, top.name.checkpoint,
-                  {t: {"image": images[t], "uri": uri(sockets[t])} for t in images},
+                  {t: {"image": overlays[t], "uri": uri(sockets[t])} for t in overlays},
                   _server(run))
 
 
