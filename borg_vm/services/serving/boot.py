@@ -55,6 +55,7 @@ from borg_vm.errors import (
 )
 from borg_vm.progress import Progress
 from borg_vm.services import catalog
+from borg_vm.services.restore import images
 from borg_vm.services.restore import run as restore
 from borg_vm.services.serving import server
 from borg_vm.services.serving.mount import uri
