@@ -21,10 +21,13 @@ exactly there::
     planned        level and archive name chosen; nothing made yet
     job-started    backup job (or offline session) begun: checkpoint C exists
     streaming      borg import-tar runs and has the first members; disk data next
-    borg-finished  borg exited 0: NAME.borgvm-partial is complete, not yet renamed
-    renamed        the archive has its final name; job not yet ended, older
-                   checkpoints not yet deleted
-    done           job ended, older checkpoints deleted
+    ending         every member written, the manifest last; only the end of the
+                   tar stream is not, so borg has committed nothing yet
+    borg-finished  borg read the end, committed archive NAME and exited 0; job
+                   not yet ended, older checkpoints not yet deleted
+    done           job ended, older checkpoints deleted; what crashed runs left
+                   in the repository (borg's .checkpoint archives) is deleted next
+    applied        (restore) one archive's data written into the staged images
 """
 
 from __future__ import annotations

@@ -30,8 +30,11 @@ from borg_vm.adapters.libnbd import (
 from borg_vm.core.disk_source import DiskStatus
 from borg_vm.core.extent import status_ranges
 
-# Measured (bench/RESULTS.md): 4 MiB requests with 8 in flight read a
-# libvirt export at ~960 MiB/s, well above what Borg ingests.
+# 4 MiB requests with 8 in flight read a libvirt pull-backup export much faster
+# than one request at a time (measured with libnbd 1.14 on a 2 GiB image: ~960
+# against ~550 MiB/s), and faster than Borg ingests: in a profiled full backup
+# the reading thread waits on its full queue most of the time (bench/NOTES.md,
+# "Full backup (item 1)").
 READ_REQUEST = 4 * 1024 * 1024
 READS_IN_FLIGHT = 8
 # Dirty ranges closer than this share one allocation request: one more request

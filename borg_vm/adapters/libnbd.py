@@ -302,12 +302,3 @@ def open_command(argv: Sequence[str], where: str,
     with _handle(where, contexts) as h:
         h.connect_systemd_socket_activation(list(argv))
         yield Export(h, where)
-
-
-@contextlib.contextmanager
-def open_stdio_command(argv: Sequence[str], where: str,
-                       contexts: Sequence[str] = ()) -> Iterator[Export]:
-    """Yield the export of an NBD server speaking on its stdin/stdout (e.g. nbdkit -s)."""
-    with _handle(where, contexts) as h:
-        h.connect_command(list(argv))
-        yield Export(h, where)

@@ -11,7 +11,6 @@ from borg_vm.errors import QemuImgError
 
 QEMU_IMG = "qemu-img"
 QEMU_NBD = "qemu-nbd"
-FORMATS = ("qcow2", "raw")
 
 
 def _run(action: str, argv: list[str]) -> bytes:

@@ -35,7 +35,6 @@ from borg_vm.core.domxml import dac_label, parse_xml
 
 # The namespace of borg-vm's element in <metadata>; the version is part of it.
 BOOT_NS = "urn:borg-vm:boot:1"
-BOOT_KEY = "borgvm"   # the prefix libvirt gives the element (virDomainSetMetadata's key)
 ERROR_POLICY = "stop"
 _FIELDS = ("repository", "domain", "checkpoint", "run")
 

@@ -220,11 +220,6 @@ def merge_overlapping(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]
     return out
 
 
-def subtract(rng: tuple[int, int], holes: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
-    """Return the parts of half-open rng not covered by the sorted disjoint holes."""
-    return list(subtract_all([rng], holes))
-
-
 def subtract_all(ranges: Iterable[tuple[int, int]], holes: Sequence[tuple[int, int]]
                  ) -> Iterator[tuple[int, int]]:
     """Yield the parts of the sorted disjoint half-open ranges not covered by the

@@ -85,9 +85,10 @@ def why_disk_is_full(disk: Disk, parent: ArchiveInfo, archives: list[ArchiveInfo
     return None
 
 
-# A new chain a month: measured in bench/RETENTION.md (make bench-retention), a
-# chain of 29 nightly incrementals restores in about 1.6 x the time of its full
-# alone, a chain that never ends grows without bound in restore time and in
+# A new chain a month: a chain of 29 nightly incrementals already restores
+# markedly slower than its full alone (bench/RETENTION.md, make
+# bench-retention: restore time by chain length, and its fit), a chain that
+# never ends grows without bound in restore time and in
 # storage prune cannot free; a new full re-reads the disk once a month and
 # stores only what changed since the last one.
 DEFAULT_FULL_EVERY = "30d"

@@ -143,10 +143,11 @@ from borg_vm.errors import FormatError
 FORMAT_NAME = "borg-vm"
 FORMAT_VERSION = 3
 READABLE_VERSIONS = (1, 2, 3)
-# Default chunk size, from bench/RESULTS.md: against 4 MiB, 256 KiB chunks made
-# the full backup no slower and cut what a 5%-different clone adds from 96% to
-# 18% (scattered changes); 64 KiB would reach 5% but costs Borg ~1.3 GiB of
-# index memory per TiB of unique data (256 KiB: ~340 MiB, 4 MiB: ~21 MiB).
+# Default chunk size, by the rule of bench/RESULTS.md section 4 (deduplication
+# across domains, and the chunk size; bench/NOTES.md "Chunk size (item 4)"):
+# against 4 MiB, 256 KiB chunks made the full backup no slower and a clone with
+# scattered changes add far less; 64 KiB would add less still, but Borg's index
+# memory grows with the number of chunks beyond the rule's bound.
 BLOCK_SIZE = 256 * 1024
 CHECKPOINT_PREFIX = "borgvm-"
 PARTIAL_SUFFIX = ".borgvm-partial"

@@ -6,15 +6,16 @@ Two ways, the same members in the same order:
 - 'borg list' of the paths beside 'borg extract --stdout' of them: extract
   writes the bare contents one after the other, cut by the sizes list gives,
   both read in step. Borg hands out data with less CPU this way (export-tar
-  copies it through Python's tarfile in 16 KiB pieces: 5.9-7.8 s against
-  4.6-5.9 s for a 2 GiB archive in one measurement, 4.5 against 4.3 s for a
-  1 GiB full and 5 small incrementals in another, both on a busy machine), but
-  the list costs a Borg start (~0.45 s of CPU here), so it pays for archives
-  with much data (see EXTRACT_FROM).
+  copies it through Python's tarfile in 16 KiB pieces; bench/RESULTS.md,
+  section 5, times both handing out the same archives into /dev/null, and
+  bench/NOTES.md, "Restore (item 5)", both for one 2 GiB archive), but the
+  list costs one more Borg start, so it pays for archives with much data (see
+  EXTRACT_FROM).
 
-Every Borg command starts up for ~0.45 s before it hands anything out, so a
-restore reads its archives through ``read_ahead``: the next archive's borg
-starts while the one before is read and written.
+Every Borg command starts up for a sizeable fraction of a second before it
+hands anything out (bench/NOTES.md, "Full backup (item 1)": the fixed cost of
+a run), so a restore reads its archives through ``read_ahead``: the next
+archive's borg starts while the one before is read and written.
 
 An archive is only as trustworthy as the repository. So only the format's
 small members (domain.xml, checkpoint.xml, manifest.json, the maps of packs)

@@ -25,7 +25,7 @@ from borgvm import (
 from guest import MIB, poll
 
 KIB = 1024
-GRANULARITY = 64 * KIB  # dirty bitmap granularity = qcow2 cluster size (FACTS.md)
+GRANULARITY = 64 * KIB  # dirty bitmap granularity = qcow2 cluster size: a 4 KiB write marks 64 KiB dirty
 BORG_DEFAULT_LOCK_WAIT = 1  # seconds: what borg waits for a lock unless told otherwise
 WAITING_RUN_LOCK_WAIT = 20  # seconds: well above borg's default, and polled every 2 s
 

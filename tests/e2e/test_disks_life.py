@@ -46,7 +46,7 @@ def test_snapshots_and_commits_keep_backups_incremental(make_domain, repo, tmp_p
     # Another snapshot with metadata, then `virsh snapshot-delete` of it: libvirt
     # 9.0 merges the external snapshot's overlay into the image below. (S2 itself
     # cannot be deleted so any more: after a manual blockcommit its metadata no
-    # longer matches the chain, FACTS.md.)
+    # longer matches the chain; only `snapshot-delete --metadata` removes it.)
     d.snapshot("S4")
     d.write("vdb", 8 * MIB, 1 * MIB, 0xB4)
     results.append(backup(d.name, repo))

@@ -4,6 +4,7 @@ nbdkit's sh plugin answering block status and reads with scripted replies.
 """
 
 import collections
+import contextlib
 import os
 
 import pytest
@@ -13,9 +14,10 @@ from borg_vm.adapters import qemu
 from borg_vm.adapters.libnbd import (
     BASE_ALLOCATION,
     MAX_BLOCK_STATUS,
+    Export,
+    _handle,
     dirty_bitmap_context,
     open_command,
-    open_stdio_command,
     open_unix,
 )
 from borg_vm.core.extent import (
@@ -68,6 +70,15 @@ esac
 
 
 ZERO_READS = '  pread) head -c "$3" /dev/zero ;;'
+
+
+@contextlib.contextmanager
+def open_stdio_command(argv, where, contexts=()):
+    """Yield the Export of an NBD server speaking on its stdin/stdout (nbdkit -s),
+    opened as the adapter's openers open theirs; borg_vm itself never needs one."""
+    with _handle(where, contexts) as h:
+        h.connect_command(list(argv))
+        yield Export(h, where)
 
 
 # --- block status from qemu-nbd ------------------------------------------------

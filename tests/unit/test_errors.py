@@ -1,6 +1,7 @@
 """Every error class formats its own message and carries a borg exit code."""
 
 import inspect
+import logging
 import string
 
 import pytest
@@ -38,9 +39,25 @@ def test_message_formats_from_kwargs(cls):
 
 
 @pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
-def test_exit_code_is_warning_or_error(cls):
-    assert cls.exit_code in (EXIT_WARNING, EXIT_ERROR)
-    assert (EXIT_WARNING, EXIT_ERROR) == (1, 2)
+def test_report_logs_the_message_and_returns_a_borg_exit_code(cls, caplog):
+    """report() gives cli.main its exit code: borg's meaning of 1 (warning) or 2
+    (error), never 0 for a failure, with the message as the one line logged."""
+    err = cls(**{name: f"<{name}>" for name in fields(cls)})
+    with caplog.at_level(logging.DEBUG, logger="borg_vm"):
+        code = errors.report(err, debug=False, prefix="web: ")
+    assert code == cls.exit_code
+    assert code in (EXIT_WARNING, EXIT_ERROR)
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+        (logging.ERROR, f"web: {err.message}")]
+
+
+def test_report_of_any_other_exception_is_an_error_called_a_bug(caplog):
+    with caplog.at_level(logging.DEBUG, logger="borg_vm"):
+        code = errors.report(KeyError("disk"), debug=False)
+    assert code == EXIT_ERROR
+    [record] = caplog.records
+    assert "a bug in borg-vm" in record.getMessage() and "--debug" in record.getMessage()
+    assert record.exc_info is None
 
 
 @pytest.mark.parametrize("cls", [c for c in CLASSES if fields(c)], ids=lambda c: c.__name__)

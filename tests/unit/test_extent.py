@@ -28,7 +28,6 @@ from borg_vm.core.extent import (
     runs_from_entries,
     split_at_blocks,
     status_ranges,
-    subtract,
     subtract_all,
     total,
     widen_data,
@@ -172,7 +171,7 @@ def test_clip_runs_is_per_byte_restriction(sized, rng):
     assert got == {i: flags[i] for i in range(lo, min(hi, size))}
 
 
-# --- merge, merge_overlapping, subtract ---------------------------------------------
+# --- merge, merge_overlapping, subtract_all -----------------------------------------
 
 def test_merge_joins_touching_same_kind_only():
     got = merge([Extent(10, 5, DATA), Extent(0, 10, DATA), Extent(15, 5, ZERO),
@@ -215,28 +214,22 @@ def test_merge_overlapping_examples():
 
 
 @PROPERTY
-@given(ranges, st.lists(ranges, max_size=8))
-def test_subtract_is_set_difference(rng, holes):
+@given(st.lists(ranges, max_size=8), st.lists(ranges, max_size=8))
+def test_subtract_all_is_set_difference(rngs, holes):
+    rngs = [r for r in merge_overlapping(rngs) if r[0] < r[1]]
     holes = [h for h in merge_overlapping(holes) if h[0] < h[1]]
-    out = subtract(rng, holes)
-    assert covered(out) == covered([rng]) - covered(holes)
+    out = list(subtract_all(rngs, holes))
+    assert covered(out) == covered(rngs) - covered(holes)
     assert all(lo < hi for lo, hi in out)
     assert all(a[1] < b[0] for a, b in zip(out, out[1:]))
 
 
-@PROPERTY
-@given(st.lists(ranges, max_size=8), st.lists(ranges, max_size=8))
-def test_subtract_all_is_subtract_of_each(rngs, holes):
-    rngs = [r for r in merge_overlapping(rngs) if r[0] < r[1]]
-    holes = [h for h in merge_overlapping(holes) if h[0] < h[1]]
-    assert list(subtract_all(rngs, holes)) == [p for r in rngs for p in subtract(r, holes)]
-
-
-def test_subtract_examples():
-    assert subtract((0, 100), [(10, 20), (50, 60)]) == [(0, 10), (20, 50), (60, 100)]
-    assert subtract((10, 20), [(0, 30)]) == []
-    assert subtract((10, 20), []) == [(10, 20)]
-    assert subtract((10, 20), [(0, 10), (20, 30)]) == [(10, 20)]
+def test_subtract_all_examples():
+    assert list(subtract_all([(0, 100)], [(10, 20), (50, 60)])) == [(0, 10), (20, 50), (60, 100)]
+    assert list(subtract_all([(10, 20)], [(0, 30)])) == []
+    assert list(subtract_all([(10, 20)], [])) == [(10, 20)]
+    assert list(subtract_all([(10, 20)], [(0, 10), (20, 30)])) == [(10, 20)]
+    assert list(subtract_all([(0, 10), (20, 30)], [(5, 25)])) == [(0, 5), (25, 30)]
 
 
 # --- plan_full, plan_incremental -----------------------------------------------------

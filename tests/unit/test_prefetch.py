@@ -105,8 +105,24 @@ def test_consumer_exception_stops_producer():
 
 
 def test_leaving_without_consuming():
-    with ahead(iter(range(10**6)), 1):
-        pass
+    """Guards the drain in ahead()'s exit: a producer blocked on a full queue
+    (depth 1, nothing consumed) must be woken by emptying the queue, see the
+    stop flag and end, so leaving the block neither hangs nor leaves the thread
+    running through the rest of its source (the fixture checks the thread is gone)."""
+    source = iter(range(10**6))
+    done = threading.Event()
+
+    def leave():
+        with ahead(source, 1):
+            pass
+        done.set()
+
+    leaver = threading.Thread(target=leave, daemon=True)
+    leaver.start()
+    assert done.wait(10), "leaving the block hung on the blocked producer"
+    leaver.join()
+    # at most the queued item, the one blocked in put and one after the drain were taken
+    assert next(source) <= 3
 
 
 def test_producer_runs_in_another_thread():

@@ -1,17 +1,17 @@
 """Retention: borg's keep rules over restore points, then whole chains."""
 
+import time
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from borg_vm.core.chain import disk_chain
 from borg_vm.core.retention import KEEP, NEWEST, PRUNE, Rules, decide, kept_points
 from borg_vm.format.manifest import FULL, INC, ArchiveInfo, ArchiveName, DiskSummary, Summary
 
-UTC = UTC
 NOW = datetime(2026, 11, 27, 3, 0, 0, tzinfo=UTC)
 
 
@@ -150,12 +150,24 @@ def _borg_prune(archives, rules):
     return {a.id for a in keep}
 
 
-@settings(max_examples=300, deadline=None)
+@pytest.fixture
+def local_time_is_utc(monkeypatch):
+    """Make the process's local time UTC for the test, whatever the host's zone,
+    and put the host's back afterwards."""
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+# The fixture holds for every example: it sets the same zone for all of them.
+@settings(max_examples=300, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(st.integers(1, 24 * 40), min_size=1, max_size=30), RULES)
-def test_without_chains_it_agrees_with_borg(gaps, rules):
-    import time
-    if time.localtime().tm_gmtoff != 0:
-        pytest.skip("borg's periods are local time; this comparison runs with TZ=UTC")
+def test_without_chains_it_agrees_with_borg(local_time_is_utc, gaps, rules):
+    # borg's periods are local time; kept_points is given UTC, so compare in UTC
+    assert time.localtime().tm_gmtoff == 0
     archives = history([(sum(gaps[:i + 1]), FULL, None) for i in range(len(gaps))])
     mine = set(kept_points(archives, rules, NOW, UTC))
     assert mine == _borg_prune(archives, rules)

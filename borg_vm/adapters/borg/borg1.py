@@ -57,8 +57,9 @@ log = logging.getLogger(__name__)
 # repository or its cache. Borg's own default is 1 s, so two domains backed
 # up into one repository at once (borg-vm@.timer starts every domain at 02:00)
 # failed. Another domain's backup holds the lock for its whole import-tar: at
-# the ~100 MiB/s borg ingests encrypted data (bench/RESULTS.md) 6 h is a full backup
-# of about 2 TiB of allocated disk data, and a run stuck behind a forgotten
+# the rate borg ingests encrypted data (bench/RESULTS.md section 1,
+# repokey-blake2 ceiling) 6 h is a full backup of terabytes of allocated disk
+# data, and a run stuck behind a forgotten
 # lock still gives up before the next night's runs start.
 DEFAULT_LOCK_WAIT = 6 * 60 * 60
 

@@ -12,7 +12,7 @@ recorded afterwards (``virsh checkpoint-create --redefine``). One run::
     top images: add bitmap C (enabled)       writes from here on are C's
     qemu-nbd -r per disk, held for the run   the image locks: a domain start
                                              fails cleanly, nothing changes
-    stream into Borg                         (services/backup/run.py)
+    stream into Borg; it commits at the end  (services/backup/run.py)
     redefine checkpoint C in libvirt, drop the older ones (metadata + bitmaps)
 
 On failure: the bitmaps this run added are removed. If the domain is started

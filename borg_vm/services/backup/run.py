@@ -118,8 +118,9 @@ def backup(hv: Hypervisor, borg: Repository, name: str, opts: BackupOptions) -> 
     started = time.monotonic()
     dom = hv.domain(name)
     with runtime.domain_lock(dom.uuid, name):
-        # The repository's list takes a borg process (~0.3 s): it runs while
-        # libvirt answers the questions below; the thread ends with it.
+        # The repository's list takes a borg process (part of every run's fixed
+        # cost, bench/NOTES.md "Full backup (item 1)"): it runs while libvirt
+        # answers the questions below; the thread ends with it.
         with concurrent.futures.ThreadPoolExecutor(1, "borg-list") as pool:
             listed = pool.submit(catalog.archives, borg, dom.name)
             runtime.remove_stale(dom.uuid)
