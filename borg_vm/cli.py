@@ -14,7 +14,7 @@ from borg_vm import __version__
 from borg_vm.commands import backup, boot, delete, mount, options, prune, restore, verify
 from borg_vm.commands import list as list_command
 from borg_vm.core.text import printable
-from borg_vm.errors import EXIT_ERROR, Interrupted, report
+from borg_vm.errors import EXIT_ERROR, EXIT_OK, EXIT_WARNING, Interrupted, report
 
 # In the order `borg-vm --help` lists them.
 COMMANDS = (backup, list_command, prune, delete, verify, restore, mount, boot)
@@ -55,20 +55,35 @@ class _PrintableFormatter(logging.Formatter):
         return printable(super().formatMessage(record))
 
 
-def _setup_logging(debug: bool, quiet: bool) -> None:
+class _Warned(logging.Handler):
+    """Notes that a warning was logged: the run then exits 1 at least (borg's
+    rule: the exit code is the worst of the run, so monitoring sees an unfrozen
+    backup or an ignored archive)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.seen = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.seen = True
+
+
+def _setup_logging(debug: bool, quiet: bool) -> _Warned:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_PrintableFormatter(
         "borg-vm: %(relativeCreated)6.0f ms %(name)s: %(message)s" if debug
         else "borg-vm: %(message)s"))
     root = logging.getLogger("borg_vm")
-    root.handlers = [handler]  # a second main() in one process (tests) replaces, not adds
+    warned = _Warned()
+    root.handlers = [handler, warned]  # a second main() in one process (tests) replaces
     root.setLevel(logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO)
+    return warned
 
 
 def main(argv: list[str] | None = None) -> None:
     """The one exit point: run the command, map errors to messages and exit codes."""
     args = build_parser().parse_args(argv)
-    _setup_logging(args.debug, args.quiet)
+    warned = _setup_logging(args.debug, args.quiet)
     signal.signal(signal.SIGTERM, _raise_interrupted)
     signal.signal(signal.SIGINT, _raise_interrupted)
     try:
@@ -77,4 +92,4 @@ def main(argv: list[str] | None = None) -> None:
         code = EXIT_ERROR
     except Exception as e:  # the one exit point: every error is one line and a code
         code = report(e, args.debug)
-    sys.exit(code)
+    sys.exit(EXIT_WARNING if code == EXIT_OK and warned.seen else code)

@@ -7,6 +7,7 @@ real main() with its real argument parsing, logging and exit codes.
 """
 
 import contextlib
+import logging
 
 import pytest
 
@@ -170,3 +171,34 @@ def test_socket_owner_errors_are_usage_errors(capsys):
     code, _out, err = run_main(capsys, "mount", "web01", "--socket", "/tmp/s",
                                "--socket-owner", "no-such-user-borgvm")
     assert code == 2 and "argument --socket-owner: no such user or group" in err
+
+
+def test_a_warning_makes_the_run_exit_1(fake_stack, monkeypatch, capsys):
+    def warns(borg, domain):
+        logging.getLogger("borg_vm.services.catalog").warning("ignoring archive x: y")
+        return []
+
+    monkeypatch.setattr(list_command, "list_archives", warns)
+    code, _out, err = run_main(capsys, "list")
+    assert code == 1
+    assert err == "borg-vm: ignoring archive x: y\n"
+
+
+def test_a_warning_does_not_lower_an_error(fake_stack, monkeypatch, capsys):
+    def warns_then_fails(borg, domain):
+        logging.getLogger("borg_vm.services.catalog").warning("ignoring archive x: y")
+        raise DomainNotFound(name="x", uri="qemu:///system")
+
+    monkeypatch.setattr(list_command, "list_archives", warns_then_fails)
+    code, _out, _err = run_main(capsys, "--quiet", "list")
+    assert code == 2
+
+
+def test_info_alone_exits_0(fake_stack, monkeypatch, capsys):
+    def informs(borg, domain):
+        logging.getLogger("borg_vm.services.catalog").info("all fine")
+        return []
+
+    monkeypatch.setattr(list_command, "list_archives", informs)
+    code, _out, _err = run_main(capsys, "list")
+    assert code == 0
