@@ -11,13 +11,13 @@ import sys
 from typing import NoReturn
 
 from borg_vm import __version__
-from borg_vm.commands import backup, boot, delete, mount, options, prune, restore, verify
+from borg_vm.commands import backup, boot, delete, key, mount, options, prune, restore, verify
 from borg_vm.commands import list as list_command
 from borg_vm.core.text import printable
 from borg_vm.errors import EXIT_ERROR, EXIT_OK, EXIT_WARNING, Interrupted, report
 
 # In the order `borg-vm --help` lists them.
-COMMANDS = (backup, list_command, prune, delete, verify, restore, mount, boot)
+COMMANDS = (backup, list_command, prune, delete, verify, restore, mount, boot, key)
 
 EPILOG = """\
 The repository comes from --repo or BORG_REPO; its passphrase from borg's own

@@ -213,6 +213,16 @@ class BrokenChain(BorgVmError):
     {missing} is missing from the repository."""
 
 
+class Unauthenticated(BorgVmError):
+    """Archive {archive} is not authenticated: {reason}. It may have been planted
+    by whoever can write the repository; --allow-unauthenticated uses it anyway
+    ('borg-vm key import' adds the key of the host that wrote it)."""
+
+
+class KeyringError(BorgVmError):
+    """Authentication keyring {path}: {detail}"""
+
+
 class RestoreTargetExists(BorgVmError):
     """Refusing to overwrite {paths}: remove them or use --force."""
 

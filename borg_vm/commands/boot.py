@@ -46,6 +46,7 @@ def build_parser(sub: argparse._SubParsersAction, parents: list[argparse.Argumen
                     "(default: DOMAIN-restored)")
     bo.add_argument("--checkpoint", metavar="NAME", help="checkpoint to boot (default: newest)")
     options.add_keep_host_resources_option(bo)
+    options.add_allow_unauthenticated_option(bo)
     options.add_repository_options(bo, libvirt=True)
     options.add_progress_option(bo, " (--finish)")
     bo.set_defaults(run=run)
@@ -54,9 +55,11 @@ def build_parser(sub: argparse._SubParsersAction, parents: list[argparse.Argumen
 def run(args: argparse.Namespace) -> int:
     booting = not (args.finish or args.resume)
     if booting != bool(args.to) or (not booting and (
-            args.name or args.checkpoint or args.keep_host_resources)):
+            args.name or args.checkpoint or args.keep_host_resources
+            or args.allow_unauthenticated)):
         raise UsageError(detail="boot DOMAIN needs --to DIR; --finish NEW and --resume NEW "
-                                "take none of --to, --name, --checkpoint, --keep-host-resources")
+                                "take none of --to, --name, --checkpoint, --keep-host-resources, "
+                                "--allow-unauthenticated")
     with virt.connect(args.connect) as hv:
         if args.finish:
             result = finish(hv, args.domain, progress=options.progress(args))
@@ -65,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
                             args.domain)
         else:
             result = boot(hv, options.repository(args), args.domain, BootOptions(
-                args.to, args.name, args.checkpoint, args.keep_host_resources))
+                args.to, args.name, args.checkpoint, args.keep_host_resources,
+                args.allow_unauthenticated))
     if args.json:
         options.emit(result.to_json())
         return EXIT_OK

@@ -62,9 +62,12 @@ def delete(borg: Repository, domain: str, checkpoint: str, with_dependents: bool
     Raise ArchiveNotFound if there is no such archive, HasDependents naming them if
     others need it and with_dependents is not set.
     """
-    archives, _partial = catalog.archives(borg, domain)
-    target = chain.select(archives, domain, checkpoint)
-    needing = retention.dependents(archives, target)
+    found = catalog.archives(borg, domain)
+    # Any archive may be deleted by name (a planted one too); one this host cannot
+    # authenticate never holds back an authentic one.
+    target = chain.select(found.every(), domain, checkpoint)
+    needing = retention.dependents(
+        found.archives if target in found.archives else found.every(), target)
     if needing and not with_dependents:
         raise HasDependents(archive=target.archive,
                             dependents=", ".join(a.archive for a in needing))

@@ -38,7 +38,7 @@ def list_archives(borg: Repository, domain: str | None) -> list[ArchiveInfo]:
 
     Raise ArchiveNotFound if a domain is given and the repository holds none of it.
     """
-    archives, _partial = catalog.archives(borg, domain)
+    archives = catalog.archives(borg, domain).archives
     if domain is not None:
         chain.of_known_domain(archives, domain)
     return [a for chains in chain.group(archives).values()

@@ -34,6 +34,7 @@ def build_parser(sub: argparse._SubParsersAction, parents: list[argparse.Argumen
     m.add_argument("--socket-owner", type=options.type_of(options.owner), metavar="USER[:GROUP]",
                    help="hand the sockets to this user (and group), e.g. the one QEMU runs "
                    "as, so that it may connect (default: the user borg-vm runs as)")
+    options.add_allow_unauthenticated_option(m)
     options.add_repository_options(m)
     m.set_defaults(run=run)
 
@@ -50,5 +51,6 @@ def run(args: argparse.Namespace) -> int:
                  served.checkpoint)
 
     mount(options.repository(args), args.domain,
-          MountOptions(args.socket, args.checkpoint, tuple(args.disk), args.socket_owner), ready)
+          MountOptions(args.socket, args.checkpoint, tuple(args.disk), args.socket_owner,
+                       args.allow_unauthenticated), ready)
     return EXIT_OK

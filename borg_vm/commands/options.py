@@ -87,6 +87,13 @@ def add_keep_host_resources_option(p: argparse.ArgumentParser) -> None:
                    "names (default: remove them, with a warning)")
 
 
+def add_allow_unauthenticated_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--allow-unauthenticated", action="store_true",
+                   help="also use archives this host cannot authenticate (written by "
+                   "another host, or planted by whoever can write the repository), with a "
+                   "warning (default: only archives signed with this host's key)")
+
+
 def progress(args: argparse.Namespace) -> bool:
     """Return whether to show a progress bar (not with --no-progress or --json)."""
     return not (args.no_progress or args.json)

@@ -106,7 +106,7 @@ def prune(borg: Repository, opts: PruneOptions, now: datetime | None = None) -> 
 
     Raise ArchiveNotFound if a named domain has no archive, a Borg error if borg fails.
     """
-    archives, _partial = catalog.archives(borg)
+    archives = catalog.archives(borg).archives   # the rules never see what this host did not sign
     for domain in opts.domains:
         chain.of_known_domain(archives, domain)
     selected = [a for a in archives if not opts.domains or a.name.domain in opts.domains]

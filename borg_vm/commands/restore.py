@@ -34,6 +34,7 @@ def build_parser(sub: argparse._SubParsersAction, parents: list[argparse.Argumen
                    "overlays are always qcow2")
     r.add_argument("--force", action="store_true", help="overwrite existing files")
     options.add_keep_host_resources_option(r)
+    options.add_allow_unauthenticated_option(r)
     options.add_progress_option(r)
     r.set_defaults(run=run)
 
@@ -42,7 +43,8 @@ def run(args: argparse.Namespace) -> int:
     opts = RestoreOptions(to=args.to, checkpoint=args.checkpoint, flatten=args.flatten,
                           disks=tuple(args.disk), format=args.format, force=args.force,
                           progress=options.progress(args),
-                          keep_host_resources=args.keep_host_resources, layers=args.layers)
+                          keep_host_resources=args.keep_host_resources, layers=args.layers,
+                          allow_unauthenticated=args.allow_unauthenticated)
     result = restore(options.repository(args), args.domain, opts)
     if args.json:
         options.emit(result.to_json())

@@ -2,8 +2,11 @@
 
 For each archive: its data members cover exactly the extents its manifest
 lists and hash to the manifest's SHA-256 (the guest's view and every frozen
-layer); the manifest agrees with the archive's name and comment; and every
-disk's chain back to its full exists, with the same disk size throughout.
+layer); the manifest agrees with the archive's name and comment and carries
+the code of the key that signed the comment, domain.xml and checkpoint.xml
+match the manifest's digests; and every disk's chain back to its full exists,
+linked by archive ID, with the same disk size throughout. Archives this host
+cannot authenticate (format/trust.py) are named, not read.
 """
 
 from __future__ import annotations
@@ -11,14 +14,15 @@ from __future__ import annotations
 import argparse
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from borg_vm import prefetch
 from borg_vm.adapters.borg import Repository
 from borg_vm.commands import options
 from borg_vm.core import chain
 from borg_vm.core.text import printable
-from borg_vm.errors import EXIT_ERROR, EXIT_OK, BorgVmError
+from borg_vm.errors import EXIT_ERROR, EXIT_OK, EXIT_WARNING, BorgVmError
+from borg_vm.format import manifest as fmt
 from borg_vm.format import reader
 from borg_vm.format.manifest import ArchiveInfo, Manifest
 from borg_vm.format.tarstream import Member
@@ -34,7 +38,9 @@ def build_parser(sub: argparse._SubParsersAction, parents: list[argparse.Argumen
                         description="Read archives back from Borg and check each: its data "
                         "covers exactly its manifest's extents and matches their SHA-256, "
                         "its manifest agrees with its name and comment, and its chain back "
-                        "to the full exists. Exit 0 if all are good, 2 if any is damaged.")
+                        "to the full exists; archives this host cannot authenticate are named. "
+                        "Exit 0 if all are good, 2 if any is damaged, else 1 if any is "
+                        "not authenticated.")
     ve.add_argument("domain", nargs="?", metavar="DOMAIN",
                     help="the domain (default: every domain, all archives)")
     which = ve.add_mutually_exclusive_group()
@@ -53,30 +59,43 @@ def run(args: argparse.Namespace) -> int:
         for name, verdict in result.checked:
             print(printable(f"{'ok' if verdict == 'ok' else 'DAMAGED':<8} {name}"
                             + ("" if verdict == "ok" else f": {verdict}")))
-    return EXIT_OK if result.ok else EXIT_ERROR
+        for name, why in result.unauthenticated:
+            print(printable(f"UNAUTHENTICATED {name}: {why}"))
+    return (EXIT_ERROR if not result.ok else EXIT_WARNING if result.unauthenticated
+            else EXIT_OK)
 
 
 @dataclass
 class VerifyResult:
     checked: list[tuple[str, str]]   # (archive, "ok" or what is wrong)
+    unauthenticated: list[tuple[str, str]] = field(default_factory=list)  # (archive, why)
 
     @property
     def ok(self) -> bool:
         return all(v == "ok" for _a, v in self.checked)
 
     def to_json(self) -> dict:
-        return {"ok": self.ok, "archives": [{"name": a, "ok": v == "ok",
-                                             "problem": None if v == "ok" else v}
-                                            for a, v in self.checked]}
+        return {"ok": self.ok and not self.unauthenticated,
+                "archives": [{"name": a, "ok": v == "ok", "authenticated": True,
+                              "problem": None if v == "ok" else v} for a, v in self.checked]
+                + [{"name": a, "ok": False, "authenticated": False,
+                    "problem": f"not authenticated: {why}"} for a, why in self.unauthenticated]}
 
 
 def verify(borg: Repository, domain: str | None, checkpoint: str | None, every: bool
            ) -> VerifyResult:
     """Verify domain's archive at checkpoint (default: the newest) with its chain, or
     with every, all archives (of domain, or of every domain)."""
-    archives, _partial = catalog.archives(borg, domain)
+    found = catalog.archives(borg, domain)
+    archives = found.archives
+    rejected = [(a.archive, why) for a, why in found.rejected
+                if checkpoint is None or a.name.checkpoint == checkpoint]
+    if domain is not None and not found.every():
+        chain.of_known_domain(archives, domain)   # raises ArchiveNotFound, naming what is there
     if every or domain is None:
-        selected = archives if domain is None else chain.of_known_domain(archives, domain)
+        selected = archives
+    elif not any(a.name.checkpoint == checkpoint for a in archives) and rejected:
+        selected = []   # the restore point asked for is one this host cannot authenticate
     else:
         top = chain.select(archives, domain, checkpoint)
         selected = {a.archive: a for t in top.summary.disks
@@ -91,7 +110,7 @@ def verify(borg: Repository, domain: str | None, checkpoint: str | None, every: 
     with reader.read_ahead(borg, reads) as found:
         for a, stream in zip(readable, found, strict=True):
             problems[a.archive] = _check_data(a, stream)
-    return VerifyResult([(a.archive, problems[a.archive]) for a in ordered])
+    return VerifyResult([(a.archive, problems[a.archive]) for a in ordered], rejected)
 
 
 def _chain_or_top(archives: list[ArchiveInfo], top: ArchiveInfo, target: str):
@@ -117,13 +136,17 @@ def _chain_problem(archives: list[ArchiveInfo], a: ArchiveInfo) -> str | None:
 def _check_data(a: ArchiveInfo, stream: AbstractContextManager[Iterator[Member]]) -> str:
     """Return "ok" or what is wrong with one archive's data and manifest."""
     try:
-        problem = _read_and_hash(a, stream).disagreement(a)
+        manifest, files = _read_and_hash(a, stream)
     except BorgVmError as e:
         return e.message
+    problem = manifest.disagreement(a) or next(
+        (p for name in (fmt.DOMAIN_XML, fmt.CHECKPOINT_XML)
+         if (p := manifest.file_problem(name, files.get(name, b"")))), None)
     return problem or "ok"
 
 
-def _read_and_hash(a: ArchiveInfo, stream: AbstractContextManager[Iterator[Member]]) -> Manifest:
+def _read_and_hash(a: ArchiveInfo, stream: AbstractContextManager[Iterator[Member]]
+                   ) -> tuple[Manifest, dict[str, bytes]]:
     """Stream the archive's data and manifest (the whole archive: naming paths that
     match nothing would make borg warn); return the manifest if every record's data
     matches it; raise IntegrityError or FormatError otherwise."""
@@ -135,4 +158,4 @@ def _read_and_hash(a: ArchiveInfo, stream: AbstractContextManager[Iterator[Membe
             pass
     manifest = tally.manifest()
     tally.check(manifest)
-    return manifest
+    return manifest, tally.files

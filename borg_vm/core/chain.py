@@ -62,6 +62,11 @@ def disk_chain(archives: list[ArchiveInfo], top: ArchiveInfo, target: str) -> li
         parent = chain[-1].summary.parent
         if parent is None or parent not in by_name:
             raise BrokenChain(archive=top.archive, missing=parent or "its parent")
+        link = chain[-1].summary.parent_id
+        if link is not None and by_name[parent].id != link:
+            raise BrokenChain(archive=top.archive,
+                              missing=f"the archive {chain[-1].archive} was made on ({parent} "
+                                      "is another archive under its name)")
         if target not in by_name[parent].summary.disks:
             raise BrokenChain(archive=top.archive, missing=f"disk {target} in {parent}")
         if any(a.archive == parent for a in chain):  # damaged comments: parents loop

@@ -1,4 +1,4 @@
-"""The borg-vm archive format, version 3 (reads 1, 2 and 3): the one place that defines it.
+"""The borg-vm archive format, version 4 (reads 1 to 4): the one place that defines it.
 
 Archive names
 -------------
@@ -130,6 +130,7 @@ archives a compromised client crafted, so nothing is trusted by shape.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass, field, replace
@@ -139,10 +140,12 @@ from borg_vm import __version__
 from borg_vm.core import layers as layers_
 from borg_vm.core.extent import DATA, ZERO, Extent, check_map, total
 from borg_vm.errors import FormatError
+from borg_vm.format import auth
 
 FORMAT_NAME = "borg-vm"
-FORMAT_VERSION = 3
-READABLE_VERSIONS = (1, 2, 3)
+FORMAT_VERSION = 4
+READABLE_VERSIONS = (1, 2, 3, 4)
+AUTHENTICATED_FROM = 4  # the first version whose comment and manifest carry codes
 # Default chunk size, by the rule of bench/RESULTS.md section 4 (deduplication
 # across domains, and the chunk size; bench/NOTES.md "Chunk size (item 4)"):
 # against 4 MiB, 256 KiB chunks made the full backup no slower and a clone with
@@ -178,6 +181,8 @@ MAX_VIRTUAL_SIZE = 64 << 40
 _STAMP = r"\d{8}T\d{6}Z(?:-\d+)?"
 _TIME_RE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
+_ARCHIVE_ID_RE = _SHA256_RE   # Borg's archive IDs: 32 bytes in hex
+_KEY_ID_RE = re.compile(rf"[0-9a-f]{{{auth.KEY_ID_HEX}}}")
 _ESCAPED = r"(?:[A-Za-z0-9_+-]|%[0-9A-F]{2})+"  # layers.escape(); version 1's stamps match too
 _NAME_RE = re.compile(rf"^(?P<domain>.+)\.(?P<snapshot>{_ESCAPED})"
                       rf"\.(?P<checkpoint>{CHECKPOINT_PREFIX}{_STAMP})$")
@@ -360,20 +365,58 @@ class Manifest:
     block_size: int = BLOCK_SIZE
     borg_vm_version: str = __version__
     version: int = FORMAT_VERSION
+    # Version 4: the parent's Borg archive ID, the digests of the XML members,
+    # and the code over all of it (format/auth.py).
+    parent_id: str | None = None
+    domain_xml_sha256: str = ""
+    checkpoint_xml_sha256: str = ""
+    auth: tuple[str, str] | None = None    # (key id, code)
 
     @property
     def name(self) -> ArchiveName:
         return ArchiveName(self.domain, self.snapshot, self.checkpoint)
 
     def to_json(self) -> bytes:
+        return self._json(with_auth=True)
+
+    def _json(self, *, with_auth: bool) -> bytes:
         doc = {"format": FORMAT_NAME, "version": FORMAT_VERSION,
                "domain": self.domain, "uuid": self.uuid, "snapshot": self.snapshot,
                "checkpoint": self.checkpoint, "level": self.level,
                "parent_checkpoint": self.parent_checkpoint,
-               "parent_archive": self.parent_archive, "time": self.time,
-               "block_size": self.block_size, "borg_vm_version": self.borg_vm_version,
+               "parent_archive": self.parent_archive, "parent_id": self.parent_id,
+               "time": self.time, "block_size": self.block_size,
+               "borg_vm_version": self.borg_vm_version,
+               "domain_xml_sha256": self.domain_xml_sha256,
+               "checkpoint_xml_sha256": self.checkpoint_xml_sha256,
                "disks": {t: _disk_to_doc(d) for t, d in sorted(self.disks.items())}}
+        if with_auth:
+            doc["auth"] = list(self.auth) if self.auth else None
         return json.dumps(doc, separators=(",", ":")).encode()
+
+    def signed(self, key: bytes) -> Manifest:
+        """Return this manifest carrying the code of key over it."""
+        code = auth.manifest_code(key, str(self.name), self._json(with_auth=False))
+        return replace(self, auth=(auth.key_id(key), code))
+
+    def code_problem(self, key: bytes) -> str | None:
+        """Return why this manifest does not carry a valid code of key, or None."""
+        if self.version < AUTHENTICATED_FROM or self.auth is None:
+            return "its manifest carries no authentication code"
+        key_id, code = self.auth
+        if key_id != auth.key_id(key) or not auth.same_code(
+                code, auth.manifest_code(key, str(self.name), self._json(with_auth=False))):
+            return "its manifest's authentication code is wrong"
+        return None
+
+    def file_problem(self, name: str, raw: bytes) -> str | None:
+        """Return how member name (domain.xml or checkpoint.xml) disagrees with the
+        digest this manifest records of it (version 4), or None."""
+        recorded = {DOMAIN_XML: self.domain_xml_sha256,
+                    CHECKPOINT_XML: self.checkpoint_xml_sha256}[name]
+        if self.version < AUTHENTICATED_FROM or hashlib.sha256(raw).hexdigest() == recorded:
+            return None
+        return f"its {name} differs from the digest its manifest records"
 
     @classmethod
     def from_json(cls, raw: bytes, archive: str) -> Manifest:
@@ -392,7 +435,9 @@ class Manifest:
                        parent_archive=_get(doc, "parent_archive", (str, type(None))),
                        time=_time(doc), disks=disks, block_size=_block_size(doc),
                        borg_vm_version=_typed(doc.get("borg_vm_version", "?"), str,
-                                              "borg_vm_version"), version=version)
+                                              "borg_vm_version"), version=version,
+                       **(_authenticated_fields(doc) if version >= AUTHENTICATED_FROM
+                          else {}))
         except FormatError:
             raise
         except (ValueError, RecursionError) as e:  # json.JSONDecodeError is a ValueError
@@ -400,11 +445,13 @@ class Manifest:
 
     def disagreement(self, info: ArchiveInfo) -> str | None:
         """Return how this manifest disagrees with the archive's name and comment, or
-        None if it agrees."""
+        with the key that authenticated the comment; None if it agrees."""
         if self.name != info.name:
             return f"its manifest names archive {self.name}"
         if self.summary() != info.summary:
             return "its manifest disagrees with its comment"
+        if info.key is not None:
+            return self.code_problem(info.key)
         return None
 
     def summary(self) -> Summary:
@@ -412,7 +459,33 @@ class Manifest:
                        uuid=self.uuid,
                        disks={t: DiskSummary(d.level, d.virtual_size, d.format, d.source,
                                              d.data_bytes, d.zero_bytes)
-                              for t, d in self.disks.items()})
+                              for t, d in self.disks.items()},
+                       parent_id=self.parent_id, version=self.version)
+
+
+def _authenticated_fields(doc: dict) -> dict:
+    """The fields version 4 added to the manifest."""
+    return {"parent_id": _archive_id(doc, "parent_id"),
+            "domain_xml_sha256": _sha256(doc, "domain_xml_sha256"),
+            "checkpoint_xml_sha256": _sha256(doc, "checkpoint_xml_sha256"),
+            "auth": _auth(doc)}
+
+
+def _archive_id(doc: dict, key: str) -> str | None:
+    value = _get(doc, key, (str, type(None)))
+    if value is not None and not _ARCHIVE_ID_RE.fullmatch(value):
+        raise ValueError(f"{key} {value!r} is not a Borg archive ID")
+    return value
+
+
+def _auth(doc: dict) -> tuple[str, str] | None:
+    value = _get(doc, "auth", (list, type(None)))
+    if value is None:
+        return None
+    if (len(value) != 2 or not all(isinstance(v, str) for v in value)
+            or not _KEY_ID_RE.fullmatch(value[0]) or not _SHA256_RE.fullmatch(value[1])):
+        raise ValueError("auth must be [key id, code]")
+    return value[0], value[1]
 
 
 def _disk_to_doc(d: DiskRecord) -> dict:
@@ -455,10 +528,10 @@ def _extents(doc: dict, size: int) -> tuple[Extent, ...]:
     return extents
 
 
-def _sha256(doc: dict) -> str:
-    sha256 = _get(doc, "sha256", str)
+def _sha256(doc: dict, key: str = "sha256") -> str:
+    sha256 = _get(doc, key, str)
     if not _SHA256_RE.fullmatch(sha256):
-        raise ValueError(f"sha256 {sha256!r} is not 64 hex digits")
+        raise ValueError(f"{key} {sha256!r} is not 64 hex digits")
     return sha256
 
 
@@ -568,14 +641,37 @@ class Summary:
     time: str
     uuid: str
     disks: dict[str, DiskSummary] = field(default_factory=dict)
+    parent_id: str | None = None     # version 4: the parent's Borg archive ID
+    # Not compared: the comment's code differs from the manifest's, and a
+    # version-1 manifest sits under a version-1 comment anyway.
+    auth: tuple[str, str] | None = field(default=None, compare=False)
+    version: int = field(default=FORMAT_VERSION, compare=False)
 
     def to_comment(self) -> str:
-        return json.dumps({"borg-vm": FORMAT_VERSION, "level": self.level,
-                           "parent": self.parent, "time": self.time, "uuid": self.uuid,
-                           "disks": {t: [d.level, d.virtual_size, d.format, d.source,
-                                         d.data_bytes, d.zero_bytes]
-                                     for t, d in sorted(self.disks.items())}},
-                          separators=(",", ":"))
+        return self._json(with_auth=True)
+
+    def _json(self, *, with_auth: bool) -> str:
+        doc = {"borg-vm": FORMAT_VERSION, "level": self.level, "parent": self.parent,
+               "parent_id": self.parent_id, "time": self.time, "uuid": self.uuid,
+               "disks": {t: [d.level, d.virtual_size, d.format, d.source,
+                             d.data_bytes, d.zero_bytes]
+                         for t, d in sorted(self.disks.items())}}
+        if with_auth:
+            doc["auth"] = list(self.auth) if self.auth else None
+        return json.dumps(doc, separators=(",", ":"))
+
+    def signed(self, key: bytes, archive: str) -> Summary:
+        """Return this summary carrying the code of key over it and the archive's name."""
+        code = auth.summary_code(key, archive, self._json(with_auth=False).encode())
+        return replace(self, auth=(auth.key_id(key), code))
+
+    def code_valid(self, key: bytes, archive: str) -> bool:
+        """Return True if this summary carries a valid code of key for archive."""
+        if self.version < AUTHENTICATED_FROM or self.auth is None:
+            return False
+        key_id, code = self.auth
+        return key_id == auth.key_id(key) and auth.same_code(
+            code, auth.summary_code(key, archive, self._json(with_auth=False).encode()))
 
     @classmethod
     def from_comment(cls, comment: str, archive: str) -> Summary:
@@ -589,7 +685,10 @@ class Summary:
                        parent=_get(doc, "parent", (str, type(None))), time=_time(doc),
                        uuid=_get(doc, "uuid", str),
                        disks={check_target(t): _disk_summary(v)
-                              for t, v in _get(doc, "disks", dict).items()})
+                              for t, v in _get(doc, "disks", dict).items()},
+                       version=version,
+                       **({"parent_id": _archive_id(doc, "parent_id"), "auth": _auth(doc)}
+                          if version >= AUTHENTICATED_FROM else {}))
         except FormatError:
             raise
         except (ValueError, RecursionError) as e:
@@ -614,6 +713,10 @@ class ArchiveInfo:
 
     name: ArchiveName
     summary: Summary
+    id: str = ""                     # Borg's archive ID
+    # The authentication key whose code the comment carries (None: the archive
+    # is authentic by its ID, format versions 1-3, or not authentic at all).
+    key: bytes | None = field(default=None, repr=False, compare=False)
 
     @property
     def archive(self) -> str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from borg_vm import prefetch, runtime
@@ -52,6 +52,7 @@ class Parts:
     when: datetime                       # the backup time (member times, archive time)
     compression: str
     block_size: int
+    key: bytes = field(repr=False)       # signs comment and manifest (format/auth.py)
 
 
 def write_archive(borg: Repository, name: ArchiveName, manifest: Manifest, parts: Parts,
@@ -69,16 +70,22 @@ def write_archive(borg: Repository, name: ArchiveName, manifest: Manifest, parts
     reported once the run has ended as one that made its archive); if not, or
     the repository cannot say, it is raised here.
     """
-    with borg.import_tar(str(name), comment=manifest.summary().to_comment(),
+    comment = manifest.summary().signed(parts.key, str(name)).to_comment()
+    with borg.import_tar(str(name), comment=comment,
                          timestamp=parts.when.strftime("%Y-%m-%dT%H:%M:%S"),
                          compression=parts.compression,
                          chunker_params=f"fixed,{parts.block_size}") as proc:
         try:
             tar = TarWriter(proc.stdin, int(parts.when.timestamp()))
-            tar.add(fmt.DOMAIN_XML, parts.domain_xml.encode())
-            tar.add(fmt.CHECKPOINT_XML, parts.checkpoint_xml().encode())
+            domain_xml = parts.domain_xml.encode()
+            checkpoint_xml = parts.checkpoint_xml().encode()
+            tar.add(fmt.DOMAIN_XML, domain_xml)
+            tar.add(fmt.CHECKPOINT_XML, checkpoint_xml)
             runtime.phase(runtime.STREAMING, "%s: into borg import-tar %s", manifest.domain, name)
-            manifest = _write_disks(tar, manifest, where, parts.block_size, progress)
+            manifest = replace(_write_disks(tar, manifest, where, parts.block_size, progress),
+                               domain_xml_sha256=hashlib.sha256(domain_xml).hexdigest(),
+                               checkpoint_xml_sha256=hashlib.sha256(checkpoint_xml).hexdigest())
+            manifest = manifest.signed(parts.key)
             tar.add(fmt.MANIFEST, manifest.to_json())
             runtime.phase(runtime.ENDING, "%s: all but the end of the stream written",
                           manifest.domain)

@@ -1,34 +1,102 @@
 """borg-vm's view of a Borg repository: which archives are complete borg-vm
-archives of a domain and which are leftovers of crashed runs."""
+archives of a domain, which of those this host can authenticate
+(format/trust.py, with the repository's keyring, services/keyring.py), and
+which are leftovers of crashed runs."""
 
 from __future__ import annotations
 
 import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from borg_vm.adapters.borg import Repository
-from borg_vm.errors import FormatError
+from borg_vm.core import chain
+from borg_vm.errors import FormatError, Unauthenticated
 from borg_vm.format import manifest as fmt
-from borg_vm.format.manifest import ArchiveInfo, ArchiveName, Summary
+from borg_vm.format import trust
+from borg_vm.format.manifest import AUTHENTICATED_FROM, ArchiveInfo, ArchiveName, Summary
+from borg_vm.services import keyring as keyring_
+from borg_vm.services.keyring import Keyring
 
 log = logging.getLogger(__name__)
 
 
-def archives(borg: Repository, domain: str | None = None) -> tuple[list[ArchiveInfo], list[str]]:
-    """Return (complete archives, what unfinished runs left) of domain (None: every
-    domain, and nothing of the second kind).
+@dataclass(frozen=True)
+class Catalog:
+    """The repository's borg-vm archives of one domain (or all)."""
 
-    Archives whose comment is not a borg-vm summary are skipped with a warning.
+    archives: list[ArchiveInfo]            # complete and authentic, in list order
+    keyring: Keyring
+    rejected: list[trust.Rejected] = field(default_factory=list)   # complete, not authentic
+    partial: list[str] = field(default_factory=list)   # what unfinished runs left
+
+    def every(self) -> list[ArchiveInfo]:
+        """Every complete archive, authentic or not (--allow-unauthenticated)."""
+        return self.archives + [a for a, _why in self.rejected]
+
+
+def restore_point(borg: Repository, domain: str, checkpoint: str | None,
+                  allow_unauthenticated: bool = False) -> tuple[list[ArchiveInfo], ArchiveInfo]:
+    """Return (the archives a chain may use, the archive of domain at checkpoint
+    (None: the newest)): authentic ones only, unless allow_unauthenticated.
+
+    Raise Unauthenticated if the checkpoint is only in an archive this host cannot
+    authenticate, ArchiveNotFound if it is in none.
     """
-    complete, partial = [], []
+    found = archives(borg, domain)
+    if allow_unauthenticated:
+        pool = found.every()
+        top = chain.select(pool, domain, checkpoint)
+        for a, why in found.rejected:
+            if a.archive == top.archive:
+                log.warning("using %s, which is not authenticated: %s", a.archive, why)
+        return pool, top
+    if checkpoint is not None:
+        for a, why in found.rejected:
+            if a.name.checkpoint == checkpoint and not any(
+                    b.name.checkpoint == checkpoint for b in found.archives):
+                raise Unauthenticated(archive=a.archive, reason=why)
+    return found.archives, chain.select(found.archives, domain, checkpoint)
+
+
+def archives(borg: Repository, domain: str | None = None) -> Catalog:
+    """Return the Catalog of domain (None: every domain, and no partial archives).
+
+    Archives whose comment is not a borg-vm summary are skipped with a warning;
+    so are the ones this host cannot authenticate, one warning per domain.
+    """
+    complete, partial, legacy = [], [], []
     for listed in borg.list_archives(checkpoints=domain is not None):
         name = ArchiveName.parse(listed.name)
-        if name is not None and domain in (None, name.domain):
+        if name is not None:
             try:
-                complete.append(ArchiveInfo(name, Summary.from_comment(listed.comment,
-                                                                       listed.name)))
+                info = ArchiveInfo(name, Summary.from_comment(listed.comment, listed.name),
+                                   listed.id)
             except FormatError as e:
-                log.warning("ignoring archive %s: %s", listed.name, e.message)
+                if domain in (None, name.domain):
+                    log.warning("ignoring archive %s: %s", listed.name, e.message)
+                continue
+            if info.summary.version < AUTHENTICATED_FROM:
+                legacy.append(listed.id)
+            if domain in (None, name.domain):
+                complete.append(info)
         elif domain is not None and fmt.is_partial_of(listed.name, domain):
             partial.append(listed.name)
-    return complete, partial
+    keyring = keyring_.load_or_create(borg.repository_id(), legacy)
+    good, bad = trust.authenticate(complete, keyring.keys, keyring.adopted, datetime.now(UTC))
+    _warn(bad)
+    return Catalog(good, keyring, bad, partial)
 
+
+def _warn(rejected: list[trust.Rejected]) -> None:
+    by_domain: dict[str, list[trust.Rejected]] = defaultdict(list)
+    for r in rejected:
+        by_domain[r[0].name.domain].append(r)
+    for domain, rs in by_domain.items():
+        if len(rs) == 1:
+            log.warning("ignoring archive %s: not authenticated: %s", rs[0][0].archive, rs[0][1])
+        else:
+            log.warning("ignoring %d archives of %s this host cannot authenticate ('borg-vm "
+                        "verify %s' names each), e.g. %s: %s", len(rs), domain, domain,
+                        rs[0][0].archive, rs[0][1])

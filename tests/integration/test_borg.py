@@ -3,6 +3,7 @@ through 'borg import-tar', out through 'borg export-tar', archive
 management, passphrases and error mapping."""
 
 import json
+import re
 import os
 import signal
 import subprocess
@@ -70,7 +71,10 @@ def test_archive_round_trip(make_repo, monkeypatch, encryption):
     monkeypatch.setenv("BORG_PASSPHRASE", PASSPHRASE)
     borg = make_repo(encryption)
     import_members(borg, "vm", MEMBERS, comment=COMMENT)
-    assert borg.list_archives() == [Listed("vm", COMMENT, LISTED_TIME)]
+    [listed] = borg.list_archives()
+    assert listed == Listed("vm", COMMENT, LISTED_TIME, listed.id)
+    assert re.fullmatch(r"[0-9a-f]{64}", listed.id) and listed.id != borg.repository_id()
+    assert re.fullmatch(r"[0-9a-f]{64}", borg.repository_id())
     assert extract_file(borg, "vm", "manifest.json") == MEMBERS[-1][1]
     assert export_members(borg, "vm") == MEMBERS
     assert export_members(borg, "vm", ["disk/vda"]) == [MEMBERS[3]]

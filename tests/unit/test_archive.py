@@ -1,6 +1,8 @@
 """The archive format: names, member names, manifest and summary round trips."""
 
+import hashlib
 import json
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -191,7 +193,8 @@ def manifest(**over) -> Manifest:
         snapshot=SNAP, checkpoint=CKPT, level=INC,
         parent_checkpoint="borgvm-20261125T221800Z",
         parent_archive=f"web01.example.com.{SNAP}.borgvm-20261125T221800Z",
-        time="2026-11-26T02:00:00Z",
+        time="2026-11-26T02:00:00Z", parent_id="12" * 32,
+        domain_xml_sha256="34" * 32, checkpoint_xml_sha256="56" * 32,
         disks={
             "vda": DiskRecord(INC, "qcow2", "/var/lib/libvirt/images/web01.S2.qcow2", 1 << 30,
                               (Extent(0, 4096, DATA), Extent(4096, 1 << 20, ZERO),
@@ -225,7 +228,8 @@ def test_manifest_round_trip_full_without_parent():
 def test_manifest_document():
     doc = json.loads(manifest().to_json())
     assert doc["format"] == "borg-vm"
-    assert doc["version"] == FORMAT_VERSION == 3
+    assert doc["version"] == FORMAT_VERSION == 4
+    assert doc["parent_id"] == "12" * 32 and doc["auth"] is None
     assert doc["block_size"] == BLOCK_SIZE
     assert doc["borg_vm_version"] == __version__
     assert list(doc["disks"]) == ["sdb", "vda"]
@@ -258,7 +262,7 @@ def _reject(doc_or_raw, match=None):
     return e.value
 
 
-@pytest.mark.parametrize("version", [0, 4, "1", None, True])
+@pytest.mark.parametrize("version", [0, 5, "1", None, True])
 def test_manifest_rejects_unknown_version(version):
     doc = _doc()
     doc["version"] = version
@@ -359,6 +363,68 @@ def test_manifest_tolerates_missing_borg_vm_version():
     doc = _doc()
     del doc["borg_vm_version"]
     assert Manifest.from_json(json.dumps(doc).encode(), "a").borg_vm_version == "?"
+
+
+# --- authentication codes (version 4) ---------------------------------------------
+
+KEY = b"k" * 32
+OTHER = b"o" * 32
+
+
+def test_a_signed_manifest_carries_a_code_only_its_key_and_name_make():
+    m = manifest().signed(KEY)
+    back = Manifest.from_json(m.to_json(), "a")
+    assert back.code_problem(KEY) is None
+    assert back.code_problem(OTHER) == "its manifest's authentication code is wrong"
+    moved = replace(back, checkpoint="borgvm-20261126T020000Z-1")
+    assert moved.code_problem(KEY) == "its manifest's authentication code is wrong"
+
+
+@pytest.mark.parametrize("change", [
+    {"parent_id": "99" * 32}, {"time": "2099-01-01T00:00:00Z"}, {"domain_xml_sha256": "00" * 32},
+    {"level": FULL}, {"uuid": "x"}])
+def test_a_manifest_changed_after_signing_fails(change):
+    m = replace(manifest().signed(KEY), **change)
+    assert m.code_problem(KEY) == "its manifest's authentication code is wrong"
+
+
+def test_an_unsigned_or_older_manifest_has_no_code():
+    assert manifest().code_problem(KEY) == "its manifest carries no authentication code"
+    assert replace(manifest().signed(KEY), version=3).code_problem(KEY) is not None
+
+
+def test_a_manifest_records_the_digests_of_its_xml_members():
+    xml = b"<domain/>"
+    m = manifest(domain_xml_sha256=hashlib.sha256(xml).hexdigest())
+    assert m.file_problem("domain.xml", xml) is None
+    assert "differs" in m.file_problem("domain.xml", b"<domain><x/></domain>")
+    assert replace(m, version=3).file_problem("domain.xml", b"anything") is None
+
+
+def test_a_signed_summary_is_valid_for_its_archive_only():
+    s = manifest().summary().signed(KEY, "web01.base.borgvm-20261126T020000Z")
+    back = Summary.from_comment(s.to_comment(), "a")
+    assert back.auth == s.auth and back.parent_id == "12" * 32
+    assert back.code_valid(KEY, "web01.base.borgvm-20261126T020000Z")
+    assert not back.code_valid(OTHER, "web01.base.borgvm-20261126T020000Z")
+    assert not back.code_valid(KEY, "web01.base.borgvm-20261127T020000Z")
+    assert not replace(back, time="2099-01-01T00:00:00Z").code_valid(
+        KEY, "web01.base.borgvm-20261126T020000Z")
+
+
+@pytest.mark.parametrize("bad", [["x", "y"], ["ab" * 8], "ab", ["AB" * 8, "cd" * 32]])
+def test_a_malformed_code_is_refused(bad):
+    doc = json.loads(manifest().summary().to_comment())
+    doc["auth"] = bad
+    with pytest.raises(FormatError, match="auth"):
+        Summary.from_comment(json.dumps(doc), "a")
+
+
+def test_a_malformed_parent_id_is_refused():
+    doc = json.loads(manifest().summary().to_comment())
+    doc["parent_id"] = "web01.base.borgvm-20261125T020000Z"
+    with pytest.raises(FormatError, match="parent_id"):
+        Summary.from_comment(json.dumps(doc), "a")
 
 
 # --- summary (archive comment) -------------------------------------------------------

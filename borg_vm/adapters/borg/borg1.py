@@ -126,6 +126,7 @@ class Borg1Repository:
         self._ask = ask_passphrase
         self._asked = 0
         self._passphrase = self._take_passphrase_fd()
+        self._repository_id: str | None = None
 
     @staticmethod
     def _take_passphrase_fd() -> bytes | None:
@@ -225,8 +226,15 @@ class Borg1Repository:
                                            *(self.dialect.checkpoint_args() if checkpoints
                                              else ()), *self.location()))
         doc = json.loads(out)
-        return [Listed(a["name"], a.get("comment", ""), a.get("time", ""))
+        self._repository_id = doc["repository"]["id"]
+        return [Listed(a["name"], a.get("comment", ""), a.get("time", ""), a.get("id", ""))
                 for a in doc["archives"]]
+
+    def repository_id(self) -> str:
+        if self._repository_id is None:
+            self.list_archives()
+        assert self._repository_id is not None
+        return self._repository_id
 
     def list_items(self, archive: str, paths: Sequence[str], *, brief: bool = False
                    ) -> AbstractContextManager[subproc.Stream]:

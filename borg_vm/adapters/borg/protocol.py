@@ -22,6 +22,7 @@ class Listed:
     name: str
     comment: str
     time: str
+    id: str = ""       # Borg's archive ID (hex): a hash over the archive's contents
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,11 @@ class Repository(Protocol):
 
     def list_archives(self, *, checkpoints: bool = False) -> list[Listed]:
         """Every archive (checkpoints: also what interrupted runs left)."""
+        ...
+
+    def repository_id(self) -> str:
+        """The repository's ID (hex), as the last list_archives read it (one more
+        list if none has run)."""
         ...
 
     def list_items(self, archive: str, paths: Sequence[str], *, brief: bool = False

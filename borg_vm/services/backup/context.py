@@ -48,7 +48,8 @@ class BackupRun:
     opts: BackupOptions
     live: LiveDomain
     disks: tuple[plan.Disk, ...]
-    archives: tuple[ArchiveInfo, ...]   # the domain's complete archives
+    archives: tuple[ArchiveInfo, ...]   # the domain's complete, authentic archives
+    key: bytes = field(repr=False)      # signs the archive (services/keyring.py)
     by_target: dict[str, plan.Disk] = field(init=False)
 
     def __post_init__(self) -> None:

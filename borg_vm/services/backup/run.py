@@ -129,10 +129,11 @@ def backup(hv: Hypervisor, borg: Repository, name: str, opts: BackupOptions) -> 
             live = domxml.LiveDomain.parse(dom.xml())
             disks = select_disks(dom, live, opts.exclude_disks)
             own = {c for c in dom.checkpoints() if fmt.is_own_checkpoint(c)}
-            archives, partial = listed.result()
-        run = BackupRun(dom, opts, live, disks, tuple(archives))
+            found = listed.result()
+        run = BackupRun(dom, opts, live, disks, tuple(found.archives),
+                        found.keyring.signing_key)
         result = _backup_locked(run, borg, own)
-        _delete_leftovers(dom, borg, partial)
+        _delete_leftovers(dom, borg, found.partial)
     result.duration = time.monotonic() - started
     return result
 
@@ -234,6 +235,7 @@ def _write(run: BackupRun, borg: Repository, p: plan.Plan, name: ArchiveName, wh
             domain=dom.name, uuid=dom.uuid, snapshot=name.snapshot,
             checkpoint=name.checkpoint, level=p.level, parent_checkpoint=p.parent_checkpoint,
             parent_archive=p.parent.archive if p.parent else None,
+            parent_id=p.parent.id if p.parent else None,
             time=when.strftime("%Y-%m-%dT%H:%M:%SZ"), block_size=opts.block_size,
             disks={t: DiskRecord(p.disk_levels[t], disks[t].format, disks[t].source, size,
                                  tuple(ext), layers=layers[t].records(), frozen=frozen[t])
@@ -247,7 +249,8 @@ def _write(run: BackupRun, borg: Repository, p: plan.Plan, name: ArchiveName, wh
                     for d in manifest.disks.values())
         parts = writer.Parts(domain_xml=dom.xml(inactive=True),
                              checkpoint_xml=session.checkpoint_xml, when=when,
-                             compression=opts.compression, block_size=opts.block_size)
+                             compression=opts.compression, block_size=opts.block_size,
+                             key=run.key)
         return writer.write_archive(borg, name, manifest, parts, where,
                                     Progress.for_terminal(dom.name, total, opts.progress))
 

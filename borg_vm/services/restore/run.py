@@ -64,6 +64,7 @@ class RestoreOptions:
     progress: bool = True
     keep_host_resources: bool = False
     layers: bool = False
+    allow_unauthenticated: bool = False
 
 
 @dataclass(frozen=True)
@@ -128,8 +129,8 @@ def restore(borg: Repository, domain: str, opts: RestoreOptions) -> RestoreResul
     UnknownDisk, RestoreTargetExists, RestoreTargetUnusable, FormatError,
     IntegrityError or a Borg/qemu error; on any failure opts.to is as it was.
     """
-    archives, _partial = catalog.archives(borg, domain)
-    top = chain.select(archives, domain, opts.checkpoint)
+    archives, top = catalog.restore_point(borg, domain, opts.checkpoint,
+                                          opts.allow_unauthenticated)
     if opts.layers:
         targets = opts.disks or tuple(sorted(top.summary.disks))
         # The top's small members come with its manifest: one borg fewer.

@@ -40,7 +40,7 @@ from borg_vm import runtime
 from borg_vm.adapters import libvirt as virt
 from borg_vm.adapters import nbdkit
 from borg_vm.adapters.borg import Repository
-from borg_vm.core import bootxml, chain, domxml
+from borg_vm.core import bootxml, domxml
 from borg_vm.core.bootxml import BootRecord
 from borg_vm.errors import (
     DomainExists,
@@ -83,6 +83,7 @@ class BootOptions:
     name: str | None = None
     checkpoint: str | None = None
     keep_host_resources: bool = False
+    allow_unauthenticated: bool = False
 
 
 @dataclass
@@ -110,8 +111,8 @@ def boot(hv: virt.Hypervisor, borg: Repository, domain: str, opts: BootOptions) 
     _clean_stale(hv)
     if hv.exists(name):
         raise DomainExists(name=name, uri=hv.uri)
-    archives, _partial = catalog.archives(borg, domain)
-    top = chain.select(archives, domain, opts.checkpoint)
+    archives, top = catalog.restore_point(borg, domain, opts.checkpoint,
+                                          opts.allow_unauthenticated)
     to = os.path.abspath(opts.to)
     overlays = {t: os.path.join(to, f"{name}.{t}.qcow2") for t in sorted(top.summary.disks)}
     existing = [p for p in overlays.values() if os.path.lexists(p)]

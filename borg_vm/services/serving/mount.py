@@ -72,6 +72,7 @@ class MountOptions:
     checkpoint: str | None = None
     disks: tuple[str, ...] = ()
     owner: tuple[int, int] | None = None   # (uid, gid) the sockets are handed to
+    allow_unauthenticated: bool = False
 
 
 @dataclass
@@ -98,8 +99,8 @@ def mount(borg: Repository, domain: str, opts: MountOptions, ready: Callable[[Se
     (a chain that fails the checks: nothing is served), SocketInUse, a Borg or
     nbdkit error, or NbdkitError/BorgError if a server dies while serving.
     """
-    archives, _partial = catalog.archives(borg, domain)
-    top = chain.select(archives, domain, opts.checkpoint)
+    archives, top = catalog.restore_point(borg, domain, opts.checkpoint,
+                                          opts.allow_unauthenticated)
     targets = opts.disks or tuple(sorted(top.summary.disks))
     chains = {t: chain.disk_chain(archives, top, t) for t in targets}
     for t, links in chains.items():
