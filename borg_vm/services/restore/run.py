@@ -13,7 +13,7 @@ chain was at that checkpoint, the frozen layers complete.
 The archive is only as trustworthy as the repository: the top archive's
 domain.xml and manifest are read and checked before anything is written, no
 member is held in memory unless the format caps its size (see members), and the restored
-domain XML leaves out what it named of the host (core.domxml.strip_host_resources).
+domain XML leaves out what it named of the host (core.host_resources).
 
 Images are written in a hidden directory inside --to and moved into place
 only when every disk was written and verified against its manifest, so a
@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 from borg_vm import runtime
 from borg_vm.adapters.borg import Repository
-from borg_vm.core import chain, domxml
+from borg_vm.core import chain, domxml, host_resources
 from borg_vm.errors import (
     FormatError,
     NbdError,
@@ -226,7 +226,7 @@ def xml_from(files: dict[str, bytes], top: ArchiveInfo, images: dict[str, tuple[
     """Return the XML of a domain called name on the restored images (see
     domxml.restored_domain_xml), from top's domain.xml in files, with top's
     manifest (also in files) checked too, and what was removed from it of the
-    host (see domxml.strip_host_resources) unless keep_host_resources.
+    host (see host_resources.strip) unless keep_host_resources.
 
     Raise FormatError naming top if either is damaged.
     """
@@ -238,7 +238,7 @@ def xml_from(files: dict[str, bytes], top: ArchiveInfo, images: dict[str, tuple[
     xml = domxml.restored_domain_xml(text, name, images)
     if keep_host_resources:
         return xml, []
-    return domxml.strip_host_resources(xml, {path for path, _ in images.values()})
+    return host_resources.strip(xml, {path for path, _ in images.values()})
 
 
 def warn_removed(removed: list[str]) -> None:

@@ -1,0 +1,171 @@
+"""Host resources: what restore and boot leave out of an archived domain's XML."""
+
+import xml.etree.ElementTree as ET
+
+from test_domxml import DOMAIN_XML
+
+from borg_vm.core.domxml import parse_disks, restored_domain_xml
+from borg_vm.core.host_resources import strip
+
+# What an archived domain may name on its host (or an attacker may put in an archive).
+HOSTILE_XML = """\
+<domain type='kvm' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>
+  <name>web01-restored</name>
+  <metadata><app:note xmlns:app='https://example.org/app'>/etc/passwd</app:note></metadata>
+  <description>/etc/passwd is a path in free text</description>
+  <blkiotune><device><path>/dev/sda</path><weight>500</weight></device></blkiotune>
+  <resource><partition>/machine</partition></resource>
+  <os>
+    <type arch='x86_64' machine='q35'>hvm</type>
+    <loader readonly='yes' secure='yes' type='pflash'>/usr/share/OVMF/OVMF_CODE.secboot.fd</loader>
+    <kernel>/etc/shadow</kernel>
+    <initrd>/boot/initrd.img</initrd>
+    <cmdline>console=ttyS0 root=/dev/vda1</cmdline>
+    <boot dev='hd'/>
+  </os>
+  <devices>
+    <emulator>/usr/bin/qemu-system-x86_64</emulator>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2'/>
+      <source file='/restore/web01.vda.qcow2'/>
+      <target dev='vda' bus='virtio'/>
+      <mirror type='file' file='/var/lib/libvirt/images/steal.qcow2' format='qcow2'/>
+    </disk>
+    <disk type='block' device='lun' sgio='unfiltered'>
+      <driver name='qemu' type='raw'/>
+      <source dev='/dev/sdb'/>
+      <target dev='sda' bus='scsi'/>
+    </disk>
+    <disk type='file' device='cdrom'>
+      <source file='/iso/debian-12.iso'/>
+      <target dev='sdb' bus='sata'/>
+      <readonly/>
+    </disk>
+    <disk type='file' device='disk'>
+      <source file='/etc/shadow'/>
+      <target dev='vdc' bus='virtio'/>
+      <readonly/>
+    </disk>
+    <disk type='network' device='cdrom'>
+      <source protocol='rbd' name='pool/tools'/>
+      <target dev='sdd' bus='sata'/>
+      <readonly/>
+    </disk>
+    <disk type='file' device='cdrom'>
+      <target dev='sdc' bus='sata'/>
+      <readonly/>
+    </disk>
+    <filesystem type='mount' accessmode='passthrough'>
+      <source dir='/'/>
+      <target dir='hostroot'/>
+    </filesystem>
+    <filesystem type='ram'><source usage='1024'/><target dir='tmp'/></filesystem>
+    <hostdev mode='subsystem' type='pci' managed='yes'>
+      <source><address domain='0x0000' bus='0x03' slot='0x00' function='0x0'/></source>
+    </hostdev>
+    <interface type='hostdev'><source><address type='pci' bus='0x04'/></source></interface>
+    <interface type='network'><source network='default'/><model type='virtio'/></interface>
+    <smartcard mode='host'/>
+    <serial type='file'><source path='/root/.ssh/authorized_keys'/><target port='0'/></serial>
+    <serial type='pty'><target port='1'/></serial>
+    <console type='pty'><target type='serial' port='1'/></console>
+    <channel type='unix'>
+      <source mode='bind' path='/var/lib/libvirt/qemu/web01.agent'/>
+      <target type='virtio' name='org.qemu.guest_agent.0'/>
+    </channel>
+    <channel type='unix'><target type='virtio' name='org.qemu.guest_agent.1'/></channel>
+    <input type='evdev'><source dev='/dev/input/event0'/></input>
+    <input type='tablet' bus='usb'/>
+    <tpm model='tpm-crb'><backend type='passthrough'><device path='/dev/tpm0'/></backend></tpm>
+    <rng model='virtio'><backend model='random'>/dev/urandom</backend></rng>
+    <rng model='virtio'><backend model='random'>/etc/passwd</backend></rng>
+    <graphics type='vnc' port='-1' autoport='yes'/>
+    <memory model='nvdimm'><source><path>/dev/shm/secret</path></source>
+      <target><size unit='KiB'>524288</size></target></memory>
+  </devices>
+  <qemu:commandline><qemu:arg value='-device'/><qemu:arg value='vfio-pci,host=0000:05:00.0'/>
+  </qemu:commandline>
+  <qemu:capabilities><qemu:del capability='sandbox'/></qemu:capabilities>
+</domain>
+"""
+OWN = {"/restore/web01.vda.qcow2"}
+
+
+def stripped():
+    xml, removed = strip(HOSTILE_XML, OWN)
+    return ET.fromstring(xml), removed
+
+
+def test_strip_lists_what_it_removed():
+    _root, removed = stripped()
+    assert removed == [
+        "qemu:commandline", "qemu:capabilities",
+        "disk vda: mirror file (/var/lib/libvirt/images/steal.qcow2)",
+        "disk sda (/dev/sdb)", "disk sdb (/iso/debian-12.iso)", "disk vdc (/etc/shadow)",
+        "disk sdd (rbd pool/tools)", "filesystem mount (/)", "filesystem ram",
+        "hostdev pci", "interface hostdev", "smartcard",
+        "serial file (/root/.ssh/authorized_keys)",
+        "channel unix (/var/lib/libvirt/qemu/web01.agent)", "input evdev (/dev/input/event0)",
+        "tpm (/dev/tpm0)", "rng (/etc/passwd)", "memory (/dev/shm/secret)",
+        "loader pflash (/usr/share/OVMF/OVMF_CODE.secboot.fd)", "kernel (/etc/shadow)",
+        "initrd (/boot/initrd.img)", "blkiotune (/dev/sda)"]
+
+
+def test_strip_leaves_only_own_files_and_entropy_sources():
+    root, _removed = stripped()
+    free = {"metadata", "description", "resource"}
+    paths = {v for top in root if top.tag not in free for e in top.iter()
+             for v in (*e.attrib.values(), (e.text or "").strip()) if v.startswith("/")}
+    assert paths == OWN | {"/dev/urandom"}
+    assert root.find("devices/emulator") is None            # libvirt fills in its own
+    assert all(not e.tag.startswith("{") for e in root)      # no qemu: element left
+
+
+def test_strip_keeps_what_is_no_host_resource():
+    root, _removed = stripped()
+    devices = root.find("devices")
+    assert [d.find("target").get("dev") for d in devices.findall("disk")] == ["vda", "sdc"]
+    vda = devices.find("disk")
+    assert [e.tag for e in vda] == ["driver", "source", "target"]
+    assert [i.get("type") for i in devices.findall("interface")] == ["network"]
+    assert [s.get("type") for s in devices.findall("serial")] == ["pty"]
+    assert devices.find("console") is not None and devices.find("graphics") is not None
+    assert [c.find("target").get("name") for c in devices.findall("channel")] == [
+        "org.qemu.guest_agent.1"]
+    assert [i.get("type") for i in devices.findall("input")] == ["tablet"]
+    assert [r.findtext("backend") for r in devices.findall("rng")] == ["/dev/urandom"]
+    assert root.findtext("os/cmdline") == "console=ttyS0 root=/dev/vda1"
+    assert root.findtext("resource/partition") == "/machine"
+    assert root.findtext("description").startswith("/etc/passwd")
+    assert root.find("metadata")[0].text == "/etc/passwd"
+
+
+def test_strip_lets_libvirt_choose_uefi_firmware_for_a_pflash_loader():
+    os_ = stripped()[0].find("os")
+    assert os_.find("loader") is None
+    assert os_.get("firmware") == "efi"
+    assert [(f.get("name"), f.get("enabled")) for f in os_.findall("firmware/feature")] == [
+        ("secure-boot", "yes")]
+
+
+def test_strip_keeps_a_chosen_firmware_and_adds_none_for_a_rom_loader():
+    rom = ("<domain><name>x</name><os><type>hvm</type>"
+           "<loader type='rom'>/usr/share/seabios/bios.bin</loader></os></domain>")
+    root = ET.fromstring(strip(rom, set())[0])
+    assert root.find("os").get("firmware") is None and root.find("os/loader") is None
+    efi = ("<domain><name>x</name><os firmware='efi'><type>hvm</type>"
+           "<firmware><feature enabled='no' name='secure-boot'/></firmware>"
+           "<loader type='pflash' secure='yes'>/usr/share/OVMF/OVMF_CODE.fd</loader></os>"
+           "</domain>")
+    root = ET.fromstring(strip(efi, set())[0])
+    assert [f.get("enabled") for f in root.findall("os/firmware/feature")] == ["no"]
+
+
+def test_strip_of_a_plain_restored_domain_removes_nothing_but_the_emulator():
+    xml = restored_domain_xml(DOMAIN_XML, "web01-restored",
+                              {"vda": ("/r/vda.qcow2", "qcow2"), "vdb": ("/r/vdb.img", "raw")})
+    out, removed = strip(xml, {"/r/vda.qcow2", "/r/vdb.img"})
+    assert removed == ["disk sda (/iso/debian-12.iso)",
+                       "disk vdc (/var/lib/libvirt/images/tools.qcow2)"]
+    assert "emulator" not in out
+    assert {d.target for d in parse_disks(out)} == {"vda", "vdb", "sdb"}
