@@ -213,7 +213,9 @@ REMOVED = ("qemu:commandline, disk sda (/dev/sda), disk sdb (/etc/shadow), files
 
 def restored_xml(to: Path) -> ET.Element:
     (path,) = to.glob("*.xml")
-    return ET.fromstring(path.read_text())
+    text = path.read_text()
+    assert text.endswith("</domain>\n"), "a text file ends with a newline"
+    return ET.fromstring(text)
 
 
 def named_paths(root: ET.Element) -> set[str]:

@@ -170,7 +170,7 @@ def restore(borg: Repository, domain: str, opts: RestoreOptions) -> RestoreResul
                     _write_chain(found, plans, order, stage, progress)
                 with open(os.open(os.path.join(stage, xml_name),
                                   os.O_WRONLY | os.O_CREAT | os.O_EXCL, images.PRIVATE), "w") as f:
-                    f.write(xml)
+                    f.write(xml + "\n")   # a text file; ElementTree ends at the root's tag
             except NbdError as e:
                 if e.kwargs.get("errno") == errno.ENOSPC:
                     raise RestoreTargetFull(path=to, detail=e.message) from e
