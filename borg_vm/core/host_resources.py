@@ -8,13 +8,18 @@ libvirt the archived XML without them unless --keep-host-resources.
 
 from __future__ import annotations
 
+import ipaddress
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 
 from borg_vm.core.domxml import parse_xml
 
 QEMU_NS = "{http://libvirt.org/schemas/domain/qemu/1.0}"
-# Devices that give the guest a piece of the host whatever paths they name.
-PASSTHROUGH = ("hostdev", "filesystem")
+LOOPBACK = "127.0.0.1"
+# Graphics that listen for clients (VNC, SPICE, RDP), and those that do not: rendered
+# on the host's GPU for one of those, or exported on libvirt's own D-Bus.
+LISTENING_GRAPHICS = frozenset({"vnc", "spice", "rdp"})
+GRAPHICS = LISTENING_GRAPHICS | {"egl-headless", "dbus"}
 # libvirt's random number backend reads one of these: they reveal nothing of the host.
 ENTROPY_SOURCES = frozenset({"/dev/random", "/dev/urandom", "/dev/hwrng"})
 # Top-level elements whose absolute paths are no host files: cgroup partitions, free text.
@@ -22,48 +27,49 @@ NOT_HOST_PATHS = ("resource", "metadata", "description", "title")
 
 
 def strip(domain_xml: str, own: set[str]) -> tuple[str, list[str]]:
-    """Return (domain XML that hands the guest nothing of this host, what was removed).
+    """Return (domain XML that hands the guest nothing of this host, what was
+    removed or changed, each as 'disk sda (/dev/sda)' or 'graphics vnc listen
+    0.0.0.0 -> 127.0.0.1').
 
-    own are the files the XML may name (the restored images). Removed, each
-    named in the list: disks that are not restored but have a source (a
-    cdrom's or read-only disk's image, a LUN, a network disk); <filesystem>
-    and <hostdev> passthrough, interfaces of type hostdev, host smartcards;
-    elements of the qemu namespace (qemu:commandline: any QEMU argument); and
-    any other device, <os> element (kernel, initrd, firmware loader) or
-    top-level element that names an absolute path but an own file or an
-    entropy source: files and sockets of serial ports, consoles, channels,
-    vhost-user, evdev input, a passed-through TPM, NVDIMM backing files.
-    Removed without mention: <emulator> (libvirt fills in this host's own).
-    A removed pflash <loader> leaves firmware='efi' so libvirt picks this
-    host's UEFI firmware.
+    own are the files the XML may name (the restored images). Removed: disks
+    that are not restored but have a source (a cdrom's or read-only disk's
+    image, a LUN, a network disk); <filesystem> and <hostdev> passthrough,
+    interfaces of type hostdev, host smartcards; graphics shown on the host
+    (sdl, desktop, any type but vnc, spice, rdp, egl-headless and dbus) or on
+    one of its D-Bus buses; elements of the qemu namespace (qemu:commandline:
+    any QEMU argument); and any other device, <os> element (kernel, initrd,
+    firmware loader) or top-level element that names an absolute path but an
+    own file or an entropy source: files and sockets of serial ports,
+    consoles, channels, graphics, vhost-user, evdev input, a passed-through
+    TPM, NVDIMM backing files. Removed without mention: <emulator> (libvirt
+    fills in this host's own).
+
+    Changed: graphics (vnc, spice, rdp) listening beyond loopback (another
+    address, a host name, a libvirt network) listen on 127.0.0.1 only; with no
+    address they keep the host's default. A removed pflash <loader> leaves
+    firmware='efi' so libvirt picks this host's UEFI firmware.
     """
     root = parse_xml(domain_xml)
-    removed = []
+    changes = []
     for e in list(root):
         if e.tag.startswith(QEMU_NS):
             root.remove(e)
-            removed.append("qemu:" + e.tag[len(QEMU_NS):])
+            changes.append("qemu:" + e.tag[len(QEMU_NS):])
     devices, os_ = root.find("devices"), root.find("os")
     if devices is not None:
-        removed += _strip_devices(devices, own)
+        changes += _strip_devices(devices, own)
     if os_ is not None:
-        removed += _strip_children(os_, own, on_removed=_loader_removed)
-    removed += _strip_children(root, own, skip=("devices", "os") + NOT_HOST_PATHS)
-    return ET.tostring(root, encoding="unicode"), removed
+        changes += _strip_children(os_, own, on_removed=_loader_removed)
+    changes += _strip_children(root, own, skip=("devices", "os") + NOT_HOST_PATHS)
+    return ET.tostring(root, encoding="unicode"), changes
 
 
 def _strip_devices(devices: ET.Element, own: set[str]) -> list[str]:
-    removed = []
+    changes = []
     for dev in list(devices):
-        if dev.tag == "emulator":
-            devices.remove(dev)
-        elif dev.tag == "disk":
-            removed += _strip_disk(devices, dev, own)
-        elif (dev.tag in PASSTHROUGH or (dev.tag, dev.get("type")) == ("interface", "hostdev")
-              or (dev.tag, dev.get("mode")) == ("smartcard", "host")):
-            devices.remove(dev)
-            removed.append(_describe(dev, _host_paths(dev, own)))
-    return removed + _strip_children(devices, own)
+        if rule := DEVICE_RULES.get(dev.tag):
+            changes += rule(devices, dev, own)
+    return changes + _strip_children(devices, own)
 
 
 def _strip_disk(devices: ET.Element, disk: ET.Element, own: set[str]) -> list[str]:
@@ -78,6 +84,75 @@ def _strip_disk(devices: ET.Element, disk: ET.Element, own: set[str]) -> list[st
         return [_describe(disk, paths or [" ".join(
             v for k, v in source.attrib.items() if k in ("protocol", "name", "pool", "volume"))])]
     return []
+
+
+# A device rule: given <devices>, one of its children and the own files, change or
+# remove the child; return what it changed, as _describe says it.
+DeviceRule = Callable[[ET.Element, ET.Element, set[str]], list[str]]
+
+
+def _emulator(devices: ET.Element, emulator: ET.Element, own: set[str]) -> list[str]:
+    """Remove <emulator>, without mention: libvirt fills in this host's own."""
+    devices.remove(emulator)
+    return []
+
+
+def _passthrough(devices: ET.Element, dev: ET.Element, own: set[str]) -> list[str]:
+    """Remove a device that hands the guest a piece of the host whatever paths it names."""
+    return _remove(devices, dev, _host_paths(dev, own))
+
+
+def _interface(devices: ET.Element, nic: ET.Element, own: set[str]) -> list[str]:
+    return _passthrough(devices, nic, own) if nic.get("type") == "hostdev" else []
+
+
+def _smartcard(devices: ET.Element, card: ET.Element, own: set[str]) -> list[str]:
+    return _passthrough(devices, card, own) if card.get("mode") == "host" else []
+
+
+def _graphics(devices: ET.Element, graphics: ET.Element, own: set[str]) -> list[str]:
+    """Remove graphics that show on the host (sdl, desktop) or join one of its D-Bus
+    buses; make those that listen for clients listen on loopback only."""
+    kind = graphics.get("type", "")
+    if kind not in GRAPHICS or (kind == "dbus" and graphics.get("address")):
+        return _remove(devices, graphics, [graphics.get("address", "")])
+    if kind not in LISTENING_GRAPHICS or (exposed := _exposed_listen(graphics)) is None:
+        return []
+    for listen in graphics.findall("listen"):
+        graphics.remove(listen)
+    graphics.set("listen", LOOPBACK)
+    graphics.insert(0, ET.Element("listen", type="address", address=LOOPBACK))
+    return [f"graphics {kind} listen {exposed} -> {LOOPBACK}"]
+
+
+def _exposed_listen(graphics: ET.Element) -> str | None:
+    """Return the first listen of graphics beyond loopback (an address, 'network NAME'),
+    or None if it listens on loopback, the host's default listen address (none
+    given), a socket or nothing."""
+    if "listen" in graphics.attrib and not _loopback(graphics.get("listen", "")):
+        return graphics.get("listen") or "''"
+    for listen in graphics.iterfind("listen"):
+        kind, address = listen.get("type", ""), listen.get("address")
+        if kind == "address" and address is not None and not _loopback(address):
+            return address or "''"
+        if kind not in ("address", "socket", "none"):
+            return f"{kind} {listen.get(kind, '')}".strip()
+    return None
+
+
+def _loopback(address: str) -> bool:
+    """Return whether address is an IP address of loopback; a host name is not known
+    to be (it resolves on the host)."""
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
+DEVICE_RULES: dict[str, DeviceRule] = {
+    "emulator": _emulator, "disk": _strip_disk,
+    "hostdev": _passthrough, "filesystem": _passthrough, "interface": _interface,
+    "smartcard": _smartcard, "graphics": _graphics}
 
 
 def _strip_children(parent: ET.Element, own: set[str], skip: tuple[str, ...] = (),
@@ -118,7 +193,14 @@ def _target(disk: ET.Element) -> str:
     return "" if target is None else target.get("dev", "")
 
 
-def _describe(e: ET.Element, paths: list[str]) -> str:
-    """Return e.g. 'disk sda (/iso/debian.iso)', 'hostdev pci', 'serial file (/tmp/log)'."""
+def _remove(parent: ET.Element, e: ET.Element, where: list[str]) -> list[str]:
+    """Remove e from parent; return [its description] (see _describe)."""
+    parent.remove(e)
+    return [_describe(e, where)]
+
+
+def _describe(e: ET.Element, where: list[str]) -> str:
+    """Return e.g. 'disk sda (/iso/debian.iso)', 'hostdev pci', 'serial file (/tmp/log)':
+    its tag, its kind and the first of where (what it named outside the guest), if any."""
     kind = _target(e) if e.tag == "disk" else e.get("type", "")
-    return " ".join(filter(None, (e.tag, kind))) + (f" ({paths[0]})" if paths else "")
+    return " ".join(filter(None, (e.tag, kind))) + (f" ({where[0]})" if where and where[0] else "")

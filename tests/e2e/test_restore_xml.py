@@ -42,9 +42,9 @@ def test_restored_xml_without_host_resources_defines_in_libvirt(libvirt_conn, ma
     run("backup", d.name, "--repo", repo)
 
     result = run("restore", d.name, "--repo", repo, "--to", str(tmp_path / "r"), "--json")
-    assert (f"removed host resources from the restored domain XML (--keep-host-resources "
-            f"keeps them): qemu:commandline, disk sdb ({tmp_path / 'host.iso'}), filesystem "
-            f"mount ({tmp_path / 'share'})") in result.stderr
+    assert (f"removed or changed host resources in the restored domain XML "
+            f"(--keep-host-resources keeps them as archived): qemu:commandline, disk sdb "
+            f"({tmp_path / 'host.iso'}), filesystem mount ({tmp_path / 'share'})") in result.stderr
     doc = result.json()
     copy = libvirt_conn.defineXML(Path(doc["domain_xml"]).read_text())
     try:

@@ -2,6 +2,7 @@
 
 import xml.etree.ElementTree as ET
 
+import pytest
 from test_domxml import DOMAIN_XML
 
 from borg_vm.core.domxml import parse_disks, restored_domain_xml
@@ -169,3 +170,78 @@ def test_strip_of_a_plain_restored_domain_removes_nothing_but_the_emulator():
                        "disk vdc (/var/lib/libvirt/images/tools.qcow2)"]
     assert "emulator" not in out
     assert {d.target for d in parse_disks(out)} == {"vda", "vdb", "sdb"}
+
+
+def domain(devices: str) -> str:
+    return f"<domain type='kvm'><name>x</name><devices>{devices}</devices></domain>"
+
+
+def strip_devices(devices: str, own: frozenset[str] = frozenset()) -> tuple[ET.Element, list]:
+    """Return (<devices> of the stripped domain with these devices, what was changed)."""
+    xml, changes = strip(domain(devices), set(own))
+    return ET.fromstring(xml).find("devices"), changes
+
+
+def same(e: ET.Element, xml: str) -> bool:
+    return ET.tostring(e) == ET.tostring(ET.fromstring(xml))
+
+
+# --- graphics: listening on loopback only -------------------------------------------------
+
+@pytest.mark.parametrize("graphics, change", [
+    ("<graphics type='vnc' port='-1' autoport='yes' listen='0.0.0.0'>"
+     "<listen type='address' address='0.0.0.0'/></graphics>", "vnc listen 0.0.0.0"),
+    ("<graphics type='spice' autoport='yes'><listen type='address' address='::'/>"
+     "<image compression='off'/></graphics>", "spice listen ::"),
+    ("<graphics type='vnc' port='5977' autoport='no' listen='192.0.2.10'/>",
+     "vnc listen 192.0.2.10"),
+    ("<graphics type='vnc'><listen type='network' network='default'/></graphics>",
+     "vnc listen network default"),
+    ("<graphics type='spice'><listen type='address' address='127.0.0.1'/>"
+     "<listen type='address' address='0.0.0.0'/></graphics>", "spice listen 0.0.0.0"),
+    ("<graphics type='vnc' listen='localhost'/>", "vnc listen localhost"),  # resolved by the host
+    ("<graphics type='rdp' listen='0.0.0.0'/>", "rdp listen 0.0.0.0"),
+])
+def test_a_graphics_listen_beyond_loopback_becomes_loopback(graphics, change):
+    devices, changes = strip_devices(graphics)
+    assert changes == [f"graphics {change} -> 127.0.0.1"]
+    (g,) = devices.findall("graphics")
+    assert g.get("listen") == "127.0.0.1"
+    assert [(e.get("type"), e.get("address")) for e in g.findall("listen")] == [
+        ("address", "127.0.0.1")]
+    assert [e.tag for e in g] == ["listen"] + [e.tag for e in ET.fromstring(graphics)
+                                               if e.tag != "listen"]
+
+
+@pytest.mark.parametrize("graphics", [
+    "<graphics type='vnc' port='-1' autoport='yes'><listen type='address'/></graphics>",
+    "<graphics type='spice' autoport='yes'/>",
+    "<graphics type='vnc' listen='127.0.0.1'><listen type='address' address='127.0.0.1'/>"
+    "</graphics>",
+    "<graphics type='spice' listen='::1'/>",
+    "<graphics type='vnc' listen='127.0.0.2' websocket='5700'/>",
+    "<graphics type='vnc'><listen type='socket'/></graphics>",
+    "<graphics type='spice'><listen type='none'/></graphics>",
+    "<graphics type='egl-headless'/>",
+    "<graphics type='dbus' p2p='yes'/>",
+])
+def test_graphics_on_loopback_or_the_hosts_default_listen_are_kept(graphics):
+    # No address: the host's default (qemu.conf's vnc_listen, spice_listen; 127.0.0.1
+    # unless its administrator chose otherwise).
+    devices, changes = strip_devices(graphics)
+    assert changes == []
+    assert same(devices.find("graphics"), graphics)
+
+
+@pytest.mark.parametrize("graphics, removed", [
+    ("<graphics type='sdl' display=':0'/>", "graphics sdl"),
+    ("<graphics type='desktop' fullscreen='yes'/>", "graphics desktop"),
+    ("<graphics type='dbus' address='unix:path=/run/user/0/bus'/>",
+     "graphics dbus (unix:path=/run/user/0/bus)"),
+    ("<graphics type='vnc' socket='/run/vnc.sock'/>", "graphics vnc (/run/vnc.sock)"),
+    ("<graphics type='hologram'/>", "graphics hologram"),
+])
+def test_graphics_on_the_hosts_display_or_bus_are_removed(graphics, removed):
+    devices, changes = strip_devices(graphics)
+    assert changes == [removed]
+    assert devices.find("graphics") is None
