@@ -44,6 +44,11 @@ def strip(domain_xml: str, own: set[str]) -> tuple[str, list[str]]:
     TPM, NVDIMM backing files. Removed without mention: <emulator> (libvirt
     fills in this host's own).
 
+    Removed, so that the host's default labelling applies (libvirt's dynamic
+    labels, images relabelled): every <seclabel>, the domain's and its devices'
+    (type none: no confinement; static: a label of the archive's choosing, such
+    as DAC +0:+0, root); without mention if it asks for that default anyway.
+
     Changed: graphics (vnc, spice, rdp) listening beyond loopback (another
     address, a host name, a libvirt network) listen on 127.0.0.1 only; with no
     address they keep the host's default. A removed pflash <loader> leaves
@@ -58,6 +63,7 @@ def strip(domain_xml: str, own: set[str]) -> tuple[str, list[str]]:
     devices, os_ = root.find("devices"), root.find("os")
     if devices is not None:
         changes += _strip_devices(devices, own)
+    changes += _strip_seclabels(root)
     if os_ is not None:
         changes += _strip_children(os_, own, on_removed=_loader_removed)
     changes += _strip_children(root, own, skip=("devices", "os") + NOT_HOST_PATHS)
@@ -153,6 +159,40 @@ DEVICE_RULES: dict[str, DeviceRule] = {
     "emulator": _emulator, "disk": _strip_disk,
     "hostdev": _passthrough, "filesystem": _passthrough, "interface": _interface,
     "smartcard": _smartcard, "graphics": _graphics}
+
+
+def _strip_seclabels(root: ET.Element) -> list[str]:
+    """Remove the domain's <seclabel>s and those of its devices; return them but those
+    that ask for the host's default labelling anyway (see _default_label)."""
+    changes = []
+    for label in root.findall("seclabel"):
+        root.remove(label)
+        if not _default_label(label):
+            changes.append(_describe_label(label))
+    devices = root.find("devices")
+    for dev in devices if devices is not None else ():
+        for parent in list(dev.iter()):
+            for label in parent.findall("seclabel"):
+                parent.remove(label)
+                changes.append(f"{_describe(dev, [])}: {_describe_label(label)}")
+    return changes
+
+
+def _default_label(label: ET.Element) -> bool:
+    """Return whether a domain's <seclabel> asks for what libvirt does without one: a
+    dynamic label (the one it chose for a run may be shown), images relabelled, no
+    base label of its own."""
+    return (label.get("type", "dynamic") == "dynamic" and label.get("relabel", "yes") == "yes"
+            and label.find("baselabel") is None)
+
+
+def _describe_label(label: ET.Element) -> str:
+    """Return e.g. 'seclabel dac static relabel=no (+0:+0)', 'seclabel none'."""
+    words = ["seclabel", label.get("model", ""), label.get("type", "")]
+    if label.get("relabel") == "no":
+        words.append("relabel=no")
+    text = (label.findtext("label") or label.findtext("baselabel") or "").strip()
+    return " ".join(filter(None, words)) + (f" ({text})" if text else "")
 
 
 def _strip_children(parent: ET.Element, own: set[str], skip: tuple[str, ...] = (),

@@ -172,8 +172,8 @@ def test_strip_of_a_plain_restored_domain_removes_nothing_but_the_emulator():
     assert {d.target for d in parse_disks(out)} == {"vda", "vdb", "sdb"}
 
 
-def domain(devices: str) -> str:
-    return f"<domain type='kvm'><name>x</name><devices>{devices}</devices></domain>"
+def domain(devices: str, rest: str = "") -> str:
+    return f"<domain type='kvm'><name>x</name><devices>{devices}</devices>{rest}</domain>"
 
 
 def strip_devices(devices: str, own: frozenset[str] = frozenset()) -> tuple[ET.Element, list]:
@@ -245,3 +245,58 @@ def test_graphics_on_the_hosts_display_or_bus_are_removed(graphics, removed):
     devices, changes = strip_devices(graphics)
     assert changes == [removed]
     assert devices.find("graphics") is None
+
+
+# --- seclabels: the host's default labelling ---------------------------------------------
+
+@pytest.mark.parametrize("label, change", [
+    ("<seclabel type='none'/>", "seclabel none"),
+    ("<seclabel type='none' model='selinux'/>", "seclabel selinux none"),
+    ("<seclabel type='static' model='dac' relabel='no'><label>+0:+0</label></seclabel>",
+     "seclabel dac static relabel=no (+0:+0)"),
+    ("<seclabel type='static' model='selinux' relabel='yes'>"
+     "<label>system_u:system_r:unconfined_t:s0</label></seclabel>",
+     "seclabel selinux static (system_u:system_r:unconfined_t:s0)"),
+    ("<seclabel type='dynamic' model='selinux'>"
+     "<baselabel>system_u:system_r:svirt_tcg_t:s0</baselabel></seclabel>",
+     "seclabel selinux dynamic (system_u:system_r:svirt_tcg_t:s0)"),
+    ("<seclabel type='dynamic' model='dac' relabel='no'/>", "seclabel dac dynamic relabel=no"),
+])
+def test_a_domains_own_seclabel_gives_way_to_the_hosts_default(label, change):
+    xml, changes = strip(domain("", label + "<seclabel type='dynamic' model='dac'/>"), set())
+    assert changes == [change]
+    assert ET.fromstring(xml).find("seclabel") is None
+
+
+@pytest.mark.parametrize("label", [
+    "<seclabel type='dynamic' model='dac' relabel='yes'/>",
+    "<seclabel model='selinux'/>",
+    # as the live XML shows what libvirt chose for one run
+    "<seclabel type='dynamic' model='selinux' relabel='yes'>"
+    "<label>system_u:system_r:svirt_t:s0:c1,c2</label>"
+    "<imagelabel>system_u:object_r:svirt_image_t:s0:c1,c2</imagelabel></seclabel>",
+])
+def test_a_seclabel_as_libvirt_makes_one_anyway_goes_without_mention(label):
+    xml, changes = strip(domain("", label), set())
+    assert changes == []
+    assert ET.fromstring(xml).find("seclabel") is None
+
+
+def test_a_devices_seclabel_is_removed():
+    devices, changes = strip_devices(
+        "<disk type='file' device='disk'><source file='/r/vda.qcow2'>"
+        "<seclabel model='dac' relabel='no'/></source><target dev='vda'/></disk>"
+        "<serial type='pty'><source><seclabel model='selinux' relabel='yes'>"
+        "<label>system_u:object_r:svirt_image_t:s0</label></seclabel></source>"
+        "<target port='0'/></serial>", own=frozenset({"/r/vda.qcow2"}))
+    assert changes == ["disk vda: seclabel dac relabel=no",
+                       "serial pty: seclabel selinux (system_u:object_r:svirt_image_t:s0)"]
+    assert not list(devices.iter("seclabel"))
+    assert devices.find("disk/source").get("file") == "/r/vda.qcow2"
+
+
+def test_a_seclabel_in_a_removed_device_is_not_named_twice():
+    _devices, changes = strip_devices(
+        "<disk type='file' device='cdrom'><source file='/iso/x.iso'>"
+        "<seclabel model='dac' relabel='no'/></source><target dev='sda'/><readonly/></disk>")
+    assert changes == ["disk sda (/iso/x.iso)"]
