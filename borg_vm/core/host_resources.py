@@ -20,6 +20,13 @@ LOOPBACK = "127.0.0.1"
 # on the host's GPU for one of those, or exported on libvirt's own D-Bus.
 LISTENING_GRAPHICS = frozenset({"vnc", "spice", "rdp"})
 GRAPHICS = LISTENING_GRAPHICS | {"egl-headless", "dbus"}
+# Character device backends that reach nothing beyond QEMU and libvirt: a pseudo-terminal
+# libvirt allocates, nothing, QEMU's own console, channels to the graphics' client. A
+# unix socket is one too when libvirt makes it (no path given).
+CLOSED_CHARDEVS = frozenset({"pty", "null", "vc", "spicevmc", "spiceport", "qemu-vdagent",
+                             "dbus"})
+# What a serial, parallel or console port made a pty keeps: which port of the guest it is.
+PORT_IDENTITY = ("target", "alias", "address")
 # libvirt's random number backend reads one of these: they reveal nothing of the host.
 ENTROPY_SOURCES = frozenset({"/dev/random", "/dev/urandom", "/dev/hwrng"})
 # Top-level elements whose absolute paths are no host files: cgroup partitions, free text.
@@ -34,15 +41,18 @@ def strip(domain_xml: str, own: set[str]) -> tuple[str, list[str]]:
     own are the files the XML may name (the restored images). Removed: disks
     that are not restored but have a source (a cdrom's or read-only disk's
     image, a LUN, a network disk); <filesystem> and <hostdev> passthrough,
-    interfaces of type hostdev, host smartcards; graphics shown on the host
-    (sdl, desktop, any type but vnc, spice, rdp, egl-headless and dbus) or on
-    one of its D-Bus buses; elements of the qemu namespace (qemu:commandline:
-    any QEMU argument); and any other device, <os> element (kernel, initrd,
-    firmware loader) or top-level element that names an absolute path but an
-    own file or an entropy source: files and sockets of serial ports,
-    consoles, channels, graphics, vhost-user, evdev input, a passed-through
-    TPM, NVDIMM backing files. Removed without mention: <emulator> (libvirt
-    fills in this host's own).
+    interfaces of type hostdev, the host's smartcards (its reader, its
+    certificates); graphics shown on the host (sdl, desktop, any type but
+    vnc, spice, rdp, egl-headless and dbus) or on one of its D-Bus buses;
+    channels, USB redirections, passed-through smartcards and EGD random
+    number sources whose backend reaches beyond QEMU and libvirt (see
+    _closed: TCP, UDP, files, pipes, host devices, sockets at a path);
+    elements of the qemu namespace (qemu:commandline: any QEMU argument); and
+    any other device, <os> element (kernel, initrd, firmware loader) or
+    top-level element that names an absolute path but an own file or an
+    entropy source: files and sockets of graphics, vhost-user, evdev input,
+    a passed-through TPM, NVDIMM backing files. Removed without mention:
+    <emulator> (libvirt fills in this host's own).
 
     Removed, so that the host's default labelling applies (libvirt's dynamic
     labels, images relabelled): every <seclabel>, the domain's and its devices'
@@ -51,7 +61,9 @@ def strip(domain_xml: str, own: set[str]) -> tuple[str, list[str]]:
 
     Changed: graphics (vnc, spice, rdp) listening beyond loopback (another
     address, a host name, a libvirt network) listen on 127.0.0.1 only; with no
-    address they keep the host's default. A removed pflash <loader> leaves
+    address they keep the host's default. Serial, parallel and console ports
+    whose backend reaches beyond QEMU and libvirt become ptys (their sources,
+    protocols and log files dropped). A removed pflash <loader> leaves
     firmware='efi' so libvirt picks this host's UEFI firmware.
     """
     root = parse_xml(domain_xml)
@@ -112,8 +124,49 @@ def _interface(devices: ET.Element, nic: ET.Element, own: set[str]) -> list[str]
     return _passthrough(devices, nic, own) if nic.get("type") == "hostdev" else []
 
 
+def _port(devices: ET.Element, port: ET.Element, own: set[str]) -> list[str]:
+    """Make a serial, parallel or console port that reaches beyond QEMU and libvirt a
+    pty: the guest keeps its port, and `virsh console` reaches it."""
+    if _closed(port.get("type", ""), port, own):
+        return []
+    change = f"{_describe(port, _where(port, own))} -> pty"
+    for child in list(port):
+        if child.tag not in PORT_IDENTITY:
+            port.remove(child)
+    port.set("type", "pty")
+    return [change]
+
+
+def _chardev(devices: ET.Element, dev: ET.Element, own: set[str]) -> list[str]:
+    """Remove a channel or USB redirection that reaches beyond QEMU and libvirt."""
+    return [] if _closed(dev.get("type", ""), dev, own) else _remove(devices, dev,
+                                                                      _where(dev, own))
+
+
 def _smartcard(devices: ET.Element, card: ET.Element, own: set[str]) -> list[str]:
-    return _passthrough(devices, card, own) if card.get("mode") == "host" else []
+    """Remove a smartcard of the host (its reader, its certificates), or passed through
+    from anything but the graphics' client."""
+    if card.get("mode") == "passthrough" and _closed(card.get("type", ""), card, own):
+        return []
+    return _remove(devices, card, _where(card, own))
+
+
+def _rng(devices: ET.Element, rng: ET.Element, own: set[str]) -> list[str]:
+    """Remove a random number generator fed by an EGD that reaches beyond QEMU and
+    libvirt (other backends read the host's entropy source: see ENTROPY_SOURCES)."""
+    backend = rng.find("backend")
+    if backend is None or backend.get("model") != "egd" or _closed(backend.get("type", ""),
+                                                                   backend, own):
+        return []
+    devices.remove(rng)
+    where = _where(backend, own)
+    return [f"rng egd {backend.get('type', '')}" + (f" ({where[0]})" if where else "")]
+
+
+def _closed(kind: str, dev: ET.Element, own: set[str]) -> bool:
+    """Return whether a character device of backend type kind, given by dev, reaches
+    nothing beyond QEMU and libvirt: CLOSED_CHARDEVS and unix sockets libvirt makes."""
+    return kind in CLOSED_CHARDEVS | {"unix"} and not _host_paths(dev, own)
 
 
 def _graphics(devices: ET.Element, graphics: ET.Element, own: set[str]) -> list[str]:
@@ -158,7 +211,8 @@ def _loopback(address: str) -> bool:
 DEVICE_RULES: dict[str, DeviceRule] = {
     "emulator": _emulator, "disk": _strip_disk,
     "hostdev": _passthrough, "filesystem": _passthrough, "interface": _interface,
-    "smartcard": _smartcard, "graphics": _graphics}
+    "graphics": _graphics, "serial": _port, "parallel": _port, "console": _port,
+    "channel": _chardev, "redirdev": _chardev, "smartcard": _smartcard, "rng": _rng}
 
 
 def _strip_seclabels(root: ET.Element) -> list[str]:
@@ -239,8 +293,23 @@ def _remove(parent: ET.Element, e: ET.Element, where: list[str]) -> list[str]:
     return [_describe(e, where)]
 
 
+def _where(e: ET.Element, own: set[str]) -> list[str]:
+    """Return what e names beyond the guest: the host paths it names, or else
+    [the network endpoints of its sources] (see _endpoints) if any."""
+    return _host_paths(e, own) or _endpoints(e)
+
+
+def _endpoints(e: ET.Element) -> list[str]:
+    """Return ['bind 0.0.0.0:4556, connect 198.51.100.7:4557'] for the <source>s in e that
+    name a host or port (as character devices and socket interfaces do), or []."""
+    ends = [" ".join(filter(None, (s.get("mode"), f"{s.get('host') or s.get('address') or ''}:"
+                                                  f"{s.get('service') or s.get('port') or ''}")))
+            for s in e.iter("source") if {"host", "service", "address", "port"} & set(s.attrib)]
+    return [", ".join(ends)] if ends else []
+
+
 def _describe(e: ET.Element, where: list[str]) -> str:
     """Return e.g. 'disk sda (/iso/debian.iso)', 'hostdev pci', 'serial file (/tmp/log)':
     its tag, its kind and the first of where (what it named outside the guest), if any."""
-    kind = _target(e) if e.tag == "disk" else e.get("type", "")
+    kind = _target(e) if e.tag == "disk" else e.get("type") or e.get("mode", "")
     return " ".join(filter(None, (e.tag, kind))) + (f" ({where[0]})" if where and where[0] else "")

@@ -104,8 +104,8 @@ def test_strip_lists_what_it_removed():
         "disk vda: mirror file (/var/lib/libvirt/images/steal.qcow2)",
         "disk sda (/dev/sdb)", "disk sdb (/iso/debian-12.iso)", "disk vdc (/etc/shadow)",
         "disk sdd (rbd pool/tools)", "filesystem mount (/)", "filesystem ram",
-        "hostdev pci", "interface hostdev", "smartcard",
-        "serial file (/root/.ssh/authorized_keys)",
+        "hostdev pci", "interface hostdev", "smartcard host",
+        "serial file (/root/.ssh/authorized_keys) -> pty",
         "channel unix (/var/lib/libvirt/qemu/web01.agent)", "input evdev (/dev/input/event0)",
         "tpm (/dev/tpm0)", "rng (/etc/passwd)", "memory (/dev/shm/secret)",
         "loader pflash (/usr/share/OVMF/OVMF_CODE.secboot.fd)", "kernel (/etc/shadow)",
@@ -129,7 +129,8 @@ def test_strip_keeps_what_is_no_host_resource():
     vda = devices.find("disk")
     assert [e.tag for e in vda] == ["driver", "source", "target"]
     assert [i.get("type") for i in devices.findall("interface")] == ["network"]
-    assert [s.get("type") for s in devices.findall("serial")] == ["pty"]
+    assert [(s.get("type"), s.find("target").get("port")) for s in devices.findall("serial")] == [
+        ("pty", "0"), ("pty", "1")]
     assert devices.find("console") is not None and devices.find("graphics") is not None
     assert [c.find("target").get("name") for c in devices.findall("channel")] == [
         "org.qemu.guest_agent.1"]
@@ -300,3 +301,102 @@ def test_a_seclabel_in_a_removed_device_is_not_named_twice():
         "<disk type='file' device='cdrom'><source file='/iso/x.iso'>"
         "<seclabel model='dac' relabel='no'/></source><target dev='sda'/><readonly/></disk>")
     assert changes == ["disk sda (/iso/x.iso)"]
+
+
+# --- character devices: nothing beyond QEMU and libvirt ----------------------------------
+
+@pytest.mark.parametrize("port, change", [
+    ("<serial type='tcp'><source mode='connect' host='198.51.100.7' service='4555'/>"
+     "<protocol type='telnet'/><target port='0'/></serial>",
+     "serial tcp (connect 198.51.100.7:4555)"),
+    ("<serial type='udp'><source mode='bind' host='0.0.0.0' service='4556'/>"
+     "<source mode='connect' host='198.51.100.7' service='4557'/><target port='0'/></serial>",
+     "serial udp (bind 0.0.0.0:4556, connect 198.51.100.7:4557)"),
+    # on loopback too: any local user may connect, to a pty only root and libvirt
+    ("<serial type='tcp'><source mode='bind' host='127.0.0.1' service='4555'/>"
+     "<target port='0'/></serial>", "serial tcp (bind 127.0.0.1:4555)"),
+    ("<console type='tcp'><source mode='bind' host='0.0.0.0' service='4555'/>"
+     "<target type='serial' port='0'/></console>", "console tcp (bind 0.0.0.0:4555)"),
+    ("<serial type='file'><source path='/root/.ssh/authorized_keys'/><target port='0'/></serial>",
+     "serial file (/root/.ssh/authorized_keys)"),
+    ("<parallel type='file'><source path='/tmp/lp'/><target port='0'/></parallel>",
+     "parallel file (/tmp/lp)"),
+    ("<serial type='dev'><source path='/dev/ttyS0'/><target port='0'/></serial>",
+     "serial dev (/dev/ttyS0)"),
+    ("<serial type='pipe'><source path='/tmp/serial'/><target port='0'/></serial>",
+     "serial pipe (/tmp/serial)"),
+    ("<serial type='unix'><source mode='bind' path='/tmp/serial.sock'/><target port='0'/>"
+     "</serial>", "serial unix (/tmp/serial.sock)"),
+    ("<serial type='stdio'><target port='0'/></serial>", "serial stdio"),
+    ("<serial type='pty'><log file='/var/log/libvirt/qemu/x-serial0.log' append='off'/>"
+     "<target port='0'/></serial>", "serial pty (/var/log/libvirt/qemu/x-serial0.log)"),
+])
+def test_a_port_to_anything_beyond_qemu_and_libvirt_becomes_a_pty(port, change):
+    devices, changes = strip_devices(port)
+    assert changes == [f"{change} -> pty"]
+    (e,) = list(devices)
+    assert e.get("type") == "pty" and [c.tag for c in e] == ["target"]
+    assert e.find("target").attrib == ET.fromstring(port).find("target").attrib
+
+
+def test_a_pty_keeps_which_port_of_the_guest_it_is():
+    devices, _changes = strip_devices(
+        "<serial type='tcp'><source mode='bind' host='0.0.0.0' service='4555'/>"
+        "<target type='isa-serial' port='0'><model name='isa-serial'/></target>"
+        "<alias name='ua-console'/><address type='isa' iobase='0x3f8'/></serial>")
+    assert same(devices.find("serial"), (
+        "<serial type='pty'><target type='isa-serial' port='0'><model name='isa-serial'/>"
+        "</target><alias name='ua-console'/><address type='isa' iobase='0x3f8'/></serial>"))
+
+
+@pytest.mark.parametrize("dev", [
+    "<serial type='pty'><target type='isa-serial' port='0'><model name='isa-serial'/>"
+    "</target></serial>",
+    "<console type='pty'><target type='serial' port='0'/></console>",
+    "<serial type='null'><target port='1'/></serial>",
+    "<serial type='vc'><target port='2'/></serial>",
+    "<serial type='spiceport'><source channel='org.qemu.console.serial.0'/><target port='3'/>"
+    "</serial>",
+    "<channel type='spicevmc'><target type='virtio' name='com.redhat.spice.0'/></channel>",
+    "<channel type='unix'><source mode='bind'/>"
+    "<target type='virtio' name='org.qemu.guest_agent.0'/></channel>",
+    "<channel type='qemu-vdagent'><source><clipboard copypaste='yes'/></source>"
+    "<target type='virtio' name='com.redhat.spice.0'/></channel>",
+    "<channel type='pty'><target type='virtio' name='org.example.0'/></channel>",
+    "<redirdev bus='usb' type='spicevmc'/>",
+    "<smartcard mode='passthrough' type='spicevmc'/>",
+    "<rng model='virtio'><backend model='builtin'/></rng>",
+    "<rng model='virtio'><backend model='egd' type='spicevmc'/></rng>",
+])
+def test_character_devices_that_reach_nothing_beyond_qemu_and_libvirt_are_kept(dev):
+    devices, changes = strip_devices(dev)
+    assert changes == []
+    assert same(devices[0], dev)
+
+
+@pytest.mark.parametrize("dev, removed", [
+    ("<channel type='tcp'><source mode='connect' host='198.51.100.7' service='9000'/>"
+     "<target type='virtio' name='org.example.0'/></channel>",
+     "channel tcp (connect 198.51.100.7:9000)"),
+    ("<channel type='tcp'><source mode='connect' host='198.51.100.7' service='80'/>"
+     "<target type='guestfwd' address='10.0.2.1' port='4600'/></channel>",
+     "channel tcp (connect 198.51.100.7:80)"),
+    ("<channel type='pipe'><source path='/tmp/pipe'/>"
+     "<target type='virtio' name='org.example.0'/></channel>", "channel pipe (/tmp/pipe)"),
+    ("<redirdev bus='usb' type='tcp'><source mode='connect' host='198.51.100.7' "
+     "service='4000'/></redirdev>", "redirdev tcp (connect 198.51.100.7:4000)"),
+    ("<smartcard mode='passthrough' type='tcp'><source mode='bind' host='0.0.0.0' "
+     "service='2001'/></smartcard>", "smartcard tcp (bind 0.0.0.0:2001)"),
+    ("<smartcard mode='host-certificates'><certificate>cert1</certificate>"
+     "<database>/etc/pki/nssdb/</database></smartcard>",
+     "smartcard host-certificates (/etc/pki/nssdb/)"),
+    ("<smartcard mode='host-certificates'><certificate>cert1</certificate></smartcard>",
+     "smartcard host-certificates"),
+    ("<rng model='virtio'><backend model='egd' type='udp'><source mode='bind' service='1234'/>"
+     "<source mode='connect' host='198.51.100.7' service='1234'/></backend></rng>",
+     "rng egd udp (bind :1234, connect 198.51.100.7:1234)"),
+])
+def test_character_devices_that_reach_beyond_qemu_and_libvirt_are_removed(dev, removed):
+    devices, changes = strip_devices(dev)
+    assert changes == [removed]
+    assert len(devices) == 0
