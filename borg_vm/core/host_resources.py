@@ -1,9 +1,43 @@
 """Host resources in domain XML: what a domain restored or booted from an
-archive must not be handed by default. Pure, no I/O.
+archive is not handed unless --keep-host-resources. Pure, no I/O.
 
 An archive is only as trustworthy as the repository it is in, and a domain
-defined on one host names that host's files and devices: restore and boot hand
-libvirt the archived XML without them unless --keep-host-resources.
+defined on one host reaches into that host and may be open to its network.
+Host resources are whatever reaches beyond the guest: the host's files,
+devices, sockets, NICs and sound; ports listening beyond loopback;
+connections to other hosts; memory shared with other processes; a security
+label of the archive's choosing. strip() keeps of the archived XML only what
+is known to reach none of them, rule by rule, in this order::
+
+    element                    kept                                 otherwise
+    -------------------------  -----------------------------------  ------------------------
+    qemu:* (commandline, ...)  -                                    removed
+    <emulator>                 -                                    removed, unmentioned:
+                                                                    libvirt puts the host's
+    <disk>                     restored, on its image; no source    removed
+                               (an empty CD-ROM)
+    <hostdev> <filesystem>     -                                    removed
+    <shmem>
+    <interface>                INTERFACES (direct: not in           removed
+                               passthrough mode)
+      <portForward>            -                                    removed
+    <graphics>                 vnc, spice, rdp listening on         listen -> 127.0.0.1
+                               loopback, the host's default (no
+                               address), a socket or nothing
+                               egl-headless; dbus without address   removed (sdl, desktop)
+    <serial> <parallel>        a backend of CLOSED_CHARDEVS, or     -> pty
+    <console>                  unix without a path (libvirt's)
+    <channel> <redirdev>       the same                             removed
+    <smartcard>                passthrough from the same            removed
+    <rng>                      egd from the same; other backends    removed
+    <audio>                    AUDIO                                -> none
+    any device left, <os>      naming no absolute path but own      removed (a pflash
+    child, top-level element   files and ENTROPY_SOURCES            <loader>: firmware='efi')
+    but NOT_HOST_PATHS
+    <seclabel>, anywhere       -                                    removed: the host's
+                                                                    default labelling
+                                                                    applies; unmentioned if
+                                                                    that is what it asked
 """
 
 from __future__ import annotations
@@ -27,6 +61,12 @@ CLOSED_CHARDEVS = frozenset({"pty", "null", "vc", "spicevmc", "spiceport", "qemu
                              "dbus"})
 # What a serial, parallel or console port made a pty keeps: which port of the guest it is.
 PORT_IDENTITY = ("target", "alias", "address")
+# Interfaces on the host's networks: a libvirt network, a bridge, QEMU's user-mode
+# networking (its port forwards removed), a tap device, macvtap (but in passthrough
+# mode, which hands the guest the host's NIC).
+INTERFACES = frozenset({"network", "bridge", "user", "ethernet", "direct"})
+# Audio backends that play on nothing of the host: nowhere, or to the graphics' client.
+AUDIO = frozenset({"none", "spice", "dbus"})
 # libvirt's random number backend reads one of these: they reveal nothing of the host.
 ENTROPY_SOURCES = frozenset({"/dev/random", "/dev/urandom", "/dev/hwrng"})
 # Top-level elements whose absolute paths are no host files: cgroup partitions, free text.
@@ -34,37 +74,10 @@ NOT_HOST_PATHS = ("resource", "metadata", "description", "title")
 
 
 def strip(domain_xml: str, own: set[str]) -> tuple[str, list[str]]:
-    """Return (domain XML that hands the guest nothing of this host, what was
-    removed or changed, each as 'disk sda (/dev/sda)' or 'graphics vnc listen
-    0.0.0.0 -> 127.0.0.1').
-
-    own are the files the XML may name (the restored images). Removed: disks
-    that are not restored but have a source (a cdrom's or read-only disk's
-    image, a LUN, a network disk); <filesystem> and <hostdev> passthrough,
-    interfaces of type hostdev, the host's smartcards (its reader, its
-    certificates); graphics shown on the host (sdl, desktop, any type but
-    vnc, spice, rdp, egl-headless and dbus) or on one of its D-Bus buses;
-    channels, USB redirections, passed-through smartcards and EGD random
-    number sources whose backend reaches beyond QEMU and libvirt (see
-    _closed: TCP, UDP, files, pipes, host devices, sockets at a path);
-    elements of the qemu namespace (qemu:commandline: any QEMU argument); and
-    any other device, <os> element (kernel, initrd, firmware loader) or
-    top-level element that names an absolute path but an own file or an
-    entropy source: files and sockets of graphics, vhost-user, evdev input,
-    a passed-through TPM, NVDIMM backing files. Removed without mention:
-    <emulator> (libvirt fills in this host's own).
-
-    Removed, so that the host's default labelling applies (libvirt's dynamic
-    labels, images relabelled): every <seclabel>, the domain's and its devices'
-    (type none: no confinement; static: a label of the archive's choosing, such
-    as DAC +0:+0, root); without mention if it asks for that default anyway.
-
-    Changed: graphics (vnc, spice, rdp) listening beyond loopback (another
-    address, a host name, a libvirt network) listen on 127.0.0.1 only; with no
-    address they keep the host's default. Serial, parallel and console ports
-    whose backend reaches beyond QEMU and libvirt become ptys (their sources,
-    protocols and log files dropped). A removed pflash <loader> leaves
-    firmware='efi' so libvirt picks this host's UEFI firmware.
+    """Given domain XML and own, the files it may name (the restored images), return
+    (the XML without host resources, by the rules in this module's docstring, and
+    what was removed or changed, in that order: 'disk sda (/dev/sda)', 'graphics
+    vnc listen 0.0.0.0 -> 127.0.0.1', 'serial tcp (connect 198.51.100.7:4555) -> pty').
     """
     root = parse_xml(domain_xml)
     changes = []
@@ -121,7 +134,43 @@ def _passthrough(devices: ET.Element, dev: ET.Element, own: set[str]) -> list[st
 
 
 def _interface(devices: ET.Element, nic: ET.Element, own: set[str]) -> list[str]:
-    return _passthrough(devices, nic, own) if nic.get("type") == "hostdev" else []
+    """Remove an interface but of INTERFACES: the host's NIC handed to the guest
+    (hostdev, vdpa, direct in passthrough mode), or a socket to other hosts or
+    processes (udp, mcast, server, client, vhostuser); remove the port forwards of
+    user-mode networking (they listen on the host's addresses)."""
+    kind, source = nic.get("type", ""), nic.find("source")
+    mode = "" if source is None else source.get("mode", "")
+    if kind not in INTERFACES or (kind == "direct" and mode == "passthrough"):
+        where = _where(nic, own)
+        if not where and source is not None and source.get("dev"):
+            where = [f"{source.get('dev')} {mode}".strip()]   # the host's NIC
+        return _remove(devices, nic, where)
+    changes = []
+    for forward in nic.findall("portForward"):
+        nic.remove(forward)
+        ports = forward.find("range")
+        where = "" if ports is None else "-".join(filter(None, (ports.get("start"),
+                                                                 ports.get("end"))))
+        changes.append(f"interface {kind}: portForward {forward.get('proto', '')} "
+                       f"({forward.get('address', '')}:{where})")
+    return changes
+
+
+def _audio(devices: ET.Element, audio: ET.Element, own: set[str]) -> list[str]:
+    """Make an audio backend that plays on the host (its sound card, a sound server,
+    a file) play nowhere; the sound devices that name its id keep it."""
+    kind = audio.get("type", "")
+    if kind in AUDIO:
+        return []
+    change = _describe(audio, _host_paths(audio, own) or [audio.get("serverName", "")])
+    backend_id = audio.get("id")
+    audio.attrib.clear()
+    for child in list(audio):
+        audio.remove(child)
+    if backend_id is not None:
+        audio.set("id", backend_id)
+    audio.set("type", "none")
+    return [f"{change} -> none"]
 
 
 def _port(devices: ET.Element, port: ET.Element, own: set[str]) -> list[str]:
@@ -210,7 +259,8 @@ def _loopback(address: str) -> bool:
 
 DEVICE_RULES: dict[str, DeviceRule] = {
     "emulator": _emulator, "disk": _strip_disk,
-    "hostdev": _passthrough, "filesystem": _passthrough, "interface": _interface,
+    "hostdev": _passthrough, "filesystem": _passthrough, "shmem": _passthrough,
+    "interface": _interface, "audio": _audio,
     "graphics": _graphics, "serial": _port, "parallel": _port, "console": _port,
     "channel": _chardev, "redirdev": _chardev, "smartcard": _smartcard, "rng": _rng}
 
@@ -311,5 +361,5 @@ def _endpoints(e: ET.Element) -> list[str]:
 def _describe(e: ET.Element, where: list[str]) -> str:
     """Return e.g. 'disk sda (/iso/debian.iso)', 'hostdev pci', 'serial file (/tmp/log)':
     its tag, its kind and the first of where (what it named outside the guest), if any."""
-    kind = _target(e) if e.tag == "disk" else e.get("type") or e.get("mode", "")
+    kind = _target(e) if e.tag == "disk" else e.get("type") or e.get("mode") or e.get("name", "")
     return " ".join(filter(None, (e.tag, kind))) + (f" ({where[0]})" if where and where[0] else "")

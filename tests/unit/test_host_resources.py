@@ -400,3 +400,89 @@ def test_character_devices_that_reach_beyond_qemu_and_libvirt_are_removed(dev, r
     devices, changes = strip_devices(dev)
     assert changes == [removed]
     assert len(devices) == 0
+
+
+# --- shared memory, network interfaces, audio --------------------------------------------
+
+@pytest.mark.parametrize("shmem, removed", [
+    ("<shmem name='ivshmem0'><model type='ivshmem-plain'/><size unit='M'>4</size></shmem>",
+     "shmem ivshmem0"),
+    ("<shmem name='ivshmem1'><model type='ivshmem-doorbell'/>"
+     "<server path='/tmp/socket-ivshmem1'/></shmem>", "shmem ivshmem1 (/tmp/socket-ivshmem1)"),
+])
+def test_memory_shared_with_the_host_is_removed(shmem, removed):
+    devices, changes = strip_devices(shmem)
+    assert changes == [removed]
+    assert len(devices) == 0
+
+
+@pytest.mark.parametrize("nic", [
+    "<interface type='network'><source network='default'/><model type='virtio'/></interface>",
+    "<interface type='bridge'><source bridge='br0'/></interface>",
+    "<interface type='user'><backend type='passt'/></interface>",
+    "<interface type='ethernet'><target dev='tap7' managed='no'/></interface>",
+    "<interface type='direct'><source dev='eth0' mode='bridge'/></interface>",
+])
+def test_interfaces_on_the_hosts_networks_are_kept(nic):
+    devices, changes = strip_devices(nic)
+    assert changes == []
+    assert same(devices[0], nic)
+
+
+@pytest.mark.parametrize("nic, removed", [
+    ("<interface type='direct'><source dev='eth0' mode='passthrough'/></interface>",
+     "interface direct (eth0 passthrough)"),
+    ("<interface type='hostdev' managed='yes'><source><address type='pci' bus='0x04'/>"
+     "</source></interface>", "interface hostdev"),
+    ("<interface type='udp'><source address='198.51.100.7' port='5558'>"
+     "<local address='0.0.0.0' port='5557'/></source></interface>",
+     "interface udp (198.51.100.7:5558)"),
+    ("<interface type='mcast'><source address='230.0.0.1' port='5558'/></interface>",
+     "interface mcast (230.0.0.1:5558)"),
+    ("<interface type='server'><source address='0.0.0.0' port='5558'/></interface>",
+     "interface server (0.0.0.0:5558)"),
+    ("<interface type='client'><source address='198.51.100.7' port='5558'/></interface>",
+     "interface client (198.51.100.7:5558)"),
+    ("<interface type='vhostuser'><source type='unix' path='/tmp/vhost1.sock' mode='server'/>"
+     "</interface>", "interface vhostuser (/tmp/vhost1.sock)"),
+    ("<interface type='vdpa'><source dev='/dev/vhost-vdpa-0'/></interface>",
+     "interface vdpa (/dev/vhost-vdpa-0)"),
+])
+def test_interfaces_to_the_hosts_hardware_or_other_hosts_are_removed(nic, removed):
+    devices, changes = strip_devices(nic)
+    assert changes == [removed]
+    assert len(devices) == 0
+
+
+def test_port_forwards_to_user_networking_are_removed():
+    devices, changes = strip_devices(
+        "<interface type='user'><backend type='passt'/>"
+        "<portForward proto='tcp' address='0.0.0.0'><range start='2022' to='22'/></portForward>"
+        "<portForward proto='udp'><range start='5353' end='5354'/></portForward>"
+        "<model type='virtio'/></interface>")
+    assert changes == ["interface user: portForward tcp (0.0.0.0:2022)",
+                       "interface user: portForward udp (:5353-5354)"]
+    assert same(devices[0], "<interface type='user'><backend type='passt'/>"
+                            "<model type='virtio'/></interface>")
+
+
+@pytest.mark.parametrize("audio, change", [
+    ("<audio id='1' type='pulseaudio' serverName='tcp:198.51.100.7'>"
+     "<input name='in'/></audio>", "audio pulseaudio (tcp:198.51.100.7)"),
+    ("<audio id='1' type='alsa'><output dev='hw:0'/></audio>", "audio alsa"),
+    ("<audio id='1' type='oss'><output dev='/dev/dsp0'/></audio>", "audio oss (/dev/dsp0)"),
+    ("<audio id='1' type='file' path='/tmp/guest.wav'/>", "audio file (/tmp/guest.wav)"),
+    ("<audio id='1' type='sdl'/>", "audio sdl"),
+])
+def test_audio_played_on_the_host_plays_nowhere(audio, change):
+    devices, changes = strip_devices(audio)
+    assert changes == [f"{change} -> none"]
+    assert same(devices[0], "<audio id='1' type='none'/>")
+
+
+@pytest.mark.parametrize("audio", ["<audio id='1' type='none'/>", "<audio id='1' type='spice'/>",
+                                   "<audio id='2' type='dbus'/>"])
+def test_audio_to_the_graphics_client_or_nowhere_is_kept(audio):
+    devices, changes = strip_devices(audio)
+    assert changes == []
+    assert same(devices[0], audio)
