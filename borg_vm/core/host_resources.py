@@ -110,11 +110,12 @@ def _strip_disk(devices: ET.Element, disk: ET.Element, own: set[str]) -> list[st
     if source is not None and source.get("file") in own:
         return _strip_children(disk, own, label=f"disk {_target(disk)}")
     paths = _host_paths(disk, own)
-    if paths or (source is not None and (source.attrib or len(source))):
-        devices.remove(disk)
-        return [_describe(disk, paths or [" ".join(
-            v for k, v in source.attrib.items() if k in ("protocol", "name", "pool", "volume"))])]
-    return []
+    if not (paths or (source is not None and (source.attrib or len(source)))):
+        return []
+    devices.remove(disk)
+    named = [] if source is None else [v for k, v in source.attrib.items()
+                                       if k in ("protocol", "name", "pool", "volume")]
+    return [_describe(disk, paths or [" ".join(named)])]
 
 
 # A device rule: given <devices>, one of its children and the own files, change or
@@ -149,10 +150,10 @@ def _interface(devices: ET.Element, nic: ET.Element, own: set[str]) -> list[str]
     for forward in nic.findall("portForward"):
         nic.remove(forward)
         ports = forward.find("range")
-        where = "" if ports is None else "-".join(filter(None, (ports.get("start"),
-                                                                 ports.get("end"))))
+        port = "" if ports is None else "-".join(filter(None, (ports.get("start"),
+                                                                ports.get("end"))))
         changes.append(f"interface {kind}: portForward {forward.get('proto', '')} "
-                       f"({forward.get('address', '')}:{where})")
+                       f"({forward.get('address', '')}:{port})")
     return changes
 
 
@@ -300,7 +301,9 @@ def _describe_label(label: ET.Element) -> str:
 
 
 def _strip_children(parent: ET.Element, own: set[str], skip: tuple[str, ...] = (),
-                    label: str = "", on_removed=None) -> list[str]:
+                    label: str = "",
+                    on_removed: Callable[[ET.Element, ET.Element], None] | None = None
+                    ) -> list[str]:
     """Remove the children of parent (but those named in skip) that name a host path;
     return their descriptions, each prefixed with label; call on_removed(parent, child)."""
     removed = []
