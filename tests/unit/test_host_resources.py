@@ -486,3 +486,51 @@ def test_audio_to_the_graphics_client_or_nowhere_is_kept(audio):
     devices, changes = strip_devices(audio)
     assert changes == []
     assert same(devices[0], audio)
+
+
+# As libvirt 9.0 keeps a domain made by virt-install (its persistent definition, which
+# is what backups archive), with SPICE, the guest agent and a restored disk.
+PLAIN_XML = """\
+<domain type='kvm'>
+  <name>web01-restored</name>
+  <memory unit='KiB'>1048576</memory>
+  <os><type arch='x86_64' machine='pc-q35-7.2'>hvm</type><boot dev='hd'/></os>
+  <devices>
+    <emulator>/usr/bin/qemu-system-x86_64</emulator>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2'/><source file='/r/vda.qcow2'/>
+      <target dev='vda' bus='virtio'/>
+    </disk>
+    <disk type='file' device='cdrom'>
+      <driver name='qemu' type='raw'/><target dev='sda' bus='sata'/><readonly/>
+    </disk>
+    <interface type='network'><source network='default'/><model type='virtio'/></interface>
+    <serial type='pty'>
+      <target type='isa-serial' port='0'><model name='isa-serial'/></target>
+    </serial>
+    <console type='pty'><target type='serial' port='0'/></console>
+    <channel type='unix'>
+      <target type='virtio' name='org.qemu.guest_agent.0'/>
+      <address type='virtio-serial' controller='0' bus='0' port='1'/>
+    </channel>
+    <channel type='spicevmc'><target type='virtio' name='com.redhat.spice.0'/></channel>
+    <input type='tablet' bus='usb'/>
+    <graphics type='spice' autoport='yes'><listen type='address'/>
+      <image compression='off'/></graphics>
+    <sound model='ich9'/>
+    <audio id='1' type='spice'/>
+    <video><model type='qxl' ram='65536' vram='65536' vgamem='16384' heads='1'/></video>
+    <redirdev bus='usb' type='spicevmc'/>
+    <memballoon model='virtio'/>
+    <rng model='virtio'><backend model='random'>/dev/urandom</backend></rng>
+  </devices>
+</domain>
+"""
+
+
+def test_a_plain_domain_is_kept_but_its_emulator_without_a_warning():
+    xml, changes = strip(PLAIN_XML, {"/r/vda.qcow2"})
+    assert changes == []
+    expected = ET.fromstring(PLAIN_XML)
+    expected.find("devices").remove(expected.find("devices/emulator"))
+    assert ET.tostring(ET.fromstring(xml)) == ET.tostring(expected)
