@@ -23,6 +23,17 @@ def parse_xml(xml: str | bytes) -> ET.Element:
     return defusedxml.ElementTree.fromstring(xml, forbid_dtd=True)
 
 
+def to_text(root: ET.Element) -> str:
+    """Return root as XML text indented two spaces a level, as libvirt writes it.
+
+    Elements removed or inserted leave their neighbours' whitespace behind
+    ('<source/><target', '    </devices>'): what a person reads and edits
+    before `virsh define` is laid out anew.
+    """
+    ET.indent(root, space="  ")
+    return ET.tostring(root, encoding="unicode")
+
+
 def read_domain_xml(raw: bytes) -> str:
     """Given domain XML as stored in an archive, return it as text.
 
@@ -258,7 +269,7 @@ def restored_domain_xml(domain_xml: str, new_name: str,
             _point_disk_at(d, *images[spec.target])
         elif spec.device == "disk" and not spec.readonly:
             devices.remove(d)
-    return ET.tostring(root, encoding="unicode")
+    return to_text(root)
 
 
 def _point_disk_at(disk: ET.Element, path: str, fmt: str) -> None:

@@ -46,7 +46,7 @@ import ipaddress
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 
-from borg_vm.core.domxml import parse_xml
+from borg_vm.core.domxml import parse_xml, to_text
 
 QEMU_NS = "{http://libvirt.org/schemas/domain/qemu/1.0}"
 LOOPBACK = "127.0.0.1"
@@ -92,7 +92,7 @@ def strip(domain_xml: str, own: set[str]) -> tuple[str, list[str]]:
     if os_ is not None:
         changes += _strip_children(os_, own, on_removed=_loader_removed)
     changes += _strip_children(root, own, skip=("devices", "os") + NOT_HOST_PATHS)
-    return ET.tostring(root, encoding="unicode"), changes
+    return to_text(root), changes
 
 
 def _strip_devices(devices: ET.Element, own: set[str]) -> list[str]:

@@ -184,7 +184,9 @@ def strip_devices(devices: str, own: frozenset[str] = frozenset()) -> tuple[ET.E
 
 
 def same(e: ET.Element, xml: str) -> bool:
-    return ET.tostring(e) == ET.tostring(ET.fromstring(xml))
+    """Return whether e is the element xml, but for whitespace between elements."""
+    return (ET.canonicalize(ET.tostring(e), strip_text=True)
+            == ET.canonicalize(xml, strip_text=True))
 
 
 # --- graphics: listening on loopback only -------------------------------------------------
@@ -533,4 +535,20 @@ def test_a_plain_domain_is_kept_but_its_emulator_without_a_warning():
     assert changes == []
     expected = ET.fromstring(PLAIN_XML)
     expected.find("devices").remove(expected.find("devices/emulator"))
-    assert ET.tostring(ET.fromstring(xml)) == ET.tostring(expected)
+    assert same(ET.fromstring(xml), ET.tostring(expected, encoding="unicode"))
+
+
+def test_the_restored_xml_is_indented_as_libvirt_indents_it():
+    # Removed and inserted elements left their neighbours' whitespace behind:
+    # '<source .../><target', '    </devices>', '  </domain>'.
+    xml = restored_domain_xml(DOMAIN_XML, "web01-restored", {"vda": ("/r/vda.qcow2", "qcow2")})
+    out, _changes = strip(xml, {"/r/vda.qcow2"})
+    lines = out.splitlines()
+    assert lines[-2:] == ["  </devices>", "</domain>"]
+    assert '      <source file="/r/vda.qcow2" />' in lines
+    depth = 0
+    for line in lines:
+        tag = line.lstrip()
+        depth -= tag.startswith("</")
+        assert line == "  " * depth + tag, out
+        depth += not (tag.startswith("</") or tag.endswith("/>") or "</" in tag)
