@@ -83,8 +83,9 @@ def add_progress_option(p: argparse.ArgumentParser, what: str = "") -> None:
 
 def add_keep_host_resources_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keep-host-resources", action="store_true",
-                   help="keep the host devices, host files and QEMU arguments the domain XML "
-                   "names (default: remove them, with a warning)")
+                   help="keep the domain XML as archived: host devices and files, QEMU "
+                   "arguments, graphics and ports open to the network, seclabels (default: "
+                   "remove or make them safe, with a warning)")
 
 
 def progress(args: argparse.Namespace) -> bool:

@@ -202,18 +202,21 @@ HOST_RESOURCES_XML = f"""\
       <target dir='hostroot'/></filesystem>
     <hostdev mode='subsystem' type='pci' managed='yes'><source>
       <address domain='0x0000' bus='0x03' slot='0x00' function='0x0'/></source></hostdev>
+    <graphics type='vnc' port='-1' autoport='yes' listen='0.0.0.0'/>
   </devices>
   <qemu:commandline><qemu:arg value='-fw_cfg'/><qemu:arg value='name=opt/x,file=/etc/shadow'/>
   </qemu:commandline>
 </domain>
 """.encode()
-REMOVED = ("qemu:commandline, disk sda (/dev/sda), disk sdb (/etc/shadow), filesystem mount (/), "
-           "hostdev pci")
+CHANGED = ("qemu:commandline, disk sda (/dev/sda), disk sdb (/etc/shadow), filesystem mount (/), "
+           "hostdev pci, graphics vnc listen 0.0.0.0 -> 127.0.0.1")
 
 
 def restored_xml(to: Path) -> ET.Element:
     (path,) = to.glob("*.xml")
-    return ET.fromstring(path.read_text())
+    text = path.read_text()
+    assert text.endswith("</domain>\n"), "a text file ends with a newline"
+    return ET.fromstring(text)
 
 
 def named_paths(root: ET.Element) -> set[str]:
@@ -227,11 +230,12 @@ def test_host_resources_are_removed_with_one_warning(make_repo, tmp_path):
     to = tmp_path / "out"
     proc = restore(borg.repo, to)
     warnings = [line for line in proc.stderr.splitlines() if "removed" in line]
-    assert warnings == ["borg-vm: removed host resources from the restored domain XML "
-                        f"(--keep-host-resources keeps them): {REMOVED}"], proc.stderr
+    assert warnings == ["borg-vm: removed or changed host resources in the restored domain XML "
+                        f"(--keep-host-resources keeps them as archived): {CHANGED}"], proc.stderr
     root = restored_xml(to)
     assert named_paths(root) == {str(p) for p in to.glob("*.qcow2")}
     assert [d.find("target").get("dev") for d in root.iter("disk")] == ["vda"]
+    assert root.find("devices/graphics").get("listen") == "127.0.0.1"
 
 
 def test_keep_host_resources_keeps_them(make_repo, tmp_path):
@@ -243,4 +247,5 @@ def test_keep_host_resources_keeps_them(make_repo, tmp_path):
     root = restored_xml(to)
     assert {"/dev/sda", "/etc/shadow", "/", "/usr/bin/qemu-system-x86_64"} <= named_paths(root)
     assert root.find("devices/hostdev") is not None
+    assert root.find("devices/graphics").get("listen") == "0.0.0.0"
     assert "name=opt/x,file=/etc/shadow" in ET.tostring(root, encoding="unicode")

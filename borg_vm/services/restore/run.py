@@ -13,7 +13,7 @@ chain was at that checkpoint, the frozen layers complete.
 The archive is only as trustworthy as the repository: the top archive's
 domain.xml and manifest are read and checked before anything is written, no
 member is held in memory unless the format caps its size (see members), and the restored
-domain XML leaves out what it named of the host (core.domxml.strip_host_resources).
+domain XML leaves out what it named of the host (core.host_resources).
 
 Images are written in a hidden directory inside --to and moved into place
 only when every disk was written and verified against its manifest, so a
@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 from borg_vm import runtime
 from borg_vm.adapters.borg import Repository
-from borg_vm.core import chain, domxml
+from borg_vm.core import chain, domxml, host_resources
 from borg_vm.errors import (
     FormatError,
     NbdError,
@@ -124,7 +124,7 @@ def restore(borg: Repository, domain: str, opts: RestoreOptions) -> RestoreResul
     """Restore domain's disks (and a definable domain XML) into opts.to, files 0600.
 
     The XML names no host resource unless opts.keep_host_resources (what was
-    removed is logged as one warning). Raise ArchiveNotFound, BrokenChain,
+    removed or changed is logged as one warning). Raise ArchiveNotFound, BrokenChain,
     UnknownDisk, RestoreTargetExists, RestoreTargetUnusable, FormatError,
     IntegrityError or a Borg/qemu error; on any failure opts.to is as it was.
     """
@@ -157,7 +157,7 @@ def restore(borg: Repository, domain: str, opts: RestoreOptions) -> RestoreResul
         if small:
             with next(found) as top_members:
                 files = reader.small_files(top_members, top.archive, TOP_FILES)
-        xml, removed = xml_from(files, top, {d.target: (os.path.join(to, d.top), d.formats[-1])
+        xml, changes = xml_from(files, top, {d.target: (os.path.join(to, d.top), d.formats[-1])
                                              for d in plans}, opts.keep_host_resources,
                                 f"{domain}-restored")
         with target_dir(to), _staging(to) as stage:
@@ -170,7 +170,7 @@ def restore(borg: Repository, domain: str, opts: RestoreOptions) -> RestoreResul
                     _write_chain(found, plans, order, stage, progress)
                 with open(os.open(os.path.join(stage, xml_name),
                                   os.O_WRONLY | os.O_CREAT | os.O_EXCL, images.PRIVATE), "w") as f:
-                    f.write(xml)
+                    f.write(xml + "\n")   # a text file; ElementTree ends at the root's tag
             except NbdError as e:
                 if e.kwargs.get("errno") == errno.ENOSPC:
                     raise RestoreTargetFull(path=to, detail=e.message) from e
@@ -183,7 +183,7 @@ def restore(borg: Repository, domain: str, opts: RestoreOptions) -> RestoreResul
                 progress.close()
             for p in outputs:
                 os.replace(os.path.join(stage, p), os.path.join(to, p))
-    warn_removed(removed)
+    warn_changed(changes)
     return RestoreResult(
         domain, top.name.checkpoint,
         {d.target: {"image": os.path.join(to, d.top),
@@ -225,8 +225,9 @@ def xml_from(files: dict[str, bytes], top: ArchiveInfo, images: dict[str, tuple[
              keep_host_resources: bool, name: str) -> tuple[str, list[str]]:
     """Return the XML of a domain called name on the restored images (see
     domxml.restored_domain_xml), from top's domain.xml in files, with top's
-    manifest (also in files) checked too, and what was removed from it of the
-    host (see domxml.strip_host_resources) unless keep_host_resources.
+    manifest (also in files) checked too, and what was removed from it or
+    changed of the host's resources (see host_resources.strip) unless
+    keep_host_resources.
 
     Raise FormatError naming top if either is damaged.
     """
@@ -238,14 +239,15 @@ def xml_from(files: dict[str, bytes], top: ArchiveInfo, images: dict[str, tuple[
     xml = domxml.restored_domain_xml(text, name, images)
     if keep_host_resources:
         return xml, []
-    return domxml.strip_host_resources(xml, {path for path, _ in images.values()})
+    return host_resources.strip(xml, {path for path, _ in images.values()})
 
 
-def warn_removed(removed: list[str]) -> None:
-    """Log one warning naming the host resources left out of a restored domain's XML."""
-    if removed:
-        log.warning("removed host resources from the restored domain XML "
-                    "(--keep-host-resources keeps them): %s", ", ".join(removed))
+def warn_changed(changes: list[str]) -> None:
+    """Log one warning naming what was removed from, or changed in, a restored domain's
+    XML (see host_resources.strip)."""
+    if changes:
+        log.warning("removed or changed host resources in the restored domain XML "
+                    "(--keep-host-resources keeps them as archived): %s", ", ".join(changes))
 
 
 @contextlib.contextmanager

@@ -117,7 +117,7 @@ def boot(hv: virt.Hypervisor, borg: Repository, domain: str, opts: BootOptions) 
     existing = [p for p in overlays.values() if os.path.lexists(p)]
     if existing:
         raise RestoreTargetExists(paths=", ".join(existing))
-    xml, removed = restore.restored_xml(borg, top, {t: (p, "qcow2") for t, p in overlays.items()},
+    xml, changes = restore.restored_xml(borg, top, {t: (p, "qcow2") for t, p in overlays.items()},
                                         opts.keep_host_resources, name)
     new_uuid = str(uuid.uuid4())
     run = runtime.boot_dir_path(new_uuid)
@@ -145,7 +145,7 @@ def boot(hv: virt.Hypervisor, borg: Repository, domain: str, opts: BootOptions) 
                                    detail="exited while the domain was being started: "
                                    + server.log_tail(run)) from e
             raise
-    restore.warn_removed(removed)
+    restore.warn_changed(changes)
     return Booted(name, domain, top.name.checkpoint,
                   {t: {"image": overlays[t], "uri": uri(sockets[t])} for t in overlays},
                   _server(run))
