@@ -16,6 +16,7 @@ from handmade import (
     PACK_MAP,
     PACK_NAME,
     SIZE,
+    domain_xml,
     manifest,
     packed_disk,
     write_archive,
@@ -138,9 +139,10 @@ def import_tar(borg, name, comment, members):
 def hostile(borg, extra_members, data_member=True):
     """Write an otherwise valid archive of DATA with extra tar members in disk/vda/."""
     m = manifest({"vda": DATA})
-    members = [(tarfile.TarInfo(archive.MANIFEST), m.to_json())]
+    members = [(tarfile.TarInfo(archive.DOMAIN_XML), domain_xml()),
+               (tarfile.TarInfo(archive.MANIFEST), m.to_json())]
     if data_member:
-        members.insert(0, (tarfile.TarInfo(archive.member_name("vda", 0)), DATA))
+        members.insert(1, (tarfile.TarInfo(archive.member_name("vda", 0)), DATA))
     import_tar(borg, str(m.name), m.summary().to_comment(), extra_members + members)
     return str(m.name)
 

@@ -44,7 +44,7 @@ from borg_vm.errors import (
 )
 from borg_vm.format import manifest as fmt
 from borg_vm.format import reader
-from borg_vm.format.manifest import ArchiveInfo, Manifest
+from borg_vm.format.manifest import ArchiveInfo
 from borg_vm.progress import Progress
 from borg_vm.services import catalog
 from borg_vm.services.restore import images, layers
@@ -215,9 +215,9 @@ def restored_xml(borg: Repository, top: ArchiveInfo, images: dict[str, tuple[str
     """Return the XML of a domain called name on the restored images (see
     xml_from), from top's domain.xml and manifest read from Borg.
 
-    Raise FormatError naming top if either is damaged.
+    Raise FormatError naming top if it fails reader.check_archive.
     """
-    files = reader.read_small(borg, top.archive, (fmt.DOMAIN_XML, fmt.MANIFEST))
+    files = reader.read_small(borg, top.archive, TOP_FILES)
     return xml_from(files, top, images, keep_host_resources, name)
 
 
@@ -225,17 +225,13 @@ def xml_from(files: dict[str, bytes], top: ArchiveInfo, images: dict[str, tuple[
              keep_host_resources: bool, name: str) -> tuple[str, list[str]]:
     """Return the XML of a domain called name on the restored images (see
     domxml.restored_domain_xml), from top's domain.xml in files, with top's
-    manifest (also in files) checked too, and what was removed from it of the
+    manifest (also in files) checked too (reader.check_archive), and what was removed from it of the
     host (see domxml.strip_host_resources) unless keep_host_resources.
 
-    Raise FormatError naming top if either is damaged.
+    Raise FormatError naming top if it fails reader.check_archive.
     """
-    Manifest.from_json(files[fmt.MANIFEST], top.archive)
-    try:
-        text = domxml.read_domain_xml(files[fmt.DOMAIN_XML])
-    except ValueError as e:
-        raise FormatError(archive=top.archive, detail=f"{fmt.DOMAIN_XML} {e}") from e
-    xml = domxml.restored_domain_xml(text, name, images)
+    reader.check_archive(top, files, TOP_FILES)
+    xml = domxml.restored_domain_xml(reader.domain_xml(top.archive, files), name, images)
     if keep_host_resources:
         return xml, []
     return domxml.strip_host_resources(xml, {path for path, _ in images.values()})

@@ -12,7 +12,8 @@ One ``borg mount`` of the domain's archives (each archive is loaded by Borg
 when first touched, each chunk read and decrypted when read), one nbdkit per
 disk on its own unix socket. Before anything is served, every archive of each
 disk's chain is checked as restore checks it, short of hashing the data: its
-manifest parses and agrees with the archive's name and comment, the disk keeps
+manifest parses and agrees with the archive's name and comment (and the top's
+domain.xml is what libvirt writes: reader.check_archive), the disk keeps
 its size along the chain, and its data members are regular files covering
 exactly the manifest's data extents (a pack's as its map lists them, the map
 checked as restore checks it). The SHA-256 of a disk's data cannot be
@@ -187,7 +188,9 @@ def _disk_map(mnt: str, links: list[ArchiveInfo], target: str
     layers, dirs = [], []
     for i, a in enumerate(links):
         root = os.path.join(mnt, a.archive)
-        record = _record(_manifest(root, a), a, target)
+        # The top's domain.xml too, as restore checks it: what one refuses, so does the other.
+        names = (fmt.DOMAIN_XML, fmt.MANIFEST) if i == len(links) - 1 else (fmt.MANIFEST,)
+        record = _record(reader.check_archive(a, _small_files(root, a, names), names), a, target)
         try:
             layers.append(piecemap.layer_pieces(i, record.extents, _members(root, a, target)))
         except ValueError as e:
@@ -197,23 +200,23 @@ def _disk_map(mnt: str, links: list[ArchiveInfo], target: str
     return piecemap.PieceMap(size, tuple(piecemap.resolve(layers, size))), dirs
 
 
-def _manifest(root: str, a: ArchiveInfo) -> Manifest:
-    """Return the archive's manifest, read from the mount, checked against its name
-    and comment; raise FormatError if it is missing, too big, bad or disagrees."""
-    path = os.path.join(root, fmt.MANIFEST)
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        raise FormatError(archive=a.archive, detail=f"no {fmt.MANIFEST}") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise FormatError(archive=a.archive, detail=f"{fmt.MANIFEST} is not a file")
-    reader.check_small_size(a.archive, fmt.MANIFEST, st.st_size)
-    with open(path, "rb") as f:
-        manifest = Manifest.from_json(f.read(fmt.MAX_MANIFEST_BYTES + 1), a.archive)
-    problem = manifest.disagreement(a)
-    if problem:
-        raise FormatError(archive=a.archive, detail=problem)
-    return manifest
+def _small_files(root: str, a: ArchiveInfo, names: tuple[str, ...]) -> dict[str, bytes]:
+    """Return {name: contents} of the archive's small members names found in the
+    mount (to be checked: reader.check_archive, which names those missing); raise
+    FormatError if one is not a regular file or is too big."""
+    files = {}
+    for name in names:
+        path = os.path.join(root, name)
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            continue
+        if not stat.S_ISREG(st.st_mode):
+            raise FormatError(archive=a.archive, detail=f"{name} is not a file")
+        reader.check_small_size(a.archive, name, st.st_size)
+        with open(path, "rb") as f:
+            files[name] = f.read(fmt.SMALL_MEMBERS[name] + 1)
+    return files
 
 
 def _record(manifest: Manifest, a: ArchiveInfo, target: str) -> fmt.DiskRecord:
