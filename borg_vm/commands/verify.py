@@ -109,9 +109,7 @@ def _chain_problem(archives: list[ArchiveInfo], a: ArchiveInfo) -> str | None:
     one disk size throughout), or None."""
     try:
         for t in a.summary.disks:
-            problem = chain.size_problem(chain.disk_chain(archives, a, t), t)
-            if problem:
-                return problem
+            chain.restore_chain(archives, a, t)
     except BorgVmError as e:
         return e.message
     return None

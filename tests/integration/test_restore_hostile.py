@@ -29,6 +29,7 @@ from borg_vm.core.extent import Extent
 from borg_vm.errors import FormatError
 from borg_vm.format import manifest as archive
 from borg_vm.format import packing
+from borg_vm.services.restore import layers as restore_layers
 from borg_vm.services.restore import run as restore_action
 
 DATA = b"\x5a" * 65536
@@ -171,18 +172,31 @@ def test_damaged_packs_are_refused(make_repo, tmp_path, members, error):
     assert not (tmp_path / "out").exists()
 
 
-def test_flattened_chain_whose_sizes_differ_is_damage(tmp_path):
-    """Flatten writes every archive into the full's image: a later archive claiming a
-    bigger disk would write past its end."""
-    arcs = tuple(archive.ArchiveInfo(
-        archive.ArchiveName(DOMAIN, "S", checkpoint),
-        archive.Summary(level, None, "t", "u",
-                        {"vda": archive.DiskSummary(level, size, "qcow2", "/v", 0, 0)}))
-        for checkpoint, level, size in [("borgvm-1", "full", MiB), ("borgvm-2", "inc", 2 * MiB)])
-    plan = restore_action.DiskPlan("vda", arcs, ("flat.qcow2",) * 2, ("qcow2",) * 2)
-    restore_action._prepare_layer(plan, 0, str(tmp_path))
-    with pytest.raises(FormatError, match=f"disk vda is {2 * MiB} bytes, {MiB} in"):
-        restore_action._prepare_layer(plan, 1, str(tmp_path))
+def chain_of_sizes(*sizes):
+    """Return the archives of a chain of vda (a full, then incrementals) of sizes."""
+    arcs = []
+    for n, size in enumerate(sizes, 1):
+        level = "inc" if arcs else "full"
+        arcs.append(archive.ArchiveInfo(
+            archive.ArchiveName(DOMAIN, "S", f"borgvm-{n}"),
+            archive.Summary(level, arcs[-1].archive if arcs else None, f"t{n}", "u",
+                            {"vda": archive.DiskSummary(level, size, "qcow2", "/v", 0, 0)})))
+    return arcs
+
+
+@pytest.mark.parametrize("mode", ["chain", "flatten", "layers"])
+def test_a_chain_whose_size_changes_is_refused_before_writing(mode):
+    """Each image was made as big as its archive's comment said; flatten found a
+    bigger incremental only after writing the full, chain and layers never, while
+    mount and verify refuse such a chain."""
+    arcs = chain_of_sizes(MiB, 2 * MiB)
+    with pytest.raises(FormatError, match=f"disk vda changes size along its chain "
+                                          rf"\(\[{MiB}, {2 * MiB}\]\)"):
+        if mode == "layers":   # the chain is refused before any manifest is read
+            restore_layers.plan(None, arcs, arcs[-1], ("vda",), "qcow2")
+        else:
+            restore_action.plan_disks(arcs, arcs[-1], restore_action.RestoreOptions(
+                to="unused", flatten=mode == "flatten"))
 
 
 # --- R3: the restored domain XML names no host resource unless asked -------------------

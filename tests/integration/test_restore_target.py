@@ -79,7 +79,7 @@ def test_overlay_images_are_private_under_umask_022(tmp_path):
     plan = restore_action.DiskPlan("vda", arcs, ("base.qcow2", "top.qcow2"), ("qcow2", "qcow2"))
     old = os.umask(UMASK)
     try:
-        layers = [restore_action._prepare_layer(plan, i, str(tmp_path)) for i in (0, 1)]
+        layers = [restore_action._prepare_layer(plan, i, str(tmp_path), MiB) for i in (0, 1)]
     finally:
         os.umask(old)
     assert [stat.S_IMODE(os.stat(layer.path).st_mode) for layer in layers] == [0o600, 0o600]

@@ -49,7 +49,7 @@ def plan(borg: Repository, archives: list[ArchiveInfo], top: ArchiveInfo, target
          ) -> tuple[list[LayeredDisk], dict[str, Manifest], dict[str, bytes]]:
     """Return each disk's layered plan, the manifests read for it (by archive name)
     and top's small members top_files, read with its manifest."""
-    chains = {t: chain.disk_chain(archives, top, t) for t in targets}
+    chains = {t: chain.restore_chain(archives, top, t) for t in targets}
     manifests, files = _manifests(borg, list({a.archive: a for arcs in chains.values()
                                               for a in arcs}.values()), top, top_files)
     out = []

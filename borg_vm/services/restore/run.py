@@ -36,7 +36,6 @@ from borg_vm import runtime
 from borg_vm.adapters.borg import Repository
 from borg_vm.core import chain, domxml
 from borg_vm.errors import (
-    FormatError,
     NbdError,
     RestoreTargetExists,
     RestoreTargetFull,
@@ -83,11 +82,15 @@ class DiskPlan:
 
 def plan_disks(archives: list[ArchiveInfo], top: ArchiveInfo, opts: RestoreOptions
                ) -> list[DiskPlan]:
-    """Return where each requested disk of top is restored to. Pure."""
+    """Return where each requested disk of top is restored to. Pure.
+
+    Raise BrokenChain, UnknownDisk, or FormatError if a disk changes size along
+    its chain (chain.restore_chain).
+    """
     targets = opts.disks or tuple(sorted(top.summary.disks))
     plans = []
     for t in targets:
-        arcs = tuple(chain.disk_chain(archives, top, t))
+        arcs = tuple(chain.restore_chain(archives, top, t))
         stem = f"{top.name.domain}.{t}"
         if opts.flatten:
             path = f"{stem}.{top.name.checkpoint}.{_ext(opts.format)}"
@@ -157,9 +160,14 @@ def restore(borg: Repository, domain: str, opts: RestoreOptions) -> RestoreResul
         if small:
             with next(found) as top_members:
                 files = reader.small_files(top_members, top.archive, TOP_FILES)
-        xml, removed = xml_from(files, top, {d.target: (os.path.join(to, d.top), d.formats[-1])
-                                             for d in plans}, opts.keep_host_resources,
-                                f"{domain}-restored")
+        manifest = reader.check_archive(top, files, TOP_FILES)
+        xml, removed = _xml(reader.domain_xml(top.archive, files),
+                            {d.target: (os.path.join(to, d.top), d.formats[-1]) for d in plans},
+                            opts.keep_host_resources, f"{domain}-restored")
+        # Images are as big as the top's manifest says: every archive of a chain
+        # claims that size (chain.restore_chain), each claim checked against its
+        # manifest as it is read.
+        sizes = {d.target: manifest.disks[d.target].virtual_size for d in plans}
         with target_dir(to), _staging(to) as stage:
             total = sum(a.summary.disks[d.target].data_bytes for d in plans for a in d.archives)
             progress = Progress.for_terminal(f"restore {domain}", total, opts.progress)
@@ -167,7 +175,7 @@ def restore(borg: Repository, domain: str, opts: RestoreOptions) -> RestoreResul
                 if opts.layers:
                     layers.write(found, plans, passes, manifests, stage, progress)
                 else:
-                    _write_chain(found, plans, order, stage, progress)
+                    _write_chain(found, plans, order, stage, sizes, progress)
                 with open(os.open(os.path.join(stage, xml_name),
                                   os.O_WRONLY | os.O_CREAT | os.O_EXCL, images.PRIVATE), "w") as f:
                     f.write(xml)
@@ -200,11 +208,12 @@ def _chain_order(plans: list[DiskPlan]) -> list[ArchiveInfo]:
 
 
 def _write_chain(found: Iterator, plans: list[DiskPlan], order: list[ArchiveInfo], stage: str,
-                 progress: Progress) -> None:
-    """Write the chain (or flattened) images: one pass per archive of order, each
-    writing every disk it holds, from the next stream of found."""
+                 sizes: dict[str, int], progress: Progress) -> None:
+    """Write the chain (or flattened) images, each disk's sizes[target] bytes: one
+    pass per archive of order, each writing every disk it holds, from the next
+    stream of found."""
     for arc in order:
-        layers = {(d.target, 0): _prepare_layer(d, d.archives.index(arc), stage)
+        layers = {(d.target, 0): _prepare_layer(d, d.archives.index(arc), stage, sizes[d.target])
                   for d in plans if arc in d.archives}
         images.apply_archive(next(found), arc, layers, progress)
         runtime.phase(runtime.APPLIED, "%s written into %s", arc.archive, stage)
@@ -231,7 +240,13 @@ def xml_from(files: dict[str, bytes], top: ArchiveInfo, images: dict[str, tuple[
     Raise FormatError naming top if it fails reader.check_archive.
     """
     reader.check_archive(top, files, TOP_FILES)
-    xml = domxml.restored_domain_xml(reader.domain_xml(top.archive, files), name, images)
+    return _xml(reader.domain_xml(top.archive, files), images, keep_host_resources, name)
+
+
+def _xml(text: str, images: dict[str, tuple[str, str]], keep_host_resources: bool, name: str
+         ) -> tuple[str, list[str]]:
+    """Return what xml_from returns, from the archived domain XML text (checked)."""
+    xml = domxml.restored_domain_xml(text, name, images)
     if keep_host_resources:
         return xml, []
     return domxml.strip_host_resources(xml, {path for path, _ in images.values()})
@@ -325,16 +340,12 @@ def _remove_stale_staging(directory: str) -> None:
             os.close(fd)
 
 
-def _prepare_layer(d: DiskPlan, i: int, stage: str) -> images.Layer:
-    """Create the image for layer i of a disk's chain (unless flatten reuses it)."""
+def _prepare_layer(d: DiskPlan, i: int, stage: str, size: int) -> images.Layer:
+    """Create the image (size bytes) for layer i of a disk's chain (unless flatten
+    reuses it)."""
     path = os.path.join(stage, d.images[i])
-    size = d.archives[i].summary.disks[d.target].virtual_size
     if i == 0 or d.images[i] != d.images[i - 1]:
         backing = os.path.join(stage, d.images[i - 1]) if i else None
         images.create_image(path, d.formats[i], size, backing)
-    elif size != (base := d.archives[0].summary.disks[d.target].virtual_size):
-        raise FormatError(archive=d.archives[i].archive,
-                          detail=f"disk {d.target} is {size} bytes, {base} in "
-                                 f"{d.archives[0].archive} (a chain keeps a disk's size)")
     log.info("restoring %s of %s into %s", d.target, d.archives[i].archive, d.images[i])
     return images.Layer(path, d.formats[i], zeros=i > 0)

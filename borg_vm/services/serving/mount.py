@@ -102,11 +102,7 @@ def mount(borg: Repository, domain: str, opts: MountOptions, ready: Callable[[Se
     archives, _partial = catalog.archives(borg, domain)
     top = chain.select(archives, domain, opts.checkpoint)
     targets = opts.disks or tuple(sorted(top.summary.disks))
-    chains = {t: chain.disk_chain(archives, top, t) for t in targets}
-    for t, links in chains.items():
-        problem = chain.size_problem(links, t)
-        if problem:
-            raise FormatError(archive=top.archive, detail=problem)
+    chains = {t: chain.restore_chain(archives, top, t) for t in targets}
     _clean_stale(borg)   # first: a killed mount's nbdkit may still hold a socket
     sockets = _socket_paths(opts.socket, targets)
     with runtime.mount_dir() as run:
@@ -196,7 +192,7 @@ def _disk_map(mnt: str, links: list[ArchiveInfo], target: str
         except ValueError as e:
             raise IntegrityError(target=target, archive=a.archive, detail=str(e)) from e
         dirs.append(root)
-    size = links[-1].summary.disks[target].virtual_size
+    size = record.virtual_size   # the top's: every archive of the chain claims it
     return piecemap.PieceMap(size, tuple(piecemap.resolve(layers, size))), dirs
 
 
