@@ -17,7 +17,9 @@ domain XML leaves out what it named of the host (core.domxml.strip_host_resource
 
 Images are written in a hidden directory inside --to and moved into place
 only when every disk was written and verified against its manifest, so a
-failed restore leaves --to as it was (and removes it if it created it).
+failed restore leaves --to as it was (and removes it if it created it). A
+file that appeared in --to meanwhile (a concurrent restore's) is not replaced
+unless --force (see _move_in).
 """
 
 from __future__ import annotations
@@ -189,8 +191,7 @@ def restore(borg: Repository, domain: str, opts: RestoreOptions) -> RestoreResul
                 raise
             finally:
                 progress.close()
-            for p in outputs:
-                os.replace(os.path.join(stage, p), os.path.join(to, p))
+            _move_in(stage, to, outputs, opts.force)
     warn_removed(removed)
     return RestoreResult(
         domain, top.name.checkpoint,
@@ -294,6 +295,47 @@ def _make_dirs(path: str, created: list[str]) -> None:
             raise RestoreTargetUnusable(path=missing[0],
                                         detail=f"cannot create {d} ({e.strerror})") from e
         created.append(d)
+
+
+def _move_in(stage: str, to: str, names: list[str], force: bool) -> None:
+    """Move the files names from stage into directory to, all of them or none.
+
+    Without force each name is claimed first (an empty file made with O_EXCL),
+    and only then is it replaced by the staged file: what appeared in to since
+    the restore checked it (another restore's image, a file of someone's) is
+    never replaced; RestoreTargetExists names it, and the names claimed are
+    removed again. With force, files in the way are replaced. Restores into one
+    directory move in one at a time (a flock on it), so of two racing restores
+    the one that finishes first keeps its files whole.
+    """
+    fd = os.open(to, os.O_RDONLY | os.O_DIRECTORY)
+    claimed: list[str] = []
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        if not force:
+            taken = [p for n in names if not _claim(p := os.path.join(to, n), claimed)]
+            if taken:
+                raise RestoreTargetExists(paths=", ".join(taken))
+        for n in names:
+            os.replace(os.path.join(stage, n), os.path.join(to, n))
+    except BaseException:
+        for path in claimed:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        raise
+    finally:
+        os.close(fd)
+
+
+def _claim(path: str, claimed: list[str]) -> bool:
+    """Create an empty file at path (readable by its owner only) and append path to
+    claimed; return False if something is already there."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, images.PRIVATE))
+    except FileExistsError:
+        return False
+    claimed.append(path)
+    return True
 
 
 STAGING_PREFIX = ".borg-vm-restore-"
