@@ -87,6 +87,27 @@ def add_keep_host_resources_option(p: argparse.ArgumentParser) -> None:
                    "names (default: remove them, with a warning)")
 
 
+class _AppendOnce(argparse.Action):
+    """Append the value unless it is there already: --disk vda --disk vda is one disk."""
+
+    def __call__(self, parser, namespace, value, option_string=None):  # type: ignore[no-untyped-def]
+        values = list(getattr(namespace, self.dest) or [])
+        if value not in values:
+            values.append(value)
+        setattr(namespace, self.dest, values)
+
+
+def add_disk_option(p: argparse.ArgumentParser, verb: str) -> None:
+    """Add --disk TARGET, repeatable; a disk named twice counts once."""
+    p.add_argument("--disk", action=_AppendOnce, default=[], metavar="TARGET",
+                   help=f"{verb} only this disk; repeatable (a disk named twice counts once)")
+
+
+def disks(args: argparse.Namespace) -> tuple[str, ...]:
+    """Return the disks --disk named, each once, in the order first named."""
+    return tuple(args.disk)
+
+
 def progress(args: argparse.Namespace) -> bool:
     """Return whether to show a progress bar (not with --no-progress or --json)."""
     return not (args.no_progress or args.json)

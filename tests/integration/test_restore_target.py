@@ -166,3 +166,9 @@ def test_force_replaces_what_appeared(repo, tmp_path):
     code, err = resumed(late)
     assert code == 0, err
     assert len(list(to.glob("*.qcow2"))) == 1 and len(list(to.glob("*.xml"))) == 1
+
+
+def test_a_disk_named_twice_restores_once(repo, tmp_path):
+    proc = restore(repo, tmp_path / "out", "--disk", "vda", "--disk", "vda")
+    assert "never matched" not in proc.stderr
+    assert len(list((tmp_path / "out").glob("*.qcow2"))) == 1

@@ -14,7 +14,9 @@ from borg_vm import cli
 from borg_vm.adapters import libvirt
 from borg_vm.commands import backup as backup_command
 from borg_vm.commands import list as list_command
+from borg_vm.commands import mount as mount_command
 from borg_vm.commands import options
+from borg_vm.commands import restore as restore_command
 from borg_vm.errors import DomainNotFound
 
 
@@ -170,3 +172,16 @@ def test_socket_owner_errors_are_usage_errors(capsys):
     code, _out, err = run_main(capsys, "mount", "web01", "--socket", "/tmp/s",
                                "--socket-owner", "no-such-user-borgvm")
     assert code == 2 and "argument --socket-owner: no such user or group" in err
+
+
+@pytest.mark.parametrize("command, extra", [("restore", ("--to", "/srv/out")),
+                                            ("mount", ("--socket", "/tmp/s"))])
+def test_a_disk_named_twice_is_one_disk(fake_stack, monkeypatch, capsys, command, extra):
+    """restore read it twice (borg: "Include pattern never matched") and mount made
+    a directory of sockets for one disk."""
+    module = {"restore": restore_command, "mount": mount_command}[command]
+    seen = []
+    monkeypatch.setattr(module, command, lambda borg, domain, opts, *rest: seen.append(opts))
+    run_main(capsys, command, "web01", *extra, "--disk", "vdb", "--disk", "vda",
+             "--disk", "vdb")
+    assert seen[0].disks == ("vdb", "vda")
