@@ -245,6 +245,10 @@ class SocketInUse(UsageError):
     """{path} {detail}: choose another --socket, or remove it if nothing uses it."""
 
 
+class SocketPathUnusable(UsageError):
+    """Cannot serve on {path}: {detail}; choose another --socket."""
+
+
 # --- boot ------------------------------------------------------------------
 
 class DomainExists(UsageError):

@@ -49,6 +49,7 @@ from borg_vm.errors import (
     Interrupted,
     NbdkitError,
     SocketInUse,
+    SocketPathUnusable,
     UsageError,
 )
 from borg_vm.format import manifest as fmt
@@ -127,19 +128,45 @@ def mount(borg: Repository, domain: str, opts: MountOptions, ready: Callable[[Se
 def _socket_paths(path: str, targets: tuple[str, ...]) -> dict[str, str]:
     """Return each disk's socket: path itself for one disk (unless path is a
     directory), else path/TARGET.sock (the directory made 0700 if missing). Raise
-    SocketInUse if one exists and is not a stale socket (which is removed)."""
+    SocketInUse if one exists and is not a stale socket (which is removed),
+    SocketPathUnusable if a directory it needs is missing or not one."""
+    path = os.path.abspath(path)
     if len(targets) == 1 and not os.path.isdir(path):
-        sockets = {targets[0]: os.path.abspath(path)}
+        sockets = {targets[0]: path}
     else:
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(path, 0o700)
-        sockets = {t: os.path.abspath(os.path.join(path, t + SOCKET_SUFFIX)) for t in targets}
+        _socket_dir(path)
+        sockets = {t: os.path.join(path, t + SOCKET_SUFFIX) for t in targets}
     for p in sockets.values():
         if len(p.encode()) > MAX_SOCKET_PATH:
             raise UsageError(detail=f"socket path {p} is longer than {MAX_SOCKET_PATH} "
                                     "bytes, the most a unix socket may have")
+        _check_parent(p)
         _check_free(p)
     return sockets
+
+
+def _socket_dir(path: str) -> None:
+    """Make the directory of several disks' sockets (0700) unless it exists; raise
+    SocketPathUnusable if path is something else or cannot be made."""
+    _check_parent(path)
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        if not os.path.isdir(path):
+            raise SocketPathUnusable(path=path, detail=(
+                "it is not a directory (with several disks, --socket names the directory "
+                "of their sockets, PATH/TARGET.sock)")) from None
+    except OSError as e:
+        raise SocketPathUnusable(path=path, detail=f"cannot create it ({e.strerror})") from e
+
+
+def _check_parent(path: str) -> None:
+    """Raise SocketPathUnusable unless the directory path is in exists."""
+    parent = os.path.dirname(path)
+    if not os.path.isdir(parent):
+        raise SocketPathUnusable(path=path, detail=(
+            f"{parent} is not a directory" if os.path.lexists(parent)
+            else f"{parent} does not exist"))
 
 
 def _check_free(path: str) -> None:
