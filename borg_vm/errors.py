@@ -148,6 +148,11 @@ class PassphraseWrong(BorgError):
     BORG_PASSPHRASE, BORG_PASSCOMMAND or BORG_PASSPHRASE_FD)."""
 
 
+class PassphraseFdUnusable(UsageError):
+    """BORG_PASSPHRASE_FD={fd!r} {detail}: it must be the number of a file
+    descriptor open for reading, e.g. BORG_PASSPHRASE_FD=3 borg-vm ... 3<FILE."""
+
+
 class PassphraseMissing(BorgError):
     """Repository {repo} needs a passphrase and none was given: set
     BORG_PASSPHRASE or BORG_PASSCOMMAND (or BORG_PASSPHRASE_FD), or run borg-vm

@@ -10,6 +10,7 @@ import sys
 import time
 
 import pytest
+from handmade import borg_vm, error_line
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from realstack import (
@@ -241,6 +242,26 @@ def test_passphrase_fd_is_read_once_and_serves_every_borg_child(make_repo, monke
     import_members(borg, "vm", [("f", b"data")])
     assert names(borg) == ["vm"]
     assert extract_file(borg, "vm", "f") == b"data"
+
+
+@pytest.mark.parametrize("fd", ["abc", "-1", "closed"])
+def test_a_passphrase_fd_that_is_no_open_descriptor_is_one_line(tmp_path, fd):
+    """These were "unexpected error (a bug in borg-vm)": ValueError, OSError EBADF."""
+    r, w = os.pipe()
+    os.close(r)
+    os.close(w)
+    fd = str(r) if fd == "closed" else fd
+    proc = borg_vm("list", "--repo", str(tmp_path / "repo"), code=2,
+                   env=dict(os.environ, BORG_PASSPHRASE_FD=fd))
+    line = error_line(proc)
+    assert f"BORG_PASSPHRASE_FD={fd!r}" in line and "file descriptor" in line, line
+
+
+def test_an_empty_passphrase_fd_is_unset(tmp_path):
+    """As for borg-vm's own variables (options.from_env)."""
+    proc = borg_vm("list", "--repo", str(tmp_path / "repo"), code=2,
+                   env=dict(os.environ, BORG_PASSPHRASE_FD=""))
+    assert "does not exist" in error_line(proc)
 
 
 def test_borg_errors_carry_borg_message(make_repo):

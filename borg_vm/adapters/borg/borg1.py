@@ -44,6 +44,7 @@ from borg_vm.errors import (
     BorgNotFound,
     BorgQuestion,
     PasscommandFailed,
+    PassphraseFdUnusable,
     PassphraseMissing,
     PassphraseWrong,
     RepositoryFull,
@@ -129,11 +130,18 @@ class Borg1Repository:
 
     @staticmethod
     def _take_passphrase_fd() -> bytes | None:
+        """Return what $BORG_PASSPHRASE_FD names (read whole, then closed), None if it
+        is unset or empty; raise PassphraseFdUnusable if it is no open descriptor."""
         fd = os.environ.get("BORG_PASSPHRASE_FD")
-        if fd is None:
+        if not fd:
             return None
-        with open(int(fd), "rb", closefd=True) as f:
-            return f.read()
+        if not (fd.isascii() and fd.isdigit()):
+            raise PassphraseFdUnusable(fd=fd, detail="is not a file descriptor number")
+        try:
+            with open(int(fd), "rb", closefd=True) as f:
+                return f.read()
+        except OSError as e:
+            raise PassphraseFdUnusable(fd=fd, detail=f"cannot be read ({e.strerror})") from e
 
     def _passphrase_given(self) -> bool:
         return self._passphrase is not None or any(v in os.environ
