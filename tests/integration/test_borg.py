@@ -264,6 +264,27 @@ def test_an_empty_passphrase_fd_is_unset(tmp_path):
     assert "does not exist" in error_line(proc)
 
 
+def test_an_unreachable_ssh_repository_says_why(monkeypatch):
+    """Borg logs ssh's reason (relayed as a "Remote:" warning) before its own
+    "Connection closed by remote host" error: the reason was dropped."""
+    monkeypatch.setenv("BORG_RSH", "ssh -o BatchMode=yes")
+    with pytest.raises(RepositoryNotFound) as e:
+        Borg1Repository("ssh://nobody@127.0.0.1:1/x").list_archives()
+    assert ("Remote: ssh: connect to host 127.0.0.1 port 1: Connection refused; "
+            "Connection closed by remote host") in e.value.message, e.value.message
+
+
+def test_the_remote_side_lines_come_before_borgs_error():
+    records = [{"type": "log_message", "levelname": "WARNING", "name": "root",
+                "message": "Remote: ssh: Could not resolve hostname no-such-host.invalid: "
+                           "Name or service not known"},
+               {"type": "log_message", "levelname": "ERROR", "name": "borg.archiver",
+                "msgid": "ConnectionClosedWithHint",
+                "message": "Connection closed by remote host. Is borg working on the server?"}]
+    msgids, messages = _parse_log_json("\n".join(json.dumps(r) for r in records))
+    assert messages == [records[0]["message"], records[1]["message"]]
+
+
 def test_borg_errors_carry_borg_message(make_repo):
     borg = make_repo()
     import_members(borg, "a", [("f", b"1")])
