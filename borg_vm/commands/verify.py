@@ -20,7 +20,7 @@ from borg_vm.adapters.borg import Repository
 from borg_vm.commands import options
 from borg_vm.core import chain
 from borg_vm.core.text import printable
-from borg_vm.errors import EXIT_ERROR, EXIT_OK, BorgVmError
+from borg_vm.errors import EXIT_ERROR, EXIT_OK, BorgVmError, UsageError
 from borg_vm.format import manifest as fmt
 from borg_vm.format import reader
 from borg_vm.format.manifest import ArchiveInfo, Manifest
@@ -42,13 +42,17 @@ def build_parser(sub: argparse._SubParsersAction, parents: list[argparse.Argumen
                     help="the domain (default: every domain, all archives)")
     which = ve.add_mutually_exclusive_group()
     which.add_argument("--checkpoint", metavar="NAME",
-                       help="this restore point and its chain (default: the newest)")
+                       help="this restore point of DOMAIN and its chain (default: the "
+                       "newest)")
     which.add_argument("--all", action="store_true", help="every archive of DOMAIN")
     options.add_repository_options(ve)
     ve.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.checkpoint and args.domain is None:
+        raise UsageError(detail="verify --checkpoint NAME needs the DOMAIN whose checkpoint "
+                                "it is")
     result = verify(options.repository(args), args.domain, args.checkpoint, args.all)
     if args.json:
         options.emit(result.to_json())

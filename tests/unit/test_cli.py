@@ -17,6 +17,7 @@ from borg_vm.commands import list as list_command
 from borg_vm.commands import mount as mount_command
 from borg_vm.commands import options
 from borg_vm.commands import restore as restore_command
+from borg_vm.commands import verify as verify_command
 from borg_vm.errors import DomainNotFound
 
 
@@ -185,3 +186,13 @@ def test_a_disk_named_twice_is_one_disk(fake_stack, monkeypatch, capsys, command
     run_main(capsys, command, "web01", *extra, "--disk", "vdb", "--disk", "vda",
              "--disk", "vdb")
     assert seen[0].disks == ("vdb", "vda")
+
+
+def test_verify_checkpoint_needs_a_domain(fake_stack, monkeypatch, capsys):
+    """It verified every archive of the repository, the checkpoint ignored."""
+    called = []
+    monkeypatch.setattr(verify_command, "verify", lambda *a: called.append(a))
+    code, out, err = run_main(capsys, "verify", "--checkpoint", "borgvm-20261127T020000Z")
+    assert (code, out, called) == (2, "", [])
+    assert err == ("borg-vm: verify --checkpoint NAME needs the DOMAIN whose checkpoint it "
+                   "is\n")
