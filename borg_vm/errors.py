@@ -291,13 +291,16 @@ def report(e: BaseException, debug: bool, prefix: str = "") -> int:
     borg-vm's own errors say what happened and what to do; anything else is a
     bug, reported as such, never as a bare traceback.
     """
-    if isinstance(e, BorgVmError):
-        log.error("%s%s", prefix, e.message)
-        code = e.exit_code
-    else:
-        log.error("%sunexpected error (a bug in borg-vm, please report it): %s: %s%s", prefix,
-                  type(e).__name__, e, "" if debug else "; --debug shows the traceback")
-        code = EXIT_ERROR
+    message, code = describe(e, debug)
+    log.error("%s%s", prefix, message)
     if debug:
         log.error("traceback", exc_info=e)
     return code
+
+
+def describe(e: BaseException, debug: bool) -> tuple[str, int]:
+    """Return (the one line report logs for an error, its exit code)."""
+    if isinstance(e, BorgVmError):
+        return e.message, e.exit_code
+    return (f"unexpected error (a bug in borg-vm, please report it): {type(e).__name__}: {e}"
+            f"{'' if debug else '; --debug shows the traceback'}", EXIT_ERROR)

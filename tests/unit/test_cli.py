@@ -7,6 +7,7 @@ real main() with its real argument parsing, logging and exit codes.
 """
 
 import contextlib
+import json
 
 import pytest
 
@@ -196,3 +197,30 @@ def test_verify_checkpoint_needs_a_domain(fake_stack, monkeypatch, capsys):
     assert (code, out, called) == (2, "", [])
     assert err == ("borg-vm: verify --checkpoint NAME needs the DOMAIN whose checkpoint it "
                    "is\n")
+
+
+def test_backup_json_has_an_object_for_each_domain_that_failed(fake_stack, monkeypatch, capsys):
+    """Only the good domain's object was printed: a failure was on stderr alone."""
+    class Done:
+        def to_json(self):
+            return {"domain": "good", "archive": "good.base.borgvm-20261127T020000Z"}
+
+    def backup(hv, borg, name, opts):
+        if name == "good":
+            return Done()
+        if name == "buggy":
+            raise TypeError("boom")
+        raise DomainNotFound(name=name, uri="qemu:///system")
+
+    monkeypatch.setattr(backup_command, "backup", backup)
+    code, out, err = run_main(capsys, "backup", "nosuchdom", "good", "buggy", "--json")
+    assert code == 2
+    assert [json.loads(line) for line in out.splitlines()] == [
+        {"domain": "nosuchdom", "error": "Domain 'nosuchdom' not found at qemu:///system "
+                                         "('virsh -c qemu:///system list --all' lists the "
+                                         "domains).", "exit_code": 2},
+        {"domain": "good", "archive": "good.base.borgvm-20261127T020000Z"},
+        {"domain": "buggy", "error": "unexpected error (a bug in borg-vm, please report it): "
+                                     "TypeError: boom; --debug shows the traceback",
+         "exit_code": 2}]
+    assert "nosuchdom: Domain 'nosuchdom' not found" in err
