@@ -172,3 +172,20 @@ def test_a_disk_named_twice_restores_once(repo, tmp_path):
     proc = restore(repo, tmp_path / "out", "--disk", "vda", "--disk", "vda")
     assert "never matched" not in proc.stderr
     assert len(list((tmp_path / "out").glob("*.qcow2"))) == 1
+
+
+def test_no_room_for_the_names_is_a_full_target_with_nothing_moved_in(repo, tmp_path):
+    """Moving in claims each name with a new (empty) file first, which takes an
+    inode: a tmpfs that has one for the staging directory, the image and the XML
+    but not for the names in --to."""
+    to = tmp_path / "to"
+    to.mkdir()
+    # the root, the staging directory, the image and the XML
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m,nr_inodes=4", "tmpfs", str(to)],
+                   check=True)
+    try:
+        line = restore(repo, to, code=2).stderr.splitlines()[-1]
+        assert f"The file system of {to} filled up during the restore" in line, line
+        assert os.listdir(to) == []
+    finally:
+        subprocess.run(["umount", str(to)], check=True)

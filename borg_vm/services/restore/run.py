@@ -181,6 +181,8 @@ def restore(borg: Repository, domain: str, opts: RestoreOptions) -> RestoreResul
                 with open(os.open(os.path.join(stage, xml_name),
                                   os.O_WRONLY | os.O_CREAT | os.O_EXCL, images.PRIVATE), "w") as f:
                     f.write(xml)
+                # (claiming a name takes a directory entry: ENOSPC is possible)
+                _move_in(stage, to, outputs, opts.force)
             except NbdError as e:
                 if e.kwargs.get("errno") == errno.ENOSPC:
                     raise RestoreTargetFull(path=to, detail=e.message) from e
@@ -191,7 +193,6 @@ def restore(borg: Repository, domain: str, opts: RestoreOptions) -> RestoreResul
                 raise
             finally:
                 progress.close()
-            _move_in(stage, to, outputs, opts.force)
     warn_removed(removed)
     return RestoreResult(
         domain, top.name.checkpoint,
