@@ -49,5 +49,5 @@ def run(args: argparse.Namespace) -> int:
                  served.checkpoint)
 
     mount(options.repository(args), args.domain,
-          MountOptions(args.socket, args.checkpoint, options.disks(args), args.socket_owner), ready)
+          MountOptions(args.socket, args.checkpoint, tuple(args.disk), args.socket_owner), ready)
     return EXIT_OK

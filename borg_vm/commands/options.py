@@ -98,14 +98,10 @@ class _AppendOnce(argparse.Action):
 
 
 def add_disk_option(p: argparse.ArgumentParser, verb: str) -> None:
-    """Add --disk TARGET, repeatable; a disk named twice counts once."""
+    """Add --disk TARGET, repeatable; a disk named twice counts once (args.disk:
+    the disks in the order first named)."""
     p.add_argument("--disk", action=_AppendOnce, default=[], metavar="TARGET",
                    help=f"{verb} only this disk; repeatable (a disk named twice counts once)")
-
-
-def disks(args: argparse.Namespace) -> tuple[str, ...]:
-    """Return the disks --disk named, each once, in the order first named."""
-    return tuple(args.disk)
 
 
 def progress(args: argparse.Namespace) -> bool:

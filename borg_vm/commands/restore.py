@@ -39,7 +39,7 @@ def build_parser(sub: argparse._SubParsersAction, parents: list[argparse.Argumen
 
 def run(args: argparse.Namespace) -> int:
     opts = RestoreOptions(to=args.to, checkpoint=args.checkpoint, flatten=args.flatten,
-                          disks=options.disks(args), format=args.format, force=args.force,
+                          disks=tuple(args.disk), format=args.format, force=args.force,
                           progress=options.progress(args),
                           keep_host_resources=args.keep_host_resources, layers=args.layers)
     result = restore(options.repository(args), args.domain, opts)
