@@ -148,6 +148,11 @@ class PassphraseWrong(BorgError):
     BORG_PASSPHRASE, BORG_PASSCOMMAND or BORG_PASSPHRASE_FD)."""
 
 
+class PassphraseFdUnusable(UsageError):
+    """BORG_PASSPHRASE_FD={fd!r} {detail}: it must be the number of a file
+    descriptor open for reading, e.g. BORG_PASSPHRASE_FD=3 borg-vm ... 3<FILE."""
+
+
 class PassphraseMissing(BorgError):
     """Repository {repo} needs a passphrase and none was given: set
     BORG_PASSPHRASE or BORG_PASSCOMMAND (or BORG_PASSPHRASE_FD), or run borg-vm
@@ -245,6 +250,10 @@ class SocketInUse(UsageError):
     """{path} {detail}: choose another --socket, or remove it if nothing uses it."""
 
 
+class SocketPathUnusable(UsageError):
+    """Cannot serve on {path}: {detail}; choose another --socket."""
+
+
 # --- boot ------------------------------------------------------------------
 
 class DomainExists(UsageError):
@@ -282,13 +291,16 @@ def report(e: BaseException, debug: bool, prefix: str = "") -> int:
     borg-vm's own errors say what happened and what to do; anything else is a
     bug, reported as such, never as a bare traceback.
     """
-    if isinstance(e, BorgVmError):
-        log.error("%s%s", prefix, e.message)
-        code = e.exit_code
-    else:
-        log.error("%sunexpected error (a bug in borg-vm, please report it): %s: %s%s", prefix,
-                  type(e).__name__, e, "" if debug else "; --debug shows the traceback")
-        code = EXIT_ERROR
+    message, code = describe(e, debug)
+    log.error("%s%s", prefix, message)
     if debug:
         log.error("traceback", exc_info=e)
     return code
+
+
+def describe(e: BaseException, debug: bool) -> tuple[str, int]:
+    """Return (the one line report logs for an error, its exit code)."""
+    if isinstance(e, BorgVmError):
+        return e.message, e.exit_code
+    return (f"unexpected error (a bug in borg-vm, please report it): {type(e).__name__}: {e}"
+            f"{'' if debug else '; --debug shows the traceback'}", EXIT_ERROR)

@@ -10,7 +10,7 @@ from borg_vm.adapters import libvirt as virt
 from borg_vm.commands import options
 from borg_vm.core import plan
 from borg_vm.core.compression import parse_compression
-from borg_vm.errors import EXIT_OK, Interrupted, UsageError, report
+from borg_vm.errors import EXIT_OK, Interrupted, UsageError, describe, report
 from borg_vm.format import manifest as fmt
 from borg_vm.services.backup import quiesce
 from borg_vm.services.backup.run import BackupOptions, backup
@@ -106,6 +106,9 @@ def run(args: argparse.Namespace) -> int:
                 raise
             except Exception as e:  # one domain's failure, even a bug, never stops the next
                 failed[name] = report(e, args.debug, prefix=f"{name}: ")
+                if args.json:
+                    message, _code = describe(e, args.debug)
+                    options.emit({"domain": name, "error": message, "exit_code": failed[name]})
                 continue
             if args.json:
                 options.emit(result.to_json())

@@ -88,6 +88,23 @@ def add_keep_host_resources_option(p: argparse.ArgumentParser) -> None:
                    "remove or make them safe, with a warning)")
 
 
+class _AppendOnce(argparse.Action):
+    """Append the value unless it is there already: --disk vda --disk vda is one disk."""
+
+    def __call__(self, parser, namespace, value, option_string=None):  # type: ignore[no-untyped-def]
+        values = list(getattr(namespace, self.dest) or [])
+        if value not in values:
+            values.append(value)
+        setattr(namespace, self.dest, values)
+
+
+def add_disk_option(p: argparse.ArgumentParser, verb: str) -> None:
+    """Add --disk TARGET, repeatable; a disk named twice counts once (args.disk:
+    the disks in the order first named)."""
+    p.add_argument("--disk", action=_AppendOnce, default=[], metavar="TARGET",
+                   help=f"{verb} only this disk; repeatable (a disk named twice counts once)")
+
+
 def progress(args: argparse.Namespace) -> bool:
     """Return whether to show a progress bar (not with --no-progress or --json)."""
     return not (args.no_progress or args.json)

@@ -27,8 +27,7 @@ def build_parser(sub: argparse._SubParsersAction, parents: list[argparse.Argumen
     shape.add_argument("--layers", action="store_true",
                        help="write one image per snapshot layer, as the disk's chain was "
                        "(frozen layers complete, the top one partial)")
-    r.add_argument("--disk", action="append", default=[], metavar="TARGET",
-                   help="restore only this disk; repeatable")
+    options.add_disk_option(r, "restore")
     r.add_argument("--format", choices=("qcow2", "raw"), default="qcow2",
                    help="format of the base (or flattened) image (default: qcow2); "
                    "overlays are always qcow2")

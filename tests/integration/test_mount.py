@@ -16,6 +16,7 @@ from handmade import (
     PACK_MAP,
     PACK_NAME,
     SIZE,
+    domain_xml,
     manifest,
     packed_disk,
     write_archive,
@@ -140,9 +141,10 @@ def import_tar(borg, name, comment, members):
 def hostile(borg, extra_members, data_member=True):
     """Write an otherwise valid archive of DATA with extra tar members in disk/vda/."""
     m = manifest({"vda": DATA})
-    members = [(tarfile.TarInfo(archive.MANIFEST), m.to_json())]
+    members = [(tarfile.TarInfo(archive.DOMAIN_XML), domain_xml()),
+               (tarfile.TarInfo(archive.MANIFEST), m.to_json())]
     if data_member:
-        members.insert(0, (tarfile.TarInfo(archive.member_name("vda", 0)), DATA))
+        members.insert(1, (tarfile.TarInfo(archive.member_name("vda", 0)), DATA))
     import_tar(borg, str(m.name), m.summary().to_comment(), extra_members + members)
     return str(m.name)
 
@@ -213,3 +215,21 @@ def test_an_unknown_disk_is_refused(make_repo, tmp_path):
     write_archive(borg, {"vda": DATA})
     line = one_error_line(failed_mount(DOMAIN, borg.repo, str(tmp_path / "s"), "--disk", "vdz"))
     assert "no disk 'vdz'" in line and "vda" in line, line
+
+
+@pytest.mark.parametrize("socket, disks, why", [
+    ("file", (), "it is not a directory"),               # two disks: a directory of sockets
+    ("missing/dir", (), "missing does not exist"),
+    ("missing/vda.sock", ("vda",), "missing does not exist"),
+    ("file/vda.sock", ("vda",), "file is not a directory"),
+], ids=["file-for-two-disks", "under-missing-for-two", "under-missing", "under-a-file"])
+def test_an_unusable_socket_path_is_one_line(make_repo, tmp_path, socket, disks, why):
+    """These were tracebacks ("unexpected error, a bug") or nbdkit failing late."""
+    borg = make_repo()
+    write_archive(borg, {"vda": DATA, "vdb": DATA})
+    (tmp_path / "file").write_text("x")
+    extra = [a for t in disks for a in ("--disk", t)]
+    line = one_error_line(failed_mount(DOMAIN, borg.repo, str(tmp_path / socket), *extra))
+    assert f"Cannot serve on {tmp_path / socket}" in line and why in line, line
+    assert (tmp_path / "file").read_text() == "x" and not (tmp_path / "missing").exists()
+    assert not mounts_under(tmp_path / "run")

@@ -8,6 +8,7 @@ real main() with its real argument parsing, logging and exit codes.
 
 import contextlib
 import logging
+import json
 
 import pytest
 
@@ -15,7 +16,10 @@ from borg_vm import cli
 from borg_vm.adapters import libvirt
 from borg_vm.commands import backup as backup_command
 from borg_vm.commands import list as list_command
+from borg_vm.commands import mount as mount_command
 from borg_vm.commands import options
+from borg_vm.commands import restore as restore_command
+from borg_vm.commands import verify as verify_command
 from borg_vm.errors import DomainNotFound
 
 
@@ -202,3 +206,51 @@ def test_info_alone_exits_0(fake_stack, monkeypatch, capsys):
     monkeypatch.setattr(list_command, "list_archives", informs)
     code, _out, _err = run_main(capsys, "list")
     assert code == 0
+@pytest.mark.parametrize("command, extra", [("restore", ("--to", "/srv/out")),
+                                            ("mount", ("--socket", "/tmp/s"))])
+def test_a_disk_named_twice_is_one_disk(fake_stack, monkeypatch, capsys, command, extra):
+    """restore read it twice (borg: "Include pattern never matched") and mount made
+    a directory of sockets for one disk."""
+    module = {"restore": restore_command, "mount": mount_command}[command]
+    seen = []
+    monkeypatch.setattr(module, command, lambda borg, domain, opts, *rest: seen.append(opts))
+    run_main(capsys, command, "web01", *extra, "--disk", "vdb", "--disk", "vda",
+             "--disk", "vdb")
+    assert seen[0].disks == ("vdb", "vda")
+
+
+def test_verify_checkpoint_needs_a_domain(fake_stack, monkeypatch, capsys):
+    """It verified every archive of the repository, the checkpoint ignored."""
+    called = []
+    monkeypatch.setattr(verify_command, "verify", lambda *a: called.append(a))
+    code, out, err = run_main(capsys, "verify", "--checkpoint", "borgvm-20261127T020000Z")
+    assert (code, out, called) == (2, "", [])
+    assert err == ("borg-vm: verify --checkpoint NAME needs the DOMAIN whose checkpoint it "
+                   "is\n")
+
+
+def test_backup_json_has_an_object_for_each_domain_that_failed(fake_stack, monkeypatch, capsys):
+    """Only the good domain's object was printed: a failure was on stderr alone."""
+    class Done:
+        def to_json(self):
+            return {"domain": "good", "archive": "good.base.borgvm-20261127T020000Z"}
+
+    def backup(hv, borg, name, opts):
+        if name == "good":
+            return Done()
+        if name == "buggy":
+            raise TypeError("boom")
+        raise DomainNotFound(name=name, uri="qemu:///system")
+
+    monkeypatch.setattr(backup_command, "backup", backup)
+    code, out, err = run_main(capsys, "backup", "nosuchdom", "good", "buggy", "--json")
+    assert code == 2
+    assert [json.loads(line) for line in out.splitlines()] == [
+        {"domain": "nosuchdom", "error": "Domain 'nosuchdom' not found at qemu:///system "
+                                         "('virsh -c qemu:///system list --all' lists the "
+                                         "domains).", "exit_code": 2},
+        {"domain": "good", "archive": "good.base.borgvm-20261127T020000Z"},
+        {"domain": "buggy", "error": "unexpected error (a bug in borg-vm, please report it): "
+                                     "TypeError: boom; --debug shows the traceback",
+         "exit_code": 2}]
+    assert "nosuchdom: Domain 'nosuchdom' not found" in err
