@@ -15,6 +15,7 @@ from borg_vm.adapters import libvirt
 from borg_vm.commands import backup as backup_command
 from borg_vm.commands import list as list_command
 from borg_vm.commands import options
+from borg_vm.commands import prune as prune_command
 from borg_vm.errors import DomainNotFound
 
 
@@ -170,3 +171,41 @@ def test_socket_owner_errors_are_usage_errors(capsys):
     code, _out, err = run_main(capsys, "mount", "web01", "--socket", "/tmp/s",
                                "--socket-owner", "no-such-user-borgvm")
     assert code == 2 and "argument --socket-owner: no such user or group" in err
+
+
+@pytest.mark.parametrize("argv, domains", [
+    (["a", "--no-progress", "b"], ["a", "b"]),
+    (["a", "--level", "full", "b", "--quiesce", "c"], ["a", "b", "c"]),
+    (["--debug", "a", "-q", "b"], ["a", "b"]),
+])
+def test_backup_takes_domains_between_options(fake_stack, monkeypatch, capsys, argv, domains):
+    seen = backup_options(monkeypatch)
+    run_main(capsys, "backup", *argv)
+    assert [name for name, _ in seen] == domains
+
+
+def test_prune_takes_domains_between_options(fake_stack, monkeypatch, capsys):
+    seen = []
+    monkeypatch.setattr(prune_command, "prune",
+                        lambda borg, opts: seen.append(opts) or (_ for _ in ()).throw(
+                            KeyError("stop")))
+    run_main(capsys, "prune", "a", "--keep-last", "3", "b")
+    assert seen[-1].domains == ("a", "b") and seen[-1].rules.last == 3
+
+
+def test_an_unknown_argument_after_domains_is_still_refused(fake_stack, monkeypatch, capsys):
+    seen = backup_options(monkeypatch)
+    code, _out, err = run_main(capsys, "backup", "a", "--no-progress", "b", "--bogus")
+    assert code == 2 and not seen
+    assert "unrecognized arguments: --bogus" in err
+
+
+@pytest.mark.parametrize("argv, domains", [
+    (["--no-progress", "--", "-odd"], ["-odd"]),
+    (["a", "--no-progress", "b", "--", "-odd", "--json"], ["a", "b", "-odd", "--json"]),
+])
+def test_everything_after_a_double_dash_is_a_domain(fake_stack, monkeypatch, capsys, argv,
+                                                     domains):
+    seen = backup_options(monkeypatch)
+    run_main(capsys, "backup", *argv)
+    assert [name for name, _ in seen] == domains
