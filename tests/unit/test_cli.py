@@ -209,3 +209,19 @@ def test_everything_after_a_double_dash_is_a_domain(fake_stack, monkeypatch, cap
     seen = backup_options(monkeypatch)
     run_main(capsys, "backup", *argv)
     assert [name for name, _ in seen] == domains
+
+
+@pytest.mark.parametrize("argv, says", [
+    ([], "name the domains to back up, or use --all (optionally with --match GLOB)"),
+    (["a", "--all"], "name the domains to back up or use --all, not both"),
+    (["a", "--all", "--match", "x*"], "name the domains to back up or use --all, not both"),
+    (["--match", "x*", "a"], "--match narrows --all, not named domains: name the domains to "
+                             "back up, or use --all --match GLOB"),
+    (["--match", "x*"], "--match narrows --all: use --all --match GLOB"),
+])
+def test_backup_says_what_is_wrong_with_its_selection(fake_stack, monkeypatch, capsys, argv,
+                                                      says):
+    seen = backup_options(monkeypatch)
+    code, _out, err = run_main(capsys, "backup", *argv)
+    assert code == 2 and not seen
+    assert err == f"borg-vm: {says}\n"
