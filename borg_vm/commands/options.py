@@ -33,7 +33,8 @@ class CommandParser(argparse.ArgumentParser):
     only, and leaves the others here to be added. An option may take a value
     only as ``--option=VALUE`` from a fixed set (``--quiesce=try``): each
     allowed spelling is an option of its own (argparse matches it whole), and
-    any other ``--option=VALUE`` is refused here with what the option takes."""
+    any other ``--option=VALUE`` (of any option that takes no value) is refused
+    here with what the option takes."""
 
     value_spellings: dict[str, tuple[str, ...]]
 
@@ -56,6 +57,10 @@ class CommandParser(argparse.ArgumentParser):
             if eq and allowed is not None and value not in allowed:
                 self.error(f"argument {option}: takes no value or "
                            f"{' or '.join(f'={v}' for v in allowed)}, not {value!r}")
+            flag = self._option_string_actions.get(option)
+            if eq and allowed is None and flag is not None and flag.nargs == 0:
+                # argparse would say "ignored explicit argument"
+                self.error(f"argument {option}: takes no value, not {value!r}")
         namespace, extras = super().parse_known_args(args, namespace)
         many = [a for a in self._get_positional_actions() if a.nargs == argparse.ZERO_OR_MORE]
         if many and extras:

@@ -225,3 +225,15 @@ def test_backup_says_what_is_wrong_with_its_selection(fake_stack, monkeypatch, c
     code, _out, err = run_main(capsys, "backup", *argv)
     assert code == 2 and not seen
     assert err == f"borg-vm: {says}\n"
+
+
+@pytest.mark.parametrize("arg, says", [
+    ("--json=yes", "argument --json: takes no value, not 'yes'"),
+    ("--no-progress=", "argument --no-progress: takes no value, not ''"),
+    ("--quiesce=maybe", "argument --quiesce: takes no value or =try, not 'maybe'"),
+])
+def test_a_flag_given_a_value_says_it_takes_none(fake_stack, monkeypatch, capsys, arg, says):
+    seen = backup_options(monkeypatch)
+    code, _out, err = run_main(capsys, "backup", "a", arg)
+    assert code == 2 and not seen
+    assert err.endswith(f"borg-vm backup: error: {says}\n")
