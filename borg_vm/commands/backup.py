@@ -44,7 +44,7 @@ def build_parser(sub: argparse._SubParsersAction, parents: list[argparse.Argumen
                    f"(default: ${FULL_EVERY_ENV}, else {plan.DEFAULT_FULL_EVERY})")
     b.add_argument("--exclude-disk", action="append", default=[], metavar="TARGET",
                    help="leave this disk (e.g. vdb) out; repeatable")
-    b.add_argument("--scratch-dir", metavar="DIR",
+    b.add_argument("--scratch-dir", type=options.type_of(options.path), metavar="DIR",
                    help="where the backup job keeps its scratch (fleecing) files "
                    "(default: the private run directory under /run/borg-vm)")
     b.add_argument("--compression", default="lz4", metavar="SPEC",

@@ -40,7 +40,7 @@ def build_parser(sub: argparse._SubParsersAction, parents: list[argparse.Argumen
     step.add_argument("--resume", action="store_true",
                       help="start NEW's server again if it is not running, and resume NEW "
                       "if QEMU paused it on a failed read (or start it if it is shut off)")
-    bo.add_argument("--to", metavar="DIR",
+    bo.add_argument("--to", type=options.type_of(options.path), metavar="DIR",
                     help="directory for the disks' overlays (NEW.TARGET.qcow2); required to boot")
     bo.add_argument("--name", metavar="NEW", help="name of the new domain "
                     "(default: DOMAIN-restored)")

@@ -156,6 +156,14 @@ def positive_seconds(text: str) -> float:
     return seconds
 
 
+def path(text: str) -> str:
+    """Parse a path: any but the empty one (which open() and friends would take
+    for the current directory); raise ValueError for that."""
+    if not text:
+        raise ValueError("an empty path")
+    return text
+
+
 def count(text: str) -> int:
     """Parse a count (0 or more); raise ValueError otherwise."""
     if not (text.isascii() and text.isdigit()):

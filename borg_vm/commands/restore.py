@@ -18,7 +18,8 @@ def build_parser(sub: argparse._SubParsersAction, parents: list[argparse.Argumen
                        "image and qcow2 overlays (or one flattened image), plus domain XML "
                        "to 'virsh define'.")
     r.add_argument("domain", metavar="DOMAIN")
-    r.add_argument("--to", required=True, metavar="DIR", help="directory for the images")
+    r.add_argument("--to", required=True, type=options.type_of(options.path), metavar="DIR",
+                   help="directory for the images")
     options.add_repository_options(r)
     r.add_argument("--checkpoint", metavar="NAME", help="checkpoint to restore (default: newest)")
     shape = r.add_mutually_exclusive_group()

@@ -16,6 +16,7 @@ from borg_vm.commands import backup as backup_command
 from borg_vm.commands import list as list_command
 from borg_vm.commands import options
 from borg_vm.commands import prune as prune_command
+from borg_vm.commands import restore as restore_command
 from borg_vm.errors import DomainNotFound
 
 
@@ -237,3 +238,17 @@ def test_a_flag_given_a_value_says_it_takes_none(fake_stack, monkeypatch, capsys
     code, _out, err = run_main(capsys, "backup", "a", arg)
     assert code == 2 and not seen
     assert err.endswith(f"borg-vm backup: error: {says}\n")
+
+
+@pytest.mark.parametrize("argv, option", [
+    (("restore", "web01", "--to", ""), "--to"),
+    (("restore", "web01", "--to="), "--to"),
+    (("boot", "web01", "--to", ""), "--to"),
+    (("mount", "web01", "--socket", ""), "--socket"),
+    (("backup", "web01", "--scratch-dir", ""), "--scratch-dir"),
+])
+def test_an_empty_path_is_refused(fake_stack, monkeypatch, capsys, argv, option):
+    monkeypatch.setattr(restore_command, "restore", lambda *a: pytest.fail("restored"))
+    code, _out, err = run_main(capsys, *argv)
+    assert code == 2
+    assert err.endswith(f"error: argument {option}: an empty path\n")
