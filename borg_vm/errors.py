@@ -224,7 +224,11 @@ class RestoreTargetExists(BorgVmError):
 
 class IntegrityError(BorgVmError):
     """Data of disk {target} in archive {archive} does not match its manifest
-    ({detail}): the archive is damaged (nothing was restored from it)."""
+    ({detail}): the archive is damaged."""
+
+
+class NothingRestored(BorgVmError):
+    """{detail}; nothing was restored."""
 
 
 class RestoreTargetFull(BorgVmError):

@@ -6,7 +6,7 @@ import argparse
 
 from borg_vm.commands import options
 from borg_vm.core.text import printable
-from borg_vm.errors import EXIT_OK
+from borg_vm.errors import EXIT_OK, FormatError, IntegrityError, NothingRestored
 from borg_vm.services.restore.run import RestoreOptions, restore
 
 
@@ -44,7 +44,10 @@ def run(args: argparse.Namespace) -> int:
                           disks=tuple(args.disk), format=args.format, force=args.force,
                           progress=options.progress(args),
                           keep_host_resources=args.keep_host_resources, layers=args.layers)
-    result = restore(options.repository(args), args.domain, opts)
+    try:
+        result = restore(options.repository(args), args.domain, opts)
+    except (IntegrityError, FormatError) as e:   # a damaged archive, found before any move
+        raise NothingRestored(detail=e.message.rstrip(".")) from e
     if args.json:
         options.emit(result.to_json())
     else:
