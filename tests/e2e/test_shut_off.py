@@ -134,7 +134,7 @@ def test_crashed_domain_gets_a_full_with_the_reason(make_domain, repo, tmp_path)
     # The log reads straight: the full backup and why, then what is cleaned up.
     log = [line.removeprefix("borg-vm: ") for line in ran.stderr.splitlines()]
     assert log[0] == f"{d.name}: full backup: {second['reason']}", ran.stderr
-    assert "incremental" not in ran.stderr
+    assert "incremental" not in ran.stderr and "Operation not supported" not in ran.stderr
     restore_and_compare(d.name, repo, second["checkpoint"], d.views(), tmp_path, "full")
     d.write_offline("vda", 4 * MIB, 64 * KIB, 0xA3)
     third = backup(d.name, repo)                      # the chain goes on from the full
