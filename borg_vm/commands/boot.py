@@ -72,8 +72,12 @@ def run(args: argparse.Namespace) -> int:
     if args.finish:
         for target, d in result.disks.items():
             print(printable(f"{target}: {d['image']}"))
-        log.info("%s: pulled %s in %.1f s; it no longer needs the repository", result.name,
-                 human(result.pulled), result.duration)
+        if result.nothing_to_do:
+            log.info("%s: nothing to finish: it reads nothing from a repository (its boot "
+                     "was finished already, or borg-vm did not boot it)", result.name)
+        else:
+            log.info("%s: pulled %s in %.1f s; it no longer needs the repository",
+                     result.name, human(result.pulled), result.duration)
     elif args.resume:
         log.info("%s: %s; the domain is %s", result.name,
                  f"server started again, pid {result.server['pid']}" if result.server_started
