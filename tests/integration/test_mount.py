@@ -211,3 +211,39 @@ def test_an_unknown_disk_is_refused(make_repo, tmp_path):
     write_archive(borg, {"vda": DATA})
     line = one_error_line(failed_mount(DOMAIN, borg.repo, str(tmp_path / "s"), "--disk", "vdz"))
     assert "no disk 'vdz'" in line and "vda" in line, line
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_the_socket_directory_it_made_goes_when_it_stops(make_repo, tmp_path, sig):
+    borg = make_repo()
+    write_archive(borg, {"vda": DATA, "vdb": DATA})
+    m = start_mount(DOMAIN, borg.repo, str(tmp_path / "socks"))
+    assert sorted(os.listdir(tmp_path / "socks")) == ["vda.sock", "vdb.sock"]
+    assert m.stop(sig)[0] == 0
+    assert not (tmp_path / "socks").exists()
+
+
+def test_a_socket_directory_it_did_not_make_stays(make_repo, tmp_path):
+    borg = make_repo()
+    write_archive(borg, {"vda": DATA, "vdb": DATA})
+    (tmp_path / "socks").mkdir()
+    m = start_mount(DOMAIN, borg.repo, str(tmp_path / "socks"))
+    assert m.stop(signal.SIGINT)[0] == 0
+    assert os.listdir(tmp_path / "socks") == []
+    (tmp_path / "socks" / "vdb.sock").write_text("x")     # refused: not a socket
+    line = one_error_line(failed_mount(DOMAIN, borg.repo, str(tmp_path / "socks")))
+    assert "exists and is not a socket" in line
+    assert os.listdir(tmp_path / "socks") == ["vdb.sock"]
+
+
+def test_a_refused_mount_leaves_no_socket_directory(make_repo, tmp_path):
+    borg = make_repo()
+    write_archive(borg, {"vda": DATA, "vdb": DATA})
+    m = start_mount(DOMAIN, borg.repo, str(tmp_path / "socks"))
+    try:
+        line = one_error_line(failed_mount(DOMAIN, borg.repo, str(tmp_path / "other"),
+                                           "--disk", "vdz"))
+        assert "no disk 'vdz'" in line
+        assert not (tmp_path / "other").exists()
+    finally:
+        assert m.stop()[0] == 0

@@ -7,6 +7,7 @@ real main() with its real argument parsing, logging and exit codes.
 """
 
 import contextlib
+import logging
 
 import pytest
 
@@ -17,7 +18,7 @@ from borg_vm.commands import list as list_command
 from borg_vm.commands import options
 from borg_vm.commands import prune as prune_command
 from borg_vm.commands import restore as restore_command
-from borg_vm.errors import DomainNotFound
+from borg_vm.errors import DomainNotFound, Interrupted
 
 
 @pytest.fixture
@@ -252,3 +253,23 @@ def test_an_empty_path_is_refused(fake_stack, monkeypatch, capsys, argv, option)
     code, _out, err = run_main(capsys, *argv)
     assert code == 2
     assert err.endswith(f"error: argument {option}: an empty path\n")
+
+
+def test_a_signal_while_a_line_is_logged_is_not_lost(monkeypatch):
+    """SIGINT raises Interrupted wherever the main thread is; logging swallows what
+    a handler raises (it prints '--- Logging error ---'), and then borg-vm mount
+    served on after Ctrl-C."""
+    logger = logging.getLogger("borg_vm")
+    monkeypatch.setattr(logger, "handlers", [])
+    cli._setup_logging(debug=False, quiet=False)
+
+    class Terminal:
+        def write(self, text):
+            raise Interrupted(signal="SIGINT")
+
+        def flush(self):
+            pass
+
+    logger.handlers[0].setStream(Terminal())
+    with pytest.raises(Interrupted):
+        logging.getLogger("borg_vm.test").info("serving")
