@@ -107,8 +107,7 @@ def mount(borg: Repository, domain: str, opts: MountOptions, ready: Callable[[Se
         if problem:
             raise FormatError(archive=top.archive, detail=problem)
     _clean_stale(borg)   # first: a killed mount's nbdkit may still hold a socket
-    sockets = _socket_paths(opts.socket, targets)
-    with runtime.mount_dir() as run:
+    with _socket_paths(opts.socket, targets) as sockets, runtime.mount_dir() as run:
         mnt = os.path.join(run, ARCHIVES)
         os.mkdir(mnt, 0o700)
         try:
@@ -118,8 +117,7 @@ def mount(borg: Repository, domain: str, opts: MountOptions, ready: Callable[[Se
                     t: {"socket": sockets[t], "uri": uri(sockets[t]), "size": m.size}
                     for t, (m, _dirs) in maps.items()})
                 with _servers(run, sockets, maps, opts.owner) as servers:
-                    ready(served)
-                    _serve(servers, borg_proc)
+                    _serve(servers, borg_proc, lambda: ready(served))
         finally:
             _remove_files(run)
             with contextlib.suppress(OSError):
@@ -127,22 +125,32 @@ def mount(borg: Repository, domain: str, opts: MountOptions, ready: Callable[[Se
     return served
 
 
-def _socket_paths(path: str, targets: tuple[str, ...]) -> dict[str, str]:
-    """Return each disk's socket: path itself for one disk (unless path is a
-    directory), else path/TARGET.sock (the directory made 0700 if missing). Raise
-    SocketInUse if one exists and is not a stale socket (which is removed)."""
+@contextlib.contextmanager
+def _socket_paths(path: str, targets: tuple[str, ...]) -> Iterator[dict[str, str]]:
+    """Yield each disk's socket: path itself for one disk (unless path is a
+    directory), else path/TARGET.sock (the directory made 0700 if missing, and
+    removed on the way out if this made it and it is empty: nbdkit removes its
+    sockets). Raise SocketInUse if one exists and is not a stale socket (which is
+    removed)."""
+    made = False
     if len(targets) == 1 and not os.path.isdir(path):
         sockets = {targets[0]: os.path.abspath(path)}
     else:
         with contextlib.suppress(FileExistsError):
             os.mkdir(path, 0o700)
+            made = True
         sockets = {t: os.path.abspath(os.path.join(path, t + SOCKET_SUFFIX)) for t in targets}
-    for p in sockets.values():
-        if len(p.encode()) > MAX_SOCKET_PATH:
-            raise UsageError(detail=f"socket path {p} is longer than {MAX_SOCKET_PATH} "
-                                    "bytes, the most a unix socket may have")
-        _check_free(p)
-    return sockets
+    try:
+        for p in sockets.values():
+            if len(p.encode()) > MAX_SOCKET_PATH:
+                raise UsageError(detail=f"socket path {p} is longer than {MAX_SOCKET_PATH} "
+                                        "bytes, the most a unix socket may have")
+            _check_free(p)
+        yield sockets
+    finally:
+        if made:
+            with contextlib.suppress(OSError):   # not empty: someone put a file there
+                os.rmdir(path)
 
 
 def _check_free(path: str) -> None:
@@ -291,10 +299,14 @@ def _servers(run: str, sockets: dict[str, str],
         yield servers
 
 
-def _serve(servers: dict[str, subproc.Stream], borg_proc: subproc.Stream) -> None:
-    """Return on SIGINT or SIGTERM, shielded from a second one while the caller
-    stops everything; raise NbdkitError or BorgError if a server exits first."""
+def _serve(servers: dict[str, subproc.Stream], borg_proc: subproc.Stream,
+           ready: Callable[[], None]) -> None:
+    """Call ready(), then return on SIGINT or SIGTERM (from the call of ready() on:
+    the exports listen, so a stop is the normal end), shielded from a second one
+    while the caller stops everything; raise NbdkitError or BorgError if a server
+    exits first."""
     try:
+        ready()
         while True:
             for proc in [*servers.values(), borg_proc]:
                 if proc.exited(WATCH_SECONDS):
