@@ -137,6 +137,11 @@ class RepositoryNotFound(BorgError):
     """Borg repository {repo} does not exist or cannot be reached: {detail}"""
 
 
+class RepositoryMissing(RepositoryNotFound):
+    """Borg repository {repo} does not exist: create it with 'borg init
+    --encryption=repokey-blake2 {repo}', or name another with --repo or BORG_REPO."""
+
+
 class RepositoryFull(BorgError):
     """The file system of Borg repository {repo} is full ({detail}); Borg rolled its
     transaction back. Free space there (after deleting archives, 'borg compact'
@@ -224,7 +229,11 @@ class RestoreTargetExists(BorgVmError):
 
 class IntegrityError(BorgVmError):
     """Data of disk {target} in archive {archive} does not match its manifest
-    ({detail}): the archive is damaged (nothing was restored from it)."""
+    ({detail}): the archive is damaged."""
+
+
+class NothingRestored(BorgVmError):
+    """{detail}; nothing was restored."""
 
 
 class RestoreTargetFull(BorgVmError):

@@ -486,7 +486,7 @@ def check_pieces(archive: str, name: str, size: int, pieces: tuple[Extent, ...],
     if disk_size is not None and pieces[-1].end > disk_size:
         raise IntegrityError(target=target, archive=archive, detail=(
             f"member {name} ends at byte {pieces[-1].end}, beyond the "
-            f"disk's {disk_size} bytes: the archive is damaged"))
+            f"disk's {disk_size} bytes"))
 
 
 def _regular(member: Member, archive: str) -> Member:

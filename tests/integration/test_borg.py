@@ -93,6 +93,9 @@ def test_missing_repository_raises_repository_not_found(tmp_path):
     with pytest.raises(RepositoryNotFound, match="does not exist") as e:
         borg.list_archives()
     assert (e.value.exit_code, e.value.__cause__.returncode) == (EXIT_ERROR, BORG_ERROR_EXIT)
+    assert e.value.message == (f"Borg repository {borg.repo} does not exist: create it with "
+                               f"'borg init --encryption=repokey-blake2 {borg.repo}', or name "
+                               "another with --repo or BORG_REPO.")
 
 
 def test_directory_that_is_no_repository_raises_repository_not_found(tmp_path):

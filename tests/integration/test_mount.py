@@ -191,7 +191,7 @@ def test_a_chain_failing_the_manifest_checks_is_refused(make_repo, tmp_path, cas
         name, why = str(m.name), "no manifest.json"
     proc = failed_mount(DOMAIN, borg.repo, str(tmp_path / "vda.sock"))
     line = one_error_line(proc)
-    assert name in line and why in line, line
+    assert name in line and why in line and "restored" not in line, line
     assert not (tmp_path / "vda.sock").exists()
     assert not mounts_under(tmp_path / "run") and os.listdir(tmp_path / "run") == []
 
@@ -233,3 +233,35 @@ def test_an_unusable_socket_path_is_one_line(make_repo, tmp_path, socket, disks,
     assert f"Cannot serve on {tmp_path / socket}" in line and why in line, line
     assert (tmp_path / "file").read_text() == "x" and not (tmp_path / "missing").exists()
     assert not mounts_under(tmp_path / "run")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_the_socket_directory_it_made_goes_when_it_stops(make_repo, tmp_path, sig):
+    borg = make_repo()
+    write_archive(borg, {"vda": DATA, "vdb": DATA})
+    m = start_mount(DOMAIN, borg.repo, str(tmp_path / "socks"))
+    assert sorted(os.listdir(tmp_path / "socks")) == ["vda.sock", "vdb.sock"]
+    assert m.stop(sig)[0] == 0
+    assert not (tmp_path / "socks").exists()
+
+
+def test_a_socket_directory_it_did_not_make_stays(make_repo, tmp_path):
+    borg = make_repo()
+    write_archive(borg, {"vda": DATA, "vdb": DATA})
+    (tmp_path / "socks").mkdir()
+    m = start_mount(DOMAIN, borg.repo, str(tmp_path / "socks"))
+    assert m.stop(signal.SIGINT)[0] == 0
+    assert os.listdir(tmp_path / "socks") == []
+    (tmp_path / "socks" / "vdb.sock").write_text("x")     # refused: not a socket
+    line = one_error_line(failed_mount(DOMAIN, borg.repo, str(tmp_path / "socks")))
+    assert "exists and is not a socket" in line
+    assert os.listdir(tmp_path / "socks") == ["vdb.sock"]
+
+
+def test_a_refused_mount_leaves_no_socket_directory(make_repo, tmp_path):
+    borg = make_repo()
+    write_archive(borg, {"vda": DATA, "vdb": DATA})
+    deep = tmp_path / ("d" * 100)      # a directory it can make, sockets too long for it
+    line = one_error_line(failed_mount(DOMAIN, borg.repo, str(deep)))
+    assert "longer than 107 bytes" in line, line
+    assert not deep.exists()

@@ -95,7 +95,8 @@ def test_overlay_images_are_private_under_umask_022(tmp_path):
 
 def test_failed_restore_removes_the_directories_it_created(damaged_repo, tmp_path):
     proc = restore(damaged_repo, tmp_path / "new" / "deeper", code=2)
-    assert "sha256 differs" in proc.stderr.splitlines()[-1]
+    line = proc.stderr.splitlines()[-1]
+    assert "(sha256 differs): the archive is damaged; nothing was restored." in line, line
     assert not (tmp_path / "new").exists()
 
 

@@ -49,6 +49,7 @@ from borg_vm.errors import (
     PassphraseWrong,
     RepositoryFull,
     RepositoryLocked,
+    RepositoryMissing,
     RepositoryNotFound,
 )
 
@@ -80,7 +81,8 @@ MOUNT_START_SECONDS = 120
 MOUNT_POLL_SECONDS = 0.05
 UNMOUNT_GRACE_SECONDS = 30
 
-_REPO_MISSING = {"Repository.DoesNotExist", "Repository.InvalidRepository",
+_REPO_DOES_NOT_EXIST = "Repository.DoesNotExist"   # the one 'borg init' answers
+_REPO_MISSING = {"Repository.InvalidRepository",
                  "Repository.ParentPathDoesNotExist", "ConnectionClosed",
                  "ConnectionClosedWithHint", "RemoteRepository.RPCServerOutdated"}
 # Borg refuses a commit it has no room for with this msgid; a write that hits a full
@@ -202,6 +204,8 @@ class Borg1Repository:
                                     detail="; ".join(messages).rstrip("."))
         if _NO_SPACE in msgids or any(t in m for m in messages for t in _ENOSPC):
             return RepositoryFull(repo=self.repo, detail="; ".join(messages).rstrip("."))
+        if _REPO_DOES_NOT_EXIST in msgids:
+            return RepositoryMissing(repo=self.repo)
         if msgids & _REPO_MISSING:
             return RepositoryNotFound(repo=self.repo, detail="; ".join(messages) or e.stderr)
         detail = "; ".join(messages) or e.stderr.strip() or _exit_status(e.returncode)

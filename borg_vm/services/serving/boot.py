@@ -191,6 +191,7 @@ class Finished:
     disks: dict[str, dict]      # target -> {"image"}
     pulled: int                 # bytes the pull jobs went through
     duration: float
+    nothing_to_do: bool = False   # it read nothing from a repository and had no record
 
     def to_json(self) -> dict:
         return {**dataclasses.asdict(self), "duration": round(self.duration, 3)}
@@ -200,17 +201,22 @@ def finish(hv: virt.Hypervisor, name: str, progress: bool) -> Finished:
     """Pull what the booted domain name still reads from the repository into its
     overlays (virsh blockpull, disk by disk), then stop its server and drop its boot
     record: from then on the domain needs nothing but its images. Return what was
-    done. A finish interrupted or failed can be run again: pulled disks stay pulled.
+    done. A finish interrupted or failed can be run again: pulled disks stay pulled;
+    and so can one that completed (a domain without a boot record that reads nothing
+    from a repository has nothing to do: nothing_to_do).
 
-    Raise NotBooted, NotRunning (a shut-off domain cannot pull), ServerNotRunning,
-    PullFailed or a libvirt error.
+    Raise NotBooted (no record, yet a disk reads from a repository), NotRunning (a
+    shut-off domain cannot pull), ServerNotRunning, PullFailed or a libvirt error.
     """
     started = time.monotonic()
     _clean_stale(hv)
     dom = hv.domain(name)
-    record = _record(dom, name)
     backings = bootxml.nbd_backings(dom.xml())
     images = _images(dom)
+    if not backings and bootxml.boot_record(dom.xml(inactive=True)) is None:
+        return Finished(name, {t: {"image": p} for t, p in images.items()}, 0,
+                        time.monotonic() - started, nothing_to_do=True)
+    record = _record(dom, name)
     pulled = 0
     if backings:
         if not dom.is_active():

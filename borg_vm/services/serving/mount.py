@@ -105,8 +105,7 @@ def mount(borg: Repository, domain: str, opts: MountOptions, ready: Callable[[Se
     targets = opts.disks or tuple(sorted(top.summary.disks))
     chains = {t: chain.restore_chain(archives, top, t) for t in targets}
     _clean_stale(borg)   # first: a killed mount's nbdkit may still hold a socket
-    sockets = _socket_paths(opts.socket, targets)
-    with runtime.mount_dir() as run:
+    with _socket_paths(opts.socket, targets) as sockets, runtime.mount_dir() as run:
         mnt = os.path.join(run, ARCHIVES)
         os.mkdir(mnt, 0o700)
         try:
@@ -116,8 +115,7 @@ def mount(borg: Repository, domain: str, opts: MountOptions, ready: Callable[[Se
                     t: {"socket": sockets[t], "uri": uri(sockets[t]), "size": m.size}
                     for t, (m, _dirs) in maps.items()})
                 with _servers(run, sockets, maps, opts.owner) as servers:
-                    ready(served)
-                    _serve(servers, borg_proc)
+                    _serve(servers, borg_proc, lambda: ready(served))
         finally:
             _remove_files(run)
             with contextlib.suppress(OSError):
@@ -125,29 +123,38 @@ def mount(borg: Repository, domain: str, opts: MountOptions, ready: Callable[[Se
     return served
 
 
-def _socket_paths(path: str, targets: tuple[str, ...]) -> dict[str, str]:
-    """Return each disk's socket: path itself for one disk (unless path is a
-    directory), else path/TARGET.sock (the directory made 0700 if missing). Raise
-    SocketInUse if one exists and is not a stale socket (which is removed),
-    SocketPathUnusable if a directory it needs is missing or not one."""
+@contextlib.contextmanager
+def _socket_paths(path: str, targets: tuple[str, ...]) -> Iterator[dict[str, str]]:
+    """Yield each disk's socket: path itself for one disk (unless path is a
+    directory), else path/TARGET.sock (the directory made 0700 if missing, and
+    removed on the way out if this made it and it is empty: nbdkit removes its
+    sockets). Raise SocketInUse if one exists and is not a stale socket (which is
+    removed), SocketPathUnusable if a directory it needs is missing or not one."""
     path = os.path.abspath(path)
+    made = False
     if len(targets) == 1 and not os.path.isdir(path):
         sockets = {targets[0]: path}
     else:
-        _socket_dir(path)
+        made = _socket_dir(path)
         sockets = {t: os.path.join(path, t + SOCKET_SUFFIX) for t in targets}
-    for p in sockets.values():
-        if len(p.encode()) > MAX_SOCKET_PATH:
-            raise UsageError(detail=f"socket path {p} is longer than {MAX_SOCKET_PATH} "
-                                    "bytes, the most a unix socket may have")
-        _check_parent(p)
-        _check_free(p)
-    return sockets
+    try:
+        for p in sockets.values():
+            if len(p.encode()) > MAX_SOCKET_PATH:
+                raise UsageError(detail=f"socket path {p} is longer than {MAX_SOCKET_PATH} "
+                                        "bytes, the most a unix socket may have")
+            _check_parent(p)
+            _check_free(p)
+        yield sockets
+    finally:
+        if made:
+            with contextlib.suppress(OSError):   # not empty: someone put a file there
+                os.rmdir(path)
 
 
-def _socket_dir(path: str) -> None:
-    """Make the directory of several disks' sockets (0700) unless it exists; raise
-    SocketPathUnusable if path is something else or cannot be made."""
+def _socket_dir(path: str) -> bool:
+    """Make the directory of several disks' sockets (0700) unless it exists; return
+    whether this made it. Raise SocketPathUnusable if path is something else or
+    cannot be made."""
     _check_parent(path)
     try:
         os.mkdir(path, 0o700)
@@ -156,8 +163,10 @@ def _socket_dir(path: str) -> None:
             raise SocketPathUnusable(path=path, detail=(
                 "it is not a directory (with several disks, --socket names the directory "
                 "of their sockets, PATH/TARGET.sock)")) from None
+        return False
     except OSError as e:
         raise SocketPathUnusable(path=path, detail=f"cannot create it ({e.strerror})") from e
+    return True
 
 
 def _check_parent(path: str) -> None:
@@ -317,10 +326,14 @@ def _servers(run: str, sockets: dict[str, str],
         yield servers
 
 
-def _serve(servers: dict[str, subproc.Stream], borg_proc: subproc.Stream) -> None:
-    """Return on SIGINT or SIGTERM, shielded from a second one while the caller
-    stops everything; raise NbdkitError or BorgError if a server exits first."""
+def _serve(servers: dict[str, subproc.Stream], borg_proc: subproc.Stream,
+           ready: Callable[[], None]) -> None:
+    """Call ready(), then return on SIGINT or SIGTERM (from the call of ready() on:
+    the exports listen, so a stop is the normal end), shielded from a second one
+    while the caller stops everything; raise NbdkitError or BorgError if a server
+    exits first."""
     try:
+        ready()
         while True:
             for proc in [*servers.values(), borg_proc]:
                 if proc.exited(WATCH_SECONDS):
