@@ -68,8 +68,20 @@ class _Warned(logging.Handler):
         self.seen = True
 
 
+class _StderrHandler(logging.StreamHandler):
+    """The log on stderr. SIGINT or SIGTERM raises Interrupted wherever the main
+    thread is; if that is in here, it goes on up, where logging would print it as
+    a '--- Logging error ---' and carry on (borg-vm mount then served on)."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        error = sys.exc_info()[1]
+        if isinstance(error, Interrupted):
+            raise error
+        super().handleError(record)
+
+
 def _setup_logging(debug: bool, quiet: bool) -> _Warned:
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler(sys.stderr)
     handler.setFormatter(_PrintableFormatter(
         "borg-vm: %(relativeCreated)6.0f ms %(name)s: %(message)s" if debug
         else "borg-vm: %(message)s"))

@@ -137,6 +137,11 @@ class RepositoryNotFound(BorgError):
     """Borg repository {repo} does not exist or cannot be reached: {detail}"""
 
 
+class RepositoryMissing(RepositoryNotFound):
+    """Borg repository {repo} does not exist: create it with 'borg init
+    --encryption=repokey-blake2 {repo}', or name another with --repo or BORG_REPO."""
+
+
 class RepositoryFull(BorgError):
     """The file system of Borg repository {repo} is full ({detail}); Borg rolled its
     transaction back. Free space there (after deleting archives, 'borg compact'
@@ -146,6 +151,11 @@ class RepositoryFull(BorgError):
 class PassphraseWrong(BorgError):
     """The passphrase for repository {repo} is wrong (borg-vm uses Borg's own
     BORG_PASSPHRASE, BORG_PASSCOMMAND or BORG_PASSPHRASE_FD)."""
+
+
+class PassphraseFdUnusable(UsageError):
+    """BORG_PASSPHRASE_FD={fd!r} {detail}: it must be the number of a file
+    descriptor open for reading, e.g. BORG_PASSPHRASE_FD=3 borg-vm ... 3<FILE."""
 
 
 class PassphraseMissing(BorgError):
@@ -229,7 +239,11 @@ class RestoreTargetExists(BorgVmError):
 
 class IntegrityError(BorgVmError):
     """Data of disk {target} in archive {archive} does not match its manifest
-    ({detail}): the archive is damaged (nothing was restored from it)."""
+    ({detail}): the archive is damaged."""
+
+
+class NothingRestored(BorgVmError):
+    """{detail}; nothing was restored."""
 
 
 class RestoreTargetFull(BorgVmError):
@@ -253,6 +267,10 @@ class NbdkitError(BorgVmError):
 
 class SocketInUse(UsageError):
     """{path} {detail}: choose another --socket, or remove it if nothing uses it."""
+
+
+class SocketPathUnusable(UsageError):
+    """Cannot serve on {path}: {detail}; choose another --socket."""
 
 
 # --- boot ------------------------------------------------------------------
@@ -292,13 +310,16 @@ def report(e: BaseException, debug: bool, prefix: str = "") -> int:
     borg-vm's own errors say what happened and what to do; anything else is a
     bug, reported as such, never as a bare traceback.
     """
-    if isinstance(e, BorgVmError):
-        log.error("%s%s", prefix, e.message)
-        code = e.exit_code
-    else:
-        log.error("%sunexpected error (a bug in borg-vm, please report it): %s: %s%s", prefix,
-                  type(e).__name__, e, "" if debug else "; --debug shows the traceback")
-        code = EXIT_ERROR
+    message, code = describe(e, debug)
+    log.error("%s%s", prefix, message)
     if debug:
         log.error("traceback", exc_info=e)
     return code
+
+
+def describe(e: BaseException, debug: bool) -> tuple[str, int]:
+    """Return (the one line report logs for an error, its exit code)."""
+    if isinstance(e, BorgVmError):
+        return e.message, e.exit_code
+    return (f"unexpected error (a bug in borg-vm, please report it): {type(e).__name__}: {e}"
+            f"{'' if debug else '; --debug shows the traceback'}", EXIT_ERROR)

@@ -337,8 +337,13 @@ class Domain:
                 return
             if not broken:
                 raise self._fail(f"delete checkpoint {name}", e) from e
-            log.warning("%s: removing only the metadata of broken checkpoint %s (%s)",
-                        self.name, name, e.get_error_message())
+            if self.is_active():
+                log.warning("%s: removing only the metadata of broken checkpoint %s (%s)",
+                            self.name, name, e.get_error_message())
+            else:   # libvirt deletes no checkpoint of a shut-off domain: the expected path
+                log.info("%s is shut off: removing libvirt's record of checkpoint %s",
+                         self.name, name)
+                log.debug("%s: libvirt: %s", self.name, e.get_error_message())
             try:
                 self._dom.checkpointLookupByName(name, 0).delete(
                     libvirt.VIR_DOMAIN_CHECKPOINT_DELETE_METADATA_ONLY)

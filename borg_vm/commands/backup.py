@@ -10,7 +10,7 @@ from borg_vm.adapters import libvirt as virt
 from borg_vm.commands import options
 from borg_vm.core import plan
 from borg_vm.core.compression import parse_compression
-from borg_vm.errors import EXIT_OK, Interrupted, UsageError, report
+from borg_vm.errors import EXIT_OK, Interrupted, UsageError, describe, report
 from borg_vm.format import manifest as fmt
 from borg_vm.services.backup import quiesce
 from borg_vm.services.backup.run import BackupOptions, backup
@@ -44,7 +44,7 @@ def build_parser(sub: argparse._SubParsersAction, parents: list[argparse.Argumen
                    f"(default: ${FULL_EVERY_ENV}, else {plan.DEFAULT_FULL_EVERY})")
     b.add_argument("--exclude-disk", action="append", default=[], metavar="TARGET",
                    help="leave this disk (e.g. vdb) out; repeatable")
-    b.add_argument("--scratch-dir", metavar="DIR",
+    b.add_argument("--scratch-dir", type=options.type_of(options.path), metavar="DIR",
                    help="where the backup job keeps its scratch (fleecing) files "
                    "(default: the private run directory under /run/borg-vm)")
     b.add_argument("--compression", default="lz4", metavar="SPEC",
@@ -89,9 +89,9 @@ def run(args: argparse.Namespace) -> int:
                                                          options.positive_seconds,
                                                          quiesce.FREEZE_TIMEOUT),
                          progress=options.progress(args))
-    if bool(args.all) == bool(args.domains) or (args.match and not args.all):
-        raise UsageError(detail="name the domains to back up, or use --all "
-                                "(optionally with --match GLOB)")
+    problem = _selection_problem(args.domains, args.all, args.match)
+    if problem:
+        raise UsageError(detail=problem)
     borg = options.repository(args)
     failed: dict[str, int] = {}
     with virt.connect(args.connect) as hv:
@@ -106,6 +106,9 @@ def run(args: argparse.Namespace) -> int:
                 raise
             except Exception as e:  # one domain's failure, even a bug, never stops the next
                 failed[name] = report(e, args.debug, prefix=f"{name}: ")
+                if args.json:
+                    message, _code = describe(e, args.debug)
+                    options.emit({"domain": name, "error": message, "exit_code": failed[name]})
                 continue
             if args.json:
                 options.emit(result.to_json())
@@ -115,3 +118,17 @@ def run(args: argparse.Namespace) -> int:
     if failed and len(names) > 1:
         log.error("%d of %d domains failed: %s", len(failed), len(names), ", ".join(failed))
     return max(failed.values(), default=EXIT_OK)
+
+
+def _selection_problem(domains: list[str], every: bool, match: str | None) -> str | None:
+    """Return what is wrong with the domains named, --all and --match, or None."""
+    if domains and every:
+        return "name the domains to back up or use --all, not both"
+    if domains and match:
+        return ("--match narrows --all, not named domains: name the domains to back up, "
+                "or use --all --match GLOB")
+    if match and not every:
+        return "--match narrows --all: use --all --match GLOB"
+    if not (domains or every):
+        return "name the domains to back up, or use --all (optionally with --match GLOB)"
+    return None

@@ -40,7 +40,7 @@ def build_parser(sub: argparse._SubParsersAction, parents: list[argparse.Argumen
     step.add_argument("--resume", action="store_true",
                       help="start NEW's server again if it is not running, and resume NEW "
                       "if QEMU paused it on a failed read (or start it if it is shut off)")
-    bo.add_argument("--to", metavar="DIR",
+    bo.add_argument("--to", type=options.type_of(options.path), metavar="DIR",
                     help="directory for the disks' overlays (NEW.TARGET.qcow2); required to boot")
     bo.add_argument("--name", metavar="NEW", help="name of the new domain "
                     "(default: DOMAIN-restored)")
@@ -76,8 +76,12 @@ def run(args: argparse.Namespace) -> int:
     if args.finish:
         for target, d in result.disks.items():
             print(printable(f"{target}: {d['image']}"))
-        log.info("%s: pulled %s in %.1f s; it no longer needs the repository", result.name,
-                 human(result.pulled), result.duration)
+        if result.nothing_to_do:
+            log.info("%s: nothing to finish: it reads nothing from a repository (its boot "
+                     "was finished already, or borg-vm did not boot it)", result.name)
+        else:
+            log.info("%s: pulled %s in %.1f s; it no longer needs the repository",
+                     result.name, human(result.pulled), result.duration)
     elif args.resume:
         log.info("%s: %s; the domain is %s", result.name,
                  f"server started again, pid {result.server['pid']}" if result.server_started

@@ -25,12 +25,12 @@ def build_parser(sub: argparse._SubParsersAction, parents: list[argparse.Argumen
                        "QEMU, reading from the repository only the data that is "
                        "read (borg mount and nbdkit). Runs until Ctrl-C or SIGTERM.")
     m.add_argument("domain", metavar="DOMAIN")
-    m.add_argument("--socket", required=True, metavar="PATH",
+    m.add_argument("--socket", required=True, type=options.type_of(options.path),
+                   metavar="PATH",
                    help="the unix socket to serve on; with several disks (or if PATH is a "
                    "directory) the directory of sockets PATH/TARGET.sock")
     m.add_argument("--checkpoint", metavar="NAME", help="checkpoint to serve (default: newest)")
-    m.add_argument("--disk", action="append", default=[], metavar="TARGET",
-                   help="serve only this disk; repeatable")
+    options.add_disk_option(m, "serve")
     m.add_argument("--socket-owner", type=options.type_of(options.owner), metavar="USER[:GROUP]",
                    help="hand the sockets to this user (and group), e.g. the one QEMU runs "
                    "as, so that it may connect (default: the user borg-vm runs as)")

@@ -28,10 +28,13 @@ T = TypeVar("T")
 
 
 class CommandParser(argparse.ArgumentParser):
-    """A command's parser. An option may take a value only as ``--option=VALUE``
-    from a fixed set (``--quiesce=try``): each allowed spelling is an option of
-    its own (argparse matches it whole), and any other ``--option=VALUE`` is
-    refused here with what the option takes."""
+    """A command's parser. DOMAIN... may come before, between and after the
+    options (``backup a --no-progress b``): argparse takes the first run of them
+    only, and leaves the others here to be added. An option may take a value
+    only as ``--option=VALUE`` from a fixed set (``--quiesce=try``): each
+    allowed spelling is an option of its own (argparse matches it whole), and
+    any other ``--option=VALUE`` (of any option that takes no value) is refused
+    here with what the option takes."""
 
     value_spellings: dict[str, tuple[str, ...]]
 
@@ -47,13 +50,33 @@ class CommandParser(argparse.ArgumentParser):
         self.add_argument(f"{option}={value}", help=argparse.SUPPRESS, **kwargs)
 
     def parse_known_args(self, args=None, namespace=None):  # type: ignore[no-untyped-def]
-        for arg in args or ():
+        args = list(sys.argv[1:] if args is None else args)
+        for arg in args[:args.index("--") if "--" in args else len(args)]:
             option, eq, value = arg.partition("=")
             allowed = self.value_spellings.get(option)
             if eq and allowed is not None and value not in allowed:
                 self.error(f"argument {option}: takes no value or "
                            f"{' or '.join(f'={v}' for v in allowed)}, not {value!r}")
-        return super().parse_known_args(args, namespace)
+            flag = self._option_string_actions.get(option)
+            if eq and allowed is None and flag is not None and flag.nargs == 0:
+                # argparse would say "ignored explicit argument"
+                self.error(f"argument {option}: takes no value, not {value!r}")
+        namespace, extras = super().parse_known_args(args, namespace)
+        many = [a for a in self._get_positional_actions() if a.nargs == argparse.ZERO_OR_MORE]
+        if many and extras:
+            more, extras = _positionals(extras)
+            setattr(namespace, many[0].dest, [*getattr(namespace, many[0].dest), *more])
+        return namespace, extras
+
+
+def _positionals(extras: list[str]) -> tuple[list[str], list[str]]:
+    """Split what argparse left over into (positional arguments, the rest): those
+    that are no option, and everything after a ``--``. (parse_intermixed_args
+    would do this, but loses a DOMAIN after a ``--`` that follows options.)"""
+    end = extras.index("--") if "--" in extras else len(extras)
+    head, tail = extras[:end], extras[end + 1:]
+    return ([a for a in head if not a.startswith("-")] + tail,
+            [a for a in head if a.startswith("-")])
 
 
 def add_repository_options(p: argparse.ArgumentParser, libvirt: bool = False) -> None:
@@ -83,8 +106,26 @@ def add_progress_option(p: argparse.ArgumentParser, what: str = "") -> None:
 
 def add_keep_host_resources_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keep-host-resources", action="store_true",
-                   help="keep the host devices, host files and QEMU arguments the domain XML "
-                   "names (default: remove them, with a warning)")
+                   help="keep the domain XML as archived: host devices and files, QEMU "
+                   "arguments, graphics and ports open to the network, seclabels (default: "
+                   "remove or make them safe, with a warning)")
+
+
+class _AppendOnce(argparse.Action):
+    """Append the value unless it is there already: --disk vda --disk vda is one disk."""
+
+    def __call__(self, parser, namespace, value, option_string=None):  # type: ignore[no-untyped-def]
+        values = list(getattr(namespace, self.dest) or [])
+        if value not in values:
+            values.append(value)
+        setattr(namespace, self.dest, values)
+
+
+def add_disk_option(p: argparse.ArgumentParser, verb: str) -> None:
+    """Add --disk TARGET, repeatable; a disk named twice counts once (args.disk:
+    the disks in the order first named)."""
+    p.add_argument("--disk", action=_AppendOnce, default=[], metavar="TARGET",
+                   help=f"{verb} only this disk; repeatable (a disk named twice counts once)")
 
 
 def add_allow_unauthenticated_option(p: argparse.ArgumentParser) -> None:
@@ -138,6 +179,14 @@ def positive_seconds(text: str) -> float:
     if not 0 < seconds < float("inf"):
         raise ValueError(f"not a positive number of seconds: {text!r}")
     return seconds
+
+
+def path(text: str) -> str:
+    """Parse a path: any but the empty one (which open() and friends would take
+    for the current directory); raise ValueError for that."""
+    if not text:
+        raise ValueError("an empty path")
+    return text
 
 
 def count(text: str) -> int:

@@ -6,7 +6,7 @@ import argparse
 
 from borg_vm.commands import options
 from borg_vm.core.text import printable
-from borg_vm.errors import EXIT_OK
+from borg_vm.errors import EXIT_OK, FormatError, IntegrityError, NothingRestored
 from borg_vm.services.restore.run import RestoreOptions, restore
 
 
@@ -18,7 +18,8 @@ def build_parser(sub: argparse._SubParsersAction, parents: list[argparse.Argumen
                        "image and qcow2 overlays (or one flattened image), plus domain XML "
                        "to 'virsh define'.")
     r.add_argument("domain", metavar="DOMAIN")
-    r.add_argument("--to", required=True, metavar="DIR", help="directory for the images")
+    r.add_argument("--to", required=True, type=options.type_of(options.path), metavar="DIR",
+                   help="directory for the images")
     options.add_repository_options(r)
     r.add_argument("--checkpoint", metavar="NAME", help="checkpoint to restore (default: newest)")
     shape = r.add_mutually_exclusive_group()
@@ -27,8 +28,7 @@ def build_parser(sub: argparse._SubParsersAction, parents: list[argparse.Argumen
     shape.add_argument("--layers", action="store_true",
                        help="write one image per snapshot layer, as the disk's chain was "
                        "(frozen layers complete, the top one partial)")
-    r.add_argument("--disk", action="append", default=[], metavar="TARGET",
-                   help="restore only this disk; repeatable")
+    options.add_disk_option(r, "restore")
     r.add_argument("--format", choices=("qcow2", "raw"), default="qcow2",
                    help="format of the base (or flattened) image (default: qcow2); "
                    "overlays are always qcow2")
@@ -45,7 +45,10 @@ def run(args: argparse.Namespace) -> int:
                           progress=options.progress(args),
                           keep_host_resources=args.keep_host_resources, layers=args.layers,
                           allow_unauthenticated=args.allow_unauthenticated)
-    result = restore(options.repository(args), args.domain, opts)
+    try:
+        result = restore(options.repository(args), args.domain, opts)
+    except (IntegrityError, FormatError) as e:   # a damaged archive, found before any move
+        raise NothingRestored(detail=e.message.rstrip(".")) from e
     if args.json:
         options.emit(result.to_json())
     else:

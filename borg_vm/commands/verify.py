@@ -2,11 +2,13 @@
 
 For each archive: its data members cover exactly the extents its manifest
 lists and hash to the manifest's SHA-256 (the guest's view and every frozen
-layer); the manifest agrees with the archive's name and comment and carries
-the code of the key that signed the comment, domain.xml and checkpoint.xml
-match the manifest's digests; and every disk's chain back to its full exists,
-linked by archive ID, with the same disk size throughout. Archives this host
-cannot authenticate (format/trust.py) are named, not read.
+layer); its small members pass the checks restore and mount make of them
+(reader.check_archive: the manifest agrees with the archive's name and
+comment and carries the code of the key that signed the comment, domain.xml
+and checkpoint.xml are what libvirt writes and match the manifest's digests);
+and every disk's chain back to its full exists, linked by archive ID, with
+the same disk size throughout. Archives this host cannot authenticate
+(format/trust.py) are named, not read.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from borg_vm.adapters.borg import Repository
 from borg_vm.commands import options
 from borg_vm.core import chain
 from borg_vm.core.text import printable
-from borg_vm.errors import EXIT_ERROR, EXIT_OK, EXIT_WARNING, BorgVmError
+from borg_vm.errors import EXIT_ERROR, EXIT_OK, EXIT_WARNING, BorgVmError, UsageError
 from borg_vm.format import manifest as fmt
 from borg_vm.format import reader
 from borg_vm.format.manifest import ArchiveInfo, Manifest
@@ -45,13 +47,17 @@ def build_parser(sub: argparse._SubParsersAction, parents: list[argparse.Argumen
                     help="the domain (default: every domain, all archives)")
     which = ve.add_mutually_exclusive_group()
     which.add_argument("--checkpoint", metavar="NAME",
-                       help="this restore point and its chain (default: the newest)")
+                       help="this restore point of DOMAIN and its chain (default: the "
+                       "newest)")
     which.add_argument("--all", action="store_true", help="every archive of DOMAIN")
     options.add_repository_options(ve)
     ve.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.checkpoint and args.domain is None:
+        raise UsageError(detail="verify --checkpoint NAME needs the DOMAIN whose checkpoint "
+                                "it is")
     result = verify(options.repository(args), args.domain, args.checkpoint, args.all)
     if args.json:
         options.emit(result.to_json())
@@ -125,37 +131,32 @@ def _chain_problem(archives: list[ArchiveInfo], a: ArchiveInfo) -> str | None:
     one disk size throughout), or None."""
     try:
         for t in a.summary.disks:
-            problem = chain.size_problem(chain.disk_chain(archives, a, t), t)
-            if problem:
-                return problem
+            chain.restore_chain(archives, a, t)
     except BorgVmError as e:
         return e.message
     return None
 
 
 def _check_data(a: ArchiveInfo, stream: AbstractContextManager[Iterator[Member]]) -> str:
-    """Return "ok" or what is wrong with one archive's data and manifest."""
+    """Return "ok" or what is wrong with one archive's data and small members."""
     try:
-        manifest, files = _read_and_hash(a, stream)
+        _read_and_hash(a, stream)
     except BorgVmError as e:
         return e.message
-    problem = manifest.disagreement(a) or next(
-        (p for name in (fmt.DOMAIN_XML, fmt.CHECKPOINT_XML)
-         if (p := manifest.file_problem(name, files.get(name, b"")))), None)
-    return problem or "ok"
+    return "ok"
 
 
-def _read_and_hash(a: ArchiveInfo, stream: AbstractContextManager[Iterator[Member]]
-                   ) -> tuple[Manifest, dict[str, bytes]]:
-    """Stream the archive's data and manifest (the whole archive: naming paths that
-    match nothing would make borg warn); return the manifest if every record's data
-    matches it; raise IntegrityError or FormatError otherwise."""
+def _read_and_hash(a: ArchiveInfo, stream: AbstractContextManager[Iterator[Member]]) -> Manifest:
+    """Stream the whole archive (naming paths that match nothing would make borg
+    warn); return its manifest if its small members pass the checks restore and
+    mount make (reader.check_archive: all of them must be there) and every
+    record's data matches it; raise IntegrityError or FormatError otherwise."""
     sizes = {t: d.virtual_size for t, d in a.summary.disks.items()}
     tally = reader.Tally(a.archive)
     with stream as found:
         for _piece in tally.count(reader.pieces(found, a.archive, sizes,
                                                 prefetch.buffers(1, PIECE))):
             pass
-    manifest = tally.manifest()
+    manifest = tally.manifest(a, tuple(fmt.SMALL_MEMBERS))
     tally.check(manifest)
     return manifest, tally.files

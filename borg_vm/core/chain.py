@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from borg_vm.errors import ArchiveNotFound, BrokenChain, UnknownDisk
+from borg_vm.errors import ArchiveNotFound, BrokenChain, FormatError, UnknownDisk
 from borg_vm.format.manifest import FULL, ArchiveInfo
 
 
@@ -75,6 +75,22 @@ def disk_chain(archives: list[ArchiveInfo], top: ArchiveInfo, target: str) -> li
                                       f"back to {parent})")
         chain.append(by_name[parent])
     return chain[::-1]
+
+
+def restore_chain(archives: list[ArchiveInfo], top: ArchiveInfo, target: str
+                  ) -> list[ArchiveInfo]:
+    """Return disk_chain(archives, top, target) if it can be restored: the disk keeps
+    one size along it (what restore, mount and verify read, each archive's size
+    then checked against its manifest as it is read).
+
+    Raise BrokenChain or UnknownDisk as disk_chain does, FormatError naming top
+    if the disk's size changes along the chain.
+    """
+    links = disk_chain(archives, top, target)
+    problem = size_problem(links, target)
+    if problem:
+        raise FormatError(archive=top.archive, detail=problem)
+    return links
 
 
 def size_problem(links: list[ArchiveInfo], target: str) -> str | None:

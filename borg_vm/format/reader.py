@@ -40,11 +40,12 @@ from typing import BinaryIO
 from borg_vm.adapters import subproc
 from borg_vm.adapters.borg import Item, Repository, items
 from borg_vm.adapters.rawimage import DIRECT_ALIGN
+from borg_vm.core import domxml
 from borg_vm.core.extent import Extent, covers_data
 from borg_vm.errors import FormatError, IntegrityError, RepositoryLocked
 from borg_vm.format import manifest as fmt
 from borg_vm.format import packing
-from borg_vm.format.manifest import DiskRecord, FrozenRecord, Manifest
+from borg_vm.format.manifest import ArchiveInfo, DiskRecord, FrozenRecord, Manifest
 from borg_vm.format.tarstream import Member, TarFormatError, read_members
 
 # Archives with at least this many data bytes to read are read with 'borg list'
@@ -86,6 +87,48 @@ def small_files(found: Iterator[Member], archive: str, names: tuple[str, ...]
              for m in found if m.name in names}
     check_present(archive, files, names)
     return files
+
+
+def check_archive(info: ArchiveInfo, files: dict[str, bytes],
+                  names: tuple[str, ...] = (fmt.MANIFEST,)) -> Manifest:
+    """The one check of what an archive holds besides its data (which Tally.check
+    checks against the manifest): verify, restore, mount and boot all judge an
+    archive by it.
+
+    Given the archive as listed (its name and comment) and the small members read
+    of it (files), return its manifest. Raise FormatError if a member of names
+    (manifest.json always) is missing, the manifest is bad or disagrees with the
+    archive's name or comment (so what was planned from the comment, image sizes
+    among it, is what the manifest says) or lacks the code of the key that signed
+    the comment, or a domain.xml or checkpoint.xml in files differs from the
+    manifest's digest of it or is not what libvirt writes (core.domxml's rules).
+    """
+    check_present(info.archive, files, tuple(dict.fromkeys((fmt.MANIFEST, *names))))
+    manifest = Manifest.from_json(files[fmt.MANIFEST], info.archive)
+    problem = manifest.disagreement(info) or next(
+        (p for name in (fmt.DOMAIN_XML, fmt.CHECKPOINT_XML) if name in files
+         and (p := manifest.file_problem(name, files[name]))), None)
+    if problem:
+        raise FormatError(archive=info.archive, detail=problem)
+    if fmt.DOMAIN_XML in files:
+        domain_xml(info.archive, files)
+    if fmt.CHECKPOINT_XML in files:
+        _xml_check(info.archive, fmt.CHECKPOINT_XML, domxml.checkpoint_to_redefine,
+                   files[fmt.CHECKPOINT_XML], info.name.checkpoint)
+    return manifest
+
+
+def domain_xml(archive: str, files: dict[str, bytes]) -> str:
+    """Return the archive's domain.xml (in files) as text; raise FormatError if it
+    is not a libvirt domain's (see domxml.read_domain_xml)."""
+    return _xml_check(archive, fmt.DOMAIN_XML, domxml.read_domain_xml, files[fmt.DOMAIN_XML])
+
+
+def _xml_check(archive: str, name: str, parse, *args) -> str:
+    try:
+        return parse(*args)
+    except ValueError as e:
+        raise FormatError(archive=archive, detail=f"{name} {e}") from e
 
 
 def check_present(archive: str, files: dict[str, bytes], names: tuple[str, ...]) -> None:
@@ -338,7 +381,8 @@ class Tally:
     ``count(pieces)`` passes pieces (see ``pieces``) through, hashing the data
     of each (target, layer) in keys (every key if keys is None) and recording
     the extents it covers, and keeping the format's small members whole.
-    After the pass, ``manifest()`` parses manifest.json and ``check(manifest)``
+    After the pass, ``manifest(info)`` parses and checks manifest.json (and the
+    XML members seen; see check_archive) and ``check(manifest)``
     raises IntegrityError unless each record's data covers exactly its
     extents and hashes to its digest.
     """
@@ -359,10 +403,10 @@ class Tally:
                 self.written.setdefault(key, []).append(Extent(offset, len(piece)))
             yield name, key, offset, piece
 
-    def manifest(self) -> Manifest:
-        """Return the archive's manifest; raise FormatError if it is missing or bad."""
-        check_present(self.archive, self.files, (fmt.MANIFEST,))
-        return Manifest.from_json(self.files[fmt.MANIFEST], self.archive)
+    def manifest(self, info: ArchiveInfo, names: tuple[str, ...] = (fmt.MANIFEST,)) -> Manifest:
+        """Return the archive's manifest, checked with the small members seen (see
+        check_archive; info is the archive as listed)."""
+        return check_archive(info, self.files, names)
 
     def check(self, manifest: Manifest, keys: Iterable[Key] | None = None) -> None:
         """Raise IntegrityError unless the data of each key (all the manifest lists
@@ -445,7 +489,7 @@ def check_pieces(archive: str, name: str, size: int, pieces: tuple[Extent, ...],
     if disk_size is not None and pieces[-1].end > disk_size:
         raise IntegrityError(target=target, archive=archive, detail=(
             f"member {name} ends at byte {pieces[-1].end}, beyond the "
-            f"disk's {disk_size} bytes: the archive is damaged"))
+            f"disk's {disk_size} bytes"))
 
 
 def _regular(member: Member, archive: str) -> Member:

@@ -166,7 +166,7 @@ def test_qemu_killed_falls_back_to_full_with_reason(make_domain, repo, tmp_path)
     assert "inconsistent" in refused.stderr
     assert len(archive_names(repo)) == 1
 
-    result = backup(d.name, repo)
+    result = backup(d.name, repo, code=1)     # the fallback to a full is a warning
     assert result["level"] == "full"
     assert "inconsistent" in result["reason"]
     restore_and_compare(d.name, repo, result["checkpoint"], {"vda": d.read_disk("vda")},
@@ -178,10 +178,10 @@ def test_raw_disk_is_backed_up_in_full_every_run(make_domain, repo, tmp_path):
     d = make_domain(disks=[("vda", 16 * MIB, "qcow2"), ("vdb", 8 * MIB, "raw")])
     d.write("vda", 0, 1 * MIB, 0x21)
     d.write("vdb", 2 * MIB, 1 * MIB, 0x22)
-    backup(d.name, repo)
+    backup(d.name, repo, code=1)       # the warning that vdb is raw: exit 1
     d.write("vda", 4 * MIB, 64 * KIB, 0x23)
     d.write("vdb", 6 * MIB, 64 * KIB, 0x24)
-    second = run("backup", d.name, "--repo", repo, "--json")
+    second = run("backup", d.name, "--repo", repo, "--json", code=1)
     assert "vdb is raw" in second.stderr
     doc = second.json_lines()[0]
     assert doc["level"] == "inc"

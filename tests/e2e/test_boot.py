@@ -134,7 +134,8 @@ def test_boot_write_finish_then_run_without_the_repository(make_domain, repo, tm
     new.start_paused()
     for t in views:
         assert_same(new.read_disk(t), bytes(new.model[t]), f"{t} after a restart")
-    assert run("boot", "--finish", new.name, code=2).stderr.count("no borg-vm boot record") == 1
+    again = run("boot", "--finish", new.name)   # a scripted retry: done already, exit 0
+    assert f"{new.name}: nothing to finish" in again.stderr, again.stderr
 
 
 def qemu_says(d: guest.Domain) -> str:

@@ -127,9 +127,14 @@ def test_crashed_domain_gets_a_full_with_the_reason(make_domain, repo, tmp_path)
     first = backup(d.name, repo)
     d.write("vda", 2 * MIB, 1 * MIB, 0xA2)
     d.kill_qemu(flush_first=True)                     # bitmaps stay flagged in use
-    second = backup(d.name, repo)
+    ran = run("backup", d.name, "--repo", repo, "--json", code=1)   # a warning: exit 1
+    second = ran.json()
     assert second["level"] == "full"
     assert f"checkpoint {first['checkpoint']} is inconsistent" in second["reason"]
+    # The log reads straight: the full backup and why, then what is cleaned up.
+    log = [line.removeprefix("borg-vm: ") for line in ran.stderr.splitlines()]
+    assert log[0] == f"{d.name}: full backup: {second['reason']}", ran.stderr
+    assert "incremental" not in ran.stderr and "Operation not supported" not in ran.stderr
     restore_and_compare(d.name, repo, second["checkpoint"], d.views(), tmp_path, "full")
     d.write_offline("vda", 4 * MIB, 64 * KIB, 0xA3)
     third = backup(d.name, repo)                      # the chain goes on from the full

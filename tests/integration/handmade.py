@@ -8,7 +8,6 @@ same reason as realstack.py).
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import os
 import subprocess
@@ -59,22 +58,16 @@ def manifest(disks: dict[str, bytes], size: int = SIZE) -> archive.Manifest:
 
 
 def write_archive(borg, disks: dict[str, bytes], *, size: int = SIZE, xml: bytes | None = None,
-                  data_members=None, extra=(), manifest_json: bytes | None = None,
-                  claimed_data: int | None = None) -> str:
+                  data_members=None, extra=(), manifest_json: bytes | None = None) -> str:
     """Write a full borg-vm archive of DOMAIN into borg's repository; return its name.
 
     By default it is valid: domain.xml, checkpoint.xml, one data member per
     disk at offset 0, manifest.json, and the summary as its comment. Replace
     the domain XML, the data members or the manifest, or add extra members
-    (before the manifest), to damage it; member data may be Zeros(n). With
-    claimed_data, the comment claims that many data bytes per disk (restore
-    reads an archive claiming much data with list + extract --stdout).
+    (before the manifest), to damage it; member data may be Zeros(n).
     """
     m = manifest(disks, size)
     summary = m.summary()
-    if claimed_data is not None:
-        summary = dataclasses.replace(summary, disks={
-            t: dataclasses.replace(d, data_bytes=claimed_data) for t, d in summary.disks.items()})
     if data_members is None:
         data_members = [(archive.member_name(t, 0), d) for t, d in disks.items() if d]
     members = [(archive.DOMAIN_XML, domain_xml(tuple(disks)) if xml is None else xml),
@@ -131,10 +124,18 @@ def _add(tar: TarWriter, name: str, data) -> None:
         tar.write(piece[:min(ZERO_PIECE, data.size - start)])
 
 
-def borg_vm(*args: str, code: int | None = 0, **kwargs) -> subprocess.CompletedProcess:
-    """Run the real CLI, `python -m borg_vm ARGS`; assert its exit code unless code is None."""
-    proc = subprocess.run([sys.executable, "-m", "borg_vm", *args], capture_output=True,
-                          text=True, timeout=600, **kwargs)
+def borg_vm(*args: str, code: int | None = 0, extract_from: int | None = None,
+            **kwargs) -> subprocess.CompletedProcess:
+    """Run the real CLI, `python -m borg_vm ARGS`; assert its exit code unless code is None.
+
+    With extract_from, it reads archives with at least that many data bytes with
+    list + extract --stdout (reader.EXTRACT_FROM; 0: all), so that way is tried on
+    small archives whose comment tells the truth.
+    """
+    argv = ([sys.executable, "-m", "borg_vm"] if extract_from is None
+            else [sys.executable, "-c", _MAIN, "", str(extract_from)])
+    proc = subprocess.run([*argv, *args], capture_output=True, text=True, timeout=600,
+                          **kwargs)
     log_run(args, proc)
     if code is not None:
         assert proc.returncode == code, (f"borg-vm {' '.join(args)} exited {proc.returncode}, "
@@ -142,27 +143,34 @@ def borg_vm(*args: str, code: int | None = 0, **kwargs) -> subprocess.CompletedP
     return proc
 
 
-# Runs borg-vm's main() in this process and writes its peak RSS to the file named
-# by argv[1] on the way out: VmHWM, the high-water mark of this process's own
-# memory. Not getrusage's ru_maxrss: Linux carries that across execve, so a
-# child of a big pytest process would report pytest's peak.
-_RSS_PROBE = """\
+# Runs borg-vm's main() in this process, with reader.EXTRACT_FROM set to argv[2]
+# unless it is empty, and if argv[1] names a file, writes its peak RSS there on
+# the way out: VmHWM, the high-water mark of this process's own memory. Not
+# getrusage's ru_maxrss: Linux carries that across execve, so a child of a big
+# pytest process would report pytest's peak.
+_MAIN = """\
 import sys
 from borg_vm.cli import main
+from borg_vm.format import reader
+if sys.argv[2]:
+    reader.EXTRACT_FROM = int(sys.argv[2])
 try:
-    main(sys.argv[2:])
+    main(sys.argv[3:])
 finally:
-    with open("/proc/self/status") as status, open(sys.argv[1], "w") as out:
-        out.write(next(line.split()[1] for line in status if line.startswith("VmHWM:")))
+    if sys.argv[1]:
+        with open("/proc/self/status") as status, open(sys.argv[1], "w") as out:
+            out.write(next(line.split()[1] for line in status if line.startswith("VmHWM:")))
 """
 
 
-def borg_vm_peak_rss(workdir, *args: str, code: int | None = 0):
+def borg_vm_peak_rss(workdir, *args: str, code: int | None = 0,
+                     extract_from: int | None = None):
     """Run the real CLI like borg_vm(); return (its CompletedProcess, the peak RSS in
     bytes of borg-vm's own process: its threads, not borg or qemu-nbd)."""
     out = os.path.join(workdir, "peak-rss")
-    proc = subprocess.run([sys.executable, "-c", _RSS_PROBE, out, *args], capture_output=True,
-                          text=True, timeout=600)
+    proc = subprocess.run([sys.executable, "-c", _MAIN, out,
+                           "" if extract_from is None else str(extract_from), *args],
+                          capture_output=True, text=True, timeout=600)
     log_run(args, proc)
     if code is not None:
         assert proc.returncode == code, (f"borg-vm {' '.join(args)} exited {proc.returncode}, "

@@ -3,14 +3,15 @@ through 'borg import-tar', out through 'borg export-tar', archive
 management, passphrases and error mapping."""
 
 import json
-import re
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 
 import pytest
+from handmade import borg_vm, error_line
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from realstack import (
@@ -96,6 +97,9 @@ def test_missing_repository_raises_repository_not_found(tmp_path):
     with pytest.raises(RepositoryNotFound, match="does not exist") as e:
         borg.list_archives()
     assert (e.value.exit_code, e.value.__cause__.returncode) == (EXIT_ERROR, BORG_ERROR_EXIT)
+    assert e.value.message == (f"Borg repository {borg.repo} does not exist: create it with "
+                               f"'borg init --encryption=repokey-blake2 {borg.repo}', or name "
+                               "another with --repo or BORG_REPO.")
 
 
 def test_directory_that_is_no_repository_raises_repository_not_found(tmp_path):
@@ -245,6 +249,47 @@ def test_passphrase_fd_is_read_once_and_serves_every_borg_child(make_repo, monke
     import_members(borg, "vm", [("f", b"data")])
     assert names(borg) == ["vm"]
     assert extract_file(borg, "vm", "f") == b"data"
+
+
+@pytest.mark.parametrize("fd", ["abc", "-1", "closed"])
+def test_a_passphrase_fd_that_is_no_open_descriptor_is_one_line(tmp_path, fd):
+    """These were "unexpected error (a bug in borg-vm)": ValueError, OSError EBADF."""
+    r, w = os.pipe()
+    os.close(r)
+    os.close(w)
+    fd = str(r) if fd == "closed" else fd
+    proc = borg_vm("list", "--repo", str(tmp_path / "repo"), code=2,
+                   env=dict(os.environ, BORG_PASSPHRASE_FD=fd))
+    line = error_line(proc)
+    assert f"BORG_PASSPHRASE_FD={fd!r}" in line and "file descriptor" in line, line
+
+
+def test_an_empty_passphrase_fd_is_unset(tmp_path):
+    """As for borg-vm's own variables (options.from_env)."""
+    proc = borg_vm("list", "--repo", str(tmp_path / "repo"), code=2,
+                   env=dict(os.environ, BORG_PASSPHRASE_FD=""))
+    assert "does not exist" in error_line(proc)
+
+
+def test_an_unreachable_ssh_repository_says_why(monkeypatch):
+    """Borg logs ssh's reason (relayed as a "Remote:" warning) before its own
+    "Connection closed by remote host" error: the reason was dropped."""
+    monkeypatch.setenv("BORG_RSH", "ssh -o BatchMode=yes")
+    with pytest.raises(RepositoryNotFound) as e:
+        Borg1Repository("ssh://nobody@127.0.0.1:1/x").list_archives()
+    assert ("Remote: ssh: connect to host 127.0.0.1 port 1: Connection refused; "
+            "Connection closed by remote host") in e.value.message, e.value.message
+
+
+def test_the_remote_side_lines_come_before_borgs_error():
+    records = [{"type": "log_message", "levelname": "WARNING", "name": "root",
+                "message": "Remote: ssh: Could not resolve hostname no-such-host.invalid: "
+                           "Name or service not known"},
+               {"type": "log_message", "levelname": "ERROR", "name": "borg.archiver",
+                "msgid": "ConnectionClosedWithHint",
+                "message": "Connection closed by remote host. Is borg working on the server?"}]
+    msgids, messages = _parse_log_json("\n".join(json.dumps(r) for r in records))
+    assert messages == [records[0]["message"], records[1]["message"]]
 
 
 def test_borg_errors_carry_borg_message(make_repo):

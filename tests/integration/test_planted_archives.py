@@ -39,7 +39,7 @@ def test_a_badly_typed_comment_is_skipped_with_one_warning(repo, bad):
     planted = "web01.20261126T030000Z.borgvm-20261126T030000Z"
     import_members(repo, planted, [("manifest.json", b"{}")], comment=comment(**bad))
     out = borg_vm("list", repo=repo)
-    assert out.returncode == 0, out.stderr
+    assert out.returncode == 1, out.stderr   # the warning: exit 1
     assert "borgvm-20261126T020000Z" in out.stdout and "030000Z" not in out.stdout
     warnings = out.stderr.strip().splitlines()
     assert len(warnings) == 1 and f"ignoring archive {planted}" in warnings[0]
@@ -64,7 +64,7 @@ def test_log_lines_escape_what_the_repository_says(repo):
     planted = "web01\x1b[31m.20261126T030000Z.borgvm-20261126T030000Z"
     import_members(repo, planted, [("manifest.json", b"{}")], comment="\x1b[31mnot json")
     out = borg_vm("list", repo=repo)
-    assert out.returncode == 0 and "\x1b" not in out.stderr
+    assert out.returncode == 1 and "\x1b" not in out.stderr
     assert "ignoring archive web01\\x1b[31m." in out.stderr
 
 

@@ -29,6 +29,7 @@ from borg_vm.core.extent import Extent
 from borg_vm.errors import FormatError
 from borg_vm.format import manifest as archive
 from borg_vm.format import packing
+from borg_vm.services.restore import layers as restore_layers
 from borg_vm.services.restore import run as restore_action
 
 DATA = b"\x5a" * 65536
@@ -43,14 +44,14 @@ BILLION_LAUGHS = (b"<?xml version='1.0'?><!DOCTYPE domain ["
 
 
 # An archive is read back with export-tar, or with list + extract --stdout when its
-# comment claims much data (members.EXTRACT_FROM; at most the disk's size): hostile
-# members are refused both ways. way -> (disk size, data bytes claimed).
-WAYS = {"export-tar": (SIZE, None), "extract": (GiB, GiB)}
+# comment claims much data (reader.EXTRACT_FROM, set to 0 here to take that way):
+# hostile members are refused both ways. way -> (disk size, EXTRACT_FROM).
+WAYS = {"export-tar": (SIZE, None), "extract": (GiB, 0)}
 
 
-def restore(repo, to, *extra, code=0):
+def restore(repo, to, *extra, code=0, extract_from=None):
     return borg_vm("restore", DOMAIN, "--repo", repo, "--to", str(to), "--no-progress",
-                   *extra, code=code)
+                   *extra, code=code, extract_from=extract_from)
 
 
 # --- B3: a malformed domain.xml is found before any data is written --------------------
@@ -76,11 +77,12 @@ def test_malformed_domain_xml_fails_first_with_exit_2(make_repo, tmp_path, xml, 
 @pytest.mark.parametrize("way", WAYS)
 def test_non_data_member_under_disk_is_rejected_with_bounded_memory(make_repo, tmp_path, way):
     borg = make_repo()
-    size, claimed = WAYS[way]
+    size, extract_from = WAYS[way]
     name = write_archive(borg, {"vda": DATA}, extra=[("disk/vda/junk", Zeros(GiB))],
-                         size=size, claimed_data=claimed)
+                         size=size)
     proc, rss = borg_vm_peak_rss(tmp_path, "restore", DOMAIN, "--repo", borg.repo, "--to",
-                                 str(tmp_path / "out"), "--no-progress", code=2)
+                                 str(tmp_path / "out"), "--no-progress", code=2,
+                                 extract_from=extract_from)
     line = proc.stderr.splitlines()[-1]
     assert f"Archive {name} " in line and "'disk/vda/junk'" in line, proc.stderr
     assert rss < PEAK_RSS_LIMIT
@@ -91,11 +93,11 @@ def test_non_data_member_under_disk_is_rejected_with_bounded_memory(make_repo, t
 def test_unknown_member_is_skipped_with_bounded_memory(make_repo, tmp_path, way):
     """'manifest.json/x' is exported with manifest.json (a path prefix), then skipped."""
     borg = make_repo()
-    size, claimed = WAYS[way]
-    write_archive(borg, {"vda": DATA}, extra=[("manifest.json/x", Zeros(GiB))], size=size,
-                  claimed_data=claimed)
+    size, extract_from = WAYS[way]
+    write_archive(borg, {"vda": DATA}, extra=[("manifest.json/x", Zeros(GiB))], size=size)
     proc, rss = borg_vm_peak_rss(tmp_path, "restore", DOMAIN, "--repo", borg.repo, "--to",
-                                 str(tmp_path / "out"), "--no-progress")
+                                 str(tmp_path / "out"), "--no-progress",
+                                 extract_from=extract_from)
     assert rss < PEAK_RSS_LIMIT
     assert len(list((tmp_path / "out").glob("*.qcow2"))) == 1
 
@@ -117,16 +119,16 @@ def test_oversized_small_member_is_refused_unread(make_repo, tmp_path, member, l
 def test_data_member_beyond_the_disk_end_is_damage(make_repo, tmp_path, end, length, way):
     """A member starting just before the disk's end, at it, or at twice the size."""
     borg = make_repo()
-    size, claimed = WAYS[way]
+    size, extract_from = WAYS[way]
     offset = 2 * size if end is None else size + end
     name = write_archive(borg, {"vda": DATA}, extra=[
-        (archive.member_name("vda", offset), b"\x01" * length)], size=size,
-        claimed_data=claimed)
-    proc = restore(borg.repo, tmp_path / "out", code=2)
+        (archive.member_name("vda", offset), b"\x01" * length)], size=size)
+    proc = restore(borg.repo, tmp_path / "out", code=2, extract_from=extract_from)
     line = proc.stderr.splitlines()[-1]
     assert (f"Data of disk vda in archive {name} " in line
-            and f"ends at byte {offset + length}, beyond the disk's {size} bytes" in line
-            and "damaged" in line), proc.stderr
+            and f"ends at byte {offset + length}, beyond the disk's {size} bytes)" in line
+            and line.count("damaged") == 1
+            and line.endswith("the archive is damaged; nothing was restored.")), proc.stderr
     assert not (tmp_path / "out").exists()
 
 
@@ -171,18 +173,31 @@ def test_damaged_packs_are_refused(make_repo, tmp_path, members, error):
     assert not (tmp_path / "out").exists()
 
 
-def test_flattened_chain_whose_sizes_differ_is_damage(tmp_path):
-    """Flatten writes every archive into the full's image: a later archive claiming a
-    bigger disk would write past its end."""
-    arcs = tuple(archive.ArchiveInfo(
-        archive.ArchiveName(DOMAIN, "S", checkpoint),
-        archive.Summary(level, None, "t", "u",
-                        {"vda": archive.DiskSummary(level, size, "qcow2", "/v", 0, 0)}))
-        for checkpoint, level, size in [("borgvm-1", "full", MiB), ("borgvm-2", "inc", 2 * MiB)])
-    plan = restore_action.DiskPlan("vda", arcs, ("flat.qcow2",) * 2, ("qcow2",) * 2)
-    restore_action._prepare_layer(plan, 0, str(tmp_path))
-    with pytest.raises(FormatError, match=f"disk vda is {2 * MiB} bytes, {MiB} in"):
-        restore_action._prepare_layer(plan, 1, str(tmp_path))
+def chain_of_sizes(*sizes):
+    """Return the archives of a chain of vda (a full, then incrementals) of sizes."""
+    arcs = []
+    for n, size in enumerate(sizes, 1):
+        level = "inc" if arcs else "full"
+        arcs.append(archive.ArchiveInfo(
+            archive.ArchiveName(DOMAIN, "S", f"borgvm-{n}"),
+            archive.Summary(level, arcs[-1].archive if arcs else None, f"t{n}", "u",
+                            {"vda": archive.DiskSummary(level, size, "qcow2", "/v", 0, 0)})))
+    return arcs
+
+
+@pytest.mark.parametrize("mode", ["chain", "flatten", "layers"])
+def test_a_chain_whose_size_changes_is_refused_before_writing(mode):
+    """Each image was made as big as its archive's comment said; flatten found a
+    bigger incremental only after writing the full, chain and layers never, while
+    mount and verify refuse such a chain."""
+    arcs = chain_of_sizes(MiB, 2 * MiB)
+    with pytest.raises(FormatError, match=f"disk vda changes size along its chain "
+                                          rf"\(\[{MiB}, {2 * MiB}\]\)"):
+        if mode == "layers":   # the chain is refused before any manifest is read
+            restore_layers.plan(None, arcs, arcs[-1], ("vda",), "qcow2")
+        else:
+            restore_action.plan_disks(arcs, arcs[-1], restore_action.RestoreOptions(
+                to="unused", flatten=mode == "flatten"))
 
 
 # --- R3: the restored domain XML names no host resource unless asked -------------------
@@ -202,18 +217,21 @@ HOST_RESOURCES_XML = f"""\
       <target dir='hostroot'/></filesystem>
     <hostdev mode='subsystem' type='pci' managed='yes'><source>
       <address domain='0x0000' bus='0x03' slot='0x00' function='0x0'/></source></hostdev>
+    <graphics type='vnc' port='-1' autoport='yes' listen='0.0.0.0'/>
   </devices>
   <qemu:commandline><qemu:arg value='-fw_cfg'/><qemu:arg value='name=opt/x,file=/etc/shadow'/>
   </qemu:commandline>
 </domain>
 """.encode()
-REMOVED = ("qemu:commandline, disk sda (/dev/sda), disk sdb (/etc/shadow), filesystem mount (/), "
-           "hostdev pci")
+CHANGED = ("qemu:commandline, disk sda (/dev/sda), disk sdb (/etc/shadow), filesystem mount (/), "
+           "hostdev pci, graphics vnc listen 0.0.0.0 -> 127.0.0.1")
 
 
 def restored_xml(to: Path) -> ET.Element:
     (path,) = to.glob("*.xml")
-    return ET.fromstring(path.read_text())
+    text = path.read_text()
+    assert text.endswith("</domain>\n"), "a text file ends with a newline"
+    return ET.fromstring(text)
 
 
 def named_paths(root: ET.Element) -> set[str]:
@@ -225,13 +243,14 @@ def test_host_resources_are_removed_with_one_warning(make_repo, tmp_path):
     borg = make_repo()
     write_archive(borg, {"vda": DATA}, xml=HOST_RESOURCES_XML)
     to = tmp_path / "out"
-    proc = restore(borg.repo, to)
+    proc = restore(borg.repo, to, code=1)   # a warning: exit 1
     warnings = [line for line in proc.stderr.splitlines() if "removed" in line]
-    assert warnings == ["borg-vm: removed host resources from the restored domain XML "
-                        f"(--keep-host-resources keeps them): {REMOVED}"], proc.stderr
+    assert warnings == ["borg-vm: removed or changed host resources in the restored domain XML "
+                        f"(--keep-host-resources keeps them as archived): {CHANGED}"], proc.stderr
     root = restored_xml(to)
     assert named_paths(root) == {str(p) for p in to.glob("*.qcow2")}
     assert [d.find("target").get("dev") for d in root.iter("disk")] == ["vda"]
+    assert root.find("devices/graphics").get("listen") == "127.0.0.1"
 
 
 def test_keep_host_resources_keeps_them(make_repo, tmp_path):
@@ -243,4 +262,5 @@ def test_keep_host_resources_keeps_them(make_repo, tmp_path):
     root = restored_xml(to)
     assert {"/dev/sda", "/etc/shadow", "/", "/usr/bin/qemu-system-x86_64"} <= named_paths(root)
     assert root.find("devices/hostdev") is not None
+    assert root.find("devices/graphics").get("listen") == "0.0.0.0"
     assert "name=opt/x,file=/etc/shadow" in ET.tostring(root, encoding="unicode")

@@ -2,8 +2,8 @@
 
 import pytest
 
-from borg_vm.core.chain import disk_chain, group, of_domain, select
-from borg_vm.errors import ArchiveNotFound, BrokenChain, UnknownDisk
+from borg_vm.core.chain import disk_chain, group, of_domain, restore_chain, select
+from borg_vm.errors import ArchiveNotFound, BrokenChain, FormatError, UnknownDisk
 from borg_vm.format.manifest import FULL, INC, ArchiveInfo, ArchiveName, DiskSummary, Summary
 
 DOMAIN = "web01.example.com"
@@ -141,6 +141,26 @@ def test_disk_chain_unknown_disk():
     assert "'vdz'" in e.value.message
     assert "sdb, vda" in e.value.message
     assert repr(DOMAIN) in e.value.message
+
+
+# --- restore_chain ------------------------------------------------------------------
+
+def test_restore_chain_is_the_disk_chain_when_the_size_holds():
+    assert restore_chain(ALL, C3, "vda") == [C1, C2, C3]
+
+
+def test_restore_chain_refuses_a_disk_that_changes_size():
+    """Restore sized every image of a chain from its own archive's comment: a
+    chain that changes size wrote images mount and verify refused."""
+    bigger = arc(3, INC, C2)
+    bigger = ArchiveInfo(bigger.name, Summary(
+        INC, C2.archive, bigger.time, "uuid",
+        {"vda": DiskSummary(INC, 2 << 30, "qcow2", "/vda", 1, 0)}))
+    with pytest.raises(FormatError, match=r"disk vda changes size along its chain "
+                                          rf"\(\[{1 << 30}, {2 << 30}\]\)") as e:
+        restore_chain([C1, C2, bigger], bigger, "vda")
+    assert bigger.archive in e.value.message
+
 
 
 # --- group ------------------------------------------------------------------------

@@ -7,6 +7,7 @@ real main() with its real argument parsing, logging and exit codes.
 """
 
 import contextlib
+import json
 import logging
 
 import pytest
@@ -15,8 +16,12 @@ from borg_vm import cli
 from borg_vm.adapters import libvirt
 from borg_vm.commands import backup as backup_command
 from borg_vm.commands import list as list_command
+from borg_vm.commands import mount as mount_command
 from borg_vm.commands import options
-from borg_vm.errors import DomainNotFound
+from borg_vm.commands import prune as prune_command
+from borg_vm.commands import restore as restore_command
+from borg_vm.commands import verify as verify_command
+from borg_vm.errors import DomainNotFound, Interrupted
 
 
 @pytest.fixture
@@ -202,3 +207,149 @@ def test_info_alone_exits_0(fake_stack, monkeypatch, capsys):
     monkeypatch.setattr(list_command, "list_archives", informs)
     code, _out, _err = run_main(capsys, "list")
     assert code == 0
+@pytest.mark.parametrize("command, extra", [("restore", ("--to", "/srv/out")),
+                                            ("mount", ("--socket", "/tmp/s"))])
+def test_a_disk_named_twice_is_one_disk(fake_stack, monkeypatch, capsys, command, extra):
+    """restore read it twice (borg: "Include pattern never matched") and mount made
+    a directory of sockets for one disk."""
+    module = {"restore": restore_command, "mount": mount_command}[command]
+    seen = []
+    monkeypatch.setattr(module, command, lambda borg, domain, opts, *rest: seen.append(opts))
+    run_main(capsys, command, "web01", *extra, "--disk", "vdb", "--disk", "vda",
+             "--disk", "vdb")
+    assert seen[0].disks == ("vdb", "vda")
+
+
+def test_verify_checkpoint_needs_a_domain(fake_stack, monkeypatch, capsys):
+    """It verified every archive of the repository, the checkpoint ignored."""
+    called = []
+    monkeypatch.setattr(verify_command, "verify", lambda *a: called.append(a))
+    code, out, err = run_main(capsys, "verify", "--checkpoint", "borgvm-20261127T020000Z")
+    assert (code, out, called) == (2, "", [])
+    assert err == ("borg-vm: verify --checkpoint NAME needs the DOMAIN whose checkpoint it "
+                   "is\n")
+
+
+def test_backup_json_has_an_object_for_each_domain_that_failed(fake_stack, monkeypatch, capsys):
+    """Only the good domain's object was printed: a failure was on stderr alone."""
+    class Done:
+        def to_json(self):
+            return {"domain": "good", "archive": "good.base.borgvm-20261127T020000Z"}
+
+    def backup(hv, borg, name, opts):
+        if name == "good":
+            return Done()
+        if name == "buggy":
+            raise TypeError("boom")
+        raise DomainNotFound(name=name, uri="qemu:///system")
+
+    monkeypatch.setattr(backup_command, "backup", backup)
+    code, out, err = run_main(capsys, "backup", "nosuchdom", "good", "buggy", "--json")
+    assert code == 2
+    assert [json.loads(line) for line in out.splitlines()] == [
+        {"domain": "nosuchdom", "error": "Domain 'nosuchdom' not found at qemu:///system "
+                                         "('virsh -c qemu:///system list --all' lists the "
+                                         "domains).", "exit_code": 2},
+        {"domain": "good", "archive": "good.base.borgvm-20261127T020000Z"},
+        {"domain": "buggy", "error": "unexpected error (a bug in borg-vm, please report it): "
+                                     "TypeError: boom; --debug shows the traceback",
+         "exit_code": 2}]
+    assert "nosuchdom: Domain 'nosuchdom' not found" in err
+@pytest.mark.parametrize("argv, domains", [
+    (["a", "--no-progress", "b"], ["a", "b"]),
+    (["a", "--level", "full", "b", "--quiesce", "c"], ["a", "b", "c"]),
+    (["--debug", "a", "-q", "b"], ["a", "b"]),
+])
+def test_backup_takes_domains_between_options(fake_stack, monkeypatch, capsys, argv, domains):
+    seen = backup_options(monkeypatch)
+    run_main(capsys, "backup", *argv)
+    assert [name for name, _ in seen] == domains
+
+
+def test_prune_takes_domains_between_options(fake_stack, monkeypatch, capsys):
+    seen = []
+    monkeypatch.setattr(prune_command, "prune",
+                        lambda borg, opts: seen.append(opts) or (_ for _ in ()).throw(
+                            KeyError("stop")))
+    run_main(capsys, "prune", "a", "--keep-last", "3", "b")
+    assert seen[-1].domains == ("a", "b") and seen[-1].rules.last == 3
+
+
+def test_an_unknown_argument_after_domains_is_still_refused(fake_stack, monkeypatch, capsys):
+    seen = backup_options(monkeypatch)
+    code, _out, err = run_main(capsys, "backup", "a", "--no-progress", "b", "--bogus")
+    assert code == 2 and not seen
+    assert "unrecognized arguments: --bogus" in err
+
+
+@pytest.mark.parametrize("argv, domains", [
+    (["--no-progress", "--", "-odd"], ["-odd"]),
+    (["a", "--no-progress", "b", "--", "-odd", "--json"], ["a", "b", "-odd", "--json"]),
+])
+def test_everything_after_a_double_dash_is_a_domain(fake_stack, monkeypatch, capsys, argv,
+                                                     domains):
+    seen = backup_options(monkeypatch)
+    run_main(capsys, "backup", *argv)
+    assert [name for name, _ in seen] == domains
+
+
+@pytest.mark.parametrize("argv, says", [
+    ([], "name the domains to back up, or use --all (optionally with --match GLOB)"),
+    (["a", "--all"], "name the domains to back up or use --all, not both"),
+    (["a", "--all", "--match", "x*"], "name the domains to back up or use --all, not both"),
+    (["--match", "x*", "a"], "--match narrows --all, not named domains: name the domains to "
+                             "back up, or use --all --match GLOB"),
+    (["--match", "x*"], "--match narrows --all: use --all --match GLOB"),
+])
+def test_backup_says_what_is_wrong_with_its_selection(fake_stack, monkeypatch, capsys, argv,
+                                                      says):
+    seen = backup_options(monkeypatch)
+    code, _out, err = run_main(capsys, "backup", *argv)
+    assert code == 2 and not seen
+    assert err == f"borg-vm: {says}\n"
+
+
+@pytest.mark.parametrize("arg, says", [
+    ("--json=yes", "argument --json: takes no value, not 'yes'"),
+    ("--no-progress=", "argument --no-progress: takes no value, not ''"),
+    ("--quiesce=maybe", "argument --quiesce: takes no value or =try, not 'maybe'"),
+])
+def test_a_flag_given_a_value_says_it_takes_none(fake_stack, monkeypatch, capsys, arg, says):
+    seen = backup_options(monkeypatch)
+    code, _out, err = run_main(capsys, "backup", "a", arg)
+    assert code == 2 and not seen
+    assert err.endswith(f"borg-vm backup: error: {says}\n")
+
+
+@pytest.mark.parametrize("argv, option", [
+    (("restore", "web01", "--to", ""), "--to"),
+    (("restore", "web01", "--to="), "--to"),
+    (("boot", "web01", "--to", ""), "--to"),
+    (("mount", "web01", "--socket", ""), "--socket"),
+    (("backup", "web01", "--scratch-dir", ""), "--scratch-dir"),
+])
+def test_an_empty_path_is_refused(fake_stack, monkeypatch, capsys, argv, option):
+    monkeypatch.setattr(restore_command, "restore", lambda *a: pytest.fail("restored"))
+    code, _out, err = run_main(capsys, *argv)
+    assert code == 2
+    assert err.endswith(f"error: argument {option}: an empty path\n")
+
+
+def test_a_signal_while_a_line_is_logged_is_not_lost(monkeypatch):
+    """SIGINT raises Interrupted wherever the main thread is; logging swallows what
+    a handler raises (it prints '--- Logging error ---'), and then borg-vm mount
+    served on after Ctrl-C."""
+    logger = logging.getLogger("borg_vm")
+    monkeypatch.setattr(logger, "handlers", [])
+    cli._setup_logging(debug=False, quiet=False)
+
+    class Terminal:
+        def write(self, text):
+            raise Interrupted(signal="SIGINT")
+
+        def flush(self):
+            pass
+
+    logger.handlers[0].setStream(Terminal())
+    with pytest.raises(Interrupted):
+        logging.getLogger("borg_vm.test").info("serving")

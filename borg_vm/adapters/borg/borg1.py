@@ -44,10 +44,12 @@ from borg_vm.errors import (
     BorgNotFound,
     BorgQuestion,
     PasscommandFailed,
+    PassphraseFdUnusable,
     PassphraseMissing,
     PassphraseWrong,
     RepositoryFull,
     RepositoryLocked,
+    RepositoryMissing,
     RepositoryNotFound,
 )
 
@@ -79,7 +81,8 @@ MOUNT_START_SECONDS = 120
 MOUNT_POLL_SECONDS = 0.05
 UNMOUNT_GRACE_SECONDS = 30
 
-_REPO_MISSING = {"Repository.DoesNotExist", "Repository.InvalidRepository",
+_REPO_DOES_NOT_EXIST = "Repository.DoesNotExist"   # the one 'borg init' answers
+_REPO_MISSING = {"Repository.InvalidRepository",
                  "Repository.ParentPathDoesNotExist", "ConnectionClosed",
                  "ConnectionClosedWithHint", "RemoteRepository.RPCServerOutdated"}
 # Borg refuses a commit it has no room for with this msgid; a write that hits a full
@@ -130,11 +133,18 @@ class Borg1Repository:
 
     @staticmethod
     def _take_passphrase_fd() -> bytes | None:
+        """Return what $BORG_PASSPHRASE_FD names (read whole, then closed), None if it
+        is unset or empty; raise PassphraseFdUnusable if it is no open descriptor."""
         fd = os.environ.get("BORG_PASSPHRASE_FD")
-        if fd is None:
+        if not fd:
             return None
-        with open(int(fd), "rb", closefd=True) as f:
-            return f.read()
+        if not (fd.isascii() and fd.isdigit()):
+            raise PassphraseFdUnusable(fd=fd, detail="is not a file descriptor number")
+        try:
+            with open(int(fd), "rb", closefd=True) as f:
+                return f.read()
+        except OSError as e:
+            raise PassphraseFdUnusable(fd=fd, detail=f"cannot be read ({e.strerror})") from e
 
     def _passphrase_given(self) -> bool:
         return self._passphrase is not None or any(v in os.environ
@@ -195,6 +205,8 @@ class Borg1Repository:
                                     detail="; ".join(messages).rstrip("."))
         if _NO_SPACE in msgids or any(t in m for m in messages for t in _ENOSPC):
             return RepositoryFull(repo=self.repo, detail="; ".join(messages).rstrip("."))
+        if _REPO_DOES_NOT_EXIST in msgids:
+            return RepositoryMissing(repo=self.repo)
         if msgids & _REPO_MISSING:
             return RepositoryNotFound(repo=self.repo, detail="; ".join(messages) or e.stderr)
         detail = "; ".join(messages) or e.stderr.strip() or _exit_status(e.returncode)
@@ -391,8 +403,10 @@ def _parse_log_json(stderr: str) -> tuple[set[str], list[str]]:
     """Return (msgids, messages) from borg --log-json stderr lines.
 
     The messages are the errors and any text that is not a JSON record (ssh's,
-    Python's), or the warnings if there is neither (a run that exits 1 with a
-    warning, e.g. a path that never matched).
+    Python's), also when borg relays it as a warning (``Remote: ...``: what ssh
+    or the remote shell said, such as why the connection failed, before borg's
+    "Connection closed by remote host"), or the warnings if there is none of
+    these (a run that exits 1 with a warning, e.g. a path that never matched).
     """
     msgids, messages, warnings = set(), [], []
     for text, rec in _records(stderr):
@@ -404,11 +418,24 @@ def _parse_log_json(stderr: str) -> tuple[set[str], list[str]]:
             msgids.add(rec["msgid"])
         if rec.get("msgid") == _EXCEPTION:
             continue   # "Local Exception": the traceback record after it says which
-        if rec.get("levelname") in ("ERROR", "CRITICAL") and rec.get("message"):
+        if rec.get("levelname") in ("ERROR", "CRITICAL") and rec.get("message") or (
+                _relayed(rec)):
             messages.append(_one_line(rec["message"]))
         elif rec.get("levelname") == "WARNING" and rec.get("message"):
             warnings.append(_one_line(rec["message"]))
     return msgids, messages or warnings
+
+
+# borg logs a line the remote side wrote outside borg's logging (ssh's stderr,
+# the remote shell's) as a warning of the root logger with this prefix.
+_RELAYED_PREFIX = "Remote: "
+
+
+def _relayed(rec: dict) -> bool:
+    """Return True if a log record is such a line relayed by borg."""
+    message = rec.get("message")
+    return (rec.get("levelname") == "WARNING" and rec.get("name") == "root"
+            and isinstance(message, str) and message.startswith(_RELAYED_PREFIX))
 
 
 def _one_line(message: str) -> str:

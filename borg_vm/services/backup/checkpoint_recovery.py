@@ -19,10 +19,10 @@ import logging
 from borg_vm.adapters.borg import Repository
 from borg_vm.adapters.libvirt import Domain
 from borg_vm.core import domxml
-from borg_vm.errors import BorgVmError, FormatError
+from borg_vm.errors import BorgVmError
 from borg_vm.format import manifest as fmt
 from borg_vm.format import reader
-from borg_vm.format.manifest import ArchiveInfo, Manifest
+from borg_vm.format.manifest import ArchiveInfo
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +35,7 @@ def checkpoint(dom: Domain, borg: Repository, parent: ArchiveInfo) -> str | None
     name = parent.name.checkpoint
     try:
         raw = reader.read_small(borg, parent.archive, (fmt.CHECKPOINT_XML, fmt.MANIFEST))
-        manifest = Manifest.from_json(raw[fmt.MANIFEST], parent.archive)
-        problem = (manifest.disagreement(parent)
-                   or manifest.file_problem(fmt.CHECKPOINT_XML, raw[fmt.CHECKPOINT_XML]))
-        if problem:
-            raise FormatError(archive=parent.archive, detail=problem)
+        reader.check_archive(parent, raw, (fmt.CHECKPOINT_XML,))
         xml = domxml.checkpoint_to_redefine(raw[fmt.CHECKPOINT_XML], name)
         dom.redefine_checkpoint(xml, validate=dom.is_active())
     except ValueError as e:

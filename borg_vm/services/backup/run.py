@@ -164,11 +164,11 @@ def _backup_locked(run: BackupRun, borg: Repository, own: set[str]) -> BackupRes
     except CheckpointInconsistent as e:
         if opts.level != plan.AUTO:
             raise
-        log.warning("%s", e.message)
-        dom.delete_checkpoint(p.parent_checkpoint, broken=True)
         reason = f"checkpoint {p.parent_checkpoint} is inconsistent: {e.kwargs['detail']}"
         full = plan.Plan(fmt.FULL, reason, None, {d.target: fmt.FULL for d in run.disks})
-        return _run(run, borg, full)
+        log.warning("%s: %s backup: %s", dom.name, full.level, full.reason)
+        dom.delete_checkpoint(p.parent_checkpoint, broken=True)
+        return _run(run, borg, full, announced=True)
 
 
 def _recover_checkpoint(run: BackupRun, borg: Repository, own: set[str]) -> str | None:
@@ -186,9 +186,12 @@ def _recover_checkpoint(run: BackupRun, borg: Repository, own: set[str]) -> str 
     return lost
 
 
-def _run(run: BackupRun, borg: Repository, p: plan.Plan) -> BackupResult:
+def _run(run: BackupRun, borg: Repository, p: plan.Plan, announced: bool = False
+         ) -> BackupResult:
+    """Back up along plan p and log it (unless announced) once it is sure: raise
+    CheckpointInconsistent, before that and with nothing recorded, if p's parent
+    checkpoint turns out unusable."""
     dom = run.dom
-    log.info("%s: %s backup: %s", dom.name, p.level, p.reason)
     when = datetime.now(UTC)
     taken = set(dom.checkpoints()) | {a.name.checkpoint for a in run.archives}
     layers = backing.of_disks(dom, run.disks, p)
@@ -199,6 +202,9 @@ def _run(run: BackupRun, borg: Repository, p: plan.Plan) -> BackupResult:
               offline.session(run, p, checkpoint, when,
                               {t: x.chain for t, x in layers.items()}))
     with opened as session:
+        # Only now is the plan sure: opening the session finds an unusable parent.
+        if not announced:
+            log.info("%s: %s backup: %s", dom.name, p.level, p.reason)
         runtime.phase(runtime.JOB_STARTED, "%s: checkpoint %s", dom.name, checkpoint)
         manifest, late = _write(run, borg, p, name, when, session, layers)
     if late is not None:   # the archive is good, so the run ended as one that made it

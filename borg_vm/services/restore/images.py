@@ -83,14 +83,15 @@ def apply_archive(found: AbstractContextManager[Iterator[Member]], arc: ArchiveI
     found yields the archive's members of read_for(arc, layers, known). Return
     the archive's manifest. Raise IntegrityError unless each record's data
     covers exactly its extents and hashes to its digest; FormatError for a
-    damaged archive.
+    damaged archive (also a manifest that disagrees with arc's name or comment,
+    reader.check_archive).
     """
     with contextlib.ExitStack() as stack:
         outs = {k: stack.enter_context(_open_image(image)) for k, image in layers.items()}
         sizes = {t: arc.summary.disks[t].virtual_size for t, _ in outs}
         tally = reader.Tally(arc.archive, outs)
         _write_members(found, tally, outs, sizes, progress)
-        manifest = tally.manifest()
+        manifest = tally.manifest(arc)
         tally.check(manifest, outs)
         for k, out in outs.items():
             if layers[k].zeros:

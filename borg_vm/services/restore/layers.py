@@ -49,7 +49,7 @@ def plan(borg: Repository, archives: list[ArchiveInfo], top: ArchiveInfo, target
          ) -> tuple[list[LayeredDisk], dict[str, Manifest], dict[str, bytes]]:
     """Return each disk's layered plan, the manifests read for it (by archive name)
     and top's small members top_files, read with its manifest."""
-    chains = {t: chain.disk_chain(archives, top, t) for t in targets}
+    chains = {t: chain.restore_chain(archives, top, t) for t in targets}
     manifests, files = _manifests(borg, list({a.archive: a for arcs in chains.values()
                                               for a in arcs}.values()), top, top_files)
     out = []
@@ -71,7 +71,8 @@ def plan(borg: Repository, archives: list[ArchiveInfo], top: ArchiveInfo, target
 def _manifests(borg: Repository, arcs: list[ArchiveInfo], top: ArchiveInfo,
                top_files: tuple[str, ...]) -> tuple[dict[str, Manifest], dict[str, bytes]]:
     """Return the archives' manifests by archive name (each borg starting while the
-    manifest before is read), and top's top_files (one of arcs) read with its own."""
+    manifest before is read), and top's top_files (one of arcs) read with its own;
+    all checked (reader.check_archive) before anything is written."""
     out, files = {}, {}
     # (each path once: borg warns of a pattern that matched nothing, a repeated one too)
     wanted = {a.archive: tuple(dict.fromkeys((fmt.MANIFEST,) + (
@@ -81,7 +82,7 @@ def _manifests(borg: Repository, arcs: list[ArchiveInfo], top: ArchiveInfo,
         for a, stream in zip(arcs, found, strict=True):
             with stream as ms:
                 small = reader.small_files(ms, a.archive, wanted[a.archive])
-            out[a.archive] = Manifest.from_json(small[fmt.MANIFEST], a.archive)
+            out[a.archive] = reader.check_archive(a, small, wanted[a.archive])
             if a.archive == top.archive:
                 files = small
     return out, files

@@ -13,11 +13,13 @@ chain was at that checkpoint, the frozen layers complete.
 The archive is only as trustworthy as the repository: the top archive's
 domain.xml and manifest are read and checked before anything is written, no
 member is held in memory unless the format caps its size (see members), and the restored
-domain XML leaves out what it named of the host (core.domxml.strip_host_resources).
+domain XML leaves out what it named of the host (core.host_resources).
 
 Images are written in a hidden directory inside --to and moved into place
 only when every disk was written and verified against its manifest, so a
-failed restore leaves --to as it was (and removes it if it created it).
+failed restore leaves --to as it was (and removes it if it created it). A
+file that appeared in --to meanwhile (a concurrent restore's) is not replaced
+unless --force (see _move_in).
 """
 
 from __future__ import annotations
@@ -34,9 +36,8 @@ from dataclasses import dataclass
 
 from borg_vm import runtime
 from borg_vm.adapters.borg import Repository
-from borg_vm.core import chain, domxml
+from borg_vm.core import chain, domxml, host_resources
 from borg_vm.errors import (
-    FormatError,
     NbdError,
     RestoreTargetExists,
     RestoreTargetFull,
@@ -44,7 +45,7 @@ from borg_vm.errors import (
 )
 from borg_vm.format import manifest as fmt
 from borg_vm.format import reader
-from borg_vm.format.manifest import ArchiveInfo, Manifest
+from borg_vm.format.manifest import ArchiveInfo
 from borg_vm.progress import Progress
 from borg_vm.services import catalog
 from borg_vm.services.restore import images, layers
@@ -84,11 +85,15 @@ class DiskPlan:
 
 def plan_disks(archives: list[ArchiveInfo], top: ArchiveInfo, opts: RestoreOptions
                ) -> list[DiskPlan]:
-    """Return where each requested disk of top is restored to. Pure."""
+    """Return where each requested disk of top is restored to. Pure.
+
+    Raise BrokenChain, UnknownDisk, or FormatError if a disk changes size along
+    its chain (chain.restore_chain).
+    """
     targets = opts.disks or tuple(sorted(top.summary.disks))
     plans = []
     for t in targets:
-        arcs = tuple(chain.disk_chain(archives, top, t))
+        arcs = tuple(chain.restore_chain(archives, top, t))
         stem = f"{top.name.domain}.{t}"
         if opts.flatten:
             path = f"{stem}.{top.name.checkpoint}.{_ext(opts.format)}"
@@ -125,7 +130,7 @@ def restore(borg: Repository, domain: str, opts: RestoreOptions) -> RestoreResul
     """Restore domain's disks (and a definable domain XML) into opts.to, files 0600.
 
     The XML names no host resource unless opts.keep_host_resources (what was
-    removed is logged as one warning). Raise ArchiveNotFound, BrokenChain,
+    removed or changed is logged as one warning). Raise ArchiveNotFound, BrokenChain,
     UnknownDisk, RestoreTargetExists, RestoreTargetUnusable, FormatError,
     IntegrityError or a Borg/qemu error; on any failure opts.to is as it was.
     """
@@ -158,9 +163,14 @@ def restore(borg: Repository, domain: str, opts: RestoreOptions) -> RestoreResul
         if small:
             with next(found) as top_members:
                 files = reader.small_files(top_members, top.archive, TOP_FILES)
-        xml, removed = xml_from(files, top, {d.target: (os.path.join(to, d.top), d.formats[-1])
-                                             for d in plans}, opts.keep_host_resources,
-                                f"{domain}-restored")
+        manifest = reader.check_archive(top, files, TOP_FILES)
+        xml, changes = _xml(reader.domain_xml(top.archive, files),
+                            {d.target: (os.path.join(to, d.top), d.formats[-1]) for d in plans},
+                            opts.keep_host_resources, f"{domain}-restored")
+        # Images are as big as the top's manifest says: every archive of a chain
+        # claims that size (chain.restore_chain), each claim checked against its
+        # manifest as it is read.
+        sizes = {d.target: manifest.disks[d.target].virtual_size for d in plans}
         with target_dir(to), _staging(to) as stage:
             total = sum(a.summary.disks[d.target].data_bytes for d in plans for a in d.archives)
             progress = Progress.for_terminal(f"restore {domain}", total, opts.progress)
@@ -168,10 +178,12 @@ def restore(borg: Repository, domain: str, opts: RestoreOptions) -> RestoreResul
                 if opts.layers:
                     layers.write(found, plans, passes, manifests, stage, progress)
                 else:
-                    _write_chain(found, plans, order, stage, progress)
+                    _write_chain(found, plans, order, stage, sizes, progress)
                 with open(os.open(os.path.join(stage, xml_name),
                                   os.O_WRONLY | os.O_CREAT | os.O_EXCL, images.PRIVATE), "w") as f:
-                    f.write(xml)
+                    f.write(xml + "\n")   # a text file; ElementTree ends at the root's tag
+                # (claiming a name takes a directory entry: ENOSPC is possible)
+                _move_in(stage, to, outputs, opts.force)
             except NbdError as e:
                 if e.kwargs.get("errno") == errno.ENOSPC:
                     raise RestoreTargetFull(path=to, detail=e.message) from e
@@ -182,9 +194,7 @@ def restore(borg: Repository, domain: str, opts: RestoreOptions) -> RestoreResul
                 raise
             finally:
                 progress.close()
-            for p in outputs:
-                os.replace(os.path.join(stage, p), os.path.join(to, p))
-    warn_removed(removed)
+    warn_changed(changes)
     return RestoreResult(
         domain, top.name.checkpoint,
         {d.target: {"image": os.path.join(to, d.top),
@@ -201,11 +211,12 @@ def _chain_order(plans: list[DiskPlan]) -> list[ArchiveInfo]:
 
 
 def _write_chain(found: Iterator, plans: list[DiskPlan], order: list[ArchiveInfo], stage: str,
-                 progress: Progress) -> None:
-    """Write the chain (or flattened) images: one pass per archive of order, each
-    writing every disk it holds, from the next stream of found."""
+                 sizes: dict[str, int], progress: Progress) -> None:
+    """Write the chain (or flattened) images, each disk's sizes[target] bytes: one
+    pass per archive of order, each writing every disk it holds, from the next
+    stream of found."""
     for arc in order:
-        layers = {(d.target, 0): _prepare_layer(d, d.archives.index(arc), stage)
+        layers = {(d.target, 0): _prepare_layer(d, d.archives.index(arc), stage, sizes[d.target])
                   for d in plans if arc in d.archives}
         images.apply_archive(next(found), arc, layers, progress)
         runtime.phase(runtime.APPLIED, "%s written into %s", arc.archive, stage)
@@ -216,9 +227,9 @@ def restored_xml(borg: Repository, top: ArchiveInfo, images: dict[str, tuple[str
     """Return the XML of a domain called name on the restored images (see
     xml_from), from top's domain.xml and manifest read from Borg.
 
-    Raise FormatError naming top if either is damaged.
+    Raise FormatError naming top if it fails reader.check_archive.
     """
-    files = reader.read_small(borg, top.archive, (fmt.DOMAIN_XML, fmt.MANIFEST))
+    files = reader.read_small(borg, top.archive, TOP_FILES)
     return xml_from(files, top, images, keep_host_resources, name)
 
 
@@ -226,27 +237,31 @@ def xml_from(files: dict[str, bytes], top: ArchiveInfo, images: dict[str, tuple[
              keep_host_resources: bool, name: str) -> tuple[str, list[str]]:
     """Return the XML of a domain called name on the restored images (see
     domxml.restored_domain_xml), from top's domain.xml in files, with top's
-    manifest (also in files) checked too, and what was removed from it of the
-    host (see domxml.strip_host_resources) unless keep_host_resources.
+    manifest (also in files) checked too (reader.check_archive), and what was
+    removed from it or changed of the host's resources (see host_resources.strip)
+    unless keep_host_resources.
 
-    Raise FormatError naming top if either is damaged.
+    Raise FormatError naming top if it fails reader.check_archive.
     """
-    Manifest.from_json(files[fmt.MANIFEST], top.archive)
-    try:
-        text = domxml.read_domain_xml(files[fmt.DOMAIN_XML])
-    except ValueError as e:
-        raise FormatError(archive=top.archive, detail=f"{fmt.DOMAIN_XML} {e}") from e
+    reader.check_archive(top, files, TOP_FILES)
+    return _xml(reader.domain_xml(top.archive, files), images, keep_host_resources, name)
+
+
+def _xml(text: str, images: dict[str, tuple[str, str]], keep_host_resources: bool, name: str
+         ) -> tuple[str, list[str]]:
+    """Return what xml_from returns, from the archived domain XML text (checked)."""
     xml = domxml.restored_domain_xml(text, name, images)
     if keep_host_resources:
         return xml, []
-    return domxml.strip_host_resources(xml, {path for path, _ in images.values()})
+    return host_resources.strip(xml, {path for path, _ in images.values()})
 
 
-def warn_removed(removed: list[str]) -> None:
-    """Log one warning naming the host resources left out of a restored domain's XML."""
-    if removed:
-        log.warning("removed host resources from the restored domain XML "
-                    "(--keep-host-resources keeps them): %s", ", ".join(removed))
+def warn_changed(changes: list[str]) -> None:
+    """Log one warning naming what was removed from, or changed in, a restored domain's
+    XML (see host_resources.strip)."""
+    if changes:
+        log.warning("removed or changed host resources in the restored domain XML "
+                    "(--keep-host-resources keeps them as archived): %s", ", ".join(changes))
 
 
 @contextlib.contextmanager
@@ -284,6 +299,47 @@ def _make_dirs(path: str, created: list[str]) -> None:
             raise RestoreTargetUnusable(path=missing[0],
                                         detail=f"cannot create {d} ({e.strerror})") from e
         created.append(d)
+
+
+def _move_in(stage: str, to: str, names: list[str], force: bool) -> None:
+    """Move the files names from stage into directory to, all of them or none.
+
+    Without force each name is claimed first (an empty file made with O_EXCL),
+    and only then is it replaced by the staged file: what appeared in to since
+    the restore checked it (another restore's image, a file of someone's) is
+    never replaced; RestoreTargetExists names it, and the names claimed are
+    removed again. With force, files in the way are replaced. Restores into one
+    directory move in one at a time (a flock on it), so of two racing restores
+    the one that finishes first keeps its files whole.
+    """
+    fd = os.open(to, os.O_RDONLY | os.O_DIRECTORY)
+    claimed: list[str] = []
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        if not force:
+            taken = [p for n in names if not _claim(p := os.path.join(to, n), claimed)]
+            if taken:
+                raise RestoreTargetExists(paths=", ".join(taken))
+        for n in names:
+            os.replace(os.path.join(stage, n), os.path.join(to, n))
+    except BaseException:
+        for path in claimed:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        raise
+    finally:
+        os.close(fd)
+
+
+def _claim(path: str, claimed: list[str]) -> bool:
+    """Create an empty file at path (readable by its owner only) and append path to
+    claimed; return False if something is already there."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, images.PRIVATE))
+    except FileExistsError:
+        return False
+    claimed.append(path)
+    return True
 
 
 STAGING_PREFIX = ".borg-vm-restore-"
@@ -330,16 +386,12 @@ def _remove_stale_staging(directory: str) -> None:
             os.close(fd)
 
 
-def _prepare_layer(d: DiskPlan, i: int, stage: str) -> images.Layer:
-    """Create the image for layer i of a disk's chain (unless flatten reuses it)."""
+def _prepare_layer(d: DiskPlan, i: int, stage: str, size: int) -> images.Layer:
+    """Create the image (size bytes) for layer i of a disk's chain (unless flatten
+    reuses it)."""
     path = os.path.join(stage, d.images[i])
-    size = d.archives[i].summary.disks[d.target].virtual_size
     if i == 0 or d.images[i] != d.images[i - 1]:
         backing = os.path.join(stage, d.images[i - 1]) if i else None
         images.create_image(path, d.formats[i], size, backing)
-    elif size != (base := d.archives[0].summary.disks[d.target].virtual_size):
-        raise FormatError(archive=d.archives[i].archive,
-                          detail=f"disk {d.target} is {size} bytes, {base} in "
-                                 f"{d.archives[0].archive} (a chain keeps a disk's size)")
     log.info("restoring %s of %s into %s", d.target, d.archives[i].archive, d.images[i])
     return images.Layer(path, d.formats[i], zeros=i > 0)

@@ -118,7 +118,7 @@ def boot(hv: virt.Hypervisor, borg: Repository, domain: str, opts: BootOptions) 
     existing = [p for p in overlays.values() if os.path.lexists(p)]
     if existing:
         raise RestoreTargetExists(paths=", ".join(existing))
-    xml, removed = restore.restored_xml(borg, top, {t: (p, "qcow2") for t, p in overlays.items()},
+    xml, changes = restore.restored_xml(borg, top, {t: (p, "qcow2") for t, p in overlays.items()},
                                         opts.keep_host_resources, name)
     new_uuid = str(uuid.uuid4())
     run = runtime.boot_dir_path(new_uuid)
@@ -146,7 +146,7 @@ def boot(hv: virt.Hypervisor, borg: Repository, domain: str, opts: BootOptions) 
                                    detail="exited while the domain was being started: "
                                    + server.log_tail(run)) from e
             raise
-    restore.warn_removed(removed)
+    restore.warn_changed(changes)
     return Booted(name, domain, top.name.checkpoint,
                   {t: {"image": overlays[t], "uri": uri(sockets[t])} for t in overlays},
                   _server(run))
@@ -192,6 +192,7 @@ class Finished:
     disks: dict[str, dict]      # target -> {"image"}
     pulled: int                 # bytes the pull jobs went through
     duration: float
+    nothing_to_do: bool = False   # it read nothing from a repository and had no record
 
     def to_json(self) -> dict:
         return {**dataclasses.asdict(self), "duration": round(self.duration, 3)}
@@ -201,17 +202,22 @@ def finish(hv: virt.Hypervisor, name: str, progress: bool) -> Finished:
     """Pull what the booted domain name still reads from the repository into its
     overlays (virsh blockpull, disk by disk), then stop its server and drop its boot
     record: from then on the domain needs nothing but its images. Return what was
-    done. A finish interrupted or failed can be run again: pulled disks stay pulled.
+    done. A finish interrupted or failed can be run again: pulled disks stay pulled;
+    and so can one that completed (a domain without a boot record that reads nothing
+    from a repository has nothing to do: nothing_to_do).
 
-    Raise NotBooted, NotRunning (a shut-off domain cannot pull), ServerNotRunning,
-    PullFailed or a libvirt error.
+    Raise NotBooted (no record, yet a disk reads from a repository), NotRunning (a
+    shut-off domain cannot pull), ServerNotRunning, PullFailed or a libvirt error.
     """
     started = time.monotonic()
     _clean_stale(hv)
     dom = hv.domain(name)
-    record = _record(dom, name)
     backings = bootxml.nbd_backings(dom.xml())
     images = _images(dom)
+    if not backings and bootxml.boot_record(dom.xml(inactive=True)) is None:
+        return Finished(name, {t: {"image": p} for t, p in images.items()}, 0,
+                        time.monotonic() - started, nothing_to_do=True)
+    record = _record(dom, name)
     pulled = 0
     if backings:
         if not dom.is_active():

@@ -12,7 +12,8 @@ One ``borg mount`` of the domain's archives (each archive is loaded by Borg
 when first touched, each chunk read and decrypted when read), one nbdkit per
 disk on its own unix socket. Before anything is served, every archive of each
 disk's chain is checked as restore checks it, short of hashing the data: its
-manifest parses and agrees with the archive's name and comment, the disk keeps
+manifest parses and agrees with the archive's name and comment (and the top's
+domain.xml is what libvirt writes: reader.check_archive), the disk keeps
 its size along the chain, and its data members are regular files covering
 exactly the manifest's data extents (a pack's as its map lists them, the map
 checked as restore checks it). The SHA-256 of a disk's data cannot be
@@ -48,6 +49,7 @@ from borg_vm.errors import (
     Interrupted,
     NbdkitError,
     SocketInUse,
+    SocketPathUnusable,
     UsageError,
 )
 from borg_vm.format import manifest as fmt
@@ -102,14 +104,9 @@ def mount(borg: Repository, domain: str, opts: MountOptions, ready: Callable[[Se
     archives, top = catalog.restore_point(borg, domain, opts.checkpoint,
                                           opts.allow_unauthenticated)
     targets = opts.disks or tuple(sorted(top.summary.disks))
-    chains = {t: chain.disk_chain(archives, top, t) for t in targets}
-    for t, links in chains.items():
-        problem = chain.size_problem(links, t)
-        if problem:
-            raise FormatError(archive=top.archive, detail=problem)
+    chains = {t: chain.restore_chain(archives, top, t) for t in targets}
     _clean_stale(borg)   # first: a killed mount's nbdkit may still hold a socket
-    sockets = _socket_paths(opts.socket, targets)
-    with runtime.mount_dir() as run:
+    with _socket_paths(opts.socket, targets) as sockets, runtime.mount_dir() as run:
         mnt = os.path.join(run, ARCHIVES)
         os.mkdir(mnt, 0o700)
         try:
@@ -119,8 +116,7 @@ def mount(borg: Repository, domain: str, opts: MountOptions, ready: Callable[[Se
                     t: {"socket": sockets[t], "uri": uri(sockets[t]), "size": m.size}
                     for t, (m, _dirs) in maps.items()})
                 with _servers(run, sockets, maps, opts.owner) as servers:
-                    ready(served)
-                    _serve(servers, borg_proc)
+                    _serve(servers, borg_proc, lambda: ready(served))
         finally:
             _remove_files(run)
             with contextlib.suppress(OSError):
@@ -128,22 +124,59 @@ def mount(borg: Repository, domain: str, opts: MountOptions, ready: Callable[[Se
     return served
 
 
-def _socket_paths(path: str, targets: tuple[str, ...]) -> dict[str, str]:
-    """Return each disk's socket: path itself for one disk (unless path is a
-    directory), else path/TARGET.sock (the directory made 0700 if missing). Raise
-    SocketInUse if one exists and is not a stale socket (which is removed)."""
+@contextlib.contextmanager
+def _socket_paths(path: str, targets: tuple[str, ...]) -> Iterator[dict[str, str]]:
+    """Yield each disk's socket: path itself for one disk (unless path is a
+    directory), else path/TARGET.sock (the directory made 0700 if missing, and
+    removed on the way out if this made it and it is empty: nbdkit removes its
+    sockets). Raise SocketInUse if one exists and is not a stale socket (which is
+    removed), SocketPathUnusable if a directory it needs is missing or not one."""
+    path = os.path.abspath(path)
+    made = False
     if len(targets) == 1 and not os.path.isdir(path):
-        sockets = {targets[0]: os.path.abspath(path)}
+        sockets = {targets[0]: path}
     else:
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(path, 0o700)
-        sockets = {t: os.path.abspath(os.path.join(path, t + SOCKET_SUFFIX)) for t in targets}
-    for p in sockets.values():
-        if len(p.encode()) > MAX_SOCKET_PATH:
-            raise UsageError(detail=f"socket path {p} is longer than {MAX_SOCKET_PATH} "
-                                    "bytes, the most a unix socket may have")
-        _check_free(p)
-    return sockets
+        made = _socket_dir(path)
+        sockets = {t: os.path.join(path, t + SOCKET_SUFFIX) for t in targets}
+    try:
+        for p in sockets.values():
+            if len(p.encode()) > MAX_SOCKET_PATH:
+                raise UsageError(detail=f"socket path {p} is longer than {MAX_SOCKET_PATH} "
+                                        "bytes, the most a unix socket may have")
+            _check_parent(p)
+            _check_free(p)
+        yield sockets
+    finally:
+        if made:
+            with contextlib.suppress(OSError):   # not empty: someone put a file there
+                os.rmdir(path)
+
+
+def _socket_dir(path: str) -> bool:
+    """Make the directory of several disks' sockets (0700) unless it exists; return
+    whether this made it. Raise SocketPathUnusable if path is something else or
+    cannot be made."""
+    _check_parent(path)
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        if not os.path.isdir(path):
+            raise SocketPathUnusable(path=path, detail=(
+                "it is not a directory (with several disks, --socket names the directory "
+                "of their sockets, PATH/TARGET.sock)")) from None
+        return False
+    except OSError as e:
+        raise SocketPathUnusable(path=path, detail=f"cannot create it ({e.strerror})") from e
+    return True
+
+
+def _check_parent(path: str) -> None:
+    """Raise SocketPathUnusable unless the directory path is in exists."""
+    parent = os.path.dirname(path)
+    if not os.path.isdir(parent):
+        raise SocketPathUnusable(path=path, detail=(
+            f"{parent} is not a directory" if os.path.lexists(parent)
+            else f"{parent} does not exist"))
 
 
 def _check_free(path: str) -> None:
@@ -188,33 +221,35 @@ def _disk_map(mnt: str, links: list[ArchiveInfo], target: str
     layers, dirs = [], []
     for i, a in enumerate(links):
         root = os.path.join(mnt, a.archive)
-        record = _record(_manifest(root, a), a, target)
+        # The top's domain.xml too, as restore checks it: what one refuses, so does the other.
+        names = (fmt.DOMAIN_XML, fmt.MANIFEST) if i == len(links) - 1 else (fmt.MANIFEST,)
+        record = _record(reader.check_archive(a, _small_files(root, a, names), names), a, target)
         try:
             layers.append(piecemap.layer_pieces(i, record.extents, _members(root, a, target)))
         except ValueError as e:
             raise IntegrityError(target=target, archive=a.archive, detail=str(e)) from e
         dirs.append(root)
-    size = links[-1].summary.disks[target].virtual_size
+    size = record.virtual_size   # the top's: every archive of the chain claims it
     return piecemap.PieceMap(size, tuple(piecemap.resolve(layers, size))), dirs
 
 
-def _manifest(root: str, a: ArchiveInfo) -> Manifest:
-    """Return the archive's manifest, read from the mount, checked against its name
-    and comment; raise FormatError if it is missing, too big, bad or disagrees."""
-    path = os.path.join(root, fmt.MANIFEST)
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        raise FormatError(archive=a.archive, detail=f"no {fmt.MANIFEST}") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise FormatError(archive=a.archive, detail=f"{fmt.MANIFEST} is not a file")
-    reader.check_small_size(a.archive, fmt.MANIFEST, st.st_size)
-    with open(path, "rb") as f:
-        manifest = Manifest.from_json(f.read(fmt.MAX_MANIFEST_BYTES + 1), a.archive)
-    problem = manifest.disagreement(a)
-    if problem:
-        raise FormatError(archive=a.archive, detail=problem)
-    return manifest
+def _small_files(root: str, a: ArchiveInfo, names: tuple[str, ...]) -> dict[str, bytes]:
+    """Return {name: contents} of the archive's small members names found in the
+    mount (to be checked: reader.check_archive, which names those missing); raise
+    FormatError if one is not a regular file or is too big."""
+    files = {}
+    for name in names:
+        path = os.path.join(root, name)
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            continue
+        if not stat.S_ISREG(st.st_mode):
+            raise FormatError(archive=a.archive, detail=f"{name} is not a file")
+        reader.check_small_size(a.archive, name, st.st_size)
+        with open(path, "rb") as f:
+            files[name] = f.read(fmt.SMALL_MEMBERS[name] + 1)
+    return files
 
 
 def _record(manifest: Manifest, a: ArchiveInfo, target: str) -> fmt.DiskRecord:
@@ -292,10 +327,14 @@ def _servers(run: str, sockets: dict[str, str],
         yield servers
 
 
-def _serve(servers: dict[str, subproc.Stream], borg_proc: subproc.Stream) -> None:
-    """Return on SIGINT or SIGTERM, shielded from a second one while the caller
-    stops everything; raise NbdkitError or BorgError if a server exits first."""
+def _serve(servers: dict[str, subproc.Stream], borg_proc: subproc.Stream,
+           ready: Callable[[], None]) -> None:
+    """Call ready(), then return on SIGINT or SIGTERM (from the call of ready() on:
+    the exports listen, so a stop is the normal end), shielded from a second one
+    while the caller stops everything; raise NbdkitError or BorgError if a server
+    exits first."""
     try:
+        ready()
         while True:
             for proc in [*servers.values(), borg_proc]:
                 if proc.exited(WATCH_SECONDS):
