@@ -1,5 +1,7 @@
 """Chains: point-in-time selection, per-disk restore chains, grouping."""
 
+from dataclasses import replace
+
 import pytest
 
 from borg_vm.core.chain import disk_chain, group, of_domain, restore_chain, select
@@ -189,3 +191,20 @@ def test_group_same_second_by_checkpoint():
 
 def test_group_empty():
     assert group([]) == {}
+
+
+
+def test_a_chain_is_linked_by_archive_id_where_the_archive_records_it():
+    full = _linked("20261125T020000Z", FULL, None, "aa" * 32)
+    inc = _linked("20261126T020000Z", INC, full.archive, "bb" * 32, parent_id="aa" * 32)
+    assert disk_chain([full, inc], inc, "vda") == [full, inc]
+    swapped = replace(full, id="cc" * 32)     # another archive under the parent's name
+    with pytest.raises(BrokenChain, match="is another archive under its name"):
+        disk_chain([swapped, inc], inc, "vda")
+
+
+def _linked(stamp, level, parent, id_, parent_id=None):
+    t = f"{stamp[:4]}-{stamp[4:6]}-{stamp[6:8]}T02:00:00Z"
+    disks = {"vda": DiskSummary(level, 1 << 20, "qcow2", "/x", 0, 0)}
+    return ArchiveInfo(ArchiveName("web01", "base", f"borgvm-{stamp}"),
+                       Summary(level, parent, t, "u", disks, parent_id=parent_id), id_)
