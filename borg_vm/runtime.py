@@ -154,7 +154,7 @@ def remove_stale(uuid: str) -> None:
     """Remove run directories of the domain left by crashed runs (call with the lock held)."""
     for path in glob.glob(os.path.join(base_dir(), f"{uuid}.*")):
         if os.path.isdir(path):
-            log.warning("removing leftover run directory %s of a crashed run", path)
+            log.info("removing leftover run directory %s of a crashed run", path)
             shutil.rmtree(path, ignore_errors=True)
 
 

@@ -100,7 +100,7 @@ class Hypervisor:
             return False
         except libvirt.libvirtError:
             pass
-        log.warning("lost the connection to libvirt at %s; connecting again", self.uri)
+        log.info("lost the connection to libvirt at %s; connecting again", self.uri)
         with contextlib.suppress(libvirt.libvirtError):
             self.conn.close()
         deadline = time.monotonic() + RECONNECT_TIMEOUT
@@ -338,7 +338,7 @@ class Domain:
             if not broken:
                 raise self._fail(f"delete checkpoint {name}", e) from e
             if self.is_active():
-                log.warning("%s: removing only the metadata of broken checkpoint %s (%s)",
+                log.info("%s: removing only the metadata of broken checkpoint %s (%s)",
                             self.name, name, e.get_error_message())
             else:   # libvirt deletes no checkpoint of a shut-off domain: the expected path
                 log.info("%s is shut off: removing libvirt's record of checkpoint %s",

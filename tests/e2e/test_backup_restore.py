@@ -277,8 +277,10 @@ def test_several_domains_one_failing_and_one_disk_restored(make_domain, repo, tm
     a.write("vda", 0, 1 * MIB, 0x61)
     a.write("vdb", 0, 1 * MIB, 0x62)
     result = run("backup", a.name, "borgvm-test-missing", "--repo", repo, "--json", code=2)
-    assert [doc["domain"] for doc in result.json_lines()] == [a.name]
-    assert "borgvm-test-missing" in result.stderr
+    done, failed = result.json_lines()
+    assert done["domain"] == a.name and "error" not in done, done
+    assert failed["domain"] == "borgvm-test-missing" and failed["exit_code"] == 2, failed
+    assert "borgvm-test-missing" in failed["error"] and failed["error"] in result.stderr
 
     doc = run("restore", a.name, "--repo", repo, "--to", str(tmp_path / "one"), "--disk", "vdb",
               "--json").json()

@@ -174,10 +174,11 @@ class Target:
         for i, at in enumerate(range(offset, offset + length, CHUNK)):
             self.d.write("vda", at, CHUNK, 1 + i % 255)
 
-    def backup(self, *extra: str, env: dict | None = None) -> dict:
-        """Run a backup that must succeed; remember it and the view it holds."""
+    def backup(self, *extra: str, env: dict | None = None, code: int = 0) -> dict:
+        """Run a backup that must succeed (exit code: 1 if it must warn); remember it
+        and the view it holds."""
         view = self.d.views()
-        result = backup(self.name, self.repo, *self.args, *extra, env=env)
+        result = backup(self.name, self.repo, *self.args, *extra, env=env, code=code)
         self.took(result, view)
         return result
 
@@ -239,12 +240,15 @@ class Target:
         self.record["did"] = "killed: it can say nothing"
 
     def failed(self, result: Result, *words: str) -> str:
-        """Assert a run failed as it should: exit 2, nothing on stdout, its last line
-        borg-vm's own error with the words, no traceback; return that line."""
+        """Assert a run failed as it should: exit 2, its last line borg-vm's own error
+        with the words, no traceback, and on stdout (--json) only that error as the
+        domain's failure object; return that line."""
         lines = [line for line in result.stderr.splitlines() if line.strip()]
         assert result.code == 2, result
-        assert result.stdout == "", result.stdout
         assert lines and lines[-1].startswith("borg-vm: "), result.stderr
+        assert result.json_lines() == [{
+            "domain": self.name, "exit_code": 2,
+            "error": lines[-1].removeprefix(f"borg-vm: {self.name}: ")}], result.stdout
         assert "Traceback" not in result.stderr, result.stderr
         for w in words:
             assert w in lines[-1], lines[-1]
@@ -261,15 +265,16 @@ class Target:
         for doc in new:
             self.took({"archive": doc["name"], "checkpoint": doc["checkpoint"]}, self.pending)
 
-    def next_run(self, level: str = "inc", reason: str | None = None) -> dict:
+    def next_run(self, level: str = "inc", reason: str | None = None, code: int = 0) -> dict:
         """Run the next backup after the fault: an incremental on top of the last good
-        archive, or (level "full") a full whose reason says reason."""
+        archive, or (level "full") a full whose reason says reason; code 1 if it must
+        warn (a full instead of the incremental it planned)."""
         poll(lambda: not self._processes(), EXIT_TIMEOUT, "the struck run's processes to end")
         self.adopt()
         self.record["left"] = ", ".join(self.leftovers()) or "nothing"
         last = self.good[-1]["archive"] if self.good else None
         self.write()
-        result = self.backup()
+        result = self.backup(code=code)
         assert result["level"] == level, result["reason"]
         if level == "inc":
             listed = run("list", self.name, "--repo", self.repo, "--json").json()["archives"]

@@ -122,7 +122,9 @@ def soak(rounds: int, seed: int, workdir: Path, conn) -> int:
             if rng.random() < FAULT_SHARE:
                 what, full_because = rng.choice(FAULTS)(t, rng)
                 faults[what] += 1
-                t.next_run("full" if full_because else "inc", full_because)
+                # A full because the checkpoint proved inconsistent warns: exit 1.
+                t.next_run("full" if full_because else "inc", full_because,
+                           code=1 if full_because == "inconsistent" else 0)
                 print(f"round {n + 1}: {what}; then {t.record['next']}", flush=True)
             else:
                 t.backup()

@@ -27,5 +27,5 @@ def test_host_crash_mid_stream(target, record):
     t.d.kill_qemu()
     t.kill(proc)
     t.d.start_paused()
-    t.next_run("full", "inconsistent")
+    t.next_run("full", "inconsistent", code=1)   # it planned an incremental
     t.check()

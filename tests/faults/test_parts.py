@@ -76,7 +76,7 @@ def test_qemu_killed_mid_stream(target, record):
     t.failed(t.strike(runtime.STREAMING, lambda _proc: t.d.kill_qemu()),
              "stopped while it was being backed up", "Start it")
     t.d.start_paused()
-    t.next_run("full", "inconsistent")
+    t.next_run("full", "inconsistent", code=1)   # it planned an incremental
     t.check()
 
 

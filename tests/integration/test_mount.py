@@ -106,7 +106,7 @@ def test_a_killed_mount_is_cleaned_up_by_the_next(make_repo, tmp_path):
     assert compare(second.uri("vda"), DATA + bytes(SIZE - len(DATA)), tmp_path).returncode == 0
     assert len(os.listdir(tmp_path / "run")) == 1
     code, err = second.stop(signal.SIGINT)
-    assert code == 1, err   # the clean-up is a warning: borg's rule, exit 1
+    assert code == 0, err   # cleaning up after a killed run is information, not a warning
     assert "left by a borg-vm mount that was killed" in err
     assert not mounts_under(tmp_path / "run") and os.listdir(tmp_path / "run") == []
 

@@ -42,6 +42,6 @@ def checkpoint(dom: Domain, borg: Repository, parent: ArchiveInfo) -> str | None
         return f"its XML in {parent.archive} {e}"
     except BorgVmError as e:
         return e.message
-    log.warning("%s: checkpoint %s was gone from libvirt; recovered it from %s", dom.name,
+    log.info("%s: checkpoint %s was gone from libvirt; recovered it from %s", dom.name,
                 name, parent.archive)
     return None

@@ -121,7 +121,7 @@ def _remove_stale_bitmaps(dom: Domain, top: qemu.Layer, known: set[str]) -> None
     for name in top.bitmaps:
         if name.startswith(TEMPORARY_PREFIX) or (fmt.is_own_checkpoint(name)
                                                   and name not in known):
-            log.warning("%s: removing bitmap %s of %s, left by a crashed run", dom.name,
+            log.info("%s: removing bitmap %s of %s, left by a crashed run", dom.name,
                         name, top.path)
             _remove_bitmap(dom, top.path, name)
 

@@ -144,7 +144,7 @@ def _delete_leftovers(dom: Domain, borg: Repository, partial: list[str]) -> None
     chunks. Best effort: the backup is done; the next run tries again."""
     if not partial:
         return
-    log.warning("%s: deleting unfinished archives of crashed runs: %s", dom.name,
+    log.info("%s: deleting unfinished archives of crashed runs: %s", dom.name,
                 ", ".join(partial))
     try:
         borg.delete(partial)

@@ -78,7 +78,7 @@ def end_stale_job(dom: Domain) -> None:
         return
     sockets = domxml.backup_sockets(job)
     if sockets and all(runtime.is_ours(s) for s in sockets):
-        log.warning("%s: aborting a backup job left by a crashed borg-vm run", dom.name)
+        log.info("%s: aborting a backup job left by a crashed borg-vm run", dom.name)
         dom.abort_job()
         return
     raise LibvirtError(action="start a backup", name=dom.name,

@@ -380,7 +380,7 @@ def _remove_stale_staging(directory: str) -> None:
         except BlockingIOError:
             continue   # a restore running now
         else:
-            log.warning("removing %s, left by a restore that was killed", path)
+            log.info("removing %s, left by a restore that was killed", path)
             shutil.rmtree(path, ignore_errors=True)
         finally:
             os.close(fd)

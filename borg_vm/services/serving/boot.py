@@ -168,7 +168,7 @@ def _clean_stale(hv: virt.Hypervisor) -> None:
     for run, domain_uuid in runtime.boot_dirs():
         if server.libvirt_uri(run) != hv.uri or hv.has_uuid(domain_uuid):
             continue   # another libvirt's (e.g. qemu:///session), or still there
-        log.warning("stopping the server in %s: no domain has UUID %s any more", run,
+        log.info("stopping the server in %s: no domain has UUID %s any more", run,
                     domain_uuid)
         server.stop(run)
         runtime.remove_boot_dir(run)

@@ -201,11 +201,11 @@ def _clean_stale(borg: Repository) -> None:
     """Unmount and remove what mounts of killed borg-vm runs left behind."""
     for path in runtime.stale_mount_dirs():
         mnt = os.path.join(path, ARCHIVES)
-        log.warning("removing %s, left by a borg-vm mount that was killed", path)
+        log.info("removing %s, left by a borg-vm mount that was killed", path)
         try:
             for pidfile in glob.glob(os.path.join(path, "*" + PIDFILE_SUFFIX)):
                 if nbdkit.kill_stale(pidfile):
-                    log.warning("killed its nbdkit %s", os.path.basename(pidfile))
+                    log.info("killed its nbdkit %s", os.path.basename(pidfile))
             if mounted(mnt):
                 borg.umount(mnt)
             runtime.remove_mount_dir(path, (ARCHIVES,))
