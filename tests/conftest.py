@@ -5,15 +5,35 @@ import os
 import pytest
 
 
+KEYS_DIR_ENV = "BORG_VM_KEYS_DIR"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_keys_dir(tmp_path_factory):
+    """borg-vm's authentication keyrings, one directory for the whole session
+    (never the user's): module-scoped fixtures back up before a test's own
+    environment exists, and the test must authenticate what they wrote."""
+    path = str(tmp_path_factory.mktemp("borg-vm-keys"))
+    before = os.environ.get(KEYS_DIR_ENV)
+    os.environ[KEYS_DIR_ENV] = path
+    yield path
+    if before is None:
+        del os.environ[KEYS_DIR_ENV]
+    else:
+        os.environ[KEYS_DIR_ENV] = before
+
+
 @pytest.fixture(autouse=True)
-def _hermetic_borg_env(monkeypatch, tmp_path_factory):
+def _hermetic_borg_env(monkeypatch, tmp_path_factory, _session_keys_dir):
     """Remove every BORG_* variable and point BORG_BASE_DIR at a private
     temp dir, so no test sees the user's Borg config, keys, cache or security
-    dir; later monkeypatch/setenv calls in a test override this."""
+    dir, and borg-vm's keyrings at the session's; later monkeypatch/setenv
+    calls in a test override this."""
     for name in list(os.environ):
         if name.startswith("BORG_"):
             monkeypatch.delenv(name)
     monkeypatch.setenv("BORG_BASE_DIR", str(tmp_path_factory.mktemp("borg-base")))
+    monkeypatch.setenv(KEYS_DIR_ENV, _session_keys_dir)
 
 
 def _skip_reason(report) -> str:

@@ -78,12 +78,16 @@ manifest.json
 -------------
 ::
 
-    {"format": "borg-vm", "version": 3,
+    {"format": "borg-vm", "version": 4,
      "domain": NAME, "uuid": UUID,
      "snapshot": S, "checkpoint": C, "level": "full"|"inc",
      "parent_checkpoint": C0|null, "parent_archive": A0|null,
+     "parent_id": ID|null,                    # version 4: the parent's Borg archive ID
      "time": "2026-11-26T02:00:00Z",          # when the backup job started
      "block_size": 262144, "borg_vm_version": "0.1.0",
+     "domain_xml_sha256": HEX,                # version 4: of the members domain.xml
+     "checkpoint_xml_sha256": HEX,            #   and checkpoint.xml
+     "auth": [KEY_ID, CODE],                  # version 4: format/auth.py
      "disks": {TARGET: {
          "level": "full"|"inc",               # raw disks are always full
          "format": "qcow2"|"raw", "source": PATH, "virtual_size": BYTES,
@@ -113,12 +117,25 @@ zero); at level ``inc`` it holds what changed since the parent archive, and
 unlisted ranges are as in the parent.
 
 Version 3 changed only the data members (packs); its manifest is version 2's.
+Version 4 authenticates (format/auth.py): the manifest and the comment carry
+``auth``, a key id and an HMAC-SHA256 under a key of the host that wrote the
+archive (services/keyring.py), over the archive's name and the document
+without ``auth``; both name the parent by Borg archive ID (``parent_id``);
+the manifest records the SHA-256 of domain.xml and checkpoint.xml, so the
+manifest's code covers every member. format/trust.py decides which archives
+are restore points.
 The manifest is written compact (no indentation): a fragmented 1 TiB disk
 lists ~200,000 extents, ~5.5 MiB.
 
 The archive comment carries a summary (``Summary``) so ``borg list --json``
 alone can group and chain archives without extracting manifests; a reader
-skips archives whose summary has a version it does not know.
+skips archives whose summary has a version it does not know. Written
+compact, in this key order::
+
+    {"borg-vm": 4, "level": L, "parent": A0|null, "parent_id": ID|null,
+     "time": T, "uuid": UUID,
+     "disks": {TARGET: [LEVEL, VIRTUAL_SIZE, FORMAT, SOURCE, DATA_BYTES, ZERO_BYTES]},
+     "auth": [KEY_ID, CODE]}                  # parent_id and auth: version 4
 
 Readers reject a ``version`` they do not know, and any field of the manifest
 or the comment whose type or value is not as above (a string where a string
@@ -380,7 +397,8 @@ class Manifest:
         return self._json(with_auth=True)
 
     def _json(self, *, with_auth: bool) -> bytes:
-        doc = {"format": FORMAT_NAME, "version": FORMAT_VERSION,
+        # self.version: a code is checked over the version the archive was written in
+        doc = {"format": FORMAT_NAME, "version": self.version,
                "domain": self.domain, "uuid": self.uuid, "snapshot": self.snapshot,
                "checkpoint": self.checkpoint, "level": self.level,
                "parent_checkpoint": self.parent_checkpoint,
@@ -651,7 +669,7 @@ class Summary:
         return self._json(with_auth=True)
 
     def _json(self, *, with_auth: bool) -> str:
-        doc = {"borg-vm": FORMAT_VERSION, "level": self.level, "parent": self.parent,
+        doc = {"borg-vm": self.version, "level": self.level, "parent": self.parent,
                "parent_id": self.parent_id, "time": self.time, "uuid": self.uuid,
                "disks": {t: [d.level, d.virtual_size, d.format, d.source,
                              d.data_bytes, d.zero_bytes]
