@@ -229,6 +229,13 @@ class Unauthenticated(BorgVmError):
     ('borg-vm key import' adds the key of the host that wrote it)."""
 
 
+class NoAuthenticArchive(BorgVmError):
+    """The repository holds {count} archive(s) of {domain!r}, none of which this host
+    can authenticate (e.g. {archive}: {reason}). 'borg-vm verify {domain}' names each;
+    'borg-vm key import' adds the key of the host that wrote them; restore, mount
+    and boot use them anyway with --allow-unauthenticated."""
+
+
 class KeyringError(BorgVmError):
     """Authentication keyring {path}: {detail}"""
 

@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         if args.file and args.action == "show":
             raise UsageError(detail="key show takes no FILE")
-        result = Shown(catalog.archives(borg).keyring)
+        result = Shown(catalog.keyring_of(borg))
         if args.action == "export":
             _write(args.file, result.keyring.to_json())
             return EXIT_OK

@@ -36,11 +36,13 @@ def run(args: argparse.Namespace) -> int:
 def list_archives(borg: Repository, domain: str | None) -> list[ArchiveInfo]:
     """Return the complete borg-vm archives (of domain, or all), oldest first per domain.
 
-    Raise ArchiveNotFound if a domain is given and the repository holds none of it.
+    Raise ArchiveNotFound if a domain is given and the repository holds none of it
+    (NoAuthenticArchive if none this host can authenticate).
     """
-    archives = catalog.archives(borg, domain).archives
+    found = catalog.archives(borg, domain)
+    archives = found.archives
     if domain is not None:
-        chain.of_known_domain(archives, domain)
+        found.of_known_domain(domain)
     return [a for chains in chain.group(archives).values()
             for arcs in chains.values() for a in arcs]
 

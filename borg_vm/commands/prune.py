@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 
 from borg_vm.adapters.borg import Repository
 from borg_vm.commands import options
-from borg_vm.core import chain, retention
+from borg_vm.core import retention
 from borg_vm.core.text import printable
 from borg_vm.errors import EXIT_OK, UsageError
 from borg_vm.services import catalog
@@ -104,11 +104,13 @@ class PruneResult:
 def prune(borg: Repository, opts: PruneOptions, now: datetime | None = None) -> PruneResult:
     """Decide what the rules keep of the selected domains' archives and delete the rest.
 
-    Raise ArchiveNotFound if a named domain has no archive, a Borg error if borg fails.
+    Raise ArchiveNotFound if a named domain has no archive (NoAuthenticArchive if
+    none this host can authenticate), a Borg error if borg fails.
     """
-    archives = catalog.archives(borg).archives   # the rules never see what this host did not sign
+    found = catalog.archives(borg)
+    archives = found.archives   # the rules never see what this host did not sign
     for domain in opts.domains:
-        chain.of_known_domain(archives, domain)
+        found.of_known_domain(domain)
     selected = [a for a in archives if not opts.domains or a.name.domain in opts.domains]
     now = now or datetime.now(UTC)
     local = datetime.now().astimezone().tzinfo

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 
 from borg_vm.adapters.borg import Repository
 from borg_vm.core import chain
-from borg_vm.errors import FormatError, Unauthenticated
+from borg_vm.errors import FormatError, NoAuthenticArchive, Unauthenticated
 from borg_vm.format import manifest as fmt
 from borg_vm.format import trust
 from borg_vm.format.manifest import AUTHENTICATED_FROM, ArchiveInfo, ArchiveName, Summary
@@ -34,6 +34,17 @@ class Catalog:
     def every(self) -> list[ArchiveInfo]:
         """Every complete archive, authentic or not (--allow-unauthenticated)."""
         return self.archives + [a for a, _why in self.rejected]
+
+    def of_known_domain(self, domain: str) -> list[ArchiveInfo]:
+        """Return domain's authentic archives, oldest first. Raise NoAuthenticArchive
+        if the repository holds only archives of it this host cannot authenticate,
+        ArchiveNotFound if it holds none."""
+        own = chain.of_domain(self.archives, domain)
+        theirs = [r for r in self.rejected if r[0].name.domain == domain]
+        if not own and theirs:
+            raise NoAuthenticArchive(count=len(theirs), domain=domain,
+                                     archive=theirs[-1][0].archive, reason=theirs[-1][1])
+        return chain.of_known_domain(own, domain)
 
 
 def restore_point(borg: Repository, domain: str, checkpoint: str | None,
@@ -57,6 +68,7 @@ def restore_point(borg: Repository, domain: str, checkpoint: str | None,
             if a.name.checkpoint == checkpoint and not any(
                     b.name.checkpoint == checkpoint for b in found.archives):
                 raise Unauthenticated(archive=a.archive, reason=why)
+    found.of_known_domain(domain)
     return found.archives, chain.select(found.archives, domain, checkpoint)
 
 
@@ -66,6 +78,22 @@ def archives(borg: Repository, domain: str | None = None) -> Catalog:
     Archives whose comment is not a borg-vm summary are skipped with a warning;
     so are the ones this host cannot authenticate, one warning per domain.
     """
+    complete, partial, keyring = _listed(borg, domain)
+    good, bad = trust.authenticate(complete, keyring.keys, keyring.adopted, datetime.now(UTC))
+    _warn(bad)
+    return Catalog(good, keyring, bad, partial)
+
+
+def keyring_of(borg: Repository) -> Keyring:
+    """Return this host's keyring of borg's repository (made, adopting the archives
+    of formats 1-3 there, if there is none), judging no archive."""
+    return _listed(borg, None)[2]
+
+
+def _listed(borg: Repository, domain: str | None
+            ) -> tuple[list[ArchiveInfo], list[str], Keyring]:
+    """Return (domain's complete archives, what its unfinished runs left, the
+    repository's keyring)."""
     complete, partial, legacy = [], [], []
     for listed in borg.list_archives(checkpoints=domain is not None):
         name = ArchiveName.parse(listed.name)
@@ -83,10 +111,7 @@ def archives(borg: Repository, domain: str | None = None) -> Catalog:
                 complete.append(info)
         elif domain is not None and fmt.is_partial_of(listed.name, domain):
             partial.append(listed.name)
-    keyring = keyring_.load_or_create(borg.repository_id(), legacy)
-    good, bad = trust.authenticate(complete, keyring.keys, keyring.adopted, datetime.now(UTC))
-    _warn(bad)
-    return Catalog(good, keyring, bad, partial)
+    return complete, partial, keyring_.load_or_create(borg.repository_id(), legacy)
 
 
 def _warn(rejected: list[trust.Rejected]) -> None:

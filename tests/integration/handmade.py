@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 from dataclasses import dataclass, replace
+from datetime import datetime
 
 from realstack import CHUNKER, MTIME, TIMESTAMP, KiB, MiB, log_run
 
@@ -20,6 +21,7 @@ from borg_vm.core.extent import DATA, Extent
 from borg_vm.format import manifest as archive
 from borg_vm.format import packing
 from borg_vm.format.tarstream import TarWriter
+from borg_vm.services import keyring
 
 DOMAIN = "borgvm-test-handmade"
 SNAPSHOT = "20261126T020000Z"
@@ -45,37 +47,73 @@ def domain_xml(targets=("vda",), devices="") -> bytes:
             f"<devices>{disks}{devices}</devices></domain>").encode()
 
 
-def manifest(disks: dict[str, bytes], size: int = SIZE) -> archive.Manifest:
-    """Return the manifest of a full backup whose disks hold their data at offset 0."""
+def checkpoint_xml(checkpoint: str = CHECKPOINT) -> bytes:
+    return f"<domaincheckpoint><name>{checkpoint}</name></domaincheckpoint>".encode()
+
+
+CHECKPOINT_XML = checkpoint_xml()
+
+
+def manifest(disks: dict[str, bytes], size: int = SIZE, xml: bytes | Zeros | None = None,
+             at: str = SNAPSHOT) -> archive.Manifest:
+    """Return the manifest of a full backup whose disks hold their data at offset 0,
+    taken at the UTC stamp at (checkpoint borgvm-AT), recording the digests of xml
+    (default: domain_xml of its disks) and of its checkpoint_xml."""
     records = {t: archive.DiskRecord("full", "qcow2", f"/vms/{t}.qcow2", size,
                                      (Extent(0, len(d), DATA),) if d else (),
                                      hashlib.sha256(d).hexdigest())
                for t, d in disks.items()}
+    xml = domain_xml(tuple(disks)) if xml is None else xml
+    if isinstance(xml, Zeros):
+        xml = bytes(xml.size)
+    checkpoint = archive.CHECKPOINT_PREFIX + at
+    when = datetime.strptime(at, "%Y%m%dT%H%M%SZ").strftime("%Y-%m-%dT%H:%M:%SZ")
     return archive.Manifest(domain=DOMAIN, uuid="0b5e0b5e-0000-4000-8000-000000000001",
-                            snapshot=SNAPSHOT, checkpoint=CHECKPOINT, level="full",
+                            snapshot=SNAPSHOT, checkpoint=checkpoint, level="full",
                             parent_checkpoint=None, parent_archive=None,
-                            time="2026-11-26T02:00:00Z", disks=records)
+                            time=when, disks=records,
+                            domain_xml_sha256=hashlib.sha256(xml).hexdigest(),
+                            checkpoint_xml_sha256=hashlib.sha256(
+                                checkpoint_xml(checkpoint)).hexdigest())
+
+
+def host_key(borg) -> bytes:
+    """Return the key this host signs borg's repository's archives with (its keyring,
+    made if there is none): hand-made archives are this host's unless a test
+    writes them unsigned, as a planter without the key would."""
+    return keyring.load_or_create(borg.repository_id(), ()).signing_key
+
+
+def sign(borg, m: archive.Manifest, key: bytes | None = None) -> tuple[bytes, str]:
+    """Return (manifest.json, archive comment) of m, signed with key (default:
+    host_key(borg))."""
+    key = host_key(borg) if key is None else key
+    return m.signed(key).to_json(), m.summary().signed(key, str(m.name)).to_comment()
 
 
 def write_archive(borg, disks: dict[str, bytes], *, size: int = SIZE, xml: bytes | None = None,
-                  data_members=None, extra=(), manifest_json: bytes | None = None) -> str:
+                  data_members=None, extra=(), manifest_json: bytes | None = None,
+                  signed: bool = True, key: bytes | None = None,
+                  m: archive.Manifest | None = None) -> str:
     """Write a full borg-vm archive of DOMAIN into borg's repository; return its name.
 
     By default it is valid: domain.xml, checkpoint.xml, one data member per
-    disk at offset 0, manifest.json, and the summary as its comment. Replace
-    the domain XML, the data members or the manifest, or add extra members
-    (before the manifest), to damage it; member data may be Zeros(n).
+    disk at offset 0, manifest.json, and the summary as its comment, both
+    signed with key (default: host_key; not signed: neither). Replace the domain XML, the data
+    members, the manifest (m, signed like the default; manifest_json, as is),
+    or add extra members (before the manifest), to damage it; member data may
+    be Zeros(n).
     """
-    m = manifest(disks, size)
-    summary = m.summary()
+    xml = domain_xml(tuple(disks)) if xml is None else xml
+    m = manifest(disks, size, xml) if m is None else m
+    manifest_doc, comment = (sign(borg, m, key) if signed
+                             else (m.to_json(), m.summary().to_comment()))
     if data_members is None:
         data_members = [(archive.member_name(t, 0), d) for t, d in disks.items() if d]
-    members = [(archive.DOMAIN_XML, domain_xml(tuple(disks)) if xml is None else xml),
-               (archive.CHECKPOINT_XML, f"<domaincheckpoint><name>{CHECKPOINT}</name>"
-                                        f"</domaincheckpoint>".encode()),
+    members = [(archive.DOMAIN_XML, xml), (archive.CHECKPOINT_XML, checkpoint_xml(m.checkpoint)),
                *data_members, *extra,
-               (archive.MANIFEST, m.to_json() if manifest_json is None else manifest_json)]
-    with borg.import_tar(str(m.name), comment=summary.to_comment(), timestamp=TIMESTAMP,
+               (archive.MANIFEST, manifest_doc if manifest_json is None else manifest_json)]
+    with borg.import_tar(str(m.name), comment=comment, timestamp=TIMESTAMP,
                          compression="lz4", chunker_params=CHUNKER) as proc:
         tar = TarWriter(proc.stdin, MTIME)
         for name, data in members:
@@ -111,7 +149,7 @@ def write_packed_archive(borg, members=None) -> str:
                                          sha256=hashlib.sha256(data).hexdigest())})
     if members is None:
         members = [(PACK_MAP, packing.map_to_json(PACK)), (PACK_NAME, data)]
-    return write_archive(borg, {"vda": data}, data_members=members, manifest_json=m.to_json())
+    return write_archive(borg, {"vda": data}, data_members=members, m=m)
 
 
 def _add(tar: TarWriter, name: str, data) -> None:

@@ -11,7 +11,15 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from handmade import CHECKPOINT, DOMAIN, borg_vm, domain_xml, image_data, manifest
+from handmade import (
+    CHECKPOINT_XML,
+    DOMAIN,
+    borg_vm,
+    domain_xml,
+    image_data,
+    manifest,
+    sign,
+)
 from realstack import MTIME
 
 from borg_vm.adapters.borg import find_borg
@@ -30,22 +38,22 @@ def member(name: str, kind: bytes = tarfile.REGTYPE, data: bytes = b"",
     return info, data
 
 
-def plant(repo: str, tmp_path: Path, hostile: list) -> str:
+def plant(borg, tmp_path: Path, hostile: list) -> str:
     """Import a valid full archive of DOMAIN with the hostile members before its
-    manifest, as 'borg import-tar' of a hand-made tar; return its name."""
+    manifest, as 'borg import-tar' of a hand-made tar; return its name. It is
+    signed: what a host holding the key (or compromised) might write."""
     m = manifest({"vda": DATA})
-    summary = m.summary()
+    manifest_doc, comment = sign(borg, m)
     members = [member(archive.DOMAIN_XML, data=domain_xml()),
-               member(archive.CHECKPOINT_XML, data=f"<domaincheckpoint><name>{CHECKPOINT}"
-                                                   f"</name></domaincheckpoint>".encode()),
+               member(archive.CHECKPOINT_XML, data=CHECKPOINT_XML),
                member(archive.member_name("vda", 0), data=DATA), *hostile,
-               member(archive.MANIFEST, data=m.to_json())]
+               member(archive.MANIFEST, data=manifest_doc)]
     tar = tmp_path / "planted.tar"
     with tarfile.open(tar, "w", format=tarfile.GNU_FORMAT) as t:
         for info, data in members:
             t.addfile(info, io.BytesIO(data) if info.isreg() else None)
-    subprocess.run([find_borg(), "import-tar", "--comment", summary.to_comment(),
-                    f"{repo}::{m.name}", str(tar)], check=True, capture_output=True)
+    subprocess.run([find_borg(), "import-tar", "--comment", comment,
+                    f"{borg.repo}::{m.name}", str(tar)], check=True, capture_output=True)
     return str(m.name)
 
 
@@ -86,7 +94,7 @@ WAYS = {"export-tar": None, "extract": 0}
 def test_planted_member(make_repo, tmp_path, kind, way):
     members, says, damaged = HOSTILE[kind]
     borg = make_repo()
-    name = plant(borg.repo, tmp_path, members)
+    name = plant(borg, tmp_path, members)
     says = says and says.format(command=way)
     to = tmp_path / "out"
     restored = borg_vm("restore", DOMAIN, "--repo", borg.repo, "--to", str(to), "--json",

@@ -19,6 +19,7 @@ from handmade import (
     domain_xml,
     manifest,
     packed_disk,
+    sign,
     write_archive,
     write_packed_archive,
 )
@@ -141,11 +142,12 @@ def import_tar(borg, name, comment, members):
 def hostile(borg, extra_members, data_member=True):
     """Write an otherwise valid archive of DATA with extra tar members in disk/vda/."""
     m = manifest({"vda": DATA})
+    manifest_doc, comment = sign(borg, m)
     members = [(tarfile.TarInfo(archive.DOMAIN_XML), domain_xml()),
-               (tarfile.TarInfo(archive.MANIFEST), m.to_json())]
+               (tarfile.TarInfo(archive.MANIFEST), manifest_doc)]
     if data_member:
         members.insert(1, (tarfile.TarInfo(archive.member_name("vda", 0)), DATA))
-    import_tar(borg, str(m.name), m.summary().to_comment(), extra_members + members)
+    import_tar(borg, str(m.name), comment, extra_members + members)
     return str(m.name)
 
 
@@ -186,7 +188,7 @@ def test_a_chain_failing_the_manifest_checks_is_refused(make_repo, tmp_path, cas
         why = "bad manifest"
     else:
         m = manifest({"vda": DATA})
-        import_tar(borg, str(m.name), m.summary().to_comment(),
+        import_tar(borg, str(m.name), sign(borg, m)[1],
                    [(tarfile.TarInfo(archive.member_name("vda", 0)), DATA)])
         name, why = str(m.name), "no manifest.json"
     proc = failed_mount(DOMAIN, borg.repo, str(tmp_path / "vda.sock"))

@@ -4,9 +4,11 @@ attacker with write access to a shared repository would make them."""
 
 import json
 import os
+from dataclasses import replace
 
 import handmade
 import pytest
+from handmade import host_key
 from realstack import import_members
 
 from borg_vm.format.manifest import FULL, DiskSummary, Summary
@@ -14,12 +16,21 @@ from borg_vm.format.manifest import FULL, DiskSummary, Summary
 GOOD = "web01.20261126T020000Z.borgvm-20261126T020000Z"
 
 
+def summary(**over) -> Summary:
+    return replace(Summary(FULL, None, "2026-11-26T02:00:00Z", "u",
+                           {"vda": DiskSummary(FULL, 1 << 20, "qcow2", "/x", 0, 0)}), **over)
+
+
 def comment(**over) -> str:
-    doc = json.loads(Summary(FULL, None, "2026-11-26T02:00:00Z", "u",
-                             {"vda": DiskSummary(FULL, 1 << 20, "qcow2", "/x", 0, 0)})
-                     .to_comment())
+    """An unsigned comment with fields (of any type) replaced, as a planter writes."""
+    doc = json.loads(summary().to_comment())
     doc.update(over)
     return json.dumps(doc)
+
+
+def signed(borg, archive: str, **over) -> str:
+    """A comment signed with this host's key, as a host holding the key writes."""
+    return summary(**over).signed(host_key(borg), archive).to_comment()
 
 
 def borg_vm(*args, repo):
@@ -29,7 +40,7 @@ def borg_vm(*args, repo):
 @pytest.fixture
 def repo(make_repo):
     r = make_repo()
-    import_members(r, GOOD, [("manifest.json", b"{}")], comment=comment())
+    import_members(r, GOOD, [("manifest.json", b"{}")], comment=signed(r, GOOD))
     return r
 
 
@@ -49,15 +60,24 @@ def test_a_badly_typed_comment_is_skipped_with_one_warning(repo, bad):
 
 
 def test_escape_sequences_in_names_and_comments_are_shown_escaped(repo):
+    # signed: a host with the key may have odd domain names (or be compromised)
     planted = "web\x1b[2J01.20261126T030000Z.borgvm-20261126T030000Z"
     import_members(repo, planted, [("manifest.json", b"{}")],
-                   comment=comment(parent="evil.\x1b]0;owned\x07"))
+                   comment=signed(repo, planted, time="2026-11-26T03:00:00Z",
+                                  parent="evil.\x1b]0;owned\x07"))
     out = borg_vm("list", repo=repo)
     assert out.returncode == 0, out.stderr
     assert "\x1b" not in out.stdout and "\x07" not in out.stdout
     assert "web\\x1b[2J01" in out.stdout and "\\x1b]0;owned\\x07" in out.stdout
     # --json escapes by itself (JSON strings cannot hold raw control characters)
     assert "\x1b" not in borg_vm("list", "--json", repo=repo).stdout
+    # unsigned, it is named in a warning: escaped there too
+    unsigned = "web\x1b[2J02.20261126T030000Z.borgvm-20261126T030000Z"
+    import_members(repo, unsigned, [("manifest.json", b"{}")],
+                   comment=comment(time="2026-11-26T03:00:00Z"))
+    out = borg_vm("list", repo=repo)
+    assert out.returncode == 1 and "\x1b" not in out.stderr, out.stderr
+    assert "ignoring archive web\\x1b[2J02." in out.stderr, out.stderr
 
 
 def test_log_lines_escape_what_the_repository_says(repo):

@@ -33,13 +33,17 @@ def record(data, sha256=None, extents=EXTENTS):
     return archive.DiskRecord("inc", "qcow2", "/vms/disk.qcow2", SIZE, extents, digest)
 
 
+NO_XML = hashlib.sha256(b"").hexdigest()   # the archives hold no XML members
+
+
 def manifest(vda):
     """Return a manifest naming vda's record (and vdb's, which the test leaves alone)."""
     vdb = archive.DiskRecord("inc", "qcow2", "/vms/b.qcow2", SIZE, (Extent(0, 10, DATA),),
                              hashlib.sha256(b"other disk").hexdigest())
     return archive.Manifest(domain="dom", uuid="u", snapshot="S", checkpoint="borgvm-C",
                             level="inc", parent_checkpoint="borgvm-B", parent_archive="x",
-                            time="2026-11-25T00:00:00Z", disks={"vda": vda, "vdb": vdb})
+                            time="2026-11-25T00:00:00Z", disks={"vda": vda, "vdb": vdb},
+                            domain_xml_sha256=NO_XML, checkpoint_xml_sha256=NO_XML)
 
 
 @pytest.fixture(params=["export-tar", "extract"])

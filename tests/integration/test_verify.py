@@ -58,9 +58,9 @@ def test_manifest_disagreeing_with_comment_is_reported(repo):
     doc = json.loads(out.stdout)
     # the words restore and mount refuse it with (reader.check_archive)
     assert doc == {"ok": False, "archives": [
-        {"name": name, "ok": False, "problem": f"Archive {name} is not a borg-vm archive this "
-                                               "version can read: its manifest disagrees with "
-                                               "its comment"}]}
+        {"name": name, "ok": False, "authenticated": True,
+         "problem": f"Archive {name} is not a borg-vm archive this version can read: "
+                    "its manifest disagrees with its comment"}]}
 
 
 def test_a_valid_handmade_archive_verifies(repo):
