@@ -195,11 +195,13 @@ def backup(name: str, repo: str, *extra: str, env=None, code=0):
     return result.json_lines()[0] if code in (0, 1) else result
 
 
-def restore_and_compare(name, repo, checkpoint, views, tmp_path, tag, *extra, env=None):
-    """Restore checkpoint into a fresh directory and compare every disk with views."""
+def restore_and_compare(name, repo, checkpoint, views, tmp_path, tag, *extra, env=None,
+                        code=0):
+    """Restore checkpoint into a fresh directory (exit code code: 1 if it warns) and
+    compare every disk with views."""
     to = tmp_path / f"restore-{tag}"
     doc = run("restore", name, "--repo", repo, "--checkpoint", checkpoint, "--to", str(to),
-              "--json", *extra, env=env).json()
+              "--json", *extra, env=env, code=code).json()
     assert doc["checkpoint"] == checkpoint
     assert set(doc["disks"]) == set(views)
     for target, expected in views.items():
