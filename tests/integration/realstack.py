@@ -89,9 +89,12 @@ FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 def copy_fixture_repo(name: str, tmp_path: Path, monkeypatch) -> Path:
     """Copy tests/fixtures/NAME (borg writes lock and index files into a repository
-    it reads) into tmp_path and set it as BORG_REPO; return the copy."""
+    it reads) into tmp_path and set it as BORG_REPO, with a keyring directory of
+    its own (every copy has the fixture's repository ID; each test is the first
+    use, which adopts what its copy holds then); return the copy."""
     repo = tmp_path / name
     shutil.copytree(FIXTURES / name, repo)
     monkeypatch.setenv("BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK", "yes")
     monkeypatch.setenv("BORG_REPO", str(repo))
+    monkeypatch.setenv("BORG_VM_KEYS_DIR", str(tmp_path / "keys"))
     return repo

@@ -11,6 +11,14 @@ checkpoint. Every later format must still restore them bit for bit.
   with zeroed and discarded ranges, and after an external snapshot S2 an
   incremental holding the base layer's final changes (``frozen``), so
   ``--layers`` rebuilds the base image (``layers.base`` holds its SHA-256).
+- v3-repo (format 3, commit 7188b98): two qcow2 disks; a full, an incremental
+  of scattered small writes (packs: a map member and its pack) with zeroed and
+  discarded ranges, and after an external snapshot S2 an incremental whose top
+  data and frozen base changes both travel in packs.
+
+Formats 1 to 3 carry no authentication code: a host's keyring adopts the ones
+a repository holds when the keyring is made (services/keyring.py), as these
+tests' first use of each copy does.
 """
 
 import hashlib
@@ -23,7 +31,7 @@ from pathlib import Path
 import pytest
 from realstack import FIXTURES, copy_fixture_repo
 
-VERSIONS = ("v1", "v2")
+VERSIONS = ("v1", "v2", "v3")
 
 
 def borg_vm(*args):
@@ -73,9 +81,10 @@ def test_old_archives_verify(old_repo):
     assert doc["ok"] and len(doc["archives"]) == len(old_repo[1]["checkpoints"])
 
 
-def test_v2_layers_restore_the_frozen_base(tmp_path, monkeypatch):
-    copy_fixture_repo("v2-repo", tmp_path, monkeypatch)
-    expected = json.loads((FIXTURES / "v2-repo.json").read_text())
+@pytest.mark.parametrize("version", ["v2", "v3"])
+def test_layers_restore_the_frozen_base(tmp_path, monkeypatch, version):
+    copy_fixture_repo(f"{version}-repo", tmp_path, monkeypatch)
+    expected = json.loads((FIXTURES / f"{version}-repo.json").read_text())
     layers = expected["layers"]
     doc = json.loads(borg_vm("restore", expected["domain"], "--checkpoint",
                              layers["checkpoint"], "--to", str(tmp_path / "to"), "--layers",
