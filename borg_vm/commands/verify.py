@@ -92,7 +92,7 @@ def verify(borg: Repository, domain: str | None, checkpoint: str | None, every: 
            ) -> VerifyResult:
     """Verify domain's archive at checkpoint (default: the newest) with its chain, or
     with every, all archives (of domain, or of every domain)."""
-    found = catalog.archives(borg, domain)
+    found = catalog.archives(borg, domain, warn=False)   # it names each rejected itself
     archives = found.archives
     rejected = [(a.archive, why) for a, why in found.rejected
                 if checkpoint is None or a.name.checkpoint == checkpoint]

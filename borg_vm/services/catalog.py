@@ -55,32 +55,38 @@ def restore_point(borg: Repository, domain: str, checkpoint: str | None,
     Raise Unauthenticated if the checkpoint is only in an archive this host cannot
     authenticate, ArchiveNotFound if it is in none.
     """
-    found = archives(borg, domain)
+    found = archives(borg, domain, warn=False)
     if allow_unauthenticated:
         pool = found.every()
         top = chain.select(pool, domain, checkpoint)
-        for a, why in found.rejected:
-            if a.archive == top.archive:
-                log.warning("using %s, which is not authenticated: %s", a.archive, why)
+        named = [r for r in found.rejected if r[0].archive == top.archive]
+    else:
+        pool = found.archives
+        named = [r for r in found.rejected if checkpoint is not None
+                 and r[0].name.checkpoint == checkpoint
+                 and not any(b.name.checkpoint == checkpoint for b in pool)][:1]
+    _warn([r for r in found.rejected if r not in named])   # the one named is said below
+    if allow_unauthenticated:
+        for a, why in named:
+            log.warning("using %s, which is not authenticated: %s", a.archive, why)
         return pool, top
-    if checkpoint is not None:
-        for a, why in found.rejected:
-            if a.name.checkpoint == checkpoint and not any(
-                    b.name.checkpoint == checkpoint for b in found.archives):
-                raise Unauthenticated(archive=a.archive, reason=why)
+    for a, why in named:
+        raise Unauthenticated(archive=a.archive, reason=why)
     found.of_known_domain(domain)
-    return found.archives, chain.select(found.archives, domain, checkpoint)
+    return pool, chain.select(pool, domain, checkpoint)
 
 
-def archives(borg: Repository, domain: str | None = None) -> Catalog:
+def archives(borg: Repository, domain: str | None = None, warn: bool = True) -> Catalog:
     """Return the Catalog of domain (None: every domain, and no partial archives).
 
     Archives whose comment is not a borg-vm summary are skipped with a warning;
-    so are the ones this host cannot authenticate, one warning per domain.
+    so are the ones this host cannot authenticate, one warning per domain
+    (unless not warn: the caller warns of them).
     """
     complete, partial, keyring = _listed(borg, domain)
     good, bad = trust.authenticate(complete, keyring.keys, keyring.adopted, datetime.now(UTC))
-    _warn(bad)
+    if warn:
+        _warn(bad)
     return Catalog(good, keyring, bad, partial)
 
 
