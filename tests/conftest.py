@@ -4,7 +4,6 @@ import os
 
 import pytest
 
-
 KEYS_DIR_ENV = "BORG_VM_KEYS_DIR"
 
 
