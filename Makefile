@@ -13,6 +13,8 @@ PYTEST ?= $(VENV)/bin/pytest
 HOSTILE = tests/integration/test_restore_hostile.py \
           tests/integration/test_hostile_members.py \
           tests/integration/test_planted_archives.py \
+          tests/integration/test_authentication.py \
+          tests/e2e/test_planted_archive.py \
           tests/integration/test_verify.py \
           tests/unit/test_archive.py::test_fuzzed_comment_parses_or_raises_format_error \
           tests/unit/test_archive.py::test_fuzzed_manifest_parses_or_raises_format_error \
