@@ -200,6 +200,10 @@ def test_raw_disk_is_backed_up_in_full_every_run(make_domain, repo, tmp_path):
 def test_bad_input_is_one_clear_line_and_exit_2(make_domain, repo, tmp_path, monkeypatch):
     d = make_domain(disks=[("vda", 16 * MIB, "qcow2")])
     d.write("vda", 0, 1 * MIB, 0x31)
+    # The first use of a repository makes this host's key for it and says so, once;
+    # the bad inputs below come later.
+    made = run("key", "show", "--repo", repo)
+    assert "made authentication key" in made.stderr and "key export" in made.stderr
 
     one_error_line(run("backup", "borgvm-test-no-such-domain", "--repo", repo, code=2),
                    "not found")

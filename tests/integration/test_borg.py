@@ -357,6 +357,16 @@ with borg.import_tar("vm", comment="c", timestamp=sys.argv[2], compression="lz4"
 """
 
 
+def _running(pid: int) -> bool:
+    """Return True if process pid has not exited: a zombie has (orphaned, it waits
+    for PID 1 to reap it, which need not be quick where PID 1 is not an init)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 def test_import_whose_writer_is_sigkilled_between_members_commits_nothing(make_repo):
     """The writer dies at a member boundary and can do nothing about it: borg, which
     holds its stdin open, sees no end of file, and the kernel sends it SIGTERM."""
@@ -367,9 +377,9 @@ def test_import_whose_writer_is_sigkilled_between_members_commits_nothing(make_r
     assert writer.returncode == -signal.SIGKILL, writer.stderr
     pid = int(writer.stdout)
     deadline = time.monotonic() + 30
-    while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+    while _running(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not os.path.exists(f"/proc/{pid}"), "borg outlived its writer"
+    assert not _running(pid), "borg outlived its writer"
     assert borg.list_archives(checkpoints=True) == []
 
 
