@@ -23,6 +23,7 @@ vmdir=$work/$name
 uri=qemu:///system
 export BORG_REPO=$repo
 export BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes  # the demo repo is unencrypted
+export BORG_VM_KEYS_DIR=$work/keys  # the demo repo's keyring beside it, not in ~/.config
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 run() { printf '$ %s\n' "$*"; "$@"; }
