@@ -102,6 +102,10 @@ class FreezeExpired(QuiesceError):
 
 # --- NBD -------------------------------------------------------------------
 
+class StateUnreadable(BorgVmError):
+    """Cannot read the {what} of domain {name!r} ({path}): {detail}."""
+
+
 class NbdError(BorgVmError):
     """NBD {action} failed on {where}: {detail}"""
 

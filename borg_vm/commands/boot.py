@@ -9,6 +9,7 @@ import logging
 from borg_vm.adapters import libvirt as virt
 from borg_vm.commands import options
 from borg_vm.core.text import printable
+from borg_vm.core.vmstate import LABELS
 from borg_vm.errors import EXIT_OK, UsageError
 from borg_vm.progress import human
 from borg_vm.services.serving.boot import BootOptions, boot, finish, resume
@@ -89,6 +90,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         for target, d in result.disks.items():
             print(printable(f"{target}: {d['image']} (backed by {d['uri']})"))
+        for name, path in result.vm_state.items():
+            print(printable(f"{LABELS[name]}: {path}"))
         log.info("%s runs %s as of %s, its disks read from the repository by a server: "
                  "pid %s, log %s", result.name, result.domain, result.checkpoint,
                  result.server["pid"], result.server["log"])

@@ -51,7 +51,7 @@ def to_json(archives: list[ArchiveInfo]) -> dict:
     return {"archives": [
         {"name": a.archive, "domain": a.name.domain, "snapshot": a.name.snapshot_name,
          "checkpoint": a.name.checkpoint, "parent": a.summary.parent, "level": a.level,
-         "time": a.time,
+         "time": a.time, "vm_state": list(a.summary.state),
          "data": sum(d.data_bytes for d in a.summary.disks.values()),
          "zero": sum(d.zero_bytes for d in a.summary.disks.values())}
         for a in archives]}
@@ -71,6 +71,7 @@ def to_text(archives: list[ArchiveInfo]) -> str:
             for a in arcs:
                 data = sum(d.data_bytes for d in a.summary.disks.values())
                 parent = a.summary.parent.rsplit(".", 1)[-1] if a.summary.parent else "-"
+                state = "".join(f"  +{n}" for n in a.summary.state)
                 lines.append(printable(f"    {a.name.checkpoint:<28} {a.level:<4} {a.time}  "
-                                       f"data {human(data):>10}  parent {parent}"))
+                                       f"data {human(data):>10}  parent {parent}{state}"))
     return "\n".join(lines)

@@ -6,6 +6,7 @@ import argparse
 
 from borg_vm.commands import options
 from borg_vm.core.text import printable
+from borg_vm.core.vmstate import LABELS
 from borg_vm.errors import EXIT_OK, FormatError, IntegrityError, NothingRestored
 from borg_vm.services.restore.run import RestoreOptions, restore
 
@@ -54,5 +55,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         for target, d in result.disks.items():
             print(printable(f"{target}: {d['image']}"))
+        for name, path in result.vm_state.items():
+            print(printable(f"{LABELS[name]}: {path}"))
         print(printable(f"domain XML: {result.domain_xml}"))
     return EXIT_OK

@@ -157,6 +157,6 @@ def _read_and_hash(a: ArchiveInfo, stream: AbstractContextManager[Iterator[Membe
         for _piece in tally.count(reader.pieces(found, a.archive, sizes,
                                                 prefetch.buffers(1, PIECE))):
             pass
-    manifest = tally.manifest(a, tuple(fmt.SMALL_MEMBERS))
+    manifest = tally.manifest(a, fmt.small_members(a.summary))
     tally.check(manifest)
     return manifest, tally.files

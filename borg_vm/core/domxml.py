@@ -246,22 +246,30 @@ def checkpoint_xml(name: str, description: str, bitmaps: dict[str, bool],
 
 
 def restored_domain_xml(domain_xml: str, new_name: str,
-                        images: dict[str, tuple[str, str]]) -> str:
+                        images: dict[str, tuple[str, str]], nvram: str | None = None,
+                        uuid: str | None = None) -> str:
     """Return domain XML that runs on restored images without clashing with the original.
 
-    The name becomes new_name; the UUID, MAC addresses and the NVRAM path are
-    dropped (libvirt makes new ones) so the copy can run beside the original;
-    each restored disk (target -> (path, format)) points at its image, and
-    other writable disks are removed so the copy never writes to the
-    original's disks.
+    The name becomes new_name; the UUID (uuid if given), MAC addresses and the
+    NVRAM path (nvram, a restored variable store, if given) are dropped (libvirt
+    makes new ones) so the copy can run beside the original; each restored disk
+    (target -> (path, format)) points at its image, and other writable disks
+    are removed so the copy never writes to the original's disks.
     """
     root = parse_xml(domain_xml)
     root.find("name").text = new_name
     for e in root.findall("uuid"):
         root.remove(e)
+    if uuid is not None:
+        element = ET.Element("uuid")
+        element.text = uuid
+        root.insert(list(root).index(root.find("name")) + 1, element)
     for parent in root.iter():
         for e in parent.findall("nvram") + parent.findall("mac"):
             parent.remove(e)
+    os_ = root.find("os")
+    if nvram is not None and os_ is not None:
+        ET.SubElement(os_, "nvram").text = nvram
     devices = root.find("devices")
     for d in list(devices.findall("disk")) if devices is not None else []:
         spec = _disk_spec(d)

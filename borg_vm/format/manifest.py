@@ -1,4 +1,4 @@
-"""The borg-vm archive format, version 4 (reads 1 to 4): the one place that defines it.
+"""The borg-vm archive format, version 5 (reads 1 to 5): the one place that defines it.
 
 Archive names
 -------------
@@ -40,6 +40,10 @@ In this order::
 
     domain.xml                      the domain XML at backup time (inactive + live paths)
     checkpoint.xml                  the libvirt checkpoint XML this run created
+    state/nvram                     (version 5) the domain's UEFI variable store, the
+                                    file <os><nvram> names, if it has one
+    state/tpm                       (version 5) its emulated TPM's permanent state
+                                    (swtpm's tpm2-00.permall or tpm-00.permall)
     disk/{target}/{offset:016x}.map (version 3) the pieces of the data member that
                                     follows: JSON [[start, length], ...]
     disk/{target}/{offset:016x}     data: pieces of disk {target} as the guest saw
@@ -62,9 +66,9 @@ than a block of a fragmented disk together and keeps larger pieces in
 members of their own (format/packing.py says where packs end); readers follow
 the maps, whatever packing made them.
 
-Readers hold only domain.xml, checkpoint.xml, manifest.json and map members
-whole, and refuse them unread when bigger than ``MAX_XML_BYTES`` /
-``MAX_MANIFEST_BYTES`` / ``packing.MAX_MAP_BYTES``; any other member under
+Readers hold only domain.xml, checkpoint.xml, manifest.json, the state
+members and map members whole, and refuse them unread when bigger than
+``SMALL_MEMBERS`` says or ``packing.MAX_MAP_BYTES``; any other member under
 ``disk/`` or ``frozen/`` means a damaged archive; members they do not know
 are skipped unread.
 
@@ -88,6 +92,8 @@ manifest.json
      "domain_xml_sha256": HEX,                # version 4: of the members domain.xml
      "checkpoint_xml_sha256": HEX,            #   and checkpoint.xml
      "auth": [KEY_ID, CODE],                  # version 4: format/auth.py
+    "state": {"nvram": HEX, "tpm": HEX},     # version 5: SHA-256 of each state member
+                                             #   the archive holds (either, both, none)
      "disks": {TARGET: {
          "level": "full"|"inc",               # raw disks are always full
          "format": "qcow2"|"raw", "source": PATH, "virtual_size": BYTES,
@@ -124,6 +130,12 @@ without ``auth``; both name the parent by Borg archive ID (``parent_id``);
 the manifest records the SHA-256 of domain.xml and checkpoint.xml, so the
 manifest's code covers every member. format/trust.py decides which archives
 are restore points.
+Version 5 adds the domain's state beyond its disks (``STATE``): the UEFI
+variable store and the emulated TPM's permanent state, read at the disks'
+point in time (services/backup/vmstate.py), stored whole every run (Borg
+deduplicates them), each listed in ``state`` with its digest and in the
+comment by name. The manifest's code covers the digests, so a planted or
+damaged state member fails like a damaged disk.
 The manifest is written compact (no indentation): a fragmented 1 TiB disk
 lists ~200,000 extents, ~5.5 MiB.
 
@@ -135,6 +147,7 @@ compact, in this key order::
     {"borg-vm": 4, "level": L, "parent": A0|null, "parent_id": ID|null,
      "time": T, "uuid": UUID,
      "disks": {TARGET: [LEVEL, VIRTUAL_SIZE, FORMAT, SOURCE, DATA_BYTES, ZERO_BYTES]},
+     "state": ["nvram", "tpm"],               # version 5: the state members it holds
      "auth": [KEY_ID, CODE]}                  # parent_id and auth: version 4
 
 Readers reject a ``version`` they do not know, and any field of the manifest
@@ -155,14 +168,16 @@ from datetime import UTC, datetime
 
 from borg_vm import __version__
 from borg_vm.core import layers as layers_
+from borg_vm.core import vmstate
 from borg_vm.core.extent import DATA, ZERO, Extent, check_map, total
 from borg_vm.errors import FormatError
 from borg_vm.format import auth
 
 FORMAT_NAME = "borg-vm"
-FORMAT_VERSION = 4
-READABLE_VERSIONS = (1, 2, 3, 4)
+FORMAT_VERSION = 5
+READABLE_VERSIONS = (1, 2, 3, 4, 5)
 AUTHENTICATED_FROM = 4  # the first version whose comment and manifest carry codes
+STATE_FROM = 5          # the first version that holds the domain's state
 # Default chunk size, by the rule of bench/RESULTS.md section 4 (deduplication
 # across domains, and the chunk size; bench/NOTES.md "Chunk size (item 4)"):
 # against 4 MiB, 256 KiB chunks made the full backup no slower and a clone with
@@ -186,8 +201,15 @@ FROZEN_DIR = "frozen"
 # few KiB.
 MAX_MANIFEST_BYTES = 64 * 1024 * 1024
 MAX_XML_BYTES = 4 * 1024 * 1024
+# The domain's state beyond its disks (version 5), by name (core/vmstate.py):
+# the UEFI variable store and the emulated TPM's permanent state. Held whole, so capped: OVMF's
+# variable stores are 128 KiB to 4 MiB (AAVMF's on arm64 64 MiB); swtpm's
+# permanent state is tens of KiB (its NV memory is at most a few hundred).
+STATE = {vmstate.NVRAM: 64 * 1024 * 1024, vmstate.TPM: 4 * 1024 * 1024}
+STATE_DIR = "state"
 SMALL_MEMBERS = {DOMAIN_XML: MAX_XML_BYTES, CHECKPOINT_XML: MAX_XML_BYTES,
-                 MANIFEST: MAX_MANIFEST_BYTES}
+                 MANIFEST: MAX_MANIFEST_BYTES,
+                 **{f"{STATE_DIR}/{n}": size for n, size in STATE.items()}}
 
 # The largest virtual disk size an archive may record: far beyond any disk a
 # libvirt guest runs on (qcow2 with 64 KiB clusters tops out at 256 TiB, ext4
@@ -297,6 +319,22 @@ def disk_prefix(target: str) -> str:
     return f"{DISK_DIR}/{target}"
 
 
+def state_member(name: str) -> str:
+    """Return the member that holds state name (one of STATE)."""
+    return f"{STATE_DIR}/{name}"
+
+
+def state_members(summary: Summary) -> tuple[str, ...]:
+    """Return the state members an archive with this summary holds."""
+    return tuple(state_member(n) for n in summary.state)
+
+
+def small_members(summary: Summary) -> tuple[str, ...]:
+    """Return the small members an archive with this summary holds: all of them
+    are there in an archive that is not damaged (see reader.check_archive)."""
+    return (DOMAIN_XML, CHECKPOINT_XML, MANIFEST, *state_members(summary))
+
+
 def in_disk_dir(name: str) -> bool:
     """Return True if member name lies under disk/ or frozen/, where only data members
     belong."""
@@ -388,6 +426,8 @@ class Manifest:
     domain_xml_sha256: str = ""
     checkpoint_xml_sha256: str = ""
     auth: tuple[str, str] | None = None    # (key id, code)
+    # Version 5: the SHA-256 of each state member it holds (a name of STATE).
+    state: dict[str, str] = field(default_factory=dict)
 
     @property
     def name(self) -> ArchiveName:
@@ -408,6 +448,8 @@ class Manifest:
                "domain_xml_sha256": self.domain_xml_sha256,
                "checkpoint_xml_sha256": self.checkpoint_xml_sha256,
                "disks": {t: _disk_to_doc(d) for t, d in sorted(self.disks.items())}}
+        if self.version >= STATE_FROM:
+            doc["state"] = dict(sorted(self.state.items()))
         if with_auth:
             doc["auth"] = list(self.auth) if self.auth else None
         return json.dumps(doc, separators=(",", ":")).encode()
@@ -428,10 +470,14 @@ class Manifest:
         return None
 
     def file_problem(self, name: str, raw: bytes) -> str | None:
-        """Return how member name (domain.xml or checkpoint.xml) disagrees with the
-        digest this manifest records of it (version 4), or None."""
+        """Return how small member name (domain.xml, checkpoint.xml or a state
+        member) disagrees with the digest this manifest records of it (version 4;
+        state: version 5), or None."""
         recorded = {DOMAIN_XML: self.domain_xml_sha256,
-                    CHECKPOINT_XML: self.checkpoint_xml_sha256}[name]
+                    CHECKPOINT_XML: self.checkpoint_xml_sha256,
+                    **{state_member(n): digest for n, digest in self.state.items()}}.get(name)
+        if recorded is None:
+            return f"it holds {name}, which its manifest does not list"
         if self.version < AUTHENTICATED_FROM or hashlib.sha256(raw).hexdigest() == recorded:
             return None
         return f"its {name} differs from the digest its manifest records"
@@ -455,7 +501,8 @@ class Manifest:
                        borg_vm_version=_typed(doc.get("borg_vm_version", "?"), str,
                                               "borg_vm_version"), version=version,
                        **(_authenticated_fields(doc) if version >= AUTHENTICATED_FROM
-                          else {}))
+                          else {}),
+                       state=_state(doc) if version >= STATE_FROM else {})
         except FormatError:
             raise
         except (ValueError, RecursionError) as e:  # json.JSONDecodeError is a ValueError
@@ -478,7 +525,26 @@ class Manifest:
                        disks={t: DiskSummary(d.level, d.virtual_size, d.format, d.source,
                                              d.data_bytes, d.zero_bytes)
                               for t, d in self.disks.items()},
-                       parent_id=self.parent_id, version=self.version)
+                       parent_id=self.parent_id, version=self.version,
+                       state=tuple(sorted(self.state)))
+
+
+def _state(doc: dict) -> dict[str, str]:
+    """The state digests of a version-5 manifest."""
+    state = _get(doc, "state", dict)
+    unknown = set(state) - set(STATE)
+    if unknown:
+        raise ValueError(f"state {sorted(unknown)} is none of {sorted(STATE)}")
+    return {n: _sha256(state, n) for n in sorted(state)}
+
+
+def _state_names(doc: dict) -> tuple[str, ...]:
+    """The state names of a version-5 comment: distinct names of STATE, sorted."""
+    names = _get(doc, "state", list)
+    if not all(isinstance(n, str) and n in STATE for n in names) or sorted(set(names)) != names:
+        raise ValueError(f"state {names!r} must list distinct names of {sorted(STATE)}, "
+                         "sorted")
+    return tuple(names)
 
 
 def _authenticated_fields(doc: dict) -> dict:
@@ -660,6 +726,7 @@ class Summary:
     uuid: str
     disks: dict[str, DiskSummary] = field(default_factory=dict)
     parent_id: str | None = None     # version 4: the parent's Borg archive ID
+    state: tuple[str, ...] = ()      # version 5: the state it holds (names of STATE)
     # Not compared: the comment's code differs from the manifest's, and a
     # version-1 manifest sits under a version-1 comment anyway.
     auth: tuple[str, str] | None = field(default=None, compare=False)
@@ -674,6 +741,8 @@ class Summary:
                "disks": {t: [d.level, d.virtual_size, d.format, d.source,
                              d.data_bytes, d.zero_bytes]
                          for t, d in sorted(self.disks.items())}}
+        if self.version >= STATE_FROM:
+            doc["state"] = list(self.state)
         if with_auth:
             doc["auth"] = list(self.auth) if self.auth else None
         return json.dumps(doc, separators=(",", ":"))
@@ -706,7 +775,8 @@ class Summary:
                               for t, v in _get(doc, "disks", dict).items()},
                        version=version,
                        **({"parent_id": _archive_id(doc, "parent_id"), "auth": _auth(doc)}
-                          if version >= AUTHENTICATED_FROM else {}))
+                          if version >= AUTHENTICATED_FROM else {}),
+                       state=_state_names(doc) if version >= STATE_FROM else ())
         except FormatError:
             raise
         except (ValueError, RecursionError) as e:

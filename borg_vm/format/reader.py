@@ -18,9 +18,9 @@ a run), so a restore reads its archives through ``read_ahead``: the next
 archive's borg starts while the one before is read and written.
 
 An archive is only as trustworthy as the repository. So only the format's
-small members (domain.xml, checkpoint.xml, manifest.json, the maps of packs)
-are ever held whole, each refused unread above its cap
-(core.archive.SMALL_MEMBERS, packing.MAX_MAP_BYTES); data members stream in
+small members (domain.xml, checkpoint.xml, manifest.json, the state members,
+the maps of packs) are ever held whole, each refused unread above its cap
+(format.manifest.SMALL_MEMBERS, packing.MAX_MAP_BYTES); data members stream in
 pieces and must end within their disk; any other member under disk/, and
 anything but a regular file under a name of the format (a link, a device
 node...), means a damaged archive; members borg-vm does not know are skipped
@@ -100,13 +100,14 @@ def check_archive(info: ArchiveInfo, files: dict[str, bytes],
     (manifest.json always) is missing, the manifest is bad or disagrees with the
     archive's name or comment (so what was planned from the comment, image sizes
     among it, is what the manifest says) or lacks the code of the key that signed
-    the comment, or a domain.xml or checkpoint.xml in files differs from the
-    manifest's digest of it or is not what libvirt writes (core.domxml's rules).
+    the comment, or another member in files differs from the manifest's digest of
+    it or is not listed there, or a domain.xml or checkpoint.xml is not what
+    libvirt writes (core.domxml's rules).
     """
     check_present(info.archive, files, tuple(dict.fromkeys((fmt.MANIFEST, *names))))
     manifest = Manifest.from_json(files[fmt.MANIFEST], info.archive)
     problem = manifest.disagreement(info) or next(
-        (p for name in (fmt.DOMAIN_XML, fmt.CHECKPOINT_XML) if name in files
+        (p for name in sorted(files) if name != fmt.MANIFEST
          and (p := manifest.file_problem(name, files[name]))), None)
     if problem:
         raise FormatError(archive=info.archive, detail=problem)

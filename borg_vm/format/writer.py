@@ -53,6 +53,9 @@ class Parts:
     compression: str
     block_size: int
     key: bytes = field(repr=False)       # signs comment and manifest (format/auth.py)
+    # The domain's state by name of fmt.STATE (UEFI variables, TPM state), read
+    # at the disks' point in time; secret, so never in a repr.
+    state: dict[str, bytes] = field(default_factory=dict, repr=False)
 
 
 def write_archive(borg: Repository, name: ArchiveName, manifest: Manifest, parts: Parts,
@@ -70,6 +73,8 @@ def write_archive(borg: Repository, name: ArchiveName, manifest: Manifest, parts
     reported once the run has ended as one that made its archive); if not, or
     the repository cannot say, it is raised here.
     """
+    manifest = replace(manifest, state={n: hashlib.sha256(raw).hexdigest()
+                                        for n, raw in sorted(parts.state.items())})
     comment = manifest.summary().signed(parts.key, str(name)).to_comment()
     with borg.import_tar(str(name), comment=comment,
                          timestamp=parts.when.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -81,6 +86,8 @@ def write_archive(borg: Repository, name: ArchiveName, manifest: Manifest, parts
             checkpoint_xml = parts.checkpoint_xml().encode()
             tar.add(fmt.DOMAIN_XML, domain_xml)
             tar.add(fmt.CHECKPOINT_XML, checkpoint_xml)
+            for n, raw in sorted(parts.state.items()):
+                tar.add(fmt.state_member(n), raw)
             runtime.phase(runtime.STREAMING, "%s: into borg import-tar %s", manifest.domain, name)
             manifest = replace(_write_disks(tar, manifest, where, parts.block_size, progress),
                                domain_xml_sha256=hashlib.sha256(domain_xml).hexdigest(),

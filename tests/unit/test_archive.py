@@ -228,7 +228,7 @@ def test_manifest_round_trip_full_without_parent():
 def test_manifest_document():
     doc = json.loads(manifest().to_json())
     assert doc["format"] == "borg-vm"
-    assert doc["version"] == FORMAT_VERSION == 4
+    assert doc["version"] == FORMAT_VERSION == 5
     assert doc["parent_id"] == "12" * 32 and doc["auth"] is None
     assert doc["block_size"] == BLOCK_SIZE
     assert doc["borg_vm_version"] == __version__
@@ -262,7 +262,7 @@ def _reject(doc_or_raw, match=None):
     return e.value
 
 
-@pytest.mark.parametrize("version", [0, 5, "1", None, True])
+@pytest.mark.parametrize("version", [0, 6, "1", None, True])
 def test_manifest_rejects_unknown_version(version):
     doc = _doc()
     doc["version"] = version
@@ -305,8 +305,10 @@ def test_in_disk_dir(name, inside):
 
 def test_small_members_have_limits():
     assert set(archive.SMALL_MEMBERS) == {archive.DOMAIN_XML, archive.CHECKPOINT_XML,
-                                          archive.MANIFEST}
+                                          archive.MANIFEST, "state/nvram", "state/tpm"}
     assert archive.MAX_XML_BYTES < archive.MAX_MANIFEST_BYTES <= 64 * 1024 * 1024
+    assert archive.SMALL_MEMBERS["state/tpm"] < archive.SMALL_MEMBERS["state/nvram"] \
+        <= 64 * 1024 * 1024
 
 
 def _with_extents(extents, size=None):
@@ -656,3 +658,73 @@ def test_frozen_member_names():
     for bad in ("frozen/vda/0/0000000000100000", "frozen/vda/x/0000000000100000",
                 "frozen/vda/2/100000", "frozen/../2/0000000000100000/x"):
         assert parse_frozen_member(bad) is None
+
+
+# --- the domain's state (version 5) --------------------------------------------
+
+NVRAM_SHA = hashlib.sha256(b"vars").hexdigest()
+TPM_SHA = hashlib.sha256(b"permall").hexdigest()
+
+
+def test_state_round_trips_through_manifest_and_comment():
+    m = manifest(state={"nvram": NVRAM_SHA, "tpm": TPM_SHA})
+    assert Manifest.from_json(m.to_json(), "a") == m
+    assert json.loads(m.to_json())["state"] == {"nvram": NVRAM_SHA, "tpm": TPM_SHA}
+    s = m.summary()
+    assert s.state == ("nvram", "tpm")
+    assert json.loads(s.to_comment())["state"] == ["nvram", "tpm"]
+    assert Summary.from_comment(s.to_comment(), "a") == s
+    assert archive.small_members(s) == (archive.DOMAIN_XML, archive.CHECKPOINT_XML,
+                                        archive.MANIFEST, "state/nvram", "state/tpm")
+
+
+def test_no_state_is_an_empty_map_and_list():
+    m = manifest()
+    assert json.loads(m.to_json())["state"] == {}
+    assert json.loads(m.summary().to_comment())["state"] == []
+    assert archive.small_members(m.summary())[-1] == archive.MANIFEST
+
+
+def test_state_differs_between_manifest_and_comment():
+    """A comment that lists no state under a manifest that holds some disagrees."""
+    m = manifest(state={"nvram": NVRAM_SHA})
+    assert m.summary() != manifest().summary()
+
+
+@pytest.mark.parametrize("state", [{"bios": NVRAM_SHA}, {"nvram": "ab"}, {"nvram": None},
+                                   [], None])
+def test_manifest_rejects_bad_state(state):
+    doc = json.loads(manifest().to_json())
+    doc["state"] = state
+    _reject(doc)
+
+
+def test_manifest_v5_needs_state():
+    doc = json.loads(manifest().to_json())
+    del doc["state"]
+    _reject(doc, match="state")
+
+
+@pytest.mark.parametrize("names", [["tpm", "nvram"], ["nvram", "nvram"], ["bios"], [1], {}])
+def test_comment_rejects_bad_state(names):
+    doc = json.loads(manifest().summary().to_comment())
+    doc["state"] = names
+    with pytest.raises(FormatError, match="bad archive comment"):
+        Summary.from_comment(json.dumps(doc), "a")
+
+
+def test_version_4_manifest_holds_no_state():
+    """An archive of version 4 reads with no state, and its comment compares equal."""
+    m = manifest(version=4)
+    doc = json.loads(m.to_json())
+    assert "state" not in doc
+    back = Manifest.from_json(m.to_json(), "a")
+    assert back.state == {} and back.version == 4
+    assert "state" not in json.loads(m.summary().to_comment())
+
+
+def test_state_member_against_its_digest():
+    m = manifest(state={"nvram": NVRAM_SHA})
+    assert m.file_problem("state/nvram", b"vars") is None
+    assert "differs from the digest" in m.file_problem("state/nvram", b"other")
+    assert "does not list" in m.file_problem("state/tpm", b"permall")

@@ -60,8 +60,10 @@ class BackupRun:
 class Session:
     """One backup run's way to the disks: the source to read them from, the
     XML of the checkpoint the run records (asked for once the run has begun),
-    and how long the guest was frozen while it began (None: it was not)."""
+    how long the guest was frozen while it began (None: it was not), and the
+    domain's state as of the disks' point in time (services/backup/vmstate.py)."""
 
     source: DiskSource
     checkpoint_xml: Callable[[], str]
     frozen_ms: float | None = None
+    state: dict[str, bytes] = field(default_factory=dict, repr=False)

@@ -33,6 +33,7 @@ from borg_vm.adapters.libvirt import Domain
 from borg_vm.core import bitmaps, domxml, plan
 from borg_vm.errors import CheckpointInconsistent, QemuImgError
 from borg_vm.format import manifest as fmt
+from borg_vm.services.backup import vmstate
 from borg_vm.services.backup.context import BackupRun, Session
 
 log = logging.getLogger(__name__)
@@ -66,9 +67,10 @@ def session(run: BackupRun, p: plan.Plan, checkpoint: str, when: datetime,
         cp = domxml.checkpoint_xml(checkpoint, f"borg-vm backup of {dom.name}",
                                    {d.target: d.incremental_capable for d in disks},
                                    created=int(when.timestamp()))
+        state = vmstate.read(dom.name, run.live.xml, dom.uuid)
         with ImageSource({d.target: (d.source, d.format, dirty.get(d.target))
                           for d in disks}) as source:
-            yield Session(source, lambda: cp)
+            yield Session(source, lambda: cp, state=state)
     except BaseException:
         for image, bitmap in reversed(added):
             _remove_bitmap(dom, image, bitmap)

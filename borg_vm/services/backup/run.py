@@ -256,7 +256,7 @@ def _write(run: BackupRun, borg: Repository, p: plan.Plan, name: ArchiveName, wh
         parts = writer.Parts(domain_xml=dom.xml(inactive=True),
                              checkpoint_xml=session.checkpoint_xml, when=when,
                              compression=opts.compression, block_size=opts.block_size,
-                             key=run.key)
+                             key=run.key, state=session.state)
         return writer.write_archive(borg, name, manifest, parts, where,
                                     Progress.for_terminal(dom.name, total, opts.progress))
 

@@ -1,7 +1,8 @@
 """Backing up a running domain: a libvirt pull-mode backup job that exports the
 disks as of its start over NBD and creates the run's checkpoint.
 
-    begin job (checkpoint C; --quiesce freezes the guest for this step only)
+    begin job (checkpoint C; --quiesce freezes the guest for this step only),
+    read the domain's UEFI variables and TPM state (services/backup/vmstate.py)
     -> the run reads the job's NBD exports -> end the job -> drop older
     borg-vm checkpoints; on failure: abort the job, delete C
 """
@@ -19,7 +20,7 @@ from borg_vm.adapters.libvirt import Domain
 from borg_vm.core import domxml, plan
 from borg_vm.errors import DomainStopped, LibvirtError, NbdError, QemuImgError
 from borg_vm.format import manifest as fmt
-from borg_vm.services.backup import offline, quiesce
+from borg_vm.services.backup import offline, quiesce, vmstate
 from borg_vm.services.backup.context import BackupRun, Session
 
 log = logging.getLogger(__name__)
@@ -54,8 +55,9 @@ def session(run: BackupRun, p: plan.Plan, checkpoint: str) -> Iterator[Session]:
                                     opts.freeze_timeout) as q:
                     job_running.enter_context(dom.pull_backup(job, cp, p.parent_checkpoint))
                     begun = True
+                    state = vmstate.read(dom.name, run.live.xml, dom.uuid)
                 yield Session(PullBackupSource(socket), lambda: dom.checkpoint_xml(checkpoint),
-                              q.ms)
+                              q.ms, state)
         except BaseException as e:
             if begun:
                 _undo_checkpoint(dom, checkpoint, run.disks)

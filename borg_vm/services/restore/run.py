@@ -31,12 +31,14 @@ import logging
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from borg_vm import runtime
 from borg_vm.adapters.borg import Repository
 from borg_vm.core import chain, domxml, host_resources
+from borg_vm.core import vmstate as core_vmstate
 from borg_vm.errors import (
     NbdError,
     RestoreTargetExists,
@@ -45,10 +47,10 @@ from borg_vm.errors import (
 )
 from borg_vm.format import manifest as fmt
 from borg_vm.format import reader
-from borg_vm.format.manifest import ArchiveInfo
+from borg_vm.format.manifest import ArchiveInfo, Manifest
 from borg_vm.progress import Progress
 from borg_vm.services import catalog
-from borg_vm.services.restore import images, layers
+from borg_vm.services.restore import images, layers, vmstate
 
 log = logging.getLogger(__name__)
 
@@ -116,14 +118,17 @@ class RestoreResult:
     checkpoint: str
     disks: dict[str, dict]
     domain_xml: str
+    vm_state: dict[str, str] = field(default_factory=dict)   # name -> file (vmstate.py)
 
     def to_json(self) -> dict:
         return {"domain": self.domain, "checkpoint": self.checkpoint, "disks": self.disks,
-                "domain_xml": self.domain_xml}
+                "domain_xml": self.domain_xml, "vm_state": self.vm_state}
 
 
-# What a restore reads of its top archive before it writes anything.
-TOP_FILES = (fmt.DOMAIN_XML, fmt.MANIFEST)
+def top_files(top: ArchiveInfo) -> tuple[str, ...]:
+    """What a restore reads of its top archive before it writes anything: its
+    domain.xml, manifest and state."""
+    return (fmt.DOMAIN_XML, fmt.MANIFEST, *fmt.state_members(top.summary))
 
 
 def restore(borg: Repository, domain: str, opts: RestoreOptions) -> RestoreResult:
@@ -136,11 +141,12 @@ def restore(borg: Repository, domain: str, opts: RestoreOptions) -> RestoreResul
     """
     archives, top = catalog.restore_point(borg, domain, opts.checkpoint,
                                           opts.allow_unauthenticated)
+    wanted = top_files(top)
     if opts.layers:
         targets = opts.disks or tuple(sorted(top.summary.disks))
         # The top's small members come with its manifest: one borg fewer.
         plans, manifests, files = layers.plan(borg, archives, top, targets, opts.format,
-                                               TOP_FILES)
+                                               wanted)
         passes = layers.passes(plans)
         reads = [images.read_for(arc, keys, manifests[arc.archive]) for arc, keys in passes]
     else:
@@ -149,8 +155,10 @@ def restore(borg: Repository, domain: str, opts: RestoreOptions) -> RestoreResul
         reads = [images.read_for(arc, [(d.target, 0) for d in plans if arc in d.archives])
                  for arc in order]
         files = {}
-    xml_name = f"{domain}.{top.name.checkpoint}.xml"
-    outputs = sorted({p for d in plans for p in d.images} | {xml_name})
+    stem = f"{domain}.{top.name.checkpoint}"
+    xml_name = f"{stem}.xml"
+    nvram = vmstate.nvram_name(stem) if core_vmstate.NVRAM in top.summary.state else None
+    outputs = sorted({p for d in plans for p in d.images} | {xml_name} | ({nvram} - {None}))
     existing = [os.path.join(opts.to, p) for p in outputs
                 if os.path.lexists(os.path.join(opts.to, p))]
     if existing and not opts.force:
@@ -158,15 +166,17 @@ def restore(borg: Repository, domain: str, opts: RestoreOptions) -> RestoreResul
     to = os.path.abspath(opts.to)
     # The small members first: a damaged or hostile archive fails here, before
     # anything is created or written (while the first data archive's borg starts).
-    small = [] if files else [reader.Read(top.archive, TOP_FILES)]
+    small = [] if files else [reader.Read(top.archive, wanted)]
     with reader.read_ahead(borg, small + reads) as found:
         if small:
             with next(found) as top_members:
-                files = reader.small_files(top_members, top.archive, TOP_FILES)
-        manifest = reader.check_archive(top, files, TOP_FILES)
-        xml, changes = _xml(reader.domain_xml(top.archive, files),
+                files = reader.small_files(top_members, top.archive, wanted)
+        manifest = reader.check_archive(top, files, wanted)
+        new_uuid = str(uuid.uuid4()) if core_vmstate.TPM in manifest.state else None
+        xml, changes = _xml(top, manifest, files,
                             {d.target: (os.path.join(to, d.top), d.formats[-1]) for d in plans},
-                            opts.keep_host_resources, f"{domain}-restored")
+                            opts.keep_host_resources, f"{domain}-restored",
+                            nvram and os.path.join(to, nvram), new_uuid)
         # Images are as big as the top's manifest says: every archive of a chain
         # claims that size (chain.restore_chain), each claim checked against its
         # manifest as it is read.
@@ -182,8 +192,17 @@ def restore(borg: Repository, domain: str, opts: RestoreOptions) -> RestoreResul
                 with open(os.open(os.path.join(stage, xml_name),
                                   os.O_WRONLY | os.O_CREAT | os.O_EXCL, images.PRIVATE), "w") as f:
                     f.write(xml + "\n")   # a text file; ElementTree ends at the root's tag
-                # (claiming a name takes a directory entry: ENOSPC is possible)
-                _move_in(stage, to, outputs, opts.force)
+                if nvram:
+                    vmstate.write_nvram(os.path.join(stage, nvram),
+                                        files[fmt.state_member(core_vmstate.NVRAM)])
+                tpm = _place_tpm(xml, new_uuid, files)
+                try:
+                    # (claiming a name takes a directory entry: ENOSPC is possible)
+                    _move_in(stage, to, outputs, opts.force)
+                except BaseException:
+                    if tpm:
+                        vmstate.remove_tpm(tpm)
+                    raise
             except NbdError as e:
                 if e.kwargs.get("errno") == errno.ENOSPC:
                     raise RestoreTargetFull(path=to, detail=e.message) from e
@@ -195,13 +214,24 @@ def restore(borg: Repository, domain: str, opts: RestoreOptions) -> RestoreResul
             finally:
                 progress.close()
     warn_changed(changes)
+    state = {n: p for n, p in ((core_vmstate.NVRAM, nvram and os.path.join(to, nvram)),
+                               (core_vmstate.TPM, tpm)) if p}
     return RestoreResult(
         domain, top.name.checkpoint,
         {d.target: {"image": os.path.join(to, d.top),
                     "chain": [os.path.join(to, p) for p in dict.fromkeys(d.images)],
                     **({"layers": list(d.names)} if opts.layers else {})}
          for d in plans},
-        os.path.join(to, xml_name))
+        os.path.join(to, xml_name), state)
+
+
+def _place_tpm(xml: str, new_uuid: str | None, files: dict[str, bytes]) -> str | None:
+    """Place the TPM state in files (if any) for the domain xml with new_uuid
+    (vmstate.place_tpm); return its file, None if there is none."""
+    raw = files.get(fmt.state_member(core_vmstate.TPM))
+    if raw is None or new_uuid is None:
+        return None
+    return vmstate.place_tpm(xml, new_uuid, raw)
 
 
 def _chain_order(plans: list[DiskPlan]) -> list[ArchiveInfo]:
@@ -223,37 +253,39 @@ def _write_chain(found: Iterator, plans: list[DiskPlan], order: list[ArchiveInfo
 
 
 def restored_xml(borg: Repository, top: ArchiveInfo, images: dict[str, tuple[str, str]],
-                 keep_host_resources: bool, name: str) -> tuple[str, list[str]]:
-    """Return the XML of a domain called name on the restored images (see
-    xml_from), from top's domain.xml and manifest read from Borg.
+                 keep_host_resources: bool, name: str, nvram: str | None = None
+                 ) -> tuple[str, list[str], dict[str, bytes]]:
+    """Return the XML of a domain called name on the restored images and on nvram,
+    the file its UEFI variables are to be written to, if the archive holds them
+    (see _xml), what was removed from it or changed of the host's resources, and
+    top's small members read from Borg (its state among them).
 
     Raise FormatError naming top if it fails reader.check_archive.
     """
-    files = reader.read_small(borg, top.archive, TOP_FILES)
-    return xml_from(files, top, images, keep_host_resources, name)
+    wanted = top_files(top)
+    files = reader.read_small(borg, top.archive, wanted)
+    manifest = reader.check_archive(top, files, wanted)
+    return (*_xml(top, manifest, files, images, keep_host_resources, name, nvram), files)
 
 
-def xml_from(files: dict[str, bytes], top: ArchiveInfo, images: dict[str, tuple[str, str]],
-             keep_host_resources: bool, name: str) -> tuple[str, list[str]]:
+def _xml(top: ArchiveInfo, manifest: Manifest, files: dict[str, bytes],
+         images: dict[str, tuple[str, str]],
+         keep_host_resources: bool, name: str, nvram: str | None = None,
+         new_uuid: str | None = None) -> tuple[str, list[str]]:
     """Return the XML of a domain called name on the restored images (see
-    domxml.restored_domain_xml), from top's domain.xml in files, with top's
-    manifest (also in files) checked too (reader.check_archive), and what was
-    removed from it or changed of the host's resources (see host_resources.strip)
-    unless keep_host_resources.
-
-    Raise FormatError naming top if it fails reader.check_archive.
-    """
-    reader.check_archive(top, files, TOP_FILES)
-    return _xml(reader.domain_xml(top.archive, files), images, keep_host_resources, name)
-
-
-def _xml(text: str, images: dict[str, tuple[str, str]], keep_host_resources: bool, name: str
-         ) -> tuple[str, list[str]]:
-    """Return what xml_from returns, from the archived domain XML text (checked)."""
-    xml = domxml.restored_domain_xml(text, name, images)
+    domxml.restored_domain_xml), its UEFI variables in nvram (if the archive holds
+    them) and its UUID new_uuid (if given), from top's domain.xml in files and
+    its manifest (both checked: reader.check_archive), and what was removed from it or changed of
+    the host's resources (see host_resources.strip) unless keep_host_resources.
+    Warn about state the domain used that the archive lacks."""
+    text = reader.domain_xml(top.archive, files)
+    vmstate.warn_missing(top.archive, text, manifest)
+    if core_vmstate.NVRAM not in manifest.state:
+        nvram = None
+    xml = domxml.restored_domain_xml(text, name, images, nvram, new_uuid)
     if keep_host_resources:
         return xml, []
-    return host_resources.strip(xml, {path for path, _ in images.values()})
+    return host_resources.strip(xml, {path for path, _ in images.values()} | {nvram} - {None})
 
 
 def warn_changed(changes: list[str]) -> None:

@@ -41,6 +41,7 @@ from borg_vm.adapters import libvirt as virt
 from borg_vm.adapters import nbdkit
 from borg_vm.adapters.borg import Repository
 from borg_vm.core import bootxml, domxml
+from borg_vm.core import vmstate as core_vmstate
 from borg_vm.core.bootxml import BootRecord
 from borg_vm.errors import (
     DomainExists,
@@ -53,9 +54,10 @@ from borg_vm.errors import (
     ServerFailed,
     ServerNotRunning,
 )
+from borg_vm.format import manifest as fmt
 from borg_vm.progress import Progress
 from borg_vm.services import catalog
-from borg_vm.services.restore import images
+from borg_vm.services.restore import images, vmstate
 from borg_vm.services.restore import run as restore
 from borg_vm.services.serving import server
 from borg_vm.services.serving.mount import uri
@@ -93,6 +95,7 @@ class Booted:
     checkpoint: str
     disks: dict[str, dict]   # target -> {"image", "uri"}
     server: dict             # {"pid", "log"}
+    vm_state: dict[str, str] = dataclasses.field(default_factory=dict)  # name -> file
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -118,8 +121,12 @@ def boot(hv: virt.Hypervisor, borg: Repository, domain: str, opts: BootOptions) 
     existing = [p for p in overlays.values() if os.path.lexists(p)]
     if existing:
         raise RestoreTargetExists(paths=", ".join(existing))
-    xml, changes = restore.restored_xml(borg, top, {t: (p, "qcow2") for t, p in overlays.items()},
-                                        opts.keep_host_resources, name)
+    nvram = os.path.join(to, vmstate.nvram_name(name))
+    if core_vmstate.NVRAM in top.summary.state and os.path.lexists(nvram):
+        raise RestoreTargetExists(paths=nvram)
+    xml, changes, files = restore.restored_xml(
+        borg, top, {t: (p, "qcow2") for t, p in overlays.items()}, opts.keep_host_resources,
+        name, nvram)
     new_uuid = str(uuid.uuid4())
     run = runtime.boot_dir_path(new_uuid)
     sockets = {t: os.path.join(run, f"{t}.sock") for t in overlays}
@@ -137,6 +144,7 @@ def boot(hv: virt.Hypervisor, borg: Repository, domain: str, opts: BootOptions) 
                 undo(_unlink, image)
                 images.create_image(image, "qcow2", top.summary.disks[t].virtual_size,
                                    backing=uri(sockets[t]), backing_format="raw")
+            vm_state = _place_state(xml, new_uuid, nvram, files, undo)
             dom = hv.define(xml, name)
             undo(dom.remove)
             dom.start()
@@ -149,7 +157,25 @@ def boot(hv: virt.Hypervisor, borg: Repository, domain: str, opts: BootOptions) 
     restore.warn_changed(changes)
     return Booted(name, domain, top.name.checkpoint,
                   {t: {"image": overlays[t], "uri": uri(sockets[t])} for t in overlays},
-                  _server(run))
+                  _server(run), vm_state)
+
+
+def _place_state(xml: str, new_uuid: str, nvram: str, files: dict[str, bytes],
+                 undo: Callable) -> dict[str, str]:
+    """Write the archive's state (in files) where the booted domain (xml, new_uuid)
+    uses it (services/restore/vmstate.py), each registered with undo; return
+    {name: file}."""
+    state = {}
+    raw = files.get(fmt.state_member(core_vmstate.NVRAM))
+    if raw is not None:
+        vmstate.write_nvram(nvram, raw)
+        undo(_unlink, nvram)
+        state[core_vmstate.NVRAM] = nvram
+    raw = files.get(fmt.state_member(core_vmstate.TPM))
+    if raw is not None:
+        state[core_vmstate.TPM] = vmstate.place_tpm(xml, new_uuid, raw)
+        undo(vmstate.remove_tpm, state[core_vmstate.TPM])
+    return state
 
 
 @contextlib.contextmanager
