@@ -85,16 +85,32 @@ def extract_file(borg, archive, path):
 
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+KEYS_DIR_MODE = 0o700
+KEYRING_MODE = 0o600
 
 
 def copy_fixture_repo(name: str, tmp_path: Path, monkeypatch) -> Path:
     """Copy tests/fixtures/NAME (borg writes lock and index files into a repository
     it reads) into tmp_path and set it as BORG_REPO, with a keyring directory of
-    its own (every copy has the fixture's repository ID; each test is the first
-    use, which adopts what its copy holds then); return the copy."""
+    its own; return the copy.
+
+    A fixture of format 4 on (vN-repo) was signed by the keyring beside it
+    (vN-keys): that is copied into the keyring directory, 0600 in a 0700
+    directory as services/keyring.py makes them, as on a host that imported it
+    with 'borg-vm key import'. An older fixture has none: every copy has the
+    fixture's repository ID, and each test is the first use, which makes a
+    keyring adopting what its copy holds then."""
     repo = tmp_path / name
     shutil.copytree(FIXTURES / name, repo)
+    keys = tmp_path / "keys"
+    shipped = FIXTURES / (name.removesuffix("-repo") + "-keys")
+    if shipped.is_dir():
+        keys.mkdir(mode=KEYS_DIR_MODE)
+        keys.chmod(KEYS_DIR_MODE)   # git keeps no modes, and mkdir's is masked
+        for keyring in shipped.iterdir():
+            shutil.copyfile(keyring, keys / keyring.name)
+            (keys / keyring.name).chmod(KEYRING_MODE)
     monkeypatch.setenv("BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK", "yes")
     monkeypatch.setenv("BORG_REPO", str(repo))
-    monkeypatch.setenv("BORG_VM_KEYS_DIR", str(tmp_path / "keys"))
+    monkeypatch.setenv("BORG_VM_KEYS_DIR", str(keys))
     return repo

@@ -15,10 +15,17 @@ checkpoint. Every later format must still restore them bit for bit.
   of scattered small writes (packs: a map member and its pack) with zeroed and
   discarded ranges, and after an external snapshot S2 an incremental whose top
   data and frozen base changes both travel in packs.
+- v4-repo (format 4, commit c8d95c7): v3-repo's scenario (its zeroed range
+  over the full's data), its archives signed (format/auth.py); made by
+  tests/fixtures/make_fixture.py, which makes the next format's fixture the
+  same way.
 
 Formats 1 to 3 carry no authentication code: a host's keyring adopts the ones
 a repository holds when the keyring is made (services/keyring.py), as these
-tests' first use of each copy does.
+tests' first use of each copy does. From format 4 on, a fixture is
+authenticated by the keyring that signed it, vN-keys beside it, which tests
+copy into their keys directory, as a host that imported its key with
+``borg-vm key import`` would; without it, its archives are refused.
 """
 
 import hashlib
@@ -31,14 +38,21 @@ from pathlib import Path
 import pytest
 from realstack import FIXTURES, copy_fixture_repo
 
-VERSIONS = ("v1", "v2", "v3")
+from borg_vm.format.manifest import AUTHENTICATED_FROM
+from borg_vm.services.keyring import Keyring
+
+VERSIONS = ("v1", "v2", "v3", "v4")
+ADOPTED = tuple(v for v in VERSIONS if int(v[1:]) < AUTHENTICATED_FROM)
+SIGNED = tuple(v for v in VERSIONS if int(v[1:]) >= AUTHENTICATED_FROM)
+LAYERED = VERSIONS[1:]      # from format 2 on: an external snapshot between backups
 
 
-def borg_vm(*args):
+def borg_vm(*args, code=0):
+    """Run borg-vm ARGS; assert it exits code; return its stdout (0) or the process."""
     proc = subprocess.run([sys.executable, "-m", "borg_vm", *args], capture_output=True,
                           text=True, env=dict(os.environ), timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout
+    assert proc.returncode == code, proc.stderr
+    return proc.stdout if code == 0 else proc
 
 
 def sha256_of_image(path: str, tmp_path: Path) -> str:
@@ -79,9 +93,43 @@ def test_old_archives_restore_bit_for_bit(old_repo, tmp_path, mode):
 def test_old_archives_verify(old_repo):
     doc = json.loads(borg_vm("verify", "--all", "--json"))
     assert doc["ok"] and len(doc["archives"]) == len(old_repo[1]["checkpoints"])
+    assert all(a["authenticated"] for a in doc["archives"])
 
 
-@pytest.mark.parametrize("version", ["v2", "v3"])
+@pytest.mark.parametrize("version", ADOPTED)
+def test_unsigned_formats_are_adopted_when_the_keyring_is_made(tmp_path, monkeypatch,
+                                                               version):
+    copy_fixture_repo(f"{version}-repo", tmp_path, monkeypatch)
+    expected = json.loads((FIXTURES / f"{version}-repo.json").read_text())
+    borg_vm("list")     # the first use: the keyring is made
+    shown = json.loads(borg_vm("key", "show", "--json"))
+    assert shown["adopted_archives"] == len(expected["checkpoints"])
+
+
+@pytest.mark.parametrize("version", SIGNED)
+def test_signed_formats_are_authenticated_by_their_keyring(tmp_path, monkeypatch, version):
+    copy_fixture_repo(f"{version}-repo", tmp_path, monkeypatch)
+    (shipped,) = (FIXTURES / f"{version}-keys").iterdir()
+    keyring = Keyring.from_json(shipped.read_bytes(), str(shipped))
+    borg_vm("list")
+    shown = json.loads(borg_vm("key", "show", "--json"))
+    assert (shown["keys"], shown["adopted_archives"]) == (keyring.key_ids(), 0)
+    assert (tmp_path / "keys" / shipped.name).read_bytes() == shipped.read_bytes()
+
+
+@pytest.mark.parametrize("version", SIGNED)
+def test_signed_formats_are_refused_without_their_keyring(tmp_path, monkeypatch, version):
+    copy_fixture_repo(f"{version}-repo", tmp_path, monkeypatch)
+    monkeypatch.setenv("BORG_VM_KEYS_DIR", str(tmp_path / "other-host-keys"))
+    (shipped,) = (FIXTURES / f"{version}-keys").iterdir()
+    (key_id,) = Keyring.from_json(shipped.read_bytes(), str(shipped)).key_ids()
+    expected = json.loads((FIXTURES / f"{version}-repo.json").read_text())
+    proc = borg_vm("list", expected["domain"], code=2)
+    assert "none of which this host can authenticate" in proc.stderr.splitlines()[-1]
+    assert f"signed with key {key_id}, which this host does not hold" in proc.stderr
+
+
+@pytest.mark.parametrize("version", LAYERED)
 def test_layers_restore_the_frozen_base(tmp_path, monkeypatch, version):
     copy_fixture_repo(f"{version}-repo", tmp_path, monkeypatch)
     expected = json.loads((FIXTURES / f"{version}-repo.json").read_text())
