@@ -23,12 +23,19 @@
 #    e2fsck of restored ones), openssh-server (only for the tests' own sshd
 #    on 127.0.0.1: when this script installs it, it first creates
 #    /etc/ssh/sshd_not_to_be_run, Debian's switch that keeps the system sshd
-#    from being started, now or at boot; remove that file to run it), and what
-#    building borgbackup needs; installed only when missing.
+#    from being started, now or at boot; remove that file to run it), ovmf
+#    and swtpm, swtpm-tools (UEFI firmware and an emulated TPM 2.0 for the
+#    test domains whose NVRAM and TPM state borg-vm keeps; swtpm-tools
+#    creates the tss user, which libvirtd runs swtpm as when it exists at
+#    libvirtd's start, else root), tpm2-tools (the tests read and write that
+#    TPM state offline; it pulls in the swtpm TCTI, libtss2-tcti-swtpm0 on
+#    Debian 12 and libtss2-tcti-swtpm0t64 on 13, so neither is named here),
+#    and what building borgbackup needs; installed only when missing.
 # 2. A venv from Debian's /usr/bin/python3 (3.11 on Debian 12, 3.13 on
 #    Debian 13) with --system-site-packages (so the distribution's `libvirt`,
 #    `nbd` and `llfuse` modules import), holding borgbackup 1.4.x (built from
-#    source by pip) and borg-vm with its test extras.
+#    source by pip) and borg-vm with its test extras (virt-firmware among
+#    them: the tests edit UEFI variable stores with it).
 # 3. A libvirt daemon answering on qemu:///system. One that answers already
 #    is used as it is. Otherwise the minimum is configured (the libvirt-qemu
 #    user; user/group root and stdio_handler "file" in qemu.conf, for hosts
@@ -52,6 +59,7 @@ packages=(qemu-system-x86 qemu-utils libvirt-daemon libvirt-daemon-driver-qemu
           python3-venv python3-dev gcc pkg-config
           systemd faketime
           e2fsprogs openssh-server
+          ovmf swtpm swtpm-tools tpm2-tools
           libacl1-dev liblz4-dev libzstd-dev libxxhash-dev libssl-dev)
 case $extras in
     "") ;;

@@ -85,14 +85,16 @@ def _remove_stale_domains(libvirt_conn):
 def make_domain(libvirt_conn, virt_type, real_virt_type, _remove_stale_domains, tmp_path,
                 tmp_path_factory):
     """Return make_domain(disks=[("vda", 64 MiB, "qcow2"), ...],
-    name_suffix=None, discard="unmap", boot=None, fill=None) -> guest.Domain: a
-    persistent domain started paused, or booting the real guest (`boot`, see
-    realguest.py), its images filled before it starts by `fill` (see
-    guest.create_domain), with images in tmp_path/vms; and
+    name_suffix=None, discard="unmap", boot=None, fill=None, uefi=False,
+    tpm=False) -> guest.Domain: a persistent domain started paused, or booting
+    the real guest (`boot`, see realguest.py), its images filled before it
+    starts by `fill`, with OVMF firmware (`uefi`) and an emulated TPM 2.0
+    (`tpm`) if asked (see guest.create_domain), with images and NVRAM in
+    tmp_path/vms; and
     make_domain.define(xml, disks, serial) -> guest.Domain for a domain of this
     suite defined from XML (guest.define_domain). Every domain made is
-    destroyed and undefined (with checkpoint/snapshot metadata) and its images
-    removed at teardown, even when the test failed."""
+    destroyed and undefined (with checkpoint/snapshot metadata, NVRAM and TPM
+    state) and its images removed at teardown, even when the test failed."""
     workdir = tmp_path / "vms"
     workdir.mkdir()
     basetemp = tmp_path_factory.getbasetemp()
@@ -101,11 +103,11 @@ def make_domain(libvirt_conn, virt_type, real_virt_type, _remove_stale_domains, 
     made = []
 
     def factory(disks=(("vda", 64 * guest.MIB, "qcow2"),), name_suffix=None, discard="unmap",
-                boot=None, fill=None):
+                boot=None, fill=None, uefi=False, tpm=False):
         domain = guest.create_domain(libvirt_conn, workdir,
                                      virt_type if boot is None else real_virt_type, list(disks),
                                      name_suffix=name_suffix, discard=discard, boot=boot,
-                                     fill=fill)
+                                     fill=fill, uefi=uefi, tpm=tpm)
         made.append(domain)
         return domain
 

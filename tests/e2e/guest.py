@@ -49,10 +49,26 @@ METADATA_URI = "https://borg-vm.invalid/tests/e2e"
 METADATA_KEY = "borgvmtest"
 QEMU_LOG_DIR = Path("/var/log/libvirt/qemu")
 QEMU_PID_DIR = Path("/run/libvirt/qemu")
+SWTPM_LOG_DIR = Path("/var/log/swtpm/libvirt/qemu")   # <name>-swtpm.log, kept by undefine
 QEMU_IO_TIMEOUT = 10.0
 STATE_TIMEOUT = 30.0
 POLL_INTERVAL = 0.01
 FORMATS = ("qcow2", "raw")
+# OVMF without Secure Boot and without SMM (Debian's ovmf package): the default
+# i440fx machine runs it from pflash, no q35 needed. Each UEFI domain gets its
+# own copy of the variable store template, made by libvirt on its first start.
+OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
+OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
+MEMORY_MIB = 128
+# With 128 MiB, OVMF takes an exception (#GP, #UD) before the real guest's
+# kernel runs; 192 MiB boots it (measured), 256 leaves a margin.
+UEFI_MEMORY_MIB = 256
+# An emulated TPM 2.0: libvirt runs swtpm (swtpm_setup on the first start) with
+# its state in /var/lib/libvirt/swtpm/<uuid>/tpm2 (see vmstate.py).
+TPM_XML = """
+    <tpm model='tpm-crb'>
+      <backend type='emulator' version='2.0'/>
+    </tpm>"""
 AGENT_CHANNEL = "org.qemu.guest_agent.0"
 AGENT_CHANNEL_XML = f"""
     <channel type='unix'>
@@ -150,14 +166,17 @@ def image_info(path: Path, fmt: str) -> dict:
 def domain_xml(name: str, virt_type: str, disks: list[tuple[str, Path, str]],
                discard: str | None, owner: str,
                metadata: tuple[str, str] = (METADATA_KEY, METADATA_URI),
-               boot: Boot | None = None, serial: Path | None = None) -> str:
+               boot: Boot | None = None, serial: Path | None = None,
+               nvram: Path | None = None, tpm: bool = False) -> str:
     """Given a name, 'kvm' or 'qemu', (target, path, format) disks, the
     driver's discard mode (None: libvirt default), an owner token and the
-    (key, namespace URI) to tag it with, return the XML of a 128 MiB, 1 vCPU
-    guest without network or graphics: without OS, or with `boot` the real
-    guest, its serial console written to the file `serial` and a guest agent
-    channel. bench/lab.py builds its domains with this too, under its own
-    namespace."""
+    (key, namespace URI) to tag it with, return the XML of a 1 vCPU guest of
+    MEMORY_MIB without network or graphics: without OS, or with `boot` the
+    real guest, its serial console written to the file `serial` and a guest
+    agent channel. With `nvram` its firmware is OVMF (UEFI) with its variables
+    in that file (made from OVMF_VARS on the first start) and it has
+    UEFI_MEMORY_MIB; with `tpm` it has an emulated TPM 2.0. bench/lab.py
+    builds its domains with this too, under its own namespace."""
     key, uri = metadata
     discard_attr = f" discard='{discard}'" if discard else ""
     disk_xml = "".join(
@@ -171,15 +190,20 @@ def domain_xml(name: str, virt_type: str, disks: list[tuple[str, Path, str]],
     os_xml, devices_xml, on_reboot = ("", "", "") if boot is None else (
         boot_os_xml(boot), boot_devices_xml(serial),
         "\n  <on_reboot>destroy</on_reboot>")   # a panic (panic=-1) ends the domain
+    firmware_xml = "" if nvram is None else uefi_os_xml(nvram)
+    # libvirt refuses UEFI on x86 without ACPI (OVMF needs its tables).
+    features_xml = "" if nvram is None else "\n  <features><acpi/></features>"
+    tpm_xml = TPM_XML if tpm else ""
+    memory = MEMORY_MIB if nvram is None else UEFI_MEMORY_MIB
     return f"""<domain type='{virt_type}'>
   <name>{name}</name>
   <metadata>
     <{key}:owner xmlns:{key}='{uri}'>{owner}</{key}:owner>
   </metadata>
-  <memory unit='MiB'>128</memory>
+  <memory unit='MiB'>{memory}</memory>
   <vcpu>1</vcpu>
-  <os><type arch='x86_64'>hvm</type>{os_xml}</os>{on_reboot}
-  <devices>{disk_xml}{devices_xml}
+  <os><type arch='x86_64'>hvm</type>{firmware_xml}{os_xml}</os>{features_xml}{on_reboot}
+  <devices>{disk_xml}{devices_xml}{tpm_xml}
     <memballoon model='none'/>
   </devices>
 </domain>
@@ -189,6 +213,13 @@ def domain_xml(name: str, virt_type: str, disks: list[tuple[str, Path, str]],
 def _attr(value: object) -> str:
     """Given a value, return it escaped for a single-quoted XML attribute."""
     return escape(str(value), {"'": "&apos;"})
+
+
+def uefi_os_xml(nvram: Path) -> str:
+    """Given the file for a domain's UEFI variables, return the <os> children
+    that boot it with OVMF, the variables starting as a copy of OVMF_VARS."""
+    return (f"<loader readonly='yes' type='pflash'>{escape(str(OVMF_CODE))}</loader>"
+            f"<nvram template='{_attr(OVMF_VARS)}'>{escape(str(nvram))}</nvram>")
 
 
 def boot_os_xml(boot: Boot) -> str:
@@ -471,6 +502,22 @@ class Domain:
         libvirt refuses."""
         self.dom.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED)
 
+    def start(self) -> None:
+        """Start the (shut off) domain again, running, and note when in
+        `started`; a real guest boots anew, its serial console file emptied
+        first so that what it reports (realguest.Console) is this boot's.
+        Raise libvirtError if libvirt refuses."""
+        if self.serial is not None:
+            self.serial.write_bytes(b"")
+        self.dom.create()
+        self.started = time.monotonic()
+
+    def nvram(self) -> Path | None:
+        """Return the file of UEFI variables the domain's definition names
+        (<os><nvram>), or None for a domain without UEFI."""
+        node = ET.fromstring(self.dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)).find("os/nvram")
+        return None if node is None or not (node.text or "").strip() else Path(node.text.strip())
+
     # -- the disks' life: snapshots, commits, new disks, resizes ---------------
     def snapshot(self, name: str, metadata: bool = True) -> dict[str, Path]:
         """Given a snapshot name, take an external disk-only snapshot of every
@@ -602,7 +649,8 @@ class Domain:
 def create_domain(conn: libvirt.virConnect, workdir: Path, virt_type: str,
                   disks: list[tuple[str, int, str]], name_suffix: str | None = None,
                   discard: str | None = "unmap", boot: Boot | None = None,
-                  fill: Callable[[str, Path], None] | None = None) -> Domain:
+                  fill: Callable[[str, Path], None] | None = None, uefi: bool = False,
+                  tpm: bool = False) -> Domain:
     """Given a connection, a private directory, 'kvm'/'qemu' and disks as
     (target, virtual size, 'qcow2'|'raw'), create the images in `workdir`,
     define a persistent domain borgvm-test-<8 hex>[-suffix] and start it
@@ -610,7 +658,10 @@ def create_domain(conn: libvirt.virConnect, workdir: Path, virt_type: str,
     that size, qcow2) and the domain boots the real guest, running, its serial
     console in workdir/<name>.serial. With fill, call fill(target, image) for
     each image before QEMU opens it, and keep no model of the disks (a big
-    disk's model would be as big). Raise ValueError on bad arguments; on a
+    disk's model would be as big). With `uefi` it boots through OVMF, its
+    variables in workdir/<name>_VARS.fd (libvirt copies OVMF_VARS there on the
+    first start); with `tpm` it has an emulated TPM 2.0 (swtpm), its state in
+    /var/lib/libvirt/swtpm/<uuid>. Raise ValueError on bad arguments; on a
     libvirt error, undo what was done and re-raise."""
     targets = [t for t, _, _ in disks]
     if not disks or len(set(targets)) != len(targets):
@@ -635,7 +686,8 @@ def create_domain(conn: libvirt.virConnect, workdir: Path, virt_type: str,
             fill(target, paths[target])
     serial = None if boot is None else workdir / f"{name}.serial"
     xml = domain_xml(name, virt_type, [(t, paths[t], f) for t, _, f in disks], discard,
-                     owner_token(), boot=boot, serial=serial)
+                     owner_token(), boot=boot, serial=serial,
+                     nvram=workdir / f"{name}_VARS.fd" if uefi else None, tpm=tpm)
     try:
         return define_domain(conn, xml, workdir, {t: (paths[t], f) for t, _, f in disks},
                              discard, serial, model=fill is None)
@@ -671,9 +723,11 @@ def define_domain(conn: libvirt.virConnect, xml: str, workdir: Path,
 
 def remove_domain(dom: libvirt.virDomain) -> None:
     """Given a domain of this suite (name starts with PREFIX), destroy it if
-    active and undefine it with its checkpoint/snapshot/NVRAM metadata;
-    a domain that is already gone is fine.  Raise ValueError for a domain
-    outside PREFIX, libvirtError if libvirt refuses."""
+    active and undefine it with its checkpoint/snapshot metadata, its NVRAM
+    file and its TPM state (libvirt deletes /var/lib/libvirt/swtpm/<uuid>
+    unless told to keep it), then remove its swtpm log; a domain that is
+    already gone is fine.  Raise ValueError for a domain outside PREFIX,
+    libvirtError if libvirt refuses."""
     name = dom.name()
     if not name.startswith(PREFIX):
         raise ValueError(f"refusing to remove domain {name!r}")
@@ -701,6 +755,8 @@ def remove_domain(dom: libvirt.virDomain) -> None:
                                       libvirt.VIR_ERR_CONFIG_UNSUPPORTED):
             raise
         dom.undefine()
+    finally:
+        (SWTPM_LOG_DIR / f"{name}-swtpm.log").unlink(missing_ok=True)
 
 
 def destroy_test_domain(domain: Domain) -> None:
