@@ -218,3 +218,17 @@ def restore_every_mode(name, repo, results, views, tmp_path):
         for mode, extra in (("chain", ()), ("flat", ("--flatten",)), ("layers", ("--layers",))):
             restore_and_compare(name, repo, result["checkpoint"], view, tmp_path, f"{mode}{i}",
                                 *extra)
+
+
+def is_boot_server(pid: int) -> bool:
+    """Return True if pid is (still) a borg-vm mount: the server a boot started."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except FileNotFoundError:
+        return False
+    return b"borg_vm" in argv and b"mount" in argv
+
+
+def running_from(doc: dict) -> bool:
+    """Return True if the server `borg-vm boot --json` reported (doc) still runs."""
+    return is_boot_server(doc["server"]["pid"])

@@ -4,7 +4,10 @@ Only domains named borgvm-test-* that carry this suite's metadata are ever
 touched; see guest.py for how guest I/O is injected and checked.
 """
 
+import os
+import signal
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -12,13 +15,15 @@ try:
     import guest
     import libvirt
     import realguest
-    from borgvm import init_repo
+    from borgvm import init_repo, is_boot_server, run
+    from mounting import wait_gone
 except ImportError as e:  # reported by libvirt_conn, so every e2e test skips (fails under CI)
     _IMPORT_ERROR = e
 else:
     _IMPORT_ERROR = None
 
 URI = "qemu:///system"
+SERVER_STOP_TIMEOUT = 60   # seconds a boot's server may take to stop at teardown
 
 
 class Connection:
@@ -134,3 +139,46 @@ def make_domain(libvirt_conn, virt_type, real_virt_type, _remove_stale_domains, 
 def repo(tmp_path):
     """Return the path of a new unencrypted Borg repository in tmp_path."""
     return init_repo(tmp_path / "repo")
+
+
+@pytest.fixture
+def booted(libvirt_conn, tmp_path):
+    """Return boot(source Domain, repo, views, *extra) -> (guest.Domain of the booted
+    domain, borg-vm boot's --json document). The booted Domain's model starts as the
+    source's views at the checkpoint booted (the caller passes them; None: no model). At teardown the booted
+    domains are removed, their servers stopped (by the pid boot reported) and their
+    run directories removed, whatever the test left."""
+    made = []
+
+    def factory(source: guest.Domain, repo: str, views: dict[str, bytes] | None, *extra: str):
+        to = tmp_path / "boot"
+        doc = run("boot", source.name, "--repo", repo, "--to", str(to), "--json",
+                  *extra).json()
+        made.append(doc)
+        dom = libvirt_conn.lookupByName(doc["name"])
+        images = {t: Path(d["image"]) for t, d in doc["disks"].items()}
+        if views is None:   # no model of its disks
+            return guest.Domain(dom, tmp_path, images, {t: "qcow2" for t in images}, {},
+                                source.discard_mode, model=False), doc
+        new = guest.Domain(dom, tmp_path, images, {t: "qcow2" for t in images},
+                           {t: len(views[t]) for t in images}, source.discard_mode)
+        new.model = {t: bytearray(views[t]) for t in images}
+        return new, doc
+
+    yield factory
+    for doc in made:
+        try:
+            guest.remove_domain(libvirt_conn.lookupByName(doc["name"]))
+        except libvirt.libvirtError:
+            pass   # the test removed it, or it never got defined
+        pid = doc["server"]["pid"]
+        if is_boot_server(pid):
+            os.kill(pid, signal.SIGTERM)
+            wait_gone(pid, SERVER_STOP_TIMEOUT)
+        for d in doc["disks"].values():
+            Path(d["image"]).unlink(missing_ok=True)
+        run_dir = Path(doc["server"]["log"]).parent
+        for f in run_dir.glob("*") if run_dir.is_dir() else ():
+            f.unlink()
+        if run_dir.is_dir():
+            run_dir.rmdir()

@@ -32,7 +32,7 @@ from guest import Boot, poll
 
 BUILD = Path(__file__).resolve().parents[2] / "contrib" / "guest" / "build-guest.sh"
 BUILD_TIMEOUT = 600
-BOOT_TIMEOUT = 60          # a TCG boot takes 4-9 s here (2 busy cores)
+BOOT_TIMEOUT = 120         # a TCG boot takes 4-9 s here (2 busy cores), under OVMF 11-25 s
 AGENT_TIMEOUT = 30
 VERIFY_TIMEOUT = 60
 # PVM ("pagetable-based virtual machine"), a KVM module that runs nested guests

@@ -17,7 +17,7 @@ import libvirt
 import libvirt_qemu
 import pytest
 import realguest
-from borgvm import assert_same, backup, run
+from borgvm import assert_same, backup, run, running_from
 from guest import MIB
 from mounting import wait_gone
 
@@ -26,59 +26,6 @@ STOP_TIMEOUT = 60
 PAUSE_TIMEOUT = 60
 NEW_FILES = 3      # files the real guest's workload completes between two steps
 SYNC_TIMEOUT = 60
-
-
-@pytest.fixture
-def booted(libvirt_conn, tmp_path):
-    """Return boot(source Domain, repo, *extra) -> (guest.Domain of the booted domain,
-    borg-vm boot's --json document). The booted Domain's model starts as the source's
-    views at the checkpoint booted (the caller passes them). At teardown the booted
-    domains are removed, their servers stopped (by the pid boot reported) and their
-    run directories removed, whatever the test left."""
-    made = []
-
-    def factory(source: guest.Domain, repo: str, views: dict[str, bytes], *extra: str):
-        to = tmp_path / "boot"
-        doc = run("boot", source.name, "--repo", repo, "--to", str(to), "--json",
-                  *extra).json()
-        made.append(doc)
-        dom = libvirt_conn.lookupByName(doc["name"])
-        images = {t: Path(d["image"]) for t, d in doc["disks"].items()}
-        new = guest.Domain(dom, tmp_path, images, {t: "qcow2" for t in images},
-                           {t: len(views[t]) for t in images}, source.discard_mode)
-        new.model = {t: bytearray(views[t]) for t in images}
-        return new, doc
-
-    yield factory
-    for doc in made:
-        try:
-            guest.remove_domain(libvirt_conn.lookupByName(doc["name"]))
-        except libvirt.libvirtError:
-            pass   # the test removed it, or it never got defined
-        pid = doc["server"]["pid"]
-        if _is_server(pid):
-            os.kill(pid, signal.SIGTERM)
-            wait_gone(pid, STOP_TIMEOUT)
-        for d in doc["disks"].values():
-            Path(d["image"]).unlink(missing_ok=True)
-        run_dir = Path(doc["server"]["log"]).parent
-        for f in run_dir.glob("*") if run_dir.is_dir() else ():
-            f.unlink()
-        if run_dir.is_dir():
-            run_dir.rmdir()
-
-
-def _is_server(pid: int) -> bool:
-    """Return True if pid is (still) a borg-vm mount: the server a boot started."""
-    try:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except FileNotFoundError:
-        return False
-    return b"borg_vm" in argv and b"mount" in argv
-
-
-def running_from(doc: dict) -> bool:
-    return _is_server(doc["server"]["pid"])
 
 
 def test_boot_write_finish_then_run_without_the_repository(make_domain, repo, tmp_path,
