@@ -100,11 +100,11 @@ class FreezeExpired(QuiesceError):
     {variable} seconds), so this backup would not be consistent."""
 
 
-# --- NBD -------------------------------------------------------------------
-
 class StateUnreadable(BorgVmError):
     """Cannot read the {what} of domain {name!r} ({path}): {detail}."""
 
+
+# --- NBD -------------------------------------------------------------------
 
 class NbdError(BorgVmError):
     """NBD {action} failed on {where}: {detail}"""

@@ -36,8 +36,9 @@ def state_paths(domain_xml: str, uuid: str, swtpm_dir: str = SWTPM_DIR) -> dict[
     root = parse_xml(domain_xml)
     paths = {}
     nvram = root.find("os/nvram")
-    if nvram is not None and nvram.get("type", "file") == "file" and (nvram.text or "").strip():
-        paths[NVRAM] = nvram.text.strip()
+    path = "" if nvram is None or nvram.get("type", "file") != "file" else (nvram.text or "")
+    if path.strip():
+        paths[NVRAM] = path.strip()
     version = emulated_tpm_version(domain_xml)
     if version is not None:
         paths[TPM] = tpm_state_file(version, uuid, swtpm_dir)

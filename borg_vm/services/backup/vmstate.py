@@ -42,14 +42,15 @@ def _read(name: str, n: str, path: str) -> bytes | None:
     except FileNotFoundError:
         return None
     except OSError as e:
-        raise _unreadable(name, n, path, e.strerror) from e
+        raise _unreadable(name, n, path, e.strerror or str(e)) from e
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise _unreadable(name, n, path, "not a regular file")
     with open(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-            raise _unreadable(name, n, path, "not a regular file")
         try:
             raw = f.read(cap + 1)
         except OSError as e:
-            raise _unreadable(name, n, path, e.strerror) from e
+            raise _unreadable(name, n, path, e.strerror or str(e)) from e
     if len(raw) > cap:
         raise _unreadable(name, n, path, f"bigger than the {cap} bytes borg-vm stores")
     return raw
