@@ -14,6 +14,7 @@ HOSTILE = tests/integration/test_restore_hostile.py \
           tests/integration/test_hostile_members.py \
           tests/integration/test_planted_archives.py \
           tests/integration/test_authentication.py \
+          tests/integration/test_vm_state_members.py \
           tests/e2e/test_planted_archive.py \
           tests/integration/test_verify.py \
           tests/unit/test_archive.py::test_fuzzed_comment_parses_or_raises_format_error \

@@ -158,6 +158,19 @@ start_libvirt() {
     say "libvirt: libvirtd started, PID $(cat "$libvirtd_pidfile") (in $libvirtd_pidfile)"
 }
 
+swtpm_ca_for_tss() {
+    # libvirtd runs swtpm (and swtpm_setup, which signs a new TPM's certificates
+    # with swtpm's local CA) as tss when that user existed at libvirtd's start,
+    # else as root. A CA made by root then refuses tss ("Need read/write rights
+    # on /var/lib/swtpm-localca/.lock.swtpm-localca for user tss"): hand the CA
+    # to tss, whose directory it is (root reads it either way).
+    local ca=/var/lib/swtpm-localca
+    if id tss >/dev/null 2>&1 && [ -d "$ca" ] && [ -n "$(find "$ca" ! -user tss)" ]; then
+        say "swtpm: giving $ca to tss, as whom libvirtd runs swtpm_setup"
+        chown -R tss "$ca"
+    fi
+}
+
 report_kvm() {
     if [ -d /sys/module/kvm_pvm ]; then
         say "KVM: PVM (nested, no hardware virtualization): test domains use KVM, the" \
@@ -176,6 +189,7 @@ build_guest() {
 check_release
 install_packages
 make_venv
+swtpm_ca_for_tss
 start_libvirt
 report_kvm
 build_guest

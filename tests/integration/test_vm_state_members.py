@@ -100,14 +100,19 @@ def test_restore_puts_the_state_where_the_restored_domain_uses_it(make_repo, tmp
     assert verified.stdout.startswith("ok") and name in verified.stdout
 
 
-def test_keep_host_resources_keeps_the_loader_and_the_state(make_repo, tmp_path, swtpm_dirs):
+@pytest.mark.parametrize("mode", [(), ("--flatten",), ("--layers",)],
+                         ids=["chain", "flatten", "layers"])
+def test_keep_host_resources_keeps_the_loader_and_the_state(make_repo, tmp_path, swtpm_dirs,
+                                                            mode):
     borg = make_repo()
     write_stateful(borg)
     out = json.loads(borg_vm("restore", DOMAIN, "--repo", borg.repo, "--to", str(tmp_path),
-                             "--json", "--keep-host-resources").stdout)
+                             "--json", "--keep-host-resources", *mode).stdout)
     root = parse_xml(Path(out["domain_xml"]).read_text())
     assert root.findtext("os/loader") == "/usr/share/OVMF/OVMF_CODE_4M.fd"
     assert root.findtext("os/nvram") == out["vm_state"]["nvram"]
+    assert Path(out["vm_state"]["nvram"]).read_bytes() == NVRAM
+    assert Path(out["vm_state"]["tpm"]).read_bytes() == TPM
 
 
 @pytest.mark.parametrize("damage", ["nvram", "tpm"])
