@@ -56,6 +56,7 @@ def layer_pieces(layer: int, extents: Sequence[Extent], members: Sequence[Sequen
     pieces of the disk it holds back to back (one for a plain member, a pack's
     map), return its pieces, sorted. Raise ValueError unless the members cover
     exactly the DATA extents (a member beyond them, a gap, an overlap)."""
+    members = sorted(members, key=lambda m: m[0].start if m else 0)   # listed in any order
     try:
         same = covers_data((p for m in members for p in m), extents)
     except ValueError as e:
