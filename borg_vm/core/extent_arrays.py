@@ -73,8 +73,13 @@ class ExtentArray(Sequence[Extent]):
         return Extent(self._starts[i], self._lengths[i], KINDS[self._kinds[i]])
 
     def __iter__(self) -> Iterator[Extent]:
+        for row in self.rows():
+            yield Extent(*row)
+
+    def rows(self) -> Iterator[tuple[int, int, str]]:
+        """Yield (start, length, kind) of each extent, in order."""
         for start, length, kind in zip(self._starts, self._lengths, self._kinds, strict=True):
-            yield Extent(start, length, KINDS[kind])
+            yield start, length, KINDS[kind]
 
     def spans(self, kind: str | None = None) -> Iterator[tuple[int, int]]:
         """Yield (start, length) of each extent of kind (of every extent if None), in order."""
