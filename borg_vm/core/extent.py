@@ -53,6 +53,11 @@ STATE_HOLE = 1
 STATE_ZERO = 2
 STATE_DIRTY = 1
 
+# QEMU addresses a disk in sectors of this size: an image's size, its
+# allocation (qcow2 clusters and subclusters, a file system's blocks) and a
+# dirty bitmap's granularity are multiples of it.
+SECTOR = 512
+
 
 # Slots: a fragmented 1 TiB disk maps to hundreds of thousands of these.
 @dataclass(frozen=True, order=True, slots=True)
@@ -311,6 +316,20 @@ def covers_data(pieces: Iterable[Extent], extents: Iterable[Extent]) -> bool:
 def total(extents: Iterable[Extent], kind: str) -> int:
     """Return the number of bytes in extents of the given kind."""
     return sum(length for _start, length in spans(extents, kind))
+
+
+def max_extents(size: int) -> int:
+    """Return the most extents a backup can record of a disk of size bytes.
+
+    Every boundary of what it records is one of allocation or of the dirty
+    bitmap, so lies on a sector boundary: at most one extent starts in each
+    sector. One more for a raw file whose end lies inside its last sector (the
+    image reads as zeros from there)::
+
+        sectors   |0       |1       |2       |3   end of file |
+        extents   |DATA    |ZERO    |DATA    |DATA|ZERO       |
+    """
+    return -(-size // SECTOR) + 1
 
 
 def check_map(extents: Iterable[Extent], size: int) -> None:

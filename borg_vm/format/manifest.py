@@ -147,8 +147,10 @@ Readers reject a ``version`` they do not know, and any field of the manifest
 or the comment whose type or value is not as above (a string where a string
 is written, an int -- never a bool -- where a byte count is, ``time`` as
 shown, ``sha256`` as 64 lower-case hex digits, ``virtual_size`` in
-(0, MAX_VIRTUAL_SIZE], a power-of-two ``block_size``): a repository may hold
-archives a compromised client crafted, so nothing is trusted by shape.
+(0, MAX_VIRTUAL_SIZE], a power-of-two ``block_size``, no more extents in a
+record than ``extent.max_extents`` allows its disk: one a 512-byte sector): a
+repository may hold archives a compromised client crafted, so nothing is
+trusted by shape.
 """
 
 from __future__ import annotations
@@ -162,7 +164,7 @@ from datetime import UTC, datetime
 
 from borg_vm import __version__
 from borg_vm.core import layers as layers_
-from borg_vm.core.extent import DATA, ZERO, Extent, check_map, total
+from borg_vm.core.extent import DATA, SECTOR, ZERO, Extent, check_map, max_extents, total
 from borg_vm.core.extent_arrays import ExtentArray
 from borg_vm.errors import FormatError
 from borg_vm.format import auth, extent_json
@@ -549,6 +551,9 @@ def _disk_from_doc(doc: dict, version: int) -> DiskRecord:
 
 def _extents(doc: dict, size: int) -> ExtentArray:
     extents = _get(doc, "extents", ExtentArray)
+    if len(extents) > max_extents(size):
+        raise ValueError(f"{len(extents)} extents on a disk of {size} bytes: more than one "
+                         f"a {SECTOR}-byte sector")
     check_map(extents, size)
     return extents
 
