@@ -159,4 +159,4 @@ def _read_and_hash(a: ArchiveInfo, stream: AbstractContextManager[Iterator[Membe
             pass
     manifest = tally.manifest(a, tuple(fmt.SMALL_MEMBERS))
     tally.check(manifest)
-    return manifest, tally.files
+    return manifest

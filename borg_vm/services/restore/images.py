@@ -74,13 +74,12 @@ def read_for(arc: ArchiveInfo, keys: Iterable[Key], known: Manifest | None = Non
 
 
 def apply_archive(found: AbstractContextManager[Iterator[Member]], arc: ArchiveInfo,
-                  layers: dict[Key, Layer], progress: Progress,
-                  known: Manifest | None = None) -> Manifest:
+                  layers: dict[Key, Layer], progress: Progress) -> Manifest:
     """Write the data (and, over older data, the zero extents) of the given
     (disk, layer)s of one archive into their images, in one pass over the archive.
     Two keys must not share an image (their order in the stream is the archive's).
 
-    found yields the archive's members of read_for(arc, layers, known). Return
+    found yields the archive's members of read_for(arc, layers, ...). Return
     the archive's manifest. Raise IntegrityError unless each record's data
     covers exactly its extents and hashes to its digest; FormatError for a
     damaged archive (also a manifest that disagrees with arc's name or comment,
@@ -95,9 +94,9 @@ def apply_archive(found: AbstractContextManager[Iterator[Member]], arc: ArchiveI
         tally.check(manifest, outs)
         for k, out in outs.items():
             if layers[k].zeros:
-                for e in reader.record_of(arc.archive, manifest, k).extents:
-                    if e.kind == extent.ZERO:
-                        out.zero(e.start, e.length)
+                for start, length in extent.spans(
+                        reader.record_of(arc.archive, manifest, k).extents, extent.ZERO):
+                    out.zero(start, length)
             out.flush()
     return manifest
 

@@ -143,6 +143,7 @@ def restore(borg: Repository, domain: str, opts: RestoreOptions) -> RestoreResul
                                                TOP_FILES)
         passes = layers.passes(plans)
         reads = [images.read_for(arc, keys, manifests[arc.archive]) for arc, keys in passes]
+        del manifests   # planned: let go of their extents (millions, in a hostile one)
     else:
         plans = plan_disks(archives, top, opts)
         order = _chain_order(plans)
@@ -163,20 +164,14 @@ def restore(borg: Repository, domain: str, opts: RestoreOptions) -> RestoreResul
         if small:
             with next(found) as top_members:
                 files = reader.small_files(top_members, top.archive, TOP_FILES)
-        manifest = reader.check_archive(top, files, TOP_FILES)
-        xml, changes = _xml(reader.domain_xml(top.archive, files),
-                            {d.target: (os.path.join(to, d.top), d.formats[-1]) for d in plans},
-                            opts.keep_host_resources, f"{domain}-restored")
-        # Images are as big as the top's manifest says: every archive of a chain
-        # claims that size (chain.restore_chain), each claim checked against its
-        # manifest as it is read.
-        sizes = {d.target: manifest.disks[d.target].virtual_size for d in plans}
+        xml, changes, sizes = _from_top(top, files, plans, to, opts)
+        del files   # the top's manifest, read again with its data: not held meanwhile
         with target_dir(to), _staging(to) as stage:
             total = sum(a.summary.disks[d.target].data_bytes for d in plans for a in d.archives)
             progress = Progress.for_terminal(f"restore {domain}", total, opts.progress)
             try:
                 if opts.layers:
-                    layers.write(found, plans, passes, manifests, stage, progress)
+                    layers.write(found, plans, passes, sizes, stage, progress)
                 else:
                     _write_chain(found, plans, order, stage, sizes, progress)
                 with open(os.open(os.path.join(stage, xml_name),
@@ -202,6 +197,22 @@ def restore(borg: Repository, domain: str, opts: RestoreOptions) -> RestoreResul
                     **({"layers": list(d.names)} if opts.layers else {})}
          for d in plans},
         os.path.join(to, xml_name))
+
+
+def _from_top(top: ArchiveInfo, files: dict[str, bytes],
+              plans: list[DiskPlan] | list[layers.LayeredDisk], to: str, opts: RestoreOptions
+              ) -> tuple[str, list[str], dict[str, int]]:
+    """Return the restored domain's XML and what was changed in it (see _xml), and
+    the size of each disk of plans, from top's small members (files, checked:
+    reader.check_archive)."""
+    manifest = reader.check_archive(top, files, TOP_FILES)
+    xml, changes = _xml(reader.domain_xml(top.archive, files),
+                        {d.target: (os.path.join(to, d.top), d.formats[-1]) for d in plans},
+                        opts.keep_host_resources, f"{top.name.domain}-restored")
+    # Images are as big as the top's manifest says: every archive of a chain
+    # claims that size (chain.restore_chain), each claim checked against its
+    # manifest as it is read.
+    return xml, changes, {d.target: manifest.disks[d.target].virtual_size for d in plans}
 
 
 def _chain_order(plans: list[DiskPlan]) -> list[ArchiveInfo]:
