@@ -283,7 +283,7 @@ def pieces(members: Iterator[Member], archive: str, sizes: dict[str, int],
     (a damaged archive).
     """
     room = _Room(buffers)
-    announced: tuple[str, tuple[Extent, ...]] | None = None
+    announced: tuple[str, Sequence[Extent]] | None = None
     for member in members:
         if not member.regular:
             if fmt.in_disk_dir(member.name) or member.name in fmt.SMALL_MEMBERS:
@@ -472,7 +472,7 @@ def verify_record(archive: str, key: Key, record: DiskRecord | FrozenRecord,
         raise IntegrityError(target=target, archive=archive, detail="sha256 differs")
 
 
-def read_map(archive: str, name: str, raw: bytes) -> tuple[Extent, ...]:
+def read_map(archive: str, name: str, raw: bytes) -> Sequence[Extent]:
     """Return the pieces the map member `name` lists for its data member (to be
     checked against it, check_pieces); raise FormatError if it is malformed."""
     try:
@@ -486,7 +486,7 @@ def one_piece(offset: int, size: int) -> tuple[Extent, ...]:
     return (Extent(offset, size),) if size else ()
 
 
-def check_pieces(archive: str, name: str, size: int, pieces: tuple[Extent, ...],
+def check_pieces(archive: str, name: str, size: int, pieces: Sequence[Extent],
                  target: str, disk_size: int | None) -> None:
     """Raise FormatError unless the pieces of data member `name` (size bytes) start
     at the offset it is named by and add up to its size, IntegrityError if they
