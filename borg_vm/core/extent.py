@@ -42,7 +42,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import zip_longest
-from operator import attrgetter
+from operator import attrgetter, itemgetter
 from typing import cast
 
 DATA = "data"
@@ -315,7 +315,7 @@ def covers_data(pieces: Iterable[Extent], extents: Iterable[Extent]) -> bool:
 
 def total(extents: Iterable[Extent], kind: str) -> int:
     """Return the number of bytes in extents of the given kind."""
-    return sum(length for _start, length in spans(extents, kind))
+    return sum(map(itemgetter(1), spans(extents, kind)))
 
 
 def max_extents(size: int) -> int:

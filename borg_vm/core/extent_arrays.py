@@ -20,11 +20,12 @@ from __future__ import annotations
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from itertools import compress
+from operator import itemgetter, not_
 from typing import overload
 
 from borg_vm.core.extent import DATA, KINDS, ZERO, Extent
 
-KIND_CODES = {DATA: 0, ZERO: 1}   # a kind as the kinds array holds it
+KIND_CODES = {DATA: 0, ZERO: 1}   # a kind as the kinds array holds it (spans relies on it)
 # array('Q') holds 8-byte unsigned integers: every offset and length of a disk
 # (format/manifest.py's MAX_VIRTUAL_SIZE is far below 2**64).
 UNSIGNED_64 = "Q"
@@ -86,12 +87,13 @@ class ExtentArray(Sequence[Extent]):
         pairs = zip(self._starts, self._lengths, strict=True)
         if kind is None:
             return pairs
-        code = KIND_CODES[kind]
-        return compress(pairs, (k == code for k in self._kinds))
+        # ZERO is 1, DATA 0: the kinds select as they are, or negated (no Python
+        # code runs per extent)
+        return compress(pairs, self._kinds if KIND_CODES[kind] else map(not_, self._kinds))
 
     def total(self, kind: str) -> int:
         """Return the number of bytes in extents of kind."""
-        return sum(length for _start, length in self.spans(kind))
+        return sum(map(itemgetter(1), self.spans(kind)))
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, ExtentArray):
