@@ -165,13 +165,9 @@ class _Scanner:
                 out[key], pos = extents(raw, pos + 1)
             else:
                 out[key], pos = self.value(pos, depth)
-            pos = _skip(raw, pos)
-            c = raw[pos:pos + 1]
-            pos = _skip(raw, pos + 1)
-            if c == b"}":
+            closed, pos = _next_item(raw, pos, b"}")
+            if closed:
                 return self.charge(out), pos
-            if c != b",":
-                raise ValueError(f"Expecting ',' delimiter at byte {pos}")
 
     def array(self, pos: int, depth: int) -> tuple[list[Any], int]:
         raw, out = self.raw, list[Any]()
@@ -181,13 +177,20 @@ class _Scanner:
         while True:
             value, pos = self.value(pos, depth)
             out.append(value)
-            pos = _skip(raw, pos)
-            c = raw[pos:pos + 1]
-            pos = _skip(raw, pos + 1)
-            if c == b"]":
+            closed, pos = _next_item(raw, pos, b"]")
+            if closed:
                 return self.charge(out), pos
-            if c != b",":
-                raise ValueError(f"Expecting ',' delimiter at byte {pos}")
+
+
+def _next_item(raw: bytes, pos: int, close: bytes) -> tuple[bool, int]:
+    """Given the position after an item of an object or array, return (whether
+    close ends it there, the position after that ',' or close); raise ValueError
+    if neither follows."""
+    pos = _skip(raw, pos)
+    c = raw[pos:pos + 1]
+    if c not in (b",", close):
+        raise ValueError(f"Expecting ',' delimiter at byte {pos}")
+    return c == close, _skip(raw, pos + 1)
 
 
 def extents(raw: bytes, pos: int) -> tuple[ExtentArray, int]:
