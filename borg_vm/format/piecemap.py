@@ -113,10 +113,10 @@ def resolve(layers: Sequence[Iterable[Piece]], size: int) -> Iterator[Piece]:
                 heads[i] = next(it, None)
         top = max((i for i, h in enumerate(heads) if h is not None and h.start <= pos),
                   default=None)
+        piece = None if top is None else heads[top]
         newer = heads if top is None else heads[top + 1:]
         end = min([h.start for h in newer if h is not None]
-                  + [size if top is None else min(size, _end(heads[top]))])
-        piece = None if top is None else heads[top]
+                  + [size if piece is None else min(size, piece.end)])
         if piece is None or piece.zero:
             zeros_from = pos if zeros_from is None else zeros_from
         else:
@@ -127,11 +127,6 @@ def resolve(layers: Sequence[Iterable[Piece]], size: int) -> Iterator[Piece]:
         pos = end
     if zeros_from is not None:
         yield Piece(zeros_from, size - zeros_from)
-
-
-def _end(piece: Piece | None) -> int:
-    assert piece is not None
-    return piece.end
 
 
 class PieceMap:
