@@ -17,6 +17,7 @@ HOSTILE = tests/integration/test_restore_hostile.py \
           tests/integration/test_vm_state_members.py \
           tests/e2e/test_planted_archive.py \
           tests/integration/test_verify.py \
+          tests/integration/test_hostile_extents.py \
           tests/unit/test_archive.py::test_fuzzed_comment_parses_or_raises_format_error \
           tests/unit/test_archive.py::test_fuzzed_manifest_parses_or_raises_format_error \
           tests/unit/test_archive.py::test_arbitrary_bytes_never_crash_the_parsers \

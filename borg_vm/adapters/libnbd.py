@@ -166,16 +166,10 @@ class Export:
         pending: collections.deque = collections.deque()
         written = 0
 
-        def retire() -> None:
-            cookie = pending[0]
-            while not self.h.aio_command_completed(cookie):
-                self.h.poll(-1)
-            pending.popleft()
-
         def write(data, offset: int) -> None:
             nonlocal written
             while len(pending) >= depth:  # the slot about to be used is free again
-                retire()
+                self._retire(pending)
             view, buf = ring[written % depth].get(len(data))
             view[:] = data
             pending.append(self.h.aio_pwrite(buf, offset))
@@ -184,20 +178,39 @@ class Export:
         try:
             yield write
             while pending:
-                retire()
+                self._retire(pending)
         except nbd.Error as e:
             raise self._fail("write", e) from e
 
+    def _retire(self, pending: collections.deque) -> None:
+        """Wait for the oldest command in flight to complete (it raises nbd.Error if
+        it failed) and drop it."""
+        cookie = pending[0]
+        while not self.h.aio_command_completed(cookie):
+            self.h.poll(-1)
+        pending.popleft()
+
     def zero(self, offset: int, length: int) -> None:
         """Make [offset, offset+length) read as zeros, unallocating where the image allows."""
-        end = offset + length
+        self.zero_ranges([(offset, length)], 1)
+
+    def zero_ranges(self, ranges: Iterable[tuple[int, int]], depth: int) -> None:
+        """Make each (offset, length) of ranges read as zeros, as zero does, with up
+        to depth requests in flight: a record may list millions of zero extents,
+        and one request at a time pays a round trip each."""
+        pending: collections.deque = collections.deque()
+        offset = 0
         try:
-            while offset < end:
-                n = min(end - offset, MAX_ZERO_REQUEST)
-                self.h.zero(n, offset)
-                offset += n
+            for offset, length in ranges:
+                for at in range(offset, offset + length, MAX_ZERO_REQUEST):
+                    while len(pending) >= depth:
+                        self._retire(pending)
+                    n = min(offset + length - at, MAX_ZERO_REQUEST)
+                    pending.append(self.h.aio_zero(n, at))
+            while pending:
+                self._retire(pending)
         except nbd.Error as e:
-            raise self._fail(f"write zeroes at {offset}", e) from e
+            raise self._fail(f"write zeroes (at {offset} or before)", e) from e
 
     def flush(self) -> None:
         try:

@@ -1,10 +1,11 @@
 """An nbdkit python plugin serving one disk, read-only, from a borg-vm disk map.
 
 Not imported by borg-vm: nbdkit loads this file (``nbdkit python
-nbdkit_plugin.py map=FILE``, see adapters/nbdkit.py). FILE is the JSON
-document ``{"target": T, "archives": [DIR, ...], "map": PieceMap doc}``:
-DIR is archive i of the disk's chain (0: the full) in a ``borg mount``, the
-map (format/piecemap.py) says which member of which archive holds each byte.
+nbdkit_plugin.py map=FILE``, see adapters/nbdkit.py). FILE holds a disk's
+map as ``PieceMap.write`` writes it (format/piecemap.py), under the header
+``{"target": T, "archives": [DIR, ...]}``: DIR is archive i of the disk's
+chain (0: the full) in a ``borg mount``, the map says which member of which
+archive holds each byte.
 A read is answered from those member files (Borg reads and decrypts the
 chunks it touches, nothing else) or with zeros; block status reports the
 zero pieces as holes, so qemu-img and nbdcopy skip them.
@@ -16,7 +17,6 @@ file of the right size, see services/serving/mount.py) before starting nbdkit.
 import builtins
 import collections
 import errno
-import json
 import os
 import sys
 
@@ -40,10 +40,9 @@ _open = collections.OrderedDict()   # path -> fd, least recently used first
 def config(key, value):
     if key != "map":
         raise ValueError(f"unknown parameter {key!r} (this plugin takes map=FILE)")
-    with builtins.open(value, encoding="utf-8") as f:   # open() is nbdkit's below
-        doc = json.load(f)
-    _disk.update(target=doc["target"], archives=doc["archives"],
-                 map=PieceMap.from_doc(doc["map"]))
+    with builtins.open(value, "rb") as f:   # open() is nbdkit's below
+        header, disk_map = PieceMap.read(f)
+    _disk.update(target=header["target"], archives=header["archives"], map=disk_map)
 
 
 def config_complete():

@@ -25,7 +25,7 @@ import ctypes
 import errno
 import functools
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from borg_vm.errors import ImageWriteError
 
@@ -117,6 +117,13 @@ class RawImage:
             n = min(end - offset, len(zeros))
             self.write(memoryview(zeros)[:n], offset)
             offset += n
+
+    def zero_ranges(self, ranges: Iterable[tuple[int, int]], depth: int) -> None:
+        """Make each (offset, length) of ranges read as zeros (see zero); depth is
+        what the NBD images keep in flight (adapters/libnbd.py): here each is one
+        system call."""
+        for offset, length in ranges:
+            self.zero(offset, length)
 
     def _punch_hole(self, offset: int, length: int) -> bool:
         """Deallocate [offset, offset+length) (it then reads as zeros); return False

@@ -159,4 +159,4 @@ def _read_and_hash(a: ArchiveInfo, stream: AbstractContextManager[Iterator[Membe
             pass
     manifest = tally.manifest(a, fmt.small_members(a.summary))
     tally.check(manifest)
-    return manifest, tally.files
+    return manifest

@@ -41,7 +41,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from operator import attrgetter
+from itertools import zip_longest
+from operator import attrgetter, itemgetter
+from typing import cast
 
 DATA = "data"
 ZERO = "zero"
@@ -50,6 +52,11 @@ KINDS = (DATA, ZERO)
 STATE_HOLE = 1
 STATE_ZERO = 2
 STATE_DIRTY = 1
+
+# QEMU addresses a disk in sectors of this size: an image's size, its
+# allocation (qcow2 clusters and subclusters, a file system's blocks) and a
+# dirty bitmap's granularity are multiples of it.
+SECTOR = 512
 
 
 # Slots: a fragmented 1 TiB disk maps to hundreds of thousands of these.
@@ -269,24 +276,69 @@ def requests(extent: Extent, max_request: int) -> list[tuple[int, int]]:
     return out
 
 
+def spans(extents: Iterable[Extent], kind: str | None = None) -> Iterator[tuple[int, int]]:
+    """Yield (start, length) of each of extents of kind (of every one if None), in
+    order. A sequence with a spans method of its own (core/extent_arrays.py)
+    yields them from its arrays, making no Extent."""
+    own = getattr(extents, "spans", None)
+    if own is not None:
+        return cast(Iterator[tuple[int, int]], own(kind))
+    return ((e.start, e.length) for e in extents if kind is None or e.kind == kind)
+
+
+def joined(pairs: Iterable[tuple[int, int]]) -> Iterator[tuple[int, int]]:
+    """Given sorted (start, length) pairs, yield them as half-open (start, end)
+    ranges with touching ones joined, in one pass. Raise ValueError if two
+    overlap or are out of order."""
+    lo = hi = None
+    for start, length in pairs:
+        if hi is not None and start < hi:
+            raise ValueError(f"extents overlap or are out of order at {start}")
+        if hi != start:
+            if lo is not None and hi is not None:
+                yield lo, hi
+            lo = start
+        hi = start + length
+    if lo is not None and hi is not None:
+        yield lo, hi
+
+
 def covers_data(pieces: Iterable[Extent], extents: Iterable[Extent]) -> bool:
-    """Return True if pieces (as stored: data members, bytes written) cover exactly
-    the DATA extents of extents. Raise ValueError if two pieces overlap."""
-    return merge(Extent(p.start, p.length) for p in pieces) == merge(
-        e for e in extents if e.kind == DATA)
+    """Return True if pieces (as stored: data members, bytes written; sorted)
+    cover exactly the DATA extents of the sorted extents. One pass over both,
+    holding neither. Raise ValueError if two pieces overlap or are out of order."""
+    missing = object()
+    return all(a == b for a, b in zip_longest(joined(spans(pieces)),
+                                              joined(spans(extents, DATA)),
+                                              fillvalue=missing))
 
 
 def total(extents: Iterable[Extent], kind: str) -> int:
     """Return the number of bytes in extents of the given kind."""
-    return sum(e.length for e in extents if e.kind == kind)
+    return sum(map(itemgetter(1), spans(extents, kind)))
 
 
-def check_map(extents: Sequence[Extent], size: int) -> None:
-    """Raise ValueError unless extents are sorted, disjoint and inside [0, size)."""
+def max_extents(size: int) -> int:
+    """Return the most extents a backup can record of a disk of size bytes.
+
+    Every boundary of what it records is one of allocation or of the dirty
+    bitmap, so lies on a sector boundary: at most one extent starts in each
+    sector. One more for a raw file whose end lies inside its last sector (the
+    image reads as zeros from there)::
+
+        sectors   |0       |1       |2       |3   end of file |
+        extents   |DATA    |ZERO    |DATA    |DATA|ZERO       |
+    """
+    return -(-size // SECTOR) + 1
+
+
+def check_map(extents: Iterable[Extent], size: int) -> None:
+    """Raise ValueError unless extents are sorted, disjoint, not empty and inside
+    [0, size)."""
     end = 0
-    for e in extents:
-        if e.start < end:
-            raise ValueError(f"extent at {e.start} is out of order or overlaps")
-        end = e.end
+    for start, length in spans(extents):
+        if start < end or length <= 0:
+            raise ValueError(f"extent at {start} is empty, out of order or overlaps")
+        end = start + length
     if end > size:
         raise ValueError(f"extent ends at {end}, beyond the disk size {size}")

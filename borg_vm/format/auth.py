@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Iterable
 
 KEY_BYTES = 32
 KEY_ID_HEX = 16
@@ -40,19 +41,22 @@ def key_id(key: bytes) -> str:
 
 def summary_code(key: bytes, archive: str, body: bytes) -> str:
     """The code of an archive comment: body is the comment without ``auth``."""
-    return _code(key, _SUMMARY, archive, body)
+    return _code(key, _SUMMARY, archive, (body,))
 
 
-def manifest_code(key: bytes, archive: str, body: bytes) -> str:
-    """The code of a manifest: body is the manifest without ``auth``."""
+def manifest_code(key: bytes, archive: str, body: Iterable[bytes]) -> str:
+    """The code of a manifest: body is the manifest without ``auth``, in pieces
+    (one after the other, as if joined: a manifest may be tens of MiB)."""
     return _code(key, _MANIFEST, archive, body)
 
 
-def _code(key: bytes, purpose: bytes, archive: str, body: bytes) -> str:
+def _code(key: bytes, purpose: bytes, archive: str, body: Iterable[bytes]) -> str:
     # the name is length-prefixed, so no (name, body) pair reads as another
     name = archive.encode("utf-8", "surrogateescape")
-    message = purpose + len(name).to_bytes(4, "big") + name + body
-    return hmac.new(key, message, hashlib.sha256).hexdigest()
+    mac = hmac.new(key, purpose + len(name).to_bytes(4, "big") + name, hashlib.sha256)
+    for piece in body:
+        mac.update(piece)
+    return mac.hexdigest()
 
 
 def same_code(a: str, b: str) -> bool:

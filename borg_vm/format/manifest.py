@@ -137,7 +137,13 @@ deduplicates them), each listed in ``state`` with its digest and in the
 comment by name. The manifest's code covers the digests, so a planted or
 damaged state member fails like a damaged disk.
 The manifest is written compact (no indentation): a fragmented 1 TiB disk
-lists ~200,000 extents, ~5.5 MiB.
+lists ~200,000 extents, ~5.5 MiB. Readers do not build it with json.loads
+(a list, two ints and a string per extent: ~230 bytes) but with
+format/extent_json.py, which holds each ``extents`` list in arrays (17 bytes an
+extent) and refuses a key given twice in one object, values nested deeper
+than it allows or holding more memory besides the extents; and the code is
+checked over the document written again in pieces (``auth``: the same
+bytes json.dumps writes).
 
 The archive comment carries a summary (``Summary``) so ``borg list --json``
 alone can group and chain archives without extracting manifests; a reader
@@ -154,8 +160,10 @@ Readers reject a ``version`` they do not know, and any field of the manifest
 or the comment whose type or value is not as above (a string where a string
 is written, an int -- never a bool -- where a byte count is, ``time`` as
 shown, ``sha256`` as 64 lower-case hex digits, ``virtual_size`` in
-(0, MAX_VIRTUAL_SIZE], a power-of-two ``block_size``): a repository may hold
-archives a compromised client crafted, so nothing is trusted by shape.
+(0, MAX_VIRTUAL_SIZE], a power-of-two ``block_size``, no more extents in a
+record than ``extent.max_extents`` allows its disk: one a 512-byte sector): a
+repository may hold archives a compromised client crafted, so nothing is
+trusted by shape.
 """
 
 from __future__ import annotations
@@ -163,15 +171,17 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from borg_vm import __version__
 from borg_vm.core import layers as layers_
 from borg_vm.core import vmstate
-from borg_vm.core.extent import DATA, ZERO, Extent, check_map, total
+from borg_vm.core.extent import DATA, SECTOR, ZERO, Extent, check_map, max_extents, total
+from borg_vm.core.extent_arrays import ExtentArray
 from borg_vm.errors import FormatError
-from borg_vm.format import auth
+from borg_vm.format import auth, extent_json
 
 FORMAT_NAME = "borg-vm"
 FORMAT_VERSION = 5
@@ -367,7 +377,7 @@ class LayerRecord:
 class _Extents:
     """Byte counts of a record's extents (the record has an ``extents`` field)."""
 
-    extents: tuple[Extent, ...]
+    extents: Sequence[Extent]
 
     @property
     def data_bytes(self) -> int:
@@ -384,7 +394,7 @@ class FrozenRecord(_Extents):
 
     layer: int     # index into DiskRecord.layers, >= 1
     level: str
-    extents: tuple[Extent, ...]
+    extents: Sequence[Extent]   # an ExtentArray when read from an archive
     sha256: str = ""
 
 
@@ -394,7 +404,7 @@ class DiskRecord(_Extents):
     format: str
     source: str
     virtual_size: int
-    extents: tuple[Extent, ...]
+    extents: Sequence[Extent]   # an ExtentArray when read from an archive
     sha256: str = ""
     # Version 2; a version-1 disk reads as one layer (its source) with nothing frozen.
     layers: tuple[LayerRecord, ...] = ()
@@ -434,9 +444,12 @@ class Manifest:
         return ArchiveName(self.domain, self.snapshot, self.checkpoint)
 
     def to_json(self) -> bytes:
-        return self._json(with_auth=True)
+        return b"".join(self._json(with_auth=True))
 
-    def _json(self, *, with_auth: bool) -> bytes:
+    def _json(self, *, with_auth: bool) -> Iterator[bytes]:
+        """The manifest as compact JSON, in pieces (extent_json.dump_chunks: what
+        json.dumps writes, a hostile manifest's millions of extents included,
+        without a list of them in memory)."""
         # self.version: a code is checked over the version the archive was written in
         doc = {"format": FORMAT_NAME, "version": self.version,
                "domain": self.domain, "uuid": self.uuid, "snapshot": self.snapshot,
@@ -452,7 +465,7 @@ class Manifest:
             doc["state"] = dict(sorted(self.state.items()))
         if with_auth:
             doc["auth"] = list(self.auth) if self.auth else None
-        return json.dumps(doc, separators=(",", ":")).encode()
+        return extent_json.dump_chunks(doc)
 
     def signed(self, key: bytes) -> Manifest:
         """Return this manifest carrying the code of key over it."""
@@ -487,7 +500,7 @@ class Manifest:
         """Parse manifest.json; raise FormatError if it is not a valid manifest of a
         version this borg-vm reads."""
         try:
-            doc = json.loads(raw)
+            doc = extent_json.loads(raw)
             version = _check_version(doc, archive)
             disks = {check_target(t): _disk_from_doc(d, version)
                      for t, d in _get(doc, "disks", dict).items()}
@@ -505,7 +518,7 @@ class Manifest:
                        state=_state(doc) if version >= STATE_FROM else {})
         except FormatError:
             raise
-        except (ValueError, RecursionError) as e:  # json.JSONDecodeError is a ValueError
+        except ValueError as e:
             raise FormatError(archive=archive, detail=f"bad manifest: {e}") from e
 
     def disagreement(self, info: ArchiveInfo) -> str | None:
@@ -575,16 +588,12 @@ def _auth(doc: dict) -> tuple[str, str] | None:
 def _disk_to_doc(d: DiskRecord) -> dict:
     return {"level": d.level, "format": d.format, "source": d.source,
             "virtual_size": d.virtual_size,
-            "extents": _extents_to_doc(d.extents),
+            "extents": ExtentArray.of(d.extents),
             "data_bytes": d.data_bytes, "zero_bytes": d.zero_bytes, "sha256": d.sha256,
             "layers": [{"name": x.name, "path": x.path, "format": x.format} for x in d.chain],
             "frozen": [{"layer": f.layer, "level": f.level,
-                        "extents": _extents_to_doc(f.extents), "data_bytes": f.data_bytes,
+                        "extents": ExtentArray.of(f.extents), "data_bytes": f.data_bytes,
                         "zero_bytes": f.zero_bytes, "sha256": f.sha256} for f in d.frozen]}
-
-
-def _extents_to_doc(extents) -> list:
-    return [[e.start, e.length, e.kind] for e in extents]
 
 
 def _disk_from_doc(doc: dict, version: int) -> DiskRecord:
@@ -606,8 +615,11 @@ def _disk_from_doc(doc: dict, version: int) -> DiskRecord:
     return replace(d, layers=layers, frozen=frozen)
 
 
-def _extents(doc: dict, size: int) -> tuple[Extent, ...]:
-    extents = tuple(_extent(e) for e in _get(doc, "extents", list))
+def _extents(doc: dict, size: int) -> ExtentArray:
+    extents = _get(doc, "extents", ExtentArray)
+    if len(extents) > max_extents(size):
+        raise ValueError(f"{len(extents)} extents on a disk of {size} bytes: more than one "
+                         f"a {SECTOR}-byte sector")
     check_map(extents, size)
     return extents
 
@@ -626,15 +638,6 @@ def _layer(doc) -> LayerRecord:
 def _frozen(doc, size: int) -> FrozenRecord:
     return FrozenRecord(_get(doc, "layer", int), _level(_get(doc, "level", str)),
                         _extents(doc, size), _sha256(doc))
-
-
-def _extent(value) -> Extent:
-    """Return the Extent a manifest's [start, length, kind] list describes."""
-    if type(value) is not list or len(value) != 3:
-        raise ValueError(f"extent {value!r} is not [start, length, kind]")
-    start, length, kind = value
-    return Extent(_typed(start, int, "extent start"), _typed(length, int, "extent length"),
-                  _typed(kind, str, "extent kind"))
 
 
 def check_target(target: str) -> str:

@@ -37,10 +37,12 @@ is an ordinary member.
 from __future__ import annotations
 
 import json
+from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from borg_vm.core.extent import DATA, Extent, split_at_blocks
+from borg_vm.core.extent_arrays import UNSIGNED_64, ExtentArray
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -55,6 +57,8 @@ DENSE = 1 * MIB
 MAX_PIECES = 16 * KIB
 # A map lists at most MAX_PIECES pieces of at most ~36 bytes each ([start,length],).
 MAX_MAP_BYTES = 1 * MIB
+# No piece of any disk ends beyond this (the arrays hold 8-byte unsigned integers).
+MAX_DISK_BYTE = 2**64 - 1
 
 
 @dataclass(frozen=True)
@@ -129,8 +133,9 @@ def map_to_json(pieces: Sequence[Extent]) -> bytes:
     return json.dumps([[p.start, p.length] for p in pieces], separators=(",", ":")).encode()
 
 
-def map_from_json(raw: bytes) -> tuple[Extent, ...]:
-    """Return the pieces a map member lists.
+def map_from_json(raw: bytes) -> ExtentArray:
+    """Return the pieces a map member lists (held in arrays: a mount holds every
+    map of a disk's chain).
 
     Raise ValueError unless it is a non-empty JSON list of [start, length]
     integer pairs, ascending and disjoint, every length positive. (Whether
@@ -139,13 +144,17 @@ def map_from_json(raw: bytes) -> tuple[Extent, ...]:
     doc = json.loads(raw)
     if type(doc) is not list or not doc:
         raise ValueError("a pack map must be a non-empty list")
-    pieces: list[Extent] = []
+    starts, lengths = array(UNSIGNED_64), array(UNSIGNED_64)
+    end = 0
     for value in doc:
         if (type(value) is not list or len(value) != 2
                 or any(type(x) is not int for x in value)):
             raise ValueError(f"pack map entry {value!r} is not [start, length]")
         start, length = value
-        if start < (pieces[-1].end if pieces else 0) or length <= 0:
-            raise ValueError(f"pack map entry {value!r} is out of order, overlaps or is empty")
-        pieces.append(Extent(start, length, DATA))
-    return tuple(pieces)
+        if start < end or length <= 0 or start + length > MAX_DISK_BYTE:
+            raise ValueError(f"pack map entry {value!r} is out of order, overlaps, is empty "
+                             "or lies beyond any disk")
+        starts.append(start)
+        lengths.append(length)
+        end = start + length
+    return ExtentArray(starts, lengths, bytes(len(starts)))

@@ -42,6 +42,7 @@ from borg_vm.adapters.borg import Item, Repository, items
 from borg_vm.adapters.rawimage import DIRECT_ALIGN
 from borg_vm.core import domxml
 from borg_vm.core.extent import Extent, covers_data
+from borg_vm.core.extent_arrays import ExtentArray, Joiner
 from borg_vm.errors import FormatError, IntegrityError, RepositoryLocked
 from borg_vm.format import manifest as fmt
 from borg_vm.format import packing
@@ -283,7 +284,7 @@ def pieces(members: Iterator[Member], archive: str, sizes: dict[str, int],
     (a damaged archive).
     """
     room = _Room(buffers)
-    announced: tuple[str, tuple[Extent, ...]] | None = None
+    announced: tuple[str, Sequence[Extent]] | None = None
     for member in members:
         if not member.regular:
             if fmt.in_disk_dir(member.name) or member.name in fmt.SMALL_MEMBERS:
@@ -381,18 +382,20 @@ class Tally:
 
     ``count(pieces)`` passes pieces (see ``pieces``) through, hashing the data
     of each (target, layer) in keys (every key if keys is None) and recording
-    the extents it covers, and keeping the format's small members whole.
-    After the pass, ``manifest(info)`` parses and checks manifest.json (and the
-    XML members seen; see check_archive) and ``check(manifest)``
-    raises IntegrityError unless each record's data covers exactly its
-    extents and hashes to its digest.
+    the extents it covers (as the runs they form: a fragmented disk's
+    millions of pieces take 17 bytes a run), and keeping the format's small
+    members whole. After the pass, ``manifest(info)`` parses and checks
+    manifest.json (and the XML members seen; see check_archive), letting go
+    of its bytes, and ``check(manifest)`` raises IntegrityError unless each
+    record's data covers exactly its extents, in order, and hashes to its
+    digest.
     """
 
     def __init__(self, archive: str, keys: Iterable[Key] | None = None):
         self.archive = archive
         self.keys = None if keys is None else set(keys)
         self.files: dict[str, bytes] = {}
-        self.written: dict[Key, list[Extent]] = {}
+        self._written: dict[Key, Joiner] = {}
         self._digests: dict[Key, hashlib._Hash] = {}
 
     def count(self, pieces: Iterable[Piece]) -> Iterator[Piece]:
@@ -401,13 +404,21 @@ class Tally:
                 self.files[name] = bytes(piece)
             elif self.keys is None or key in self.keys:
                 self._digests.setdefault(key, hashlib.sha256()).update(piece)
-                self.written.setdefault(key, []).append(Extent(offset, len(piece)))
+                self._written.setdefault(key, Joiner()).add(offset, len(piece))
             yield name, key, offset, piece
+
+    def written(self, key: Key) -> ExtentArray:
+        """Return the extents the data of key seen so far covers, as runs in stream order."""
+        joiner = self._written.get(key)
+        return joiner.extents() if joiner else ExtentArray.of(())
 
     def manifest(self, info: ArchiveInfo, names: tuple[str, ...] = (fmt.MANIFEST,)) -> Manifest:
         """Return the archive's manifest, checked with the small members seen (see
-        check_archive; info is the archive as listed)."""
-        return check_archive(info, self.files, names)
+        check_archive; info is the archive as listed). Its bytes are let go: they
+        may be tens of MiB."""
+        manifest = check_archive(info, self.files, names)
+        self.files.pop(fmt.MANIFEST)
+        return manifest
 
     def check(self, manifest: Manifest, keys: Iterable[Key] | None = None) -> None:
         """Raise IntegrityError unless the data of each key (all the manifest lists
@@ -415,7 +426,7 @@ class Tally:
         record; FormatError if a key has no record."""
         records = _records(self.archive, manifest)
         if keys is None:
-            unknown = set(self.written) - set(records)
+            unknown = set(self._written) - set(records)
             if unknown:
                 raise FormatError(archive=self.archive, detail=f"data of {sorted(unknown)} "
                                                                "that its manifest does not list")
@@ -423,7 +434,7 @@ class Tally:
         for key in keys:
             digest = self._digests.get(key) or hashlib.sha256()
             verify_record(self.archive, key, _pick(self.archive, records, key),
-                          self.written.get(key, []), digest.hexdigest())
+                          self.written(key), digest.hexdigest())
 
 
 def record_of(archive: str, manifest: Manifest, key: Key) -> DiskRecord | FrozenRecord:
@@ -448,9 +459,9 @@ def _records(archive: str, manifest: Manifest) -> dict[Key, DiskRecord | FrozenR
 
 
 def verify_record(archive: str, key: Key, record: DiskRecord | FrozenRecord,
-                  written: list[Extent], digest: str) -> None:
-    """Raise IntegrityError unless written covers the record's data extents and
-    digest matches."""
+                  written: Sequence[Extent], digest: str) -> None:
+    """Raise IntegrityError unless written (in the order the data came) covers the
+    record's data extents and digest matches."""
     target = key[0] if not key[1] else f"{key[0]} layer {key[1]}"
     try:
         same = covers_data(written, record.extents)
@@ -462,7 +473,7 @@ def verify_record(archive: str, key: Key, record: DiskRecord | FrozenRecord,
         raise IntegrityError(target=target, archive=archive, detail="sha256 differs")
 
 
-def read_map(archive: str, name: str, raw: bytes) -> tuple[Extent, ...]:
+def read_map(archive: str, name: str, raw: bytes) -> Sequence[Extent]:
     """Return the pieces the map member `name` lists for its data member (to be
     checked against it, check_pieces); raise FormatError if it is malformed."""
     try:
@@ -476,7 +487,7 @@ def one_piece(offset: int, size: int) -> tuple[Extent, ...]:
     return (Extent(offset, size),) if size else ()
 
 
-def check_pieces(archive: str, name: str, size: int, pieces: tuple[Extent, ...],
+def check_pieces(archive: str, name: str, size: int, pieces: Sequence[Extent],
                  target: str, disk_size: int | None) -> None:
     """Raise FormatError unless the pieces of data member `name` (size bytes) start
     at the offset it is named by and add up to its size, IntegrityError if they

@@ -12,12 +12,14 @@ import hashlib
 import os
 import subprocess
 import sys
+from array import array
 from dataclasses import dataclass, replace
 from datetime import datetime
 
 from realstack import CHUNKER, MTIME, TIMESTAMP, KiB, MiB, log_run
 
 from borg_vm.core.extent import DATA, Extent
+from borg_vm.core.extent_arrays import ExtentArray
 from borg_vm.format import manifest as archive
 from borg_vm.format import packing
 from borg_vm.format.tarstream import TarWriter
@@ -150,6 +152,22 @@ def write_packed_archive(borg, members=None) -> str:
     if members is None:
         members = [(PACK_MAP, packing.map_to_json(PACK)), (PACK_NAME, data)]
     return write_archive(borg, {"vda": data}, data_members=members, m=m)
+
+
+def spaced_zeros(count: int, apart: int = 1024, length: int = 512) -> ExtentArray:
+    """Return count ZERO extents of length bytes, one every apart bytes from 0: what
+    a hostile manifest lists by the million (issue 20), and a full restores by
+    writing nothing."""
+    return ExtentArray(array("Q", range(0, count * apart, apart)),
+                       array("Q", [length]) * count, b"\x01" * count)
+
+
+def write_zeros_archive(borg, size: int, extents: ExtentArray) -> str:
+    """Write a full of vda (size bytes) whose manifest lists extents and no data;
+    return its name."""
+    m = manifest({"vda": b""}, size)
+    m = replace(m, disks={"vda": replace(m.disks["vda"], extents=extents)})
+    return write_archive(borg, {"vda": b""}, size=size, m=m)
 
 
 def _add(tar: TarWriter, name: str, data) -> None:

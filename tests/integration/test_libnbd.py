@@ -338,6 +338,28 @@ def test_zero_beyond_one_request_unmaps_everything(tmp_path):
     assert allocated_data(img, "raw") == []
 
 
+@pytest.mark.parametrize("fmt", ["raw", "qcow2"])
+def test_zero_ranges_keeps_requests_in_flight_and_zeroes_each_range(tmp_path, fmt):
+    """Many small ranges, some in flight at once, and one of several requests."""
+    img = str(tmp_path / f"disk.{fmt}")
+    size = 2 * 1024 * MiB + 8 * MiB
+    qemu.create(img, fmt, size)
+    ranges = [(i * 4096 + 512, 512) for i in range(2000)] + [(8 * MiB, size - 8 * MiB)]
+    with open_command(qemu.nbd_server_argv(img, fmt), where=img) as exp:
+        exp.pwrite(b"\xab" * (8 * MiB), 0)
+        exp.pwrite(b"\xcd" * 4096, size - 4096)
+        exp.zero_ranges(iter(ranges), 16)
+        exp.flush()
+    expected = bytearray(b"\xab" * (8 * MiB))
+    for offset, length in ranges[:-1]:
+        expected[offset:offset + length] = bytes(length)
+    assert all(start + length <= 8 * MiB for start, length in allocated_data(img, fmt))
+    head = tmp_path / "head.raw"
+    run("qemu-img", "dd", "-f", fmt, "-O", "raw", f"if={img}", f"of={head}", "bs=1M",
+        "count=8")
+    assert head.read_bytes() == expected
+
+
 def test_server_has_released_the_image_when_the_block_ends(tmp_path):
     img = str(tmp_path / "disk.qcow2")
     qemu.create(img, "qcow2", 64 * MiB)

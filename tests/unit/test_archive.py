@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from borg_vm import __version__
-from borg_vm.core.extent import DATA, ZERO, Extent
+from borg_vm.core.extent import DATA, SECTOR, ZERO, Extent, max_extents
 from borg_vm.errors import FormatError
 from borg_vm.format import manifest as archive
 from borg_vm.format.manifest import (
@@ -334,6 +334,20 @@ def _with_extents(extents, size=None):
 ])
 def test_manifest_rejects_bad_extents(extents, size):
     _reject(_with_extents(extents, size))
+
+
+@pytest.mark.parametrize("size", [SECTOR, 100 * SECTOR, 100 * SECTOR + 7])
+def test_manifest_lists_at_most_one_extent_a_sector_and_a_tail(size):
+    """Issue 20: a hostile manifest's millions of extents are refused unless the
+    disk's size allows them (extent.max_extents)."""
+    most = max_extents(size)
+    extents = [[i, 1, "zero"] for i in range(most)]
+    doc = _with_extents(extents, size)
+    doc["disks"]["vda"]["frozen"] = []
+    m = Manifest.from_json(json.dumps(doc).encode(), "a")
+    assert len(m.disks["vda"].extents) == most
+    doc["disks"]["vda"]["extents"].append([most, 1, "data"])
+    _reject(doc, match=f"{most + 1} extents on a disk of {size} bytes")
 
 
 @pytest.mark.parametrize("path, value", [

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from borg_vm.core.extent import (
     DATA,
+    SECTOR,
     STATE_DIRTY,
     STATE_HOLE,
     STATE_ZERO,
@@ -20,6 +21,7 @@ from borg_vm.core.extent import (
     Run,
     check_map,
     clip_runs,
+    max_extents,
     merge,
     merge_overlapping,
     plan_full,
@@ -439,6 +441,40 @@ def test_check_map_rejects(extents, size):
 def test_total():
     extents = [Extent(0, 5), Extent(5, 3, ZERO), Extent(10, 2)]
     assert (total(extents, DATA), total(extents, ZERO)) == (7, 3)
+
+
+# --- max_extents: what a disk's size allows a record ---------------------------------------
+
+def sector_runs(flags, tail):
+    """Runs of a disk with one flag a sector, whose last sector is cut at byte tail of
+    it (a raw file ending there) into the last flag and zeros."""
+    runs = [Run(i * SECTOR, SECTOR, f) for i, f in enumerate(flags)]
+    if tail:
+        last = runs.pop()
+        runs += [Run(last.start, tail, last.flags),
+                 Run(last.start + tail, SECTOR - tail, STATE_ZERO)]
+    return runs
+
+
+@PROPERTY
+@given(st.lists(st.sampled_from(ALLOC_FLAGS), min_size=1, max_size=40),
+       st.lists(st.booleans(), min_size=40, max_size=40), st.integers(0, SECTOR - 1))
+def test_records_stay_within_max_extents(flags, dirty, tail):
+    """Allocation and dirty bitmaps change on sector boundaries (a raw file's end
+    aside): no full or incremental lists more extents than max_extents."""
+    size = len(flags) * SECTOR
+    allocation = sector_runs(flags, tail)
+    assert len(plan_full(allocation)) <= max_extents(size)
+    bitmap = [Run(i * SECTOR, SECTOR, STATE_DIRTY if d else 0)
+              for i, d in enumerate(dirty[:len(flags)])]
+    assert len(plan_incremental(allocation, bitmap)) <= max_extents(size)
+
+
+def test_max_extents_is_reached_by_alternating_sectors_and_a_tail():
+    flags = [0, STATE_ZERO] * 4 + [0]
+    extents = plan_full(sector_runs(flags, 100))
+    assert len(extents) == max_extents(len(flags) * SECTOR) == 10
+    assert max_extents(1) == 2 and max_extents(SECTOR) == 2 and max_extents(SECTOR + 1) == 3
 
 
 # --- simulation: full + incrementals reconstruct the disk --------------------------------

@@ -32,6 +32,10 @@ from borg_vm.progress import Progress
 RESTORE_PIECE = 4 * 1024 * 1024
 RESTORE_PREFETCH = 4
 WRITES_IN_FLIGHT = 4
+# Zero requests carry no data: as many in flight as qemu-nbd takes at once (its
+# NBD server's MAX_NBD_REQUESTS), so millions of zero extents do not each wait
+# for a round trip.
+ZEROS_IN_FLIGHT = 16
 # The reader hands over one buffer of pieces at a time (members.buffer_batches).
 # Every piece read and not yet written is in a buffer: those queued, the one the
 # reader hands over and the next it fills meanwhile, those of the writes in
@@ -74,13 +78,12 @@ def read_for(arc: ArchiveInfo, keys: Iterable[Key], known: Manifest | None = Non
 
 
 def apply_archive(found: AbstractContextManager[Iterator[Member]], arc: ArchiveInfo,
-                  layers: dict[Key, Layer], progress: Progress,
-                  known: Manifest | None = None) -> Manifest:
+                  layers: dict[Key, Layer], progress: Progress) -> Manifest:
     """Write the data (and, over older data, the zero extents) of the given
     (disk, layer)s of one archive into their images, in one pass over the archive.
     Two keys must not share an image (their order in the stream is the archive's).
 
-    found yields the archive's members of read_for(arc, layers, known). Return
+    found yields the archive's members of read_for(arc, layers, ...). Return
     the archive's manifest. Raise IntegrityError unless each record's data
     covers exactly its extents and hashes to its digest; FormatError for a
     damaged archive (also a manifest that disagrees with arc's name or comment,
@@ -95,9 +98,8 @@ def apply_archive(found: AbstractContextManager[Iterator[Member]], arc: ArchiveI
         tally.check(manifest, outs)
         for k, out in outs.items():
             if layers[k].zeros:
-                for e in reader.record_of(arc.archive, manifest, k).extents:
-                    if e.kind == extent.ZERO:
-                        out.zero(e.start, e.length)
+                out.zero_ranges(extent.spans(reader.record_of(arc.archive, manifest, k).extents,
+                                             extent.ZERO), ZEROS_IN_FLIGHT)
             out.flush()
     return manifest
 

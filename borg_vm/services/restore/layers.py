@@ -101,19 +101,17 @@ def passes(plans: list[LayeredDisk]) -> list[tuple[ArchiveInfo, dict[images.Key,
 
 def write(found: Iterator, plans: list[LayeredDisk],
           steps: list[tuple[ArchiveInfo, dict[images.Key, images.Layer]]],
-          manifests: dict[str, Manifest], stage: str, progress: Progress) -> None:
-    """Create every disk's layer images in stage and fill them, one pass of steps
-    (see passes) from each next stream of found."""
+          sizes: dict[str, int], stage: str, progress: Progress) -> None:
+    """Create every disk's layer images (sizes[target] bytes) in stage and fill
+    them, one pass of steps (see passes) from each next stream of found."""
     for d in plans:
-        size = manifests[d.archives[-1].archive].disks[d.target].virtual_size
         for i, (image, f) in enumerate(zip(d.images, d.formats, strict=True)):
-            images.create_image(os.path.join(stage, image), f, size,
+            images.create_image(os.path.join(stage, image), f, sizes[d.target],
                                os.path.join(stage, d.images[i - 1]) if i else None)
     for arc, keys in steps:
         images.apply_archive(next(found), arc, {
             k: dataclasses.replace(image, path=os.path.join(stage, image.path))
-            for k, image in keys.items()},
-            progress, known=manifests[arc.archive])
+            for k, image in keys.items()}, progress)
 
 
 def _passes(arc: ArchiveInfo, plans: list[LayeredDisk],

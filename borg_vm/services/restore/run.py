@@ -149,6 +149,7 @@ def restore(borg: Repository, domain: str, opts: RestoreOptions) -> RestoreResul
                                                wanted)
         passes = layers.passes(plans)
         reads = [images.read_for(arc, keys, manifests[arc.archive]) for arc, keys in passes]
+        del manifests   # planned: let go of their extents (millions, in a hostile one)
     else:
         plans = plan_disks(archives, top, opts)
         order = _chain_order(plans)
@@ -171,31 +172,23 @@ def restore(borg: Repository, domain: str, opts: RestoreOptions) -> RestoreResul
         if small:
             with next(found) as top_members:
                 files = reader.small_files(top_members, top.archive, wanted)
-        manifest = reader.check_archive(top, files, wanted)
-        new_uuid = str(uuid.uuid4()) if core_vmstate.TPM in manifest.state else None
-        xml, changes = _xml(top, manifest, files,
-                            {d.target: (os.path.join(to, d.top), d.formats[-1]) for d in plans},
-                            opts.keep_host_resources, f"{domain}-restored",
-                            nvram and os.path.join(to, nvram), new_uuid)
-        # Images are as big as the top's manifest says: every archive of a chain
-        # claims that size (chain.restore_chain), each claim checked against its
-        # manifest as it is read.
-        sizes = {d.target: manifest.disks[d.target].virtual_size for d in plans}
+        made = _from_top(top, files, wanted, plans, to, opts, nvram)
+        del files   # the top's manifest, read again with its data: not held meanwhile
         with target_dir(to), _staging(to) as stage:
             total = sum(a.summary.disks[d.target].data_bytes for d in plans for a in d.archives)
             progress = Progress.for_terminal(f"restore {domain}", total, opts.progress)
             try:
                 if opts.layers:
-                    layers.write(found, plans, passes, manifests, stage, progress)
+                    layers.write(found, plans, passes, made.sizes, stage, progress)
                 else:
-                    _write_chain(found, plans, order, stage, sizes, progress)
+                    _write_chain(found, plans, order, stage, made.sizes, progress)
                 with open(os.open(os.path.join(stage, xml_name),
                                   os.O_WRONLY | os.O_CREAT | os.O_EXCL, images.PRIVATE), "w") as f:
-                    f.write(xml + "\n")   # a text file; ElementTree ends at the root's tag
+                    f.write(made.xml + "\n")   # a text file; ElementTree ends at the root's tag
                 if nvram:
                     vmstate.write_nvram(os.path.join(stage, nvram),
-                                        files[fmt.state_member(core_vmstate.NVRAM)])
-                tpm = _place_tpm(xml, new_uuid, files)
+                                        made.state[core_vmstate.NVRAM])
+                tpm = _place_tpm(made)
                 try:
                     # (claiming a name takes a directory entry: ENOSPC is possible)
                     _move_in(stage, to, outputs, opts.force)
@@ -213,7 +206,7 @@ def restore(borg: Repository, domain: str, opts: RestoreOptions) -> RestoreResul
                 raise
             finally:
                 progress.close()
-    warn_changed(changes)
+    warn_changed(made.changes)
     state = {n: p for n, p in ((core_vmstate.NVRAM, nvram and os.path.join(to, nvram)),
                                (core_vmstate.TPM, tpm)) if p}
     return RestoreResult(
@@ -225,13 +218,43 @@ def restore(borg: Repository, domain: str, opts: RestoreOptions) -> RestoreResul
         os.path.join(to, xml_name), state)
 
 
-def _place_tpm(xml: str, new_uuid: str | None, files: dict[str, bytes]) -> str | None:
-    """Place the TPM state in files (if any) for the domain xml with new_uuid
-    (vmstate.place_tpm); return its file, None if there is none."""
-    raw = files.get(fmt.state_member(core_vmstate.TPM))
-    if raw is None or new_uuid is None:
+def _place_tpm(made: _Top) -> str | None:
+    """Place the top's TPM state (if any) for the restored domain (vmstate.place_tpm);
+    return its file, None if there is none."""
+    raw = made.state.get(core_vmstate.TPM)
+    if raw is None or made.uuid is None:
         return None
-    return vmstate.place_tpm(xml, new_uuid, raw)
+    return vmstate.place_tpm(made.xml, made.uuid, raw)
+
+
+@dataclass(frozen=True)
+class _Top:
+    """What a restore takes from its top archive's small members."""
+
+    xml: str                      # the restored domain's (see _xml)
+    changes: list[str]            # what _xml removed or changed of the host's
+    sizes: dict[str, int]         # target -> the size of its images
+    state: dict[str, bytes]       # the domain's state, by name (vmstate.py)
+    uuid: str | None              # the restored domain's, if it has TPM state
+
+
+def _from_top(top: ArchiveInfo, files: dict[str, bytes], wanted: tuple[str, ...],
+              plans: list[DiskPlan] | list[layers.LayeredDisk], to: str, opts: RestoreOptions,
+              nvram: str | None) -> _Top:
+    """Return what a restore takes from top's small members (files, the members
+    wanted, checked: reader.check_archive); nvram: the file for its UEFI
+    variables, if it holds them."""
+    manifest = reader.check_archive(top, files, wanted)
+    new_uuid = str(uuid.uuid4()) if core_vmstate.TPM in manifest.state else None
+    xml, changes = _xml(top, manifest, files,
+                        {d.target: (os.path.join(to, d.top), d.formats[-1]) for d in plans},
+                        opts.keep_host_resources, f"{top.name.domain}-restored",
+                        nvram and os.path.join(to, nvram), new_uuid)
+    # Images are as big as the top's manifest says: every archive of a chain
+    # claims that size (chain.restore_chain), each claim checked against its
+    # manifest as it is read.
+    return _Top(xml, changes, {d.target: manifest.disks[d.target].virtual_size for d in plans},
+                {n: files[fmt.state_member(n)] for n in manifest.state}, new_uuid)
 
 
 def _chain_order(plans: list[DiskPlan]) -> list[ArchiveInfo]:

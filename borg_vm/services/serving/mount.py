@@ -28,13 +28,12 @@ from __future__ import annotations
 
 import contextlib
 import glob
-import json
 import logging
 import os
 import signal
 import socket
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from borg_vm import runtime
@@ -62,6 +61,7 @@ log = logging.getLogger(__name__)
 ARCHIVES = "archives"      # the borg mount, in the mount's run directory
 SOCKET_SUFFIX = ".sock"
 PIDFILE_SUFFIX = ".pid"     # nbdkit's, in the mount's run directory
+MAP_SUFFIX = ".map"         # a disk's map for its nbdkit (piecemap.PieceMap.write)
 # A unix socket path is at most 107 bytes on Linux (sun_path is 108 with its NUL).
 MAX_SOCKET_PATH = 107
 # While serving, how long each wait on one server lasts before looking at the next.
@@ -230,7 +230,7 @@ def _disk_map(mnt: str, links: list[ArchiveInfo], target: str
             raise IntegrityError(target=target, archive=a.archive, detail=str(e)) from e
         dirs.append(root)
     size = record.virtual_size   # the top's: every archive of the chain claims it
-    return piecemap.PieceMap(size, tuple(piecemap.resolve(layers, size))), dirs
+    return piecemap.PieceMap(size, piecemap.resolve(layers, size)), dirs
 
 
 def _small_files(root: str, a: ArchiveInfo, names: tuple[str, ...]) -> dict[str, bytes]:
@@ -259,7 +259,7 @@ def _record(manifest: Manifest, a: ArchiveInfo, target: str) -> fmt.DiskRecord:
     return record
 
 
-def _members(root: str, a: ArchiveInfo, target: str) -> list[tuple[Extent, ...]]:
+def _members(root: str, a: ArchiveInfo, target: str) -> list[Sequence[Extent]]:
     """Return the data members of disk target in the archive, each as the pieces of
     the disk it holds (one, or a pack's as its map lists them). Raise FormatError
     for anything else in its directory (a damaged or hostile archive: a symbolic
@@ -292,7 +292,7 @@ def _members(root: str, a: ArchiveInfo, target: str) -> list[tuple[Extent, ...]]
 
 
 def _pieces(a: ArchiveInfo, target: str, name: str, size: int,
-            map_file: tuple[str, str, int] | None) -> tuple[Extent, ...]:
+            map_file: tuple[str, str, int] | None) -> Sequence[Extent]:
     """Return the pieces of one data member: its map's (read from the mount, capped
     and checked), or its bytes at its offset."""
     if map_file is None:
@@ -314,9 +314,9 @@ def _servers(run: str, sockets: dict[str, str],
     with contextlib.ExitStack() as stack:
         servers = {}
         for t, (disk_map, dirs) in maps.items():
-            map_file = os.path.join(run, f"{t}.map.json")
-            with open(os.open(map_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
-                json.dump({"target": t, "archives": dirs, "map": disk_map.to_doc()}, f)
+            map_file = os.path.join(run, f"{t}{MAP_SUFFIX}")
+            with open(os.open(map_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as f:
+                disk_map.write(f, {"target": t, "archives": dirs})
             servers[t] = stack.enter_context(
                 nbdkit.serve(sockets[t], map_file, os.path.join(run, t + PIDFILE_SUFFIX)))
             # Whoever may connect reads the guest's data; connecting takes write
@@ -353,7 +353,7 @@ def _remove_files(run: str) -> None:
     """Remove the map and pid files of the run directory (never through the mount)."""
     for name in os.listdir(run):
         path = os.path.join(run, name)
-        if name.endswith((".map.json", PIDFILE_SUFFIX)):
+        if name.endswith((MAP_SUFFIX, PIDFILE_SUFFIX)):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
 
