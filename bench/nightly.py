@@ -51,7 +51,7 @@ from report import mb, table  # noqa: E402
 
 from borg_vm.adapters import qemu  # noqa: E402
 from borg_vm.adapters.libnbd import open_command  # noqa: E402
-from borg_vm.format.manifest import BLOCK_SIZE  # noqa: E402  (borg-vm's default chunk size)
+from borg_vm.format.names import BLOCK_SIZE  # noqa: E402
 
 GRAIN = lab.BITMAP_GRANULARITY          # 64 KiB: a rewrite, and the qcow2 cluster
 REWRITE_SHARE = 0.02                    # of the data, every night

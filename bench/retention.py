@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import lab  # noqa: E402
 from lab import BORG, BORG_VM, GIB, KIB, MIB, WORK, say, timed  # noqa: E402
 
-from borg_vm.format.manifest import BLOCK_SIZE  # noqa: E402  (borg-vm's default chunk size)
+from borg_vm.format.names import BLOCK_SIZE  # noqa: E402
 
 SCALE = 100                        # 1 GiB here stands for the README's 100 GiB
 DISK = 1 * GIB

@@ -43,7 +43,7 @@ import runner  # noqa: E402
 from lab import BORG, BORG_VM, GIB, KIB, MIB, WORK, say, timed  # noqa: E402
 
 from borg_vm import runtime  # noqa: E402  (its phase marks)
-from borg_vm.format.manifest import BLOCK_SIZE  # noqa: E402  (borg-vm's default chunk size)
+from borg_vm.format.names import BLOCK_SIZE  # noqa: E402
 
 DISK = int(os.environ.get("SCALE_DISK_GIB", "1024")) * GIB
 EXTENTS = int(os.environ.get("SCALE_EXTENTS", "100000"))

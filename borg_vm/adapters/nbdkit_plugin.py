@@ -24,7 +24,7 @@ import nbdkit
 
 # borg_vm lives two directories up; nbdkit's interpreter does not know the venv.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-from borg_vm.format import manifest as archive  # noqa: E402
+from borg_vm.format import names as fmt  # noqa: E402
 from borg_vm.format.piecemap import PieceMap  # noqa: E402
 
 API_VERSION = 2
@@ -105,7 +105,7 @@ def _zero(out):
 def _member(piece):
     """Return an open fd of the member file a data piece is in."""
     path = os.path.join(_disk["archives"][piece.layer],
-                        archive.member_name(_disk["target"], piece.member))
+                        fmt.member_name(_disk["target"], piece.member))
     fd = _open.pop(path, None)
     if fd is None:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)

@@ -11,7 +11,7 @@ from borg_vm.commands import options
 from borg_vm.core import plan
 from borg_vm.core.compression import parse_compression
 from borg_vm.errors import EXIT_OK, Interrupted, UsageError, describe, report
-from borg_vm.format import manifest as fmt
+from borg_vm.format import names as fmt
 from borg_vm.services.backup import quiesce
 from borg_vm.services.backup.run import BackupOptions, backup
 

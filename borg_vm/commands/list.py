@@ -9,7 +9,7 @@ from borg_vm.commands import options
 from borg_vm.core import chain
 from borg_vm.core.text import printable
 from borg_vm.errors import EXIT_OK
-from borg_vm.format.manifest import ArchiveInfo
+from borg_vm.format.summary import ArchiveInfo
 from borg_vm.progress import human
 from borg_vm.services import catalog
 

@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         print(result.to_text())
     if not args.json:
         log.info("%s %d of %d archives", "would delete" if args.dry_run else "deleted",
-                 sum(v == retention.PRUNE for _n, _d, v, _w in result.decisions),
+                 sum(v == retention.Verdict.PRUNE for _n, _d, v, _w in result.decisions),
                  len(result.decisions))
     return EXIT_OK
 
@@ -86,7 +86,7 @@ class PruneOptions:
 
 @dataclass
 class PruneResult:
-    decisions: list[tuple[str, str, str, str]]   # (archive, domain, keep|prune, why)
+    decisions: list[tuple[str, str, retention.Verdict, str]]   # (archive, domain, verdict, why)
     deleted: list[str]
     dry_run: bool
 
@@ -117,7 +117,7 @@ def prune(borg: Repository, opts: PruneOptions, now: datetime | None = None) -> 
     decided = retention.decide(selected, opts.rules, now, local)
     doomed = [a.archive for a, verdict, _ in sorted(decided, key=lambda d: d[0].order,
                                                      reverse=True)
-              if verdict == retention.PRUNE]
+              if verdict == retention.Verdict.PRUNE]
     if doomed and not opts.dry_run:
         log.info("deleting %d archives: %s", len(doomed), ", ".join(doomed))
         borg.delete(doomed)

@@ -28,7 +28,7 @@ def build_parser(sub: argparse._SubParsersAction, parents: list[argparse.Argumen
                        help="write one image per disk, no chain")
     shape.add_argument("--layers", action="store_true",
                        help="write one image per snapshot layer, as the disk's chain was "
-                       "(frozen layers complete, the top one partial)")
+                       "(sealed layers complete, the top one partial)")
     options.add_disk_option(r, "restore")
     r.add_argument("--format", choices=("qcow2", "raw"), default="qcow2",
                    help="format of the base (or flattened) image (default: qcow2); "

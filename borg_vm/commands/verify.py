@@ -1,7 +1,7 @@
 """borg-vm verify: read archives back from Borg and check them, writing nothing.
 
 For each archive: its data members cover exactly the extents its manifest
-lists and hash to the manifest's SHA-256 (the guest's view and every frozen
+lists and hash to the manifest's SHA-256 (the guest's view and every sealed
 layer); its small members pass the checks restore and mount make of them
 (reader.check_archive: the manifest agrees with the archive's name and
 comment and carries the code of the key that signed the comment, domain.xml
@@ -24,9 +24,10 @@ from borg_vm.commands import options
 from borg_vm.core import chain
 from borg_vm.core.text import printable
 from borg_vm.errors import EXIT_ERROR, EXIT_OK, EXIT_WARNING, BorgVmError, UsageError
-from borg_vm.format import manifest as fmt
+from borg_vm.format import names as fmt
 from borg_vm.format import reader
-from borg_vm.format.manifest import ArchiveInfo, Manifest
+from borg_vm.format.manifest import Manifest
+from borg_vm.format.summary import ArchiveInfo
 from borg_vm.format.tarstream import Member
 from borg_vm.services import catalog
 

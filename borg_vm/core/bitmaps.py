@@ -3,7 +3,7 @@ checkpoint, for a domain that is shut off. Pure, no I/O.
 
 libvirt names a checkpoint's bitmap after the checkpoint and, when an
 external snapshot puts a new overlay on a disk, adds a bitmap of the same
-name to the overlay; the frozen layer below keeps its own (now disabled)
+name to the overlay; the sealed layer below keeps its own (now disabled)
 copy, holding the writes between the checkpoint and the snapshot::
 
     top      overlay   CP (auto)      writes since the snapshot

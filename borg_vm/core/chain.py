@@ -13,7 +13,8 @@ from __future__ import annotations
 from collections import defaultdict
 
 from borg_vm.errors import ArchiveNotFound, BrokenChain, FormatError, UnknownDisk
-from borg_vm.format.manifest import FULL, ArchiveInfo
+from borg_vm.format.names import Level
+from borg_vm.format.summary import ArchiveInfo
 
 
 def of_domain(archives: list[ArchiveInfo], domain: str) -> list[ArchiveInfo]:
@@ -58,7 +59,7 @@ def disk_chain(archives: list[ArchiveInfo], top: ArchiveInfo, target: str) -> li
         raise UnknownDisk(name=top.name.domain, target=target,
                           known=", ".join(sorted(top.summary.disks)))
     chain = [top]
-    while chain[-1].summary.disks[target].level != FULL:
+    while chain[-1].summary.disks[target].level != Level.FULL:
         parent = chain[-1].summary.parent
         if parent is None or parent not in by_name:
             raise BrokenChain(archive=top.archive, missing=parent or "its parent")

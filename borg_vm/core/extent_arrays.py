@@ -1,7 +1,7 @@
 """A record's extents held compactly. Pure, no I/O.
 
 A manifest may list millions of extents: ~200,000 for a fragmented 1 TiB
-disk, and a hostile one as many as its size cap allows (format/manifest.py).
+disk, and a hostile one as many as its size cap allows (format/names.py).
 As ``Extent`` objects each costs ~150 bytes of Python objects; here it costs
 17, in three parallel arrays::
 
@@ -27,7 +27,7 @@ from borg_vm.core.extent import DATA, KINDS, ZERO, Extent
 
 KIND_CODES = {DATA: 0, ZERO: 1}   # a kind as the kinds array holds it (spans relies on it)
 # array('Q') holds 8-byte unsigned integers: every offset and length of a disk
-# (format/manifest.py's MAX_VIRTUAL_SIZE is far below 2**64).
+# (format/names.py's MAX_VIRTUAL_SIZE is far below 2**64).
 UNSIGNED_64 = "Q"
 
 

@@ -1,12 +1,15 @@
 """Snapshot layers: what borg-vm calls the images of a disk's backing chain,
-which of them froze since the last backup, and which restored image each
+which of them were sealed since the last backup, and which restored image each
 archive's data belongs to. Pure, no I/O.
 
-A disk is a chain of images, the top one written, the ones below frozen by
-external snapshots (libvirt's design: formatsnapshot, kbase/incrementalbackupinternals)::
+A disk is a chain of images, the top one written, the ones below **sealed** by
+external snapshots (libvirt's design: formatsnapshot,
+kbase/incrementalbackupinternals): read-only from then on. ("frozen" is the
+word for guest filesystems --quiesce freezes; archives keep it as the name of
+sealed layers' members and records, from version 2.)::
 
     T1  base                  backups B1 read the top (base)
-    T2  base <- S2            snapshot: base frozen, S2 written
+    T2  base <- S2            snapshot: base sealed, S2 written
     T3  base <- S2            backup B2 reads S2's view (writes of both sides, merged
                               by libvirt) and base's final changes since B1 (base's
                               own copy of bitmap B1)
@@ -65,9 +68,9 @@ def unescape(text: str) -> str:
     return out.decode("utf-8")
 
 
-def frozen_since(chain: Sequence[str], parent_top: str | None) -> list[int]:
+def sealed_since(chain: Sequence[str], parent_top: str | None) -> list[int]:
     """Given a disk's image paths now (top first) and the top image of the parent
-    archive, return the indexes of the layers frozen since then: from just below
+    archive, return the indexes of the layers sealed since then: from just below
     the top down to the parent's top. None froze if the top is the same; and if
     the parent's top is no longer in the chain (committed into a lower image),
     what it held reached the images the backup job reads, so none are read."""
@@ -95,13 +98,13 @@ def restore_steps(chain_now: Sequence[str], archives: Sequence[tuple[Sequence[st
 
     Given the disk's image paths at the restore point (top first) and, for each
     archive of its chain (full first), its image paths then (top first) and the
-    indexes of the layers it holds frozen data of, return the writes in order as
-    (archive index, layer of that archive: 0 for its top data, else the frozen
-    layer, image index counted from the bottom). An archive's frozen layers are
+    indexes of the layers it holds sealed data of, return the writes in order as
+    (archive index, layer of that archive: 0 for its top data, else the sealed
+    layer, image index counted from the bottom). An archive's sealed layers are
     written deepest first (they froze in that order), then its top data."""
     steps = []
     bottom = len(chain_now) - 1
-    for a, (chain_then, frozen) in enumerate(archives):
-        for layer in sorted(frozen, reverse=True) + [0]:
+    for a, (chain_then, sealed) in enumerate(archives):
+        for layer in sorted(sealed, reverse=True) + [0]:
             steps.append((a, layer, bottom - home(chain_now, chain_then[layer:])))
     return steps

@@ -7,10 +7,11 @@ from datetime import UTC, datetime
 
 from borg_vm.core import chain, durations
 from borg_vm.errors import BorgVmError, NoUsableParent
-from borg_vm.format.manifest import FULL, INC, ArchiveInfo, ArchiveName, new_checkpoint_name
+from borg_vm.format.names import ArchiveName, Level, new_checkpoint_name
+from borg_vm.format.summary import ArchiveInfo
 
 AUTO = "auto"
-REQUESTS = (AUTO, FULL, INC)
+REQUESTS = (AUTO, Level.FULL, Level.INC)
 INCREMENTAL_FORMATS = ("qcow2",)
 
 
@@ -148,8 +149,9 @@ def plan(requested: str, domain: str, uuid: str, disks: list[Disk],
     """
     if requested not in REQUESTS:
         raise ValueError(f"unknown level {requested!r}")
-    if requested == FULL:
-        return Plan(FULL, "--level full was asked for", None, {d.target: FULL for d in disks})
+    if requested == Level.FULL:
+        return Plan(Level.FULL, "--level full was asked for", None,
+                    {d.target: Level.FULL for d in disks})
     parent = latest(archives, domain)
     reason = why_not_incremental(domain, uuid, disks, parent, checkpoints)
     full_disks = {} if reason else {d.target: why for d in disks
@@ -161,14 +163,14 @@ def plan(requested: str, domain: str, uuid: str, disks: list[Disk],
                        if d.target not in full_disks and (why := full_every.due(
                            chain.disk_chain(archives, parent, d.target), now))), None)
     if reason is not None:
-        if requested == INC:
+        if requested == Level.INC:
             raise NoUsableParent(domain=domain, reason=reason)
-        return Plan(FULL, reason, None, {d.target: FULL for d in disks})
+        return Plan(Level.FULL, reason, None, {d.target: Level.FULL for d in disks})
     why = f"incremental on top of {parent.archive}"
     if full_disks:
         why += "; full backup of " + "; ".join(f"{t} ({w})" for t, w in full_disks.items())
-    return Plan(INC, why, parent,
-                {d.target: FULL if d.target in full_disks else INC for d in disks})
+    return Plan(Level.INC, why, parent,
+                {d.target: Level.FULL if d.target in full_disks else Level.INC for d in disks})
 
 
 def archive_name(domain: str, layer: str, when, taken_checkpoints: set[str]) -> ArchiveName:

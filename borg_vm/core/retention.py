@@ -21,16 +21,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
+from enum import StrEnum
 
 from borg_vm.core import chain
 from borg_vm.errors import BorgVmError
-from borg_vm.format.manifest import ArchiveInfo
+from borg_vm.format.summary import ArchiveInfo
 
 # (rule, strftime pattern of its period), in the order borg applies them.
 PERIODS = (("last", "%Y-%m-%d %H:%M:%S"), ("hourly", "%Y-%m-%d %H"), ("daily", "%Y-%m-%d"),
            ("weekly", "%G-%V"), ("monthly", "%Y-%m"), ("yearly", "%Y"))
-KEEP = "keep"
-PRUNE = "prune"
+
+
+class Verdict(StrEnum):
+    """What prune does with an archive (its value is what --list and --json show)."""
+
+    KEEP = "keep"
+    PRUNE = "prune"
+
+
 NEWEST = "newest: the next backup builds on it"
 
 
@@ -86,8 +94,8 @@ def _split(ordered: list[ArchiveInfo], rule: str, pattern: str, count: int, tz: 
 
 def decide(archives: list[ArchiveInfo], rules: Rules, now: datetime, tz: tzinfo
            ) -> list[tuple[ArchiveInfo, str, str]]:
-    """Given the borg-vm archives of the domains to prune, return (archive, KEEP or
-    PRUNE, why) for each, newest first per domain: the points the rules keep, and
+    """Given the borg-vm archives of the domains to prune, return (archive, verdict,
+    why) for each, newest first per domain: the points the rules keep, and
     every archive a kept one needs to restore."""
     out = []
     for domain in sorted({a.name.domain for a in archives}):
@@ -107,7 +115,7 @@ def decide(archives: list[ArchiveInfo], rules: Rules, now: datetime, tz: tzinfo
                 if needed.archive not in why:
                     why[needed.archive] = f"needed by {a.archive}"
                     todo.append(needed)
-        out += [(a, KEEP if a.archive in why else PRUNE, why.get(a.archive, ""))
+        out += [(a, Verdict.KEEP if a.archive in why else Verdict.PRUNE, why.get(a.archive, ""))
                 for a in sorted(own, key=lambda a: a.order, reverse=True)]
     return out
 

@@ -49,7 +49,7 @@ from borg_vm.core.extent_arrays import UNSIGNED_64, ExtentArray
 
 EXTENTS_KEY = "extents"
 # What the values besides extents lists may hold: a disk on a chain of
-# MAX_LAYERS images (format/manifest.py), every one of them frozen, holds ~1.4
+# MAX_LAYERS images (format/names.py), every one of them sealed, holds ~1.4
 # MiB (measured), so this is ten such disks; a real domain's manifest holds a
 # few KiB besides its extents.
 MAX_HELD = 16 * 1024 * 1024

@@ -19,7 +19,7 @@ one layer: disk offset ``x`` in the piece is byte ``x - base`` of the file of
 the member named by offset ``member`` (``base == member`` unless the member
 is a pack).
 
-A hostile archive may list millions of extents (format/manifest.py): the
+A hostile archive may list millions of extents (format/__init__.py): the
 pieces of each archive are made one at a time as ``resolve`` sweeps over them
 all at once, and the map holds its pieces in arrays (40 bytes a piece), which
 it writes to the file the nbdkit plugin reads (adapters/nbdkit_plugin.py) as

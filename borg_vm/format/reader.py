@@ -44,9 +44,10 @@ from borg_vm.core import domxml
 from borg_vm.core.extent import Extent, covers_data
 from borg_vm.core.extent_arrays import ExtentArray, Joiner
 from borg_vm.errors import FormatError, IntegrityError, RepositoryLocked
-from borg_vm.format import manifest as fmt
+from borg_vm.format import names as fmt
 from borg_vm.format import packing
-from borg_vm.format.manifest import ArchiveInfo, DiskRecord, FrozenRecord, Manifest
+from borg_vm.format.manifest import DiskRecord, Manifest, SealedRecord
+from borg_vm.format.summary import ArchiveInfo
 from borg_vm.format.tarstream import Member, TarFormatError, read_members
 
 # Archives with at least this many data bytes to read are read with 'borg list'
@@ -268,7 +269,7 @@ def pieces(members: Iterator[Member], archive: str, sizes: dict[str, int],
            ) -> Iterator[tuple[str, tuple[str, int] | None, int, memoryview | bytes]]:
     """Yield (member name, (disk target, layer) or None, offset, data) from members:
     data members in pieces at their disk offsets (following the map member of a
-    pack; layer 0: the guest's view, i: frozen layer i; sizes: disk target ->
+    pack; layer 0: the guest's view, i: sealed layer i; sizes: disk target ->
     virtual size), the format's small members whole (bytes); skip members
     borg-vm does not know, unread.
 
@@ -372,7 +373,7 @@ def buffer_batches(pieces: Iterable[tuple]) -> Iterator[list[tuple]]:
         yield batch
 
 
-Key = tuple[str, int]   # (disk target, layer): 0 the guest's view, i >= 1 a frozen layer
+Key = tuple[str, int]   # (disk target, layer): 0 the guest's view, i >= 1 a sealed layer
 Piece = tuple[str, "Key | None", int, "memoryview | bytes"]
 
 
@@ -437,28 +438,28 @@ class Tally:
                           self.written(key), digest.hexdigest())
 
 
-def record_of(archive: str, manifest: Manifest, key: Key) -> DiskRecord | FrozenRecord:
+def record_of(archive: str, manifest: Manifest, key: Key) -> DiskRecord | SealedRecord:
     """Return the manifest's record of key; raise FormatError if it has none."""
     return _pick(archive, _records(archive, manifest), key)
 
 
-def _pick(archive: str, records: dict[Key, DiskRecord | FrozenRecord], key: Key
-          ) -> DiskRecord | FrozenRecord:
+def _pick(archive: str, records: dict[Key, DiskRecord | SealedRecord], key: Key
+          ) -> DiskRecord | SealedRecord:
     if key not in records:
         target, layer = key
         raise FormatError(archive=archive, detail=(
             f"manifest has no disk {target}" if not layer
-            else f"manifest has no frozen layer {layer} of disk {target}"))
+            else f"manifest has no sealed layer {layer} of disk {target}"))
     return records[key]
 
 
-def _records(archive: str, manifest: Manifest) -> dict[Key, DiskRecord | FrozenRecord]:
-    records: dict[Key, DiskRecord | FrozenRecord] = {(t, 0): d for t, d in manifest.disks.items()}
-    records.update({(t, f.layer): f for t, d in manifest.disks.items() for f in d.frozen})
+def _records(archive: str, manifest: Manifest) -> dict[Key, DiskRecord | SealedRecord]:
+    records: dict[Key, DiskRecord | SealedRecord] = {(t, 0): d for t, d in manifest.disks.items()}
+    records.update({(t, f.layer): f for t, d in manifest.disks.items() for f in d.sealed})
     return records
 
 
-def verify_record(archive: str, key: Key, record: DiskRecord | FrozenRecord,
+def verify_record(archive: str, key: Key, record: DiskRecord | SealedRecord,
                   written: Sequence[Extent], digest: str) -> None:
     """Raise IntegrityError unless written (in the order the data came) covers the
     record's data extents and digest matches."""
@@ -515,7 +516,7 @@ def _regular(member: Member, archive: str) -> Member:
 def _data_member(name: str) -> tuple[str, int, int] | None:
     """Return (target, layer, offset) of a data member's name, or None."""
     top = fmt.parse_member(name)
-    return (top[0], 0, top[1]) if top else fmt.parse_frozen_member(name)
+    return (top[0], 0, top[1]) if top else fmt.parse_sealed_member(name)
 
 
 def _read_small(member: Member, archive: str) -> bytes:

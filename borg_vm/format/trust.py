@@ -25,7 +25,8 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 
 from borg_vm.format import auth
-from borg_vm.format.manifest import AUTHENTICATED_FROM, ArchiveInfo, stamp
+from borg_vm.format.names import AUTHENTICATED_FROM, stamp
+from borg_vm.format.summary import ArchiveInfo
 
 # A host's clock may run a little ahead of the one that wrote the archive.
 FUTURE_SLACK = timedelta(minutes=15)

@@ -1,4 +1,4 @@
-"""Writing one archive: the members the spec (format/manifest.py) lists, in its
+"""Writing one archive: the members the spec (format/__init__.py) lists, in its
 order, streamed into the repository's import, the manifest last, then the end
 of the stream, at which (and only at which) the repository commits.
 
@@ -21,9 +21,10 @@ from borg_vm.adapters.borg import Repository
 from borg_vm.core import extent
 from borg_vm.core.disk_source import DiskSource
 from borg_vm.errors import BorgError, CommittedThenFailed
-from borg_vm.format import manifest as fmt
+from borg_vm.format import names as fmt
 from borg_vm.format import packing
-from borg_vm.format.manifest import ArchiveName, Manifest
+from borg_vm.format.manifest import Manifest
+from borg_vm.format.names import ArchiveName
 from borg_vm.format.tarstream import TarWriter
 from borg_vm.progress import Progress
 
@@ -64,7 +65,7 @@ def write_archive(borg: Repository, name: ArchiveName, manifest: Manifest, parts
     """Stream the members the manifest lists into the repository under name, the
     manifest (with its digests filled in) last, then end the stream: the
     repository commits the archive. where(target, layer) says where each record's
-    data is read (layer 0: the guest's view, i: frozen layer i). Return the
+    data is read (layer 0: the guest's view, i: sealed layer i). Return the
     manifest with its digests. progress is closed when the stream has ended.
 
     A borg failing after the end of the stream (killed in its commit, a lost ssh
@@ -116,17 +117,17 @@ def write_archive(borg: Repository, name: ArchiveName, manifest: Manifest, parts
 
 def _write_disks(tar: TarWriter, manifest: Manifest, where: Callable[[str, int], Where],
                  block_size: int, progress: Progress) -> Manifest:
-    """Write every disk's data members (its top data, then its frozen layers, disks
+    """Write every disk's data members (its top data, then its sealed layers, disks
     in target order); return the manifest with each record's digest."""
     disks = {}
     for t, d in sorted(manifest.disks.items()):
         top = _write_extents(tar, where(t, 0), d.extents, block_size, progress,
                              lambda offset, t=t: fmt.member_name(t, offset))
-        frozen = tuple(replace(f, sha256=_write_extents(
+        sealed = tuple(replace(f, sha256=_write_extents(
             tar, where(t, f.layer), f.extents, block_size, progress,
-            lambda offset, t=t, layer=f.layer: fmt.frozen_member_name(t, layer, offset)))
-            for f in d.frozen)
-        disks[t] = replace(d, sha256=top, frozen=frozen)
+            lambda offset, t=t, layer=f.layer: fmt.sealed_member_name(t, layer, offset)))
+            for f in d.sealed)
+        disks[t] = replace(d, sha256=top, sealed=sealed)
     return replace(manifest, disks=disks)
 
 

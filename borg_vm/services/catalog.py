@@ -13,9 +13,10 @@ from datetime import UTC, datetime
 from borg_vm.adapters.borg import Repository
 from borg_vm.core import chain
 from borg_vm.errors import FormatError, NoAuthenticArchive, Unauthenticated
-from borg_vm.format import manifest as fmt
+from borg_vm.format import names as fmt
 from borg_vm.format import trust
-from borg_vm.format.manifest import AUTHENTICATED_FROM, ArchiveInfo, ArchiveName, Summary
+from borg_vm.format.names import AUTHENTICATED_FROM, ArchiveName
+from borg_vm.format.summary import ArchiveInfo, Summary
 from borg_vm.services import keyring as keyring_
 from borg_vm.services.keyring import Keyring
 

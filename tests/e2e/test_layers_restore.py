@@ -1,5 +1,5 @@
 """The seed's model end to end (issue #8): a snapshot between backups, and a
-restore by layers that rebuilds the frozen layer complete and the top one
+restore by layers that rebuilds the sealed layer complete and the top one
 partial over it.
 
     T1  base; backup B1 (full)            writes, then more writes after B1

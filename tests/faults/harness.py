@@ -29,7 +29,7 @@ from borgvm import BORG, Result, archive_names, backup, read_image, restore_and_
 from guest import MIB, poll
 
 from borg_vm import runtime
-from borg_vm.format.manifest import is_partial_of
+from borg_vm.format.names import is_partial_of
 
 LIBVIRTD = "/usr/sbin/libvirtd"
 LIBVIRTD_PIDFILE = Path("/run/borg-vm-setup-libvirtd.pid")   # contrib/setup-host.sh's

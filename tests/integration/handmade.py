@@ -20,8 +20,9 @@ from realstack import CHUNKER, MTIME, TIMESTAMP, KiB, MiB, log_run
 
 from borg_vm.core.extent import DATA, Extent
 from borg_vm.core.extent_arrays import ExtentArray
-from borg_vm.format import manifest as archive
+from borg_vm.format import names as fmt
 from borg_vm.format import packing
+from borg_vm.format.manifest import DiskRecord, Manifest
 from borg_vm.format.tarstream import TarWriter
 from borg_vm.services import keyring
 
@@ -57,20 +58,20 @@ CHECKPOINT_XML = checkpoint_xml()
 
 
 def manifest(disks: dict[str, bytes], size: int = SIZE, xml: bytes | Zeros | None = None,
-             at: str = SNAPSHOT) -> archive.Manifest:
+             at: str = SNAPSHOT) -> Manifest:
     """Return the manifest of a full backup whose disks hold their data at offset 0,
     taken at the UTC stamp at (checkpoint borgvm-AT), recording the digests of xml
     (default: domain_xml of its disks) and of its checkpoint_xml."""
-    records = {t: archive.DiskRecord("full", "qcow2", f"/vms/{t}.qcow2", size,
+    records = {t: DiskRecord("full", "qcow2", f"/vms/{t}.qcow2", size,
                                      (Extent(0, len(d), DATA),) if d else (),
                                      hashlib.sha256(d).hexdigest())
                for t, d in disks.items()}
     xml = domain_xml(tuple(disks)) if xml is None else xml
     if isinstance(xml, Zeros):
         xml = bytes(xml.size)
-    checkpoint = archive.CHECKPOINT_PREFIX + at
+    checkpoint = fmt.CHECKPOINT_PREFIX + at
     when = datetime.strptime(at, "%Y%m%dT%H%M%SZ").strftime("%Y-%m-%dT%H:%M:%SZ")
-    return archive.Manifest(domain=DOMAIN, uuid="0b5e0b5e-0000-4000-8000-000000000001",
+    return Manifest(domain=DOMAIN, uuid="0b5e0b5e-0000-4000-8000-000000000001",
                             snapshot=SNAPSHOT, checkpoint=checkpoint, level="full",
                             parent_checkpoint=None, parent_archive=None,
                             time=when, disks=records,
@@ -86,7 +87,7 @@ def host_key(borg) -> bytes:
     return keyring.load_or_create(borg.repository_id(), ()).signing_key
 
 
-def sign(borg, m: archive.Manifest, key: bytes | None = None) -> tuple[bytes, str]:
+def sign(borg, m: Manifest, key: bytes | None = None) -> tuple[bytes, str]:
     """Return (manifest.json, archive comment) of m, signed with key (default:
     host_key(borg))."""
     key = host_key(borg) if key is None else key
@@ -96,7 +97,7 @@ def sign(borg, m: archive.Manifest, key: bytes | None = None) -> tuple[bytes, st
 def write_archive(borg, disks: dict[str, bytes], *, size: int = SIZE, xml: bytes | None = None,
                   data_members=None, extra=(), manifest_json: bytes | None = None,
                   signed: bool = True, key: bytes | None = None,
-                  m: archive.Manifest | None = None) -> str:
+                  m: Manifest | None = None) -> str:
     """Write a full borg-vm archive of DOMAIN into borg's repository; return its name.
 
     By default it is valid: domain.xml, checkpoint.xml, one data member per
@@ -111,10 +112,10 @@ def write_archive(borg, disks: dict[str, bytes], *, size: int = SIZE, xml: bytes
     manifest_doc, comment = (sign(borg, m, key) if signed
                              else (m.to_json(), m.summary().to_comment()))
     if data_members is None:
-        data_members = [(archive.member_name(t, 0), d) for t, d in disks.items() if d]
-    members = [(archive.DOMAIN_XML, xml), (archive.CHECKPOINT_XML, checkpoint_xml(m.checkpoint)),
+        data_members = [(fmt.member_name(t, 0), d) for t, d in disks.items() if d]
+    members = [(fmt.DOMAIN_XML, xml), (fmt.CHECKPOINT_XML, checkpoint_xml(m.checkpoint)),
                *data_members, *extra,
-               (archive.MANIFEST, manifest_doc if manifest_json is None else manifest_json)]
+               (fmt.MANIFEST, manifest_doc if manifest_json is None else manifest_json)]
     with borg.import_tar(str(m.name), comment=comment, timestamp=TIMESTAMP,
                          compression="lz4", chunker_params=CHUNKER) as proc:
         tar = TarWriter(proc.stdin, MTIME)
@@ -129,8 +130,8 @@ def write_archive(borg, disks: dict[str, bytes], *, size: int = SIZE, xml: bytes
 # with its own byte.
 PACK = (Extent(64 * KiB, 4 * KiB), Extent(1 * MiB, 8 * KiB), Extent(3 * MiB + 512, 100))
 PACK_FILLS = (0xAA, 0xBB, 0xCC)
-PACK_NAME = archive.member_name("vda", PACK[0].start)
-PACK_MAP = archive.map_member_name(PACK_NAME)
+PACK_NAME = fmt.member_name("vda", PACK[0].start)
+PACK_MAP = fmt.map_member_name(PACK_NAME)
 PACK_BYTES = sum(p.length for p in PACK)
 
 

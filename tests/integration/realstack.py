@@ -12,7 +12,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from borg_vm.format.manifest import BLOCK_SIZE
+from borg_vm.format.names import BLOCK_SIZE
 from borg_vm.format.tarstream import TarWriter, read_members
 
 KiB = 1024

@@ -23,7 +23,7 @@ from handmade import (
 from realstack import MTIME
 
 from borg_vm.adapters.borg import find_borg
-from borg_vm.format import manifest as archive
+from borg_vm.format import names as fmt
 
 DATA = b"\x5a" * 65536
 ESCAPE = "borgvm-escaped"   # the file a member tries to put outside --to
@@ -44,10 +44,10 @@ def plant(borg, tmp_path: Path, hostile: list) -> str:
     signed: what a host holding the key (or compromised) might write."""
     m = manifest({"vda": DATA})
     manifest_doc, comment = sign(borg, m)
-    members = [member(archive.DOMAIN_XML, data=domain_xml()),
-               member(archive.CHECKPOINT_XML, data=CHECKPOINT_XML),
-               member(archive.member_name("vda", 0), data=DATA), *hostile,
-               member(archive.MANIFEST, data=manifest_doc)]
+    members = [member(fmt.DOMAIN_XML, data=domain_xml()),
+               member(fmt.CHECKPOINT_XML, data=CHECKPOINT_XML),
+               member(fmt.member_name("vda", 0), data=DATA), *hostile,
+               member(fmt.MANIFEST, data=manifest_doc)]
     tar = tmp_path / "planted.tar"
     with tarfile.open(tar, "w", format=tarfile.GNU_FORMAT) as t:
         for info, data in members:
@@ -74,12 +74,12 @@ HOSTILE = {
                 DAMAGED, True),
     "device": ([member("disk/vda/0000000000100000", tarfile.CHRTYPE)], DAMAGED, True),
     "fifo": ([member("disk/vda/0000000000100000", tarfile.FIFOTYPE)], DAMAGED, True),
-    "symlink-manifest": ([member(archive.MANIFEST, tarfile.SYMTYPE, link="/etc/shadow")],
+    "symlink-manifest": ([member(fmt.MANIFEST, tarfile.SYMTYPE, link="/etc/shadow")],
                          DAMAGED, True),
     # borg itself fails to export a hard link whose target it is not asked for
     "hardlink": ([member("disk/vda/0000000000100000", tarfile.LNKTYPE,
-                         link=archive.MANIFEST)], "borg {command} of", True),
-    "unknown-disk": ([member(archive.member_name("vdz", 0), data=DATA)], None, True),
+                         link=fmt.MANIFEST)], "borg {command} of", True),
+    "unknown-disk": ([member(fmt.member_name("vdz", 0), data=DATA)], None, True),
 }
 
 

@@ -26,7 +26,7 @@ from handmade import (
 from mounting import compare, failed_mount, mounts_under, start_mount, wait_gone
 from realstack import BLOCK, CHUNKER, TIMESTAMP, MiB
 
-from borg_vm.format import manifest as archive
+from borg_vm.format import names as fmt
 from borg_vm.format import packing
 
 DATA = bytes(range(256)) * (3 * MiB // 256)     # 3 MiB at offset 0, then zeros
@@ -143,10 +143,10 @@ def hostile(borg, extra_members, data_member=True):
     """Write an otherwise valid archive of DATA with extra tar members in disk/vda/."""
     m = manifest({"vda": DATA})
     manifest_doc, comment = sign(borg, m)
-    members = [(tarfile.TarInfo(archive.DOMAIN_XML), domain_xml()),
-               (tarfile.TarInfo(archive.MANIFEST), manifest_doc)]
+    members = [(tarfile.TarInfo(fmt.DOMAIN_XML), domain_xml()),
+               (tarfile.TarInfo(fmt.MANIFEST), manifest_doc)]
     if data_member:
-        members.insert(1, (tarfile.TarInfo(archive.member_name("vda", 0)), DATA))
+        members.insert(1, (tarfile.TarInfo(fmt.member_name("vda", 0)), DATA))
     import_tar(borg, str(m.name), comment, extra_members + members)
     return str(m.name)
 
@@ -163,19 +163,19 @@ def symlink(name, target):
 def test_a_chain_failing_the_manifest_checks_is_refused(make_repo, tmp_path, case):
     borg = make_repo()
     if case == "symlink-member":     # would serve a host file through the FUSE mount
-        name = hostile(borg, [symlink(archive.member_name("vda", 3 * MiB), "/etc/passwd")])
+        name = hostile(borg, [symlink(fmt.member_name("vda", 3 * MiB), "/etc/passwd")])
         why = "unexpected member"
     elif case == "directory-member":
-        info = tarfile.TarInfo(archive.member_name("vda", 3 * MiB) + "/x")
+        info = tarfile.TarInfo(fmt.member_name("vda", 3 * MiB) + "/x")
         name, why = hostile(borg, [(info, b"x")]), "unexpected member"
     elif case == "odd-name":
         name, why = hostile(borg, [(tarfile.TarInfo("disk/vda/junk"), b"x")]), "unexpected member"
     elif case == "member-beyond-extents":
-        name = hostile(borg, [(tarfile.TarInfo(archive.member_name("vda", 3 * MiB)), b"x")])
+        name = hostile(borg, [(tarfile.TarInfo(fmt.member_name("vda", 3 * MiB)), b"x")])
         why = "do not cover exactly"
     elif case == "short-member":
         name = write_archive(borg, {"vda": DATA},
-                             data_members=[(archive.member_name("vda", 0), DATA[:-BLOCK])])
+                             data_members=[(fmt.member_name("vda", 0), DATA[:-BLOCK])])
         why = "do not cover exactly"
     elif case == "manifest-mismatch":
         doc = json.loads(manifest({"vda": DATA}).to_json())
@@ -189,7 +189,7 @@ def test_a_chain_failing_the_manifest_checks_is_refused(make_repo, tmp_path, cas
     else:
         m = manifest({"vda": DATA})
         import_tar(borg, str(m.name), sign(borg, m)[1],
-                   [(tarfile.TarInfo(archive.member_name("vda", 0)), DATA)])
+                   [(tarfile.TarInfo(fmt.member_name("vda", 0)), DATA)])
         name, why = str(m.name), "no manifest.json"
     proc = failed_mount(DOMAIN, borg.repo, str(tmp_path / "vda.sock"))
     line = one_error_line(proc)

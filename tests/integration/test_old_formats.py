@@ -38,7 +38,7 @@ from pathlib import Path
 import pytest
 from realstack import FIXTURES, copy_fixture_repo
 
-from borg_vm.format.manifest import AUTHENTICATED_FROM
+from borg_vm.format.names import AUTHENTICATED_FROM
 from borg_vm.services.keyring import Keyring
 
 VERSIONS = ("v1", "v2", "v3", "v4")

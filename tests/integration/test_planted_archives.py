@@ -11,14 +11,15 @@ import pytest
 from handmade import host_key
 from realstack import import_members
 
-from borg_vm.format.manifest import FULL, DiskSummary, Summary
+from borg_vm.format.names import Level
+from borg_vm.format.summary import DiskSummary, Summary
 
 GOOD = "web01.20261126T020000Z.borgvm-20261126T020000Z"
 
 
 def summary(**over) -> Summary:
-    return replace(Summary(FULL, None, "2026-11-26T02:00:00Z", "u",
-                           {"vda": DiskSummary(FULL, 1 << 20, "qcow2", "/x", 0, 0)}), **over)
+    return replace(Summary(Level.FULL, None, "2026-11-26T02:00:00Z", "u",
+                           {"vda": DiskSummary(Level.FULL, 1 << 20, "qcow2", "/x", 0, 0)}), **over)
 
 
 def comment(**over) -> str:

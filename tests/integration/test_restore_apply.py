@@ -15,8 +15,10 @@ from borg_vm.adapters import qemu
 from borg_vm.adapters.borg import BRIEF_LOCK_WAIT, Item
 from borg_vm.core.extent import DATA, ZERO, Extent
 from borg_vm.errors import BorgError, FormatError, IntegrityError
-from borg_vm.format import manifest as archive
+from borg_vm.format import names as fmt
 from borg_vm.format import reader as members
+from borg_vm.format.manifest import DiskRecord, Manifest
+from borg_vm.format.summary import ArchiveInfo
 from borg_vm.format.tarstream import TarFormatError
 from borg_vm.progress import Progress
 from borg_vm.services.restore import images as apply_action
@@ -30,7 +32,7 @@ EXTENTS = (Extent(1 * MiB, 64 * 1024, DATA), Extent(2 * MiB, 1 * MiB, ZERO),
 def record(data, sha256=None, extents=EXTENTS):
     """Return the DiskRecord of an incremental with extents holding data."""
     digest = sha256 or hashlib.sha256(b"".join(data)).hexdigest()
-    return archive.DiskRecord("inc", "qcow2", "/vms/disk.qcow2", SIZE, extents, digest)
+    return DiskRecord("inc", "qcow2", "/vms/disk.qcow2", SIZE, extents, digest)
 
 
 NO_XML = hashlib.sha256(b"").hexdigest()   # the archives hold no XML members
@@ -38,9 +40,9 @@ NO_XML = hashlib.sha256(b"").hexdigest()   # the archives hold no XML members
 
 def manifest(vda):
     """Return a manifest naming vda's record (and vdb's, which the test leaves alone)."""
-    vdb = archive.DiskRecord("inc", "qcow2", "/vms/b.qcow2", SIZE, (Extent(0, 10, DATA),),
+    vdb = DiskRecord("inc", "qcow2", "/vms/b.qcow2", SIZE, (Extent(0, 10, DATA),),
                              hashlib.sha256(b"other disk").hexdigest())
-    return archive.Manifest(domain="dom", uuid="u", snapshot="S", checkpoint="borgvm-C",
+    return Manifest(domain="dom", uuid="u", snapshot="S", checkpoint="borgvm-C",
                             level="inc", parent_checkpoint="borgvm-B", parent_archive="x",
                             time="2026-11-25T00:00:00Z", disks={"vda": vda, "vdb": vdb},
                             domain_xml_sha256=NO_XML, checkpoint_xml_sha256=NO_XML)
@@ -62,16 +64,16 @@ def layer(tmp_path, make_repo, way):
     that record; overlay is an empty overlay on a base full of OLD."""
     borg = make_repo()
     data = [os.urandom(e.length) for e in EXTENTS if e.kind == DATA]
-    members = [(archive.member_name("vda", e.start), d)
+    members = [(fmt.member_name("vda", e.start), d)
                for e, d in zip([e for e in EXTENTS if e.kind == DATA], data)]
 
     def make_archive(vda):
         m = manifest(vda)
         import_members(borg, str(m.name),
-                       members + [(archive.member_name("vdb", 0), b"other disk"),
-                                  (archive.MANIFEST, m.to_json())],
+                       members + [(fmt.member_name("vdb", 0), b"other disk"),
+                                  (fmt.MANIFEST, m.to_json())],
                        comment=m.summary().to_comment())
-        return borg, archive.ArchiveInfo(m.name, m.summary())
+        return borg, ArchiveInfo(m.name, m.summary())
 
     base, overlay = str(tmp_path / "base.qcow2"), str(tmp_path / "top.qcow2")
     qemu.create(base, "qcow2", SIZE)
@@ -120,7 +122,7 @@ def test_apply_with_extents_the_members_do_not_cover_raises(layer):
 def test_apply_of_missing_archive_raises_borg_error(layer, way):
     make_archive, data, overlay = layer
     borg, info = make_archive(record(data))
-    gone = archive.ArchiveInfo(archive.ArchiveName("gone", "S", "borgvm-C"), info.summary)
+    gone = ArchiveInfo(fmt.ArchiveName("gone", "S", "borgvm-C"), info.summary)
     command = "export-tar" if way == "export-tar" else "extract"
     with pytest.raises(BorgError,
                        match=f"^borg {command} of gone.S.borgvm-C failed: Archive gone.S.borgvm-C does not exist$"):

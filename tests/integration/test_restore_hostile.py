@@ -27,8 +27,9 @@ from realstack import KiB, MiB
 
 from borg_vm.core.extent import Extent
 from borg_vm.errors import FormatError
-from borg_vm.format import manifest as archive
+from borg_vm.format import names as fmt
 from borg_vm.format import packing
+from borg_vm.format.summary import ArchiveInfo, DiskSummary, Summary
 from borg_vm.services.restore import layers as restore_layers
 from borg_vm.services.restore import run as restore_action
 
@@ -102,11 +103,11 @@ def test_unknown_member_is_skipped_with_bounded_memory(make_repo, tmp_path, way)
     assert len(list((tmp_path / "out").glob("*.qcow2"))) == 1
 
 
-@pytest.mark.parametrize("member, limit", [(archive.MANIFEST, archive.MAX_MANIFEST_BYTES),
-                                           (archive.DOMAIN_XML, archive.MAX_XML_BYTES)])
+@pytest.mark.parametrize("member, limit", [(fmt.MANIFEST, fmt.MAX_MANIFEST_BYTES),
+                                           (fmt.DOMAIN_XML, fmt.MAX_XML_BYTES)])
 def test_oversized_small_member_is_refused_unread(make_repo, tmp_path, member, limit):
     borg = make_repo()
-    big = {"manifest_json" if member == archive.MANIFEST else "xml": Zeros(limit + 1)}
+    big = {"manifest_json" if member == fmt.MANIFEST else "xml": Zeros(limit + 1)}
     name = write_archive(borg, {"vda": DATA}, **big)
     line = error_line(restore(borg.repo, tmp_path / "out", code=2))
     assert f"Archive {name} " in line and f"{member} is {limit + 1} bytes" in line, line
@@ -122,7 +123,7 @@ def test_data_member_beyond_the_disk_end_is_damage(make_repo, tmp_path, end, len
     size, extract_from = WAYS[way]
     offset = 2 * size if end is None else size + end
     name = write_archive(borg, {"vda": DATA}, extra=[
-        (archive.member_name("vda", offset), b"\x01" * length)], size=size)
+        (fmt.member_name("vda", offset), b"\x01" * length)], size=size)
     proc = restore(borg.repo, tmp_path / "out", code=2, extract_from=extract_from)
     line = proc.stderr.splitlines()[-1]
     assert (f"Data of disk vda in archive {name} " in line
@@ -148,8 +149,8 @@ MAP, DATA_NAME, PACKED = PACK_MAP, PACK_NAME, PACK_BYTES
 
 
 @pytest.mark.parametrize("members, error", [
-    ([(MAP, packing.map_to_json(PACK)), (archive.member_name("vda", 0), b"x" * PACKED)],
-     f"map of {DATA_NAME} is followed by '{archive.member_name('vda', 0)}'"),
+    ([(MAP, packing.map_to_json(PACK)), (fmt.member_name("vda", 0), b"x" * PACKED)],
+     f"map of {DATA_NAME} is followed by '{fmt.member_name('vda', 0)}'"),
     ([(MAP, packing.map_to_json(PACK))], f"map of {DATA_NAME} is followed by 'manifest.json'"),
     ([(MAP, packing.map_to_json(PACK)), (DATA_NAME, b"x" * (PACKED - 1))],
      f"the map of {DATA_NAME} does not describe its {PACKED - 1} bytes"),
@@ -178,10 +179,10 @@ def chain_of_sizes(*sizes):
     arcs = []
     for n, size in enumerate(sizes, 1):
         level = "inc" if arcs else "full"
-        arcs.append(archive.ArchiveInfo(
-            archive.ArchiveName(DOMAIN, "S", f"borgvm-{n}"),
-            archive.Summary(level, arcs[-1].archive if arcs else None, f"t{n}", "u",
-                            {"vda": archive.DiskSummary(level, size, "qcow2", "/v", 0, 0)})))
+        arcs.append(ArchiveInfo(
+            fmt.ArchiveName(DOMAIN, "S", f"borgvm-{n}"),
+            Summary(level, arcs[-1].archive if arcs else None, f"t{n}", "u",
+                            {"vda": DiskSummary(level, size, "qcow2", "/v", 0, 0)})))
     return arcs
 
 

@@ -15,7 +15,8 @@ from handmade import DOMAIN, borg_vm, error_line, image_data, write_archive
 from realstack import MiB
 
 from borg_vm import runtime
-from borg_vm.format import manifest as archive
+from borg_vm.format import names as fmt
+from borg_vm.format.summary import ArchiveInfo, DiskSummary, Summary
 from borg_vm.services.restore import run as restore_action
 
 DATA = bytes(range(256)) * 4096          # 1 MiB at the start of vda
@@ -36,7 +37,7 @@ def damaged_repo(make_repo):
     after its image was written (the data does not hash to the manifest's digest)."""
     borg = make_repo()
     write_archive(borg, {"vda": DATA},
-                  data_members=[(archive.member_name("vda", 0), bytes(len(DATA)))])
+                  data_members=[(fmt.member_name("vda", 0), bytes(len(DATA)))])
     return borg.repo
 
 
@@ -78,9 +79,9 @@ def test_restored_files_are_private_under_umask_022(repo, tmp_path, extra):
 
 def test_overlay_images_are_private_under_umask_022(tmp_path):
     """An incremental's overlay is created like the base: 0600 before any data."""
-    summary = archive.Summary("full", None, "t", "u",
-                              {"vda": archive.DiskSummary("full", MiB, "qcow2", "/v", 0, 0)})
-    arcs = tuple(archive.ArchiveInfo(archive.ArchiveName(DOMAIN, "S", c), summary)
+    summary = Summary("full", None, "t", "u",
+                              {"vda": DiskSummary("full", MiB, "qcow2", "/v", 0, 0)})
+    arcs = tuple(ArchiveInfo(fmt.ArchiveName(DOMAIN, "S", c), summary)
                  for c in ("borgvm-1", "borgvm-2"))
     plan = restore_action.DiskPlan("vda", arcs, ("base.qcow2", "top.qcow2"), ("qcow2", "qcow2"))
     old = os.umask(UMASK)

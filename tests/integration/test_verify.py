@@ -12,7 +12,7 @@ import pytest
 from handmade import borg_vm
 
 from borg_vm.adapters.borg import find_borg
-from borg_vm.format import manifest as archive
+from borg_vm.format import names as fmt
 
 
 def test_clean_archives_verify(v1_repo):
@@ -42,7 +42,7 @@ def repo(make_repo, monkeypatch):
 
 def test_tampered_data_is_reported(repo):
     name = handmade.write_archive(repo, {"vda": b"\x11" * 65536}, data_members=[
-        (archive.member_name("vda", 0), b"\x12" * 65536)])
+        (fmt.member_name("vda", 0), b"\x12" * 65536)])
     out = borg_vm("verify", handmade.DOMAIN, code=2, env=dict(os.environ))
     assert out.stdout.strip() == (f"DAMAGED  {name}: Data of disk vda in archive {name} does "
                                   "not match its manifest (sha256 differs): the archive is "

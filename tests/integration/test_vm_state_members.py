@@ -16,7 +16,7 @@ from handmade import DOMAIN, Zeros, borg_vm, domain_xml, error_line, manifest, w
 
 from borg_vm.core import vmstate
 from borg_vm.core.domxml import parse_xml
-from borg_vm.format import manifest as archive
+from borg_vm.format import names as fmt
 
 DATA = b"\x5a" * 65536
 NVRAM = b"\x4e" * 540672          # OVMF_VARS_4M.fd's size
@@ -43,7 +43,7 @@ def write_stateful(borg, state=None, members=None, xml=None) -> str:
     m = replace(manifest({"vda": DATA}, xml=xml),
                 state={n: hashlib.sha256(raw).hexdigest() for n, raw in state.items()})
     if members is None:
-        members = [(archive.state_member(n), raw) for n, raw in state.items()]
+        members = [(fmt.state_member(n), raw) for n, raw in state.items()]
     return write_archive(borg, {"vda": DATA}, xml=xml, m=m, extra=members)
 
 
@@ -120,7 +120,7 @@ def test_damaged_state_is_refused_before_anything_is_written(make_repo, tmp_path
                                                              damage):
     borg = make_repo()
     state = {"nvram": NVRAM, "tpm": TPM}
-    members = [(archive.state_member(n), raw[:-1] + b"\0" if n == damage else raw)
+    members = [(fmt.state_member(n), raw[:-1] + b"\0" if n == damage else raw)
                for n, raw in state.items()]
     name = write_stateful(borg, state, members)
     to = tmp_path / "out"
@@ -134,7 +134,7 @@ def test_damaged_state_is_refused_before_anything_is_written(make_repo, tmp_path
 
 def test_missing_state_member_is_refused(make_repo, tmp_path, swtpm_dirs):
     borg = make_repo()
-    name = write_stateful(borg, members=[(archive.state_member("nvram"), NVRAM)])
+    name = write_stateful(borg, members=[(fmt.state_member("nvram"), NVRAM)])
     line = error_line(borg_vm("restore", DOMAIN, "--repo", borg.repo, "--to", str(tmp_path),
                               code=2))
     assert name in line and "no state/tpm" in line
@@ -143,9 +143,9 @@ def test_missing_state_member_is_refused(make_repo, tmp_path, swtpm_dirs):
 
 def test_oversized_state_member_is_refused_unread(make_repo, tmp_path, swtpm_dirs):
     borg = make_repo()
-    big = Zeros(archive.STATE["tpm"] + 1)
-    name = write_stateful(borg, members=[(archive.state_member("nvram"), NVRAM),
-                                         (archive.state_member("tpm"), big)])
+    big = Zeros(fmt.STATE["tpm"] + 1)
+    name = write_stateful(borg, members=[(fmt.state_member("nvram"), NVRAM),
+                                         (fmt.state_member("tpm"), big)])
     line = error_line(borg_vm("restore", DOMAIN, "--repo", borg.repo, "--to", str(tmp_path),
                               code=2))
     assert name in line and "state/tpm" in line
@@ -157,7 +157,7 @@ def test_planted_unlisted_state_member_fails_verify_and_is_never_used(make_repo,
     """A state member the manifest does not list: verify calls the archive damaged;
     restore reads only what the manifest lists, so it restores without it."""
     borg = make_repo()
-    name = write_stateful(borg, state={}, members=[(archive.state_member("tpm"), TPM)],
+    name = write_stateful(borg, state={}, members=[(fmt.state_member("tpm"), TPM)],
                           xml=domain_xml(("vda",)))
     verified = borg_vm("verify", DOMAIN, "--repo", borg.repo, code=2)
     assert verified.stdout.startswith("DAMAGED") and "does not list" in verified.stdout

@@ -12,29 +12,27 @@ from hypothesis import strategies as st
 from borg_vm import __version__
 from borg_vm.core.extent import DATA, SECTOR, ZERO, Extent, max_extents
 from borg_vm.errors import FormatError
-from borg_vm.format import manifest as archive
-from borg_vm.format.manifest import (
+from borg_vm.format import names as fmt
+from borg_vm.format.manifest import DiskRecord, LayerRecord, Manifest, SealedRecord
+from borg_vm.format.names import (
     BLOCK_SIZE,
     FORMAT_VERSION,
-    FULL,
-    INC,
+    MAX_VIRTUAL_SIZE,
     PARTIAL_SUFFIX,
-    ArchiveInfo,
     ArchiveName,
-    DiskRecord,
-    DiskSummary,
-    FrozenRecord,
-    LayerRecord,
-    Manifest,
-    Summary,
+    Level,
     disk_prefix,
     is_own_checkpoint,
     is_partial_of,
     member_name,
     new_checkpoint_name,
     parse_member,
+    parse_sealed_member,
+    sealed_member_name,
+    sealed_prefix,
     stamp,
 )
+from borg_vm.format.summary import ArchiveInfo, DiskSummary, Summary
 
 WHEN = datetime(2026, 11, 26, 2, 0, 0, tzinfo=UTC)
 SNAP = "20261125T221800Z"
@@ -190,23 +188,23 @@ def test_parse_member_other_members(name):
 def manifest(**over) -> Manifest:
     fields = dict(
         domain="web01.example.com", uuid="9b1c5a5e-3c1e-4c55-9d7e-2a1d0b9c1f00",
-        snapshot=SNAP, checkpoint=CKPT, level=INC,
+        snapshot=SNAP, checkpoint=CKPT, level=Level.INC,
         parent_checkpoint="borgvm-20261125T221800Z",
         parent_archive=f"web01.example.com.{SNAP}.borgvm-20261125T221800Z",
         time="2026-11-26T02:00:00Z", parent_id="12" * 32,
         domain_xml_sha256="34" * 32, checkpoint_xml_sha256="56" * 32,
         disks={
-            "vda": DiskRecord(INC, "qcow2", "/var/lib/libvirt/images/web01.S2.qcow2", 1 << 30,
+            "vda": DiskRecord(Level.INC, "qcow2", "/var/lib/libvirt/images/web01.S2.qcow2", 1 << 30,
                               (Extent(0, 4096, DATA), Extent(4096, 1 << 20, ZERO),
                                Extent(8 << 20, 65536, DATA)), "ab" * 32,
                               layers=(LayerRecord("S2", "/var/lib/libvirt/images/web01.S2.qcow2",
                                                   "qcow2"),
                                       LayerRecord("base", "/var/lib/libvirt/images/web01.qcow2",
                                                   "qcow2")),
-                              frozen=(FrozenRecord(1, INC, (Extent(0, 65536, DATA),
+                              sealed=(SealedRecord(1, Level.INC, (Extent(0, 65536, DATA),
                                                             Extent(1 << 20, 65536, ZERO)),
                                                    "ef" * 32),)),
-            "sdb": DiskRecord(FULL, "raw", "/dev/vg/web01-data", 10 << 20, (), "cd" * 32,
+            "sdb": DiskRecord(Level.FULL, "raw", "/dev/vg/web01-data", 10 << 20, (), "cd" * 32,
                               layers=(LayerRecord("base", "/dev/vg/web01-data", "raw"),)),
         })
     fields.update(over)
@@ -221,7 +219,7 @@ def test_manifest_round_trip():
 
 
 def test_manifest_round_trip_full_without_parent():
-    m = manifest(level=FULL, parent_checkpoint=None, parent_archive=None, block_size=65536)
+    m = manifest(level=Level.FULL, parent_checkpoint=None, parent_archive=None, block_size=65536)
     assert Manifest.from_json(m.to_json(), "a") == m
 
 
@@ -241,12 +239,12 @@ def test_manifest_document():
 
 def test_manifest_summary():
     s = manifest().summary()
-    assert s.level == INC
+    assert s.level == Level.INC
     assert s.parent == f"web01.example.com.{SNAP}.borgvm-20261125T221800Z"
-    assert s.disks["vda"] == DiskSummary(INC, 1 << 30, "qcow2",
+    assert s.disks["vda"] == DiskSummary(Level.INC, 1 << 30, "qcow2",
                                          "/var/lib/libvirt/images/web01.S2.qcow2",
                                          4096 + 65536, 1 << 20)
-    assert s.disks["sdb"].level == FULL
+    assert s.disks["sdb"].level == Level.FULL
 
 
 def _doc():
@@ -300,14 +298,14 @@ def test_manifest_not_utf8_is_named_not_repeated():
                                           ("disk", False), ("diskette/x", False),
                                           ("manifest.json", False)])
 def test_in_disk_dir(name, inside):
-    assert archive.in_disk_dir(name) is inside
+    assert fmt.in_disk_dir(name) is inside
 
 
 def test_small_members_have_limits():
-    assert set(archive.SMALL_MEMBERS) == {archive.DOMAIN_XML, archive.CHECKPOINT_XML,
-                                          archive.MANIFEST, "state/nvram", "state/tpm"}
-    assert archive.MAX_XML_BYTES < archive.MAX_MANIFEST_BYTES <= 64 * 1024 * 1024
-    assert archive.SMALL_MEMBERS["state/tpm"] < archive.SMALL_MEMBERS["state/nvram"] \
+    assert set(fmt.SMALL_MEMBERS) == {fmt.DOMAIN_XML, fmt.CHECKPOINT_XML,
+                                          fmt.MANIFEST, "state/nvram", "state/tpm"}
+    assert fmt.MAX_XML_BYTES < fmt.MAX_MANIFEST_BYTES <= 64 * 1024 * 1024
+    assert fmt.SMALL_MEMBERS["state/tpm"] < fmt.SMALL_MEMBERS["state/nvram"] \
         <= 64 * 1024 * 1024
 
 
@@ -398,7 +396,7 @@ def test_a_signed_manifest_carries_a_code_only_its_key_and_name_make():
 
 @pytest.mark.parametrize("change", [
     {"parent_id": "99" * 32}, {"time": "2099-01-01T00:00:00Z"}, {"domain_xml_sha256": "00" * 32},
-    {"level": FULL}, {"uuid": "x"}])
+    {"level": Level.FULL}, {"uuid": "x"}])
 def test_a_manifest_changed_after_signing_fails(change):
     m = replace(manifest().signed(KEY), **change)
     assert m.code_problem(KEY) == "its manifest's authentication code is wrong"
@@ -453,13 +451,13 @@ def test_summary_round_trip():
 
 
 def test_summary_round_trip_full():
-    s = manifest(level=FULL, parent_archive=None, parent_checkpoint=None).summary()
+    s = manifest(level=Level.FULL, parent_archive=None, parent_checkpoint=None).summary()
     assert Summary.from_comment(s.to_comment(), "a") == s
 
 
 def test_summary_round_trip_unicode_source():
-    s = Summary(FULL, None, "2026-11-26T02:00:00Z", "u",
-                {"vda": DiskSummary(FULL, 10, "raw", "/srv/vms/wébserver ü.img", 10, 0)})
+    s = Summary(Level.FULL, None, "2026-11-26T02:00:00Z", "u",
+                {"vda": DiskSummary(Level.FULL, 10, "raw", "/srv/vms/wébserver ü.img", 10, 0)})
     assert Summary.from_comment(s.to_comment(), "a") == s
 
 
@@ -489,7 +487,7 @@ def test_archive_info_properties():
     s = manifest().summary()
     info = ArchiveInfo(ArchiveName("web01", SNAP, CKPT), s)
     assert info.archive == f"web01.{SNAP}.{CKPT}"
-    assert (info.level, info.time) == (INC, "2026-11-26T02:00:00Z")
+    assert (info.level, info.time) == (Level.INC, "2026-11-26T02:00:00Z")
 
 
 # --- hostile documents: every field typed (issue #13 B1, R5) -------------------------
@@ -546,7 +544,7 @@ def test_manifest_rejects_badly_typed_fields(path, value):
 
 
 def test_largest_virtual_size_is_accepted():
-    from borg_vm.format.manifest import MAX_VIRTUAL_SIZE
+    from borg_vm.format.summary import Summary
     assert Summary.from_comment(_comment(disks={"vda": ["full", MAX_VIRTUAL_SIZE, "qcow2",
                                                         "/x", 0, 0]}), "a")
     with pytest.raises(FormatError):
@@ -639,7 +637,7 @@ def test_version_1_manifest_reads_as_one_layer():
     m = Manifest.from_json(json.dumps(doc).encode(), "a")
     assert m.version == 1
     vda = m.disks["vda"]
-    assert vda.frozen == () and vda.chain == (
+    assert vda.sealed == () and vda.chain == (
         LayerRecord("base", "/var/lib/libvirt/images/web01.S2.qcow2", "qcow2"),)
 
 
@@ -662,16 +660,18 @@ def test_manifest_v2_rejects_bad_layers(change):
     _reject(doc)
 
 
-def test_frozen_member_names():
-    from borg_vm.format.manifest import frozen_member_name, frozen_prefix, parse_frozen_member
-    name = frozen_member_name("vda", 2, 1 << 20)
+def test_sealed_member_names():
+    from borg_vm.format.names import (
+        parse_member,
+    )
+    name = sealed_member_name("vda", 2, 1 << 20)
     assert name == "frozen/vda/2/0000000000100000"
-    assert name.startswith(frozen_prefix("vda", 2) + "/")
-    assert parse_frozen_member(name) == ("vda", 2, 1 << 20)
+    assert name.startswith(sealed_prefix("vda", 2) + "/")
+    assert parse_sealed_member(name) == ("vda", 2, 1 << 20)
     assert parse_member(name) is None                     # never taken for top data
     for bad in ("frozen/vda/0/0000000000100000", "frozen/vda/x/0000000000100000",
                 "frozen/vda/2/100000", "frozen/../2/0000000000100000/x"):
-        assert parse_frozen_member(bad) is None
+        assert parse_sealed_member(bad) is None
 
 
 # --- the domain's state (version 5) --------------------------------------------
@@ -688,15 +688,15 @@ def test_state_round_trips_through_manifest_and_comment():
     assert s.state == ("nvram", "tpm")
     assert json.loads(s.to_comment())["state"] == ["nvram", "tpm"]
     assert Summary.from_comment(s.to_comment(), "a") == s
-    assert archive.small_members(s) == (archive.DOMAIN_XML, archive.CHECKPOINT_XML,
-                                        archive.MANIFEST, "state/nvram", "state/tpm")
+    assert fmt.small_members(s) == (fmt.DOMAIN_XML, fmt.CHECKPOINT_XML,
+                                        fmt.MANIFEST, "state/nvram", "state/tpm")
 
 
 def test_no_state_is_an_empty_map_and_list():
     m = manifest()
     assert json.loads(m.to_json())["state"] == {}
     assert json.loads(m.summary().to_comment())["state"] == []
-    assert archive.small_members(m.summary())[-1] == archive.MANIFEST
+    assert fmt.small_members(m.summary())[-1] == fmt.MANIFEST
 
 
 def test_state_differs_between_manifest_and_comment():

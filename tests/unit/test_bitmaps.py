@@ -12,7 +12,7 @@ def test_single_image():
     assert layers_since([{CP: (ENABLED,)}], CP) == ([0], None)
 
 
-def test_snapshot_overlay_and_frozen_base():
+def test_snapshot_overlay_and_sealed_base():
     chain = [{CP: (ENABLED,)}, {CP: (), "other": (ENABLED,)}, {}]
     assert layers_since(chain, CP) == ([0, 1], None)
 

@@ -6,7 +6,8 @@ import pytest
 
 from borg_vm.core.chain import disk_chain, group, of_domain, restore_chain, select
 from borg_vm.errors import ArchiveNotFound, BrokenChain, FormatError, UnknownDisk
-from borg_vm.format.manifest import FULL, INC, ArchiveInfo, ArchiveName, DiskSummary, Summary
+from borg_vm.format.names import ArchiveName, Level
+from borg_vm.format.summary import ArchiveInfo, DiskSummary, Summary
 
 DOMAIN = "web01.example.com"
 
@@ -15,21 +16,21 @@ def arc(day, level, parent=None, *, snapshot="20261101T020000Z", domain=DOMAIN, 
         suffix=""):
     """An archive made at 02:00 on November `day`; disks maps target -> disk level."""
     checkpoint = f"borgvm-202611{day:02d}T020000Z{suffix}"
-    disks = disks if disks is not None else {"vda": level, "sdb": FULL}
+    disks = disks if disks is not None else {"vda": level, "sdb": Level.FULL}
     summary = Summary(level, str(parent.name) if parent else None,
                       f"2026-11-{day:02d}T02:00:00Z", "uuid",
-                      {t: DiskSummary(lv, 1 << 30, "qcow2" if lv == INC else "raw", f"/{t}",
+                      {t: DiskSummary(lv, 1 << 30, "qcow2" if lv == Level.INC else "raw", f"/{t}",
                                       1, 0)
                        for t, lv in disks.items()})
     return ArchiveInfo(ArchiveName(domain, snapshot, checkpoint), summary)
 
 
-C1 = arc(1, FULL)
-C2 = arc(2, INC, C1)
-C3 = arc(3, INC, C2)
-C4 = arc(4, FULL, snapshot="20261104T020000Z")
-C5 = arc(5, INC, C4, snapshot="20261104T020000Z")
-OTHER = arc(6, FULL, domain="web01")
+C1 = arc(1, Level.FULL)
+C2 = arc(2, Level.INC, C1)
+C3 = arc(3, Level.INC, C2)
+C4 = arc(4, Level.FULL, snapshot="20261104T020000Z")
+C5 = arc(5, Level.INC, C4, snapshot="20261104T020000Z")
+OTHER = arc(6, Level.FULL, domain="web01")
 ALL = [C5, C3, OTHER, C1, C4, C2]
 
 
@@ -108,31 +109,31 @@ def test_disk_chain_broken_further_back():
 
 
 def test_disk_chain_incremental_without_parent():
-    orphan = arc(7, INC)
+    orphan = arc(7, Level.INC)
     with pytest.raises(BrokenChain, match="its parent"):
         disk_chain([orphan], orphan, "vda")
 
 
 def test_disk_chain_parent_lacks_disk():
-    parent = arc(1, FULL, disks={"vdb": INC})
-    top = arc(2, INC, parent)
+    parent = arc(1, Level.FULL, disks={"vdb": Level.INC})
+    top = arc(2, Level.INC, parent)
     with pytest.raises(BrokenChain, match=f"disk vda in {parent.name}"):
         disk_chain([parent, top], top, "vda")
 
 
 def test_disk_chain_parent_cycle_is_broken_not_endless():
     # A damaged repository (hand-edited comments) must not hang a restore.
-    a = arc(1, INC)
-    b = arc(2, INC, a)
-    a = ArchiveInfo(a.name, Summary(INC, str(b.name), a.summary.time, "uuid",
+    a = arc(1, Level.INC)
+    b = arc(2, Level.INC, a)
+    a = ArchiveInfo(a.name, Summary(Level.INC, str(b.name), a.summary.time, "uuid",
                                     a.summary.disks))
     with pytest.raises(BrokenChain, match="loops"):
         disk_chain([a, b], b, "vda")
 
 
 def test_disk_chain_own_parent_is_broken():
-    a = arc(1, INC)
-    a = ArchiveInfo(a.name, Summary(INC, str(a.name), a.summary.time, "uuid", a.summary.disks))
+    a = arc(1, Level.INC)
+    a = ArchiveInfo(a.name, Summary(Level.INC, str(a.name), a.summary.time, "uuid", a.summary.disks))
     with pytest.raises(BrokenChain, match="loops"):
         disk_chain([a], a, "vda")
 
@@ -154,10 +155,10 @@ def test_restore_chain_is_the_disk_chain_when_the_size_holds():
 def test_restore_chain_refuses_a_disk_that_changes_size():
     """Restore sized every image of a chain from its own archive's comment: a
     chain that changes size wrote images mount and verify refused."""
-    bigger = arc(3, INC, C2)
+    bigger = arc(3, Level.INC, C2)
     bigger = ArchiveInfo(bigger.name, Summary(
-        INC, C2.archive, bigger.time, "uuid",
-        {"vda": DiskSummary(INC, 2 << 30, "qcow2", "/vda", 1, 0)}))
+        Level.INC, C2.archive, bigger.time, "uuid",
+        {"vda": DiskSummary(Level.INC, 2 << 30, "qcow2", "/vda", 1, 0)}))
     with pytest.raises(FormatError, match=r"disk vda changes size along its chain "
                                           rf"\(\[{1 << 30}, {2 << 30}\]\)") as e:
         restore_chain([C1, C2, bigger], bigger, "vda")
@@ -178,14 +179,14 @@ def test_group_by_domain_and_snapshot_in_time_order():
 
 def test_group_chains_ordered_by_first_archive_time():
     # a snapshot whose name sorts first but started later comes later
-    late = arc(9, FULL, snapshot="20200101T000000Z")
+    late = arc(9, Level.FULL, snapshot="20200101T000000Z")
     g = group([late, C1])
     assert list(g[DOMAIN]) == ["20261101T020000Z", "20200101T000000Z"]
 
 
 def test_group_same_second_by_checkpoint():
-    a = arc(1, FULL)
-    b = arc(1, INC, a, suffix="-1")
+    a = arc(1, Level.FULL)
+    b = arc(1, Level.INC, a, suffix="-1")
     assert group([b, a])[DOMAIN]["20261101T020000Z"] == [a, b]
 
 
@@ -195,8 +196,8 @@ def test_group_empty():
 
 
 def test_a_chain_is_linked_by_archive_id_where_the_archive_records_it():
-    full = _linked("20261125T020000Z", FULL, None, "aa" * 32)
-    inc = _linked("20261126T020000Z", INC, full.archive, "bb" * 32, parent_id="aa" * 32)
+    full = _linked("20261125T020000Z", Level.FULL, None, "aa" * 32)
+    inc = _linked("20261126T020000Z", Level.INC, full.archive, "bb" * 32, parent_id="aa" * 32)
     assert disk_chain([full, inc], inc, "vda") == [full, inc]
     swapped = replace(full, id="cc" * 32)     # another archive under the parent's name
     with pytest.raises(BrokenChain, match="is another archive under its name"):

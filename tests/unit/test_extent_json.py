@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from borg_vm.core.extent import DATA, ZERO, Extent
 from borg_vm.core.extent_arrays import ExtentArray
 from borg_vm.format.extent_json import MAX_DEPTH, MAX_HELD, dump_chunks, loads
-from borg_vm.format.manifest import MAX_MANIFEST_BYTES
+from borg_vm.format.names import MAX_MANIFEST_BYTES
 
 MiB = 1024 * 1024
 SCALARS = (st.none() | st.booleans() | st.integers() | st.text(max_size=12)
@@ -178,7 +178,7 @@ def test_a_string_counts_as_python_holds_it():
 _PARSE = textwrap.dedent("""\
     import sys
     from borg_vm.errors import FormatError
-    from borg_vm.format.manifest import Manifest
+    from borg_vm.format.names import MAX_MANIFEST_BYTES; from borg_vm.format.manifest import Manifest
 
     def status(field):
         with open("/proc/self/status") as f:

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from borg_vm.core.layers import BASE, escape, frozen_since, home, layer_name, unescape
+from borg_vm.core.layers import BASE, escape, home, layer_name, sealed_since, unescape
 
 CHAIN = ["/i/vm.S3.qcow2", "/i/vm.S2.qcow2", "/i/vm.qcow2"]   # top first
 
@@ -40,11 +40,11 @@ def test_unescape_rejects(text):
 
 
 def test_frozen_since():
-    assert frozen_since(CHAIN, CHAIN[0]) == []                 # same top
-    assert frozen_since(CHAIN, CHAIN[1]) == [1]                # one snapshot
-    assert frozen_since(CHAIN, CHAIN[2]) == [1, 2]             # two in a row
-    assert frozen_since(CHAIN[2:], CHAIN[0]) == []             # committed back down
-    assert frozen_since(CHAIN, None) == []
+    assert sealed_since(CHAIN, CHAIN[0]) == []                 # same top
+    assert sealed_since(CHAIN, CHAIN[1]) == [1]                # one snapshot
+    assert sealed_since(CHAIN, CHAIN[2]) == [1, 2]             # two in a row
+    assert sealed_since(CHAIN[2:], CHAIN[0]) == []             # committed back down
+    assert sealed_since(CHAIN, None) == []
 
 
 def test_home():

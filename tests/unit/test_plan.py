@@ -6,15 +6,8 @@ import pytest
 
 from borg_vm.core.plan import AUTO, Disk, Plan, archive_name, latest, plan
 from borg_vm.errors import EXIT_ERROR, NoUsableParent
-from borg_vm.format.manifest import (
-    FULL,
-    INC,
-    ArchiveInfo,
-    ArchiveName,
-    DiskSummary,
-    Summary,
-    is_own_checkpoint,
-)
+from borg_vm.format.names import ArchiveName, Level, is_own_checkpoint
+from borg_vm.format.summary import ArchiveInfo, DiskSummary, Summary
 
 DOMAIN = "web01.example.com"
 UUID = "9b1c5a5e-3c1e-4c55-9d7e-2a1d0b9c1f00"
@@ -24,10 +17,10 @@ SDA = Disk("sda", "/dev/vg/web01-raw", "raw", 1 << 30)
 WHEN = datetime(2026, 11, 27, 2, 0, 0, tzinfo=UTC)
 
 
-def info(checkpoint, disks, *, level=FULL, snapshot="20261125T020000Z", domain=DOMAIN,
+def info(checkpoint, disks, *, level=Level.FULL, snapshot="20261125T020000Z", domain=DOMAIN,
          uuid=UUID, time="2026-11-26T02:00:00Z", parent=None):
     summary = Summary(level, parent, time, uuid,
-                      {d.target: DiskSummary(level if d.incremental_capable else FULL,
+                      {d.target: DiskSummary(level if d.incremental_capable else Level.FULL,
                                              d.virtual_size, d.format, d.source, 1, 0)
                        for d in disks})
     return ArchiveInfo(ArchiveName(domain, snapshot, checkpoint), summary)
@@ -39,16 +32,16 @@ CHECKPOINTS = {"borgvm-20261126T020000Z"}
 
 def test_incremental_when_everything_matches():
     p = plan(AUTO, DOMAIN, UUID, [VDA, VDB], [PARENT], CHECKPOINTS)
-    assert p.level == INC
+    assert p.level == Level.INC
     assert p.parent is PARENT
     assert p.parent_checkpoint == "borgvm-20261126T020000Z"
-    assert p.disk_levels == {"vda": INC, "vdb": INC}
+    assert p.disk_levels == {"vda": Level.INC, "vdb": Level.INC}
     assert PARENT.archive in p.reason
 
 
-@pytest.mark.parametrize("requested", [AUTO, INC])
+@pytest.mark.parametrize("requested", [AUTO, Level.INC])
 def test_incremental_requested_or_auto(requested):
-    assert plan(requested, DOMAIN, UUID, [VDA, VDB], [PARENT], CHECKPOINTS).level == INC
+    assert plan(requested, DOMAIN, UUID, [VDA, VDB], [PARENT], CHECKPOINTS).level == Level.INC
 
 
 FULL_CASES = {
@@ -68,13 +61,13 @@ def test_full_when_no_usable_parent(case):
     args = dict(disks=[VDA, VDB], archives=[PARENT], checkpoints=CHECKPOINTS, uuid=UUID)
     args.update(over)
     p = plan(AUTO, DOMAIN, args["uuid"], args["disks"], args["archives"], args["checkpoints"])
-    assert p.level == FULL
+    assert p.level == Level.FULL
     assert why in p.reason
     assert p.parent is None and p.parent_checkpoint is None
-    assert p.disk_levels == {d.target: FULL for d in args["disks"]}
+    assert p.disk_levels == {d.target: Level.FULL for d in args["disks"]}
 
     with pytest.raises(NoUsableParent) as e:
-        plan(INC, DOMAIN, args["uuid"], args["disks"], args["archives"], args["checkpoints"])
+        plan(Level.INC, DOMAIN, args["uuid"], args["disks"], args["archives"], args["checkpoints"])
     assert e.value.exit_code == EXIT_ERROR == 2
     assert why in e.value.message
     assert repr(DOMAIN) in e.value.message
@@ -84,28 +77,28 @@ def test_full_when_no_usable_parent(case):
 # incremental. (disks, expected levels, what the reason names)
 VDC = Disk("vdc", "/images/c.qcow2", "qcow2", 1 << 30)
 PER_DISK_CASES = {
-    "disk added": ([VDA, VDB, VDC], {"vda": INC, "vdb": INC, "vdc": FULL},
+    "disk added": ([VDA, VDB, VDC], {"vda": Level.INC, "vdb": Level.INC, "vdc": Level.FULL},
                    f"vdc (new disk, not in {PARENT.archive})"),
-    "disk removed": ([VDA], {"vda": INC}, None),
+    "disk removed": ([VDA], {"vda": Level.INC}, None),
     "disk renamed": ([VDA, Disk("vdc", VDB.source, "qcow2", VDB.virtual_size)],
-                     {"vda": INC, "vdc": FULL}, "vdc (new disk"),
-    "resized": ([VDA, Disk("vdb", VDB.source, "qcow2", 21 << 30)], {"vda": INC, "vdb": FULL},
+                     {"vda": Level.INC, "vdc": Level.FULL}, "vdc (new disk"),
+    "resized": ([VDA, Disk("vdb", VDB.source, "qcow2", 21 << 30)], {"vda": Level.INC, "vdb": Level.FULL},
                 f"vdb (resized from {20 << 30} to {21 << 30} bytes)"),
     "new format": ([VDA, Disk("vdb", VDB.source, "raw", VDB.virtual_size)],
-                   {"vda": INC, "vdb": FULL}, "vdb (raw, not qcow2)"),
+                   {"vda": Level.INC, "vdb": Level.FULL}, "vdb (raw, not qcow2)"),
     # An external snapshot puts a new top image under the same target: libvirt
     # carries the checkpoint into it, so nothing here forces a full.
     "new layer": ([VDA, Disk("vdb", "/images/web01-data.snap1", "qcow2", VDB.virtual_size)],
-                  {"vda": INC, "vdb": INC}, None),
+                  {"vda": Level.INC, "vdb": Level.INC}, None),
 }
 
 
 @pytest.mark.parametrize("case", PER_DISK_CASES)
 def test_per_disk_levels(case):
     disks, levels, names = PER_DISK_CASES[case]
-    for requested in (AUTO, INC):
+    for requested in (AUTO, Level.INC):
         p = plan(requested, DOMAIN, UUID, disks, [PARENT], CHECKPOINTS)
-        assert p.level == INC and p.parent is PARENT
+        assert p.level == Level.INC and p.parent is PARENT
         assert p.disk_levels == levels
         assert p.reason.startswith(f"incremental on top of {PARENT.archive}")
         if names is None:
@@ -117,50 +110,50 @@ def test_per_disk_levels(case):
 def test_full_when_every_disk_needs_one():
     disks = [Disk("vda", VDA.source, "qcow2", 11 << 30), VDC]
     p = plan(AUTO, DOMAIN, UUID, disks, [PARENT], CHECKPOINTS)
-    assert p.level == FULL and p.parent is None
-    assert p.disk_levels == {"vda": FULL, "vdc": FULL}
+    assert p.level == Level.FULL and p.parent is None
+    assert p.disk_levels == {"vda": Level.FULL, "vdc": Level.FULL}
     assert "vda: resized" in p.reason and "vdc: new disk" in p.reason
     with pytest.raises(NoUsableParent, match="vdc: new disk"):
-        plan(INC, DOMAIN, UUID, disks, [PARENT], CHECKPOINTS)
+        plan(Level.INC, DOMAIN, UUID, disks, [PARENT], CHECKPOINTS)
 
 
 def test_disk_whose_chain_is_broken_goes_full_alone():
     # vdb's full is gone from the repository (deleted by hand), vda's chain is whole.
     full_a = info("borgvm-20261124T020000Z", [VDA], time="2026-11-24T02:00:00Z")
     inc = ArchiveInfo(ArchiveName(DOMAIN, "20261125T020000Z", "borgvm-20261126T020000Z"),
-                      Summary(INC, str(full_a.name), "2026-11-26T02:00:00Z", UUID,
-                              {"vda": DiskSummary(INC, VDA.virtual_size, "qcow2", VDA.source,
+                      Summary(Level.INC, str(full_a.name), "2026-11-26T02:00:00Z", UUID,
+                              {"vda": DiskSummary(Level.INC, VDA.virtual_size, "qcow2", VDA.source,
                                                   1, 0),
-                               "vdb": DiskSummary(INC, VDB.virtual_size, "qcow2", VDB.source,
+                               "vdb": DiskSummary(Level.INC, VDB.virtual_size, "qcow2", VDB.source,
                                                   1, 0)}))
     p = plan(AUTO, DOMAIN, UUID, [VDA, VDB], [full_a, inc], CHECKPOINTS)
-    assert p.disk_levels == {"vda": INC, "vdb": FULL}
+    assert p.disk_levels == {"vda": Level.INC, "vdb": Level.FULL}
     assert "vdb (its chain cannot be restored" in p.reason
 
 
 def test_full_when_all_disks_raw():
     parent = info("borgvm-20261126T020000Z", [SDA])
     p = plan(AUTO, DOMAIN, UUID, [SDA], [parent], CHECKPOINTS)
-    assert p.level == FULL
+    assert p.level == Level.FULL
     assert "qcow2" in p.reason
     with pytest.raises(NoUsableParent):
-        plan(INC, DOMAIN, UUID, [SDA], [parent], CHECKPOINTS)
+        plan(Level.INC, DOMAIN, UUID, [SDA], [parent], CHECKPOINTS)
 
 
 def test_full_requested_overrides_usable_parent():
-    p = plan(FULL, DOMAIN, UUID, [VDA, VDB], [PARENT], CHECKPOINTS)
-    assert p == Plan(FULL, "--level full was asked for", None, {"vda": FULL, "vdb": FULL})
+    p = plan(Level.FULL, DOMAIN, UUID, [VDA, VDB], [PARENT], CHECKPOINTS)
+    assert p == Plan(Level.FULL, "--level full was asked for", None, {"vda": Level.FULL, "vdb": Level.FULL})
 
 
 def test_full_requested_without_parent():
-    assert plan(FULL, DOMAIN, UUID, [VDA], [], set()).level == FULL
+    assert plan(Level.FULL, DOMAIN, UUID, [VDA], [], set()).level == Level.FULL
 
 
 def test_raw_disk_in_incremental_is_full():
     parent = info("borgvm-20261126T020000Z", [VDA, SDA])  # a full: its chain restores
     p = plan(AUTO, DOMAIN, UUID, [VDA, SDA], [parent], CHECKPOINTS)
-    assert p.level == INC
-    assert p.disk_levels == {"vda": INC, "sda": FULL}
+    assert p.level == Level.INC
+    assert p.disk_levels == {"vda": Level.INC, "sda": Level.FULL}
 
 
 def test_parent_is_newest_archive():
@@ -175,7 +168,7 @@ def test_newest_archive_checkpoint_gone_does_not_fall_back_to_older():
     # checkpoint may still exist, but the data since then is not in a chain.
     older = info("borgvm-20261125T020000Z", [VDA, VDB], time="2026-11-25T02:00:00Z")
     p = plan(AUTO, DOMAIN, UUID, [VDA, VDB], [PARENT, older], {"borgvm-20261125T020000Z"})
-    assert p.level == FULL
+    assert p.level == Level.FULL
 
 
 # --- latest ----------------------------------------------------------------------
@@ -224,9 +217,9 @@ def test_full_when_parent_chain_is_broken():
     # The full archive of the chain was deleted (borg delete/prune by hand); the
     # newest archive and its checkpoint are fine, but nothing built on them restores.
     full = info("borgvm-20261125T020000Z", [VDA, VDB], time="2026-11-25T02:00:00Z")
-    inc = info("borgvm-20261126T020000Z", [VDA, VDB], level=INC, parent=str(full.name))
+    inc = info("borgvm-20261126T020000Z", [VDA, VDB], level=Level.INC, parent=str(full.name))
     p = plan(AUTO, DOMAIN, UUID, [VDA, VDB], [inc], CHECKPOINTS)
-    assert p.level == FULL
+    assert p.level == Level.FULL
 
 
 # --- new chains on a schedule: --full-every ---------------------------------------------
@@ -241,7 +234,7 @@ def chain_of(n_incs, start="2026-11-01T02:00:00Z"):
     arcs, parent = [], None
     for i in range(n_incs + 1):
         when = t0 + timedelta(days=i)
-        a = info(f"borgvm-{when:%Y%m%dT%H%M%SZ}", [VDA, VDB], level=INC if i else FULL,
+        a = info(f"borgvm-{when:%Y%m%dT%H%M%SZ}", [VDA, VDB], level=Level.INC if i else Level.FULL,
                  time=f"{when:%Y-%m-%dT%H:%M:%SZ}", parent=parent)
         arcs.append(a)
         parent = a.archive
@@ -273,12 +266,12 @@ def test_full_every_count_starts_a_new_chain_when_due_and_not_before():
     arcs = chain_of(3)                       # a full and 3 incrementals
     cps = {arcs[-1].name.checkpoint}
     now = datetime(2026, 11, 5, 2, 0, tzinfo=UTC)
-    assert plan(AUTO, DOMAIN, UUID, [VDA, VDB], arcs, cps, FullEvery.parse("4"), now).level == INC
+    assert plan(AUTO, DOMAIN, UUID, [VDA, VDB], arcs, cps, FullEvery.parse("4"), now).level == Level.INC
     p = plan(AUTO, DOMAIN, UUID, [VDA, VDB], arcs, cps, FullEvery.parse("3"), now)
-    assert p.level == FULL and p.parent is None
+    assert p.level == Level.FULL and p.parent is None
     assert p.reason == "a new chain: disk vda: its chain has 3 incrementals (--full-every 3)"
     # --level inc is obeyed even when a new chain is due
-    assert plan(INC, DOMAIN, UUID, [VDA, VDB], arcs, cps, FullEvery.parse("3"), now).level == INC
+    assert plan(Level.INC, DOMAIN, UUID, [VDA, VDB], arcs, cps, FullEvery.parse("3"), now).level == Level.INC
 
 
 def test_full_every_age_starts_a_new_chain_when_due_and_not_before():
@@ -286,10 +279,10 @@ def test_full_every_age_starts_a_new_chain_when_due_and_not_before():
     cps = {arcs[-1].name.checkpoint}
     every = FullEvery.parse("7d")
     early = datetime(2026, 11, 8, 1, 59, 59, tzinfo=UTC)
-    assert plan(AUTO, DOMAIN, UUID, [VDA, VDB], arcs, cps, every, early).level == INC
+    assert plan(AUTO, DOMAIN, UUID, [VDA, VDB], arcs, cps, every, early).level == Level.INC
     due = datetime(2026, 11, 8, 2, 0, 0, tzinfo=UTC)
     p = plan(AUTO, DOMAIN, UUID, [VDA, VDB], arcs, cps, every, due)
-    assert p.level == FULL and "is from 2026-11-01T02:00:00Z (--full-every 7d)" in p.reason
+    assert p.level == Level.FULL and "is from 2026-11-01T02:00:00Z (--full-every 7d)" in p.reason
 
 
 def test_full_every_never_keeps_one_chain():
@@ -297,4 +290,4 @@ def test_full_every_never_keeps_one_chain():
     cps = {arcs[-1].name.checkpoint}
     later = datetime(2028, 1, 1, tzinfo=UTC)
     assert plan(AUTO, DOMAIN, UUID, [VDA, VDB], arcs, cps, FullEvery.parse("never"),
-                later).level == INC
+                later).level == Level.INC

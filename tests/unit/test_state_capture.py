@@ -5,7 +5,7 @@ import os
 import pytest
 
 from borg_vm.errors import StateUnreadable
-from borg_vm.format import manifest as fmt
+from borg_vm.format import names as fmt
 from borg_vm.services.backup import vmstate
 
 UUID = "0b5e0b5e-0000-4000-8000-000000000001"

@@ -4,15 +4,16 @@ archives of issue #20 among them."""
 from dataclasses import replace
 from datetime import UTC, datetime
 
-from borg_vm.format.manifest import FULL, INC, ArchiveInfo, ArchiveName, DiskSummary, Summary
+from borg_vm.format.names import ArchiveName, Level
+from borg_vm.format.summary import ArchiveInfo, DiskSummary, Summary
 from borg_vm.format.trust import authenticate
 
 KEY, OTHER = b"k" * 32, b"o" * 32
 NOW = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
-DISKS = {"vda": DiskSummary(FULL, 1 << 20, "qcow2", "/x", 0, 0)}
+DISKS = {"vda": DiskSummary(Level.FULL, 1 << 20, "qcow2", "/x", 0, 0)}
 
 
-def info(stamp="20261205T020000Z", *, key=KEY, version=4, level=FULL, parent=None,
+def info(stamp="20261205T020000Z", *, key=KEY, version=4, level=Level.FULL, parent=None,
          snapshot="base", time=None, id_="aa" * 32, suffix=""):
     name = ArchiveName("web01", snapshot, f"borgvm-{stamp}{suffix}")
     t = time or f"{stamp[:4]}-{stamp[4:6]}-{stamp[6:8]}T{stamp[9:11]}:{stamp[11:13]}:{stamp[13:15]}Z"
@@ -77,7 +78,7 @@ def test_two_authentic_archives_claiming_one_checkpoint_are_both_refused():
 
 
 def test_an_incremental_keeps_its_parent_id_under_the_code():
-    child = info(level=INC, parent="web01.base.borgvm-20261204T020000Z")
+    child = info(level=Level.INC, parent="web01.base.borgvm-20261204T020000Z")
     signed = replace(child, summary=replace(child.summary, parent_id="ee" * 32))
     _good, [(_a, why)] = authenticate([signed], [KEY], frozenset(), NOW)
     assert why == "its authentication code is wrong"

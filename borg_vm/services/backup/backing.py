@@ -1,6 +1,6 @@
 """Snapshot layers in a backup run: each disk's image chain, the layers' names,
 and which layers froze since the parent archive and how to read their final
-changes (core/layers.py explains the model; archive.py the records)."""
+changes (core/layers.py explains the model; format/manifest.py the records)."""
 
 from __future__ import annotations
 
@@ -10,21 +10,22 @@ from borg_vm.adapters import qemu
 from borg_vm.adapters.disk_sources import ImageSource
 from borg_vm.adapters.libvirt import Domain
 from borg_vm.core import bitmaps, domxml, layers, plan
-from borg_vm.format import manifest as fmt
+from borg_vm.format.manifest import LayerRecord
+from borg_vm.format.names import Level
 
 
 @dataclass(frozen=True)
 class DiskLayers:
-    """One disk's images now (top first), their names, and the frozen layers to
+    """One disk's images now (top first), their names, and the sealed layers to
     read: (index into chain, bitmap holding their final changes, or None to read
     the whole layer because the bitmap is missing or unusable)."""
 
     chain: tuple[qemu.Layer, ...]
     names: tuple[str, ...]
-    frozen: tuple[tuple[int, str | None], ...]
+    sealed: tuple[tuple[int, str | None], ...]
 
-    def records(self) -> tuple[fmt.LayerRecord, ...]:
-        return tuple(fmt.LayerRecord(n, x.path, x.format)
+    def records(self) -> tuple[LayerRecord, ...]:
+        return tuple(LayerRecord(n, x.path, x.format)
                      for n, x in zip(self.names, self.chain, strict=True))
 
 
@@ -35,18 +36,18 @@ def of_disks(dom: Domain, disks: list[plan.Disk], p: plan.Plan) -> dict[str, Dis
     for d in disks:
         chain = tuple(qemu.backing_chain(d.source, d.format))
         paths = [x.path for x in chain]
-        frozen = ()
-        if p.disk_levels[d.target] == fmt.INC:
+        sealed: tuple[tuple[int, str | None], ...] = ()
+        if p.disk_levels[d.target] == Level.INC:
             parent_top = p.parent.summary.disks[d.target].source
-            frozen = tuple((i, _final_changes_bitmap(chain[i], p.parent_checkpoint))
-                           for i in layers.frozen_since(paths, parent_top))
+            sealed = tuple((i, _final_changes_bitmap(chain[i], p.parent_checkpoint))
+                           for i in layers.sealed_since(paths, parent_top))
         out[d.target] = DiskLayers(chain, tuple(layers.layer_name(paths, i, images)
-                                                for i in range(len(chain))), frozen)
+                                                for i in range(len(chain))), sealed)
     return out
 
 
 def _final_changes_bitmap(layer: qemu.Layer, checkpoint: str) -> str | None:
-    """Return the bitmap of a frozen layer that holds its writes since checkpoint,
+    """Return the bitmap of a sealed layer that holds its writes since checkpoint,
     or None if there is no usable one (then the whole layer is read)."""
     flags = layer.bitmaps.get(checkpoint)
     return checkpoint if flags is not None and bitmaps.IN_USE not in flags else None
@@ -58,12 +59,12 @@ def top_layer(by_disk: dict[str, DiskLayers]) -> str:
 
 
 def key(target: str, layer: int) -> str:
-    """Return the name a frozen layer has in frozen_source()."""
+    """Return the name a sealed layer has in sealed_source()."""
     return f"{target}@{layer}"
 
 
-def frozen_source(by_disk: dict[str, DiskLayers]) -> ImageSource:
-    """Return a source serving every frozen layer to read (with its backing
+def sealed_source(by_disk: dict[str, DiskLayers]) -> ImageSource:
+    """Return a source serving every sealed layer to read (with its backing
     chain, read-only: a running QEMU holds these images read-only too)."""
     return ImageSource({key(t, i): (d.chain[i].path, d.chain[i].format, bitmap)
-                        for t, d in by_disk.items() for i, bitmap in d.frozen})
+                        for t, d in by_disk.items() for i, bitmap in d.sealed})

@@ -20,9 +20,9 @@ from borg_vm.adapters.borg import Repository
 from borg_vm.adapters.libvirt import Domain
 from borg_vm.core import domxml
 from borg_vm.errors import BorgVmError
-from borg_vm.format import manifest as fmt
+from borg_vm.format import names as fmt
 from borg_vm.format import reader
-from borg_vm.format.manifest import ArchiveInfo
+from borg_vm.format.summary import ArchiveInfo
 
 log = logging.getLogger(__name__)
 

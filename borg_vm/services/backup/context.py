@@ -21,8 +21,8 @@ from borg_vm.adapters.libvirt import Domain
 from borg_vm.core import plan
 from borg_vm.core.disk_source import DiskSource
 from borg_vm.core.domxml import LiveDomain
-from borg_vm.format import manifest as fmt
-from borg_vm.format.manifest import ArchiveInfo
+from borg_vm.format import names as fmt
+from borg_vm.format.summary import ArchiveInfo
 from borg_vm.services.backup.quiesce import FREEZE_TIMEOUT
 
 

@@ -32,7 +32,8 @@ from borg_vm.adapters.disk_sources import ImageSource
 from borg_vm.adapters.libvirt import Domain
 from borg_vm.core import bitmaps, domxml, plan
 from borg_vm.errors import CheckpointInconsistent, QemuImgError
-from borg_vm.format import manifest as fmt
+from borg_vm.format import names as fmt
+from borg_vm.format.names import Level
 from borg_vm.services.backup import vmstate
 from borg_vm.services.backup.context import BackupRun, Session
 
@@ -58,7 +59,7 @@ def session(run: BackupRun, p: plan.Plan, checkpoint: str, when: datetime,
     added: list[tuple[str, str]] = []  # (image, bitmap) this run made
     try:
         dirty = {d.target: _dirty_bitmap(dom, d, chains[d.target], p, checkpoint, added)
-                 for d in disks if p.disk_levels[d.target] == fmt.INC}
+                 for d in disks if p.disk_levels[d.target] == Level.INC}
         for d in disks:
             if d.incremental_capable:
                 qemu.bitmap_add(d.source, checkpoint)

@@ -43,9 +43,10 @@ from borg_vm.errors import (
     NoDisksToBackUp,
     UnknownDisk,
 )
-from borg_vm.format import manifest as fmt
+from borg_vm.format import names as fmt
 from borg_vm.format import writer
-from borg_vm.format.manifest import ArchiveName, DiskRecord, FrozenRecord, Manifest
+from borg_vm.format.manifest import DiskRecord, Manifest, SealedRecord
+from borg_vm.format.names import ArchiveName, Level
 from borg_vm.progress import Progress
 from borg_vm.services import catalog
 from borg_vm.services.backup import backing, checkpoint_recovery, offline, running
@@ -63,7 +64,9 @@ class DiskResult:
     read: int = 0
     data: int = 0
     zero: int = 0
-    frozen: int = 0   # data read from layers frozen since the parent (their final changes)
+    # data read from layers sealed since the parent (their final changes); the
+    # JSON key of --json output, kept
+    frozen: int = 0
 
 
 @dataclass
@@ -157,7 +160,7 @@ def _backup_locked(run: BackupRun, borg: Repository, own: set[str]) -> BackupRes
     lost = _recover_checkpoint(run, borg, own)
     p = plan.plan(opts.level, dom.name, dom.uuid, list(run.disks), list(run.archives), own,
                   opts.full_every, datetime.now(UTC))
-    if lost and p.level == fmt.FULL and p.parent is None:
+    if lost and p.level == Level.FULL and p.parent is None:
         p = replace(p, reason=f"{p.reason}, and could not be brought back: {lost}")
     try:
         return _run(run, borg, p)
@@ -165,7 +168,7 @@ def _backup_locked(run: BackupRun, borg: Repository, own: set[str]) -> BackupRes
         if opts.level != plan.AUTO:
             raise
         reason = f"checkpoint {p.parent_checkpoint} is inconsistent: {e.kwargs['detail']}"
-        full = plan.Plan(fmt.FULL, reason, None, {d.target: fmt.FULL for d in run.disks})
+        full = plan.Plan(Level.FULL, reason, None, {d.target: Level.FULL for d in run.disks})
         log.warning("%s: %s backup: %s", dom.name, full.level, full.reason)
         dom.delete_checkpoint(p.parent_checkpoint, broken=True)
         return _run(run, borg, full, announced=True)
@@ -177,7 +180,7 @@ def _recover_checkpoint(run: BackupRun, borg: Repository, own: set[str]) -> str 
     why it could not be."""
     dom = run.dom
     parent = plan.latest(list(run.archives), dom.name)
-    if (run.opts.level == fmt.FULL or parent is None or parent.summary.uuid != dom.uuid
+    if (run.opts.level == Level.FULL or parent is None or parent.summary.uuid != dom.uuid
             or parent.name.checkpoint in own):
         return None
     lost = checkpoint_recovery.checkpoint(dom, borg, parent)
@@ -213,9 +216,9 @@ def _run(run: BackupRun, borg: Repository, p: plan.Plan, announced: bool = False
     result = BackupResult(str(name), dom.name, name.snapshot_name, checkpoint, p.level,
                           p.reason, frozen_ms=session.frozen_ms)
     for t, d in manifest.disks.items():
-        frozen = sum(f.data_bytes for f in d.frozen)
-        result.disks[t] = DiskResult(d.level, d.virtual_size, read=d.data_bytes + frozen,
-                                     data=d.data_bytes, zero=d.zero_bytes, frozen=frozen)
+        sealed = sum(f.data_bytes for f in d.sealed)
+        result.disks[t] = DiskResult(d.level, d.virtual_size, read=d.data_bytes + sealed,
+                                     data=d.data_bytes, zero=d.zero_bytes, frozen=sealed)
     return result
 
 
@@ -223,17 +226,17 @@ def _write(run: BackupRun, borg: Repository, p: plan.Plan, name: ArchiveName, wh
            session: Session, layers: dict[str, backing.DiskLayers]
            ) -> tuple[Manifest, CommittedThenFailed | None]:
     """Map every disk's extents in the session's source, and the final changes of
-    its layers frozen since the parent, plan the manifest and write the archive
+    its layers sealed since the parent, plan the manifest and write the archive
     (format/writer.py); return its manifest, and borg's failure after it
     committed the archive, if it failed so."""
     dom, opts = run.dom, run.opts
-    with backing.frozen_source(layers) as old:
+    with backing.sealed_source(layers) as old:
         source = session.source
-        maps = {t: _extent_map(source, t, p.disk_levels[t] == fmt.INC, opts)
+        maps = {t: _extent_map(source, t, p.disk_levels[t] == Level.INC, opts)
                 for t in sorted(run.by_target)}
-        frozen = {t: tuple(FrozenRecord(i, fmt.INC if bitmap else fmt.FULL, tuple(
+        sealed = {t: tuple(SealedRecord(i, Level.INC if bitmap else Level.FULL, tuple(
             _extent_map(old, backing.key(t, i), bool(bitmap), opts)[1]))
-            for i, bitmap in layers[t].frozen) for t in sorted(run.by_target)}
+            for i, bitmap in layers[t].sealed) for t in sorted(run.by_target)}
         log.debug("%s: block status read: %s", dom.name,
                   ", ".join(f"{t} {len(e)} extents" for t, (_s, e) in maps.items()))
         disks = run.by_target
@@ -244,14 +247,14 @@ def _write(run: BackupRun, borg: Repository, p: plan.Plan, name: ArchiveName, wh
             parent_id=p.parent.id if p.parent else None,
             time=when.strftime("%Y-%m-%dT%H:%M:%SZ"), block_size=opts.block_size,
             disks={t: DiskRecord(p.disk_levels[t], disks[t].format, disks[t].source, size,
-                                 tuple(ext), layers=layers[t].records(), frozen=frozen[t])
+                                 tuple(ext), layers=layers[t].records(), sealed=sealed[t])
                    for t, (size, ext) in maps.items()})
 
         def where(target: str, layer: int) -> writer.Where:
             return (writer.Where(source, target) if not layer
                     else writer.Where(old, backing.key(target, layer)))
 
-        total = sum(d.data_bytes + sum(f.data_bytes for f in d.frozen)
+        total = sum(d.data_bytes + sum(f.data_bytes for f in d.sealed)
                     for d in manifest.disks.values())
         parts = writer.Parts(domain_xml=dom.xml(inactive=True),
                              checkpoint_xml=session.checkpoint_xml, when=when,

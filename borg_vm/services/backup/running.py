@@ -19,7 +19,8 @@ from borg_vm.adapters.disk_sources import PullBackupSource
 from borg_vm.adapters.libvirt import Domain
 from borg_vm.core import domxml, plan
 from borg_vm.errors import DomainStopped, LibvirtError, NbdError, QemuImgError
-from borg_vm.format import manifest as fmt
+from borg_vm.format import names as fmt
+from borg_vm.format.names import Level
 from borg_vm.services.backup import offline, quiesce, vmstate
 from borg_vm.services.backup.context import BackupRun, Session
 
@@ -39,11 +40,11 @@ def session(run: BackupRun, p: plan.Plan, checkpoint: str) -> Iterator[Session]:
         socket = os.path.join(rundir, "nbd.sock")
         export = {d.target: (os.path.join(opts.scratch_dir or rundir,
                                           f"{d.target}.{checkpoint}.scratch"),
-                             "incremental" if p.disk_levels[d.target] == fmt.INC else "full")
+                             "incremental" if p.disk_levels[d.target] == Level.INC else "full")
                   for d in run.disks}
         targets = run.live.disk_targets
         job = domxml.backup_xml(socket, {t: export.get(t) for t in targets},
-                                p.parent_checkpoint if p.level == fmt.INC else None)
+                                p.parent_checkpoint if p.level == Level.INC else None)
         cp = domxml.checkpoint_xml(checkpoint, f"borg-vm backup of {dom.name}",
                                    {t: t in run.by_target and run.by_target[t].incremental_capable
                                     for t in targets})

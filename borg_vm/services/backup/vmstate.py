@@ -13,7 +13,7 @@ import stat
 
 from borg_vm.core import vmstate
 from borg_vm.errors import StateUnreadable
-from borg_vm.format import manifest as fmt
+from borg_vm.format import names as fmt
 
 log = logging.getLogger(__name__)
 

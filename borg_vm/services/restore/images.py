@@ -4,7 +4,7 @@ by its modes (chain, flatten, layers).
 Data is addressed by (disk target, layer): layer 0 is what the guest saw
 (``disk/{target}/...`` members, the disk's manifest record), layer i >= 1 the
 final changes of the archive's i-th image (``frozen/{target}/{i}/...``, its
-frozen record). Every piece is checked against the disk's size before it is
+sealed record). Every piece is checked against the disk's size before it is
 written, and every written record against its extents and SHA-256 after.
 """
 
@@ -21,10 +21,11 @@ from borg_vm import prefetch
 from borg_vm.adapters import qemu, rawimage
 from borg_vm.adapters.libnbd import open_command
 from borg_vm.core import extent
-from borg_vm.format import manifest as fmt
+from borg_vm.format import names as fmt
 from borg_vm.format import reader
-from borg_vm.format.manifest import ArchiveInfo, Manifest
+from borg_vm.format.manifest import Manifest
 from borg_vm.format.reader import Key
+from borg_vm.format.summary import ArchiveInfo
 from borg_vm.format.tarstream import Member
 from borg_vm.progress import Progress
 
@@ -67,7 +68,7 @@ def read_for(arc: ArchiveInfo, keys: Iterable[Key], known: Manifest | None = Non
              ) -> reader.Read:
     """Return what apply_archive reads of arc to write keys: their data and the manifest.
 
-    Frozen layers (layer >= 1) can be asked for only with the archive's manifest
+    Sealed layers (layer >= 1) can be asked for only with the archive's manifest
     already read (known).
     """
     # A record with only zero extents has no data members (and borg warns about
@@ -122,9 +123,9 @@ def _wanted(arc: ArchiveInfo, known: Manifest | None, key: Key) -> tuple[str, in
     if layer == 0:
         n = arc.summary.disks[target].data_bytes
         return (fmt.disk_prefix(target), n) if n else None
-    assert known is not None, "frozen layers need the manifest read first"
+    assert known is not None, "sealed layers need the manifest read first"
     record = reader.record_of(arc.archive, known, key)
-    return (fmt.frozen_prefix(target, layer), record.data_bytes) if record.data_bytes else None
+    return (fmt.sealed_prefix(target, layer), record.data_bytes) if record.data_bytes else None
 
 
 def _write_members(found: AbstractContextManager[Iterator[Member]], tally: reader.Tally, outs: dict,

@@ -8,7 +8,7 @@ backing path), the bottom one in --format::
     (complete: as frozen by the snapshot)
 
 Which archive's data goes into which image is core.layers.restore_steps; its
-frozen-layer records need every archive's manifest, which is read first (one
+sealed-layer records need every archive's manifest, which is read first (one
 small export-tar per archive of the chain).
 """
 
@@ -21,9 +21,10 @@ from dataclasses import dataclass
 
 from borg_vm.adapters.borg import Repository
 from borg_vm.core import chain, layers
-from borg_vm.format import manifest as fmt
+from borg_vm.format import names as fmt
 from borg_vm.format import reader
-from borg_vm.format.manifest import ArchiveInfo, Manifest
+from borg_vm.format.manifest import Manifest
+from borg_vm.format.summary import ArchiveInfo
 from borg_vm.progress import Progress
 from borg_vm.services.restore import images
 
@@ -62,7 +63,7 @@ def plan(borg: Repository, archives: list[ArchiveInfo], top: ArchiveInfo, target
         images = tuple(f"{stem}.{layers.escape(n)}.{'qcow2' if f == 'qcow2' else 'img'}"
                        for n, f in zip(names, formats, strict=True))
         steps = layers.restore_steps([x.path for x in now],
-                                     [([x.path for x in r.chain], [f.layer for f in r.frozen])
+                                     [([x.path for x in r.chain], [f.layer for f in r.sealed])
                                       for r in records])
         out.append(LayeredDisk(t, tuple(arcs), names, images, formats, tuple(steps)))
     return out, manifests, files
@@ -119,8 +120,8 @@ def _passes(arc: ArchiveInfo, plans: list[LayeredDisk],
     """Return the archive's writes grouped into passes over it, in step order, each
     pass writing at most one image per disk: a qemu-nbd writing an overlay opens
     the image below it, which another qemu-nbd of the same pass could not then
-    lock for writing (and, after a commit, a frozen layer and the top data may
-    land in one image, the older frozen data first)."""
+    lock for writing (and, after a commit, a sealed layer and the top data may
+    land in one image, the older sealed data first)."""
     passes: list[dict[images.Key, images.Layer]] = []
     for d in plans:
         if arc not in d.archives:

@@ -8,7 +8,7 @@ Chain mode (default), one image per archive, each backed by the one before::
 Flatten mode: one image, every archive of the chain applied in order.
 
 Layers mode (services/restore/layers.py): one image per snapshot layer, as libvirt's
-chain was at that checkpoint, the frozen layers complete.
+chain was at that checkpoint, the sealed layers complete.
 
 The archive is only as trustworthy as the repository: the top archive's
 domain.xml and manifest are read and checked before anything is written, no
@@ -45,9 +45,10 @@ from borg_vm.errors import (
     RestoreTargetFull,
     RestoreTargetUnusable,
 )
-from borg_vm.format import manifest as fmt
+from borg_vm.format import names as fmt
 from borg_vm.format import reader
-from borg_vm.format.manifest import ArchiveInfo, Manifest
+from borg_vm.format.manifest import Manifest
+from borg_vm.format.summary import ArchiveInfo
 from borg_vm.progress import Progress
 from borg_vm.services import catalog
 from borg_vm.services.restore import images, layers, vmstate

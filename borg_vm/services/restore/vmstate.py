@@ -25,7 +25,7 @@ import os
 import shutil
 
 from borg_vm.core import vmstate
-from borg_vm.format import manifest as fmt
+from borg_vm.format import names as fmt
 from borg_vm.format.manifest import Manifest
 from borg_vm.services.restore import images
 

@@ -54,7 +54,7 @@ from borg_vm.errors import (
     ServerFailed,
     ServerNotRunning,
 )
-from borg_vm.format import manifest as fmt
+from borg_vm.format import names as fmt
 from borg_vm.progress import Progress
 from borg_vm.services import catalog
 from borg_vm.services.restore import images, vmstate

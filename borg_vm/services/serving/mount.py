@@ -51,9 +51,10 @@ from borg_vm.errors import (
     SocketPathUnusable,
     UsageError,
 )
-from borg_vm.format import manifest as fmt
+from borg_vm.format import names as fmt
 from borg_vm.format import piecemap, reader
-from borg_vm.format.manifest import ArchiveInfo, Manifest
+from borg_vm.format.manifest import DiskRecord, Manifest
+from borg_vm.format.summary import ArchiveInfo
 from borg_vm.services import catalog
 
 log = logging.getLogger(__name__)
@@ -252,7 +253,7 @@ def _small_files(root: str, a: ArchiveInfo, names: tuple[str, ...]) -> dict[str,
     return files
 
 
-def _record(manifest: Manifest, a: ArchiveInfo, target: str) -> fmt.DiskRecord:
+def _record(manifest: Manifest, a: ArchiveInfo, target: str) -> DiskRecord:
     record = manifest.disks.get(target)
     if record is None:
         raise FormatError(archive=a.archive, detail=f"manifest has no disk {target}")
