@@ -13,6 +13,7 @@ from borg_vm.core.extent import DATA, SECTOR, ZERO, Extent, check_map, max_exten
 from borg_vm.core.extent_arrays import ExtentArray
 from borg_vm.errors import FormatError
 from borg_vm.format import auth, extent_json, fields
+from borg_vm.format.fields import Doc
 from borg_vm.format.names import (
     AUTHENTICATED_FROM,
     BLOCK_SIZE,
@@ -207,7 +208,7 @@ class Manifest:
                        state=tuple(sorted(self.state)))
 
 
-def _state(doc: dict) -> dict[str, str]:
+def _state(doc: Doc) -> dict[str, str]:
     """The state digests of a version-5 manifest."""
     state = fields.get(doc, "state", dict)
     unknown = set(state) - set(STATE)
@@ -217,7 +218,7 @@ def _state(doc: dict) -> dict[str, str]:
 
 
 
-def _authenticated_fields(doc: dict) -> dict:
+def _authenticated_fields(doc: Doc) -> Doc:
     """The fields version 4 added to the manifest."""
     return {"parent_id": fields.archive_id(doc, "parent_id"),
             "domain_xml_sha256": fields.sha256(doc, "domain_xml_sha256"),
@@ -225,7 +226,7 @@ def _authenticated_fields(doc: dict) -> dict:
             "auth": fields.auth_code(doc)}
 
 
-def _disk_to_doc(d: DiskRecord) -> dict:
+def _disk_to_doc(d: DiskRecord) -> Doc:
     return {"level": d.level, "format": d.format, "source": d.source,
             "virtual_size": d.virtual_size,
             "extents": ExtentArray.of(d.extents),
@@ -236,7 +237,7 @@ def _disk_to_doc(d: DiskRecord) -> dict:
                         "zero_bytes": f.zero_bytes, "sha256": f.sha256} for f in d.sealed]}
 
 
-def _disk_from_doc(doc: dict, version: int) -> DiskRecord:
+def _disk_from_doc(doc: Doc, version: int) -> DiskRecord:
     fields.typed(doc, dict, "a disk")
     size = fields.virtual_size(fields.get(doc, "virtual_size", int))
     d = DiskRecord(level=fields.level(fields.get(doc, "level", str)),
@@ -256,8 +257,8 @@ def _disk_from_doc(doc: dict, version: int) -> DiskRecord:
     return replace(d, layers=layers, sealed=sealed)
 
 
-def _extents(doc: dict, size: int) -> ExtentArray:
-    extents = fields.get(doc, "extents", ExtentArray)
+def _extents(doc: Doc, size: int) -> ExtentArray:
+    extents: ExtentArray = fields.get(doc, "extents", ExtentArray)
     if len(extents) > max_extents(size):
         raise ValueError(f"{len(extents)} extents on a disk of {size} bytes: more than one "
                          f"a {SECTOR}-byte sector")
@@ -265,24 +266,25 @@ def _extents(doc: dict, size: int) -> ExtentArray:
     return extents
 
 
-def _layer(doc) -> LayerRecord:
+def _layer(doc: Doc) -> LayerRecord:
     return LayerRecord(fields.get(doc, "name", str), fields.get(doc, "path", str),
                        fields.get(doc, "format", str))
 
 
-def _sealed(doc, size: int) -> SealedRecord:
+def _sealed(doc: Doc, size: int) -> SealedRecord:
     return SealedRecord(fields.get(doc, "layer", int), fields.level(fields.get(doc, "level", str)),
                         _extents(doc, size), fields.sha256(doc))
 
 
 
-def _check_version(doc: dict, archive: str) -> int:
+def _check_version(doc: object, archive: str) -> int:
     """Return the manifest's format version; raise FormatError unless this borg-vm reads it."""
     if not isinstance(doc, dict) or doc.get("format") != FORMAT_NAME:
         raise FormatError(archive=archive, detail="no borg-vm manifest")
-    if type(doc.get("version")) is not int or doc["version"] not in READABLE_VERSIONS:
+    version = doc.get("version")
+    if type(version) is not int or version not in READABLE_VERSIONS:
         raise FormatError(archive=archive,
-                          detail=f"format version {doc.get('version')!r}, this borg-vm "
+                          detail=f"format version {version!r}, this borg-vm "
                                  f"reads versions {', '.join(map(str, READABLE_VERSIONS))}; "
                                  "upgrade borg-vm")
-    return doc["version"]
+    return version

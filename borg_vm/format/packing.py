@@ -71,7 +71,7 @@ class Packing:
     dense: int = DENSE
     max_pieces: int = MAX_PIECES
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.block_size <= 0 or self.step % self.block_size or self.window % self.step:
             raise ValueError(f"{self}: step must be a multiple of block_size, window of step")
 

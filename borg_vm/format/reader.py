@@ -32,10 +32,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import cast
 
 from borg_vm.adapters import subproc
 from borg_vm.adapters.borg import Item, Repository, items
@@ -48,7 +48,7 @@ from borg_vm.format import names as fmt
 from borg_vm.format import packing
 from borg_vm.format.manifest import DiskRecord, Manifest, SealedRecord
 from borg_vm.format.summary import ArchiveInfo
-from borg_vm.format.tarstream import Member, TarFormatError, read_members
+from borg_vm.format.tarstream import Member, Readable, TarFormatError, read_members
 
 # Archives with at least this many data bytes to read are read with 'borg list'
 # + 'borg extract --stdout' (see above), smaller ones with 'borg export-tar'.
@@ -127,7 +127,7 @@ def domain_xml(archive: str, files: dict[str, bytes]) -> str:
     return _xml_check(archive, fmt.DOMAIN_XML, domxml.read_domain_xml, files[fmt.DOMAIN_XML])
 
 
-def _xml_check(archive: str, name: str, parse, *args) -> str:
+def _xml_check(archive: str, name: str, parse: Callable[..., str], *args: object) -> str:
     try:
         return parse(*args)
     except ValueError as e:
@@ -179,12 +179,14 @@ class _Started:
         self.extract = read.data_bytes >= EXTRACT_FROM
         self.command = "extract" if self.extract else "export-tar"
         self._stack = contextlib.ExitStack()
+        self._data: subproc.Stream
+        self._list: subproc.Stream | None = None
 
     def __enter__(self) -> _Started:
         self._start(brief=True)
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self._stack.close()
 
     def _start(self, brief: bool) -> None:
@@ -204,19 +206,19 @@ class _Started:
     def _outputs(self) -> list[tuple[str, subproc.Stream]]:
         return [(self.command, self._data)] + ([("list", self._list)] if self._list else [])
 
-    def _ready(self) -> dict[str, BinaryIO]:
+    def _ready(self) -> dict[str, io.BufferedReader]:
         """Wait until each command writes or ends; return their outputs by command.
         Run them again with the full lock wait if one ended locked out."""
         outputs = {}
         for command, proc in self._outputs():
-            outputs[command] = io.BufferedReader(proc.stdout, PEEK_BUFFER)
+            outputs[command] = _buffered(proc)
             if not outputs[command].peek(1):
                 try:
                     self.borg.finish(f"{command} of {self.read.archive}", proc)
                 except RepositoryLocked:
                     self._stack.close()
                     self._start(brief=False)
-                    return {c: p.stdout for c, p in self._outputs()}
+                    return {c: _buffered(p) for c, p in self._outputs()}
         return outputs
 
     @contextlib.contextmanager
@@ -239,7 +241,13 @@ class _Started:
             self._stack.close()
 
 
-def _listed(src: BinaryIO, listed: Iterator[Item], archive: str) -> Iterator[Member]:
+def _buffered(proc: subproc.Stream) -> io.BufferedReader:
+    """Return proc's output, buffered so that it can be peeked at."""
+    # An unbuffered pipe (a FileIO), which typeshed types as IO[bytes].
+    return io.BufferedReader(cast(io.RawIOBase, proc.stdout), PEEK_BUFFER)
+
+
+def _listed(src: Readable, listed: Iterator[Item], archive: str) -> Iterator[Member]:
     """Yield the items listed as members, the regular files' read from src, the
     concatenation of their contents; unread data is skipped.
 
@@ -266,7 +274,7 @@ def _listed(src: BinaryIO, listed: Iterator[Item], archive: str) -> Iterator[Mem
 
 def pieces(members: Iterator[Member], archive: str, sizes: dict[str, int],
            buffers: Sequence[memoryview]
-           ) -> Iterator[tuple[str, tuple[str, int] | None, int, memoryview | bytes]]:
+           ) -> Iterator[Piece]:
     """Yield (member name, (disk target, layer) or None, offset, data) from members:
     data members in pieces at their disk offsets (following the map member of a
     pack; layer 0: the guest's view, i: sealed layer i; sizes: disk target ->
@@ -351,13 +359,13 @@ def _aligned(span: Extent, room: _Room) -> Iterator[tuple[int, memoryview]]:
         at += len(piece)
 
 
-def buffer_batches(pieces: Iterable[tuple]) -> Iterator[list[tuple]]:
+def buffer_batches(pieces: Iterable[Piece]) -> Iterator[list[Piece]]:
     """Yield pieces' items (name, key, offset, data) in lists: the data pieces that
     share a buffer together (a list is complete when the next buffer is started),
     any other item alone. One hand-over between threads per buffer, not per
     piece: a fragmented disk's 64 KiB pieces cost thousands of them a second."""
-    batch: list[tuple] = []
-    held = None
+    batch: list[Piece] = []
+    held: object = None
     for item in pieces:
         data = item[3]
         buf = data.obj if item[1] is not None and isinstance(data, memoryview) else None
@@ -495,7 +503,9 @@ def check_pieces(archive: str, name: str, size: int, pieces: Sequence[Extent],
     end beyond the disk's size (when known)."""
     if not pieces:
         return
-    offset = _data_member(name)[2]
+    member = _data_member(name)
+    assert member is not None, f"{name} is no data member"
+    offset = member[2]
     if pieces[0].start != offset or sum(p.length for p in pieces) != size:
         raise FormatError(archive=archive, detail=f"the map of {name} does not "
                                                   f"describe its {size} bytes")

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, replace
 
 from borg_vm.errors import FormatError
 from borg_vm.format import auth, fields
+from borg_vm.format.fields import Doc
 from borg_vm.format.names import (
     AUTHENTICATED_FROM,
     FORMAT_VERSION,
@@ -87,9 +88,9 @@ class Summary:
                        disks={fields.check_target(t): _disk_summary(v)
                               for t, v in fields.get(doc, "disks", dict).items()},
                        version=version,
-                       **({"parent_id": fields.archive_id(doc, "parent_id"),
-                           "auth": fields.auth_code(doc)}
-                          if version >= AUTHENTICATED_FROM else {}),
+                       parent_id=(fields.archive_id(doc, "parent_id")
+                                  if version >= AUTHENTICATED_FROM else None),
+                       auth=fields.auth_code(doc) if version >= AUTHENTICATED_FROM else None,
                        state=_state_names(doc) if version >= STATE_FROM else ())
         except FormatError:
             raise
@@ -97,20 +98,20 @@ class Summary:
             raise FormatError(archive=archive, detail=f"bad archive comment: {e}") from e
 
 
-def _disk_summary(value) -> DiskSummary:
+def _disk_summary(value: object) -> DiskSummary:
     """Return the DiskSummary a comment's [level, size, format, source, data, zero] describes."""
     if type(value) is not list or len(value) != 6:
         raise ValueError(f"disk summary {value!r} is not [level, size, format, source, "
                          "data bytes, zero bytes]")
     level, size, fmt_, source, data, zero = value
-    size = fields.virtual_size(fields.typed(size, int, "virtual size"))
-    return DiskSummary(fields.level(level), size, fields.typed(fmt_, str, "format"),
+    virtual_size = fields.virtual_size(fields.typed(size, int, "virtual size"))
+    return DiskSummary(fields.level(level), virtual_size, fields.typed(fmt_, str, "format"),
                        fields.typed(source, str, "source"),
-                       fields.byte_count(data, "data bytes", size),
-                       fields.byte_count(zero, "zero bytes", size))
+                       fields.byte_count(data, "data bytes", virtual_size),
+                       fields.byte_count(zero, "zero bytes", virtual_size))
 
 
-def _state_names(doc: dict) -> tuple[str, ...]:
+def _state_names(doc: Doc) -> tuple[str, ...]:
     """The state names of a version-5 comment: distinct names of STATE, sorted."""
     names = fields.get(doc, "state", list)
     if not all(isinstance(n, str) and n in STATE for n in names) or sorted(set(names)) != names:
@@ -143,6 +144,6 @@ class ArchiveInfo:
         return self.summary.time
 
     @property
-    def order(self) -> tuple:
+    def order(self) -> tuple[str, int, str]:
         """Sort key, oldest first: backup time, then checkpoint (-9 before -10)."""
         return (self.summary.time, len(self.name.checkpoint), self.name.checkpoint)

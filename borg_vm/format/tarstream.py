@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import tarfile
 from collections.abc import Iterator
-from typing import BinaryIO
+from typing import IO, Protocol
 
 BLOCK = tarfile.BLOCKSIZE
 RECORD = tarfile.RECORDSIZE
@@ -20,11 +20,23 @@ MEMBER_MODE = 0o600
 MAX_NAME_BYTES = 64 * 1024
 
 
+# What the writer takes as data: anything memoryview() takes.
+Data = bytes | bytearray | memoryview
+
+
+class Readable(Protocol):
+    """A binary stream read into buffers (a pipe's BufferedReader, a file)."""
+
+    def readinto(self, buffer: bytearray | memoryview, /) -> int | None: ...
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
 class TarFormatError(Exception):
     """The stream is not a tar stream of the kind borg-vm writes."""
 
 
-def write_all(out: BinaryIO, data) -> None:
+def write_all(out: IO[bytes], data: Data) -> None:
     """Write every byte of data to out (raw pipes may take less per call)."""
     view = memoryview(data).cast("B")
     while view:
@@ -41,14 +53,14 @@ def _padding(size: int) -> bytes:
 class TarWriter:
     """Write tar members to a binary output, in order."""
 
-    def __init__(self, out: BinaryIO, mtime: int):
+    def __init__(self, out: IO[bytes], mtime: int):
         self.out = out
         self.mtime = mtime
         self._remaining = 0
         self._size = 0
         self.written = 0
 
-    def _put(self, data) -> None:
+    def _put(self, data: Data) -> None:
         write_all(self.out, data)
         self.written += len(data)
 
@@ -61,7 +73,7 @@ class TarWriter:
         self._remaining = self._size = size
         self._end_member_if_done()
 
-    def write(self, data) -> None:
+    def write(self, data: Data) -> None:
         n = len(data)
         if n == 0:  # else a complete member would get its padding a second time
             return
@@ -89,14 +101,14 @@ class TarWriter:
         self._put(bytes(2 * BLOCK + -end % RECORD))
 
 
-def _read_exact(src: BinaryIO, n: int) -> bytearray:
+def _read_exact(src: Readable, n: int) -> bytearray:
     """Return exactly n bytes from src, read into one buffer (no joining copies)."""
     buf = bytearray(n)
     _fill(src, memoryview(buf))
     return buf
 
 
-def _fill(src: BinaryIO, view: memoryview) -> None:
+def _fill(src: Readable, view: memoryview) -> None:
     """Read exactly len(view) bytes from src into view."""
     got, n = 0, len(view)
     while got < n:
@@ -110,18 +122,18 @@ class Member:
     """A member being read: name, size, and its data read in pieces; `regular` is
     False for anything else a tar holds (directory, link, device, FIFO...)."""
 
-    def __init__(self, src: BinaryIO, name: str, size: int, regular: bool = True):
+    def __init__(self, src: Readable, name: str, size: int, regular: bool = True):
         self._src = src
         self.name = name
         self.size = size
         self.regular = regular
         self._left = size
 
-    def chunks(self, chunk_size: int = READ_SIZE) -> Iterator[bytes]:
+    def chunks(self, chunk_size: int = READ_SIZE) -> Iterator[bytearray]:
         """Yield the rest of the member's data in pieces of at most chunk_size bytes."""
         return self.take(self._left, chunk_size)
 
-    def take(self, n: int, chunk_size: int = READ_SIZE) -> Iterator[bytes]:
+    def take(self, n: int, chunk_size: int = READ_SIZE) -> Iterator[bytearray]:
         """Yield the member's next n bytes in pieces of at most chunk_size bytes;
         raise TarFormatError if fewer than n are left."""
         if n > self._left:
@@ -153,7 +165,7 @@ class Member:
 
 
 
-def read_members(src: BinaryIO) -> Iterator[Member]:
+def read_members(src: Readable) -> Iterator[Member]:
     """Yield the members of a tar stream, in order (those not regular files too,
     with .regular False: the reader decides whether they may be there at all).
 

@@ -10,9 +10,10 @@ and hashed on the reading thread while the writing thread feeds Borg.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
@@ -122,10 +123,10 @@ def _write_disks(tar: TarWriter, manifest: Manifest, where: Callable[[str, int],
     disks = {}
     for t, d in sorted(manifest.disks.items()):
         top = _write_extents(tar, where(t, 0), d.extents, block_size, progress,
-                             lambda offset, t=t: fmt.member_name(t, offset))
+                             functools.partial(fmt.member_name, t))
         sealed = tuple(replace(f, sha256=_write_extents(
             tar, where(t, f.layer), f.extents, block_size, progress,
-            lambda offset, t=t, layer=f.layer: fmt.sealed_member_name(t, layer, offset)))
+            functools.partial(fmt.sealed_member_name, t, f.layer)))
             for f in d.sealed)
         disks[t] = replace(d, sha256=top, sealed=sealed)
     return replace(manifest, disks=disks)
@@ -140,7 +141,7 @@ def _committed(borg: Repository, name: ArchiveName) -> bool:
         return False
 
 
-def _write_extents(tar: TarWriter, where: Where, extents: tuple[extent.Extent, ...],
+def _write_extents(tar: TarWriter, where: Where, extents: Sequence[extent.Extent],
                    block_size: int, progress: Progress, member: Callable[[int], str]) -> str:
     """Write the data extents of one disk of a source as tar members named
     member(offset of their first byte), small pieces packed (format/packing.py);
