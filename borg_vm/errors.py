@@ -22,7 +22,7 @@ class BorgVmError(Exception):
 
     exit_code = EXIT_ERROR
 
-    def __init__(self, **kwargs):
+    def __init__(self, **kwargs: object) -> None:
         self.kwargs = kwargs
         super().__init__(self.message)
 

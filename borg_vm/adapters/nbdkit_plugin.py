@@ -19,6 +19,7 @@ import collections
 import errno
 import os
 import sys
+from typing import Any
 
 import nbdkit
 
@@ -33,8 +34,9 @@ API_VERSION = 2
 OPEN_MEMBERS = 256
 ZEROS = bytes(1024 * 1024)
 
-_disk = {}
-_open = collections.OrderedDict()   # path -> fd, least recently used first
+_disk: dict[str, Any] = {}   # the map's header ("target", "archives") and "map"
+# path -> fd, least recently used first
+_open: collections.OrderedDict[str, int] = collections.OrderedDict()
 
 
 def config(key, value):

@@ -43,9 +43,10 @@ ZERO_WRITE = 1024 * 1024        # where holes cannot be punched, zeros are writt
 class RawImage:
     """A raw image file open for writing."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str) -> None:
         self.path = path
         self.fd = self._open(os.O_WRONLY)
+        self.direct: int | None
         try:
             self.direct = self._open(os.O_WRONLY | os.O_DIRECT)
         except ImageWriteError:
@@ -69,14 +70,15 @@ class RawImage:
         writes go through the page cache at once. data must not change until depth
         more writes were started. Leaving the block waits for every write; raise
         ImageWriteError if one failed."""
-        pending: collections.deque = collections.deque()
+        pending: collections.deque[concurrent.futures.Future[None]] = collections.deque()
         with concurrent.futures.ThreadPoolExecutor(depth, "rawimage") as pool:
-            def write(data, offset: int) -> None:
+            def write(data: memoryview, offset: int) -> None:
                 view = memoryview(data).cast("B")
-                if not self._direct(view, offset):
+                direct = self._direct(view, offset)
+                if direct is None:
                     self._pwrite(self.fd, view, offset)
                     return
-                pending.append(pool.submit(self._pwrite, self.direct, view, offset))
+                pending.append(pool.submit(self._pwrite, direct, view, offset))
                 while len(pending) >= depth:
                     pending.popleft().result()
 
@@ -88,14 +90,17 @@ class RawImage:
                 for f in pending:
                     f.cancel()
 
-    def write(self, data, offset: int) -> None:
+    def write(self, data: bytes | memoryview, offset: int) -> None:
         """Write data at offset of the image."""
         view = memoryview(data).cast("B")
-        self._pwrite(self.direct if self._direct(view, offset) else self.fd, view, offset)
+        direct = self._direct(view, offset)
+        self._pwrite(self.fd if direct is None else direct, view, offset)
 
-    def _direct(self, view: memoryview, offset: int) -> bool:
-        """Return True if view is written at offset with O_DIRECT."""
-        return self.direct is not None and len(view) >= DIRECT_FROM and _aligned(view, offset)
+    def _direct(self, view: memoryview, offset: int) -> int | None:
+        """Return the O_DIRECT descriptor if view is written at offset with it, else None."""
+        if self.direct is not None and len(view) >= DIRECT_FROM and _aligned(view, offset):
+            return self.direct
+        return None
 
     def _pwrite(self, fd: int, view: memoryview, offset: int) -> None:
         try:

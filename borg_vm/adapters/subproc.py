@@ -20,7 +20,7 @@ import shlex
 import signal
 import subprocess
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import IO
 
@@ -58,7 +58,7 @@ def _check_argv(argv: Sequence[str]) -> list[str]:
 
 def run(argv: Sequence[str], *, input: bytes | None = None,
         env: dict[str, str] | None = None, ok_codes: tuple[int, ...] = (0,),
-        pass_fds: tuple[int, ...] = ()) -> subprocess.CompletedProcess:
+        pass_fds: tuple[int, ...] = ()) -> subprocess.CompletedProcess[bytes]:
     """Run argv to completion; return the CompletedProcess (stdout/stderr as bytes).
 
     The command gets `input` or an empty stdin, and no controlling terminal: it
@@ -85,7 +85,8 @@ class Stream:
     block on a full stderr pipe.
     """
 
-    def __init__(self, proc: subprocess.Popen, argv: list[str], *, eof_stops: bool = True):
+    def __init__(self, proc: subprocess.Popen[bytes], argv: list[str], *,
+                 eof_stops: bool = True) -> None:
         self.proc = proc
         self.argv = argv
         self._eof_stops = eof_stops
@@ -95,10 +96,12 @@ class Stream:
 
     @property
     def stdin(self) -> IO[bytes]:
+        assert self.proc.stdin is not None, "started without a pipe to its stdin"
         return self.proc.stdin
 
     @property
     def stdout(self) -> IO[bytes]:
+        assert self.proc.stdout is not None, "started without a pipe from its stdout"
         return self.proc.stdout
 
     @property
@@ -106,6 +109,7 @@ class Stream:
         return self.proc.pid
 
     def _drain_stderr(self) -> None:
+        assert self.proc.stderr is not None, "stream() always pipes stderr"
         for line in self.proc.stderr:
             self._stderr.append(line.decode(errors="replace"))
 
@@ -173,18 +177,19 @@ class Stream:
             self._close_pipes()
             # A stream cut short usually makes the command fail by itself
             # (borg: "unexpected end of data"), cleanly, within a moment.
-            for sig in (None, signal.SIGINT, signal.SIGKILL):
-                if sig is not None:
-                    self.proc.send_signal(sig)
+            for nudge in (None, signal.SIGINT, signal.SIGKILL):
+                if nudge is not None:
+                    self.proc.send_signal(nudge)
                 try:
-                    self.proc.wait(EOF_GRACE_SECONDS if sig is None else TERMINATE_GRACE_SECONDS)
+                    self.proc.wait(EOF_GRACE_SECONDS if nudge is None
+                                   else TERMINATE_GRACE_SECONDS)
                     break
                 except subprocess.TimeoutExpired:
                     continue
         self.wait()
 
 
-def _death_signal(sig: int):
+def _death_signal(sig: int) -> Callable[[], None]:
     """Return a function that, run in a child before exec, makes the kernel send it
     sig when its parent dies (Linux prctl PR_SET_PDEATHSIG), and that ends the
     child at once if the parent died before that took effect."""
@@ -264,7 +269,7 @@ class Detached:
     """A command started to outlive borg-vm (see detach); while we run, we can see
     whether it exited."""
 
-    def __init__(self, proc: subprocess.Popen):
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
         self._proc = proc
         self.pid = proc.pid
 

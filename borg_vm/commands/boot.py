@@ -12,7 +12,15 @@ from borg_vm.core.text import printable
 from borg_vm.core.vmstate import LABELS
 from borg_vm.errors import EXIT_OK, UsageError
 from borg_vm.progress import human
-from borg_vm.services.serving.boot import BootOptions, boot, finish, resume
+from borg_vm.services.serving.boot import (
+    Booted,
+    BootOptions,
+    Finished,
+    Resumed,
+    boot,
+    finish,
+    resume,
+)
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(detail="boot DOMAIN needs --to DIR; --finish NEW and --resume NEW "
                                 "take none of --to, --name, --checkpoint, --keep-host-resources, "
                                 "--allow-unauthenticated")
+    result: Finished | Resumed | Booted
     with virt.connect(args.connect) as hv:
         if args.finish:
             result = finish(hv, args.domain, progress=options.progress(args))
@@ -74,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         options.emit(result.to_json())
         return EXIT_OK
-    if args.finish:
+    if isinstance(result, Finished):
         for target, d in result.disks.items():
             print(printable(f"{target}: {d['image']}"))
         if result.nothing_to_do:
@@ -83,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             log.info("%s: pulled %s in %.1f s; it no longer needs the repository",
                      result.name, human(result.pulled), result.duration)
-    elif args.resume:
+    elif isinstance(result, Resumed):
         log.info("%s: %s; the domain is %s", result.name,
                  f"server started again, pid {result.server['pid']}" if result.server_started
                  else "its server was running", result.state)

@@ -15,7 +15,7 @@ import json
 import os
 import pwd
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from borg_vm.adapters import borg as borg_adapter
@@ -49,7 +49,7 @@ class CommandParser(argparse.ArgumentParser):
         self.value_spellings[option] += (value,)
         self.add_argument(f"{option}={value}", help=argparse.SUPPRESS, **kwargs)
 
-    def parse_known_args(self, args=None, namespace=None):  # type: ignore[no-untyped-def]
+    def parse_known_args(self, args=None, namespace=None):  # untyped: argparse's is overloaded
         args = list(sys.argv[1:] if args is None else args)
         for arg in args[:args.index("--") if "--" in args else len(args)]:
             option, eq, value = arg.partition("=")
@@ -114,7 +114,8 @@ def add_keep_host_resources_option(p: argparse.ArgumentParser) -> None:
 class _AppendOnce(argparse.Action):
     """Append the value unless it is there already: --disk vda --disk vda is one disk."""
 
-    def __call__(self, parser, namespace, value, option_string=None):  # type: ignore[no-untyped-def]
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 value: str | Sequence[Any] | None, option_string: str | None = None) -> None:
         values = list(getattr(namespace, self.dest) or [])
         if value not in values:
             values.append(value)

@@ -114,6 +114,7 @@ def prune(borg: Repository, opts: PruneOptions, now: datetime | None = None) -> 
     selected = [a for a in archives if not opts.domains or a.name.domain in opts.domains]
     now = now or datetime.now(UTC)
     local = datetime.now().astimezone().tzinfo
+    assert local is not None, "astimezone() always sets the local zone"
     decided = retention.decide(selected, opts.rules, now, local)
     doomed = [a.archive for a, verdict, _ in sorted(decided, key=lambda d: d[0].order,
                                                      reverse=True)

@@ -105,22 +105,25 @@ def verify(borg: Repository, domain: str | None, checkpoint: str | None, every: 
         selected = []   # the restore point asked for is one this host cannot authenticate
     else:
         top = chain.select(archives, domain, checkpoint)
-        selected = {a.archive: a for t in top.summary.disks
-                    for a in _chain_or_top(archives, top, t)}.values()
+        selected = list({a.archive: a for t in top.summary.disks
+                         for a in _chain_or_top(archives, top, t)}.values())
     ordered = sorted(selected, key=lambda a: (a.name.domain, a.order))
-    problems = {a.archive: _chain_problem(archives, a) for a in ordered}
-    readable = [a for a in ordered if problems[a.archive] is None]
+    chain_problems = {a.archive: _chain_problem(archives, a) for a in ordered}
+    readable = [a for a in ordered if chain_problems[a.archive] is None]
+    # Each archive's verdict: its chain's problem, else (below) what reading it found.
+    verdicts = {name: p for name, p in chain_problems.items() if p is not None}
     # One read_ahead for all: the next archive's borg starts up while this one is
     # hashed; big archives come through borg list + extract --stdout (members.py).
     reads = [reader.Read(a.archive, (), sum(d.data_bytes for d in a.summary.disks.values()))
              for a in readable]
-    with reader.read_ahead(borg, reads) as found:
-        for a, stream in zip(readable, found, strict=True):
-            problems[a.archive] = _check_data(a, stream)
-    return VerifyResult([(a.archive, problems[a.archive]) for a in ordered], rejected)
+    with reader.read_ahead(borg, reads) as streams:
+        for a, stream in zip(readable, streams, strict=True):
+            verdicts[a.archive] = _check_data(a, stream)
+    return VerifyResult([(a.archive, verdicts[a.archive]) for a in ordered], rejected)
 
 
-def _chain_or_top(archives: list[ArchiveInfo], top: ArchiveInfo, target: str):
+def _chain_or_top(archives: list[ArchiveInfo], top: ArchiveInfo, target: str
+                  ) -> list[ArchiveInfo]:
     try:
         return chain.disk_chain(archives, top, target)
     except BorgVmError:

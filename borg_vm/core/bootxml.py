@@ -31,7 +31,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
-from borg_vm.core.domxml import dac_label, parse_xml
+from borg_vm.core.domxml import dac_label, name_element, parse_xml
 
 # The namespace of borg-vm's element in <metadata>; the version is part of it.
 BOOT_NS = "urn:borg-vm:boot:1"
@@ -70,7 +70,7 @@ def boot_domain_xml(restored_xml: str, uuid: str, sockets: dict[str, str],
         root.remove(old)
     uuid_element = ET.Element("uuid")
     uuid_element.text = uuid
-    root.insert(list(root).index(root.find("name")) + 1, uuid_element)
+    root.insert(list(root).index(name_element(root)) + 1, uuid_element)
     metadata = root.find("metadata")
     if metadata is None:
         metadata = ET.SubElement(root, "metadata")
@@ -99,8 +99,10 @@ def _back_with_nbd(disk: ET.Element, socket: str) -> None:
     source = ET.SubElement(backing, "source", protocol="nbd")
     ET.SubElement(source, "host", transport="unix", socket=socket)
     ET.SubElement(backing, "backingStore")
-    children = list(disk)
-    disk.insert(children.index(disk.find("source")) + 1, backing)
+    image = disk.find("source")
+    if image is None:
+        raise ValueError(f"disk {_target(disk)} has no <source>")
+    disk.insert(list(disk).index(image) + 1, backing)
 
 
 def boot_record(domain_xml: str) -> BootRecord | None:
@@ -120,8 +122,9 @@ def nbd_backings(domain_xml: str) -> dict[str, str]:
     for disk in parse_xml(domain_xml).iterfind("./devices/disk"):
         host = disk.find("./backingStore[@type='network']/source[@protocol='nbd']/"
                          "host[@transport='unix']")
-        if host is not None and host.get("socket"):
-            out[_target(disk)] = host.get("socket")
+        socket = None if host is None else host.get("socket")
+        if socket:
+            out[_target(disk)] = socket
     return out
 
 

@@ -18,6 +18,7 @@ nothing, so they are refused here, as are signs and spaces in numbers.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from borg_vm.errors import BadCompression
@@ -73,7 +74,7 @@ def parse_compression(spec: str) -> Compression:
     return Compression(algorithm, level, auto, obfuscate)
 
 
-def _base(words: list[str], bad) -> tuple[str, int | None]:
+def _base(words: list[str], bad: Callable[[str], BadCompression]) -> tuple[str, int | None]:
     """Return (algorithm, level or None) of a BASE spec split at commas."""
     name, rest = words[0], words[1:]
     if name not in ALGORITHMS:
@@ -90,7 +91,7 @@ def _base(words: list[str], bad) -> tuple[str, int | None]:
     return name, level
 
 
-def _number(text: str, bad, what: str) -> int:
+def _number(text: str, bad: Callable[[str], BadCompression], what: str) -> int:
     """Return text as a whole number (ASCII digits only); raise bad() otherwise."""
     if not (text.isascii() and text.isdigit()):
         raise bad(f"{what} {text!r} is not a number")

@@ -20,7 +20,8 @@ import defusedxml.ElementTree
 def parse_xml(xml: str | bytes) -> ET.Element:
     """Return the root of an XML document; raise ET.ParseError if it is not well-formed,
     defusedxml's DTDForbidden (a ValueError) if it has a DTD."""
-    return defusedxml.ElementTree.fromstring(xml, forbid_dtd=True)
+    root: ET.Element = defusedxml.ElementTree.fromstring(xml, forbid_dtd=True)
+    return root
 
 
 def to_text(root: ET.Element) -> str:
@@ -142,7 +143,7 @@ def _disk_spec(d: ET.Element) -> DiskSpec:
     source = d.find("source")
     driver = d.find("driver")
     return DiskSpec(
-        target=target.get("dev") if target is not None else "",
+        target=target.get("dev", "") if target is not None else "",
         device=d.get("device", "disk"),
         type=d.get("type", "file"),
         source=None if source is None else (source.get("file") or source.get("dev")),
@@ -257,13 +258,14 @@ def restored_domain_xml(domain_xml: str, new_name: str,
     are removed so the copy never writes to the original's disks.
     """
     root = parse_xml(domain_xml)
-    root.find("name").text = new_name
+    name = name_element(root)
+    name.text = new_name
     for e in root.findall("uuid"):
         root.remove(e)
     if uuid is not None:
         element = ET.Element("uuid")
         element.text = uuid
-        root.insert(list(root).index(root.find("name")) + 1, element)
+        root.insert(list(root).index(name) + 1, element)
     for parent in root.iter():
         for e in parent.findall("nvram") + parent.findall("mac"):
             parent.remove(e)
@@ -271,13 +273,22 @@ def restored_domain_xml(domain_xml: str, new_name: str,
     if nvram is not None and os_ is not None:
         ET.SubElement(os_, "nvram").text = nvram
     devices = root.find("devices")
-    for d in list(devices.findall("disk")) if devices is not None else []:
-        spec = _disk_spec(d)
-        if spec.target in images:
-            _point_disk_at(d, *images[spec.target])
-        elif spec.device == "disk" and not spec.readonly:
-            devices.remove(d)
+    if devices is not None:
+        for d in devices.findall("disk"):
+            spec = _disk_spec(d)
+            if spec.target in images:
+                _point_disk_at(d, *images[spec.target])
+            elif spec.device == "disk" and not spec.readonly:
+                devices.remove(d)
     return to_text(root)
+
+
+def name_element(root: ET.Element) -> ET.Element:
+    """Return the <name> of a domain's XML; raise ValueError if it has none."""
+    name = root.find("name")
+    if name is None:
+        raise ValueError("the domain XML has no <name>")
+    return name
 
 
 def _point_disk_at(disk: ET.Element, path: str, fmt: str) -> None:

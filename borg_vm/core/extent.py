@@ -81,7 +81,7 @@ class Extent:
     length: int
     kind: str = DATA
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.start < 0 or self.length <= 0 or self.kind not in KINDS:
             raise ValueError(f"invalid extent {self.start}+{self.length} {self.kind!r}")
 

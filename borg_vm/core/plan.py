@@ -144,8 +144,8 @@ def plan(requested: str, domain: str, uuid: str, disks: list[Disk],
     checkpoints libvirt has, return the Plan. An incremental plan may still
     take a full of some disks (added, resized, raw, or whose chain is broken):
     the reason names them. With full_every, auto starts a new chain (a full of
-    every disk) when a disk's chain is due (as of now). Raise NoUsableParent if
-    inc was requested but no disk can be incremental.
+    every disk) when a disk's chain is due (as of now; None: the current time).
+    Raise NoUsableParent if inc was requested but no disk can be incremental.
     """
     if requested not in REQUESTS:
         raise ValueError(f"unknown level {requested!r}")
@@ -154,26 +154,32 @@ def plan(requested: str, domain: str, uuid: str, disks: list[Disk],
                     {d.target: Level.FULL for d in disks})
     parent = latest(archives, domain)
     reason = why_not_incremental(domain, uuid, disks, parent, checkpoints)
-    full_disks = {} if reason else {d.target: why for d in disks
-                                    if (why := why_disk_is_full(d, parent, archives))}
-    if reason is None and len(full_disks) == len(disks):
-        reason = "; ".join(f"{t}: {why}" for t, why in full_disks.items())
-    if reason is None and full_every is not None and requested == AUTO:
-        reason = next((f"a new chain: disk {d.target}: {why}" for d in disks
-                       if d.target not in full_disks and (why := full_every.due(
-                           chain.disk_chain(archives, parent, d.target), now))), None)
-    if reason is not None:
-        if requested == Level.INC:
-            raise NoUsableParent(domain=domain, reason=reason)
-        return Plan(Level.FULL, reason, None, {d.target: Level.FULL for d in disks})
-    why = f"incremental on top of {parent.archive}"
-    if full_disks:
-        why += "; full backup of " + "; ".join(f"{t} ({w})" for t, w in full_disks.items())
-    return Plan(Level.INC, why, parent,
-                {d.target: Level.FULL if d.target in full_disks else Level.INC for d in disks})
+    if reason is None:
+        assert parent is not None, "why_not_incremental gives a reason when there is no parent"
+        full_disks = {d.target: why for d in disks
+                      if (why := why_disk_is_full(d, parent, archives))}
+        if len(full_disks) == len(disks):
+            reason = "; ".join(f"{t}: {why}" for t, why in full_disks.items())
+        elif full_every is not None and requested == AUTO:
+            as_of = now if now is not None else datetime.now(UTC)
+            reason = next((f"a new chain: disk {d.target}: {why}" for d in disks
+                           if d.target not in full_disks and (why := full_every.due(
+                               chain.disk_chain(archives, parent, d.target), as_of))), None)
+        if reason is None:
+            why = f"incremental on top of {parent.archive}"
+            if full_disks:
+                why += "; full backup of " + "; ".join(f"{t} ({w})"
+                                                       for t, w in full_disks.items())
+            return Plan(Level.INC, why, parent,
+                        {d.target: Level.FULL if d.target in full_disks else Level.INC
+                         for d in disks})
+    if requested == Level.INC:
+        raise NoUsableParent(domain=domain, reason=reason)
+    return Plan(Level.FULL, reason, None, {d.target: Level.FULL for d in disks})
 
 
-def archive_name(domain: str, layer: str, when, taken_checkpoints: set[str]) -> ArchiveName:
+def archive_name(domain: str, layer: str, when: datetime, taken_checkpoints: set[str]
+                 ) -> ArchiveName:
     """Return the name of the archive of a run that starts at `when` on `layer`
     (the top layer's name, core/layers.py), with a checkpoint name not taken yet."""
     return ArchiveName.for_layer(domain, layer, new_checkpoint_name(when, taken_checkpoints))

@@ -93,11 +93,11 @@ def _split(ordered: list[ArchiveInfo], rule: str, pattern: str, count: int, tz: 
 
 
 def decide(archives: list[ArchiveInfo], rules: Rules, now: datetime, tz: tzinfo
-           ) -> list[tuple[ArchiveInfo, str, str]]:
+           ) -> list[tuple[ArchiveInfo, Verdict, str]]:
     """Given the borg-vm archives of the domains to prune, return (archive, verdict,
     why) for each, newest first per domain: the points the rules keep, and
     every archive a kept one needs to restore."""
-    out = []
+    out: list[tuple[ArchiveInfo, Verdict, str]] = []
     for domain in sorted({a.name.domain for a in archives}):
         own = chain.of_domain(archives, domain)
         why = kept_points(own, rules, now, tz)

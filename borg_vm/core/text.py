@@ -22,5 +22,5 @@ def printable(text: str) -> str:
     return _CONTROL.sub(_escape, text)
 
 
-def _escape(m: re.Match) -> str:
+def _escape(m: re.Match[str]) -> str:
     return m.group().encode("unicode_escape").decode("ascii")

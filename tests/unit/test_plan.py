@@ -285,6 +285,14 @@ def test_full_every_age_starts_a_new_chain_when_due_and_not_before():
     assert p.level == Level.FULL and "is from 2026-11-01T02:00:00Z (--full-every 7d)" in p.reason
 
 
+def test_full_every_age_without_now_is_as_of_the_current_time():
+    """now defaults to None; an age used to be subtracted from it (a TypeError)."""
+    arcs = chain_of(2, start="2020-01-01T02:00:00Z")  # long before the clock
+    p = plan(AUTO, DOMAIN, UUID, [VDA, VDB], arcs, {arcs[-1].name.checkpoint},
+             FullEvery.parse("7d"))
+    assert p.level == Level.FULL and "(--full-every 7d)" in p.reason
+
+
 def test_full_every_never_keeps_one_chain():
     arcs = chain_of(400)                     # a full more than a year old, 400 incrementals
     cps = {arcs[-1].name.checkpoint}

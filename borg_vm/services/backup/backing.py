@@ -4,6 +4,7 @@ changes (core/layers.py explains the model; format/manifest.py the records)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from borg_vm.adapters import qemu
@@ -29,7 +30,7 @@ class DiskLayers:
                      for n, x in zip(self.names, self.chain, strict=True))
 
 
-def of_disks(dom: Domain, disks: list[plan.Disk], p: plan.Plan) -> dict[str, DiskLayers]:
+def of_disks(dom: Domain, disks: Sequence[plan.Disk], p: plan.Plan) -> dict[str, DiskLayers]:
     """Return each disk's layers, naming them after libvirt's snapshots."""
     images = domxml.snapshot_images(dom.snapshot_xmls())
     out = {}
@@ -38,8 +39,9 @@ def of_disks(dom: Domain, disks: list[plan.Disk], p: plan.Plan) -> dict[str, Dis
         paths = [x.path for x in chain]
         sealed: tuple[tuple[int, str | None], ...] = ()
         if p.disk_levels[d.target] == Level.INC:
+            assert p.parent is not None, "an incremental plan has a parent"
             parent_top = p.parent.summary.disks[d.target].source
-            sealed = tuple((i, _final_changes_bitmap(chain[i], p.parent_checkpoint))
+            sealed = tuple((i, _final_changes_bitmap(chain[i], p.parent.name.checkpoint))
                            for i in layers.sealed_since(paths, parent_top))
         out[d.target] = DiskLayers(chain, tuple(layers.layer_name(paths, i, images)
                                                 for i in range(len(chain))), sealed)

@@ -89,6 +89,7 @@ def _dirty_bitmap(dom: Domain, d: plan.Disk, chain: tuple[qemu.Layer, ...], p: p
     """Return the name of a bitmap of d's top image holding every write since the
     parent checkpoint (the parent's own, or a merge of its copies down the chain)."""
     parent = p.parent_checkpoint
+    assert parent is not None, "an incremental disk has a parent checkpoint"
     layers, why = bitmaps.layers_since([layer.bitmaps for layer in chain], parent)
     if why:
         raise CheckpointInconsistent(checkpoint=parent, name=dom.name,

@@ -56,7 +56,7 @@ def frozen(dom: Domain, mode: str | None, agent_state: str | None,
             except QuiesceError as e:
                 _fail_or_warn(mode, e)
         yield quiesce
-    if freeze is None:
+    if freeze is None or mode is None:   # frozen only with a mode
         return
     quiesce.ms = freeze.ms
     log.info("%s: %d filesystem%s frozen for %.0f ms", dom.name, freeze.frozen,

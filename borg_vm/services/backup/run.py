@@ -103,6 +103,7 @@ def select_disks(dom: Domain, live: domxml.LiveDomain, exclude: tuple[str, ...]
             skipped.append(f"{s.target}: {reason}")
             log.info("%s: not backing up disk %s (%s)", dom.name, s.target, reason)
             continue
+        assert s.source, "skip_reason skips a disk without a source"
         d = plan.Disk(s.target, s.source, s.format or "raw", dom.disk_capacity(s.target))
         if not d.incremental_capable:
             log.warning("%s: disk %s is %s, not qcow2: it gets a full backup every run",
@@ -165,12 +166,13 @@ def _backup_locked(run: BackupRun, borg: Repository, own: set[str]) -> BackupRes
     try:
         return _run(run, borg, p)
     except CheckpointInconsistent as e:
-        if opts.level != plan.AUTO:
+        parent = p.parent_checkpoint
+        if opts.level != plan.AUTO or parent is None:   # a full has no checkpoint to drop
             raise
-        reason = f"checkpoint {p.parent_checkpoint} is inconsistent: {e.kwargs['detail']}"
+        reason = f"checkpoint {parent} is inconsistent: {e.kwargs['detail']}"
         full = plan.Plan(Level.FULL, reason, None, {d.target: Level.FULL for d in run.disks})
         log.warning("%s: %s backup: %s", dom.name, full.level, full.reason)
-        dom.delete_checkpoint(p.parent_checkpoint, broken=True)
+        dom.delete_checkpoint(parent, broken=True)
         return _run(run, borg, full, announced=True)
 
 

@@ -143,24 +143,28 @@ def restore(borg: Repository, domain: str, opts: RestoreOptions) -> RestoreResul
     archives, top = catalog.restore_point(borg, domain, opts.checkpoint,
                                           opts.allow_unauthenticated)
     wanted = top_files(top)
+    layered: list[layers.LayeredDisk] = []
+    chained: list[DiskPlan] = []
     if opts.layers:
         targets = opts.disks or tuple(sorted(top.summary.disks))
         # The top's small members come with its manifest: one borg fewer.
-        plans, manifests, files = layers.plan(borg, archives, top, targets, opts.format,
-                                               wanted)
-        passes = layers.passes(plans)
+        layered, manifests, files = layers.plan(borg, archives, top, targets, opts.format,
+                                                wanted)
+        passes = layers.passes(layered)
         reads = [images.read_for(arc, keys, manifests[arc.archive]) for arc, keys in passes]
         del manifests   # planned: let go of their extents (millions, in a hostile one)
     else:
-        plans = plan_disks(archives, top, opts)
-        order = _chain_order(plans)
-        reads = [images.read_for(arc, [(d.target, 0) for d in plans if arc in d.archives])
+        chained = plan_disks(archives, top, opts)
+        order = _chain_order(chained)
+        reads = [images.read_for(arc, [(d.target, 0) for d in chained if arc in d.archives])
                  for arc in order]
         files = {}
+    plans: list[layers.LayeredDisk] | list[DiskPlan] = layered if opts.layers else chained
     stem = f"{domain}.{top.name.checkpoint}"
     xml_name = f"{stem}.xml"
     nvram = vmstate.nvram_name(stem) if core_vmstate.NVRAM in top.summary.state else None
-    outputs = sorted({p for d in plans for p in d.images} | {xml_name} | ({nvram} - {None}))
+    outputs = sorted({p for d in plans for p in d.images} | {xml_name}
+                     | ({nvram} if nvram is not None else set()))
     existing = [os.path.join(opts.to, p) for p in outputs
                 if os.path.lexists(os.path.join(opts.to, p))]
     if existing and not opts.force:
@@ -180,9 +184,9 @@ def restore(borg: Repository, domain: str, opts: RestoreOptions) -> RestoreResul
             progress = Progress.for_terminal(f"restore {domain}", total, opts.progress)
             try:
                 if opts.layers:
-                    layers.write(found, plans, passes, made.sizes, stage, progress)
+                    layers.write(found, layered, passes, made.sizes, stage, progress)
                 else:
-                    _write_chain(found, plans, order, stage, made.sizes, progress)
+                    _write_chain(found, chained, order, stage, made.sizes, progress)
                 with open(os.open(os.path.join(stage, xml_name),
                                   os.O_WRONLY | os.O_CREAT | os.O_EXCL, images.PRIVATE), "w") as f:
                     f.write(made.xml + "\n")   # a text file; ElementTree ends at the root's tag
@@ -214,7 +218,7 @@ def restore(borg: Repository, domain: str, opts: RestoreOptions) -> RestoreResul
         domain, top.name.checkpoint,
         {d.target: {"image": os.path.join(to, d.top),
                     "chain": [os.path.join(to, p) for p in dict.fromkeys(d.images)],
-                    **({"layers": list(d.names)} if opts.layers else {})}
+                    **({"layers": list(d.names)} if isinstance(d, layers.LayeredDisk) else {})}
          for d in plans},
         os.path.join(to, xml_name), state)
 
@@ -309,7 +313,8 @@ def _xml(top: ArchiveInfo, manifest: Manifest, files: dict[str, bytes],
     xml = domxml.restored_domain_xml(text, name, images, nvram, new_uuid)
     if keep_host_resources:
         return xml, []
-    return host_resources.strip(xml, {path for path, _ in images.values()} | {nvram} - {None})
+    return host_resources.strip(xml, {path for path, _ in images.values()}
+                                | ({nvram} if nvram is not None else set()))
 
 
 def warn_changed(changes: list[str]) -> None:

@@ -297,7 +297,9 @@ def _pieces(a: ArchiveInfo, target: str, name: str, size: int,
     """Return the pieces of one data member: its map's (read from the mount, capped
     and checked), or its bytes at its offset."""
     if map_file is None:
-        return reader.one_piece(fmt.parse_member(name)[1], size)
+        member = fmt.parse_member(name)
+        assert member is not None, "_members keeps data members only"
+        return reader.one_piece(member[1], size)
     path, map_name, map_size = map_file
     reader.check_small_size(a.archive, map_name, map_size)
     with open(path, "rb") as f:
