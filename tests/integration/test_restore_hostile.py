@@ -30,8 +30,7 @@ from borg_vm.errors import FormatError
 from borg_vm.format import names as fmt
 from borg_vm.format import packing
 from borg_vm.format.summary import ArchiveInfo, DiskSummary, Summary
-from borg_vm.services.restore import layers as restore_layers
-from borg_vm.services.restore import run as restore_action
+from borg_vm.services.restore import plan as restore_plan
 
 DATA = b"\x5a" * 65536
 GiB = 1024 * MiB
@@ -195,10 +194,9 @@ def test_a_chain_whose_size_changes_is_refused_before_writing(mode):
     with pytest.raises(FormatError, match=f"disk vda changes size along its chain "
                                           rf"\(\[{MiB}, {2 * MiB}\]\)"):
         if mode == "layers":   # the chain is refused before any manifest is read
-            restore_layers.plan(None, arcs, arcs[-1], ("vda",), "qcow2")
+            restore_plan.layer_plans(None, arcs, arcs[-1], ("vda",), "qcow2")
         else:
-            restore_action.plan_disks(arcs, arcs[-1], restore_action.RestoreOptions(
-                to="unused", flatten=mode == "flatten"))
+            restore_plan.chain_plans(arcs, arcs[-1], ("vda",), "qcow2", flatten=mode == "flatten")
 
 
 # --- R3: the restored domain XML names no host resource unless asked -------------------

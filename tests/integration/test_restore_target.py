@@ -17,7 +17,7 @@ from realstack import MiB
 from borg_vm import runtime
 from borg_vm.format import names as fmt
 from borg_vm.format.summary import ArchiveInfo, DiskSummary, Summary
-from borg_vm.services.restore import run as restore_action
+from borg_vm.services.restore import plan as restore_plan
 
 DATA = bytes(range(256)) * 4096          # 1 MiB at the start of vda
 UMASK = 0o022
@@ -83,13 +83,15 @@ def test_overlay_images_are_private_under_umask_022(tmp_path):
                               {"vda": DiskSummary("full", MiB, "qcow2", "/v", 0, 0)})
     arcs = tuple(ArchiveInfo(fmt.ArchiveName(DOMAIN, "S", c), summary)
                  for c in ("borgvm-1", "borgvm-2"))
-    plan = restore_action.DiskPlan("vda", arcs, ("base.qcow2", "top.qcow2"), ("qcow2", "qcow2"))
+    plan = restore_plan.DiskPlan("vda", arcs, ("base.qcow2", "top.qcow2"), ("qcow2", "qcow2"),
+                                 ((0, 0, 0), (1, 0, 1)))
     old = os.umask(UMASK)
     try:
-        layers = [restore_action._prepare_layer(plan, i, str(tmp_path), MiB) for i in (0, 1)]
+        restore_plan.create_images(plan, str(tmp_path), MiB)
     finally:
         os.umask(old)
-    assert [stat.S_IMODE(os.stat(layer.path).st_mode) for layer in layers] == [0o600, 0o600]
+    assert [stat.S_IMODE((tmp_path / image).stat().st_mode)
+            for image in plan.images] == [0o600, 0o600]
 
 
 # --- R9: a failed restore leaves --to as it was ----------------------------------------

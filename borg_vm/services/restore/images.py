@@ -48,6 +48,12 @@ PRIVATE = 0o600
 
 
 
+def remove_file(path: str) -> None:
+    """Remove a file restore or boot made, if it is still there."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
 def create_image(path: str, fmt_: str, size: int, backing: str | None = None,
                  backing_format: str | None = None) -> None:
     """Create an empty image (a qcow2 overlay on backing) readable by its owner only."""

@@ -1,14 +1,6 @@
-"""The restore action: reassemble a domain's disks as of one checkpoint.
-
-Chain mode (default), one image per archive, each backed by the one before::
-
-    web01.vda.borgvm-C1.qcow2   <- web01.vda.borgvm-C2.qcow2 <- web01.vda.borgvm-C3.qcow2
-    (full: base image)             (inc: overlay)               (inc: overlay, the top)
-
-Flatten mode: one image, every archive of the chain applied in order.
-
-Layers mode (services/restore/layers.py): one image per snapshot layer, as libvirt's
-chain was at that checkpoint, the sealed layers complete.
+"""The restore action: reassemble a domain's disks as of one checkpoint, as a
+chain of images (one per archive), one flattened image, or the disk's
+snapshot layers (services/restore/plan.py plans all three).
 
 The archive is only as trustworthy as the repository: the top archive's
 domain.xml and manifest are read and checked before anything is written, no
@@ -35,9 +27,8 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from borg_vm import runtime
 from borg_vm.adapters.borg import Repository
-from borg_vm.core import chain, domxml, host_resources
+from borg_vm.core import domxml, host_resources
 from borg_vm.core import vmstate as core_vmstate
 from borg_vm.errors import (
     NbdError,
@@ -51,7 +42,8 @@ from borg_vm.format.manifest import Manifest
 from borg_vm.format.summary import ArchiveInfo
 from borg_vm.progress import Progress
 from borg_vm.services import catalog
-from borg_vm.services.restore import images, layers, vmstate
+from borg_vm.services.restore import images, vmstate
+from borg_vm.services.restore.plan import DiskPlan, chain_plans, layer_plans, passes, write
 
 log = logging.getLogger(__name__)
 
@@ -69,48 +61,6 @@ class RestoreOptions:
     keep_host_resources: bool = False
     layers: bool = False
     allow_unauthenticated: bool = False
-
-
-@dataclass(frozen=True)
-class DiskPlan:
-    """Where one disk goes: the images to write, one per archive of its chain (chain
-    mode) or the same single image for all (flatten)."""
-
-    target: str
-    archives: tuple[ArchiveInfo, ...]
-    images: tuple[str, ...]
-    formats: tuple[str, ...]
-
-    @property
-    def top(self) -> str:
-        return self.images[-1]
-
-
-def plan_disks(archives: list[ArchiveInfo], top: ArchiveInfo, opts: RestoreOptions
-               ) -> list[DiskPlan]:
-    """Return where each requested disk of top is restored to. Pure.
-
-    Raise BrokenChain, UnknownDisk, or FormatError if a disk changes size along
-    its chain (chain.restore_chain).
-    """
-    targets = opts.disks or tuple(sorted(top.summary.disks))
-    plans = []
-    for t in targets:
-        arcs = tuple(chain.restore_chain(archives, top, t))
-        stem = f"{top.name.domain}.{t}"
-        if opts.flatten:
-            path = f"{stem}.{top.name.checkpoint}.{_ext(opts.format)}"
-            images, formats = (path,) * len(arcs), (opts.format,) * len(arcs)
-        else:
-            formats = (opts.format,) + ("qcow2",) * (len(arcs) - 1)
-            images = tuple(f"{stem}.{a.name.checkpoint}.{_ext(f)}"
-                           for a, f in zip(arcs, formats, strict=True))
-        plans.append(DiskPlan(t, arcs, images, formats))
-    return plans
-
-
-def _ext(fmt_: str) -> str:
-    return "qcow2" if fmt_ == "qcow2" else "img"
 
 
 @dataclass
@@ -143,23 +93,17 @@ def restore(borg: Repository, domain: str, opts: RestoreOptions) -> RestoreResul
     archives, top = catalog.restore_point(borg, domain, opts.checkpoint,
                                           opts.allow_unauthenticated)
     wanted = top_files(top)
-    layered: list[layers.LayeredDisk] = []
-    chained: list[DiskPlan] = []
+    targets = opts.disks or tuple(sorted(top.summary.disks))
+    manifests: dict[str, Manifest] = {}
+    files: dict[str, bytes] = {}
     if opts.layers:
-        targets = opts.disks or tuple(sorted(top.summary.disks))
         # The top's small members come with its manifest: one borg fewer.
-        layered, manifests, files = layers.plan(borg, archives, top, targets, opts.format,
-                                                wanted)
-        passes = layers.passes(layered)
-        reads = [images.read_for(arc, keys, manifests[arc.archive]) for arc, keys in passes]
-        del manifests   # planned: let go of their extents (millions, in a hostile one)
+        plans, manifests, files = layer_plans(borg, archives, top, targets, opts.format, wanted)
     else:
-        chained = plan_disks(archives, top, opts)
-        order = _chain_order(chained)
-        reads = [images.read_for(arc, [(d.target, 0) for d in chained if arc in d.archives])
-                 for arc in order]
-        files = {}
-    plans: list[layers.LayeredDisk] | list[DiskPlan] = layered if opts.layers else chained
+        plans = chain_plans(archives, top, targets, opts.format, opts.flatten)
+    steps = passes(plans)
+    reads = [images.read_for(arc, keys, manifests.get(arc.archive)) for arc, keys in steps]
+    del manifests   # planned: let go of their extents (millions, in a hostile one)
     stem = f"{domain}.{top.name.checkpoint}"
     xml_name = f"{stem}.xml"
     nvram = vmstate.nvram_name(stem) if core_vmstate.NVRAM in top.summary.state else None
@@ -183,24 +127,16 @@ def restore(borg: Repository, domain: str, opts: RestoreOptions) -> RestoreResul
             total = sum(a.summary.disks[d.target].data_bytes for d in plans for a in d.archives)
             progress = Progress.for_terminal(f"restore {domain}", total, opts.progress)
             try:
-                if opts.layers:
-                    layers.write(found, layered, passes, made.sizes, stage, progress)
-                else:
-                    _write_chain(found, chained, order, stage, made.sizes, progress)
+                write(found, plans, steps, made.sizes, stage, progress)
                 with open(os.open(os.path.join(stage, xml_name),
                                   os.O_WRONLY | os.O_CREAT | os.O_EXCL, images.PRIVATE), "w") as f:
                     f.write(made.xml + "\n")   # a text file; ElementTree ends at the root's tag
-                if nvram:
-                    vmstate.write_nvram(os.path.join(stage, nvram),
-                                        made.state[core_vmstate.NVRAM])
-                tpm = _place_tpm(made)
-                try:
+                with contextlib.ExitStack() as undo:
+                    placed = vmstate.place(made.state, made.xml, made.uuid,
+                                           nvram and os.path.join(stage, nvram), undo.callback)
                     # (claiming a name takes a directory entry: ENOSPC is possible)
                     _move_in(stage, to, outputs, opts.force)
-                except BaseException:
-                    if tpm:
-                        vmstate.remove_tpm(tpm)
-                    raise
+                    undo.pop_all()
             except NbdError as e:
                 if e.kwargs.get("errno") == errno.ENOSPC:
                     raise RestoreTargetFull(path=to, detail=e.message) from e
@@ -212,24 +148,15 @@ def restore(borg: Repository, domain: str, opts: RestoreOptions) -> RestoreResul
             finally:
                 progress.close()
     warn_changed(made.changes)
-    state = {n: p for n, p in ((core_vmstate.NVRAM, nvram and os.path.join(to, nvram)),
-                               (core_vmstate.TPM, tpm)) if p}
+    state = {n: os.path.join(to, os.path.basename(p)) if n == core_vmstate.NVRAM else p
+             for n, p in placed.items()}   # the UEFI variables were moved in from stage
     return RestoreResult(
         domain, top.name.checkpoint,
         {d.target: {"image": os.path.join(to, d.top),
                     "chain": [os.path.join(to, p) for p in dict.fromkeys(d.images)],
-                    **({"layers": list(d.names)} if isinstance(d, layers.LayeredDisk) else {})}
+                    **({"layers": list(d.names)} if opts.layers else {})}
          for d in plans},
         os.path.join(to, xml_name), state)
-
-
-def _place_tpm(made: _Top) -> str | None:
-    """Place the top's TPM state (if any) for the restored domain (vmstate.place_tpm);
-    return its file, None if there is none."""
-    raw = made.state.get(core_vmstate.TPM)
-    if raw is None or made.uuid is None:
-        return None
-    return vmstate.place_tpm(made.xml, made.uuid, raw)
 
 
 @dataclass(frozen=True)
@@ -244,7 +171,7 @@ class _Top:
 
 
 def _from_top(top: ArchiveInfo, files: dict[str, bytes], wanted: tuple[str, ...],
-              plans: list[DiskPlan] | list[layers.LayeredDisk], to: str, opts: RestoreOptions,
+              plans: list[DiskPlan], to: str, opts: RestoreOptions,
               nvram: str | None) -> _Top:
     """Return what a restore takes from top's small members (files, the members
     wanted, checked: reader.check_archive); nvram: the file for its UEFI
@@ -259,25 +186,7 @@ def _from_top(top: ArchiveInfo, files: dict[str, bytes], wanted: tuple[str, ...]
     # claims that size (chain.restore_chain), each claim checked against its
     # manifest as it is read.
     return _Top(xml, changes, {d.target: manifest.disks[d.target].virtual_size for d in plans},
-                {n: files[fmt.state_member(n)] for n in manifest.state}, new_uuid)
-
-
-def _chain_order(plans: list[DiskPlan]) -> list[ArchiveInfo]:
-    """Return the archives the chain (or flattened) images are written from, oldest first."""
-    return sorted({a.archive: a for d in plans for a in d.archives}.values(),
-                  key=lambda a: a.order)
-
-
-def _write_chain(found: Iterator, plans: list[DiskPlan], order: list[ArchiveInfo], stage: str,
-                 sizes: dict[str, int], progress: Progress) -> None:
-    """Write the chain (or flattened) images, each disk's sizes[target] bytes: one
-    pass per archive of order, each writing every disk it holds, from the next
-    stream of found."""
-    for arc in order:
-        layers = {(d.target, 0): _prepare_layer(d, d.archives.index(arc), stage, sizes[d.target])
-                  for d in plans if arc in d.archives}
-        images.apply_archive(next(found), arc, layers, progress)
-        runtime.phase(runtime.APPLIED, "%s written into %s", arc.archive, stage)
+                _state(manifest, files), new_uuid)
 
 
 def restored_xml(borg: Repository, top: ArchiveInfo, images: dict[str, tuple[str, str]],
@@ -286,14 +195,20 @@ def restored_xml(borg: Repository, top: ArchiveInfo, images: dict[str, tuple[str
     """Return the XML of a domain called name on the restored images and on nvram,
     the file its UEFI variables are to be written to, if the archive holds them
     (see _xml), what was removed from it or changed of the host's resources, and
-    top's small members read from Borg (its state among them).
+    the domain's state top holds, by name (vmstate.place puts it in place).
 
     Raise FormatError naming top if it fails reader.check_archive.
     """
     wanted = top_files(top)
     files = reader.read_small(borg, top.archive, wanted)
     manifest = reader.check_archive(top, files, wanted)
-    return (*_xml(top, manifest, files, images, keep_host_resources, name, nvram), files)
+    return (*_xml(top, manifest, files, images, keep_host_resources, name, nvram),
+            _state(manifest, files))
+
+
+def _state(manifest: Manifest, files: dict[str, bytes]) -> dict[str, bytes]:
+    """The domain's state an archive holds (its small members files), by name."""
+    return {n: files[fmt.state_member(n)] for n in manifest.state}
 
 
 def _xml(top: ArchiveInfo, manifest: Manifest, files: dict[str, bytes],
@@ -445,14 +360,3 @@ def _remove_stale_staging(directory: str) -> None:
             shutil.rmtree(path, ignore_errors=True)
         finally:
             os.close(fd)
-
-
-def _prepare_layer(d: DiskPlan, i: int, stage: str, size: int) -> images.Layer:
-    """Create the image (size bytes) for layer i of a disk's chain (unless flatten
-    reuses it)."""
-    path = os.path.join(stage, d.images[i])
-    if i == 0 or d.images[i] != d.images[i - 1]:
-        backing = os.path.join(stage, d.images[i - 1]) if i else None
-        images.create_image(path, d.formats[i], size, backing)
-    log.info("restoring %s of %s into %s", d.target, d.archives[i].archive, d.images[i])
-    return images.Layer(path, d.formats[i], zeros=i > 0)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from collections.abc import Callable
 
 from borg_vm.core import vmstate
 from borg_vm.format import names as fmt
@@ -56,6 +57,26 @@ def warn_missing(archive: str, domain_xml: str, manifest: Manifest) -> None:
                 " or ".join(vmstate.LABELS[n] for n in lacking), why,
                 " and ".join({vmstate.NVRAM: "fresh UEFI variables",
                               vmstate.TPM: "a new TPM"}[n] for n in lacking))
+
+
+def place(state: dict[str, bytes], domain_xml: str, uuid: str | None, nvram: str | None,
+          undo: Callable[..., object]) -> dict[str, str]:
+    """Write a restore point's state (by name) where the domain (domain_xml, uuid)
+    uses it: its UEFI variables to the file nvram, its TPM state where libvirt
+    keeps that of uuid (place_tpm). Register with undo(fn, *args) how to take
+    each back; return {name: file written}. State the domain has no place for
+    (nvram or uuid None) is not written."""
+    placed = {}
+    raw = state.get(vmstate.NVRAM)
+    if raw is not None and nvram is not None:
+        write_nvram(nvram, raw)
+        undo(images.remove_file, nvram)
+        placed[vmstate.NVRAM] = nvram
+    raw = state.get(vmstate.TPM)
+    if raw is not None and uuid is not None:
+        placed[vmstate.TPM] = place_tpm(domain_xml, uuid, raw)
+        undo(remove_tpm, placed[vmstate.TPM])
+    return placed
 
 
 def write_nvram(path: str, raw: bytes) -> None:

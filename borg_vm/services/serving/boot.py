@@ -54,7 +54,6 @@ from borg_vm.errors import (
     ServerFailed,
     ServerNotRunning,
 )
-from borg_vm.format import names as fmt
 from borg_vm.progress import Progress
 from borg_vm.services import catalog
 from borg_vm.services.restore import images, vmstate
@@ -124,7 +123,7 @@ def boot(hv: virt.Hypervisor, borg: Repository, domain: str, opts: BootOptions) 
     nvram = os.path.join(to, vmstate.nvram_name(name))
     if core_vmstate.NVRAM in top.summary.state and os.path.lexists(nvram):
         raise RestoreTargetExists(paths=nvram)
-    xml, changes, files = restore.restored_xml(
+    xml, changes, state = restore.restored_xml(
         borg, top, {t: (p, "qcow2") for t, p in overlays.items()}, opts.keep_host_resources,
         name, nvram)
     new_uuid = str(uuid.uuid4())
@@ -141,10 +140,10 @@ def boot(hv: virt.Hypervisor, borg: Repository, domain: str, opts: BootOptions) 
         server.start(run, borg, domain, top.name.checkpoint, sockets, owner)
         try:
             for t, image in overlays.items():
-                undo(_unlink, image)
+                undo(images.remove_file, image)
                 images.create_image(image, "qcow2", top.summary.disks[t].virtual_size,
                                    backing=uri(sockets[t]), backing_format="raw")
-            vm_state = _place_state(xml, new_uuid, nvram, files, undo)
+            vm_state = vmstate.place(state, xml, new_uuid, nvram, undo)
             dom = hv.define(xml, name)
             undo(dom.remove)
             dom.start()
@@ -158,24 +157,6 @@ def boot(hv: virt.Hypervisor, borg: Repository, domain: str, opts: BootOptions) 
     return Booted(name, domain, top.name.checkpoint,
                   {t: {"image": overlays[t], "uri": uri(sockets[t])} for t in overlays},
                   _server(run), vm_state)
-
-
-def _place_state(xml: str, new_uuid: str, nvram: str, files: dict[str, bytes],
-                 undo: Callable) -> dict[str, str]:
-    """Write the archive's state (in files) where the booted domain (xml, new_uuid)
-    uses it (services/restore/vmstate.py), each registered with undo; return
-    {name: file}."""
-    state = {}
-    raw = files.get(fmt.state_member(core_vmstate.NVRAM))
-    if raw is not None:
-        vmstate.write_nvram(nvram, raw)
-        undo(_unlink, nvram)
-        state[core_vmstate.NVRAM] = nvram
-    raw = files.get(fmt.state_member(core_vmstate.TPM))
-    if raw is not None:
-        state[core_vmstate.TPM] = vmstate.place_tpm(xml, new_uuid, raw)
-        undo(vmstate.remove_tpm, state[core_vmstate.TPM])
-    return state
 
 
 @contextlib.contextmanager
@@ -198,11 +179,6 @@ def _clean_stale(hv: virt.Hypervisor) -> None:
                     domain_uuid)
         server.stop(run)
         runtime.remove_boot_dir(run)
-
-
-def _unlink(p: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(p)
 
 
 def _server(run: str) -> dict:
