@@ -1,6 +1,8 @@
 """Reading borg-vm archives back from Borg, trusting nothing in them.
 
-Two ways, the same members in the same order:
+Two ways from Borg's streams, the same members in the same order (and a
+third, for mount: an archive's directory in a borg mount, small_files_in and
+pieces_in, checked the same way):
 
 - 'borg export-tar': one tar stream, each member with its header;
 - 'borg list' of the paths beside 'borg extract --stdout' of them: extract
@@ -20,7 +22,7 @@ archive's borg starts while the one before is read and written.
 An archive is only as trustworthy as the repository. So only the format's
 small members (domain.xml, checkpoint.xml, manifest.json, the state members,
 the maps of packs) are ever held whole, each refused unread above its cap
-(format.manifest.SMALL_MEMBERS, packing.MAX_MAP_BYTES); data members stream in
+(format.names.SMALL_MEMBERS, packing.MAX_MAP_BYTES); data members stream in
 pieces and must end within their disk; any other member under disk/, and
 anything but a regular file under a name of the format (a link, a device
 node...), means a damaged archive; members borg-vm does not know are skipped
@@ -32,6 +34,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import os
+import stat
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -513,6 +517,77 @@ def check_pieces(archive: str, name: str, size: int, pieces: Sequence[Extent],
         raise IntegrityError(target=target, archive=archive, detail=(
             f"member {name} ends at byte {pieces[-1].end}, beyond the "
             f"disk's {disk_size} bytes"))
+
+
+# --- an archive in a borg mount (services/serving/mount.py) ----------------------------
+
+def small_files_in(root: str, archive: str, names: tuple[str, ...]) -> dict[str, bytes]:
+    """Return {name: contents} of the small members names of an archive found in
+    its directory root (a borg mount; to be checked: check_archive, which names
+    those missing); raise
+    FormatError if one is not a regular file or is too big."""
+    files = {}
+    for name in names:
+        path = os.path.join(root, name)
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            continue
+        if not stat.S_ISREG(st.st_mode):
+            raise FormatError(archive=archive, detail=f"{name} is not a file")
+        check_small_size(archive, name, st.st_size)
+        with open(path, "rb") as f:
+            files[name] = f.read(fmt.SMALL_MEMBERS[name] + 1)
+    return files
+
+
+def pieces_in(root: str, archive: str, target: str) -> list[Sequence[Extent]]:
+    """Return the data members of disk target in an archive's directory root (a
+    borg mount), each as the pieces of
+    the disk it holds (one, or a pack's as its map lists them). Raise FormatError
+    for anything else in its directory (a damaged or hostile archive: a symbolic
+    link, a directory, a name that is no offset, a map without its data member
+    or that does not describe it)."""
+    where = os.path.join(root, fmt.disk_prefix(target))
+    try:
+        entries = list(os.scandir(where))
+    except FileNotFoundError:
+        return []   # a disk with no data in this archive has no directory
+    data, maps = {}, {}
+    for entry in entries:
+        name = f"{fmt.disk_prefix(target)}/{entry.name}"
+        packed = fmt.parse_map_member(name)
+        if (packed is None and fmt.parse_member(name) is None) or not entry.is_file(
+                follow_symlinks=False):
+            raise FormatError(archive=archive, detail=f"unexpected member {name!r}: "
+                                                        "it is damaged")
+        size = entry.stat(follow_symlinks=False).st_size
+        if packed is not None:
+            maps[packed] = (entry.path, name, size)
+        else:
+            data[name] = size
+    lone = sorted(set(maps) - set(data))
+    if lone:
+        raise FormatError(archive=archive, detail=f"map of {lone[0]} without its data "
+                                                    "member: it is damaged")
+    return [pieces for name, size in data.items()
+            if (pieces := _pieces_in(archive, target, name, size, maps.get(name)))]
+
+
+def _pieces_in(archive: str, target: str, name: str, size: int,
+            map_file: tuple[str, str, int] | None) -> Sequence[Extent]:
+    """Return the pieces of one data member: its map's (read from the mount, capped
+    and checked), or its bytes at its offset."""
+    if map_file is None:
+        member = fmt.parse_member(name)
+        assert member is not None, "pieces_in keeps data members only"
+        return one_piece(member[1], size)
+    path, map_name, map_size = map_file
+    check_small_size(archive, map_name, map_size)
+    with open(path, "rb") as f:
+        pieces = read_map(archive, map_name, f.read(map_size + 1))
+    check_pieces(archive, name, size, pieces, target, None)
+    return pieces
 
 
 def _regular(member: Member, archive: str) -> Member:

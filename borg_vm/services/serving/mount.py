@@ -33,14 +33,13 @@ import os
 import signal
 import socket
 import stat
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from borg_vm import runtime
 from borg_vm.adapters import nbdkit, subproc
 from borg_vm.adapters.borg import Repository, mounted
 from borg_vm.core import chain
-from borg_vm.core.extent import Extent
 from borg_vm.errors import (
     BorgError,
     FormatError,
@@ -224,9 +223,11 @@ def _disk_map(mnt: str, links: list[ArchiveInfo], target: str
         root = os.path.join(mnt, a.archive)
         # The top's domain.xml too, as restore checks it: what one refuses, so does the other.
         names = (fmt.DOMAIN_XML, fmt.MANIFEST) if i == len(links) - 1 else (fmt.MANIFEST,)
-        record = _record(reader.check_archive(a, _small_files(root, a, names), names), a, target)
+        record = _record(reader.check_archive(a, reader.small_files_in(root, a.archive, names),
+                                              names), a, target)
         try:
-            layers.append(piecemap.layer_pieces(i, record.extents, _members(root, a, target)))
+            layers.append(piecemap.layer_pieces(i, record.extents,
+                                                reader.pieces_in(root, a.archive, target)))
         except ValueError as e:
             raise IntegrityError(target=target, archive=a.archive, detail=str(e)) from e
         dirs.append(root)
@@ -234,78 +235,11 @@ def _disk_map(mnt: str, links: list[ArchiveInfo], target: str
     return piecemap.PieceMap(size, piecemap.resolve(layers, size)), dirs
 
 
-def _small_files(root: str, a: ArchiveInfo, names: tuple[str, ...]) -> dict[str, bytes]:
-    """Return {name: contents} of the archive's small members names found in the
-    mount (to be checked: reader.check_archive, which names those missing); raise
-    FormatError if one is not a regular file or is too big."""
-    files = {}
-    for name in names:
-        path = os.path.join(root, name)
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            continue
-        if not stat.S_ISREG(st.st_mode):
-            raise FormatError(archive=a.archive, detail=f"{name} is not a file")
-        reader.check_small_size(a.archive, name, st.st_size)
-        with open(path, "rb") as f:
-            files[name] = f.read(fmt.SMALL_MEMBERS[name] + 1)
-    return files
-
-
 def _record(manifest: Manifest, a: ArchiveInfo, target: str) -> DiskRecord:
     record = manifest.disks.get(target)
     if record is None:
         raise FormatError(archive=a.archive, detail=f"manifest has no disk {target}")
     return record
-
-
-def _members(root: str, a: ArchiveInfo, target: str) -> list[Sequence[Extent]]:
-    """Return the data members of disk target in the archive, each as the pieces of
-    the disk it holds (one, or a pack's as its map lists them). Raise FormatError
-    for anything else in its directory (a damaged or hostile archive: a symbolic
-    link, a directory, a name that is no offset, a map without its data member
-    or that does not describe it)."""
-    where = os.path.join(root, fmt.disk_prefix(target))
-    try:
-        entries = list(os.scandir(where))
-    except FileNotFoundError:
-        return []   # a disk with no data in this archive has no directory
-    data, maps = {}, {}
-    for entry in entries:
-        name = f"{fmt.disk_prefix(target)}/{entry.name}"
-        packed = fmt.parse_map_member(name)
-        if (packed is None and fmt.parse_member(name) is None) or not entry.is_file(
-                follow_symlinks=False):
-            raise FormatError(archive=a.archive, detail=f"unexpected member {name!r}: "
-                                                        "it is damaged")
-        size = entry.stat(follow_symlinks=False).st_size
-        if packed is not None:
-            maps[packed] = (entry.path, name, size)
-        else:
-            data[name] = size
-    lone = sorted(set(maps) - set(data))
-    if lone:
-        raise FormatError(archive=a.archive, detail=f"map of {lone[0]} without its data "
-                                                    "member: it is damaged")
-    return [pieces for name, size in data.items()
-            if (pieces := _pieces(a, target, name, size, maps.get(name)))]
-
-
-def _pieces(a: ArchiveInfo, target: str, name: str, size: int,
-            map_file: tuple[str, str, int] | None) -> Sequence[Extent]:
-    """Return the pieces of one data member: its map's (read from the mount, capped
-    and checked), or its bytes at its offset."""
-    if map_file is None:
-        member = fmt.parse_member(name)
-        assert member is not None, "_members keeps data members only"
-        return reader.one_piece(member[1], size)
-    path, map_name, map_size = map_file
-    reader.check_small_size(a.archive, map_name, map_size)
-    with open(path, "rb") as f:
-        pieces = reader.read_map(a.archive, map_name, f.read(map_size + 1))
-    reader.check_pieces(a.archive, name, size, pieces, target, None)
-    return pieces
 
 
 @contextlib.contextmanager
