@@ -10,6 +10,11 @@ matched by a pattern. Callers never spell a version-dependent flag.
     1 (1.2-1.4) REPO::ARCHIVE         list REPO          --glob-archives GLOB
     2 (2.0 b)   -r REPO ARCHIVE       repo-list -r REPO  -a sh:GLOB
 
+The version is the second word of what ``borg --version`` prints ("borg
+1.4.5", "borg2 2.0.0b23": the first is the program's name, whatever it was
+installed as), compared as Python versions are (packaging: 2.0.0b23 <
+2.0.0b24.dev3+g1234 < 2.0.0).
+
 Borg 1.2 to 1.4 are what borg-vm reads and writes today; a Borg 2 repository
 needs an implementation of its own (its archives are series plus IDs), which
 ``open_repository`` refuses until there is one.
@@ -25,34 +30,55 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from packaging.version import InvalidVersion, Version
+
 from borg_vm.errors import BorgNotFound, BorgUnsupported
 
 # What the 1.x implementation was written and tested against (borg import-tar
 # and --log-json msgids as of 1.2; 1.4 is what set-up installs).
 BORG1_OLDEST = (1, 2)
+# Borg 2's store locations written as SCHEME:REST, not as a URL (borgstore's
+# rclone backend; s3 and b2 take "s3:[profile|key:secret@][scheme://host[:port]]/bucket/path").
+STORE_SCHEMES = ("rclone", "s3", "b2")
 CACHE_ENV = "BORG_VM_CACHE_DIR"
 CACHE_FILE = "borg-versions.json"
-_VERSION_RE = re.compile(r"^borg(?:\.exe)? (\d+)\.(\d+)\.(\d+)((?:a|b|rc|\.dev)\d+)?", re.M)
+# "PROGRAM VERSION" on a line of its own (borg may log warnings before it).
+_VERSION_RE = re.compile(r"^\S+ (\d+\.\d+\.\d+\S*)$", re.M)
 
 
 @dataclass(frozen=True, order=True)
 class BorgVersion:
-    major: int
-    minor: int
-    patch: int
-    pre: str = ""   # "b23" for 2.0.0b23; "" for a release
+    """A borg program's version, ordered as PEP 440 orders versions."""
+
+    version: Version
+
+    @classmethod
+    def of(cls, text: str) -> BorgVersion:
+        """Return the version a version string names ("1.4.5", "2.0.0b23")."""
+        return cls(Version(text))
 
     @classmethod
     def parse(cls, text: str) -> BorgVersion:
-        """Parse what 'borg --version' prints ("borg 1.4.5", "borg 2.0.0b23");
+        """Parse what 'borg --version' prints ("borg 1.4.5", "borg2 2.0.0b23");
         raise ValueError otherwise."""
         m = _VERSION_RE.search(text)
-        if not m:
-            raise ValueError(f"not a borg version: {text.strip()[:80]!r}")
-        return cls(int(m[1]), int(m[2]), int(m[3]), m[4] or "")
+        try:
+            if not m:
+                raise InvalidVersion(text)
+            return cls.of(m[1])
+        except InvalidVersion:
+            raise ValueError(f"not a borg version: {text.strip()[:80]!r}") from None
+
+    @property
+    def major(self) -> int:
+        return self.version.major
+
+    @property
+    def minor(self) -> int:
+        return self.version.minor
 
     def __str__(self) -> str:
-        return f"{self.major}.{self.minor}.{self.patch}{self.pre}"
+        return str(self.version)
 
 
 @dataclass(frozen=True)
@@ -84,10 +110,22 @@ class Dialect:
         """The flags selecting archives by a shell-style pattern."""
         return ["--glob-archives", glob] if self.generation == 1 else ["-a", f"sh:{glob}"]
 
+    def comment_arg(self, comment: str) -> str:
+        """The --comment argument that sets comment as it is: Borg 2 replaces
+        {placeholders} in comments (a doubled brace is a brace), Borg 1 does not."""
+        return comment if self.generation == 1 else comment.replace("{", "{{").replace("}", "}}")
+
     def absolute_location(self, repo: str) -> str:
-        """Return the location with a local path made absolute; remote ones
-        (ssh://, and borg 1's scp-style host:path) as they are."""
-        if "://" in repo or (self.generation == 1 and ":" in repo.split("/", 1)[0]):
+        """Return the location with a local path made absolute; others as they
+        are: URLs (ssh://, file://, and Borg 2's sftp://, rest://, http(s)://),
+        borg 1's scp-style host:path, and Borg 2's store locations that are a
+        scheme and what it takes (rclone:remote:path, s3:..., b2:...)."""
+        if "://" in repo:
+            return repo
+        head = repo.split("/", 1)[0]
+        if self.generation == 1 and ":" in head:
+            return repo
+        if self.generation >= 2 and head.split(":", 1)[0] in STORE_SCHEMES and ":" in head:
             return repo
         return os.path.abspath(repo)
 
