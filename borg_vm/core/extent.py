@@ -28,6 +28,13 @@ would bring stale bytes back::
     allocation  |data....|zero....|data.........|hole|
     recorded        |DATA|ZERO....|       |DATA.|
 
+With Borg 2 a backup hands Borg the whole disk and an input map of it
+(``input_map``): what is recorded is read (DATA) or stored as zeros unread
+(ZERO), every other range is the reference archive's (SAME)::
+
+    recorded        |DATA|ZERO....|       |DATA.|
+    input map   |same|data|zero....|same...|data.|same|
+
 Archive members start on block boundaries where they can, so a fixed-size
 chunker cuts the same chunks wherever the same block occurs (see
 ``split_at_blocks``)::
@@ -342,3 +349,45 @@ def check_map(extents: Iterable[Extent], size: int) -> None:
         end = start + length
     if end > size:
         raise ValueError(f"extent ends at {end}, beyond the disk size {size}")
+
+
+# Borg 2's input map (``borg create --map``): what it says of each range of the
+# input. DATA is read, ZERO stored as zeros unread, SAME taken unread from the
+# reference archive (``--reuse-from``).
+SAME = "same"
+
+
+def input_map(size: int, recorded: Iterable[Extent], incremental: bool
+              ) -> list[tuple[int, int, str]]:
+    """Return Borg 2's input map of a disk of size bytes a backup records
+    (plan_full or plan_incremental): (start, length, DATA|ZERO|SAME) ranges,
+    sorted, contiguous, from 0 to size, touching ranges of one state joined.
+
+    A full must record every byte; an incremental's unrecorded bytes are SAME
+    (unchanged since the reference archive, which must be of the same size).
+    Raise ValueError if a full misses a byte, or if recorded overlaps or
+    ends beyond size.
+    """
+    out: list[tuple[int, int, str]] = []
+
+    def add(start: int, length: int, state: str) -> None:
+        if out and out[-1][2] == state:
+            out[-1] = (out[-1][0], out[-1][1] + length, state)
+        else:
+            out.append((start, length, state))
+
+    at = 0
+    for e in recorded:
+        if e.start < at or e.end > size:
+            raise ValueError(f"extent {e.start}+{e.length} overlaps or ends beyond {size}")
+        if e.start > at:
+            if not incremental:
+                raise ValueError(f"a full records no byte of [{at}, {e.start})")
+            add(at, e.start - at, SAME)
+        add(e.start, e.length, e.kind)
+        at = e.end
+    if at < size:
+        if not incremental:
+            raise ValueError(f"a full records no byte of [{at}, {size})")
+        add(at, size - at, SAME)
+    return out

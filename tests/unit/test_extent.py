@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 
 from borg_vm.core.extent import (
     DATA,
+    KINDS,
+    SAME,
     SECTOR,
     STATE_DIRTY,
     STATE_HOLE,
@@ -21,6 +23,7 @@ from borg_vm.core.extent import (
     Run,
     check_map,
     clip_runs,
+    input_map,
     max_extents,
     merge,
     merge_overlapping,
@@ -569,3 +572,57 @@ def test_simulation_helpers_self_check():
     assert runs_from_bytes(flags, {1}) == [Run(0, 1, 0), Run(1, 1, 0), Run(2, 2, 2),
                                            Run(4, 1, 1)]
     assert disk_content(rnd, flags)[2:4] == b"\0\0"
+
+
+# --- Borg 2's input map ---------------------------------------------------------------
+
+def test_input_map_of_a_full_is_its_extents():
+    recorded = [Extent(0, 100, DATA), Extent(100, 50, ZERO), Extent(150, 50, DATA)]
+    assert input_map(200, recorded, incremental=False) == [
+        (0, 100, DATA), (100, 50, ZERO), (150, 50, DATA)]
+
+
+def test_input_map_of_an_incremental_fills_the_gaps_with_same():
+    recorded = [Extent(10, 5, DATA), Extent(15, 5, ZERO), Extent(40, 10, DATA)]
+    assert input_map(60, recorded, incremental=True) == [
+        (0, 10, SAME), (10, 5, DATA), (15, 5, ZERO), (20, 20, SAME), (40, 10, DATA),
+        (50, 10, SAME)]
+    assert input_map(60, [], incremental=True) == [(0, 60, SAME)]
+
+
+@pytest.mark.parametrize("recorded", [
+    [Extent(0, 10, DATA)],                          # misses the end
+    [Extent(10, 50, DATA)],                         # misses the start
+    [Extent(0, 10, DATA), Extent(20, 40, ZERO)],    # misses the middle
+])
+def test_input_map_refuses_a_full_that_misses_bytes(recorded):
+    with pytest.raises(ValueError, match="records no byte"):
+        input_map(60, recorded, incremental=False)
+
+
+@pytest.mark.parametrize("recorded", [
+    [Extent(0, 10, DATA), Extent(5, 10, DATA)],     # overlap
+    [Extent(50, 20, DATA)],                         # beyond the disk
+])
+def test_input_map_refuses_extents_that_overlap_or_overrun(recorded):
+    with pytest.raises(ValueError, match="overlaps or ends beyond"):
+        input_map(60, recorded, incremental=True)
+
+
+@settings(max_examples=300)
+@given(st.lists(st.tuples(st.integers(0, 200), st.integers(1, 40), st.sampled_from(KINDS)),
+                max_size=12))
+def test_input_map_says_of_every_byte_what_was_recorded(spec):
+    size, recorded, taken = 240, [], set()
+    for start, length, kind in sorted(spec):
+        span = set(range(start, min(start + length, size)))
+        if span and not span & taken and start + length <= size:
+            recorded.append(Extent(start, length, kind))
+            taken |= span
+    ranges = input_map(size, recorded, incremental=True)
+    assert ranges[0][0] == 0 and sum(length for _, length, _ in ranges) == size
+    assert all(a[0] + a[1] == b[0] and a[2] != b[2] for a, b in zip(ranges, ranges[1:]))
+    said = {b: state for start, length, state in ranges for b in range(start, start + length)}
+    want = {b: SAME for b in range(size)}
+    want.update({b: e.kind for e in recorded for b in range(e.start, e.end)})
+    assert said == want
