@@ -36,6 +36,11 @@
 #    `nbd` and `llfuse` modules import), holding borgbackup 1.4.x (built from
 #    source by pip) and borg-vm with its test extras (virt-firmware among
 #    them: the tests edit UEFI variable stores with it).
+# 2b. Borg 2 beside it, in VENV/borg2 (a venv of its own: its dependencies
+#    are not borg 1.4's): borgbackup 2.0.0b23, the first beta with
+#    `create --map/--reuse-from` and the newest that builds against Debian 12's
+#    OpenSSL 3.0 (b24 and later need OpenSSL >= 3.2). Built from source by pip
+#    (libssl-dev, pkg-config), a few minutes the first time.
 # 3. A libvirt daemon answering on qemu:///system. One that answers already
 #    is used as it is. Otherwise the minimum is configured (the libvirt-qemu
 #    user; user/group root and stdio_handler "file" in qemu.conf, for hosts
@@ -52,6 +57,7 @@ extras=${2:-}
 uri=qemu:///system
 libvirtd_pidfile=/run/borg-vm-setup-libvirtd.pid
 borg_spec='borgbackup>=1.4,<1.5'
+borg2_version=2.0.0b23
 
 packages=(qemu-system-x86 qemu-utils libvirt-daemon libvirt-daemon-driver-qemu
           libvirt-clients python3-libvirt python3-libnbd python3-defusedxml libnbd-bin nbdkit
@@ -122,6 +128,16 @@ make_venv() {
     say "venv: $("$venv/bin/borg" --version), borg-vm $("$venv/bin/borg-vm" --version | cut -d' ' -f2)"
 }
 
+make_borg2() {
+    local dir="$venv/borg2"
+    if ! "$dir/bin/borg" --version 2>/dev/null | grep -qx "borg $borg2_version"; then
+        say "installing borgbackup $borg2_version into $dir (built from source: minutes)"
+        /usr/bin/python3 -m venv "$dir"
+        "$dir/bin/pip" install -q --pre "borgbackup==$borg2_version"
+    fi
+    say "Borg 2: $("$dir/bin/borg" --version) in $dir"
+}
+
 libvirt_answers() { timeout 10 virsh -c "$uri" version >/dev/null 2>&1; }
 
 set_qemu_conf() {  # set key = value in qemu.conf, replacing an existing setting
@@ -189,6 +205,7 @@ build_guest() {
 check_release
 install_packages
 make_venv
+make_borg2
 swtpm_ca_for_tss
 start_libvirt
 report_kvm

@@ -58,8 +58,10 @@ def _check_argv(argv: Sequence[str]) -> list[str]:
 
 def run(argv: Sequence[str], *, input: bytes | None = None,
         env: dict[str, str] | None = None, ok_codes: tuple[int, ...] = (0,),
-        pass_fds: tuple[int, ...] = ()) -> subprocess.CompletedProcess[bytes]:
-    """Run argv to completion; return the CompletedProcess (stdout/stderr as bytes).
+        pass_fds: tuple[int, ...] = (), cwd: str | None = None
+        ) -> subprocess.CompletedProcess[bytes]:
+    """Run argv (in directory cwd) to completion; return the CompletedProcess
+    (stdout/stderr as bytes).
 
     The command gets `input` or an empty stdin, and no controlling terminal: it
     can neither prompt on ours nor read keystrokes meant for us (borg would ask
@@ -68,7 +70,7 @@ def run(argv: Sequence[str], *, input: bytes | None = None,
     """
     argv = _check_argv(argv)
     try:
-        proc = subprocess.run(argv, input=input, capture_output=True, env=env,
+        proc = subprocess.run(argv, input=input, capture_output=True, env=env, cwd=cwd,
                               stdin=subprocess.DEVNULL if input is None else None,
                               pass_fds=pass_fds, check=False, start_new_session=True)
     except OSError as e:

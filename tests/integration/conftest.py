@@ -7,15 +7,17 @@ fixture, which stops its server at teardown. The top-level conftest clears
 BORG_* and gives every test a private BORG_BASE_DIR.
 """
 
+import os
 import shutil
-import socket
 import subprocess
+import sys
 import time
 
 import pytest
-from realstack import copy_fixture_repo, run
+from realstack import copy_fixture_repo, listening, run
 
-from borg_vm.adapters.borg import Borg1Repository, find_borg
+from borg_vm.adapters.borg import Borg1Repository, features, find_borg
+from borg_vm.adapters.borg.borg2 import Borg2Repository
 
 TOOLS = ("qemu-img", "qemu-io", "qemu-nbd", "nbdkit")
 SOCKET_WAIT_SECONDS = 10
@@ -29,17 +31,6 @@ def _tools_installed():
     missing = [t for t in TOOLS if shutil.which(t) is None]
     if missing:
         pytest.skip(f"not installed: {', '.join(missing)}")
-
-
-def listening(path: str) -> bool:
-    """Return True if something accepts connections on the unix socket path
-    (the file alone appears before the server listens)."""
-    with socket.socket(socket.AF_UNIX) as s:
-        try:
-            s.connect(path)
-        except (FileNotFoundError, ConnectionRefusedError):
-            return False
-    return True
 
 
 @pytest.fixture
@@ -89,3 +80,28 @@ def v1_repo(tmp_path, monkeypatch):
     """A repository borg-vm 0.1.0 wrote in archive format 1 (tests/fixtures/v1-repo),
     set as BORG_REPO."""
     return copy_fixture_repo("v1-repo", tmp_path, monkeypatch)
+
+
+BORG2_PASSPHRASE = "borg2 test"
+# Where contrib/setup-host.sh installs Borg 2 (beside the venv's borg 1.4).
+SET_UP_BORG2 = os.path.join(os.path.dirname(sys.executable), "..", "borg2", "bin", "borg")
+
+
+@pytest.fixture
+def borg2_executable():
+    path = os.environ.get("BORG_VM_TEST_BORG2", SET_UP_BORG2)
+    if not os.access(path, os.X_OK):
+        pytest.skip(f"no Borg 2 at {path} (make setup installs it)")
+    return os.path.realpath(path)
+
+
+@pytest.fixture
+def repo2(tmp_path, monkeypatch, borg2_executable):
+    """A new encrypted Borg 2 repository in tmp_path."""
+    monkeypatch.setenv("BORG_PASSPHRASE", BORG2_PASSPHRASE)
+    path = str(tmp_path / "repo2")
+    subprocess.run([borg2_executable, "-r", path, "repo-create", "-e", "aes256-ocb"],
+                   check=True, capture_output=True)
+    version = features.BorgVersion.parse(subprocess.run(
+        [borg2_executable, "--version"], check=True, capture_output=True, text=True).stdout)
+    return Borg2Repository(path, executable=borg2_executable, version=version)

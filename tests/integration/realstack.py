@@ -9,6 +9,7 @@ when several test tiers each have a conftest.py.
 import json
 import logging
 import shutil
+import socket
 import subprocess
 from pathlib import Path
 
@@ -114,3 +115,14 @@ def copy_fixture_repo(name: str, tmp_path: Path, monkeypatch) -> Path:
     monkeypatch.setenv("BORG_REPO", str(repo))
     monkeypatch.setenv("BORG_VM_KEYS_DIR", str(keys))
     return repo
+
+
+def listening(path: str) -> bool:
+    """Return True if something accepts connections on the unix socket path
+    (the file alone appears before the server listens)."""
+    with socket.socket(socket.AF_UNIX) as s:
+        try:
+            s.connect(path)
+        except (FileNotFoundError, ConnectionRefusedError):
+            return False
+    return True

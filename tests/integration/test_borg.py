@@ -27,7 +27,7 @@ from realstack import (
 
 from borg_vm.adapters import subproc
 from borg_vm.adapters.borg import DEFAULT_LOCK_WAIT, Borg1Repository, Listed, find_borg
-from borg_vm.adapters.borg.borg1 import PASSPHRASE_TRIES, _parse_log_json
+from borg_vm.adapters.borg.cli import PASSPHRASE_TRIES, _parse_log_json
 from borg_vm.core.compression import ALGORITHMS, OBFUSCATE_LEVELS, parse_compression
 from borg_vm.errors import (
     EXIT_ERROR,

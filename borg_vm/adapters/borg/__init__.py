@@ -3,6 +3,8 @@
     protocol.py   Repository: what commands and services ask of a repository
     features.py   the borg program's version, read once, and every spelling
                   that depends on it (Dialect)
+    cli.py        the borg command line as every generation is driven: passphrases,
+                  errors by msgid, streams, mounts (BorgCli)
     borg1.py      Borg 1.2-1.4 repositories (chains of archives)
 
 ``open_repository`` reads the version of the borg it will run and returns the
@@ -16,14 +18,8 @@ from collections.abc import Callable
 
 from borg_vm.adapters import subproc
 from borg_vm.adapters.borg import features
-from borg_vm.adapters.borg.borg1 import (
-    BRIEF_LOCK_WAIT,
-    DEFAULT_LOCK_WAIT,
-    Borg1Repository,
-    find_borg,
-    items,
-    mounted,
-)
+from borg_vm.adapters.borg.borg1 import Borg1Repository
+from borg_vm.adapters.borg.cli import BRIEF_LOCK_WAIT, DEFAULT_LOCK_WAIT, find_borg, items, mounted
 from borg_vm.adapters.borg.protocol import Item, Listed, Repository
 from borg_vm.errors import BorgNotFound
 

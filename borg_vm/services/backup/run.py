@@ -10,7 +10,7 @@ Order of events (commit last)::
     checkpoints -> delete what crashed runs left in the repository
 
 borg commits NAME only when it reads the end of the stream, which is written
-last (adapters/borg/borg1.py import_tar: borg holds its stdin open, so a run cut
+last (adapters/borg/cli.py import_tar: borg holds its stdin open, so a run cut
 short, even by SIGKILL, is never an end of file it could take for the end).
 Any failure before that: borg is stopped and rolls back, the job aborted,
 checkpoint C deleted; the parent checkpoint is untouched, so the next run is

@@ -1,0 +1,127 @@
+"""Borg 2 repositories (2.0.0b23 and later betas): every restore point a set of
+complete images, each built by ``borg create --map --reuse-from`` from the
+ranges that changed, and several writers at once (see cli.py for what all
+generations share).
+
+What differs from Borg 1 here, beyond the spellings features.Dialect holds:
+
+- An archive name is a series name; one archive is ``aid:<id>``. A name given
+  where one archive is meant must match exactly one, so borg-vm names single
+  archives by ID (``ref``) and deletes by an anchored pattern of names.
+- ``create --map MAPFILE`` reads only the ``data`` ranges of its one input
+  file, stores ``zero`` ranges unread and takes ``same`` ranges from the
+  ``--reuse-from`` archive's chunks unread. The map is trusted: nothing checks
+  that a ``same`` range did not change.
+- A create that could not read its input (an NBD server gone mid-read) still
+  commits an archive, without the file, and exits non-zero: ``create_image``
+  deletes what a failed create committed, and checks that what it keeps
+  holds the one file.
+- delete and prune only mark archives deleted; ``compact`` frees their space
+  and takes the repository's exclusive lock (every other command a shared one).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from borg_vm.adapters.borg.cli import DEFAULT_LOCK_WAIT, BorgCli
+from borg_vm.adapters.borg.features import BorgVersion
+from borg_vm.adapters.borg.protocol import Listed
+from borg_vm.errors import BorgError
+
+# How many names one 'borg delete -a re:...' takes (argv stays far below the
+# kernel's limit whatever the names).
+DELETE_BATCH = 100
+
+
+@dataclass(frozen=True)
+class Created:
+    """An image archive create_image committed."""
+
+    name: str
+    id: str          # Borg's archive ID (hex)
+    size: int        # the size of the file it holds
+
+
+class Borg2Repository(BorgCli):
+    """One Borg 2 repository."""
+
+    def __init__(self, repo: str, *, executable: str | None = None,
+                 lock_wait: int = DEFAULT_LOCK_WAIT,
+                 ask_passphrase: Callable[[str], str] | None = None,
+                 version: BorgVersion):
+        super().__init__(repo, executable=executable, lock_wait=lock_wait,
+                         ask_passphrase=ask_passphrase, version=version)
+
+    @staticmethod
+    def ref(archive_id: str) -> str:
+        """How one archive is named on the command line: by its ID."""
+        return f"aid:{archive_id}"
+
+    def list_archives(self, *, checkpoints: bool = False, pattern: str | None = None
+                      ) -> list[Listed]:
+        """Return the archives (those whose whole names match the regular
+        expression pattern, if given) with comment, time and ID. Borg 2 has no checkpoint
+        archives: checkpoints changes nothing."""
+        return self._list(*(["-a", f"re:{pattern}"] if pattern is not None else []))
+
+    def create_image(self, name: str, path: str, ranges: Sequence[tuple[int, int, str]], *,
+                     reuse_from: str | None, comment: str, timestamp: str, compression: str,
+                     block_size: int) -> Created:
+        """Archive the file at path (a regular file: an image, or an NBD export a
+        FUSE mount shows as one) as archive name, holding the one item
+        basename(path), reading only what ranges (core.extent.input_map) say is
+        data; the same ranges come from the archive with ID reuse_from. Chunks
+        are block_size bytes, fixed, so that unchanged blocks stay chunks of their
+        own. timestamp: ISO 8601 with its UTC offset.
+
+        Raise BorgError if borg fails or commits an archive without the whole
+        file (that archive is deleted first).
+        """
+        with tempfile.TemporaryDirectory(prefix="borg-vm-map.") as tmp:
+            map_file = os.path.join(tmp, "map")
+            with open(map_file, "w", encoding="ascii") as f:
+                f.writelines(f"{start} {length} {state}\n" for start, length, state in ranges)
+            argv = self._argv("create", "--json", "--map", map_file,
+                              *(["--reuse-from", self.ref(reuse_from)] if reuse_from else []),
+                              "--chunker-params", f"fixed,{block_size}",
+                              "--files-cache", "disabled", "--compression", compression,
+                              "--comment", self.dialect.comment_arg(comment),
+                              "--timestamp", timestamp,
+                              *self.location(name), os.path.basename(path))
+            try:
+                out = self._run("create", argv, cwd=os.path.dirname(path) or ".")
+            except BorgError:
+                # A read error is not fatal to borg: it commits the archive without
+                # the file, then exits non-zero.
+                self.delete_ids([a.id for a in self.list_archives(pattern=re.escape(name))])
+                raise
+        archive = json.loads(out)["archive"]
+        created = Created(archive["name"], archive["id"], os.stat(path).st_size)
+        if archive["stats"]["nfiles"] != 1:
+            self.delete_ids([created.id])
+            raise BorgError(action="create", detail=f"{name} was committed without "
+                            f"{os.path.basename(path)} (it could not be read)")
+        return created
+
+    def delete(self, archives: Sequence[str]) -> None:
+        """Mark the archives with these names deleted (their space is freed by
+        compact), a batch of names per borg."""
+        for i in range(0, len(archives), DELETE_BATCH):
+            batch = archives[i:i + DELETE_BATCH]
+            pattern = "^(?:" + "|".join(re.escape(a) for a in batch) + ")$"
+            self._run("delete", self._argv("delete", "-a", f"re:{pattern}", *self.location()))
+
+    def delete_ids(self, ids: Sequence[str]) -> None:
+        """Mark the archives with these IDs deleted."""
+        for archive_id in ids:
+            self._run("delete", self._argv("delete", *self.location(self.ref(archive_id))))
+
+    def compact(self) -> None:
+        """Free the space of deleted archives ('borg compact': the exclusive lock)."""
+        self._run("compact", self._argv("compact", *self.location()))

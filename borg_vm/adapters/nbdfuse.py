@@ -1,0 +1,80 @@
+"""An NBD export shown as a regular file: libnbd's nbdfuse in its "naked" mode
+(the mount point is a file, and the file is the export), read-only.
+
+Borg 2's ``create --map`` reads one input path, a regular file or a block
+device, never stdin; a backup job's export is an NBD server. nbdfuse makes
+the export that file without the kernel's nbd module (which containers and
+many hosts lack). Borg reads 1 MiB at a time and nbdfuse hands each read to
+libnbd; what the map calls zero or same is never read.
+
+nbdfuse runs as our child in the foreground: it writes its PID file once the
+file is mounted, and ends when the file is unmounted (as root, umount(8):
+fusermount3 may not be installed), which is how ``exposed`` stops it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import tempfile
+import time
+from collections.abc import Iterator
+
+from borg_vm.adapters import subproc
+from borg_vm.adapters.borg import mounted
+from borg_vm.errors import NbdError
+
+log = logging.getLogger(__name__)
+
+START_SECONDS = 30        # from start to mounted (it connects to the server first)
+POLL_SECONDS = 0.02
+STOP_SECONDS = 10         # from umount to nbdfuse's exit
+
+
+@contextlib.contextmanager
+def exposed(uri: str, path: str) -> Iterator[str]:
+    """Show the NBD export at uri (an NBD URI, e.g. nbd+unix:///vda?socket=S) as
+    the regular file path, read-only, for the block; yield path. The file is
+    created (it must not exist) and removed after. Raise NbdError if nbdfuse
+    cannot mount it."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.close(fd)
+    try:
+        with tempfile.TemporaryDirectory(prefix="borg-vm-nbdfuse.") as tmp:
+            pidfile = os.path.join(tmp, "pid")
+            argv = ["nbdfuse", "--readonly", "--pidfile", pidfile, path, uri]
+            with subproc.stream(argv, parent_death_signal=signal.SIGTERM) as proc:
+                try:
+                    _wait_mounted(proc, pidfile, uri, path)
+                    yield path
+                finally:
+                    _unmount(proc, path)
+    finally:
+        os.unlink(path)
+
+
+def _wait_mounted(proc: subproc.Stream, pidfile: str, uri: str, path: str) -> None:
+    deadline = time.monotonic() + START_SECONDS
+    while not os.path.exists(pidfile):
+        if proc.exited(POLL_SECONDS) or time.monotonic() > deadline:
+            proc.terminate()
+            detail = "".join(proc.stderr_lines()).strip() or (
+                f"not mounted after {START_SECONDS} s")
+            raise NbdError(action="show as a file", where=uri, detail=detail)
+    log.debug("nbdfuse: %s shows %s", path, uri)
+
+
+def _unmount(proc: subproc.Stream, path: str) -> None:
+    """Unmount path (nbdfuse then exits); if it does not exit, end it, and detach
+    what is left mounted (a FUSE file whose server is gone)."""
+    if not proc.exited(0):
+        with contextlib.suppress(subproc.CommandFailed):
+            subproc.run(["umount", path])
+        if not proc.exited(STOP_SECONDS):
+            log.warning("nbdfuse did not exit within %d s of the unmount; ending it",
+                        STOP_SECONDS)
+            proc.terminate()
+    if mounted(path):
+        subproc.run(["umount", "--lazy", path])

@@ -1,0 +1,122 @@
+"""Borg2Repository against the real Borg 2 beta set-up installs (contrib/setup-host.sh:
+VENV/borg2): complete images read from the changed ranges alone, archives
+named by ID, several writers at once."""
+
+import os
+import threading
+
+import pytest
+
+from borg_vm.core.extent import DATA, SAME, ZERO, Extent, input_map
+from borg_vm.errors import BorgError
+
+MiB = 1 << 20
+BLOCK = 64 * 1024
+def disk(tmp_path, name="vda", size=8 * MiB):
+    path = tmp_path / "in" / name
+    path.parent.mkdir(exist_ok=True)
+    path.write_bytes(os.urandom(size // 2) + bytes(size // 2))
+    return path
+
+
+def image(repo, archive_id):
+    with repo.extract_stdout(repo.ref(archive_id), []) as proc:
+        data = proc.stdout.read()
+        repo.finish("extract", proc)
+    return data
+
+
+def create(repo, name, path, recorded, reuse_from=None):
+    size = path.stat().st_size
+    return repo.create_image(name, str(path), input_map(size, recorded, reuse_from is not None),
+                             reuse_from=reuse_from, comment='{"borg-vm": "{hostname}"}',
+                             timestamp="2026-12-06T02:00:00+00:00", compression="lz4",
+                             block_size=BLOCK)
+
+
+def test_an_incremental_image_is_complete_and_reads_only_what_changed(tmp_path, repo2):
+    path = disk(tmp_path)
+    size = path.stat().st_size
+    full = create(repo2, "web.base.c1~vda", path,
+                  [Extent(0, size // 2, DATA), Extent(size // 2, size // 2, ZERO)])
+    assert image(repo2, full.id) == path.read_bytes()
+
+    before = path.read_bytes()
+    with open(path, "r+b") as f:
+        f.seek(MiB)
+        f.write(os.urandom(MiB))          # recorded: read
+        f.seek(5 * MiB)
+        f.write(bytes(BLOCK))             # recorded as zeros: stored unread
+        f.seek(3 * MiB)
+        f.write(b"x" * BLOCK)             # not recorded: the map says it is unchanged
+    inc = create(repo2, "web.base.c2~vda", path,
+                 [Extent(MiB, MiB, DATA), Extent(5 * MiB, BLOCK, ZERO)], reuse_from=full.id)
+    got = image(repo2, inc.id)
+    want = bytearray(path.read_bytes())
+    want[3 * MiB:3 * MiB + BLOCK] = before[3 * MiB:3 * MiB + BLOCK]   # same: taken unread
+    assert got == bytes(want)
+    assert inc.size == size and inc.id != full.id
+
+
+def test_a_zero_range_is_stored_unread(tmp_path, repo2):
+    path = disk(tmp_path, size=2 * MiB)
+    created = create(repo2, "web.base.c1~vda", path, [Extent(0, MiB, DATA),
+                                                     Extent(MiB, MiB, ZERO)])
+    with open(path, "r+b") as f:
+        f.seek(MiB)
+        f.write(os.urandom(MiB))
+    assert image(repo2, created.id) == path.read_bytes()[:MiB] + bytes(MiB)
+
+
+def test_archives_are_listed_by_pattern_and_deleted_by_name(tmp_path, repo2):
+    path = disk(tmp_path, size=MiB)
+    names = ["web.base.c1~vda", "web.base.c1~vdb", "web.base.c1", "db.base.c1~vda"]
+    ids = {n: create(repo2, n, path, [Extent(0, MiB, DATA)]).id for n in names}
+    listed = {a.name: a for a in repo2.list_archives()}
+    assert {n: a.id for n, a in listed.items()} == ids
+    assert {a.name for a in repo2.list_archives(pattern=r"web\.base\.c1~.*")} == {
+        "web.base.c1~vda", "web.base.c1~vdb"}
+    assert repo2.repository_id() and len(repo2.repository_id()) == 64
+    repo2.delete(["web.base.c1~vda", "web.base.c1"])
+    assert {a.name for a in repo2.list_archives()} == {"web.base.c1~vdb", "db.base.c1~vda"}
+    repo2.compact()
+
+
+def test_a_reference_that_is_gone_fails_and_commits_nothing(tmp_path, repo2):
+    path = disk(tmp_path, size=MiB)
+    with pytest.raises(BorgError):
+        create(repo2, "web.base.c2~vda", path, [], reuse_from="0" * 64)
+    assert repo2.list_archives() == []
+
+
+def test_two_writers_at_once(tmp_path, repo2, monkeypatch):
+    """Two domains backed up into one repository at the same time, each borg with
+    its own cache: neither waits for the other's lock."""
+    paths = [disk(tmp_path, f"vd{c}", size=16 * MiB) for c in "ab"]
+    done, failed = [], []
+
+    def backup(path, n):
+        try:
+            done.append(create(repo2, f"dom{n}.base.c1~vda", path,
+                               [Extent(0, 16 * MiB, DATA)]))
+        except BaseException as e:  # reported below, in the test's thread
+            failed.append(e)
+
+    threads = [threading.Thread(target=backup, args=(p, n)) for n, p in enumerate(paths)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not failed, failed
+    assert {image(repo2, c.id) for c in done} == {p.read_bytes() for p in paths}
+
+
+def test_the_map_names_every_byte(tmp_path, repo2):
+    """What create_image hands Borg is the input map as Borg reads it."""
+    path = disk(tmp_path, size=MiB)
+    ranges = input_map(MiB, [Extent(BLOCK, BLOCK, DATA)], incremental=True)
+    assert ranges == [(0, BLOCK, SAME), (BLOCK, BLOCK, DATA), (2 * BLOCK, MiB - 2 * BLOCK, SAME)]
+    with pytest.raises(BorgError):   # SAME needs a reference
+        repo2.create_image("x~vda", str(path), ranges, reuse_from=None, comment="",
+                           timestamp="2026-12-06T02:00:00+00:00", compression="lz4",
+                           block_size=BLOCK)
