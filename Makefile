@@ -25,7 +25,7 @@ HOSTILE = tests/integration/test_restore_hostile.py \
           tests/unit/test_chain.py::test_disk_chain_parent_cycle_is_broken_not_endless
 
 .PHONY: setup demo test lint typecheck unit integration e2e faults soak bench bench-quick \
-        bench-setup bench-retention bench-scale bench-boot
+        bench-setup bench-retention bench-scale bench-boot bench-borg2
 
 setup:
 	bash contrib/setup-host.sh $(VENV)
@@ -98,3 +98,11 @@ bench-scale: setup
 # one-run try-out into bench/work/quick/BOOT.md).
 bench-boot: setup
 	$(VENV)/bin/python bench/boot.py
+
+# Borg 2's complete images before borg-vm builds on them (bench/BORG2.md, issue
+# #22): a disk's NBD export read through nbdfuse against a local file, full
+# and incremental `borg create --map` images by chunk size (a few minutes on
+# an idle 2-core machine; `.venv/bin/python bench/borg2.py --quick` for a
+# one-run try-out into bench/work/quick/BORG2.md).
+bench-borg2: setup
+	$(VENV)/bin/python bench/borg2.py
