@@ -5,7 +5,9 @@ A chain is a full archive followed by incrementals, each naming its parent::
     full(C1) <- inc(C2) <- inc(C3)        restore at C3 reads C1, C2, C3
 
 Chains are resolved per disk: a raw disk is backed up in full in every
-archive, so its chain is always that one archive.
+archive, so its chain is always that one archive; so is every disk of an
+archive of complete images (Borg 2 repositories, format version 6), whatever
+its level says of how it was read.
 """
 
 from __future__ import annotations
@@ -49,7 +51,8 @@ def select(archives: list[ArchiveInfo], domain: str, checkpoint: str | None) -> 
 
 
 def disk_chain(archives: list[ArchiveInfo], top: ArchiveInfo, target: str) -> list[ArchiveInfo]:
-    """Return the archives that restore disk target as of top, full first.
+    """Return the archives that restore disk target as of top, full first: top
+    alone where it records the disk's complete image (format version 6).
 
     Raise BrokenChain naming the first missing parent, UnknownDisk if top
     has no such disk.
@@ -59,6 +62,8 @@ def disk_chain(archives: list[ArchiveInfo], top: ArchiveInfo, target: str) -> li
         raise UnknownDisk(name=top.name.domain, target=target,
                           known=", ".join(sorted(top.summary.disks)))
     chain = [top]
+    if top.summary.disks[target].image is not None:
+        return chain
     while chain[-1].summary.disks[target].level != Level.FULL:
         parent = chain[-1].summary.parent
         if parent is None or parent not in by_name:

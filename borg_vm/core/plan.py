@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from borg_vm.core import chain, durations
 from borg_vm.errors import BorgVmError, NoUsableParent
 from borg_vm.format.names import ArchiveName, Level, new_checkpoint_name
-from borg_vm.format.summary import ArchiveInfo
+from borg_vm.format.summary import ArchiveInfo, ImageRecord
 
 AUTO = "auto"
 REQUESTS = (AUTO, Level.FULL, Level.INC)
@@ -62,10 +62,11 @@ def why_not_incremental(domain: str, uuid: str, disks: list[Disk], parent: Archi
     return None
 
 
-def why_disk_is_full(disk: Disk, parent: ArchiveInfo, archives: list[ArchiveInfo]
-                     ) -> str | None:
+def why_disk_is_full(disk: Disk, parent: ArchiveInfo, archives: list[ArchiveInfo],
+                     images: bool = False) -> str | None:
     """Return why this disk needs a full backup although the domain's is incremental,
-    or None if it can be incremental on top of parent.
+    or None if it can be incremental on top of parent (with images: a complete
+    image built from parent's image of the disk and what changed since).
 
     A new layer under the same target (an external snapshot, a blockcommit) is no
     reason: libvirt carries the checkpoint's bitmaps into the new top image and
@@ -79,6 +80,8 @@ def why_disk_is_full(disk: Disk, parent: ArchiveInfo, archives: list[ArchiveInfo
         return f"new disk, not in {parent.archive}"
     if before.virtual_size != disk.virtual_size:
         return f"resized from {before.virtual_size} to {disk.virtual_size} bytes"
+    if images and before.image is None:
+        return f"{parent.archive} holds no complete image of it (a chain)"
     try:
         chain.disk_chain(archives, parent, disk.target)
     except BorgVmError as e:
@@ -123,20 +126,29 @@ class FullEvery:
 
     def due(self, chain_: list[ArchiveInfo], now: datetime) -> str | None:
         """Given a disk's chain (full first), return why a new one is due, or None."""
-        incrementals = len(chain_) - 1
+        return self._due(len(chain_) - 1, chain_[0].time, now, "its chain has {} incrementals",
+                         f"its full backup {chain_[0].archive}")
+
+    def read_due(self, image: ImageRecord, now: datetime) -> str | None:
+        """Given a disk's image record (format version 6: every point a complete
+        image), return why a full read of the disk is due, or None."""
+        return self._due(image.runs, image.full_time, now,
+                         "{} incremental reads since its last full read", "its last full read")
+
+    def _due(self, incrementals: int, started_at: str, now: datetime, counted: str,
+             started: str) -> str | None:
         if self.count is not None and incrementals >= self.count:
-            return f"its chain has {incrementals} incrementals (--full-every {self.text})"
-        started = datetime.strptime(chain_[0].time, "%Y-%m-%dT%H:%M:%SZ").replace(
-            tzinfo=UTC)
-        if self.age is not None and (now - started).total_seconds() >= self.age:
-            return (f"its full backup {chain_[0].archive} is from {chain_[0].time} "
-                    f"(--full-every {self.text})")
+            return f"{counted.format(incrementals)} (--full-every {self.text})"
+        began = datetime.strptime(started_at, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+        if self.age is not None and (now - began).total_seconds() >= self.age:
+            return f"{started} is from {started_at} (--full-every {self.text})"
         return None
 
 
 def plan(requested: str, domain: str, uuid: str, disks: list[Disk],
          archives: list[ArchiveInfo], checkpoints: set[str],
-         full_every: FullEvery | None = None, now: datetime | None = None) -> Plan:
+         full_every: FullEvery | None = None, now: datetime | None = None,
+         images: bool = False) -> Plan:
     """Decide the level of the next backup of domain, and of each of its disks.
 
     Given the requested level (auto/full/inc), the disks to back up, the
@@ -145,6 +157,9 @@ def plan(requested: str, domain: str, uuid: str, disks: list[Disk],
     take a full of some disks (added, resized, raw, or whose chain is broken):
     the reason names them. With full_every, auto starts a new chain (a full of
     every disk) when a disk's chain is due (as of now; None: the current time).
+    With images (a repository of complete images, Borg 2), an incremental reads
+    what changed and takes the rest from the parent's images, and full_every
+    asks for a full read instead of a new chain.
     Raise NoUsableParent if inc was requested but no disk can be incremental.
     """
     if requested not in REQUESTS:
@@ -157,14 +172,15 @@ def plan(requested: str, domain: str, uuid: str, disks: list[Disk],
     if reason is None:
         assert parent is not None, "why_not_incremental gives a reason when there is no parent"
         full_disks = {d.target: why for d in disks
-                      if (why := why_disk_is_full(d, parent, archives))}
+                      if (why := why_disk_is_full(d, parent, archives, images))}
         if len(full_disks) == len(disks):
             reason = "; ".join(f"{t}: {why}" for t, why in full_disks.items())
         elif full_every is not None and requested == AUTO:
             as_of = now if now is not None else datetime.now(UTC)
-            reason = next((f"a new chain: disk {d.target}: {why}" for d in disks
-                           if d.target not in full_disks and (why := full_every.due(
-                               chain.disk_chain(archives, parent, d.target), as_of))), None)
+            reason = next((f"{_full_again(parent)}: disk {d.target}: {why}" for d in disks
+                           if d.target not in full_disks
+                           and (why := _due(full_every, archives, parent, d.target, as_of))),
+                          None)
         if reason is None:
             why = f"incremental on top of {parent.archive}"
             if full_disks:
@@ -176,6 +192,20 @@ def plan(requested: str, domain: str, uuid: str, disks: list[Disk],
     if requested == Level.INC:
         raise NoUsableParent(domain=domain, reason=reason)
     return Plan(Level.FULL, reason, None, {d.target: Level.FULL for d in disks})
+
+
+def _full_again(parent: ArchiveInfo) -> str:
+    """What auto starts when --full-every is due: a new chain, or (complete images)
+    a full read."""
+    return "a full read" if parent.images else "a new chain"
+
+
+def _due(full_every: FullEvery, archives: list[ArchiveInfo], parent: ArchiveInfo,
+         target: str, now: datetime) -> str | None:
+    image = parent.summary.disks[target].image
+    if image is not None:
+        return full_every.read_due(image, now)
+    return full_every.due(chain.disk_chain(archives, parent, target), now)
 
 
 def archive_name(domain: str, layer: str, when: datetime, taken_checkpoints: set[str]

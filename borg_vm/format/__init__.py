@@ -1,4 +1,5 @@
-"""The borg-vm archive format, version 5 (reads 1 to 5): this package is the one
+"""The borg-vm archive format, versions 5 (Borg 1 repositories) and 6 (Borg 2
+repositories; reads 1 to 6): this package is the one
 place that defines it. names.py: archive and member names, versions and limits;
 manifest.py: manifest.json; summary.py: the archive comment; fields.py: the
 checks of their fields; writer.py and reader.py: writing and reading archives;
@@ -148,6 +149,28 @@ extent) and refuses a key given twice in one object, values nested deeper
 than it allows or holding more memory besides the extents; and the code is
 checked over the document written again in pieces (``auth``: the same
 bytes json.dumps writes).
+
+Version 6: complete images (Borg 2 repositories)
+------------------------------------------------
+Borg 1 repositories keep getting version 5. In a Borg 2 repository a restore
+point is a *record*, the archive above under the same name with no data
+members, and per disk an *image archive* ``{record}~{target}`` holding one
+file, the whole disk as the guest saw it, built by ``borg create --map
+--reuse-from`` (format/writer.py ``write_images``; written before the record,
+so a record exists only over complete images; images without their record
+are what a cut run left, deleted by the domain's next run). A record's disk
+has no ``extents``, ``sha256`` or ``frozen``; instead::
+
+    "data_bytes": N, "zero_bytes": N,        # what the run read, what it mapped as zeros
+    "image": [ID, FULL_TIME, RUNS]           # the image archive's Borg ID; when the disk
+                                             #   was last read whole; runs since (0: now)
+
+and ``level`` says how the image was read: ``full`` (every byte), ``inc`` (the
+changes since the parent; the rest taken unread from the parent's image).
+Every disk of a record is its own restore chain. Its comment's disk entries
+carry the same ``[ID, FULL_TIME, RUNS]`` as a seventh element. The codes
+cover the IDs, and Borg binds an image's every byte to its ID when read with
+ID checks on (adapters/borg/borg2.py ``ASSERT_ID``).
 
 The archive comment carries a summary (``Summary``) so ``borg list --json``
 alone can group and chain archives without extracting manifests; a reader

@@ -9,14 +9,13 @@ import re
 from typing import Any, TypeVar, overload
 
 from borg_vm.format import auth
-from borg_vm.format.names import MAX_VIRTUAL_SIZE, Level
+from borg_vm.format.names import MAX_VIRTUAL_SIZE, TARGET_RE, Level
 
 _TIME_RE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
 _ARCHIVE_ID_RE = _SHA256_RE   # Borg's archive IDs: 32 bytes in hex
 _KEY_ID_RE = re.compile(rf"[0-9a-f]{{{auth.KEY_ID_HEX}}}")
 # Disk targets become file and member names: libvirt's are like vda, sdb, hdc.
-_TARGET_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 # A JSON object as json.loads (or extent_json.loads) returns it: checked field by field.
 Doc = dict[str, Any]
@@ -50,7 +49,7 @@ def sha256(doc: Doc, key: str = "sha256") -> str:
 
 def check_target(target: object) -> str:
     """Return target if it is a plain disk target name; raise ValueError otherwise."""
-    if not isinstance(target, str) or not _TARGET_RE.fullmatch(target):
+    if not isinstance(target, str) or not TARGET_RE.fullmatch(target):
         raise ValueError(f"bad disk target {target!r}")
     return target
 

@@ -21,6 +21,7 @@ from borg_vm.format.names import (
     DOMAIN_XML,
     FORMAT_NAME,
     FORMAT_VERSION,
+    IMAGES_VERSION,
     MAX_LAYERS,
     READABLE_VERSIONS,
     STATE,
@@ -28,7 +29,7 @@ from borg_vm.format.names import (
     ArchiveName,
     state_member,
 )
-from borg_vm.format.summary import ArchiveInfo, DiskSummary, Summary
+from borg_vm.format.summary import ArchiveInfo, DiskSummary, ImageRecord, Summary
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,18 @@ class DiskRecord(_Extents):
     # Version 2; a version-1 disk reads as one layer (its source) with nothing sealed.
     layers: tuple[LayerRecord, ...] = ()
     sealed: tuple[SealedRecord, ...] = ()
+    # Version 6: the disk's complete image (no extents: the image archive holds
+    # every byte), and (data, zero) bytes of what the run read and mapped as zeros.
+    image: ImageRecord | None = None
+    counts: tuple[int, int] = (0, 0)
+
+    @property
+    def data_bytes(self) -> int:
+        return self.counts[0] if self.image is not None else total(self.extents, DATA)
+
+    @property
+    def zero_bytes(self) -> int:
+        return self.counts[1] if self.image is not None else total(self.extents, ZERO)
 
     @property
     def chain(self) -> tuple[LayerRecord, ...]:
@@ -202,7 +215,7 @@ class Manifest:
         return Summary(level=self.level, parent=self.parent_archive, time=self.time,
                        uuid=self.uuid,
                        disks={t: DiskSummary(d.level, d.virtual_size, d.format, d.source,
-                                             d.data_bytes, d.zero_bytes)
+                                             d.data_bytes, d.zero_bytes, d.image)
                               for t, d in self.disks.items()},
                        parent_id=self.parent_id, version=self.version,
                        state=tuple(sorted(self.state)))
@@ -227,6 +240,12 @@ def _authenticated_fields(doc: Doc) -> Doc:
 
 
 def _disk_to_doc(d: DiskRecord) -> Doc:
+    if d.image is not None:
+        return {"level": d.level, "format": d.format, "source": d.source,
+                "virtual_size": d.virtual_size, "data_bytes": d.data_bytes,
+                "zero_bytes": d.zero_bytes, "image": d.image.to_doc(),
+                "layers": [{"name": x.name, "path": x.path, "format": x.format}
+                           for x in d.chain]}
     return {"level": d.level, "format": d.format, "source": d.source,
             "virtual_size": d.virtual_size,
             "extents": ExtentArray.of(d.extents),
@@ -240,21 +259,33 @@ def _disk_to_doc(d: DiskRecord) -> Doc:
 def _disk_from_doc(doc: Doc, version: int) -> DiskRecord:
     fields.typed(doc, dict, "a disk")
     size = fields.virtual_size(fields.get(doc, "virtual_size", int))
-    d = DiskRecord(level=fields.level(fields.get(doc, "level", str)),
-                   format=fields.get(doc, "format", str),
-                   source=fields.get(doc, "source", str), virtual_size=size,
+    level = fields.level(fields.get(doc, "level", str))
+    format_, source = fields.get(doc, "format", str), fields.get(doc, "source", str)
+    if version >= IMAGES_VERSION:
+        return DiskRecord(level, format_, source, size, (), layers=_layers(doc, source),
+                          image=ImageRecord.from_doc(fields.get(doc, "image", list)),
+                          counts=(fields.byte_count(fields.get(doc, "data_bytes", int),
+                                                    "data bytes", size),
+                                  fields.byte_count(fields.get(doc, "zero_bytes", int),
+                                                    "zero bytes", size)))
+    d = DiskRecord(level=level, format=format_, source=source, virtual_size=size,
                    extents=_extents(doc, size), sha256=fields.sha256(doc))
     if version == 1:
         return d
-    layers = tuple(_layer(x) for x in fields.get(doc, "layers", list))
-    if not 1 <= len(layers) <= MAX_LAYERS or layers[0].path != d.source:
-        raise ValueError(f"layers must list 1..{MAX_LAYERS} images, the disk's source first")
+    layers = _layers(doc, source)
     sealed = tuple(_sealed(x, size) for x in fields.get(doc, "frozen", list))
     if sorted({f.layer for f in sealed}) != [f.layer for f in sealed] or any(
             not 1 <= f.layer < len(layers) for f in sealed):
         raise ValueError("sealed layers must be distinct, ascending indexes of layers below "
                          "the top")
     return replace(d, layers=layers, sealed=sealed)
+
+
+def _layers(doc: Doc, source: str) -> tuple[LayerRecord, ...]:
+    layers = tuple(_layer(x) for x in fields.get(doc, "layers", list))
+    if not 1 <= len(layers) <= MAX_LAYERS or layers[0].path != source:
+        raise ValueError(f"layers must list 1..{MAX_LAYERS} images, the disk's source first")
+    return layers
 
 
 def _extents(doc: Doc, size: int) -> ExtentArray:

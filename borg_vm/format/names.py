@@ -16,10 +16,16 @@ if TYPE_CHECKING:
     from borg_vm.format.summary import Summary
 
 FORMAT_NAME = "borg-vm"
+# Borg 1 repositories get version 5 (chains); Borg 2 repositories version 6
+# (a complete image archive per disk, IMAGES_VERSION).
 FORMAT_VERSION = 5
-READABLE_VERSIONS = (1, 2, 3, 4, 5)
+IMAGES_VERSION = 6
+READABLE_VERSIONS = (1, 2, 3, 4, 5, 6)
 AUTHENTICATED_FROM = 4  # the first version whose comment and manifest carry codes
 STATE_FROM = 5          # the first version that holds the domain's state
+# Between a record's name and a disk target in the name of its image archive
+# (version 6): neither part of a record's name holds it.
+IMAGE_SEPARATOR = "~"
 # Default chunk size, by the rule of bench/RESULTS.md section 4 (deduplication
 # across domains, and the chunk size; bench/NOTES.md "Chunk size (item 4)"):
 # against 4 MiB, 256 KiB chunks made the full backup no slower and a clone with
@@ -64,6 +70,7 @@ _BORG_CHECKPOINT_RE = re.compile(r"\.checkpoint(\.\d+)?$")
 _MEMBER_RE = re.compile(rf"^{DISK_DIR}/(?P<target>[^/]+)/(?P<offset>[0-9a-f]{{16}})$")
 _SEALED_RE = re.compile(rf"^{SEALED_DIR}/(?P<target>[^/]+)/(?P<layer>[1-9][0-9]{{0,3}})/"
                         rf"(?P<offset>[0-9a-f]{{16}})$")
+TARGET_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")   # what a record's disk target may be
 MAP_SUFFIX = ".map"
 MAX_LAYERS = 1000  # deeper backing chains are damage (QEMU itself stops far earlier)
 
@@ -131,6 +138,19 @@ def is_partial_of(name: str, domain: str) -> bool:
         return False
     parsed = ArchiveName.parse(base.removesuffix(PARTIAL_SUFFIX))
     return parsed is not None and parsed.domain == domain
+
+
+def image_archive_name(record: ArchiveName, target: str) -> str:
+    """Return the name of the image archive of disk target of a record (version 6)."""
+    return f"{record}{IMAGE_SEPARATOR}{target}"
+
+
+def parse_image_archive_name(name: str) -> tuple[ArchiveName, str] | None:
+    """Return (record name, target) of an image archive's name, or None if it is
+    not one."""
+    record, sep, target = name.rpartition(IMAGE_SEPARATOR)
+    parsed = ArchiveName.parse(record) if sep and TARGET_RE.fullmatch(target) else None
+    return (parsed, target) if parsed is not None else None
 
 
 def member_name(target: str, offset: int) -> str:

@@ -466,7 +466,10 @@ def _pick(archive: str, records: dict[Key, DiskRecord | SealedRecord], key: Key
 
 
 def _records(archive: str, manifest: Manifest) -> dict[Key, DiskRecord | SealedRecord]:
-    records: dict[Key, DiskRecord | SealedRecord] = {(t, 0): d for t, d in manifest.disks.items()}
+    """The records of data the archive holds (not a disk whose image is an archive
+    of its own, version 6: data members of it are damage)."""
+    records: dict[Key, DiskRecord | SealedRecord] = {(t, 0): d for t, d in manifest.disks.items()
+                                                     if d.image is None}
     records.update({(t, f.layer): f for t, d in manifest.disks.items() for f in d.sealed})
     return records
 

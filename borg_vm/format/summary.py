@@ -13,6 +13,7 @@ from borg_vm.format.fields import Doc
 from borg_vm.format.names import (
     AUTHENTICATED_FROM,
     FORMAT_VERSION,
+    IMAGES_VERSION,
     READABLE_VERSIONS,
     STATE,
     STATE_FROM,
@@ -21,13 +22,44 @@ from borg_vm.format.names import (
 
 
 @dataclass(frozen=True)
+class ImageRecord:
+    """Where a disk's complete image is (version 6): its image archive, and how
+    long ago the disk was last read whole (--full-every counts these)."""
+
+    id: str          # the image archive's Borg archive ID
+    full_time: str   # the time of the last record that read the disk whole
+    runs: int        # records since that one (0: this one read it whole)
+
+    def to_doc(self) -> list[object]:
+        return [self.id, self.full_time, self.runs]
+
+    @classmethod
+    def from_doc(cls, value: object) -> ImageRecord:
+        """Parse [ID, FULL_TIME, RUNS]; raise ValueError if it is not that."""
+        if type(value) is not list or len(value) != 3:
+            raise ValueError(f"image {value!r} is not [archive ID, full read time, runs]")
+        doc = dict(zip(("id", "time", "runs"), value, strict=True))
+        image_id = fields.archive_id(doc, "id")
+        runs = fields.get(doc, "runs", int)
+        if image_id is None or runs < 0:
+            raise ValueError(f"image {value!r} names no archive or a negative run count")
+        return cls(image_id, fields.time(doc), runs)
+
+
+@dataclass(frozen=True)
 class DiskSummary:
+    """A disk as the comment describes it. Version 6: image is where its complete
+    image is, level says how it was read (full: whole; inc: the changes since the
+    parent, the rest taken from the parent's image unread), data_bytes what was
+    read and zero_bytes what read as zeros without being read."""
+
     level: str
     virtual_size: int
     format: str
     source: str
     data_bytes: int
     zero_bytes: int
+    image: ImageRecord | None = None
 
 
 @dataclass(frozen=True)
@@ -53,7 +85,8 @@ class Summary:
         doc = {"borg-vm": self.version, "level": self.level, "parent": self.parent,
                "parent_id": self.parent_id, "time": self.time, "uuid": self.uuid,
                "disks": {t: [d.level, d.virtual_size, d.format, d.source,
-                             d.data_bytes, d.zero_bytes]
+                             d.data_bytes, d.zero_bytes,
+                             *([d.image.to_doc()] if d.image is not None else [])]
                          for t, d in sorted(self.disks.items())}}
         if self.version >= STATE_FROM:
             doc["state"] = list(self.state)
@@ -85,7 +118,7 @@ class Summary:
             return cls(level=fields.level(fields.get(doc, "level", str)),
                        parent=fields.get(doc, "parent", (str, type(None))), time=fields.time(doc),
                        uuid=fields.get(doc, "uuid", str),
-                       disks={fields.check_target(t): _disk_summary(v)
+                       disks={fields.check_target(t): _disk_summary(v, version)
                               for t, v in fields.get(doc, "disks", dict).items()},
                        version=version,
                        parent_id=(fields.archive_id(doc, "parent_id")
@@ -98,17 +131,20 @@ class Summary:
             raise FormatError(archive=archive, detail=f"bad archive comment: {e}") from e
 
 
-def _disk_summary(value: object) -> DiskSummary:
-    """Return the DiskSummary a comment's [level, size, format, source, data, zero] describes."""
-    if type(value) is not list or len(value) != 6:
+def _disk_summary(value: object, version: int) -> DiskSummary:
+    """Return the DiskSummary a comment's [level, size, format, source, data, zero]
+    (version 6: and [image]) describes."""
+    images = version >= IMAGES_VERSION
+    if type(value) is not list or len(value) != 6 + images:
         raise ValueError(f"disk summary {value!r} is not [level, size, format, source, "
-                         "data bytes, zero bytes]")
-    level, size, fmt_, source, data, zero = value
+                         f"data bytes, zero bytes{', image' if images else ''}]")
+    level, size, fmt_, source, data, zero = value[:6]
     virtual_size = fields.virtual_size(fields.typed(size, int, "virtual size"))
     return DiskSummary(fields.level(level), virtual_size, fields.typed(fmt_, str, "format"),
                        fields.typed(source, str, "source"),
                        fields.byte_count(data, "data bytes", virtual_size),
-                       fields.byte_count(zero, "zero bytes", virtual_size))
+                       fields.byte_count(zero, "zero bytes", virtual_size),
+                       ImageRecord.from_doc(value[6]) if images else None)
 
 
 def _state_names(doc: Doc) -> tuple[str, ...]:
@@ -134,6 +170,11 @@ class ArchiveInfo:
     @property
     def archive(self) -> str:
         return str(self.name)
+
+    @property
+    def images(self) -> bool:
+        """True if its disks are complete images in archives of their own (version 6)."""
+        return self.summary.version >= IMAGES_VERSION
 
     @property
     def level(self) -> str:

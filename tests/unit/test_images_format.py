@@ -1,0 +1,147 @@
+"""Format version 6 (Borg 2 repositories): records of complete images, their
+image archives' names, and what chains, plans and deletes make of them."""
+
+import json
+from dataclasses import replace
+from datetime import UTC, datetime
+
+import pytest
+
+from borg_vm.core import chain
+from borg_vm.core.plan import Disk, FullEvery, plan
+from borg_vm.errors import FormatError
+from borg_vm.format import names as fmt
+from borg_vm.format.manifest import DiskRecord, LayerRecord, Manifest
+from borg_vm.format.names import IMAGES_VERSION, ArchiveName, Level
+from borg_vm.format.summary import ArchiveInfo, DiskSummary, ImageRecord, Summary
+from borg_vm.services import catalog
+
+DOMAIN = "web01.example.com"
+UUID = "9b1c5a5e-3c1e-4c55-9d7e-2a1d0b9c1f00"
+SOURCE = "/var/lib/libvirt/images/web01.qcow2"
+IMAGE = ImageRecord("ab" * 32, "2026-11-20T02:00:00Z", 3)
+KEY = b"k" * 32
+
+
+def record(**over) -> Manifest:
+    fields = dict(
+        domain=DOMAIN, uuid=UUID, snapshot="base", checkpoint="borgvm-20261126T020000Z",
+        level=Level.INC, parent_checkpoint="borgvm-20261125T020000Z",
+        parent_archive=f"{DOMAIN}.base.borgvm-20261125T020000Z", parent_id="12" * 32,
+        time="2026-11-26T02:00:00Z", domain_xml_sha256="34" * 32,
+        checkpoint_xml_sha256="56" * 32, version=IMAGES_VERSION,
+        disks={"vda": DiskRecord(Level.INC, "qcow2", SOURCE, 1 << 30, (),
+                                 layers=(LayerRecord("base", SOURCE, "qcow2"),),
+                                 image=IMAGE, counts=(1 << 20, 65536))})
+    fields.update(over)
+    return Manifest(**fields)
+
+
+def test_record_round_trips_with_its_images_and_agrees_with_its_comment():
+    m = record().signed(KEY)
+    back = Manifest.from_json(m.to_json(), str(m.name))
+    assert back == m
+    assert back.disks["vda"].image == IMAGE
+    assert (back.disks["vda"].data_bytes, back.disks["vda"].zero_bytes) == (1 << 20, 65536)
+    assert back.code_problem(KEY) is None
+    comment = m.summary().signed(KEY, str(m.name)).to_comment()
+    summary = Summary.from_comment(comment, str(m.name))
+    assert summary.disks["vda"].image == IMAGE
+    assert summary.code_valid(KEY, str(m.name))
+    assert back.disagreement(ArchiveInfo(m.name, summary, key=KEY)) is None
+
+
+def test_record_holds_no_extents_or_digest():
+    doc = json.loads(record().to_json())
+    assert set(doc["disks"]["vda"]) == {"level", "format", "source", "virtual_size",
+                                        "data_bytes", "zero_bytes", "image", "layers"}
+
+
+@pytest.mark.parametrize("image", [None, [], ["ab" * 32, "2026-11-20T02:00:00Z"],
+                                   ["xyz", "2026-11-20T02:00:00Z", 0],
+                                   ["ab" * 32, "yesterday", 0], ["ab" * 32, "2026-11-20T02:00:00Z", -1],
+                                   ["ab" * 32, "2026-11-20T02:00:00Z", True]])
+def test_a_bad_image_is_refused_in_manifest_and_comment(image):
+    doc = json.loads(record().to_json())
+    doc["disks"]["vda"]["image"] = image
+    with pytest.raises(FormatError):
+        Manifest.from_json(json.dumps(doc).encode(), "a")
+    comment = json.loads(record().summary().to_comment())
+    comment["disks"]["vda"][6] = image
+    with pytest.raises(FormatError):
+        Summary.from_comment(json.dumps(comment), "a")
+
+
+def test_a_version_5_comment_has_no_image_and_a_version_6_one_needs_it():
+    comment = json.loads(record().summary().to_comment())
+    comment["borg-vm"] = 5
+    with pytest.raises(FormatError, match="zero bytes\\]"):
+        Summary.from_comment(json.dumps(comment), "a")
+    comment["borg-vm"] = 6
+    del comment["disks"]["vda"][6]
+    with pytest.raises(FormatError, match="image"):
+        Summary.from_comment(json.dumps(comment), "a")
+
+
+@pytest.mark.parametrize("domain", [DOMAIN, "a~b", "x.base.borgvm-20261126T020000Z~vda"])
+def test_image_archive_names_parse_back_to_their_record(domain):
+    name = ArchiveName(domain, "base", "borgvm-20261126T020000Z")
+    image = fmt.image_archive_name(name, "vdb")
+    assert fmt.parse_image_archive_name(image) == (name, "vdb")
+    assert ArchiveName.parse(image) is None   # never taken for a record
+    assert fmt.parse_image_archive_name(str(name)) is None
+
+
+@pytest.mark.parametrize("name", ["", "~vda", "web01.base.borgvm-20261126T020000Z~",
+                                  "web01.base.20261126~vda"])
+def test_other_names_are_no_image_archives(name):
+    assert fmt.parse_image_archive_name(name) is None
+
+
+def info(checkpoint: str, *, level=Level.INC, image=IMAGE, parent=None, size=1 << 30,
+         time="2026-11-26T02:00:00Z") -> ArchiveInfo:
+    disks = {"vda": DiskSummary(level, size, "qcow2", SOURCE, 1, 0, image)}
+    return ArchiveInfo(ArchiveName(DOMAIN, "base", checkpoint),
+                       Summary(level, parent, time, UUID, disks, version=IMAGES_VERSION))
+
+
+def test_a_point_of_images_is_its_own_chain_whatever_its_level_and_parent():
+    top = info("borgvm-20261126T020000Z", parent="gone")
+    assert chain.disk_chain([top], top, "vda") == [top]
+    assert chain.restore_chain([top], top, "vda") == [top]
+
+
+VDA = Disk("vda", SOURCE, "qcow2", 1 << 30)
+NOW = datetime(2026, 11, 27, 2, 0, 0, tzinfo=UTC)
+
+
+def test_incremental_on_a_pruned_parent_lineage():
+    parent = info("borgvm-20261126T020000Z", parent="long gone")
+    p = plan("auto", DOMAIN, UUID, [VDA], [parent], {parent.name.checkpoint}, images=True)
+    assert p.level == Level.INC and p.parent == parent
+
+
+def test_a_parent_that_holds_a_chain_gives_no_image_to_build_on():
+    parent = info("borgvm-20261126T020000Z", image=None)
+    chained = replace(parent, summary=replace(parent.summary, version=5))
+    p = plan("auto", DOMAIN, UUID, [VDA], [chained], {parent.name.checkpoint}, images=True)
+    assert p.level == Level.FULL and "holds no complete image" in p.reason
+
+
+@pytest.mark.parametrize("every, full", [("3", True), ("4", False), ("7d", True), ("8d", False)])
+def test_full_every_counts_reads_since_the_last_full_read(every, full):
+    parent = info("borgvm-20261126T020000Z")   # 3 runs since a full read on 11-20
+    p = plan("auto", DOMAIN, UUID, [VDA], [parent], {parent.name.checkpoint},
+             FullEvery.parse(every), NOW, images=True)
+    assert (p.level == Level.FULL) == full
+    if full:
+        assert p.reason.startswith("a full read: disk vda: ")
+
+
+def test_deleting_a_point_of_images_deletes_its_image_archives():
+    a = info("borgvm-20261126T020000Z")
+    two = replace(a, summary=replace(a.summary, disks={
+        **a.summary.disks, "vdb": a.summary.disks["vda"]}))
+    chained = replace(a, summary=replace(a.summary, version=5))
+    assert catalog.with_images([two, chained]) == [
+        two.archive, f"{two.archive}~vda", f"{two.archive}~vdb", chained.archive]
