@@ -43,6 +43,7 @@ from lab import GIB, KIB, MIB, WORK, say  # noqa: E402
 from report import mb, table  # noqa: E402
 
 from borg_vm.adapters import libnbd, nbdfuse  # noqa: E402
+from borg_vm.core.disk_source import Endpoint  # noqa: E402
 from borg_vm.core.extent import DATA, Extent, input_map, plan_full  # noqa: E402
 
 BORG2 = lab.VENV_BIN.parent / "borg2" / "bin" / "borg"
@@ -80,7 +81,7 @@ def main() -> None:
                                "-f", "qcow2", str(image)])
     try:
         wait_listening(sock)
-        uri = f"nbd+unix:///vda?socket={sock}"
+        uri = Endpoint(uri=f"nbd+unix:///vda?socket={sock}")
         results = {"size": size, "data": data, "rounds": rounds,
                    "read": sequential(raw, uri, work, rounds),
                    "full": full_images(raw, uri, sock, work, env, rounds),
@@ -228,7 +229,7 @@ def incrementals(image: Path, uri: str, sock: str, work: Path, env: dict, size: 
                                    "-x", "vda", "-f", "qcow2", str(changed)])
         try:
             wait_listening(csock)
-            with nbdfuse.exposed(f"nbd+unix:///vda?socket={csock}", str(work / "vda")) as path:
+            with nbdfuse.exposed(Endpoint(uri=f"nbd+unix:///vda?socket={csock}"), str(work / "vda")) as path:
                 seconds, _ = create(repo, "inc", work, Path(path).name,
                                     map_file(work / "inc.map", inc_ranges), chunk, env,
                                     reuse=full_id)

@@ -132,6 +132,11 @@ class BorgError(BorgVmError):
     """borg {action} failed: {detail}"""
 
 
+class NotWithImages(BorgVmError):
+    """{what} is not available yet for a repository of complete images (Borg 2):
+    {detail}. docs/borg2.md says what is."""
+
+
 class CommittedThenFailed(BorgError):
     """{detail}; but borg had committed archive {archive} before that: it is complete and
     kept, the next run builds on it (`borg check` the repository)"""

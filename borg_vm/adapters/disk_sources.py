@@ -16,6 +16,7 @@ its dirty-bitmap context is called.
 from __future__ import annotations
 
 import contextlib
+import urllib.parse
 from collections.abc import Iterable, Iterator
 
 from borg_vm.adapters import qemu
@@ -27,7 +28,7 @@ from borg_vm.adapters.libnbd import (
     open_command,
     open_unix,
 )
-from borg_vm.core.disk_source import DiskStatus
+from borg_vm.core.disk_source import DiskStatus, Endpoint
 from borg_vm.core.extent import status_ranges
 
 # 4 MiB requests with 8 in flight read a libvirt pull-backup export much faster
@@ -102,6 +103,10 @@ class PullBackupSource(_NbdSource):
     def _dirty_context(self, target: str) -> str:
         return dirty_bitmap_context(target)
 
+    def endpoint(self, target: str) -> Endpoint:
+        return Endpoint(uri=f"nbd+unix:///{urllib.parse.quote(target)}?socket="
+                            f"{urllib.parse.quote(self.socket)}")
+
 
 class ImageSource(_NbdSource):
     """Images served by qemu-nbd, one server per disk, all started on entry and
@@ -138,6 +143,11 @@ class ImageSource(_NbdSource):
         return open_command(qemu.nbd_reader_argv(path, fmt, bitmap),
                             where=f"{target} ({path}, bitmap {bitmap})",
                             contexts=[self._dirty_context(target)])
+
+    def endpoint(self, target: str) -> Endpoint:
+        """A second read-only qemu-nbd of the image (the first one's lock lets it read)."""
+        path, fmt, _bitmap = self.images[target]
+        return Endpoint(command=tuple(qemu.nbd_reader_argv(path, fmt)))
 
     def _dirty_context(self, target: str) -> str:
         bitmap = self.images[target][2]

@@ -24,6 +24,7 @@ from collections.abc import Iterator
 
 from borg_vm.adapters import subproc
 from borg_vm.adapters.borg import mounted
+from borg_vm.core.disk_source import Endpoint
 from borg_vm.errors import NbdError
 
 log = logging.getLogger(__name__)
@@ -34,17 +35,19 @@ STOP_SECONDS = 10         # from umount to nbdfuse's exit
 
 
 @contextlib.contextmanager
-def exposed(uri: str, path: str) -> Iterator[str]:
-    """Show the NBD export at uri (an NBD URI, e.g. nbd+unix:///vda?socket=S) as
-    the regular file path, read-only, for the block; yield path. The file is
-    created (it must not exist) and removed after. Raise NbdError if nbdfuse
-    cannot mount it."""
+def exposed(endpoint: Endpoint, path: str) -> Iterator[str]:
+    """Show the NBD export at endpoint (an NBD URI, e.g. nbd+unix:///vda?socket=S,
+    or a server nbdfuse starts) as the regular file path, read-only, for the
+    block; yield path. The file is created (it must not exist) and removed
+    after. Raise NbdError if nbdfuse cannot mount it."""
+    uri = endpoint.uri or " ".join(endpoint.command)
+    server = [endpoint.uri] if endpoint.uri else ["[", *endpoint.command, "]"]
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     os.close(fd)
     try:
         with tempfile.TemporaryDirectory(prefix="borg-vm-nbdfuse.") as tmp:
             pidfile = os.path.join(tmp, "pid")
-            argv = ["nbdfuse", "--readonly", "--pidfile", pidfile, path, uri]
+            argv = ["nbdfuse", "--readonly", "--pidfile", pidfile, path, *server]
             with subproc.stream(argv, parent_death_signal=signal.SIGTERM) as proc:
                 try:
                     _wait_mounted(proc, pidfile, uri, path)

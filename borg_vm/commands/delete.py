@@ -74,5 +74,5 @@ def delete(borg: Repository, domain: str, checkpoint: str, with_dependents: bool
     doomed = [a.archive for a in needing] + [target.archive]
     if not dry_run:
         log.info("deleting %s", ", ".join(doomed))
-        borg.delete(doomed)
+        borg.delete(catalog.with_images([*needing, target]))
     return DeleteResult(doomed, dry_run)

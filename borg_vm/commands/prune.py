@@ -116,12 +116,12 @@ def prune(borg: Repository, opts: PruneOptions, now: datetime | None = None) -> 
     local = datetime.now().astimezone().tzinfo
     assert local is not None, "astimezone() always sets the local zone"
     decided = retention.decide(selected, opts.rules, now, local)
-    doomed = [a.archive for a, verdict, _ in sorted(decided, key=lambda d: d[0].order,
-                                                     reverse=True)
+    pruned = [a for a, verdict, _ in sorted(decided, key=lambda d: d[0].order, reverse=True)
               if verdict == retention.Verdict.PRUNE]
+    doomed = [a.archive for a in pruned]
     if doomed and not opts.dry_run:
         log.info("deleting %d archives: %s", len(doomed), ", ".join(doomed))
-        borg.delete(doomed)
+        borg.delete(catalog.with_images(pruned))
         if opts.compact:
             borg.compact()
     return PruneResult([(a.archive, a.name.domain, v, w) for a, v, w in decided],

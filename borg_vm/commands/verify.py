@@ -9,6 +9,11 @@ and checkpoint.xml are what libvirt writes and match the manifest's digests);
 and every disk's chain back to its full exists, linked by archive ID, with
 the same disk size throughout. Archives this host cannot authenticate
 (format/trust.py) are named, not read.
+
+A restore point of complete images (format version 6, Borg 2) is its record,
+checked as above, and each disk's image archive, the one its record names by
+ID, read whole: Borg checks every object against its ID as it reads
+(adapters/borg/borg2.py), and the image must be as big as the disk.
 """
 
 from __future__ import annotations
@@ -19,11 +24,18 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
 from borg_vm import prefetch
-from borg_vm.adapters.borg import Repository
+from borg_vm.adapters.borg import ImageStore, Repository
 from borg_vm.commands import options
 from borg_vm.core import chain
 from borg_vm.core.text import printable
-from borg_vm.errors import EXIT_ERROR, EXIT_OK, EXIT_WARNING, BorgVmError, UsageError
+from borg_vm.errors import (
+    EXIT_ERROR,
+    EXIT_OK,
+    EXIT_WARNING,
+    BorgVmError,
+    IntegrityError,
+    UsageError,
+)
 from borg_vm.format import names as fmt
 from borg_vm.format import reader
 from borg_vm.format.manifest import Manifest
@@ -119,6 +131,9 @@ def verify(borg: Repository, domain: str | None, checkpoint: str | None, every: 
     with reader.read_ahead(borg, reads) as streams:
         for a, stream in zip(readable, streams, strict=True):
             verdicts[a.archive] = _check_data(a, stream)
+    for a in readable:
+        if a.images and verdicts[a.archive] == "ok":
+            verdicts[a.archive] = _check_images(borg, a)
     return VerifyResult([(a.archive, verdicts[a.archive]) for a in ordered], rejected)
 
 
@@ -148,6 +163,32 @@ def _check_data(a: ArchiveInfo, stream: AbstractContextManager[Iterator[Member]]
     except BorgVmError as e:
         return e.message
     return "ok"
+
+
+def _check_images(borg: Repository, a: ArchiveInfo) -> str:
+    """Return "ok" or what is wrong with the image archives of a record (version 6)."""
+    try:
+        store = catalog.image_store(borg, a)
+        assert store is not None, "a record of images"
+        for t, d in sorted(a.summary.disks.items()):
+            assert d.image is not None, "a record of images names an image per disk"
+            size = _image_size(store, d.image.id)
+            if size != d.virtual_size:
+                raise IntegrityError(target=t, archive=a.archive, detail=(
+                    f"its image {d.image.id} holds {size} bytes, the disk {d.virtual_size}"))
+    except BorgVmError as e:
+        return e.message
+    return "ok"
+
+
+def _image_size(store: ImageStore, image_id: str) -> int:
+    """Read the image archive with this ID whole; return its file's size."""
+    size = 0
+    with store.extract_image(image_id) as proc:
+        while piece := proc.stdout.read(PIECE):
+            size += len(piece)
+        store.finish("extract", proc)
+    return size
 
 
 def _read_and_hash(a: ArchiveInfo, stream: AbstractContextManager[Iterator[Member]]) -> Manifest:

@@ -8,6 +8,10 @@ two things per disk, in this order::
     reads(target, requests)         -> (offset, data) for each (offset, length)
                                                     request, in request order
 
+or, where Borg reads the disk itself (Borg 2's create --map), after the map::
+
+    endpoint(target)                -> Endpoint       how to reach its NBD export
+
 Implementations live in adapters/disk_sources.py: today a libvirt pull-mode backup
 job's NBD exports (a running domain, frozen at the job's start). The offline
 source (qemu-nbd over an image's persistent bitmaps, for a shut-off domain)
@@ -38,6 +42,15 @@ class DiskStatus:
     dirty: tuple[Run, ...] | None = None
 
 
+@dataclass(frozen=True)
+class Endpoint:
+    """How another program reaches a disk's NBD export: an NBD URI, or the argv of
+    a server to start with systemd socket activation (one of the two)."""
+
+    uri: str | None = None
+    command: tuple[str, ...] = ()
+
+
 class DiskSource(Protocol):
     read_request: int   # the largest read to ask for at once, in bytes
 
@@ -49,3 +62,7 @@ class DiskSource(Protocol):
         """Yield an iterator of (offset, data) for the requests (consumed as reads go
         out), in order; each view stays valid while the consumer holds at most
         `hold` of them."""
+
+    def endpoint(self, target: str) -> Endpoint:
+        """Return how another program reads the disk (read-only, the same data
+        reads yields)."""

@@ -6,6 +6,13 @@ The reader's counterpart (format/reader.py). The disks' data comes from
 DiskSources (core/disk_source.py): a record's extents are read from its
 source in block-aligned requests, small pieces packed (format/packing.py),
 and hashed on the reading thread while the writing thread feeds Borg.
+
+Version 6 (a repository of complete images, Borg 2: write_images): each disk
+is first an image archive of its own, Borg reading the disk's export (shown as
+a file by nbdfuse) along the disk's input map; then the archive above, the
+record, without data members, its manifest naming each image by ID. The
+record is written last: until it is committed there is no restore point, and
+what a failed run made is deleted (what a killed one made, by its next run).
 """
 
 from __future__ import annotations
@@ -13,14 +20,17 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import os
+import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from borg_vm import prefetch, runtime
-from borg_vm.adapters.borg import Repository
+from borg_vm.adapters import nbdfuse
+from borg_vm.adapters.borg import ImageStore, Repository
 from borg_vm.core import extent
-from borg_vm.core.disk_source import DiskSource
+from borg_vm.core.disk_source import DiskSource, Endpoint
 from borg_vm.errors import BorgError, CommittedThenFailed
 from borg_vm.format import names as fmt
 from borg_vm.format import packing
@@ -116,12 +126,73 @@ def write_archive(borg: Repository, name: ArchiveName, manifest: Manifest, parts
     return manifest, None
 
 
+@dataclass(frozen=True)
+class ImageInput:
+    """What one disk's image archive is built from (version 6)."""
+
+    endpoint: Endpoint                      # the disk's NBD export
+    ranges: list[tuple[int, int, str]]      # its input map (core.extent.input_map)
+    reuse_from: str | None                  # the image archive the same ranges are in
+
+
+def write_images(borg: Repository, store: ImageStore, name: ArchiveName, manifest: Manifest,
+                 parts: Parts, inputs: dict[str, ImageInput], scratch: str | None
+                 ) -> tuple[Manifest, CommittedThenFailed | None]:
+    """Build each disk's image archive (disks in target order) from inputs, then
+    write the record name (write_archive) naming each by ID; return as
+    write_archive does. scratch: the directory for the files nbdfuse shows
+    (None: the system's temporary directory).
+
+    On failure the image archives made are deleted (best effort: what is left
+    goes at the domain's next run) and the error raised.
+    """
+    made: list[str] = []
+    try:
+        disks = {}
+        with tempfile.TemporaryDirectory(prefix="borg-vm-image.", dir=scratch) as tmp:
+            for t, d in sorted(manifest.disks.items()):
+                assert d.image is not None, "a record of images has an image per disk"
+                image = fmt.image_archive_name(name, t)
+                log.info("%s: disk %s into %s (%s bytes to read)", manifest.domain, t, image,
+                         d.data_bytes)
+                with nbdfuse.exposed(inputs[t].endpoint, os.path.join(tmp, t)) as path:
+                    created = store.create_image(
+                        image, path, inputs[t].ranges, reuse_from=inputs[t].reuse_from,
+                        comment=f"borg-vm image of {t} of {name}",
+                        timestamp=parts.when.isoformat(timespec="seconds"),
+                        compression=parts.compression, block_size=parts.block_size)
+                made.append(created.id)
+                if created.size != d.virtual_size:
+                    raise BorgError(action="create", detail=(
+                        f"{image} holds {created.size} bytes, the disk {d.virtual_size}"))
+                disks[t] = replace(d, image=replace(d.image, id=created.id))
+        return write_archive(borg, name, replace(manifest, disks=disks), parts,
+                             _no_data, Progress.for_terminal("", 0, False))
+    except BaseException:
+        if made:
+            log.info("%s: deleting the images of the failed run", manifest.domain)
+            try:
+                store.delete_ids(made)
+            except BorgError as e:
+                log.error("%s: could not delete %s: %s", manifest.domain, ", ".join(made),
+                          e.message)
+        raise
+
+
+def _no_data(target: str, layer: int) -> Where:
+    raise AssertionError(f"a record of images reads no data ({target}, layer {layer})")
+
+
 def _write_disks(tar: TarWriter, manifest: Manifest, where: Callable[[str, int], Where],
                  block_size: int, progress: Progress) -> Manifest:
     """Write every disk's data members (its top data, then its sealed layers, disks
-    in target order); return the manifest with each record's digest."""
+    in target order; none of a disk whose image is an archive of its own); return
+    the manifest with each record's digest."""
     disks = {}
     for t, d in sorted(manifest.disks.items()):
+        if d.image is not None:
+            disks[t] = d
+            continue
         top = _write_extents(tar, where(t, 0), d.extents, block_size, progress,
                              functools.partial(fmt.member_name, t))
         sealed = tuple(replace(f, sha256=_write_extents(

@@ -1,7 +1,8 @@
 """borg-vm's view of a Borg repository: which archives are complete borg-vm
 archives of a domain, which of those this host can authenticate
 (format/trust.py, with the repository's keyring, services/keyring.py), and
-which are leftovers of crashed runs."""
+which are leftovers of crashed runs. Image archives (format version 6) are
+not restore points: they are their records' (or leftovers, without one)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from borg_vm.adapters.borg import Repository
+from borg_vm.adapters.borg import ImageStore, Repository
 from borg_vm.core import chain
 from borg_vm.errors import FormatError, NoAuthenticArchive, Unauthenticated
 from borg_vm.format import names as fmt
@@ -77,6 +78,25 @@ def restore_point(borg: Repository, domain: str, checkpoint: str | None,
     return pool, chain.select(pool, domain, checkpoint)
 
 
+def image_store(borg: Repository, top: ArchiveInfo) -> ImageStore | None:
+    """Return where top's complete images are (format version 6), None if top is
+    an archive of a chain. Raise FormatError for a record of images in a
+    repository that keeps chains (a Borg 1 repository holds no image archives)."""
+    if not top.images:
+        return None
+    if borg.images is None:
+        raise FormatError(archive=top.archive, detail="it names image archives, which a "
+                          "Borg 1 repository does not hold")
+    return borg.images
+
+
+def with_images(archives: list[ArchiveInfo]) -> list[str]:
+    """Return the names of the archives, each followed by those of its image
+    archives (format version 6): what deleting the restore points deletes."""
+    return [n for a in archives for n in [a.archive, *(
+        fmt.image_archive_name(a.name, t) for t in sorted(a.summary.disks) if a.images)]]
+
+
 def archives(borg: Repository, domain: str | None = None, warn: bool = True) -> Catalog:
     """Return the Catalog of domain (None: every domain, and no partial archives).
 
@@ -102,7 +122,13 @@ def _listed(borg: Repository, domain: str | None
     """Return (domain's complete archives, what its unfinished runs left, the
     repository's keyring)."""
     complete, partial, legacy = [], [], []
+    images: list[tuple[str, str]] = []   # (image archive, its record) of domain
     for listed in borg.list_archives(checkpoints=domain is not None):
+        image_of = fmt.parse_image_archive_name(listed.name)
+        if image_of is not None:
+            if domain is not None and image_of[0].domain == domain:
+                images.append((listed.name, str(image_of[0])))
+            continue
         name = ArchiveName.parse(listed.name)
         if name is not None:
             try:
@@ -118,6 +144,10 @@ def _listed(borg: Repository, domain: str | None
                 complete.append(info)
         elif domain is not None and fmt.is_partial_of(listed.name, domain):
             partial.append(listed.name)
+    # Images whose record is missing are what a run cut short made (version 6).
+    # (A record the host cannot authenticate keeps its images: not this run's to judge.)
+    recorded = {a.archive for a in complete}
+    partial += [image for image, record in images if record not in recorded]
     return complete, partial, keyring_.load_or_create(borg.repository_id(), legacy)
 
 

@@ -7,10 +7,8 @@ fixture, which stops its server at teardown. The top-level conftest clears
 BORG_* and gives every test a private BORG_BASE_DIR.
 """
 
-import os
 import shutil
 import subprocess
-import sys
 import time
 
 import pytest
@@ -82,17 +80,8 @@ def v1_repo(tmp_path, monkeypatch):
     return copy_fixture_repo("v1-repo", tmp_path, monkeypatch)
 
 
+
 BORG2_PASSPHRASE = "borg2 test"
-# Where contrib/setup-host.sh installs Borg 2 (beside the venv's borg 1.4).
-SET_UP_BORG2 = os.path.join(os.path.dirname(sys.executable), "..", "borg2", "bin", "borg")
-
-
-@pytest.fixture
-def borg2_executable():
-    path = os.environ.get("BORG_VM_TEST_BORG2", SET_UP_BORG2)
-    if not os.access(path, os.X_OK):
-        pytest.skip(f"no Borg 2 at {path} (make setup installs it)")
-    return os.path.realpath(path)
 
 
 @pytest.fixture

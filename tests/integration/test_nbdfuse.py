@@ -10,6 +10,7 @@ import pytest
 from realstack import MiB, listening, qemu_io
 
 from borg_vm.adapters import libnbd, nbdfuse
+from borg_vm.core.disk_source import Endpoint
 from borg_vm.core.extent import DATA, STATE_DIRTY, Run, input_map, plan_full, plan_incremental
 from borg_vm.errors import BorgError, NbdError
 
@@ -17,7 +18,7 @@ BLOCK = 64 * 1024
 
 
 def uri(sock):
-    return f"nbd+unix:///vda?socket={sock}"
+    return Endpoint(uri=f"nbd+unix:///vda?socket={sock}")
 
 
 def make_disk(tmp_path, size=16 * MiB):

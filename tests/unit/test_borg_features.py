@@ -32,12 +32,12 @@ def test_versions_order_as_python_versions():
     assert sorted(order, key=BorgVersion.of) == order
 
 
-@pytest.mark.parametrize("version", ["1.2.0", "1.4.5"])
-def test_borg_1_2_to_1_4_is_supported(version):
+@pytest.mark.parametrize("version", ["1.2.0", "1.4.5", "2.0.0b23", "2.0.0b25", "2.0.0"])
+def test_borg_1_2_to_1_4_and_2_from_its_beta_with_map_are_supported(version):
     check_supported(BorgVersion.of(version), "/usr/bin/borg")
 
 
-@pytest.mark.parametrize("version", ["1.1.18", "2.0.0b23", "3.0.0"])
+@pytest.mark.parametrize("version", ["1.1.18", "2.0.0b22", "3.0.0"])
 def test_other_versions_are_refused_by_name(version):
     with pytest.raises(BorgUnsupported, match=version.replace(".", r"\.")):
         check_supported(BorgVersion.of(version), "/usr/bin/borg")

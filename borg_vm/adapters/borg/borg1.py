@@ -18,6 +18,8 @@ BORG1 = BorgVersion.of("1.4.0")
 class Borg1Repository(BorgCli):
     """One Borg 1.x repository."""
 
+    images = None   # chains: no archive per disk image
+
     def __init__(self, repo: str, *, executable: str | None = None,
                  lock_wait: int = DEFAULT_LOCK_WAIT,
                  ask_passphrase: Callable[[str], str] | None = None,

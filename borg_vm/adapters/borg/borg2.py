@@ -16,47 +16,45 @@ What differs from Borg 1 here, beyond the spellings features.Dialect holds:
   commits an archive, without the file, and exits non-zero: ``create_image``
   deletes what a failed create committed, and checks that what it keeps
   holds the one file.
+- Reading, Borg 2 checks each object's MAC under the repository key but, by
+  default, not that a chunk's content hashes to its ID: a client holding the
+  key could store other content under an ID. Images are read with
+  ``BORG_ASSERT_ID`` naming reads too (``ASSERT_ID``), so an image archive's ID,
+  which borg-vm's record authenticates, binds every byte extracted.
+- Some failures borg only logs: a missing chunk is extracted as zeros with an
+  error record and exit code 0. ``finish`` fails on any error record.
 - delete and prune only mark archives deleted; ``compact`` frees their space
   and takes the repository's exclusive lock (every other command a shared one).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import tempfile
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
 
-from borg_vm.adapters.borg.cli import DEFAULT_LOCK_WAIT, BorgCli
-from borg_vm.adapters.borg.features import BorgVersion
-from borg_vm.adapters.borg.protocol import Listed
+from borg_vm.adapters import subproc
+from borg_vm.adapters.borg.cli import BorgCli, logged_errors
+from borg_vm.adapters.borg.protocol import Created, ImageStore, Listed
 from borg_vm.errors import BorgError
 
+# The places where Borg 2 checks that an object's content hashes to its ID: its
+# default ones and "read" (everything extract reads).
+ASSERT_ID = "read,repair,transfer,rechunk"
 # How many names one 'borg delete -a re:...' takes (argv stays far below the
 # kernel's limit whatever the names).
 DELETE_BATCH = 100
 
 
-@dataclass(frozen=True)
-class Created:
-    """An image archive create_image committed."""
-
-    name: str
-    id: str          # Borg's archive ID (hex)
-    size: int        # the size of the file it holds
-
-
 class Borg2Repository(BorgCli):
     """One Borg 2 repository."""
 
-    def __init__(self, repo: str, *, executable: str | None = None,
-                 lock_wait: int = DEFAULT_LOCK_WAIT,
-                 ask_passphrase: Callable[[str], str] | None = None,
-                 version: BorgVersion):
-        super().__init__(repo, executable=executable, lock_wait=lock_wait,
-                         ask_passphrase=ask_passphrase, version=version)
+    @property
+    def images(self) -> ImageStore:
+        return self
 
     @staticmethod
     def ref(archive_id: str) -> str:
@@ -108,6 +106,24 @@ class Borg2Repository(BorgCli):
             raise BorgError(action="create", detail=f"{name} was committed without "
                             f"{os.path.basename(path)} (it could not be read)")
         return created
+
+    @contextlib.contextmanager
+    def extract_image(self, archive_id: str) -> Iterator[subproc.Stream]:
+        """Yield a running 'borg extract --stdout' of the archive with this ID (its
+        one file) to stdout, every object checked against its ID (ASSERT_ID)."""
+        argv = self._argv("extract", "--stdout", *self.location(self.ref(archive_id)))
+        with self.child_env() as (env, fds), subproc.stream(
+                argv, stdout=True, env={**env, "BORG_ASSERT_ID": ASSERT_ID},
+                pass_fds=fds) as s:
+            yield s
+
+    def finish(self, action: str, stream: subproc.Stream) -> None:
+        """Wait for a streaming borg command; raise the matching error if it failed
+        or logged an error (Borg 2 extracts a missing chunk as zeros, exit code 0)."""
+        super().finish(action, stream)
+        errors = logged_errors("".join(stream.stderr_lines()))
+        if errors:
+            raise BorgError(action=action, detail="; ".join(errors))
 
     def delete(self, archives: Sequence[str]) -> None:
         """Mark the archives with these names deleted (their space is freed by

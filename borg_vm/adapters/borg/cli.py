@@ -414,6 +414,13 @@ def _parse_log_json(stderr: str) -> tuple[set[str], list[str]]:
     return msgids, messages or warnings
 
 
+def logged_errors(stderr: str) -> list[str]:
+    """Return the messages of the error records in borg --log-json stderr."""
+    return [_one_line(rec["message"]) for _text, rec in _records(stderr)
+            if rec is not None and rec.get("levelname") in ("ERROR", "CRITICAL")
+            and isinstance(rec.get("message"), str) and rec.get("msgid") != _EXCEPTION]
+
+
 # borg logs a line the remote side wrote outside borg's logging (ssh's stderr,
 # the remote shell's) as a warning of the root logger with this prefix.
 _RELAYED_PREFIX = "Remote: "

@@ -81,6 +81,11 @@ class BorgVersion:
         return str(self.version)
 
 
+# The first Borg 2 with create --map/--reuse-from, which its repositories of
+# complete images need (adapters/borg/borg2.py).
+BORG2_OLDEST = BorgVersion.of("2.0.0b23")
+
+
 @dataclass(frozen=True)
 class Dialect:
     """How one Borg generation spells what borg-vm asks of it."""
@@ -139,8 +144,11 @@ def check_supported(version: BorgVersion, executable: str) -> None:
     """Raise BorgUnsupported unless borg-vm has an implementation for version."""
     if version.major == 1 and (version.major, version.minor) >= BORG1_OLDEST:
         return
+    if version.major == 2 and version >= BORG2_OLDEST:
+        return
     raise BorgUnsupported(executable=executable, version=str(version),
-                          supported=f"{BORG1_OLDEST[0]}.{BORG1_OLDEST[1]} to 1.4")
+                          supported=f"{BORG1_OLDEST[0]}.{BORG1_OLDEST[1]} to 1.4, "
+                                    f"and {BORG2_OLDEST} and later 2.0 betas")
 
 
 def detect(executable: str, ask: Callable[[list[str]], str]) -> BorgVersion:

@@ -34,12 +34,52 @@ class Item:
     size: int
 
 
+@dataclass(frozen=True)
+class Created:
+    """An image archive ImageStore.create_image committed."""
+
+    name: str
+    id: str          # Borg's archive ID (hex)
+    size: int        # the size of the file it holds
+
+
+class ImageStore(Protocol):
+    """What a repository of complete images (Borg 2) adds: an archive per disk,
+    built from the ranges that changed, named by its ID."""
+
+    def create_image(self, name: str, path: str, ranges: Sequence[tuple[int, int, str]], *,
+                     reuse_from: str | None, comment: str, timestamp: str, compression: str,
+                     block_size: int) -> Created:
+        """Archive the file at path as archive name, reading only its ranges marked
+        data (core.extent.input_map), the same ranges taken from the archive with
+        ID reuse_from."""
+        ...
+
+    def extract_image(self, archive_id: str) -> AbstractContextManager[subproc.Stream]:
+        """A running extract writing the one file of the archive with this ID to stdout."""
+        ...
+
+    def delete_ids(self, ids: Sequence[str]) -> None:
+        """Delete the archives with these IDs."""
+        ...
+
+    def finish(self, action: str, stream: subproc.Stream) -> None:
+        """Wait for a streaming command; raise the matching BorgError if it failed."""
+        ...
+
+
 class Repository(Protocol):
     """One Borg repository. Every call raises a BorgError subclass on failure
     (RepositoryNotFound, PassphraseMissing, RepositoryLocked, ...)."""
 
     repo: str          # the location, as the user gave it
     lock_wait: int     # seconds each call waits for another borg's lock
+
+    @property
+    def images(self) -> ImageStore | None:
+        """Where the repository keeps every restore point as complete images (Borg
+        2); None: it keeps chains (Borg 1)."""
+        ...
 
     def absolute_location(self) -> str:
         """The location valid from any working directory (a local path made absolute)."""

@@ -46,7 +46,8 @@ from borg_vm.errors import (
 from borg_vm.format import names as fmt
 from borg_vm.format import writer
 from borg_vm.format.manifest import DiskRecord, Manifest, SealedRecord
-from borg_vm.format.names import ArchiveName, Level
+from borg_vm.format.names import IMAGES_VERSION, ArchiveName, Level
+from borg_vm.format.summary import ImageRecord
 from borg_vm.progress import Progress
 from borg_vm.services import catalog
 from borg_vm.services.backup import backing, checkpoint_recovery, offline, running
@@ -160,7 +161,7 @@ def _backup_locked(run: BackupRun, borg: Repository, own: set[str]) -> BackupRes
     dom, opts = run.dom, run.opts
     lost = _recover_checkpoint(run, borg, own)
     p = plan.plan(opts.level, dom.name, dom.uuid, list(run.disks), list(run.archives), own,
-                  opts.full_every, datetime.now(UTC))
+                  opts.full_every, datetime.now(UTC), images=borg.images is not None)
     if lost and p.level == Level.FULL and p.parent is None:
         p = replace(p, reason=f"{p.reason}, and could not be brought back: {lost}")
     try:
@@ -229,28 +230,39 @@ def _write(run: BackupRun, borg: Repository, p: plan.Plan, name: ArchiveName, wh
            ) -> tuple[Manifest, CommittedThenFailed | None]:
     """Map every disk's extents in the session's source, and the final changes of
     its layers sealed since the parent, plan the manifest and write the archive
-    (format/writer.py); return its manifest, and borg's failure after it
-    committed the archive, if it failed so."""
+    (format/writer.py); or, into a repository of complete images, each disk's
+    image and the record naming them. Return the manifest, and borg's failure
+    after it committed the archive, if it failed so."""
     dom, opts = run.dom, run.opts
+    source = session.source
+    maps = {t: _extent_map(source, t, p.disk_levels[t] == Level.INC, opts)
+            for t in sorted(run.by_target)}
+    log.debug("%s: block status read: %s", dom.name,
+              ", ".join(f"{t} {len(e)} extents" for t, (_s, e) in maps.items()))
+    disks = run.by_target
+    manifest = Manifest(
+        domain=dom.name, uuid=dom.uuid, snapshot=name.snapshot,
+        checkpoint=name.checkpoint, level=p.level, parent_checkpoint=p.parent_checkpoint,
+        parent_archive=p.parent.archive if p.parent else None,
+        parent_id=p.parent.id if p.parent else None,
+        time=when.strftime("%Y-%m-%dT%H:%M:%SZ"), block_size=opts.block_size,
+        disks={t: DiskRecord(p.disk_levels[t], disks[t].format, disks[t].source, size,
+                             tuple(ext), layers=layers[t].records())
+               for t, (size, ext) in maps.items()})
+    parts = writer.Parts(domain_xml=dom.xml(inactive=True),
+                         checkpoint_xml=session.checkpoint_xml, when=when,
+                         compression=opts.compression, block_size=opts.block_size,
+                         key=run.key, state=session.state)
+    if borg.images is not None:
+        images, inputs = _images(manifest, p, source)
+        return writer.write_images(borg, borg.images, name, images, parts, inputs,
+                                   opts.scratch_dir)
     with backing.sealed_source(layers) as old:
-        source = session.source
-        maps = {t: _extent_map(source, t, p.disk_levels[t] == Level.INC, opts)
-                for t in sorted(run.by_target)}
         sealed = {t: tuple(SealedRecord(i, Level.INC if bitmap else Level.FULL, tuple(
             _extent_map(old, backing.key(t, i), bool(bitmap), opts)[1]))
             for i, bitmap in layers[t].sealed) for t in sorted(run.by_target)}
-        log.debug("%s: block status read: %s", dom.name,
-                  ", ".join(f"{t} {len(e)} extents" for t, (_s, e) in maps.items()))
-        disks = run.by_target
-        manifest = Manifest(
-            domain=dom.name, uuid=dom.uuid, snapshot=name.snapshot,
-            checkpoint=name.checkpoint, level=p.level, parent_checkpoint=p.parent_checkpoint,
-            parent_archive=p.parent.archive if p.parent else None,
-            parent_id=p.parent.id if p.parent else None,
-            time=when.strftime("%Y-%m-%dT%H:%M:%SZ"), block_size=opts.block_size,
-            disks={t: DiskRecord(p.disk_levels[t], disks[t].format, disks[t].source, size,
-                                 tuple(ext), layers=layers[t].records(), sealed=sealed[t])
-                   for t, (size, ext) in maps.items()})
+        manifest = replace(manifest, disks={t: replace(d, sealed=sealed[t])
+                                            for t, d in manifest.disks.items()})
 
         def where(target: str, layer: int) -> writer.Where:
             return (writer.Where(source, target) if not layer
@@ -258,12 +270,27 @@ def _write(run: BackupRun, borg: Repository, p: plan.Plan, name: ArchiveName, wh
 
         total = sum(d.data_bytes + sum(f.data_bytes for f in d.sealed)
                     for d in manifest.disks.values())
-        parts = writer.Parts(domain_xml=dom.xml(inactive=True),
-                             checkpoint_xml=session.checkpoint_xml, when=when,
-                             compression=opts.compression, block_size=opts.block_size,
-                             key=run.key, state=session.state)
         return writer.write_archive(borg, name, manifest, parts, where,
                                     Progress.for_terminal(dom.name, total, opts.progress))
+
+
+def _images(manifest: Manifest, p: plan.Plan, source: DiskSource
+            ) -> tuple[Manifest, dict[str, writer.ImageInput]]:
+    """Return the record of complete images a run of plan p writes (format
+    version 6: each disk's image, read where the manifest's extents say, the
+    rest taken from the parent's image) and each image's input."""
+    disks, inputs = {}, {}
+    for t, d in manifest.disks.items():
+        inc = d.level == Level.INC
+        before = p.parent.summary.disks[t].image if inc and p.parent else None
+        assert before is not None or not inc, "an incremental image needs its parent's"
+        image = (ImageRecord("", before.full_time, before.runs + 1) if before is not None
+                 else ImageRecord("", manifest.time, 0))
+        disks[t] = replace(d, extents=(), image=image, counts=(d.data_bytes, d.zero_bytes))
+        inputs[t] = writer.ImageInput(source.endpoint(t),
+                                      extent.input_map(d.virtual_size, d.extents, inc),
+                                      before.id if before is not None else None)
+    return replace(manifest, disks=disks, version=IMAGES_VERSION), inputs
 
 
 def _extent_map(source: DiskSource, target: str, incremental: bool,

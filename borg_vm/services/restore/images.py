@@ -11,16 +11,20 @@ written, and every written record against its extents and SHA-256 after.
 from __future__ import annotations
 
 import contextlib
+import io
 import itertools
 import os
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from typing import cast
 
 from borg_vm import prefetch
 from borg_vm.adapters import qemu, rawimage
+from borg_vm.adapters.borg import ImageStore
 from borg_vm.adapters.libnbd import open_command
 from borg_vm.core import extent
+from borg_vm.errors import IntegrityError
 from borg_vm.format import names as fmt
 from borg_vm.format import reader
 from borg_vm.format.manifest import Manifest
@@ -109,6 +113,42 @@ def apply_archive(found: AbstractContextManager[Iterator[Member]], arc: ArchiveI
                                              extent.ZERO), ZEROS_IN_FLIGHT)
             out.flush()
     return manifest
+
+
+def apply_image(store: ImageStore, image_id: str, layer: Layer, size: int, block: int,
+                progress: Progress) -> None:
+    """Write the one file of the image archive with ID image_id (a complete disk
+    image, format version 6) into layer's image, which is new (reads as zeros),
+    leaving blocks of zeros unwritten. Raise IntegrityError if the file is not
+    size bytes, a BorgError if borg fails (also when it logs an error:
+    adapters/borg/borg2.py)."""
+    zeros = bytes(block)
+    buf = bytearray(block)
+    view = memoryview(buf)
+    offset = 0
+    with _open_image(layer) as out, out.pipelined_writes(WRITES_IN_FLIGHT) as write, \
+            store.extract_image(image_id) as proc:
+        while (n := _fill(cast(io.BufferedReader, proc.stdout), view)) > 0:
+            if offset + n > size:
+                break
+            if buf != zeros if n == block else view[:n] != zeros[:n]:
+                write(view[:n], offset)
+            offset += n
+            progress.advance(n)
+        store.finish("extract", proc)
+        if offset != size or n:
+            raise IntegrityError(target=os.path.basename(layer.path), archive=image_id,
+                                 detail=f"its image holds {'more than ' if n else ''}"
+                                        f"{offset + n} bytes, the disk {size}")
+        out.flush()
+
+
+def _fill(stream: io.BufferedReader, view: memoryview) -> int:
+    """Read into view until it is full or the stream ends; return the bytes read."""
+    got = 0
+    while got < len(view) and (n := stream.readinto(view[got:])):
+        got += n
+    return got
 
 
 def _open_image(layer: Layer):

@@ -9,6 +9,9 @@ out (write):
       web01.vda.borgvm-20261125T020000Z.qcow2 <- web01.vda.borgvm-20261126T020000Z.qcow2
 
 - --flatten: one image, every archive of the chain written into it in order.
+
+A restore point of complete images (format version 6, Borg 2) is one image per
+disk in either mode, written from its image archive (write_images).
 - --layers: one image per snapshot layer of the disk's chain at that
   checkpoint, named after the layer (core/layers.py), each a qcow2 overlay on
   the one below, the bottom one in --format::
@@ -33,7 +36,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from borg_vm import runtime
-from borg_vm.adapters.borg import Repository
+from borg_vm.adapters.borg import ImageStore, Repository
 from borg_vm.core import chain, layers
 from borg_vm.format import names as fmt
 from borg_vm.format import reader
@@ -171,6 +174,29 @@ def write(found: Iterator, plans: list[DiskPlan], steps: list[Pass],
             k: dataclasses.replace(image, path=os.path.join(stage, image.path))
             for k, image in keys.items()}, progress)
         runtime.phase(runtime.APPLIED, "%s written into %s", arc.archive, stage)
+
+
+# How much of a complete image a restore reads at once, and the blocks of zeros
+# it leaves unwritten (the new image reads as zeros there).
+IMAGE_READ = 1024 * 1024
+
+
+def write_images(store: ImageStore, plans: list[DiskPlan], sizes: dict[str, int], stage: str,
+                 progress: Progress) -> None:
+    """Create every disk's image (sizes[target] bytes) in stage and fill it from its
+    complete image archive (format version 6: the plan holds one archive, its
+    record, and one image)."""
+    for d in plans:
+        create_images(d, stage, sizes[d.target])
+        (record,) = d.archives
+        image = record.summary.disks[d.target].image
+        assert image is not None, "a record of images names an image per disk"
+        log.info("restoring %s of %s from its image archive %s into %s", d.target,
+                 record.archive, image.id, d.top)
+        images.apply_image(store, image.id, images.Layer(os.path.join(stage, d.top),
+                                                         d.formats[-1], False),
+                           sizes[d.target], IMAGE_READ, progress)
+        runtime.phase(runtime.APPLIED, "%s written into %s", record.archive, stage)
 
 
 def _passes(arc: ArchiveInfo, plans: list[DiskPlan],

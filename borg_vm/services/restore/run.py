@@ -32,6 +32,7 @@ from borg_vm.core import domxml, host_resources
 from borg_vm.core import vmstate as core_vmstate
 from borg_vm.errors import (
     NbdError,
+    NotWithImages,
     RestoreTargetExists,
     RestoreTargetFull,
     RestoreTargetUnusable,
@@ -43,7 +44,14 @@ from borg_vm.format.summary import ArchiveInfo
 from borg_vm.progress import Progress
 from borg_vm.services import catalog
 from borg_vm.services.restore import images, vmstate
-from borg_vm.services.restore.plan import DiskPlan, chain_plans, layer_plans, passes, write
+from borg_vm.services.restore.plan import (
+    DiskPlan,
+    chain_plans,
+    layer_plans,
+    passes,
+    write,
+    write_images,
+)
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +100,11 @@ def restore(borg: Repository, domain: str, opts: RestoreOptions) -> RestoreResul
     """
     archives, top = catalog.restore_point(borg, domain, opts.checkpoint,
                                           opts.allow_unauthenticated)
+    store = catalog.image_store(borg, top)
+    if store is not None and opts.layers:
+        raise NotWithImages(what="restore --layers", detail=(
+            "a Borg 2 restore point holds each disk as the guest saw it; restore it "
+            "without --layers"))
     wanted = top_files(top)
     targets = opts.disks or tuple(sorted(top.summary.disks))
     manifests: dict[str, Manifest] = {}
@@ -101,7 +114,7 @@ def restore(borg: Repository, domain: str, opts: RestoreOptions) -> RestoreResul
         plans, manifests, files = layer_plans(borg, archives, top, targets, opts.format, wanted)
     else:
         plans = chain_plans(archives, top, targets, opts.format, opts.flatten)
-    steps = passes(plans)
+    steps = passes(plans) if store is None else []
     reads = [images.read_for(arc, keys, manifests.get(arc.archive)) for arc, keys in steps]
     del manifests   # planned: let go of their extents (millions, in a hostile one)
     stem = f"{domain}.{top.name.checkpoint}"
@@ -124,10 +137,14 @@ def restore(borg: Repository, domain: str, opts: RestoreOptions) -> RestoreResul
         made = _from_top(top, files, wanted, plans, to, opts, nvram)
         del files   # the top's manifest, read again with its data: not held meanwhile
         with target_dir(to), _staging(to) as stage:
-            total = sum(a.summary.disks[d.target].data_bytes for d in plans for a in d.archives)
+            total = (sum(a.summary.disks[d.target].data_bytes for d in plans
+                         for a in d.archives) if store is None else sum(made.sizes.values()))
             progress = Progress.for_terminal(f"restore {domain}", total, opts.progress)
             try:
-                write(found, plans, steps, made.sizes, stage, progress)
+                if store is None:
+                    write(found, plans, steps, made.sizes, stage, progress)
+                else:
+                    write_images(store, plans, made.sizes, stage, progress)
                 with open(os.open(os.path.join(stage, xml_name),
                                   os.O_WRONLY | os.O_CREAT | os.O_EXCL, images.PRIVATE), "w") as f:
                     f.write(made.xml + "\n")   # a text file; ElementTree ends at the root's tag

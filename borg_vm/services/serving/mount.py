@@ -46,6 +46,7 @@ from borg_vm.errors import (
     IntegrityError,
     Interrupted,
     NbdkitError,
+    NotWithImages,
     SocketInUse,
     SocketPathUnusable,
     UsageError,
@@ -103,6 +104,8 @@ def mount(borg: Repository, domain: str, opts: MountOptions, ready: Callable[[Se
     """
     archives, top = catalog.restore_point(borg, domain, opts.checkpoint,
                                           opts.allow_unauthenticated)
+    if top.images:
+        raise NotWithImages(what="mount", detail="restore the point instead")
     targets = opts.disks or tuple(sorted(top.summary.disks))
     chains = {t: chain.restore_chain(archives, top, t) for t in targets}
     _clean_stale(borg)   # first: a killed mount's nbdkit may still hold a socket

@@ -1,0 +1,131 @@
+"""Borg 2 repositories (issue #22): every restore point a complete image per
+disk, built by borg create --map/--reuse-from from what changed, restored from
+that one image whatever its age."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import pytest
+from borgvm import backup, restore_and_compare, run
+from guest import MIB
+
+KIB = 1024
+PASSPHRASE = "borg2 e2e"
+
+
+@pytest.fixture
+def repo2(tmp_path, borg2_executable):
+    """(location, environment) of a new encrypted Borg 2 repository, borg-vm
+    pointed at Borg 2."""
+    env = {**os.environ, "BORG_VM_BORG": borg2_executable, "BORG_PASSPHRASE": PASSPHRASE}
+    path = str(tmp_path / "repo2")
+    subprocess.run([borg2_executable, "-r", path, "repo-create", "-e", "aes256-ocb"],
+                   check=True, capture_output=True, env=env)
+    return path, env
+
+
+def borg2_archives(borg2_executable, repo: str, env) -> list[str]:
+    out = subprocess.run([borg2_executable, "-r", repo, "repo-list", "--json"], check=True,
+                         capture_output=True, text=True, env=env).stdout
+    return sorted(a["name"] for a in json.loads(out)["archives"])
+
+
+def test_full_incrementals_running_and_shut_off_restore_complete_images(
+        make_domain, repo2, borg2_executable, tmp_path):
+    repo, env = repo2
+    d = make_domain(disks=[("vda", 64 * MIB, "qcow2"), ("vdb", 32 * MIB, "qcow2")])
+    d.write("vda", 0, 4 * MIB, 0xA1)
+    d.write("vdb", 1 * MIB, 2 * MIB, 0xB1)
+    results = [backup(d.name, repo, env=env)]
+    views = [d.views()]
+    assert results[0]["level"] == "full"
+
+    d.write("vda", 2 * MIB, 1 * MIB, 0xA2)
+    d.write_zeroes("vdb", 1 * MIB, 512 * KIB)
+    inc = backup(d.name, repo, env=env)
+    assert inc["level"] == "inc", inc["reason"]
+    # Only what changed is read: the rest of each image comes from the parent's.
+    assert inc["disks"]["vda"]["read"] <= 1 * MIB + 64 * KIB
+    assert inc["disks"]["vdb"]["read"] <= 64 * KIB
+    results.append(inc)
+    views.append(d.views())
+
+    d.shut_off()
+    d.write_offline("vda", 30 * MIB, 64 * KIB, 0xA3)
+    off = backup(d.name, repo, env=env)
+    assert off["level"] == "inc", off["reason"]
+    assert off["disks"]["vda"]["read"] <= 128 * KIB
+    assert not d.dom.isActive()
+    results.append(off)
+    views.append(d.views())
+
+    names = borg2_archives(borg2_executable, repo, env)
+    for r in results:   # a record, and an image archive per disk
+        assert {r["archive"], f"{r['archive']}~vda", f"{r['archive']}~vdb"} <= set(names)
+    assert len(names) == 3 * len(results)
+
+    listed = run("list", d.name, "--repo", repo, "--json", env=env).json()
+    assert [a["checkpoint"] for a in listed["archives"]] == [r["checkpoint"] for r in results]
+
+    for i, (r, view) in enumerate(zip(results, views, strict=True)):
+        restore_and_compare(d.name, repo, r["checkpoint"], view, tmp_path, f"qcow2-{i}",
+                            env=env)
+    restore_and_compare(d.name, repo, results[1]["checkpoint"], views[1], tmp_path, "raw",
+                        "--format", "raw", env=env)
+    restore_and_compare(d.name, repo, results[0]["checkpoint"], views[0], tmp_path, "flat",
+                        "--flatten", env=env)
+
+
+def test_verify_full_read_prune_delete_and_leftovers(make_domain, repo2, borg2_executable,
+                                                     tmp_path):
+    repo, env = repo2
+    d = make_domain(disks=[("vda", 32 * MIB, "qcow2")])
+    d.write("vda", 0, 2 * MIB, 0xC1)
+    results = [backup(d.name, repo, env=env)]
+    views = [d.views()]
+    for i in range(2):
+        d.write("vda", (4 + i) * MIB, 256 * KIB, 0xC2 + i)
+        results.append(backup(d.name, repo, "--full-every", "2", env=env))
+        views.append(d.views())
+        assert results[-1]["level"] == "inc", results[-1]["reason"]
+    # Two incremental reads since the full: --full-every 2 makes the next a full
+    # read, its image as complete as every other.
+    d.write("vda", 8 * MIB, 64 * KIB, 0xC4)
+    full = backup(d.name, repo, "--full-every", "2", env=env)
+    assert full["level"] == "full" and "a full read" in full["reason"], full["reason"]
+    assert full["disks"]["vda"]["read"] >= 2 * MIB
+    results.append(full)
+    views.append(d.views())
+
+    checked = run("verify", d.name, "--all", "--repo", repo, "--json", env=env).json()
+    assert checked["ok"] and len(checked["archives"]) == 4, checked
+
+    # What a run cut short leaves (an image without its record) goes at the next run.
+    orphan = f"{d.name}.base.borgvm-20200101T000000Z~vda"
+    (tmp_path / "vda").write_bytes(b"left over")
+    subprocess.run([borg2_executable, "-r", repo, "create", orphan, "vda"], cwd=tmp_path,
+                   check=True, capture_output=True, env=env)
+    d.write("vda", 9 * MIB, 64 * KIB, 0xC5)
+    results.append(backup(d.name, repo, env=env))
+    views.append(d.views())
+    names = borg2_archives(borg2_executable, repo, env)
+    assert orphan not in names and len(names) == 2 * len(results)
+
+    # Every point stands alone: deleting the first needs no dependents, and
+    # prune keeps exactly what its rules say, each point with its image.
+    run("delete", d.name, "--checkpoint", results[0]["checkpoint"], "--repo", repo, env=env)
+    pruned = run("prune", d.name, "--keep-last", "2", "--repo", repo, "--json",
+                 env=env).json()
+    assert sorted(pruned["deleted"]) == sorted(r["archive"] for r in results[1:3])
+    names = borg2_archives(borg2_executable, repo, env)
+    assert names == sorted(n for r in results[3:] for n in (r["archive"], f"{r['archive']}~vda"))
+    for i in (3, 4):
+        restore_and_compare(d.name, repo, results[i]["checkpoint"], views[i], tmp_path,
+                            f"kept{i}", env=env)
+
+    refused = run("mount", d.name, "--repo", repo, "--socket", str(tmp_path / "m.sock"),
+                  env=env, code=2)
+    assert "not available yet for a repository of complete images" in refused.stderr
