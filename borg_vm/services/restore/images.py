@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import io
 import itertools
+import mmap
 import os
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager
@@ -123,15 +124,20 @@ def apply_image(store: ImageStore, image_id: str, layer: Layer, size: int, block
     size bytes, a BorgError if borg fails (also when it logs an error:
     adapters/borg/borg2.py)."""
     zeros = bytes(block)
-    buf = bytearray(block)
-    view = memoryview(buf)
-    offset = 0
+    # A raw image's writes may still read a buffer after write() returned (until
+    # WRITES_IN_FLIGHT more have started): one more buffer than that, in turn;
+    # page-aligned (mmap), so they can go to the disk directly.
+    ring = [mmap.mmap(-1, block) for _ in range(WRITES_IN_FLIGHT + 1)]
+    offset = n = 0
     with _open_image(layer) as out, out.pipelined_writes(WRITES_IN_FLIGHT) as write, \
             store.extract_image(image_id) as proc:
-        while (n := _fill(cast(io.BufferedReader, proc.stdout), view)) > 0:
-            if offset + n > size:
+        for turn in itertools.count():
+            buf = ring[turn % len(ring)]
+            view = memoryview(buf)
+            n = _fill(cast(io.BufferedReader, proc.stdout), view)
+            if n == 0 or offset + n > size:
                 break
-            if buf != zeros if n == block else view[:n] != zeros[:n]:
+            if buf[:n] != (zeros if n == block else zeros[:n]):   # memcmp, unlike views
                 write(view[:n], offset)
             offset += n
             progress.advance(n)
