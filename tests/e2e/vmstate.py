@@ -129,12 +129,19 @@ class Swtpm:
         return self
 
     def _serving(self) -> bool:
-        """Return True once swtpm listens; raise StateError if it exited."""
+        """Return True once swtpm answers on its control channel; raise
+        StateError if it exited. Its sockets alone do not tell: swtpm opens
+        them before it starts the TPM (which locks the state), and exits
+        after them if the lock is taken."""
         if self._proc.poll() is not None:
             self._stderr.seek(0)
             raise StateError(f"swtpm on {self.state_dir} exited {self._proc.returncode}: "
                              f"{self._stderr.read().decode(errors='replace').strip()}")
-        return self.socket.exists() and Path(f"{self.socket}.ctrl").exists()
+        ctrl = Path(f"{self.socket}.ctrl")
+        if not (self.socket.exists() and ctrl.exists()):
+            return False
+        return subprocess.run(["swtpm_ioctl", "--unix", str(ctrl), "-c"],
+                              capture_output=True).returncode == 0
 
     def __exit__(self, *exc) -> None:
         try:
