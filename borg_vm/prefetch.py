@@ -11,6 +11,7 @@ import mmap
 import queue
 import threading
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -67,10 +68,43 @@ def ahead(items: Iterable[T], depth: int) -> Iterator[Iterator[T]]:
             worker.join(_JOIN_POLL_SECONDS)
 
 
-def buffers(count: int, size: int) -> list[memoryview]:
-    """Return count writable buffers of size bytes for a producer to fill in turn.
+class Buffers:
+    """count writable buffers of size bytes, taken in turn by a producer that
+    fills them (take) while a consumer's writes may still read earlier ones
+    (hold): a buffer is handed out again only after every write holding it
+    finished, so no piece is overwritten under a write in flight, however many
+    pieces the consumer skips without writing.
 
     Each starts on a page boundary (what O_DIRECT writes need) and is reused, so
     streaming gigabytes costs no page faults after the first round.
     """
-    return [memoryview(mmap.mmap(-1, size)) for _ in range(count)]
+
+    def __init__(self, count: int, size: int) -> None:
+        self.size = size
+        self._views = [memoryview(mmap.mmap(-1, size)) for _ in range(count)]
+        self._index = {id(v.obj): i for i, v in enumerate(self._views)}
+        self._held: list[list[Future]] = [[] for _ in range(count)]
+        self._lock = threading.Lock()
+        self._next = 0
+
+    def __len__(self) -> int:
+        return len(self._views)
+
+    def take(self) -> memoryview:
+        """Return the next buffer in turn, once the writes holding it finished
+        (it raises what the first failed one raised)."""
+        i = self._next
+        self._next = (i + 1) % len(self._views)
+        with self._lock:
+            held, self._held[i] = self._held[i], []
+        for done in held:
+            done.result()
+        return self._views[i]
+
+    def hold(self, piece: memoryview, write: Future | None) -> None:
+        """Given a piece of one of these buffers and the write still reading it
+        (None: it was written at once), keep its buffer from take until the
+        write finished."""
+        if write is not None and not write.done():
+            with self._lock:
+                self._held[self._index[id(piece.obj)]].append(write)

@@ -26,6 +26,7 @@ import errno
 import functools
 import os
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
 
 from borg_vm.errors import ImageWriteError
 
@@ -64,23 +65,27 @@ class RawImage:
                 os.close(fd)
 
     @contextlib.contextmanager
-    def pipelined_writes(self, depth: int) -> Iterator[Callable[[memoryview, int], None]]:
+    def pipelined_writes(self, depth: int
+                         ) -> Iterator[Callable[[memoryview, int], Future[None] | None]]:
         """Yield write(data, offset) that keeps up to depth O_DIRECT writes in flight,
         each on a thread of its own (it waits for the device); smaller or unaligned
-        writes go through the page cache at once. data must not change until depth
-        more writes were started. Leaving the block waits for every write; raise
-        ImageWriteError if one failed."""
-        pending: collections.deque[concurrent.futures.Future[None]] = collections.deque()
+        writes go through the page cache at once. write returns the write still
+        reading data (data must not change until it is done: prefetch.Buffers.hold),
+        or None if data was written already. Leaving the block waits for every
+        write; raise ImageWriteError if one failed."""
+        pending: collections.deque[Future[None]] = collections.deque()
         with concurrent.futures.ThreadPoolExecutor(depth, "rawimage") as pool:
-            def write(data: memoryview, offset: int) -> None:
+            def write(data: memoryview, offset: int) -> Future[None] | None:
                 view = memoryview(data).cast("B")
                 direct = self._direct(view, offset)
                 if direct is None:
                     self._pwrite(self.fd, view, offset)
-                    return
-                pending.append(pool.submit(self._pwrite, direct, view, offset))
+                    return None
+                done = pool.submit(self._pwrite, direct, view, offset)
+                pending.append(done)
                 while len(pending) >= depth:
                     pending.popleft().result()
+                return done
 
             try:
                 yield write

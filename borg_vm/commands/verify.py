@@ -200,7 +200,7 @@ def _read_and_hash(a: ArchiveInfo, stream: AbstractContextManager[Iterator[Membe
     tally = reader.Tally(a.archive)
     with stream as found:
         for _piece in tally.count(reader.pieces(found, a.archive, sizes,
-                                                prefetch.buffers(1, PIECE))):
+                                                prefetch.Buffers(1, PIECE))):
             pass
     manifest = tally.manifest(a, fmt.small_members(a.summary))
     tally.check(manifest)

@@ -41,6 +41,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import cast
 
+from borg_vm import prefetch
 from borg_vm.adapters import subproc
 from borg_vm.adapters.borg import Item, Repository, items
 from borg_vm.adapters.rawimage import DIRECT_ALIGN
@@ -277,8 +278,7 @@ def _listed(src: Readable, listed: Iterator[Item], archive: str) -> Iterator[Mem
 
 
 def pieces(members: Iterator[Member], archive: str, sizes: dict[str, int],
-           buffers: Sequence[memoryview]
-           ) -> Iterator[Piece]:
+           buffers: prefetch.Buffers) -> Iterator[Piece]:
     """Yield (member name, (disk target, layer) or None, offset, data) from members:
     data members in pieces at their disk offsets (following the map member of a
     pack; layer 0: the guest's view, i: sealed layer i; sizes: disk target ->
@@ -288,7 +288,8 @@ def pieces(members: Iterator[Member], archive: str, sizes: dict[str, int],
     Data pieces are read into the buffers in turn, back to back in one buffer
     while they fit (so the small pieces of a fragmented disk share a buffer and
     can be handed on together, see buffer_batches); a piece stays valid until
-    len(buffers) - 1 more buffers were started. They end on multiples of the
+    its buffer is taken again, which waits for the writes that hold it
+    (prefetch.Buffers.hold). They end on multiples of the
     buffers' size on the disk (aligned writes, whatever a member's offset) and
     start on DIRECT_ALIGN boundaries of their buffer.
 
@@ -335,18 +336,16 @@ class _Room:
     next DIRECT_ALIGN boundary of the current buffer if it fits there, else at the
     start of the next buffer."""
 
-    def __init__(self, buffers: Sequence[memoryview]):
-        self.size = len(buffers[0])
+    def __init__(self, buffers: prefetch.Buffers):
+        self.size = buffers.size
         self._buffers = buffers
-        self._next = 0
         self._buf: memoryview | None = None
         self._used = 0
 
     def take(self, n: int) -> memoryview:
         """Return a view of n bytes (n <= the buffers' size) for the next piece."""
         if self._buf is None or self._used + n > self.size:
-            self._buf = self._buffers[self._next]
-            self._next = (self._next + 1) % len(self._buffers)
+            self._buf = self._buffers.take()
             self._used = 0
         view = self._buf[self._used:self._used + n]
         self._used += -(-n // DIRECT_ALIGN) * DIRECT_ALIGN

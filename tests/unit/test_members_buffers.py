@@ -16,7 +16,7 @@ spans = st.lists(st.tuples(st.integers(0, 8 * SIZE), st.integers(1, 3 * SIZE)), 
 
 def laid_out(spans_, count):
     """(span index, disk offset, piece) of every piece of the spans, laid out in count buffers."""
-    room = _Room(prefetch.buffers(count, SIZE))
+    room = _Room(prefetch.Buffers(count, SIZE))
     at, out = 0, []
     for i, (gap, length) in enumerate(spans_):
         at += gap

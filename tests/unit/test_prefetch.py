@@ -5,7 +5,9 @@ import threading
 
 import pytest
 
-from borg_vm.prefetch import ahead, buffers
+from concurrent.futures import Future
+
+from borg_vm.prefetch import Buffers, ahead
 
 
 def prefetch_threads():
@@ -138,9 +140,42 @@ def test_producer_runs_in_another_thread():
 
 
 def test_buffers_are_separate_writable_and_page_aligned():
-    bufs = buffers(3, 8192)
+    ring = Buffers(3, 8192)
+    bufs = [ring.take() for _ in range(3)]
     for i, b in enumerate(bufs):
         assert len(b) == 8192 and not b.readonly
         b[:] = bytes([i]) * 8192
         assert ctypes.addressof(ctypes.c_char.from_buffer(b)) % 4096 == 0
     assert [bytes(b[:1]) for b in bufs] == [b"\x00", b"\x01", b"\x02"]
+    assert ring.take() is bufs[0]   # in turn
+
+
+def test_a_buffer_is_taken_again_only_once_the_writes_holding_it_finished():
+    """Restore skips zero blocks and pieces of disks it does not write, so writes
+    do not come one per buffer: the buffers themselves wait for them."""
+    ring = Buffers(2, 4096)
+    first = ring.take()
+    write = Future()
+    write.set_running_or_notify_cancel()
+    ring.hold(first[1024:2048], write)
+    ring.hold(first[:1024], None)            # written at once
+    ring.take()
+    taken = []
+    taker = threading.Thread(target=lambda: taken.append(ring.take()))
+    taker.start()
+    taker.join(0.2)
+    assert taker.is_alive() and not taken
+    write.set_result(None)
+    taker.join(5)
+    assert taken == [first]
+
+
+def test_a_failed_write_is_raised_by_take():
+    ring = Buffers(1, 4096)
+    write = Future()
+    write.set_running_or_notify_cancel()
+    ring.hold(ring.take(), write)
+    write.set_exception(OSError(5, "Input/output error"))
+    with pytest.raises(OSError, match="Input/output"):
+        ring.take()
+    ring.take()   # raised once
