@@ -95,6 +95,7 @@ def _setup_logging(debug: bool, quiet: bool) -> _Warned:
 def main(argv: list[str] | None = None) -> None:
     """The one exit point: run the command, map errors to messages and exit codes."""
     args = build_parser().parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else argv   # backup --jobs runs it again
     warned = _setup_logging(args.debug, args.quiet)
     signal.signal(signal.SIGTERM, _raise_interrupted)
     signal.signal(signal.SIGINT, _raise_interrupted)

@@ -190,6 +190,13 @@ class RepositoryLocked(BorgError):
     removes a stale lock."""
 
 
+class RepositoryReplay(BorgError):
+    """borg {action} refused repository {repo}: {detail}. Either it is an older
+    copy of the repository than this host last saw (restored from a backup, or
+    served by an attacker), or another borg of this host committed into it at
+    that moment and borg-vm gave up retrying."""
+
+
 class NoRepository(UsageError):
     """No repository given: use --repo or set BORG_REPO."""
 

@@ -73,11 +73,14 @@ def _unmount(proc: subproc.Stream, path: str) -> None:
     """Unmount path (nbdfuse then exits); if it does not exit, end it, and detach
     what is left mounted (a FUSE file whose server is gone)."""
     if not proc.exited(0):
-        with contextlib.suppress(subproc.CommandFailed):
+        refused = ""
+        try:
             subproc.run(["umount", path])
+        except subproc.CommandFailed as e:
+            refused = f" (umount: {e.stderr.strip()})"
         if not proc.exited(STOP_SECONDS):
-            log.warning("nbdfuse did not exit within %d s of the unmount; ending it",
-                        STOP_SECONDS)
+            log.warning("nbdfuse did not exit within %d s of the unmount%s; ending it",
+                        STOP_SECONDS, refused)
             proc.terminate()
     if mounted(path):
         subproc.run(["umount", "--lazy", path])

@@ -19,6 +19,7 @@ import os
 import shlex
 import signal
 import subprocess
+import tempfile
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -292,3 +293,52 @@ def detach(argv: Sequence[str], *, stdout: int, stderr: int, env: dict[str, str]
     except OSError as e:
         raise CommandFailed(argv, 127, str(e)) from e
     return Detached(proc)
+
+
+class Child:
+    """A command that runs beside borg-vm, as part of its work (see start_child)."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], out: IO[bytes]) -> None:
+        self._proc, self._out = proc, out
+        self.pid = proc.pid
+
+    def exit_code(self) -> int | None:
+        """Return its exit code (negative: the signal that ended it) if it exited
+        (reaping it), else None."""
+        return self._proc.poll()
+
+    def output(self) -> bytes:
+        """Return what it wrote to its stdout (once it exited)."""
+        self._out.seek(0)
+        return self._out.read()
+
+    def send(self, sig: int) -> None:
+        """Send it sig unless it exited."""
+        if self._proc.poll() is None:
+            self._proc.send_signal(sig)
+
+    def wait(self) -> int:
+        """Wait for it to exit; return its exit code."""
+        return self._proc.wait()
+
+    def close(self) -> None:
+        self._out.close()
+
+
+def start_child(argv: Sequence[str], *, env: dict[str, str] | None = None,
+                pass_fds: tuple[int, ...] = ()) -> Child:
+    """Start argv with stdin /dev/null, its stdout into a temporary file (it can
+    never block on a pipe nobody reads; Child.output), our stderr, in a session
+    of its own (a terminal's Ctrl-C reaches borg-vm, which decides), and SIGTERM
+    from the kernel if borg-vm dies. Return a Child; raise CommandFailed if it
+    cannot start."""
+    argv = _check_argv(argv)
+    out = tempfile.TemporaryFile()
+    try:
+        proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=out,
+                                pass_fds=pass_fds, start_new_session=True,
+                                preexec_fn=_death_signal(signal.SIGTERM))
+    except OSError as e:
+        out.close()
+        raise CommandFailed(argv, 127, str(e)) from e
+    return Child(proc, out)

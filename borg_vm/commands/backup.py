@@ -10,9 +10,9 @@ from borg_vm.adapters import libvirt as virt
 from borg_vm.commands import options
 from borg_vm.core import plan
 from borg_vm.core.compression import parse_compression
-from borg_vm.errors import EXIT_OK, Interrupted, UsageError, describe, report
+from borg_vm.errors import Interrupted, UsageError, describe, report
 from borg_vm.format import names as fmt
-from borg_vm.services.backup import quiesce
+from borg_vm.services.backup import parallel, quiesce
 from borg_vm.services.backup.run import BackupOptions, backup
 
 log = logging.getLogger(__name__)
@@ -31,6 +31,12 @@ def build_parser(sub: argparse._SubParsersAction, parents: list[argparse.Argumen
                    "(with --match: those whose name matches)")
     b.add_argument("--match", metavar="GLOB",
                    help="with --all, only domains whose name matches GLOB (fnmatch)")
+    b.add_argument("--jobs", type=options.type_of(options.count), default=1, metavar="N",
+                   help="back up up to N domains at once, each in a borg-vm process of its "
+                   "own (a Borg 2 repository only: a Borg 1.4 repository takes one writer "
+                   "at a time; default: 1). With N > 1 there is no progress bar")
+    # One domain of a --jobs run: the child's argv is its parent's with this added.
+    b.add_argument(parallel.ONLY, metavar="DOMAIN", help=argparse.SUPPRESS)
     options.add_repository_options(b, libvirt=True)
     b.add_argument("--level", choices=plan.REQUESTS, default=plan.AUTO,
                    help="auto: incremental when possible, else full (default); "
@@ -75,6 +81,8 @@ def build_parser(sub: argparse._SubParsersAction, parents: list[argparse.Argumen
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.jobs < 1:
+        raise UsageError(detail="--jobs must be at least 1")
     if not options.MIN_CHUNK <= args.chunk_size <= options.MAX_CHUNK:
         raise UsageError(detail=f"--chunk-size must be between 64K and 16M, not {args.chunk_size}")
     opts = BackupOptions(level=args.level, exclude_disks=tuple(args.exclude_disk),
@@ -95,10 +103,12 @@ def run(args: argparse.Namespace) -> int:
     borg = options.repository(args)
     failed: dict[str, int] = {}
     with virt.connect(args.connect) as hv:
-        names = args.domains or [n for n in hv.domain_names()
-                                 if fnmatch.fnmatchcase(n, args.match or "*")]
+        names = ([args.only] if args.only is not None else args.domains
+                 or [n for n in hv.domain_names() if fnmatch.fnmatchcase(n, args.match or "*")])
         if not names:
             raise UsageError(detail=f"no domain matches {args.match!r}")
+        if args.jobs > 1 and len(names) > 1:
+            return parallel.run(args, borg, names)
         for name in names:
             try:
                 result = backup(hv, borg, name, opts)
@@ -115,9 +125,7 @@ def run(args: argparse.Namespace) -> int:
             else:
                 log.info("%s: %s backup done in %.1f s: %s", name, result.level,
                          result.duration, result.archive)
-    if failed and len(names) > 1:
-        log.error("%d of %d domains failed: %s", len(failed), len(names), ", ".join(failed))
-    return max(failed.values(), default=EXIT_OK)
+    return parallel.summary(failed, names)
 
 
 def _selection_problem(domains: list[str], every: bool, match: str | None) -> str | None:

@@ -166,8 +166,10 @@ def write_images(borg: Repository, store: ImageStore, name: ArchiveName, manifes
                     raise BorgError(action="create", detail=(
                         f"{image} holds {created.size} bytes, the disk {d.virtual_size}"))
                 disks[t] = replace(d, image=replace(d.image, id=created.id))
-        return write_archive(borg, name, replace(manifest, disks=disks), parts,
-                             _no_data, Progress.for_terminal("", 0, False))
+        # The record reads nothing: it can be written again if borg refused it.
+        return store.again_if_raced(functools.partial(
+            write_archive, borg, name, replace(manifest, disks=disks), parts, _no_data,
+            Progress.for_terminal("", 0, False)))
     except BaseException:
         if made:
             log.info("%s: deleting the images of the failed run", manifest.domain)

@@ -6,11 +6,18 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
-from borgvm import backup, restore_and_compare, run
-from guest import MIB
+from borgvm import DETACHED, RUN_TIMEOUT, backup, restore_and_compare, run, start
+from guest import MIB, poll
+
+from borg_vm import runtime
+from borg_vm.errors import EXIT_INTERRUPTED
 
 KIB = 1024
 PASSPHRASE = "borg2 e2e"
@@ -129,3 +136,93 @@ def test_verify_full_read_prune_delete_and_leftovers(make_domain, repo2, borg2_e
     refused = run("mount", d.name, "--repo", repo, "--socket", str(tmp_path / "m.sock"),
                   env=env, code=2)
     assert "not available yet for a repository of complete images" in refused.stderr
+
+
+def test_many_writers_at_once_separate_processes_and_jobs(make_domain, repo2, tmp_path):
+    """Borg 2 takes several writers into one repository: two borg-vm processes
+    with caches of their own at once, then one `backup --jobs` for three domains
+    (one child process each) with a domain that does not exist among them."""
+    repo, env = repo2
+    doms = [make_domain(disks=[("vda", 16 * MIB, "qcow2")], name_suffix=f"w{i}")
+            for i in range(3)]
+    for i, d in enumerate(doms):
+        d.write("vda", i * MIB, 2 * MIB, 0xD0 + i)
+
+    procs = [subprocess.Popen([sys.executable, "-m", "borg_vm", "backup", d.name, "--repo", repo,
+                               "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env={**env, "BORG_CACHE_DIR": str(tmp_path / f"c{i}")},
+                              **DETACHED)
+             for i, d in enumerate(doms[:2])]
+    for p in procs:
+        out, err = p.communicate(timeout=RUN_TIMEOUT)
+        assert p.returncode == 0, err
+        assert json.loads(out)["level"] == "full"
+
+    views = {}
+    for i, d in enumerate(doms):
+        d.write("vda", 8 * MIB, 256 * KIB, 0xE0 + i)
+        views[d.name] = d.views()
+    missing = f"{doms[0].name}-missing"
+    done = run("backup", *(d.name for d in doms), missing, "--jobs", "3", "--repo", repo,
+               "--json", env=env, code=2)
+    lines = {doc["domain"]: doc for doc in done.json_lines()}
+    assert set(lines) == {*(d.name for d in doms), missing}
+    assert [lines[d.name]["level"] for d in doms] == ["inc", "inc", "full"]
+    assert lines[missing]["exit_code"] == 2 and "not" in lines[missing]["error"]
+    assert f"1 of 4 domains failed: {missing}" in done.stderr
+    for d in doms:
+        restore_and_compare(d.name, repo, lines[d.name]["checkpoint"], views[d.name], tmp_path,
+                            d.name, env=env)
+    checked = run("verify", "--repo", repo, "--json", env=env).json()
+    assert checked["ok"] and len(checked["archives"]) == 5, checked
+
+
+def _state(pid: int) -> str | None:
+    """A process's state letter (T: stopped), None if it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return None
+
+
+def _children(pid: int) -> list[int]:
+    return [int(c) for task in Path(f"/proc/{pid}/task").iterdir()
+            for c in (task / "children").read_text().split()]
+
+
+def test_jobs_interrupted_undo_every_domains_run(make_domain, repo2, borg2_executable,
+                                                 tmp_path):
+    """SIGTERM to `backup --jobs` while each child is past its images (each
+    stopped at the record's stream): every child undoes its run (images
+    deleted, checkpoint removed), the parent exits after them, and the
+    next run goes on incrementally from the last good points."""
+    repo, env = repo2
+    doms = [make_domain(disks=[("vda", 16 * MIB, "qcow2")], name_suffix=f"j{i}")
+            for i in range(2)]
+    first = run("backup", *(d.name for d in doms), "--jobs", "2", "--repo", repo, "--json",
+                env=env).json_lines()
+    kept = borg2_archives(borg2_executable, repo, env)
+    for i, d in enumerate(doms):
+        d.write("vda", 4 * MIB, 256 * KIB, 0xF0 + i)
+
+    parent = start("backup", *(d.name for d in doms), "--jobs", "2", "--repo", repo, "--json",
+                   env={**env, runtime.STOP_AT_ENV: runtime.STREAMING})
+    poll(lambda: len(_children(parent.pid)) == 2
+         and all(_state(c) == "T" for c in _children(parent.pid)), 120,
+         "both children to stop at the record's stream")
+    kids = _children(parent.pid)
+    parent.send_signal(signal.SIGTERM)
+    time.sleep(0.5)   # the parent passes SIGTERM on; stopped children take it once woken
+    for kid in kids:
+        os.kill(kid, signal.SIGCONT)
+    out, err = parent.communicate(timeout=RUN_TIMEOUT)
+    assert parent.returncode == EXIT_INTERRUPTED, err
+    assert "Traceback" not in err and out == "", (out, err)
+    assert all(_state(k) is None for k in kids)
+    assert borg2_archives(borg2_executable, repo, env) == kept
+    for d, doc in zip(doms, first, strict=True):
+        assert [c.getName() for c in d.dom.listAllCheckpoints()] == [doc["checkpoint"]]
+
+    again = run("backup", *(d.name for d in doms), "--jobs", "2", "--repo", repo, "--json",
+                env=env).json_lines()
+    assert [doc["level"] for doc in again] == ["inc", "inc"]

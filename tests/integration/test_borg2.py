@@ -7,8 +7,10 @@ import threading
 
 import pytest
 
+from borg_vm.adapters.borg import borg2
+from borg_vm.adapters.borg.cli import BorgCli
 from borg_vm.core.extent import DATA, SAME, ZERO, Extent, input_map
-from borg_vm.errors import BorgError
+from borg_vm.errors import BorgError, RepositoryReplay
 
 MiB = 1 << 20
 BLOCK = 64 * 1024
@@ -120,3 +122,45 @@ def test_the_map_names_every_byte(tmp_path, repo2):
         repo2.create_image("x~vda", str(path), ranges, reuse_from=None, comment="",
                            timestamp="2026-12-06T02:00:00+00:00", compression="lz4",
                            block_size=BLOCK)
+
+
+def _security_dir_ahead(tmp_path, monkeypatch, repo2):
+    """Point borg at a security directory that saw a newer manifest than the
+    repository has (as after the repository was rolled back)."""
+    security = tmp_path / "security"
+    monkeypatch.setenv("BORG_SECURITY_DIR", str(security))
+    repo2.list_archives()   # borg records what it saw
+    (stamp,) = security.glob("*/manifest-timestamp")
+    stamp.write_text("2099-01-01T00:00:00.000000+00:00")
+
+
+def test_a_repository_older_than_this_host_saw_is_refused(tmp_path, repo2, monkeypatch):
+    monkeypatch.setattr(borg2, "REPLAY_PAUSE", 0)
+    _security_dir_ahead(tmp_path, monkeypatch, repo2)
+    runs, original = [], BorgCli._run
+    monkeypatch.setattr(BorgCli, "_run", lambda self, *a, **k: runs.append(a) or
+                        original(self, *a, **k))
+    with pytest.raises(RepositoryReplay, match="older copy of the repository"):
+        create(repo2, "web.base.c1~vda", disk(tmp_path), [Extent(0, 8 * MiB, DATA)])
+    assert len(runs) == borg2.REPLAY_TRIES
+
+
+def test_a_command_refused_for_another_writers_commit_runs_again(tmp_path, repo2,
+                                                                 monkeypatch):
+    """2.0.0b23 refuses a command when a borg of this host commits as it starts:
+    simulated here by a security directory ahead for the first run only."""
+    monkeypatch.setattr(borg2, "REPLAY_PAUSE", 0)
+    _security_dir_ahead(tmp_path, monkeypatch, repo2)
+    (stamp,) = (tmp_path / "security").glob("*/manifest-timestamp")
+    runs, original = [], BorgCli._run
+
+    def run(self, *a, **k):
+        runs.append(a)
+        try:
+            return original(self, *a, **k)
+        finally:
+            stamp.write_text("")   # as if the other writer's commit was loaded now
+
+    monkeypatch.setattr(BorgCli, "_run", run)
+    created = create(repo2, "web.base.c1~vda", disk(tmp_path), [Extent(0, 8 * MiB, DATA)])
+    assert len(runs) == 2 and repo2.list_archives()[0].id == created.id

@@ -2,10 +2,9 @@
 
 import ctypes
 import threading
+from concurrent.futures import Future
 
 import pytest
-
-from concurrent.futures import Future
 
 from borg_vm.prefetch import Buffers, ahead
 

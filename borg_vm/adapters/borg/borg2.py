@@ -23,6 +23,13 @@ What differs from Borg 1 here, beyond the spellings features.Dialect holds:
   which borg-vm's record authenticates, binds every byte extracted.
 - Some failures borg only logs: a missing chunk is extracted as zeros with an
   error record and exit code 0. ``finish`` fails on any error record.
+- 2.0.0b23 compares the manifest it loaded with the newest this host saw (its
+  security directory) only later, as it opens its cache: a borg of this host
+  committing in between (another domain's backup) makes it refuse with
+  RepositoryReplay, before it did anything. Borg dropped that check later (it
+  protects nothing in Borg 2: borg pull request 10371); until then such a
+  command runs again (``again_if_raced``). A repository that really went
+  back in time keeps being refused, and the error says so.
 - delete and prune only mark archives deleted; ``compact`` frees their space
   and takes the repository's exclusive lock (every other command a shared one).
 """
@@ -30,16 +37,24 @@ What differs from Borg 1 here, beyond the spellings features.Dialect holds:
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
+import logging
 import os
+import random
 import re
 import tempfile
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import TypeVar
 
 from borg_vm.adapters import subproc
 from borg_vm.adapters.borg.cli import BorgCli, logged_errors
 from borg_vm.adapters.borg.protocol import Created, ImageStore, Listed
-from borg_vm.errors import BorgError
+from borg_vm.errors import BorgError, RepositoryReplay
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # The places where Borg 2 checks that an object's content hashes to its ID: its
 # default ones and "read" (everything extract reads).
@@ -47,6 +62,10 @@ ASSERT_ID = "read,repair,transfer,rechunk"
 # How many names one 'borg delete -a re:...' takes (argv stays far below the
 # kernel's limit whatever the names).
 DELETE_BATCH = 100
+# Runs of a command refused for another writer's commit (see again_if_raced),
+# and the pause before the next, times the run's number, jittered.
+REPLAY_TRIES = 5
+REPLAY_PAUSE = 0.2
 
 
 class Borg2Repository(BorgCli):
@@ -55,6 +74,24 @@ class Borg2Repository(BorgCli):
     @property
     def images(self) -> ImageStore:
         return self
+
+    def again_if_raced(self, call: Callable[[], T]) -> T:
+        """Return call() (a borg command, or what runs one and can run again);
+        run it again, up to REPLAY_TRIES times in all, while borg refuses it with
+        RepositoryReplay (see the module's docstring)."""
+        for attempt in range(1, REPLAY_TRIES + 1):
+            try:
+                return call()
+            except RepositoryReplay as e:
+                if attempt == REPLAY_TRIES:
+                    raise
+                log.info("borg %s: another borg of this host committed into %s as it "
+                         "started; running it again", e.kwargs["action"], self.repo)
+                time.sleep(REPLAY_PAUSE * attempt * random.uniform(0.5, 1.5))
+        raise AssertionError("unreachable")
+
+    def _run(self, action: str, argv: Sequence[str], cwd: str | None = None) -> bytes:
+        return self.again_if_raced(functools.partial(BorgCli._run, self, action, argv, cwd))
 
     @staticmethod
     def ref(archive_id: str) -> str:
@@ -94,6 +131,8 @@ class Borg2Repository(BorgCli):
                               *self.location(name), os.path.basename(path))
             try:
                 out = self._run("create", argv, cwd=os.path.dirname(path) or ".")
+            except RepositoryReplay:
+                raise   # refused before it started: nothing committed
             except BorgError:
                 # A read error is not fatal to borg: it commits the archive without
                 # the file, then exits non-zero.

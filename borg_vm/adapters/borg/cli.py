@@ -52,6 +52,7 @@ from borg_vm.errors import (
     RepositoryLocked,
     RepositoryMissing,
     RepositoryNotFound,
+    RepositoryReplay,
 )
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,7 @@ _PASSPHRASE_REFUSED = {"PassphraseWrong", "PasswordRetriesExceeded", "NoPassphra
 _PASSCOMMAND_FAILED = "PasscommandFailure"
 _PASSCOMMAND_PREFIX = "Passcommand supplied in BORG_PASSCOMMAND failed: "  # borg's, then why
 _LOCK_TIMEOUT = "LockTimeout"
+_REPLAY = {"RepositoryReplay", "Cache.RepositoryReplay"}
 PASSPHRASE_VARIABLES = ("BORG_PASSPHRASE", "BORG_PASSCOMMAND")
 PASSPHRASE_TRIES = 3   # as many as borg itself asks for
 
@@ -218,6 +220,9 @@ class BorgCli:
             return PassphraseMissing(repo=self.repo)
         if _LOCK_TIMEOUT in msgids:
             return RepositoryLocked(repo=self.repo, wait=self.lock_wait,
+                                    detail="; ".join(messages).rstrip("."))
+        if msgids & _REPLAY:
+            return RepositoryReplay(action=action, repo=self.repo,
                                     detail="; ".join(messages).rstrip("."))
         if _NO_SPACE in msgids or any(t in m for m in messages for t in _ENOSPC):
             return RepositoryFull(repo=self.repo, detail="; ".join(messages).rstrip("."))

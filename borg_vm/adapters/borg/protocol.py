@@ -7,12 +7,14 @@ alone (``open_repository`` picks the implementation, features.py the spellings).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from borg_vm.adapters import subproc
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,11 @@ class ImageStore(Protocol):
 
     def extract_image(self, archive_id: str) -> AbstractContextManager[subproc.Stream]:
         """A running extract writing the one file of the archive with this ID to stdout."""
+        ...
+
+    def again_if_raced(self, call: Callable[[], T]) -> T:
+        """Return call() (what runs a borg command and can run again), run again
+        while borg refuses it for another writer's commit at its start."""
         ...
 
     def delete_ids(self, ids: Sequence[str]) -> None:
