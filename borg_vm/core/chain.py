@@ -69,7 +69,8 @@ def disk_chain(archives: list[ArchiveInfo], top: ArchiveInfo, target: str) -> li
         if parent is None or parent not in by_name:
             raise BrokenChain(archive=top.archive, missing=parent or "its parent")
         link = chain[-1].summary.parent_id
-        if link is not None and by_name[parent].id != link:
+        if link is not None and by_name[parent].id != link and not _moved(
+                by_name[parent], sum(a.archive == parent for a in archives)):
             raise BrokenChain(archive=top.archive,
                               missing=f"the archive {chain[-1].archive} was made on ({parent} "
                                       "is another archive under its name)")
@@ -81,6 +82,16 @@ def disk_chain(archives: list[ArchiveInfo], top: ArchiveInfo, target: str) -> li
                                       f"back to {parent})")
         chain.append(by_name[parent])
     return chain[::-1]
+
+
+def _moved(parent: ArchiveInfo, under_its_name: int) -> bool:
+    """Return True if parent, whose Borg ID is not the one its child recorded,
+    is still the archive the child was made on: it carries this host's
+    authentication code (which binds its name and contents, so nothing else
+    under that name can) and is the only archive under its name. A repository
+    moved by 'borg transfer' (Borg 1 to Borg 2) gives every archive a new ID;
+    an archive not authenticated (--allow-unauthenticated) is linked by ID alone."""
+    return parent.key is not None and under_its_name == 1
 
 
 def restore_chain(archives: list[ArchiveInfo], top: ArchiveInfo, target: str

@@ -15,7 +15,9 @@ carries a valid code:
   domain.xml and checkpoint.xml, so the whole archive is covered.
 - both carry the Borg archive ID of the parent (``parent_id``): a chain is
   linked by what Borg computed over the parent's contents, not by a name a
-  planted archive could also carry.
+  planted archive could also carry. ``borg transfer`` (Borg 1 to Borg 2)
+  gives every archive a new ID: a parent that carries this host's code, alone
+  under its name, is accepted with another (core/chain.py).
 
 The code is HMAC-SHA256 (the standard library's ``hmac``: a well-kept,
 constant-time implementation; nothing here is hand-rolled crypto). A key id

@@ -204,6 +204,18 @@ def test_a_chain_is_linked_by_archive_id_where_the_archive_records_it():
         disk_chain([swapped, inc], inc, "vda")
 
 
+def test_an_authentic_parent_with_a_new_id_is_the_one_moved_by_borg_transfer():
+    """borg transfer (Borg 1 to Borg 2) gives every archive a new ID: a parent
+    that carries this host's code, alone under its name, is still the one."""
+    full = _linked("20261125T020000Z", Level.FULL, None, "aa" * 32)
+    inc = _linked("20261126T020000Z", Level.INC, full.archive, "bb" * 32, parent_id="aa" * 32)
+    moved = replace(full, id="cc" * 32, key=b"k" * 32)
+    assert disk_chain([moved, inc], inc, "vda") == [moved, inc]
+    twice = replace(moved, id="dd" * 32)   # two under one name (Borg 2 allows it): which?
+    with pytest.raises(BrokenChain, match="is another archive under its name"):
+        disk_chain([moved, twice, inc], inc, "vda")
+
+
 def _linked(stamp, level, parent, id_, parent_id=None):
     t = f"{stamp[:4]}-{stamp[4:6]}-{stamp[6:8]}T02:00:00Z"
     disks = {"vda": DiskSummary(level, 1 << 20, "qcow2", "/x", 0, 0)}
