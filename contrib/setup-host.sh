@@ -20,7 +20,8 @@
 #    (only for `systemd-analyze verify` of contrib/systemd in the tests: it is
 #    not started, let alone made PID 1), faketime (the nights of `make
 #    bench-retention`), e2fsprogs (the test guest's root filesystem, and
-#    e2fsck of restored ones), openssh-server (only for the tests' own sshd
+#    e2fsck of restored ones), rclone (Borg 2's rclone: repository
+#    locations; the tests use its local backend), openssh-server (only for the tests' own sshd
 #    on 127.0.0.1: when this script installs it, it first creates
 #    /etc/ssh/sshd_not_to_be_run, Debian's switch that keeps the system sshd
 #    from being started, now or at boot; remove that file to run it), ovmf
@@ -40,7 +41,8 @@
 #    are not borg 1.4's): borgbackup 2.0.0b23, the first beta with
 #    `create --map/--reuse-from` and the newest that builds against Debian 12's
 #    OpenSSL 3.0 (b24 and later need OpenSSL >= 3.2). Built from source by pip
-#    (libssl-dev, pkg-config), a few minutes the first time.
+#    (libssl-dev, pkg-config), a few minutes the first time; with borgstore's
+#    sftp, rclone and s3 backends (sftp://, rclone:, s3: locations).
 # 3. A libvirt daemon answering on qemu:///system. One that answers already
 #    is used as it is. Otherwise the minimum is configured (the libvirt-qemu
 #    user; user/group root and stdio_handler "file" in qemu.conf, for hosts
@@ -64,7 +66,7 @@ packages=(qemu-system-x86 qemu-utils libvirt-daemon libvirt-daemon-driver-qemu
           nbdkit-plugin-python python3-llfuse procps
           python3-venv python3-dev gcc pkg-config
           systemd faketime
-          e2fsprogs openssh-server
+          e2fsprogs openssh-server rclone
           ovmf swtpm swtpm-tools tpm2-tools
           libacl1-dev liblz4-dev libzstd-dev libxxhash-dev libssl-dev)
 case $extras in
@@ -134,6 +136,14 @@ make_borg2() {
         say "installing borgbackup $borg2_version into $dir (built from source: minutes)"
         /usr/bin/python3 -m venv "$dir"
         "$dir/bin/pip" install -q --pre "borgbackup==$borg2_version"
+    fi
+    # The store backends beyond a local path: sftp:// (paramiko), rclone:
+    # (requests; rclone itself is the Debian package) and s3: (boto3), as
+    # borgstore's own extras name them; the version borg pulled in stays.
+    if ! "$dir/bin/python" -c 'import paramiko, requests, boto3' 2>/dev/null; then
+        say "installing borgstore's sftp, rclone and s3 backends into $dir"
+        "$dir/bin/pip" install -q "borgstore[sftp,rclone,s3]==$("$dir/bin/python" -c \
+            'import importlib.metadata as m; print(m.version("borgstore"))')"
     fi
     say "Borg 2: $("$dir/bin/borg" --version) in $dir"
 }

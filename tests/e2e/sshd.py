@@ -12,6 +12,9 @@ this module (OpenSSH 9.2, Debian 12):
 * `StrictModes` checks every directory above authorized_keys up to `/` for
   group or world write permission, and pytest's temporary directories lie
   under /tmp (mode 1777), so it is off here; the files themselves are 0600.
+* A key forced to `internal-sftp` serves sftp (Borg 2's sftp:// locations)
+  with no shell and no borg on the server; the client asks for the `sftp`
+  subsystem, which must be configured for the request to be taken at all.
 * sshd runs a forced command through the user's shell with an environment of
   its own (PATH, HOME, USER...): `SetEnv` gives the server-side borg a
   BORG_BASE_DIR inside the test's directory.
@@ -129,6 +132,8 @@ class Sshd:
             "KbdInteractiveAuthentication no",
             "UsePAM no",
             "StrictModes no",
+            # Borg 2's sftp:// repositories: a key forced to internal-sftp
+            "Subsystem sftp internal-sftp",
             f"SetEnv BORG_BASE_DIR={self.workdir / 'server-borg'}",
             "LogLevel VERBOSE",
             "",
