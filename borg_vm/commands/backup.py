@@ -58,9 +58,10 @@ def build_parser(sub: argparse._SubParsersAction, parents: list[argparse.Argumen
                    "lzma[,0-9], auto,SPEC or obfuscate,N,SPEC (default: lz4; "
                    "see 'borg help compression')")
     b.add_argument("--chunk-size", type=options.type_of(options.power_of_two_size),
-                   default=fmt.BLOCK_SIZE, metavar="SIZE",
+                   metavar="SIZE",
                    help="Borg's fixed chunk size, which data members are aligned to "
-                   "(power of two, 64K..16M; default: 256K)")
+                   "(power of two, 64K..16M; default: 256K, and 64K for the complete "
+                   "images of a Borg 2 repository)")
     b.add_argument("--read-alignment", type=options.type_of(options.power_of_two_size),
                    default=0, metavar="SIZE",
                    help="widen dirty data extents to SIZE boundaries: more reads, more "
@@ -83,12 +84,19 @@ def build_parser(sub: argparse._SubParsersAction, parents: list[argparse.Argumen
 def run(args: argparse.Namespace) -> int:
     if args.jobs < 1:
         raise UsageError(detail="--jobs must be at least 1")
-    if not options.MIN_CHUNK <= args.chunk_size <= options.MAX_CHUNK:
+    chunk = args.chunk_size
+    if chunk is not None and not options.MIN_CHUNK <= chunk <= options.MAX_CHUNK:
         raise UsageError(detail=f"--chunk-size must be between 64K and 16M, not {args.chunk_size}")
+    problem = _selection_problem(args.domains, args.all, args.match)
+    if problem:
+        raise UsageError(detail=problem)
+    borg = options.repository(args)
     opts = BackupOptions(level=args.level, exclude_disks=tuple(args.exclude_disk),
                          scratch_dir=args.scratch_dir,
                          compression=str(parse_compression(args.compression)),
-                         block_size=args.chunk_size, read_alignment=args.read_alignment,
+                         block_size=chunk or (
+                             fmt.BLOCK_SIZE if borg.images is None else fmt.IMAGE_BLOCK_SIZE),
+                         read_alignment=args.read_alignment,
                          full_every=args.full_every or options.from_env(
                              FULL_EVERY_ENV, plan.FullEvery.parse,
                              plan.FullEvery.parse(plan.DEFAULT_FULL_EVERY)),
@@ -97,10 +105,6 @@ def run(args: argparse.Namespace) -> int:
                                                          options.positive_seconds,
                                                          quiesce.FREEZE_TIMEOUT),
                          progress=options.progress(args))
-    problem = _selection_problem(args.domains, args.all, args.match)
-    if problem:
-        raise UsageError(detail=problem)
-    borg = options.repository(args)
     failed: dict[str, int] = {}
     with virt.connect(args.connect) as hv:
         names = ([args.only] if args.only is not None else args.domains

@@ -83,6 +83,10 @@ def test_full_incrementals_running_and_shut_off_restore_complete_images(
     for r in results:   # a record, and an image archive per disk
         assert {r["archive"], f"{r['archive']}~vda", f"{r['archive']}~vdb"} <= set(names)
     assert len(names) == 3 * len(results)
+    info = subprocess.run([borg2_executable, "-r", repo, "info", "--json",
+                           f"{results[1]['archive']}~vda"], check=True, capture_output=True,
+                          text=True, env=env).stdout
+    assert json.loads(info)["archives"][0]["chunker_params"][:2] == ["fixed", 64 * KIB]
 
     listed = run("list", d.name, "--repo", repo, "--json", env=env).json()
     assert [a["checkpoint"] for a in listed["archives"]] == [r["checkpoint"] for r in results]

@@ -9,6 +9,7 @@ real main() with its real argument parsing, logging and exit codes.
 import contextlib
 import json
 import logging
+import types
 
 import pytest
 
@@ -28,7 +29,8 @@ from borg_vm.errors import DomainNotFound, Interrupted
 def fake_stack(monkeypatch):
     """Replace libvirt's connection and the repository with inert stand-ins."""
     monkeypatch.setattr(libvirt, "connect", lambda uri: contextlib.nullcontext(object()))
-    monkeypatch.setattr(options.borg_adapter, "open_repository", lambda repo, **kw: object())
+    monkeypatch.setattr(options.borg_adapter, "open_repository",
+                        lambda repo, **kw: types.SimpleNamespace(repo=repo, images=None))
     monkeypatch.setenv("BORG_REPO", "/nonexistent/repo")
 
 
@@ -353,3 +355,17 @@ def test_a_signal_while_a_line_is_logged_is_not_lost(monkeypatch):
     logger.handlers[0].setStream(Terminal())
     with pytest.raises(Interrupted):
         logging.getLogger("borg_vm.test").info("serving")
+
+
+@pytest.mark.parametrize("images, argv, chunk", [
+    (None, [], 256 * 1024),             # Borg 1: chains of data members
+    (object(), [], 64 * 1024),          # Borg 2: complete images (names.IMAGE_BLOCK_SIZE)
+    (object(), ["--chunk-size", "1M"], 1024 * 1024),
+])
+def test_the_chunk_size_defaults_by_the_repositorys_generation(fake_stack, monkeypatch, capsys,
+                                                                images, argv, chunk):
+    monkeypatch.setattr(options.borg_adapter, "open_repository",
+                        lambda repo, **kw: types.SimpleNamespace(repo=repo, images=images))
+    seen = backup_options(monkeypatch)
+    run_main(capsys, "backup", "a", *argv)
+    assert seen[0][1].block_size == chunk
