@@ -1,7 +1,8 @@
 """Borg 2 repositories beyond a local path (issue #22): sftp:// against a real
 sshd on 127.0.0.1 (a key forced to internal-sftp: no shell, no borg on the
-server) and rclone: with Debian's rclone (its local backend standing in for an
-object store). A full and an incremental, each restored bit for bit."""
+server), rclone: with Debian's rclone (its local backend), and s3: against a
+real S3 server on 127.0.0.1 (SeaweedFS, s3server.py). A full and an
+incremental, each verified and restored bit for bit."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import subprocess
 import pytest
 from borgvm import backup, restore_and_compare, run
 from guest import MIB
+from s3server import S3Server
 from sshd import LOOPBACK, Sshd, make_key
 
 KIB = 1024
@@ -41,7 +43,14 @@ def rclone_location(tmp_path):
     return f"rclone::local:{tmp_path / 'store' / 'repo'}", {}
 
 
-@pytest.mark.parametrize("where", ["sftp_location", "rclone_location"])
+@pytest.fixture
+def s3_location(tmp_path):
+    """(location, environment): a repository in a bucket of a real S3 server."""
+    with S3Server(tmp_path / "s3") as server:
+        yield server.location("repo"), {}
+
+
+@pytest.mark.parametrize("where", ["sftp_location", "rclone_location", "s3_location"])
 def test_backup_and_restore_at_a_remote_location(where, request, make_domain, borg2_executable,
                                                  tmp_path):
     location, extra = request.getfixturevalue(where)
