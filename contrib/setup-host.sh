@@ -42,7 +42,8 @@
 #    `create --map/--reuse-from` and the newest that builds against Debian 12's
 #    OpenSSL 3.0 (b24 and later need OpenSSL >= 3.2). Built from source by pip
 #    (libssl-dev, pkg-config), a few minutes the first time; with borgstore's
-#    sftp, rclone and s3 backends (sftp://, rclone:, s3: locations).
+#    sftp, rclone and s3 backends (sftp://, rclone:, s3: locations) and
+#    mfusepy (borg mount).
 # 3. A libvirt daemon answering on qemu:///system. One that answers already
 #    is used as it is. Otherwise the minimum is configured (the libvirt-qemu
 #    user; user/group root and stdio_handler "file" in qemu.conf, for hosts
@@ -144,6 +145,12 @@ make_borg2() {
         say "installing borgstore's sftp, rclone and s3 backends into $dir"
         "$dir/bin/pip" install -q "borgstore[sftp,rclone,s3]==$("$dir/bin/python" -c \
             'import importlib.metadata as m; print(m.version("borgstore"))')"
+    fi
+    # borg mount (borg-vm mount of complete images): mfusepy, Borg 2's own
+    # extra, pure Python over the system's libfuse3; no build.
+    if ! "$dir/bin/python" -c 'import mfusepy' 2>/dev/null; then
+        say "installing mfusepy (borg mount) into $dir"
+        "$dir/bin/pip" install -q "mfusepy>=3.1.0,<4.0.0"
     fi
     say "Borg 2: $("$dir/bin/borg" --version) in $dir"
 }

@@ -1,6 +1,7 @@
 """nbdkit: the only module that builds its command line. borg-vm mount serves
-each disk with nbdkit's python plugin running nbdkit_plugin.py over a disk map
-(Debian: nbdkit, nbdkit-plugin-python)."""
+each disk of a chain with nbdkit's python plugin running nbdkit_plugin.py over
+a disk map (Debian: nbdkit, nbdkit-plugin-python), and a complete image (Borg
+2) with its file plugin."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import select
 import signal
 import time
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 
 from borg_vm.adapters import subproc
 from borg_vm.errors import NbdkitError
@@ -30,12 +32,28 @@ def serve_argv(socket: str, map_file: str, pidfile: str) -> list[str]:
             "--pidfile", pidfile, "python", PLUGIN, f"map={map_file}"]
 
 
-@contextlib.contextmanager
-def serve(socket: str, map_file: str, pidfile: str) -> Iterator[subproc.Stream]:
+def serve_file_argv(socket: str, path: str, pidfile: str) -> list[str]:
+    """Return nbdkit's argv serving the file at path as it is (a complete disk
+    image), read-only, on a unix socket, as serve_argv does otherwise."""
+    return [NBDKIT, "--foreground", "--exit-with-parent", "--readonly", "--unix", socket,
+            "--pidfile", pidfile, "file", f"file={path}"]
+
+
+def serve(socket: str, map_file: str, pidfile: str) -> AbstractContextManager[subproc.Stream]:
     """Serve the disk map_file describes on socket for the block; yield the running
     nbdkit (its exit means the export is gone). Raise NbdkitError if it does not
     start; on the way out it is stopped (SIGTERM) and its socket removed."""
-    with subproc.stream(serve_argv(socket, map_file, pidfile)) as proc:
+    return _serving(serve_argv(socket, map_file, pidfile), socket, pidfile)
+
+
+def serve_file(socket: str, path: str, pidfile: str) -> AbstractContextManager[subproc.Stream]:
+    """Serve the file at path on socket for the block, as serve does a map."""
+    return _serving(serve_file_argv(socket, path, pidfile), socket, pidfile)
+
+
+@contextlib.contextmanager
+def _serving(argv: list[str], socket: str, pidfile: str) -> Iterator[subproc.Stream]:
+    with subproc.stream(argv) as proc:
         try:
             _wait_listening(proc, pidfile)
             yield proc

@@ -25,6 +25,7 @@ from borgvm import (
     start,
 )
 from guest import MIB, poll
+from mounting import compare, mounts_under, start_mount
 
 from borg_vm import runtime
 from borg_vm.errors import EXIT_INTERRUPTED
@@ -147,8 +148,7 @@ def test_verify_full_read_prune_delete_and_leftovers(make_domain, repo2, borg2_e
         restore_and_compare(d.name, repo, results[i]["checkpoint"], views[i], tmp_path,
                             f"kept{i}", env=env)
 
-    refused = run("mount", d.name, "--repo", repo, "--socket", str(tmp_path / "m.sock"),
-                  env=env, code=2)
+    refused = run("boot", d.name, "--repo", repo, env=env, code=2)
     assert "not available yet for a repository of complete images" in refused.stderr
 
 
@@ -297,3 +297,35 @@ def test_a_borg1_repository_transferred_to_borg2_keeps_its_chains(make_domain, b
     assert sorted(pruned["deleted"]) == sorted(c["archive"] for c in chain)
     assert borg2_archives(borg2_executable, new, env2) == sorted(
         [after["archive"], f"{after['archive']}~vda"])
+
+
+def test_mount_serves_each_points_images(make_domain, repo2, tmp_path):
+    """borg-vm mount of a Borg 2 point: each disk's image archive, by the ID its
+    record names, mounted alone by borg mount and served as it is; every point
+    reads exactly as the guest saw its disks, and nothing is left mounted."""
+    repo, env = repo2
+    d = make_domain(disks=[("vda", 32 * MIB, "qcow2"), ("vdb", 16 * MIB, "qcow2")])
+    d.write("vda", 0, 2 * MIB, 0x71)
+    d.write("vdb", 1 * MIB, 1 * MIB, 0x72)
+    results, views = [backup(d.name, repo, env=env)], [d.views()]
+    d.write("vda", 4 * MIB, 256 * KIB, 0x73)
+    d.write_zeroes("vdb", 1 * MIB, 512 * KIB)
+    results.append(backup(d.name, repo, env=env))
+    views.append(d.views())
+
+    run_dir = tmp_path / "run"
+    env = {**env, "BORG_VM_RUNTIME_DIR": str(run_dir)}
+    for i, (result, view) in enumerate(zip(results, views, strict=True)):
+        sockets = tmp_path / f"sockets-{i}"
+        m = start_mount(d.name, repo, str(sockets), "--checkpoint", result["checkpoint"],
+                        env=env)
+        try:
+            assert sorted(m.served["disks"]) == ["vda", "vdb"]
+            for target, expected in view.items():
+                out = compare(m.uri(target), expected, str(tmp_path))
+                assert out.returncode == 0, f"{target} at {result['checkpoint']}: {out.stdout}"
+        finally:
+            code, err = m.stop(signal.SIGTERM)
+        assert code == 0, err
+        assert not sockets.exists()
+    assert not mounts_under(run_dir) and os.listdir(run_dir) == []

@@ -18,9 +18,9 @@ What differs from Borg 1 here, beyond the spellings features.Dialect holds:
   holds the one file.
 - Reading, Borg 2 checks each object's MAC under the repository key but, by
   default, not that a chunk's content hashes to its ID: a client holding the
-  key could store other content under an ID. Images are read with
+  key could store other content under an ID. Every Borg 2 borg-vm runs has
   ``BORG_ASSERT_ID`` naming reads too (``ASSERT_ID``), so an image archive's ID,
-  which borg-vm's record authenticates, binds every byte extracted.
+  which borg-vm's record authenticates, binds every byte extracted or mounted.
 - Some failures borg only logs: a missing chunk is extracted as zeros with an
   error record and exit code 0. ``finish`` fails on any error record.
 - 2.0.0b23 compares the manifest it loaded with the newest this host saw (its
@@ -46,6 +46,7 @@ import re
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from typing import TypeVar
 
 from borg_vm.adapters import subproc
@@ -147,14 +148,26 @@ class Borg2Repository(BorgCli):
         return created
 
     @contextlib.contextmanager
+    def child_env(self) -> Iterator[tuple[dict[str, str], tuple[int, ...]]]:
+        """As BorgCli's, and every object a Borg 2 child reads checked against its
+        ID (ASSERT_ID): extract, mount, verify alike."""
+        with super().child_env() as (env, fds):
+            yield {**env, "BORG_ASSERT_ID": ASSERT_ID}, fds
+
+    @contextlib.contextmanager
     def extract_image(self, archive_id: str) -> Iterator[subproc.Stream]:
         """Yield a running 'borg extract --stdout' of the archive with this ID (its
-        one file) to stdout, every object checked against its ID (ASSERT_ID)."""
+        one file) to stdout."""
         argv = self._argv("extract", "--stdout", *self.location(self.ref(archive_id)))
         with self.child_env() as (env, fds), subproc.stream(
-                argv, stdout=True, env={**env, "BORG_ASSERT_ID": ASSERT_ID},
-                pass_fds=fds) as s:
+                argv, stdout=True, env=env, pass_fds=fds) as s:
             yield s
+
+    def mount_image(self, archive_id: str, mountpoint: str
+                    ) -> AbstractContextManager[subproc.Stream]:
+        """Mount the archive with this ID alone at mountpoint (MOUNTPOINT/NAME/FILE),
+        as mount does archives by name."""
+        return self._mount(mountpoint, ["-a", self.ref(archive_id)])
 
     def finish(self, action: str, stream: subproc.Stream) -> None:
         """Wait for a streaming borg command; raise the matching error if it failed

@@ -310,8 +310,8 @@ class BorgCli:
         argv = self._argv("extract", "--stdout", *self.location(archive), *paths, brief=brief)
         return self._output(argv)
 
-    @contextlib.contextmanager
-    def mount(self, mountpoint: str, archive_glob: str) -> Iterator[subproc.Stream]:
+    def mount(self, mountpoint: str, archive_glob: str
+              ) -> AbstractContextManager[subproc.Stream]:
         """Mount the repository's archives that match archive_glob (see
         archive_glob) read-only at mountpoint with 'borg mount', one
         directory per archive, each read from the repository as it is used; yield
@@ -323,8 +323,12 @@ class BorgCli:
         shared lock meanwhile: writers (borg create, delete) wait for it. Raise the
         matching BorgError if borg fails to mount.
         """
-        argv = self._argv("mount", "--foreground", *self.dialect.match_archives_args(archive_glob),
-                          *self.location(), mountpoint)
+        return self._mount(mountpoint, self.dialect.match_archives_args(archive_glob))
+
+    @contextlib.contextmanager
+    def _mount(self, mountpoint: str, selection: Sequence[str]) -> Iterator[subproc.Stream]:
+        """mount, of the archives borg's flags selection select."""
+        argv = self._argv("mount", "--foreground", *selection, *self.location(), mountpoint)
         with self.child_env() as (env, fds), subproc.stream(
                 argv, env=env, pass_fds=fds, parent_death_signal=signal.SIGINT) as proc:
             self._wait_mounted(proc, mountpoint)

@@ -61,6 +61,13 @@ class ImageStore(Protocol):
         """A running extract writing the one file of the archive with this ID to stdout."""
         ...
 
+    def mount_image(self, archive_id: str, mountpoint: str
+                    ) -> AbstractContextManager[subproc.Stream]:
+        """Mount the image archive with this ID alone read-only at mountpoint: its
+        one file is MOUNTPOINT/ARCHIVE NAME/FILE. Yield the running borg (its
+        exit means the mount is gone); unmount when the block ends."""
+        ...
+
     def again_if_raced(self, call: Callable[[], T]) -> T:
         """Return call() (what runs a borg command and can run again), run again
         while borg refuses it for another writer's commit at its start."""

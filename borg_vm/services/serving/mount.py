@@ -20,6 +20,12 @@ checked as restore checks it). The SHA-256 of a disk's data cannot be
 checked without reading all of it (``borg-vm verify`` does); Borg checks every
 chunk it reads (its id hash, and its MAC when encrypted).
 
+A point whose disks are complete images (format version 6, Borg 2) is served
+more simply: each disk's image archive, named by the ID the point's
+authenticated record gives, mounted alone (``borg mount -a aid:ID`` at
+RUN/archives.TARGET), and its one file served as it is by nbdkit's file
+plugin, once it is a regular file of the disk's size.
+
 Runs in the foreground until SIGINT or SIGTERM, then stops the servers and
 unmounts; a mount left by a borg-vm that was killed is unmounted by the next.
 """
@@ -38,7 +44,7 @@ from dataclasses import dataclass
 
 from borg_vm import runtime
 from borg_vm.adapters import nbdkit, subproc
-from borg_vm.adapters.borg import Repository, mounted
+from borg_vm.adapters.borg import ImageStore, Repository, mounted
 from borg_vm.core import chain
 from borg_vm.errors import (
     BorgError,
@@ -46,7 +52,6 @@ from borg_vm.errors import (
     IntegrityError,
     Interrupted,
     NbdkitError,
-    NotWithImages,
     SocketInUse,
     SocketPathUnusable,
     UsageError,
@@ -104,9 +109,12 @@ def mount(borg: Repository, domain: str, opts: MountOptions, ready: Callable[[Se
     """
     archives, top = catalog.restore_point(borg, domain, opts.checkpoint,
                                           opts.allow_unauthenticated)
-    if top.images:
-        raise NotWithImages(what="mount", detail="restore the point instead")
     targets = opts.disks or tuple(sorted(top.summary.disks))
+    for t in targets:
+        chain.disk_chain(archives, top, t)   # UnknownDisk before anything starts
+    store = catalog.image_store(borg, top)
+    if store is not None:
+        return _mount_images(borg, store, top, targets, opts, ready)
     chains = {t: chain.restore_chain(archives, top, t) for t in targets}
     _clean_stale(borg)   # first: a killed mount's nbdkit may still hold a socket
     with _socket_paths(opts.socket, targets) as sockets, runtime.mount_dir() as run:
@@ -119,12 +127,61 @@ def mount(borg: Repository, domain: str, opts: MountOptions, ready: Callable[[Se
                     t: {"socket": sockets[t], "uri": uri(sockets[t]), "size": m.size}
                     for t, (m, _dirs) in maps.items()})
                 with _servers(run, sockets, maps, opts.owner) as servers:
-                    _serve(servers, borg_proc, lambda: ready(served))
+                    _serve(servers, [borg_proc], lambda: ready(served))
         finally:
             _remove_files(run)
             with contextlib.suppress(OSError):
                 os.rmdir(mnt)
     return served
+
+
+def _mount_images(borg: Repository, store: ImageStore, top: ArchiveInfo,
+                  targets: tuple[str, ...], opts: MountOptions,
+                  ready: Callable[[Served], None]) -> Served:
+    """mount of a point whose disks are complete images (format version 6): each
+    disk's image archive, named by the ID top's authenticated record gives, mounted
+    alone by Borg 2 and its one file served as it is by nbdkit's file plugin."""
+    _clean_stale(borg)
+    with _socket_paths(opts.socket, targets) as sockets, runtime.mount_dir() as run, \
+            contextlib.ExitStack() as stack:
+        stack.callback(_remove_files, run)
+        borgs, servers, disks = [], {}, {}
+        for t in targets:
+            disk = top.summary.disks[t]
+            assert disk.image is not None, "a record of images names an image per disk"
+            mnt = os.path.join(run, f"{ARCHIVES}.{t}")
+            os.mkdir(mnt, 0o700)
+            stack.callback(_rmdir, mnt)
+            borgs.append(stack.enter_context(store.mount_image(disk.image.id, mnt)))
+            path = _image_file(mnt, top, t, disk.virtual_size)
+            servers[t] = stack.enter_context(nbdkit.serve_file(
+                sockets[t], path, os.path.join(run, t + PIDFILE_SUFFIX)))
+            _hand_over(sockets[t], opts.owner)
+            disks[t] = {"socket": sockets[t], "uri": uri(sockets[t]), "size": disk.virtual_size}
+        served = Served(top.name.domain, top.name.checkpoint, disks)
+        _serve(servers, borgs, lambda: ready(served))
+    return served
+
+
+def _image_file(mnt: str, top: ArchiveInfo, target: str, size: int) -> str:
+    """Return the path of target's image in its mounted image archive; raise
+    IntegrityError unless it is a regular file of the disk's size."""
+    path = os.path.join(mnt, fmt.image_archive_name(top.name, target), target)
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise IntegrityError(target=target, archive=top.archive,
+                             detail=f"its image archive holds no file {target}: "
+                                    f"{e.strerror}") from e
+    if not stat.S_ISREG(st.st_mode) or st.st_size != size:
+        raise IntegrityError(target=target, archive=top.archive,
+                             detail=f"its image holds {st.st_size} bytes, the disk {size}")
+    return path
+
+
+def _rmdir(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.rmdir(path)
 
 
 @contextlib.contextmanager
@@ -203,15 +260,18 @@ def _check_free(path: str) -> None:
 def _clean_stale(borg: Repository) -> None:
     """Unmount and remove what mounts of killed borg-vm runs left behind."""
     for path in runtime.stale_mount_dirs():
-        mnt = os.path.join(path, ARCHIVES)
         log.info("removing %s, left by a borg-vm mount that was killed", path)
         try:
             for pidfile in glob.glob(os.path.join(path, "*" + PIDFILE_SUFFIX)):
                 if nbdkit.kill_stale(pidfile):
                     log.info("killed its nbdkit %s", os.path.basename(pidfile))
-            if mounted(mnt):
-                borg.umount(mnt)
-            runtime.remove_mount_dir(path, (ARCHIVES,))
+            # the archives of a chain, or each disk's image archive (ARCHIVES.TARGET)
+            mnts = [n for n in os.listdir(path)
+                    if n == ARCHIVES or n.startswith(ARCHIVES + ".")]
+            for name in mnts:
+                if mounted(os.path.join(path, name)):
+                    borg.umount(os.path.join(path, name))
+            runtime.remove_mount_dir(path, tuple(mnts))
         except (BorgError, NbdkitError, OSError) as e:
             log.warning("cannot remove %s: %s", path, e)
 
@@ -259,15 +319,20 @@ def _servers(run: str, sockets: dict[str, str],
                 disk_map.write(f, {"target": t, "archives": dirs})
             servers[t] = stack.enter_context(
                 nbdkit.serve(sockets[t], map_file, os.path.join(run, t + PIDFILE_SUFFIX)))
-            # Whoever may connect reads the guest's data; connecting takes write
-            # permission, which nbdkit gives no one else (umask 022) already.
-            os.chmod(sockets[t], 0o600)
-            if owner is not None:
-                os.chown(sockets[t], *owner)
+            _hand_over(sockets[t], owner)
         yield servers
 
 
-def _serve(servers: dict[str, subproc.Stream], borg_proc: subproc.Stream,
+def _hand_over(socket_path: str, owner: tuple[int, int] | None) -> None:
+    """Make a served socket its owner's alone (owner (uid, gid) if given).
+    Whoever may connect reads the guest's data; connecting takes write
+    permission, which nbdkit gives no one else (umask 022) already."""
+    os.chmod(socket_path, 0o600)
+    if owner is not None:
+        os.chown(socket_path, *owner)
+
+
+def _serve(servers: dict[str, subproc.Stream], borgs: list[subproc.Stream],
            ready: Callable[[], None]) -> None:
     """Call ready(), then return on SIGINT or SIGTERM (from the call of ready() on:
     the exports listen, so a stop is the normal end), shielded from a second one
@@ -276,9 +341,9 @@ def _serve(servers: dict[str, subproc.Stream], borg_proc: subproc.Stream,
     try:
         ready()
         while True:
-            for proc in [*servers.values(), borg_proc]:
+            for proc in [*servers.values(), *borgs]:
                 if proc.exited(WATCH_SECONDS):
-                    if proc is borg_proc:
+                    if proc in borgs:
                         raise BorgError(action="mount", detail="borg mount exited: " + (
                             "; ".join(proc.stderr_lines()[-3:]).strip() or
                             f"exit code {proc.proc.returncode}"))
