@@ -79,8 +79,11 @@ def _unmount(proc: subproc.Stream, path: str) -> None:
         except subproc.CommandFailed as e:
             refused = f" (umount: {e.stderr.strip()})"
         if not proc.exited(STOP_SECONDS):
-            log.warning("nbdfuse did not exit within %d s of the unmount%s; ending it",
-                        STOP_SECONDS, refused)
+            # Not a warning: borg has read what it needed and the file is
+            # unmounted (or detached below); what is left is a process to end.
+            # Seen on a loaded host, its cause not found yet.
+            log.info("nbdfuse did not exit within %d s of the unmount%s; ending it",
+                     STOP_SECONDS, refused)
             proc.terminate()
     if mounted(path):
         subproc.run(["umount", "--lazy", path])

@@ -34,9 +34,14 @@ def serve_argv(socket: str, map_file: str, pidfile: str) -> list[str]:
 
 def serve_file_argv(socket: str, path: str, pidfile: str) -> list[str]:
     """Return nbdkit's argv serving the file at path as it is (a complete disk
-    image), read-only, on a unix socket, as serve_argv does otherwise."""
+    image in a borg mount), read-only, on a unix socket, as serve_argv does
+    otherwise. Without block status (noextents: all of it reads as data, which
+    a FUSE file without holes is anyway): the file plugin asks for it with
+    lseek(SEEK_DATA), which Borg 2.0.0b23's mount over mfusepy answers with
+    EINVAL now and then (a TypeError in its fgetattr), and QEMU's blockpull
+    then stops."""
     return [NBDKIT, "--foreground", "--exit-with-parent", "--readonly", "--unix", socket,
-            "--pidfile", pidfile, "file", f"file={path}"]
+            "--pidfile", pidfile, "--filter=noextents", "file", f"file={path}"]
 
 
 def serve(socket: str, map_file: str, pidfile: str) -> AbstractContextManager[subproc.Stream]:

@@ -148,7 +148,8 @@ def test_verify_full_read_prune_delete_and_leftovers(make_domain, repo2, borg2_e
         restore_and_compare(d.name, repo, results[i]["checkpoint"], views[i], tmp_path,
                             f"kept{i}", env=env)
 
-    refused = run("boot", d.name, "--repo", repo, env=env, code=2)
+    refused = run("restore", d.name, "--repo", repo, "--layers", "--to",
+                  str(tmp_path / "layers"), env=env, code=2)
     assert "not available yet for a repository of complete images" in refused.stderr
 
 
@@ -329,3 +330,26 @@ def test_mount_serves_each_points_images(make_domain, repo2, tmp_path):
         assert code == 0, err
         assert not sockets.exists()
     assert not mounts_under(run_dir) and os.listdir(run_dir) == []
+
+
+def test_boot_from_images_then_finish(make_domain, repo2, booted, monkeypatch, tmp_path):
+    """borg-vm boot of a Borg 2 point: its disks overlays backed by the image
+    mounts; the guest's writes land in the overlays, --finish pulls the rest
+    and the domain runs on without the repository."""
+    repo, env = repo2
+    for name in ("BORG_VM_BORG", "BORG_PASSPHRASE"):
+        monkeypatch.setenv(name, env[name])   # for booted's borg-vm runs
+    d = make_domain(disks=[("vda", 32 * MIB, "qcow2")])
+    d.write("vda", 0, 4 * MIB, 0x81)
+    backup(d.name, repo, env=env)
+    d.write("vda", 8 * MIB, 1 * MIB, 0x82)
+    second = backup(d.name, repo, env=env)
+    new, doc = booted(d, repo, d.views())
+    assert doc["checkpoint"] == second["checkpoint"] and new.dom.isActive()
+    new.write("vda", 1 * MIB + 512, 4 * KIB, 0x83)
+    new.write("vda", 20 * MIB, 2 * MIB, 0x84)
+    new.flush_all()
+    run("boot", "--finish", new.name, "--json", env=env)
+    Path(repo).rename(f"{repo}.gone")
+    new.write("vda", 30 * MIB, 1 * MIB, 0x85)
+    new.assert_matches_model("vda")

@@ -48,7 +48,6 @@ from borg_vm.errors import (
     LibvirtError,
     NotBooted,
     NotRunning,
-    NotWithImages,
     PullFailed,
     QemuImgError,
     RestoreTargetExists,
@@ -116,8 +115,6 @@ def boot(hv: virt.Hypervisor, borg: Repository, domain: str, opts: BootOptions) 
         raise DomainExists(name=name, uri=hv.uri)
     archives, top = catalog.restore_point(borg, domain, opts.checkpoint,
                                           opts.allow_unauthenticated)
-    if top.images:
-        raise NotWithImages(what="boot", detail="restore the point instead")
     to = os.path.abspath(opts.to)
     overlays = {t: os.path.join(to, f"{name}.{t}.qcow2") for t in sorted(top.summary.disks)}
     existing = [p for p in overlays.values() if os.path.lexists(p)]
