@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import json
 import os
 import signal
 import subprocess
@@ -29,7 +30,7 @@ from borgvm import BORG, Result, archive_names, backup, read_image, restore_and_
 from guest import MIB, poll
 
 from borg_vm import runtime
-from borg_vm.format.names import is_partial_of
+from borg_vm.format.names import is_partial_of, parse_image_archive_name
 
 LIBVIRTD = "/usr/sbin/libvirtd"
 LIBVIRTD_PIDFILE = Path("/run/borg-vm-setup-libvirtd.pid")   # contrib/setup-host.sh's
@@ -288,8 +289,13 @@ class Target:
         return result
 
     def _processes(self) -> list[str]:
-        """Return the qemu-nbd and borg processes working on this test's files."""
-        return processes_naming(str(self.tmp), "qemu-nbd") + processes_naming(self.repo, "borg")
+        """Return the qemu-nbd and borg processes working on this test's files, and
+        the nbdfuse processes and mounts of Borg 2 backups (their files are
+        borg-vm-image.* directories of their own)."""
+        with open("/proc/self/mounts") as f:
+            mounts = [line.split()[1] for line in f if "/borg-vm-image." in line.split()[1]]
+        return (processes_naming(str(self.tmp), "qemu-nbd") + processes_naming(self.repo, "borg")
+                + processes_naming("/borg-vm-image.", "nbdfuse") + mounts)
 
     def leftovers(self) -> list[str]:
         """Return what runs left behind, one kind each: job, checkpoints, run
@@ -306,9 +312,28 @@ class Target:
                   glob.glob(os.path.join(runtime.base_dir(), f"{self.d.dom.UUIDString()}.*"))]
         if self.scratch:
             found += [f"scratch file {p.name}" for p in self.scratch.iterdir()]
-        found += [f"partial archive {n}" for n in archive_names(self.repo)
-                  if is_partial_of(n, self.name)]
+        names = self._archive_names()
+        found += [f"partial archive {n}" for n in names if is_partial_of(n, self.name)]
+        found += [f"image archive {n} without its record" for n in names
+                  if (image := parse_image_archive_name(n)) is not None
+                  and image[0].domain == self.name and str(image[0]) not in names]
         return found + self._processes()
+
+    def _borg(self, command: str, *args: str) -> list[str]:
+        """The argv of a borg command on the repository, in the repository's
+        generation: Borg 2 where borg-vm is pointed at it ($BORG_VM_BORG)."""
+        borg2 = os.environ.get("BORG_VM_BORG")
+        if borg2:
+            return [borg2, "-r", self.repo, command, *args]
+        return [BORG, command, *args, self.repo]
+
+    def _archive_names(self) -> list[str]:
+        """Every archive's name (Borg 1's checkpoint archives too)."""
+        if not os.environ.get("BORG_VM_BORG"):
+            return archive_names(self.repo)
+        out = subprocess.run(self._borg("repo-list", "--json"), check=True,
+                             capture_output=True, text=True).stdout
+        return [a["name"] for a in json.loads(out)["archives"]]
 
     def check(self, every: bool = True) -> None:
         """Nothing left behind; every archive verifies, the repository checks, and every
@@ -317,7 +342,7 @@ class Target:
         assert self.leftovers() == []
         if every:
             run("verify", self.name, "--all", "--repo", self.repo)
-            subprocess.run([BORG, "check", self.repo], check=True, capture_output=True)
+            subprocess.run(self._borg("check"), check=True, capture_output=True)
         restored = self.tmp / f"restored-{self.name}-{len(self.good)}"
         restored.mkdir()
         if every:

@@ -1,6 +1,8 @@
 """borg-vm SIGKILLed at each phase of a backup, alone and with QEMU (a host that
 lost power): nothing to say, nothing lost; the next run removes what it left and
-goes on from the last good archive."""
+goes on from the last good archive. Each phase in a Borg 1.4 repository (a
+chain) and a Borg 2 one (complete images: killed at STREAMING, say, its images
+are made and its record is not)."""
 
 import pytest
 
@@ -10,8 +12,9 @@ PHASES = [runtime.PLANNED, runtime.JOB_STARTED, runtime.STREAMING, runtime.ENDIN
           runtime.BORG_FINISHED, runtime.DONE]
 
 
+@pytest.mark.parametrize("generation", ["borg1", "borg2"], indirect=True)
 @pytest.mark.parametrize("phase", PHASES)
-def test_borg_vm_killed_at_phase(target, record, phase):
+def test_borg_vm_killed_at_phase(target, record, phase, generation):
     t = target()
     record["injected"] = f"SIGKILL of borg-vm at phase {phase}"
     t.kill(t.start(stop_at=phase))
