@@ -135,10 +135,30 @@ def make_domain(libvirt_conn, virt_type, real_virt_type, _remove_stale_domains, 
         pytest.fail("teardown of test domains failed: " + "; ".join(errors))
 
 
+BORG2_PASSPHRASE = "e2e borg2"
+
+
 @pytest.fixture
-def repo(tmp_path):
-    """Return the path of a new unencrypted Borg repository in tmp_path."""
-    return init_repo(tmp_path / "repo")
+def generation(request) -> str:
+    """The repository's Borg generation: "borg1" unless a test is parametrized
+    with indirect=True over ["borg1", "borg2"] (behaviour both share)."""
+    return getattr(request, "param", "borg1")
+
+
+@pytest.fixture
+def repo(generation, tmp_path, monkeypatch, request):
+    """Return the path of a new repository in tmp_path: Borg 1's, unencrypted,
+    or (generation "borg2") an encrypted Borg 2 one, with borg-vm pointed at
+    Borg 2 and given its passphrase for the test."""
+    if generation == "borg1":
+        return init_repo(tmp_path / "repo")
+    borg2_executable = request.getfixturevalue("borg2_executable")   # skips without one
+    monkeypatch.setenv("BORG_VM_BORG", borg2_executable)
+    monkeypatch.setenv("BORG_PASSPHRASE", BORG2_PASSPHRASE)
+    path = str(tmp_path / "repo2")
+    subprocess.run([borg2_executable, "-r", path, "repo-create", "-e", "aes256-ocb"],
+                   check=True, capture_output=True)
+    return path
 
 
 @pytest.fixture

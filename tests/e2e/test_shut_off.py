@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 
 import libvirt
+import pytest
 from borgvm import (
     archive_names,
     backup,
@@ -26,6 +27,7 @@ def own_checkpoints(d) -> list[str]:
     return [c.getName() for c in d.dom.listAllCheckpoints()]
 
 
+@pytest.mark.parametrize("generation", ["borg1", "borg2"], indirect=True)
 def test_full_running_then_incrementals_while_off_and_on(make_domain, repo, tmp_path):
     d = make_domain(disks=[("vda", 64 * MIB, "qcow2"), ("vdb", 32 * MIB, "qcow2")])
     d.write("vda", 0, 4 * MIB, 0xA1)
@@ -64,6 +66,7 @@ def test_full_running_then_incrementals_while_off_and_on(make_domain, repo, tmp_
     restore_every_mode(d.name, repo, results, views, tmp_path)
 
 
+@pytest.mark.parametrize("generation", ["borg1", "borg2"], indirect=True)
 def test_offline_incremental_across_a_snapshot(make_domain, repo, tmp_path):
     # The checkpoint's bitmap is split: writes before the snapshot in the base's
     # copy, after it in the overlay's. Offline, both are merged.

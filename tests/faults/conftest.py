@@ -3,7 +3,6 @@
 (harness.py) and its row of tests/faults/RESULTS.md (see results.py)."""
 
 import importlib.util
-import subprocess
 import sys
 from pathlib import Path
 
@@ -16,8 +15,7 @@ _spec = importlib.util.spec_from_file_location("e2e_conftest", E2E / "conftest.p
 _e2e = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_e2e)
 
-from borgvm import init_repo  # noqa: E402  (needs tests/e2e on the path)
-from harness import Target  # noqa: E402
+from harness import Target  # noqa: E402  (needs tests/e2e on the path)
 from results import RECORD  # noqa: E402
 
 # The e2e tier's fixtures, over a libvirt connection that survives the restart
@@ -28,28 +26,8 @@ real_virt_type = _e2e.real_virt_type
 _remove_stale_domains = _e2e._remove_stale_domains
 make_domain = _e2e.make_domain
 MIB = 1024 * 1024
-BORG2_PASSPHRASE = "faults borg2"
-
-
-@pytest.fixture
-def generation(request) -> str:
-    """The repository's Borg generation: "borg1" unless a test is parametrized
-    with indirect=True over ["borg1", "borg2"]."""
-    return getattr(request, "param", "borg1")
-
-
-@pytest.fixture
-def repo(generation, tmp_path, monkeypatch, borg2_executable):
-    """A new repository of the generation: Borg 1's unencrypted one of the e2e
-    tier, or an encrypted Borg 2 one, borg-vm pointed at Borg 2 for the test."""
-    if generation == "borg1":
-        return init_repo(tmp_path / "repo")
-    monkeypatch.setenv("BORG_VM_BORG", borg2_executable)
-    monkeypatch.setenv("BORG_PASSPHRASE", BORG2_PASSPHRASE)
-    path = str(tmp_path / "repo2")
-    subprocess.run([borg2_executable, "-r", path, "repo-create", "-e", "aes256-ocb"],
-                   check=True, capture_output=True)
-    return path
+generation = _e2e.generation
+repo = _e2e.repo
 
 
 @pytest.fixture
