@@ -43,6 +43,11 @@ class Progress:
     def for_terminal(cls, label: str, total: int, wanted: bool) -> Progress:
         return cls(label, total, wanted and sys.stderr.isatty())
 
+    def reach(self, done: int) -> None:
+        """Advance to done bytes in all (a report of the total so far); never back."""
+        if done > self.done:
+            self.advance(done - self.done)
+
     def advance(self, n: int) -> None:
         self.done += n
         now = time.monotonic()

@@ -59,10 +59,12 @@ def _check_argv(argv: Sequence[str]) -> list[str]:
 
 def run(argv: Sequence[str], *, input: bytes | None = None,
         env: dict[str, str] | None = None, ok_codes: tuple[int, ...] = (0,),
-        pass_fds: tuple[int, ...] = (), cwd: str | None = None
+        pass_fds: tuple[int, ...] = (), cwd: str | None = None,
+        on_stderr_line: Callable[[str], None] | None = None
         ) -> subprocess.CompletedProcess[bytes]:
     """Run argv (in directory cwd) to completion; return the CompletedProcess
-    (stdout/stderr as bytes).
+    (stdout/stderr as bytes). on_stderr_line, if given, sees each line of its
+    stderr as it comes (a progress report), on the calling thread.
 
     The command gets `input` or an empty stdin, and no controlling terminal: it
     can neither prompt on ours nor read keystrokes meant for us (borg would ask
@@ -71,14 +73,40 @@ def run(argv: Sequence[str], *, input: bytes | None = None,
     """
     argv = _check_argv(argv)
     try:
-        proc = subprocess.run(argv, input=input, capture_output=True, env=env, cwd=cwd,
-                              stdin=subprocess.DEVNULL if input is None else None,
-                              pass_fds=pass_fds, check=False, start_new_session=True)
+        if on_stderr_line is None:
+            proc = subprocess.run(argv, input=input, capture_output=True, env=env, cwd=cwd,
+                                  stdin=subprocess.DEVNULL if input is None else None,
+                                  pass_fds=pass_fds, check=False, start_new_session=True)
+        else:
+            assert input is None, "a command whose stderr is followed gets no input"
+            proc = _run_following(argv, env, pass_fds, cwd, on_stderr_line)
     except OSError as e:
         raise CommandFailed(argv, 127, str(e)) from e
     if proc.returncode not in ok_codes:
         raise CommandFailed(argv, proc.returncode, proc.stderr.decode(errors="replace"))
     return proc
+
+
+def _run_following(argv: list[str], env: dict[str, str] | None, pass_fds: tuple[int, ...],
+                   cwd: str | None, on_stderr_line: Callable[[str], None]
+                   ) -> subprocess.CompletedProcess[bytes]:
+    """run's way with on_stderr_line: stdout read whole by a thread (the command
+    never blocks on it), stderr line by line here."""
+    with subprocess.Popen(argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=pass_fds,
+                          start_new_session=True) as proc:
+        stdout, stderr = proc.stdout, proc.stderr
+        assert stdout is not None and stderr is not None
+        out: list[bytes] = []
+        reader = threading.Thread(target=lambda: out.append(stdout.read()), daemon=True)
+        reader.start()
+        err = []
+        for line in stderr:
+            err.append(line)
+            on_stderr_line(line.decode(errors="replace"))
+        reader.join()
+        code = proc.wait()
+    return subprocess.CompletedProcess(argv, code, b"".join(out), b"".join(err))
 
 
 class Stream:

@@ -136,12 +136,14 @@ class ImageInput:
 
 
 def write_images(borg: Repository, store: ImageStore, name: ArchiveName, manifest: Manifest,
-                 parts: Parts, inputs: dict[str, ImageInput], scratch: str | None
-                 ) -> tuple[Manifest, CommittedThenFailed | None]:
+                 parts: Parts, inputs: dict[str, ImageInput], scratch: str | None,
+                 progress: bool = False) -> tuple[Manifest, CommittedThenFailed | None]:
     """Build each disk's image archive (disks in target order) from inputs, then
     write the record name (write_archive) naming each by ID; return as
     write_archive does. scratch: the directory for the files nbdfuse shows
-    (None: the system's temporary directory).
+    (None: the system's temporary directory); progress: a progress bar per disk
+    on a terminal (what Borg has been through of the disk: read, or taken from
+    the previous image).
 
     On failure the image archives made are deleted (best effort: what is left
     goes at the domain's next run) and the error raised.
@@ -155,12 +157,17 @@ def write_images(borg: Repository, store: ImageStore, name: ArchiveName, manifes
                 image = fmt.image_archive_name(name, t)
                 log.info("%s: disk %s into %s (%s bytes to read)", manifest.domain, t, image,
                          d.data_bytes)
+                bar = Progress.for_terminal(f"{manifest.domain} {t}", d.virtual_size, progress)
                 with nbdfuse.exposed(inputs[t].endpoint, os.path.join(tmp, t)) as path:
-                    created = store.create_image(
-                        image, path, inputs[t].ranges, reuse_from=inputs[t].reuse_from,
-                        comment=f"borg-vm image of {t} of {name}",
-                        timestamp=parts.when.isoformat(timespec="seconds"),
-                        compression=parts.compression, block_size=parts.block_size)
+                    try:
+                        created = store.create_image(
+                            image, path, inputs[t].ranges, reuse_from=inputs[t].reuse_from,
+                            comment=f"borg-vm image of {t} of {name}",
+                            timestamp=parts.when.isoformat(timespec="seconds"),
+                            compression=parts.compression, block_size=parts.block_size,
+                            progress=bar.reach if bar.enabled else None)
+                    finally:
+                        bar.close()
                 made.append(created.id)
                 if created.size != d.virtual_size:
                     raise BorgError(action="create", detail=(

@@ -164,3 +164,15 @@ def test_a_command_refused_for_another_writers_commit_runs_again(tmp_path, repo2
     monkeypatch.setattr(BorgCli, "_run", run)
     created = create(repo2, "web.base.c1~vda", disk(tmp_path), [Extent(0, 8 * MiB, DATA)])
     assert len(runs) == 2 and repo2.list_archives()[0].id == created.id
+
+
+def test_a_create_reports_its_progress_through_the_file(tmp_path, repo2):
+    path = disk(tmp_path, size=16 * MiB)
+    seen = []
+    created = repo2.create_image("web.base.c1~vda", str(path),
+                                 input_map(16 * MiB, [Extent(0, 16 * MiB, DATA)], False),
+                                 reuse_from=None, comment="{}", compression="lz4",
+                                 timestamp="2026-12-06T02:00:00+00:00", block_size=BLOCK,
+                                 progress=seen.append)
+    assert created.size == 16 * MiB
+    assert seen and seen == sorted(seen) and seen[-1] <= 16 * MiB

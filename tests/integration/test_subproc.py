@@ -160,3 +160,14 @@ def test_run_gives_children_no_terminal_and_an_empty_stdin():
     out = on_terminal(code, typed=b"keystrokes\n\x04")
     assert out.startswith("on a terminal\n"), out
     assert "child read [no-tty\n]" in out, out
+
+
+def test_run_hands_each_stderr_line_over_as_it_comes():
+    """What backup's progress bar for a Borg 2 image is built on."""
+    seen = []
+    done = subproc.run(["sh", "-c", "echo one >&2; echo out; echo two >&2; exit 3"],
+                       ok_codes=(3,), on_stderr_line=seen.append)
+    assert seen == ["one\n", "two\n"]
+    assert (done.returncode, done.stdout, done.stderr) == (3, b"out\n", b"one\ntwo\n")
+    with pytest.raises(subproc.CommandFailed, match="two"):
+        subproc.run(["sh", "-c", "echo two >&2; exit 1"], on_stderr_line=seen.append)

@@ -91,8 +91,10 @@ class Borg2Repository(BorgCli):
                 time.sleep(REPLAY_PAUSE * attempt * random.uniform(0.5, 1.5))
         raise AssertionError("unreachable")
 
-    def _run(self, action: str, argv: Sequence[str], cwd: str | None = None) -> bytes:
-        return self.again_if_raced(functools.partial(BorgCli._run, self, action, argv, cwd))
+    def _run(self, action: str, argv: Sequence[str], cwd: str | None = None,
+             on_stderr_line: Callable[[str], None] | None = None) -> bytes:
+        return self.again_if_raced(functools.partial(BorgCli._run, self, action, argv, cwd,
+                                                     on_stderr_line))
 
     @staticmethod
     def ref(archive_id: str) -> str:
@@ -108,13 +110,17 @@ class Borg2Repository(BorgCli):
 
     def create_image(self, name: str, path: str, ranges: Sequence[tuple[int, int, str]], *,
                      reuse_from: str | None, comment: str, timestamp: str, compression: str,
-                     block_size: int) -> Created:
+                     block_size: int, progress: Callable[[int], None] | None = None
+                     ) -> Created:
         """Archive the file at path (a regular file: an image, or an NBD export a
         FUSE mount shows as one) as archive name, holding the one item
         basename(path), reading only what ranges (core.extent.input_map) say is
         data; the same ranges come from the archive with ID reuse_from. Chunks
         are block_size bytes, fixed, so that unchanged blocks stay chunks of their
         own. timestamp: ISO 8601 with its UTC offset.
+
+        progress, if given, is called with the bytes of the file Borg has been
+        through (read or taken from reuse_from), as Borg reports them.
 
         Raise BorgError if borg fails or commits an archive without the whole
         file (that archive is deleted first).
@@ -123,7 +129,8 @@ class Borg2Repository(BorgCli):
             map_file = os.path.join(tmp, "map")
             with open(map_file, "w", encoding="ascii") as f:
                 f.writelines(f"{start} {length} {state}\n" for start, length, state in ranges)
-            argv = self._argv("create", "--json", "--map", map_file,
+            argv = self._argv("create", "--json", *(["--progress"] if progress else []),
+                              "--map", map_file,
                               *(["--reuse-from", self.ref(reuse_from)] if reuse_from else []),
                               "--chunker-params", f"fixed,{block_size}",
                               "--files-cache", "disabled", "--compression", compression,
@@ -131,7 +138,8 @@ class Borg2Repository(BorgCli):
                               "--timestamp", timestamp,
                               *self.location(name), os.path.basename(path))
             try:
-                out = self._run("create", argv, cwd=os.path.dirname(path) or ".")
+                out = self._run("create", argv, cwd=os.path.dirname(path) or ".",
+                                on_stderr_line=_progress_of(progress) if progress else None)
             except RepositoryReplay:
                 raise   # refused before it started: nothing committed
             except BorgError:
@@ -193,3 +201,16 @@ class Borg2Repository(BorgCli):
     def compact(self) -> None:
         """Free the space of deleted archives ('borg compact': the exclusive lock)."""
         self._run("compact", self._argv("compact", *self.location()))
+
+
+def _progress_of(progress: Callable[[int], None]) -> Callable[[str], None]:
+    """Return what hands borg create's archive_progress records (--progress
+    --log-json) to progress, as the bytes of its input it has been through."""
+    def line(text: str) -> None:
+        if '"archive_progress"' not in text:
+            return
+        with contextlib.suppress(ValueError):
+            rec = json.loads(text)
+            if isinstance(rec, dict) and isinstance(rec.get("original_size"), int):
+                progress(rec["original_size"])
+    return line

@@ -233,15 +233,18 @@ class BorgCli:
         detail = "; ".join(messages) or e.stderr.strip() or _exit_status(e.returncode)
         return BorgError(action=action, detail=detail)
 
-    def _run(self, action: str, argv: Sequence[str], cwd: str | None = None) -> bytes:
-        """Run a borg command (in directory cwd) to completion; return its stdout. If the repository
+    def _run(self, action: str, argv: Sequence[str], cwd: str | None = None,
+             on_stderr_line: Callable[[str], None] | None = None) -> bytes:
+        """Run a borg command (in directory cwd) to completion; return its stdout
+        (on_stderr_line sees its log lines as they come). If the repository
         wants a passphrase that was not given (or was asked for and is wrong), ask
         for it and run again, up to PASSPHRASE_TRIES answers."""
         while True:
             try:
                 with self.child_env() as (env, fds):
                     try:
-                        return subproc.run(argv, env=env, pass_fds=fds, cwd=cwd).stdout
+                        return subproc.run(argv, env=env, pass_fds=fds, cwd=cwd,
+                                           on_stderr_line=on_stderr_line).stdout
                     except subproc.CommandFailed as e:
                         raise self._error(action, e) from e
             except (PassphraseMissing, PassphraseWrong) as e:

@@ -51,7 +51,8 @@ class ImageStore(Protocol):
 
     def create_image(self, name: str, path: str, ranges: Sequence[tuple[int, int, str]], *,
                      reuse_from: str | None, comment: str, timestamp: str, compression: str,
-                     block_size: int) -> Created:
+                     block_size: int, progress: Callable[[int], None] | None = None
+                     ) -> Created:
         """Archive the file at path as archive name, reading only its ranges marked
         data (core.extent.input_map), the same ranges taken from the archive with
         ID reuse_from."""

@@ -256,7 +256,7 @@ def _write(run: BackupRun, borg: Repository, p: plan.Plan, name: ArchiveName, wh
     if borg.images is not None:
         images, inputs = _images(manifest, p, source)
         return writer.write_images(borg, borg.images, name, images, parts, inputs,
-                                   opts.scratch_dir)
+                                   opts.scratch_dir, opts.progress)
     with backing.sealed_source(layers) as old:
         sealed = {t: tuple(SealedRecord(i, Level.INC if bitmap else Level.FULL, tuple(
             _extent_map(old, backing.key(t, i), bool(bitmap), opts)[1]))
