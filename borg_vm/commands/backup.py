@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
         if not names:
             raise UsageError(detail=f"no domain matches {args.match!r}")
         if args.jobs > 1 and len(names) > 1:
-            return parallel.run(args, borg, names)
+            return parallel.run(args.argv, args.jobs, borg, names)
         for name in names:
             try:
                 result = backup(hv, borg, name, opts)

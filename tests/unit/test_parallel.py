@@ -1,7 +1,6 @@
 """backup --jobs N (services/backup/parallel.py): the argv of each child, and what a
 Borg 1.4 repository is told."""
 
-import argparse
 import sys
 
 import pytest
@@ -37,7 +36,7 @@ class _Borg1:
 
 def test_a_borg1_repository_takes_one_writer():
     with pytest.raises(UsageError, match="Borg 2 repository: /backups/vms is a Borg 1.4 one"):
-        parallel.run(argparse.Namespace(jobs=2, argv=[]), _Borg1(), ["a", "b"])
+        parallel.run([], 2, _Borg1(), ["a", "b"])
 
 
 @pytest.mark.parametrize("failed,code", [({}, EXIT_OK), ({"a": 2}, EXIT_ERROR)])

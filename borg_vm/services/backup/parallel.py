@@ -14,7 +14,6 @@ kernel sends each child SIGTERM.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import signal
 import sys
@@ -38,12 +37,13 @@ def child_argv(argv: list[str], domain: str) -> list[str]:
             "--no-progress", *argv[at:]]
 
 
-def run(args: argparse.Namespace, borg: Repository, names: list[str]) -> int:
-    """Back up names with up to args.jobs borg-vm children at once; return the
-    worst exit code. On SIGINT or SIGTERM, stop every child (each undoes what it
-    started) and raise Interrupted."""
+def run(argv: list[str], jobs: int, borg: Repository, names: list[str]) -> int:
+    """Back up names with up to jobs borg-vm children at once, each run with
+    child_argv(argv, its domain) (argv: this run's, after the program name);
+    return the worst exit code. On SIGINT or SIGTERM, stop every child (each
+    undoes what it started) and raise Interrupted."""
     if borg.images is None:
-        raise UsageError(detail=f"--jobs {args.jobs} needs a Borg 2 repository: "
+        raise UsageError(detail=f"--jobs {jobs} needs a Borg 2 repository: "
                                 f"{borg.repo} is a Borg 1.4 one, which takes one writer "
                                 "at a time (back up one domain after another: --jobs 1)")
     borg.list_archives()   # asks for a passphrase now, once, on a terminal
@@ -53,9 +53,9 @@ def run(args: argparse.Namespace, borg: Repository, names: list[str]) -> int:
     with borg.child_env() as (env, fds):
         try:
             while waiting or running:
-                while waiting and len(running) < args.jobs:
+                while waiting and len(running) < jobs:
                     name = waiting.pop(0)
-                    running[name] = subproc.start_child(child_argv(args.argv, name), env=env,
+                    running[name] = subproc.start_child(child_argv(argv, name), env=env,
                                                         pass_fds=fds)
                 for name, child in list(running.items()):
                     if child.exit_code() is not None:
