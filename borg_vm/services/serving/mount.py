@@ -110,12 +110,10 @@ def mount(borg: Repository, domain: str, opts: MountOptions, ready: Callable[[Se
     archives, top = catalog.restore_point(borg, domain, opts.checkpoint,
                                           opts.allow_unauthenticated)
     targets = opts.disks or tuple(sorted(top.summary.disks))
-    for t in targets:
-        chain.disk_chain(archives, top, t)   # UnknownDisk before anything starts
+    chains = {t: chain.restore_chain(archives, top, t) for t in targets}   # [top]: an image
     store = catalog.image_store(borg, top)
     if store is not None:
         return _mount_images(borg, store, top, targets, opts, ready)
-    chains = {t: chain.restore_chain(archives, top, t) for t in targets}
     _clean_stale(borg)   # first: a killed mount's nbdkit may still hold a socket
     with _socket_paths(opts.socket, targets) as sockets, runtime.mount_dir() as run:
         mnt = os.path.join(run, ARCHIVES)
