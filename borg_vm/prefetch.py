@@ -87,9 +87,6 @@ class Buffers:
         self._lock = threading.Lock()
         self._next = 0
 
-    def __len__(self) -> int:
-        return len(self._views)
-
     def take(self) -> memoryview:
         """Return the next buffer in turn, once the writes holding it finished
         (it raises what the first failed one raised)."""
