@@ -19,6 +19,12 @@ checkpoint. Every later format must still restore them bit for bit.
   over the full's data), its archives signed (format/auth.py); made by
   tests/fixtures/make_fixture.py, which makes the next format's fixture the
   same way.
+- v5-repo (format 5, commit 4f8057a): v4-repo's scenario, the last format of
+  Borg 1.4 repositories before the Borg 2 records changed.
+- v6-repo (format 6, commit 4f8057a): the same scenario in a Borg 2
+  repository (encrypted; the passphrase is in v6-repo.json): a record and a
+  complete image archive per disk at each checkpoint, the disks' snapshot
+  layers named but without images of their own, so ``--layers`` is refused.
 
 Formats 1 to 3 carry no authentication code: a host's keyring adopts the ones
 a repository holds when the keyring is made (services/keyring.py), as these
@@ -41,10 +47,12 @@ from realstack import FIXTURES, copy_fixture_repo
 from borg_vm.format.names import AUTHENTICATED_FROM
 from borg_vm.services.keyring import Keyring
 
-VERSIONS = ("v1", "v2", "v3", "v4")
+VERSIONS = ("v1", "v2", "v3", "v4", "v5", "v6")
 ADOPTED = tuple(v for v in VERSIONS if int(v[1:]) < AUTHENTICATED_FROM)
 SIGNED = tuple(v for v in VERSIONS if int(v[1:]) >= AUTHENTICATED_FROM)
-LAYERED = VERSIONS[1:]      # from format 2 on: an external snapshot between backups
+# From format 2 on, an external snapshot between backups; format 6 records
+# complete images without images of the layers below the top.
+LAYERED = tuple(v for v in VERSIONS[1:] if v != "v6")
 
 
 def borg_vm(*args, code=0):
@@ -63,11 +71,21 @@ def sha256_of_image(path: str, tmp_path: Path) -> str:
     return digest
 
 
+def copy_old(version: str, tmp_path: Path, monkeypatch, request) -> dict:
+    """Copy fixture repository version and set it as BORG_REPO (a Borg 2 one with
+    borg-vm pointed at Borg 2 and given its passphrase); return what it expects."""
+    expected = json.loads((FIXTURES / f"{version}-repo.json").read_text())
+    if expected.get("borg") == "2":
+        monkeypatch.setenv("BORG_VM_BORG", request.getfixturevalue("borg2_executable"))
+        monkeypatch.setenv("BORG_PASSPHRASE", expected["passphrase"])
+    copy_fixture_repo(f"{version}-repo", tmp_path, monkeypatch)
+    return expected
+
+
 @pytest.fixture(params=VERSIONS)
 def old_repo(request, tmp_path, monkeypatch):
     """(version, expected digests) of a fixture repository, copied and set as BORG_REPO."""
-    copy_fixture_repo(f"{request.param}-repo", tmp_path, monkeypatch)
-    return request.param, json.loads((FIXTURES / f"{request.param}-repo.json").read_text())
+    return request.param, copy_old(request.param, tmp_path, monkeypatch, request)
 
 
 def test_old_archives_are_listed(old_repo):
@@ -98,17 +116,17 @@ def test_old_archives_verify(old_repo):
 
 @pytest.mark.parametrize("version", ADOPTED)
 def test_unsigned_formats_are_adopted_when_the_keyring_is_made(tmp_path, monkeypatch,
-                                                               version):
-    copy_fixture_repo(f"{version}-repo", tmp_path, monkeypatch)
-    expected = json.loads((FIXTURES / f"{version}-repo.json").read_text())
+                                                               version, request):
+    expected = copy_old(version, tmp_path, monkeypatch, request)
     borg_vm("list")     # the first use: the keyring is made
     shown = json.loads(borg_vm("key", "show", "--json"))
     assert shown["adopted_archives"] == len(expected["checkpoints"])
 
 
 @pytest.mark.parametrize("version", SIGNED)
-def test_signed_formats_are_authenticated_by_their_keyring(tmp_path, monkeypatch, version):
-    copy_fixture_repo(f"{version}-repo", tmp_path, monkeypatch)
+def test_signed_formats_are_authenticated_by_their_keyring(tmp_path, monkeypatch, version,
+                                                           request):
+    copy_old(version, tmp_path, monkeypatch, request)
     (shipped,) = (FIXTURES / f"{version}-keys").iterdir()
     keyring = Keyring.from_json(shipped.read_bytes(), str(shipped))
     borg_vm("list")
@@ -118,21 +136,20 @@ def test_signed_formats_are_authenticated_by_their_keyring(tmp_path, monkeypatch
 
 
 @pytest.mark.parametrize("version", SIGNED)
-def test_signed_formats_are_refused_without_their_keyring(tmp_path, monkeypatch, version):
-    copy_fixture_repo(f"{version}-repo", tmp_path, monkeypatch)
+def test_signed_formats_are_refused_without_their_keyring(tmp_path, monkeypatch, version,
+                                                          request):
+    expected = copy_old(version, tmp_path, monkeypatch, request)
     monkeypatch.setenv("BORG_VM_KEYS_DIR", str(tmp_path / "other-host-keys"))
     (shipped,) = (FIXTURES / f"{version}-keys").iterdir()
     (key_id,) = Keyring.from_json(shipped.read_bytes(), str(shipped)).key_ids()
-    expected = json.loads((FIXTURES / f"{version}-repo.json").read_text())
     proc = borg_vm("list", expected["domain"], code=2)
     assert "none of which this host can authenticate" in proc.stderr.splitlines()[-1]
     assert f"signed with key {key_id}, which this host does not hold" in proc.stderr
 
 
 @pytest.mark.parametrize("version", LAYERED)
-def test_layers_restore_the_frozen_base(tmp_path, monkeypatch, version):
-    copy_fixture_repo(f"{version}-repo", tmp_path, monkeypatch)
-    expected = json.loads((FIXTURES / f"{version}-repo.json").read_text())
+def test_layers_restore_the_frozen_base(tmp_path, monkeypatch, version, request):
+    expected = copy_old(version, tmp_path, monkeypatch, request)
     layers = expected["layers"]
     doc = json.loads(borg_vm("restore", expected["domain"], "--checkpoint",
                              layers["checkpoint"], "--to", str(tmp_path / "to"), "--layers",
@@ -142,3 +159,12 @@ def test_layers_restore_the_frozen_base(tmp_path, monkeypatch, version):
         assert sha256_of_image(base, tmp_path) == digest, target
         assert sha256_of_image(top, tmp_path) == \
             expected["checkpoints"][layers["checkpoint"]][target], target
+
+
+def test_images_without_layer_images_refuse_layers(tmp_path, monkeypatch, request):
+    expected = copy_old("v6", tmp_path, monkeypatch, request)
+    proc = borg_vm("restore", expected["domain"], "--checkpoint",
+                   expected["layers"]["checkpoint"], "--to", str(tmp_path / "to"), "--layers",
+                   code=2)
+    assert "restore --layers" in proc.stderr and "without --layers" in proc.stderr
+    assert not (tmp_path / "to").exists()
