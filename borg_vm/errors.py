@@ -132,9 +132,9 @@ class BorgError(BorgVmError):
     """borg {action} failed: {detail}"""
 
 
-class NotWithImages(BorgVmError):
-    """{what} is not available yet for a repository of complete images (Borg 2):
-    {detail}. docs/borg2.md says what is."""
+class LayersNotRecorded(BorgVmError):
+    """{archive} holds no images of its disks' snapshot layers ({detail}): restore it
+    without --layers"""
 
 
 class CommittedThenFailed(BorgError):

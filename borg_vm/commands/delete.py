@@ -74,5 +74,6 @@ def delete(borg: Repository, domain: str, checkpoint: str, with_dependents: bool
     doomed = [a.archive for a in needing] + [target.archive]
     if not dry_run:
         log.info("deleting %s", ", ".join(doomed))
-        borg.delete(catalog.with_images([*needing, target]))
+        catalog.delete(borg, [*needing, target],
+                       [a for a in found.every() if a not in needing and a != target])
     return DeleteResult(doomed, dry_run)

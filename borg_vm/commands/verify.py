@@ -13,7 +13,9 @@ the same disk size throughout. Archives this host cannot authenticate
 A restore point of complete images (format version 6, Borg 2) is its record,
 checked as above, and each disk's image archive, the one its record names by
 ID, read whole: Borg checks every object against its ID as it reads
-(adapters/borg/borg2.py), and the image must be as big as the disk.
+(adapters/borg/borg2.py), and the image must be as big as the disk. So are
+the images of sealed layers it names (version 7), each read once however many
+records name it.
 """
 
 from __future__ import annotations
@@ -131,9 +133,10 @@ def verify(borg: Repository, domain: str | None, checkpoint: str | None, every: 
     with reader.read_ahead(borg, reads) as streams:
         for a, stream in zip(readable, streams, strict=True):
             verdicts[a.archive] = _check_data(a, stream)
+    sizes: dict[str, int] = {}   # image archive ID -> its file's size, each read once
     for a in readable:
         if a.images and verdicts[a.archive] == "ok":
-            verdicts[a.archive] = _check_images(borg, a)
+            verdicts[a.archive] = _check_images(borg, a, sizes)
     return VerifyResult([(a.archive, verdicts[a.archive]) for a in ordered], rejected)
 
 
@@ -165,17 +168,22 @@ def _check_data(a: ArchiveInfo, stream: AbstractContextManager[Iterator[Member]]
     return "ok"
 
 
-def _check_images(borg: Repository, a: ArchiveInfo) -> str:
-    """Return "ok" or what is wrong with the image archives of a record (version 6)."""
+def _check_images(borg: Repository, a: ArchiveInfo, sizes: dict[str, int]) -> str:
+    """Return "ok" or what is wrong with the image archives of a record (version 6)
+    and of its disks' sealed layers (version 7); sizes: those read already, by ID."""
     try:
         store = catalog.image_store(borg, a)
         assert store is not None, "a record of images"
         for t, d in sorted(a.summary.disks.items()):
             assert d.image is not None, "a record of images names an image per disk"
-            size = _image_size(store, d.image.id)
-            if size != d.virtual_size:
-                raise IntegrityError(target=t, archive=a.archive, detail=(
-                    f"its image {d.image.id} holds {size} bytes, the disk {d.virtual_size}"))
+            for what, image_id in [("image", d.image.id),
+                                   *((f"image of layer {p}", i) for p, i in d.layers if i)]:
+                if image_id not in sizes:
+                    sizes[image_id] = _image_size(store, image_id)
+                if sizes[image_id] != d.virtual_size:
+                    raise IntegrityError(target=t, archive=a.archive, detail=(
+                        f"its {what} {image_id} holds {sizes[image_id]} bytes, the disk "
+                        f"{d.virtual_size}"))
     except BorgVmError as e:
         return e.message
     return "ok"

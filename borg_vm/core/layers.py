@@ -108,3 +108,26 @@ def restore_steps(chain_now: Sequence[str], archives: Sequence[tuple[Sequence[st
         for layer in sorted(sealed, reverse=True) + [0]:
             steps.append((a, layer, bottom - home(chain_now, chain_then[layer:])))
     return steps
+
+
+def carried(chain_now: Sequence[str], chain_then: Sequence[str],
+            images_then: Mapping[str, str | None]) -> dict[int, str]:
+    """Return which images of sealed layers a disk's record carries over from the
+    record before it (index into chain_now -> image archive ID).
+
+    Given the disk's image paths now and at that record (top first), and the
+    images that record named of the layers below its top (path -> ID or None):
+    a layer below the top now keeps its image if it was below the top then too,
+    with the same layers below it and the same one above it. A layer sealed
+    since (the top then) gets an image of its own this run; one with another
+    layer above it now had that layer committed into it, which changed it."""
+    out = {}
+    for i in range(1, len(chain_now)):
+        path = chain_now[i]
+        image = images_then.get(path)
+        if image is None or path not in chain_then[1:]:
+            continue
+        j = list(chain_then).index(path)
+        if list(chain_then[j:]) == list(chain_now[i:]) and chain_then[j - 1] == chain_now[i - 1]:
+            out[i] = image
+    return out

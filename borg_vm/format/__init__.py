@@ -1,5 +1,5 @@
-"""The borg-vm archive format, versions 5 (Borg 1 repositories) and 6 (Borg 2
-repositories; reads 1 to 6): this package is the one
+"""The borg-vm archive format, versions 5 (Borg 1 repositories) and 7 (Borg 2
+repositories; reads 1 to 7): this package is the one
 place that defines it. names.py: archive and member names, versions and limits;
 manifest.py: manifest.json; summary.py: the archive comment; fields.py: the
 checks of their fields; writer.py and reader.py: writing and reading archives;
@@ -171,6 +171,21 @@ Every disk of a record is its own restore chain. Its comment's disk entries
 carry the same ``[ID, FULL_TIME, RUNS]`` as a seventh element. The codes
 cover the IDs, and Borg binds an image's every byte to its ID when read with
 ID checks on (adapters/borg/borg2.py ``ASSERT_ID``).
+
+Version 7: images of sealed snapshot layers
+-------------------------------------------
+A run that finds layers of a disk sealed since the parent (core/layers.py)
+first builds an image archive of each, ``{record}~{target}.{layer}`` (the
+layer's name escaped), deepest first: the layer as the guest saw it when it
+was sealed, read where its own bitmap of the parent's checkpoint says it
+changed, the rest taken from the image below it (the parent's image for the
+parent's top), or read whole without a usable bitmap. In the manifest each
+entry of ``layers`` below the top carries ``"image": ID|null``, and in the
+comment each disk entry has an eighth element, ``[[PATH, ID|null], ...]``,
+the layers below the top, top first. A later record names the same ID while
+the layer is sealed with the same layers below and above it
+(``layers.carried``); an image some record names is no leftover, and goes
+when the last record naming it is deleted.
 
 The archive comment carries a summary (``Summary``) so ``borg list --json``
 alone can group and chain archives without extracting manifests; a reader

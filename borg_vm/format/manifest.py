@@ -21,7 +21,8 @@ from borg_vm.format.names import (
     DOMAIN_XML,
     FORMAT_NAME,
     FORMAT_VERSION,
-    IMAGES_VERSION,
+    IMAGES_FROM,
+    LAYER_IMAGES_FROM,
     MAX_LAYERS,
     READABLE_VERSIONS,
     STATE,
@@ -39,6 +40,9 @@ class LayerRecord:
     name: str      # as core/layers.py names it (not escaped)
     path: str
     format: str
+    # Version 7, a layer below the top: the ID of the image archive of the
+    # layer as it was sealed (the guest's view then), if the repository holds one.
+    image: str | None = None
 
 
 class _Extents:
@@ -215,7 +219,9 @@ class Manifest:
         return Summary(level=self.level, parent=self.parent_archive, time=self.time,
                        uuid=self.uuid,
                        disks={t: DiskSummary(d.level, d.virtual_size, d.format, d.source,
-                                             d.data_bytes, d.zero_bytes, d.image)
+                                             d.data_bytes, d.zero_bytes, d.image,
+                                             tuple((x.path, x.image) for x in d.chain[1:])
+                                             if self.version >= LAYER_IMAGES_FROM else ())
                               for t, d in self.disks.items()},
                        parent_id=self.parent_id, version=self.version,
                        state=tuple(sorted(self.state)))
@@ -244,8 +250,9 @@ def _disk_to_doc(d: DiskRecord) -> Doc:
         return {"level": d.level, "format": d.format, "source": d.source,
                 "virtual_size": d.virtual_size, "data_bytes": d.data_bytes,
                 "zero_bytes": d.zero_bytes, "image": d.image.to_doc(),
-                "layers": [{"name": x.name, "path": x.path, "format": x.format}
-                           for x in d.chain]}
+                "layers": [{"name": x.name, "path": x.path, "format": x.format,
+                            **({"image": x.image} if i else {})}
+                           for i, x in enumerate(d.chain)]}
     return {"level": d.level, "format": d.format, "source": d.source,
             "virtual_size": d.virtual_size,
             "extents": ExtentArray.of(d.extents),
@@ -261,8 +268,9 @@ def _disk_from_doc(doc: Doc, version: int) -> DiskRecord:
     size = fields.virtual_size(fields.get(doc, "virtual_size", int))
     level = fields.level(fields.get(doc, "level", str))
     format_, source = fields.get(doc, "format", str), fields.get(doc, "source", str)
-    if version >= IMAGES_VERSION:
-        return DiskRecord(level, format_, source, size, (), layers=_layers(doc, source),
+    if version >= IMAGES_FROM:
+        return DiskRecord(level, format_, source, size, (),
+                          layers=_layers(doc, source, version >= LAYER_IMAGES_FROM),
                           image=ImageRecord.from_doc(fields.get(doc, "image", list)),
                           counts=(fields.byte_count(fields.get(doc, "data_bytes", int),
                                                     "data bytes", size),
@@ -281,10 +289,15 @@ def _disk_from_doc(doc: Doc, version: int) -> DiskRecord:
     return replace(d, layers=layers, sealed=sealed)
 
 
-def _layers(doc: Doc, source: str) -> tuple[LayerRecord, ...]:
-    layers = tuple(_layer(x) for x in fields.get(doc, "layers", list))
+def _layers(doc: Doc, source: str, images: bool = False) -> tuple[LayerRecord, ...]:
+    """The disk's layers; images: each below the top names its image archive's
+    ID or null (version 7)."""
+    layers = tuple(_layer(x, images and i > 0)
+                   for i, x in enumerate(fields.get(doc, "layers", list)))
     if not 1 <= len(layers) <= MAX_LAYERS or layers[0].path != source:
         raise ValueError(f"layers must list 1..{MAX_LAYERS} images, the disk's source first")
+    if images and len({x.path for x in layers}) != len(layers):
+        raise ValueError("layers name an image twice")
     return layers
 
 
@@ -297,9 +310,10 @@ def _extents(doc: Doc, size: int) -> ExtentArray:
     return extents
 
 
-def _layer(doc: Doc) -> LayerRecord:
+def _layer(doc: Doc, image: bool = False) -> LayerRecord:
     return LayerRecord(fields.get(doc, "name", str), fields.get(doc, "path", str),
-                       fields.get(doc, "format", str))
+                       fields.get(doc, "format", str),
+                       fields.archive_id(doc, "image") if image else None)
 
 
 def _sealed(doc: Doc, size: int) -> SealedRecord:

@@ -16,11 +16,14 @@ if TYPE_CHECKING:
     from borg_vm.format.summary import Summary
 
 FORMAT_NAME = "borg-vm"
-# Borg 1 repositories get version 5 (chains); Borg 2 repositories version 6
-# (a complete image archive per disk, IMAGES_VERSION).
+# Borg 1 repositories get version 5 (chains); Borg 2 repositories version 7
+# (IMAGES_VERSION: a complete image archive per disk, from version 6, and of the
+# disks' sealed snapshot layers, from version 7).
 FORMAT_VERSION = 5
-IMAGES_VERSION = 6
-READABLE_VERSIONS = (1, 2, 3, 4, 5, 6)
+IMAGES_FROM = 6         # the first version of complete images (Borg 2 repositories)
+LAYER_IMAGES_FROM = 7   # the first whose records name images of sealed layers
+IMAGES_VERSION = 7
+READABLE_VERSIONS = (1, 2, 3, 4, 5, 6, 7)
 AUTHENTICATED_FROM = 4  # the first version whose comment and manifest carry codes
 STATE_FROM = 5          # the first version that holds the domain's state
 # Between a record's name and a disk target in the name of its image archive
@@ -148,17 +151,24 @@ def is_partial_of(name: str, domain: str) -> bool:
     return parsed is not None and parsed.domain == domain
 
 
-def image_archive_name(record: ArchiveName, target: str) -> str:
-    """Return the name of the image archive of disk target of a record (version 6)."""
-    return f"{record}{IMAGE_SEPARATOR}{target}"
+def image_archive_name(record: ArchiveName, target: str, layer: str | None = None) -> str:
+    """Return the name of the image archive of disk target of a record (version
+    6), or of the disk's sealed snapshot layer named layer the record read
+    (version 7: core/layers.py's name, escaped here)."""
+    tail = target if layer is None else f"{target}.{layers_.escape(layer)}"
+    return f"{record}{IMAGE_SEPARATOR}{tail}"
+
+
+_IMAGE_TAIL_RE = re.compile(rf"({TARGET_RE.pattern})(?:\.[A-Za-z0-9_+%-]+)?")
 
 
 def parse_image_archive_name(name: str) -> tuple[ArchiveName, str] | None:
-    """Return (record name, target) of an image archive's name, or None if it is
-    not one."""
-    record, sep, target = name.rpartition(IMAGE_SEPARATOR)
-    parsed = ArchiveName.parse(record) if sep and TARGET_RE.fullmatch(target) else None
-    return (parsed, target) if parsed is not None else None
+    """Return (record name, target) of an image archive's name (a disk's or one
+    of its sealed layers'), or None if it is not one."""
+    record, sep, tail = name.rpartition(IMAGE_SEPARATOR)
+    m = _IMAGE_TAIL_RE.fullmatch(tail) if sep else None
+    parsed = ArchiveName.parse(record) if m else None
+    return (parsed, m.group(1)) if parsed is not None and m else None
 
 
 def member_name(target: str, offset: int) -> str:

@@ -13,7 +13,9 @@ from borg_vm.format.fields import Doc
 from borg_vm.format.names import (
     AUTHENTICATED_FROM,
     FORMAT_VERSION,
-    IMAGES_VERSION,
+    IMAGES_FROM,
+    LAYER_IMAGES_FROM,
+    MAX_LAYERS,
     READABLE_VERSIONS,
     STATE,
     STATE_FROM,
@@ -51,7 +53,9 @@ class DiskSummary:
     """A disk as the comment describes it. Version 6: image is where its complete
     image is, level says how it was read (full: whole; inc: the changes since the
     parent, the rest taken from the parent's image unread), data_bytes what was
-    read and zero_bytes what read as zeros without being read."""
+    read and zero_bytes what read as zeros without being read. Version 7:
+    layers, the images below source (top first) as (path, the ID of the image
+    archive of that layer as it was sealed, or None if the repository holds none)."""
 
     level: str
     virtual_size: int
@@ -60,6 +64,7 @@ class DiskSummary:
     data_bytes: int
     zero_bytes: int
     image: ImageRecord | None = None
+    layers: tuple[tuple[str, str | None], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -86,7 +91,9 @@ class Summary:
                "parent_id": self.parent_id, "time": self.time, "uuid": self.uuid,
                "disks": {t: [d.level, d.virtual_size, d.format, d.source,
                              d.data_bytes, d.zero_bytes,
-                             *([d.image.to_doc()] if d.image is not None else [])]
+                             *([d.image.to_doc()] if d.image is not None else []),
+                             *([[list(x) for x in d.layers]]
+                               if self.version >= LAYER_IMAGES_FROM else [])]
                          for t, d in sorted(self.disks.items())}}
         if self.version >= STATE_FROM:
             doc["state"] = list(self.state)
@@ -133,18 +140,37 @@ class Summary:
 
 def _disk_summary(value: object, version: int) -> DiskSummary:
     """Return the DiskSummary a comment's [level, size, format, source, data, zero]
-    (version 6: and [image]) describes."""
-    images = version >= IMAGES_VERSION
-    if type(value) is not list or len(value) != 6 + images:
+    (version 6: and image; version 7: and layers) describes."""
+    images = version >= IMAGES_FROM
+    layered = version >= LAYER_IMAGES_FROM
+    if type(value) is not list or len(value) != 6 + images + layered:
         raise ValueError(f"disk summary {value!r} is not [level, size, format, source, "
-                         f"data bytes, zero bytes{', image' if images else ''}]")
+                         f"data bytes, zero bytes{', image' if images else ''}"
+                         f"{', layers' if layered else ''}]")
     level, size, fmt_, source, data, zero = value[:6]
     virtual_size = fields.virtual_size(fields.typed(size, int, "virtual size"))
     return DiskSummary(fields.level(level), virtual_size, fields.typed(fmt_, str, "format"),
                        fields.typed(source, str, "source"),
                        fields.byte_count(data, "data bytes", virtual_size),
                        fields.byte_count(zero, "zero bytes", virtual_size),
-                       ImageRecord.from_doc(value[6]) if images else None)
+                       ImageRecord.from_doc(value[6]) if images else None,
+                       _layer_images(value[7]) if layered else ())
+
+
+def _layer_images(value: object) -> tuple[tuple[str, str | None], ...]:
+    """Return the (path, image archive ID or None) pairs of a version-7 comment's
+    layers below the top: at most MAX_LAYERS - 1, each path once."""
+    if type(value) is not list or len(value) >= MAX_LAYERS:
+        raise ValueError(f"layers {value!r} is not a list of fewer than {MAX_LAYERS}")
+    out = []
+    for x in value:
+        if type(x) is not list or len(x) != 2:
+            raise ValueError(f"layer {x!r} is not [path, image archive ID or null]")
+        doc = dict(zip(("path", "id"), x, strict=True))
+        out.append((fields.get(doc, "path", str), fields.archive_id(doc, "id")))
+    if len({p for p, _ in out}) != len(out):
+        raise ValueError("layers name an image twice")
+    return tuple(out)
 
 
 def _state_names(doc: Doc) -> tuple[str, ...]:
@@ -174,7 +200,7 @@ class ArchiveInfo:
     @property
     def images(self) -> bool:
         """True if its disks are complete images in archives of their own (version 6)."""
-        return self.summary.version >= IMAGES_VERSION
+        return self.summary.version >= IMAGES_FROM
 
     @property
     def level(self) -> str:

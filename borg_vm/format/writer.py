@@ -13,6 +13,8 @@ a file by nbdfuse) along the disk's input map; then the archive above, the
 record, without data members, its manifest naming each image by ID. The
 record is written last: until it is committed there is no restore point, and
 what a failed run made is deleted (what a killed one made, by its next run).
+Version 7: before a disk's image, one of each layer sealed since the parent
+(deepest first), which later records name too while the layer stays sealed.
 """
 
 from __future__ import annotations
@@ -128,22 +130,29 @@ def write_archive(borg: Repository, name: ArchiveName, manifest: Manifest, parts
 
 @dataclass(frozen=True)
 class ImageInput:
-    """What one disk's image archive is built from (version 6)."""
+    """What one image archive is built from: a disk's (version 6) or a sealed
+    layer's (version 7)."""
 
-    endpoint: Endpoint                      # the disk's NBD export
+    endpoint: Endpoint                      # the disk's or the layer's NBD export
     ranges: list[tuple[int, int, str]]      # its input map (core.extent.input_map)
     reuse_from: str | None                  # the image archive the same ranges are in
+    # A sealed layer's: the same ranges are in the layer below's image, which
+    # this run builds just before (reuse_from is then None).
+    reuse_below: bool = False
 
 
 def write_images(borg: Repository, store: ImageStore, name: ArchiveName, manifest: Manifest,
                  parts: Parts, inputs: dict[str, ImageInput], scratch: str | None,
-                 progress: bool = False) -> tuple[Manifest, CommittedThenFailed | None]:
-    """Build each disk's image archive (disks in target order) from inputs, then
-    write the record name (write_archive) naming each by ID; return as
-    write_archive does. scratch: the directory for the files nbdfuse shows
-    (None: the system's temporary directory); progress: a progress bar per disk
-    on a terminal (what Borg has been through of the disk: read, or taken from
-    the previous image).
+                 progress: bool = False,
+                 sealed: dict[str, list[tuple[int, ImageInput]]] | None = None
+                 ) -> tuple[Manifest, CommittedThenFailed | None]:
+    """Build each disk's image archive (disks in target order) from inputs, after
+    those of its layers sealed[target] lists ((index into its layers, input),
+    deepest first), then write the record name (write_archive) naming each by
+    ID; return as write_archive does. scratch: the directory for the files
+    nbdfuse shows (None: the system's temporary directory); progress: a
+    progress bar per image on a terminal (what Borg has been through of it:
+    read, or taken from the previous image).
 
     On failure the image archives made are deleted (best effort: what is left
     goes at the domain's next run) and the error raised.
@@ -154,25 +163,17 @@ def write_images(borg: Repository, store: ImageStore, name: ArchiveName, manifes
         with tempfile.TemporaryDirectory(prefix="borg-vm-image.", dir=scratch) as tmp:
             for t, d in sorted(manifest.disks.items()):
                 assert d.image is not None, "a record of images has an image per disk"
-                image = fmt.image_archive_name(name, t)
-                log.info("%s: disk %s into %s (%s bytes to read)", manifest.domain, t, image,
-                         d.data_bytes)
-                bar = Progress.for_terminal(f"{manifest.domain} {t}", d.virtual_size, progress)
-                with nbdfuse.exposed(inputs[t].endpoint, os.path.join(tmp, t)) as path:
-                    try:
-                        created = store.create_image(
-                            image, path, inputs[t].ranges, reuse_from=inputs[t].reuse_from,
-                            comment=f"borg-vm image of {t} of {name}",
-                            timestamp=parts.when.isoformat(timespec="seconds"),
-                            compression=parts.compression, block_size=parts.block_size,
-                            progress=bar.reach if bar.enabled else None)
-                    finally:
-                        bar.close()
-                made.append(created.id)
-                if created.size != d.virtual_size:
-                    raise BorgError(action="create", detail=(
-                        f"{image} holds {created.size} bytes, the disk {d.virtual_size}"))
-                disks[t] = replace(d, image=replace(d.image, id=created.id))
+                layers = list(d.chain)
+                below = None
+                for i, inp in (sealed or {}).get(t, []):
+                    below = _image(store, fmt.image_archive_name(name, t, layers[i].name),
+                                   f"{t} layer {layers[i].name}", d.virtual_size,
+                                   replace(inp, reuse_from=below) if inp.reuse_below else inp,
+                                   os.path.join(tmp, f"{t}.{i}"), name, parts, progress, made)
+                    layers[i] = replace(layers[i], image=below)
+                image = _image(store, fmt.image_archive_name(name, t), t, d.virtual_size,
+                               inputs[t], os.path.join(tmp, t), name, parts, progress, made)
+                disks[t] = replace(d, image=replace(d.image, id=image), layers=tuple(layers))
         # The record reads nothing: it can be written again if borg refused it.
         return store.again_if_raced(functools.partial(
             write_archive, borg, name, replace(manifest, disks=disks), parts, _no_data,
@@ -186,6 +187,30 @@ def write_images(borg: Repository, store: ImageStore, name: ArchiveName, manifes
                 log.error("%s: could not delete %s: %s", manifest.domain, ", ".join(made),
                           e.message)
         raise
+
+
+def _image(store: ImageStore, image: str, what: str, size: int, inp: ImageInput, where: str,
+           record: ArchiveName, parts: Parts, progress: bool, made: list[str]) -> str:
+    """Build image archive image (of what, size bytes) from inp, nbdfuse showing
+    the export at where; add its ID to made and return it."""
+    log.info("%s: %s into %s (%s bytes to read)", record.domain, what, image,
+             sum(n for _s, n, state in inp.ranges if state == extent.DATA))
+    bar = Progress.for_terminal(f"{record.domain} {what}", size, progress)
+    with nbdfuse.exposed(inp.endpoint, where) as path:
+        try:
+            created = store.create_image(
+                image, path, inp.ranges, reuse_from=inp.reuse_from,
+                comment=f"borg-vm image of {what} of {record}",
+                timestamp=parts.when.isoformat(timespec="seconds"),
+                compression=parts.compression, block_size=parts.block_size,
+                progress=bar.reach if bar.enabled else None)
+        finally:
+            bar.close()
+    made.append(created.id)
+    if created.size != size:
+        raise BorgError(action="create", detail=f"{image} holds {created.size} bytes, the "
+                        f"disk {size}")
+    return created.id
 
 
 def _no_data(target: str, layer: int) -> Where:

@@ -2,7 +2,11 @@
 archives of a domain, which of those this host can authenticate
 (format/trust.py, with the repository's keyring, services/keyring.py), and
 which are leftovers of crashed runs. Image archives (format version 6) are
-not restore points: they are their records' (or leftovers, without one)."""
+not restore points: they are their records' (or leftovers, without one). An
+image of a sealed snapshot layer (version 7) is named after the record that
+built it and named by every later record while the layer stays sealed: it
+goes with the last record naming it (delete), and is a leftover only when
+no record names it."""
 
 from __future__ import annotations
 
@@ -90,11 +94,23 @@ def image_store(borg: Repository, top: ArchiveInfo) -> ImageStore | None:
     return borg.images
 
 
-def with_images(archives: list[ArchiveInfo]) -> list[str]:
-    """Return the names of the archives, each followed by those of its image
-    archives (format version 6): what deleting the restore points deletes."""
-    return [n for a in archives for n in [a.archive, *(
-        fmt.image_archive_name(a.name, t) for t in sorted(a.summary.disks) if a.images)]]
+def delete(borg: Repository, doomed: list[ArchiveInfo], others: list[ArchiveInfo]) -> None:
+    """Delete the archives doomed (in this order, by name) with their disks' image
+    archives (format version 6), and then the images of sealed layers (version
+    7) that they named and none of others (the repository's other records) does."""
+    borg.delete([n for a in doomed for n in [a.archive, *(
+        fmt.image_archive_name(a.name, t) for t in sorted(a.summary.disks) if a.images)]])
+    released = sorted(_layer_images(doomed) - _layer_images(others))
+    if released:
+        assert borg.images is not None, "only a Borg 2 repository holds images of layers"
+        log.info("deleting %d images of sealed layers no other record names",
+                 len(released))
+        borg.images.delete_ids(released)
+
+
+def _layer_images(archives: list[ArchiveInfo]) -> set[str]:
+    """The IDs of the images of sealed layers the archives name (version 7)."""
+    return {i for a in archives for d in a.summary.disks.values() for _p, i in d.layers if i}
 
 
 def archives(borg: Repository, domain: str | None = None, warn: bool = True) -> Catalog:
@@ -122,12 +138,12 @@ def _listed(borg: Repository, domain: str | None
     """Return (domain's complete archives, what its unfinished runs left, the
     repository's keyring)."""
     complete, partial, legacy = [], [], []
-    images: list[tuple[str, str]] = []   # (image archive, its record) of domain
+    images: list[tuple[str, str, str]] = []   # (image archive, its record, its ID) of domain
     for listed in borg.list_archives(checkpoints=domain is not None):
         image_of = fmt.parse_image_archive_name(listed.name)
         if image_of is not None:
             if domain is not None and image_of[0].domain == domain:
-                images.append((listed.name, str(image_of[0])))
+                images.append((listed.name, str(image_of[0]), listed.id))
             continue
         name = ArchiveName.parse(listed.name)
         if name is not None:
@@ -144,10 +160,13 @@ def _listed(borg: Repository, domain: str | None
                 complete.append(info)
         elif domain is not None and fmt.is_partial_of(listed.name, domain):
             partial.append(listed.name)
-    # Images whose record is missing are what a run cut short made (version 6).
-    # (A record the host cannot authenticate keeps its images: not this run's to judge.)
+    # Images whose record is missing are what a run cut short made (version 6),
+    # unless a record names one (a sealed layer's, version 7). (A record the host
+    # cannot authenticate keeps its images: not this run's to judge.)
     recorded = {a.archive for a in complete}
-    partial += [image for image, record in images if record not in recorded]
+    named = _layer_images(complete)
+    partial += [image for image, record, image_id in images
+                if record not in recorded and image_id not in named]
     return complete, partial, keyring_.load_or_create(borg.repository_id(), legacy)
 
 

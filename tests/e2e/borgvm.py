@@ -219,19 +219,10 @@ def restore_and_compare(name, repo, checkpoint, views, tmp_path, tag, *extra, en
 
 def restore_every_mode(name, repo, results, views, tmp_path):
     """Restore each backup result's checkpoint chained, flattened and by layers,
-    and compare every disk with the guest's view at that backup. In a Borg 2
-    repository (borg-vm pointed at Borg 2) a point is complete images: chained
-    and flattened give the same, and --layers is refused, as docs/borg2.md says."""
-    borg2 = bool(os.environ.get("BORG_VM_BORG"))
+    and compare every disk with the guest's view at that backup (in a Borg 2
+    repository a point is complete images: chained and flattened give the same)."""
     for i, (result, view) in enumerate(zip(results, views)):
         for mode, extra in (("chain", ()), ("flat", ("--flatten",)), ("layers", ("--layers",))):
-            if borg2 and mode == "layers":
-                refused = run("restore", name, "--repo", repo, "--checkpoint",
-                              result["checkpoint"], "--to", str(tmp_path / f"layers{i}"),
-                              "--layers", code=2)
-                assert "not available yet for a repository of complete images" in \
-                    refused.stderr, refused.stderr
-                continue
             restore_and_compare(name, repo, result["checkpoint"], view, tmp_path, f"{mode}{i}",
                                 *extra)
 

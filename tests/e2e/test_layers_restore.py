@@ -8,6 +8,9 @@ partial over it.
     T4  backup B3 (incremental)
     T5  restore --layers at B2 and at B3: base == the frozen base image,
         base <- S2 == what the guest saw
+
+Under both generations: in a Borg 2 repository B2 also stores an image of base
+as it was sealed (B1's image and base's final changes), which B3 names again.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import pytest
 from borgvm import backup, read_image, restore_and_compare, run
 from guest import MIB
 
@@ -45,6 +49,7 @@ def restore_layers(d, repo, checkpoint, tmp_path, tag):
                "--layers", "--json").json()
 
 
+@pytest.mark.parametrize("generation", ["borg1", "borg2"], indirect=True)
 def test_t1_to_t5_restore_by_layers(make_domain, repo, tmp_path):
     d = make_domain(disks=[("vda", 64 * MIB, "qcow2"), ("vdb", 32 * MIB, "qcow2")])
     d.write("vda", 0, 8 * MIB, 0xA1)

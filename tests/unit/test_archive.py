@@ -260,7 +260,7 @@ def _reject(doc_or_raw, match=None):
     return e.value
 
 
-@pytest.mark.parametrize("version", [0, 7, "1", None, True])
+@pytest.mark.parametrize("version", [0, 8, "1", None, True])
 def test_manifest_rejects_unknown_version(version):
     doc = _doc()
     doc["version"] = version

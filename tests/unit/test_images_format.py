@@ -138,10 +138,91 @@ def test_full_every_counts_reads_since_the_last_full_read(every, full):
         assert p.reason.startswith("a full read: disk vda: ")
 
 
+class Deletes:
+    """A repository that records what it is asked to delete."""
+
+    def __init__(self):
+        self.names, self.ids = [], []
+        self.images = self
+
+    def delete(self, names):
+        self.names += names
+
+    def delete_ids(self, ids):
+        self.ids += ids
+
+
 def test_deleting_a_point_of_images_deletes_its_image_archives():
     a = info("borgvm-20261126T020000Z")
     two = replace(a, summary=replace(a.summary, disks={
         **a.summary.disks, "vdb": a.summary.disks["vda"]}))
     chained = replace(a, summary=replace(a.summary, version=5))
-    assert catalog.with_images([two, chained]) == [
-        two.archive, f"{two.archive}~vda", f"{two.archive}~vdb", chained.archive]
+    borg = Deletes()
+    catalog.delete(borg, [two, chained], [])
+    assert borg.names == [two.archive, f"{two.archive}~vda", f"{two.archive}~vdb",
+                          chained.archive]
+    assert borg.ids == []
+
+
+def with_layers(a: ArchiveInfo, *layers) -> ArchiveInfo:
+    return replace(a, summary=replace(a.summary, disks={
+        "vda": replace(a.summary.disks["vda"], layers=layers)}))
+
+
+def test_an_image_of_a_sealed_layer_goes_with_the_last_record_naming_it():
+    base, s1 = "cd" * 32, "ef" * 32
+    old = with_layers(info("borgvm-20261124T020000Z"), ("/i/base", base))
+    mid = with_layers(info("borgvm-20261125T020000Z"), ("/i/S1", s1), ("/i/base", base))
+    new = with_layers(info("borgvm-20261126T020000Z"), ("/i/S1", s1), ("/i/base", base))
+    borg = Deletes()
+    catalog.delete(borg, [old, mid], [new])
+    assert borg.names == [old.archive, f"{old.archive}~vda", mid.archive, f"{mid.archive}~vda"]
+    assert borg.ids == []
+    catalog.delete(borg, [new], [])
+    assert borg.ids == [base, s1]
+
+
+def test_images_of_sealed_layers_parse_back_to_their_record_and_disk():
+    name = ArchiveName(DOMAIN, "S2", "borgvm-20261126T020000Z")
+    for layer in ("base", "pre upgrade.1", "layer-0a1b2c3d"):
+        image = fmt.image_archive_name(name, "vdb", layer)
+        assert fmt.parse_image_archive_name(image) == (name, "vdb")
+        assert ArchiveName.parse(image) is None
+    assert fmt.image_archive_name(name, "vdb", "pre upgrade.1").endswith("~vdb.pre%20upgrade%2E1")
+
+
+def test_a_version_7_comment_carries_the_images_of_sealed_layers():
+    a = with_layers(info("borgvm-20261126T020000Z"), ("/i/S1", "cd" * 32), ("/i/base", None))
+    back = Summary.from_comment(a.summary.to_comment(), a.archive)
+    assert back.disks["vda"].layers == (("/i/S1", "cd" * 32), ("/i/base", None))
+
+
+def test_a_version_6_comment_still_reads_without_layers():
+    a = info("borgvm-20261126T020000Z")
+    six = replace(a.summary, version=6)
+    doc = json.loads(six.to_comment())
+    assert len(doc["disks"]["vda"]) == 7
+    assert Summary.from_comment(six.to_comment(), a.archive).disks["vda"].layers == ()
+
+
+@pytest.mark.parametrize("layers", ["x", [["/a"]], [["/a", "zz"]], [["/a", None], ["/a", None]],
+                                    [[1, None]], [["/l", None]] * 16])
+def test_a_version_7_comment_with_bad_layers_is_refused(layers):
+    a = info("borgvm-20261126T020000Z")
+    doc = json.loads(a.summary.to_comment())
+    doc["disks"]["vda"][7] = layers
+    with pytest.raises(FormatError):
+        Summary.from_comment(json.dumps(doc), a.archive)
+
+
+def test_a_record_names_the_images_of_its_sealed_layers_in_manifest_and_comment():
+    m = record(disks={"vda": DiskRecord(
+        Level.INC, "qcow2", "/i/S2", 1 << 30, (),
+        layers=(LayerRecord("S2", "/i/S2", "qcow2"),
+                LayerRecord("base", "/i/base", "qcow2", "cd" * 32)),
+        image=IMAGE, counts=(1 << 20, 0))}).signed(KEY)
+    back = Manifest.from_json(m.to_json(), str(m.name))
+    assert back == m and back.disks["vda"].layers[1].image == "cd" * 32
+    assert m.summary().disks["vda"].layers == (("/i/base", "cd" * 32),)
+    doc = json.loads(m.to_json())
+    assert "image" not in doc["disks"]["vda"]["layers"][0]

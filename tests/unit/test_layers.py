@@ -4,7 +4,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from borg_vm.core.layers import BASE, escape, home, layer_name, sealed_since, unescape
+from borg_vm.core.layers import (
+    BASE,
+    carried,
+    escape,
+    home,
+    layer_name,
+    sealed_since,
+    unescape,
+)
 
 CHAIN = ["/i/vm.S3.qcow2", "/i/vm.S2.qcow2", "/i/vm.qcow2"]   # top first
 
@@ -105,3 +113,30 @@ def test_restore_steps_cover_every_record_once_in_order(raw, now):
         (a, layer) for a, (_, frozen) in enumerate(archives)
         for layer in sorted(frozen, reverse=True) + [0]]
     assert all(0 <= image < len(now) for _, _, image in steps)
+
+
+# carried: which images of sealed layers (format version 7) a record keeps.
+IMAGES = {"/base": "b" * 64, "/S1": "1" * 64}
+
+
+def test_sealed_layers_keep_their_images_while_nothing_changes_below_the_top():
+    assert carried(["/S2", "/S1", "/base"], ["/S2", "/S1", "/base"], IMAGES) == {
+        1: IMAGES["/S1"], 2: IMAGES["/base"]}
+
+
+def test_the_top_then_sealed_now_gets_a_new_image_not_a_carried_one():
+    assert carried(["/S3", "/S2", "/S1", "/base"], ["/S2", "/S1", "/base"],
+                   {**IMAGES, "/S2": "2" * 64}) == {2: IMAGES["/S1"], 3: IMAGES["/base"]}
+
+
+def test_a_layer_committed_into_loses_its_image_and_what_lies_below_keeps_its_own():
+    # S1 committed into base: base changed; the layers above are new images anyway.
+    assert carried(["/S2", "/base"], ["/S2", "/S1", "/base"], IMAGES) == {}
+    # base committed away below S1 (S1 now on another backing): S1's view is the same
+    # data only if the layers below are the same; they are not, so nothing is carried.
+    assert carried(["/S2", "/S1", "/other"], ["/S2", "/S1", "/base"], IMAGES) == {}
+
+
+def test_no_image_then_carries_none():
+    assert carried(["/S2", "/S1", "/base"], ["/S2", "/S1", "/base"],
+                   {"/base": None, "/S1": None}) == {}

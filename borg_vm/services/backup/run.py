@@ -35,6 +35,7 @@ from borg_vm import runtime
 from borg_vm.adapters.borg import Repository
 from borg_vm.adapters.libvirt import Domain, Hypervisor
 from borg_vm.core import domxml, extent, plan
+from borg_vm.core import layers as layers_
 from borg_vm.core.disk_source import DiskSource
 from borg_vm.errors import (
     BorgError,
@@ -47,7 +48,7 @@ from borg_vm.format import names as fmt
 from borg_vm.format import writer
 from borg_vm.format.manifest import DiskRecord, Manifest, SealedRecord
 from borg_vm.format.names import IMAGES_VERSION, ArchiveName, Level
-from borg_vm.format.summary import ImageRecord
+from borg_vm.format.summary import ArchiveInfo, ImageRecord
 from borg_vm.progress import Progress
 from borg_vm.services import catalog
 from borg_vm.services.backup import backing, checkpoint_recovery, offline, running
@@ -212,27 +213,27 @@ def _run(run: BackupRun, borg: Repository, p: plan.Plan, announced: bool = False
         if not announced:
             log.info("%s: %s backup: %s", dom.name, p.level, p.reason)
         runtime.phase(runtime.JOB_STARTED, "%s: checkpoint %s", dom.name, checkpoint)
-        manifest, late = _write(run, borg, p, name, when, session, layers)
+        manifest, late, frozen = _write(run, borg, p, name, when, session, layers)
     if late is not None:   # the archive is good, so the run ended as one that made it
         raise late
     runtime.phase(runtime.DONE, "%s: job ended, older checkpoints deleted", dom.name)
     result = BackupResult(str(name), dom.name, name.snapshot_name, checkpoint, p.level,
                           p.reason, frozen_ms=session.frozen_ms)
     for t, d in manifest.disks.items():
-        sealed = sum(f.data_bytes for f in d.sealed)
-        result.disks[t] = DiskResult(d.level, d.virtual_size, read=d.data_bytes + sealed,
-                                     data=d.data_bytes, zero=d.zero_bytes, frozen=sealed)
+        result.disks[t] = DiskResult(d.level, d.virtual_size, read=d.data_bytes + frozen[t],
+                                     data=d.data_bytes, zero=d.zero_bytes, frozen=frozen[t])
     return result
 
 
 def _write(run: BackupRun, borg: Repository, p: plan.Plan, name: ArchiveName, when: datetime,
            session: Session, layers: dict[str, backing.DiskLayers]
-           ) -> tuple[Manifest, CommittedThenFailed | None]:
+           ) -> tuple[Manifest, CommittedThenFailed | None, dict[str, int]]:
     """Map every disk's extents in the session's source, and the final changes of
     its layers sealed since the parent, plan the manifest and write the archive
     (format/writer.py); or, into a repository of complete images, each disk's
-    image and the record naming them. Return the manifest, and borg's failure
-    after it committed the archive, if it failed so."""
+    image (and its sealed layers') and the record naming them. Return the
+    manifest, borg's failure after it committed the archive, if it failed so,
+    and the bytes read of each disk's sealed layers."""
     dom, opts = run.dom, run.opts
     source = session.source
     maps = {t: _extent_map(source, t, p.disk_levels[t] == Level.INC, opts)
@@ -255,8 +256,14 @@ def _write(run: BackupRun, borg: Repository, p: plan.Plan, name: ArchiveName, wh
                          key=run.key, state=session.state)
     if borg.images is not None:
         images, inputs = _images(manifest, p, source)
-        return writer.write_images(borg, borg.images, name, images, parts, inputs,
-                                   opts.scratch_dir, opts.progress)
+        with backing.sealed_source(layers) as old:
+            images, to_build = _sealed_images(images, p, old, layers,
+                                              plan.latest(list(run.archives), dom.name), opts)
+            written, late = writer.write_images(borg, borg.images, name, images, parts, inputs,
+                                                opts.scratch_dir, opts.progress, to_build)
+        return written, late, {t: sum(n for _i, inp in to_build.get(t, [])
+                                      for _s, n, state in inp.ranges if state == extent.DATA)
+                               for t in written.disks}
     with backing.sealed_source(layers) as old:
         sealed = {t: tuple(SealedRecord(i, Level.INC if bitmap else Level.FULL, tuple(
             _extent_map(old, backing.key(t, i), bool(bitmap), opts)[1]))
@@ -270,8 +277,11 @@ def _write(run: BackupRun, borg: Repository, p: plan.Plan, name: ArchiveName, wh
 
         total = sum(d.data_bytes + sum(f.data_bytes for f in d.sealed)
                     for d in manifest.disks.values())
-        return writer.write_archive(borg, name, manifest, parts, where,
-                                    Progress.for_terminal(dom.name, total, opts.progress))
+        written, late = writer.write_archive(borg, name, manifest, parts, where,
+                                             Progress.for_terminal(dom.name, total,
+                                                                   opts.progress))
+        return written, late, {t: sum(f.data_bytes for f in d.sealed)
+                               for t, d in written.disks.items()}
 
 
 def _images(manifest: Manifest, p: plan.Plan, source: DiskSource
@@ -291,6 +301,40 @@ def _images(manifest: Manifest, p: plan.Plan, source: DiskSource
                                       extent.input_map(d.virtual_size, d.extents, inc),
                                       before.id if before is not None else None)
     return replace(manifest, disks=disks, version=IMAGES_VERSION), inputs
+
+
+def _sealed_images(manifest: Manifest, p: plan.Plan, old: DiskSource,
+                   layers: dict[str, backing.DiskLayers], latest: ArchiveInfo | None,
+                   opts: BackupOptions
+                   ) -> tuple[Manifest, dict[str, list[tuple[int, writer.ImageInput]]]]:
+    """Return the record with each disk's sealed layers carrying the images the
+    latest record named of them while they stay as they were (core.layers.carried),
+    and the inputs of the images to build of the layers sealed since the parent
+    (deepest first, by index into the disk's layers): each read where its bitmap
+    says it changed since the parent, the rest taken from the image below it (the
+    parent's image, for the parent's top), or read whole without a usable bitmap."""
+    disks, sealed = {}, {}
+    same_domain = latest is not None and latest.summary.uuid == manifest.uuid
+    for t, d in manifest.disks.items():
+        chain = [x.path for x in d.chain]
+        then = latest.summary.disks.get(t) if latest is not None and same_domain else None
+        keep = (layers_.carried(chain, [then.source, *(x for x, _ in then.layers)],
+                                dict(then.layers)) if then is not None else {})
+        disks[t] = replace(d, layers=tuple(replace(x, image=keep.get(i))
+                                           for i, x in enumerate(d.chain)))
+        parent = p.parent.summary.disks.get(t) if p.parent is not None else None
+        todo = []
+        for i, bitmap in sorted(layers[t].sealed, reverse=True):
+            size, extents = _extent_map(old, backing.key(t, i), bool(bitmap), opts)
+            deepest = parent is not None and chain[i] == parent.source
+            reuse = parent.image if bitmap and deepest and parent is not None else None
+            todo.append((i, writer.ImageInput(
+                old.endpoint(backing.key(t, i)), extent.input_map(size, extents, bool(bitmap)),
+                reuse.id if reuse is not None else None,
+                reuse_below=bool(bitmap) and not deepest)))
+        if todo:
+            sealed[t] = todo
+    return replace(manifest, disks=disks), sealed
 
 
 def _extent_map(source: DiskSource, target: str, incremental: bool,

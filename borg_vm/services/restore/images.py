@@ -117,40 +117,53 @@ def apply_archive(found: AbstractContextManager[Iterator[Member]], arc: ArchiveI
 
 
 def apply_image(store: ImageStore, image_id: str, layer: Layer, size: int, block: int,
-                progress: Progress) -> None:
+                progress: Progress, below: str | None = None) -> None:
     """Write the one file of the image archive with ID image_id (a complete disk
-    image, format version 6) into layer's image, which is new (reads as zeros),
-    leaving blocks of zeros unwritten. Raise IntegrityError if the file is not
-    size bytes, a BorgError if borg fails (also when it logs an error:
-    adapters/borg/borg2.py)."""
+    image, format version 6) into layer's image, which is new, leaving unwritten
+    the blocks that read the same below it: zeros, or (below: the ID of the
+    image archive of the layer below, format version 7) that image's blocks.
+    Raise IntegrityError if a file is not size bytes, a BorgError if borg fails
+    (also when it logs an error: adapters/borg/borg2.py)."""
     zeros = bytes(block)
     # A raw image's O_DIRECT writes read their buffer after write() returned: one
     # more buffer than writes in flight, each taken again only once its write
-    # finished (zero blocks are skipped, so writes do not come in turn).
+    # finished (unchanged blocks are skipped, so writes do not come in turn).
     ring = prefetch.Buffers(WRITES_IN_FLIGHT + 1, block)
+    under = bytearray(block)
     offset = 0
 
-    def damaged(holds: str) -> IntegrityError:
-        return IntegrityError(target=os.path.basename(layer.path), archive=image_id,
+    def damaged(image: str, holds: str) -> IntegrityError:
+        return IntegrityError(target=os.path.basename(layer.path), archive=image,
                               detail=f"its image holds {holds} bytes, the disk {size}")
 
-    with _open_image(layer) as out, out.pipelined_writes(WRITES_IN_FLIGHT) as write, \
-            store.extract_image(image_id) as proc:
+    with contextlib.ExitStack() as stack:
+        out = stack.enter_context(_open_image(layer))
+        write = stack.enter_context(out.pipelined_writes(WRITES_IN_FLIGHT))
+        proc = stack.enter_context(store.extract_image(image_id))
+        lower = stack.enter_context(store.extract_image(below)) if below is not None else None
         while True:
             view = ring.take()
             n = _fill(cast(io.BufferedReader, proc.stdout), view)
+            if lower is not None and _fill(cast(io.BufferedReader, lower.stdout),
+                                           memoryview(under)[:n]) != n:
+                raise damaged(cast(str, below), f"fewer than {offset + n}")
             if n == 0:
                 break
             if offset + n > size:   # raised before borg sends the rest (it is stopped)
-                raise damaged(f"more than {size}")
+                raise damaged(image_id, f"more than {size}")
             # A copy and memcmp: ~20 times faster than comparing memoryviews.
-            if view[:n].tobytes() != (zeros if n == block else zeros[:n]):
+            same = (zeros if n == block else zeros[:n]) if lower is None else under[:n]
+            if view[:n].tobytes() != same:
                 ring.hold(view, write(view[:n], offset))
             offset += n
             progress.advance(n)
         store.finish("extract", proc)
+        if lower is not None:
+            if lower.stdout.read(1):
+                raise damaged(cast(str, below), f"more than {size}")
+            store.finish("extract", lower)
         if offset != size:
-            raise damaged(str(offset))
+            raise damaged(image_id, str(offset))
         out.flush()
 
 

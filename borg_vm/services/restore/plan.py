@@ -11,7 +11,11 @@ out (write):
 - --flatten: one image, every archive of the chain written into it in order.
 
 A restore point of complete images (format version 6, Borg 2) is one image per
-disk in either mode, written from its image archive (write_images).
+disk in either mode, written from its image archive (write_images); with
+--layers (version 7), one image per layer as below, each written from the
+image archive of the layer as it was sealed where it differs from the one
+below it (image_layer_plans).
+
 - --layers: one image per snapshot layer of the disk's chain at that
   checkpoint, named after the layer (core/layers.py), each a qcow2 overlay on
   the one below, the bottom one in --format::
@@ -38,9 +42,11 @@ from dataclasses import dataclass
 from borg_vm import runtime
 from borg_vm.adapters.borg import ImageStore, Repository
 from borg_vm.core import chain, layers
+from borg_vm.errors import LayersNotRecorded
 from borg_vm.format import names as fmt
 from borg_vm.format import reader
 from borg_vm.format.manifest import Manifest
+from borg_vm.format.names import LAYER_IMAGES_FROM
 from borg_vm.format.summary import ArchiveInfo
 from borg_vm.progress import Progress
 from borg_vm.services.restore import images
@@ -62,6 +68,10 @@ class DiskPlan:
     formats: tuple[str, ...]
     steps: tuple[Step, ...]               # in the order they are written
     names: tuple[str, ...] = ()           # --layers: the layers' names, bottom first
+    # A point of complete images: the image archive each image is written from
+    # (bottom first; None: the repository holds none of that layer, which stays
+    # empty: what it held is in the next image above). Empty: the record's image.
+    image_ids: tuple[str | None, ...] = ()
 
     @property
     def top(self) -> str:
@@ -115,6 +125,34 @@ def layer_plans(borg: Repository, archives: list[ArchiveInfo], top: ArchiveInfo,
                                       for r in records])
         out.append(DiskPlan(t, tuple(arcs), images_, formats, tuple(steps), names))
     return out, manifests, files
+
+
+def image_layer_plans(borg: Repository, top: ArchiveInfo, targets: tuple[str, ...],
+                      base_format: str, top_files: tuple[str, ...] = ()
+                      ) -> tuple[list[DiskPlan], dict[str, bytes]]:
+    """Return each disk's plan of --layers at a record of complete images (format
+    version 7: its manifest names the images of the sealed layers), and top's
+    small members top_files, read with its manifest. Raise LayersNotRecorded for
+    an older record, UnknownDisk for a target it does not hold."""
+    if top.summary.version < LAYER_IMAGES_FROM:
+        raise LayersNotRecorded(archive=top.archive, detail=(
+            f"format version {top.summary.version}, from a borg-vm that recorded each disk "
+            "only as the guest saw it"))
+    manifests, files = _manifests(borg, [top], top, top_files)
+    out = []
+    for t in targets:
+        chain.restore_chain([top], top, t)   # UnknownDisk
+        record = manifests[top.archive].disks[t]
+        assert record.image is not None, "a record of images names an image per disk"
+        now = tuple(reversed(record.chain))
+        formats = (base_format,) + ("qcow2",) * (len(now) - 1)
+        stem = f"{top.name.domain}.{t}"
+        out.append(DiskPlan(
+            t, (top,), tuple(f"{stem}.{layers.escape(x.name)}.{_ext(f)}"
+                             for x, f in zip(now, formats, strict=True)),
+            formats, (), tuple(x.name for x in now),
+            tuple(x.image for x in now[:-1]) + (record.image.id,)))
+    return out, files
 
 
 def _ext(format_: str) -> str:
@@ -181,22 +219,37 @@ def write(found: Iterator, plans: list[DiskPlan], steps: list[Pass],
 IMAGE_READ = 1024 * 1024
 
 
+def image_ids(d: DiskPlan) -> tuple[str | None, ...]:
+    """The image archive each of d's images is written from (bottom first), of a
+    point of complete images (format version 6: the plan holds one archive, its
+    record)."""
+    if d.image_ids:
+        return d.image_ids
+    (record,) = d.archives
+    image = record.summary.disks[d.target].image
+    assert image is not None, "a record of images names an image per disk"
+    return (image.id,)
+
+
 def write_images(store: ImageStore, plans: list[DiskPlan], sizes: dict[str, int], stage: str,
                  progress: Progress) -> None:
-    """Create every disk's image (sizes[target] bytes) in stage and fill it from its
-    complete image archive (format version 6: the plan holds one archive, its
-    record, and one image)."""
+    """Create every disk's images (sizes[target] bytes) in stage and fill each from
+    its complete image archive (image_ids): the bottom one with what is not
+    zeros, each above it with the blocks where its image differs from the one
+    below it."""
     for d in plans:
         create_images(d, stage, sizes[d.target])
-        (record,) = d.archives
-        image = record.summary.disks[d.target].image
-        assert image is not None, "a record of images names an image per disk"
-        log.info("restoring %s of %s from its image archive %s into %s", d.target,
-                 record.archive, image.id, d.top)
-        images.apply_image(store, image.id, images.Layer(os.path.join(stage, d.top),
-                                                         d.formats[-1], False),
-                           sizes[d.target], IMAGE_READ, progress)
-        runtime.phase(runtime.APPLIED, "%s written into %s", record.archive, stage)
+        below = None
+        for path, format_, image_id in zip(d.images, d.formats, image_ids(d), strict=True):
+            if image_id is None:
+                continue
+            log.info("restoring %s of %s from image archive %s into %s", d.target,
+                     d.archives[-1].archive, image_id, path)
+            images.apply_image(store, image_id, images.Layer(os.path.join(stage, path),
+                                                             format_, below is not None),
+                               sizes[d.target], IMAGE_READ, progress, below)
+            below = image_id
+        runtime.phase(runtime.APPLIED, "%s written into %s", d.archives[-1].archive, stage)
 
 
 def _passes(arc: ArchiveInfo, plans: list[DiskPlan],

@@ -32,7 +32,6 @@ from borg_vm.core import domxml, host_resources
 from borg_vm.core import vmstate as core_vmstate
 from borg_vm.errors import (
     NbdError,
-    NotWithImages,
     RestoreTargetExists,
     RestoreTargetFull,
     RestoreTargetUnusable,
@@ -47,6 +46,8 @@ from borg_vm.services.restore import images, vmstate
 from borg_vm.services.restore.plan import (
     DiskPlan,
     chain_plans,
+    image_ids,
+    image_layer_plans,
     layer_plans,
     passes,
     write,
@@ -101,15 +102,13 @@ def restore(borg: Repository, domain: str, opts: RestoreOptions) -> RestoreResul
     archives, top = catalog.restore_point(borg, domain, opts.checkpoint,
                                           opts.allow_unauthenticated)
     store = catalog.image_store(borg, top)
-    if store is not None and opts.layers:
-        raise NotWithImages(what="restore --layers", detail=(
-            "a Borg 2 restore point holds each disk as the guest saw it; restore it "
-            "without --layers"))
     wanted = top_files(top)
     targets = opts.disks or tuple(sorted(top.summary.disks))
     manifests: dict[str, Manifest] = {}
     files: dict[str, bytes] = {}
-    if opts.layers:
+    if opts.layers and store is not None:
+        plans, files = image_layer_plans(borg, top, targets, opts.format, wanted)
+    elif opts.layers:
         # The top's small members come with its manifest: one borg fewer.
         plans, manifests, files = layer_plans(borg, archives, top, targets, opts.format, wanted)
     else:
@@ -138,7 +137,8 @@ def restore(borg: Repository, domain: str, opts: RestoreOptions) -> RestoreResul
         del files   # the top's manifest, read again with its data: not held meanwhile
         with target_dir(to), _staging(to) as stage:
             total = (sum(a.summary.disks[d.target].data_bytes for d in plans
-                         for a in d.archives) if store is None else sum(made.sizes.values()))
+                         for a in d.archives) if store is None else
+                     sum(made.sizes[d.target] * sum(map(bool, image_ids(d))) for d in plans))
             progress = Progress.for_terminal(f"restore {domain}", total, opts.progress)
             try:
                 if store is None:

@@ -1,0 +1,92 @@
+"""restore --layers of complete images (format version 7): an image above
+another is written only where it differs from the one below, zeros included;
+a lower image that is too short or too long is damage."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import random
+
+import pytest
+
+from borg_vm.errors import IntegrityError
+from borg_vm.progress import Progress
+from borg_vm.services.restore import images
+
+BLOCK = 64 * 1024
+SIZE = 16 * BLOCK
+
+
+class Images:
+    """An image store serving image archives from memory, by ID, as `borg extract
+    --stdout` would (a stream whose stdout is a buffered reader)."""
+
+    def __init__(self, **by_id: bytes):
+        self.by_id = by_id
+        self.extracted: list[str] = []
+
+    @contextlib.contextmanager
+    def extract_image(self, archive_id):
+        self.extracted.append(archive_id)
+        stream = type("Stream", (), {})()
+        stream.stdout = io.BufferedReader(io.BytesIO(self.by_id[archive_id]))
+        yield stream
+
+    def finish(self, action, stream):
+        pass
+
+
+def allocated_blocks(path) -> set[int]:
+    """The blocks of a sparse raw file that hold data (SEEK_DATA/SEEK_HOLE)."""
+    out, fd = set(), os.open(path, os.O_RDONLY)
+    try:
+        at = 0
+        while True:
+            try:
+                at = os.lseek(fd, at, os.SEEK_DATA)
+            except OSError:
+                return out
+            end = os.lseek(fd, at, os.SEEK_HOLE)
+            out |= set(range(at // BLOCK, (end + BLOCK - 1) // BLOCK))
+            at = end
+    finally:
+        os.close(fd)
+
+
+def test_an_image_above_another_is_written_where_it_differs_zeros_included(tmp_path):
+    rng = random.Random(7)
+    below = bytearray(rng.randbytes(SIZE))
+    below[3 * BLOCK:4 * BLOCK] = bytes(BLOCK)
+    above = bytearray(below)
+    above[1 * BLOCK:2 * BLOCK] = rng.randbytes(BLOCK)       # rewritten
+    above[5 * BLOCK:6 * BLOCK] = bytes(BLOCK)               # zeroed over data
+    above[3 * BLOCK + 10:3 * BLOCK + 20] = b"x" * 10        # written over zeros
+    above[9 * BLOCK:10 * BLOCK] = below[9 * BLOCK:10 * BLOCK]   # the same: not written
+    store = Images(low=bytes(below), high=bytes(above))
+    path = tmp_path / "top.img"
+    path.touch()
+    images.apply_image(store, "high", images.Layer(str(path), "raw", True), SIZE, BLOCK,
+                       Progress.for_terminal("", SIZE, False), "low")
+    assert store.extracted == ["high", "low"]
+    written = path.read_bytes()
+    assert written[BLOCK:2 * BLOCK] == above[BLOCK:2 * BLOCK]
+    assert written[3 * BLOCK:4 * BLOCK] == above[3 * BLOCK:4 * BLOCK]
+    assert allocated_blocks(path) <= {1, 3, 5}
+    assert {1, 3} <= allocated_blocks(path)
+    # over the image below (here: the file holds it), the layer reads as the top
+    merged = bytearray(below)
+    for b in (1, 3, 5):
+        merged[b * BLOCK:(b + 1) * BLOCK] = written[b * BLOCK:(b + 1) * BLOCK]
+    assert merged == above
+
+
+@pytest.mark.parametrize("lower", [SIZE - BLOCK, SIZE + 1])
+def test_a_lower_image_of_another_size_is_damage(tmp_path, lower):
+    store = Images(low=bytes(lower), high=b"\1" * SIZE)
+    path = tmp_path / "top.img"
+    path.touch()
+    with pytest.raises(IntegrityError, match="low"):
+        images.apply_image(store, "high", images.Layer(str(path), "raw", True), SIZE, BLOCK,
+                           Progress.for_terminal("", SIZE, False), "low")
