@@ -85,12 +85,14 @@ BORG2_PASSPHRASE = "borg2 test"
 
 
 @pytest.fixture
-def repo2(tmp_path, monkeypatch, borg2_executable):
-    """A new encrypted Borg 2 repository in tmp_path."""
+def repo2(tmp_path, monkeypatch, borg2_executable, request):
+    """A new Borg 2 repository in tmp_path: encrypted, unless a test is
+    parametrized with indirect=True over Borg 2 encryption modes."""
     monkeypatch.setenv("BORG_PASSPHRASE", BORG2_PASSPHRASE)
+    monkeypatch.setenv("BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK", "yes")
     path = str(tmp_path / "repo2")
-    subprocess.run([borg2_executable, "-r", path, "repo-create", "-e", "aes256-ocb"],
-                   check=True, capture_output=True)
+    subprocess.run([borg2_executable, "-r", path, "repo-create", "-e",
+                    getattr(request, "param", "aes256-ocb")], check=True, capture_output=True)
     version = features.BorgVersion.parse(subprocess.run(
         [borg2_executable, "--version"], check=True, capture_output=True, text=True).stdout)
     return Borg2Repository(path, executable=borg2_executable, version=version)

@@ -145,6 +145,8 @@ def test_a_repository_older_than_this_host_saw_is_refused(tmp_path, repo2, monke
     assert len(runs) == borg2.REPLAY_TRIES
 
 
+# Borg names the refusal RepositoryIDNotUnique in a repository without a key.
+@pytest.mark.parametrize("repo2", ["aes256-ocb", "none-sha256"], indirect=True)
 def test_a_command_refused_for_another_writers_commit_runs_again(tmp_path, repo2,
                                                                  monkeypatch):
     """2.0.0b23 refuses a command when a borg of this host commits as it starts:

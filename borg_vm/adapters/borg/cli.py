@@ -97,7 +97,9 @@ _PASSPHRASE_REFUSED = {"PassphraseWrong", "PasswordRetriesExceeded", "NoPassphra
 _PASSCOMMAND_FAILED = "PasscommandFailure"
 _PASSCOMMAND_PREFIX = "Passcommand supplied in BORG_PASSCOMMAND failed: "  # borg's, then why
 _LOCK_TIMEOUT = "LockTimeout"
-_REPLAY = {"RepositoryReplay", "Cache.RepositoryReplay"}
+# Borg's manifest replay check: RepositoryIDNotUnique in a repository without a key.
+_REPLAY = {"RepositoryReplay", "Cache.RepositoryReplay", "RepositoryIDNotUnique",
+           "Cache.RepositoryIDNotUnique"}
 PASSPHRASE_VARIABLES = ("BORG_PASSPHRASE", "BORG_PASSCOMMAND")
 PASSPHRASE_TRIES = 3   # as many as borg itself asks for
 
