@@ -25,7 +25,7 @@ HOSTILE = tests/integration/test_restore_hostile.py \
           tests/unit/test_chain.py::test_disk_chain_parent_cycle_is_broken_not_endless
 
 .PHONY: setup demo test lint typecheck unit integration e2e faults soak bench bench-quick \
-        bench-setup bench-retention bench-scale bench-boot bench-borg2
+        bench-setup bench-retention bench-scale bench-boot bench-borg2 bench-generations
 
 setup:
 	bash contrib/setup-host.sh $(VENV)
@@ -79,8 +79,13 @@ bench: bench-setup
 bench-quick: bench-setup
 	set -e; for script in $(BENCH_SCRIPTS); do $(VENV)/bin/python $$script --quick; done
 
-# 90 nightly backups + prune on a fake clock, restore time against chain length
-# (bench/RETENTION.md; about 15 minutes on a quiet 2-core machine).
+# 90 nightly backups + prune on a fake clock under Borg 1.4 and Borg 2 side by
+# side, each repository against the floor (the distinct data of the points
+# kept), restores of the oldest and newest kept point, Borg 1.4's restore time
+# against chain length (bench/RETENTION.md, issues #9 and #22; about 30 minutes
+# on a quiet 2-core machine, estimated from a reduced run; `.venv/bin/python
+# bench/retention.py --quick` for a 10-night try-out into bench/work/quick/,
+# --generation 1 or 2 for one generation alone).
 bench-retention: setup
 	$(VENV)/bin/python bench/retention.py
 
@@ -106,3 +111,13 @@ bench-boot: setup
 # one-run try-out into bench/work/quick/BORG2.md).
 bench-borg2: setup
 	$(VENV)/bin/python bench/borg2.py
+
+# Borg 1.4 chains against Borg 2 complete images, side by side in one run
+# (bench/GENERATIONS.md, issue #22): 30 nights of 2% changes (an incremental's
+# bytes read and time), restore of the first and the newest point against
+# borg extract of its archives, N = 1, 2, 4 domains into one repository at once
+# and one after another (about 20 minutes on a quiet 2-core machine, estimated
+# from a reduced run; `.venv/bin/python bench/generations.py --quick` for a
+# one-round try-out into bench/work/quick/GENERATIONS.md).
+bench-generations: setup
+	$(VENV)/bin/python bench/generations.py

@@ -46,7 +46,7 @@ from borg_vm.adapters import libnbd, nbdfuse  # noqa: E402
 from borg_vm.core.disk_source import Endpoint  # noqa: E402
 from borg_vm.core.extent import DATA, Extent, input_map, plan_full  # noqa: E402
 
-BORG2 = lab.VENV_BIN.parent / "borg2" / "bin" / "borg"
+BORG2 = lab.BORG2
 PIECE = 4 * MIB
 REWRITE = 64 * KIB
 REWRITE_SHARE = 0.01

@@ -42,6 +42,8 @@ QUICK = WORK / "quick"
 VENV_BIN = TOP / ".venv" / "bin"
 BORG_VM = VENV_BIN / "borg-vm"
 BORG = VENV_BIN / "borg"
+# Borg 2, installed by `make setup` beside Borg 1.4 (docs/borg2.md).
+BORG2 = TOP / ".venv" / "borg2" / "bin" / "borg"
 
 URI = "qemu:///system"
 PREFIX = "borgvm-test-bench-"
@@ -233,6 +235,16 @@ def proc_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def read_chars(pid: int) -> int:
+    """Bytes a live process (all its threads, living and ended) has read through
+    read(2) and its kin, from files, pipes and devices: rchar of /proc/PID/io
+    (QEMU reads its disk images so; socket receives do not count)."""
+    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+        if line.startswith("rchar:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no rchar in /proc/{pid}/io")
+
+
 def qemu_pid(name: str) -> int | None:
     try:
         return int(Path(f"/run/libvirt/qemu/{name}.pid").read_text().strip())
@@ -380,11 +392,12 @@ def borg_vm_restore(env: dict, domain: str, repo: Path, to: Path, checkpoint: st
 # -- images ---------------------------------------------------------------
 
 @contextlib.contextmanager
-def keystream() -> Iterator[Callable[[int], bytes]]:
+def keystream(key: str = "bench") -> Iterator[Callable[[int], bytes]]:
     """Yield read(n): the next n bytes of an endless incompressible stream (an
-    AES-CTR keystream with a fixed key, the same on every run)."""
+    AES-CTR keystream with a fixed key, the same on every run; another key,
+    another stream)."""
     with open("/dev/zero", "rb") as zero:
-        ossl = subprocess.Popen(["openssl", "enc", "-aes-128-ctr", "-pass", "pass:bench",
+        ossl = subprocess.Popen(["openssl", "enc", "-aes-128-ctr", "-pass", f"pass:{key}",
                                  "-nosalt", "-pbkdf2"], stdin=zero,
                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
 
@@ -401,9 +414,9 @@ def keystream() -> Iterator[Callable[[int], bytes]]:
             ossl.stdout.close()
 
 
-def make_data(path: Path, size: int) -> None:
-    """Write size bytes of incompressible data (the keystream's first bytes)."""
-    with open(path, "wb") as out, keystream() as read:
+def make_data(path: Path, size: int, key: str = "bench") -> None:
+    """Write size bytes of incompressible data (the first bytes of key's keystream)."""
+    with open(path, "wb") as out, keystream(key) as read:
         left = size
         while left:
             block = read(min(left, 8 * MIB))
@@ -635,9 +648,29 @@ def runs(rng: random.Random, region: int, count: int, run_length: int
             for i in range(count)]
 
 
-def blocks_touched(writes: list[tuple[int, int]], block: int) -> int:
-    """Number of distinct block-aligned blocks the writes touch."""
-    touched = set()
+# A night's changes in the long-run benchmarks (retention.py, generations.py).
+NIGHTLY_SHARE = 0.02
+NIGHTLY_RUN = 1 * MIB
+
+
+def nightly(rng: random.Random, disk: int) -> list[tuple[int, int]]:
+    """A night's writes on a disk of disk bytes: NIGHTLY_SHARE of it, half as
+    64 KiB writes scattered over the disk, half as NIGHTLY_RUN runs; sorted
+    (a 64 KiB write may fall inside a run)."""
+    half = round(NIGHTLY_SHARE * disk) // 2
+    writes = scattered(rng, disk, half // BITMAP_GRANULARITY)
+    writes += runs(rng, disk, half // NIGHTLY_RUN, NIGHTLY_RUN)
+    return sorted(writes)
+
+
+def blocks_of(writes: list[tuple[int, int]], block: int) -> set[int]:
+    """The indices of the block-aligned blocks the writes touch."""
+    touched: set[int] = set()
     for offset, length in writes:
         touched.update(range(offset // block, (offset + length - 1) // block + 1))
-    return len(touched)
+    return touched
+
+
+def blocks_touched(writes: list[tuple[int, int]], block: int) -> int:
+    """Number of distinct block-aligned blocks the writes touch."""
+    return len(blocks_of(writes, block))
