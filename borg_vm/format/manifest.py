@@ -143,7 +143,8 @@ class Manifest:
                "borg_vm_version": self.borg_vm_version,
                "domain_xml_sha256": self.domain_xml_sha256,
                "checkpoint_xml_sha256": self.checkpoint_xml_sha256,
-               "disks": {t: _disk_to_doc(d) for t, d in sorted(self.disks.items())}}
+               "disks": {t: _disk_to_doc(d, self.version)
+                         for t, d in sorted(self.disks.items())}}
         if self.version >= STATE_FROM:
             doc["state"] = dict(sorted(self.state.items()))
         if with_auth:
@@ -245,13 +246,14 @@ def _authenticated_fields(doc: Doc) -> Doc:
             "auth": fields.auth_code(doc)}
 
 
-def _disk_to_doc(d: DiskRecord) -> Doc:
+def _disk_to_doc(d: DiskRecord, version: int) -> Doc:
     if d.image is not None:
+        layer_images = version >= LAYER_IMAGES_FROM
         return {"level": d.level, "format": d.format, "source": d.source,
                 "virtual_size": d.virtual_size, "data_bytes": d.data_bytes,
                 "zero_bytes": d.zero_bytes, "image": d.image.to_doc(),
                 "layers": [{"name": x.name, "path": x.path, "format": x.format,
-                            **({"image": x.image} if i else {})}
+                            **({"image": x.image} if i and layer_images else {})}
                            for i, x in enumerate(d.chain)]}
     return {"level": d.level, "format": d.format, "source": d.source,
             "virtual_size": d.virtual_size,

@@ -41,6 +41,14 @@ class Catalog:
         """Every complete archive, authentic or not (--allow-unauthenticated)."""
         return self.archives + [a for a, _why in self.rejected]
 
+    def checkpoints(self) -> set[str]:
+        """The checkpoint names of every archive listed: complete ones, authentic or
+        not, and the records the leftovers of unfinished runs were named after."""
+        left = [fmt.parse_image_archive_name(n) or (ArchiveName.parse(n), "") for n in
+                self.partial]
+        return ({a.name.checkpoint for a in self.every()}
+                | {name.checkpoint for name, _t in left if name is not None})
+
     def of_known_domain(self, domain: str) -> list[ArchiveInfo]:
         """Return domain's authentic archives, oldest first. Raise NoAuthenticArchive
         if the repository holds only archives of it this host cannot authenticate,

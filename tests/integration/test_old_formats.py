@@ -166,5 +166,6 @@ def test_images_without_layer_images_refuse_layers(tmp_path, monkeypatch, reques
     proc = borg_vm("restore", expected["domain"], "--checkpoint",
                    expected["layers"]["checkpoint"], "--to", str(tmp_path / "to"), "--layers",
                    code=2)
-    assert "restore --layers" in proc.stderr and "without --layers" in proc.stderr
+    assert "holds no images of its disks' snapshot layers" in proc.stderr
+    assert "format version 6" in proc.stderr and "without --layers" in proc.stderr
     assert not (tmp_path / "to").exists()

@@ -226,3 +226,26 @@ def test_a_record_names_the_images_of_its_sealed_layers_in_manifest_and_comment(
     assert m.summary().disks["vda"].layers == (("/i/base", "cd" * 32),)
     doc = json.loads(m.to_json())
     assert "image" not in doc["disks"]["vda"]["layers"][0]
+
+
+def test_a_version_6_record_with_layers_keeps_its_code():
+    """Version 6 wrote no image IDs of layers: its manifest reads back, and its
+    code checks over, exactly what it wrote."""
+    m = record(version=6, disks={"vda": DiskRecord(
+        Level.INC, "qcow2", "/i/S2", 1 << 30, (),
+        layers=(LayerRecord("S2", "/i/S2", "qcow2"), LayerRecord("base", "/i/base", "qcow2")),
+        image=IMAGE, counts=(1 << 20, 0))}).signed(KEY)
+    doc = json.loads(m.to_json())
+    assert all("image" not in x for x in doc["disks"]["vda"]["layers"])
+    back = Manifest.from_json(m.to_json(), str(m.name))
+    assert back == m and back.code_problem(KEY) is None
+    assert m.summary().disks["vda"].layers == ()
+
+
+def test_a_new_archive_takes_no_checkpoint_of_an_archive_it_cannot_authenticate():
+    a, planted = info("borgvm-20261126T020000Z"), info("borgvm-20261126T020001Z")
+    found = catalog.Catalog([a], None, [(planted, "no code")],
+                            [f"{DOMAIN}.base.borgvm-20261126T020002Z~vda",
+                             f"{DOMAIN}.base.borgvm-20261126T020003Z.checkpoint"])
+    assert found.checkpoints() == {"borgvm-20261126T020000Z", "borgvm-20261126T020001Z",
+                                   "borgvm-20261126T020002Z"}

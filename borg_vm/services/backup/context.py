@@ -50,6 +50,9 @@ class BackupRun:
     disks: tuple[plan.Disk, ...]
     archives: tuple[ArchiveInfo, ...]   # the domain's complete, authentic archives
     key: bytes = field(repr=False)      # signs the archive (services/keyring.py)
+    # The checkpoints of every archive of the domain the repository holds, those
+    # this host cannot authenticate too: a new archive takes none of their names.
+    taken: frozenset[str] = frozenset()
     by_target: dict[str, plan.Disk] = field(init=False)
 
     def __post_init__(self) -> None:

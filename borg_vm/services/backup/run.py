@@ -137,7 +137,7 @@ def backup(hv: Hypervisor, borg: Repository, name: str, opts: BackupOptions) -> 
             own = {c for c in dom.checkpoints() if fmt.is_own_checkpoint(c)}
             found = listed.result()
         run = BackupRun(dom, opts, live, disks, tuple(found.archives),
-                        found.keyring.signing_key)
+                        found.keyring.signing_key, frozenset(found.checkpoints()))
         result = _backup_locked(run, borg, own)
         _delete_leftovers(dom, borg, found.partial)
     result.duration = time.monotonic() - started
@@ -200,7 +200,7 @@ def _run(run: BackupRun, borg: Repository, p: plan.Plan, announced: bool = False
     checkpoint turns out unusable."""
     dom = run.dom
     when = datetime.now(UTC)
-    taken = set(dom.checkpoints()) | {a.name.checkpoint for a in run.archives}
+    taken = set(dom.checkpoints()) | run.taken
     layers = backing.of_disks(dom, run.disks, p)
     name = plan.archive_name(dom.name, backing.top_layer(layers), when, taken)
     checkpoint = name.checkpoint
