@@ -280,6 +280,7 @@ class RestoreTargetUnusable(BorgVmError):
 
 class ImageWriteError(BorgVmError):
     """Cannot {action} the restored image {path}: {detail}"""
+    # kwargs: errno, the OSError's, where there is one (a full file system: ENOSPC)
 
 
 # --- mount -----------------------------------------------------------------

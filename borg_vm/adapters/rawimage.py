@@ -114,7 +114,7 @@ class RawImage:
                 view, offset = view[n:], offset + n
         except OSError as e:
             raise ImageWriteError(action=f"write at byte {offset} of", path=self.path,
-                                  detail=e.strerror) from e
+                                  detail=e.strerror, errno=e.errno) from e
 
     def zero(self, offset: int, length: int) -> None:
         """Make [offset, offset+length) read as zeros: a hole where the file
@@ -145,14 +145,15 @@ class RawImage:
         if err in (errno.EOPNOTSUPP, errno.ENOSYS):
             return False
         raise ImageWriteError(action=f"zero {length} bytes at byte {offset} of", path=self.path,
-                              detail=os.strerror(err))
+                              detail=os.strerror(err), errno=err)
 
     def flush(self) -> None:
         """Make every write durable (fsync)."""
         try:
             os.fsync(self.fd)
         except OSError as e:
-            raise ImageWriteError(action="flush", path=self.path, detail=e.strerror) from e
+            raise ImageWriteError(action="flush", path=self.path, detail=e.strerror,
+                                  errno=e.errno) from e
 
 
 def supports_direct(path: str) -> bool:

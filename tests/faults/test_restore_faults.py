@@ -1,9 +1,11 @@
 """A restore killed midway, and one into a file system that fills up: --to keeps
 what it held, nothing of the restore stays in it (a killed one's hidden staging
-directory goes at the next restore), no qemu-nbd or borg is left running."""
+directory goes at the next restore), no qemu-nbd or borg is left running.
+Under both Borg generations (Borg 2: a point is an image per disk)."""
 
 import os
 
+import pytest
 from borgvm import run, start
 from guest import MIB, poll
 from harness import EXIT_TIMEOUT, processes_naming, small_fs, wait_stopped
@@ -17,6 +19,7 @@ def restore(t, to, *extra, code=0):
     return run("restore", t.name, "--repo", t.repo, "--to", str(to), *extra, code=code)
 
 
+@pytest.mark.parametrize("generation", ["borg1", "borg2"], indirect=True)
 def test_restore_killed_midway(target, record, tmp_path):
     t = target()
     t.backup()
@@ -26,7 +29,8 @@ def test_restore_killed_midway(target, record, tmp_path):
     proc = start("restore", t.name, "--repo", t.repo, "--to", str(to),
                  env=dict(os.environ, **{runtime.STOP_AT_ENV: runtime.APPLIED}))
     wait_stopped(proc, runtime.APPLIED)
-    record["injected"] = "SIGKILL of borg-vm restore after the first of two archives"
+    record["injected"] = ("SIGKILL of borg-vm restore after the first of two archives "
+                          "(Borg 2: after the disk's image)")
     proc.kill()
     proc.communicate()
     poll(lambda: not processes_naming(str(tmp_path), "qemu-nbd")
@@ -42,6 +46,7 @@ def test_restore_killed_midway(target, record, tmp_path):
     t.check()
 
 
+@pytest.mark.parametrize("generation", ["borg1", "borg2"], indirect=True)
 def test_restore_into_a_full_file_system(target, record, tmp_path):
     t = target()
     t.distinct(16 * MIB, 4 * SMALL)

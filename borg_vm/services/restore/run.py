@@ -31,6 +31,7 @@ from borg_vm.adapters.borg import Repository
 from borg_vm.core import domxml, host_resources
 from borg_vm.core import vmstate as core_vmstate
 from borg_vm.errors import (
+    ImageWriteError,
     NbdError,
     RestoreTargetExists,
     RestoreTargetFull,
@@ -154,7 +155,7 @@ def restore(borg: Repository, domain: str, opts: RestoreOptions) -> RestoreResul
                     # (claiming a name takes a directory entry: ENOSPC is possible)
                     _move_in(stage, to, outputs, opts.force)
                     undo.pop_all()
-            except NbdError as e:
+            except (NbdError, ImageWriteError) as e:
                 if e.kwargs.get("errno") == errno.ENOSPC:
                     raise RestoreTargetFull(path=to, detail=e.message) from e
                 raise
