@@ -10,6 +10,11 @@ libnbd; what the map calls zero or same is never read.
 nbdfuse runs as our child in the foreground: it writes its PID file once the
 file is mounted, and ends when the file is unmounted (as root, umount(8):
 fusermount3 may not be installed), which is how ``exposed`` stops it.
+
+The kernel reads ahead of what a reader asks of a FUSE file, as of any file:
+for an incremental, whose map reads scattered ranges, that read 7% more of
+the disk than the ranges held (bench/GENERATIONS.md). ``exposed`` can turn
+read-ahead off for the file (its FUSE connection's read_ahead_kb).
 """
 
 from __future__ import annotations
@@ -35,11 +40,12 @@ STOP_SECONDS = 10         # from umount to nbdfuse's exit
 
 
 @contextlib.contextmanager
-def exposed(endpoint: Endpoint, path: str) -> Iterator[str]:
+def exposed(endpoint: Endpoint, path: str, read_ahead: bool = True) -> Iterator[str]:
     """Show the NBD export at endpoint (an NBD URI, e.g. nbd+unix:///vda?socket=S,
     or a server nbdfuse starts) as the regular file path, read-only, for the
     block; yield path. The file is created (it must not exist) and removed
-    after. Raise NbdError if nbdfuse cannot mount it."""
+    after. Without read_ahead, the kernel reads only what a reader asks for
+    (best effort). Raise NbdError if nbdfuse cannot mount it."""
     uri = endpoint.uri or " ".join(endpoint.command)
     server = [endpoint.uri] if endpoint.uri else ["[", *endpoint.command, "]"]
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -51,6 +57,8 @@ def exposed(endpoint: Endpoint, path: str) -> Iterator[str]:
             with subproc.stream(argv, parent_death_signal=signal.SIGTERM) as proc:
                 try:
                     _wait_mounted(proc, pidfile, uri, path)
+                    if not read_ahead:
+                        _no_read_ahead(path)
                     yield path
                 finally:
                     _unmount(proc, path)
@@ -67,6 +75,18 @@ def _wait_mounted(proc: subproc.Stream, pidfile: str, uri: str, path: str) -> No
                 f"not mounted after {START_SECONDS} s")
             raise NbdError(action="show as a file", where=uri, detail=detail)
     log.debug("nbdfuse: %s shows %s", path, uri)
+
+
+def _no_read_ahead(path: str) -> None:
+    """Set the read-ahead of the FUSE connection path is mounted on to nothing
+    (its backing device's read_ahead_kb in sysfs); log where it cannot be."""
+    dev = os.stat(path).st_dev
+    knob = f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb"
+    try:
+        with open(knob, "w") as f:
+            f.write("0")
+    except OSError as e:
+        log.debug("nbdfuse: %s keeps its read-ahead (%s: %s)", path, knob, e.strerror)
 
 
 def _unmount(proc: subproc.Stream, path: str) -> None:

@@ -196,7 +196,9 @@ def _image(store: ImageStore, image: str, what: str, size: int, inp: ImageInput,
     log.info("%s: %s into %s (%s bytes to read)", record.domain, what, image,
              sum(n for _s, n, state in inp.ranges if state == extent.DATA))
     bar = Progress.for_terminal(f"{record.domain} {what}", size, progress)
-    with nbdfuse.exposed(inp.endpoint, where) as path:
+    # Scattered ranges are read exactly; a full read keeps the kernel's read-ahead.
+    scattered = any(state == extent.SAME for _s, _n, state in inp.ranges)
+    with nbdfuse.exposed(inp.endpoint, where, read_ahead=not scattered) as path:
         try:
             created = store.create_image(
                 image, path, inp.ranges, reuse_from=inp.reuse_from,
