@@ -82,8 +82,8 @@ bench-quick: bench-setup
 # 90 nightly backups + prune on a fake clock under Borg 1.4 and Borg 2 side by
 # side, each repository against the floor (the distinct data of the points
 # kept), restores of the oldest and newest kept point, Borg 1.4's restore time
-# against chain length (bench/RETENTION.md, issues #9 and #22; about 30 minutes
-# on a quiet 2-core machine, estimated from a reduced run; `.venv/bin/python
+# against chain length (bench/RETENTION.md, issues #9 and #22; 23 minutes
+# on a quiet 2-core machine; `.venv/bin/python
 # bench/retention.py --quick` for a 10-night try-out into bench/work/quick/,
 # --generation 1 or 2 for one generation alone).
 bench-retention: setup
@@ -116,8 +116,8 @@ bench-borg2: setup
 # (bench/GENERATIONS.md, issue #22): 30 nights of 2% changes (an incremental's
 # bytes read and time), restore of the first and the newest point against
 # borg extract of its archives, N = 1, 2, 4 domains into one repository at once
-# and one after another (about 20 minutes on a quiet 2-core machine, estimated
-# from a reduced run; `.venv/bin/python bench/generations.py --quick` for a
+# and one after another (16 minutes on a quiet 2-core machine;
+# `.venv/bin/python bench/generations.py --quick` for a
 # one-round try-out into bench/work/quick/GENERATIONS.md).
 bench-generations: setup
 	$(VENV)/bin/python bench/generations.py
