@@ -74,6 +74,5 @@ def delete(borg: Repository, domain: str, checkpoint: str, with_dependents: bool
     doomed = [a.archive for a in needing] + [target.archive]
     if not dry_run:
         log.info("deleting %s", ", ".join(doomed))
-        catalog.delete(borg, [*needing, target],
-                       [a for a in found.every() if a not in needing and a != target])
+        catalog.delete(borg, found, [*needing, target])
     return DeleteResult(doomed, dry_run)

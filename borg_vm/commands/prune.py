@@ -121,7 +121,7 @@ def prune(borg: Repository, opts: PruneOptions, now: datetime | None = None) -> 
     doomed = [a.archive for a in pruned]
     if doomed and not opts.dry_run:
         log.info("deleting %d archives: %s", len(doomed), ", ".join(doomed))
-        catalog.delete(borg, pruned, [a for a in found.every() if a not in pruned])
+        catalog.delete(borg, found, pruned)
         if opts.compact:
             borg.compact()
     return PruneResult([(a.archive, a.name.domain, v, w) for a, v, w in decided],

@@ -391,3 +391,8 @@ def input_map(size: int, recorded: Iterable[Extent], incremental: bool
             raise ValueError(f"a full records no byte of [{at}, {size})")
         add(at, size - at, SAME)
     return out
+
+
+def data_bytes(ranges: Iterable[tuple[int, int, str]]) -> int:
+    """Return how many bytes of an input map (input_map) are DATA: what Borg reads."""
+    return sum(length for _start, length, state in ranges if state == DATA)

@@ -194,7 +194,7 @@ def _image(store: ImageStore, image: str, what: str, size: int, inp: ImageInput,
     """Build image archive image (of what, size bytes) from inp, nbdfuse showing
     the export at where; add its ID to made and return it."""
     log.info("%s: %s into %s (%s bytes to read)", record.domain, what, image,
-             sum(n for _s, n, state in inp.ranges if state == extent.DATA))
+             extent.data_bytes(inp.ranges))
     bar = Progress.for_terminal(f"{record.domain} {what}", size, progress)
     # Scattered ranges are read exactly; a full read keeps the kernel's read-ahead.
     scattered = any(state == extent.SAME for _s, _n, state in inp.ranges)

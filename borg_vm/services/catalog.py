@@ -102,12 +102,14 @@ def image_store(borg: Repository, top: ArchiveInfo) -> ImageStore | None:
     return borg.images
 
 
-def delete(borg: Repository, doomed: list[ArchiveInfo], others: list[ArchiveInfo]) -> None:
-    """Delete the archives doomed (in this order, by name) with their disks' image
-    archives (format version 6), and then the images of sealed layers (version
-    7) that they named and none of others (the repository's other records) does."""
+def delete(borg: Repository, found: Catalog, doomed: list[ArchiveInfo]) -> None:
+    """Delete the archives doomed, of found (in this order, by name), with their
+    disks' image archives (format version 6), and then the images of sealed layers
+    (version 7) that they named and no other archive of found, authentic or not,
+    does."""
     borg.delete([n for a in doomed for n in [a.archive, *(
         fmt.image_archive_name(a.name, t) for t in sorted(a.summary.disks) if a.images)]])
+    others = [a for a in found.every() if a not in doomed]
     released = sorted(_layer_images(doomed) - _layer_images(others))
     if released:
         assert borg.images is not None, "only a Borg 2 repository holds images of layers"

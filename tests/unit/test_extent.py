@@ -23,6 +23,7 @@ from borg_vm.core.extent import (
     Run,
     check_map,
     clip_runs,
+    data_bytes,
     input_map,
     max_extents,
     merge,
@@ -588,6 +589,12 @@ def test_input_map_of_an_incremental_fills_the_gaps_with_same():
         (0, 10, SAME), (10, 5, DATA), (15, 5, ZERO), (20, 20, SAME), (40, 10, DATA),
         (50, 10, SAME)]
     assert input_map(60, [], incremental=True) == [(0, 60, SAME)]
+
+
+def test_data_bytes_of_an_input_map_counts_only_what_borg_reads():
+    assert data_bytes(input_map(60, [Extent(10, 5, DATA), Extent(15, 5, ZERO),
+                                     Extent(40, 10, DATA)], incremental=True)) == 15
+    assert data_bytes([(0, 60, SAME)]) == 0
 
 
 @pytest.mark.parametrize("recorded", [

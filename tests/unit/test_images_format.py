@@ -158,7 +158,7 @@ def test_deleting_a_point_of_images_deletes_its_image_archives():
         **a.summary.disks, "vdb": a.summary.disks["vda"]}))
     chained = replace(a, summary=replace(a.summary, version=5))
     borg = Deletes()
-    catalog.delete(borg, [two, chained], [])
+    catalog.delete(borg, catalog.Catalog([two, chained], None), [two, chained])
     assert borg.names == [two.archive, f"{two.archive}~vda", f"{two.archive}~vdb",
                           chained.archive]
     assert borg.ids == []
@@ -175,10 +175,11 @@ def test_an_image_of_a_sealed_layer_goes_with_the_last_record_naming_it():
     mid = with_layers(info("borgvm-20261125T020000Z"), ("/i/S1", s1), ("/i/base", base))
     new = with_layers(info("borgvm-20261126T020000Z"), ("/i/S1", s1), ("/i/base", base))
     borg = Deletes()
-    catalog.delete(borg, [old, mid], [new])
+    found = catalog.Catalog([old, mid], None, [(new, "not signed here")])
+    catalog.delete(borg, found, [old, mid])
     assert borg.names == [old.archive, f"{old.archive}~vda", mid.archive, f"{mid.archive}~vda"]
     assert borg.ids == []
-    catalog.delete(borg, [new], [])
+    catalog.delete(borg, catalog.Catalog([new], None), [new])
     assert borg.ids == [base, s1]
 
 

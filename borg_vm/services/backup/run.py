@@ -261,8 +261,8 @@ def _write(run: BackupRun, borg: Repository, p: plan.Plan, name: ArchiveName, wh
                                               plan.latest(list(run.archives), dom.name), opts)
             written, late = writer.write_images(borg, borg.images, name, images, parts, inputs,
                                                 opts.scratch_dir, opts.progress, to_build)
-        return written, late, {t: sum(n for _i, inp in to_build.get(t, [])
-                                      for _s, n, state in inp.ranges if state == extent.DATA)
+        return written, late, {t: sum(extent.data_bytes(inp.ranges)
+                                      for _i, inp in to_build.get(t, []))
                                for t in written.disks}
     with backing.sealed_source(layers) as old:
         sealed = {t: tuple(SealedRecord(i, Level.INC if bitmap else Level.FULL, tuple(
