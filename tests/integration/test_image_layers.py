@@ -1,4 +1,5 @@
-"""restore --layers of complete images (format version 7): an image above
+"""restore of complete images (format versions 6, 7): their extracts start one
+ahead; with --layers (version 7) an image above
 another is written only where it differs from the one below, zeros included;
 a lower image that is too short or too long is damage."""
 
@@ -67,8 +68,9 @@ def test_an_image_above_another_is_written_where_it_differs_zeros_included(tmp_p
     store = Images(low=bytes(below), high=bytes(above))
     path = tmp_path / "top.img"
     path.touch()
-    images.apply_image(store, "high", images.Layer(str(path), "raw", True), SIZE, BLOCK,
-                       Progress.for_terminal("", SIZE, False), "low")
+    with images.ImageExtracts(store, ["high", "low"]) as extracts:
+        images.apply_image(extracts, "high", images.Layer(str(path), "raw", True), SIZE, BLOCK,
+                           Progress.for_terminal("", SIZE, False), "low")
     assert store.extracted == ["high", "low"]
     written = path.read_bytes()
     assert written[BLOCK:2 * BLOCK] == above[BLOCK:2 * BLOCK]
@@ -87,6 +89,21 @@ def test_a_lower_image_of_another_size_is_damage(tmp_path, lower):
     store = Images(low=bytes(lower), high=b"\1" * SIZE)
     path = tmp_path / "top.img"
     path.touch()
-    with pytest.raises(IntegrityError, match="low"):
-        images.apply_image(store, "high", images.Layer(str(path), "raw", True), SIZE, BLOCK,
+    with pytest.raises(IntegrityError, match="low"), \
+            images.ImageExtracts(store, ["high", "low"]) as extracts:
+        images.apply_image(extracts, "high", images.Layer(str(path), "raw", True), SIZE, BLOCK,
                            Progress.for_terminal("", SIZE, False), "low")
+
+
+def test_image_extracts_start_one_ahead_in_the_order_restore_takes_them():
+    # three layers of one disk (the middle one left empty: its image is None) and a
+    # second disk: each image, then the one below it
+    order = images.ImageExtracts.order_of([("base", None, "s2", "top"), ("other",)])
+    assert order == ["base", "s2", "base", "top", "s2", "other"]
+    store = Images(**{i: b"" for i in order})
+    with images.ImageExtracts(store, order) as extracts:
+        assert store.extracted == ["base"]        # started before it is taken
+        extracts.take("base")
+        assert store.extracted == ["base", "s2"]
+        with pytest.raises(AssertionError, match="out of order"):
+            extracts.take("top")

@@ -14,13 +14,13 @@ import contextlib
 import io
 import itertools
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import cast
 
 from borg_vm import prefetch
-from borg_vm.adapters import qemu, rawimage
+from borg_vm.adapters import qemu, rawimage, subproc
 from borg_vm.adapters.borg import ImageStore
 from borg_vm.adapters.libnbd import open_command
 from borg_vm.core import extent
@@ -116,7 +116,59 @@ def apply_archive(found: AbstractContextManager[Iterator[Member]], arc: ArchiveI
     return manifest
 
 
-def apply_image(store: ImageStore, image_id: str, layer: Layer, size: int, block: int,
+class ImageExtracts:
+    """The borg extracts of a restore's image archives, started in the order
+    apply_image takes them (in order: each image, then the one below it if it
+    has one), one ahead: Borg 2 takes about a second to open the repository,
+    which passes while the image before streams (and, for the first, while the
+    record's small members are read). As a context manager: leaving it stops
+    every borg still running."""
+
+    def __init__(self, store: ImageStore, order: Sequence[str]):
+        self.store = store
+        self.order = list(order)
+        self._stack = contextlib.ExitStack()
+        self._started: list[subproc.Stream] = []
+        self._taken = 0
+
+    def __enter__(self) -> ImageExtracts:
+        self._start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
+
+    def _start(self) -> None:
+        if len(self._started) < len(self.order):
+            self._started.append(self._stack.enter_context(
+                self.store.extract_image(self.order[len(self._started)])))
+
+    def take(self, image_id: str) -> subproc.Stream:
+        """Return the running extract of image_id, the next in order, and start the
+        one after it."""
+        assert self._taken < len(self.order) and self.order[self._taken] == image_id, \
+            f"image archive {image_id} taken out of order"
+        stream = self._started[self._taken]
+        self._taken += 1
+        self._start()
+        return stream
+
+    @staticmethod
+    def order_of(plans: Iterable[tuple[str | None, ...]]) -> list[str]:
+        """The order apply_image takes extracts in, given each disk's image IDs
+        (bottom first; None: an image left empty)."""
+        out: list[str] = []
+        for ids in plans:
+            below = None
+            for image_id in ids:
+                if image_id is None:
+                    continue
+                out += [image_id] + ([below] if below is not None else [])
+                below = image_id
+        return out
+
+
+def apply_image(extracts: ImageExtracts, image_id: str, layer: Layer, size: int, block: int,
                 progress: Progress, below: str | None = None) -> None:
     """Write the one file of the image archive with ID image_id (a complete disk
     image, format version 6) into layer's image, which is new, leaving unwritten
@@ -139,8 +191,8 @@ def apply_image(store: ImageStore, image_id: str, layer: Layer, size: int, block
     with contextlib.ExitStack() as stack:
         out = stack.enter_context(_open_image(layer))
         write = stack.enter_context(out.pipelined_writes(WRITES_IN_FLIGHT))
-        proc = stack.enter_context(store.extract_image(image_id))
-        lower = stack.enter_context(store.extract_image(below)) if below is not None else None
+        proc = extracts.take(image_id)
+        lower = extracts.take(below) if below is not None else None
         while True:
             view = ring.take()
             n = _fill(cast(io.BufferedReader, proc.stdout), view)
@@ -157,11 +209,11 @@ def apply_image(store: ImageStore, image_id: str, layer: Layer, size: int, block
                 ring.hold(view, write(view[:n], offset))
             offset += n
             progress.advance(n)
-        store.finish("extract", proc)
+        extracts.store.finish("extract", proc)
         if lower is not None:
             if lower.stdout.read(1):
                 raise damaged(cast(str, below), f"more than {size}")
-            store.finish("extract", lower)
+            extracts.store.finish("extract", lower)
         if offset != size:
             raise damaged(image_id, str(offset))
         out.flush()

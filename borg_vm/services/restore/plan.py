@@ -40,7 +40,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from borg_vm import runtime
-from borg_vm.adapters.borg import ImageStore, Repository
+from borg_vm.adapters.borg import Repository
 from borg_vm.core import chain, layers
 from borg_vm.errors import LayersNotRecorded
 from borg_vm.format import names as fmt
@@ -231,12 +231,12 @@ def image_ids(d: DiskPlan) -> tuple[str | None, ...]:
     return (image.id,)
 
 
-def write_images(store: ImageStore, plans: list[DiskPlan], sizes: dict[str, int], stage: str,
-                 progress: Progress) -> None:
+def write_images(extracts: images.ImageExtracts, plans: list[DiskPlan], sizes: dict[str, int],
+                 stage: str, progress: Progress) -> None:
     """Create every disk's images (sizes[target] bytes) in stage and fill each from
-    its complete image archive (image_ids): the bottom one with what is not
-    zeros, each above it with the blocks where its image differs from the one
-    below it."""
+    its complete image archive (image_ids, extracts started in
+    ImageExtracts.order_of their order): the bottom one with what is not zeros,
+    each above it with the blocks where its image differs from the one below it."""
     for d in plans:
         create_images(d, stage, sizes[d.target])
         below = None
@@ -245,7 +245,7 @@ def write_images(store: ImageStore, plans: list[DiskPlan], sizes: dict[str, int]
                 continue
             log.info("restoring %s of %s from image archive %s into %s", d.target,
                      d.archives[-1].archive, image_id, path)
-            images.apply_image(store, image_id, images.Layer(os.path.join(stage, path),
+            images.apply_image(extracts, image_id, images.Layer(os.path.join(stage, path),
                                                              format_, below is not None),
                                sizes[d.target], IMAGE_READ, progress, below)
             below = image_id

@@ -130,7 +130,10 @@ def restore(borg: Repository, domain: str, opts: RestoreOptions) -> RestoreResul
     # The small members first: a damaged or hostile archive fails here, before
     # anything is created or written (while the first data archive's borg starts).
     small = [] if files else [reader.Read(top.archive, wanted)]
-    with reader.read_ahead(borg, small + reads) as found:
+    with contextlib.ExitStack() as started:
+        found = started.enter_context(reader.read_ahead(borg, small + reads))
+        extracts = None if store is None else started.enter_context(images.ImageExtracts(
+            store, images.ImageExtracts.order_of(image_ids(d) for d in plans)))
         if small:
             with next(found) as top_members:
                 files = reader.small_files(top_members, top.archive, wanted)
@@ -142,10 +145,10 @@ def restore(borg: Repository, domain: str, opts: RestoreOptions) -> RestoreResul
                      sum(made.sizes[d.target] * sum(map(bool, image_ids(d))) for d in plans))
             progress = Progress.for_terminal(f"restore {domain}", total, opts.progress)
             try:
-                if store is None:
+                if extracts is None:
                     write(found, plans, steps, made.sizes, stage, progress)
                 else:
-                    write_images(store, plans, made.sizes, stage, progress)
+                    write_images(extracts, plans, made.sizes, stage, progress)
                 with open(os.open(os.path.join(stage, xml_name),
                                   os.O_WRONLY | os.O_CREAT | os.O_EXCL, images.PRIVATE), "w") as f:
                     f.write(made.xml + "\n")   # a text file; ElementTree ends at the root's tag
