@@ -4,6 +4,7 @@ named by ID, several writers at once."""
 
 import os
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -178,3 +179,22 @@ def test_a_create_reports_its_progress_through_the_file(tmp_path, repo2):
                                  progress=seen.append)
     assert created.size == 16 * MiB
     assert seen and seen == sorted(seen) and seen[-1] <= 16 * MiB
+
+
+def pack_sizes(repo) -> list[int]:
+    return [f.stat().st_size for f in (Path(repo.repo) / "packs").rglob("*") if f.is_file()]
+
+
+def test_images_are_written_in_small_packs_unless_the_environment_sets_a_size(
+        tmp_path, repo2, monkeypatch):
+    # Borg 2.0.0b23 loads a whole pack to read one object of it: see borg2.PACK_SIZE
+    path = disk(tmp_path, size=16 * MiB)
+    before = set(pack_sizes(repo2))
+    create(repo2, "web.base.c1~vda", path, [Extent(0, 16 * MiB, DATA)])
+    sizes = pack_sizes(repo2)
+    assert len(sizes) > len(before) + 2
+    # a pack is written with the object that takes it to the size
+    assert max(sizes) <= borg2.PACK_SIZE + BLOCK + 1024
+    monkeypatch.setenv("BORG_PACK_MAX_SIZE", str(64 * MiB))
+    with repo2.child_env() as (env, _fds):
+        assert env["BORG_PACK_MAX_SIZE"] == str(64 * MiB)
