@@ -25,7 +25,8 @@ HOSTILE = tests/integration/test_restore_hostile.py \
           tests/unit/test_chain.py::test_disk_chain_parent_cycle_is_broken_not_endless
 
 .PHONY: setup demo test lint typecheck unit integration e2e faults soak bench bench-quick \
-        bench-setup bench-retention bench-scale bench-boot bench-borg2 bench-generations
+        bench-setup bench-retention bench-scale bench-boot bench-borg2 bench-generations \
+        bench-packs
 
 setup:
 	bash contrib/setup-host.sh $(VENV)
@@ -121,3 +122,8 @@ bench-borg2: setup
 # one-round try-out into bench/work/quick/GENERATIONS.md).
 bench-generations: setup
 	$(VENV)/bin/python bench/generations.py
+
+# Borg 2 alone: how the size of its packs decides how fast an image built over
+# 30 nights extracts (bench/packs.py -> bench/PACKS.md; ~27 min, ~4 GB in bench/work).
+bench-packs: setup
+	$(VENV)/borg2/bin/python bench/packs.py --nights 30 --configs a,b,c,d,e --ranged --ranged-configs a
