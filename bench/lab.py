@@ -116,20 +116,21 @@ def children_cpu() -> float:
 
 
 def timed(argv: list, env: dict | None = None, poll_rss: bool = False,
-          stdin_from: Path | None = None, discard_stdout: bool = False) -> Timed:
+          stdin_from: Path | None = None, discard_stdout: bool = False,
+          cwd: Path | None = None) -> Timed:
     """Run argv; return its wall time, CPU time, stdout and (poll_rss) peak RSS.
 
     With stdin_from, the file is fed through a pipe by a `cat` child, as a
     shell's `cat FILE | cmd` would, and the time covers both; with
-    discard_stdout, stdout goes to /dev/null. Raise RuntimeError if a
-    process fails.
+    discard_stdout, stdout goes to /dev/null; cwd: where argv runs. Raise
+    RuntimeError if a process fails.
     """
     argv = [str(a) for a in argv]
     start, cpu = time.monotonic(), children_cpu()
     feeder = None
     if stdin_from is not None:
         feeder = subprocess.Popen(["cat", str(stdin_from)], stdout=subprocess.PIPE)
-    proc = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE,
+    proc = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE, cwd=cwd,
                             stdout=subprocess.DEVNULL if discard_stdout else subprocess.PIPE,
                             stdin=feeder.stdout if feeder else subprocess.DEVNULL)
     if feeder:

@@ -12,6 +12,7 @@ repository is one that Borg 2's `repo-create` made.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,6 +74,24 @@ class Generation:
                     else [self.borg, "extract", "--stdout", f"{repo}::{a}"])
             seconds += lab.timed(argv, env, discard_stdout=True).seconds
         return seconds
+
+    def extract_files(self, repo: Path, archives: list[str], env: dict, into: Path) -> float:
+        """Seconds Borg alone takes to restore the archives by hand: `borg extract`
+        of each into the empty directory into, then `sync` of every file
+        extracted (borg-vm's restore makes what it wrote durable too). into is
+        removed after."""
+        shutil.rmtree(into, ignore_errors=True)
+        into.mkdir(parents=True)
+        try:
+            seconds = 0.0
+            for a in archives:
+                argv = (self._argv(repo, "extract", a) if self.key == "2"
+                        else [self.borg, "extract", f"{repo}::{a}"])
+                seconds += lab.timed(argv, env, cwd=into).seconds
+            files = [f for f in into.rglob("*") if f.is_file()]
+            return seconds + lab.timed(["sync", *files]).seconds
+        finally:
+            shutil.rmtree(into)
 
     def version(self) -> str:
         out = subprocess.run([str(self.borg), "--version"], capture_output=True, text=True)
