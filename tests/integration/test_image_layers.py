@@ -15,6 +15,7 @@ import pytest
 from borg_vm.errors import IntegrityError
 from borg_vm.progress import Progress
 from borg_vm.services.restore import images
+from borg_vm.services.restore.plan import DiskPlan, extract_order, image_steps
 
 BLOCK = 64 * 1024
 SIZE = 16 * BLOCK
@@ -98,7 +99,13 @@ def test_a_lower_image_of_another_size_is_damage(tmp_path, lower):
 def test_image_extracts_start_one_ahead_in_the_order_restore_takes_them():
     # three layers of one disk (the middle one left empty: its image is None) and a
     # second disk: each image, then the one below it
-    order = images.ImageExtracts.order_of([("base", None, "s2", "top"), ("other",)])
+    plans = [DiskPlan("vda", (), ("b.qcow2", "s1.qcow2", "s2.qcow2", "t.qcow2"), ("qcow2",) * 4,
+                      (), image_ids=("base", None, "s2", "top")),
+             DiskPlan("vdb", (), ("o.qcow2",), ("qcow2",), (), image_ids=("other",))]
+    assert image_steps(plans[0]) == [("b.qcow2", "qcow2", "base", None),
+                                     ("s2.qcow2", "qcow2", "s2", "base"),
+                                     ("t.qcow2", "qcow2", "top", "s2")]
+    order = extract_order(plans)
     assert order == ["base", "s2", "base", "top", "s2", "other"]
     store = Images(**{i: b"" for i in order})
     with images.ImageExtracts(store, order) as extracts:

@@ -118,8 +118,8 @@ def apply_archive(found: AbstractContextManager[Iterator[Member]], arc: ArchiveI
 
 class ImageExtracts:
     """The borg extracts of a restore's image archives, started in the order
-    apply_image takes them (in order: each image, then the one below it if it
-    has one), one ahead: Borg 2 takes about a second to open the repository,
+    apply_image takes them (each image, then the one below it if it has one:
+    plan.extract_order), one ahead: Borg 2 takes about a second to open the repository,
     which passes while the image before streams (and, for the first, while the
     record's small members are read). As a context manager: leaving it stops
     every borg still running."""
@@ -152,20 +152,6 @@ class ImageExtracts:
         self._taken += 1
         self._start()
         return stream
-
-    @staticmethod
-    def order_of(plans: Iterable[tuple[str | None, ...]]) -> list[str]:
-        """The order apply_image takes extracts in, given each disk's image IDs
-        (bottom first; None: an image left empty)."""
-        out: list[str] = []
-        for ids in plans:
-            below = None
-            for image_id in ids:
-                if image_id is None:
-                    continue
-                out += [image_id] + ([below] if below is not None else [])
-                below = image_id
-        return out
 
 
 def apply_image(extracts: ImageExtracts, image_id: str, layer: Layer, size: int, block: int,

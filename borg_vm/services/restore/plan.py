@@ -231,24 +231,38 @@ def image_ids(d: DiskPlan) -> tuple[str | None, ...]:
     return (image.id,)
 
 
+def image_steps(d: DiskPlan) -> list[tuple[str, str, str, str | None]]:
+    """(image file, its format, the image archive it is written from, that of
+    the image below it or None) of each of d's images the repository holds an
+    image of (image_ids), bottom first."""
+    steps: list[tuple[str, str, str, str | None]] = []
+    for path, format_, image_id in zip(d.images, d.formats, image_ids(d), strict=True):
+        if image_id is not None:
+            steps.append((path, format_, image_id, steps[-1][2] if steps else None))
+    return steps
+
+
+def extract_order(plans: list[DiskPlan]) -> list[str]:
+    """The image archives write_images reads, in the order it starts reading
+    them (each image, then the one below it): images.ImageExtracts's order."""
+    return [i for d in plans for _p, _f, image_id, below in image_steps(d)
+            for i in (image_id, below) if i is not None]
+
+
 def write_images(extracts: images.ImageExtracts, plans: list[DiskPlan], sizes: dict[str, int],
                  stage: str, progress: Progress) -> None:
     """Create every disk's images (sizes[target] bytes) in stage and fill each from
-    its complete image archive (image_ids, extracts started in
-    ImageExtracts.order_of their order): the bottom one with what is not zeros,
-    each above it with the blocks where its image differs from the one below it."""
+    its complete image archive (image_steps; extracts started in extract_order):
+    the bottom one with what is not zeros, each above it with the blocks where
+    its image differs from the one below it."""
     for d in plans:
         create_images(d, stage, sizes[d.target])
-        below = None
-        for path, format_, image_id in zip(d.images, d.formats, image_ids(d), strict=True):
-            if image_id is None:
-                continue
+        for path, format_, image_id, below in image_steps(d):
             log.info("restoring %s of %s from image archive %s into %s", d.target,
                      d.archives[-1].archive, image_id, path)
             images.apply_image(extracts, image_id, images.Layer(os.path.join(stage, path),
                                                              format_, below is not None),
                                sizes[d.target], IMAGE_READ, progress, below)
-            below = image_id
         runtime.phase(runtime.APPLIED, "%s written into %s", d.archives[-1].archive, stage)
 
 

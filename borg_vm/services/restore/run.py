@@ -47,8 +47,9 @@ from borg_vm.services.restore import images, vmstate
 from borg_vm.services.restore.plan import (
     DiskPlan,
     chain_plans,
-    image_ids,
+    extract_order,
     image_layer_plans,
+    image_steps,
     layer_plans,
     passes,
     write,
@@ -132,8 +133,8 @@ def restore(borg: Repository, domain: str, opts: RestoreOptions) -> RestoreResul
     small = [] if files else [reader.Read(top.archive, wanted)]
     with contextlib.ExitStack() as started:
         found = started.enter_context(reader.read_ahead(borg, small + reads))
-        extracts = None if store is None else started.enter_context(images.ImageExtracts(
-            store, images.ImageExtracts.order_of(image_ids(d) for d in plans)))
+        extracts = None if store is None else started.enter_context(
+            images.ImageExtracts(store, extract_order(plans)))
         if small:
             with next(found) as top_members:
                 files = reader.small_files(top_members, top.archive, wanted)
@@ -142,7 +143,7 @@ def restore(borg: Repository, domain: str, opts: RestoreOptions) -> RestoreResul
         with target_dir(to), _staging(to) as stage:
             total = (sum(a.summary.disks[d.target].data_bytes for d in plans
                          for a in d.archives) if store is None else
-                     sum(made.sizes[d.target] * sum(map(bool, image_ids(d))) for d in plans))
+                     sum(made.sizes[d.target] * len(image_steps(d)) for d in plans))
             progress = Progress.for_terminal(f"restore {domain}", total, opts.progress)
             try:
                 if extracts is None:
