@@ -17,7 +17,7 @@ full read for Borg 2) and `borg-vm prune --keep-daily 7 --keep-weekly 4
 checkpoint names, the age `--full-every` compares, the `now` prune counts
 from; Borg runs on the real clock, given each archive's time by borg-vm),
 so 90 nights take minutes. Each repository is compacted and measured
-every 7th night and around every 30th.
+every 7th night, around every 30th and on every full.
 
 Bytes read are borg-vm's (its --json `read`: the data its map asks for) and
 the guest's QEMU's (rchar of /proc/PID/io while the backup ran: what was read
@@ -249,7 +249,9 @@ class Night:
              "read": sum(d["read"] for d in j["disks"].values()), "qemu_read": qemu_read,
              "backup_s": t.seconds, "prune_s": p.seconds, "archive": j["archive"],
              "checkpoint": j["checkpoint"], "deleted": len(pruned.get("deleted", []))}
-        if n % 7 == 6 or n % 30 in (0, 29) or n == s.nights - 1:
+        # (a full read can come a night late: the generations take turns going
+        # first, and --full-every counts from the last full's own time)
+        if n % 7 == 6 or n % 30 in (29, 0, 1) or j["level"] == "full" or n == s.nights - 1:
             x["repo_bytes"], x["repo_apparent"] = gen.size(self.repo, self.env)
         self.done.append(x)
         say(f"night {n}, {gen.label}: {j['level']} read {lab.mib(x['read'])} (QEMU "
