@@ -24,8 +24,10 @@ floor, are bench/retention.py's (RETENTION.md).
    extract` of each into an empty directory and `sync` of what it wrote (the
    target's measure: borg-vm's restore writes its images and makes them
    durable too), and `borg extract --stdout` into /dev/null (Borg's reading
-   alone, the ceiling no restore that writes reaches). Borg 1.4 restores as a
-   chain and with --flatten.
+   alone, the ceiling no restore that writes reaches). Each measure starts
+   from a dropped page cache with no dirty pages (`sync`, then `echo 3 >
+   /proc/sys/vm/drop_caches`). Borg 1.4 restores as a chain and with
+   --flatten.
 3. Many domains (issue item 4): N = 1, 2, 4 paused domains, each on its own
    512 MiB disk of other incompressible data (--quick: 128 MiB), backed up
    into one fresh repository, a full and then, after 2% of each disk was
@@ -213,6 +215,9 @@ def restores(work: Path, env: dict, setup: Setup,
                         if key == "1" else top["archives"])
             to = work / "restored"
             shutil.rmtree(to, ignore_errors=True)
+            # Each measure starts as a restore months later would: nothing of the
+            # repository cached, and no dirty pages of the one before to write.
+            cold = lab.drop_caches()
             t, j = lab.borg_vm_restore(gen.env(env), g.name, repo, to, top["checkpoint"],
                                        flatten=mode == "flatten")
             x = out[job]
@@ -223,8 +228,11 @@ def restores(work: Path, env: dict, setup: Setup,
                                   if source else None)
                 x["archives"] = len(archives)
             shutil.rmtree(to)
+            cold = lab.drop_caches() and cold
             x["alone"].append(gen.extract_stdout(repo, archives, gen.env(env)))
+            cold = lab.drop_caches() and cold
             x["files"].append(gen.extract_files(repo, archives, gen.env(env), to))
+            x["cold"] = cold and x.get("cold", True)
             say(f"round {i + 1}: {gen.label} {point} {mode}: {t.seconds:.2f} s, Borg alone "
                 f"{x['files'][-1]:.2f} s into files, {x['alone'][-1]:.2f} s into /dev/null")
     return list(out.values())
@@ -393,6 +401,10 @@ Target (Borg 2): read <= {READ_TARGET} x dirty.
 
 
 def restores_section(r: dict, s: Setup) -> str:
+    cache = ("from a dropped page cache with no dirty pages (`sync`, then `echo 3 > "
+             "/proc/sys/vm/drop_caches`)" if all(x.get("cold") for x in r["restores"]) else
+             "with the page cache as the measure before left it (dropping it was **not** "
+             "allowed here)")
     rows = []
     for x in r["restores"]:
         gen = repos.GENERATIONS[x["generation"]]
@@ -410,7 +422,7 @@ fresh directory, against Borg alone with that point's archives (a Borg 1.4
 point needs its whole chain): restored by hand, `borg extract` of each into
 an empty directory and `sync` of the files it wrote (as borg-vm's restore
 makes its images durable), and Borg's reading alone, `borg extract --stdout`
-of each into /dev/null. "identical" is `qemu-img compare` of the restored
+of each into /dev/null. Each measure starts {cache}. "identical" is `qemu-img compare` of the restored
 newest point with the guest's disk, once. Targets (Borg 2): newest <=
 {FLAT_TARGET} x first, and each restore <= {ALONE_TARGET} x `borg extract`.
 
