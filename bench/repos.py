@@ -65,14 +65,19 @@ class Generation:
             return [archive] + [f"{archive}{IMAGE_SEPARATOR}{t}" for t in targets]
         return [archive]
 
+    def _extract_argv(self, repo: Path, archive: str, *options: str) -> list:
+        """`borg extract [options]` of one archive, as this generation spells it."""
+        if self.key == "2":
+            return self._argv(repo, "extract", *options, archive)
+        return [self.borg, "extract", *options, f"{repo}::{archive}"]
+
     def extract_stdout(self, repo: Path, archives: list[str], env: dict) -> float:
         """Seconds Borg alone takes to hand out the archives' contents, one `borg
         extract --stdout` each, into /dev/null."""
         seconds = 0.0
         for a in archives:
-            argv = (self._argv(repo, "extract", "--stdout", a) if self.key == "2"
-                    else [self.borg, "extract", "--stdout", f"{repo}::{a}"])
-            seconds += lab.timed(argv, env, discard_stdout=True).seconds
+            seconds += lab.timed(self._extract_argv(repo, a, "--stdout"), env,
+                                 discard_stdout=True).seconds
         return seconds
 
     def extract_files(self, repo: Path, archives: list[str], env: dict, into: Path) -> float:
@@ -85,9 +90,7 @@ class Generation:
         try:
             seconds = 0.0
             for a in archives:
-                argv = (self._argv(repo, "extract", a) if self.key == "2"
-                        else [self.borg, "extract", f"{repo}::{a}"])
-                seconds += lab.timed(argv, env, cwd=into).seconds
+                seconds += lab.timed(self._extract_argv(repo, a), env, cwd=into).seconds
             files = [f for f in into.rglob("*") if f.is_file()]
             return seconds + lab.timed(["sync", *files]).seconds
         finally:
