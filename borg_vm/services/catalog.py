@@ -22,6 +22,7 @@ from borg_vm.format import names as fmt
 from borg_vm.format import trust
 from borg_vm.format.names import AUTHENTICATED_FROM, ArchiveName
 from borg_vm.format.summary import ArchiveInfo, Summary
+from borg_vm.services import catalog_cache
 from borg_vm.services import keyring as keyring_
 from borg_vm.services.keyring import Keyring
 
@@ -124,7 +125,8 @@ def _layer_images(archives: list[ArchiveInfo]) -> set[str]:
 
 
 def archives(borg: Repository, domain: str | None = None, warn: bool = True) -> Catalog:
-    """Return the Catalog of domain (None: every domain, and no partial archives).
+    """Return the Catalog of domain (None: every domain, and no partial archives),
+    and keep domain's authentic archives as what this host saw (catalog_cache).
 
     Archives whose comment is not a borg-vm summary are skipped with a warning;
     so are the ones this host cannot authenticate, one warning per domain
@@ -132,6 +134,8 @@ def archives(borg: Repository, domain: str | None = None, warn: bool = True) -> 
     """
     complete, partial, keyring = _listed(borg, domain)
     good, bad = trust.authenticate(complete, keyring.keys, keyring.adopted, datetime.now(UTC))
+    if domain is not None:
+        catalog_cache.save(borg, domain, good)
     if warn:
         _warn(bad)
     return Catalog(good, keyring, bad, partial)

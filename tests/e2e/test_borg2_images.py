@@ -147,6 +147,14 @@ def test_verify_full_read_prune_delete_and_leftovers(make_domain, repo2, borg2_e
     for i in (3, 4):
         restore_and_compare(d.name, repo, results[i]["checkpoint"], views[i], tmp_path,
                             f"kept{i}", env=env)
+    # This host last listed a pruned point before prune deleted it: a restore
+    # that starts from what it saw (services/catalog_cache.py) is refused all the same.
+    gone = tmp_path / "pruned"
+    out = run("restore", d.name, "--repo", repo, "--checkpoint", results[1]["checkpoint"],
+              "--to", str(gone), env=env, code=2)
+    assert f"No archive of '{d.name}' at checkpoint '{results[1]['checkpoint']}'" in \
+        out.stderr.splitlines()[-1], out.stderr
+    assert not gone.exists()
 
     restore_and_compare(d.name, repo, results[4]["checkpoint"], views[4], tmp_path,
                         "layers", "--layers", env=env)

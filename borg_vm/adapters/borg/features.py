@@ -189,25 +189,42 @@ def cache_dir() -> str:
 
 
 def _load_cache() -> dict[str, str]:
+    raw = read_cache_file(CACHE_FILE)
     try:
-        with open(os.path.join(cache_dir(), CACHE_FILE), encoding="utf-8") as f:
-            doc = json.load(f)
-    except (OSError, ValueError):
+        doc = json.loads(raw) if raw is not None else {}
+    except ValueError:
         return {}
     return {k: v for k, v in doc.items() if isinstance(k, str) and isinstance(v, str)} \
         if isinstance(doc, dict) else {}
 
 
 def _save_cache(doc: dict[str, str]) -> None:
-    """Write the cache atomically; a cache that cannot be written is only slower."""
+    write_cache_file(CACHE_FILE, json.dumps(doc).encode())
+
+
+def read_cache_file(name: str, limit: int = 1 << 20) -> bytes | None:
+    """Return the contents of the file name in cache_dir(), None if it is missing,
+    unreadable or bigger than limit bytes (a cache is only ever a shortcut)."""
+    try:
+        with open(os.path.join(cache_dir(), name), "rb") as f:
+            raw = f.read(limit + 1)
+    except OSError:
+        return None
+    return raw if len(raw) <= limit else None
+
+
+def write_cache_file(name: str, data: bytes) -> None:
+    """Write data as the file name in cache_dir() (0700), atomically: a file
+    beside it, renamed over it. A cache that cannot be written is only slower:
+    failures are ignored."""
     directory = cache_dir()
     with contextlib.suppress(OSError):
         os.makedirs(directory, mode=0o700, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".versions.")
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.")
         try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(doc, f)
-            os.replace(tmp, os.path.join(directory, CACHE_FILE))
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, os.path.join(directory, name))
         except OSError:
             os.unlink(tmp)
             raise

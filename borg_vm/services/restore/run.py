@@ -16,6 +16,7 @@ unless --force (see _move_in).
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import errno
 import fcntl
@@ -24,7 +25,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from borg_vm.adapters.borg import Repository
@@ -42,7 +43,7 @@ from borg_vm.format import reader
 from borg_vm.format.manifest import Manifest
 from borg_vm.format.summary import ArchiveInfo
 from borg_vm.progress import Progress
-from borg_vm.services import catalog
+from borg_vm.services import catalog, catalog_cache
 from borg_vm.services.restore import images, vmstate
 from borg_vm.services.restore.plan import (
     DiskPlan,
@@ -93,6 +94,11 @@ def top_files(top: ArchiveInfo) -> tuple[str, ...]:
     return (fmt.DOMAIN_XML, fmt.MANIFEST, *fmt.state_members(top.summary))
 
 
+class _Unconfirmed(Exception):
+    """The repository's listing does not confirm the restore point a restore
+    started from (catalog_cache.confirms)."""
+
+
 def restore(borg: Repository, domain: str, opts: RestoreOptions) -> RestoreResult:
     """Restore domain's disks (and a definable domain XML) into opts.to, files 0600.
 
@@ -100,9 +106,48 @@ def restore(borg: Repository, domain: str, opts: RestoreOptions) -> RestoreResul
     removed or changed is logged as one warning). Raise ArchiveNotFound, BrokenChain,
     UnknownDisk, RestoreTargetExists, RestoreTargetUnusable, FormatError,
     IntegrityError or a Borg/qemu error; on any failure opts.to is as it was.
+
+    A named checkpoint this host saw listed before (catalog_cache) is restored
+    from what it saw while the repository is listed again: nothing is moved
+    into place unless the listing confirms it (else, or if the restore failed
+    and the listing does not confirm it, the restore runs again from the listing).
     """
-    archives, top = catalog.restore_point(borg, domain, opts.checkpoint,
-                                          opts.allow_unauthenticated)
+    guess = (catalog_cache.restore_point(borg, domain, opts.checkpoint)
+             if opts.checkpoint is not None and not opts.allow_unauthenticated else None)
+    if guess is None:
+        return _restore(borg, domain, opts, catalog.restore_point(
+            borg, domain, opts.checkpoint, opts.allow_unauthenticated))
+    log.debug("%s: restoring %s as this host last listed it while the repository is "
+              "listed again", domain, opts.checkpoint)
+    with concurrent.futures.ThreadPoolExecutor(1, "borg-list") as pool:
+        listing = pool.submit(catalog.restore_point, borg, domain, opts.checkpoint)
+
+        def confirm(used: list[ArchiveInfo]) -> None:
+            # The listing's own error (the point is gone, or no longer authentic) first.
+            if not catalog_cache.confirms(listing.result(), guess, used):
+                raise _Unconfirmed()
+
+        try:
+            return _restore(borg, domain, opts, guess, confirm)
+        except _Unconfirmed:
+            pass
+        except Exception:
+            try:   # what failed may be the guess: then the listing says why, or differs
+                confirm([guess[1]])
+            except _Unconfirmed:
+                pass
+            else:
+                raise
+        log.info("%s: the repository changed since this host last listed it: restoring "
+                 "%s as listed now", domain, opts.checkpoint)
+        return _restore(borg, domain, opts, listing.result())
+
+
+def _restore(borg: Repository, domain: str, opts: RestoreOptions, point: catalog_cache.Point,
+             confirm: Callable[[list[ArchiveInfo]], None] | None = None) -> RestoreResult:
+    """Restore point = (the archives a chain may use, the top): see restore. confirm,
+    if given, is called with the archives read before anything is moved into place."""
+    archives, top = point
     store = catalog.image_store(borg, top)
     wanted = top_files(top)
     targets = opts.disks or tuple(sorted(top.summary.disks))
@@ -150,6 +195,8 @@ def restore(borg: Repository, domain: str, opts: RestoreOptions) -> RestoreResul
                     write(found, plans, steps, made.sizes, stage, progress)
                 else:
                     write_images(extracts, plans, made.sizes, stage, progress)
+                if confirm is not None:
+                    confirm([top, *(a for d in plans for a in d.archives)])
                 with open(os.open(os.path.join(stage, xml_name),
                                   os.O_WRONLY | os.O_CREAT | os.O_EXCL, images.PRIVATE), "w") as f:
                     f.write(made.xml + "\n")   # a text file; ElementTree ends at the root's tag
