@@ -162,3 +162,13 @@ def test_a_command_importing_a_command_is_caught(tmp_path):
     imports = _imports("commands.x", bad)
     assert "commands.verify" in imports and "commands.prune" in imports
     assert all(_layer(i) == "commands" for i in ("commands.verify", "commands.prune"))
+
+
+def test_test_modules_have_unique_names() -> None:
+    """pytest imports test modules by their file name (rootdir-less "prepend"
+    mode): two tests/*/test_x.py stop the whole suite at collection."""
+    tests = PACKAGE.parent / "tests"
+    seen: dict[str, Path] = {}
+    for path in sorted(tests.rglob("test_*.py")):
+        assert path.name not in seen, f"{path} and {seen[path.name]} share a name"
+        seen[path.name] = path
