@@ -27,7 +27,7 @@ from realstack import (
 
 from borg_vm.adapters import subproc
 from borg_vm.adapters.borg import DEFAULT_LOCK_WAIT, Borg1Repository, Listed, find_borg
-from borg_vm.adapters.borg.cli import PASSPHRASE_TRIES, _parse_log_json
+from borg_vm.adapters.borg.cli import BRIEF_LOCK_WAIT, PASSPHRASE_TRIES, _parse_log_json
 from borg_vm.core.compression import ALGORITHMS, OBFUSCATE_LEVELS, parse_compression
 from borg_vm.errors import (
     EXIT_ERROR,
@@ -463,11 +463,52 @@ def test_every_borg_call_waits_for_the_repository_lock(make_repo, tmp_path):
     commands = calls.read_text().splitlines()
     assert [c.split()[3] for c in commands] == ["import-tar", "list", "extract", "export-tar",
                                                 "delete"]
-    assert all(c.startswith(f"--log-json --lock-wait {LOCK_WAIT} ") for c in commands)
-    Borg1Repository(repo, executable=str(recorder)).list_archives()
+    # a listing waits briefly first (it may run beside a borg of ours), the
+    # full wait again if the repository stayed locked: the test below
+    assert commands[1].startswith(f"--log-json --lock-wait {BRIEF_LOCK_WAIT} list ")
+    assert all(c.startswith(f"--log-json --lock-wait {LOCK_WAIT} ")
+               for i, c in enumerate(commands) if i != 1)
+    Borg1Repository(repo, executable=str(recorder)).compact()
     assert calls.read_text().splitlines()[-1].startswith(
-        f"--log-json --lock-wait {DEFAULT_LOCK_WAIT} list ")
+        f"--log-json --lock-wait {DEFAULT_LOCK_WAIT} compact ")
     assert DEFAULT_LOCK_WAIT >= 4 * 60 * 60   # a full backup of another domain, not borg's 1 s
+
+
+def _hold_lock(repo: str, seconds: float) -> subprocess.Popen:
+    """Start a borg holding repo's exclusive lock for seconds; return when it holds it."""
+    holder = subprocess.Popen([find_borg(), "with-lock", repo, "sleep", str(seconds)],
+                              env=dict(os.environ, BORG_PASSPHRASE=""))
+    deadline = time.monotonic() + LOCK_TAKEN_SECONDS
+    while not os.path.isdir(os.path.join(repo, "lock.exclusive")):
+        assert holder.poll() is None and time.monotonic() < deadline, "no lock taken"
+        time.sleep(0.01)
+    return holder
+
+
+def test_a_listing_beside_a_brief_lock_does_not_sleep_borgs_minute(make_repo):
+    """Borg polls a lock every tenth of --lock-wait, at most every minute: a
+    listing with the full wait that met another borg's moment in the roster lock
+    slept a minute (a restore listed the repository again beside its extract)."""
+    borg = make_repo()
+    assert borg.lock_wait == DEFAULT_LOCK_WAIT
+    holder = _hold_lock(borg.repo, 0.8 * BRIEF_LOCK_WAIT)   # past borg list's start
+    try:
+        started = time.monotonic()
+        assert borg.list_archives() == []
+        assert time.monotonic() - started < 30   # a minute's sleep otherwise
+    finally:
+        assert holder.wait() == 0
+
+
+def test_a_listing_waits_the_full_wait_for_a_lock_held_longer(make_repo):
+    borg = make_repo()
+    borg.lock_wait = 30   # polled every 3 s
+    holder = _hold_lock(borg.repo, 3 * BRIEF_LOCK_WAIT)
+    try:
+        assert borg.list_archives() == []
+        assert holder.poll() == 0   # it waited for the lock, past the brief wait
+    finally:
+        holder.wait()
 
 
 def test_locked_repository_raises_repository_locked(make_repo):

@@ -71,9 +71,9 @@ DEFAULT_LOCK_WAIT = 6 * 60 * 60
 # minute, and even a shared lock takes the repository's exclusive roster lock
 # for a moment: two borgs reading the repository that start (or end) within a
 # few milliseconds of each other made one of them sleep a whole minute (3 of 20
-# restores here ran list and extract side by side into it). Borgs that borg-vm
-# runs beside each other get this wait instead (polled every 0.1 s), and are run
-# again with the full wait if the repository stayed locked.
+# restores here ran list and extract side by side into it). Listings, and the
+# borgs that borg-vm runs beside each other, get this wait instead (polled every
+# 0.1 s), and are run again with the full wait if the repository stayed locked.
 BRIEF_LOCK_WAIT = 1
 
 # borg mount: how long it may take to mount once it holds the repository lock
@@ -190,10 +190,19 @@ class BorgCli:
 
     def _list(self, *selection: str) -> list[Listed]:
         """Return the archives borg lists with the selection flags, with comment,
-        time and ID (and note the repository's ID)."""
-        out = self._run("list", self._argv(self.dialect.list_archives_command(), "--json",
-                                           "--format", "{comment}", *selection,
-                                           *self.location()))
+        time and ID (and note the repository's ID).
+
+        A listing may run beside other borgs of ours (a restore reads while the
+        repository is listed again), so it waits BRIEF_LOCK_WAIT first, and the
+        full wait if the repository stayed locked."""
+        def listing(brief: bool) -> bytes:
+            return self._run("list", self._argv(
+                self.dialect.list_archives_command(), "--json", "--format", "{comment}",
+                *selection, *self.location(), brief=brief))
+        try:
+            out = listing(brief=True)
+        except RepositoryLocked:
+            out = listing(brief=False)
         doc = json.loads(out)
         self._repository_id = doc["repository"]["id"]
         return [Listed(a["name"], a.get("comment", ""), a.get("time", ""), a.get("id", ""))
