@@ -56,7 +56,7 @@ e2e:
 	$(PYTEST) tests/e2e
 
 faults: setup
-	PYTHONPATH=tests/faults $(PYTEST) -p results --results tests/faults/RESULTS.md \
+	PYTHONPATH=tests/faults:tests $(PYTEST) -p results --results tests/faults/RESULTS.md \
 		tests/faults $(HOSTILE)
 
 soak: setup

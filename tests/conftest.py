@@ -1,19 +1,17 @@
 """Shared by all test tiers: hermetic Borg environment, no silent skips in CI."""
 
 import os
-import sys
 
+import installed
 import pytest
 
 KEYS_DIR_ENV = "BORG_VM_KEYS_DIR"
-# Where contrib/setup-host.sh installs Borg 2 (beside the venv's borg 1.4).
-SET_UP_BORG2 = os.path.join(os.path.dirname(sys.executable), "..", "borg2", "bin", "borg")
 
 
 @pytest.fixture(scope="session")
 def borg2_executable():
     """The Borg 2 the tests run ($BORG_VM_TEST_BORG2, else the one make setup installs)."""
-    path = os.environ.get("BORG_VM_TEST_BORG2", SET_UP_BORG2)
+    path = installed.borg2()
     if not os.access(path, os.X_OK):
         pytest.skip(f"no Borg 2 at {path} (make setup installs it)")
     return os.path.realpath(path)

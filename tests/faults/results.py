@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import installed  # tests/ (make faults puts it on PYTHONPATH)
 import pytest
 
 RECORD = "fault"          # the user property conftest.py's `record` fills
@@ -163,7 +164,8 @@ def _versions() -> str:
     found = []
     for name, argv in (("libvirt", ["virsh", "--version"]),
                        ("QEMU", ["qemu-system-x86_64", "--version"]),
-                       ("borg", [str(Path(sys.executable).with_name("borg")), "--version"])):
+                       ("borg", [str(Path(sys.executable).with_name("borg")), "--version"]),
+                       ("Borg 2", [installed.borg2(), "--version"])):
         try:
             out = subprocess.run(argv, capture_output=True, text=True).stdout.split("\n")[0]
         except OSError:
