@@ -59,14 +59,15 @@ def allocated_data(image: str, fmt: str) -> list[tuple[int, int]]:
 
 
 def import_members(borg, archive, members, comment="c"):
-    """Stream (name, data) members as a tar into 'borg import-tar'; wait for it."""
+    """Stream (name, data) members as a tar into 'borg import-tar'; wait for it;
+    return the ID of the archive it committed."""
     with borg.import_tar(archive, comment=comment, timestamp=TIMESTAMP, compression="lz4",
                          chunker_params=CHUNKER) as proc:
         tar = TarWriter(proc.stdin, MTIME)
         for name, data in members:
             tar.add(name, data)
         tar.close()
-        borg.finish("import-tar", proc)
+        return borg.finish_import(proc)
 
 
 def export_members(borg, archive, paths=()):

@@ -474,6 +474,12 @@ def test_every_borg_call_waits_for_the_repository_lock(make_repo, tmp_path):
     assert DEFAULT_LOCK_WAIT >= 4 * 60 * 60   # a full backup of another domain, not borg's 1 s
 
 
+def test_an_import_says_the_id_of_the_archive_it_committed(make_repo):
+    borg = make_repo()
+    archive_id = import_members(borg, "vm", [("f", b"data")])
+    assert [(a.name, a.id) for a in borg.list_archives()] == [("vm", archive_id)]
+
+
 def _hold_lock(repo: str, seconds: float) -> subprocess.Popen:
     """Start a borg holding repo's exclusive lock for seconds; return when it holds it."""
     holder = subprocess.Popen([find_borg(), "with-lock", repo, "sleep", str(seconds)],

@@ -7,6 +7,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from realstack import import_members
 
 from borg_vm.adapters.borg import borg2
 from borg_vm.adapters.borg.cli import BorgCli
@@ -198,3 +199,8 @@ def test_images_are_written_in_small_packs_unless_the_environment_sets_a_size(
     monkeypatch.setenv("BORG_PACK_MAX_SIZE", str(64 * MiB))
     with repo2.child_env() as (env, _fds):
         assert env["BORG_PACK_MAX_SIZE"] == str(64 * MiB)
+
+
+def test_an_import_says_the_id_of_the_archive_it_committed(repo2):
+    archive_id = import_members(repo2, "record", [("manifest.json", b"{}")])
+    assert [(a.name, a.id) for a in repo2.list_archives()] == [("record", archive_id)]

@@ -16,7 +16,8 @@ repository that needs one fails at once, at the first call, with
 PassphraseMissing; given someone to ask (borg-vm on a terminal), that
 first call asks once and hands the answer to every later child through the
 same pipe as BORG_PASSPHRASE_FD. The first call is a listing: a backup or
-restore finds a missing or wrong passphrase before it starts anything.
+restore finds a missing or wrong passphrase before it writes anything (and,
+while someone may still be asked (``may_ask``), before it starts anything).
 
 Every call waits up to ``lock_wait`` seconds (``borg --lock-wait``) for a
 lock another borg holds on the repository or its cache, so runs into one
@@ -147,6 +148,12 @@ class BorgCli:
                 return f.read()
         except OSError as e:
             raise PassphraseFdUnusable(fd=fd, detail=f"cannot be read ({e.strerror})") from e
+
+    @property
+    def may_ask(self) -> bool:
+        """True while a borg of this repository may have to ask for the passphrase:
+        none was given, and there is someone to ask."""
+        return self._ask is not None and not self._passphrase_given()
 
     def _passphrase_given(self) -> bool:
         return self._passphrase is not None or any(v in os.environ
@@ -288,7 +295,7 @@ class BorgCli:
                    compression: str, chunker_params: str) -> Iterator[subproc.Stream]:
         """Yield a running 'borg import-tar' reading a tar stream from its stdin.
 
-        The caller writes the stream, then calls ``finish(stream)``. borg commits
+        The caller writes the stream, then calls ``finish_import(stream)``. borg commits
         the archive when it reads the stream's end marker and at no other time:
         it holds its stdin open itself (subproc hold_stdin), so no end of file,
         not even our death by SIGKILL at a member boundary, passes for the end
@@ -299,14 +306,26 @@ class BorgCli:
         when it commits the archive; after a failure they stay (list them with
         ``list_archives(checkpoints=True)``) and keep their chunks for the retry.
         """
-        argv = self._argv("import-tar", "--comment", self.dialect.comment_arg(comment),
+        argv = self._argv("import-tar", "--json", "--comment", self.dialect.comment_arg(comment),
                           "--timestamp", timestamp,
                           "--compression", compression, "--chunker-params", chunker_params,
                           *self.location(archive), "-")
         with self.child_env() as (env, fds), subproc.stream(
-                argv, stdin=True, env=env, pass_fds=fds, hold_stdin=True,
+                argv, stdin=True, stdout=True, env=env, pass_fds=fds, hold_stdin=True,
                 parent_death_signal=signal.SIGTERM) as s:
             yield s
+
+    def finish_import(self, stream: subproc.Stream) -> str | None:
+        """Wait for an import_tar whose stream was written (``finish``); return the
+        ID of the archive it committed (None if its --json did not say)."""
+        out = stream.stdout.read()   # borg writes it as it ends
+        self.finish("import-tar", stream)
+        try:
+            archive_id = json.loads(out)["archive"]["id"]
+        except (ValueError, KeyError, TypeError):
+            log.warning("borg import-tar did not say which archive ID it committed")
+            return None
+        return archive_id if isinstance(archive_id, str) else None
 
     def export_tar(self, archive: str, paths: Sequence[str], *, brief: bool = False
                    ) -> AbstractContextManager[subproc.Stream]:

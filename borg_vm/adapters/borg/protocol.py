@@ -109,6 +109,12 @@ class Repository(Protocol):
         list if none has run)."""
         ...
 
+    @property
+    def may_ask(self) -> bool:
+        """True while a borg of this repository may have to ask for the passphrase
+        (on a terminal): run no borg beside the first listing then."""
+        ...
+
     def list_items(self, archive: str, paths: Sequence[str], *, brief: bool = False
                    ) -> AbstractContextManager[subproc.Stream]:
         """A running listing of the archive's items under paths, one JSON line each,
@@ -128,7 +134,12 @@ class Repository(Protocol):
     def import_tar(self, archive: str, *, comment: str, timestamp: str, compression: str,
                    chunker_params: str) -> AbstractContextManager[subproc.Stream]:
         """A running import of a tar stream written to its stdin, committed only
-        when the stream's end marker arrives (then ``finish``)."""
+        when the stream's end marker arrives (then ``finish_import``)."""
+        ...
+
+    def finish_import(self, stream: subproc.Stream) -> str | None:
+        """Wait for an import_tar whose stream was written; return the ID of the
+        archive it committed (None if borg did not say)."""
         ...
 
     def delete(self, archives: Sequence[str]) -> None:
