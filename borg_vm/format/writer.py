@@ -38,6 +38,7 @@ from borg_vm.format import names as fmt
 from borg_vm.format import packing
 from borg_vm.format.manifest import Manifest
 from borg_vm.format.names import ArchiveName
+from borg_vm.format.summary import ArchiveInfo, Summary
 from borg_vm.format.tarstream import TarWriter
 from borg_vm.progress import Progress
 
@@ -72,14 +73,27 @@ class Parts:
     state: dict[str, bytes] = field(default_factory=dict, repr=False)
 
 
+@dataclass(frozen=True)
+class Written:
+    """What a run recorded: its archive's manifest with the digests filled in,
+    borg's failure after it committed the archive (None: it ended well), and
+    the archive as a listing of the repository shows it (None: borg did not
+    say its ID)."""
+
+    manifest: Manifest
+    late: CommittedThenFailed | None
+    archive: ArchiveInfo | None
+
+
 def write_archive(borg: Repository, name: ArchiveName, manifest: Manifest, parts: Parts,
-                  where: Callable[[str, int], Where], progress: Progress
-                  ) -> tuple[Manifest, CommittedThenFailed | None]:
+                  where: Callable[[str, int], Where], progress: Progress,
+                  confirm: Callable[[], None] | None = None) -> Written:
     """Stream the members the manifest lists into the repository under name, the
     manifest (with its digests filled in) last, then end the stream: the
     repository commits the archive. where(target, layer) says where each record's
-    data is read (layer 0: the guest's view, i: sealed layer i). Return the
-    manifest with its digests. progress is closed when the stream has ended.
+    data is read (layer 0: the guest's view, i: sealed layer i). progress is
+    closed when the stream has ended. confirm, if given, is called before the
+    archive's borg starts: what it raises leaves the repository as it was.
 
     A borg failing after the end of the stream (killed in its commit, a lost ssh
     connection) may have committed the archive or not: the repository says
@@ -90,6 +104,8 @@ def write_archive(borg: Repository, name: ArchiveName, manifest: Manifest, parts
     manifest = replace(manifest, state={n: hashlib.sha256(raw).hexdigest()
                                         for n, raw in sorted(parts.state.items())})
     comment = manifest.summary().signed(parts.key, str(name)).to_comment()
+    if confirm is not None:
+        confirm()
     with borg.import_tar(str(name), comment=comment,
                          timestamp=parts.when.strftime("%Y-%m-%dT%H:%M:%S"),
                          compression=parts.compression,
@@ -117,15 +133,16 @@ def write_archive(borg: Repository, name: ArchiveName, manifest: Manifest, parts
         finally:
             progress.close()
         try:
-            borg.finish("import-tar", proc)
+            archive_id = borg.finish_import(proc)
         except BorgError as e:
             if not _committed(borg, name):
                 raise
             log.warning("%s: borg failed after it committed %s", manifest.domain, name)
-            return manifest, CommittedThenFailed(action="import-tar", detail=e.message,
-                                                 archive=str(name))
+            return Written(manifest, CommittedThenFailed(action="import-tar", detail=e.message,
+                                                         archive=str(name)), None)
     runtime.phase(runtime.BORG_FINISHED, "%s: %s committed", manifest.domain, name)
-    return manifest, None
+    return Written(manifest, None, None if archive_id is None else
+                   ArchiveInfo(name, Summary.from_comment(comment, str(name)), archive_id))
 
 
 @dataclass(frozen=True)
@@ -144,12 +161,13 @@ class ImageInput:
 def write_images(borg: Repository, store: ImageStore, name: ArchiveName, manifest: Manifest,
                  parts: Parts, inputs: dict[str, ImageInput], scratch: str | None,
                  progress: bool = False,
-                 sealed: dict[str, list[tuple[int, ImageInput]]] | None = None
-                 ) -> tuple[Manifest, CommittedThenFailed | None]:
+                 sealed: dict[str, list[tuple[int, ImageInput]]] | None = None,
+                 confirm: Callable[[], None] | None = None) -> Written:
     """Build each disk's image archive (disks in target order) from inputs, after
     those of its layers sealed[target] lists ((index into its layers, input),
     deepest first), then write the record name (write_archive) naming each by
-    ID; return as write_archive does. scratch: the directory for the files
+    ID; return as write_archive does (confirm, if given, is called before the
+    record's borg starts). scratch: the directory for the files
     nbdfuse shows (None: the system's temporary directory); progress: a
     progress bar per image on a terminal (what Borg has been through of it:
     read, or taken from the previous image).
@@ -177,7 +195,7 @@ def write_images(borg: Repository, store: ImageStore, name: ArchiveName, manifes
         # The record reads nothing: it can be written again if borg refused it.
         return store.again_if_raced(functools.partial(
             write_archive, borg, name, replace(manifest, disks=disks), parts, _no_data,
-            Progress.for_terminal("", 0, False)))
+            Progress.for_terminal("", 0, False), confirm))
     except BaseException:
         if made:
             log.info("%s: deleting the images of the failed run", manifest.domain)

@@ -1,15 +1,17 @@
 """What this host last saw of a domain in a repository: the authentic archives
-of the domain's last listing (catalog.archives writes them), kept in borg-vm's
-cache directory, so that a restore of a named checkpoint starts reading while
-the repository is listed again (a Borg 2 listing takes about a second, most of
-it borg's start) instead of after it (services/restore/run.py).
+of the domain's last listing (catalog.archives writes them) and those its own
+backups committed since (``add``), kept in borg-vm's cache directory, so that
+a backup starts its job, and a restore of a named checkpoint starts reading,
+while the repository is listed again (a listing takes a borg process: about
+half a second with Borg 1.4, a second with Borg 2, most of it borg's start)
+instead of after it (services/backup/run.py, services/restore/run.py).
 
-A cached restore point is a guess, never an answer: it is authenticated again
-with this host's keyring as it is loaded (format/trust.py), and a restore that
-starts from it moves nothing into place until the listing that runs meanwhile
-confirms it (``confirms``). A missing, damaged or foreign file is ignored and
-can be deleted at any time; one that cannot be written only makes the next
-restore list first.
+What is cached is a guess, never an answer: it is authenticated again with
+this host's keyring as it is loaded (format/trust.py), and a run that starts
+from it records nothing (a backup: starts no borg that writes the archive; a
+restore: moves nothing into place) until the listing that runs meanwhile
+confirms it. A missing, damaged or foreign file is ignored and can be deleted
+at any time; one that cannot be written only makes the next run list first.
 
 One file per repository location and domain, ``catalog-SHA256.json`` (of both)::
 
@@ -21,8 +23,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TypeVar
 
 from borg_vm.adapters.borg import Repository, features
 from borg_vm.core import chain
@@ -37,38 +41,70 @@ VERSION = 1
 MAX_BYTES = 64 * 1024 * 1024   # ~50,000 restore points of one domain
 
 Point = tuple[list[ArchiveInfo], ArchiveInfo]   # (the archives a chain may use, the top)
+T = TypeVar("T")
 
 
 def save(borg: Repository, domain: str, archives: Sequence[ArchiveInfo]) -> None:
     """Keep archives, domain's authentic ones as just listed, as what this host saw."""
-    doc = {MAGIC: VERSION, "location": borg.absolute_location(), "domain": domain,
-           "repository": borg.repository_id(),
-           "archives": [[a.archive, a.id, a.summary.to_comment()] for a in archives]}
-    features.write_cache_file(_file(borg, domain), json.dumps(doc).encode())
+    _write(borg, domain, borg.repository_id(), archives)
+
+
+def add(borg: Repository, domain: str, archive: ArchiveInfo) -> None:
+    """Add archive, which this host's backup of domain just committed, to what it
+    saw (if it saw the repository before: else the next run lists first)."""
+    seen = _load(borg, domain)
+    if seen is not None:
+        _write(borg, domain, seen.keyring.repository, [*seen.archives, archive])
+
+
+@dataclass(frozen=True)
+class Seen:
+    """What this host saw of a domain: its archives this host authenticates now."""
+
+    archives: list[ArchiveInfo]
+    keyring: keyring_.Keyring
+
+
+def seen(borg: Repository, domain: str) -> Seen | None:
+    """Return what this host last saw of domain in borg's repository, None if
+    nothing (or nothing usable: no keyring, a damaged file)."""
+    try:
+        return _load(borg, domain)
+    except (ValueError, KeyError, TypeError, AttributeError, BorgVmError):
+        return None
 
 
 def restore_point(borg: Repository, domain: str, checkpoint: str) -> Point | None:
     """Return the restore point of domain at checkpoint as this host last saw it
     (chain.select over the archives it authenticates now), None if it saw none."""
-    raw = features.read_cache_file(_file(borg, domain), MAX_BYTES)
-    if raw is None:
+    found = seen(borg, domain)
+    if found is None:
         return None
     try:
-        doc = json.loads(raw)
-        if (doc.get(MAGIC) != VERSION or doc.get("location") != borg.absolute_location()
-                or doc.get("domain") != domain):
-            return None
-        keyring = keyring_.load(doc["repository"])
-        if keyring is None:
-            return None
-        infos = [ArchiveInfo(name, Summary.from_comment(comment, archive), archive_id)
-                 for archive, archive_id, comment in doc["archives"]
-                 if (name := ArchiveName.parse(archive)) is not None]
-        good, _rejected = trust.authenticate(infos, keyring.keys, keyring.adopted,
-                                             datetime.now(UTC))
-        return good, chain.select(good, domain, checkpoint)
-    except (ValueError, KeyError, TypeError, AttributeError, BorgVmError):
+        return found.archives, chain.select(found.archives, domain, checkpoint)
+    except BorgVmError:
         return None
+
+
+class Unconfirmed(Exception):
+    """The repository's listing does not confirm what a run started from."""
+
+
+def attempt(run: Callable[[], T], confirmed: Callable[[], None]) -> T | None:
+    """Return run() (a run started from a guess, which raises Unconfirmed where
+    the listing must confirm it); None if the listing did not confirm the guess:
+    run raised Unconfirmed, or failed and confirmed() raises Unconfirmed (what
+    failed may be the guess). Any other failure is raised, the listing's first."""
+    try:
+        return run()
+    except Unconfirmed:
+        return None
+    except Exception:
+        try:
+            confirmed()
+        except Unconfirmed:
+            return None
+        raise
 
 
 def confirms(listed: Point, guess: Point, used: Iterable[ArchiveInfo]) -> bool:
@@ -77,6 +113,33 @@ def confirms(listed: Point, guess: Point, used: Iterable[ArchiveInfo]) -> bool:
     restore from the guess reads (used) among the listed ones, unchanged."""
     pool, top = listed
     return top == guess[1] and all(a in pool for a in used)
+
+
+def _load(borg: Repository, domain: str) -> Seen | None:
+    raw = features.read_cache_file(_file(borg, domain), MAX_BYTES)
+    if raw is None:
+        return None
+    doc = json.loads(raw)
+    if (doc.get(MAGIC) != VERSION or doc.get("location") != borg.absolute_location()
+            or doc.get("domain") != domain):
+        return None
+    keyring = keyring_.load(doc["repository"])
+    if keyring is None:
+        return None
+    infos = [ArchiveInfo(name, Summary.from_comment(comment, archive), archive_id)
+             for archive, archive_id, comment in doc["archives"]
+             if (name := ArchiveName.parse(archive)) is not None]
+    good, _rejected = trust.authenticate(infos, keyring.keys, keyring.adopted,
+                                         datetime.now(UTC))
+    return Seen(good, keyring)
+
+
+def _write(borg: Repository, domain: str, repository: str,
+           archives: Sequence[ArchiveInfo]) -> None:
+    doc = {MAGIC: VERSION, "location": borg.absolute_location(), "domain": domain,
+           "repository": repository,
+           "archives": [[a.archive, a.id, a.summary.to_comment()] for a in archives]}
+    features.write_cache_file(_file(borg, domain), json.dumps(doc).encode())
 
 
 def _file(borg: Repository, domain: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from borgvm import (
     archive_names,
     assert_same,
     backup,
+    borg,
     borg_commands,
     init_repo,
     read_image,
@@ -263,6 +265,45 @@ def test_ssh_repository_through_borg_rsh(make_domain, tmp_path, monkeypatch):
     assert second["level"] == "inc"
     restore_and_compare(d.name, repo, second["checkpoint"], {"vda": d.read_disk("vda")},
                         tmp_path, "ssh")
+
+
+@pytest.mark.parametrize("generation", ["borg1", "borg2"], indirect=True)
+def test_a_run_planned_from_what_this_host_saw_runs_again_if_the_repository_changed(
+        make_domain, repo, tmp_path, generation):
+    """A run plans from the domain's archives this host saw (its last listing and
+    what its runs committed since: services/catalog_cache.py) while the repository
+    is listed again. An archive deleted behind its back makes the listing differ:
+    the run is undone before it records anything and runs again from the listing."""
+    d = make_domain(disks=[("vda", 16 * MIB, "qcow2")])
+    d.write("vda", 0, 1 * MIB, 0xE1)
+    first = backup(d.name, repo)
+    d.write("vda", 2 * MIB, 1 * MIB, 0xE2)
+    second = run("--debug", "backup", d.name, "--repo", repo, "--json")
+    assert "planning from what this host last saw" in second.stderr
+    assert "repository changed" not in second.stderr
+    second_doc = second.json_lines()[0]
+    assert second_doc["level"] == "inc"
+    if generation == "borg1":
+        borg("delete", f"{repo}::{second_doc['archive']}")
+    else:
+        subprocess.run([os.environ["BORG_VM_BORG"], "-r", repo, "delete",
+                        second_doc["archive"]], check=True, capture_output=True)
+    d.write("vda", 4 * MIB, 1 * MIB, 0xE3)
+    # exit 1: the listing's newest archive is the first, whose checkpoint the
+    # second run deleted (a warning says it cannot be brought back: a full)
+    third = run("--debug", "backup", d.name, "--repo", repo, "--json", code=1)
+    assert "planning from what this host last saw" in third.stderr
+    assert "the repository changed since this host last listed it" in third.stderr
+    assert "could not be brought back" in third.stderr
+    third_doc = third.json_lines()[0]
+    listed = run("list", d.name, "--repo", repo, "--json").json()["archives"]
+    assert [a["checkpoint"] for a in listed] == [first["checkpoint"], third_doc["checkpoint"]]
+    assert (listed[1]["level"], listed[1]["parent"]) == ("full", None)
+    # the undone run left nothing: no archive, no image, no checkpoint of its own
+    assert not [n for n in archive_names(repo) if second_doc["checkpoint"] in n]
+    assert [c.getName() for c in d.dom.listAllCheckpoints()] == [third_doc["checkpoint"]]
+    restore_and_compare(d.name, repo, third_doc["checkpoint"], {"vda": d.read_disk("vda")},
+                        tmp_path, "third")
 
 
 def test_foreign_checkpoints_are_left_alone(make_domain, repo, tmp_path):

@@ -22,6 +22,7 @@ from borg_vm.core import plan
 from borg_vm.core.disk_source import DiskSource
 from borg_vm.core.domxml import LiveDomain
 from borg_vm.format import names as fmt
+from borg_vm.format.names import ArchiveName
 from borg_vm.format.summary import ArchiveInfo
 from borg_vm.services.backup.quiesce import FREEZE_TIMEOUT
 
@@ -53,6 +54,10 @@ class BackupRun:
     # The checkpoints of every archive of the domain the repository holds, those
     # this host cannot authenticate too: a new archive takes none of their names.
     taken: frozenset[str] = frozenset()
+    # Given when archives are what this host last saw (services/catalog_cache.py):
+    # called with the new archive's name before anything is written that would
+    # record it; raises if the repository's listing does not confirm them.
+    confirm: Callable[[ArchiveName], None] | None = None
     by_target: dict[str, plan.Disk] = field(init=False)
 
     def __post_init__(self) -> None:

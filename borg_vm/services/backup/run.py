@@ -9,6 +9,13 @@ Order of events (commit last)::
     stream -> borg commits, exits 0 -> end job -> delete older borg-vm
     checkpoints -> delete what crashed runs left in the repository
 
+The plan needs the repository's archives of the domain. If this host saw them
+before (services/catalog_cache.py: its last listing and the archives its
+backups committed since), the run plans from those while the repository is
+listed again, and starts no borg that writes (Borg 1.4: the import-tar; Borg 2:
+the record, after the images) until the listing confirms them; if it does not,
+the run is undone as any failed run is and runs again from the listing.
+
 borg commits NAME only when it reads the end of the stream, which is written
 last (adapters/borg/cli.py import_tar: borg holds its stdin open, so a run cut
 short, even by SIGKILL, is never an end of file it could take for the end).
@@ -26,8 +33,10 @@ for a shut-off one the images and their persistent bitmaps
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
@@ -40,7 +49,6 @@ from borg_vm.core.disk_source import DiskSource
 from borg_vm.errors import (
     BorgError,
     CheckpointInconsistent,
-    CommittedThenFailed,
     NoDisksToBackUp,
     UnknownDisk,
 )
@@ -50,7 +58,7 @@ from borg_vm.format.manifest import DiskRecord, Manifest, SealedRecord
 from borg_vm.format.names import IMAGES_VERSION, ArchiveName, Level
 from borg_vm.format.summary import ArchiveInfo, ImageRecord
 from borg_vm.progress import Progress
-from borg_vm.services import catalog
+from borg_vm.services import catalog, catalog_cache
 from borg_vm.services.backup import backing, checkpoint_recovery, offline, running
 from borg_vm.services.backup.context import BackupOptions, BackupRun, Session
 
@@ -126,7 +134,8 @@ def backup(hv: Hypervisor, borg: Repository, name: str, opts: BackupOptions) -> 
     with runtime.domain_lock(dom.uuid, name):
         # The repository's list takes a borg process (part of every run's fixed
         # cost, bench/NOTES.md "Full backup (item 1)"): it runs while libvirt
-        # answers the questions below; the thread ends with it.
+        # answers the questions below, and while a run planned from what this
+        # host saw begins; the thread ends with it.
         with concurrent.futures.ThreadPoolExecutor(1, "borg-list") as pool:
             listed = pool.submit(catalog.archives, borg, dom.name)
             runtime.remove_stale(dom.uuid)
@@ -134,14 +143,62 @@ def backup(hv: Hypervisor, borg: Repository, name: str, opts: BackupOptions) -> 
             # the live XML of a running domain, the definition of a shut-off one
             live = domxml.LiveDomain.parse(dom.xml())
             disks = select_disks(dom, live, opts.exclude_disks)
-            own = {c for c in dom.checkpoints() if fmt.is_own_checkpoint(c)}
+            own = _own_checkpoints(dom)
+            seen = None if borg.may_ask else catalog_cache.seen(borg, dom.name)
+            result = None
+            if seen is not None and not _needs_recovery(dom, opts, seen.archives, own):
+                log.debug("%s: planning from what this host last saw while the repository "
+                          "is listed again", dom.name)
+                result = _from_seen(BackupRun(
+                    dom, opts, live, disks, tuple(seen.archives), seen.keyring.signing_key,
+                    frozenset(a.name.checkpoint for a in seen.archives),
+                    functools.partial(_confirm, listed, seen)), borg, own,
+                    functools.partial(_confirm, listed, seen, None))
+                own = _own_checkpoints(dom)   # as the run left them, if it is to run again
             found = listed.result()
-        run = BackupRun(dom, opts, live, disks, tuple(found.archives),
-                        found.keyring.signing_key, frozenset(found.checkpoints()))
-        result = _backup_locked(run, borg, own)
+        if result is None:
+            result = _backup_locked(BackupRun(dom, opts, live, disks, tuple(found.archives),
+                                              found.keyring.signing_key,
+                                              frozenset(found.checkpoints())), borg, own)
         _delete_leftovers(dom, borg, found.partial)
     result.duration = time.monotonic() - started
     return result
+
+
+def _own_checkpoints(dom: Domain) -> set[str]:
+    return {c for c in dom.checkpoints() if fmt.is_own_checkpoint(c)}
+
+
+def _needs_recovery(dom: Domain, opts: BackupOptions, archives: list[ArchiveInfo],
+                    own: set[str]) -> bool:
+    """Return True if a run planned from archives would bring a lost checkpoint
+    back from the repository (_recover_checkpoint): that waits for the listing."""
+    parent = plan.latest(archives, dom.name)
+    return (opts.level != Level.FULL and parent is not None and parent.summary.uuid == dom.uuid
+            and parent.name.checkpoint not in own)
+
+
+def _confirm(listed: concurrent.futures.Future[catalog.Catalog], seen: catalog_cache.Seen,
+             name: ArchiveName | None) -> None:
+    """Raise catalog_cache.Unconfirmed unless the listing (its own error first) holds the very
+    archives seen, signs with the same key and has no archive of name's checkpoint."""
+    found = listed.result()
+    if (found.archives != seen.archives or found.keyring.signing_key != seen.keyring.signing_key
+            or (name is not None and name.checkpoint in found.checkpoints())):
+        raise catalog_cache.Unconfirmed()
+
+
+def _from_seen(run: BackupRun, borg: Repository, own: set[str],
+               confirmed: Callable[[], None]) -> BackupResult | None:
+    """Back up along a run planned from what this host saw (run.confirm given);
+    return None if the listing did not confirm it (confirmed raises): the run
+    was undone, and is to run again from the listing."""
+    done = catalog_cache.attempt(lambda: _backup_locked(run, borg, own), confirmed)
+    if done is not None:
+        return done
+    log.info("%s: the repository changed since this host last listed it: backing up "
+             "as listed now", run.dom.name)
+    return None
 
 
 def _delete_leftovers(dom: Domain, borg: Repository, partial: list[str]) -> None:
@@ -213,7 +270,10 @@ def _run(run: BackupRun, borg: Repository, p: plan.Plan, announced: bool = False
         if not announced:
             log.info("%s: %s backup: %s", dom.name, p.level, p.reason)
         runtime.phase(runtime.JOB_STARTED, "%s: checkpoint %s", dom.name, checkpoint)
-        manifest, late, frozen = _write(run, borg, p, name, when, session, layers)
+        written, frozen = _write(run, borg, p, name, when, session, layers)
+    manifest, late = written.manifest, written.late
+    if written.archive is not None:
+        catalog_cache.add(borg, dom.name, written.archive)
     if late is not None:   # the archive is good, so the run ended as one that made it
         raise late
     runtime.phase(runtime.DONE, "%s: job ended, older checkpoints deleted", dom.name)
@@ -227,15 +287,15 @@ def _run(run: BackupRun, borg: Repository, p: plan.Plan, announced: bool = False
 
 def _write(run: BackupRun, borg: Repository, p: plan.Plan, name: ArchiveName, when: datetime,
            session: Session, layers: dict[str, backing.DiskLayers]
-           ) -> tuple[Manifest, CommittedThenFailed | None, dict[str, int]]:
+           ) -> tuple[writer.Written, dict[str, int]]:
     """Map every disk's extents in the session's source, and the final changes of
     its layers sealed since the parent, plan the manifest and write the archive
     (format/writer.py); or, into a repository of complete images, each disk's
-    image (and its sealed layers') and the record naming them. Return the
-    manifest, borg's failure after it committed the archive, if it failed so,
-    and the bytes read of each disk's sealed layers."""
+    image (and its sealed layers') and the record naming them. Return what was
+    written and the bytes read of each disk's sealed layers."""
     dom, opts = run.dom, run.opts
     source = session.source
+    confirm = None if run.confirm is None else functools.partial(run.confirm, name)
     maps = {t: _extent_map(source, t, p.disk_levels[t] == Level.INC, opts)
             for t in sorted(run.by_target)}
     log.debug("%s: block status read: %s", dom.name,
@@ -259,11 +319,10 @@ def _write(run: BackupRun, borg: Repository, p: plan.Plan, name: ArchiveName, wh
         with backing.sealed_source(layers) as old:
             images, to_build = _sealed_images(images, p, old, layers,
                                               plan.latest(list(run.archives), dom.name), opts)
-            written, late = writer.write_images(borg, borg.images, name, images, parts, inputs,
-                                                opts.scratch_dir, opts.progress, to_build)
-        return written, late, {t: sum(extent.data_bytes(inp.ranges)
-                                      for _i, inp in to_build.get(t, []))
-                               for t in written.disks}
+            written = writer.write_images(borg, borg.images, name, images, parts, inputs,
+                                          opts.scratch_dir, opts.progress, to_build, confirm)
+        return written, {t: sum(extent.data_bytes(inp.ranges) for _i, inp in to_build.get(t, []))
+                         for t in written.manifest.disks}
     with backing.sealed_source(layers) as old:
         sealed = {t: tuple(SealedRecord(i, Level.INC if bitmap else Level.FULL, tuple(
             _extent_map(old, backing.key(t, i), bool(bitmap), opts)[1]))
@@ -277,11 +336,11 @@ def _write(run: BackupRun, borg: Repository, p: plan.Plan, name: ArchiveName, wh
 
         total = sum(d.data_bytes + sum(f.data_bytes for f in d.sealed)
                     for d in manifest.disks.values())
-        written, late = writer.write_archive(borg, name, manifest, parts, where,
-                                             Progress.for_terminal(dom.name, total,
-                                                                   opts.progress))
-        return written, late, {t: sum(f.data_bytes for f in d.sealed)
-                               for t, d in written.disks.items()}
+        written = writer.write_archive(borg, name, manifest, parts, where,
+                                       Progress.for_terminal(dom.name, total, opts.progress),
+                                       confirm)
+        return written, {t: sum(f.data_bytes for f in d.sealed)
+                         for t, d in written.manifest.disks.items()}
 
 
 def _images(manifest: Manifest, p: plan.Plan, source: DiskSource

@@ -94,11 +94,6 @@ def top_files(top: ArchiveInfo) -> tuple[str, ...]:
     return (fmt.DOMAIN_XML, fmt.MANIFEST, *fmt.state_members(top.summary))
 
 
-class _Unconfirmed(Exception):
-    """The repository's listing does not confirm the restore point a restore
-    started from (catalog_cache.confirms)."""
-
-
 def restore(borg: Repository, domain: str, opts: RestoreOptions) -> RestoreResult:
     """Restore domain's disks (and a definable domain XML) into opts.to, files 0600.
 
@@ -108,12 +103,14 @@ def restore(borg: Repository, domain: str, opts: RestoreOptions) -> RestoreResul
     IntegrityError or a Borg/qemu error; on any failure opts.to is as it was.
 
     A named checkpoint this host saw listed before (catalog_cache) is restored
-    from what it saw while the repository is listed again: nothing is moved
+    from what it saw while the repository is listed again (unless a passphrase
+    may still have to be asked for: borg.may_ask): nothing is moved
     into place unless the listing confirms it (else, or if the restore failed
     and the listing does not confirm it, the restore runs again from the listing).
     """
     guess = (catalog_cache.restore_point(borg, domain, opts.checkpoint)
-             if opts.checkpoint is not None and not opts.allow_unauthenticated else None)
+             if opts.checkpoint is not None and not opts.allow_unauthenticated
+             and not borg.may_ask else None)
     if guess is None:
         return _restore(borg, domain, opts, catalog.restore_point(
             borg, domain, opts.checkpoint, opts.allow_unauthenticated))
@@ -125,19 +122,12 @@ def restore(borg: Repository, domain: str, opts: RestoreOptions) -> RestoreResul
         def confirm(used: list[ArchiveInfo]) -> None:
             # The listing's own error (the point is gone, or no longer authentic) first.
             if not catalog_cache.confirms(listing.result(), guess, used):
-                raise _Unconfirmed()
+                raise catalog_cache.Unconfirmed()
 
-        try:
-            return _restore(borg, domain, opts, guess, confirm)
-        except _Unconfirmed:
-            pass
-        except Exception:
-            try:   # what failed may be the guess: then the listing says why, or differs
-                confirm([guess[1]])
-            except _Unconfirmed:
-                pass
-            else:
-                raise
+        done = catalog_cache.attempt(lambda: _restore(borg, domain, opts, guess, confirm),
+                                     lambda: confirm([guess[1]]))
+        if done is not None:
+            return done
         log.info("%s: the repository changed since this host last listed it: restoring "
                  "%s as listed now", domain, opts.checkpoint)
         return _restore(borg, domain, opts, listing.result())
