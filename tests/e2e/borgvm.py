@@ -140,6 +140,21 @@ def repo_lock_waiters(repo: str) -> list[str]:
                   if n.startswith(LOCK_DIR + ".") and n.endswith(".tmp"))
 
 
+def repo_lock_waiting_argv(repo: str) -> list[tuple[int, list[str]]]:
+    """Given a local repository path, return (pid, command line) of the borg
+    processes waiting for its lock (by the pid each names in its directory)."""
+    found = []
+    for waiter in repo_lock_waiters(repo):
+        try:
+            names = os.listdir(os.path.join(repo, waiter))
+            for m in filter(None, map(_LOCK_OWNER.search, names)):
+                with open(f"/proc/{m.group(1)}/cmdline", "rb") as f:
+                    found.append((int(m.group(1)), f.read().decode().split("\0")[:-1]))
+        except OSError:   # it got the lock, or gave up, meanwhile
+            continue
+    return found
+
+
 BORG_COMMANDS = {"list", "import-tar", "export-tar", "extract", "rename", "delete", "info"}
 
 
