@@ -16,7 +16,11 @@ floor, are bench/retention.py's (RETENTION.md).
    (the data extents of its map: its --json `read`) and what the guest's
    QEMU read from its disk image while the backup ran (rchar of
    /proc/PID/io, minus that of the night with nothing written), so Borg 2's
-   own reads through nbdfuse, and the kernel's read-ahead, are in it.
+   own reads through nbdfuse, and the kernel's read-ahead, are in it. Every
+   other night with writes (the odd ones), what borg-vm keeps of the domain's
+   archives (its catalog cache) is deleted first, so that run lists the
+   repository before it plans, as a host that never saw the domain does; the
+   other nights plan from what the host saw while borg lists.
 2. Restores of the first point (the full) and of the newest (after the last
    night) of each repository, several rounds in a rotated order, against
    Borg alone with that point's archives (Borg 1.4: the chain's full and
@@ -160,7 +164,8 @@ def nights(bench: lab.Lab, work: Path, env: dict, setup: Setup
                 writes = lab.nightly(rngs[gen.key], setup.disk)
                 g.write_many(writes, rngs[gen.key], work / "scratch")
                 g.flush()
-            rows.append(night(gen, g, repo, env, n, writes))
+            rows.append(night(gen, g, repo, env, n, writes,
+                              listed_first=n > NOTHING_NIGHT and n % 2 == 1))
             x = rows[-1]
             say(f"night {n}, {gen.label}: {x['level']} in {x['seconds']:.2f} s, dirty "
                 f"{lab.mib(x['dirty'])}, asked {lab.mib(x['read'])}, QEMU read "
@@ -168,9 +173,20 @@ def nights(bench: lab.Lab, work: Path, env: dict, setup: Setup
     return guests, rows
 
 
+def forget_seen(env: dict, domain: str) -> None:
+    """Delete what borg-vm keeps of domain's archives (its catalog cache, one
+    JSON file per repository and domain): its next backup lists first."""
+    for path in (Path(env["BORG_BASE_DIR"]) / ".cache" / "borg-vm").glob("catalog-*.json"):
+        if json.loads(path.read_text()).get("domain") == domain:
+            path.unlink()
+
+
 def night(gen: repos.Generation, g: lab.Guest, repo: Path, env: dict, n: int,
-          writes: list[tuple[int, int]]) -> dict:
-    """One backup of g; return its figures."""
+          writes: list[tuple[int, int]], listed_first: bool = False) -> dict:
+    """One backup of g (listed_first: with nothing kept of what the host saw);
+    return its figures."""
+    if listed_first:
+        forget_seen(env, g.name)
     pid = lab.qemu_pid(g.name)
     before = lab.read_chars(pid)
     t, j = lab.borg_vm_backup(gen.env(env), g.name, repo, chunk=gen.chunk,
@@ -179,7 +195,7 @@ def night(gen: repos.Generation, g: lab.Guest, repo: Path, env: dict, n: int,
             "cpu": t.cpu, "read": sum(d["read"] for d in j["disks"].values()),
             "qemu_read": lab.read_chars(pid) - before,
             "dirty": len(lab.blocks_of(writes, BITMAP_GRANULARITY)) * BITMAP_GRANULARITY,
-            "checkpoint": j["checkpoint"],
+            "checkpoint": j["checkpoint"], "listed_first": listed_first,
             "archives": gen.point_archives(j["archive"], sorted(j["disks"]))}
 
 
@@ -340,6 +356,14 @@ def summary(r: dict) -> str:
          f"{med(b1['restore']) / med(b1['files']):.2f} x); against Borg's reading alone "
          f"(`--stdout` into /dev/null) {ceiling:.2f} x", met(alone <= ALONE_TARGET)],
     ]
+    split = {k: (med([x["seconds"] for x in incrementals(r, k)[0] if not x.get("listed_first")]),
+                 med([x["seconds"] for x in incrementals(r, k)[0] if x.get("listed_first")]))
+             for k in ("1", "2") if any(x.get("listed_first") for x in r["nights"])}
+    if split:
+        rows.append(["1", "an incremental planned from what this host saw while borg lists, "
+                          "against one that lists first (time)",
+                     "; ".join(f"{repos.GENERATIONS[k].label} {a:.2f} s against {b:.2f} s"
+                               for k, (a, b) in split.items()), "(reported)"])
     for n in JOBS[1:]:
         at_once = med(many_total(r, n, "2", AT_ONCE, "inc"))
         serial = med(many_total(r, n, "2", SERIAL, "inc"))
@@ -393,7 +417,9 @@ the data borg-vm's map says to read (its `--json` read); "QEMU read" is what
 the guest's QEMU read from its image during the backup (rchar of its
 /proc/PID/io) minus what it read on the night with nothing written (its
 own reads: qcow2 metadata, the checkpoint), which the next column shows.
-Target (Borg 2): read <= {READ_TARGET} x dirty.
+"incremental" is every night with writes: on the odd ones the run listed the
+repository before it planned (the summary compares the two). Target (Borg 2):
+read <= {READ_TARGET} x dirty.
 
 {table(["generation", "full", "nothing written", "QEMU read then MiB", "incrementals",
         "incremental", "CPU", "dirty MiB", "asked MiB", "QEMU read MiB (net)",
