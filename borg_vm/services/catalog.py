@@ -42,13 +42,15 @@ class Catalog:
         """Every complete archive, authentic or not (--allow-unauthenticated)."""
         return self.archives + [a for a, _why in self.rejected]
 
-    def checkpoints(self) -> set[str]:
+    def checkpoints(self, running: ArchiveName | None = None) -> set[str]:
         """The checkpoint names of every archive listed: complete ones, authentic or
-        not, and the records the leftovers of unfinished runs were named after."""
+        not, and the records the leftovers of unfinished runs were named after
+        (but running's: the images of the run writing it, listed meanwhile)."""
         left = [fmt.parse_image_archive_name(n) or (ArchiveName.parse(n), "") for n in
                 self.partial]
         return ({a.name.checkpoint for a in self.every()}
-                | {name.checkpoint for name, _t in left if name is not None})
+                | {name.checkpoint for name, _t in left
+                   if name is not None and name != running})
 
     def of_known_domain(self, domain: str) -> list[ArchiveInfo]:
         """Return domain's authentic archives, oldest first. Raise NoAuthenticArchive
@@ -110,6 +112,8 @@ def delete(borg: Repository, found: Catalog, doomed: list[ArchiveInfo]) -> None:
     does."""
     borg.delete([n for a in doomed for n in [a.archive, *(
         fmt.image_archive_name(a.name, t) for t in sorted(a.summary.disks) if a.images)]])
+    for domain in sorted({a.name.domain for a in doomed}):
+        catalog_cache.remove(borg, domain, doomed)
     others = [a for a in found.every() if a not in doomed]
     released = sorted(_layer_images(doomed) - _layer_images(others))
     if released:

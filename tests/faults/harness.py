@@ -339,7 +339,8 @@ class Target:
         """Nothing left behind; every archive verifies, the repository checks, and every
         good restore point restores bit for bit (not every: only the newest, and the
         caller verifies and checks the repository)."""
-        assert self.leftovers() == []
+        left = self.leftovers()
+        assert left == [], left
         if every:
             run("verify", self.name, "--all", "--repo", self.repo)
             subprocess.run(self._borg("check"), check=True, capture_output=True)

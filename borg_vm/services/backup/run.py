@@ -181,10 +181,11 @@ def _needs_recovery(dom: Domain, opts: BackupOptions, archives: list[ArchiveInfo
 def _confirm(listed: concurrent.futures.Future[catalog.Catalog], seen: catalog_cache.Seen,
              name: ArchiveName | None) -> None:
     """Raise catalog_cache.Unconfirmed unless the listing (its own error first) holds the very
-    archives seen, signs with the same key and has no archive of name's checkpoint."""
+    archives seen, signs with the same key and has no archive of name's checkpoint
+    (but the images of this run, which it may list)."""
     found = listed.result()
     if (found.archives != seen.archives or found.keyring.signing_key != seen.keyring.signing_key
-            or (name is not None and name.checkpoint in found.checkpoints())):
+            or (name is not None and name.checkpoint in found.checkpoints(name))):
         raise catalog_cache.Unconfirmed()
 
 

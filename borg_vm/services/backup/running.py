@@ -21,6 +21,7 @@ from borg_vm.core import domxml, plan
 from borg_vm.errors import DomainStopped, LibvirtError, NbdError, QemuImgError
 from borg_vm.format import names as fmt
 from borg_vm.format.names import Level
+from borg_vm.services import catalog_cache
 from borg_vm.services.backup import offline, quiesce, vmstate
 from borg_vm.services.backup.context import BackupRun, Session
 
@@ -61,7 +62,7 @@ def session(run: BackupRun, p: plan.Plan, checkpoint: str) -> Iterator[Session]:
                               q.ms, state)
         except BaseException as e:
             if begun:
-                _undo_checkpoint(dom, checkpoint, run.disks)
+                _undo_checkpoint(dom, checkpoint, run.disks, e)
                 if isinstance(e, NbdError) and _stopped(dom):
                     raise DomainStopped(name=dom.name, detail=e.message) from e
             raise
@@ -94,11 +95,17 @@ def _remove_scratch(export: dict[str, tuple[str, str]]) -> None:
             os.unlink(path)
 
 
-def _undo_checkpoint(dom: Domain, checkpoint: str, disks: tuple[plan.Disk, ...]) -> None:
-    """After a failure: end the job and delete the new checkpoint (through libvirt, or
-    if the domain stopped meanwhile, its metadata and any bitmap in the images). Best
-    effort, logged, so the original error is what the user sees."""
-    log.warning("%s: backup failed; removing checkpoint %s", dom.name, checkpoint)
+def _undo_checkpoint(dom: Domain, checkpoint: str, disks: tuple[plan.Disk, ...],
+                     why: BaseException) -> None:
+    """After a failure (why): end the job and delete the new checkpoint (through
+    libvirt, or if the domain stopped meanwhile, its metadata and any bitmap in the
+    images). Best effort, logged, so the original error is what the user sees. A run
+    the repository's listing did not confirm is no failure: it runs again."""
+    if isinstance(why, catalog_cache.Unconfirmed):
+        log.info("%s: undoing the run planned from what this host saw; removing "
+                 "checkpoint %s", dom.name, checkpoint)
+    else:
+        log.warning("%s: backup failed; removing checkpoint %s", dom.name, checkpoint)
     try:
         dom.abort_job()
         offline.drop_checkpoint(dom, checkpoint,
