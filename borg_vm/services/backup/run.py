@@ -242,8 +242,7 @@ def _recover_checkpoint(run: BackupRun, borg: Repository, own: set[str]) -> str 
     why it could not be."""
     dom = run.dom
     parent = plan.latest(list(run.archives), dom.name)
-    if (run.opts.level == Level.FULL or parent is None or parent.summary.uuid != dom.uuid
-            or parent.name.checkpoint in own):
+    if parent is None or not _needs_recovery(dom, run.opts, list(run.archives), own):
         return None
     lost = checkpoint_recovery.checkpoint(dom, borg, parent)
     if lost is None:
