@@ -112,8 +112,10 @@ def delete(borg: Repository, found: Catalog, doomed: list[ArchiveInfo]) -> None:
     does."""
     borg.delete([n for a in doomed for n in [a.archive, *(
         fmt.image_archive_name(a.name, t) for t in sorted(a.summary.disks) if a.images)]])
+    gone = {a.archive for a in doomed}
     for domain in sorted({a.name.domain for a in doomed}):
-        catalog_cache.remove(borg, domain, doomed)
+        catalog_cache.save(borg, domain, [a for a in found.archives
+                                          if a.name.domain == domain and a.archive not in gone])
     others = [a for a in found.every() if a not in doomed]
     released = sorted(_layer_images(doomed) - _layer_images(others))
     if released:

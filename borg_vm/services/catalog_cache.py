@@ -1,7 +1,7 @@
 """What this host last saw of a domain in a repository: the authentic archives
-of the domain's last listing (catalog.archives writes them) and those its own
-backups committed since (``add``), less those it deleted since (``remove``),
-kept in borg-vm's cache directory, so that
+of the domain's last listing (catalog.archives saves them), with the archive
+its backup committed after that listing, or less those its prune or delete
+removed after it, kept in borg-vm's cache directory, so that
 a backup starts its job, and a restore of a named checkpoint starts reading,
 while the repository is listed again (a listing takes a borg process: about
 half a second with Borg 1.4, a second with Borg 2, most of it borg's start)
@@ -46,25 +46,10 @@ T = TypeVar("T")
 
 
 def save(borg: Repository, domain: str, archives: Sequence[ArchiveInfo]) -> None:
-    """Keep archives, domain's authentic ones as just listed, as what this host saw."""
+    """Keep archives, domain's authentic ones in list order, as what this host saw:
+    as just listed, or a listing's with what this host then committed or deleted
+    (borg's repository ID is known: it listed)."""
     _write(borg, domain, borg.repository_id(), archives)
-
-
-def add(borg: Repository, domain: str, archive: ArchiveInfo) -> None:
-    """Add archive, which this host's backup of domain just committed, to what it
-    saw (if it saw the repository before: else the next run lists first)."""
-    seen_ = seen(borg, domain)
-    if seen_ is not None:
-        _write(borg, domain, seen_.keyring.repository, [*seen_.archives, archive])
-
-
-def remove(borg: Repository, domain: str, archives: Iterable[ArchiveInfo]) -> None:
-    """Drop archives, which this host just deleted, from what it saw of domain."""
-    seen_ = seen(borg, domain)
-    if seen_ is not None:
-        gone = {a.archive for a in archives}
-        _write(borg, domain, seen_.keyring.repository,
-               [a for a in seen_.archives if a.archive not in gone])
 
 
 @dataclass(frozen=True)

@@ -152,16 +152,28 @@ class Deletes:
         self.ids += ids
 
 
-def test_deleting_a_point_of_images_deletes_its_image_archives():
+@pytest.fixture
+def saved(monkeypatch):
+    """What catalog.delete keeps as what this host saw: (domain, archives) each."""
+    calls = []
+    monkeypatch.setattr(catalog.catalog_cache, "save",
+                        lambda _borg, domain, archives: calls.append((domain, archives)))
+    return calls
+
+
+def test_deleting_a_point_of_images_deletes_its_image_archives(saved):
     a = info("borgvm-20261126T020000Z")
     two = replace(a, summary=replace(a.summary, disks={
         **a.summary.disks, "vdb": a.summary.disks["vda"]}))
     chained = replace(a, summary=replace(a.summary, version=5))
+    kept = info("borgvm-20261127T020000Z")
     borg = Deletes()
-    catalog.delete(borg, catalog.Catalog([two, chained], None), [two, chained])
+    catalog.delete(borg, catalog.Catalog([two, kept, chained], None), [two, chained])
     assert borg.names == [two.archive, f"{two.archive}~vda", f"{two.archive}~vdb",
                           chained.archive]
     assert borg.ids == []
+    # what this host saw of the domain is the listing less what it deleted
+    assert saved == [(a.name.domain, [kept])]
 
 
 def with_layers(a: ArchiveInfo, *layers) -> ArchiveInfo:
@@ -169,7 +181,7 @@ def with_layers(a: ArchiveInfo, *layers) -> ArchiveInfo:
         "vda": replace(a.summary.disks["vda"], layers=layers)}))
 
 
-def test_an_image_of_a_sealed_layer_goes_with_the_last_record_naming_it():
+def test_an_image_of_a_sealed_layer_goes_with_the_last_record_naming_it(saved):
     base, s1 = "cd" * 32, "ef" * 32
     old = with_layers(info("borgvm-20261124T020000Z"), ("/i/base", base))
     mid = with_layers(info("borgvm-20261125T020000Z"), ("/i/S1", s1), ("/i/base", base))

@@ -273,7 +273,7 @@ def _run(run: BackupRun, borg: Repository, p: plan.Plan, announced: bool = False
         written, frozen = _write(run, borg, p, name, when, session, layers)
     manifest, late = written.manifest, written.late
     if written.archive is not None:
-        catalog_cache.add(borg, dom.name, written.archive)
+        catalog_cache.save(borg, dom.name, [*run.archives, written.archive])
     if late is not None:   # the archive is good, so the run ended as one that made it
         raise late
     runtime.phase(runtime.DONE, "%s: job ended, older checkpoints deleted", dom.name)
