@@ -41,9 +41,13 @@
 #    are not borg 1.4's): borgbackup 2.0.0b23, the first beta with
 #    `create --map/--reuse-from` and the newest that builds against Debian 12's
 #    OpenSSL 3.0 (b24 and later need OpenSSL >= 3.2). Built from source by pip
-#    (libssl-dev, pkg-config), a few minutes the first time; with borgstore's
-#    sftp, rclone and s3 backends (sftp://, rclone:, s3: locations) and
-#    mfusepy (borg mount).
+#    (libssl-dev, pkg-config), a few minutes the first time; with mfusepy
+#    (borg mount). borgstore's sftp, rclone and s3 backends (sftp://, rclone:,
+#    s3: locations) go into VENV/borg2/stores, and VENV/borg2/bin/borg-stores
+#    is that Borg with them: 2.0.0b23's borgstore imports every backend it
+#    finds at each start (boto3 and paramiko: about 0.4 s of CPU of every borg
+#    command), so the plain VENV/borg2/bin/borg, for local and ssh://
+#    repositories, finds none.
 # 3. A libvirt daemon answering on qemu:///system. One that answers already
 #    is used as it is. Otherwise the minimum is configured (the libvirt-qemu
 #    user; user/group root and stdio_handler "file" in qemu.conf, for hosts
@@ -126,6 +130,10 @@ make_venv() {
         "$venv/bin/pip" install -q -e "$here[test]"
         echo "$want" > "$stamp"
     fi
+    # An editable install leaves borg-vm as source; where PYTHONDONTWRITEBYTECODE
+    # is set (some CI runners set it) every borg-vm process would compile it all
+    # again: about 0.2 s of CPU of each, and the tests start thousands.
+    "$venv/bin/python" -m compileall -q "$here/borg_vm"
     "$venv/bin/python" -c 'import libvirt, nbd, llfuse' \
         || { say "libvirt/nbd/llfuse do not import in $venv"; exit 2; }
     say "venv: $("$venv/bin/borg" --version), borg-vm $("$venv/bin/borg-vm" --version | cut -d' ' -f2)"
@@ -133,19 +141,34 @@ make_venv() {
 
 make_borg2() {
     local dir="$venv/borg2"
-    if ! "$dir/bin/borg" --version 2>/dev/null | grep -qx "borg $borg2_version"; then
+    local stores="$dir/stores"
+    # (an older set-up installed the backends into the venv itself: made again)
+    if ! "$dir/bin/borg" --version 2>/dev/null | grep -qx "borg $borg2_version" ||
+            "$dir/bin/python" -c 'import boto3' 2>/dev/null; then
         say "installing borgbackup $borg2_version into $dir (built from source: minutes)"
+        rm -rf "$dir"
         /usr/bin/python3 -m venv "$dir"
         "$dir/bin/pip" install -q --pre "borgbackup==$borg2_version"
     fi
     # The store backends beyond a local path: sftp:// (paramiko), rclone:
     # (requests; rclone itself is the Debian package) and s3: (boto3), as
-    # borgstore's own extras name them; the version borg pulled in stays.
-    if ! "$dir/bin/python" -c 'import paramiko, requests, boto3' 2>/dev/null; then
-        say "installing borgstore's sftp, rclone and s3 backends into $dir"
-        "$dir/bin/pip" install -q "borgstore[sftp,rclone,s3]==$("$dir/bin/python" -c \
-            'import importlib.metadata as m; print(m.version("borgstore"))')"
+    # borgstore's own extras name them, at the version borg pulled in; only
+    # bin/borg-stores puts them on Borg's path.
+    if ! PYTHONPATH="$stores" "$dir/bin/python" -c 'import paramiko, requests, boto3' \
+            2>/dev/null; then
+        say "installing borgstore's sftp, rclone and s3 backends into $stores"
+        "$dir/bin/pip" install -q --target "$stores" "borgstore[sftp,rclone,s3]==$(
+            "$dir/bin/python" -c 'import importlib.metadata as m; print(m.version("borgstore"))')"
     fi
+    PYTHONPATH="$stores" "$dir/bin/python" -c 'import paramiko, requests, boto3' ||
+        { say "borgstore's backends do not import from $stores"; exit 2; }
+    cat > "$dir/bin/borg-stores" <<'LAUNCHER'
+#!/bin/sh
+# Borg 2 with borgstore's sftp, rclone and s3 backends (contrib/setup-host.sh).
+here=$(dirname "$(readlink -f "$0")")
+PYTHONPATH="$here/../stores${PYTHONPATH:+:$PYTHONPATH}" exec "$here/borg" "$@"
+LAUNCHER
+    chmod 755 "$dir/bin/borg-stores"
     # borg mount (borg-vm mount of complete images): mfusepy, Borg 2's own
     # extra, pure Python over the system's libfuse3; no build.
     if ! "$dir/bin/python" -c 'import mfusepy' 2>/dev/null; then

@@ -17,6 +17,16 @@ def borg2_executable():
     return os.path.realpath(path)
 
 
+@pytest.fixture(scope="session")
+def borg2_stores_executable():
+    """The Borg 2 the tests run at sftp://, rclone: and s3: locations (with
+    borgstore's backends: $BORG_VM_TEST_BORG2_STORES, else make setup's)."""
+    path = installed.borg2_stores()
+    if not os.access(path, os.X_OK):
+        pytest.skip(f"no Borg 2 with store backends at {path} (make setup installs it)")
+    return path
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _session_keys_dir(tmp_path_factory):
     """borg-vm's authentication keyrings, one directory for the whole session
@@ -37,11 +47,17 @@ def _hermetic_borg_env(monkeypatch, tmp_path_factory, _session_keys_dir):
     """Remove every BORG_* variable and point BORG_BASE_DIR at a private
     temp dir, so no test sees the user's Borg config, keys, cache or security
     dir, and borg-vm's keyrings at the session's; later monkeypatch/setenv
-    calls in a test override this."""
+    calls in a test override this.
+
+    Borg's start-up self-test is off: it checks Borg, not borg-vm, and Borg 1.4
+    imports its own test suite for it, and with it the pytest of this
+    environment: about a fifth of the CPU of a short Borg 1.4 command, thousands of
+    times a run on a 2-core machine (BORG_SELFTEST, Borg's "Environment")."""
     for name in list(os.environ):
         if name.startswith("BORG_"):
             monkeypatch.delenv(name)
     monkeypatch.setenv("BORG_BASE_DIR", str(tmp_path_factory.mktemp("borg-base")))
+    monkeypatch.setenv("BORG_SELFTEST", "disabled")
     monkeypatch.setenv(KEYS_DIR_ENV, _session_keys_dir)
 
 

@@ -234,10 +234,15 @@ def restore_and_compare(name, repo, checkpoint, views, tmp_path, tag, *extra, en
 
 def restore_every_mode(name, repo, results, views, tmp_path):
     """Restore each backup result's checkpoint chained, flattened and by layers,
-    and compare every disk with the guest's view at that backup (in a Borg 2
-    repository a point is complete images: chained and flattened give the same)."""
+    and compare every disk with the guest's view at that backup. In a Borg 2
+    repository ($BORG_VM_BORG, as archive_names) a point is complete images,
+    which chained and flattened restore by one plan (tests/unit/
+    test_images_format.py): only the newest point is restored flattened too."""
+    images = bool(os.environ.get("BORG_VM_BORG"))
     for i, (result, view) in enumerate(zip(results, views)):
         for mode, extra in (("chain", ()), ("flat", ("--flatten",)), ("layers", ("--layers",))):
+            if images and mode == "flat" and i < len(results) - 1:
+                continue
             restore_and_compare(name, repo, result["checkpoint"], view, tmp_path, f"{mode}{i}",
                                 *extra)
 

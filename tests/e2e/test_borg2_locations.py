@@ -51,12 +51,12 @@ def s3_location(tmp_path):
 
 
 @pytest.mark.parametrize("where", ["sftp_location", "rclone_location", "s3_location"])
-def test_backup_and_restore_at_a_remote_location(where, request, make_domain, borg2_executable,
-                                                 tmp_path):
+def test_backup_and_restore_at_a_remote_location(where, request, make_domain,
+                                                 borg2_stores_executable, tmp_path):
     location, extra = request.getfixturevalue(where)
-    env = {**os.environ, **extra, "BORG_VM_BORG": borg2_executable,
-           "BORG_PASSPHRASE": PASSPHRASE}
-    done = subprocess.run([borg2_executable, "-r", location, "repo-create", "-e", "aes256-ocb"],
+    borg = borg2_stores_executable
+    env = {**os.environ, **extra, "BORG_VM_BORG": borg, "BORG_PASSPHRASE": PASSPHRASE}
+    done = subprocess.run([borg, "-r", location, "repo-create", "-e", "aes256-ocb"],
                           capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr
     d = make_domain(disks=[("vda", 32 * MIB, "qcow2")])

@@ -15,6 +15,7 @@ from borg_vm.format.manifest import DiskRecord, LayerRecord, Manifest
 from borg_vm.format.names import IMAGES_VERSION, ArchiveName, Level
 from borg_vm.format.summary import ArchiveInfo, DiskSummary, ImageRecord, Summary
 from borg_vm.services import catalog
+from borg_vm.services.restore import plan as restore_plan
 
 DOMAIN = "web01.example.com"
 UUID = "9b1c5a5e-3c1e-4c55-9d7e-2a1d0b9c1f00"
@@ -109,6 +110,16 @@ def test_a_point_of_images_is_its_own_chain_whatever_its_level_and_parent():
     top = info("borgvm-20261126T020000Z", parent="gone")
     assert chain.disk_chain([top], top, "vda") == [top]
     assert chain.restore_chain([top], top, "vda") == [top]
+
+
+def test_a_point_of_images_restores_chained_and_flattened_by_one_plan():
+    """So the e2e tier restores a Borg 2 point flattened once, not at every point
+    (tests/e2e/borgvm.py restore_every_mode)."""
+    old = info("borgvm-20261125T020000Z", level=Level.FULL)
+    top = info("borgvm-20261126T020000Z", parent=old.name.checkpoint)
+    for base in ("qcow2", "raw"):
+        assert (restore_plan.chain_plans([old, top], top, ("vda",), base, flatten=False)
+                == restore_plan.chain_plans([old, top], top, ("vda",), base, flatten=True))
 
 
 VDA = Disk("vda", SOURCE, "qcow2", 1 << 30)
