@@ -45,12 +45,15 @@ class Catalog:
     def checkpoints(self, running: ArchiveName | None = None) -> set[str]:
         """The checkpoint names of every archive listed: complete ones, authentic or
         not, and the records the leftovers of unfinished runs were named after
-        (but running's: the images of the run writing it, listed meanwhile)."""
-        left = [fmt.parse_image_archive_name(n) or (ArchiveName.parse(n), "") for n in
-                self.partial]
+        (but running's: see leftovers)."""
         return ({a.name.checkpoint for a in self.every()}
-                | {name.checkpoint for name, _t in left
-                   if name is not None and name != running})
+                | {name.checkpoint for n in self.leftovers(running)
+                   if (name := _named_after(n)) is not None})
+
+    def leftovers(self, running: ArchiveName | None = None) -> list[str]:
+        """What unfinished runs left (partial), but the images of the run writing
+        running (a listing that ran beside it may hold the images it made)."""
+        return [n for n in self.partial if running is None or _named_after(n) != running]
 
     def of_known_domain(self, domain: str) -> list[ArchiveInfo]:
         """Return domain's authentic archives, oldest first. Raise NoAuthenticArchive
@@ -91,6 +94,12 @@ def restore_point(borg: Repository, domain: str, checkpoint: str | None,
         raise Unauthenticated(archive=a.archive, reason=why)
     found.of_known_domain(domain)
     return pool, chain.select(pool, domain, checkpoint)
+
+
+def _named_after(leftover: str) -> ArchiveName | None:
+    """The record a leftover (an image archive, or a partial archive) is named after."""
+    image = fmt.parse_image_archive_name(leftover)
+    return image[0] if image is not None else ArchiveName.parse(leftover)
 
 
 def image_store(borg: Repository, top: ArchiveInfo) -> ImageStore | None:

@@ -3,7 +3,9 @@
 holds the repository lock (mode "hold"), kill borg with SIGKILL after
 feeding it some bytes (mode "kill"), or run borg here and SIGKILL it in the
 middle of its commit, right after the commit tag is written and before the
-index is (mode "commit"); mode "log" records every borg call.
+index is (mode "commit"); mode "log" records every borg call; mode "late-list"
+holds a Borg 2 listing (repo-list) back until a create has committed its
+archive.
 Used by e2e tests to make things happen in the middle of a backup stream,
 deterministically.
 
@@ -92,6 +94,20 @@ def die_at_commit(argv: list[str]) -> int:
     return borg_main()
 
 
+def late_list(argv: list[str], workdir: str) -> int:
+    """Run Borg 2's create here and say "created" once it committed; hold its
+    repo-list back until then (so a listing beside a backup holds its images)."""
+    if "create" in argv:
+        # close_fds=False: borg-vm may hand borg its passphrase on an inherited fd.
+        code = subprocess.call(argv, close_fds=False)
+        open(os.path.join(workdir, "created"), "w").close()
+        return code
+    if "repo-list" in argv and not wait_for(
+            "create", lambda: os.path.exists(os.path.join(workdir, "created"))):
+        return 2
+    os.execv(argv[0], argv)
+
+
 def main() -> int:
     real = os.environ["BORGVM_TEST_REAL_BORG"]
     argv = [real, *sys.argv[1:]]
@@ -101,6 +117,8 @@ def main() -> int:
         with open(os.path.join(workdir, "calls"), "a") as f:
             f.write(" ".join(sys.argv[1:]) + "\n")
         os.execv(real, argv)
+    if mode == "late-list":
+        return late_list(argv, workdir)
     match = os.environ.get("BORGVM_TEST_KILL_MATCH", "")
     if "import-tar" not in argv or not any(match in a for a in argv if "::" in a):
         os.execv(real, argv)

@@ -23,6 +23,7 @@ from borgvm import (
     restore_and_compare,
     run,
     start,
+    wrapper_env,
 )
 from guest import MIB, poll
 from mounting import compare, mounts_under, start_mount
@@ -305,6 +306,31 @@ def test_a_borg1_repository_transferred_to_borg2_keeps_its_chains(make_domain, b
     assert sorted(pruned["deleted"]) == sorted(c["archive"] for c in chain)
     assert borg2_archives(borg2_executable, new, env2) == sorted(
         [after["archive"], f"{after['archive']}~vda"])
+
+
+def test_a_listing_that_holds_the_runs_own_images_leaves_them(make_domain, repo2,
+                                                              borg2_executable, tmp_path):
+    """A run planned from what this host saw writes its images while the repository
+    is listed again: a listing that ends after an image was committed holds it,
+    without its record. Those images are this run's, not a crashed run's leftovers:
+    the point they make stays whole (a regression: they were deleted)."""
+    repo, env = repo2
+    d = make_domain(disks=[("vda", 16 * MIB, "qcow2")])
+    d.write("vda", 0, 1 * MIB, 0xC1)
+    backup(d.name, repo, env=env)
+    d.write("vda", 4 * MIB, 256 * KIB, 0xC2)
+    workdir = tmp_path / "wrapper"
+    workdir.mkdir()
+    late = {**wrapper_env(workdir, "late-list"), "BORGVM_TEST_REAL_BORG": borg2_executable,
+            "BORG_PASSPHRASE": env["BORG_PASSPHRASE"]}
+    second = run("--debug", "backup", d.name, "--repo", repo, "--json", env=late)
+    assert "planning from what this host last saw" in second.stderr
+    assert (workdir / "created").exists()
+    assert "deleting unfinished archives" not in second.stderr, second.stderr
+    doc = second.json_lines()[0]
+    assert f"{doc['archive']}~vda" in borg2_archives(borg2_executable, repo, env)
+    restore_and_compare(d.name, repo, doc["checkpoint"], {"vda": d.read_disk("vda")},
+                        tmp_path, "second", env=env)
 
 
 def test_mount_serves_each_points_images(make_domain, repo2, tmp_path):

@@ -273,3 +273,18 @@ def test_a_new_archive_takes_no_checkpoint_of_an_archive_it_cannot_authenticate(
                              f"{DOMAIN}.base.borgvm-20261126T020003Z.checkpoint"])
     assert found.checkpoints() == {"borgvm-20261126T020000Z", "borgvm-20261126T020001Z",
                                    "borgvm-20261126T020002Z"}
+
+
+def test_the_images_of_the_run_writing_a_record_are_no_leftovers_of_it():
+    """A listing that ran beside a backup may hold the images that backup made:
+    they neither take its record's checkpoint nor are deleted as leftovers
+    after it (services/backup/run.py)."""
+    running = ArchiveName(DOMAIN, "base", "borgvm-20261126T020002Z")
+    crashed = ArchiveName(DOMAIN, "base", "borgvm-20261126T020001Z")
+    own = [fmt.image_archive_name(running, "vda"), fmt.image_archive_name(running, "vdb")]
+    left = [fmt.image_archive_name(crashed, "vda"), f"{DOMAIN}.base.borgvm-20261126T020003Z"]
+    found = catalog.Catalog([], None, [], [own[0], left[0], own[1], left[1]])
+    assert found.leftovers(running) == left
+    assert found.leftovers() == [own[0], left[0], own[1], left[1]]
+    assert found.checkpoints(running) == {"borgvm-20261126T020001Z", "borgvm-20261126T020003Z"}
+    assert "borgvm-20261126T020002Z" in found.checkpoints()

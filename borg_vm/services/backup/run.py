@@ -160,7 +160,8 @@ def backup(hv: Hypervisor, borg: Repository, name: str, opts: BackupOptions) -> 
             result = _backup_locked(BackupRun(dom, opts, live, disks, tuple(found.archives),
                                               found.keyring.signing_key,
                                               frozenset(found.checkpoints())), borg, own)
-        _delete_leftovers(dom, borg, found.partial)
+        # (the listing may have run beside this run's images: they are no leftovers)
+        _delete_leftovers(dom, borg, found.leftovers(ArchiveName.parse(result.archive)))
     result.duration = time.monotonic() - started
     return result
 
