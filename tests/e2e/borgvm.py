@@ -105,6 +105,14 @@ def init_repo(path: Path | str, encryption: str = "none", env: dict | None = Non
     return str(path)
 
 
+def init_repo2(path: Path | str, borg2: str, env: dict | None = None) -> str:
+    """Make an encrypted Borg 2 repository at path with borg2 (its passphrase:
+    BORG_PASSPHRASE of env or of ours)."""
+    subprocess.run([borg2, "-r", str(path), "repo-create", "-e", "aes256-ocb"],
+                   check=True, capture_output=True, env=env)
+    return str(path)
+
+
 def archive_names(repo: str, env: dict | None = None) -> list[str]:
     """Every archive's name, borg's checkpoint archives included; of a Borg 2
     repository where borg-vm is pointed at Borg 2 ($BORG_VM_BORG)."""

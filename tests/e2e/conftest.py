@@ -15,7 +15,7 @@ try:
     import guest
     import libvirt
     import realguest
-    from borgvm import init_repo, is_boot_server, run
+    from borgvm import init_repo, init_repo2, is_boot_server, run
     from mounting import wait_gone
 except ImportError as e:  # reported by libvirt_conn, so every e2e test skips (fails under CI)
     _IMPORT_ERROR = e
@@ -155,10 +155,7 @@ def repo(generation, tmp_path, monkeypatch, request):
     borg2_executable = request.getfixturevalue("borg2_executable")   # skips without one
     monkeypatch.setenv("BORG_VM_BORG", borg2_executable)
     monkeypatch.setenv("BORG_PASSPHRASE", BORG2_PASSPHRASE)
-    path = str(tmp_path / "repo2")
-    subprocess.run([borg2_executable, "-r", path, "repo-create", "-e", "aes256-ocb"],
-                   check=True, capture_output=True)
-    return path
+    return init_repo2(tmp_path / "repo2", borg2_executable)
 
 
 @pytest.fixture

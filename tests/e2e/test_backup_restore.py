@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from borgvm import (
     borg,
     borg_commands,
     init_repo,
+    init_repo2,
     read_image,
     repo_lock_waiting_argv,
     restore_and_compare,
@@ -305,6 +307,34 @@ def test_a_run_planned_from_what_this_host_saw_runs_again_if_the_repository_chan
     assert [c.getName() for c in d.dom.listAllCheckpoints()] == [third_doc["checkpoint"]]
     restore_and_compare(d.name, repo, third_doc["checkpoint"], {"vda": d.read_disk("vda")},
                         tmp_path, "third")
+
+
+@pytest.mark.parametrize("generation", ["borg1", "borg2"], indirect=True)
+def test_a_repository_made_again_where_one_was_gets_a_full_without_a_warning(
+        make_domain, repo, tmp_path, generation):
+    """What this host saw is kept by the repository's location: a repository
+    deleted and made again there holds none of it. The run planned from it (with
+    Borg 2 its image fails: the archive it builds on is gone) is undone, and
+    runs again from the listing: a full, exit 0, no warning."""
+    d = make_domain(disks=[("vda", 16 * MIB, "qcow2")])
+    d.write("vda", 0, 1 * MIB, 0xD1)
+    first = backup(d.name, repo)
+    shutil.rmtree(repo)
+    if generation == "borg1":
+        init_repo(repo)
+    else:
+        init_repo2(repo, os.environ["BORG_VM_BORG"])
+    d.write("vda", 2 * MIB, 1 * MIB, 0xD2)
+    again = run("--debug", "backup", d.name, "--repo", repo, "--json")   # exit 0
+    assert "planning from what this host last saw" in again.stderr
+    assert "the repository changed since this host last listed it" in again.stderr
+    doc = again.json_lines()[0]
+    assert doc["level"] == "full", doc
+    listed = run("list", d.name, "--repo", repo, "--json").json()["archives"]
+    assert [(a["checkpoint"], a["parent"]) for a in listed] == [(doc["checkpoint"], None)]
+    assert first["checkpoint"] not in {c.getName() for c in d.dom.listAllCheckpoints()}
+    restore_and_compare(d.name, repo, doc["checkpoint"], {"vda": d.read_disk("vda")},
+                        tmp_path, "again")
 
 
 def test_foreign_checkpoints_are_left_alone(make_domain, repo, tmp_path):

@@ -20,6 +20,7 @@ from borgvm import (
     RUN_TIMEOUT,
     backup,
     init_repo,
+    init_repo2,
     restore_and_compare,
     run,
     start,
@@ -40,10 +41,7 @@ def repo2(tmp_path, borg2_executable):
     """(location, environment) of a new encrypted Borg 2 repository, borg-vm
     pointed at Borg 2."""
     env = {**os.environ, "BORG_VM_BORG": borg2_executable, "BORG_PASSPHRASE": PASSPHRASE}
-    path = str(tmp_path / "repo2")
-    subprocess.run([borg2_executable, "-r", path, "repo-create", "-e", "aes256-ocb"],
-                   check=True, capture_output=True, env=env)
-    return path, env
+    return init_repo2(tmp_path / "repo2", borg2_executable, env), env
 
 
 def borg2_archives(borg2_executable, repo: str, env) -> list[str]:

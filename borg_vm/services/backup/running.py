@@ -62,7 +62,7 @@ def session(run: BackupRun, p: plan.Plan, checkpoint: str) -> Iterator[Session]:
                               q.ms, state)
         except BaseException as e:
             if begun:
-                _undo_checkpoint(dom, checkpoint, run.disks, e)
+                _undo_checkpoint(dom, checkpoint, run.disks, e, guessed=run.confirm is not None)
                 if isinstance(e, NbdError) and _stopped(dom):
                     raise DomainStopped(name=dom.name, detail=e.message) from e
             raise
@@ -96,13 +96,20 @@ def _remove_scratch(export: dict[str, tuple[str, str]]) -> None:
 
 
 def _undo_checkpoint(dom: Domain, checkpoint: str, disks: tuple[plan.Disk, ...],
-                     why: BaseException) -> None:
+                     why: BaseException, *, guessed: bool) -> None:
     """After a failure (why): end the job and delete the new checkpoint (through
     libvirt, or if the domain stopped meanwhile, its metadata and any bitmap in the
     images). Best effort, logged, so the original error is what the user sees. A run
-    the repository's listing did not confirm is no failure: it runs again."""
+    the repository's listing did not confirm is no failure: it runs again. Nor,
+    yet, is the failure of a run planned from what this host saw (guessed): what
+    failed may be the guess (Borg 2's image built on an archive the repository no
+    longer holds), and the listing decides: if it confirms the guess, the error
+    is the run's; if not, the run runs again."""
     if isinstance(why, catalog_cache.Unconfirmed):
         log.info("%s: undoing the run planned from what this host saw; removing "
+                 "checkpoint %s", dom.name, checkpoint)
+    elif guessed:
+        log.info("%s: the run planned from what this host saw failed; removing "
                  "checkpoint %s", dom.name, checkpoint)
     else:
         log.warning("%s: backup failed; removing checkpoint %s", dom.name, checkpoint)
