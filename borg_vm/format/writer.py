@@ -33,7 +33,7 @@ from borg_vm.adapters import nbdfuse
 from borg_vm.adapters.borg import ImageStore, Repository
 from borg_vm.core import extent
 from borg_vm.core.disk_source import DiskSource, Endpoint
-from borg_vm.errors import BorgError, CommittedThenFailed, RepositoryLocked
+from borg_vm.errors import BorgError, CommittedThenFailed
 from borg_vm.format import names as fmt
 from borg_vm.format import packing
 from borg_vm.format.manifest import Manifest
@@ -92,12 +92,8 @@ def write_archive(borg: Repository, name: ArchiveName, manifest: Manifest, parts
     manifest (with its digests filled in) last, then end the stream: the
     repository commits the archive. where(target, layer) says where each record's
     data is read (layer 0: the guest's view, i: sealed layer i). progress is
-    closed when the stream has ended. confirm, if given, is called once the
-    archive's borg started (it starts up meanwhile) and before anything is
-    written to it: what it raises stops that borg, which leaves the repository
-    as it was. That borg runs beside the listing confirm waits for, so with the
-    brief lock wait (adapters.borg.BRIEF_LOCK_WAIT), and again with the full one
-    if it was locked out.
+    closed when the stream has ended. confirm, if given, is called before the
+    archive's borg starts: what it raises leaves the repository as it was.
 
     A borg failing after the end of the stream (killed in its commit, a lost ssh
     connection) may have committed the archive or not: the repository says
@@ -108,28 +104,12 @@ def write_archive(borg: Repository, name: ArchiveName, manifest: Manifest, parts
     manifest = replace(manifest, state={n: hashlib.sha256(raw).hexdigest()
                                         for n, raw in sorted(parts.state.items())})
     comment = manifest.summary().signed(parts.key, str(name)).to_comment()
-    if confirm is None:
-        return _import(borg, name, manifest, parts, where, progress, comment, brief=False)
-    try:
-        return _import(borg, name, manifest, parts, where, progress, comment, brief=True,
-                       confirm=confirm)
-    except RepositoryLocked:   # before borg read anything: nothing was committed
-        return _import(borg, name, manifest, parts, where, progress, comment, brief=False)
-
-
-def _import(borg: Repository, name: ArchiveName, manifest: Manifest, parts: Parts,
-            where: Callable[[str, int], Where], progress: Progress, comment: str, *,
-            brief: bool, confirm: Callable[[], None] | None = None) -> Written:
-    """write_archive's one import-tar (brief: with the brief lock wait; confirm: see
-    write_archive). Raise RepositoryLocked, progress left open, if borg was locked
-    out before it read the stream."""
+    if confirm is not None:
+        confirm()
     with borg.import_tar(str(name), comment=comment,
                          timestamp=parts.when.strftime("%Y-%m-%dT%H:%M:%S"),
                          compression=parts.compression,
-                         chunker_params=f"fixed,{parts.block_size}", brief=brief) as proc:
-        if confirm is not None:
-            confirm()
-        locked_out = False
+                         chunker_params=f"fixed,{parts.block_size}") as proc:
         try:
             tar = TarWriter(proc.stdin, int(parts.when.timestamp()))
             domain_xml = parts.domain_xml.encode()
@@ -148,15 +128,10 @@ def _import(borg: Repository, name: ArchiveName, manifest: Manifest, parts: Part
                           manifest.domain)
             tar.close()
         except BrokenPipeError as e:
-            try:
-                borg.finish("import-tar", proc)
-            except RepositoryLocked:
-                locked_out = brief   # progress goes on in the run with the full wait
-                raise
+            borg.finish("import-tar", proc)
             raise BorgError(action="import-tar", detail="borg stopped reading the stream") from e
         finally:
-            if not locked_out:
-                progress.close()
+            progress.close()
         try:
             archive_id = borg.finish_import(proc)
         except BorgError as e:

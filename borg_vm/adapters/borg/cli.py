@@ -292,8 +292,7 @@ class BorgCli:
 
     @contextlib.contextmanager
     def import_tar(self, archive: str, *, comment: str, timestamp: str,
-                   compression: str, chunker_params: str, brief: bool = False
-                   ) -> Iterator[subproc.Stream]:
+                   compression: str, chunker_params: str) -> Iterator[subproc.Stream]:
         """Yield a running 'borg import-tar' reading a tar stream from its stdin.
 
         The caller writes the stream, then calls ``finish_import(stream)``. borg commits
@@ -310,7 +309,7 @@ class BorgCli:
         argv = self._argv("import-tar", "--json", "--comment", self.dialect.comment_arg(comment),
                           "--timestamp", timestamp,
                           "--compression", compression, "--chunker-params", chunker_params,
-                          *self.location(archive), "-", brief=brief)
+                          *self.location(archive), "-")
         with self.child_env() as (env, fds), subproc.stream(
                 argv, stdin=True, stdout=True, env=env, pass_fds=fds, hold_stdin=True,
                 parent_death_signal=signal.SIGTERM) as s:

@@ -132,12 +132,9 @@ class Repository(Protocol):
         ...
 
     def import_tar(self, archive: str, *, comment: str, timestamp: str, compression: str,
-                   chunker_params: str, brief: bool = False
-                   ) -> AbstractContextManager[subproc.Stream]:
+                   chunker_params: str) -> AbstractContextManager[subproc.Stream]:
         """A running import of a tar stream written to its stdin, committed only
-        when the stream's end marker arrives (then ``finish_import``). brief: wait
-        BRIEF_LOCK_WAIT for the repository lock (locked out: finish raises
-        RepositoryLocked)."""
+        when the stream's end marker arrives (then ``finish_import``)."""
         ...
 
     def finish_import(self, stream: subproc.Stream) -> str | None:
