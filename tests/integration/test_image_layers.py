@@ -114,3 +114,47 @@ def test_image_extracts_start_one_ahead_in_the_order_restore_takes_them():
         assert store.extracted == ["base", "s2"]
         with pytest.raises(AssertionError, match="out of order"):
             extracts.take("top")
+
+
+@pytest.mark.parametrize("blocks, below, expected", [
+    ("xxxx", None, [(0, 4)]),
+    ("0000", None, []),
+    ("x0xx0", None, [(0, 1), (2, 4)]),
+    ("0x0x", None, [(1, 2), (3, 4)]),
+    ("abcd", "abzd", [(2, 3)]),
+    ("abcd", "zbcz", [(0, 1), (3, 4)]),
+    ("ab0", "ab0", []),
+], ids=["dense", "zeros", "mixed", "alternating", "one-changed", "ends-changed", "same"])
+def test_changed_blocks_go_out_as_runs(blocks, below, expected):
+    """Adjacent changed blocks of a span are one write; unchanged ones none."""
+    def image(spec):
+        return b"".join(bytes(BLOCK) if c == "0" else c.encode() * BLOCK for c in spec)
+    data = memoryview(image(blocks))
+    runs = list(images.changed_runs(data, None if below is None else bytearray(image(below)),
+                                    BLOCK))
+    assert runs == [(a * BLOCK, b * BLOCK) for a, b in expected]
+
+
+def test_a_short_last_block_is_compared_alone():
+    data = memoryview(bytes(BLOCK) + b"\0" * 100 + b"x")
+    assert list(images.changed_runs(data, None, BLOCK)) == [(BLOCK, BLOCK + 101)]
+    assert list(images.changed_runs(memoryview(bytes(BLOCK + 10)), None, BLOCK)) == []
+
+
+def test_an_image_of_several_spans_with_a_short_tail_reads_back_as_written(tmp_path):
+    """Blocks are read and written a span (images.IMAGE_SPAN_BLOCKS) at a time:
+    runs that end at a span's edge, cross none, and a tail shorter than a block."""
+    rng = random.Random(11)
+    size = (2 * images.IMAGE_SPAN_BLOCKS + 8) * BLOCK + 4096
+    below = bytearray(rng.randbytes(size))
+    above = bytearray(below)
+    for b in range(0, size // BLOCK, 3):   # every third block rewritten, some zeroed
+        above[b * BLOCK:(b + 1) * BLOCK] = bytes(BLOCK) if b % 2 else rng.randbytes(BLOCK)
+    above[-100:] = rng.randbytes(100)
+    store = Images(low=bytes(below), high=bytes(above))
+    path = tmp_path / "top.img"
+    path.write_bytes(below)     # the layer below, as a file the layer lies over
+    with images.ImageExtracts(store, ["high", "low"]) as extracts:
+        images.apply_image(extracts, "high", images.Layer(str(path), "raw", True), size, BLOCK,
+                           Progress.for_terminal("", size, False), "low")
+    assert path.read_bytes() == above
