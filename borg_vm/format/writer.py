@@ -92,8 +92,9 @@ def write_archive(borg: Repository, name: ArchiveName, manifest: Manifest, parts
     manifest (with its digests filled in) last, then end the stream: the
     repository commits the archive. where(target, layer) says where each record's
     data is read (layer 0: the guest's view, i: sealed layer i). progress is
-    closed when the stream has ended. confirm, if given, is called before the
-    archive's borg starts: what it raises leaves the repository as it was.
+    closed when the stream has ended. confirm, if given, is called while the
+    archive's borg starts up, before it touches the repository: what it raises
+    ends that borg and leaves the repository as it was.
 
     A borg failing after the end of the stream (killed in its commit, a lost ssh
     connection) may have committed the archive or not: the repository says
@@ -104,12 +105,10 @@ def write_archive(borg: Repository, name: ArchiveName, manifest: Manifest, parts
     manifest = replace(manifest, state={n: hashlib.sha256(raw).hexdigest()
                                         for n, raw in sorted(parts.state.items())})
     comment = manifest.summary().signed(parts.key, str(name)).to_comment()
-    if confirm is not None:
-        confirm()
     with borg.import_tar(str(name), comment=comment,
                          timestamp=parts.when.strftime("%Y-%m-%dT%H:%M:%S"),
                          compression=parts.compression,
-                         chunker_params=f"fixed,{parts.block_size}") as proc:
+                         chunker_params=f"fixed,{parts.block_size}", first=confirm) as proc:
         try:
             tar = TarWriter(proc.stdin, int(parts.when.timestamp()))
             domain_xml = parts.domain_xml.encode()

@@ -348,6 +348,61 @@ def test_import_abandoned_midway_stops_borg_without_killing_it(make_repo, bounda
     assert borg.list_archives(checkpoints=True) == []
 
 
+def _import_two_members(borg, first):
+    with borg.import_tar("vm", comment="c", timestamp=TIMESTAMP, compression="lz4",
+                         chunker_params=CHUNKER, first=first) as proc:
+        tar = TarWriter(proc.stdin, MTIME)
+        tar.add("domain.xml", b"<domain/>")
+        tar.add("f", b"1")
+        tar.close()
+        borg.finish_import(proc)
+    return proc
+
+
+def test_import_started_beside_first_touches_the_repository_after_it(make_repo):
+    """A run planned from what this host saw starts borg import-tar while the
+    repository is listed again (first: the confirmation); borg imports itself
+    meanwhile but takes no lock until first returned, so the listing is never
+    locked out by the borg that waits for it."""
+    borg = make_repo()
+    import_members(borg, "a", [("f", b"1")])
+    seen = []
+
+    def first():
+        time.sleep(1.5)   # borg has started up by now, and waits
+        seen.append(os.path.exists(os.path.join(borg.repo, "lock.exclusive")))
+        seen.append([a.name for a in Borg1Repository(borg.repo, lock_wait=1).list_archives()])
+
+    proc = _import_two_members(borg, first)
+    assert os.path.basename(proc.argv[0]).startswith("python"), proc.argv   # it was held
+    assert seen == [False, ["a"]]
+    assert [a.name for a in borg.list_archives()] == ["a", "vm"]
+
+
+def test_import_whose_first_fails_ends_borg_before_it_touched_the_repository(make_repo):
+    borg = make_repo()
+
+    def first():
+        time.sleep(0.5)
+        raise RuntimeError("the listing does not confirm the plan")
+
+    with pytest.raises(RuntimeError, match="does not confirm"):
+        _import_two_members(borg, first)
+    assert borg.list_archives(checkpoints=True) == []
+    assert not os.path.exists(os.path.join(borg.repo, "lock.exclusive"))
+
+
+def test_a_borg_that_cannot_be_held_starts_after_first(make_repo, tmp_path):
+    launcher = tmp_path / "borg-launcher"
+    launcher.write_text(f"#!/bin/sh\nexec {find_borg()} \"$@\"\n")
+    launcher.chmod(0o755)
+    borg = Borg1Repository(make_repo().repo, executable=str(launcher))
+    order = []
+    proc = _import_two_members(borg, lambda: order.append("first"))
+    assert order == ["first"] and proc.argv[0] == str(launcher)
+    assert [a.name for a in borg.list_archives()] == ["vm"]
+
+
 WRITER = """
 import os, signal, sys
 from borg_vm.adapters.borg import Borg1Repository

@@ -39,6 +39,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 
 from borg_vm.adapters import subproc
+from borg_vm.adapters.borg import prestart
 from borg_vm.adapters.borg.features import BorgVersion, Dialect, glob_literal
 from borg_vm.adapters.borg.protocol import Item, Listed
 from borg_vm.errors import (
@@ -292,8 +293,13 @@ class BorgCli:
 
     @contextlib.contextmanager
     def import_tar(self, archive: str, *, comment: str, timestamp: str,
-                   compression: str, chunker_params: str) -> Iterator[subproc.Stream]:
+                   compression: str, chunker_params: str,
+                   first: Callable[[], None] | None = None) -> Iterator[subproc.Stream]:
         """Yield a running 'borg import-tar' reading a tar stream from its stdin.
+
+        first, if given, is called while borg starts up (prestart.py), before
+        borg touches the repository; what it raises ends borg there, the
+        repository untouched. (A borg that cannot be held starts after first.)
 
         The caller writes the stream, then calls ``finish_import(stream)``. borg commits
         the archive when it reads the stream's end marker and at no other time:
@@ -310,9 +316,18 @@ class BorgCli:
                           "--timestamp", timestamp,
                           "--compression", compression, "--chunker-params", chunker_params,
                           *self.location(archive), "-")
-        with self.child_env() as (env, fds), subproc.stream(
-                argv, stdin=True, stdout=True, env=env, pass_fds=fds, hold_stdin=True,
-                parent_death_signal=signal.SIGTERM) as s:
+        with contextlib.ExitStack() as stack:
+            hold = stack.enter_context(prestart.held(argv)) if first is not None else None
+            if first is not None and hold is None:
+                first()
+            env, fds = stack.enter_context(self.child_env())
+            s = stack.enter_context(subproc.stream(
+                hold.argv if hold else argv, stdin=True, stdout=True, env=env,
+                pass_fds=(*fds, hold.fd) if hold else fds, hold_stdin=True,
+                parent_death_signal=signal.SIGTERM))
+            if hold is not None and first is not None:
+                first()
+                hold.go()
             yield s
 
     def finish_import(self, stream: subproc.Stream) -> str | None:

@@ -132,9 +132,12 @@ class Repository(Protocol):
         ...
 
     def import_tar(self, archive: str, *, comment: str, timestamp: str, compression: str,
-                   chunker_params: str) -> AbstractContextManager[subproc.Stream]:
+                   chunker_params: str, first: Callable[[], None] | None = None
+                   ) -> AbstractContextManager[subproc.Stream]:
         """A running import of a tar stream written to its stdin, committed only
-        when the stream's end marker arrives (then ``finish_import``)."""
+        when the stream's end marker arrives (then ``finish_import``). first, if
+        given, is called while borg starts up, before it touches the repository:
+        what it raises ends borg, the repository untouched."""
         ...
 
     def finish_import(self, stream: subproc.Stream) -> str | None:
