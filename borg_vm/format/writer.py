@@ -177,7 +177,9 @@ def write_images(borg: Repository, store: ImageStore, name: ArchiveName, manifes
     made: list[str] = []
     try:
         disks = {}
-        with tempfile.TemporaryDirectory(prefix="borg-vm-image.", dir=scratch) as tmp:
+        # named by the domain, so that a mount left by a killed run says whose it is
+        with tempfile.TemporaryDirectory(prefix=f"borg-vm-image.{manifest.domain}.",
+                                         dir=scratch) as tmp:
             for t, d in sorted(manifest.disks.items()):
                 assert d.image is not None, "a record of images has an image per disk"
                 layers = list(d.chain)

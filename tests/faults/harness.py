@@ -290,12 +290,14 @@ class Target:
 
     def _processes(self) -> list[str]:
         """Return the qemu-nbd and borg processes working on this test's files, and
-        the nbdfuse processes and mounts of Borg 2 backups (their files are
-        borg-vm-image.* directories of their own)."""
+        the nbdfuse processes and mounts of this domain's Borg 2 backups (their
+        files are borg-vm-image.DOMAIN.* directories of their own), not those of
+        other tests that may run meanwhile."""
+        images = f"/borg-vm-image.{self.name}."
         with open("/proc/self/mounts") as f:
-            mounts = [line.split()[1] for line in f if "/borg-vm-image." in line.split()[1]]
+            mounts = [line.split()[1] for line in f if images in line.split()[1]]
         return (processes_naming(str(self.tmp), "qemu-nbd") + processes_naming(self.repo, "borg")
-                + processes_naming("/borg-vm-image.", "nbdfuse") + mounts)
+                + processes_naming(images, "nbdfuse") + mounts)
 
     def leftovers(self) -> list[str]:
         """Return what runs left behind, one kind each: job, checkpoints, run
