@@ -76,6 +76,16 @@ class CheckpointInconsistent(LibvirtError):
     """Checkpoint {checkpoint!r} of domain {name!r} is unusable: {detail}"""
 
 
+class RemoteUnsupported(UsageError):
+    """borg-vm does not support {what} on a remote hypervisor ({where}) yet:
+    {hint}."""
+
+
+class SshError(BorgVmError):
+    """ssh to hypervisor {host} failed to {action}: {detail}. Check that 'ssh'
+    with the URI's user, port and keyfile logs in there without a prompt."""
+
+
 # --- the guest agent (--quiesce) ---------------------------------------------
 
 class QuiesceError(BorgVmError):

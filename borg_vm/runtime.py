@@ -11,6 +11,10 @@ Layout::
         <uuid>.<random>/                0700, owned by root or by QEMU's user
             nbd.sock                    the backup job's NBD server
             <target>.scratch            fleecing files (unless --scratch-dir)
+        ssh.<random>/                   0700, a run's ssh connection to a remote
+                                        hypervisor (services/hosts.py): its control
+                                        socket and forwarded NBD sockets; the run
+                                        dir above is then on the hypervisor
 
 A run passes through phases, in order (services/backup/run.py; restore has one,
 APPLIED): each is a debug line ``phase NAME: ...``, so ``--debug`` shows how
@@ -34,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import glob
 import logging
 import os
@@ -41,7 +46,7 @@ import shutil
 import signal
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from borg_vm.errors import RuntimeDirUnsafe, UsageError
 
@@ -171,31 +176,58 @@ def run_dir(uuid: str, owner: tuple[int, int] | None) -> Iterator[str]:
 
 
 MOUNT_PREFIX = "mount."
+SSH_PREFIX = "ssh."
 MOUNT_LOCK = "lock"
 
 
 @contextlib.contextmanager
-def mount_dir() -> Iterator[str]:
-    """Yield a fresh 0700 directory for one borg-vm mount, marked as in use (a flock
-    on its lock file) for the block. The caller removes what it put in it; the
-    directory is removed afterwards if that left it empty, else kept with its
-    lock file, unlocked, for the next run to clean (stale_mount_dirs)."""
-    path = tempfile.mkdtemp(prefix=MOUNT_PREFIX, dir=_safe_base_dir())
+def _locked_dir(prefix: str, cleanup: Callable[[str], None]) -> Iterator[str]:
+    """Yield a fresh 0700 directory named prefix*, marked as in use (a flock on
+    its lock file) for the block; then call cleanup(path)."""
+    path = tempfile.mkdtemp(prefix=prefix, dir=_safe_base_dir())
     fd = os.open(os.path.join(path, MOUNT_LOCK), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield path
     finally:
         os.close(fd)
-        if os.listdir(path) == [MOUNT_LOCK]:
-            os.unlink(os.path.join(path, MOUNT_LOCK))
-            os.rmdir(path)
+        cleanup(path)
+
+
+def mount_dir() -> contextlib.AbstractContextManager[str]:
+    """A fresh 0700 directory for one borg-vm mount, marked as in use (a flock
+    on its lock file) for the block. The caller removes what it put in it; the
+    directory is removed afterwards if that left it empty, else kept with its
+    lock file, unlocked, for the next run to clean (stale_mount_dirs)."""
+    return _locked_dir(MOUNT_PREFIX, _remove_if_empty)
+
+
+def _remove_if_empty(path: str) -> None:
+    if os.listdir(path) == [MOUNT_LOCK]:
+        os.unlink(os.path.join(path, MOUNT_LOCK))
+        os.rmdir(path)
+
+
+@contextlib.contextmanager
+def private_dir(prefix: str) -> Iterator[str]:
+    """Yield a fresh 0700 directory (named prefix*) for one run's sockets, removed
+    with what is in it afterwards; first remove those of crashed runs."""
+    for stale in stale_dirs(prefix):
+        log.info("removing leftover directory %s of a crashed run", stale)
+        shutil.rmtree(stale, ignore_errors=True)
+    with _locked_dir(prefix, functools.partial(shutil.rmtree, ignore_errors=True)) as path:
+        yield path
 
 
 def stale_mount_dirs() -> list[str]:
     """Return the mount directories whose borg-vm mount is gone (no one holds their lock)."""
+    return stale_dirs(MOUNT_PREFIX)
+
+
+def stale_dirs(prefix: str) -> list[str]:
+    """Return the directories named prefix* whose run is gone (no one holds their lock)."""
     # A directory without its lock file is being made right now (or not by us).
-    return [path for path in glob.glob(os.path.join(base_dir(), MOUNT_PREFIX + "*"))
+    return [path for path in glob.glob(os.path.join(base_dir(), prefix + "*"))
             if lock_held(os.path.join(path, MOUNT_LOCK)) is False]
 
 

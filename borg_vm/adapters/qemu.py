@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from borg_vm.adapters import subproc
@@ -12,10 +13,18 @@ from borg_vm.errors import QemuImgError
 QEMU_IMG = "qemu-img"
 QEMU_NBD = "qemu-nbd"
 
+# Runs an argv where the images are (this machine, or a hypervisor over ssh:
+# services/hosts.py) and returns its stdout; raises subproc.CommandFailed.
+Runner = Callable[[Sequence[str]], bytes]
 
-def _run(action: str, argv: list[str]) -> bytes:
+
+def _local(argv: Sequence[str]) -> bytes:
+    return subproc.run(argv).stdout
+
+
+def _run(action: str, argv: list[str], run: Runner = _local) -> bytes:
     try:
-        return subproc.run(argv).stdout
+        return run(argv)
     except subproc.CommandFailed as e:
         raise QemuImgError(action=action, detail=e.stderr.strip() or str(e)) from e
 
@@ -87,14 +96,15 @@ class Layer:
     bitmaps: dict[str, tuple[str, ...]]
 
 
-def backing_chain(path: str, fmt: str) -> list[Layer]:
-    """Return the image's backing chain, top first, with each layer's bitmaps.
+def backing_chain(path: str, fmt: str, run: Runner = _local) -> list[Layer]:
+    """Return the image's backing chain, top first, with each layer's bitmaps
+    (qemu-img run by run: where the image is).
 
     Read with -U (no lock): the caller holds the domain's lock and the image
     is not in use, or only reads what a writer cannot make inconsistent.
     """
     doc = json.loads(_run("info", [QEMU_IMG, "info", "--output=json", "--backing-chain", "-U",
-                                   "-f", fmt, path]))
+                                   "-f", fmt, path], run))
     return [Layer(layer["filename"], layer["format"],
                   {b["name"]: tuple(b.get("flags", ()))
                    for b in layer.get("format-specific", {}).get("data", {}).get("bitmaps", [])})
@@ -107,8 +117,8 @@ def bitmap_add(path: str, name: str, disabled: bool = False) -> None:
                     "-f", "qcow2", path, name])
 
 
-def bitmap_remove(path: str, name: str) -> None:
-    _run("bitmap", [QEMU_IMG, "bitmap", "--remove", "-f", "qcow2", path, name])
+def bitmap_remove(path: str, name: str, run: Runner = _local) -> None:
+    _run("bitmap", [QEMU_IMG, "bitmap", "--remove", "-f", "qcow2", path, name], run)
 
 
 def bitmap_merge(path: str, target: str, source: str, source_path: str,

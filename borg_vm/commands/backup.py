@@ -12,6 +12,7 @@ from borg_vm.core import plan
 from borg_vm.core.compression import parse_compression
 from borg_vm.errors import Interrupted, UsageError, describe, report
 from borg_vm.format import names as fmt
+from borg_vm.services import hosts
 from borg_vm.services.backup import parallel, quiesce
 from borg_vm.services.backup.run import BackupOptions, backup
 
@@ -106,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
                                                          quiesce.FREEZE_TIMEOUT),
                          progress=options.progress(args))
     failed: dict[str, int] = {}
-    with virt.connect(args.connect) as hv:
+    with virt.connect(args.connect) as hv, hosts.connect(args.connect) as host:
         names = ([args.only] if args.only is not None else args.domains
                  or [n for n in hv.domain_names() if fnmatch.fnmatchcase(n, args.match or "*")])
         if not names:
@@ -115,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
             return parallel.run(args.argv, args.jobs, borg, names)
         for name in names:
             try:
-                result = backup(hv, borg, name, opts)
+                result = backup(hv, borg, name, opts, host)
             except Interrupted:
                 raise
             except Exception as e:  # one domain's failure, even a bug, never stops the next

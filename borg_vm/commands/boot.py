@@ -8,9 +8,10 @@ import logging
 
 from borg_vm.adapters import libvirt as virt
 from borg_vm.commands import options
+from borg_vm.core import libvirt_uri
 from borg_vm.core.text import printable
 from borg_vm.core.vmstate import LABELS
-from borg_vm.errors import EXIT_OK, UsageError
+from borg_vm.errors import EXIT_OK, RemoteUnsupported, UsageError
 from borg_vm.progress import human
 from borg_vm.services.serving.boot import (
     Booted,
@@ -69,6 +70,9 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(detail="boot DOMAIN needs --to DIR; --finish NEW and --resume NEW "
                                 "take none of --to, --name, --checkpoint, --keep-host-resources, "
                                 "--allow-unauthenticated")
+    if libvirt_uri.is_remote(args.connect):
+        raise RemoteUnsupported(what="boot", where=args.connect,
+                                hint="run borg-vm boot on the hypervisor")
     result: Finished | Resumed | Booted
     with virt.connect(args.connect) as hv:
         if args.finish:

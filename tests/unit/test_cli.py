@@ -45,7 +45,7 @@ def test_an_unexpected_error_in_one_domain_does_not_stop_the_others(fake_stack, 
                                                                     capsys):
     tried = []
 
-    def backup(hv, borg, name, opts):
+    def backup(hv, borg, name, opts, host):
         tried.append(name)
         if name == "a":
             raise TypeError("'<' not supported between instances of 'int' and 'str'")
@@ -85,7 +85,7 @@ def test_debug_adds_the_traceback(fake_stack, monkeypatch, capsys):
 
 def test_full_every_comes_from_the_environment(fake_stack, monkeypatch, capsys):
     seen = []
-    monkeypatch.setattr(backup_command, "backup", lambda hv, borg, name, opts: seen.append(opts.full_every)
+    monkeypatch.setattr(backup_command, "backup", lambda hv, borg, name, opts, host: seen.append(opts.full_every)
                         or (_ for _ in ()).throw(KeyError("stop")))
     monkeypatch.setenv("BORG_VM_FULL_EVERY", "30d")
     run_main(capsys, "backup", "a")
@@ -105,7 +105,7 @@ def test_full_every_comes_from_the_environment(fake_stack, monkeypatch, capsys):
 def backup_options(monkeypatch):
     """Make backup record the options it gets (and stop there); return the list."""
     seen = []
-    monkeypatch.setattr(backup_command, "backup", lambda hv, borg, name, opts: seen.append((name, opts))
+    monkeypatch.setattr(backup_command, "backup", lambda hv, borg, name, opts, host: seen.append((name, opts))
                         or (_ for _ in ()).throw(KeyError("stop")))
     return seen
 
@@ -238,7 +238,7 @@ def test_backup_json_has_an_object_for_each_domain_that_failed(fake_stack, monke
         def to_json(self):
             return {"domain": "good", "archive": "good.base.borgvm-20261127T020000Z"}
 
-    def backup(hv, borg, name, opts):
+    def backup(hv, borg, name, opts, host):
         if name == "good":
             return Done()
         if name == "buggy":

@@ -153,6 +153,22 @@ def test_a_mount_dir_is_stale_only_once_its_holder_is_gone(tmp_path, monkeypatch
     assert os.listdir(tmp_path / "run") == []
 
 
+def test_a_private_dir_goes_with_what_is_in_it_and_a_crashed_runs_goes_next_time(base):
+    with runtime.private_dir(runtime.SSH_PREFIX) as path:
+        assert oct(os.stat(path).st_mode & 0o777) == "0o700"
+        (Path(path) / "ctl").write_text("")
+        with runtime.private_dir(runtime.SSH_PREFIX) as other:   # a run beside it
+            assert os.path.isdir(path)
+    assert os.listdir(base) == []
+    crashed = base / "ssh.crashed"   # its holder is gone: nobody holds its lock
+    crashed.mkdir()
+    (crashed / runtime.MOUNT_LOCK).write_text("")
+    (crashed / "1.sock").write_text("")
+    with runtime.private_dir(runtime.SSH_PREFIX) as path:
+        assert sorted(os.listdir(base)) == [os.path.basename(path)]
+    assert other != path
+
+
 def test_lock_held_says_whether_anyone_holds_the_flock(tmp_path):
     path = tmp_path / "a.lock"
     assert runtime.lock_held(str(path)) is None

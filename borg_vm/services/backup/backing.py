@@ -11,8 +11,10 @@ from borg_vm.adapters import qemu
 from borg_vm.adapters.disk_sources import ImageSource
 from borg_vm.adapters.libvirt import Domain
 from borg_vm.core import bitmaps, domxml, layers, plan
+from borg_vm.errors import RemoteUnsupported
 from borg_vm.format.manifest import LayerRecord
 from borg_vm.format.names import Level
+from borg_vm.services.hosts import LOCAL, Host
 
 
 @dataclass(frozen=True)
@@ -30,12 +32,15 @@ class DiskLayers:
                      for n, x in zip(self.names, self.chain, strict=True))
 
 
-def of_disks(dom: Domain, disks: Sequence[plan.Disk], p: plan.Plan) -> dict[str, DiskLayers]:
-    """Return each disk's layers, naming them after libvirt's snapshots."""
+def of_disks(dom: Domain, disks: Sequence[plan.Disk], p: plan.Plan, host: Host = LOCAL
+             ) -> dict[str, DiskLayers]:
+    """Return each disk's layers (their images read on host), naming them after
+    libvirt's snapshots. Raise RemoteUnsupported if a remote host has sealed
+    layers to read (sealed_source serves images of this machine only)."""
     images = domxml.snapshot_images(dom.snapshot_xmls())
     out = {}
     for d in disks:
-        chain = tuple(qemu.backing_chain(d.source, d.format))
+        chain = tuple(qemu.backing_chain(d.source, d.format, host.run))
         paths = [x.path for x in chain]
         sealed: tuple[tuple[int, str | None], ...] = ()
         if p.disk_levels[d.target] == Level.INC:
@@ -43,6 +48,11 @@ def of_disks(dom: Domain, disks: Sequence[plan.Disk], p: plan.Plan) -> dict[str,
             parent_top = p.parent.summary.disks[d.target].source
             sealed = tuple((i, _final_changes_bitmap(chain[i], p.parent.name.checkpoint))
                            for i in layers.sealed_since(paths, parent_top))
+            if sealed and host.remote:
+                raise RemoteUnsupported(
+                    what="snapshot layers sealed since the last backup", where=host.name,
+                    hint=f"disk {d.target} has some; back it up with --level full, "
+                    "or on the hypervisor")
         out[d.target] = DiskLayers(chain, tuple(layers.layer_name(paths, i, images)
                                                 for i in range(len(chain))), sealed)
     return out

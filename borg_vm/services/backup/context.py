@@ -25,6 +25,7 @@ from borg_vm.format import names as fmt
 from borg_vm.format.names import ArchiveName
 from borg_vm.format.summary import ArchiveInfo
 from borg_vm.services.backup.quiesce import FREEZE_TIMEOUT
+from borg_vm.services.hosts import LOCAL, Host
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,8 @@ class BackupRun:
     # called with the new archive's name before anything is written that would
     # record it; raises if the repository's listing does not confirm them.
     confirm: Callable[[ArchiveName], None] | None = None
+    # The hypervisor's machine (services/hosts.py): this one, or one reached by ssh.
+    host: Host = LOCAL
     by_target: dict[str, plan.Disk] = field(init=False)
 
     def __post_init__(self) -> None:

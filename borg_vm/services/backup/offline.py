@@ -36,6 +36,7 @@ from borg_vm.format import names as fmt
 from borg_vm.format.names import Level
 from borg_vm.services.backup import vmstate
 from borg_vm.services.backup.context import BackupRun, Session
+from borg_vm.services.hosts import LOCAL, Host
 
 log = logging.getLogger(__name__)
 
@@ -106,16 +107,17 @@ def _dirty_bitmap(dom: Domain, d: plan.Disk, chain: tuple[qemu.Layer, ...], p: p
     return merged
 
 
-def drop_checkpoint(dom: Domain, name: str, top_images: list[str]) -> None:
+def drop_checkpoint(dom: Domain, name: str, top_images: list[str], host: Host = LOCAL
+                    ) -> None:
     """Delete an older borg-vm checkpoint: through libvirt if the domain runs
-    now, else its metadata and its bitmaps in the top images."""
+    now, else its metadata and its bitmaps in the top images (on host)."""
     if dom.is_active():
         dom.delete_checkpoint(name)
         return
     dom.forget_checkpoint(name)
     for image in top_images:
-        if name in qemu.backing_chain(image, "qcow2")[0].bitmaps:
-            _remove_bitmap(dom, image, name)
+        if name in qemu.backing_chain(image, "qcow2", host.run)[0].bitmaps:
+            _remove_bitmap(dom, image, name, host)
     log.info("deleted checkpoint %s of %s", name, dom.name)
 
 
@@ -130,11 +132,11 @@ def _remove_stale_bitmaps(dom: Domain, top: qemu.Layer, known: set[str]) -> None
             _remove_bitmap(dom, top.path, name)
 
 
-def _remove_bitmap(dom: Domain, image: str, bitmap: str) -> None:
+def _remove_bitmap(dom: Domain, image: str, bitmap: str, host: Host = LOCAL) -> None:
     """Remove a bitmap this run or a crashed one added. Best effort, logged: the
     original error is what the user sees, and a leftover is removed next time."""
     try:
-        qemu.bitmap_remove(image, bitmap)
+        qemu.bitmap_remove(image, bitmap, host.run)
     except QemuImgError as e:
         log.error("%s: could not remove bitmap %s of %s: %s", dom.name, bitmap, image,
                   e.message)

@@ -50,6 +50,7 @@ from borg_vm.errors import (
     BorgError,
     CheckpointInconsistent,
     NoDisksToBackUp,
+    RemoteUnsupported,
     UnknownDisk,
 )
 from borg_vm.format import names as fmt
@@ -61,6 +62,7 @@ from borg_vm.progress import Progress
 from borg_vm.services import catalog, catalog_cache
 from borg_vm.services.backup import backing, checkpoint_recovery, offline, running
 from borg_vm.services.backup.context import BackupOptions, BackupRun, Session
+from borg_vm.services.hosts import LOCAL, Host
 
 log = logging.getLogger(__name__)
 
@@ -124,8 +126,10 @@ def select_disks(dom: Domain, live: domxml.LiveDomain, exclude: tuple[str, ...]
     return tuple(disks)
 
 
-def backup(hv: Hypervisor, borg: Repository, name: str, opts: BackupOptions) -> BackupResult:
-    """Back up one domain (running or shut off) into one new archive; return what was done.
+def backup(hv: Hypervisor, borg: Repository, name: str, opts: BackupOptions,
+           host: Host = LOCAL) -> BackupResult:
+    """Back up one domain (running or shut off) of hypervisor hv, on machine host
+    (services/hosts.py), into one new archive; return what was done.
 
     Raise a BorgVmError subclass (nothing recorded, nothing lost) on failure.
     """
@@ -138,8 +142,8 @@ def backup(hv: Hypervisor, borg: Repository, name: str, opts: BackupOptions) -> 
         # host saw begins; the thread ends with it.
         with concurrent.futures.ThreadPoolExecutor(1, "borg-list") as pool:
             listed = pool.submit(catalog.archives, borg, dom.name)
-            runtime.remove_stale(dom.uuid)
-            running.end_stale_job(dom)
+            host.remove_stale(dom.uuid)
+            running.end_stale_job(dom, host)
             # the live XML of a running domain, the definition of a shut-off one
             live = domxml.LiveDomain.parse(dom.xml())
             disks = select_disks(dom, live, opts.exclude_disks)
@@ -152,14 +156,15 @@ def backup(hv: Hypervisor, borg: Repository, name: str, opts: BackupOptions) -> 
                 result = _from_seen(BackupRun(
                     dom, opts, live, disks, tuple(seen.archives), seen.keyring.signing_key,
                     frozenset(a.name.checkpoint for a in seen.archives),
-                    functools.partial(_confirm, listed, seen)), borg, own,
+                    functools.partial(_confirm, listed, seen), host), borg, own,
                     functools.partial(_confirm, listed, seen, None))
                 own = _own_checkpoints(dom)   # as the run left them, if it is to run again
             found = listed.result()
         if result is None:
             result = _backup_locked(BackupRun(dom, opts, live, disks, tuple(found.archives),
                                               found.keyring.signing_key,
-                                              frozenset(found.checkpoints())), borg, own)
+                                              frozenset(found.checkpoints()), host=host),
+                                    borg, own)
         # (the listing may have run beside this run's images: they are no leftovers)
         _delete_leftovers(dom, borg, found.leftovers(ArchiveName.parse(result.archive)))
     result.duration = time.monotonic() - started
@@ -259,11 +264,15 @@ def _run(run: BackupRun, borg: Repository, p: plan.Plan, announced: bool = False
     dom = run.dom
     when = datetime.now(UTC)
     taken = set(dom.checkpoints()) | run.taken
-    layers = backing.of_disks(dom, run.disks, p)
+    active = dom.is_active()
+    if not active and run.host.remote:
+        raise RemoteUnsupported(what="backing up a shut-off domain", where=run.host.name,
+                                hint=f"start {dom.name}, or back it up on the hypervisor")
+    layers = backing.of_disks(dom, run.disks, p, run.host)
     name = plan.archive_name(dom.name, backing.top_layer(layers), when, taken)
     checkpoint = name.checkpoint
     runtime.phase(runtime.PLANNED, "%s: %s backup into %s", dom.name, p.level, name)
-    opened = (running.session(run, p, checkpoint) if dom.is_active() else
+    opened = (running.session(run, p, checkpoint) if active else
               offline.session(run, p, checkpoint, when,
                               {t: x.chain for t, x in layers.items()}))
     with opened as session:

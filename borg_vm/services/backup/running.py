@@ -3,7 +3,8 @@ disks as of its start over NBD and creates the run's checkpoint.
 
     begin job (checkpoint C; --quiesce freezes the guest for this step only),
     read the domain's UEFI variables and TPM state (services/backup/vmstate.py)
-    -> the run reads the job's NBD exports -> end the job -> drop older
+    -> the run reads the job's NBD exports (on a remote hypervisor through a
+    socket forwarded over ssh: services/hosts.py) -> end the job -> drop older
     borg-vm checkpoints; on failure: abort the job, delete C
 """
 
@@ -11,19 +12,19 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
+import posixpath
 from collections.abc import Iterator
 
-from borg_vm import runtime
 from borg_vm.adapters.disk_sources import PullBackupSource
 from borg_vm.adapters.libvirt import Domain
 from borg_vm.core import domxml, plan
-from borg_vm.errors import DomainStopped, LibvirtError, NbdError, QemuImgError
+from borg_vm.errors import DomainStopped, LibvirtError, NbdError, QemuImgError, SshError
 from borg_vm.format import names as fmt
 from borg_vm.format.names import Level
 from borg_vm.services import catalog_cache
 from borg_vm.services.backup import offline, quiesce, vmstate
 from borg_vm.services.backup.context import BackupRun, Session
+from borg_vm.services.hosts import Host
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +37,11 @@ def session(run: BackupRun, p: plan.Plan, checkpoint: str) -> Iterator[Session]:
     domain's older borg-vm checkpoints; on an exception abort the job and
     delete the new checkpoint.
     """
-    dom, opts = run.dom, run.opts
-    with runtime.run_dir(dom.uuid, run.live.qemu_owner) as rundir:
-        socket = os.path.join(rundir, "nbd.sock")
-        export = {d.target: (os.path.join(opts.scratch_dir or rundir,
-                                          f"{d.target}.{checkpoint}.scratch"),
+    dom, opts, host = run.dom, run.opts, run.host
+    with host.run_dir(dom.uuid, run.live.qemu_owner) as rundir:
+        socket = posixpath.join(rundir, "nbd.sock")
+        export = {d.target: (posixpath.join(opts.scratch_dir or rundir,
+                                            f"{d.target}.{checkpoint}.scratch"),
                              "incremental" if p.disk_levels[d.target] == Level.INC else "full")
                   for d in run.disks}
         targets = run.live.disk_targets
@@ -57,17 +58,19 @@ def session(run: BackupRun, p: plan.Plan, checkpoint: str) -> Iterator[Session]:
                                     opts.freeze_timeout) as q:
                     job_running.enter_context(dom.pull_backup(job, cp, p.parent_checkpoint))
                     begun = True
-                    state = vmstate.read(dom.name, run.live.xml, dom.uuid)
-                yield Session(PullBackupSource(socket), lambda: dom.checkpoint_xml(checkpoint),
+                    state = vmstate.read(dom.name, run.live.xml, dom.uuid, host)
+                reached = job_running.enter_context(host.reach(socket))
+                yield Session(PullBackupSource(reached), lambda: dom.checkpoint_xml(checkpoint),
                               q.ms, state)
         except BaseException as e:
             if begun:
-                _undo_checkpoint(dom, checkpoint, run.disks, e, guessed=run.confirm is not None)
+                _undo_checkpoint(dom, checkpoint, run.disks, host, e,
+                                 guessed=run.confirm is not None)
                 if isinstance(e, NbdError) and _stopped(dom):
                     raise DomainStopped(name=dom.name, detail=e.message) from e
             raise
         finally:
-            _remove_scratch(export)
+            host.remove_files([path for path, _mode in export.values()])
     for old in sorted(c for c in dom.checkpoints()
                       if fmt.is_own_checkpoint(c) and c != checkpoint):
         # Superseded: if its bitmaps are gone (QEMU was killed since a failed run
@@ -75,13 +78,14 @@ def session(run: BackupRun, p: plan.Plan, checkpoint: str) -> Iterator[Session]:
         dom.delete_checkpoint(old, broken=True)
 
 
-def end_stale_job(dom: Domain) -> None:
-    """Abort a backup job a crashed borg-vm run left behind; refuse to touch anyone else's."""
+def end_stale_job(dom: Domain, host: Host) -> None:
+    """Abort a backup job a crashed borg-vm run left behind (its sockets in the
+    runtime directory on the hypervisor's host); refuse to touch anyone else's."""
     job = dom.backup_job_xml()
     if job is None:
         return
     sockets = domxml.backup_sockets(job)
-    if sockets and all(runtime.is_ours(s) for s in sockets):
+    if sockets and all(host.is_ours(s) for s in sockets):
         log.info("%s: aborting a backup job left by a crashed borg-vm run", dom.name)
         dom.abort_job()
         return
@@ -89,13 +93,7 @@ def end_stale_job(dom: Domain) -> None:
                        detail="another backup job is running on this domain")
 
 
-def _remove_scratch(export: dict[str, tuple[str, str]]) -> None:
-    for path, _mode in export.values():
-        if os.path.exists(path):
-            os.unlink(path)
-
-
-def _undo_checkpoint(dom: Domain, checkpoint: str, disks: tuple[plan.Disk, ...],
+def _undo_checkpoint(dom: Domain, checkpoint: str, disks: tuple[plan.Disk, ...], host: Host,
                      why: BaseException, *, guessed: bool) -> None:
     """After a failure (why): end the job and delete the new checkpoint (through
     libvirt, or if the domain stopped meanwhile, its metadata and any bitmap in the
@@ -116,8 +114,8 @@ def _undo_checkpoint(dom: Domain, checkpoint: str, disks: tuple[plan.Disk, ...],
     try:
         dom.abort_job()
         offline.drop_checkpoint(dom, checkpoint,
-                                [d.source for d in disks if d.incremental_capable])
-    except (LibvirtError, QemuImgError) as e:
+                                [d.source for d in disks if d.incremental_capable], host)
+    except (LibvirtError, QemuImgError, SshError) as e:
         log.error("%s: could not remove checkpoint %s: %s", dom.name, checkpoint, e.message)
 
 

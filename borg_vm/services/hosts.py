@@ -1,0 +1,223 @@
+"""The hypervisor's machine, as a backup run needs it: this machine, or one
+reached over ssh (adapters/ssh.py) when the libvirt URI names a remote host.
+
+Everything a run of a running domain does besides libvirt and NBD goes through
+a Host: programs it runs on the images (qemu-img), files of the domain it reads
+(UEFI variables, TPM state), the private run directory where the backup job's
+NBD socket and scratch files live, and the leftovers of a crashed run. The NBD
+socket is on the hypervisor; ``reach`` makes it reachable here::
+
+    LocalHost   run dir   /run/borg-vm/<uuid>.<random>/  (runtime.py)
+                reach     the socket itself
+    SshHost     run dir   /run/borg-vm/<uuid>.<random>/  on the hypervisor, made
+                          and removed over ssh, owned by QEMU's user there
+                reach     a socket in this machine's private ssh directory,
+                          forwarded there over the ssh connection
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import posixpath
+import stat
+from collections.abc import Iterator, Sequence
+from typing import Protocol
+
+from borg_vm import runtime
+from borg_vm.adapters import ssh, subproc
+from borg_vm.core import libvirt_uri
+from borg_vm.errors import SshError
+
+log = logging.getLogger(__name__)
+
+# The runtime directory on a remote hypervisor (runtime.DEFAULT_RUNTIME_DIR there;
+# BORG_VM_RUNTIME_DIR says where this machine's is).
+REMOTE_RUNTIME_DIR = runtime.DEFAULT_RUNTIME_DIR
+# Exit codes of the read script below.
+_MISSING, _NOT_REGULAR = 3, 4
+_READ_SCRIPT = ('[ -e "$1" ] || [ -L "$1" ] || exit 3; [ -f "$1" ] || exit 4; '
+                'exec head -c "$2" -- "$1"')
+
+
+class Unreadable(Exception):
+    """A file of the hypervisor exists but cannot be read (str: why)."""
+
+
+class Host(Protocol):
+    """The machine a hypervisor runs on (see the module docstring)."""
+
+    remote: bool
+    name: str
+
+    def run(self, argv: Sequence[str]) -> bytes:
+        """Run argv there; return its stdout; raise subproc.CommandFailed if it fails."""
+        ...
+
+    def read_file(self, path: str, limit: int) -> bytes | None:
+        """Return up to limit bytes of the regular file at path, None if there is
+        none; raise Unreadable if it cannot be read or is no regular file."""
+        ...
+
+    def run_dir(self, uuid: str, owner: tuple[int, int] | None
+                ) -> contextlib.AbstractContextManager[str]:
+        """A fresh 0700 directory there for one run, owned by owner; removed on exit."""
+        ...
+
+    def reach(self, socket: str) -> contextlib.AbstractContextManager[str]:
+        """A path here through which the unix socket there is reached."""
+        ...
+
+    def remove_files(self, paths: Sequence[str]) -> None:
+        """Remove the files there (those that exist)."""
+        ...
+
+    def remove_stale(self, uuid: str) -> None:
+        """Remove the run directories crashed runs of domain uuid left there."""
+        ...
+
+    def is_ours(self, path: str) -> bool:
+        """Return True if path there lies in borg-vm's runtime directory."""
+        ...
+
+
+class LocalHost:
+    """This machine."""
+
+    remote = False
+    name = "this host"
+
+    def run(self, argv: Sequence[str]) -> bytes:
+        return subproc.run(argv).stdout
+
+    def read_file(self, path: str, limit: int) -> bytes | None:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise Unreadable(e.strerror or str(e)) from e
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise Unreadable("not a regular file")
+        with open(fd, "rb") as f:
+            try:
+                return f.read(limit)
+            except OSError as e:
+                raise Unreadable(e.strerror or str(e)) from e
+
+    def run_dir(self, uuid: str, owner: tuple[int, int] | None
+                ) -> contextlib.AbstractContextManager[str]:
+        return runtime.run_dir(uuid, owner)
+
+    def reach(self, socket: str) -> contextlib.AbstractContextManager[str]:
+        return contextlib.nullcontext(socket)
+
+    def remove_files(self, paths: Sequence[str]) -> None:
+        for path in paths:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+
+    def remove_stale(self, uuid: str) -> None:
+        runtime.remove_stale(uuid)
+
+    def is_ours(self, path: str) -> bool:
+        return runtime.is_ours(path)
+
+
+LOCAL = LocalHost()
+
+
+class SshHost:
+    """A hypervisor reached over one ssh connection; its local sockets live in
+    directory (this machine's, private to the run)."""
+
+    remote = True
+
+    def __init__(self, conn: ssh.Connection, directory: str):
+        self._conn = conn
+        self._dir = directory
+        self._forwards = 0
+        self.name = conn.target.host
+
+    def run(self, argv: Sequence[str]) -> bytes:
+        return self._conn.run(argv)
+
+    def read_file(self, path: str, limit: int) -> bytes | None:
+        try:
+            return self._conn.run(["sh", "-c", _READ_SCRIPT, "sh", path, str(limit)])
+        except subproc.CommandFailed as e:
+            if e.returncode == _MISSING:
+                return None
+            if e.returncode == _NOT_REGULAR:
+                raise Unreadable("not a regular file") from e
+            raise Unreadable(e.stderr.strip() or str(e)) from e
+
+    @contextlib.contextmanager
+    def run_dir(self, uuid: str, owner: tuple[int, int] | None) -> Iterator[str]:
+        self._base()
+        path = self._run("make a run directory",
+                         ["mktemp", "-d", "-p", REMOTE_RUNTIME_DIR, f"{uuid}.XXXXXXXX"]
+                         ).decode().strip()
+        try:
+            if owner is not None:
+                self._run("give the run directory to QEMU's user",
+                          ["chown", f"{owner[0]}:{owner[1]}", "--", path])
+            yield path
+        finally:
+            self._remove_tree(path)
+
+    def reach(self, socket: str) -> contextlib.AbstractContextManager[str]:
+        self._forwards += 1
+        return self._conn.forward(os.path.join(self._dir, f"{self._forwards}.sock"), socket)
+
+    def remove_files(self, paths: Sequence[str]) -> None:
+        if paths:
+            self._run("remove scratch files", ["rm", "-f", "--", *paths])
+
+    def remove_stale(self, uuid: str) -> None:
+        self._base()
+        found = self._run("list leftover run directories",
+                          ["find", REMOTE_RUNTIME_DIR, "-mindepth", "1", "-maxdepth", "1",
+                           "-type", "d", "-name", f"{uuid}.*"]).decode().split()
+        for path in found:
+            log.info("removing leftover run directory %s of a crashed run on %s", path,
+                     self.name)
+            self._remove_tree(path)
+
+    def is_ours(self, path: str) -> bool:
+        return posixpath.normpath(path).startswith(REMOTE_RUNTIME_DIR + "/")
+
+    def _base(self) -> None:
+        self._run("make the runtime directory", ["mkdir", "-p", "-m", "0755", "--",
+                                                 REMOTE_RUNTIME_DIR])
+
+    def _remove_tree(self, path: str) -> None:
+        """Remove a run directory there; best effort, logged (the next run's
+        remove_stale tries again)."""
+        try:
+            self._run("remove a run directory", ["rm", "-rf", "--", path])
+        except SshError as e:
+            log.error("could not remove %s on %s: %s", path, self.name, e.message)
+
+    def _run(self, action: str, argv: Sequence[str]) -> bytes:
+        try:
+            return self._conn.run(argv)
+        except subproc.CommandFailed as e:
+            raise SshError(host=self.name, action=action,
+                           detail=e.stderr.strip() or str(e)) from e
+
+
+@contextlib.contextmanager
+def connect(uri: str) -> Iterator[Host]:
+    """Yield the Host of the hypervisor libvirt URI uri names: LOCAL, or an SshHost
+    logged in for the block. Raise RemoteUnsupported for a remote URI that is not
+    qemu+ssh://, SshError if ssh cannot log in."""
+    target = libvirt_uri.ssh_target(uri)
+    if target is None:
+        yield LOCAL
+        return
+    with runtime.private_dir(runtime.SSH_PREFIX) as directory, \
+            ssh.connect(target, directory) as conn:
+        yield SshHost(conn, directory)
