@@ -4,6 +4,7 @@ import os
 
 import installed
 import pytest
+import sshd
 
 KEYS_DIR_ENV = "BORG_VM_KEYS_DIR"
 
@@ -25,6 +26,15 @@ def borg2_stores_executable():
     if not os.access(path, os.X_OK):
         pytest.skip(f"no Borg 2 with store backends at {path} (make setup installs it)")
     return path
+
+
+@pytest.fixture
+def ssh_server(tmp_path):
+    """Return a running sshd.Sshd on 127.0.0.1, stopped by its PID at teardown."""
+    if not os.access(sshd.SSHD, os.X_OK):
+        pytest.skip(f"{sshd.SSHD} is missing (contrib/setup-host.sh installs openssh-server)")
+    with sshd.Sshd(tmp_path / "sshd") as server:
+        yield server
 
 
 @pytest.fixture(scope="session", autouse=True)

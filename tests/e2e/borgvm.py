@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,12 +37,14 @@ class Result:
         return [json.loads(line) for line in self.stdout.splitlines() if line.strip()]
 
 
-def run(*args: str, env: dict | None = None, code: int | None = 0) -> Result:
-    """Given borg-vm arguments, run `python -m borg_vm ARGS`; return its Result.
+def run(*args: str, env: dict | None = None, code: int | None = 0,
+        wrap: Sequence[str] = ()) -> Result:
+    """Given borg-vm arguments, run `python -m borg_vm ARGS` (through the command
+    wrap, if given: it runs the argv after it); return its Result.
 
     Assert the exit code when `code` is not None (with the output in the message).
     """
-    proc = subprocess.run([sys.executable, "-m", "borg_vm", *args], capture_output=True,
+    proc = subprocess.run([*wrap, sys.executable, "-m", "borg_vm", *args], capture_output=True,
                           text=True, env=env, timeout=RUN_TIMEOUT, **DETACHED)
     result = Result(proc.returncode, proc.stdout, proc.stderr)
     if code is not None:
@@ -51,9 +54,9 @@ def run(*args: str, env: dict | None = None, code: int | None = 0) -> Result:
     return result
 
 
-def start(*args: str, env: dict | None = None) -> subprocess.Popen:
-    """Start borg-vm in the background; the caller waits for it."""
-    return subprocess.Popen([sys.executable, "-m", "borg_vm", *args], env=env, text=True,
+def start(*args: str, env: dict | None = None, wrap: Sequence[str] = ()) -> subprocess.Popen:
+    """Start borg-vm in the background (through wrap, as run); the caller waits for it."""
+    return subprocess.Popen([*wrap, sys.executable, "-m", "borg_vm", *args], env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, **DETACHED)
 
 
@@ -219,8 +222,9 @@ def assert_same(actual: bytes, expected: bytes, what: str) -> None:
                              f"{actual[at:at + 8].hex()}.. expected {expected[at:at + 8].hex()}..")
 
 
-def backup(name: str, repo: str, *extra: str, env=None, code=0):
-    result = run("backup", name, "--repo", repo, "--json", *extra, env=env, code=code)
+def backup(name: str, repo: str, *extra: str, env=None, code=0, wrap: Sequence[str] = ()):
+    result = run("backup", name, "--repo", repo, "--json", *extra, env=env, code=code,
+                 wrap=wrap)
     return result.json_lines()[0] if code in (0, 1) else result
 
 

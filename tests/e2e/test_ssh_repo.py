@@ -5,22 +5,11 @@ not) do through the append-only key."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-import pytest
 import sshd
 from borgvm import BORG, archive_names, backup, borg, init_repo, restore_and_compare, run
 from guest import MIB
-
-
-@pytest.fixture
-def server(tmp_path):
-    """Return a running Sshd on 127.0.0.1, stopped by its PID at teardown."""
-    if not os.access(sshd.SSHD, os.X_OK):
-        pytest.skip(f"{sshd.SSHD} is missing (contrib/setup-host.sh installs openssh-server)")
-    with sshd.Sshd(tmp_path / "sshd") as server:
-        yield server
 
 
 def repo_bytes(path: Path) -> int:
@@ -28,7 +17,8 @@ def repo_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in (path / "data").rglob("*") if f.is_file())
 
 
-def test_backup_verify_restore_prune_over_ssh(make_domain, server, tmp_path, monkeypatch):
+def test_backup_verify_restore_prune_over_ssh(make_domain, ssh_server, tmp_path, monkeypatch):
+    server = ssh_server
     served = tmp_path / "served" / "repo"
     served.parent.mkdir()
     keys = {}

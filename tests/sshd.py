@@ -1,8 +1,10 @@
-"""A real OpenSSH server on 127.0.0.1 for e2e tests of ssh:// repositories.
+"""A real OpenSSH server on 127.0.0.1 for tests of ssh:// repositories and of
+remote hypervisors (qemu+ssh://).
 
 Each server has its own sshd_config, a throwaway host key, a free port and an
-authorized_keys file whose every key is forced to one command (`borg serve
-...`) with `restrict`, as a backup host's would be. Clients use real ssh with
+authorized_keys file whose keys are forced to one command (`borg serve ...`)
+with `restrict`, as a repository server's would be, or (a hypervisor's) run
+what they ask. Clients use real ssh with
 the server's host key pinned in a private known_hosts file. Facts that shape
 this module (OpenSSH 9.2, Debian 12):
 
@@ -18,6 +20,14 @@ this module (OpenSSH 9.2, Debian 12):
 * sshd runs a forced command through the user's shell with an environment of
   its own (PATH, HOME, USER...): `SetEnv` gives the server-side borg a
   BORG_BASE_DIR inside the test's directory.
+* A hypervisor's key runs what its client asks (virt-ssh-helper for libvirt,
+  qemu-img, mkdir...), so it is not forced to a command; `restrict,port-forwarding`
+  still refuses a terminal, agent and X11 forwarding, and allows forwarding a
+  unix socket (how borg-vm reaches a backup job's NBD socket).
+* libvirt's ssh transport takes no known_hosts file, and its `no_verify=1`
+  (StrictHostKeyChecking=no) would write ~/.ssh/known_hosts: a client gets an
+  ssh program of its own instead (`wrapper`), `ssh -F CONFIG`, for the URI's
+  `command=` parameter.
 """
 
 from __future__ import annotations
@@ -74,15 +84,40 @@ class Sshd:
         with self.authorized_keys.open("a") as f:
             f.write(f'command="{forced}",restrict {public_key}\n')
 
+    def authorize_hypervisor(self, public_key: str) -> None:
+        """Let `public_key` log in as root to run any command and forward sockets,
+        as a backup host's key on a hypervisor."""
+        with self.authorized_keys.open("a") as f:
+            f.write(f"restrict,port-forwarding {public_key}\n")
+
     def url(self, path: Path | str) -> str:
         return f"ssh://root@{LOOPBACK}:{self.port}{path}"
+
+    def _client_options(self, key: Path) -> list[tuple[str, str]]:
+        """ssh options that log in with `key` only, trust only this server's host
+        key and never prompt."""
+        return [("IdentityFile", str(key)), ("IdentitiesOnly", "yes"),
+                ("UserKnownHostsFile", str(self.known_hosts)),
+                ("GlobalKnownHostsFile", "/dev/null"),
+                ("StrictHostKeyChecking", "yes"), ("BatchMode", "yes")]
 
     def rsh(self, key: Path) -> str:
         """Return a BORG_RSH that logs in with `key` only, trusts only this
         server's host key, never prompts, and reads no user ssh config."""
-        return shlex.join(["ssh", "-F", "/dev/null", "-i", str(key), "-o", "IdentitiesOnly=yes",
-                           "-o", f"UserKnownHostsFile={self.known_hosts}",
-                           "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes"])
+        options = [arg for name, value in self._client_options(key)
+                   for arg in ("-o", f"{name}={value}")]
+        return shlex.join(["ssh", "-F", "/dev/null", *options])
+
+    def wrapper(self, key: Path) -> Path:
+        """Return an ssh program (for a libvirt URI's command=) that runs ssh with a
+        config of its own: as rsh(key), and reading no user ssh config."""
+        config = self.workdir / f"ssh_config-{key.name}"
+        config.write_text("Host *\n" + "".join(f"    {name} {value}\n"
+                                               for name, value in self._client_options(key)))
+        wrapper = self.workdir / f"ssh-{key.name}"
+        wrapper.write_text(f"#!/bin/sh\nexec ssh -F {shlex.quote(str(config))} \"$@\"\n")
+        wrapper.chmod(0o755)
+        return wrapper
 
     def __enter__(self) -> Sshd:
         PRIVSEP_DIR.mkdir(mode=0o755, exist_ok=True)

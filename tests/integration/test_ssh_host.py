@@ -1,0 +1,129 @@
+"""services/hosts.py's SshHost against a real sshd on 127.0.0.1 (tests/sshd.py):
+the hypervisor's machine reached over one ssh connection. No VM: what a backup
+run needs of the machine besides libvirt and NBD."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+import uuid as uuids
+from pathlib import Path
+
+import pytest
+import sshd
+
+from borg_vm.errors import SshError
+from borg_vm.services import hosts
+
+NOBODY = 65534
+
+
+@pytest.fixture
+def uri(ssh_server, tmp_path, monkeypatch):
+    """Return a qemu+ssh:// URI of the test's sshd (this machine as a hypervisor);
+    borg-vm's local runtime directory is the test's."""
+    monkeypatch.setenv("BORG_VM_RUNTIME_DIR", str(tmp_path / "run"))
+    key = tmp_path / "key"
+    ssh_server.authorize_hypervisor(sshd.make_key(key, "borg-vm-test-backup-host"))
+    return (f"qemu+ssh://root@{sshd.LOOPBACK}:{ssh_server.port}/system"
+            f"?command={ssh_server.wrapper(key)}&no_tty=1")
+
+
+@pytest.fixture
+def uuid():
+    """Return a fresh domain UUID; remove its run directories on the 'hypervisor'."""
+    value = str(uuids.uuid4())
+    yield value
+    for path in Path(hosts.REMOTE_RUNTIME_DIR).glob(f"{value}.*"):
+        for f in path.iterdir():
+            f.unlink()
+        path.rmdir()
+
+
+def test_commands_run_there_with_their_arguments_intact(uri):
+    with hosts.connect(uri) as host:
+        assert host.remote
+        assert host.run(["printf", "%s|", "a b", "$HOME", "'q'", ""]) == b"a b|$HOME|'q'||"
+
+
+def test_files_are_read_there(uri, tmp_path):
+    (tmp_path / "vars.fd").write_bytes(b"\0vars\xff")
+    os.mkfifo(tmp_path / "fifo")
+    with hosts.connect(uri) as host:
+        assert host.read_file(str(tmp_path / "vars.fd"), 100) == b"\0vars\xff"
+        assert host.read_file(str(tmp_path / "vars.fd"), 3) == b"\0va"
+        assert host.read_file(str(tmp_path / "none.fd"), 100) is None
+        for unusual in (tmp_path, tmp_path / "fifo"):   # a fifo never blocks
+            with pytest.raises(hosts.Unreadable, match="not a regular file"):
+                host.read_file(str(unusual), 100)
+
+
+def test_a_run_dir_there_is_private_owned_by_qemu_and_its_socket_reached_here(uri, uuid):
+    with hosts.connect(uri) as host:
+        with host.run_dir(uuid, (NOBODY, NOBODY)) as path:
+            st = os.stat(path)
+            assert os.path.dirname(path) == hosts.REMOTE_RUNTIME_DIR
+            assert (st.st_mode & 0o777, st.st_uid, st.st_gid) == (0o700, NOBODY, NOBODY)
+            assert host.is_ours(os.path.join(path, "nbd.sock"))
+            server = socket.socket(socket.AF_UNIX)
+            server.bind(os.path.join(path, "nbd.sock"))
+            server.listen()
+            threading.Thread(target=lambda: _echo_once(server), daemon=True).start()
+            with host.reach(os.path.join(path, "nbd.sock")) as here:
+                assert here.startswith(os.environ["BORG_VM_RUNTIME_DIR"] + "/")
+                with socket.socket(socket.AF_UNIX) as client:
+                    client.connect(here)
+                    client.sendall(b"hello")
+                    assert client.recv(5) == b"hello"
+            assert not os.path.exists(here)
+            server.close()
+        assert not os.path.exists(path)
+
+
+def _echo_once(server: socket.socket) -> None:
+    conn, _ = server.accept()
+    with conn:
+        conn.sendall(conn.recv(5))
+
+
+def test_leftovers_of_a_crashed_run_are_removed_there_and_no_others(uri, uuid):
+    crashed = Path(hosts.REMOTE_RUNTIME_DIR) / f"{uuid}.crashed"
+    crashed.mkdir(mode=0o700)
+    (crashed / "vda.scratch").write_bytes(b"x")
+    other = str(uuids.uuid4())
+    with hosts.connect(uri) as host, host.run_dir(other, None) as kept:
+        host.remove_stale(uuid)
+        assert not crashed.exists()
+        assert os.path.isdir(kept)
+        assert not host.is_ours("/var/lib/libvirt/qemu/domain-1/nbd.sock")
+
+
+def test_commands_still_reach_the_hypervisor_once_the_connection_is_gone(uri, tmp_path):
+    with hosts.connect(uri) as host:
+        master = _master(tmp_path / "run")
+        os.kill(master, signal.SIGKILL)
+        assert host.run(["echo", "still"]) == b"still\n"
+
+
+def _master(run_dir: Path) -> int:
+    """Return the pid of this process's ssh ControlMaster (its argv has -M)."""
+    me = os.getpid()
+    for child in Path(f"/proc/{me}/task/{me}/children").read_text().split():
+        if b"-M" in Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0"):
+            return int(child)
+    raise AssertionError(f"no ssh master among the children of {me} ({run_dir})")
+
+
+def test_a_refused_login_is_one_error_that_says_what_ssh_said(ssh_server, tmp_path,
+                                                              monkeypatch):
+    monkeypatch.setenv("BORG_VM_RUNTIME_DIR", str(tmp_path / "run"))
+    stranger = tmp_path / "stranger"
+    sshd.make_key(stranger, "borg-vm-test-stranger")   # never authorized
+    uri = (f"qemu+ssh://root@{sshd.LOOPBACK}:{ssh_server.port}/system"
+           f"?command={ssh_server.wrapper(stranger)}&no_tty=1")
+    with pytest.raises(SshError, match="failed to log in: .*Permission denied"), \
+            hosts.connect(uri):
+        pass
+    assert os.listdir(tmp_path / "run") == []
