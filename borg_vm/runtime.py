@@ -146,13 +146,20 @@ def _check_ours(path: str) -> None:
     can write to."""
     st = os.lstat(path)
     uid = os.geteuid()
-    problem = ("is a symbolic link" if stat.S_ISLNK(st.st_mode)
-               else "is not a directory" if not stat.S_ISDIR(st.st_mode)
-               else f"is owned by uid {st.st_uid}" if st.st_uid != uid
-               else f"is writable by others (mode {stat.S_IMODE(st.st_mode):04o})"
-               if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) else None)
+    problem = unsafe(st.st_mode, st.st_uid, uid)
     if problem:
         raise RuntimeDirUnsafe(path=path, detail=problem, uid=uid)
+
+
+def unsafe(mode: int, owner: int, uid: int) -> str | None:
+    """Return what makes a runtime directory (its lstat st_mode and owner) unsafe
+    for user uid, or None if it is a directory of uid's that no one else can
+    write to."""
+    return ("is a symbolic link" if stat.S_ISLNK(mode)
+            else "is not a directory" if not stat.S_ISDIR(mode)
+            else f"is owned by uid {owner}" if owner != uid
+            else f"is writable by others (mode {stat.S_IMODE(mode):04o})"
+            if mode & (stat.S_IWGRP | stat.S_IWOTH) else None)
 
 
 def remove_stale(uuid: str) -> None:

@@ -28,7 +28,7 @@ from typing import Protocol
 from borg_vm import runtime
 from borg_vm.adapters import ssh, subproc
 from borg_vm.core import libvirt_uri
-from borg_vm.errors import SshError
+from borg_vm.errors import RuntimeDirUnsafe, SshError
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +139,7 @@ class SshHost:
         self._conn = conn
         self._dir = directory
         self._forwards = 0
+        self._base_checked = False
         self.name = conn.target.host
 
     def run(self, argv: Sequence[str]) -> bytes:
@@ -190,8 +191,21 @@ class SshHost:
         return posixpath.normpath(path).startswith(REMOTE_RUNTIME_DIR + "/")
 
     def _base(self) -> None:
+        """Make the runtime directory there unless it exists (once per connection);
+        raise RuntimeDirUnsafe unless it is a directory of the ssh user's that no
+        one else can write to, as runtime.py asks of this machine's."""
+        if self._base_checked:
+            return
         self._run("make the runtime directory", ["mkdir", "-p", "-m", "0755", "--",
                                                  REMOTE_RUNTIME_DIR])
+        owner, mode = self._run("check the runtime directory",
+                                ["stat", "-c", "%u %f", "--", REMOTE_RUNTIME_DIR]).split()
+        uid = int(self._run("check the runtime directory", ["id", "-u"]))
+        problem = runtime.unsafe(int(mode, 16), int(owner), uid)
+        if problem:
+            raise RuntimeDirUnsafe(path=f"{self.name}:{REMOTE_RUNTIME_DIR}", detail=problem,
+                                   uid=uid)
+        self._base_checked = True
 
     def _remove_tree(self, path: str) -> None:
         """Remove a run directory there; best effort, logged (the next run's
