@@ -47,10 +47,15 @@ class Connection:
     def _argv(self, *options: str) -> list[str]:
         return self.target.argv("-S", self.control, *options)
 
+    def command(self, argv: Sequence[str]) -> list[str]:
+        """Return the ssh argv that runs argv on the hypervisor over the connection
+        (quoted for the far side's shell)."""
+        return [*self._argv(), shlex.join(argv)]
+
     def run(self, argv: Sequence[str], ok_codes: tuple[int, ...] = (0,)) -> bytes:
         """Run argv on the hypervisor; return its stdout. Raise subproc.CommandFailed
         (ssh's own failures exit 255) if it exits with a code outside ok_codes."""
-        return subproc.run([*self._argv(), shlex.join(argv)], ok_codes=ok_codes).stdout
+        return subproc.run(self.command(argv), ok_codes=ok_codes).stdout
 
     @contextlib.contextmanager
     def forward(self, local: str, remote: str) -> Iterator[str]:

@@ -2,9 +2,11 @@
 reached over ssh (adapters/ssh.py) when the libvirt URI names a remote host.
 
 Everything a run of a running domain does besides libvirt and NBD goes through
-a Host: programs it runs on the images (qemu-img), files of the domain it reads
-(UEFI variables, TPM state), the private run directory where the backup job's
-NBD socket and scratch files live, and the leftovers of a crashed run. The NBD
+a Host: the domain's lock, programs it runs on the images (qemu-img), files of
+the domain it reads (UEFI variables, TPM state), the private run directory where
+the backup job's NBD socket and scratch files live, and the leftovers of a
+crashed run. The lock is runtime.domain_lock's, on the hypervisor: a borg-vm
+there and backup hosts exclude each other. The NBD
 socket is on the hypervisor; ``reach`` makes it reachable here::
 
     LocalHost   run dir   /run/borg-vm/<uuid>.<random>/  (runtime.py)
@@ -21,6 +23,7 @@ import contextlib
 import logging
 import os
 import posixpath
+import signal
 import stat
 from collections.abc import Iterator, Sequence
 from typing import Protocol
@@ -28,7 +31,7 @@ from typing import Protocol
 from borg_vm import runtime
 from borg_vm.adapters import ssh, subproc
 from borg_vm.core import libvirt_uri
-from borg_vm.errors import RuntimeDirUnsafe, SshError
+from borg_vm.errors import RuntimeDirUnsafe, SshError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +44,15 @@ _READ_SCRIPT = ('[ -e "$1" ] || [ -L "$1" ] || exit 3; [ -f "$1" ] || exit 4; '
                 'exec head -c "$2" -- "$1"')
 
 
+# Holds the flock of lock file $1 (the one at the path: runtime.domain_lock unlinks
+# its file on the way out) until its stdin ends; says "locked" once it holds it.
+_LOCK_SCRIPT = ('exec 9>>"$1"; flock -n 9 || exit 3; '
+                '[ "$(stat -L -c %d:%i /proc/self/fd/9)" = "$(stat -c %d:%i -- "$1")" ] || exit 4; '
+                'echo locked; exec cat >/dev/null')
+_LOCKED = b"locked\n"
+_LOCK_HELD, _LOCK_GONE = 3, 4
+
+
 class Unreadable(Exception):
     """A file of the hypervisor exists but cannot be read (str: why)."""
 
@@ -50,6 +62,11 @@ class Host(Protocol):
 
     remote: bool
     name: str
+
+    def domain_lock(self, uuid: str, name: str) -> contextlib.AbstractContextManager[None]:
+        """Hold the exclusive lock of domain uuid (called name) there for the block,
+        the one runtime.domain_lock takes; raise UsageError if another run holds it."""
+        ...
 
     def run(self, argv: Sequence[str]) -> bytes:
         """Run argv there; return its stdout; raise subproc.CommandFailed if it fails."""
@@ -87,6 +104,9 @@ class LocalHost:
 
     remote = False
     name = "this host"
+
+    def domain_lock(self, uuid: str, name: str) -> contextlib.AbstractContextManager[None]:
+        return runtime.domain_lock(uuid, name)
 
     def run(self, argv: Sequence[str]) -> bytes:
         return subproc.run(argv).stdout
@@ -141,6 +161,31 @@ class SshHost:
         self._forwards = 0
         self._base_checked = False
         self.name = conn.target.host
+
+    @contextlib.contextmanager
+    def domain_lock(self, uuid: str, name: str) -> Iterator[None]:
+        """runtime.domain_lock's lock there, held by a command over ssh as long as
+        its stdin is open: it ends when this run ends, or its ssh dies."""
+        self._base()
+        path = posixpath.join(REMOTE_RUNTIME_DIR, f"{uuid}.lock")
+        for _attempt in range(runtime.LOCK_ATTEMPTS):
+            with subproc.stream(self._conn.command(["sh", "-c", _LOCK_SCRIPT, "sh", path]),
+                                stdin=True, stdout=True,
+                                parent_death_signal=signal.SIGTERM) as held:
+                if held.stdout.readline() == _LOCKED:
+                    try:
+                        yield
+                    finally:
+                        held.wait()
+                    return
+                code = held.wait()
+            if code == _LOCK_HELD:
+                break
+            if code != _LOCK_GONE:
+                raise SshError(host=self.name, action=f"lock domain {name!r}",
+                               detail="".join(held.stderr_lines()).strip() or f"exit {code}")
+        raise UsageError(detail=f"another borg-vm run is backing up {name!r} on {self.name} "
+                                "right now; try again when it has finished")
 
     def run(self, argv: Sequence[str]) -> bytes:
         return self._conn.run(argv)

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import sshd
 
-from borg_vm.errors import SshError
+from borg_vm import runtime
+from borg_vm.errors import SshError, UsageError
 from borg_vm.services import hosts
 
 NOBODY = 65534
@@ -37,9 +38,12 @@ def uuid():
     value = str(uuids.uuid4())
     yield value
     for path in Path(hosts.REMOTE_RUNTIME_DIR).glob(f"{value}.*"):
-        for f in path.iterdir():
-            f.unlink()
-        path.rmdir()
+        if path.is_dir():
+            for f in path.iterdir():
+                f.unlink()
+            path.rmdir()
+        else:
+            path.unlink()
 
 
 def test_commands_run_there_with_their_arguments_intact(uri):
@@ -127,3 +131,22 @@ def test_a_refused_login_is_one_error_that_says_what_ssh_said(ssh_server, tmp_pa
             hosts.connect(uri):
         pass
     assert os.listdir(tmp_path / "run") == []
+
+
+def test_the_domain_lock_there_is_the_one_a_borg_vm_there_takes(uri, uuid, monkeypatch):
+    held = "another borg-vm run is backing up 'web'"
+    with hosts.connect(uri) as host, hosts.connect(uri) as other:
+        with host.domain_lock(uuid, "web"):
+            with pytest.raises(UsageError, match=f"{held} on {sshd.LOOPBACK}"), \
+                    other.domain_lock(uuid, "web"):
+                pass
+            monkeypatch.setenv("BORG_VM_RUNTIME_DIR", hosts.REMOTE_RUNTIME_DIR)
+            with pytest.raises(UsageError, match=held), runtime.domain_lock(uuid, "web"):
+                pass
+        with runtime.domain_lock(uuid, "web"):   # released when the block ended
+            with pytest.raises(UsageError, match=held), other.domain_lock(uuid, "web"):
+                pass
+        # runtime.domain_lock unlinked its file on the way out: a new one is locked
+        with other.domain_lock(uuid, "web"), pytest.raises(UsageError, match=held), \
+                runtime.domain_lock(uuid, "web"):
+            pass

@@ -135,7 +135,7 @@ def backup(hv: Hypervisor, borg: Repository, name: str, opts: BackupOptions,
     """
     started = time.monotonic()
     dom = hv.domain(name)
-    with runtime.domain_lock(dom.uuid, name):
+    with host.domain_lock(dom.uuid, name):
         # The repository's list takes a borg process (part of every run's fixed
         # cost, bench/NOTES.md "Full backup (item 1)"): it runs while libvirt
         # answers the questions below, and while a run planned from what this
