@@ -50,6 +50,9 @@ _LOCK_SCRIPT = ('exec 9>>"$1"; flock -n 9 || exit 3; '
                 '[ "$(stat -L -c %d:%i /proc/self/fd/9)" = "$(stat -c %d:%i -- "$1")" ] || exit 4; '
                 'echo locked; exec cat >/dev/null')
 _LOCKED = b"locked\n"
+# Makes runtime directory $1 unless it exists; says its owner and raw mode (for
+# runtime.unsafe) and who we are.
+_BASE_SCRIPT = 'mkdir -p -m 0755 -- "$1" && stat -c "%u %f" -- "$1" && id -u'
 _LOCK_HELD, _LOCK_GONE = 3, 4
 
 
@@ -219,8 +222,12 @@ class SshHost:
         return self._conn.forward(os.path.join(self._dir, f"{self._forwards}.sock"), socket)
 
     def remove_files(self, paths: Sequence[str]) -> None:
-        if paths:
+        """Best effort, logged: a run that lost its hypervisor fails with why, not
+        with this (scratch files in the run directory go with it, next time)."""
+        try:
             self._run("remove scratch files", ["rm", "-f", "--", *paths])
+        except SshError as e:
+            log.error("could not remove %s on %s: %s", " ".join(paths), self.name, e.message)
 
     def remove_stale(self, uuid: str) -> None:
         self._base()
@@ -241,11 +248,9 @@ class SshHost:
         one else can write to, as runtime.py asks of this machine's."""
         if self._base_checked:
             return
-        self._run("make the runtime directory", ["mkdir", "-p", "-m", "0755", "--",
-                                                 REMOTE_RUNTIME_DIR])
-        owner, mode = self._run("check the runtime directory",
-                                ["stat", "-c", "%u %f", "--", REMOTE_RUNTIME_DIR]).split()
-        uid = int(self._run("check the runtime directory", ["id", "-u"]))
+        owner, mode, me = self._run("make the runtime directory",
+                                    ["sh", "-c", _BASE_SCRIPT, "sh", REMOTE_RUNTIME_DIR]).split()
+        uid = int(me)
         problem = runtime.unsafe(int(mode, 16), int(owner), uid)
         if problem:
             raise RuntimeDirUnsafe(path=f"{self.name}:{REMOTE_RUNTIME_DIR}", detail=problem,
