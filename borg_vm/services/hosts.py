@@ -40,20 +40,18 @@ log = logging.getLogger(__name__)
 REMOTE_RUNTIME_DIR = runtime.DEFAULT_RUNTIME_DIR
 # Exit codes of the read script below.
 _MISSING, _NOT_REGULAR = 3, 4
-_READ_SCRIPT = ('[ -e "$1" ] || [ -L "$1" ] || exit 3; [ -f "$1" ] || exit 4; '
+_READ_SCRIPT = ('[ -e "$1" ] || exit 3; [ -f "$1" ] || exit 4; '
                 'exec head -c "$2" -- "$1"')
-
-
 # Holds the flock of lock file $1 (the one at the path: runtime.domain_lock unlinks
 # its file on the way out) until its stdin ends; says "locked" once it holds it.
 _LOCK_SCRIPT = ('exec 9>>"$1"; flock -n 9 || exit 3; '
                 '[ "$(stat -L -c %d:%i /proc/self/fd/9)" = "$(stat -c %d:%i -- "$1")" ] || exit 4; '
                 'echo locked; exec cat >/dev/null')
 _LOCKED = b"locked\n"
+_LOCK_HELD, _LOCK_GONE = 3, 4
 # Makes runtime directory $1 unless it exists; says its owner and raw mode (for
 # runtime.unsafe) and who we are.
 _BASE_SCRIPT = 'mkdir -p -m 0755 -- "$1" && stat -c "%u %f" -- "$1" && id -u'
-_LOCK_HELD, _LOCK_GONE = 3, 4
 
 
 class Unreadable(Exception):
