@@ -89,6 +89,13 @@ def test_full_and_incremental_backups_from_a_backup_host(make_domain, hypervisor
         restored_nvram = list(Path(doc["domain_xml"]).parent.glob("*.nvram.fd"))
         assert [p.read_bytes() for p in restored_nvram] == [nvram]
 
+    # Not in this slice: a shut-off domain is refused, and nothing changes.
+    d.shut_off()
+    refused = backup(d.name, repo, "-c", hypervisor, code=2, wrap=elsewhere(d))
+    assert "does not support backing up a shut-off domain on a remote hypervisor" in \
+        refused.stderr, refused.stderr
+    assert [c.getName() for c in d.dom.listAllCheckpoints()] == [results[1]["checkpoint"]]
+
 
 def our_ssh_master(pid: int) -> int:
     """Return the pid of borg-vm's (pid's) ssh ControlMaster: its child with -M

@@ -369,3 +369,16 @@ def test_the_chunk_size_defaults_by_the_repositorys_generation(fake_stack, monke
     seen = backup_options(monkeypatch)
     run_main(capsys, "backup", "a", *argv)
     assert seen[0][1].block_size == chunk
+
+
+@pytest.mark.parametrize(("argv", "says"), [
+    (["boot", "web", "--to", "/srv/boot", "-c", "qemu+ssh://root@hv1/system"],
+     "borg-vm: borg-vm does not support boot on a remote hypervisor "
+     "(qemu+ssh://root@hv1/system) yet: run borg-vm boot on the hypervisor."),
+    (["backup", "web", "-c", "qemu+tls://hv1/system"],
+     "borg-vm: borg-vm does not support the tls transport on a remote hypervisor "
+     "(qemu+tls://hv1/system) yet: use a qemu+ssh:// URI."),
+])
+def test_what_a_remote_hypervisor_cannot_do_yet_is_one_error(fake_stack, capsys, argv, says):
+    code, out, err = run_main(capsys, *argv)
+    assert (code, out, err.strip()) == (2, "", says)
