@@ -43,10 +43,11 @@ _MISSING, _NOT_REGULAR = 3, 4
 _READ_SCRIPT = ('[ -e "$1" ] || exit 3; [ -f "$1" ] || exit 4; '
                 'exec head -c "$2" -- "$1"')
 # Holds the flock of lock file $1 (the one at the path: runtime.domain_lock unlinks
-# its file on the way out) until its stdin ends; says "locked" once it holds it.
+# its file on the way out, and so does this) until its stdin ends; says "locked"
+# once it holds it.
 _LOCK_SCRIPT = ('exec 9>>"$1"; flock -n 9 || exit 3; '
                 '[ "$(stat -L -c %d:%i /proc/self/fd/9)" = "$(stat -c %d:%i -- "$1")" ] || exit 4; '
-                'echo locked; exec cat >/dev/null')
+                'echo locked; cat >/dev/null; rm -f -- "$1"')
 _LOCKED = b"locked\n"
 _LOCK_HELD, _LOCK_GONE = 3, 4
 # Makes runtime directory $1 unless it exists; says its owner and raw mode (for

@@ -85,9 +85,10 @@ def test_full_and_incremental_backups_from_a_backup_host(make_domain, hypervisor
     assert [c.getName() for c in d.dom.listAllCheckpoints()] == [results[1]["checkpoint"]]
     assert run_dirs(uuid) == []
     for i, (result, view) in enumerate(zip(results, views, strict=True)):
-        doc = restore_and_compare(d.name, repo, result["checkpoint"], view, tmp_path, f"r{i}")
-        restored_nvram = list(Path(doc["domain_xml"]).parent.glob("*.nvram.fd"))
-        assert [p.read_bytes() for p in restored_nvram] == [nvram]
+        # (exit 1: a warning that the OVMF loader's path is dropped from the XML)
+        doc = restore_and_compare(d.name, repo, result["checkpoint"], view, tmp_path, f"r{i}",
+                                  code=1)
+        assert Path(doc["vm_state"]["nvram"]).read_bytes() == nvram
 
     # Not in this slice: a shut-off domain is refused, and nothing changes.
     d.shut_off()
