@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
                                                          quiesce.FREEZE_TIMEOUT),
                          progress=options.progress(args))
     failed: dict[str, int] = {}
-    with virt.connect(args.connect) as hv, hosts.connect(args.connect) as host:
+    with hosts.connect(args.connect) as host, virt.connect(args.connect) as hv:
         names = ([args.only] if args.only is not None else args.domains
                  or [n for n in hv.domain_names() if fnmatch.fnmatchcase(n, args.match or "*")])
         if not names:
