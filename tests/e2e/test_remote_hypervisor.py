@@ -154,3 +154,42 @@ def test_a_lost_ssh_connection_fails_the_run_cleanly_and_the_next_one_works(
     second = backup(d.name, repo, "-c", hypervisor, wrap=elsewhere(d))
     assert second["level"] == "inc"
     restore_and_compare(d.name, repo, second["checkpoint"], d.views(), tmp_path, "after")
+
+
+def test_a_killed_run_is_cleaned_up_over_ssh_and_sealed_layers_are_refused(
+        make_domain, hypervisor, repo, tmp_path, monkeypatch):
+    d = make_domain(disks=[("vda", 32 * MIB, "qcow2")])
+    uuid = d.dom.UUIDString()
+    d.write("vda", 0, 2 * MIB, 0xD1)
+    backup(d.name, repo, "-c", hypervisor, wrap=elsewhere(d))
+    d.write("vda", 4 * MIB, 2 * MIB, 0xD2)
+
+    # borg-vm SIGKILLed mid-stream leaves its job and run directory on the hypervisor
+    monkeypatch.setenv("BORG_VM_TEST_STOP_AT", "streaming")
+    proc = start("backup", d.name, "--repo", repo, "-c", hypervisor, wrap=elsewhere(d))
+    monkeypatch.delenv("BORG_VM_TEST_STOP_AT")
+    try:
+        poll(lambda: state(proc.pid) == "T" or proc.poll() is not None, STOP_TIMEOUT,
+             "borg-vm to stop at the streaming phase")
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert d.dom.backupGetXMLDesc() and len(run_dirs(uuid)) == 1
+    # ... which the next run, over ssh, removes before it backs up
+    second = backup(d.name, repo, "-c", hypervisor, wrap=elsewhere(d))
+    assert second["level"] == "inc"
+    with pytest.raises(libvirt.libvirtError):
+        d.dom.backupGetXMLDesc()
+    assert run_dirs(uuid) == []
+    assert [c.getName() for c in d.dom.listAllCheckpoints()] == [second["checkpoint"]]
+    restore_and_compare(d.name, repo, second["checkpoint"], d.views(), tmp_path, "second")
+
+    # Not in this slice: layers sealed since the last backup (read by a local qemu-nbd)
+    d.snapshot("s1")
+    d.write("vda", 8 * MIB, 1 * MIB, 0xD3)
+    refused = backup(d.name, repo, "-c", hypervisor, code=2, wrap=elsewhere(d))
+    assert "does not support snapshot layers sealed since the last backup" in refused.stderr
+    assert "--level full" in refused.stderr
+    full = backup(d.name, repo, "-c", hypervisor, "--level", "full", wrap=elsewhere(d))
+    assert full["level"] == "full"
+    restore_and_compare(d.name, repo, full["checkpoint"], d.views(), tmp_path, "layered")
