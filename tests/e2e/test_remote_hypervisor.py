@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 from pathlib import Path
 
 import libvirt
@@ -117,6 +118,23 @@ def state(pid: int) -> str | None:
         return None
 
 
+def stopped_streaming(d, hypervisor: str, repo: str, monkeypatch) -> subprocess.Popen:
+    """Start a remote backup of d and return it once it stopped (SIGSTOP) as it
+    began streaming (runtime.phase); the caller continues or kills it."""
+    monkeypatch.setenv("BORG_VM_TEST_STOP_AT", "streaming")
+    proc = start("backup", d.name, "--repo", repo, "-c", hypervisor, wrap=elsewhere(d))
+    monkeypatch.delenv("BORG_VM_TEST_STOP_AT")
+    try:
+        poll(lambda: state(proc.pid) == "T" or proc.poll() is not None, STOP_TIMEOUT,
+             "borg-vm to stop at the streaming phase")
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    assert proc.poll() is None, proc.communicate()
+    return proc
+
+
 def test_a_lost_ssh_connection_fails_the_run_cleanly_and_the_next_one_works(
         make_domain, hypervisor, repo, tmp_path, monkeypatch):
     d = make_domain(disks=[("vda", 32 * MIB, "qcow2")])
@@ -126,14 +144,8 @@ def test_a_lost_ssh_connection_fails_the_run_cleanly_and_the_next_one_works(
     d.write("vda", 4 * MIB, 2 * MIB, 0xC2)
 
     # Stop borg-vm as it starts streaming, cut its ssh connection, let it go on.
-    monkeypatch.setenv("BORG_VM_TEST_STOP_AT", "streaming")
-    proc = start("backup", d.name, "--repo", repo, "-c", hypervisor, "--json",
-                 wrap=elsewhere(d))
-    monkeypatch.delenv("BORG_VM_TEST_STOP_AT")
+    proc = stopped_streaming(d, hypervisor, repo, monkeypatch)
     try:
-        poll(lambda: state(proc.pid) == "T" or proc.poll() is not None, STOP_TIMEOUT,
-             "borg-vm to stop at the streaming phase")
-        assert proc.poll() is None, proc.communicate()
         master = our_ssh_master(proc.pid)
         os.kill(master, signal.SIGKILL)
         poll(lambda: state(master) in ("Z", None), STOP_TIMEOUT, "the ssh master to die")
@@ -165,15 +177,9 @@ def test_a_killed_run_is_cleaned_up_over_ssh_and_sealed_layers_are_refused(
     d.write("vda", 4 * MIB, 2 * MIB, 0xD2)
 
     # borg-vm SIGKILLed mid-stream leaves its job and run directory on the hypervisor
-    monkeypatch.setenv("BORG_VM_TEST_STOP_AT", "streaming")
-    proc = start("backup", d.name, "--repo", repo, "-c", hypervisor, wrap=elsewhere(d))
-    monkeypatch.delenv("BORG_VM_TEST_STOP_AT")
-    try:
-        poll(lambda: state(proc.pid) == "T" or proc.poll() is not None, STOP_TIMEOUT,
-             "borg-vm to stop at the streaming phase")
-    finally:
-        proc.kill()
-        proc.communicate()
+    proc = stopped_streaming(d, hypervisor, repo, monkeypatch)
+    proc.kill()
+    proc.communicate()
     assert d.dom.backupGetXMLDesc() and len(run_dirs(uuid)) == 1
     # ... which the next run, over ssh, removes before it backs up
     second = backup(d.name, repo, "-c", hypervisor, wrap=elsewhere(d))
