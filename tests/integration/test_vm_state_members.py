@@ -120,7 +120,8 @@ def test_damaged_state_is_refused_before_anything_is_written(make_repo, tmp_path
                                                              damage):
     borg = make_repo()
     state = {"nvram": NVRAM, "tpm": TPM}
-    members = [(fmt.state_member(n), raw[:-1] + b"\0" if n == damage else raw)
+    # The last byte flipped: a damage whatever the random state ends with
+    members = [(fmt.state_member(n), raw[:-1] + bytes([raw[-1] ^ 0xFF]) if n == damage else raw)
                for n, raw in state.items()]
     name = write_stateful(borg, state, members)
     to = tmp_path / "out"
