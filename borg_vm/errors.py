@@ -207,6 +207,13 @@ class RepositoryReplay(BorgError):
     that moment and borg-vm gave up retrying."""
 
 
+class ArchiveUnreadable(BorgError):
+    """borg {action} found archive {archive_id} in the archive directory of
+    repository {repo} but not its metadata. Either another writer was committing
+    it at that moment and borg-vm gave up retrying, or it is an unfinished or
+    planted entry: 'borg check --repair --archives-only' removes such entries."""
+
+
 class NoRepository(UsageError):
     """No repository given: use --repo or set BORG_REPO."""
 

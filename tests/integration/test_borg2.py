@@ -3,6 +3,7 @@ VENV/borg2): complete images read from the changed ranges alone, archives
 named by ID, several writers at once."""
 
 import os
+import subprocess
 import threading
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from realstack import import_members
 from borg_vm.adapters.borg import borg2
 from borg_vm.adapters.borg.cli import BorgCli
 from borg_vm.core.extent import DATA, SAME, ZERO, Extent, input_map
-from borg_vm.errors import BorgError, RepositoryReplay
+from borg_vm.errors import ArchiveUnreadable, BorgError, RepositoryReplay
 
 MiB = 1 << 20
 BLOCK = 64 * 1024
@@ -139,12 +140,26 @@ def _security_dir_ahead(tmp_path, monkeypatch, repo2):
 def test_a_repository_older_than_this_host_saw_is_refused(tmp_path, repo2, monkeypatch):
     monkeypatch.setattr(borg2, "REPLAY_PAUSE", 0)
     _security_dir_ahead(tmp_path, monkeypatch, repo2)
-    runs, original = [], BorgCli._run
-    monkeypatch.setattr(BorgCli, "_run", lambda self, *a, **k: runs.append(a) or
-                        original(self, *a, **k))
+    runs = _runs_then(monkeypatch, lambda: None)
     with pytest.raises(RepositoryReplay, match="older copy of the repository"):
         create(repo2, "web.base.c1~vda", disk(tmp_path), [Extent(0, 8 * MiB, DATA)])
     assert len(runs) == borg2.REPLAY_TRIES
+
+
+def _runs_then(monkeypatch, after) -> list:
+    """Call after() when each borg command BorgCli runs has ended; return the list
+    of the runs' arguments, as they come."""
+    runs, original = [], BorgCli._run
+
+    def run(self, *a, **k):
+        runs.append(a)
+        try:
+            return original(self, *a, **k)
+        finally:
+            after()
+
+    monkeypatch.setattr(BorgCli, "_run", run)
+    return runs
 
 
 # Borg names the refusal RepositoryIDNotUnique in a repository without a key.
@@ -156,18 +171,49 @@ def test_a_command_refused_for_another_writers_commit_runs_again(tmp_path, repo2
     monkeypatch.setattr(borg2, "REPLAY_PAUSE", 0)
     _security_dir_ahead(tmp_path, monkeypatch, repo2)
     (stamp,) = (tmp_path / "security").glob("*/manifest-timestamp")
-    runs, original = [], BorgCli._run
-
-    def run(self, *a, **k):
-        runs.append(a)
-        try:
-            return original(self, *a, **k)
-        finally:
-            stamp.write_text("")   # as if the other writer's commit was loaded now
-
-    monkeypatch.setattr(BorgCli, "_run", run)
+    # after each run, as if the other writer's commit was loaded now
+    runs = _runs_then(monkeypatch, lambda: stamp.write_text(""))
     created = create(repo2, "web.base.c1~vda", disk(tmp_path), [Extent(0, 8 * MiB, DATA)])
     assert len(runs) == 2 and repo2.list_archives()[0].id == created.id
+
+
+def _plant_pointer(repo2) -> Path:
+    """Name an archive in the repository's archive directory that has no metadata:
+    what another writer's commit looks like to a listing until that writer closes
+    (or what an unfinished or planted entry looks like for good)."""
+    pointer = Path(repo2.repo) / "archives" / os.urandom(32).hex()
+    pointer.touch()
+    return pointer
+
+
+def test_a_listing_beside_another_writers_commit_runs_again(tmp_path, repo2, monkeypatch):
+    monkeypatch.setattr(borg2, "REPLAY_PAUSE", 0)
+    created = create(repo2, "web.base.c1~vda", disk(tmp_path), [Extent(0, 8 * MiB, DATA)])
+    pointer = _plant_pointer(repo2)
+    # after each run, as if the other writer closed now
+    runs = _runs_then(monkeypatch, lambda: pointer.unlink(missing_ok=True))
+    assert [a.id for a in repo2.list_archives()] == [created.id]
+    assert len(runs) == 2
+
+
+def test_an_entry_without_metadata_fails_every_listing_and_says_how_to_repair(
+        tmp_path, repo2, borg2_executable, monkeypatch):
+    monkeypatch.setattr(borg2, "REPLAY_PAUSE", 0)
+    created = create(repo2, "web.base.c1~vda", disk(tmp_path), [Extent(0, 8 * MiB, DATA)])
+    pointer = _plant_pointer(repo2)
+    runs = _runs_then(monkeypatch, lambda: None)
+    with pytest.raises(ArchiveUnreadable) as e:
+        repo2.list_archives()
+    assert len(runs) == borg2.REPLAY_TRIES
+    assert e.value.message.startswith(
+        f"borg repo-list found archive {pointer.name} in the archive directory of "
+        f"repository {repo2.repo} but not its metadata")
+    # What the message says removes it does
+    assert "'borg check --repair --archives-only' removes" in e.value.message
+    subprocess.run([borg2_executable, "-r", repo2.repo, "check", "--repair", "--archives-only"],
+                   check=True, capture_output=True,
+                   env={**os.environ, "BORG_CHECK_I_KNOW_WHAT_I_AM_DOING": "YES"})
+    assert [a.id for a in repo2.list_archives()] == [created.id]
 
 
 def test_a_create_reports_its_progress_through_the_file(tmp_path, repo2):

@@ -30,6 +30,13 @@ What differs from Borg 1 here, beyond the spellings features.Dialect holds:
   protects nothing in Borg 2: borg pull request 10371); until then such a
   command runs again (``again_if_raced``). A repository that really went
   back in time keeps being refused, and the error says so.
+- A writer commits an archive by naming it in the archive directory, and
+  makes the index that locates its metadata readable to others only as it
+  closes: a repo-list in between fails (Archive.DoesNotExist) for the archive
+  it finds named but cannot read. Seen beside an image create over sftp; the
+  listing runs again too. An entry that stays unreadable (an unfinished or
+  planted one) makes every listing fail, until ``borg check --repair
+  --archives-only`` removes it: ArchiveUnreadable says so.
 - delete and prune only mark archives deleted; ``compact`` frees their space
   and takes the repository's exclusive lock (every other command a shared one).
 - Objects are stored in packs, and 2.0.0b23 reads an object by loading its
@@ -62,7 +69,7 @@ from typing import TypeVar
 from borg_vm.adapters import subproc
 from borg_vm.adapters.borg.cli import BorgCli, logged_errors
 from borg_vm.adapters.borg.protocol import Created, ImageStore, Listed
-from borg_vm.errors import BorgError, RepositoryReplay
+from borg_vm.errors import ArchiveUnreadable, BorgError, RepositoryReplay
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -93,15 +100,16 @@ class Borg2Repository(BorgCli):
     def again_if_raced(self, call: Callable[[], T]) -> T:
         """Return call() (a borg command, or what runs one and can run again);
         run it again, up to REPLAY_TRIES times in all, while borg refuses it with
-        RepositoryReplay (see the module's docstring)."""
+        RepositoryReplay, or a listing fails on an archive being committed
+        (ArchiveUnreadable; see the module's docstring)."""
         for attempt in range(1, REPLAY_TRIES + 1):
             try:
                 return call()
-            except RepositoryReplay as e:
+            except (RepositoryReplay, ArchiveUnreadable) as e:
                 if attempt == REPLAY_TRIES:
                     raise
-                log.info("borg %s: another borg of this host committed into %s as it "
-                         "started; running it again", e.kwargs["action"], self.repo)
+                log.info("borg %s: another borg committed into %s as it ran; running it "
+                         "again", e.kwargs["action"], self.repo)
                 time.sleep(REPLAY_PAUSE * attempt * random.uniform(0.5, 1.5))
         raise AssertionError("unreachable")
 

@@ -26,11 +26,13 @@ repository queue instead of failing.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import errno
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import sys
@@ -43,6 +45,7 @@ from borg_vm.adapters.borg import prestart
 from borg_vm.adapters.borg.features import BorgVersion, Dialect, glob_literal
 from borg_vm.adapters.borg.protocol import Item, Listed
 from borg_vm.errors import (
+    ArchiveUnreadable,
     BorgError,
     BorgNotFound,
     BorgQuestion,
@@ -102,6 +105,8 @@ _LOCK_TIMEOUT = "LockTimeout"
 # Borg's manifest replay check: RepositoryIDNotUnique in a repository without a key.
 _REPLAY = {"RepositoryReplay", "Cache.RepositoryReplay", "RepositoryIDNotUnique",
            "Cache.RepositoryIDNotUnique"}
+# Borg 2's repo-list: an archive in the archive directory whose metadata it did not find.
+_ARCHIVE_MISSING = "Archive.DoesNotExist"
 PASSPHRASE_VARIABLES = ("BORG_PASSPHRASE", "BORG_PASSCOMMAND")
 PASSPHRASE_TRIES = 3   # as many as borg itself asks for
 
@@ -203,10 +208,11 @@ class BorgCli:
         A listing may run beside other borgs of ours (a restore reads while the
         repository is listed again), so it waits BRIEF_LOCK_WAIT first, and the
         full wait if the repository stayed locked."""
+        command = self.dialect.list_archives_command()
+
         def listing(brief: bool) -> bytes:
-            return self._run("list", self._argv(
-                self.dialect.list_archives_command(), "--json", "--format", "{comment}",
-                *selection, *self.location(), brief=brief))
+            return self._run(command, self._argv(command, "--json", "--format", "{comment}",
+                                                 *selection, *self.location(), brief=brief))
         try:
             out = listing(brief=True)
         except RepositoryLocked:
@@ -243,6 +249,9 @@ class BorgCli:
         if msgids & _REPLAY:
             return RepositoryReplay(action=action, repo=self.repo,
                                     detail="; ".join(messages).rstrip("."))
+        if _ARCHIVE_MISSING in msgids and action == "repo-list":
+            return ArchiveUnreadable(action=action, repo=self.repo,
+                                     archive_id=_archive_id(messages))
         if _NO_SPACE in msgids or any(t in m for m in messages for t in _ENOSPC):
             return RepositoryFull(repo=self.repo, detail="; ".join(messages).rstrip("."))
         if _REPO_DOES_NOT_EXIST in msgids:
@@ -442,6 +451,19 @@ def _exit_status(returncode: int) -> str:
         except ValueError:
             return f"killed by signal {-returncode}"
     return f"exit code {returncode}"
+
+
+def _archive_id(messages: Iterable[str]) -> str:
+    """The ID (hex) of the archive Borg 2 says does not exist ("Archive b'...' does
+    not exist"), or "(unknown)" if no message names one."""
+    for message in messages:
+        m = re.match(r"Archive (b.*) does not exist", message)
+        if m:
+            with contextlib.suppress(ValueError, SyntaxError):
+                raw = ast.literal_eval(m.group(1))
+                if isinstance(raw, bytes):
+                    return raw.hex()
+    return "(unknown)"
 
 
 def _parse_log_json(stderr: str) -> tuple[set[str], list[str]]:
