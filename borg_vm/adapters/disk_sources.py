@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import urllib.parse
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Protocol
 
 from borg_vm.adapters import qemu
 from borg_vm.adapters.libnbd import (
@@ -25,7 +26,7 @@ from borg_vm.adapters.libnbd import (
     Export,
     bitmap_context,
     dirty_bitmap_context,
-    open_command,
+    open_endpoint,
     open_unix,
 )
 from borg_vm.core.disk_source import DiskStatus, Endpoint
@@ -108,6 +109,24 @@ class PullBackupSource(_NbdSource):
                             f"{urllib.parse.quote(self.socket)}")
 
 
+class NbdServers(Protocol):
+    """Where the images are: serve(argv) is the context in which the qemu-nbd of
+    argv serves, as an Endpoint (services/hosts.py: on this machine, a command
+    libnbd starts per connection; on a hypervisor over ssh, a server there,
+    forwarded)."""
+
+    def nbd_server(self, argv: Sequence[str]) -> contextlib.AbstractContextManager[Endpoint]:
+        ...
+
+
+class _ThisMachine:
+    def nbd_server(self, argv: Sequence[str]) -> contextlib.AbstractContextManager[Endpoint]:
+        return contextlib.nullcontext(Endpoint(command=tuple(argv)))
+
+
+THIS_MACHINE: NbdServers = _ThisMachine()
+
+
 class ImageSource(_NbdSource):
     """Images served by qemu-nbd, one server per disk, all started on entry and
     held until exit: block status and reads see one unchanging image.
@@ -115,39 +134,49 @@ class ImageSource(_NbdSource):
     images maps each target to (path, format, bitmap or None); a disk with a
     bitmap exports it as its dirty context, from a second read-only qemu-nbd
     started for the dirty map alone (the first one's lock lets it read).
+    servers says where qemu-nbd runs (the images' machine).
     """
 
-    def __init__(self, images: dict[str, tuple[str, str, str | None]]):
+    def __init__(self, images: dict[str, tuple[str, str, str | None]],
+                 servers: NbdServers = THIS_MACHINE):
         self.images = images
+        self.servers = servers
+        self._endpoints: dict[str, Endpoint] = {}
         self._exports: dict[str, Export] = {}
         self._stack = contextlib.ExitStack()
 
     def __enter__(self) -> ImageSource:
         with contextlib.ExitStack() as stack:
             for target, (path, fmt, _bitmap) in sorted(self.images.items()):
-                self._exports[target] = stack.enter_context(open_command(
-                    qemu.nbd_reader_argv(path, fmt), where=f"{target} ({path})",
-                    contexts=[BASE_ALLOCATION]))
+                endpoint = stack.enter_context(
+                    self.servers.nbd_server(qemu.nbd_reader_argv(path, fmt)))
+                self._endpoints[target] = endpoint
+                self._exports[target] = stack.enter_context(open_endpoint(
+                    endpoint, where=f"{target} ({path})", contexts=[BASE_ALLOCATION]))
             self._stack = stack.pop_all()
         return self
 
     def __exit__(self, *exc) -> None:
         self._exports.clear()
+        self._endpoints.clear()
         self._stack.close()
 
     def _open(self, target: str):
         return contextlib.nullcontext(self._exports[target])
 
-    def _open_dirty(self, target: str):
+    @contextlib.contextmanager
+    def _open_dirty(self, target: str) -> Iterator[Export]:
         path, fmt, bitmap = self.images[target]
-        return open_command(qemu.nbd_reader_argv(path, fmt, bitmap),
-                            where=f"{target} ({path}, bitmap {bitmap})",
-                            contexts=[self._dirty_context(target)])
+        with self.servers.nbd_server(qemu.nbd_reader_argv(path, fmt, bitmap)) as endpoint, \
+                open_endpoint(endpoint, where=f"{target} ({path}, bitmap {bitmap})",
+                              contexts=[self._dirty_context(target)]) as exp:
+            yield exp
 
     def endpoint(self, target: str) -> Endpoint:
-        """A second read-only qemu-nbd of the image (the first one's lock lets it read)."""
-        path, fmt, _bitmap = self.images[target]
-        return Endpoint(command=tuple(qemu.nbd_reader_argv(path, fmt)))
+        """The image's server for another program: on this machine a second
+        read-only qemu-nbd (the first one's lock lets it read), elsewhere the
+        first one, which serves many clients."""
+        return self._endpoints[target]
 
     def _dirty_context(self, target: str) -> str:
         bitmap = self.images[target][2]

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import nbd
 
+from borg_vm.core.disk_source import Endpoint
 from borg_vm.core.extent import Run, clip_runs, runs_from_entries
 from borg_vm.errors import NbdError
 
@@ -314,4 +315,18 @@ def open_command(argv: Sequence[str], where: str,
     """
     with _handle(where, contexts) as h:
         h.connect_systemd_socket_activation(list(argv))
+        yield Export(h, where)
+
+
+@contextlib.contextmanager
+def open_endpoint(endpoint: Endpoint, where: str,
+                  contexts: Sequence[str] = ()) -> Iterator[Export]:
+    """Yield the export endpoint names: a server libnbd starts (its command), or
+    one that serves already (its NBD URI)."""
+    if endpoint.uri is None:
+        with open_command(endpoint.command, where, contexts) as exp:
+            yield exp
+        return
+    with _handle(where, contexts) as h:
+        h.connect_uri(endpoint.uri)
         yield Export(h, where)

@@ -111,10 +111,10 @@ def backing_chain(path: str, fmt: str, run: Runner = _local) -> list[Layer]:
             for layer in doc]
 
 
-def bitmap_add(path: str, name: str, disabled: bool = False) -> None:
+def bitmap_add(path: str, name: str, disabled: bool = False, run: Runner = _local) -> None:
     """Add a persistent bitmap to a qcow2 image (enabled: it records writes from now on)."""
     _run("bitmap", [QEMU_IMG, "bitmap", "--add", *(["--disable"] if disabled else []),
-                    "-f", "qcow2", path, name])
+                    "-f", "qcow2", path, name], run)
 
 
 def bitmap_remove(path: str, name: str, run: Runner = _local) -> None:
@@ -122,13 +122,14 @@ def bitmap_remove(path: str, name: str, run: Runner = _local) -> None:
 
 
 def bitmap_merge(path: str, target: str, source: str, source_path: str,
-                 source_format: str) -> None:
+                 source_format: str, run: Runner = _local) -> None:
     """Merge bitmap `source` of image source_path (path itself or a backing layer)
     into bitmap `target` of the qcow2 image at path."""
     # Naming the image itself with -b would open it twice, and its own lock refuses that.
     other = [] if os.path.abspath(source_path) == os.path.abspath(path) else [
         "-b", source_path, "-F", source_format]
-    _run("bitmap", [QEMU_IMG, "bitmap", "--merge", source, *other, "-f", "qcow2", path, target])
+    _run("bitmap", [QEMU_IMG, "bitmap", "--merge", source, *other, "-f", "qcow2", path, target],
+         run)
 
 
 def nbd_reader_argv(path: str, fmt: str, bitmap: str | None = None) -> list[str]:

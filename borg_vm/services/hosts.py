@@ -23,15 +23,19 @@ import contextlib
 import logging
 import os
 import posixpath
+import shlex
 import signal
 import stat
+import urllib.parse
 from collections.abc import Iterator, Sequence
 from typing import Protocol
 
 from borg_vm import runtime
 from borg_vm.adapters import ssh, subproc
+from borg_vm.adapters.disk_sources import THIS_MACHINE, NbdServers
 from borg_vm.core import libvirt_uri
-from borg_vm.errors import RuntimeDirUnsafe, SshError, UsageError
+from borg_vm.core.disk_source import Endpoint
+from borg_vm.errors import NbdError, RuntimeDirUnsafe, SshError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +57,18 @@ _LOCK_HELD, _LOCK_GONE = 3, 4
 # Makes runtime directory $1 unless it exists; says its owner and raw mode (for
 # runtime.unsafe) and who we are.
 _BASE_SCRIPT = 'mkdir -p -m 0755 -- "$1" && stat -c "%u %f" -- "$1" && id -u'
+# Serves NBD on socket $1 with the server argv after it (qemu-nbd, which takes
+# many clients here: the reads, nbdfuse) until its stdin ends (our end of the
+# ssh channel: this run ends, or dies); says "serving" once the server has
+# opened the image and listens (--fork returns then, or fails with its words),
+# and on its way out stops it and waits until it is gone (its image lock with it).
+_SERVE_SCRIPT = ('s=$1; p=$1.pid; shift; '
+                 '"$@" --socket="$s" --persistent --shared=0 --fork --pid-file="$p" || exit 3; '
+                 'trap \'pid=$(cat "$p" 2>/dev/null); [ -n "$pid" ] && kill "$pid" 2>/dev/null; '
+                 'while [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; do sleep 0.05; done; '
+                 'rm -f -- "$s" "$p"\' EXIT; trap "exit 1" HUP INT TERM; '
+                 'echo serving; cat >/dev/null')
+_SERVING = b"serving\n"
 
 
 class Unreadable(Exception):
@@ -98,6 +114,10 @@ class Host(Protocol):
 
     def is_ours(self, path: str) -> bool:
         """Return True if path there lies in borg-vm's runtime directory."""
+        ...
+
+    def nbd_servers(self, uuid: str) -> NbdServers:
+        """Where a run of domain uuid starts qemu-nbd on its images (there)."""
         ...
 
 
@@ -146,6 +166,9 @@ class LocalHost:
 
     def is_ours(self, path: str) -> bool:
         return runtime.is_ours(path)
+
+    def nbd_servers(self, uuid: str) -> NbdServers:
+        return THIS_MACHINE
 
 
 LOCAL = LocalHost()
@@ -241,6 +264,33 @@ class SshHost:
     def is_ours(self, path: str) -> bool:
         return posixpath.normpath(path).startswith(REMOTE_RUNTIME_DIR + "/")
 
+    def nbd_servers(self, uuid: str) -> NbdServers:
+        return _RemoteServers(self, uuid)
+
+    @contextlib.contextmanager
+    def serve(self, argv: Sequence[str], uuid: str) -> Iterator[Endpoint]:
+        """Run the NBD server of argv (qemu-nbd, without its socket) there, on a
+        socket in a run directory of domain uuid, for the block; yield the
+        Endpoint of the socket forwarded here. The server ends when the block
+        does, or when this connection is lost (its script watches our stdin).
+        Raise NbdError with the server's own words if it does not start."""
+        with self.run_dir(uuid, None) as directory:
+            socket = posixpath.join(directory, "nbd.sock")
+            with subproc.stream(self._conn.command(["sh", "-c", _SERVE_SCRIPT, "sh", socket,
+                                                    *argv]),
+                                stdin=True, stdout=True,
+                                parent_death_signal=signal.SIGTERM) as served:
+                if served.stdout.readline() != _SERVING:
+                    code = served.wait()
+                    raise NbdError(action="start", where=f"{self.name}: {shlex.join(argv)}",
+                                   detail="".join(served.stderr_lines()).strip()
+                                   or f"exit {code}")
+                try:
+                    with self.reach(socket) as local:
+                        yield Endpoint(uri="nbd+unix:///?socket=" + urllib.parse.quote(local))
+                finally:
+                    served.wait()   # our stdin's end stops it; it removes its socket
+
     def _base(self) -> None:
         """Make the runtime directory there unless it exists (once per connection);
         raise RuntimeDirUnsafe unless it is a directory of the ssh user's that no
@@ -270,6 +320,17 @@ class SshHost:
         except subproc.CommandFailed as e:
             raise SshError(host=self.name, action=action,
                            detail=e.stderr.strip() or str(e)) from e
+
+
+class _RemoteServers:
+    """The NBD servers a run of one domain starts on a hypervisor over ssh."""
+
+    def __init__(self, host: SshHost, uuid: str):
+        self._host = host
+        self._uuid = uuid
+
+    def nbd_server(self, argv: Sequence[str]) -> contextlib.AbstractContextManager[Endpoint]:
+        return self._host.serve(argv, self._uuid)
 
 
 @contextlib.contextmanager

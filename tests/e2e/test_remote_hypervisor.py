@@ -1,12 +1,13 @@
 """borg-vm on a backup host that shares no files with the hypervisor (issue 24):
-`backup -c qemu+ssh://...` of a running domain, full and incremental, checked
-bit for bit against what the guest saw.
+`backup -c qemu+ssh://...` of running and shut-off domains, full and
+incremental, with snapshot layers sealed since the last backup, checked bit for
+bit against what the guest saw.
 
 The "backup host" is borg-vm in a mount namespace of its own where libvirt's
 sockets and state (/run/libvirt, /var/lib/libvirt), borg-vm's runtime
 directory (/run/borg-vm) and the domain's image directory are empty tmpfs: it
 reaches this machine's libvirtd only through qemu+ssh:// to a private sshd on
-127.0.0.1 (tests/e2e/sshd.py), which runs in the root namespace and is the
+127.0.0.1 (tests/sshd.py), which runs in the root namespace and is the
 "hypervisor" side. The URI's command= is an ssh of the test's own (own config,
 known_hosts and key), so nothing reads or writes ~/.ssh. Restores run here,
 outside the namespace, as in the local tests.
@@ -62,8 +63,9 @@ def run_dirs(uuid: str) -> list[Path]:
     return sorted(p for p in HYPERVISOR_RUNTIME_DIR.glob(f"{uuid}.*") if p.is_dir())
 
 
+@pytest.mark.parametrize("generation", ["borg1", "borg2"], indirect=True)
 def test_full_and_incremental_backups_from_a_backup_host(make_domain, hypervisor, repo,
-                                                         tmp_path):
+                                                         tmp_path, generation):
     d = make_domain(disks=[("vda", 32 * MIB, "qcow2"), ("vdb", 16 * MIB, "qcow2")], uefi=True)
     uuid = d.dom.UUIDString()
     # The namespace really is a backup host: local libvirt and the images are gone.
@@ -92,12 +94,17 @@ def test_full_and_incremental_backups_from_a_backup_host(make_domain, hypervisor
                                   code=1)
         assert Path(doc["vm_state"]["nvram"]).read_bytes() == nvram
 
-    # Not in this slice: a shut-off domain is refused, and nothing changes.
+    # Shut off: its images are served by a qemu-nbd on the hypervisor, started
+    # and stopped over ssh, its bitmaps added and removed there by qemu-img.
     d.shut_off()
-    refused = backup(d.name, repo, "-c", hypervisor, code=2, wrap=elsewhere(d))
-    assert "does not support backing up a shut-off domain on a remote hypervisor" in \
-        refused.stderr, refused.stderr
-    assert [c.getName() for c in d.dom.listAllCheckpoints()] == [results[1]["checkpoint"]]
+    d.write_offline("vda", 24 * MIB, 64 * 1024, 0xA3)
+    off = backup(d.name, repo, "-c", hypervisor, wrap=elsewhere(d))
+    assert off["level"] == "inc", off["reason"]
+    assert off["disks"]["vda"]["data"] == 64 * 1024 and off["disks"]["vdb"]["data"] == 0
+    assert not d.dom.isActive(), "the backup must not start the domain"
+    assert [c.getName() for c in d.dom.listAllCheckpoints()] == [off["checkpoint"]]
+    assert run_dirs(uuid) == []
+    restore_and_compare(d.name, repo, off["checkpoint"], d.views(), tmp_path, "off", code=1)
 
 
 def our_ssh_master(pid: int) -> int:
@@ -169,7 +176,7 @@ def test_a_lost_ssh_connection_fails_the_run_cleanly_and_the_next_one_works(
     restore_and_compare(d.name, repo, second["checkpoint"], d.views(), tmp_path, "after")
 
 
-def test_a_killed_run_is_cleaned_up_over_ssh_and_sealed_layers_are_refused(
+def test_a_killed_run_is_cleaned_up_over_ssh_and_sealed_layers_are_read_there(
         make_domain, hypervisor, repo, tmp_path, monkeypatch):
     d = make_domain(disks=[("vda", 32 * MIB, "qcow2")])
     uuid = d.dom.UUIDString()
@@ -191,12 +198,16 @@ def test_a_killed_run_is_cleaned_up_over_ssh_and_sealed_layers_are_refused(
     assert [c.getName() for c in d.dom.listAllCheckpoints()] == [second["checkpoint"]]
     restore_and_compare(d.name, repo, second["checkpoint"], d.views(), tmp_path, "second")
 
-    # Not in this slice: layers sealed since the last backup (read by a local qemu-nbd)
+    # Layers sealed since the last backup: their final changes are read by a
+    # qemu-nbd on the hypervisor too
+    d.write("vda", 6 * MIB, 1 * MIB, 0xD4)   # into the layer the snapshot seals
     d.snapshot("s1")
     d.write("vda", 8 * MIB, 1 * MIB, 0xD3)
-    refused = backup(d.name, repo, "-c", hypervisor, code=2, wrap=elsewhere(d))
-    assert "does not support snapshot layers sealed since the last backup" in refused.stderr
-    assert "--level full" in refused.stderr
+    layered = backup(d.name, repo, "-c", hypervisor, wrap=elsewhere(d))
+    assert layered["level"] == "inc", layered["reason"]
+    assert layered["disks"]["vda"]["frozen"] == 1 * MIB
+    assert run_dirs(uuid) == []
+    restore_and_compare(d.name, repo, layered["checkpoint"], d.views(), tmp_path, "layered")
     full = backup(d.name, repo, "-c", hypervisor, "--level", "full", wrap=elsewhere(d))
     assert full["level"] == "full"
-    restore_and_compare(d.name, repo, full["checkpoint"], d.views(), tmp_path, "layered")
+    restore_and_compare(d.name, repo, full["checkpoint"], d.views(), tmp_path, "full")

@@ -7,15 +7,22 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
 import threading
+import time
 import uuid as uuids
 from pathlib import Path
 
 import pytest
 import sshd
+from realstack import KiB, MiB, qemu_io
 
 from borg_vm import runtime
-from borg_vm.errors import SshError, UsageError
+from borg_vm.adapters import qemu
+from borg_vm.adapters.disk_sources import ImageSource
+from borg_vm.adapters.libnbd import open_endpoint
+from borg_vm.core.extent import STATE_DIRTY
+from borg_vm.errors import NbdError, SshError, UsageError
 from borg_vm.services import hosts
 
 NOBODY = 65534
@@ -150,3 +157,68 @@ def test_the_domain_lock_there_is_the_one_a_borg_vm_there_takes(uri, uuid, monke
         with other.domain_lock(uuid, "web"), pytest.raises(UsageError, match=held), \
                 runtime.domain_lock(uuid, "web"):
             pass
+
+
+def test_images_are_served_there_and_read_here_with_their_bitmaps(uri, uuid, tmp_path):
+    """A shut-off domain's images over ssh (ImageSource with the host's servers):
+    qemu-nbd runs there on a socket in a run directory, forwarded here; it holds
+    the image's lock while it serves, takes more than one client (the reads and
+    nbdfuse) and is gone with its directory when the source closes."""
+    img = tmp_path / "disk.qcow2"
+    qemu.create(str(img), "qcow2", 8 * MiB)
+    qemu_io(img, "qcow2", "write -P 1 0 1M")
+    qemu.bitmap_add(str(img), "cp1")
+    qemu_io(img, "qcow2", "write -P 2 4M 64k")
+    with hosts.connect(uri) as host:
+        with ImageSource({"vda": (str(img), "qcow2", "cp1")}, host.nbd_servers(uuid)) as source:
+            m = source.extent_map("vda", incremental=True)
+            assert [(r.start, r.length) for r in m.dirty if r.flags & STATE_DIRTY] == [
+                (4 * MiB, 64 * KiB)]
+            assert source.endpoint("vda").uri.startswith("nbd+unix:///?socket=")
+            with open_endpoint(source.endpoint("vda"), "a second client") as other:
+                assert other.size == 8 * MiB
+            with source.reads("vda", [(0, 64 * KiB), (4 * MiB, 64 * KiB)], hold=1) as reads:
+                assert [bytes(data[:1]) for _, data in reads] == [b"\x01", b"\x02"]
+            locked = subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write 0 512", str(img)],
+                                    capture_output=True, text=True)
+            assert locked.returncode != 0 and "lock" in locked.stderr
+            # the base server's run directory (the bitmap's server served the map alone)
+            assert len(list(Path(hosts.REMOTE_RUNTIME_DIR).glob(f"{uuid}.*"))) == 1
+        assert list(Path(hosts.REMOTE_RUNTIME_DIR).glob(f"{uuid}.*")) == []
+    qemu_io(img, "qcow2", "write 0 512")   # no server holds it any more
+
+
+def test_a_server_that_cannot_start_there_says_why(uri, uuid, tmp_path):
+    with hosts.connect(uri) as host:
+        with pytest.raises(NbdError, match="start failed on .*qemu-nbd.*(No such file|Could not)"):
+            with ImageSource({"vda": (str(tmp_path / "none.qcow2"), "qcow2", None)},
+                             host.nbd_servers(uuid)):
+                pass
+        assert list(Path(hosts.REMOTE_RUNTIME_DIR).glob(f"{uuid}.*")) == []
+
+
+def test_a_server_there_goes_when_the_connection_is_lost(uri, uuid, tmp_path):
+    img = tmp_path / "disk.qcow2"
+    qemu.create(str(img), "qcow2", 8 * MiB)
+    with hosts.connect(uri) as host:
+        with ImageSource({"vda": (str(img), "qcow2", None)}, host.nbd_servers(uuid)):
+            assert _serving(img)
+            os.kill(_master(tmp_path / "run"), signal.SIGKILL)
+            deadline = time.monotonic() + 30
+            while _serving(img) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert not _serving(img), "qemu-nbd outlived the ssh connection"
+    qemu_io(img, "qcow2", "write 0 512")   # its lock went with it
+
+
+def _serving(img: Path) -> list[str]:
+    """The qemu-nbd processes serving img."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv and argv[0].endswith(b"qemu-nbd") and str(img).encode() in argv:
+            found.append(pid)
+    return found

@@ -8,10 +8,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from borg_vm.adapters import qemu
-from borg_vm.adapters.disk_sources import ImageSource
+from borg_vm.adapters.disk_sources import ImageSource, NbdServers
 from borg_vm.adapters.libvirt import Domain
 from borg_vm.core import bitmaps, domxml, layers, plan
-from borg_vm.errors import RemoteUnsupported
 from borg_vm.format.manifest import LayerRecord
 from borg_vm.format.names import Level
 from borg_vm.services.hosts import LOCAL, Host
@@ -35,8 +34,7 @@ class DiskLayers:
 def of_disks(dom: Domain, disks: Sequence[plan.Disk], p: plan.Plan, host: Host = LOCAL
              ) -> dict[str, DiskLayers]:
     """Return each disk's layers (their images read on host), naming them after
-    libvirt's snapshots. Raise RemoteUnsupported if a remote host has sealed
-    layers to read (sealed_source serves images of this machine only)."""
+    libvirt's snapshots."""
     images = domxml.snapshot_images(dom.snapshot_xmls())
     out = {}
     for d in disks:
@@ -48,11 +46,6 @@ def of_disks(dom: Domain, disks: Sequence[plan.Disk], p: plan.Plan, host: Host =
             parent_top = p.parent.summary.disks[d.target].source
             sealed = tuple((i, _final_changes_bitmap(chain[i], p.parent.name.checkpoint))
                            for i in layers.sealed_since(paths, parent_top))
-            if sealed and host.remote:
-                raise RemoteUnsupported(
-                    what="snapshot layers sealed since the last backup", where=host.name,
-                    hint=f"disk {d.target} has some; back it up with --level full, "
-                    "or on the hypervisor")
         out[d.target] = DiskLayers(chain, tuple(layers.layer_name(paths, i, images)
                                                 for i in range(len(chain))), sealed)
     return out
@@ -75,8 +68,9 @@ def key(target: str, layer: int) -> str:
     return f"{target}@{layer}"
 
 
-def sealed_source(by_disk: dict[str, DiskLayers]) -> ImageSource:
+def sealed_source(by_disk: dict[str, DiskLayers], servers: NbdServers) -> ImageSource:
     """Return a source serving every sealed layer to read (with its backing
-    chain, read-only: a running QEMU holds these images read-only too)."""
+    chain, read-only: a running QEMU holds these images read-only too), its
+    qemu-nbd started where servers says (the images' machine)."""
     return ImageSource({key(t, i): (d.chain[i].path, d.chain[i].format, bitmap)
-                        for t, d in by_disk.items() for i, bitmap in d.sealed})
+                        for t, d in by_disk.items() for i, bitmap in d.sealed}, servers)

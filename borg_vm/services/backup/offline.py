@@ -52,41 +52,41 @@ def session(run: BackupRun, p: plan.Plan, checkpoint: str, when: datetime,
     checkpoints; on an exception remove what this run added. Raise
     CheckpointInconsistent if the parent checkpoint's bitmaps cannot serve an
     incremental. chains holds each disk's images, top first (qemu.backing_chain)."""
-    dom, disks = run.dom, run.disks
+    dom, disks, host = run.dom, run.disks, run.host
     known = set(dom.checkpoints())
     for d in disks:
         if d.incremental_capable:
-            _remove_stale_bitmaps(dom, chains[d.target][0], known)
+            _remove_stale_bitmaps(dom, chains[d.target][0], known, host)
     added: list[tuple[str, str]] = []  # (image, bitmap) this run made
     try:
-        dirty = {d.target: _dirty_bitmap(dom, d, chains[d.target], p, checkpoint, added)
+        dirty = {d.target: _dirty_bitmap(dom, d, chains[d.target], p, checkpoint, added, host)
                  for d in disks if p.disk_levels[d.target] == Level.INC}
         for d in disks:
             if d.incremental_capable:
-                qemu.bitmap_add(d.source, checkpoint)
+                qemu.bitmap_add(d.source, checkpoint, run=host.run)
                 added.append((d.source, checkpoint))
         log.debug("%s: shut off; bitmap %s added, reading the images", dom.name, checkpoint)
         cp = domxml.checkpoint_xml(checkpoint, f"borg-vm backup of {dom.name}",
                                    {d.target: d.incremental_capable for d in disks},
                                    created=int(when.timestamp()))
-        state = vmstate.read(dom.name, run.live.xml, dom.uuid)
+        state = vmstate.read(dom.name, run.live.xml, dom.uuid, host)
         with ImageSource({d.target: (d.source, d.format, dirty.get(d.target))
-                          for d in disks}) as source:
+                          for d in disks}, host.nbd_servers(dom.uuid)) as source:
             yield Session(source, lambda: cp, state=state)
     except BaseException:
         for image, bitmap in reversed(added):
-            _remove_bitmap(dom, image, bitmap)
+            _remove_bitmap(dom, image, bitmap, host)
         raise
     for image, bitmap in added:
         if bitmap != checkpoint:
-            _remove_bitmap(dom, image, bitmap)
+            _remove_bitmap(dom, image, bitmap, host)
     dom.redefine_checkpoint(cp)
     for old in sorted(c for c in known if fmt.is_own_checkpoint(c) and c != checkpoint):
-        drop_checkpoint(dom, old, [d.source for d in disks if d.incremental_capable])
+        drop_checkpoint(dom, old, [d.source for d in disks if d.incremental_capable], host)
 
 
 def _dirty_bitmap(dom: Domain, d: plan.Disk, chain: tuple[qemu.Layer, ...], p: plan.Plan,
-                  checkpoint: str, added: list[tuple[str, str]]) -> str:
+                  checkpoint: str, added: list[tuple[str, str]], host: Host) -> str:
     """Return the name of a bitmap of d's top image holding every write since the
     parent checkpoint (the parent's own, or a merge of its copies down the chain)."""
     parent = p.parent_checkpoint
@@ -98,10 +98,11 @@ def _dirty_bitmap(dom: Domain, d: plan.Disk, chain: tuple[qemu.Layer, ...], p: p
     if layers == [0]:
         return parent
     merged = TEMPORARY_PREFIX + checkpoint
-    qemu.bitmap_add(d.source, merged, disabled=True)
+    qemu.bitmap_add(d.source, merged, disabled=True, run=host.run)
     added.append((d.source, merged))
     for i in layers:
-        qemu.bitmap_merge(d.source, merged, parent, chain[i].path, chain[i].format)
+        qemu.bitmap_merge(d.source, merged, parent, chain[i].path, chain[i].format,
+                          run=host.run)
     log.debug("%s: %s: bitmap %s merged from %d layers", dom.name, d.target, parent,
               len(layers))
     return merged
@@ -121,7 +122,7 @@ def drop_checkpoint(dom: Domain, name: str, top_images: list[str], host: Host = 
     log.info("deleted checkpoint %s of %s", name, dom.name)
 
 
-def _remove_stale_bitmaps(dom: Domain, top: qemu.Layer, known: set[str]) -> None:
+def _remove_stale_bitmaps(dom: Domain, top: qemu.Layer, known: set[str], host: Host) -> None:
     """Remove bitmaps a crashed borg-vm run left in a top image: temporary ones,
     and borg-vm checkpoint bitmaps libvirt has no checkpoint for."""
     for name in top.bitmaps:
@@ -129,7 +130,7 @@ def _remove_stale_bitmaps(dom: Domain, top: qemu.Layer, known: set[str]) -> None
                                                   and name not in known):
             log.info("%s: removing bitmap %s of %s, left by a crashed run", dom.name,
                         name, top.path)
-            _remove_bitmap(dom, top.path, name)
+            _remove_bitmap(dom, top.path, name, host)
 
 
 def _remove_bitmap(dom: Domain, image: str, bitmap: str, host: Host = LOCAL) -> None:

@@ -50,7 +50,6 @@ from borg_vm.errors import (
     BorgError,
     CheckpointInconsistent,
     NoDisksToBackUp,
-    RemoteUnsupported,
     UnknownDisk,
 )
 from borg_vm.format import names as fmt
@@ -265,9 +264,6 @@ def _run(run: BackupRun, borg: Repository, p: plan.Plan, announced: bool = False
     when = datetime.now(UTC)
     taken = set(dom.checkpoints()) | run.taken
     active = dom.is_active()
-    if not active and run.host.remote:
-        raise RemoteUnsupported(what="backing up a shut-off domain", where=run.host.name,
-                                hint=f"start {dom.name}, or back it up on the hypervisor")
     layers = backing.of_disks(dom, run.disks, p, run.host)
     name = plan.archive_name(dom.name, backing.top_layer(layers), when, taken)
     checkpoint = name.checkpoint
@@ -326,14 +322,14 @@ def _write(run: BackupRun, borg: Repository, p: plan.Plan, name: ArchiveName, wh
                          key=run.key, state=session.state)
     if borg.images is not None:
         images, inputs = _images(manifest, p, source)
-        with backing.sealed_source(layers) as old:
+        with backing.sealed_source(layers, run.host.nbd_servers(dom.uuid)) as old:
             images, to_build = _sealed_images(images, p, old, layers,
                                               plan.latest(list(run.archives), dom.name), opts)
             written = writer.write_images(borg, borg.images, name, images, parts, inputs,
                                           opts.scratch_dir, opts.progress, to_build, confirm)
         return written, {t: sum(extent.data_bytes(inp.ranges) for _i, inp in to_build.get(t, []))
                          for t in written.manifest.disks}
-    with backing.sealed_source(layers) as old:
+    with backing.sealed_source(layers, run.host.nbd_servers(dom.uuid)) as old:
         sealed = {t: tuple(SealedRecord(i, Level.INC if bitmap else Level.FULL, tuple(
             _extent_map(old, backing.key(t, i), bool(bitmap), opts)[1]))
             for i, bitmap in layers[t].sealed) for t in sorted(run.by_target)}
