@@ -156,7 +156,7 @@ class Hypervisor:
         if self.exists(name):
             raise DomainExists(name=name, uri=self.uri)
         try:
-            return Domain(self.conn.defineXML(xml))
+            return Domain(_Reconnecting(self, self.conn.defineXML(xml)))
         except libvirt.libvirtError as e:
             if e.get_error_code() == libvirt.VIR_ERR_OPERATION_FAILED and self.exists(name):
                 raise DomainExists(name=name, uri=self.uri) from e
