@@ -34,8 +34,9 @@ setup:
 demo: setup
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash contrib/demo.sh
 
+# Two lanes at once, then what must run by itself (tests/lanes.py says why).
 test: setup lint typecheck
-	$(PYTEST) tests
+	$(VENV)/bin/python tests/lanes.py $(PYTEST)
 
 # ruff over everything (rules in pyproject.toml); part of make test.
 lint: setup

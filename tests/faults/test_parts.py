@@ -100,6 +100,7 @@ def test_sigterm_mid_stream(target, record):
     t.check()
 
 
+@pytest.mark.alone
 @pytest.mark.parametrize("generation", ["borg1", "borg2"], indirect=True)
 def test_libvirtd_restarted_mid_stream(target, record, libvirt_conn):
     """libvirt keeps the job across its restart; borg-vm connects again to end it."""
