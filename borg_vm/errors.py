@@ -230,6 +230,12 @@ class RuntimeDirUnsafe(BorgVmError):
     BORG_VM_RUNTIME_DIR elsewhere."""
 
 
+class RemoteRuntimeDirUnsafe(BorgVmError):
+    """borg-vm's runtime directory {path} on the hypervisor {detail}: it must be a
+    directory of the ssh user there (uid {uid}) that no one else can write to.
+    Remove it there."""
+
+
 # --- archives and chains ---------------------------------------------------
 
 class FormatError(BorgVmError):

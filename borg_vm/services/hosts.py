@@ -35,7 +35,7 @@ from borg_vm.adapters import ssh, subproc
 from borg_vm.adapters.disk_sources import THIS_MACHINE, NbdServers
 from borg_vm.core import libvirt_uri
 from borg_vm.core.disk_source import Endpoint
-from borg_vm.errors import NbdError, RuntimeDirUnsafe, SshError, UsageError
+from borg_vm.errors import NbdError, RemoteRuntimeDirUnsafe, SshError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -293,7 +293,7 @@ class SshHost:
 
     def _base(self) -> None:
         """Make the runtime directory there unless it exists (once per connection);
-        raise RuntimeDirUnsafe unless it is a directory of the ssh user's that no
+        raise RemoteRuntimeDirUnsafe unless it is a directory of the ssh user's that no
         one else can write to, as runtime.py asks of this machine's."""
         if self._base_checked:
             return
@@ -302,8 +302,8 @@ class SshHost:
         uid = int(me)
         problem = runtime.unsafe(int(mode, 16), int(owner), uid)
         if problem:
-            raise RuntimeDirUnsafe(path=f"{self.name}:{REMOTE_RUNTIME_DIR}", detail=problem,
-                                   uid=uid)
+            raise RemoteRuntimeDirUnsafe(path=f"{self.name}:{REMOTE_RUNTIME_DIR}",
+                                         detail=problem, uid=uid)
         self._base_checked = True
 
     def _remove_tree(self, path: str) -> None:

@@ -22,7 +22,7 @@ from borg_vm.adapters import qemu
 from borg_vm.adapters.disk_sources import ImageSource
 from borg_vm.adapters.libnbd import open_endpoint
 from borg_vm.core.extent import STATE_DIRTY
-from borg_vm.errors import NbdError, SshError, UsageError
+from borg_vm.errors import NbdError, RemoteRuntimeDirUnsafe, SshError, UsageError
 from borg_vm.services import hosts
 
 NOBODY = 65534
@@ -222,3 +222,19 @@ def _serving(img: Path) -> list[str]:
         if argv and argv[0].endswith(b"qemu-nbd") and str(img).encode() in argv:
             found.append(pid)
     return found
+
+
+def test_a_runtime_dir_there_others_can_write_to_is_refused(uri, uuid, tmp_path, monkeypatch):
+    there = tmp_path / "hypervisor-run"
+    there.mkdir()
+    there.chmod(0o777)
+    monkeypatch.setattr(hosts, "REMOTE_RUNTIME_DIR", str(there))
+    with hosts.connect(uri) as host:
+        with pytest.raises(RemoteRuntimeDirUnsafe) as e:
+            with host.run_dir(uuid, (NOBODY, NOBODY)):
+                pass
+    assert e.value.message == (
+        f"borg-vm's runtime directory {sshd.LOOPBACK}:{there} on the hypervisor is writable "
+        "by others (mode 0777): it must be a directory of the ssh user there (uid 0) that no "
+        "one else can write to. Remove it there.")
+    assert os.listdir(there) == []
