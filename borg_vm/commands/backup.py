@@ -7,6 +7,7 @@ import fnmatch
 import logging
 
 from borg_vm.adapters import libvirt as virt
+from borg_vm.adapters.borg import Repository
 from borg_vm.commands import options
 from borg_vm.core import plan
 from borg_vm.core.compression import parse_compression
@@ -106,31 +107,40 @@ def run(args: argparse.Namespace) -> int:
                                                          options.positive_seconds,
                                                          quiesce.FREEZE_TIMEOUT),
                          progress=options.progress(args))
-    failed: dict[str, int] = {}
-    with hosts.connect(args.connect) as host, virt.connect(args.connect) as hv:
+    with virt.connect(args.connect) as hv:
         names = ([args.only] if args.only is not None else args.domains
                  or [n for n in hv.domain_names() if fnmatch.fnmatchcase(n, args.match or "*")])
         if not names:
             raise UsageError(detail=f"no domain matches {args.match!r}")
-        if args.jobs > 1 and len(names) > 1:
+        if args.jobs > 1 and len(names) > 1:   # each child logs in to the hypervisor itself
             return parallel.run(args.argv, args.jobs, borg, names)
-        for name in names:
-            try:
-                result = backup(hv, borg, name, opts, host)
-            except Interrupted:
-                raise
-            except Exception as e:  # one domain's failure, even a bug, never stops the next
-                failed[name] = report(e, args.debug, prefix=f"{name}: ")
-                if args.json:
-                    message, _code = describe(e, args.debug)
-                    options.emit({"domain": name, "error": message, "exit_code": failed[name]})
-                continue
-            if args.json:
-                options.emit(result.to_json())
-            else:
-                log.info("%s: %s backup done in %.1f s: %s", name, result.level,
-                         result.duration, result.archive)
+        with hosts.connect(args.connect) as host:
+            failed = _back_up_each(hv, host, borg, names, opts, args)
     return parallel.summary(failed, names)
+
+
+def _back_up_each(hv: virt.Hypervisor, host: hosts.Host, borg: Repository, names: list[str],
+                  opts: BackupOptions, args: argparse.Namespace) -> dict[str, int]:
+    """Back up the domains one after the other, each reported as it ends; return
+    the exit code of each that failed, by name."""
+    failed: dict[str, int] = {}
+    for name in names:
+        try:
+            result = backup(hv, borg, name, opts, host)
+        except Interrupted:
+            raise
+        except Exception as e:  # one domain's failure, even a bug, never stops the next
+            failed[name] = report(e, args.debug, prefix=f"{name}: ")
+            if args.json:
+                message, _code = describe(e, args.debug)
+                options.emit({"domain": name, "error": message, "exit_code": failed[name]})
+            continue
+        if args.json:
+            options.emit(result.to_json())
+        else:
+            log.info("%s: %s backup done in %.1f s: %s", name, result.level,
+                     result.duration, result.archive)
+    return failed
 
 
 def _selection_problem(domains: list[str], every: bool, match: str | None) -> str | None:
