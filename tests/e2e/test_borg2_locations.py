@@ -13,28 +13,27 @@ import pytest
 from borgvm import backup, restore_and_compare, run
 from guest import MIB
 from s3server import S3Server
-from sshd import LOOPBACK, Sshd, make_key
+from sshd import LOOPBACK, make_key
 
 KIB = 1024
 PASSPHRASE = "borg2 locations"
 
 
 @pytest.fixture
-def sftp_location(tmp_path):
+def sftp_location(tmp_path, ssh_server):
     """(location, environment): an sftp:// repository path on a real sshd, the
     client's key and the server's host key in a private HOME's ~/.ssh, where
     Borg 2 (paramiko) looks for them."""
     home = tmp_path / "home"
     (home / ".ssh").mkdir(parents=True, mode=0o700)
-    with Sshd(tmp_path / "sshd") as server:
-        key = home / ".ssh" / "id_borgvm"
-        server.authorize(make_key(key, "borg-vm-test-client"), ["internal-sftp"])
-        (home / ".ssh" / "config").write_text(f"Host {LOOPBACK}\n  IdentityFile {key}\n")
-        (home / ".ssh" / "known_hosts").write_text(server.known_hosts.read_text())
-        store = tmp_path / "store"
-        store.mkdir()
-        # Two slashes: an absolute path (one would be relative to the user's home).
-        yield f"sftp://root@{LOOPBACK}:{server.port}/{store}/repo", {"HOME": str(home)}
+    key = home / ".ssh" / "id_borgvm"
+    ssh_server.authorize(make_key(key, "borg-vm-test-client"), ["internal-sftp"])
+    (home / ".ssh" / "config").write_text(f"Host {LOOPBACK}\n  IdentityFile {key}\n")
+    (home / ".ssh" / "known_hosts").write_text(ssh_server.known_hosts.read_text())
+    store = tmp_path / "store"
+    store.mkdir()
+    # Two slashes: an absolute path (one would be relative to the user's home).
+    return f"sftp://root@{LOOPBACK}:{ssh_server.port}/{store}/repo", {"HOME": str(home)}
 
 
 @pytest.fixture

@@ -43,33 +43,31 @@ def test_borg_killed_in_its_commit(target, record, tmp_path):
     t.check()
 
 
-def test_ssh_connection_cut_mid_stream(target, record, tmp_path, monkeypatch):
-    if not os.access(sshd.SSHD, os.X_OK):
-        pytest.skip(f"{sshd.SSHD} is missing (contrib/setup-host.sh installs openssh-server)")
+def test_ssh_connection_cut_mid_stream(target, record, tmp_path, monkeypatch, ssh_server):
+    server = ssh_server
     served = tmp_path / "served" / "repo"
     served.parent.mkdir()
     key = tmp_path / "client"
-    with sshd.Sshd(tmp_path / "sshd") as server:
-        server.authorize(sshd.make_key(key, "borg-vm-test-faults"),
-                         [BORG, "serve", "--restrict-to-repository", str(served)])
-        monkeypatch.setenv("BORG_RSH", server.rsh(key))
-        monkeypatch.setenv("BORG_VM_LOCK_WAIT", QUICK_LOCK_WAIT["BORG_VM_LOCK_WAIT"])
-        t = target(repo=init_repo(server.url(served)))
-        record["injected"] = ("ssh:// repository on a real sshd; the connection cut mid-stream "
-                              "(the session's sshd killed)")
+    server.authorize(sshd.make_key(key, "borg-vm-test-faults"),
+                     [BORG, "serve", "--restrict-to-repository", str(served)])
+    monkeypatch.setenv("BORG_RSH", server.rsh(key))
+    monkeypatch.setenv("BORG_VM_LOCK_WAIT", QUICK_LOCK_WAIT["BORG_VM_LOCK_WAIT"])
+    t = target(repo=init_repo(server.url(served)))
+    record["injected"] = ("ssh:// repository on a real sshd; the connection cut mid-stream "
+                          "(the session's sshd killed)")
 
-        def cut(_proc):   # the session's sshd processes (monitor and network child)
-            poll(lambda: [p for p in processes_naming(str(served), "borg") if " serve " in p],
-                 STOP_TIMEOUT, "borg import-tar's borg serve to run on the server")
-            sessions = children(server.proc.pid)
-            for pid in sessions + [c for s in sessions for c in children(s)]:
-                if Path(f"/proc/{pid}/comm").read_text().strip() == "sshd":
-                    os.kill(pid, signal.SIGKILL)
+    def cut(_proc):   # the session's sshd processes (monitor and network child)
+        poll(lambda: [p for p in processes_naming(str(served), "borg") if " serve " in p],
+             STOP_TIMEOUT, "borg import-tar's borg serve to run on the server")
+        sessions = children(server.proc.pid)
+        for pid in sessions + [c for s in sessions for c in children(s)]:
+            if Path(f"/proc/{pid}/comm").read_text().strip() == "sshd":
+                os.kill(pid, signal.SIGKILL)
 
-        t.failed(t.strike(runtime.STREAMING, cut), "cannot be reached",
-                 "Connection closed by remote host")
-        t.next_run()
-        t.check()
+    t.failed(t.strike(runtime.STREAMING, cut), "cannot be reached",
+             "Connection closed by remote host")
+    t.next_run()
+    t.check()
 
 
 @pytest.mark.parametrize("generation", ["borg1", "borg2"], indirect=True)
