@@ -49,6 +49,10 @@ class LibvirtConnectError(BorgVmError):
     may this user use it? (choose another URI with -c/--connect)"""
 
 
+class DomainNotPlaced(BorgVmError):
+    """{detail}"""
+
+
 class DomainNotFound(BorgVmError):
     """Domain {name!r} not found at {uri} ('virsh -c {uri} list --all' lists
     the domains)."""

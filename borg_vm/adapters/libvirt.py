@@ -113,10 +113,10 @@ class Hypervisor:
                     raise LibvirtConnectError(uri=self.uri, detail=e.get_error_message()) from e
             time.sleep(RECONNECT_POLL)
 
-    def domain_names(self) -> list[str]:
-        """Return the names of every domain libvirt knows, running or shut off."""
+    def domains(self) -> dict[str, str]:
+        """Return every domain libvirt knows, running or shut off: name -> UUID, by name."""
         try:
-            return sorted(d.name() for d in self.conn.listAllDomains(0))
+            return dict(sorted((d.name(), d.UUIDString()) for d in self.conn.listAllDomains(0)))
         except libvirt.libvirtError as e:
             raise LibvirtError(action="list domains", name="*",
                                detail=e.get_error_message()) from e

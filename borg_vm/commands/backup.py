@@ -3,19 +3,27 @@
 from __future__ import annotations
 
 import argparse
-import fnmatch
+import contextlib
 import logging
 
 from borg_vm.adapters import libvirt as virt
 from borg_vm.adapters.borg import Repository
 from borg_vm.commands import options
-from borg_vm.core import plan
+from borg_vm.core import fleet, libvirt_uri, plan
 from borg_vm.core.compression import parse_compression
-from borg_vm.errors import Interrupted, UsageError, describe, report
+from borg_vm.errors import (
+    DomainNotPlaced,
+    Interrupted,
+    LibvirtConnectError,
+    SshError,
+    UsageError,
+    describe,
+    report,
+)
 from borg_vm.format import names as fmt
 from borg_vm.services import hosts
 from borg_vm.services.backup import parallel, quiesce
-from borg_vm.services.backup.run import BackupOptions, backup
+from borg_vm.services.backup.run import BackupOptions, BackupResult, backup
 
 log = logging.getLogger(__name__)
 FULL_EVERY_ENV = "BORG_VM_FULL_EVERY"
@@ -29,8 +37,8 @@ def build_parser(sub: argparse._SubParsersAction, parents: list[argparse.Argumen
                        "time, then incrementals of what changed since the last checkpoint.")
     b.add_argument("domains", nargs="*", metavar="DOMAIN")
     b.add_argument("--all", action="store_true",
-                   help="back up every domain libvirt knows, running or shut off "
-                   "(with --match: those whose name matches)")
+                   help="back up every domain libvirt knows (of each --connect), running or "
+                   "shut off (with --match: those whose name matches)")
     b.add_argument("--match", metavar="GLOB",
                    help="with --all, only domains whose name matches GLOB (fnmatch)")
     b.add_argument("--jobs", type=options.type_of(options.count), default=1, metavar="N",
@@ -39,7 +47,8 @@ def build_parser(sub: argparse._SubParsersAction, parents: list[argparse.Argumen
                    "at a time; default: 1). With N > 1 there is no progress bar")
     # One domain of a --jobs run: the child's argv is its parent's with this added.
     b.add_argument(parallel.ONLY, metavar="DOMAIN", help=argparse.SUPPRESS)
-    options.add_repository_options(b, libvirt=True)
+    b.add_argument(parallel.ONLY_AT, metavar="URI", help=argparse.SUPPRESS)
+    options.add_repository_options(b, hypervisors=True)
     b.add_argument("--level", choices=plan.REQUESTS, default=plan.AUTO,
                    help="auto: incremental when possible, else full (default); "
                    "full; inc: incremental or fail")
@@ -107,40 +116,113 @@ def run(args: argparse.Namespace) -> int:
                                                          options.positive_seconds,
                                                          quiesce.FREEZE_TIMEOUT),
                          progress=options.progress(args))
-    with virt.connect(args.connect) as hv:
-        names = ([args.only] if args.only is not None else args.domains
-                 or [n for n in hv.domain_names() if fnmatch.fnmatchcase(n, args.match or "*")])
-        if not names:
+    hypervisors = ([args.only_at] if args.only_at is not None
+                   else list(dict.fromkeys(args.connect or [virt.DEFAULT_URI])))
+    for uri in hypervisors:   # one that borg-vm cannot reach is refused before anything
+        libvirt_uri.ssh_target(uri)
+    out = _Out(args, labelled=len(hypervisors) > 1 or args.only_at is not None)
+    with contextlib.ExitStack() as stack:
+        reached = _reach(hypervisors, stack, out)
+        placement = _placement(reached, hypervisors, args)
+        names = [n for ns in placement.domains.values() for n in ns] + list(placement.problems)
+        if not names and not out.codes:
             raise UsageError(detail=f"no domain matches {args.match!r}")
-        if args.jobs > 1 and len(names) > 1:   # each child logs in to the hypervisor itself
-            return parallel.run(args.argv, args.jobs, borg, names)
-        with hosts.connect(args.connect) as host:
-            failed = _back_up_each(hv, host, borg, names, opts, args)
-    return parallel.summary(failed, names)
-
-
-def _back_up_each(hv: virt.Hypervisor, host: hosts.Host, borg: Repository, names: list[str],
-                  opts: BackupOptions, args: argparse.Namespace) -> dict[str, int]:
-    """Back up the domains one after the other, each reported as it ends; return
-    the exit code of each that failed, by name."""
-    failed: dict[str, int] = {}
-    for name in names:
-        try:
-            result = backup(hv, borg, name, opts, host)
-        except Interrupted:
-            raise
-        except Exception as e:  # one domain's failure, even a bug, never stops the next
-            failed[name] = report(e, args.debug, prefix=f"{name}: ")
-            if args.json:
-                message, _code = describe(e, args.debug)
-                options.emit({"domain": name, "error": message, "exit_code": failed[name]})
-            continue
-        if args.json:
-            options.emit(result.to_json())
+        for name, problem in placement.problems.items():
+            out.failed(DomainNotPlaced(detail=problem), domain=name)
+        if args.jobs > 1 and len(names) > 1:   # each child logs in to its hypervisor itself
+            at = {name: uri if out.labelled else None
+                  for uri, ns in placement.domains.items() for name in ns}
+            out.codes.update(parallel.run(args.argv, args.jobs, borg, at))
         else:
-            log.info("%s: %s backup done in %.1f s: %s", name, result.level,
+            for uri, domains in placement.domains.items():
+                if domains:
+                    _back_up_each(reached[uri], borg, domains, opts, out)
+    return parallel.summary(out.codes, names, hypervisors)
+
+
+def _reach(hypervisors: list[str], stack: contextlib.ExitStack, out: _Out
+           ) -> dict[str, virt.Hypervisor]:
+    """Connect to each hypervisor, the connection closed with stack; return those
+    reached, by URI. One that cannot be reached fails the run when it is the
+    only one, and is reported when there are others."""
+    reached: dict[str, virt.Hypervisor] = {}
+    for uri in hypervisors:
+        try:
+            reached[uri] = stack.enter_context(virt.connect(uri))
+        except LibvirtConnectError as e:
+            if len(hypervisors) == 1:
+                raise
+            out.failed(e, hypervisor=uri)   # the others go on
+    return reached
+
+
+def _placement(reached: dict[str, virt.Hypervisor], hypervisors: list[str],
+               args: argparse.Namespace) -> fleet.Placement:
+    """Where each domain of the run is backed up from: the domains named, on
+    their one hypervisor, or every domain (matching --match) of each."""
+    named = [args.only] if args.only is not None else args.domains
+    if len(hypervisors) == 1 and named:   # not looked for: the backup says if it is not there
+        return fleet.Placement({uri: list(dict.fromkeys(named)) for uri in reached})
+    return fleet.place({uri: hv.domains() for uri, hv in reached.items()}, named, args.match,
+                       [uri for uri in hypervisors if uri not in reached])
+
+
+class _Out:
+    """What a backup run reports of each domain (and of each hypervisor it could
+    not reach), and the exit codes of those that failed. labelled: each --json
+    line of a domain names its hypervisor (a run over several)."""
+
+    def __init__(self, args: argparse.Namespace, labelled: bool):
+        self.args = args
+        self.labelled = labelled
+        self.codes: dict[str, int] = {}
+
+    def failed(self, e: BaseException, *, domain: str | None = None,
+               hypervisor: str | None = None) -> None:
+        """Report that a domain (of hypervisor, if known), or else a hypervisor,
+        failed with e."""
+        what = domain if domain is not None else hypervisor
+        assert what is not None
+        self.codes[what] = report(e, self.args.debug, prefix=f"{what}: ")
+        if self.args.json:
+            message, _code = describe(e, self.args.debug)
+            options.emit({**({"domain": domain} if domain is not None else {}),
+                          **self._at(hypervisor), "error": message,
+                          "exit_code": self.codes[what]})
+
+    def done(self, result: BackupResult, hypervisor: str) -> None:
+        if self.args.json:
+            options.emit({**result.to_json(), **self._at(hypervisor)})
+        else:
+            log.info("%s: %s backup done in %.1f s: %s", result.domain, result.level,
                      result.duration, result.archive)
-    return failed
+
+    def _at(self, hypervisor: str | None) -> dict[str, str]:
+        return {"hypervisor": hypervisor} if self.labelled and hypervisor is not None else {}
+
+
+def _back_up_each(hv: virt.Hypervisor, borg: Repository, names: list[str],
+                  opts: BackupOptions, out: _Out) -> None:
+    """Back up the domains of one hypervisor one after the other, each reported
+    as it ends."""
+    with contextlib.ExitStack() as stack:
+        try:
+            host = stack.enter_context(hosts.connect(hv.uri))
+        except SshError as e:
+            if not out.labelled:
+                raise
+            for name in names:   # none of them can be backed up; the others' can
+                out.failed(e, domain=name, hypervisor=hv.uri)
+            return
+        for name in names:
+            try:
+                result = backup(hv, borg, name, opts, host)
+            except Interrupted:
+                raise
+            except Exception as e:  # one domain's failure, even a bug, never stops the next
+                out.failed(e, domain=name, hypervisor=hv.uri)
+                continue
+            out.done(result, hv.uri)
 
 
 def _selection_problem(domains: list[str], every: bool, match: str | None) -> str | None:

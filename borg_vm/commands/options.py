@@ -79,15 +79,22 @@ def _positionals(extras: list[str]) -> tuple[list[str], list[str]]:
             [a for a in head if a.startswith("-")])
 
 
-def add_repository_options(p: argparse.ArgumentParser, libvirt: bool = False) -> None:
-    """Add --repo and --lock-wait (with libvirt: -c/--connect) and --json."""
+def add_repository_options(p: argparse.ArgumentParser, libvirt: bool = False,
+                           hypervisors: bool = False) -> None:
+    """Add --repo and --lock-wait (with libvirt: -c/--connect; with hypervisors,
+    repeatable, a list or None) and --json."""
     p.add_argument("--repo", metavar="REPO", help="Borg repository (default: $BORG_REPO)")
     p.add_argument("--lock-wait", type=type_of(whole_seconds), metavar="SECONDS",
                    help="wait this long for another borg or borg-vm run to release "
                    f"the repository lock (default: ${LOCK_WAIT_ENV}, else "
                    f"{borg_adapter.DEFAULT_LOCK_WAIT} = "
                    f"{borg_adapter.DEFAULT_LOCK_WAIT // 3600} h)")
-    if libvirt:
+    if hypervisors:
+        p.add_argument("-c", "--connect", metavar="URI", action="append",
+                       help=f"libvirt URI, as for virsh -c (default: {virt.DEFAULT_URI}); "
+                       "repeatable: the domains of several hypervisors, each backed up from "
+                       "the one that has it")
+    elif libvirt:
         p.add_argument("-c", "--connect", metavar="URI", default=virt.DEFAULT_URI,
                        help=f"libvirt URI, as for virsh -c (default: {virt.DEFAULT_URI})")
     p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")

@@ -26,7 +26,18 @@ def test_every_option_a_child_gets_parses():
     from borg_vm.cli import build_parser
     args = build_parser().parse_args(parallel.child_argv(
         ["backup", "--all", "--jobs", "3", "--", "x"], "web")[3:])
-    assert (args.only, args.jobs, args.no_progress) == ("web", 1, True)
+    assert (args.only, args.only_at, args.jobs, args.no_progress) == ("web", None, 1, True)
+
+
+def test_a_child_of_a_run_over_several_hypervisors_backs_up_from_its_own():
+    from borg_vm.cli import build_parser
+    argv = ["backup", "--all", "-c", "qemu+ssh://a/system", "-c", "qemu+ssh://b/system",
+            "--jobs", "3"]
+    child = parallel.child_argv(argv, "web", "qemu+ssh://b/system")
+    assert child[3:] == [*argv, "--only", "web", "--only-at", "qemu+ssh://b/system",
+                         "--jobs", "1", "--no-progress"]
+    args = build_parser().parse_args(child[3:])
+    assert (args.only, args.only_at) == ("web", "qemu+ssh://b/system")
 
 
 class _Borg1:
@@ -36,10 +47,24 @@ class _Borg1:
 
 def test_a_borg1_repository_takes_one_writer():
     with pytest.raises(UsageError, match="Borg 2 repository: /backups/vms is a Borg 1.4 one"):
-        parallel.run([], 2, _Borg1(), ["a", "b"])
+        parallel.run([], 2, _Borg1(), {"a": None, "b": None})
 
 
-@pytest.mark.parametrize("failed,code", [({}, EXIT_OK), ({"a": 2}, EXIT_ERROR)])
-def test_the_summary_is_the_worst_exit_code(failed, code):
-    assert parallel.summary(failed, ["a", "b"]) == code
+@pytest.mark.parametrize("codes,code", [({}, EXIT_OK), ({"a": 1}, EXIT_WARNING),
+                                        ({"a": 2}, EXIT_ERROR), ({"a": 1, "b": 2}, EXIT_ERROR),
+                                        ({"qemu+ssh://c/system": 2}, EXIT_ERROR)])
+def test_the_summary_is_the_worst_exit_code(codes, code):
+    assert parallel.summary(codes, ["a", "b"]) == code
     assert EXIT_WARNING < EXIT_ERROR
+
+
+def test_the_summary_names_the_domains_that_failed(caplog):
+    parallel.summary({"a": 2, "b": 1, "qemu+ssh://c/system": 2}, ["a", "b"])
+    assert [r.getMessage() for r in caplog.records] == ["1 of 2 domains failed: a"]
+
+
+def test_the_summary_names_the_hypervisors_that_could_not_be_reached(caplog):
+    gone = "qemu+ssh://c/system"
+    assert parallel.summary({gone: 2}, ["a"], ["qemu:///system", gone]) == EXIT_ERROR
+    assert [r.getMessage() for r in caplog.records] == [
+        f"1 of 2 hypervisors could not be reached: {gone}"]

@@ -1,7 +1,8 @@
 """backup --jobs N: domains backed up at once, each by a borg-vm process of its own.
 
 A child is this borg-vm run again for one domain: the parent's argv with
-``--only DOMAIN --jobs 1 --no-progress``, so it parses, logs, reports and
+``--only DOMAIN --jobs 1 --no-progress`` (and ``--only-at URI``, its
+hypervisor, when the run pulls from several), so it parses, logs, reports and
 undoes on SIGTERM exactly as a run for that domain alone does. Processes, not
 threads: a signal reaches one thread only, and a thread cannot be stopped in
 the middle of a libvirt call; a process can be told to undo what it started
@@ -18,6 +19,7 @@ import logging
 import signal
 import sys
 import time
+from collections.abc import Sequence
 
 from borg_vm.adapters import subproc
 from borg_vm.adapters.borg import Repository
@@ -25,29 +27,33 @@ from borg_vm.errors import EXIT_ERROR, EXIT_OK, EXIT_WARNING, Interrupted, Usage
 
 log = logging.getLogger(__name__)
 ONLY = "--only"
+ONLY_AT = "--only-at"
 _POLL_SECONDS = 0.1
 
 
-def child_argv(argv: list[str], domain: str) -> list[str]:
-    """Given the parent's argv (after the program name) and a domain, return the
-    argv of the borg-vm process that backs up that domain alone: the options
-    come after the parent's (the last of an option wins) and before a `--`."""
+def child_argv(argv: list[str], domain: str, hypervisor: str | None = None) -> list[str]:
+    """Given the parent's argv (after the program name), a domain and the URI of
+    its hypervisor (None: the run's only one), return the argv of the borg-vm
+    process that backs up that domain alone: the options come after the
+    parent's (the last of an option wins) and before a `--`."""
     at = argv.index("--") if "--" in argv else len(argv)
-    return [sys.executable, "-m", "borg_vm", *argv[:at], ONLY, domain, "--jobs", "1",
+    return [sys.executable, "-m", "borg_vm", *argv[:at], ONLY, domain,
+            *([ONLY_AT, hypervisor] if hypervisor is not None else []), "--jobs", "1",
             "--no-progress", *argv[at:]]
 
 
-def run(argv: list[str], jobs: int, borg: Repository, names: list[str]) -> int:
-    """Back up names with up to jobs borg-vm children at once, each run with
-    child_argv(argv, its domain) (argv: this run's, after the program name);
-    return the worst exit code. On SIGINT or SIGTERM, stop every child (each
-    undoes what it started) and raise Interrupted."""
+def run(argv: list[str], jobs: int, borg: Repository, domains: dict[str, str | None]
+        ) -> dict[str, int]:
+    """Back up the domains (name -> its hypervisor's URI, or None) with up to jobs
+    borg-vm children at once, each run with child_argv (argv: this run's, after
+    the program name); return each one's exit code. On SIGINT or SIGTERM, stop
+    every child (each undoes what it started) and raise Interrupted."""
     if borg.images is None:
         raise UsageError(detail=f"--jobs {jobs} needs a Borg 2 repository: "
                                 f"{borg.repo} is a Borg 1.4 one, which takes one writer "
                                 "at a time (back up one domain after another: --jobs 1)")
     borg.list_archives()   # asks for a passphrase now, once, on a terminal
-    waiting = list(names)
+    waiting = list(domains)
     running: dict[str, subproc.Child] = {}
     ended: dict[str, int] = {}
     with borg.child_env() as (env, fds):
@@ -55,8 +61,8 @@ def run(argv: list[str], jobs: int, borg: Repository, names: list[str]) -> int:
             while waiting or running:
                 while waiting and len(running) < jobs:
                     name = waiting.pop(0)
-                    running[name] = subproc.start_child(child_argv(argv, name), env=env,
-                                                        pass_fds=fds)
+                    running[name] = subproc.start_child(child_argv(argv, name, domains[name]),
+                                                        env=env, pass_fds=fds)
                 for name, child in list(running.items()):
                     if child.exit_code() is not None:
                         ended[name] = _finished(name, running.pop(name))
@@ -64,9 +70,7 @@ def run(argv: list[str], jobs: int, borg: Repository, names: list[str]) -> int:
         except Interrupted:
             _stop(running)
             raise
-    failed = {name: code for name, code in ended.items() if code > EXIT_WARNING}
-    warned = EXIT_WARNING in ended.values()   # the child logged it; its exit code tells
-    return max(summary(failed, names), EXIT_WARNING if warned else EXIT_OK)
+    return ended
 
 
 def _finished(name: str, child: subproc.Child) -> int:
@@ -92,8 +96,17 @@ def _stop(running: dict[str, subproc.Child]) -> None:
         _finished(name, child)   # one that had made its archive says so
 
 
-def summary(failed: dict[str, int], names: list[str]) -> int:
-    """Log which of several domains failed; return the worst exit code."""
+def summary(codes: dict[str, int], names: list[str], hypervisors: Sequence[str] = ()) -> int:
+    """Given the exit codes of what ended with one (domains, and hypervisors that
+    could not be reached, by URI, each reported already; a warning a child logged
+    is in its code, one this process logged need not be), log which of the
+    domains (names) failed, if several, and which of several hypervisors could
+    not be reached; return the worst exit code."""
+    failed = [name for name in names if codes.get(name, EXIT_OK) > EXIT_WARNING]
     if failed and len(names) > 1:
         log.error("%d of %d domains failed: %s", len(failed), len(names), ", ".join(failed))
-    return max(failed.values(), default=EXIT_OK)
+    gone = [uri for uri in hypervisors if uri in codes]
+    if gone and len(hypervisors) > 1:
+        log.error("%d of %d hypervisors could not be reached: %s", len(gone), len(hypervisors),
+                  ", ".join(gone))
+    return max(codes.values(), default=EXIT_OK)
