@@ -26,7 +26,7 @@ HOSTILE = tests/integration/test_restore_hostile.py \
 
 .PHONY: setup demo test lint typecheck unit integration e2e faults soak bench bench-quick \
         bench-setup bench-retention bench-scale bench-boot bench-borg2 bench-generations \
-        bench-packs
+        bench-packs bench-fleet
 
 setup:
 	bash contrib/setup-host.sh $(VENV)
@@ -123,6 +123,13 @@ bench-borg2: setup
 # one-round try-out into bench/work/quick/GENERATIONS.md).
 bench-generations: setup
 	$(VENV)/bin/python bench/generations.py
+
+# K hypervisors each writing one Borg 1.4 repository themselves against one
+# backup host writing it for them (bench/FLEET.md, issue #24): K = 2 and 4
+# paused domains of 512 MiB, 6 nights each way (`.venv/bin/python bench/fleet.py
+# --quick` for a 3-night try-out into bench/work/quick/FLEET.md).
+bench-fleet: setup
+	$(VENV)/bin/python bench/fleet.py
 
 # Borg 2 alone: how the size of its packs decides how fast an image built over
 # 30 nights extracts (bench/packs.py -> bench/PACKS.md; ~27 min, ~4 GB in bench/work).

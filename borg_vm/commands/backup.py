@@ -102,20 +102,7 @@ def run(args: argparse.Namespace) -> int:
     if problem:
         raise UsageError(detail=problem)
     borg = options.repository(args)
-    opts = BackupOptions(level=args.level, exclude_disks=tuple(args.exclude_disk),
-                         scratch_dir=args.scratch_dir,
-                         compression=str(parse_compression(args.compression)),
-                         block_size=chunk or (
-                             fmt.BLOCK_SIZE if borg.images is None else fmt.IMAGE_BLOCK_SIZE),
-                         read_alignment=args.read_alignment,
-                         full_every=args.full_every or options.from_env(
-                             FULL_EVERY_ENV, plan.FullEvery.parse,
-                             plan.FullEvery.parse(plan.DEFAULT_FULL_EVERY)),
-                         quiesce=args.quiesce,
-                         freeze_timeout=options.from_env(quiesce.FREEZE_TIMEOUT_ENV,
-                                                         options.positive_seconds,
-                                                         quiesce.FREEZE_TIMEOUT),
-                         progress=options.progress(args))
+    opts = _options(args, borg)
     hypervisors = ([args.only_at] if args.only_at is not None
                    else list(dict.fromkeys(args.connect or [virt.DEFAULT_URI])))
     for uri in hypervisors:   # one that borg-vm cannot reach is refused before anything
@@ -138,6 +125,24 @@ def run(args: argparse.Namespace) -> int:
                 if domains:
                     _back_up_each(reached[uri], borg, domains, opts, out)
     return parallel.summary(out.codes, names, hypervisors)
+
+
+def _options(args: argparse.Namespace, borg: Repository) -> BackupOptions:
+    """The backup's options, from the command line and the environment."""
+    return BackupOptions(level=args.level, exclude_disks=tuple(args.exclude_disk),
+                         scratch_dir=args.scratch_dir,
+                         compression=str(parse_compression(args.compression)),
+                         block_size=args.chunk_size or (
+                             fmt.BLOCK_SIZE if borg.images is None else fmt.IMAGE_BLOCK_SIZE),
+                         read_alignment=args.read_alignment,
+                         full_every=args.full_every or options.from_env(
+                             FULL_EVERY_ENV, plan.FullEvery.parse,
+                             plan.FullEvery.parse(plan.DEFAULT_FULL_EVERY)),
+                         quiesce=args.quiesce,
+                         freeze_timeout=options.from_env(quiesce.FREEZE_TIMEOUT_ENV,
+                                                         options.positive_seconds,
+                                                         quiesce.FREEZE_TIMEOUT),
+                         progress=options.progress(args))
 
 
 def _reach(hypervisors: list[str], stack: contextlib.ExitStack, out: _Out
