@@ -123,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             for uri, domains in placement.domains.items():
                 if domains:
-                    _back_up_each(reached[uri], borg, domains, opts, out)
+                    _back_up_each(uri, reached[uri], borg, domains, opts, out)
     return parallel.summary(out.codes, names, hypervisors)
 
 
@@ -206,18 +206,18 @@ class _Out:
         return {"hypervisor": hypervisor} if self.labelled and hypervisor is not None else {}
 
 
-def _back_up_each(hv: virt.Hypervisor, borg: Repository, names: list[str],
+def _back_up_each(uri: str, hv: virt.Hypervisor, borg: Repository, names: list[str],
                   opts: BackupOptions, out: _Out) -> None:
-    """Back up the domains of one hypervisor one after the other, each reported
-    as it ends."""
+    """Back up the domains of one hypervisor (uri, connected as hv) one after the
+    other, each reported as it ends."""
     with contextlib.ExitStack() as stack:
         try:
-            host = stack.enter_context(hosts.connect(hv.uri))
+            host = stack.enter_context(hosts.connect(uri))
         except SshError as e:
             if not out.labelled:
                 raise
             for name in names:   # none of them can be backed up; the others' can
-                out.failed(e, domain=name, hypervisor=hv.uri)
+                out.failed(e, domain=name, hypervisor=uri)
             return
         for name in names:
             try:
@@ -225,9 +225,9 @@ def _back_up_each(hv: virt.Hypervisor, borg: Repository, names: list[str],
             except Interrupted:
                 raise
             except Exception as e:  # one domain's failure, even a bug, never stops the next
-                out.failed(e, domain=name, hypervisor=hv.uri)
+                out.failed(e, domain=name, hypervisor=uri)
                 continue
-            out.done(result, hv.uri)
+            out.done(result, uri)
 
 
 def _selection_problem(domains: list[str], every: bool, match: str | None) -> str | None:
