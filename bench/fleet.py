@@ -14,7 +14,8 @@ For K = 2 and 4: K paused domains without OS, each on its own disk of
 incompressible data (512 MiB; --quick: 128 MiB), one night a full of each,
 then nights of 2% rewritten on every disk (lab.nightly) and an incremental
 of each (6 nights; --quick: 3), both ways, into a fresh encrypted Borg 1.4
-repository each:
+repository each. A domain's checkpoints follow one repository, so each way
+has its own K domains: the same data, the same writes. The ways:
 
 - "each hypervisor": K borg-vm runs a night, one after another (the lock
   allows no more), each as a host of its own: its own BORG_BASE_DIR, so its
@@ -83,9 +84,13 @@ def main() -> int:
          "started": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")}
     bench = lab.Lab()
     try:
-        guests = [bench.guest([disk_image(work, f"hv{i}", setup.disk, f"fleet-{i}")])
-                  for i in range(max(HOSTS))]
-        r["rows"] = [row for k in HOSTS for row in fleet(work, guests[:k], setup)]
+        # A domain's checkpoints follow one repository: each way has its own
+        # domains, on the same data, given the same writes.
+        guests = {way: [bench.guest([disk_image(work, f"{tag}{i}", setup.disk, f"fleet-{i}")])
+                        for i in range(max(HOSTS))]
+                  for way, tag in ((EACH, "each"), (ONE, "one"))}
+        r["rows"] = [row for k in HOSTS
+                     for row in fleet(work, {way: gs[:k] for way, gs in guests.items()}, setup)]
     finally:
         bench.close()
     r["total_seconds"] = lab.elapsed()
@@ -101,28 +106,29 @@ def host_env(work: Path, name: str) -> dict:
     return GEN.env(lab.borg_env(work / name))
 
 
-def fleet(work: Path, guests: list[lab.Guest], setup: Setup) -> list[dict]:
-    """The nights of K = len(guests) domains both ways; return one row per
-    (night, way) with each command's seconds."""
-    k = len(guests)
+def fleet(work: Path, guests: dict[str, list[lab.Guest]], setup: Setup) -> list[dict]:
+    """The nights of K domains (guests: K for each way) both ways; return one row
+    per (night, way) with each command's seconds."""
+    k = len(guests[EACH])
     say(f"{k} hypervisors: {lab.mib(setup.disk)} disks, {setup.nights} nights")
     envs = {EACH: [host_env(work / f"k{k}", f"hv{i}") for i in range(k)],
             ONE: [host_env(work / f"k{k}", "backup-host")]}
     repo = {way: GEN.init(work / f"k{k}-{i}.repo", envs[way][0])
             for i, way in enumerate((EACH, ONE))}
-    rngs = [random.Random(SEED + i) for i in range(k)]
+    rngs = {way: [random.Random(SEED + i) for i in range(k)] for way in guests}
     rows = []
     for n in range(setup.nights):
-        if n:
-            for g, rng in zip(guests, rngs):
+        for way in guests if n else ():
+            for g, rng in zip(guests[way], rngs[way]):
                 g.write_many(lab.nightly(rng, setup.disk), rng, work / "scratch")
                 g.flush()
         level = "inc" if n else "full"
         for way in ((EACH, ONE) if n % 2 == 0 else (ONE, EACH)):
             if way == EACH:
-                runs = [backup(env, [g.name], repo[way], level) for g, env in zip(guests, envs[way])]
+                runs = [backup(env, [g.name], repo[way], level)
+                        for g, env in zip(guests[way], envs[way])]
             else:
-                runs = [backup(envs[way][0], [g.name for g in guests], repo[way], level)]
+                runs = [backup(envs[way][0], [g.name for g in guests[way]], repo[way], level)]
             rows.append({"hosts": k, "night": n, "way": way, "seconds": runs})
             say(f"{k} hypervisors, night {n}, {way}: "
                 f"{' + '.join(f'{s:.2f}' for s in runs)} s")
