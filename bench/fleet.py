@@ -30,7 +30,6 @@ repository is busy for.
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import sys
@@ -44,7 +43,7 @@ import lab  # noqa: E402
 import report  # noqa: E402
 import repos  # noqa: E402
 from generations import disk_image  # noqa: E402
-from lab import MIB, WORK, say  # noqa: E402
+from lab import MIB, say  # noqa: E402
 from report import med, table  # noqa: E402
 
 SEED = 24
@@ -65,20 +64,13 @@ QUICK = Setup(disk=128 * MIB, nights=3, quick=True)
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true",
-                    help="smaller disks, 3 nights, into bench/work/quick/")
-    ap.add_argument("--render", type=Path, metavar="RESULTS_JSON",
-                    help="only write the report again from a run's results.json")
-    args = ap.parse_args()
-    setup = QUICK if args.quick else FULL
-    out = (lab.QUICK if setup.quick else lab.BENCH) / "FLEET.md"
+    args, out = lab.report_args(__doc__, "FLEET.md",
+                                "smaller disks, 3 nights, into bench/work/quick/")
     if args.render:
         out.write_text(render(json.loads(args.render.read_text())))
         return 0
-    work = (lab.QUICK if setup.quick else WORK) / "fleet"
-    lab.clear_work(work)
-    work.mkdir(parents=True, exist_ok=True)
+    setup = QUICK if args.quick else FULL
+    work = lab.fresh_work(setup.quick, "fleet")
     env = lab.borg_env(work / "base")
     r = {"setup": asdict(setup), "machine": report.machine(env),
          "started": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")}

@@ -42,7 +42,6 @@ floor, are bench/retention.py's (RETENTION.md).
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import shutil
@@ -56,7 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import lab  # noqa: E402
 import report  # noqa: E402
 import repos  # noqa: E402
-from lab import BITMAP_GRANULARITY, GIB, MIB, WORK, say  # noqa: E402
+from lab import BITMAP_GRANULARITY, GIB, MIB, say  # noqa: E402
 from report import mb, med, met, secs, table  # noqa: E402
 
 SEED = 22
@@ -84,20 +83,13 @@ QUICK = Setup(256 * MIB, 4, 1, 128 * MIB, 1, True)
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true",
-                    help="smaller disks, 4 nights, one round, into bench/work/quick/")
-    ap.add_argument("--render", type=Path, metavar="RESULTS_JSON",
-                    help="only write the report again from a run's results.json")
-    args = ap.parse_args()
-    setup = QUICK if args.quick else FULL
-    out = (lab.QUICK if setup.quick else lab.BENCH) / "GENERATIONS.md"
+    args, out = lab.report_args(__doc__, "GENERATIONS.md",
+                                "smaller disks, 4 nights, one round, into bench/work/quick/")
     if args.render:
         out.write_text(render(json.loads(args.render.read_text())))
         return 0
-    work = (lab.QUICK if setup.quick else WORK) / "generations"
-    lab.clear_work(work)
-    work.mkdir(parents=True, exist_ok=True)
+    setup = QUICK if args.quick else FULL
+    work = lab.fresh_work(setup.quick, "generations")
     env = lab.borg_env(work / "base")
     r = {"setup": asdict(setup), "machine": report.machine(env),
          "borg2": repos.BORG2.version(),

@@ -9,6 +9,7 @@ owner metadata are ever touched; ``Lab`` removes its own in ``close()``, and
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -215,6 +216,26 @@ def clear_work(where: Path, keep: tuple[str, ...] = ()) -> None:
     for p in where.iterdir():
         if p.name not in keep:
             shutil.rmtree(p) if p.is_dir() else p.unlink()
+
+
+def report_args(doc: str, report: str, quick_help: str) -> tuple[argparse.Namespace, Path]:
+    """Parse a bench script's command line (--quick: quick_help; --render RESULTS_JSON:
+    only write the report again); return it and where its report goes (report,
+    in bench/, or with --quick in QUICK)."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help=quick_help)
+    ap.add_argument("--render", type=Path, metavar="RESULTS_JSON",
+                    help="only write the report again from a run's results.json")
+    args = ap.parse_args()
+    return args, (QUICK if args.quick else BENCH) / report
+
+
+def fresh_work(quick: bool, name: str) -> Path:
+    """The bench's scratch directory name (under QUICK with quick), emptied, made."""
+    work = (QUICK if quick else WORK) / name
+    clear_work(work)
+    work.mkdir(parents=True, exist_ok=True)
+    return work
 
 
 def warm(*paths: Path) -> None:
